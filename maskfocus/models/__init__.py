@@ -1,0 +1,1 @@
+"""Masked generator adapters behind one protocol (see ``maskfocus.models.base``)."""

@@ -1,0 +1,1 @@
+"""Rewards: GenEval-style scoring, detectors and image-text scores."""
