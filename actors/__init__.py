@@ -1,0 +1,1 @@
+"""Ray actors (rollout and reward workers): thin wrappers over ``maskfocus``, installed as ``maskfocus.actors``."""

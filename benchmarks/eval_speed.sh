@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Time `maskfocus eval` over the whole shapes-geneval benchmark (600 rows x 4 images) on this machine.
+# Usage: benchmarks/eval_speed.sh [OUT_DIR]; writes OUT_DIR/summary.json and prints the wall time.
+set -euo pipefail
+out=${1:-runs/bench_eval}
+mkdir -p "$out"
+SECONDS=0
+maskfocus eval --benchmark shapes-geneval --num-images-per-prompt 4 --out "$out/results.jsonl" \
+  --summary "$out/summary.json" --grid "$out/grid.png"
+echo "wall seconds: $SECONDS on $(nproc) cores"

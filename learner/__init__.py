@@ -1,0 +1,1 @@
+"""The Ray Train learner group, installed as ``maskfocus.learner``."""

@@ -1,0 +1,166 @@
+"""`maskfocus` command line: pretrain | sample | eval (and train, from the RL issues).
+
+User errors (bad config, unknown words, malformed metadata, missing weights) print one clear message
+and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from maskfocus.config import ConfigError, RunConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from maskfocus.evaluation import BenchmarkError
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.tokenizer import UnknownWordError
+    from maskfocus.rewards.geneval import MetadataError
+
+    return ConfigError, ModelLoadError, UnknownWordError, MetadataError, BenchmarkError, FileNotFoundError
+
+
+def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
+    if path is None:
+        if DEFAULT_CONFIG.is_file():
+            return load_config(DEFAULT_CONFIG, overrides)
+        from maskfocus.config import config_from_dict
+
+        data: dict = {}
+        for key, value in overrides.items():
+            section, _, leaf = key.partition(".")
+            data.setdefault(section, {})[leaf] = value
+        return config_from_dict(data, "<defaults>")
+    return load_config(path, overrides)
+
+
+def _sampler_overrides(args: argparse.Namespace) -> dict:
+    overrides = {}
+    if getattr(args, "steps", None) is not None:
+        overrides["sampler.num_steps"] = args.steps
+    if getattr(args, "cfg", None) is not None:
+        overrides["sampler.cfg_scale"] = args.cfg
+    if getattr(args, "batch_size", None) is not None:
+        overrides["sampler.batch_size"] = args.batch_size
+    return overrides
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from maskfocus.images import save_grid, to_uint8
+    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.sampling import sample_prompts, seeded_generator
+
+    config = _load_run_config(args.config, _sampler_overrides(args))
+    model = AmusedGenerator.from_folder(args.model or config.model.path, device=config.model.device)
+    prompts = [args.prompt] * args.num_images
+    model.check_prompts(prompts[:1])
+    sampler = config.sampler
+    result = sample_prompts(
+        model, prompts, num_steps=sampler.num_steps, cfg_scale=sampler.cfg_scale,
+        gumbel_temperature_initial=sampler.gumbel_temperature, negative_prompt=sampler.negative_prompt,
+        generator=seeded_generator(args.seed),
+    )
+    images = to_uint8(model.decode(result.tokens_BL))
+    columns = min(args.num_images, 8)
+    path = save_grid(args.out, images, columns=columns, scale=args.scale)
+    print(f"wrote {len(images)} image(s) of {args.prompt!r} to {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from maskfocus.evaluation import check_classes, format_table, load_rows, run_evaluation, write_results
+    from maskfocus.images import save_grid
+    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
+    from maskfocus.shapes.detector import ShapesDetector
+    from maskfocus.shapes.world import SHAPES
+
+    overrides = _sampler_overrides(args)
+    if args.num_images_per_prompt is not None:
+        overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
+    config = _load_run_config(args.config, overrides)
+    rows = load_rows(args.benchmark or config.eval.benchmark, args.metadata)
+    if args.limit:
+        rows = rows[: args.limit]
+    check_classes(rows, SHAPES, "shapes-world")
+    model = AmusedGenerator.from_folder(args.model or config.model.path, device=config.model.device)
+    clip = None if args.no_clip else ClipScorer.from_folder(TINY_CLIP, device=config.model.device)
+    detector = ShapesDetector()
+    records, summary, images = run_evaluation(
+        model, rows, config.eval, config.sampler, detector.detect_batch,
+        clip_score=clip.score if clip else None, keep_images=64 if args.grid else 0,
+    )
+    write_results(records, summary, Path(args.out) if args.out else None,
+                  Path(args.summary) if args.summary else None)
+    if args.grid and images is not None:
+        save_grid(args.grid, images, columns=config.eval.num_images_per_prompt * 2, scale=2)
+    print(format_table(summary))
+    print(f"{summary['seconds']} s")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from maskfocus.shapes.pretrain import run_pretraining
+
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    run_pretraining(Path(args.out) if args.out else None, stages=stages, seed=args.seed,
+                    eval_images_per_prompt=args.eval_images_per_prompt, command=" ".join(sys.argv))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskfocus", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--num-images", type=int, default=8)
+    sample.add_argument("--out", default="grid.png")
+    sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
+    sample.add_argument("--model", help="model folder (default: the config's model.path)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=int, help="override sampler.num_steps")
+    sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
+    sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="GenEval-style evaluation with a per-tag table")
+    evaluate.add_argument("--benchmark", help="built-in prompt set (default: the config's eval.benchmark)")
+    evaluate.add_argument("--metadata", help="GenEval-format JSONL instead of a built-in benchmark")
+    evaluate.add_argument("--num-images-per-prompt", type=int)
+    evaluate.add_argument("--out", help="one JSON record per image")
+    evaluate.add_argument("--summary", help="summary JSON {overall, tags, num_images, clip_score}")
+    evaluate.add_argument("--grid", help="PNG of the first images")
+    evaluate.add_argument("--config")
+    evaluate.add_argument("--model")
+    evaluate.add_argument("--limit", type=int, help="only the first N prompt rows (smoke tests)")
+    evaluate.add_argument("--steps", type=int)
+    evaluate.add_argument("--cfg", type=float)
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
+    evaluate.set_defaults(func=cmd_eval)
+
+    pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
+    pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")
+    pretrain.add_argument("--stages", default="vq,generator,clip", help="comma list of vq,generator,clip")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--eval-images-per-prompt", type=int, default=4)
+    pretrain.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as error:
+        print(f"maskfocus {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

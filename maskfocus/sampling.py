@@ -1,0 +1,192 @@
+"""MaskGIT sampling with a cosine schedule and Gumbel-perturbed confidence (ALGORITHM.md section 1).
+
+One implementation serves evaluation (no recording, no routing) and RL rollouts (recording the
+trajectory; a router may temper the logits of some samples per step).
+
+Shape legend: B samples, T steps, L image tokens, V codebook size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from maskfocus.models.base import Condition, MaskedGenerator
+
+# (step, entropy_B, logits_BLV, masked_BL) -> (per-token temperature (B, L) or None, route_B bool)
+TokenTemperature = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, torch.Tensor]]
+
+
+def mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
+    """Masked-token counts n_0 .. n_T: n_0 = L, n_{i+1} = floor(L cos(pi/2 (i+1)/T)) in [1, n_i - 1], n_T = 0."""
+    counts = [num_tokens]
+    for i in range(num_steps):
+        if i == num_steps - 1:
+            counts.append(0)
+            continue
+        target = math.floor(num_tokens * math.cos(math.pi / 2 * (i + 1) / num_steps))
+        counts.append(max(0, min(counts[-1] - 1, max(1, target))))
+    return counts
+
+
+def gumbel_temperature(step: int, num_steps: int, initial: float) -> float:
+    """tau_i, falling linearly from tau_0 to 0 (0 at the last step, where nothing is re-masked anyway)."""
+    return initial * (1.0 - (step + 1) / num_steps)
+
+
+def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator seeded from a tuple (run seed, iteration, worker, ...); distinct tuples never share a stream."""
+    seed = 0
+    for key in keys:
+        seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(uniform))
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Final tokens and, when recorded, the trajectory (inputs of every step)."""
+
+    tokens_BL: torch.Tensor
+    masks_BTL: torch.Tensor | None = None
+    """Input mask of each step: True where the position was masked going into the step."""
+    x0_BTL: torch.Tensor | None = None
+    """x0 prediction of each step (drawn tokens at masked positions, known tokens elsewhere)."""
+    entropy_BT: torch.Tensor | None = None
+    """Mean entropy of the guided distribution over each sample's masked positions."""
+    routes_BT: torch.Tensor | None = None
+    """True where the sample took the exploratory branch at that step."""
+
+
+def guided_logits(
+    model: MaskedGenerator,
+    tokens_BL: torch.Tensor,
+    condition: Condition,
+    uncondition: Condition | None,
+    cfg_scale: float,
+    step: int,
+    num_steps: int,
+) -> torch.Tensor:
+    """l = l_uncond + s (l_cond - l_uncond), both branches in one forward; no CFG when uncondition is None."""
+    if uncondition is None:
+        return model.logits(tokens_BL, condition, step, num_steps)
+    both = model.logits(torch.cat([tokens_BL, tokens_BL]), Condition.cat([condition, uncondition]), step, num_steps)
+    cond_BLV, uncond_BLV = both.chunk(2)
+    return uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
+
+
+def masked_entropy(logits_BLV: torch.Tensor, masked_BL: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean token entropy over masked positions (0 where nothing is masked), (B,)."""
+    log_probs = torch.log_softmax(logits_BLV, dim=-1)
+    entropy_BL = -(log_probs.exp() * log_probs).sum(-1)
+    count_B = masked_BL.sum(-1).clamp(min=1)
+    return (entropy_BL * masked_BL).sum(-1) / count_B
+
+
+@torch.no_grad()
+def sample(
+    model: MaskedGenerator,
+    condition: Condition,
+    uncondition: Condition | None,
+    *,
+    num_steps: int,
+    cfg_scale: float,
+    gumbel_temperature_initial: float,
+    generator: torch.Generator,
+    record: bool = False,
+    token_temperature: TokenTemperature | None = None,
+) -> SampleResult:
+    """Sample one image per condition row. `uncondition` (same batch size) enables CFG."""
+    batch = len(condition)
+    num_tokens = model.grid_size[0] * model.grid_size[1]
+    if num_steps > num_tokens:
+        raise ValueError(f"sampler.num_steps ({num_steps}) cannot exceed the number of image tokens ({num_tokens})")
+    device = model.device
+    counts = mask_schedule(num_tokens, num_steps)
+    tokens_BL = torch.full((batch, num_tokens), model.mask_token_id, dtype=torch.long, device=device)
+    trace: dict[str, list[torch.Tensor]] = {"masks": [], "x0": [], "entropy": [], "routes": []}
+    for step in range(num_steps):
+        masked_BL = tokens_BL == model.mask_token_id
+        logits_BLV = guided_logits(model, tokens_BL, condition, uncondition, cfg_scale, step, num_steps)
+        entropy_B = masked_entropy(logits_BLV, masked_BL)
+        routes_B = torch.zeros(batch, dtype=torch.bool, device=device)
+        if token_temperature is not None:
+            temperature_BL, routes_B = token_temperature(step, entropy_B, logits_BLV, masked_BL)
+            if temperature_BL is not None:
+                logits_BLV = logits_BLV / temperature_BL.unsqueeze(-1)
+        log_probs_BLV = torch.log_softmax(logits_BLV, dim=-1)
+        drawn_BL = (log_probs_BLV + _gumbel(log_probs_BLV.shape, generator, device)).argmax(-1)
+        x0_BL = torch.where(masked_BL, drawn_BL, tokens_BL)
+        if record:
+            trace["masks"].append(masked_BL)
+            trace["x0"].append(x0_BL)
+            trace["entropy"].append(entropy_B)
+            trace["routes"].append(routes_B)
+        tokens_BL = _remask(x0_BL, masked_BL, log_probs_BLV, counts[step + 1], step, num_steps,
+                            gumbel_temperature_initial, generator, model.mask_token_id)
+    if not record:
+        return SampleResult(tokens_BL=tokens_BL)
+    stacked = {key: torch.stack(values, dim=1) for key, values in trace.items()}
+    return SampleResult(tokens_BL, stacked["masks"], stacked["x0"], stacked["entropy"], stacked["routes"])
+
+
+def _remask(
+    x0_BL: torch.Tensor,
+    masked_BL: torch.Tensor,
+    log_probs_BLV: torch.Tensor,
+    num_remasked: int,
+    step: int,
+    num_steps: int,
+    tau_initial: float,
+    generator: torch.Generator,
+    mask_token_id: int,
+) -> torch.Tensor:
+    """Put the `num_remasked` least confident newly drawn tokens back to mask; known tokens stay."""
+    if num_remasked == 0:
+        return x0_BL
+    log_p_BL = log_probs_BLV.gather(-1, x0_BL.clamp(max=log_probs_BLV.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    tau = gumbel_temperature(step, num_steps, tau_initial)
+    confidence_BL = log_p_BL + tau * _gumbel(log_p_BL.shape, generator, x0_BL.device)
+    confidence_BL = confidence_BL.masked_fill(~masked_BL, float("inf"))
+    lowest_BN = confidence_BL.topk(num_remasked, dim=-1, largest=False).indices
+    remask_BL = torch.zeros_like(masked_BL).scatter_(-1, lowest_BN, True)
+    return x0_BL.masked_fill(remask_BL, mask_token_id)
+
+
+def sample_prompts(
+    model: MaskedGenerator,
+    prompts: list[str],
+    *,
+    num_steps: int,
+    cfg_scale: float,
+    gumbel_temperature_initial: float,
+    generator: torch.Generator,
+    negative_prompt: str = "",
+    record: bool = False,
+    token_temperature: TokenTemperature | None = None,
+) -> SampleResult:
+    """Encode prompts (and the negative prompt for CFG when cfg_scale != 1) and sample one image each."""
+    condition = model.encode_prompts(prompts)
+    uncondition = None
+    if cfg_scale != 1.0:
+        uncondition = model.encode_prompts([negative_prompt]).repeat_interleave(len(prompts))
+    return sample(
+        model,
+        condition,
+        uncondition,
+        num_steps=num_steps,
+        cfg_scale=cfg_scale,
+        gumbel_temperature_initial=gumbel_temperature_initial,
+        generator=generator,
+        record=record,
+        token_temperature=token_temperature,
+    )

@@ -1,0 +1,192 @@
+"""`maskfocus pretrain`: rebuild every weight of the built-in tiny model and tiny CLIP from a seed.
+
+Stages: `vq` (tokenizer), `generator` (text encoder + masked transformer), `clip`. Skipped stages reuse
+the weights already in the output folder. Afterwards the model is measured (base shapes-geneval score,
+VQ round-trip detector score, CLIP zero-shot accuracy) and MODEL_CARD.md is written beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from maskfocus.config import Section
+from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
+from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
+from maskfocus.shapes.pretrain_vq import VQPretrainConfig
+
+STAGES = ("vq", "generator", "clip")
+
+
+class PretrainConfig(Section):
+    """Every setting of `maskfocus pretrain`."""
+
+    seed: int = 0
+    """Seed of every stage."""
+    vq: VQPretrainConfig = VQPretrainConfig()
+    generator: GeneratorPretrainConfig = GeneratorPretrainConfig()
+    clip: ClipPretrainConfig = ClipPretrainConfig()
+    eval_images_per_prompt: int = Field(4, ge=1)
+    """Images per prompt of the base-model evaluation written into the model card."""
+
+
+def default_output() -> Path:
+    return Path(__file__).resolve().parents[1] / "pretrained"
+
+
+class _Logger:
+    """Appends metrics to pretrain_log.jsonl and shows them on the progress bar."""
+
+    def __init__(self, path: Path):
+        self.handle = path.open("a")
+        self.bar: tqdm | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps({"time": round(time.time(), 1), **record}) + "\n")
+        self.handle.flush()
+        if self.bar is not None:
+            self.bar.set_postfix({k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+
+    def stage(self, name: str, total: int) -> tqdm:
+        self.bar = tqdm(total=total, desc=f"pretrain {name}", unit="step")
+        return self.bar
+
+
+def run_pretraining(out: Path | None, stages: list[str], seed: int = 0, eval_images_per_prompt: int = 4,
+                    command: str = "maskfocus pretrain", config: PretrainConfig | None = None) -> dict[str, Any]:
+    from maskfocus.models.tokenizer import build_word_tokenizer
+    from maskfocus.shapes.prompts import vocabulary
+
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown pretrain stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
+    out = out or default_output()
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "pretrain_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}
+    logger = _Logger(out / "pretrain_log.jsonl")
+    tokenizer = build_word_tokenizer(vocabulary())
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    parts = _train_generator_parts(out, stages, config, tokenizer, logger, report)
+    if "clip" in stages:
+        _train_clip_stage(out, config, tokenizer, logger, report)
+    del parts
+    report["measurements"] = measure(out, config.eval_images_per_prompt)
+    report.update(command=command, config=config.model_dump(mode="json"), versions=_versions(),
+                  machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(report))
+    print(f"wrote weights and MODEL_CARD.md to {out}")
+    return report
+
+
+def _train_generator_parts(out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger,
+                           report: dict[str, Any]):
+    from diffusers import UVit2DModel, VQModel
+    from transformers import CLIPTextModelWithProjection
+
+    from maskfocus.shapes.pretrain_generator import train_generator
+    from maskfocus.shapes.pretrain_vq import train_vqvae
+    from maskfocus.shapes.tiny_model import save_folder
+
+    folder = out / "shapes-tiny"
+    if "vq" in stages:
+        start = time.perf_counter()
+        bar = logger.stage("vq", config.vq.num_steps)
+        vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
+        bar.close()
+        report["stage_seconds"]["vq"] = round(time.perf_counter() - start)
+    else:
+        vqvae = VQModel.from_pretrained(str(folder / "vqvae"), local_files_only=True)
+    if "generator" in stages:
+        start = time.perf_counter()
+        bar = logger.stage("generator", config.generator.num_steps)
+        text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger,
+                                                    bar.update)
+        bar.close()
+        report["stage_seconds"]["generator"] = round(time.perf_counter() - start)
+    else:
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder"))
+        transformer = UVit2DModel.from_pretrained(str(folder / "transformer"))
+    if "vq" in stages or "generator" in stages:
+        save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
+    return vqvae, text_encoder, transformer
+
+
+def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]) -> None:
+    from maskfocus.shapes.pretrain_clip import save_clip, train_clip
+
+    start = time.perf_counter()
+    bar = logger.stage("clip", config.clip.num_steps)
+    model, model_cfg = train_clip(config.clip, tokenizer, config.seed, logger, bar.update)
+    bar.close()
+    save_clip(out / "shapes-clip", model, model_cfg, tokenizer)
+    report["stage_seconds"]["clip"] = round(time.perf_counter() - start)
+
+
+def measure(out: Path, images_per_prompt: int) -> dict[str, Any]:
+    """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy."""
+    from maskfocus.config import EvalConfig, SamplerConfig
+    from maskfocus.evaluation import run_evaluation
+    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.rewards.clip_score import ClipScorer
+    from maskfocus.shapes.detector import ShapesDetector, score_ground_truth
+    from maskfocus.shapes.evalset import load_eval_set
+    from maskfocus.shapes.pretrain_clip import zero_shot_accuracy
+
+    rows = load_eval_set()
+    model = AmusedGenerator.from_folder(out / "shapes-tiny")
+    clip = ClipScorer.from_folder(out / "shapes-clip")
+
+    def vq_round_trip(images: np.ndarray) -> np.ndarray:
+        from maskfocus.images import to_tensor, to_uint8
+
+        return to_uint8(model.decode(model.encode_images(to_tensor(images))))
+
+    start = time.perf_counter()
+    _, summary, _ = run_evaluation(model, rows, EvalConfig(num_images_per_prompt=images_per_prompt),
+                                   SamplerConfig(), ShapesDetector().detect_batch, clip_score=clip.score)
+    eval_seconds = time.perf_counter() - start
+    return {
+        "base_model": summary,
+        "base_model_eval_seconds": round(eval_seconds, 1),
+        "ground_truth_renders": score_ground_truth(rows),
+        "vq_round_trip": score_ground_truth(rows, degrade=vq_round_trip),
+        "clip_zero_shot": zero_shot_accuracy(clip),
+        "parameters": {
+            "vqvae": _count(model.vqvae), "text_encoder": _count(model.text_encoder),
+            "transformer": _count(model.transformer), "clip": _count(clip.model),
+        },
+        "folder_megabytes": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 2),
+    }
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import open_clip
+    import transformers
+
+    import maskfocus
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "open_clip": open_clip.__version__,
+            "maskfocus": maskfocus.__version__}
+
+
+def model_card(report: dict[str, Any]) -> str:
+    from maskfocus.shapes.card import render_model_card
+
+    return render_model_card(report)

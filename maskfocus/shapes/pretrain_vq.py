@@ -1,0 +1,96 @@
+"""Pretraining of the tiny VQ tokenizer on random shapes-world scenes (reconstruction + commitment loss).
+
+Dead codes (unused over a window of steps) are re-seeded from encoder outputs, the usual remedy for
+codebook collapse on small data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import VQModel
+from pydantic import Field
+
+from maskfocus.config import Section
+from maskfocus.shapes.render import render_batch
+from maskfocus.shapes.scene import random_scene
+from maskfocus.shapes.tiny_model import build_vqvae
+
+LogFn = Callable[[dict], None]
+
+
+class VQPretrainConfig(Section):
+    """VQ tokenizer pretraining."""
+
+    num_steps: int = Field(800, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(32, ge=1)
+    """Images per step."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate (cosine decay to 10%)."""
+    restart_every: int = Field(100, ge=1)
+    """Steps between dead-code restarts (stops after 80% of training)."""
+
+
+def images_to_tensor(images_NHWC: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images_NHWC).permute(0, 3, 1, 2).float() / 255.0
+
+
+def random_images(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """A batch of renders of random scenes, (N, 3, 64, 64) in [0, 1]."""
+    return images_to_tensor(render_batch([random_scene(rng) for _ in range(count)]))
+
+
+def _restart_dead_codes(model: VQModel, usage: torch.Tensor, latents_NDhw: torch.Tensor, rng: torch.Generator) -> int:
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return 0
+    flat = latents_NDhw.permute(0, 2, 3, 1).reshape(-1, latents_NDhw.shape[1])
+    pick = torch.randint(0, flat.shape[0], (len(dead),), generator=rng)
+    with torch.no_grad():
+        model.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn(len(dead), flat.shape[1], generator=rng)
+    return len(dead)
+
+
+def _lr_at(step: int, num_steps: int, base: float) -> float:
+    warmup = max(1, num_steps // 50)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, num_steps - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def train_vqvae(config: VQPretrainConfig, seed: int, log: LogFn, progress: Callable[[int], None]) -> VQModel:
+    """Train a fresh VQModel; `log` receives a metrics dict every 50 steps, `progress(1)` ticks per step."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch_rng = torch.Generator().manual_seed(seed)
+    model = build_vqvae().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    usage = torch.zeros(model.config.num_vq_embeddings)
+    for step in range(config.num_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config.num_steps, config.learning_rate)
+        images = random_images(rng, config.batch_size) * 2 - 1
+        latents = model.encode(images).latents
+        quantized, commit_loss, (_, _, indices) = model.quantize(latents)
+        reconstruction = model.decoder(model.post_quant_conv(quantized))
+        recon_loss = (reconstruction - images).abs().mean() + (reconstruction - images).pow(2).mean()
+        loss = recon_loss + commit_loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        usage += torch.bincount(indices.flatten(), minlength=len(usage)).float()
+        restarted = 0
+        if (step + 1) % config.restart_every == 0:
+            if step < 0.8 * config.num_steps:
+                restarted = _restart_dead_codes(model, usage, latents.detach(), torch_rng)
+            usage.zero_()
+        if step % 50 == 0 or step == config.num_steps - 1 or restarted:
+            log({"stage": "vq", "step": step, "loss": loss.item(), "recon": recon_loss.item(),
+                 "commit": commit_loss.mean().item(), "restarted_codes": restarted})
+        progress(1)
+    return model.eval()

@@ -1,0 +1,100 @@
+"""The aMUSEd-format adapter on the shipped tiny model, and its errors on broken folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from maskfocus.models.amused import AmusedGenerator, builtin_folder
+from maskfocus.models.base import ModelLoadError
+from maskfocus.models.tokenizer import UnknownWordError
+
+
+def test_shipped_model_loads_with_expected_geometry(tiny_model):
+    assert tiny_model.grid_size == (16, 16)
+    assert tiny_model.image_size == 64
+    assert tiny_model.mask_token_id == tiny_model.codebook_size == 128
+
+
+def test_logits_decode_and_encode_shapes(tiny_model):
+    condition = tiny_model.encode_prompts(["a photo of a red circle", ""])
+    tokens = torch.full((2, 256), tiny_model.mask_token_id)
+    with torch.no_grad():
+        logits = tiny_model.logits(tokens, condition)
+    assert logits.shape == (2, 256, 128) and torch.isfinite(logits).all()
+    images = tiny_model.decode(logits.argmax(-1))
+    assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    assert tiny_model.encode_images(images).shape == (2, 256)
+    assert tiny_model.codebook_vectors(logits.argmax(-1)).shape[:2] == (2, 256)
+
+
+def test_vq_round_trip_is_close_on_a_render(tiny_model):
+    import numpy as np
+
+    from maskfocus.images import to_tensor
+    from maskfocus.shapes.render import render
+    from maskfocus.shapes.scene import random_scene
+
+    image = to_tensor(render(random_scene(np.random.default_rng(3)))[None])
+    restored = tiny_model.decode(tiny_model.encode_images(image))
+    assert (restored - image).abs().mean() < 0.03
+
+
+def test_diffusers_amused_pipeline_loads_the_folder_and_generates():
+    from diffusers import AmusedPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline = AmusedPipeline.from_pretrained(str(builtin_folder()), local_files_only=True)
+        pipeline.set_progress_bar_config(disable=True)
+        output = pipeline("a photo of a red circle", num_inference_steps=4, output_type="np",
+                          generator=torch.Generator().manual_seed(0))
+    assert output.images.shape == (1, 64, 64, 3)
+
+
+def test_unknown_word_lists_known_words(tiny_model):
+    with pytest.raises(UnknownWordError, match="Known words: .*circle"):
+        tiny_model.check_prompts(["a photo of a giraffe"])
+
+
+def _copy_model(tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(builtin_folder(), target)
+    return target
+
+
+def test_missing_part_is_named(tmp_path):
+    folder = _copy_model(tmp_path)
+    shutil.rmtree(folder / "transformer")
+    with pytest.raises(ModelLoadError, match="missing part.*transformer"):
+        AmusedGenerator.from_folder(folder)
+
+
+def test_corrupt_weight_file_is_reported_with_its_part(tmp_path):
+    folder = _copy_model(tmp_path)
+    weights = next((folder / "vqvae").glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="cannot load vqvae"):
+        AmusedGenerator.from_folder(folder)
+
+
+def test_missing_builtin_weights_tell_how_to_rebuild(monkeypatch, tmp_path):
+    import maskfocus.models.amused as amused
+
+    monkeypatch.setattr(amused, "builtin_folder", lambda name="shapes-tiny": tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="maskfocus pretrain"):
+        AmusedGenerator.from_folder("builtin:shapes-tiny")
+
+
+def test_mismatched_codebook_size_fails_clearly(tmp_path):
+    folder = _copy_model(tmp_path)
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["codebook_size"] = 64
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="codebook"):
+        AmusedGenerator.from_folder(folder)

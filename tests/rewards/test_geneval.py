@@ -1,0 +1,374 @@
+"""Tests for maskfocus.rewards.geneval: GenEval rules, relative position, metadata parsing, summaries."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maskfocus.rewards.geneval import (
+    COLORS,
+    RELATIONS,
+    TAGS,
+    Detection,
+    GenEvalResult,
+    MetadataError,
+    Thresholds,
+    evaluate,
+    iter_metadata_lines,
+    load_metadata,
+    relative_position,
+    summarize,
+    validate_metadata,
+)
+
+REAL_METADATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+
+# Unit direction (dx, dy) of each relation in image coordinates (y grows downwards).
+DIRECTIONS = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1), "below": (0, 1)}
+
+
+def box_at(cx: float, cy: float, size: float = 10.0) -> tuple[float, float, float, float]:
+    """Square box of side `size` centred at (cx, cy)."""
+    return (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+
+
+def det(cx: float = 100.0, cy: float = 100.0, score: float = 0.95, color: str | None = None) -> Detection:
+    return Detection(box=box_at(cx, cy), score=score, color=color)
+
+
+def record(tag: str, include: list[dict[str, Any]], exclude: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"tag": tag, "include": include, "prompt": "a photo"}
+    if exclude is not None:
+        meta["exclude"] = exclude
+    return validate_metadata(meta)
+
+
+def check_consistent(result: GenEvalResult) -> None:
+    """Invariants: reasons exactly when incorrect; score 1.0 exactly when correct."""
+    assert result.correct == (not result.reasons)
+    assert result.correct == (result.score == 1.0)
+    assert 0.0 <= result.score <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Thresholds, ordering, cap
+
+
+def test_half_confidence_detection_counts_for_two_object_but_not_for_counting() -> None:
+    dets = {"cat": [det(score=0.5)], "dog": [det(score=0.5)]}
+    two = evaluate(dets, record("two_object", [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]))
+    counting = evaluate({"cat": [det(score=0.5)] * 2}, record("counting", [{"class": "cat", "count": 2}]))
+    assert two.correct
+    assert not counting.correct
+    assert counting.reasons == ("expected cat>=2, found 0",)
+
+
+def test_score_threshold_is_strict() -> None:
+    meta = record("single_object", [{"class": "cat", "count": 1}])
+    assert not evaluate({"cat": [det(score=0.3)]}, meta).correct
+    assert evaluate({"cat": [det(score=0.30001)]}, meta).correct
+    assert not evaluate({"cat": [det(score=0.35)]}, meta, Thresholds(score=0.4)).correct
+
+
+def test_first_count_detections_are_the_best_scoring() -> None:
+    # Unsorted input: the two red cats score highest, so "two red cats" holds only after sorting best-first.
+    dets = {"cat": [det(score=0.5, color="blue"), det(score=0.99, color="red"), det(score=0.8, color="red")]}
+    assert evaluate(dets, record("colors", [{"class": "cat", "count": 2, "color": "red"}])).correct
+    dets["cat"][0] = det(score=0.999, color="blue")
+    assert not evaluate(dets, record("colors", [{"class": "cat", "count": 2, "color": "red"}])).correct
+
+
+def test_seventeen_detections_pass_exclude_seventeen_because_of_the_cap_of_sixteen() -> None:
+    dets = {"cat": [det(score=0.95) for _ in range(17)]}
+    meta = record("counting", [{"class": "cat", "count": 1}], [{"class": "cat", "count": 17}])
+    assert evaluate(dets, meta).correct
+    assert not evaluate(dets, meta, Thresholds(max_per_class=17)).correct
+    assert not evaluate(
+        dets, record("counting", [{"class": "cat", "count": 1}], [{"class": "cat", "count": 16}])
+    ).correct
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counting, colour, exclude, partial credit
+
+
+def test_exclude_fails_counting_when_three_found_for_two_asked() -> None:
+    meta = record("counting", [{"class": "clock", "count": 2}], [{"class": "clock", "count": 3}])
+    assert evaluate({"clock": [det(), det()]}, meta).correct
+    three = evaluate({"clock": [det(), det(), det()]}, meta)
+    assert not three.correct
+    assert three.reasons == ("expected clock<3, found 3",)
+    assert three.score == pytest.approx(0.5)
+
+
+def test_two_red_of_three_fail_when_three_red_required() -> None:
+    meta = record("colors", [{"class": "car", "count": 3, "color": "red"}])
+    result = evaluate({"car": [det(color="red"), det(color="red"), det(color="blue")]}, meta)
+    assert not result.correct
+    assert result.reasons == ("expected red car>=3, found 2 red; and 2 red, 1 blue",)
+    assert evaluate({"car": [det(color="red")] * 3}, meta).correct
+
+
+def test_colour_is_checked_only_on_the_first_count_detections() -> None:
+    # The second, lower-scoring car is red but only the first (blue) one is checked for count 1.
+    dets = {"car": [det(score=0.9, color="blue"), det(score=0.8, color="red")]}
+    assert not evaluate(dets, record("colors", [{"class": "car", "count": 1, "color": "red"}])).correct
+
+
+def test_partial_credit_is_fraction_of_clauses_met() -> None:
+    meta = record(
+        "color_attr",
+        [{"class": "cat", "count": 1, "color": "red"}, {"class": "dog", "count": 1}, {"class": "cow", "count": 1}],
+        [{"class": "bird", "count": 1}],
+    )
+    all_met = {"cat": [det(color="red")], "dog": [det()], "cow": [det()]}
+    assert evaluate(all_met, meta).score == 1.0
+    assert evaluate({**all_met, "bird": [det()]}, meta).score == pytest.approx(3 / 4)
+    assert evaluate({"cat": [det(color="blue")], "dog": [det()]}, meta).score == pytest.approx(2 / 4)
+    assert evaluate({"bird": [det()]}, meta).score == 0.0
+    assert len(evaluate({"bird": [det()]}, meta).reasons) == 4
+
+
+def test_reasons_non_empty_exactly_when_incorrect_over_random_detections() -> None:
+    rng = random.Random(3)
+    meta = record(
+        "position",
+        [{"class": "cat", "count": 2, "color": "red"}, {"class": "dog", "count": 1, "position": ["left of", 0]}],
+        [{"class": "cow", "count": 2}],
+    )
+    outcomes = set()
+    for _ in range(300):
+        dets = {
+            name: [
+                det(rng.uniform(0, 512), rng.uniform(0, 512), rng.random(), rng.choice([*COLORS[:2], None]))
+                for _ in range(rng.randrange(4))
+            ]
+            for name in ("cat", "dog", "cow")
+        }
+        result = evaluate(dets, meta)
+        check_consistent(result)
+        assert result.score == pytest.approx(1 - len(result.reasons) / 3)
+        outcomes.add(result.correct)
+    assert outcomes == {True, False}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Relative position
+
+
+def test_centres_closer_than_margin_have_no_relation() -> None:
+    # Boxes 10 wide: shrink per axis is 0.1 * (10 + 10) = 2 pixels.
+    assert relative_position(box_at(101.9, 98.1), box_at(100, 100)) == frozenset()
+    assert relative_position(box_at(100, 100), box_at(100, 100)) == frozenset()
+    # Offset 5 shrinks to 3, and 3 / 5 > 0.5; with a margin of 0.3 (shrink 6) nothing is left.
+    assert relative_position(box_at(105, 100), box_at(100, 100)) == {"right of"}
+    assert relative_position(box_at(105, 100), box_at(100, 100), margin=0.3) == frozenset()
+    # Offset 3 shrinks to 1, and 1 / 3 < 0.5: no relation even though the shrunk offset is non-zero.
+    assert relative_position(box_at(103, 100), box_at(100, 100)) == frozenset()
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_clear_offset_gives_its_single_relation(relation: str) -> None:
+    dx, dy = DIRECTIONS[relation]
+    assert relative_position(box_at(100 + 50 * dx, 100 + 50 * dy), box_at(100, 100)) == {relation}
+
+
+def test_diagonal_offset_gives_two_relations() -> None:
+    assert relative_position(box_at(50, 50), box_at(100, 100)) == {"left of", "above"}
+    assert relative_position(box_at(150, 150), box_at(100, 100)) == {"right of", "below"}
+
+
+def reference_relative_position(a: tuple[float, ...], b: tuple[float, ...], margin: float) -> set[str]:
+    """Slow, literal transcription of SOURCE.md, one axis at a time."""
+    shrunk = []
+    for axis in (0, 1):
+        centre_a = (a[axis] + a[axis + 2]) / 2
+        centre_b = (b[axis] + b[axis + 2]) / 2
+        offset = centre_a - centre_b
+        shrink = margin * (abs(a[axis + 2] - a[axis]) + abs(b[axis + 2] - b[axis]))
+        if offset > shrink:
+            shrunk.append(offset - shrink)
+        elif offset < -shrink:
+            shrunk.append(offset + shrink)
+        else:
+            shrunk.append(0.0)
+    if abs(shrunk[0]) < 1e-3 and abs(shrunk[1]) < 1e-3:
+        return set()
+    ox = (a[0] + a[2]) / 2 - (b[0] + b[2]) / 2
+    oy = (a[1] + a[3]) / 2 - (b[1] + b[3]) / 2
+    length = math.sqrt(ox * ox + oy * oy)
+    dx, dy = shrunk[0] / length, shrunk[1] / length
+    names = [("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5), ("below", dy > 0.5)]
+    return {name for name, holds in names if holds}
+
+
+def random_box(rng: random.Random, integer: bool) -> tuple[float, float, float, float]:
+    pick = (lambda lo, hi: float(rng.randint(lo, hi))) if integer else rng.uniform
+    x0, y0 = pick(0, 60), pick(0, 60)
+    return (x0, y0, x0 + pick(0, 30), y0 + pick(0, 30))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relative_position_matches_slow_reference_on_random_boxes(seed: int) -> None:
+    rng = random.Random(seed)
+    seen = set()
+    for _ in range(2000):
+        integer = rng.random() < 0.5
+        a, b = random_box(rng, integer), random_box(rng, integer)
+        margin = rng.choice([0.0, 0.1, 0.25])
+        got = relative_position(a, b, margin)
+        assert got == reference_relative_position(a, b, margin), (a, b, margin)
+        seen.add(got)
+    assert frozenset() in seen and frozenset({"left of", "above"}) in seen and frozenset({"right of"}) in seen
+
+
+def test_relative_position_is_mirrored_when_boxes_swap() -> None:
+    mirror = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    rng = random.Random(11)
+    for _ in range(1000):
+        a, b = random_box(rng, False), random_box(rng, False)
+        assert relative_position(b, a) == {mirror[r] for r in relative_position(a, b)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Position clauses
+
+
+POSITION_META = {
+    "tag": "position",
+    "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
+    "prompt": "a photo of a dog right of a teddy bear",
+}
+
+
+def test_position_clause_holds_or_fails_on_geometry() -> None:
+    meta = validate_metadata(POSITION_META)
+    assert evaluate({"teddy bear": [det(100, 100)], "dog": [det(200, 100)]}, meta).correct
+    wrong = evaluate({"teddy bear": [det(100, 100)], "dog": [det(0, 100)]}, meta)
+    assert wrong.reasons == ("expected dog right of target, found left of target",)
+    close = evaluate({"teddy bear": [det(100, 100)], "dog": [det(101, 100)]}, meta)
+    assert close.reasons == ("expected dog right of target, found no relation to target",)
+
+
+def test_position_fails_with_no_target_when_target_clause_failed() -> None:
+    meta = validate_metadata(POSITION_META)
+    result = evaluate({"dog": [det(200, 100)]}, meta)
+    assert not result.correct
+    assert result.reasons == ("expected teddy bear>=1, found 0", "no target for dog to be right of")
+    assert result.score == 0.0
+
+
+def test_position_must_hold_against_every_target_object() -> None:
+    meta = record("position", [{"class": "cat", "count": 2}, {"class": "dog", "count": 1, "position": ["above", 0]}])
+    assert evaluate({"cat": [det(100, 200), det(150, 200)], "dog": [det(125, 50)]}, meta).correct
+    assert not evaluate({"cat": [det(100, 200), det(150, 20)], "dog": [det(125, 50)]}, meta).correct
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def test_summarize_averages_per_tag_fractions_in_tag_order() -> None:
+    summary = summarize([("counting", True), ("single_object", True), ("single_object", False), ("counting", True)])
+    assert list(summary["tags"]) == ["single_object", "counting"]
+    assert summary["tags"] == {"single_object": 0.5, "counting": 1.0}
+    assert summary["overall"] == pytest.approx(0.75)
+    assert summary["num_images"] == 4
+    with pytest.raises(ValueError, match="unknown GenEval tag"):
+        summarize([("nope", True)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metadata parsing
+
+
+def real_records() -> list[dict[str, Any]]:
+    if not REAL_METADATA.exists():
+        pytest.skip(f"GenEval metadata not found at {REAL_METADATA} (expected the shared/ folder beside the project)")
+    return load_metadata(REAL_METADATA)
+
+
+def perfect_detections(meta: dict[str, Any]) -> dict[str, list[Detection]]:
+    """Detections that satisfy every clause: exact counts and colours, boxes placed 60 px along each relation."""
+    centres: list[tuple[float, float]] = []
+    dets: dict[str, list[Detection]] = {}
+    for clause in meta["include"]:
+        cx, cy = 500.0, 500.0
+        if "position" in clause:
+            relation, target = clause["position"]
+            dx, dy = DIRECTIONS[relation]
+            cx, cy = centres[target][0] + 60 * dx, centres[target][1] + 60 * dy
+        centres.append((cx, cy))
+        dets.setdefault(clause["class"], []).extend(
+            det(cx, cy, score=0.95, color=clause.get("color")) for _ in range(clause["count"])
+        )
+    return dets
+
+
+def test_all_real_geneval_lines_parse() -> None:
+    records = real_records()
+    assert len(records) == 553
+    assert {r["tag"] for r in records} == set(TAGS)
+    assert sum("position" in c for r in records for c in r["include"]) == 100
+
+
+def test_real_records_pass_with_perfect_detections_and_fail_with_none() -> None:
+    for meta in real_records():
+        perfect = evaluate(perfect_detections(meta), meta)
+        assert perfect == GenEvalResult(correct=True, score=1.0, reasons=()), meta
+        empty = evaluate({}, meta)
+        assert not empty.correct and empty.reasons, meta
+        check_consistent(empty)
+
+
+GOOD_LINE = (
+    '{"tag": "position", "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}], "prompt": "p"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "field"),
+    [
+        ('{"tag": "counting", "include": [', "malformed JSON"),
+        (GOOD_LINE.replace('"position"', '"shapes"'), "tag"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": 0}]'), "include[1].count"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": true}]'), "include[1].count"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": 1, "color": "teal"}]'), "include[1].color"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": 1, "position": ["left of", 1]}]'), "include[1].position"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": 1, "position": ["near", 0]}]'), "include[1].position"),
+        (GOOD_LINE.replace('"count": 1}, {', '"count": 1, "position": ["above", 0]}, {'), "include[0].position"),
+        (GOOD_LINE.replace('"count": 1}]', '"count": 1, "size": 3}]'), "include[1]: unknown key(s) 'size'"),
+        (GOOD_LINE.replace('"prompt"', '"seed": 1, "prompt"'), "record: unknown key(s) 'seed'"),
+        (GOOD_LINE.replace('"prompt": "p"', '"prompt": ""'), "prompt"),
+        (
+            GOOD_LINE.replace(
+                '"include": [', '"exclude": [{"class": "cat", "count": 1, "color": "red"}], "include": ['
+            ),
+            "exclude[0]: unknown key(s) 'color'",
+        ),
+        (GOOD_LINE.replace('[{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]', "[]"), "include"),
+    ],
+)
+def test_malformed_line_names_file_line_and_field(tmp_path: Path, bad_line: str, field: str) -> None:
+    path = tmp_path / "meta.jsonl"
+    path.write_text(f"{GOOD_LINE}\n\n{bad_line}\n{GOOD_LINE}\n")
+    with pytest.raises(MetadataError) as info:
+        load_metadata(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3: ")
+    assert field in message
+
+
+def test_blank_lines_are_skipped_and_good_lines_round_trip() -> None:
+    records = list(iter_metadata_lines(["", GOOD_LINE, "   ", GOOD_LINE], "mem"))
+    assert len(records) == 2
+    assert records[0]["include"][1] == {"class": "dog", "count": 1}
+
+
+def test_schema_error_lists_allowed_values() -> None:
+    with pytest.raises(MetadataError, match=r"^<metadata>: include\[0\]\.color: expected one of red, orange"):
+        validate_metadata({"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "Red"}], "prompt": "p"})

@@ -1,0 +1,76 @@
+"""The `maskfocus` command line end to end, in subprocesses, on small prompt subsets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "maskfocus.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_eval_end_to_end_on_a_small_subset(tmp_path):
+    out, summary_path, grid = tmp_path / "results.jsonl", tmp_path / "summary.json", tmp_path / "grid.png"
+    result = run_cli("eval", "--benchmark", "shapes-geneval", "--num-images-per-prompt", "2", "--limit", "12",
+                     "--out", str(out), "--summary", str(summary_path), "--grid", str(grid))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 24
+    assert {"tag", "prompt", "correct", "score", "reasons", "metadata"} <= set(records[0])
+    summary = json.loads(summary_path.read_text())
+    assert summary["num_images"] == 24 and 0.0 <= summary["overall"] <= 1.0
+    assert set(summary["tags"]) <= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert summary["overall"] == pytest.approx(sum(summary["tags"].values()) / len(summary["tags"]))
+    assert isinstance(summary["clip_score"], float)
+    assert "overall" in result.stdout and grid.stat().st_size > 0
+
+
+def test_sample_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_cli("sample", "--prompt", "a photo of a red circle", "--num-images", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 64 * 4
+
+
+def test_unknown_word_is_one_clear_line(tmp_path):
+    result = run_cli("sample", "--prompt", "a photo of a giraffe", "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert "giraffe" in result.stderr and "Known words" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_malformed_metadata_names_file_and_line(tmp_path):
+    bad = tmp_path / "meta.jsonl"
+    bad.write_text('{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a"}\n{oops\n')
+    result = run_cli("eval", "--metadata", str(bad), "--no-clip")
+    assert result.returncode == 2
+    assert f"{bad}:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_benchmark_lists_the_known_ones():
+    result = run_cli("eval", "--benchmark", "nope", "--no-clip")
+    assert result.returncode == 2 and "shapes-geneval" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_weights_say_how_to_rebuild(tmp_path):
+    result = run_cli("sample", "--prompt", "a photo of a circle", "--model", str(tmp_path / "absent"))
+    assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_real_geneval_classes_are_refused_by_the_shapes_detector():
+    real = ROOT.parent / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+    if not real.is_file():
+        pytest.skip("../shared/data/geneval is not beside the project")
+    result = run_cli("eval", "--metadata", str(real), "--no-clip")
+    assert result.returncode == 2 and "cannot detect" in result.stderr

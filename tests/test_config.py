@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_loads_and_matches_code_defaults_where_unset():
+    config = load_config(ROOT / "configs" / "shapes_tiny.yaml")
+    assert config.model.path == "builtin:shapes-tiny"
+    assert config.sampler.num_steps == 12
+    assert config.eval.num_images_per_prompt == 4
+
+
+def test_unknown_key_names_the_field_and_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sampler:\n  num_stepz: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "sampler.num_stepz" in str(error.value) and "unknown key" in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_out_of_range_value_is_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sampler:\n  num_steps: 0\n")
+    with pytest.raises(ConfigError, match="sampler.num_steps"):
+        load_config(path)
+
+
+def test_overrides_apply_dotted_keys(tmp_path):
+    config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"sampler.cfg_scale": 1.5})
+    assert config.sampler.cfg_scale == 1.5
+
+
+def test_config_is_frozen():
+    config = RunConfig()
+    with pytest.raises(Exception):
+        config.seed = 3
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(ROOT / "configs" / "shapes_tiny.yaml")
+    dump_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("sampler: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_every_field_has_a_docstring():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                walk(annotation)
+
+    walk(RunConfig)
