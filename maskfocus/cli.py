@@ -60,8 +60,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.check_prompts(prompts[:1])
     sampler = config.sampler
     result = sample_prompts(
-        model, prompts, num_steps=sampler.num_steps, cfg_scale=sampler.cfg_scale,
-        gumbel_temperature_initial=sampler.gumbel_temperature, negative_prompt=sampler.negative_prompt,
+        model,
+        prompts,
+        num_steps=sampler.num_steps,
+        cfg_scale=sampler.cfg_scale,
+        gumbel_temperature_initial=sampler.gumbel_temperature,
+        negative_prompt=sampler.negative_prompt,
         generator=seeded_generator(args.seed),
     )
     images = to_uint8(model.decode(result.tokens_BL))
@@ -91,11 +95,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     clip = None if args.no_clip else ClipScorer.from_folder(TINY_CLIP, device=config.model.device)
     detector = ShapesDetector()
     records, summary, images = run_evaluation(
-        model, rows, config.eval, config.sampler, detector.detect_batch,
-        clip_score=clip.score if clip else None, keep_images=64 if args.grid else 0,
+        model,
+        rows,
+        config.eval,
+        config.sampler,
+        detector.detect_batch,
+        clip_score=clip.score if clip else None,
+        keep_images=64 if args.grid else 0,
     )
-    write_results(records, summary, Path(args.out) if args.out else None,
-                  Path(args.summary) if args.summary else None)
+    write_results(records, summary, Path(args.out) if args.out else None, Path(args.summary) if args.summary else None)
     if args.grid and images is not None:
         save_grid(args.grid, images, columns=config.eval.num_images_per_prompt * 2, scale=2)
     print(format_table(summary))
@@ -107,8 +115,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from maskfocus.shapes.pretrain import run_pretraining
 
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
-    run_pretraining(Path(args.out) if args.out else None, stages=stages, seed=args.seed,
-                    eval_images_per_prompt=args.eval_images_per_prompt, command=" ".join(sys.argv))
+    run_pretraining(
+        Path(args.out) if args.out else None,
+        stages=stages,
+        seed=args.seed,
+        eval_images_per_prompt=args.eval_images_per_prompt,
+        command=" ".join(sys.argv),
+    )
     return 0
 
 

@@ -44,8 +44,10 @@ def load_rows(benchmark: str | None, metadata_path: str | Path | None = None) ->
     if metadata_path is not None:
         return load_metadata(metadata_path)
     if benchmark not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {benchmark!r}; built-in benchmarks: {', '.join(BENCHMARKS)} "
-                             f"(or pass --metadata FILE with GenEval-format JSONL)")
+        raise BenchmarkError(
+            f"unknown benchmark {benchmark!r}; built-in benchmarks: {', '.join(BENCHMARKS)} "
+            f"(or pass --metadata FILE with GenEval-format JSONL)"
+        )
     return BENCHMARKS[benchmark]()
 
 
@@ -54,8 +56,10 @@ def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector
     names = {clause["class"] for row in rows for clause in row.get("include", []) + row.get("exclude", [])}
     unknown = sorted(names - set(known))
     if unknown:
-        raise BenchmarkError(f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
-                             f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}")
+        raise BenchmarkError(
+            f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
+            f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ def expand_jobs(rows: Sequence[dict[str, Any]], images_per_prompt: int) -> list[
     return [EvalJob(r, k, row["prompt"]) for r, row in enumerate(rows) for k in range(images_per_prompt)]
 
 
-def generate_batches(model: MaskedGenerator, jobs: Sequence[EvalJob], sampler: SamplerConfig,
-                     seed: int) -> Iterator[tuple[Sequence[EvalJob], np.ndarray]]:
+def generate_batches(
+    model: MaskedGenerator, jobs: Sequence[EvalJob], sampler: SamplerConfig, seed: int
+) -> Iterator[tuple[Sequence[EvalJob], np.ndarray]]:
     """Yield (jobs, uint8 images) per batch; the standard branch only (no routing at evaluation)."""
     for batch_index, start in enumerate(range(0, len(jobs), sampler.batch_size)):
         chunk = jobs[start : start + sampler.batch_size]
@@ -88,17 +93,26 @@ def generate_batches(model: MaskedGenerator, jobs: Sequence[EvalJob], sampler: S
         yield chunk, to_uint8(model.decode(result.tokens_BL))
 
 
-def score_images(rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray,
-                 detect_batch: Detect) -> list[dict[str, Any]]:
+def score_images(
+    rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray, detect_batch: Detect
+) -> list[dict[str, Any]]:
     """One record per image: tag, prompt, correct, score, reasons, metadata."""
     records = []
     for job, detections in zip(jobs, detect_batch(images), strict=True):
         row = rows[job.row_index]
         result = evaluate(detections, row)
-        records.append({
-            "row": job.row_index, "image": job.image_index, "tag": row["tag"], "prompt": row["prompt"],
-            "correct": result.correct, "score": result.score, "reasons": list(result.reasons), "metadata": row,
-        })
+        records.append(
+            {
+                "row": job.row_index,
+                "image": job.image_index,
+                "tag": row["tag"],
+                "prompt": row["prompt"],
+                "correct": result.correct,
+                "score": result.score,
+                "reasons": list(result.reasons),
+                "metadata": row,
+            }
+        )
     return records
 
 
@@ -135,8 +149,9 @@ def run_evaluation(
     return records, summary, kept_images
 
 
-def write_results(records: Sequence[dict[str, Any]], summary: dict[str, Any], out: Path | None,
-                  summary_path: Path | None) -> None:
+def write_results(
+    records: Sequence[dict[str, Any]], summary: dict[str, Any], out: Path | None, summary_path: Path | None
+) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w") as handle:

@@ -20,8 +20,9 @@ def to_tensor(images_BHWC: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images_BHWC)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def make_grid(images_BHWC: np.ndarray, columns: int, scale: int = 2, labels: Sequence[str] | None = None,
-              pad: int = 2) -> Image.Image:
+def make_grid(
+    images_BHWC: np.ndarray, columns: int, scale: int = 2, labels: Sequence[str] | None = None, pad: int = 2
+) -> Image.Image:
     """Tile images into a grid (upscaled by `scale`, nearest); one label line above each row if given."""
     count, height, width, _ = images_BHWC.shape
     rows = (count + columns - 1) // columns

@@ -38,7 +38,7 @@ def gumbel_temperature(step: int, num_steps: int, initial: float) -> float:
 
 
 def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch.Generator seeded from a tuple (run seed, iteration, worker, ...); distinct tuples never share a stream."""
+    """A torch.Generator seeded from (run seed, iteration, worker, ...); distinct tuples get distinct streams."""
     seed = 0
     for key in keys:
         seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
@@ -131,8 +131,17 @@ def sample(
             trace["x0"].append(x0_BL)
             trace["entropy"].append(entropy_B)
             trace["routes"].append(routes_B)
-        tokens_BL = _remask(x0_BL, masked_BL, log_probs_BLV, counts[step + 1], step, num_steps,
-                            gumbel_temperature_initial, generator, model.mask_token_id)
+        tokens_BL = _remask(
+            x0_BL,
+            masked_BL,
+            log_probs_BLV,
+            counts[step + 1],
+            step,
+            num_steps,
+            gumbel_temperature_initial,
+            generator,
+            model.mask_token_id,
+        )
     if not record:
         return SampleResult(tokens_BL=tokens_BL)
     stacked = {key: torch.stack(values, dim=1) for key, values in trace.items()}

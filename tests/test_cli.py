@@ -15,14 +15,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "maskfocus.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "maskfocus.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def test_eval_end_to_end_on_a_small_subset(tmp_path):
     out, summary_path, grid = tmp_path / "results.jsonl", tmp_path / "summary.json", tmp_path / "grid.png"
-    result = run_cli("eval", "--benchmark", "shapes-geneval", "--num-images-per-prompt", "2", "--limit", "12",
-                     "--out", str(out), "--summary", str(summary_path), "--grid", str(grid))
+    result = run_cli(
+        "eval",
+        "--benchmark",
+        "shapes-geneval",
+        "--num-images-per-prompt",
+        "2",
+        "--limit",
+        "12",
+        "--out",
+        str(out),
+        "--summary",
+        str(summary_path),
+        "--grid",
+        str(grid),
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 24

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 
@@ -39,7 +40,7 @@ def test_overrides_apply_dotted_keys(tmp_path):
 
 def test_config_is_frozen():
     config = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.seed = 3
 
 

@@ -23,21 +23,29 @@ def test_schedule_counts_match_the_cosine_formula(num_tokens, num_steps):
     counts = mask_schedule(num_tokens, num_steps)
     assert counts == reference_schedule(num_tokens, num_steps)
     assert counts[0] == num_tokens and counts[-1] == 0 and len(counts) == num_steps + 1
-    assert all(b < a for a, b in zip(counts, counts[1:]) if a > 0)
+    assert all(b < a for a, b in zip(counts, counts[1:], strict=False) if a > 0)
 
 
 def test_gumbel_temperature_falls_linearly_to_zero():
     values = [gumbel_temperature(i, 8, 2.0) for i in range(8)]
     assert values[-1] == 0.0
-    diffs = [a - b for a, b in zip(values, values[1:])]
+    diffs = [a - b for a, b in zip(values, values[1:], strict=False)]
     assert all(d == pytest.approx(0.25) for d in diffs)
 
 
 def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5):
     cond = model.encode_prompts([f"p{i}" for i in range(batch)])
     uncond = model.encode_prompts([""]).repeat_interleave(batch) if cfg != 1.0 else None
-    return sample(model, cond, uncond, num_steps=steps, cfg_scale=cfg, gumbel_temperature_initial=2.0,
-                  generator=seeded_generator(seed), record=record)
+    return sample(
+        model,
+        cond,
+        uncond,
+        num_steps=steps,
+        cfg_scale=cfg,
+        gumbel_temperature_initial=2.0,
+        generator=seeded_generator(seed),
+        record=record,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -94,8 +102,9 @@ def test_too_many_steps_is_a_clear_error():
 
 def test_sample_prompts_records_nothing_by_default():
     model = ToyGenerator()
-    result = sample_prompts(model, ["a", "b"], num_steps=3, cfg_scale=2.0, gumbel_temperature_initial=1.0,
-                            generator=seeded_generator(0))
+    result = sample_prompts(
+        model, ["a", "b"], num_steps=3, cfg_scale=2.0, gumbel_temperature_initial=1.0, generator=seeded_generator(0)
+    )
     assert result.masks_BTL is None and result.tokens_BL.shape == (2, 16)
 
 

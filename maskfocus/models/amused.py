@@ -51,7 +51,9 @@ def _load_part(loader, folder: Path, part: str, hint: str):
             warnings.simplefilter("ignore")
             return loader(str(folder / part), local_files_only=True)
     except Exception as error:  # corrupt safetensors, missing weight file, bad json: all user-fixable
-        raise ModelLoadError(f"cannot load {part} from {folder / part}: {type(error).__name__}: {error}; {hint}") from None
+        raise ModelLoadError(
+            f"cannot load {part} from {folder / part}: {type(error).__name__}: {error}; {hint}"
+        ) from None
 
 
 class AmusedGenerator:
@@ -162,7 +164,9 @@ def _check_consistent(folder: Path, vqvae, transformer, text_encoder, tokenizer)
     if int(transformer.config.vocab_size) <= codebook:
         raise ModelLoadError(f"{folder}: transformer vocab_size must exceed the codebook size to hold the mask token")
     if len(tokenizer) > text_encoder.config.vocab_size:
-        raise ModelLoadError(f"{folder}: tokenizer has {len(tokenizer)} entries, text encoder only {text_encoder.config.vocab_size}")
+        raise ModelLoadError(
+            f"{folder}: tokenizer has {len(tokenizer)} entries, text encoder only {text_encoder.config.vocab_size}"
+        )
     index = json.loads((folder / "model_index.json").read_text())
     if "transformer" not in index:
         raise ModelLoadError(f"{folder}/model_index.json does not list a transformer")

@@ -31,8 +31,15 @@ def resolve_clip_path(path: str | Path) -> Path:
 class ClipScorer:
     """Embeds images and prompts with one CLIP model and scores their cosine similarity."""
 
-    def __init__(self, model, tokenize: Callable[[Sequence[str]], torch.Tensor], image_size: int,
-                 mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model,
+        tokenize: Callable[[Sequence[str]], torch.Tensor],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "cpu",
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenize = tokenize
@@ -88,7 +95,10 @@ def _folder_tokenizer(folder: Path) -> Callable[[Sequence[str]], torch.Tensor] |
 
     def tokenize(prompts: Sequence[str]) -> torch.Tensor:
         return tokenizer(
-            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
 

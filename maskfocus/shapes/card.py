@@ -58,7 +58,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Sizes",
         "",
-        "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in m["parameters"].items())
+        "Parameters: "
+        + ", ".join(f"{k} {v:,}" for k, v in m["parameters"].items())
         + f". Folder size: {m['folder_megabytes']} MB.",
         "",
         "## Pretraining settings",

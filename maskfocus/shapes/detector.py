@@ -163,7 +163,6 @@ def _fit_pose(
     h, w = alpha.shape
     ys = origin[0] + np.arange(h)[:, None] + 0.5
     xs = origin[1] + np.arange(w)[None, :] + 0.5
-    mass_map = alpha * weight
     cov = np.zeros_like(alpha)
     for _ in range(EM_STEPS + 1):
         mass_map = alpha * weight + cov * (1 - weight)

@@ -60,8 +60,14 @@ class _Logger:
         return self.bar
 
 
-def run_pretraining(out: Path | None, stages: list[str], seed: int = 0, eval_images_per_prompt: int = 4,
-                    command: str = "maskfocus pretrain", config: PretrainConfig | None = None) -> dict[str, Any]:
+def run_pretraining(
+    out: Path | None,
+    stages: list[str],
+    seed: int = 0,
+    eval_images_per_prompt: int = 4,
+    command: str = "maskfocus pretrain",
+    config: PretrainConfig | None = None,
+) -> dict[str, Any]:
     from maskfocus.models.tokenizer import build_word_tokenizer
     from maskfocus.shapes.prompts import vocabulary
 
@@ -81,16 +87,21 @@ def run_pretraining(out: Path | None, stages: list[str], seed: int = 0, eval_ima
         _train_clip_stage(out, config, tokenizer, logger, report)
     del parts
     report["measurements"] = measure(out, config.eval_images_per_prompt)
-    report.update(command=command, config=config.model_dump(mode="json"), versions=_versions(),
-                  machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+    report.update(
+        command=command,
+        config=config.model_dump(mode="json"),
+        versions=_versions(),
+        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    )
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(report))
     print(f"wrote weights and MODEL_CARD.md to {out}")
     return report
 
 
-def _train_generator_parts(out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger,
-                           report: dict[str, Any]):
+def _train_generator_parts(
+    out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]
+):
     from diffusers import UVit2DModel, VQModel
     from transformers import CLIPTextModelWithProjection
 
@@ -110,8 +121,7 @@ def _train_generator_parts(out: Path, stages: list[str], config: PretrainConfig,
     if "generator" in stages:
         start = time.perf_counter()
         bar = logger.stage("generator", config.generator.num_steps)
-        text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger,
-                                                    bar.update)
+        text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
         bar.close()
         report["stage_seconds"]["generator"] = round(time.perf_counter() - start)
     else:
@@ -153,8 +163,14 @@ def measure(out: Path, images_per_prompt: int) -> dict[str, Any]:
         return to_uint8(model.decode(model.encode_images(to_tensor(images))))
 
     start = time.perf_counter()
-    _, summary, _ = run_evaluation(model, rows, EvalConfig(num_images_per_prompt=images_per_prompt),
-                                   SamplerConfig(), ShapesDetector().detect_batch, clip_score=clip.score)
+    _, summary, _ = run_evaluation(
+        model,
+        rows,
+        EvalConfig(num_images_per_prompt=images_per_prompt),
+        SamplerConfig(),
+        ShapesDetector().detect_batch,
+        clip_score=clip.score,
+    )
     eval_seconds = time.perf_counter() - start
     return {
         "base_model": summary,
@@ -163,8 +179,10 @@ def measure(out: Path, images_per_prompt: int) -> dict[str, Any]:
         "vq_round_trip": score_ground_truth(rows, degrade=vq_round_trip),
         "clip_zero_shot": zero_shot_accuracy(clip),
         "parameters": {
-            "vqvae": _count(model.vqvae), "text_encoder": _count(model.text_encoder),
-            "transformer": _count(model.transformer), "clip": _count(clip.model),
+            "vqvae": _count(model.vqvae),
+            "text_encoder": _count(model.text_encoder),
+            "transformer": _count(model.transformer),
+            "clip": _count(clip.model),
         },
         "folder_megabytes": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 2),
     }
@@ -181,9 +199,14 @@ def _versions() -> dict[str, str]:
 
     import maskfocus
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "open_clip": open_clip.__version__,
-            "maskfocus": maskfocus.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "open_clip": open_clip.__version__,
+        "maskfocus": maskfocus.__version__,
+    }
 
 
 def model_card(report: dict[str, Any]) -> str:

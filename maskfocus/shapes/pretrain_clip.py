@@ -48,8 +48,14 @@ def clip_model_config(vocab_size: int, pad_id: int, eos_id: int) -> dict:
         "embed_dim": 64,
         "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 3, "head_width": 32},
         "text_cfg": {
-            "context_length": 16, "vocab_size": vocab_size, "width": 64, "heads": 2, "layers": 3,
-            "pad_id": pad_id, "eos_id": eos_id, "pool_type": "eos",
+            "context_length": 16,
+            "vocab_size": vocab_size,
+            "width": 64,
+            "heads": 2,
+            "layers": 3,
+            "pad_id": pad_id,
+            "eos_id": eos_id,
+            "pool_type": "eos",
         },
     }
 
@@ -65,16 +71,22 @@ def _tokenize(tokenizer: PreTrainedTokenizerFast, captions: list[str]) -> torch.
     return tokenizer(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
 
 
-def train_clip(config: ClipPretrainConfig, tokenizer: PreTrainedTokenizerFast, seed: int, log: LogFn,
-               progress: Callable[[int], None]) -> tuple[torch.nn.Module, dict]:
+def train_clip(
+    config: ClipPretrainConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    log: LogFn,
+    progress: Callable[[int], None],
+) -> tuple[torch.nn.Module, dict]:
     """Contrastive training on (render, caption) pairs of fresh random scenes."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model_cfg = clip_model_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = build_clip(model_cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=config.num_steps,
-                                                   pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.learning_rate, total_steps=config.num_steps, pct_start=0.05
+    )
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     for step in range(config.num_steps):
         pairs = [pretraining_pair(rng, config.caption_mix) for _ in range(config.batch_size)]

@@ -96,8 +96,9 @@ def train_generator(
     generator = torch.Generator().manual_seed(seed)
     scenes = [pretraining_pair(rng, config.caption_mix)[0] for _ in range(config.num_scenes)]
     corpus_NL = tokenize_scenes(vqvae, scenes)
-    text_encoder = build_text_encoder(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                      tokenizer.eos_token_id).train()
+    text_encoder = build_text_encoder(
+        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    ).train()
     transformer = build_transformer().train()
     parameters = list(text_encoder.parameters()) + list(transformer.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -125,7 +126,15 @@ def train_generator(
         optimizer.step()
         if step % 50 == 0 or step == config.num_steps - 1:
             accuracy = (logits_BLV[masked_BL].argmax(-1) == targets_BL[masked_BL]).float().mean()
-            log({"stage": "generator", "step": step, "loss": loss.item(), "masked_accuracy": accuracy.item(),
-                 "grad_norm": grad_norm.item(), "lr": optimizer.param_groups[0]["lr"]})
+            log(
+                {
+                    "stage": "generator",
+                    "step": step,
+                    "loss": loss.item(),
+                    "masked_accuracy": accuracy.item(),
+                    "grad_norm": grad_norm.item(),
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+            )
         progress(1)
     return text_encoder.eval(), transformer.eval()

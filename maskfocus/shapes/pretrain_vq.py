@@ -90,7 +90,15 @@ def train_vqvae(config: VQPretrainConfig, seed: int, log: LogFn, progress: Calla
                 restarted = _restart_dead_codes(model, usage, latents.detach(), torch_rng)
             usage.zero_()
         if step % 50 == 0 or step == config.num_steps - 1 or restarted:
-            log({"stage": "vq", "step": step, "loss": loss.item(), "recon": recon_loss.item(),
-                 "commit": commit_loss.mean().item(), "restarted_codes": restarted})
+            log(
+                {
+                    "stage": "vq",
+                    "step": step,
+                    "loss": loss.item(),
+                    "recon": recon_loss.item(),
+                    "commit": commit_loss.mean().item(),
+                    "restarted_codes": restarted,
+                }
+            )
         progress(1)
     return model.eval()

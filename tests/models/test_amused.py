@@ -51,8 +51,12 @@ def test_diffusers_amused_pipeline_loads_the_folder_and_generates():
         warnings.simplefilter("ignore")
         pipeline = AmusedPipeline.from_pretrained(str(builtin_folder()), local_files_only=True)
         pipeline.set_progress_bar_config(disable=True)
-        output = pipeline("a photo of a red circle", num_inference_steps=4, output_type="np",
-                          generator=torch.Generator().manual_seed(0))
+        output = pipeline(
+            "a photo of a red circle",
+            num_inference_steps=4,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        )
     assert output.images.shape == (1, 64, 64, 3)
 
 

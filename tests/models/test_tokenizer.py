@@ -9,8 +9,16 @@ def test_word_level_ids_with_bos_eos_and_padding():
     tokenizer = build_word_tokenizer(["a", "photo", "of", "red", "circle"])
     ids = tokenizer("a photo of a red circle", padding="max_length", max_length=16).input_ids
     vocab = tokenizer.get_vocab()
-    assert ids[:8] == [vocab["<bos>"], vocab["a"], vocab["photo"], vocab["of"], vocab["a"], vocab["red"],
-                       vocab["circle"], vocab[EOS]]
+    assert ids[:8] == [
+        vocab["<bos>"],
+        vocab["a"],
+        vocab["photo"],
+        vocab["of"],
+        vocab["a"],
+        vocab["red"],
+        vocab["circle"],
+        vocab[EOS],
+    ]
     assert ids[8:] == [tokenizer.pad_token_id] * 8
     assert vocab[EOS] != 2  # CLIP's legacy pooling treats id 2 specially
 
