@@ -111,6 +111,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_set(items: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from maskfocus.run_io import new_run_folder
+
+    overrides = _parse_set(args.set)
+    if args.executor:
+        overrides["train.executor"] = args.executor
+    if args.iterations is not None:
+        overrides["train.num_iterations"] = args.iterations
+    config = _load_run_config(args.config, overrides)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        config = load_config(run_dir / "config.yaml", overrides)
+    else:
+        run_dir = new_run_folder(config, args.name)
+    print(f"run folder: {run_dir}")
+    if config.train.executor == "ray":
+        from maskfocus.driver import train_ray
+
+        summary = train_ray(config, run_dir, resume=bool(args.resume), address=args.address)
+    else:
+        from maskfocus.trainer import train_local
+
+        summary = train_local(config, run_dir, resume=bool(args.resume))
+    if "eval" in summary:
+        from maskfocus.evaluation import format_table
+
+        print(format_table(summary["eval"]))
+    print(f"done: {run_dir}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from maskfocus.shapes.pretrain import run_pretraining
 
@@ -156,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
     evaluate.set_defaults(func=cmd_eval)
+
+    train = commands.add_parser("train", help="RL post-training (MaskFocus GRPO) from one YAML config")
+    train.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
+    train.add_argument("--executor", choices=["local", "ray"], help="override train.executor")
+    train.add_argument("--iterations", type=int, help="override train.num_iterations")
+    train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set selection.strategy=random (repeatable)",
+    )
+    train.set_defaults(func=cmd_train)
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
     pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")

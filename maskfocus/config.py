@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUILTIN_MODEL = "builtin:shapes-tiny"
 
@@ -62,6 +62,109 @@ class EvalConfig(Section):
     """Seed of the evaluation sampler; images are a function of (seed, row index, image index)."""
 
 
+class RolloutConfig(Section):
+    """What one RL iteration samples."""
+
+    prompts_per_iteration: int = Field(8, ge=1)
+    """P: distinct prompts per iteration (each repeated G times)."""
+    group_size: int = Field(4, ge=2)
+    """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
+    tags: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+    """GenEval tags the training prompts are drawn from (uniformly)."""
+
+
+class RouterConfig(Section):
+    """Entropy-based dynamic routing during training rollouts (ALGORITHM.md section 2); never at evaluation."""
+
+    enabled: bool = True
+    """Route the lowest-entropy half to the exploratory branch; false = standard sampling only."""
+    a: float = Field(2.5, ge=0.0)
+    """tau(H) = a * exp(-H / b) + c: amplitude."""
+    b: float = Field(3.0, gt=0.0)
+    """tau(H) decay scale, in nats."""
+    c: float = Field(0.7, gt=0.0)
+    """tau(H) floor."""
+    scope: Literal["group", "batch"] = "group"
+    """Take the lowest-entropy half of each group (default) or of the whole batch (the released code)."""
+
+
+class SelectionConfig(Section):
+    """Which sampling steps the learner trains on (ALGORITHM.md section 3)."""
+
+    strategy: Literal["critical", "random", "all"] = "critical"
+    """critical = top-K information gain; random = K random steps; all = the full trajectory (T steps)."""
+    num_steps: int = Field(3, ge=1)
+    """K: steps trained per rollout (ignored by `all`)."""
+    embedding: Literal["vq", "clip"] = "vq"
+    """Step embedding for the similarity: VQ codebook vectors of x0, or the CLIP image embedding of its decode."""
+    per_sample: bool = False
+    """Select steps per sample instead of sharing the group-mean choice."""
+
+
+class GRPOConfig(Section):
+    """The policy loss (ALGORITHM.md section 4)."""
+
+    remask: Literal["random", "trajectory"] = "random"
+    """Training input of a selected step: random positions of the final image, or the rollout's own mask."""
+    tokens: Literal["all_masked", "newly_unmasked"] = "all_masked"
+    """Score every masked token (MaskFocus) or only those committed at the step (Mask-GRPO-like baseline)."""
+    clip_eps: float | None = Field(0.2, gt=0.0)
+    """PPO ratio clipping epsilon; null = no clipping (the released code)."""
+    beta: float = Field(0.01, ge=0.0)
+    """k3 KL penalty weight against the frozen reference; 0 skips the reference forward."""
+    update: Literal["per_step", "accumulate"] = "per_step"
+    """per_step = one optimizer step per selected step; accumulate = one step for all K."""
+    advantage_eps: float = Field(1e-4, gt=0.0)
+    """eps in A = (r - mean) / (std + eps)."""
+    drop_zero_groups: bool = False
+    """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
+
+
+class RewardSpec(Section):
+    """One term of the reward r = sum_k weight_k * r_k."""
+
+    name: Literal["geneval", "clip"]
+    """geneval = GenEval rules with the shapes detector; clip = CLIP score of image and prompt."""
+    weight: float = 1.0
+    """Weight of this term."""
+    mode: Literal["binary", "partial"] = "binary"
+    """geneval only: 1/0 correctness, or the fraction of clauses met."""
+    model: str = "builtin:shapes-clip"
+    """clip only: open_clip folder (local-dir layout) or builtin:shapes-clip."""
+
+
+class OptimConfig(Section):
+    """AdamW with linear decay."""
+
+    learning_rate: float = Field(1e-4, gt=0.0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Max global gradient norm per optimizer step."""
+    final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Learning rate at the last iteration, as a fraction of the peak (linear decay)."""
+
+
+class TrainConfig(Section):
+    """The RL run: length, outputs, executor."""
+
+    num_iterations: int = Field(150, ge=1)
+    """Rollout -> update iterations."""
+    executor: Literal["local", "ray"] = "local"
+    """local = the in-process reference trainer; ray = the distributed system."""
+    out_dir: str = "runs"
+    """Parent folder of run folders."""
+    log_every: int = Field(1, ge=1)
+    """Iterations between metric records."""
+    image_every: int = Field(25, ge=1)
+    """Iterations between image grids of the fixed prompts."""
+    checkpoint_every: int = Field(50, ge=1)
+    """Iterations between checkpoints (the last iteration always saves one)."""
+    final_eval: bool = True
+    """Run the GenEval-style evaluation at the end."""
+
+
 class RunConfig(Section):
     """The whole run: one YAML file."""
 
@@ -73,6 +176,36 @@ class RunConfig(Section):
     """MaskGIT sampling settings (evaluation and rollouts)."""
     eval: EvalConfig = EvalConfig()
     """GenEval-style evaluation settings."""
+    rollout: RolloutConfig = RolloutConfig()
+    """Prompts and group size of one iteration."""
+    router: RouterConfig = RouterConfig()
+    """Entropy-based dynamic routing."""
+    selection: SelectionConfig = SelectionConfig()
+    """Critical-step selection."""
+    grpo: GRPOConfig = GRPOConfig()
+    """Policy loss and update scheme."""
+    rewards: tuple[RewardSpec, ...] = (RewardSpec(name="geneval"),)
+    """Reward terms, summed with their weights."""
+    optim: OptimConfig = OptimConfig()
+    """Optimizer."""
+    train: TrainConfig = TrainConfig()
+    """Run length, outputs and executor."""
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        steps = self.sampler.num_steps
+        if self.selection.strategy == "critical" and self.selection.num_steps > steps - 1:
+            raise ValueError(
+                f"selection.num_steps (K={self.selection.num_steps}) must be <= sampler.num_steps - 1 "
+                f"(T-1={steps - 1}) for the critical strategy (gains exist for steps 1..T-1)"
+            )
+        if self.selection.strategy == "random" and self.selection.num_steps > steps:
+            raise ValueError(
+                f"selection.num_steps (K={self.selection.num_steps}) must be <= sampler.num_steps (T={steps})"
+            )
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward term is needed")
+        return self
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:

@@ -29,8 +29,12 @@ class ToyGenerator:
         self.image_size = side
         self.device = torch.device("cpu")
         num_tokens = side * side
-        self.weight = torch.randn(num_tokens * (codebook_size + 1), num_tokens * codebook_size, generator=generator)
-        self.weight /= num_tokens**0.5
+        self.transformer = torch.nn.Linear(num_tokens * (codebook_size + 1), num_tokens * codebook_size, bias=False)
+        with torch.no_grad():
+            self.transformer.weight.copy_(
+                torch.randn(num_tokens * codebook_size, num_tokens * (codebook_size + 1), generator=generator)
+                / num_tokens**0.5
+            )
         self.prompt_bias = torch.randn(64, num_tokens * codebook_size, generator=generator)
         self.embedding = torch.randn(codebook_size, 3, generator=generator)
         self.calls = 0
@@ -42,10 +46,10 @@ class ToyGenerator:
         index = torch.tensor([sum(map(ord, p)) % 64 for p in prompts])
         return Condition(hidden_BSD=index.view(-1, 1, 1).float(), pooled_BD=self.prompt_bias[index])
 
-    def logits(self, tokens_BL, condition, step=0, num_steps=1):
+    def logits(self, tokens_BL, condition, step=0, num_steps=1, module=None):
         self.calls += 1
         one_hot = torch.nn.functional.one_hot(tokens_BL, self.codebook_size + 1).float().flatten(1)
-        out = one_hot @ self.weight + condition.pooled_BD
+        out = (module or self.transformer)(one_hot) + condition.pooled_BD
         return out.view(tokens_BL.shape[0], -1, self.codebook_size)
 
     def decode(self, tokens_BL):
@@ -54,6 +58,9 @@ class ToyGenerator:
 
     def codebook_vectors(self, tokens_BL):
         return self.embedding[tokens_BL]
+
+    def trainable_module(self):
+        return self.transformer
 
 
 @pytest.fixture

@@ -107,11 +107,21 @@ class AmusedGenerator:
         output = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
         return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
 
-    def logits(self, tokens_BL: torch.Tensor, condition: Condition, step: int = 0, num_steps: int = 1) -> torch.Tensor:
+    def logits(
+        self,
+        tokens_BL: torch.Tensor,
+        condition: Condition,
+        step: int | torch.Tensor = 0,
+        num_steps: int = 1,
+        module: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """`module` replaces the transformer (a frozen reference copy, or an FSDP-wrapped one)."""
         batch = tokens_BL.shape[0]
         h, w = self.grid_size
         micro = self._micro_conds(batch, self.image_size).to(self.device)
-        logits_BVhw = self.transformer(tokens_BL.view(batch, h, w), condition.hidden_BSD, condition.pooled_BD, micro)
+        logits_BVhw = (module or self.transformer)(
+            tokens_BL.view(batch, h, w), condition.hidden_BSD, condition.pooled_BD, micro
+        )
         return logits_BVhw.permute(0, 2, 3, 1).reshape(batch, h * w, self.codebook_size).float()
 
     @torch.no_grad()

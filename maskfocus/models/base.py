@@ -53,8 +53,18 @@ class MaskedGenerator(Protocol):
     def encode_prompts(self, prompts: Sequence[str]) -> Condition:
         """Text condition for each prompt (B)."""
 
-    def logits(self, tokens_BL: torch.Tensor, condition: Condition, step: int, num_steps: int) -> torch.Tensor:
-        """Logits over the codebook for every position, (B, L, V), float32."""
+    def logits(
+        self,
+        tokens_BL: torch.Tensor,
+        condition: Condition,
+        step: int | torch.Tensor,
+        num_steps: int,
+        module: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Logits over the codebook for every position, (B, L, V), float32; `step` may be per sample (B,).
+
+        `module` replaces the trainable module for this call (a frozen reference, a sharded wrapper).
+        """
 
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W)."""

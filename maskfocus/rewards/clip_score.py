@@ -52,6 +52,11 @@ class ClipScorer:
         import open_clip
 
         folder = resolve_clip_path(path)
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"CLIP reward model folder not found: {folder} (rewards[].model; "
+                "`maskfocus pretrain --stages clip` rebuilds builtin:shapes-clip)"
+            )
         config_file = folder / "open_clip_config.json"
         if not config_file.is_file():
             raise ModelLoadError(f"CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")

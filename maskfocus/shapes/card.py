@@ -30,7 +30,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Rebuild",
         "```",
-        report["command"],
+        *dict.fromkeys(report["commands"].values()),
         "```",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + f"; {report['machine']}.",
         "",

@@ -101,9 +101,9 @@ def run_pretraining(
 
 def _train_generator_parts(
     out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]
-):
-    from diffusers import UVit2DModel, VQModel
-    from transformers import CLIPTextModelWithProjection
+) -> None:
+    """Train (or reuse) the VQ, then the text encoder + transformer; each part is saved as soon as it exists."""
+    from diffusers import VQModel
 
     from maskfocus.shapes.pretrain_generator import train_generator
     from maskfocus.shapes.pretrain_vq import train_vqvae
@@ -115,21 +115,20 @@ def _train_generator_parts(
         bar = logger.stage("vq", config.vq.num_steps)
         vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
         bar.close()
+        vqvae.save_pretrained(str(folder / "vqvae"))
         report["stage_seconds"]["vq"] = round(time.perf_counter() - start)
-    else:
+    if "generator" not in stages:
+        return
+    if "vq" not in stages:
+        if not (folder / "vqvae").is_dir():
+            raise FileNotFoundError(f"no trained VQ in {folder / 'vqvae'}: run the vq stage first")
         vqvae = VQModel.from_pretrained(str(folder / "vqvae"), local_files_only=True)
-    if "generator" in stages:
-        start = time.perf_counter()
-        bar = logger.stage("generator", config.generator.num_steps)
-        text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
-        bar.close()
-        report["stage_seconds"]["generator"] = round(time.perf_counter() - start)
-    else:
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder"))
-        transformer = UVit2DModel.from_pretrained(str(folder / "transformer"))
-    if "vq" in stages or "generator" in stages:
-        save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
-    return vqvae, text_encoder, transformer
+    start = time.perf_counter()
+    bar = logger.stage("generator", config.generator.num_steps)
+    text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
+    bar.close()
+    save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
+    report["stage_seconds"]["generator"] = round(time.perf_counter() - start)
 
 
 def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]) -> None:

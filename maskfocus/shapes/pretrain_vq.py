@@ -17,6 +17,7 @@ from maskfocus.config import Section
 from maskfocus.shapes.render import render_batch
 from maskfocus.shapes.scene import random_scene
 from maskfocus.shapes.tiny_model import build_vqvae
+from maskfocus.shapes.world import BACKGROUND
 
 LogFn = Callable[[dict], None]
 
@@ -24,14 +25,16 @@ LogFn = Callable[[dict], None]
 class VQPretrainConfig(Section):
     """VQ tokenizer pretraining."""
 
-    num_steps: int = Field(800, ge=1)
+    num_steps: int = Field(1500, ge=1)
     """Optimizer steps."""
     batch_size: int = Field(32, ge=1)
     """Images per step."""
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """AdamW learning rate (cosine decay to 10%)."""
     restart_every: int = Field(100, ge=1)
     """Steps between dead-code restarts (stops after 80% of training)."""
+    foreground_weight: float = Field(4.0, ge=0.0)
+    """Extra reconstruction weight on object pixels: the background dominates the image but not the score."""
 
 
 def images_to_tensor(images_NHWC: np.ndarray) -> torch.Tensor:
@@ -42,6 +45,15 @@ def images_to_tensor(images_NHWC: np.ndarray) -> torch.Tensor:
 def random_images(rng: np.random.Generator, count: int) -> torch.Tensor:
     """A batch of renders of random scenes, (N, 3, 64, 64) in [0, 1]."""
     return images_to_tensor(render_batch([random_scene(rng) for _ in range(count)]))
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """Weighted L1 + L2; pixels that differ from the plain background weigh 1 + foreground_weight."""
+    background = torch.tensor(BACKGROUND, dtype=images.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    foreground = ((images - background).abs().amax(1, keepdim=True) > 0.05).float()
+    weight = 1 + foreground_weight * foreground
+    error = reconstruction - images
+    return ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
 
 
 def _restart_dead_codes(model: VQModel, usage: torch.Tensor, latents_NDhw: torch.Tensor, rng: torch.Generator) -> int:
@@ -78,7 +90,7 @@ def train_vqvae(config: VQPretrainConfig, seed: int, log: LogFn, progress: Calla
         latents = model.encode(images).latents
         quantized, commit_loss, (_, _, indices) = model.quantize(latents)
         reconstruction = model.decoder(model.post_quant_conv(quantized))
-        recon_loss = (reconstruction - images).abs().mean() + (reconstruction - images).pow(2).mean()
+        recon_loss = reconstruction_loss(reconstruction, images, config.foreground_weight)
         loss = recon_loss + commit_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,7 +1,7 @@
 """Architecture of the built-in tiny model and its folder format (diffusers aMUSEd layout).
 
 Sizes are chosen so that a whole GenEval-style evaluation (2,400 images) samples in minutes on two CPU
-cores and the whole folder stays well under 25 MB: 64x64 images, 16x16 tokens, a 128-entry codebook.
+cores and the whole folder stays well under 25 MB: 64x64 images, 16x16 tokens, a 256-entry codebook.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrained
 
 IMAGE_SIZE = 64
 GRID_SIZE = 16  # tokens per side: the VQ downsamples by 4
-CODEBOOK_SIZE = 128
+CODEBOOK_SIZE = 256
 TEXT_WIDTH = 64
 TEXT_PROJECTION = 64
 MICRO_COND_ENCODE_DIM = 8
@@ -22,7 +22,7 @@ NUM_MICRO_CONDS = 5  # aMUSEd: original width, height, crop top, crop left, aest
 
 
 def build_vqvae() -> VQModel:
-    """VQ tokenizer: 64x64 RGB in [-1, 1] -> 16x16 codes of a 128-entry codebook (decode by code lookup)."""
+    """VQ tokenizer: 64x64 RGB in [-1, 1] -> 16x16 codes of a 256-entry codebook (decode by code lookup)."""
     return VQModel(
         in_channels=3,
         out_channels=3,

@@ -17,7 +17,7 @@ from maskfocus.models.tokenizer import UnknownWordError
 def test_shipped_model_loads_with_expected_geometry(tiny_model):
     assert tiny_model.grid_size == (16, 16)
     assert tiny_model.image_size == 64
-    assert tiny_model.mask_token_id == tiny_model.codebook_size == 128
+    assert tiny_model.mask_token_id == tiny_model.codebook_size == 256
 
 
 def test_logits_decode_and_encode_shapes(tiny_model):
@@ -25,7 +25,7 @@ def test_logits_decode_and_encode_shapes(tiny_model):
     tokens = torch.full((2, 256), tiny_model.mask_token_id)
     with torch.no_grad():
         logits = tiny_model.logits(tokens, condition)
-    assert logits.shape == (2, 256, 128) and torch.isfinite(logits).all()
+    assert logits.shape == (2, 256, 256) and torch.isfinite(logits).all()
     images = tiny_model.decode(logits.argmax(-1))
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     assert tiny_model.encode_images(images).shape == (2, 256)

@@ -1,0 +1,139 @@
+"""The run folder: resolved config, metrics JSONL, image grids, reward curve, checkpoints, final model.
+
+Layout of runs/<name>/:
+  config.yaml           the resolved config (every default filled in)
+  metrics.jsonl         one record per iteration (grouped keys: reward/, loss/, select/, router/, perf/ ...)
+  images/iter_XXXXXX.png  grids of the fixed prompts (one row per tag)
+  reward_curve.png      reward and score over iterations
+  checkpoints/iter_XXXXXX/{transformer.safetensors, optimizer.pt, state.json}
+  model/                the final model as a full aMUSEd-format folder (`maskfocus eval --model`)
+  eval/summary.json, eval/results.jsonl   the final evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from maskfocus.config import RunConfig, dump_config
+
+
+def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
+    """runs/<name or timestamp>/ with the resolved config written into it."""
+    name = name or time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(config.train.out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_config(config, folder / "config.yaml")
+    return folder
+
+
+class MetricsLog:
+    """Appends one JSON record per line; flushes every write so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.handle.write(json.dumps(clean) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors, contiguous and detached, ready for safetensors."""
+    state = {}
+    for key, value in module.state_dict().items():
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
+        state[key] = value.detach().cpu().contiguous()
+    return state
+
+
+def save_checkpoint(
+    folder: Path, iteration: int, module: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]
+) -> Path:
+    """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON)."""
+    target = folder / "checkpoints" / f"iter_{iteration:06d}"
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    save_file(plain_state_dict(module), str(partial / "transformer.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    (partial / "state.json").write_text(json.dumps({"iteration": iteration, **state}, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)  # a checkpoint folder exists only once it is complete
+    return target
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted((folder / "checkpoints").glob("iter_[0-9]*[0-9]"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, Any]:
+    """Load the transformer weights into `module`; returns the run state."""
+    module.load_state_dict(load_file(str(checkpoint / "transformer.safetensors")))
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+def save_model_folder(base_folder: Path, module: nn.Module, target: Path) -> Path:
+    """A full aMUSEd-format model folder: the base model with the trained transformer weights."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
+    weights = next((target / "transformer").glob("*.safetensors"))
+    save_file(plain_state_dict(module), str(weights), metadata={"format": "pt"})
+    return target
+
+
+def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 10) -> None:
+    """reward/mean per iteration with a moving average; the GenEval reward term too when present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = [r["iteration"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    for key, colour in (
+        ("reward/mean", "tab:blue"),
+        ("reward/geneval_binary", "tab:green"),
+        ("reward/geneval_partial", "tab:olive"),
+        ("reward/clip", "tab:purple"),
+    ):
+        values = [r.get(key) for r in records]
+        if key != "reward/mean" and all(v is None for v in values):
+            continue
+        points = [(i, v) for i, v in zip(iterations, values, strict=True) if v is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
+        smooth = [
+            sum(ys[max(0, j - window + 1) : j + 1]) / len(ys[max(0, j - window + 1) : j + 1]) for j in range(len(ys))
+        ]
+        ax.plot(xs, smooth, color=colour, label=f"{key} ({window}-iter mean)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,185 @@
+"""The in-process trainer: sample -> reward -> select -> advantages -> update, in one process, no Ray.
+
+It is the reference the Ray system must match (`maskfocus train --executor local`). Every random stream
+is derived from (run seed, iteration, role), so the Ray executor can reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from maskfocus.config import RunConfig
+from maskfocus.evaluation import load_rows, run_evaluation, write_results
+from maskfocus.images import save_grid, to_uint8
+from maskfocus.models.amused import AmusedGenerator, resolve_model_path
+from maskfocus.rewards.combined import build_rewards
+from maskfocus.rollout import rollout
+from maskfocus.run_io import (
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint_weights,
+    plot_reward_curve,
+    read_metrics,
+    save_checkpoint,
+    save_model_folder,
+)
+from maskfocus.sampling import sample_prompts, seeded_generator
+from maskfocus.scoring import score_trajectory
+from maskfocus.update import PolicyUpdater
+
+ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
+
+
+class PromptStream:
+    """Training prompts with a cursor (how many were taken), so a resumed run continues the same stream."""
+
+    def __init__(self, seed: int, tags: tuple[str, ...], cursor: int = 0):
+        from maskfocus.shapes.prompts import TrainingPrompts
+
+        self.source = TrainingPrompts(seed, tags)
+        self.cursor = 0
+        self.take(cursor)
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        self.cursor += count
+        return [next(self.source) for _ in range(count)]
+
+
+def preview_prompts() -> list[str]:
+    """One fixed prompt per tag (the first of the tag in shapes-geneval), for the image grids."""
+    seen: dict[str, str] = {}
+    for row in load_rows("shapes-geneval"):
+        seen.setdefault(row["tag"], row["prompt"])
+    return list(seen.values())
+
+
+def save_preview(model: AmusedGenerator, config: RunConfig, path: Path, images_per_prompt: int = 4) -> None:
+    """A grid of the fixed prompts (standard sampler, fixed seed): one row per tag."""
+    prompts = preview_prompts()
+    result = sample_prompts(
+        model,
+        [p for p in prompts for _ in range(images_per_prompt)],
+        num_steps=config.sampler.num_steps,
+        cfg_scale=config.sampler.cfg_scale,
+        gumbel_temperature_initial=config.sampler.gumbel_temperature,
+        negative_prompt=config.sampler.negative_prompt,
+        generator=seeded_generator(config.seed, PREVIEW),
+    )
+    save_grid(path, to_uint8(model.decode(result.tokens_BL)), columns=images_per_prompt, scale=2, labels=prompts)
+
+
+def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
+    """Run the whole RL loop in this process; returns the final summary (with the evaluation if enabled)."""
+    torch.manual_seed(config.seed)
+    model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+    reward_fn = build_rewards(config.rewards, device=config.model.device)
+    image_embed = _clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
+    num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
+    updates_per_iteration = num_k if config.grpo.update == "per_step" else 1
+    updater = PolicyUpdater(
+        model,
+        config.grpo,
+        config.optim,
+        config.sampler.num_steps,
+        total_updates=config.train.num_iterations * updates_per_iteration,
+    )
+    start_iteration, cursor = 0, 0
+    if resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint_weights(checkpoint, updater.module)
+        updater.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        for _ in range(updater.num_updates, state["num_updates"]):
+            updater.scheduler.step()
+        updater.num_updates = state["num_updates"]
+        start_iteration, cursor = state["iteration"] + 1, state["prompt_cursor"]
+    prompts = PromptStream(config.seed, config.rollout.tags, cursor)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    (run_dir / "images").mkdir(exist_ok=True)
+    iterations = range(start_iteration, config.train.num_iterations)
+    for iteration in tqdm(iterations, desc="train", unit="iter", disable=not show_progress):
+        start = time.perf_counter()
+        metadata = prompts.take(config.rollout.prompts_per_iteration)
+        trajectory = rollout(
+            model,
+            metadata,
+            config.rollout.group_size,
+            config.sampler,
+            config.router,
+            seeded_generator(config.seed, iteration, ROLLOUT, device=model.device),
+            policy_version=iteration,
+            iteration=iteration,
+        )
+        batch = score_trajectory(
+            trajectory,
+            reward_fn,
+            model,
+            config.selection,
+            config.grpo,
+            seeded_generator(config.seed, iteration, SELECT),
+            image_embed,
+        )
+        metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
+        record = {
+            "iteration": iteration,
+            "policy_version": iteration + 1,
+            "prompt_cursor": prompts.cursor,
+            **batch.stats,
+            **metrics,
+            "perf/iteration_seconds": time.perf_counter() - start,
+        }
+        if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
+            log.write(record)
+        if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
+            save_preview(model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
+            plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
+        if (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1:
+            save_checkpoint(
+                run_dir,
+                iteration,
+                updater.module,
+                updater.optimizer,
+                {
+                    "prompt_cursor": prompts.cursor,
+                    "num_updates": updater.num_updates,
+                    "policy_version": iteration + 1,
+                    "seed": config.seed,
+                },
+            )
+    log.close()
+    return finish_run(config, run_dir, model, updater.module)
+
+
+def finish_run(config: RunConfig, run_dir: Path, model: AmusedGenerator, module: torch.nn.Module) -> dict:
+    """Final model folder, reward curve and (if enabled) the GenEval-style evaluation."""
+    save_model_folder(resolve_model_path(config.model.path), module, run_dir / "model")
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    if records:
+        plot_reward_curve(records, run_dir / "reward_curve.png")
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "iterations": config.train.num_iterations}
+    if records:
+        tail = [r["reward/mean"] for r in records[-10:] if r.get("reward/mean") is not None]
+        summary["final_reward_mean_last10"] = float(np.mean(tail)) if tail else None
+    if config.train.final_eval:
+        from maskfocus.shapes.detector import ShapesDetector
+
+        rows = load_rows(config.eval.benchmark)
+        eval_records, eval_summary, _ = run_evaluation(
+            model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
+        )
+        write_results(eval_records, eval_summary, run_dir / "eval" / "results.jsonl", run_dir / "eval" / "summary.json")
+        summary["eval"] = eval_summary
+    return summary
+
+
+def _clip_image_embed(reward_fn):
+    for _, reward in reward_fn.terms:
+        if reward.name == "clip":
+            return reward.scorer.image_embeddings
+    from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
+
+    return ClipScorer.from_folder(TINY_CLIP).image_embeddings

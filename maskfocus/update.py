@@ -1,0 +1,166 @@
+"""The learner's update on one TrainBatch (ALGORITHM.md section 4), in plain torch.
+
+Used as is by the in-process trainer and, with a sharded module and a global token count, by each Ray
+Train worker: distribution enters only through `module` (possibly FSDP-wrapped) and `count_tokens`.
+
+Shape legend: B samples, K selected steps, L image tokens, V codebook size.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.grpo import build_training_inputs, masked_entropy_mean, policy_loss, token_log_probs
+from maskfocus.models.base import Condition, MaskedGenerator
+from maskfocus.types import TrainBatch
+
+CountTokens = Callable[[torch.Tensor], float]
+
+
+def local_token_count(loss_mask_BL: torch.Tensor) -> float:
+    return float(loss_mask_BL.sum())
+
+
+@dataclass
+class StepInputs:
+    """The training state of one selected step for every sample, fixed before the first update."""
+
+    inputs_BL: torch.Tensor
+    loss_mask_BL: torch.Tensor
+    steps_B: torch.Tensor
+    old_logp_BL: torch.Tensor | None = None
+    ref_logp_BL: torch.Tensor | None = None
+
+
+def make_optimizer(module: nn.Module, optim: OptimConfig, total_updates: int):
+    """AdamW with a linear decay from the peak to final_lr_fraction over `total_updates` optimizer steps."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    span = max(1, total_updates - 1)
+
+    def factor(update: int) -> float:
+        return 1.0 - (1.0 - optim.final_lr_fraction) * min(update, span) / span
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """The reference policy: a deep copy with gradients off."""
+    return copy.deepcopy(module).eval().requires_grad_(False)
+
+
+class PolicyUpdater:
+    """GRPO updates of `module` (the generator's transformer, maybe wrapped) on TrainBatches."""
+
+    def __init__(
+        self,
+        model: MaskedGenerator,
+        grpo: GRPOConfig,
+        optim: OptimConfig,
+        num_sampling_steps: int,
+        total_updates: int,
+        module: nn.Module | None = None,
+        reference: nn.Module | None = None,
+    ):
+        self.model = model
+        self.grpo = grpo
+        self.optim = optim
+        self.num_sampling_steps = num_sampling_steps
+        self.module = module or model.trainable_module()
+        self.reference = None if grpo.beta == 0 else (reference or frozen_copy(self.module))
+        self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
+        self.num_updates = 0
+
+    def _logp(self, step: StepInputs, tokens_BL: torch.Tensor, condition: Condition, module: nn.Module):
+        logits_BLV = self.model.logits(step.inputs_BL, condition, step.steps_B, self.num_sampling_steps, module=module)
+        return token_log_probs(logits_BLV, tokens_BL), logits_BLV
+
+    def prepare(self, batch: TrainBatch, generator: torch.Generator) -> list[StepInputs]:
+        """Build each selected step's input and freeze the old (and reference) log-probs."""
+        steps = []
+        for k in range(batch.steps_BK.shape[1]):
+            trajectory_mask = None if batch.masks_BKL is None else batch.masks_BKL[:, k]
+            remask = "trajectory" if self.grpo.tokens == "newly_unmasked" else self.grpo.remask
+            inputs_BL, mask_BL = build_training_inputs(
+                batch.tokens_BL, batch.num_masked_BK[:, k], self.model.mask_token_id, generator, remask, trajectory_mask
+            )
+            if batch.scored_BKL is not None:
+                mask_BL = batch.scored_BKL[:, k]
+            mask_BL = mask_BL & batch.valid_B.to(mask_BL.device).unsqueeze(-1)
+            steps.append(StepInputs(inputs_BL, mask_BL, batch.steps_BK[:, k]))
+        return steps
+
+    @torch.no_grad()
+    def _freeze_log_probs(self, steps: list[StepInputs], tokens_BL: torch.Tensor, condition: Condition) -> None:
+        for step in steps:
+            step.old_logp_BL = self._logp(step, tokens_BL, condition, self.module)[0]
+            if self.reference is not None:
+                step.ref_logp_BL = self._logp(step, tokens_BL, condition, self.reference)[0]
+
+    def _step_loss(self, step: StepInputs, batch: TrainBatch, condition: Condition, count_tokens: CountTokens):
+        logp_BL, logits_BLV = self._logp(step, batch.tokens_BL, condition, self.module)
+        loss, metrics = policy_loss(
+            logp_BL,
+            step.old_logp_BL,
+            batch.advantages_B.to(logp_BL.device),
+            step.loss_mask_BL,
+            clip_eps=self.grpo.clip_eps,
+            beta=self.grpo.beta,
+            ref_logp_BL=step.ref_logp_BL,
+            num_tokens=max(count_tokens(step.loss_mask_BL), 1.0),
+        )
+        metrics["loss/entropy"] = masked_entropy_mean(logits_BLV.detach(), step.loss_mask_BL)
+        return loss, metrics
+
+    def _optimizer_step(self) -> tuple[float, bool]:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.optim.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        applied = bool(torch.isfinite(torch.tensor(grad_norm)))
+        if applied:  # a non-finite gradient never reaches the weights
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.num_updates += 1
+        return grad_norm, applied
+
+    def update(
+        self, batch: TrainBatch, generator: torch.Generator, count_tokens: CountTokens = local_token_count
+    ) -> dict[str, float]:
+        """One rollout's worth of updates: K optimizer steps (per_step) or one (accumulate)."""
+        start = time.perf_counter()
+        condition = self.model.encode_prompts(batch.prompts_B)
+        steps = self.prepare(batch, generator)
+        self._freeze_log_probs(steps, batch.tokens_BL, condition)
+        self.module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        records: list[dict[str, float]] = []
+        for index, step in enumerate(steps):
+            loss, metrics = self._step_loss(step, batch, condition, count_tokens)
+            if torch.isfinite(loss):
+                loss.backward()
+            else:
+                metrics["loss/skipped_nonfinite"] = 1.0
+            if self.grpo.update == "per_step" or index == len(steps) - 1:
+                metrics["loss/grad_norm"], applied = self._optimizer_step()
+                metrics["loss/skipped_steps"] = float(not applied)
+            records.append(metrics)
+        self.module.eval()
+        return self._summarize(records, start)
+
+    def _summarize(self, records: list[dict[str, float]], start: float) -> dict[str, float]:
+        keys = sorted({key for record in records for key in record})
+        summary = {}
+        for key in keys:
+            values = [record[key] for record in records if key in record]
+            summary[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+        summary["loss/skipped_steps"] = sum(r.get("loss/skipped_steps", 0.0) for r in records)
+        summary["perf/learner_seconds"] = time.perf_counter() - start
+        summary["perf/optimizer_steps"] = float(sum("loss/grad_norm" in r for r in records))
+        summary["optim/lr"] = self.scheduler.get_last_lr()[0]
+        return summary

@@ -1,0 +1,116 @@
+"""The learner update on a toy generator: frozen old log-probs, update schemes, skipped groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ToyGenerator
+
+from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.types import TrainBatch
+from maskfocus.update import PolicyUpdater
+
+
+def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3, seed: int = 0) -> TrainBatch:
+    generator = torch.Generator().manual_seed(seed)
+    num_tokens = model.grid_size[0] * model.grid_size[1]
+    tokens = torch.randint(0, model.codebook_size, (num_samples, num_tokens), generator=generator)
+    steps = torch.arange(1, num_selected + 1).expand(num_samples, num_selected).clone()
+    counts = torch.tensor([12, 8, 4][:num_selected]).expand(num_samples, num_selected).clone()
+    advantages = torch.randn(num_samples, generator=generator)
+    return TrainBatch(
+        [f"p{i // 4}" for i in range(num_samples)],
+        tokens,
+        steps,
+        counts,
+        None,
+        None,
+        advantages,
+        torch.ones(num_samples, dtype=torch.bool),
+        0,
+        0,
+    )
+
+
+def make_updater(model, **grpo):
+    config = GRPOConfig(**grpo)
+    return PolicyUpdater(model, config, OptimConfig(learning_rate=1e-2), num_sampling_steps=6, total_updates=10)
+
+
+def test_first_update_of_a_batch_has_ratio_exactly_one():
+    model = ToyGenerator()
+    updater = make_updater(model, update="accumulate", beta=0.0)
+    metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/ratio_max"] == 1.0
+    assert metrics["loss/clip_fraction"] == 0.0
+
+
+def test_per_step_takes_k_optimizer_steps_and_accumulate_one():
+    for scheme, expected in (("per_step", 3), ("accumulate", 1)):
+        model = ToyGenerator()
+        updater = make_updater(model, update=scheme)
+        metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+        assert metrics["perf/optimizer_steps"] == expected
+        assert updater.num_updates == expected
+
+
+def test_per_step_later_steps_see_a_moved_policy():
+    model = ToyGenerator()
+    updater = make_updater(model, update="per_step", clip_eps=None, beta=0.0)
+    before = model.transformer.weight.detach().clone()
+    metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert not torch.equal(before, model.transformer.weight)
+    assert metrics["loss/ratio_max"] > 1.0  # steps after the first are scored by an updated policy
+
+
+def test_kl_is_zero_at_the_first_update_and_reference_stays_frozen():
+    model = ToyGenerator()
+    updater = make_updater(model, update="per_step", beta=0.5)
+    reference_before = updater.reference.weight.detach().clone()
+    updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert torch.equal(reference_before, updater.reference.weight)
+    metrics = updater.update(make_batch(model, seed=3), torch.Generator().manual_seed(2))
+    assert metrics["loss/kl"] > 0.0
+
+
+def test_beta_zero_skips_the_reference_model():
+    updater = make_updater(ToyGenerator(), beta=0.0)
+    assert updater.reference is None
+
+
+def test_invalid_samples_contribute_nothing():
+    model = ToyGenerator()
+    batch = make_batch(model)
+    batch.valid_B[:] = False
+    updater = make_updater(model)
+    before = model.transformer.weight.detach().clone()
+    metrics = updater.update(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(before, model.transformer.weight)  # zero gradient: AdamW with no decay leaves weights
+    assert metrics["loss/policy"] == 0.0
+
+
+def test_newly_unmasked_scores_only_committed_tokens():
+    model = ToyGenerator()
+    batch = make_batch(model, num_selected=1)
+    masks = torch.zeros(8, 1, 16, dtype=torch.bool)
+    masks[:, 0, :12] = True
+    scored = torch.zeros_like(masks)
+    scored[:, 0, 8:12] = True
+    batch.masks_BKL, batch.scored_BKL = masks, scored
+    updater = make_updater(model, tokens="newly_unmasked")
+    steps = updater.prepare(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(steps[0].loss_mask_BL, scored[:, 0])
+    assert (steps[0].inputs_BL[:, :12] == model.mask_token_id).all()
+
+
+@pytest.mark.parametrize("remask", ["random", "trajectory"])
+def test_training_inputs_have_the_selected_mask_counts(remask):
+    model = ToyGenerator()
+    batch = make_batch(model)
+    if remask == "trajectory":
+        batch.masks_BKL = torch.stack([torch.arange(16).expand(8, 16) < c for c in (12, 8, 4)], dim=1)
+    updater = make_updater(model, remask=remask)
+    steps = updater.prepare(batch, torch.Generator().manual_seed(0))
+    for step, count in zip(steps, (12, 8, 4), strict=True):
+        assert ((step.inputs_BL == model.mask_token_id).sum(-1) == count).all()
+        assert step.loss_mask_BL.sum(-1).eq(count).all()
