@@ -34,14 +34,16 @@ def render_model_card(report: dict[str, Any]) -> str:
         "```",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + f"; {report['machine']}.",
         "",
+        *[f"Note: {note}" for note in report.get("notes", [])],
+        "",
         "Time per stage on 2 CPU cores (seconds): "
         + ", ".join(f"{stage} {value}" for stage, value in seconds.items())
         + f"; total {sum(seconds.values())} s.",
         "",
         "## Scores (shapes-geneval, GenEval rules, exact shapes detector)",
         "",
-        f"Base model, {base['num_images']} images ({base['num_images'] // 600 if base['num_images'] >= 600 else '?'}"
-        f" per prompt), sampler defaults of `SamplerConfig`; evaluation took {m['base_model_eval_seconds']} s:",
+        f"Base model, {base['num_images']} images ({report['config']['eval_images_per_prompt']} per prompt row), "
+        f"sampler defaults of `SamplerConfig`; evaluation took {m['base_model_eval_seconds']} s:",
         "",
         *_tag_table("base model", base),
         "",

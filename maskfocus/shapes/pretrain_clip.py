@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast
 
 from maskfocus.config import Section
+from maskfocus.models.tokenizer import MAX_LENGTH
 from maskfocus.rewards.clip_score import ClipScorer
 from maskfocus.shapes.pretrain_vq import images_to_tensor
 from maskfocus.shapes.prompts import CaptionMix, pretraining_pair
@@ -48,7 +49,7 @@ def clip_model_config(vocab_size: int, pad_id: int, eos_id: int) -> dict:
         "embed_dim": 64,
         "vision_cfg": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 128, "layers": 3, "head_width": 32},
         "text_cfg": {
-            "context_length": 16,
+            "context_length": MAX_LENGTH,
             "vocab_size": vocab_size,
             "width": 64,
             "heads": 2,
@@ -68,7 +69,9 @@ def build_clip(model_cfg: dict):
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerFast, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def train_clip(

@@ -77,7 +77,9 @@ def _lr_at(step: int, num_steps: int, base: float) -> float:
 
 
 def _encode_text(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     output = text_encoder(ids.input_ids, return_dict=True, output_hidden_states=True)
     return output.hidden_states[-2], output.text_embeds
 

@@ -12,6 +12,8 @@ import torch
 from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
+from maskfocus.models.tokenizer import MAX_LENGTH
+
 IMAGE_SIZE = 64
 GRID_SIZE = 16  # tokens per side: the VQ downsamples by 4
 CODEBOOK_SIZE = 256
@@ -47,7 +49,7 @@ def build_text_encoder(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -
         intermediate_size=2 * TEXT_WIDTH,
         num_hidden_layers=3,
         num_attention_heads=2,
-        max_position_embeddings=16,
+        max_position_embeddings=MAX_LENGTH,
         projection_dim=TEXT_PROJECTION,
         pad_token_id=pad_id,
         bos_token_id=bos_id,

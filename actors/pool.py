@@ -1,0 +1,49 @@
+"""Pools of Ray actors built from config, with idle tracking and the weight version each actor holds.
+
+Roles are plain classes; `make_actors` turns one into `num` Ray actors with the resources from config.
+A dead actor is restarted by Ray (`max_restarts`) with its constructor state, so the pool forgets the
+weights it held (`forget`) and the driver reloads them before the actor's next batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+
+def make_actors(
+    role: type, num: int, *args: Any, num_cpus: float, num_gpus: float = 0.0, max_restarts: int = 0
+) -> list[ActorHandle]:
+    """`num` actors of the plain class `role`, each built with `role(*args)`."""
+    remote = ray.remote(role).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts)
+    return [remote.remote(*args) for _ in range(num)]
+
+
+class WorkerPool:
+    """Actors of one role: which are idle, and which weight version each has loaded (-1 = unknown)."""
+
+    def __init__(self, actors: list[ActorHandle], initial_version: int = 0):
+        self.actors = actors
+        self.versions = [initial_version] * len(actors)
+        self.idle = list(range(len(actors)))
+
+    def acquire(self) -> int | None:
+        """The index of an idle actor, now marked busy; None when all are busy."""
+        return self.idle.pop(0) if self.idle else None
+
+    def release(self, index: int) -> None:
+        assert index not in self.idle
+        self.idle.append(index)
+
+    def forget(self, index: int) -> None:
+        """The actor died (and is being restarted): its weights are the constructor's, not a known version."""
+        self.versions[index] = -1
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+    def __len__(self) -> int:
+        return len(self.actors)

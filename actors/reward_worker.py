@@ -1,0 +1,45 @@
+"""The reward role: task rewards, step gains, critical-step selection and advantages -> TrainBatch.
+
+A plain class made a Ray actor by the driver. The model is loaded only for its frozen parts (VQ codebook,
+decoder) used by the step embeddings; its random stream is seeded_generator(seed, iteration, SELECT).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from maskfocus.config import RunConfig
+from maskfocus.models.amused import AmusedGenerator
+from maskfocus.rewards.combined import build_rewards
+from maskfocus.sampling import seeded_generator
+from maskfocus.scoring import score_trajectory
+from maskfocus.trainer import SELECT, _clip_image_embed
+from maskfocus.types import TrainBatch, Trajectory
+
+
+class RewardWorker:
+    """Scores rollouts into TrainBatches."""
+
+    def __init__(self, config: RunConfig):
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+        self.reward_fn = build_rewards(config.rewards, device=config.model.device)
+        self.image_embed = _clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
+
+    def score(self, trajectory: Trajectory) -> TrainBatch:
+        return score_trajectory(
+            trajectory,
+            self.reward_fn,
+            self.model,
+            self.config.selection,
+            self.config.grpo,
+            seeded_generator(self.config.seed, trajectory.iteration, SELECT),
+            self.image_embed,
+        )
+
+    def score_split(self, trajectory: Trajectory) -> tuple[dict[str, float], TrainBatch]:
+        """`score`, with the batch's small stats returned apart (call with num_returns=2) so that the driver
+        learns of success or failure without fetching the batch, which goes to the learner by reference."""
+        batch = self.score(trajectory)
+        return {**batch.stats, "policy_version": float(batch.policy_version)}, batch

@@ -1,0 +1,55 @@
+"""The rollout role: sample P prompts x G images with the entropy router and record the trajectory.
+
+A plain class (DESIGN.md, "Roles are plain classes first"); the driver makes it a Ray actor, one per
+inference GPU. Its random stream is seeded_generator(seed, iteration, ROLLOUT), as in the in-process
+trainer, so a batch depends only on (weights, iteration), never on which worker sampled it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from maskfocus.config import RunConfig
+from maskfocus.models.amused import AmusedGenerator
+from maskfocus.rollout import rollout
+from maskfocus.sampling import seeded_generator
+from maskfocus.trainer import ROLLOUT
+from maskfocus.types import Trajectory
+
+
+class RolloutWorker:
+    """Holds one generator; loads published weights by version and samples training rollouts."""
+
+    def __init__(self, config: RunConfig):
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+        self.policy_version = 0
+        """Version of the weights now loaded: 0 = the base model, v = after the learner's v-th update."""
+
+    def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> float:
+        """Load the full transformer weights of `version`; returns the seconds it took."""
+        start = time.perf_counter()
+        self.model.transformer.load_state_dict(state_dict)
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    def sample(self, metadata: Sequence[dict[str, Any]], iteration: int) -> Trajectory:
+        """One iteration's rollout, tagged with the version of the weights that sampled it."""
+        return rollout(
+            self.model,
+            metadata,
+            self.config.rollout.group_size,
+            self.config.sampler,
+            self.config.router,
+            seeded_generator(self.config.seed, iteration, ROLLOUT, device=self.model.device),
+            policy_version=self.policy_version,
+            iteration=iteration,
+        )
+
+    def version(self) -> int:
+        return self.policy_version

@@ -1,0 +1,85 @@
+"""Checkpoints of the Ray learner in the run folder's layout (maskfocus.run_io), and the resume state.
+
+checkpoints/iter_XXXXXX/ holds transformer.safetensors (full weights gathered from the shards),
+optimizer.pt (the full, parameter-name-keyed optimizer state from torch.distributed.checkpoint, so it
+loads into any world size and either strategy) and state.json (iteration, prompt cursor, number of
+optimizer steps, policy version, seed). Every random stream is derived from (seed, iteration, role), so
+the iteration is the whole RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from maskfocus.run_io import latest_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run (re)starts: the next iteration, the prompt cursor before it, and the learner's counters."""
+
+    iteration: int = 0
+    prompt_cursor: int = 0
+    policy_version: int = 0
+    num_updates: int = 0
+    checkpoint: str | None = None
+    """The checkpoint folder to load weights and optimizer state from (None: the base model)."""
+
+
+def resume_state(run_dir: Path, resume: bool) -> RunState:
+    """The state after the latest checkpoint of `run_dir` (a fresh start when not resuming or none exists)."""
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is None:
+        return RunState()
+    state = json.loads((checkpoint / "state.json").read_text())
+    return RunState(
+        iteration=state["iteration"] + 1,
+        prompt_cursor=state["prompt_cursor"],
+        policy_version=state["policy_version"],
+        num_updates=state["num_updates"],
+        checkpoint=str(checkpoint),
+    )
+
+
+class _StateOnly:
+    """Hands an already gathered state dict to run_io.save_checkpoint, which only calls `.state_dict()`."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective (every rank calls it): the full optimizer state on rank 0, an empty dict elsewhere."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(module, optimizer, options=options)
+
+
+def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
+    """Every rank reads the full state and keeps its shard."""
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def write_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Rank 0: the checkpoint folder (written to `.partial` first, so it exists only once complete)."""
+    return save_checkpoint(run_dir, iteration, _StateOnly(weights), _StateOnly(optimizer_state), state)

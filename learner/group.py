@@ -1,0 +1,74 @@
+"""The learner group: one long-running Ray Train TorchTrainer.fit() whose workers run learner/loop.py.
+
+fit() costs ~12 s of start-up (DESIGN.md), so it runs once per run, in a background thread of the driver;
+batches reach it through the queue and results come back through the WeightStore. `error` holds the
+exception that ended fit() early, so the driver stops with that message instead of waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from maskfocus.learner.checkpoint import RunState
+from maskfocus.learner.loop import train_loop_per_worker
+from ray.actor import ActorHandle
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import RunConfig as TrainRunConfig
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
+from maskfocus.config import RayConfig, RunConfig
+
+
+def scaling_config(ray_config: RayConfig) -> ScalingConfig:
+    resources = {"CPU": ray_config.learner_cpus}
+    if ray_config.learner_gpus > 0:
+        resources["GPU"] = ray_config.learner_gpus
+    return ScalingConfig(
+        num_workers=ray_config.num_learner_workers,
+        use_gpu=ray_config.learner_gpus > 0,
+        resources_per_worker=resources,
+    )
+
+
+class LearnerGroup:
+    """Starts the TorchTrainer in a thread; `alive` / `error` tell the driver how it is doing."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, start: RunState, batches: Queue, store: ActorHandle):
+        loop_config = {
+            "config": config,
+            "start": start,
+            "run_dir": str(run_dir.resolve()),
+            "batches": batches,
+            "store": store,
+        }
+        self.trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=scaling_config(config.ray),
+            run_config=TrainRunConfig(
+                name="learner",
+                storage_path=str((run_dir / "ray_train").resolve()),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._fit, name="learner-group", daemon=True)
+
+    def _fit(self) -> None:
+        try:
+            self.trainer.fit()
+        except BaseException as error:  # reported by the driver's loop, which must not hang on a dead learner
+            self.error = error
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)

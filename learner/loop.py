@@ -1,0 +1,227 @@
+"""The per-worker loop of the learner group (one Ray Train worker per training GPU).
+
+Rank 0 takes TrainBatches from the queue, drops those older than `max_staleness` allows, and broadcasts
+the batch; each rank runs PolicyUpdater.update on its shard with the global token count;
+rank 0 then publishes the full weights (gathered from the shards) with the new version, and every
+`checkpoint_every` iterations all ranks write a checkpoint through ray.train.report. The loop ends on the
+queue's stop item (None).
+"""
+
+from __future__ import annotations
+
+import queue as queue_lib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
+from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
+from ray import ObjectRef
+from ray.actor import ActorHandle
+from ray.util.queue import Queue
+
+from maskfocus.config import RunConfig
+from maskfocus.models.amused import AmusedGenerator
+from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
+from maskfocus.sampling import seeded_generator
+from maskfocus.trainer import LEARN
+from maskfocus.types import TrainBatch
+from maskfocus.update import PolicyUpdater, StepInputs, frozen_copy
+
+
+@dataclass(frozen=True)
+class QueuedBatch:
+    """One queue item: a whole iteration's TrainBatch, by reference, and the prompt cursor after it."""
+
+    iteration: int
+    prompt_cursor: int
+    batch: list[ObjectRef]
+    """[ref]: a list so that the queue actor stores the reference, not a copy of the batch."""
+
+
+@dataclass
+class Message:
+    """What rank 0 broadcasts: stop, skip (a dropped batch) or learn from `batch` (each rank keeps its shard)."""
+
+    kind: str
+    iteration: int = -1
+    prompt_cursor: int = 0
+    batch: TrainBatch | None = None
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int) -> slice:
+    """The rows of TrainBatch.shard(rank, world_size)."""
+    size = -(-num_rows // world_size)
+    return slice(rank * size, (rank + 1) * size)
+
+
+class ShardedUpdater(PolicyUpdater):
+    """PolicyUpdater on this rank's shard whose random training inputs (re-masked positions) are drawn for the
+    whole batch and then sliced, so every sample gets the same draw as in the single-worker run."""
+
+    def __init__(self, *args, rank: int, world_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank, self.world_size = rank, world_size
+        self._full_batch: TrainBatch | None = None
+
+    def update_shard(self, batch: TrainBatch, generator: torch.Generator, count_tokens) -> dict[str, float]:
+        self._full_batch = batch
+        try:
+            return self.update(batch.shard(self.rank, self.world_size), generator, count_tokens)
+        finally:
+            self._full_batch = None
+
+    def prepare(self, batch: TrainBatch, generator: torch.Generator) -> list[StepInputs]:
+        full = self._full_batch if self._full_batch is not None else batch
+        rows = shard_rows(len(full), self.rank, self.world_size) if full is not batch else slice(None)
+        return [
+            StepInputs(step.inputs_BL[rows], step.loss_mask_BL[rows], step.steps_B[rows])
+            for step in super().prepare(full, generator)
+        ]
+
+
+class LearnerWorker:
+    """One rank's model, wrapped module, frozen reference and updater."""
+
+    def __init__(self, config: RunConfig, start: RunState, rank: int, world_size: int, device: torch.device):
+        torch.manual_seed(config.seed)
+        self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
+        self.model = AmusedGenerator.from_folder(config.model.path, device=str(device))
+        base = self.model.trainable_module()
+        # The reference is the base policy, as in train_local (made before a checkpoint is loaded or wrapping).
+        reference = frozen_copy(base) if config.grpo.beta > 0 else None
+        if start.checkpoint:
+            load_checkpoint_weights(Path(start.checkpoint), base)
+        self.module = wrap(base, config.ray.learner_strategy)
+        num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
+        per_iteration = num_k if config.grpo.update == "per_step" else 1
+        self.updater = ShardedUpdater(
+            self.model,
+            config.grpo,
+            config.optim,
+            config.sampler.num_steps,
+            total_updates=config.train.num_iterations * per_iteration,
+            module=self.module,
+            reference=reference,
+            rank=rank,
+            world_size=world_size,
+        )
+        if start.checkpoint:
+            load_optimizer_state(self.module, self.updater.optimizer, Path(start.checkpoint))
+            for _ in range(start.num_updates):
+                self.updater.scheduler.step()
+            self.updater.num_updates = start.num_updates
+        self.version = start.policy_version
+        self.count_tokens = global_token_count(world_size, device)
+
+    def learn(self, message: Message) -> dict[str, float]:
+        assert message.batch is not None
+        generator = seeded_generator(self.config.seed, message.iteration, LEARN, device=self.device)
+        metrics = self.updater.update_shard(message.batch, generator, count_tokens=self.count_tokens)
+        self.version += 1
+        return average_metrics(metrics, self.world_size)
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """Collective for FSDP: every rank gathers the full tensors."""
+        return plain_state_dict(unwrap(self.module))
+
+
+def _broadcast(message: Message | None, world_size: int) -> Message:
+    if world_size == 1:
+        assert message is not None
+        return message
+    received: list[Any] = [message]
+    dist.broadcast_object_list(received, src=0)
+    return received[0]
+
+
+def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
+    """Rank 0: the next queue item, and the seconds spent waiting for it."""
+    start = time.perf_counter()
+    while True:
+        try:
+            return batches.get(block=True, timeout=1.0), time.perf_counter() - start
+        except queue_lib.Empty:
+            if time.perf_counter() - start > timeout_s:
+                raise RuntimeError(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
+
+
+def _message(item: QueuedBatch | None, version: int, config: RunConfig) -> tuple[Message, dict]:
+    """Rank 0: what to broadcast for a queue item, and the item's stats (for the record)."""
+    if item is None:
+        return Message("stop"), {}
+    batch: TrainBatch = ray.get(item.batch[0], timeout=config.ray.timeout_s)
+    staleness = version - batch.policy_version
+    info = {**batch.stats, "sync/staleness": float(staleness), "sync/batch_version": float(batch.policy_version)}
+    if staleness > config.ray.max_staleness or staleness < 0:
+        return Message("skip", item.iteration, item.prompt_cursor), info
+    return Message("learn", item.iteration, item.prompt_cursor, batch), info
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; `loop_config`: config, start (RunState), run_dir, batches (Queue), store."""
+    config: RunConfig = loop_config["config"]
+    batches: Queue = loop_config["batches"]
+    store: ActorHandle = loop_config["store"]
+    run_dir = Path(loop_config["run_dir"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if config.ray.learner_gpus > 0 else torch.device("cpu")
+    worker = LearnerWorker(config, loop_config["start"], rank, world_size, device)
+    timeout = config.ray.timeout_s
+    weights = worker.full_weights()
+    if rank == 0:  # the starting weights (the checkpoint's, on resume); also says the learner is ready
+        ray.get(store.publish.remote(worker.version, [ray.put(weights)], {"ready": 1.0}), timeout=timeout)
+    while True:
+        item, info, queue_wait = None, {}, 0.0
+        message = None
+        if rank == 0:
+            item, queue_wait = _take(batches, timeout)
+            message, info = _message(item, worker.version, config)
+        message = _broadcast(message, world_size)
+        if message.kind == "stop":
+            return
+        record = {"iteration": message.iteration, "prompt_cursor": message.prompt_cursor, **info}
+        record["perf/queue_wait_seconds"] = queue_wait
+        if message.kind == "skip":
+            if rank == 0:
+                ray.get(store.publish.remote(worker.version, None, {**record, "dropped": 1.0}), timeout=timeout)
+            continue
+        record.update(worker.learn(message))
+        sync_start = time.perf_counter()
+        weights = worker.full_weights()
+        weights_ref = [ray.put(weights)] if rank == 0 else None
+        record["perf/weight_sync_seconds"] = time.perf_counter() - sync_start
+        record["policy_version"] = worker.version
+        _maybe_checkpoint(worker, message, weights, run_dir, record)
+        if rank == 0:
+            ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
+
+
+def _maybe_checkpoint(
+    worker: LearnerWorker, message: Message, weights: dict[str, torch.Tensor], run_dir: Path, record: dict
+) -> None:
+    train = worker.config.train
+    iteration = message.iteration
+    if (iteration + 1) % train.checkpoint_every != 0 and iteration != train.num_iterations - 1:
+        return
+    start = time.perf_counter()
+    optimizer_state = full_optimizer_state(worker.module, worker.updater.optimizer)
+    checkpoint = None
+    if worker.rank == 0:
+        state = {
+            "prompt_cursor": message.prompt_cursor,
+            "num_updates": worker.updater.num_updates,
+            "policy_version": worker.version,
+            "seed": worker.config.seed,
+        }
+        folder = write_checkpoint(run_dir, iteration, weights, optimizer_state, state)
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+    metrics = {"iteration": iteration, "policy_version": worker.version, "loss/total": record.get("loss/total", 0.0)}
+    ray.train.report(metrics, checkpoint=checkpoint)
+    record["perf/checkpoint_seconds"] = time.perf_counter() - start

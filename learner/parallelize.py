@@ -1,0 +1,76 @@
+"""Data parallelism of the trainable transformer: FSDP2 `fully_shard` per block then the root, or DDP.
+
+The model code holds no sharding (STYLE.md); this file applies it. On CPU the process group is gloo
+(Ray Train's default without GPUs), on GPU NCCL. Each rank's loss is normalised by the global count of
+scored tokens divided by the world size: FSDP2's reduce-scatter and DDP's all-reduce both average the
+gradients over ranks, so the mean of the ranks' gradients equals the single-worker gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+BLOCK_LISTS = ("transformer_layers", "layers", "blocks", "transformer_blocks")
+"""Names of the ModuleList of repeated blocks in the supported transformers (UVit2DModel: transformer_layers)."""
+
+
+def transformer_blocks(module: nn.Module) -> list[nn.Module]:
+    """The repeated blocks to shard one by one: the first ModuleList named in BLOCK_LISTS, plus the UVit
+    down/up blocks when present (they are as large as a transformer block in the tiny model)."""
+    blocks: list[nn.Module] = []
+    for name in BLOCK_LISTS:
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, nn.ModuleList):
+            blocks.extend(candidate)
+            break
+    blocks.extend(getattr(module, name) for name in ("down_block", "up_block") if hasattr(module, name))
+    return blocks
+
+
+def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"]) -> nn.Module:
+    """FSDP2: shard each block then the root, in place (the same object, its parameters now DTensors).
+    DDP: a wrapper whose forward is the module's. Needs an initialized process group."""
+    if strategy == "fsdp":
+        for block in transformer_blocks(module):
+            fully_shard(block)
+        fully_shard(module)
+        return module
+    device_ids = [torch.cuda.current_device()] if next(module.parameters()).is_cuda else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def global_token_count(world_size: int, device: torch.device) -> Callable[[torch.Tensor], float]:
+    """count_tokens for PolicyUpdater: the all-reduced number of scored tokens, divided by the world size
+    (see the module docstring); with one rank it is the local count."""
+
+    def count(loss_mask_BL: torch.Tensor) -> float:
+        total = loss_mask_BL.sum().to(device=device, dtype=torch.float64)
+        if world_size > 1:
+            dist.all_reduce(total)
+        return float(total) / world_size
+
+    return count
+
+
+def average_metrics(metrics: dict[str, float], world_size: int) -> dict[str, float]:
+    """Rank-mean of each metric (max for `*_max`); keys missing on a rank are left out of its mean."""
+    if world_size == 1:
+        return metrics
+    gathered: list[dict[str, float]] = [{} for _ in range(world_size)]
+    dist.all_gather_object(gathered, metrics)
+    summary = {}
+    for key in sorted({key for record in gathered for key in record}):
+        values = [record[key] for record in gathered if key in record]
+        summary[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+    return summary

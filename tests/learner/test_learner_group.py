@@ -1,0 +1,84 @@
+"""The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update; stale batches dropped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from maskfocus.actors.reward_worker import RewardWorker
+from maskfocus.actors.rollout_worker import RolloutWorker
+from maskfocus.learner.checkpoint import RunState
+from maskfocus.learner.group import LearnerGroup
+from maskfocus.learner.loop import QueuedBatch
+from maskfocus.learner.parallelize import transformer_blocks
+from maskfocus.learner.weight_store import WeightStore
+from ray_fixture import RAY_TIMEOUT_S, tiny_config
+
+from maskfocus.models.amused import AmusedGenerator
+from maskfocus.sampling import seeded_generator
+from maskfocus.trainer import LEARN, PromptStream
+from maskfocus.update import PolicyUpdater
+
+
+def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        update = ray.get(store.next_update.remote(1.0), timeout=timeout)
+        if update is not None:
+            return update
+    raise TimeoutError("no learner update")
+
+
+def test_blocks_to_shard_are_the_transformer_layers_and_the_uvit_blocks(random_model):
+    module = AmusedGenerator.from_folder(random_model).trainable_module()
+    blocks = transformer_blocks(module)
+    assert len(blocks) == len(module.transformer_layers) + 2
+    assert blocks[-2:] == [module.down_block, module.up_block]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp"])
+def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
+    ray_session, random_model, tmp_path, one_thread, strategy
+):
+    ray = ray_session
+    config = tiny_config(
+        random_model, tmp_path, ray={"num_learner_workers": 2, "learner_cpus": 0.5, "learner_strategy": strategy}
+    )
+    metadata = PromptStream(config.seed, config.rollout.tags).take(2)
+    batch = RewardWorker(config).score(RolloutWorker(config).sample(metadata, 0))
+    assert batch.advantages_B.abs().sum() > 0  # the random CLIP reward varies, so the loss has a gradient
+    model = AmusedGenerator.from_folder(config.model.path)
+    expected = PolicyUpdater(model, config.grpo, config.optim, config.sampler.num_steps, total_updates=6).update(
+        batch, seeded_generator(config.seed, 0, LEARN)
+    )
+
+    from ray.util.queue import Queue
+
+    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    group = LearnerGroup(config, tmp_path, RunState(), batches, store)
+    group.start()
+    try:
+        version, weights, record = next_update(ray, store)
+        assert record == {"ready": 1.0} and version == 0
+        stale = batch.shard(0, 1)
+        stale.policy_version = -1  # one version behind the learner's 0, with max_staleness 0
+        batches.put(QueuedBatch(0, 2, [ray.put(stale)]), timeout=RAY_TIMEOUT_S)
+        batches.put(QueuedBatch(0, 2, [ray.put(batch)]), timeout=RAY_TIMEOUT_S)
+        version, weights, record = next_update(ray, store)
+        assert record["dropped"] == 1.0 and record["sync/staleness"] == 1.0 and weights is None and version == 0
+        version, weights, record = next_update(ray, store)
+        assert version == 1 and record["policy_version"] == 1 and record["sync/staleness"] == 0.0
+        for key in ("loss/total", "loss/policy", "loss/kl", "loss/grad_norm"):
+            assert record[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+        published = ray.get(weights[0], timeout=RAY_TIMEOUT_S)
+        local = model.transformer.state_dict()
+        assert published.keys() == local.keys()
+        worst = max((published[k] - local[k]).abs().max().item() for k in local)
+        assert worst < 0.1 * config.optim.learning_rate  # Adam's first steps move each weight by ~lr
+        batches.put(None, timeout=RAY_TIMEOUT_S)
+        group.join(RAY_TIMEOUT_S)
+        assert not group.alive and group.error is None
+    finally:
+        batches.shutdown()
+        ray.kill(store)
