@@ -13,7 +13,7 @@ from maskfocus.models.amused import AmusedGenerator
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.sampling import seeded_generator
 from maskfocus.scoring import score_trajectory
-from maskfocus.trainer import SELECT, _clip_image_embed
+from maskfocus.trainer import SELECT, clip_image_embed
 from maskfocus.types import TrainBatch, Trajectory
 
 
@@ -25,7 +25,7 @@ class RewardWorker:
         self.config = config
         self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
         self.reward_fn = build_rewards(config.rewards, device=config.model.device)
-        self.image_embed = _clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
+        self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
 
     def score(self, trajectory: Trajectory) -> TrainBatch:
         return score_trajectory(

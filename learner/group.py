@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from maskfocus.learner.checkpoint import RunState
-from maskfocus.learner.loop import train_loop_per_worker
 from ray.actor import ActorHandle
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
@@ -19,6 +17,8 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
 from maskfocus.config import RayConfig, RunConfig
+from maskfocus.learner.checkpoint import RunState
+from maskfocus.learner.loop import train_loop_per_worker
 
 
 def scaling_config(ray_config: RayConfig) -> ScalingConfig:

@@ -19,13 +19,13 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
-from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
 from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.util.queue import Queue
 
 from maskfocus.config import RunConfig
+from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
+from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
 from maskfocus.sampling import seeded_generator

@@ -44,6 +44,8 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
         overrides["sampler.num_steps"] = args.steps
     if getattr(args, "cfg", None) is not None:
         overrides["sampler.cfg_scale"] = args.cfg
+    if getattr(args, "gumbel", None) is not None:
+        overrides["sampler.gumbel_temperature"] = args.gumbel
     if getattr(args, "batch_size", None) is not None:
         overrides["sampler.batch_size"] = args.batch_size
     return overrides
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
+    sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
     sample.set_defaults(func=cmd_sample)
 
@@ -198,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="only the first N prompt rows (smoke tests)")
     evaluate.add_argument("--steps", type=int)
     evaluate.add_argument("--cfg", type=float)
+    evaluate.add_argument("--gumbel", type=float)
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
     evaluate.set_defaults(func=cmd_eval)

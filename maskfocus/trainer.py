@@ -79,7 +79,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     torch.manual_seed(config.seed)
     model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
     reward_fn = build_rewards(config.rewards, device=config.model.device)
-    image_embed = _clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
+    image_embed = clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
     num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
     updates_per_iteration = num_k if config.grpo.update == "per_step" else 1
     updater = PolicyUpdater(
@@ -176,7 +176,7 @@ def finish_run(config: RunConfig, run_dir: Path, model: AmusedGenerator, module:
     return summary
 
 
-def _clip_image_embed(reward_fn):
+def clip_image_embed(reward_fn):
     for _, reward in reward_fn.terms:
         if reward.name == "clip":
             return reward.scorer.image_embeddings

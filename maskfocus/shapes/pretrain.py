@@ -36,6 +36,8 @@ class PretrainConfig(Section):
     clip: ClipPretrainConfig = ClipPretrainConfig()
     eval_images_per_prompt: int = Field(4, ge=1)
     """Images per prompt of the base-model evaluation written into the model card."""
+    measure_rows: int | None = Field(None, ge=1)
+    """Only the first N shapes-geneval rows in the measurements (smoke tests); None = all."""
 
 
 def default_output() -> Path:
@@ -96,7 +98,7 @@ def run_pretraining(
     if missing:
         print(f"saved the trained stages to {out}; not measured yet (missing {', '.join(missing)})")
         return report
-    report["measurements"] = measure(out, config.eval_images_per_prompt)
+    report["measurements"] = measure(out, config.eval_images_per_prompt, config.measure_rows)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(report))
     print(f"wrote weights and MODEL_CARD.md to {out}")
@@ -120,7 +122,7 @@ def _train_generator_parts(
         vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
         bar.close()
         vqvae.save_pretrained(str(folder / "vqvae"))
-        report["stage_seconds"]["vq"] = round(time.perf_counter() - start)
+        _record_stage(out, report, "vq", start)
     if "generator" not in stages:
         return
     if "vq" not in stages:
@@ -132,7 +134,13 @@ def _train_generator_parts(
     text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
     bar.close()
     save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
-    report["stage_seconds"]["generator"] = round(time.perf_counter() - start)
+    _record_stage(out, report, "generator", start)
+
+
+def _record_stage(out: Path, report: dict[str, Any], stage: str, start: float) -> None:
+    """Write the stage's time into the report at once, so a later failure loses nothing."""
+    report["stage_seconds"][stage] = round(time.perf_counter() - start)
+    (out / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]) -> None:
@@ -143,10 +151,10 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
     model, model_cfg = train_clip(config.clip, tokenizer, config.seed, logger, bar.update)
     bar.close()
     save_clip(out / "shapes-clip", model, model_cfg, tokenizer)
-    report["stage_seconds"]["clip"] = round(time.perf_counter() - start)
+    _record_stage(out, report, "clip", start)
 
 
-def measure(out: Path, images_per_prompt: int) -> dict[str, Any]:
+def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:
     """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy."""
     from maskfocus.config import EvalConfig, SamplerConfig
     from maskfocus.evaluation import run_evaluation
@@ -156,7 +164,7 @@ def measure(out: Path, images_per_prompt: int) -> dict[str, Any]:
     from maskfocus.shapes.evalset import load_eval_set
     from maskfocus.shapes.pretrain_clip import zero_shot_accuracy
 
-    rows = load_eval_set()
+    rows = load_eval_set()[:num_rows]
     model = AmusedGenerator.from_folder(out / "shapes-tiny")
     clip = ClipScorer.from_folder(out / "shapes-clip")
 

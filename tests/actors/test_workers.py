@@ -6,11 +6,11 @@ import queue as queue_lib
 
 import pytest
 import torch
+from ray_fixture import RAY_TIMEOUT_S, tiny_config
+
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
-from ray_fixture import RAY_TIMEOUT_S, tiny_config
-
 from maskfocus.trainer import PromptStream
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from ray_fixture import RAY_TIMEOUT_S, tiny_config
+
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
 from maskfocus.learner.checkpoint import RunState
@@ -12,8 +14,6 @@ from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch
 from maskfocus.learner.parallelize import transformer_blocks
 from maskfocus.learner.weight_store import WeightStore
-from ray_fixture import RAY_TIMEOUT_S, tiny_config
-
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import LEARN, PromptStream
