@@ -167,7 +167,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         stages=stages,
         seed=args.seed,
         eval_images_per_prompt=args.eval_images_per_prompt,
-        command=" ".join(sys.argv),
+        command="maskfocus " + " ".join(sys.argv[1:]),
     )
     return 0
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import ToyGenerator
+from support import ToyGenerator
 
 from maskfocus.critical import (
     clip_step_embeddings,

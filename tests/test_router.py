@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import ToyGenerator
+from support import ToyGenerator
 
 from maskfocus.router import EntropyRouter, exploration_temperature, route_lowest_entropy, token_entropy
 from maskfocus.sampling import sample, seeded_generator

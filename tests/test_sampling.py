@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import ToyGenerator
+from support import ToyGenerator
 
 from maskfocus.sampling import gumbel_temperature, mask_schedule, sample, sample_prompts, seeded_generator
 

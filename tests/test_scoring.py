@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ToyGenerator
+from support import ToyGenerator
 
 from maskfocus.config import ConfigError, GRPOConfig, RouterConfig, SamplerConfig, SelectionConfig, config_from_dict
 from maskfocus.rollout import rollout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ToyGenerator
+from support import ToyGenerator
 
 from maskfocus.config import GRPOConfig, OptimConfig
 from maskfocus.types import TrainBatch

@@ -1,0 +1,52 @@
+"""Test helpers importable from any test module (`from support import ToyGenerator`)."""
+
+from __future__ import annotations
+
+import torch
+
+from maskfocus.models.base import Condition
+
+
+class ToyGenerator:
+    """A deterministic 'model': logits are a fixed random linear function of the one-hot grid and the prompt."""
+
+    def __init__(self, side: int = 4, codebook_size: int = 8, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.grid_size = (side, side)
+        self.codebook_size = codebook_size
+        self.mask_token_id = codebook_size
+        self.image_size = side
+        self.device = torch.device("cpu")
+        num_tokens = side * side
+        self.transformer = torch.nn.Linear(num_tokens * (codebook_size + 1), num_tokens * codebook_size, bias=False)
+        with torch.no_grad():
+            self.transformer.weight.copy_(
+                torch.randn(num_tokens * codebook_size, num_tokens * (codebook_size + 1), generator=generator)
+                / num_tokens**0.5
+            )
+        self.prompt_bias = torch.randn(64, num_tokens * codebook_size, generator=generator)
+        self.embedding = torch.randn(codebook_size, 3, generator=generator)
+        self.calls = 0
+
+    def check_prompts(self, prompts):
+        return None
+
+    def encode_prompts(self, prompts):
+        index = torch.tensor([sum(map(ord, p)) % 64 for p in prompts])
+        return Condition(hidden_BSD=index.view(-1, 1, 1).float(), pooled_BD=self.prompt_bias[index])
+
+    def logits(self, tokens_BL, condition, step=0, num_steps=1, module=None):
+        self.calls += 1
+        one_hot = torch.nn.functional.one_hot(tokens_BL, self.codebook_size + 1).float().flatten(1)
+        out = (module or self.transformer)(one_hot) + condition.pooled_BD
+        return out.view(tokens_BL.shape[0], -1, self.codebook_size)
+
+    def decode(self, tokens_BL):
+        side = self.grid_size[0]
+        return torch.sigmoid(self.embedding[tokens_BL]).view(-1, side, side, 3).permute(0, 3, 1, 2)
+
+    def codebook_vectors(self, tokens_BL):
+        return self.embedding[tokens_BL]
+
+    def trainable_module(self):
+        return self.transformer
