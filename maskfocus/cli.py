@@ -54,22 +54,14 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid, to_uint8
     from maskfocus.models.amused import AmusedGenerator
-    from maskfocus.sampling import sample_prompts, seeded_generator
+    from maskfocus.sampling import sample_with_config, seeded_generator
 
     config = _load_run_config(args.config, _sampler_overrides(args))
     model = AmusedGenerator.from_folder(args.model or config.model.path, device=config.model.device)
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
     sampler = config.sampler
-    result = sample_prompts(
-        model,
-        prompts,
-        num_steps=sampler.num_steps,
-        cfg_scale=sampler.cfg_scale,
-        gumbel_temperature_initial=sampler.gumbel_temperature,
-        negative_prompt=sampler.negative_prompt,
-        generator=seeded_generator(args.seed),
-    )
+    result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
     images = to_uint8(model.decode(result.tokens_BL))
     columns = min(args.num_images, 8)
     path = save_grid(args.out, images, columns=columns, scale=args.scale)

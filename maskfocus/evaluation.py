@@ -21,7 +21,7 @@ from maskfocus.config import EvalConfig, SamplerConfig
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.rewards.geneval import TAGS, evaluate, load_metadata, summarize
-from maskfocus.sampling import sample_prompts, seeded_generator
+from maskfocus.sampling import sample_with_config, seeded_generator
 
 Detect = Callable[[np.ndarray], list[dict[str, list]]]
 
@@ -81,14 +81,8 @@ def generate_batches(
     """Yield (jobs, uint8 images) per batch; the standard branch only (no routing at evaluation)."""
     for batch_index, start in enumerate(range(0, len(jobs), sampler.batch_size)):
         chunk = jobs[start : start + sampler.batch_size]
-        result = sample_prompts(
-            model,
-            [job.prompt for job in chunk],
-            num_steps=sampler.num_steps,
-            cfg_scale=sampler.cfg_scale,
-            gumbel_temperature_initial=sampler.gumbel_temperature,
-            negative_prompt=sampler.negative_prompt,
-            generator=seeded_generator(seed, batch_index, device=model.device),
+        result = sample_with_config(
+            model, [job.prompt for job in chunk], sampler, seeded_generator(seed, batch_index, device=model.device)
         )
         yield chunk, to_uint8(model.decode(result.tokens_BL))
 

@@ -12,7 +12,7 @@ from maskfocus.config import RouterConfig, SamplerConfig
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.router import EntropyRouter
-from maskfocus.sampling import sample_prompts
+from maskfocus.sampling import sample_with_config
 from maskfocus.types import Trajectory
 
 
@@ -35,16 +35,8 @@ def rollout(
     """Sample G images per prompt (groups contiguous) and return the recorded Trajectory."""
     start = time.perf_counter()
     prompts = [meta["prompt"] for meta in metadata for _ in range(group_size)]
-    result = sample_prompts(
-        model,
-        prompts,
-        num_steps=sampler.num_steps,
-        cfg_scale=sampler.cfg_scale,
-        gumbel_temperature_initial=sampler.gumbel_temperature,
-        negative_prompt=sampler.negative_prompt,
-        generator=generator,
-        record=True,
-        token_temperature=make_router(router, group_size),
+    result = sample_with_config(
+        model, prompts, sampler, generator, record=True, token_temperature=make_router(router, group_size)
     )
     images = to_uint8(model.decode(result.tokens_BL))
     return Trajectory(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maskfocus.config import SamplerConfig
 from maskfocus.models.base import Condition, MaskedGenerator
 
 # (step, entropy_B, logits_BLV, masked_BL) -> (per-token temperature (B, L) or None, route_B bool)
@@ -195,6 +196,28 @@ def sample_prompts(
         num_steps=num_steps,
         cfg_scale=cfg_scale,
         gumbel_temperature_initial=gumbel_temperature_initial,
+        generator=generator,
+        record=record,
+        token_temperature=token_temperature,
+    )
+
+
+def sample_with_config(
+    model: MaskedGenerator,
+    prompts: list[str],
+    sampler: SamplerConfig,
+    generator: torch.Generator,
+    record: bool = False,
+    token_temperature: TokenTemperature | None = None,
+) -> SampleResult:
+    """`sample_prompts` with T, CFG scale, tau_0 and the negative prompt taken from a SamplerConfig."""
+    return sample_prompts(
+        model,
+        prompts,
+        num_steps=sampler.num_steps,
+        cfg_scale=sampler.cfg_scale,
+        gumbel_temperature_initial=sampler.gumbel_temperature,
+        negative_prompt=sampler.negative_prompt,
         generator=generator,
         record=record,
         token_temperature=token_temperature,

@@ -29,7 +29,7 @@ from maskfocus.run_io import (
     save_checkpoint,
     save_model_folder,
 )
-from maskfocus.sampling import sample_prompts, seeded_generator
+from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.update import PolicyUpdater
 
@@ -62,14 +62,11 @@ def preview_prompts() -> list[str]:
 def save_preview(model: AmusedGenerator, config: RunConfig, path: Path, images_per_prompt: int = 4) -> None:
     """A grid of the fixed prompts (standard sampler, fixed seed): one row per tag."""
     prompts = preview_prompts()
-    result = sample_prompts(
+    result = sample_with_config(
         model,
         [p for p in prompts for _ in range(images_per_prompt)],
-        num_steps=config.sampler.num_steps,
-        cfg_scale=config.sampler.cfg_scale,
-        gumbel_temperature_initial=config.sampler.gumbel_temperature,
-        negative_prompt=config.sampler.negative_prompt,
-        generator=seeded_generator(config.seed, PREVIEW),
+        config.sampler,
+        seeded_generator(config.seed, PREVIEW),
     )
     save_grid(path, to_uint8(model.decode(result.tokens_BL)), columns=images_per_prompt, scale=2, labels=prompts)
 
