@@ -14,14 +14,14 @@ import numpy as np
 
 from maskfocus.shapes.world import (
     COLORS,
+    GRID,
     IMAGE_SIZE,
     MARGIN,
     MAX_OBJECTS,
     MIN_GAP,
     RELATIONS,
     SHAPES,
-    SIZE_MAX,
-    SIZE_MIN,
+    SIZES,
 )
 
 Box = tuple[float, float, float, float]
@@ -111,8 +111,14 @@ def boxes_apart(box_a: Box, box_b: Box, gap: float = MIN_GAP) -> bool:
 
 
 def _random_centre(rng: np.random.Generator, size: float) -> tuple[float, float]:
-    low, high = MARGIN + size / 2, IMAGE_SIZE - MARGIN - size / 2
-    return float(rng.uniform(low, high)), float(rng.uniform(low, high))
+    """A centre whose box corner lies on the GRID, at least MARGIN from every border."""
+    first, last = int(MARGIN) // GRID, int(IMAGE_SIZE - MARGIN - size) // GRID
+    corner_x, corner_y = rng.integers(first, last + 1, size=2) * GRID
+    return float(corner_x + size / 2), float(corner_y + size / 2)
+
+
+def _random_size(rng: np.random.Generator) -> float:
+    return float(SIZES[rng.integers(len(SIZES))])
 
 
 def _place(
@@ -134,7 +140,7 @@ def _place(
 def random_scene(rng: np.random.Generator, num_objects: int | None = None) -> Scene:
     """A random scene of ``num_objects`` (default: uniform in 1..4) non-overlapping objects.
 
-    Shapes and colours are uniform and independent, sizes uniform in [SIZE_MIN, SIZE_MAX]; every box keeps
+    Shapes and colours are uniform and independent, sizes uniform over SIZES, box corners on the GRID; every box keeps
     MARGIN pixels from the border and MIN_GAP pixels from every other box.
     """
     if num_objects is None:
@@ -143,7 +149,7 @@ def random_scene(rng: np.random.Generator, num_objects: int | None = None) -> Sc
         raise ValueError(f"num_objects must be in 0..{MAX_OBJECTS}, got {num_objects}")
     for _ in range(MAX_TRIES):
         specs = [
-            (SHAPES[rng.integers(len(SHAPES))], _random_color(rng), float(rng.uniform(SIZE_MIN, SIZE_MAX)))
+            (SHAPES[rng.integers(len(SHAPES))], _random_color(rng), _random_size(rng))
             for _ in range(num_objects)
         ]
         objects = _place(rng, specs)
@@ -206,15 +212,16 @@ def scene_for_metadata(metadata: dict[str, Any], rng: np.random.Generator) -> Sc
     """A ground-truth scene that satisfies a GenEval metadata record.
 
     Exactly the included objects are drawn (so every exclude clause holds): ``count`` objects per include clause,
-    in the clause's colour or a random one, at random sizes; relations hold comfortably (normalised component
-    >= COMFORT), objects keep MIN_GAP apart. Raises ValueError for classes/colours/relations outside the world.
+    in the clause's colour or a random one, at random sizes on the GRID; relations hold comfortably (normalised
+    component >= COMFORT), objects keep MIN_GAP apart.
+    Raises ValueError for classes/colours/relations outside the world.
     """
     validate_world_metadata(metadata)
     include = metadata["include"]
     clause_of = [j for j, clause in enumerate(include) for _ in range(clause.get("count", 1))]
     for _ in range(MAX_TRIES):
         specs = [
-            (include[j]["class"], include[j].get("color") or _random_color(rng), float(rng.uniform(SIZE_MIN, SIZE_MAX)))
+            (include[j]["class"], include[j].get("color") or _random_color(rng), _random_size(rng))
             for j in clause_of
         ]
         objects = _place(rng, specs)

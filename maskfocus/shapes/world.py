@@ -36,13 +36,21 @@ NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 """GenEval relative positions."""
 
-SIZE_MIN = 10.0
-"""Smallest object size (bounding box side), in pixels."""
+GRID = 4
+"""Object boxes sit on this pixel grid (the VQ tokenizer's patch side): corners and sizes are multiples of it, so
+every token of a scene is either plain background, solid colour, or one of a few fixed edge patterns per
+(shape, size). This keeps the token distribution small enough for a tiny generator to learn on a CPU."""
 
-SIZE_MAX = 20.0
-"""Largest object size (bounding box side), in pixels."""
+SIZES: tuple[float, ...] = (12.0, 16.0, 20.0)
+"""Object sizes (bounding box side), in pixels: multiples of GRID."""
 
-MARGIN = 2.0
+SIZE_MIN = min(SIZES)
+"""Smallest object size, in pixels."""
+
+SIZE_MAX = max(SIZES)
+"""Largest object size, in pixels."""
+
+MARGIN = 4.0
 """Minimum distance between an object's bounding box and the image border, in pixels."""
 
 MIN_GAP = 4.0

@@ -110,7 +110,8 @@ def test_degradations_keep_shape_and_dtype_and_constant_images() -> None:
     assert down_up(image).shape == blur(image).shape == add_noise(image, rng).shape == image.shape
     small = image.astype(float).reshape(16, 4, 16, 4, 3).mean(axis=(1, 3))
     again = down_up(image).astype(float).reshape(16, 4, 16, 4, 3).mean(axis=(1, 3))
-    assert np.abs(again - small).mean() < 3.0  # the round trip keeps the 16 x 16 content
+    contrast = np.abs(small - small.mean(axis=(0, 1))).mean()
+    assert np.abs(again - small).mean() < 0.25 * contrast  # the round trip keeps the 16 x 16 content
 
 
 def test_degradations_of_a_batch_equal_those_of_each_image() -> None:
