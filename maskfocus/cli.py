@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from maskfocus.config import ConfigError, RunConfig, load_config
+from maskfocus.config import ConfigError, ModelConfig, RunConfig, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 
@@ -20,8 +20,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.tokenizer import UnknownWordError
     from maskfocus.rewards.geneval import MetadataError
+    from maskfocus.rewards.geneval_client import RewardServerError
 
-    return ConfigError, ModelLoadError, UnknownWordError, MetadataError, BenchmarkError, FileNotFoundError
+    return (
+        ConfigError,
+        ModelLoadError,
+        UnknownWordError,
+        MetadataError,
+        BenchmarkError,
+        RewardServerError,
+        FileNotFoundError,
+    )
 
 
 def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
@@ -51,13 +60,18 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
+    """The run config's model section, with `--model PATH` replacing its path."""
+    return config.model.model_copy(update={"path": args.model}) if args.model else config.model
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid, to_uint8
-    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.models import load_generator
     from maskfocus.sampling import sample_with_config, seeded_generator
 
     config = _load_run_config(args.config, _sampler_overrides(args))
-    model = AmusedGenerator.from_folder(args.model or config.model.path, device=config.model.device)
+    model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
     sampler = config.sampler
@@ -70,12 +84,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from maskfocus.evaluation import check_classes, format_table, load_rows, run_evaluation, write_results
+    from maskfocus.evaluation import (
+        build_eval_clip_score,
+        build_eval_judge,
+        check_classes,
+        format_table,
+        load_rows,
+        run_evaluation,
+        write_results,
+    )
     from maskfocus.images import save_grid
-    from maskfocus.models.amused import AmusedGenerator
-    from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
-    from maskfocus.shapes.detector import ShapesDetector
-    from maskfocus.shapes.world import SHAPES
+    from maskfocus.models import load_generator
 
     overrides = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
@@ -84,18 +103,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = load_rows(args.benchmark or config.eval.benchmark, args.metadata)
     if args.limit:
         rows = rows[: args.limit]
-    check_classes(rows, SHAPES, "shapes-world")
-    model = AmusedGenerator.from_folder(args.model or config.model.path, device=config.model.device)
-    clip = None if args.no_clip else ClipScorer.from_folder(TINY_CLIP, device=config.model.device)
-    detector = ShapesDetector()
+    judge = build_eval_judge(config, _detector_overrides(args))
+    if judge.known_classes is not None:
+        check_classes(rows, judge.known_classes, judge.name)
+    model = load_generator(_model_config(args, config))
+    clip_score = None if args.no_clip else build_eval_clip_score(config, judge.name)
     records, summary, images = run_evaluation(
         model,
         rows,
         config.eval,
         config.sampler,
-        detector.detect_batch,
-        clip_score=clip.score if clip else None,
+        clip_score=clip_score,
         keep_images=64 if args.grid else 0,
+        judge=judge,
     )
     write_results(records, summary, Path(args.out) if args.out else None, Path(args.summary) if args.summary else None)
     if args.grid and images is not None:
@@ -103,6 +123,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(summary))
     print(f"{summary['seconds']} s")
     return 0
+
+
+def _detector_overrides(args: argparse.Namespace) -> dict:
+    """Command-line changes to the evaluation detector (the config's geneval `detector` section)."""
+    flags = {"detector": "kind", "detector_path": "path", "color_clip": "clip_model", "server_url": "url"}
+    return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) is not None}
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -196,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gumbel", type=float)
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
+    evaluate.add_argument(
+        "--detector",
+        choices=("shapes", "owlv2", "http"),
+        help="GenEval judge (default: the detector of the config's geneval reward, else shapes)",
+    )
+    evaluate.add_argument("--detector-path", help="OWLv2 folder (transformers format) for --detector owlv2")
+    evaluate.add_argument("--color-clip", help="open_clip folder of the colour classifier for --detector owlv2")
+    evaluate.add_argument("--server-url", help="Flow-GRPO-compatible GenEval reward server for --detector http")
     evaluate.set_defaults(func=cmd_eval)
 
     train = commands.add_parser("train", help="RL post-training (MaskFocus GRPO) from one YAML config")

@@ -15,15 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from maskfocus.config import EvalConfig, SamplerConfig
+from maskfocus.config import ConfigError, EvalConfig, GenEvalDetectorConfig, RunConfig, SamplerConfig
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.rewards.geneval import TAGS, evaluate, load_metadata, summarize
+from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
+from maskfocus.rewards.judges import DetectBatch, DetectorJudge, Judge, build_judge
 from maskfocus.sampling import sample_with_config, seeded_generator
 
-Detect = Callable[[np.ndarray], list[dict[str, list]]]
+Detect = DetectBatch
+ClipScore = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
 class BenchmarkError(ValueError):
@@ -56,10 +59,52 @@ def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector
     names = {clause["class"] for row in rows for clause in row.get("include", []) + row.get("exclude", [])}
     unknown = sorted(names - set(known))
     if unknown:
+        hint = " (real-image classes need `--detector owlv2` or `--detector http`)" if detector_name == "shapes" else ""
         raise BenchmarkError(
             f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
-            f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}"
+            f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}{hint}"
         )
+
+
+def eval_detector_config(
+    config: RunConfig, overrides: dict[str, Any] | None = None
+) -> tuple[GenEvalDetectorConfig, str]:
+    """The detector of the run's first `geneval` reward term (the shapes detector when there is none), with
+    `overrides` (e.g. {"kind": "owlv2", "path": ...} from the command line) applied; also its config field name."""
+    for index, spec in enumerate(config.rewards):
+        if spec.name == "geneval":
+            detector, field = spec.detector, f"rewards[{index}].detector"
+            break
+    else:
+        detector, field = GenEvalDetectorConfig(), "detector"
+    if not overrides:
+        return detector, field
+    try:
+        return GenEvalDetectorConfig.model_validate({**detector.model_dump(), **overrides}), field
+    except ValidationError as error:
+        messages = "; ".join(f"{'.'.join(map(str, e['loc'])) or field}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"evaluation detector ({field} with command-line overrides): {messages}") from None
+
+
+def build_eval_judge(config: RunConfig, overrides: dict[str, Any] | None = None) -> Judge:
+    """The GenEval judge of `maskfocus eval`: shapes, OWLv2 + CLIP colours, or the HTTP reward server."""
+    detector, field = eval_detector_config(config, overrides)
+    return build_judge(detector, device=config.model.device, field=field)
+
+
+def build_eval_clip_score(config: RunConfig, judge_name: str) -> ClipScore | None:
+    """The CLIP score of the table: the run's `clip` reward model if it has one, else the built-in shapes CLIP
+    for the shapes world, else none (the shapes CLIP means nothing on real images)."""
+    from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
+
+    device = config.model.device
+    for index, spec in enumerate(config.rewards):
+        if spec.name == "clip":
+            field = f"rewards[{index}]"
+            return ClipScorer.load(
+                spec.model, spec.checkpoint, device, field=f"{field}.model", checkpoint_field=f"{field}.checkpoint"
+            ).score
+    return ClipScorer.from_folder(TINY_CLIP, device=device).score if judge_name == "shapes" else None
 
 
 @dataclass(frozen=True)
@@ -88,13 +133,13 @@ def generate_batches(
 
 
 def score_images(
-    rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray, detect_batch: Detect
+    rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray, judge: Judge
 ) -> list[dict[str, Any]]:
     """One record per image: tag, prompt, correct, score, reasons, metadata."""
     records = []
-    for job, detections in zip(jobs, detect_batch(images), strict=True):
+    results = judge.judge(images, [rows[job.row_index] for job in jobs])
+    for job, result in zip(jobs, results, strict=True):
         row = rows[job.row_index]
-        result = evaluate(detections, row)
         records.append(
             {
                 "row": job.row_index,
@@ -115,12 +160,18 @@ def run_evaluation(
     rows: Sequence[dict[str, Any]],
     eval_config: EvalConfig,
     sampler: SamplerConfig,
-    detect_batch: Detect,
-    clip_score: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None,
+    detect_batch: Detect | None = None,
+    clip_score: ClipScore | None = None,
     keep_images: int = 0,
     show_progress: bool = True,
+    judge: Judge | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], np.ndarray | None]:
-    """Generate, detect and score every image; returns records, the summary and the first `keep_images`."""
+    """Generate, judge and score every image; returns records, the summary and the first `keep_images`.
+
+    Images are judged by `judge`, or by the GenEval rules on the detections of `detect_batch` (give one).
+    """
+    assert (detect_batch is None) != (judge is None), "give run_evaluation either detect_batch or judge"
+    judge = judge if judge is not None else DetectorJudge("detector", detect_batch)
     model.check_prompts(sorted({row["prompt"] for row in rows}))
     jobs = expand_jobs(rows, eval_config.num_images_per_prompt)
     records: list[dict[str, Any]] = []
@@ -129,7 +180,7 @@ def run_evaluation(
     start = time.perf_counter()
     with tqdm(total=len(jobs), desc="eval", unit="img", disable=not show_progress) as bar:
         for chunk, images in generate_batches(model, jobs, sampler, eval_config.seed):
-            records.extend(score_images(rows, chunk, images, detect_batch))
+            records.extend(score_images(rows, chunk, images, judge))
             if clip_score is not None:
                 pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
                 clip_values.extend(clip_score(pixels, [job.prompt for job in chunk]).tolist())

@@ -17,7 +17,9 @@ from tqdm import tqdm
 from maskfocus.config import RunConfig
 from maskfocus.evaluation import load_rows, run_evaluation, write_results
 from maskfocus.images import save_grid, to_uint8
-from maskfocus.models.amused import AmusedGenerator, resolve_model_path
+from maskfocus.models import load_generator
+from maskfocus.models.base import MaskedGenerator
+from maskfocus.models.loading import resolve_model_path
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.rollout import rollout
 from maskfocus.run_io import (
@@ -59,7 +61,7 @@ def preview_prompts() -> list[str]:
     return list(seen.values())
 
 
-def save_preview(model: AmusedGenerator, config: RunConfig, path: Path, images_per_prompt: int = 4) -> None:
+def save_preview(model: MaskedGenerator, config: RunConfig, path: Path, images_per_prompt: int = 4) -> None:
     """A grid of the fixed prompts (standard sampler, fixed seed): one row per tag."""
     prompts = preview_prompts()
     result = sample_with_config(
@@ -74,7 +76,7 @@ def save_preview(model: AmusedGenerator, config: RunConfig, path: Path, images_p
 def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
     """Run the whole RL loop in this process; returns the final summary (with the evaluation if enabled)."""
     torch.manual_seed(config.seed)
-    model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+    model = load_generator(config.model)
     reward_fn = build_rewards(config.rewards, device=config.model.device)
     image_embed = clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
     num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
@@ -151,7 +153,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     return finish_run(config, run_dir, model, updater.module)
 
 
-def finish_run(config: RunConfig, run_dir: Path, model: AmusedGenerator, module: torch.nn.Module) -> dict:
+def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:
     """Final model folder, reward curve and (if enabled) the GenEval-style evaluation."""
     save_model_folder(resolve_model_path(config.model.path), module, run_dir / "model")
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []

@@ -1,14 +1,15 @@
-"""aMUSEd-style adapter: diffusers VQModel + UVit2DModel + transformers CLIP text encoder, from a local folder.
+"""aMUSEd adapter: diffusers VQModel + UVit2DModel + transformers CLIP text encoder, from a local folder.
 
-The built-in tiny model uses the same folder format, so one adapter serves both. aMUSEd's transformer
-takes no timestep: the mask tokens carry the schedule, so `step` is unused here.
+Serves real amused-256 / amused-512 folders and the built-in tiny model, which is saved in the same format.
+Inputs follow diffusers 0.42.1's AmusedPipeline: micro-conditioning (width, height, crop 0 0, aesthetic 6)
+at the generated resolution, the CLIP projection as pooled embedding and the penultimate hidden layer as
+the sequence. Timestep convention: UVit2DModel takes no timestep (AmusedPipeline feeds the scheduler's
+timestep only to the scheduler, never to the transformer): the mask tokens carry the schedule, so `step` is
+unused here.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,96 +17,70 @@ from torch import nn
 
 from maskfocus.config import BUILTIN_MODEL
 from maskfocus.models.base import Condition, ModelLoadError
-from maskfocus.models.tokenizer import check_prompts
+from maskfocus.models.loading import (
+    builtin_folder,
+    check_codebooks,
+    check_folder,
+    check_text_parts,
+    folder_hint,
+    load_part,
+    load_text_encoder,
+    load_tokenizer,
+    load_vqvae,
+    mask_token_id,
+    resolve_model_path,
+    torch_dtype,
+    vq_pixel_range,
+)
+from maskfocus.models.vq_text import VQTextGenerator
+
+__all__ = ["PARTS", "AmusedGenerator", "builtin_folder", "resolve_model_path"]
 
 PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
-REBUILD_HINT = "rebuild the built-in weights with `maskfocus pretrain` (about 30 minutes on 2 CPU cores)"
 
 
-def builtin_folder(name: str = "shapes-tiny") -> Path:
-    """Where the shipped tiny model lives inside the package."""
-    return Path(__file__).resolve().parents[1] / "pretrained" / name
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """`builtin:shapes-tiny` -> the packaged folder; anything else is a local folder."""
-    text = str(path)
-    if text.startswith("builtin:"):
-        return builtin_folder(text.removeprefix("builtin:"))
-    return Path(text).expanduser()
-
-
-def _check_folder(folder: Path, hint: str) -> None:
-    if not folder.is_dir():
-        raise ModelLoadError(f"model folder not found: {folder}; {hint}")
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"{folder} has no model_index.json: not a diffusers aMUSEd folder; {hint}")
-    missing = [part for part in PARTS if not (folder / part).is_dir()]
-    if missing:
-        raise ModelLoadError(f"{folder} is missing part(s) {', '.join(missing)} (needs {', '.join(PARTS)}); {hint}")
-
-
-def _load_part(loader, folder: Path, part: str, hint: str):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return loader(str(folder / part), local_files_only=True)
-    except Exception as error:  # corrupt safetensors, missing weight file, bad json: all user-fixable
-        raise ModelLoadError(
-            f"cannot load {part} from {folder / part}: {type(error).__name__}: {error}; {hint}"
-        ) from None
-
-
-class AmusedGenerator:
+class AmusedGenerator(VQTextGenerator):
     """MaskedGenerator over an aMUSEd-format folder (see maskfocus.models.base for the interface)."""
 
-    def __init__(self, vqvae, transformer, text_encoder, tokenizer, device: str | torch.device = "cpu"):
-        from maskfocus.shapes.tiny_model import default_micro_conds
-
-        self._micro_conds = default_micro_conds
-        self.device = torch.device(device)
-        self.vqvae = vqvae.to(self.device).eval().requires_grad_(False)
-        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
-        self.transformer = transformer.to(self.device).eval()
-        self.tokenizer = tokenizer
-        self.codebook_size = int(transformer.config.codebook_size)
-        self.mask_token_id = self.codebook_size
-        side = int(transformer.config.sample_size)
-        self.grid_size = (side, side)
-        self.image_size = side * 2 ** (len(vqvae.config.block_out_channels) - 1)
-        self.latent_channels = int(vqvae.config.latent_channels)
-
     @classmethod
-    def from_folder(cls, path: str | Path = BUILTIN_MODEL, device: str = "cpu") -> AmusedGenerator:
-        from diffusers import UVit2DModel, VQModel
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    def from_folder(
+        cls,
+        path: str | Path = BUILTIN_MODEL,
+        device: str = "cpu",
+        dtype: str = "float32",
+        resolution: int | None = None,
+        text_encoder: str | None = None,
+    ) -> AmusedGenerator:
+        """Load transformer and text encoder in `dtype` (the VQ stays float32); `resolution` in pixels
+        (None = transformer sample_size x VQ downscale, the model's own); `text_encoder` replaces text_encoder/."""
+        from diffusers import UVit2DModel
 
         folder = resolve_model_path(path)
-        hint = REBUILD_HINT if str(path).startswith("builtin:") else "check the folder against the README"
-        _check_folder(folder, hint)
-        _check_configs(folder)
-        vqvae = _load_part(VQModel.from_pretrained, folder, "vqvae", hint)
-        transformer = _load_part(UVit2DModel.from_pretrained, folder, "transformer", hint)
-        text_encoder = _load_part(CLIPTextModelWithProjection.from_pretrained, folder, "text_encoder", hint)
-        tokenizer = _load_part(AutoTokenizer.from_pretrained, folder, "tokenizer", hint)
-        _check_consistent(folder, vqvae, transformer, text_encoder, tokenizer)
-        return cls(vqvae, transformer, text_encoder, tokenizer, device)
-
-    def check_prompts(self, prompts: Sequence[str]) -> None:
-        check_prompts(self.tokenizer, prompts)
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Condition:
-        """Like AmusedPipeline: pooled projection + the penultimate hidden layer."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        output = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
-        return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
+        hint = folder_hint(path)
+        check_folder(folder, PARTS, "diffusers aMUSEd", hint)
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(f"{folder} has no model_index.json: not a diffusers aMUSEd folder; {hint}")
+        check_codebooks(folder)
+        weights_dtype = torch_dtype(dtype)
+        vqvae = load_vqvae(folder, hint)
+        transformer = load_part(UVit2DModel.from_pretrained, folder, "transformer", hint, torch_dtype=weights_dtype)
+        encoder = load_text_encoder(folder, hint, weights_dtype, text_encoder)
+        tokenizer = load_tokenizer(folder, hint)
+        check_text_parts(folder, tokenizer, encoder)
+        _check_conditioning(folder, transformer, encoder)
+        codebook = int(transformer.config.codebook_size)
+        scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        return cls(
+            vqvae,
+            transformer,
+            encoder,
+            tokenizer,
+            mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
+            codebook_size=codebook,
+            image_size=resolution or int(transformer.config.sample_size) * scale,
+            pixel_range=vq_pixel_range(tokenizer),
+            device=device,
+        )
 
     def logits(
         self,
@@ -115,68 +90,29 @@ class AmusedGenerator:
         num_steps: int = 1,
         module: nn.Module | None = None,
     ) -> torch.Tensor:
-        """`module` replaces the transformer (a frozen reference copy, or an FSDP-wrapped one)."""
+        """(B, L, V) float32. `module` replaces the transformer (a frozen reference copy, an FSDP-wrapped one);
+        `step` is unused (see the module docstring)."""
+        module = module or self.transformer
         batch = tokens_BL.shape[0]
-        h, w = self.grid_size
-        micro = self._micro_conds(batch, self.image_size).to(self.device)
-        logits_BVhw = (module or self.transformer)(
-            tokens_BL.view(batch, h, w), condition.hidden_BSD, condition.pooled_BD, micro
-        )
-        return logits_BVhw.permute(0, 2, 3, 1).reshape(batch, h * w, self.codebook_size).float()
+        hidden, pooled, micro = self._inputs(module, condition)
+        logits_BVhw = module(tokens_BL.view(batch, *self.grid_size), hidden, pooled, micro)
+        return self._to_logits(logits_BVhw)
 
-    @torch.no_grad()
-    def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
-        batch = tokens_BL.shape[0]
-        h, w = self.grid_size
-        shape = (batch, h, w, self.latent_channels)
-        images = self.vqvae.decode(tokens_BL.reshape(-1), force_not_quantize=True, shape=shape).sample
-        return ((images + 1) / 2).clamp(0, 1)
-
-    @torch.no_grad()
-    def encode_images(self, images_B3HW: torch.Tensor) -> torch.Tensor:
-        latents = self.vqvae.encode(images_B3HW.to(self.device) * 2 - 1).latents
-        _, _, (_, _, indices) = self.vqvae.quantize(latents)
-        return indices.view(images_B3HW.shape[0], -1)
-
-    def codebook_vectors(self, tokens_BL: torch.Tensor) -> torch.Tensor:
-        return self.vqvae.quantize.embedding(tokens_BL)
-
-    def trainable_module(self) -> nn.Module:
-        return self.transformer
+    def blocks(self) -> list[nn.Module]:
+        """The repeated transformer layers, for FSDP2's per-block `fully_shard`."""
+        return list(self.transformer.transformer_layers)
 
 
-def _read_config(folder: Path, part: str) -> dict:
-    path = folder / part / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read {path}: {error}") from None
-
-
-def _check_configs(folder: Path) -> None:
-    """Compare the parts' configs before loading any weights, so a mismatch reads as one clear sentence."""
-    codebook = _read_config(folder, "vqvae").get("num_vq_embeddings")
-    predicted = _read_config(folder, "transformer").get("codebook_size")
-    if codebook != predicted:
+def _check_conditioning(folder: Path, transformer, text_encoder) -> None:
+    """The transformer's text inputs must match the text encoder's widths."""
+    config, text = transformer.config, text_encoder.config
+    if int(config.encoder_hidden_size) != int(text.hidden_size):
         raise ModelLoadError(
-            f"{folder}: codebook sizes disagree: vqvae/config.json has num_vq_embeddings={codebook}, "
-            f"transformer/config.json has codebook_size={predicted}; the two parts come from different models"
+            f"{folder}: transformer encoder_hidden_size={config.encoder_hidden_size} but the text encoder's "
+            f"hidden_size is {text.hidden_size}"
         )
-
-
-def _check_consistent(folder: Path, vqvae, transformer, text_encoder, tokenizer) -> None:
-    codebook = int(vqvae.config.num_vq_embeddings)
-    if int(transformer.config.codebook_size) != codebook:
+    if int(config.cond_embed_dim) != int(text.projection_dim):
         raise ModelLoadError(
-            f"{folder}: codebook sizes disagree: vqvae has {codebook} codes, "
-            f"transformer predicts {transformer.config.codebook_size}"
+            f"{folder}: transformer cond_embed_dim={config.cond_embed_dim} but the text encoder's "
+            f"projection_dim is {text.projection_dim}"
         )
-    if int(transformer.config.vocab_size) <= codebook:
-        raise ModelLoadError(f"{folder}: transformer vocab_size must exceed the codebook size to hold the mask token")
-    if len(tokenizer) > text_encoder.config.vocab_size:
-        raise ModelLoadError(
-            f"{folder}: tokenizer has {len(tokenizer)} entries, text encoder only {text_encoder.config.vocab_size}"
-        )
-    index = json.loads((folder / "model_index.json").read_text())
-    if "transformer" not in index:
-        raise ModelLoadError(f"{folder}/model_index.json does not list a transformer")

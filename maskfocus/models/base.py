@@ -77,3 +77,6 @@ class MaskedGenerator(Protocol):
 
     def trainable_module(self) -> nn.Module:
         """The module RL updates (the transformer)."""
+
+    def blocks(self) -> list[nn.Module]:
+        """The repeated blocks of trainable_module() that FSDP2 shards one by one (`fully_shard` per block)."""

@@ -1,8 +1,14 @@
-"""CLIP score reward: cosine(image embedding, prompt embedding) with an open_clip model from a local folder.
+"""CLIP score reward: cosine(image embedding, prompt embedding) with an open_clip model from local disk.
 
-The folder is open_clip's `local-dir:` layout (open_clip_config.json + weights). A `tokenizer/` subfolder
-holding a transformers tokenizer (the built-in tiny CLIP's word-level one) takes precedence over
-open_clip's own tokenizer. Nothing is downloaded.
+A model is named in one of three ways, none of which downloads anything:
+- a folder in open_clip's `local-dir:` layout (open_clip_config.json + weights), e.g. a local copy of
+  laion/CLIP-ViT-H-14-laion2B-s32B-b79K; a `tokenizer/` subfolder holding a transformers tokenizer (the
+  built-in tiny CLIP's word-level one) takes precedence over open_clip's own tokenizer;
+- `builtin:shapes-clip`, the packaged tiny CLIP of the shapes world;
+- an open_clip architecture name (`ViT-H-14`) plus a checkpoint file (.safetensors, or a torch file read with
+  `weights_only=True`; a {"state_dict": ...} wrapper and a `module.` prefix are accepted). HPS v2.1 is such a
+  checkpoint (see hps.py).
+A checkpoint given with a folder replaces the folder's weights.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +27,9 @@ from maskfocus.models.base import ModelLoadError
 
 TINY_CLIP = "builtin:shapes-clip"
 
+Fit = Literal["crop", "pad"]
+"""How a non-square image becomes square: CLIP's centre crop of the short side, or HPSv2's zero padding."""
+
 
 def resolve_clip_path(path: str | Path) -> Path:
     """`builtin:shapes-clip` -> the packaged folder; anything else is a local folder."""
@@ -26,6 +37,138 @@ def resolve_clip_path(path: str | Path) -> Path:
     if text.startswith("builtin:"):
         return Path(__file__).resolve().parents[1] / "pretrained" / text.removeprefix("builtin:")
     return Path(text).expanduser()
+
+
+@dataclass
+class LoadedClip:
+    """An open_clip model with what it needs around it: tokenizer and image normalization."""
+
+    model: torch.nn.Module
+    tokenize: Callable[[Sequence[str]], torch.Tensor]
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def read_state_dict(path: Path, field: str) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, never unpickling arbitrary objects; errors name `field` and the path."""
+    if not path.is_file():
+        raise ModelLoadError(f"{field}: checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelLoadError(f"{field}: cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{field}: {path} holds no state dict (a mapping of names to tensors)")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_weights(model: torch.nn.Module, path: Path, field: str) -> None:
+    """Load a checkpoint file strictly; a mismatch names the first missing and unexpected keys."""
+    state = read_state_dict(path, field)
+    if "logit_scale" in state and state["logit_scale"].shape != model.logit_scale.shape:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches raise even with strict=False
+        message = " ".join(str(error).split())
+        raise ModelLoadError(f"{field}: {path} does not fit the model architecture: {message}") from None
+    missing = [k for k in result.missing_keys if k != "logit_bias"]
+    if missing or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{field}: {path} does not fit the model architecture: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:5]}"
+        )
+
+
+def load_open_clip(
+    model: str, checkpoint: str | None = None, field: str = "model", checkpoint_field: str = "checkpoint"
+) -> LoadedClip:
+    """An open_clip model from a local folder, `builtin:...`, or an architecture name + checkpoint file."""
+    import open_clip
+
+    folder = resolve_clip_path(model)
+    if folder.is_dir():
+        loaded = _load_folder(folder, field)
+    elif model in open_clip.list_models():
+        loaded = _load_architecture(model, checkpoint, checkpoint_field)
+    elif "/" in model or model.startswith((".", "~")):
+        raise ModelLoadError(f"{field}: CLIP model folder not found: {folder}")
+    else:
+        raise ModelLoadError(
+            f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
+        )
+    if checkpoint is not None and folder.is_dir():
+        load_weights(loaded.model, Path(checkpoint).expanduser(), checkpoint_field)
+    return loaded
+
+
+def _load_folder(folder: Path, field: str) -> LoadedClip:
+    import open_clip
+
+    config_file = folder / "open_clip_config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{field}: CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")
+    config = json.loads(config_file.read_text())
+    try:
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+        model = open_clip.create_model(f"local-dir:{folder}", device="cpu", require_pretrained=True)
+    except Exception as error:
+        raise ModelLoadError(f"{field}: cannot load CLIP from {folder}: {type(error).__name__}: {error}") from None
+    tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
+    preprocess = config.get("preprocess_cfg", {})
+    return LoadedClip(
+        model=model,
+        tokenize=tokenize,
+        image_size=int(config["model_cfg"]["vision_cfg"]["image_size"]),
+        mean=preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN),
+        std=preprocess.get("std", open_clip.OPENAI_DATASET_STD),
+    )
+
+
+def _load_architecture(name: str, checkpoint: str | None, checkpoint_field: str) -> LoadedClip:
+    import open_clip
+
+    if checkpoint is None:
+        raise ModelLoadError(f"{checkpoint_field}: the architecture {name!r} needs a weights file on local disk")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"{checkpoint_field}: checkpoint file not found: {path}")
+    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    load_weights(model, path, checkpoint_field)
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    image_size = preprocess.get("size", model.visual.image_size)
+    return LoadedClip(
+        model=model,
+        tokenize=open_clip.get_tokenizer(name),
+        image_size=int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size),
+        mean=preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN),
+        std=preprocess.get("std", open_clip.OPENAI_DATASET_STD),
+    )
+
+
+def fit_square(image_3HW: torch.Tensor, size: int, fit: Fit = "crop") -> torch.Tensor:
+    """One image in [0, 1] -> (3, size, size): bicubic resize after a centre crop or a zero pad to a square."""
+    _, height, width = image_3HW.shape
+    if height != width:
+        side = min(height, width) if fit == "crop" else max(height, width)
+        if fit == "crop":
+            top, left = (height - side) // 2, (width - side) // 2
+            image_3HW = image_3HW[:, top : top + side, left : left + side]
+        else:  # HPSv2's ResizeMaxSize: the image centred on a zero square
+            pad_w, pad_h = side - width, side - height
+            image_3HW = F.pad(image_3HW, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    if image_3HW.shape[-1] == size:
+        return image_3HW
+    resized = F.interpolate(image_3HW[None], size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized[0].clamp(0, 1)
 
 
 class ClipScorer:
@@ -39,47 +182,52 @@ class ClipScorer:
         mean: Sequence[float],
         std: Sequence[float],
         device: str | torch.device = "cpu",
+        fit: Fit = "crop",
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenize = tokenize
         self.image_size = image_size
+        self.fit = fit
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
-    def from_folder(cls, path: str | Path = TINY_CLIP, device: str = "cpu") -> ClipScorer:
-        import open_clip
+    def load(
+        cls,
+        model: str = TINY_CLIP,
+        checkpoint: str | None = None,
+        device: str = "cpu",
+        fit: Fit = "crop",
+        field: str = "model",
+        checkpoint_field: str = "checkpoint",
+    ) -> ClipScorer:
+        """From a local folder, `builtin:...`, or an architecture name + checkpoint (see the module docstring)."""
+        loaded = load_open_clip(model, checkpoint, field, checkpoint_field)
+        return cls(loaded.model, loaded.tokenize, loaded.image_size, loaded.mean, loaded.std, device, fit)
 
+    @classmethod
+    def from_folder(cls, path: str | Path = TINY_CLIP, device: str = "cpu") -> ClipScorer:
         folder = resolve_clip_path(path)
         if not folder.is_dir():
             raise ModelLoadError(
                 f"CLIP reward model folder not found: {folder} (rewards[].model; "
                 "`maskfocus pretrain --stages clip` rebuilds builtin:shapes-clip)"
             )
-        config_file = folder / "open_clip_config.json"
-        if not config_file.is_file():
-            raise ModelLoadError(f"CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")
-        config = json.loads(config_file.read_text())
-        try:
-            logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
-            model = open_clip.create_model(f"local-dir:{folder}", device="cpu", require_pretrained=True)
-        except Exception as error:
-            raise ModelLoadError(f"cannot load CLIP from {folder}: {type(error).__name__}: {error}") from None
-        tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
-        preprocess = config.get("preprocess_cfg", {})
-        image_size = int(config["model_cfg"]["vision_cfg"]["image_size"])
-        mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
-        return cls(model, tokenize, image_size, mean, std, device)
+        return cls.load(str(folder), device=device, field="rewards[].model")
 
-    def image_embeddings(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Images in [0, 1] ((B, 3, H, W), or a list of (3, H_b, W_b) crops) -> normalized (B, 3, S, S)."""
+        if isinstance(images, torch.Tensor) and images.shape[-1] == images.shape[-2] == self.image_size:
+            batch = images.to(self.device).float()
+        else:
+            batch = torch.stack([fit_square(i.to(self.device).float(), self.image_size, self.fit) for i in images])
+        return (batch - self.mean) / self.std
+
+    def image_embeddings(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Unit-norm image embeddings of images in [0, 1], (B, D)."""
-        images = images_B3HW.to(self.device).float()
-        if images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
         with torch.no_grad():
-            return F.normalize(self.model.encode_image((images - self.mean) / self.std), dim=-1)
+            return F.normalize(self.model.encode_image(self.preprocess(images)), dim=-1)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm text embeddings, (B, D)."""

@@ -8,9 +8,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from maskfocus.config import RewardSpec
+from maskfocus.config import ConfigError, GenEvalDetectorConfig, RewardSpec
 from maskfocus.images import to_tensor
-from maskfocus.rewards.geneval import evaluate
+from maskfocus.rewards.judges import Judge, build_judge
 
 
 class Reward(Protocol):
@@ -21,29 +21,25 @@ class Reward(Protocol):
 
 
 class GenEvalReward:
-    """GenEval correctness (binary) or clause fraction (partial) with the exact shapes-world detector."""
+    """GenEval correctness (binary) or clause fraction (partial) from a judge (shapes detector by default)."""
 
-    def __init__(self, mode: str = "binary"):
-        from maskfocus.shapes.detector import ShapesDetector
-
+    def __init__(self, mode: str = "binary", judge: Judge | None = None):
         self.name = f"geneval_{mode}"
         self.mode = mode
-        self.detector = ShapesDetector()
+        self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
-        results = [evaluate(d, m) for d, m in zip(self.detector.detect_batch(images_BHWC), metadata_B, strict=True)]
+        results = self.judge.judge(images_BHWC, metadata_B)
         values = [float(r.correct) if self.mode == "binary" else r.score for r in results]
         return torch.tensor(values, dtype=torch.float32)
 
 
 class ClipReward:
-    """CLIP score cosine(image, prompt)."""
+    """An image-prompt score of a CLIP-like scorer: the CLIP score, or HPS v2.1 (name "hps")."""
 
-    def __init__(self, model: str, device: str = "cpu"):
-        from maskfocus.rewards.clip_score import ClipScorer
-
-        self.name = "clip"
-        self.scorer = ClipScorer.from_folder(model, device=device)
+    def __init__(self, scorer, name: str = "clip"):
+        self.name = name
+        self.scorer = scorer
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
         return self.scorer.score(to_tensor(images_BHWC), [m["prompt"] for m in metadata_B]).float().cpu()
@@ -61,9 +57,28 @@ class WeightedReward:
         return total, parts
 
 
+def build_reward(spec: RewardSpec, device: str = "cpu", field: str = "rewards[]") -> Reward:
+    """One reward term from its spec; missing local files raise ModelLoadError naming `field.<key>` and the path."""
+    if spec.name == "geneval":
+        return GenEvalReward(spec.mode, build_judge(spec.detector, device, f"{field}.detector"))
+    if spec.name == "hps":
+        from maskfocus.rewards.hps import load_hps_scorer
+
+        assert spec.checkpoint is not None  # RewardSpec's validator guarantees it
+        scorer = load_hps_scorer(spec.checkpoint, spec.model, device, f"{field}.model", f"{field}.checkpoint")
+        return ClipReward(scorer, name="hps")
+    from maskfocus.rewards.clip_score import ClipScorer
+
+    scorer = ClipScorer.load(
+        spec.model, spec.checkpoint, device, field=f"{field}.model", checkpoint_field=f"{field}.checkpoint"
+    )
+    return ClipReward(scorer, name="clip")
+
+
 def build_rewards(specs: Sequence[RewardSpec], device: str = "cpu") -> WeightedReward:
-    terms: list[tuple[float, Reward]] = []
-    for spec in specs:
-        reward = GenEvalReward(spec.mode) if spec.name == "geneval" else ClipReward(spec.model, device)
-        terms.append((spec.weight, reward))
-    return WeightedReward(terms)
+    """The weighted sum of the configured terms (`rewards:` in the run YAML)."""
+    names = [f"geneval_{spec.mode}" if spec.name == "geneval" else spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"rewards: each term must have its own metric name; repeated: {', '.join(repeated)}")
+    return WeightedReward([(spec.weight, build_reward(spec, device, f"rewards[{i}]")) for i, spec in enumerate(specs)])

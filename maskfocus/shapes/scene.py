@@ -148,10 +148,7 @@ def random_scene(rng: np.random.Generator, num_objects: int | None = None) -> Sc
     if not 0 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"num_objects must be in 0..{MAX_OBJECTS}, got {num_objects}")
     for _ in range(MAX_TRIES):
-        specs = [
-            (SHAPES[rng.integers(len(SHAPES))], _random_color(rng), _random_size(rng))
-            for _ in range(num_objects)
-        ]
+        specs = [(SHAPES[rng.integers(len(SHAPES))], _random_color(rng), _random_size(rng)) for _ in range(num_objects)]
         objects = _place(rng, specs)
         if objects is not None:
             return Scene(objects)
@@ -221,8 +218,7 @@ def scene_for_metadata(metadata: dict[str, Any], rng: np.random.Generator) -> Sc
     clause_of = [j for j, clause in enumerate(include) for _ in range(clause.get("count", 1))]
     for _ in range(MAX_TRIES):
         specs = [
-            (include[j]["class"], include[j].get("color") or _random_color(rng), _random_size(rng))
-            for j in clause_of
+            (include[j]["class"], include[j].get("color") or _random_color(rng), _random_size(rng)) for j in clause_of
         ]
         objects = _place(rng, specs)
         if objects is not None and _satisfies_positions(objects, clause_of, include):

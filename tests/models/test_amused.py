@@ -87,9 +87,9 @@ def test_corrupt_weight_file_is_reported_with_its_part(tmp_path):
 
 
 def test_missing_builtin_weights_tell_how_to_rebuild(monkeypatch, tmp_path):
-    import maskfocus.models.amused as amused
+    import maskfocus.models.loading as loading
 
-    monkeypatch.setattr(amused, "builtin_folder", lambda name="shapes-tiny": tmp_path / "absent")
+    monkeypatch.setattr(loading, "builtin_folder", lambda name="shapes-tiny": tmp_path / "absent")
     with pytest.raises(ModelLoadError, match="maskfocus pretrain"):
         AmusedGenerator.from_folder("builtin:shapes-tiny")
 

@@ -1,0 +1,158 @@
+"""Loading the parts of a model folder from local disk, with errors a user can act on (DESIGN.md, Models).
+
+Shared by the aMUSEd and Meissonic adapters: both folders hold a diffusers `VQModel` (vqvae/), a transformers
+CLIP text encoder (text_encoder/) with its tokenizer (tokenizer/), a transformer (transformer/) and a
+scheduler config naming the mask token (scheduler/). Nothing here downloads: every loader gets
+`local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskfocus.models.base import ModelLoadError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REBUILD_HINT = "rebuild the built-in weights with `maskfocus pretrain` (about 30 minutes on 2 CPU cores)"
+FOLDER_HINT = "check the folder against the README section 'Using a real checkpoint'"
+CLIP_TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+
+
+def builtin_folder(name: str = "shapes-tiny") -> Path:
+    """Where the shipped tiny model lives inside the package."""
+    return Path(__file__).resolve().parents[1] / "pretrained" / name
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """`builtin:shapes-tiny` -> the packaged folder; anything else is a local folder."""
+    text = str(path)
+    if text.startswith("builtin:"):
+        return builtin_folder(text.removeprefix("builtin:"))
+    return Path(text).expanduser()
+
+
+def folder_hint(path: str | Path) -> str:
+    """What to tell the user when the folder at `path` is broken."""
+    return REBUILD_HINT if str(path).startswith("builtin:") else FOLDER_HINT
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`float32` | `bfloat16` | `float16` -> the torch dtype."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> None:
+    """The folder exists and has every part as a subfolder."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder not found: {folder}; {hint}")
+    missing = [part for part in parts if not (folder / part).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"{folder} is missing part(s) {', '.join(missing)} (a {kind} folder needs {', '.join(parts)}); {hint}"
+        )
+
+
+def read_config(folder: Path, part: str) -> dict[str, Any]:
+    """`<folder>/<part>/config.json` (or scheduler_config.json / tokenizer_config.json where that is the name)."""
+    for name in ("config.json", f"{part}_config.json"):
+        path = folder / part / name
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ModelLoadError(f"cannot read {path}: {error}") from None
+    raise ModelLoadError(f"{folder / part} has no config.json: not a saved model part")
+
+
+def load_part(loader: Callable[..., Any], folder: Path, part: str, hint: str, **kwargs: Any) -> Any:
+    """`loader(folder/part, local_files_only=True, **kwargs)`, any failure re-raised as a ModelLoadError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return loader(str(folder / part), local_files_only=True, **kwargs)
+    except Exception as error:  # corrupt safetensors, missing weight file, bad json: all user-fixable
+        raise ModelLoadError(
+            f"cannot load {part} from {folder / part}: {type(error).__name__}: {error}; {hint}"
+        ) from None
+
+
+def load_vqvae(folder: Path, hint: str):
+    """The VQ tokenizer, always float32 (its decode is cheap next to the transformer and lossy in half).
+
+    `lookup_from_codebook=True` is forced: the adapters decode token ids, which needs the codebook lookup."""
+    from diffusers import VQModel
+
+    return load_part(VQModel.from_pretrained, folder, "vqvae", hint, lookup_from_codebook=True)
+
+
+def load_tokenizer(folder: Path, hint: str):
+    """transformers CLIPTokenizer when tokenizer_config.json names one (real checkpoints), else AutoTokenizer
+    (the built-in shapes world's word-level PreTrainedTokenizerFast)."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    tokenizer_class = read_config(folder, "tokenizer").get("tokenizer_class", "")
+    is_clip = tokenizer_class in CLIP_TOKENIZER_CLASSES
+    loader = CLIPTokenizer.from_pretrained if is_clip else AutoTokenizer.from_pretrained
+    return load_part(loader, folder, "tokenizer", hint)
+
+
+def load_text_encoder(folder: Path, hint: str, dtype: torch.dtype, override: str | None = None):
+    """CLIPTextModelWithProjection from text_encoder/, or from `override` (another local folder) when given."""
+    from transformers import CLIPTextModelWithProjection
+
+    if override is None:
+        return load_part(CLIPTextModelWithProjection.from_pretrained, folder, "text_encoder", hint, dtype=dtype)
+    path = Path(override).expanduser()
+    return load_part(CLIPTextModelWithProjection.from_pretrained, path.parent, path.name, FOLDER_HINT, dtype=dtype)
+
+
+def check_codebooks(folder: Path, codebook_key: str = "codebook_size") -> None:
+    """Compare the VQ's codebook with the transformer's output size before any weights load."""
+    codebook = read_config(folder, "vqvae").get("num_vq_embeddings")
+    predicted = read_config(folder, "transformer").get(codebook_key)
+    if codebook != predicted:
+        raise ModelLoadError(
+            f"{folder}: codebook sizes disagree: vqvae/config.json has num_vq_embeddings={codebook}, "
+            f"transformer/config.json has {codebook_key}={predicted}; the two parts come from different models"
+        )
+
+
+def mask_token_id(folder: Path, codebook_size: int, vocab_size: int) -> int:
+    """The mask id: scheduler/scheduler_config.json's `mask_token_id` (aMUSEd-256/512 and Meissonic: 8255 =
+    vocab_size - 1, not the codebook size), else vocab_size - 1 as their training scripts use."""
+    mask_id = vocab_size - 1
+    if (folder / "scheduler").is_dir():
+        mask_id = int(read_config(folder, "scheduler").get("mask_token_id", mask_id))
+    if not codebook_size <= mask_id < vocab_size:
+        raise ModelLoadError(
+            f"{folder}: mask_token_id {mask_id} must lie outside the codebook [0, {codebook_size}) and inside the "
+            f"transformer's vocabulary of {vocab_size} input ids"
+        )
+    return mask_id
+
+
+def check_text_parts(folder: Path, tokenizer, text_encoder) -> None:
+    """The tokenizer's ids must all exist in the text encoder's embedding table."""
+    if len(tokenizer) > text_encoder.config.vocab_size:
+        raise ModelLoadError(
+            f"{folder}: tokenizer has {len(tokenizer)} entries, text encoder only {text_encoder.config.vocab_size}"
+        )
+
+
+def vq_pixel_range(tokenizer) -> tuple[float, float]:
+    """The pixel range the VQ was trained on.
+
+    aMUSEd and Meissonic checkpoints (CLIP BPE tokenizer) use [0, 1]: their pipelines preprocess with
+    `VaeImageProcessor(do_normalize=False)` and clip the decode to [0, 1]. The built-in shapes-world folders
+    (maskfocus's word-level tokenizer) train their VQ on [-1, 1]."""
+    from transformers import CLIPTokenizer
+
+    return (0.0, 1.0) if isinstance(tokenizer, CLIPTokenizer) else (-1.0, 1.0)

@@ -1,0 +1,208 @@
+"""Meissonic adapter: a VQModel, a CLIP text encoder (CLIP-H in the release) and the transformer whose code
+ships inside the checkpoint folder (`transformer/transformer.py`), loaded only when the config trusts it.
+
+Inputs as the reference pipeline (github.com/viiika/Meissonic, src/pipeline.py) builds them:
+- micro-conditions (width, height, crop 0 0, aesthetic 6) at the generated resolution (1024 by default);
+- `pooled_projections` = the CLIP text projection, `encoder_hidden_states` = the penultimate hidden layer,
+  prompts padded to 77 tokens;
+- `txt_ids` = zeros (S, 3); `img_ids` (N, 3) = (0, row, column) over the transformer's internal grid, which is
+  half the token grid per side when the transformer downsamples (the released 1024-px model) - what the
+  pipeline's `_prepare_latent_image_ids` produces in the cases it supports;
+- `timestep` = the scheduler's step index, which counts down: T-1 at the first step, 0 at the last (the
+  transformer multiplies it by 1000 itself).
+CFG with a negative prompt is the sampler's (`sampler.negative_prompt`, `sampler.cfg_scale`).
+
+Shape legend: B samples, L image tokens (h*w), V codebook size, S text tokens, N image positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskfocus.models.base import Condition, ModelLoadError
+from maskfocus.models.loading import (
+    check_codebooks,
+    check_folder,
+    check_text_parts,
+    folder_hint,
+    load_part,
+    load_text_encoder,
+    load_tokenizer,
+    load_vqvae,
+    mask_token_id,
+    read_config,
+    resolve_model_path,
+    torch_dtype,
+    vq_pixel_range,
+)
+from maskfocus.models.vq_text import VQTextGenerator, step_tensor
+
+PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
+CODE_FILE = "transformer.py"
+NATIVE_RESOLUTION = 1024
+"""Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
+
+
+def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
+    """The transformer class defined in `<folder>/transformer/transformer.py`, named by its config's `_class_name`.
+
+    Importing that file runs arbitrary code from the checkpoint, so it happens only when the run config says
+    `model.trust_checkpoint_code: true`."""
+    path = folder / "transformer" / CODE_FILE
+    if not trust_checkpoint_code:
+        raise ModelLoadError(
+            f"{folder} is a Meissonic folder: its transformer is Python code shipped with the checkpoint ({path}), "
+            "and loading it runs that code. If you trust this folder (e.g. the MeissonFlow/Meissonic release), "
+            "set `model.trust_checkpoint_code: true` in the run config."
+        )
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{folder} has no transformer/{CODE_FILE}: copy the Transformer2DModel source of the Meissonic release "
+            "(src/transformer.py of github.com/viiika/Meissonic) there"
+        )
+    class_name = read_config(folder, "transformer").get("_class_name")
+    name = "maskfocus_checkpoint_code_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # decorators and deepcopy look classes up through their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise ModelLoadError(f"cannot import {path}: {type(error).__name__}: {error}") from None
+    cls = getattr(module, str(class_name), None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ModelLoadError(
+            f"{path} defines no loadable class {class_name!r} (transformer/config.json `_class_name`; "
+            "it must be a diffusers ModelMixin with from_pretrained)"
+        )
+    return cls
+
+
+def image_position_ids(grid_size: tuple[int, int], downsample: bool, device: torch.device) -> torch.Tensor:
+    """(N, 3) float32: (0, row, column) of each position of the transformer's internal grid."""
+    h, w = (grid_size[0] // 2, grid_size[1] // 2) if downsample else grid_size
+    ids = torch.zeros(h, w, 3, device=device)
+    ids[..., 1] = torch.arange(h, device=device)[:, None]
+    ids[..., 2] = torch.arange(w, device=device)[None, :]
+    return ids.reshape(h * w, 3)
+
+
+def text_position_ids(num_text_tokens: int, device: torch.device) -> torch.Tensor:
+    """(S, 3) zeros: text tokens carry no position in Meissonic's rotary embedding."""
+    return torch.zeros(num_text_tokens, 3, device=device)
+
+
+def meissonic_timestep(step: int | torch.Tensor, num_steps: int, batch: int, device: torch.device) -> torch.Tensor:
+    """(B,) long: the pipeline's scheduler timestep of step i, T-1-i (arange(T).flip(0))."""
+    return num_steps - 1 - step_tensor(step, batch, device)
+
+
+class MeissonicGenerator(VQTextGenerator):
+    """MaskedGenerator over a Meissonic folder (see maskfocus.models.base for the interface)."""
+
+    def __init__(self, *args, downsample: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.downsample = downsample
+        if downsample and (self.grid_size[0] % 2 or self.grid_size[1] % 2):
+            raise ModelLoadError(f"a downsampling Meissonic transformer needs an even token grid, got {self.grid_size}")
+        self.img_ids = image_position_ids(self.grid_size, downsample, self.device)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        resolution: int | None = None,
+        text_encoder: str | None = None,
+        trust_checkpoint_code: bool = False,
+    ) -> MeissonicGenerator:
+        """Load transformer and text encoder in `dtype` (the VQ stays float32); `resolution` in pixels (None =
+        1024); `text_encoder` replaces text_encoder/ (the reference inference uses the original CLIP-ViT-H-14)."""
+        folder = resolve_model_path(path)
+        hint = folder_hint(path)
+        check_folder(folder, PARTS, "Meissonic", hint)
+        check_codebooks(folder)
+        transformer_class = load_checkpoint_class(folder, trust_checkpoint_code)
+        weights_dtype = torch_dtype(dtype)
+        vqvae = load_vqvae(folder, hint)
+        load = transformer_class.from_pretrained
+        transformer = load_part(load, folder, "transformer", hint, torch_dtype=weights_dtype)
+        encoder = load_text_encoder(folder, hint, weights_dtype, text_encoder)
+        tokenizer = load_tokenizer(folder, hint)
+        check_text_parts(folder, tokenizer, encoder)
+        _check_conditioning(folder, transformer.config, encoder.config)
+        codebook = int(transformer.config.codebook_size)
+        return cls(
+            vqvae,
+            transformer,
+            encoder,
+            tokenizer,
+            mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
+            codebook_size=codebook,
+            image_size=resolution or NATIVE_RESOLUTION,
+            pixel_range=vq_pixel_range(tokenizer),
+            device=device,
+            downsample=bool(getattr(transformer.config, "downsample", False)),
+        )
+
+    def logits(
+        self,
+        tokens_BL: torch.Tensor,
+        condition: Condition,
+        step: int | torch.Tensor = 0,
+        num_steps: int = 1,
+        module: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """(B, L, V) float32; `module` replaces the transformer (a frozen reference, an FSDP-wrapped one)."""
+        module = module or self.transformer
+        batch = tokens_BL.shape[0]
+        hidden, pooled, micro = self._inputs(module, condition)
+        output = module(
+            hidden_states=tokens_BL.view(batch, *self.grid_size),
+            micro_conds=micro,
+            pooled_projections=pooled,
+            encoder_hidden_states=hidden,
+            img_ids=self.img_ids,
+            txt_ids=text_position_ids(hidden.shape[1], self.device),
+            timestep=meissonic_timestep(step, num_steps, batch, self.device),
+        )
+        return self._to_logits(_output_tensor(output))
+
+    def blocks(self) -> list[nn.Module]:
+        """The dual-stream then single-stream transformer blocks, for FSDP2's per-block `fully_shard`."""
+        names = ("transformer_blocks", "single_transformer_blocks")
+        return [block for name in names for block in getattr(self.transformer, name, [])]
+
+
+def _output_tensor(output) -> torch.Tensor:
+    """The released forward returns the logits tensor itself (even with return_dict=True); accept the usual
+    diffusers output forms too."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output.sample
+
+
+def _check_conditioning(folder: Path, config, text) -> None:
+    """The transformer's text input widths must match the text encoder."""
+    pairs = (
+        ("joint_attention_dim", "hidden_size"),
+        ("pooled_projection_dim", "projection_dim"),
+    )
+    for ours, theirs in pairs:
+        expected, actual = getattr(config, ours, None), getattr(text, theirs)
+        if expected is not None and int(expected) != int(actual):
+            raise ModelLoadError(
+                f"{folder}: transformer {ours}={expected} but the text encoder's {theirs} is {actual}; "
+                "text_encoder/ does not belong to this transformer"
+            )

@@ -1,0 +1,126 @@
+"""What the aMUSEd and Meissonic adapters share: a VQ image tokenizer, a CLIP text encoder and a transformer.
+
+Each adapter adds only how its transformer is called (`logits`) and how its folder is loaded. Both condition
+on the same aMUSEd-style micro-conditioning and the same text features (the CLIP projection as the pooled
+embedding, the penultimate hidden layer as the sequence), as their reference pipelines build them.
+
+Shape legend: B samples, L image tokens (h*w), V codebook size, S text tokens, D embedding width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from maskfocus.models.base import Condition
+from maskfocus.models.tokenizer import check_prompts
+
+AESTHETIC_SCORE = 6.0
+"""Micro-conditioning aesthetic score: the default of AmusedPipeline and of Meissonic's pipeline."""
+CROP_TOP_LEFT = (0.0, 0.0)
+"""Micro-conditioning crop coordinates: no crop, as both pipelines default."""
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """Dtype of the first floating parameter (the compute dtype the inputs must match)."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def micro_conditions(batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(B, 5): original width, height, crop top, crop left, aesthetic score - in the order (width before height)
+    that AmusedPipeline and Meissonic's pipeline pass them, at the resolution being generated."""
+    row = torch.tensor([width, height, *CROP_TOP_LEFT, AESTHETIC_SCORE], dtype=dtype, device=device)
+    return row.expand(batch, 5)
+
+
+def step_tensor(step: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """The sampling step index of every sample, (B,) long."""
+    return torch.as_tensor(step, device=device, dtype=torch.long).expand(batch)
+
+
+class VQTextGenerator:
+    """MaskedGenerator parts common to VQ + CLIP-text + transformer models (see maskfocus.models.base)."""
+
+    def __init__(
+        self,
+        vqvae,
+        transformer: nn.Module,
+        text_encoder,
+        tokenizer,
+        *,
+        mask_token_id: int,
+        codebook_size: int,
+        image_size: int,
+        pixel_range: tuple[float, float],
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.vqvae = vqvae.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        self.transformer = transformer.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.codebook_size = codebook_size
+        self.mask_token_id = mask_token_id
+        self.vae_scale_factor = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        side = image_size // self.vae_scale_factor
+        self.grid_size = (side, side)
+        self.image_size = side * self.vae_scale_factor
+        self.latent_channels = int(vqvae.config.latent_channels)
+        self.pixel_range = pixel_range
+
+    @property
+    def text_max_length(self) -> int:
+        """Padded prompt length: the tokenizer's limit, capped by the text encoder's positions (CLIP: 77)."""
+        return min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        check_prompts(self.tokenizer, prompts)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Condition:
+        """As both pipelines: pooled = the CLIP text projection, sequence = the penultimate hidden layer."""
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        output = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
+        return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
+
+    def _inputs(self, module: nn.Module, condition: Condition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Text states, pooled embedding and micro-conditions in the dtype of `module`."""
+        dtype = module_dtype(module)
+        height = width = self.image_size
+        micro = micro_conditions(len(condition), height, width, dtype, self.device)
+        return condition.hidden_BSD.to(dtype), condition.pooled_BD.to(dtype), micro
+
+    def _to_logits(self, logits_BVhw: torch.Tensor) -> torch.Tensor:
+        batch = logits_BVhw.shape[0]
+        return logits_BVhw.permute(0, 2, 3, 1).reshape(batch, -1, self.codebook_size).float()
+
+    @torch.no_grad()
+    def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], (B, 3, H, W), by codebook lookup and the VQ decoder."""
+        h, w = self.grid_size
+        shape = (tokens_BL.shape[0], h, w, self.latent_channels)
+        images = self.vqvae.decode(tokens_BL.reshape(-1), force_not_quantize=True, shape=shape).sample
+        low, high = self.pixel_range
+        return ((images.float() - low) / (high - low)).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) of images in [0, 1]."""
+        low, high = self.pixel_range
+        latents = self.vqvae.encode(images_B3HW.to(self.device) * (high - low) + low).latents
+        _, _, (_, _, indices) = self.vqvae.quantize(latents)
+        return indices.view(images_B3HW.shape[0], -1)
+
+    def codebook_vectors(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) VQ codebook embedding of each token."""
+        return self.vqvae.quantize.embedding(tokens_BL)
+
+    def trainable_module(self) -> nn.Module:
+        return self.transformer

@@ -1,0 +1,29 @@
+"""`load_generator` dispatches on `model.kind` and passes the config's options to the adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskfocus.config import ConfigError, ModelConfig, config_from_dict
+from maskfocus.models import load_generator
+from maskfocus.models.amused import AmusedGenerator
+from maskfocus.models.meissonic import MeissonicGenerator
+
+
+def test_amused_kind_loads_the_aMUSEd_adapter_with_overrides(amused_folder):
+    model = load_generator(ModelConfig(path=str(amused_folder), resolution=32), device="cpu", dtype="bfloat16")
+    assert isinstance(model, AmusedGenerator) and model.image_size == 32
+    assert next(model.transformer.parameters()).dtype.is_floating_point and model.transformer.dtype.itemsize == 2
+    assert len(model.blocks()) == 2
+
+
+def test_meissonic_kind_loads_the_meissonic_adapter(meissonic_folder):
+    config = ModelConfig(path=str(meissonic_folder), kind="meissonic", trust_checkpoint_code=True, resolution=32)
+    assert isinstance(load_generator(config), MeissonicGenerator)
+
+
+def test_unknown_kind_and_dtype_are_config_errors():
+    with pytest.raises(ConfigError, match="model.kind"):
+        config_from_dict({"model": {"kind": "maskgit"}})
+    with pytest.raises(ConfigError, match="model.dtype"):
+        config_from_dict({"model": {"dtype": "fp8"}})

@@ -1,0 +1,94 @@
+"""Tests for maskfocus.rewards.combined: build_rewards dispatching the configured terms (geneval with each
+detector kind, clip, hps) and clear errors for missing local model files; RewardSpec's new fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maskfocus.config import ConfigError, RewardSpec, config_from_dict
+from maskfocus.models.base import ModelLoadError
+from maskfocus.rewards.combined import build_rewards
+from maskfocus.rewards.geneval_client import GenEvalClient
+from maskfocus.rewards.judges import DetectorJudge
+
+ROWS = [{"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"}] * 2
+
+
+def _images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+
+
+def test_clip_and_hps_terms_score_with_their_own_weights(tiny_clip_folder, tiny_arch, hps_checkpoint):
+    specs = [
+        RewardSpec(name="clip", model=str(tiny_clip_folder), weight=0.5),
+        RewardSpec(name="hps", model=tiny_arch, checkpoint=str(hps_checkpoint), weight=2.0),
+    ]
+    reward = build_rewards(specs)
+    total, parts = reward(_images(), ROWS)
+    assert set(parts) == {"clip", "hps"} and parts["hps"].shape == (2,)
+    torch.testing.assert_close(total, 0.5 * parts["clip"] + 2.0 * parts["hps"])
+    assert not torch.allclose(parts["clip"], parts["hps"])  # different weights, different scores
+
+
+def test_clip_term_accepts_an_architecture_name_with_a_checkpoint(tiny_arch, hps_checkpoint):
+    reward = build_rewards([RewardSpec(name="clip", model=tiny_arch, checkpoint=str(hps_checkpoint))])
+    assert reward.terms[0][1].scorer.fit == "crop"
+
+
+def test_geneval_terms_use_the_configured_detector(tiny_owlv2_folder, tiny_clip_folder):
+    owlv2 = {"kind": "owlv2", "path": str(tiny_owlv2_folder), "clip_model": str(tiny_clip_folder)}
+    specs = [
+        RewardSpec(name="geneval", mode="partial", detector=owlv2),
+        RewardSpec(name="geneval", detector={"kind": "http", "url": "http://127.0.0.1:1"}),
+    ]
+    reward = build_rewards(specs)
+    (_, partial), (_, binary) = reward.terms
+    assert isinstance(partial.judge, DetectorJudge) and partial.judge.name == "owlv2"
+    assert isinstance(binary.judge, GenEvalClient) and binary.judge.url == "http://127.0.0.1:1"
+    values = partial(_images(), ROWS)
+    assert values.shape == (2,) and ((values >= 0) & (values <= 1)).all()
+
+
+def test_default_geneval_term_is_the_shapes_detector():
+    ((_, term),) = build_rewards([RewardSpec(name="geneval")]).terms
+    assert term.name == "geneval_binary" and term.judge.name == "shapes"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"name": "clip", "model": "/nowhere/clip"},
+            r"rewards\[1\]\.model: CLIP model folder not found: /nowhere/clip",
+        ),
+        ({"name": "hps", "checkpoint": "/nowhere/HPS_v2.1.pt"}, r"rewards\[1\]\.checkpoint: .*/nowhere/HPS_v2\.1\.pt"),
+        (
+            {"name": "geneval", "detector": {"kind": "owlv2", "path": "/nowhere/owl", "clip_model": "/x"}},
+            r"rewards\[1\]\.detector\.path: no OWLv2 folder \(config\.json\) at /nowhere/owl",
+        ),
+    ],
+)
+def test_missing_model_files_name_the_field_and_the_path(spec, message):
+    with pytest.raises(ModelLoadError, match=message):
+        build_rewards([RewardSpec(name="geneval", mode="partial"), RewardSpec(**spec)])
+
+
+def test_two_terms_with_one_metric_name_are_refused():
+    with pytest.raises(ConfigError, match="repeated: clip"):
+        build_rewards([RewardSpec(name="clip"), RewardSpec(name="clip", weight=2.0)])
+
+
+def test_reward_spec_fills_the_model_by_name_and_checks_required_fields():
+    assert RewardSpec(name="clip").model == "builtin:shapes-clip"
+    assert RewardSpec(name="hps", checkpoint="hps.pt").model == "ViT-H-14"
+    assert RewardSpec(name="geneval").detector.kind == "shapes"
+    with pytest.raises(ConfigError, match=r"rewards\.0: .*hps term needs `checkpoint`"):
+        config_from_dict({"rewards": [{"name": "hps"}]})
+    with pytest.raises(ConfigError, match=r"rewards\.0\.detector: .*kind owlv2 needs `path`"):
+        config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "owlv2"}}]})
+    with pytest.raises(ConfigError, match=r"rewards\.0\.detector\.retries: unknown key"):
+        config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "retries": 3}}]})
+    http = config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "num_retries": 5}}]})
+    assert http.rewards[0].detector.num_retries == 5 and http.rewards[0].detector.timeout_s == 120.0

@@ -1,0 +1,152 @@
+"""Tests for maskfocus.rewards.geneval_client against a small Flow-GRPO-style reward server run by the test:
+wire format, restricted unpickling (a malicious reply is refused and never runs), timeouts and retries."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import numpy as np
+import pytest
+from fake_reward_server import ScriptedServer, raw, running, scores, server_error, slow
+from PIL import Image
+
+from maskfocus.rewards.geneval_client import GenEvalClient, RewardServerError, safe_loads
+
+ROWS = [
+    {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
+    {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
+    {"tag": "counting", "include": [{"class": "dog", "count": 2}], "prompt": "a photo of two dogs"},
+]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ScriptedServer]]:
+    with ExitStack() as stack:
+        yield lambda *actions: stack.enter_context(running(*actions))
+
+
+def _client(server: ScriptedServer, delays: list[float] | None = None, **kwargs) -> GenEvalClient:
+    return GenEvalClient(server.url, sleep=(delays if delays is not None else []).append, **kwargs)
+
+
+def _images(count: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 16, 24, 3), dtype=np.uint8)
+
+
+def test_sends_jpeg_batches_with_metadata_and_reads_rewards_and_scores(serve):
+    server = serve(scores)
+    results = _client(server, batch_size=2).judge(_images(3), ROWS)
+    assert [r.correct for r in results] == [True, False, True]
+    assert [r.score for r in results] == [0.75, 0.25, 0.75]
+    assert [len(r["images"]) for r in server.requests] == [2, 1]
+    first = server.requests[0]
+    assert set(first) == {"images", "meta_datas", "only_strict"} and first["only_strict"] is False
+    assert first["meta_datas"] == ROWS[:2]
+    decoded = Image.open(io.BytesIO(first["images"][0]))
+    assert decoded.format == "JPEG" and decoded.size == (24, 16)
+
+
+def test_a_malicious_pickle_reply_is_refused_and_never_runs(serve, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('pwned')",))
+
+    payload = pickle.dumps({"scores": [Exploit()], "rewards": [1.0]})
+    server = serve(raw(200, payload))
+    with pytest.raises(RewardServerError, match=r"unsafe or invalid reply: refusing to load builtins\.exec"):
+        _client(server, num_retries=3).judge(_images(1), ROWS[:1])
+    assert not marker.exists() and len(server.requests) == 1  # refused at once, not retried
+    pickle.loads(payload)  # the full unpickler would have run it
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"scores": [np.float64(0.5)]}, "refusing to load numpy"),
+        ({"scores": {0.5}}, "holds a set"),
+        ({"scores": [b"bytes"]}, "holds a bytes"),
+        ({"scores": [complex(1, 2)]}, "refusing to load builtins.complex"),
+    ],
+)
+def test_only_plain_types_are_accepted(value, message):
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        safe_loads(pickle.dumps(value))
+
+
+def test_plain_replies_load_unchanged():
+    value = {"scores": [0.5, 1], "rewards": (1.0, None), "group_rewards": {"colors": [True, -10.0]}, "x": "é"}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert safe_loads(pickle.dumps(value, protocol=protocol)) == value
+
+
+def test_a_timed_out_request_is_retried(serve):
+    delays: list[float] = []
+    server = serve(slow(4.0), scores)
+    start = time.perf_counter()
+    results = _client(server, delays, timeout_s=0.3, num_retries=1, retry_backoff_s=0.25).judge(_images(1), ROWS[:1])
+    assert results[0].correct and len(server.requests) == 2 and delays == [0.25]
+    assert time.perf_counter() - start < 3.5  # the client did not wait for the slow reply
+
+
+def test_a_timeout_without_retries_raises(serve):
+    server = serve(slow(1.5))
+    expected = r"1 attempt\(s\) failed \(timeout 0\.3 s each\); last error: .*timed out"
+    with pytest.raises(RewardServerError, match=expected):
+        _client(server, timeout_s=0.3, num_retries=0).judge(_images(1), ROWS[:1])
+
+
+def test_server_errors_are_retried_with_exponential_backoff(serve):
+    delays: list[float] = []
+    server = serve(server_error, server_error, scores)
+    results = _client(server, delays, num_retries=3, retry_backoff_s=0.5).judge(_images(2), ROWS[:2])
+    assert [r.correct for r in results] == [True, False]
+    assert delays == [0.5, 1.0] and len(server.requests) == 3
+
+
+def test_exhausted_retries_report_the_last_error(serve):
+    server = serve(server_error)
+    with pytest.raises(RewardServerError, match=r"(?s)3 attempt\(s\) failed.*HTTP 500: .*CUDA out of memory"):
+        _client(server, num_retries=2).judge(_images(1), ROWS[:1])
+    assert len(server.requests) == 3
+
+
+def test_client_errors_are_not_retried(serve):
+    delays: list[float] = []
+    server = serve(raw(404, b"no such route"))
+    with pytest.raises(RewardServerError, match="HTTP 404: no such route"):
+        _client(server, delays, num_retries=3).judge(_images(1), ROWS[:1])
+    assert delays == [] and len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([1.0], "reply is a list, not a dict"),
+        ({"scores": [0.5]}, r"reply\['rewards'\] must be a list of 1 numbers"),
+        ({"scores": [0.5, 0.5], "rewards": [1.0, 1.0]}, r"reply\['rewards'\] must be a list of 1 numbers"),
+        ({"scores": ["high"], "rewards": [1.0]}, r"reply\['scores'\] must be a list of 1 numbers"),
+    ],
+)
+def test_malformed_replies_are_clear_errors(serve, body, message):
+    server = serve(raw(200, pickle.dumps(body)))
+    with pytest.raises(RewardServerError, match=message):
+        _client(server).judge(_images(1), ROWS[:1])
+
+
+def test_an_unreachable_server_is_retried_then_reported():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
+    delays: list[float] = []
+    client = GenEvalClient(f"http://127.0.0.1:{port}", num_retries=1, retry_backoff_s=0.1, sleep=delays.append)
+    with pytest.raises(RewardServerError, match=r"2 attempt\(s\) failed.*URLError"):
+        client.judge(_images(1), ROWS[:1])
+    assert delays == [0.1]

@@ -1,0 +1,50 @@
+"""The non-GPU logic of benchmarks/gpu_check.py: FLOP counting, MFU arithmetic, peak lookup, the stand-in size."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_perf.py"
+
+
+@pytest.fixture(scope="module")
+def perf():
+    spec = importlib.util.spec_from_file_location("gpu_perf", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_perf"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_count_flops_of_a_linear_layer_is_two_multiply_adds_per_weight_and_row(perf):
+    layer = torch.nn.Linear(16, 8, bias=False)
+    assert perf.count_flops(layer, torch.zeros(5, 16)) == 2 * 5 * 16 * 8
+
+
+def test_learner_and_rollout_flops_count_every_pass(perf):
+    # K=6 steps x B=2 samples x (old logp + reference + forward/backward = 5 forwards)
+    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=True) == 10.0 * 2 * 6 * 5
+    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=False) == 10.0 * 2 * 6 * 4
+    assert perf.rollout_flops(10.0, num_images=2, num_steps=64, use_cfg=True) == 10.0 * 2 * 64 * 2
+    assert perf.rollout_flops(10.0, num_images=2, num_steps=64, use_cfg=False) == 10.0 * 2 * 64
+
+
+def test_mfu_is_achieved_over_peak(perf):
+    assert perf.mfu(989.4e12 * 3, 6.0, 989.4) == pytest.approx(0.5)
+    assert perf.mfu(1e12, 1.0, None) is None
+
+
+def test_peak_lookup_prefers_the_pcie_entry(perf):
+    assert perf.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert perf.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert perf.peak_tflops("NVIDIA H200") == 989.4
+    assert perf.peak_tflops("Some Card") is None
+
+
+def test_meissonic_stand_in_has_about_a_billion_parameters(perf):
+    assert 0.9e9 < perf.parameter_count(perf.MEISSONIC) < 1.2e9

@@ -1,0 +1,51 @@
+"""The real-checkpoint run configs load, carry the reference hyperparameters (ALGORITHM.md section 6) and
+document their resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maskfocus.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUNS = {
+    "meissonic_geneval.yaml": ("meissonic", "geneval"),
+    "meissonic_hps.yaml": ("meissonic", "hps"),
+    "amused_geneval.yaml": ("amused", "geneval"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_config_loads_with_the_reference_hyperparameters(name):
+    config = load_config(CONFIGS / name)
+    kind, reward = RUNS[name]
+    assert config.model.kind == kind and config.model.trust_checkpoint_code == (kind == "meissonic")
+    assert [spec.name for spec in config.rewards] == [reward]
+    assert (config.sampler.num_steps, config.sampler.cfg_scale, config.sampler.negative_prompt != "") == (64, 5.0, True)
+    assert (config.selection.strategy, config.selection.num_steps) == ("critical", 6)
+    assert (config.rollout.group_size, config.rollout.prompts_per_iteration) == (2, 4)
+    assert (config.grpo.clip_eps, config.grpo.beta, config.grpo.update) == (None, 0.01, "per_step")
+    assert (config.optim.learning_rate, config.optim.grad_clip, config.optim.final_lr_fraction) == (2e-6, 1.0, 0.0)
+    assert config.train.num_iterations == 1200 and config.train.executor == "ray"
+
+
+def test_meissonic_runs_at_1024_px_on_four_learner_gpus():
+    for name in ("meissonic_geneval.yaml", "meissonic_hps.yaml"):
+        config = load_config(CONFIGS / name)
+        assert config.model.resolution == 1024
+        assert (config.ray.num_learner_workers, config.ray.learner_gpus) == (4, 1.0)
+
+
+def test_geneval_configs_use_a_real_detector():
+    for name in ("meissonic_geneval.yaml", "amused_geneval.yaml"):
+        detector = load_config(CONFIGS / name).rewards[0].detector
+        assert detector.kind == "owlv2" and detector.path and detector.clip_model == "ViT-L-14-quickgelu"
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_config_documents_gpus_memory_and_time(name):
+    text = (CONFIGS / name).read_text()
+    for heading in ("GPUs per role", "Memory per GPU", "Expected time per iteration"):
+        assert heading in text
