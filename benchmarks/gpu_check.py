@@ -98,7 +98,7 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
         learner, config.grpo, config.optim, config.sampler.num_steps, 10 * num_iterations, module, reference
     )
     reward_fn = build_rewards(config.rewards, device=str(device))
-    prompts = PromptStream(config.seed, config.rollout.tags)
+    prompts = PromptStream.from_config(config)
     before = {key: value.clone() for key, value in plain_state_dict(module).items()}  # no alias on the CPU
     record: dict = {}
     for iteration in range(num_iterations):

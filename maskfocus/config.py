@@ -83,6 +83,11 @@ class RolloutConfig(Section):
     """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
     tags: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
     """GenEval tags the training prompts are drawn from (uniformly)."""
+    prompt_file: str | None = None
+    """Training prompts instead of the built-in shapes world (needed for real checkpoints): a GenEval-format JSONL
+    (one metadata record per line, e.g. a GenEval or Flow-GRPO training prompt file; records whose `tag` is not
+    in `tags` are skipped), or a `.txt` file with one free-form prompt per line (only for rewards that need no
+    metadata: clip, hps). null = shapes-world prompts."""
 
 
 class RouterConfig(Section):

@@ -6,6 +6,7 @@ is derived from (run seed, iteration, role), so the Ray executor can reproduce i
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskfocus.config import RunConfig
+from maskfocus.config import ConfigError, RunConfig
 from maskfocus.evaluation import load_rows, run_evaluation, write_results
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
@@ -39,18 +40,59 @@ ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
 
 
 class PromptStream:
-    """Training prompts with a cursor (how many were taken), so a resumed run continues the same stream."""
+    """Training prompts with a cursor (how many were taken), so a resumed run continues the same stream.
 
-    def __init__(self, seed: int, tags: tuple[str, ...], cursor: int = 0):
+    The source is the shapes world's prompt generator, or, with `prompt_file`, seeded uniform draws from the
+    records of a GenEval-format JSONL.
+    """
+
+    def __init__(self, seed: int, tags: tuple[str, ...], cursor: int = 0, prompt_file: str | None = None):
         from maskfocus.shapes.prompts import TrainingPrompts
 
-        self.source = TrainingPrompts(seed, tags)
+        self.source = FilePrompts(prompt_file, seed, tags) if prompt_file else TrainingPrompts(seed, tags)
         self.cursor = 0
         self.take(cursor)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, cursor: int = 0) -> PromptStream:
+        return cls(config.seed, config.rollout.tags, cursor, config.rollout.prompt_file)
 
     def take(self, count: int) -> list[dict[str, Any]]:
         self.cursor += count
         return [next(self.source) for _ in range(count)]
+
+
+class FilePrompts:
+    """Endless seeded uniform draws from a prompt file.
+
+    `.txt`: one free-form prompt per line (blank lines skipped; for rewards that need no metadata, e.g. HPS or
+    CLIP). Anything else: a GenEval-format JSONL, of which the records tagged with one of `tags` are used.
+    """
+
+    def __init__(self, path: str, seed: int, tags: tuple[str, ...]):
+        if not Path(path).is_file():
+            raise ConfigError(f"rollout.prompt_file: no such file: {path}")
+        self.rows = _text_prompts(path) if path.endswith(".txt") else _tagged_records(path, tags)
+        self.rng = np.random.default_rng(seed)
+
+    def __next__(self) -> dict[str, Any]:
+        return copy.deepcopy(self.rows[self.rng.integers(len(self.rows))])
+
+
+def _text_prompts(path: str) -> list[dict[str, Any]]:
+    rows = [{"prompt": line.strip()} for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise ConfigError(f"rollout.prompt_file: {path} has no prompt")
+    return rows
+
+
+def _tagged_records(path: str, tags: tuple[str, ...]) -> list[dict[str, Any]]:
+    from maskfocus.rewards.geneval import load_metadata
+
+    rows = [row for row in load_metadata(path) if row["tag"] in tags]
+    if not rows:
+        raise ConfigError(f"rollout.prompt_file: no record of {path} has a tag in rollout.tags {list(tags)}")
+    return rows
 
 
 def preview_prompts() -> list[str]:
@@ -96,7 +138,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
             updater.scheduler.step()
         updater.num_updates = state["num_updates"]
         start_iteration, cursor = state["iteration"] + 1, state["prompt_cursor"]
-    prompts = PromptStream(config.seed, config.rollout.tags, cursor)
+    prompts = PromptStream.from_config(config, cursor)
     log = MetricsLog(run_dir / "metrics.jsonl")
     (run_dir / "images").mkdir(exist_ok=True)
     iterations = range(start_iteration, config.train.num_iterations)

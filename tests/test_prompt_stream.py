@@ -1,0 +1,69 @@
+"""Training prompt sources: the shapes world and a GenEval-format prompt file, with a resumable cursor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maskfocus.config import ConfigError
+from maskfocus.trainer import PromptStream
+
+REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_file_prompts_draw_only_the_requested_tags_and_resume_at_the_cursor():
+    if not REAL_METADATA.is_file():
+        pytest.skip(f"real GenEval metadata not found at {REAL_METADATA}")
+    stream = PromptStream(3, ("counting", "position"), prompt_file=str(REAL_METADATA))
+    first = stream.take(40)
+    assert {row["tag"] for row in first} == {"counting", "position"}
+    assert stream.cursor == 40
+    more = stream.take(5)
+    resumed = PromptStream(3, ("counting", "position"), cursor=40, prompt_file=str(REAL_METADATA))
+    assert resumed.take(5) == more
+
+
+def test_rows_are_returned_as_copies(tmp_path):
+    path = write_rows(
+        tmp_path / "p.jsonl",
+        [{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}],
+    )
+    stream = PromptStream(0, TAGS, prompt_file=str(path))
+    row = stream.take(1)[0]
+    assert row["prompt"] == "a photo of a cat"
+    row["include"][0]["count"] = 5
+    assert stream.take(1)[0]["include"][0]["count"] == 1
+
+
+def test_missing_file_and_no_matching_tag_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="rollout.prompt_file: no such file"):
+        PromptStream(0, TAGS, prompt_file=str(tmp_path / "absent.jsonl"))
+    path = write_rows(
+        tmp_path / "p.jsonl",
+        [{"tag": "counting", "prompt": "a photo of two cats", "include": [{"class": "cat", "count": 2}]}],
+    )
+    with pytest.raises(ConfigError, match="no record .* has a tag in rollout.tags"):
+        PromptStream(0, ("colors",), prompt_file=str(path))
+
+
+def test_without_a_file_the_shapes_world_stream_is_used():
+    rows = PromptStream(0, ("colors",)).take(3)
+    assert all(row["tag"] == "colors" for row in rows)
+
+
+def test_text_file_gives_free_form_prompts_and_an_empty_one_is_an_error(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat wearing a hat\n\nan astronaut riding a horse\n")
+    rows = PromptStream(1, TAGS, prompt_file=str(path)).take(20)
+    assert {row["prompt"] for row in rows} == {"a cat wearing a hat", "an astronaut riding a horse"}
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ConfigError, match="has no prompt"):
+        PromptStream(1, TAGS, prompt_file=str(tmp_path / "empty.txt"))
