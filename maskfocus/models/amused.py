@@ -78,7 +78,7 @@ class AmusedGenerator(VQTextGenerator):
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
             image_size=resolution or int(transformer.config.sample_size) * scale,
-            pixel_range=vq_pixel_range(tokenizer),
+            pixel_range=vq_pixel_range(folder),
             device=device,
         )
 

@@ -147,12 +147,23 @@ def check_text_parts(folder: Path, tokenizer, text_encoder) -> None:
         )
 
 
-def vq_pixel_range(tokenizer) -> tuple[float, float]:
-    """The pixel range the VQ was trained on.
+VQ_RANGE_FILE = "maskfocus_vq_range.json"
+"""Optional file in a model folder: {"pixel_range": [low, high]}, the pixel range its VQ was trained on."""
 
-    aMUSEd and Meissonic checkpoints (CLIP BPE tokenizer) use [0, 1]: their pipelines preprocess with
-    `VaeImageProcessor(do_normalize=False)` and clip the decode to [0, 1]. The built-in shapes-world folders
-    (maskfocus's word-level tokenizer) train their VQ on [-1, 1]."""
-    from transformers import CLIPTokenizer
 
-    return (0.0, 1.0) if isinstance(tokenizer, CLIPTokenizer) else (-1.0, 1.0)
+def vq_pixel_range(folder: Path) -> tuple[float, float]:
+    """The pixel range the folder's VQ was trained on.
+
+    Default [0, 1]: aMUSEd and Meissonic pipelines preprocess with `VaeImageProcessor(do_normalize=False)` and
+    clip the decode to [0, 1]. The built-in shapes-world folders train their VQ on [-1, 1] and say so in
+    VQ_RANGE_FILE (written by `maskfocus pretrain`)."""
+    path = Path(folder) / VQ_RANGE_FILE
+    if not path.is_file():
+        return (0.0, 1.0)
+    try:
+        low, high = (float(v) for v in json.loads(path.read_text())["pixel_range"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f'{path}: expected {{"pixel_range": [low, high]}} ({error})') from error
+    if not low < high:
+        raise ModelLoadError(f"{path}: pixel_range needs low < high, got [{low}, {high}]")
+    return (low, high)

@@ -149,7 +149,7 @@ class MeissonicGenerator(VQTextGenerator):
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
             image_size=resolution or NATIVE_RESOLUTION,
-            pixel_range=vq_pixel_range(tokenizer),
+            pixel_range=vq_pixel_range(folder),
             device=device,
             downsample=bool(getattr(transformer.config, "downsample", False)),
         )

@@ -6,12 +6,14 @@ cores and the whole folder stays well under 25 MB: 64x64 images, 16x16 tokens, a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
+from maskfocus.models.loading import VQ_RANGE_FILE
 from maskfocus.models.tokenizer import MAX_LENGTH
 
 IMAGE_SIZE = 64
@@ -101,3 +103,4 @@ def save_folder(
         vqvae=vqvae, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, scheduler=scheduler
     )
     pipeline.save_pretrained(str(folder), safe_serialization=True)
+    (Path(folder) / VQ_RANGE_FILE).write_text(json.dumps({"pixel_range": [-1.0, 1.0]}) + "\n")

@@ -102,3 +102,16 @@ def test_mismatched_codebook_size_fails_clearly(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="codebook"):
         AmusedGenerator.from_folder(folder)
+
+
+def test_vq_pixel_range_comes_from_the_folder_marker(tmp_path):
+    from maskfocus.models.loading import VQ_RANGE_FILE, vq_pixel_range
+
+    assert vq_pixel_range(builtin_folder()) == (-1.0, 1.0)  # the shipped tiny VQ was trained on [-1, 1]
+    assert vq_pixel_range(tmp_path) == (0.0, 1.0)  # aMUSEd / Meissonic convention without the marker
+    (tmp_path / VQ_RANGE_FILE).write_text('{"pixel_range": [1, 0]}')
+    with pytest.raises(ModelLoadError, match="low < high"):
+        vq_pixel_range(tmp_path)
+    (tmp_path / VQ_RANGE_FILE).write_text('{"range": [0, 1]}')
+    with pytest.raises(ModelLoadError, match="pixel_range"):
+        vq_pixel_range(tmp_path)
