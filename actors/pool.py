@@ -2,15 +2,18 @@
 
 Roles are plain classes; `make_actors` turns one into `num` Ray actors with the resources from config.
 A dead actor is restarted by Ray (`max_restarts`) with its constructor state, so the pool forgets the
-weights it held (`forget`) and the driver reloads them before the actor's next batch.
+weights it held (`forget`) and the driver reloads them before the actor's next batch. Calls to an actor
+that is still restarting fail at once (ActorUnavailableError), so the driver waits for it (`wait_ready`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
+from ray.exceptions import ActorUnavailableError
 
 
 def make_actors(
@@ -40,6 +43,19 @@ class WorkerPool:
     def forget(self, index: int) -> None:
         """The actor died (and is being restarted): its weights are the constructor's, not a known version."""
         self.versions[index] = -1
+
+    def wait_ready(self, index: int, timeout: float) -> None:
+        """Return once actor `index` takes calls again (Ray restarts a crashed one, which takes a while).
+        Raises ActorDiedError if it is dead for good (its restarts are used up), GetTimeoutError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+                return
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def kill(self) -> None:
         for actor in self.actors:

@@ -2,12 +2,16 @@
 
 A plain class made a Ray actor by the driver. The model is loaded only for its frozen parts (VQ codebook,
 decoder) used by the step embeddings; its random stream is seeded_generator(seed, iteration, SELECT).
+It records the dashboard metrics reward latency and mean reward (actors/metrics.py).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from maskfocus.actors.metrics import RunMetrics
 from maskfocus.config import RunConfig
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.rewards.combined import build_rewards
@@ -20,15 +24,16 @@ from maskfocus.types import TrainBatch, Trajectory
 class RewardWorker:
     """Scores rollouts into TrainBatches."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, run_name: str = ""):
         torch.manual_seed(config.seed)
         self.config = config
+        self.metrics = RunMetrics(run_name)
         self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
         self.reward_fn = build_rewards(config.rewards, device=config.model.device)
         self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
 
     def score(self, trajectory: Trajectory) -> TrainBatch:
-        return score_trajectory(
+        batch = score_trajectory(
             trajectory,
             self.reward_fn,
             self.model,
@@ -37,6 +42,10 @@ class RewardWorker:
             seeded_generator(self.config.seed, trajectory.iteration, SELECT),
             self.image_embed,
         )
+        self.metrics.record("maskfocus_reward_latency_seconds", batch.stats["perf/reward_seconds"])
+        if math.isfinite(batch.stats["reward/mean"]):
+            self.metrics.record("maskfocus_reward_mean", batch.stats["reward/mean"])
+        return batch
 
     def score_split(self, trajectory: Trajectory) -> tuple[dict[str, float], TrainBatch]:
         """`score`, with the batch's small stats returned apart (call with num_returns=2) so that the driver

@@ -2,7 +2,8 @@
 
 A plain class (DESIGN.md, "Roles are plain classes first"); the driver makes it a Ray actor, one per
 inference GPU. Its random stream is seeded_generator(seed, iteration, ROLLOUT), as in the in-process
-trainer, so a batch depends only on (weights, iteration), never on which worker sampled it.
+trainer, so a batch depends only on (weights, iteration), never on which worker sampled it. It records the
+dashboard metrics rollout images per second and weight-load seconds (actors/metrics.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from maskfocus.actors.metrics import RunMetrics
 from maskfocus.config import RunConfig
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.rollout import rollout
@@ -24,9 +26,10 @@ from maskfocus.types import Trajectory
 class RolloutWorker:
     """Holds one generator; loads published weights by version and samples training rollouts."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, run_name: str = ""):
         torch.manual_seed(config.seed)
         self.config = config
+        self.metrics = RunMetrics(run_name)
         self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
         self.policy_version = 0
         """Version of the weights now loaded: 0 = the base model, v = after the learner's v-th update."""
@@ -36,11 +39,13 @@ class RolloutWorker:
         start = time.perf_counter()
         self.model.transformer.load_state_dict(state_dict)
         self.policy_version = version
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.metrics.record("maskfocus_weight_sync_seconds", seconds, stage="load")
+        return seconds
 
     def sample(self, metadata: Sequence[dict[str, Any]], iteration: int) -> Trajectory:
         """One iteration's rollout, tagged with the version of the weights that sampled it."""
-        return rollout(
+        trajectory = rollout(
             self.model,
             metadata,
             self.config.rollout.group_size,
@@ -50,6 +55,10 @@ class RolloutWorker:
             policy_version=self.policy_version,
             iteration=iteration,
         )
+        num_images = trajectory.tokens_BL.shape[0]
+        self.metrics.record("maskfocus_rollout_images", num_images)
+        self.metrics.record("maskfocus_rollout_images_per_second", num_images / max(trajectory.seconds, 1e-9))
+        return trajectory
 
     def version(self) -> int:
         return self.policy_version

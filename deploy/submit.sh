@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
 # Submit a MaskFocus RL run to a Ray cluster as a job.
-#   deploy/submit.sh [--address http://HEAD:8265] [CONFIG] [extra `maskfocus train` args...]
-# Local try-out:   ray start --head --num-cpus 2 && deploy/submit.sh configs/shapes_tiny.yaml
-# Token auth (Ray >= 2.60 enables it by default): the client must agree with the cluster. Either both run
-# with RAY_AUTH_MODE=disabled (trusted network only), or the client gets the cluster's token
-# (RAY_AUTH_TOKEN, or the token file the head node wrote) before submitting.
+#   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
+# Local try-out:
+#   ray start --head --num-cpus 2
+#   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
+# The address is --address, else RAY_API_SERVER_ADDRESS, else an http:// RAY_ADDRESS, else the local dashboard.
+# Nodes need maskfocus installed (deploy/runtime_env.yaml). Give train.out_dir an absolute path (on a disk
+# the head node shares) to keep the run folder: a relative one lands in the job's temporary working directory.
+#
+# Token auth. Ray >= 2.60 protects a cluster with a token when it is started with RAY_AUTH_MODE=token, or
+# when a token already exists where `ray start` looks (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN);
+# `ray.init()` local clusters always use one. The client must then present the same token, and it sends one
+# only when RAY_AUTH_MODE=token: this script sets that when a token is found (same three places) and
+# RAY_AUTH_MODE is unset. Get the cluster's token with `ray get-auth-token` on the head node and copy it to
+# the client's ~/.ray/auth_token (or export RAY_AUTH_TOKEN). A cluster started with RAY_AUTH_MODE=disabled
+# (trusted networks only) needs RAY_AUTH_MODE=disabled here too. A 401 from the job server means no token
+# was sent, a 403 a different token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
-if [[ "${1:-}" == "--address" ]]; then ADDRESS="$2"; shift 2; fi
+ADDRESS="${RAY_API_SERVER_ADDRESS:-}"
+if [[ -z "$ADDRESS" && "${RAY_ADDRESS:-}" == http* ]]; then ADDRESS="$RAY_ADDRESS"; fi
+ADDRESS="${ADDRESS:-http://127.0.0.1:8265}"
+SUBMISSION=()
+while [[ "${1:-}" == --address || "${1:-}" == --submission-id ]]; do
+  if [[ "$1" == --address ]]; then ADDRESS="$2"; else SUBMISSION=(--submission-id "$2"); fi
+  shift 2
+done
 CONFIG="${1:-configs/shapes_tiny.yaml}"
 shift || true
-exec ray job submit --address "$ADDRESS" --working-dir . --runtime-env deploy/runtime_env.yaml -- \
+if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
+  [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
+  export RAY_AUTH_MODE=token
+fi
+echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}" >&2
+exec ray job submit --address "$ADDRESS" "${SUBMISSION[@]+"${SUBMISSION[@]}"}" \
+  --working-dir . --runtime-env deploy/runtime_env.yaml -- \
   maskfocus train --config "$CONFIG" --executor ray --address auto "$@"

@@ -4,11 +4,13 @@ Rank 0 takes TrainBatches from the queue, drops those older than `max_staleness`
 the batch; each rank runs PolicyUpdater.update on its shard with the global token count;
 rank 0 then publishes the full weights (gathered from the shards) with the new version, and every
 `checkpoint_every` iterations all ranks write a checkpoint through ray.train.report. The loop ends on the
-queue's stop item (None).
+queue's stop item (None); a stop before the run's end (the driver failed) first checkpoints the last learned
+iteration, so that the run resumes from there. Rank 0 records the dashboard metrics of the update.
 """
 
 from __future__ import annotations
 
+import math
 import queue as queue_lib
 import time
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.util.queue import Queue
 
-from maskfocus.config import RunConfig
+from maskfocus.actors.metrics import RunMetrics
+from maskfocus.config import RunConfig, TrainConfig
 from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
 from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
 from maskfocus.models.amused import AmusedGenerator
@@ -173,10 +176,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.ray.learner_gpus > 0 else torch.device("cpu")
     worker = LearnerWorker(config, loop_config["start"], rank, world_size, device)
+    metrics = RunMetrics(run_dir.name)
     timeout = config.ray.timeout_s
     weights = worker.full_weights()
     if rank == 0:  # the starting weights (the checkpoint's, on resume); also says the learner is ready
         ray.get(store.publish.remote(worker.version, [ray.put(weights)], {"ready": 1.0}), timeout=timeout)
+    unsaved: Message | None = None
+    """The last learned iteration when it is not in a checkpoint yet."""
     while True:
         item, info, queue_wait = None, {}, 0.0
         message = None
@@ -185,11 +191,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             message, info = _message(item, worker.version, config)
         message = _broadcast(message, world_size)
         if message.kind == "stop":
+            if unsaved is not None:
+                _checkpoint(worker, unsaved, worker.full_weights(), run_dir)
             return
         record = {"iteration": message.iteration, "prompt_cursor": message.prompt_cursor, **info}
         record["perf/queue_wait_seconds"] = queue_wait
         if message.kind == "skip":
             if rank == 0:
+                _record_metrics(metrics, record, dropped=True)
                 ray.get(store.publish.remote(worker.version, None, {**record, "dropped": 1.0}), timeout=timeout)
             continue
         record.update(worker.learn(message))
@@ -198,18 +207,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         weights_ref = [ray.put(weights)] if rank == 0 else None
         record["perf/weight_sync_seconds"] = time.perf_counter() - sync_start
         record["policy_version"] = worker.version
-        _maybe_checkpoint(worker, message, weights, run_dir, record)
+        unsaved = Message("learn", message.iteration, message.prompt_cursor)
+        if _checkpoint_due(config.train, message.iteration):
+            record["perf/checkpoint_seconds"] = _checkpoint(worker, unsaved, weights, run_dir, record)
+            unsaved = None
         if rank == 0:
+            _record_metrics(metrics, record, dropped=False)
             ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
 
 
-def _maybe_checkpoint(
-    worker: LearnerWorker, message: Message, weights: dict[str, torch.Tensor], run_dir: Path, record: dict
-) -> None:
-    train = worker.config.train
-    iteration = message.iteration
-    if (iteration + 1) % train.checkpoint_every != 0 and iteration != train.num_iterations - 1:
+def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) -> None:
+    """Rank 0: the dashboard metrics of one queue item (actors/metrics.py)."""
+    metrics.record("maskfocus_staleness", record["sync/staleness"])
+    if dropped:
+        metrics.record("maskfocus_dropped_stale", 1)
         return
+    metrics.record("maskfocus_policy_version", record["policy_version"])
+    metrics.record("maskfocus_learner_step_seconds", record["perf/learner_seconds"])
+    metrics.record("maskfocus_weight_sync_seconds", record["perf/weight_sync_seconds"], stage="publish")
+    for name, key in (("maskfocus_loss", "loss/total"), ("maskfocus_kl", "loss/kl")):
+        if key in record and math.isfinite(record[key]):
+            metrics.record(name, record[key])
+
+
+def _checkpoint_due(train: TrainConfig, iteration: int) -> bool:
+    return (iteration + 1) % train.checkpoint_every == 0 or iteration == train.num_iterations - 1
+
+
+def _checkpoint(
+    worker: LearnerWorker, message: Message, weights: dict[str, torch.Tensor], run_dir: Path, record: dict | None = None
+) -> float:
+    """Collective: the checkpoint after `message`'s iteration, reported to Ray Train; returns its seconds."""
     start = time.perf_counter()
     optimizer_state = full_optimizer_state(worker.module, worker.updater.optimizer)
     checkpoint = None
@@ -220,8 +248,9 @@ def _maybe_checkpoint(
             "policy_version": worker.version,
             "seed": worker.config.seed,
         }
-        folder = write_checkpoint(run_dir, iteration, weights, optimizer_state, state)
+        folder = write_checkpoint(run_dir, message.iteration, weights, optimizer_state, state)
         checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-    metrics = {"iteration": iteration, "policy_version": worker.version, "loss/total": record.get("loss/total", 0.0)}
+    loss = (record or {}).get("loss/total", 0.0)
+    metrics = {"iteration": message.iteration, "policy_version": worker.version, "loss/total": loss}
     ray.train.report(metrics, checkpoint=checkpoint)
-    record["perf/checkpoint_seconds"] = time.perf_counter() - start
+    return time.perf_counter() - start

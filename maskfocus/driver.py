@@ -5,25 +5,36 @@ The loop is event driven: a rollout for iteration i starts once the learner's ve
 i - max_staleness (0 = strictly on-policy), on an idle rollout worker that first loads the newest weights;
 a finished rollout is scored on an idle reward worker; scored batches enter the bounded queue in
 iteration order; every learner record (metrics, new weights) is logged. A failed rollout or score is
-redone (the dead actor is restarted by Ray); a batch the learner drops as too stale is redone too; each
-iteration is learned from exactly once. Every random stream is the in-process trainer's, keyed by
-(seed, iteration, role), so with one worker per role and max_staleness 0 the run equals train_local.
+redone (the dead actor is restarted by Ray, up to ray.max_restarts times); a batch the learner drops as too
+stale is redone too; each iteration is learned from exactly once. Every random stream is the in-process
+trainer's, keyed by (seed, iteration, role), so with one worker per role and max_staleness 0 the run equals
+train_local, and a redone batch equals the lost one. A failure that cannot be recovered stops the run: the
+learner checkpoints its last learned iteration (`--resume` continues from it) and the error says why.
+
+Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling), perf/reward_seconds
+(scoring), perf/backpressure_seconds (a scored batch waiting for room in the queue), perf/queue_wait_seconds
+(the learner waiting for a batch), perf/learner_seconds (the update), perf/weight_sync_seconds (gathering and
+publishing the new weights), perf/weight_load_seconds (a rollout worker loading them), perf/iteration_seconds
+(between two learned iterations). The same values go to the Ray dashboard (actors/metrics.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue as queue_lib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import ObjectRef
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
@@ -52,6 +63,20 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     return True
 
 
+@dataclass
+class Attempt:
+    """One try at an iteration's rollout and score; a failed try is redone from the rollout."""
+
+    iteration: int
+    rollout_index: int
+    version: int
+    """The weights version the rollout worker holds for this rollout (after `load`)."""
+    load: ObjectRef | None
+    trajectory: ObjectRef | None = None
+    reward_index: int = -1
+    batch: ObjectRef | None = None
+
+
 class RayRun:
     """The driver's state between events: what is sampling, scoring, queued, learned."""
 
@@ -63,6 +88,7 @@ class RayRun:
                 RolloutWorker,
                 ray_config.num_rollout_workers,
                 config,
+                run_dir.name,
                 num_cpus=ray_config.rollout_cpus,
                 num_gpus=ray_config.rollout_gpus,
                 max_restarts=ray_config.max_restarts,
@@ -73,27 +99,30 @@ class RayRun:
                 RewardWorker,
                 ray_config.num_reward_workers,
                 config,
+                run_dir.name,
                 num_cpus=ray_config.reward_cpus,
                 num_gpus=ray_config.reward_gpus,
                 max_restarts=ray_config.max_restarts,
             )
         )
-        self.prompts = PromptStream(config.seed, config.rollout.tags, start.prompt_cursor)
+        self.prompts = PromptStream.from_config(config, start.prompt_cursor)
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations
         self.version, self.weights = start.policy_version, None
         self.redo: list[int] = []
-        self.rolling: dict[ObjectRef, tuple[int, int, ObjectRef | None]] = {}
-        self.sampled: list[tuple[int, int, ObjectRef, ObjectRef | None]] = []
-        self.scoring: dict[ObjectRef, tuple[int, int, int, ObjectRef, ObjectRef | None]] = {}
+        self.rolling: dict[ObjectRef, Attempt] = {}
+        self.sampled: list[Attempt] = []
+        self.scoring: dict[ObjectRef, Attempt] = {}
         self.scored: dict[int, tuple[QueuedBatch, float]] = {}
         self.load_seconds: dict[int, float] = {}
-        self.attempts: dict[int, int] = {}
+        self.enqueue_wait: dict[int, float] = {}
+        self.failures: dict[int, int] = {}
         self.counts = {"sync/dropped_stale": 0, "sync/redone": 0}
-        self.backpressure_seconds = 0.0
+        self.queue_depth = 0
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
         self.log = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
         self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)
         self.model: AmusedGenerator | None = None
@@ -101,12 +130,8 @@ class RayRun:
     # -- named steps of one turn of the loop ---------------------------------------------------------------
 
     def in_flight(self) -> list[int]:
-        return (
-            self.redo
-            + [it for it, _, _ in self.rolling.values()]
-            + [it for it, _, _, _ in self.sampled]
-            + [it for it, _, _, _, _ in self.scoring.values()]
-        )
+        attempts = [*self.rolling.values(), *self.sampled, *self.scoring.values()]
+        return self.redo + [attempt.iteration for attempt in attempts]
 
     def dispatch_rollouts(self) -> None:
         limit = self.config.ray.queue_capacity + len(self.rollouts) + len(self.rewards)
@@ -131,14 +156,15 @@ class RayRun:
                 metadata = self.prompts.take(self.config.rollout.prompts_per_iteration)
                 self.metadata[iteration] = (metadata, self.prompts.cursor)
             ref = self.rollouts.actors[index].sample.remote(self.metadata[iteration][0], iteration)
-            self.rolling[ref] = (iteration, index, load)
+            self.rolling[ref] = Attempt(iteration, index, self.rollouts.versions[index], load)
 
     def dispatch_scores(self) -> None:
         while self.sampled and (index := self.rewards.acquire()) is not None:
-            iteration, rollout_index, trajectory, load = self.sampled.pop(0)
+            attempt = self.sampled.pop(0)
             score = self.rewards.actors[index].score_split.options(num_returns=2)
-            stats_ref, batch_ref = score.remote(trajectory)
-            self.scoring[stats_ref] = (iteration, index, rollout_index, batch_ref, load)
+            stats_ref, attempt.batch = score.remote(attempt.trajectory)
+            attempt.reward_index = index
+            self.scoring[stats_ref] = attempt
 
     def enqueue(self) -> None:
         """Scored batches enter the queue in iteration order; a full queue holds them here (backpressure)."""
@@ -146,42 +172,67 @@ class RayRun:
             iteration = min(self.scored)
             if any(other < iteration for other in self.in_flight()):
                 return
-            item, _ = self.scored[iteration]
-            start = time.perf_counter()
+            item, scored_at = self.scored[iteration]
             try:
                 self.batches.put(item, block=False)
             except queue_lib.Full:
-                self.backpressure_seconds += time.perf_counter() - start
                 return
+            self.enqueue_wait[iteration] = time.perf_counter() - scored_at
             del self.scored[iteration]
+            self.observe_queue()
+
+    def observe_queue(self) -> None:
+        self.queue_depth = self.batches.qsize()
+        self.metrics.record("maskfocus_queue_depth", self.queue_depth)
 
     def on_sampled(self, ref: ObjectRef) -> None:
-        iteration, index, load = self.rolling.pop(ref)
-        self.rollouts.release(index)
-        self.sampled.append((iteration, index, ref, load))
+        attempt = self.rolling.pop(ref)
+        self.rollouts.release(attempt.rollout_index)
+        attempt.trajectory = ref
+        self.sampled.append(attempt)
 
     def on_scored(self, stats_ref: ObjectRef) -> None:
-        iteration, index, rollout_index, batch_ref, load = self.scoring.pop(stats_ref)
-        self.rewards.release(index)
+        attempt = self.scoring.pop(stats_ref)
+        self.rewards.release(attempt.reward_index)
         try:
-            ray.get(stats_ref, timeout=self.config.ray.timeout_s)
-            if load is not None:
-                self.load_seconds[iteration] = ray.get(load, timeout=self.config.ray.timeout_s)
+            stats = ray.get(stats_ref, timeout=self.config.ray.timeout_s)
+            if attempt.load is not None:
+                self.load_seconds[attempt.iteration] = ray.get(attempt.load, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
-            self._redo_after_failure(iteration, rollout_index, error)
+            for ref in (attempt.batch, attempt.load):  # fetched: Ray reports errors nobody fetched
+                with contextlib.suppress(RayError):
+                    if ref is not None:
+                        ray.get(ref, timeout=self.config.ray.timeout_s)
+            self._redo_after_failure(attempt, error)
             return
-        self.scored[iteration] = (QueuedBatch(iteration, self.metadata[iteration][1], [batch_ref]), time.perf_counter())
+        if int(stats["policy_version"]) != attempt.version:
+            # The rollout worker was restarted between its load and this rollout (its weights are the base
+            # model's again): reload it next time; the learner drops the batch if it is too stale.
+            self.rollouts.forget(attempt.rollout_index)
+        prompt_cursor = self.metadata[attempt.iteration][1]
+        item = QueuedBatch(attempt.iteration, prompt_cursor, [attempt.batch])
+        self.scored[attempt.iteration] = (item, time.perf_counter())
 
-    def _redo_after_failure(self, iteration: int, rollout_index: int, error: BaseException) -> None:
-        """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone."""
-        self.rollouts.forget(rollout_index)
-        self.attempts[iteration] = self.attempts.get(iteration, 0) + 1
-        if self.attempts[iteration] > self.config.ray.max_restarts:
+    def _redo_after_failure(self, attempt: Attempt, error: BaseException) -> None:
+        """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone once
+        both workers of the attempt take calls again."""
+        iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
+        self.rollouts.forget(attempt.rollout_index)
+        self.failures[iteration] = self.failures.get(iteration, 0) + 1
+        if self.failures[iteration] > max_restarts:
             raise RuntimeError(
-                f"iteration {iteration} failed {self.attempts[iteration]} times (ray.max_restarts="
-                f"{self.config.ray.max_restarts}); last error: {type(error).__name__}: {error}"
+                f"iteration {iteration} failed {self.failures[iteration]} times (ray.max_restarts="
+                f"{max_restarts}); last error: {type(error).__name__}: {error}"
             )
+        workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
+        for role, pool, index in workers:
+            try:
+                pool.wait_ready(index, self.config.ray.timeout_s)
+            except ActorDiedError as dead:
+                message = f"{role} worker {index} is dead for good (ray.max_restarts={max_restarts})"
+                raise RuntimeError(message) from dead
         self.counts["sync/redone"] += 1
+        self.metrics.record("maskfocus_redone", 1)
         self.redo.append(iteration)
 
     def on_update(self, update: tuple[int, list[ObjectRef] | None, dict[str, Any]] | None) -> None:
@@ -191,6 +242,7 @@ class RayRun:
         if record.get("ready"):
             self.version, self.weights = version, weights
             return
+        self.observe_queue()
         if record.get("dropped"):
             self.counts["sync/dropped_stale"] += 1
             self.redo.append(record["iteration"])
@@ -205,12 +257,14 @@ class RayRun:
         record = {
             **record,
             **self.counts,
+            "sync/queue_depth": self.queue_depth,
             "perf/rollout_seconds": record.get("rollout/seconds", 0.0),
             "perf/weight_load_seconds": self.load_seconds.pop(iteration, 0.0),
-            "perf/backpressure_seconds": self.backpressure_seconds,
+            "perf/backpressure_seconds": self.enqueue_wait.pop(iteration, 0.0),
             "perf/iteration_seconds": now - self.last_update,
         }
         self.last_update = now
+        self.metrics.record("maskfocus_iteration_seconds", record["perf/iteration_seconds"])
         train = self.config.train
         last = iteration == train.num_iterations - 1
         if iteration % train.log_every == 0 or last:
@@ -255,6 +309,27 @@ class RayRun:
         if idle > self.config.ray.timeout_s:
             raise RuntimeError(f"no rollout, score or update finished for {idle:.0f} s (ray.timeout_s)")
 
+    def stop_early(self, learner: LearnerGroup) -> None:
+        """After a failure: no new rollouts; the learner learns what is queued, checkpoints its last iteration
+        and stops, and its records are logged, so that the run folder is consistent and resumable. Best effort,
+        bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint)."""
+        self.rollouts.kill()
+        self.rewards.kill()
+        if not learner.alive:
+            return
+        timeout = self.config.ray.timeout_s
+        deadline = time.perf_counter() + timeout
+        try:
+            self.batches.put(None, timeout=timeout)
+            while time.perf_counter() < deadline:
+                update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
+                if update is None and not learner.alive:
+                    break
+                self.on_update(update)
+        except Exception as error:  # the original failure is what the user must see; this one only explains
+            tqdm.write(f"stopping the learner failed: {type(error).__name__}: {error}")
+        learner.join(max(deadline - time.perf_counter(), 0.0))
+
     def close(self) -> None:
         self.progress.close()
         self.log.close()
@@ -286,8 +361,13 @@ def train_ray(
         batches.put(None, timeout=config.ray.timeout_s)
         learner.join(config.ray.timeout_s)
     except Exception as error:
+        run.stop_early(learner)
         checkpoint = latest_checkpoint(run_dir)
-        hint = f"resume with `maskfocus train --resume {run_dir}`" if checkpoint else "no checkpoint was written yet"
+        hint = (
+            f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
+            if checkpoint
+            else "no checkpoint was written yet"
+        )
         raise RuntimeError(f"the Ray run stopped: {error}; {hint}") from error
     finally:
         run.close()

@@ -5,6 +5,7 @@ Import the fixtures into a conftest.py or a test module: `from ray_fixture impor
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,24 @@ RAY_TIMEOUT_S = 120.0
 """Every ray.get / queue get / wait in the tests uses at most this."""
 
 
+METRICS_REPORT_INTERVAL_MS = 1000
+"""How often every Ray process sends its metrics to the node's agent (Ray's default is 10 s)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+METRICS_PORT = free_port()
+"""Port of the session Ray's Prometheus export: http://127.0.0.1:METRICS_PORT/metrics."""
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """Local Ray with 2 CPUs and a 200 MB object store, started once per session (idempotent across conftests)."""
+    """Local Ray with 2 CPUs and a 200 MB object store, started once per session (idempotent across conftests),
+    exporting its metrics on METRICS_PORT."""
     import ray
 
     if not ray.is_initialized():
@@ -28,6 +44,8 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            _metrics_export_port=METRICS_PORT,
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
         )
     yield ray
     if ray.is_initialized():

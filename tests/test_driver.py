@@ -1,16 +1,31 @@
-"""The Ray executor against the in-process reference: same losses and rewards, and resume from a checkpoint."""
+"""The Ray executor against the in-process reference: same losses and rewards, resume from a checkpoint,
+dashboard metrics in the Prometheus export, and recovery from killed actors."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+import urllib.request
 
 import pytest
-from ray_fixture import one_thread, random_model, ray_session, tiny_config  # noqa: F401
+from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, ray_session, tiny_config  # noqa: F401
 
-from maskfocus.run_io import read_metrics
+from maskfocus.actors.metrics import METRICS
+from maskfocus.run_io import latest_checkpoint, read_metrics
 
 COMPARED = ("reward/mean", "reward/std", "loss/total", "loss/policy", "loss/kl", "loss/ratio_mean", "loss/grad_norm")
+TIME_BREAKDOWN = (
+    "perf/rollout_seconds",
+    "perf/reward_seconds",
+    "perf/backpressure_seconds",
+    "perf/queue_wait_seconds",
+    "perf/learner_seconds",
+    "perf/weight_sync_seconds",
+    "perf/weight_load_seconds",
+    "perf/iteration_seconds",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +48,57 @@ def runs(random_model, tmp_path_factory):  # noqa: F811
     return config, out / "local", out / "ray"
 
 
-def test_first_three_iterations_equal_train_local(ray_session, runs):  # noqa: F811
+class PrometheusScraper:
+    """Polls a Prometheus text export in a thread and keeps every series name it has seen."""
+
+    def __init__(self, port: int, interval: float = 0.5):
+        self.url, self.interval = f"http://127.0.0.1:{port}/metrics", interval
+        self.names: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def scrape(self) -> None:
+        try:
+            text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                self.names.add(line.split("{")[0].split(" ")[0])
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            self.scrape()
+            self.stop.wait(self.interval)
+
+    def missing(self, metrics: list[str]) -> list[str]:
+        """The metrics (names as in actors/metrics.py) with no series yet (Ray exports them as ray_<name>...)."""
+        return [name for name in metrics if not any(seen.startswith(f"ray_{name}") for seen in self.names)]
+
+    def __enter__(self) -> PrometheusScraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(RAY_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_session, runs):  # noqa: F811
+    """train_ray on the runs' config, its Prometheus export scraped while it runs; (run folder, scraper)."""
     from maskfocus.driver import train_ray
 
-    config, local_dir, ray_dir = runs
+    config, _, ray_dir = runs
     ray_dir.mkdir()
-    train_ray(config, ray_dir, show_progress=False)
+    with PrometheusScraper(METRICS_PORT) as scraper:
+        train_ray(config, ray_dir, show_progress=False)
+    return ray_dir, scraper
+
+
+def test_first_three_iterations_equal_train_local(ray_run, runs):
+    config, local_dir, _ = runs
+    ray_dir, _ = ray_run
     local, remote = read_metrics(local_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
     assert [r["iteration"] for r in remote] == [0, 1, 2]
     assert any(abs(r["loss/total"]) > 0 for r in local)  # a reward that varies: the comparison means something
@@ -48,18 +108,32 @@ def test_first_three_iterations_equal_train_local(ray_session, runs):  # noqa: F
         assert b["sync/staleness"] == 0.0 and b["sync/dropped_stale"] == 0
         for key in COMPARED:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["iteration"], key)
-    for key in ("perf/rollout_seconds", "perf/reward_seconds", "perf/queue_wait_seconds", "perf/learner_seconds"):
+    for key in TIME_BREAKDOWN:
         assert all(r[key] >= 0 for r in remote), key
+    assert all(r["perf/weight_load_seconds"] > 0 for r in remote[1:])  # new weights before every later rollout
     assert (ray_dir / "model" / "transformer").is_dir()
     assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
 
 
-def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(ray_session, runs):  # noqa: F811
+def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
+    """Every metric of a run without failures (all but the redone / dropped counters) is scraped while it runs or
+    right after (counters, histograms and the driver's gauges stay in the export)."""
+    _, scraper = ray_run
+    expected = [name for name in METRICS if name not in ("maskfocus_redone", "maskfocus_dropped_stale")]
+    deadline = time.monotonic() + 30
+    while scraper.missing(expected) and time.monotonic() < deadline:
+        time.sleep(1)
+        scraper.scrape()
+    assert not scraper.missing(expected), f"not in http://127.0.0.1:{METRICS_PORT}/metrics: {scraper.missing(expected)}"
+    assert "ray_maskfocus_rollout_images_total" in scraper.names
+    assert "ray_maskfocus_reward_latency_seconds_bucket" in scraper.names
+
+
+def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(ray_run, runs):
     from maskfocus.driver import train_ray
 
-    config, local_dir, ray_dir = runs
-    if not (ray_dir / "checkpoints" / "iter_000001").is_dir():
-        pytest.skip("needs the run of test_first_three_iterations_equal_train_local")
+    config, local_dir, _ = runs
+    ray_dir, _ = ray_run
     resumed = ray_dir.with_name("resumed")
     shutil.copytree(ray_dir, resumed, ignore=shutil.ignore_patterns("iter_000002", "ray_train", "model"))
     records = read_metrics(resumed / "metrics.jsonl")[:2]  # as if the run had stopped after iteration 1
@@ -74,3 +148,84 @@ def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(ray_se
     assert after[2]["policy_version"] == expected["policy_version"]
     for key in COMPARED:
         assert after[2][key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def assert_equals_local(records: list[dict], local_dir) -> None:
+    """Each iteration learned once, with the in-process run's prompts, versions, rewards and losses."""
+    local = read_metrics(local_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [r["iteration"] for r in local]
+    for a, b in zip(local, records, strict=True):
+        assert (b["policy_version"], b["prompt_cursor"]) == (a["policy_version"], a["prompt_cursor"])
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["iteration"], key)
+
+
+def kill_in_flight(monkeypatch, ray, rollout_at: int | None = None, reward_at: int | None = None) -> list[str]:
+    """Make the driver ray.kill (restartable) its rollout actor right after handing it iteration `rollout_at`,
+    and its reward actor right after handing it `reward_at`'s first score: the calls fail mid-flight."""
+    from maskfocus.driver import RayRun
+
+    killed: list[str] = []
+    dispatch_rollouts, dispatch_scores = RayRun.dispatch_rollouts, RayRun.dispatch_scores
+
+    def rollouts_then_kill(self) -> None:
+        dispatch_rollouts(self)
+        for attempt in self.rolling.values():
+            if attempt.iteration == rollout_at and "rollout" not in killed:
+                killed.append("rollout")
+                ray.kill(self.rollouts.actors[attempt.rollout_index], no_restart=False)
+
+    def scores_then_kill(self) -> None:
+        dispatch_scores(self)
+        for attempt in self.scoring.values():
+            if attempt.iteration == reward_at and "reward" not in killed:
+                killed.append("reward")
+                ray.kill(self.rewards.actors[attempt.reward_index], no_restart=False)
+
+    monkeypatch.setattr(RayRun, "dispatch_rollouts", rollouts_then_kill)
+    monkeypatch.setattr(RayRun, "dispatch_scores", scores_then_kill)
+    return killed
+
+
+def test_killed_rollout_and_reward_actors_are_restarted_and_their_batches_redone_once(
+    ray_session,  # noqa: F811
+    runs,
+    tmp_path,
+    monkeypatch,
+):
+    from maskfocus.driver import train_ray
+
+    config, local_dir, _ = runs
+    assert config.ray.max_restarts >= 1
+    killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1, reward_at=2)
+    train_ray(config, tmp_path, show_progress=False)
+    assert killed == ["rollout", "reward"]
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["sync/redone"] for r in records] == [0, 1, 2]
+    assert_equals_local(records, local_dir)  # a redone batch is the lost one; none is learned twice
+
+
+def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_resumes(
+    ray_session,  # noqa: F811
+    runs,
+    tmp_path,
+    monkeypatch,
+):
+    from maskfocus.driver import train_ray
+
+    config, local_dir, _ = runs
+    no_restarts = config.model_copy(update={"ray": config.ray.model_copy(update={"max_restarts": 0})})
+    killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1)
+    expected = r"(?s)iteration 1 failed 1 times \(ray.max_restarts=0\).*Actor.*--resume"
+    with pytest.raises(RuntimeError, match=expected) as error:
+        train_ray(no_restarts, tmp_path, show_progress=False)
+    assert killed == ["rollout"] and f"--resume {tmp_path}" in str(error.value)
+    # checkpoint_every is 2, so iteration 0's checkpoint is the one the learner wrote when it was stopped.
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.name == "iter_000000"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert (state["policy_version"], state["prompt_cursor"]) == (1, config.rollout.prompts_per_iteration)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0]
+    monkeypatch.undo()
+    train_ray(config, tmp_path, resume=True, show_progress=False)
+    assert_equals_local(read_metrics(tmp_path / "metrics.jsonl"), local_dir)

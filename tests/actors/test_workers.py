@@ -34,6 +34,8 @@ def test_rollout_is_tagged_with_the_loaded_weight_version_and_scored_into_a_batc
     stats, same = scorer.score_split(moved)
     assert stats["reward/mean"] == batch.stats["reward/mean"]
     torch.testing.assert_close(same.advantages_B, batch.advantages_B)
+    assert {"maskfocus_rollout_images", "maskfocus_weight_sync_seconds"} <= set(worker.metrics.made)
+    assert "maskfocus_reward_latency_seconds" in scorer.metrics.made  # dashboard metrics recorded where measured
 
 
 def test_actor_pool_workers_sample_the_same_batch_for_an_iteration_and_get_published_weights(ray_session, config):

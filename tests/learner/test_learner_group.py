@@ -1,7 +1,9 @@
-"""The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update; stale batches dropped."""
+"""The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update; stale batches dropped;
+an early stop checkpoints the last learned iteration."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -79,6 +81,9 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
         batches.put(None, timeout=RAY_TIMEOUT_S)
         group.join(RAY_TIMEOUT_S)
         assert not group.alive and group.error is None
+        # Stopped before the run's last iteration: the learner kept iteration 0 in a checkpoint to resume from.
+        state = json.loads((tmp_path / "checkpoints" / "iter_000000" / "state.json").read_text())
+        assert (state["policy_version"], state["prompt_cursor"], state["num_updates"]) == (1, 2, 2)
     finally:
         batches.shutdown()
         ray.kill(store)

@@ -1,0 +1,30 @@
+"""The dashboard metrics table and recorder (their export to Prometheus is tested in tests/test_driver.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from ray.util.metrics import Counter, Gauge, Histogram
+
+from maskfocus.actors.metrics import METRICS, RunMetrics
+
+
+def test_every_metric_is_recorded_as_its_kind_under_a_valid_prometheus_name():
+    metrics = RunMetrics("unit")
+    for name, spec in METRICS.items():
+        assert re.fullmatch(r"maskfocus_[a-z_]+", name), name
+        assert spec.kind in (Gauge, Counter, Histogram) and "run" in spec.tag_keys
+        assert (spec.kind is Histogram) == bool(spec.boundaries), name
+        extra = {"stage": "load"} if "stage" in spec.tag_keys else {}
+        metrics.record(name, 0.5, **extra)
+        metrics.record(name, 0.0, **extra)  # a counter ignores 0 (Ray's Counter.inc refuses it)
+    assert {name: type(metric) for name, metric in metrics.made.items()} == {n: s.kind for n, s in METRICS.items()}
+
+
+def test_a_metric_with_a_stage_tag_needs_it_and_unknown_names_are_refused():
+    metrics = RunMetrics("unit")
+    with pytest.raises(ValueError, match="stage"):
+        metrics.record("maskfocus_weight_sync_seconds", 0.1)
+    with pytest.raises(KeyError):
+        metrics.record("maskfocus_typo", 1.0)

@@ -1,0 +1,187 @@
+"""`deploy/submit.sh` against a local head node (`ray start --head`) with token auth: the job succeeds and
+writes its run folder.
+
+The head node is this test's own cluster: its own temp dir, ports and token file, so it never meets the
+session's `ray.init()` cluster. It is stopped by signalling the processes it started (never `ray stop`,
+which would stop every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from ray_fixture import free_port, random_model  # noqa: F401
+
+from maskfocus.run_io import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+START_TIMEOUT_S = 180.0
+JOB_TIMEOUT_S = 420.0
+
+
+@dataclass
+class HeadNode:
+    dashboard: str
+    """The job server's address, http://127.0.0.1:PORT."""
+    env: dict[str, str]
+    """The environment of the cluster and its clients: RAY_AUTH_MODE=token and the token file."""
+    process: subprocess.Popen
+
+
+def cluster_env(token_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_API_SERVER"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0")
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # stop at once on SIGTERM (nothing to drain)
+    return env
+
+
+def start_head(temp_dir: Path, env: dict[str, str]) -> HeadNode:
+    """`ray start --head --block` in its own session; returns once the job server answers."""
+    dashboard_port = free_port()
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": dashboard_port,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+    }
+    command = [RAY, "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0"]
+    command += [f"--object-store-memory={200 * 1024 * 1024}", f"--temp-dir={temp_dir}", "--include-dashboard=true"]
+    command += ["--dashboard-host=127.0.0.1", "--disable-usage-stats"]
+    command += [f"{flag}={port}" for flag, port in ports.items()]
+    log = temp_dir / "ray_start.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    head = HeadNode(f"http://127.0.0.1:{dashboard_port}", env, process)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        if job_server_status(head.dashboard, Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()) == 200:
+            return head
+        time.sleep(1)
+    stop_head(head)
+    raise TimeoutError(f"the head node's job server did not answer in {START_TIMEOUT_S:.0f} s:\n{log.read_text()}")
+
+
+def job_server_status(dashboard: str, token: str | None) -> int | None:
+    """HTTP status of GET /api/jobs/ (None while nothing listens)."""
+    request = urllib.request.Request(f"{dashboard}/api/jobs/")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def session_processes(session_id: int) -> list[int]:
+    """Pids of the processes in a session (those `ray start` started, in the session it leads)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        except OSError:
+            continue
+        if int(fields[3]) == session_id:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_head(head: HeadNode) -> None:
+    """SIGTERM to `ray start --block` (it shuts its node down), then SIGKILL to any process it left."""
+    if head.process.poll() is None:
+        head.process.send_signal(signal.SIGTERM)
+        try:
+            head.process.wait(60)
+        except subprocess.TimeoutExpired:
+            head.process.kill()
+    deadline = time.monotonic() + 20
+    while (left := session_processes(head.process.pid)) and time.monotonic() < deadline:
+        time.sleep(1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def head_node() -> Iterator[HeadNode]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="mfray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    token_file = temp_dir / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    head = start_head(temp_dir, cluster_env(token_file))
+    try:
+        yield head
+    finally:
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node, random_model, tmp_path):  # noqa: F811
+    token = Path(head_node.env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    assert job_server_status(head_node.dashboard, token=None) == 401  # token auth is on
+    assert job_server_status(head_node.dashboard, token="0" * 64) == 403
+    assert job_server_status(head_node.dashboard, token=token) == 200
+    settings = {
+        "model.path": random_model,
+        "sampler.num_steps": 4,
+        "rollout.prompts_per_iteration": 2,
+        "rollout.group_size": 2,
+        "selection.num_steps": 2,
+        "train.num_iterations": 1,
+        "train.final_eval": "false",
+        "train.image_every": 1000,
+        "train.out_dir": tmp_path / "runs",
+        "ray.timeout_s": 300,
+    }
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    submission_id = f"maskfocus-test-{secrets.token_hex(4)}"
+    submit = [str(REPO / "deploy" / "submit.sh"), "--address", head_node.dashboard, "--submission-id", submission_id]
+    env = {k: v for k, v in head_node.env.items() if k != "RAY_AUTH_MODE"}  # submit.sh turns it on: a token exists
+    result = subprocess.run(
+        [*submit, "configs/shapes_tiny.yaml", "--name", "job", *overrides],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "RAY_AUTH_MODE=token" in result.stderr
+    request = urllib.request.Request(f"{head_node.dashboard}/api/jobs/{submission_id}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        job = json.loads(response.read())
+    assert job["status"] == "SUCCEEDED", job
+    run_dir = tmp_path / "runs" / "job"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [0] and records[0]["policy_version"] == 1
+    assert (run_dir / "checkpoints" / "iter_000000" / "state.json").is_file()
+    assert (run_dir / "model" / "transformer").is_dir()
