@@ -91,7 +91,7 @@ def test_all_strategy_selects_every_step_and_random_is_seeded():
         ({"selection": {"num_steps": 12}}, "selection.num_steps"),
         ({"rollout": {"group_size": 1}}, "rollout.group_size"),
         ({"grpo": {"remaks": "random"}}, "grpo.remaks"),
-        ({"rewards": [{"name": "hps"}]}, "rewards.0.name"),
+        ({"rewards": [{"name": "aesthetic"}]}, "rewards.0.name"),
     ],
 )
 def test_bad_training_configs_are_named(data, needle):
