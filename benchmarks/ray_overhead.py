@@ -1,0 +1,104 @@
+"""Ray executor against the in-process trainer at equal work: time per iteration and its breakdown.
+
+Runs the same config for the same iterations three ways: `--executor local`, `--executor ray` with
+`ray.max_staleness: 0` (strictly on-policy: rollout, reward and learning take turns) and with
+`ray.max_staleness: 1` (the next rollout is sampled while the learner updates). No final evaluation, no
+preview grids. Prints and writes (runs folder / ray_overhead.md) the median seconds per iteration after
+warm-up, the ratio Ray / local, and the median of each part (rollout, reward, queue wait, learner, weight
+sync), so that overlap shows as an iteration shorter than the sum of its parts.
+
+Usage: python benchmarks/ray_overhead.py [--iterations 24] [--warmup 4] [--num-cpus 2] [--runs-dir runs/overhead]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = (
+    "perf/rollout_seconds",
+    "perf/reward_seconds",
+    "perf/queue_wait_seconds",
+    "perf/learner_seconds",
+    "perf/weight_sync_seconds",
+)
+MODES: dict[str, list[str]] = {
+    "local": ["--executor", "local"],
+    "ray, max_staleness 0": ["--executor", "ray", "--set", "ray.max_staleness=0"],
+    "ray, max_staleness 1": ["--executor", "ray", "--set", "ray.max_staleness=1"],
+}
+
+
+def run_mode(name: str, args: argparse.Namespace) -> tuple[Path, float]:
+    """One training run of `args.iterations`; returns its folder and wall seconds (Ray start included)."""
+    run_name = name.replace(", ", "_").replace(" ", "")
+    command = [sys.executable, "-m", "maskfocus.cli", "train", "--config", str(args.config), *MODES[name]]
+    command += ["--name", run_name, "--iterations", str(args.iterations)]
+    settings = {
+        "train.out_dir": str(args.runs_dir.resolve()),
+        "train.final_eval": "false",
+        "train.image_every": "100000",
+        "train.checkpoint_every": "100000",
+        "ray.num_cpus": str(args.num_cpus),
+        "ray.object_store_memory": str(512 * 1024**2),
+    }
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    print(" ".join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return args.runs_dir / run_name, time.perf_counter() - start
+
+
+def medians(run_dir: Path, warmup: int) -> dict[str, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = [r for r in records if r.get("iteration", 0) >= warmup]
+    for record in records:  # the in-process trainer logs the sampling time under the rollout's own key
+        record.setdefault("perf/rollout_seconds", record.get("rollout/seconds", 0.0))
+    keys = ("perf/iteration_seconds", *PARTS)
+    return {key: statistics.median(r.get(key, 0.0) for r in records) for key in keys}
+
+
+def table(results: dict[str, dict[str, float]], walls: dict[str, float]) -> str:
+    local = results["local"]["perf/iteration_seconds"]
+    lines = [
+        "| executor | s/iteration | x local | rollout | reward | queue wait | learner | weight sync | sum | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, values in results.items():
+        parts = [values[key] for key in PARTS]
+        cells = [f"{values['perf/iteration_seconds']:.2f}", f"{values['perf/iteration_seconds'] / local:.2f}"]
+        cells += [f"{part:.2f}" for part in parts] + [f"{sum(parts):.2f}", f"{walls[name]:.0f} s"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml")
+    parser.add_argument("--iterations", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=4, help="first iterations left out of the medians")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    args = parser.parse_args()
+    if "local" not in args.modes:
+        parser.error("--modes must include local (the reference)")
+    results, walls = {}, {}
+    for name in args.modes:
+        run_dir, walls[name] = run_mode(name, args)
+        results[name] = medians(run_dir, args.warmup)
+    text = table(results, walls)
+    (args.runs_dir / "ray_overhead.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
