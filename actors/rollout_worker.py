@@ -2,8 +2,10 @@
 
 A plain class (DESIGN.md, "Roles are plain classes first"); the driver makes it a Ray actor, one per
 inference GPU. Its random stream is seeded_generator(seed, iteration, ROLLOUT), as in the in-process
-trainer, so a batch depends only on (weights, iteration), never on which worker sampled it. It records the
-dashboard metrics rollout images per second and weight-load seconds (actors/metrics.py).
+trainer, so a batch depends only on (weights, iteration), never on which worker sampled it. Weights arrive by
+object-store reference (`load_weights`) or, with `ray.weight_transport: collective`, from the learner's broadcast
+(`join_weight_group` once, then `receive_weights` per version). It records the dashboard metrics rollout images per
+second and weight-load seconds (actors/metrics.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.config import RunConfig
+from maskfocus.learner.weight_transport import WeightGroup, WeightReceiver
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.rollout import rollout
 from maskfocus.sampling import seeded_generator
@@ -33,12 +36,28 @@ class RolloutWorker:
         self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
         self.policy_version = 0
         """Version of the weights now loaded: 0 = the base model, v = after the learner's v-th update."""
+        self.receiver: WeightReceiver | None = None
 
     def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> float:
         """Load the full transformer weights of `version`; returns the seconds it took."""
         start = time.perf_counter()
         self.model.transformer.load_state_dict(state_dict)
         self.policy_version = version
+        return self._loaded(start)
+
+    def join_weight_group(self, group: WeightGroup, rank: int) -> None:
+        """Become receiver `rank` of the learner's weight broadcast (ray.weight_transport: collective)."""
+        self.receiver = WeightReceiver(group, rank)
+
+    def receive_weights(self, version: int) -> float:
+        """Take part in the learner's broadcast of `version`; returns the seconds it took (waiting for the sender
+        included)."""
+        assert self.receiver is not None, "join_weight_group first"
+        start = time.perf_counter()
+        self.policy_version = self.receiver.receive(self.model.transformer, expect_version=version)
+        return self._loaded(start)
+
+    def _loaded(self, start: float) -> float:
         seconds = time.perf_counter() - start
         self.metrics.record("maskfocus_weight_sync_seconds", seconds, stage="load")
         return seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue as queue_lib
+import uuid
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from ray_fixture import RAY_TIMEOUT_S, tiny_config
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
+from maskfocus.learner.weight_transport import WeightGroup, WeightSender
 from maskfocus.trainer import PromptStream
 
 
@@ -57,6 +59,37 @@ def test_actor_pool_workers_sample_the_same_batch_for_an_iteration_and_get_publi
         assert pool.acquire() == index
     finally:
         pool.kill()
+
+
+def test_rollout_workers_sample_with_broadcast_weights_as_with_loaded_ones(ray_session, config):
+    """ray.weight_transport: collective, over gloo between plain actors: each receive is queued before the rollout
+    that needs it (as the driver does), and the rollout equals one after load_weights of the same weights."""
+    ray = ray_session
+    group = WeightGroup(f"test-rollout-{uuid.uuid4().hex[:8]}", 3, "gloo", config.model.dtype, timeout_s=RAY_TIMEOUT_S)
+    pool = WorkerPool(make_actors(RolloutWorker, 2, config, num_cpus=0.25))
+    sender = None
+    try:
+        ray.get([actor.version.remote() for actor in pool.actors], timeout=RAY_TIMEOUT_S)  # the models are loaded
+        sender = ray.remote(WeightSender).options(num_cpus=0).remote(group)  # rank 0 joins in its constructor
+        joins = [actor.join_weight_group.remote(group, rank) for rank, actor in enumerate(pool.actors, 1)]
+        ray.get(joins, timeout=RAY_TIMEOUT_S)
+        local = RolloutWorker(config)
+        weights = {k: v + 0.05 * torch.randn_like(v) for k, v in local.model.transformer.state_dict().items()}
+        metadata = PromptStream(config.seed, config.rollout.tags).take(2)
+        receives = [actor.receive_weights.remote(4) for actor in pool.actors]
+        samples = [actor.sample.remote(metadata, 1) for actor in pool.actors]
+        nbytes = ray.get(sender.broadcast.remote(4, weights), timeout=RAY_TIMEOUT_S)
+        assert nbytes == sum(value.numel() * value.element_size() for value in weights.values())
+        assert all(seconds > 0 for seconds in ray.get(receives, timeout=RAY_TIMEOUT_S))
+        local.load_weights(4, weights)
+        expected = local.sample(metadata, 1)
+        for trajectory in ray.get(samples, timeout=RAY_TIMEOUT_S):
+            assert trajectory.policy_version == 4
+            torch.testing.assert_close(trajectory.tokens_BL, expected.tokens_BL)
+    finally:
+        pool.kill()
+        if sender is not None:
+            ray.kill(sender)
 
 
 def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session):
