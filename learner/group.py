@@ -19,6 +19,7 @@ from ray.util.queue import Queue
 from maskfocus.config import RayConfig, RunConfig
 from maskfocus.learner.checkpoint import RunState
 from maskfocus.learner.loop import train_loop_per_worker
+from maskfocus.learner.weight_transport import WeightGroup
 
 
 def scaling_config(ray_config: RayConfig) -> ScalingConfig:
@@ -35,13 +36,23 @@ def scaling_config(ray_config: RayConfig) -> ScalingConfig:
 class LearnerGroup:
     """Starts the TorchTrainer in a thread; `alive` / `error` tell the driver how it is doing."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, start: RunState, batches: Queue, store: ActorHandle):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        start: RunState,
+        batches: Queue,
+        store: ActorHandle,
+        weight_group: WeightGroup | None = None,
+    ):
+        """`weight_group`: rank 0 broadcasts every version in it (ray.weight_transport: collective)."""
         loop_config = {
             "config": config,
             "start": start,
             "run_dir": str(run_dir.resolve()),
             "batches": batches,
             "store": store,
+            "weight_group": weight_group,
         }
         self.trainer = TorchTrainer(
             train_loop_per_worker,

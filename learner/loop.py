@@ -6,6 +6,11 @@ rank 0 then publishes the full weights (gathered from the shards) with the new v
 `checkpoint_every` iterations all ranks write a checkpoint through ray.train.report. The loop ends on the
 queue's stop item (None); a stop before the run's end (the driver failed) first checkpoints the last learned
 iteration, so that the run resumes from there. Rank 0 records the dashboard metrics of the update.
+
+Weights reach the rollout workers through the object store (rank 0 puts them, the driver hands out the
+reference) or, with `ray.weight_transport: collective`, through rank 0's broadcast (learner/weight_transport.py):
+rank 0 first announces the version to the driver, which starts every rollout worker's receive, then broadcasts;
+it puts the weights in the object store only when the driver needs them itself (a preview, the last iteration).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from maskfocus.actors.metrics import RunMetrics
 from maskfocus.config import RunConfig, TrainConfig
 from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
 from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
+from maskfocus.learner.weight_transport import WeightGroup, WeightSender
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
 from maskfocus.sampling import seeded_generator
@@ -167,20 +173,34 @@ def _message(item: QueuedBatch | None, version: int, config: RunConfig) -> tuple
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point; `loop_config`: config, start (RunState), run_dir, batches (Queue), store."""
+    """Ray Train entry point; `loop_config`: config, start (RunState), run_dir, batches (Queue), store, and
+    weight_group (a WeightGroup with the collective transport, else None)."""
     config: RunConfig = loop_config["config"]
-    batches: Queue = loop_config["batches"]
-    store: ActorHandle = loop_config["store"]
-    run_dir = Path(loop_config["run_dir"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.ray.learner_gpus > 0 else torch.device("cpu")
     worker = LearnerWorker(config, loop_config["start"], rank, world_size, device)
+    group: WeightGroup | None = loop_config.get("weight_group")
+    sender = WeightSender(group, device) if group is not None and rank == 0 else None
+    try:
+        _serve(worker, sender, loop_config["batches"], loop_config["store"], Path(loop_config["run_dir"]))
+    finally:
+        if sender is not None:
+            sender.close()
+
+
+def _serve(
+    worker: LearnerWorker, sender: WeightSender | None, batches: Queue, store: ActorHandle, run_dir: Path
+) -> None:
+    """Learn from queue items until the stop item; rank 0 publishes each update (and `sender` broadcasts it)."""
+    config, rank, world_size = worker.config, worker.rank, worker.world_size
     metrics = RunMetrics(run_dir.name)
     timeout = config.ray.timeout_s
     weights = worker.full_weights()
     if rank == 0:  # the starting weights (the checkpoint's, on resume); also says the learner is ready
         ray.get(store.publish.remote(worker.version, [ray.put(weights)], {"ready": 1.0}), timeout=timeout)
+        if sender is not None:  # the driver starts the rollout workers' receives on the ready record
+            sender.broadcast(worker.version, weights)
     unsaved: Message | None = None
     """The last learned iteration when it is not in a checkpoint yet."""
     while True:
@@ -204,7 +224,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         record.update(worker.learn(message))
         sync_start = time.perf_counter()
         weights = worker.full_weights()
-        weights_ref = [ray.put(weights)] if rank == 0 else None
+        weights_ref = None
+        if rank == 0:
+            weights_ref = _share_weights(weights, worker.version, message.iteration, sender, store, config.train)
         record["perf/weight_sync_seconds"] = time.perf_counter() - sync_start
         record["policy_version"] = worker.version
         unsaved = Message("learn", message.iteration, message.prompt_cursor)
@@ -214,6 +236,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             _record_metrics(metrics, record, dropped=False)
             ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
+
+
+def _share_weights(
+    weights: dict[str, torch.Tensor],
+    version: int,
+    iteration: int,
+    sender: WeightSender | None,
+    store: ActorHandle,
+    train: TrainConfig,
+) -> list[ObjectRef] | None:
+    """Rank 0: the new weights for the rollout workers and the driver; returns the object-store reference to
+    publish with the record. Collective: announce the version (the driver then starts every rollout worker's
+    receive; the broadcast waits for them all), broadcast, and put the weights only if the driver needs them."""
+    if sender is None:
+        return [ray.put(weights)]
+    announce = {"iteration": iteration, "broadcast": 1.0}
+    ray.get(store.publish.remote(version, None, announce), timeout=sender.group.timeout_s)
+    sender.broadcast(version, weights)
+    return [ray.put(weights)] if preview_due(train, iteration) else None
 
 
 def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) -> None:
@@ -228,6 +269,11 @@ def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) 
     for name, key in (("maskfocus_loss", "loss/total"), ("maskfocus_kl", "loss/kl")):
         if key in record and math.isfinite(record[key]):
             metrics.record(name, record[key])
+
+
+def preview_due(train: TrainConfig, iteration: int) -> bool:
+    """The driver writes a preview image (with the new weights) after this iteration's update."""
+    return iteration % train.image_every == 0 or iteration == train.num_iterations - 1
 
 
 def _checkpoint_due(train: TrainConfig, iteration: int) -> bool:

@@ -278,7 +278,9 @@ class RayConfig(Section):
     max_staleness: int = Field(0, ge=0)
     """Policy versions a rollout may lag the learner: 0 = strictly on-policy; older batches are dropped and redone."""
     weight_transport: Literal["object_store", "collective"] = "object_store"
-    """How new weights reach rollout workers: the object store (any device), or a ray.util.collective broadcast."""
+    """How new weights reach rollout workers: `object_store` (any device: rank 0 puts them, each worker fetches them
+    before its next batch), or `collective` (GPU only, learner_gpus >= 1 and rollout_gpus >= 1: rank 0 broadcasts
+    each version to every rollout worker over ray.util.collective NCCL; learner/weight_transport.py: why not CPU)."""
     learner_strategy: Literal["fsdp", "ddp"] = "fsdp"
     """Learner parallelism: FSDP2 `fully_shard` per transformer block then the root, or DDP (full replicas)."""
     max_restarts: int = Field(2, ge=0)

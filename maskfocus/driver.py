@@ -16,6 +16,12 @@ Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling)
 (the learner waiting for a batch), perf/learner_seconds (the update), perf/weight_sync_seconds (gathering and
 publishing the new weights), perf/weight_load_seconds (a rollout worker loading them), perf/iteration_seconds
 (between two learned iterations). The same values go to the Ray dashboard (actors/metrics.py).
+
+With `ray.weight_transport: collective` (GPU only, see _check_supported) the learner announces each version
+before it broadcasts it; the driver then queues a receive on every rollout worker, behind its current call and
+before any later rollout, so each worker samples with the version the pool records. The broadcast waits for
+all of them, so the learner's record of that version arrives only after every receive has finished;
+perf/weight_sync_seconds then covers the broadcast and perf/weight_load_seconds the slowest receive.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import os
 import queue as queue_lib
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +48,9 @@ from maskfocus.actors.rollout_worker import RolloutWorker
 from maskfocus.config import ConfigError, RayConfig, RunConfig
 from maskfocus.learner.checkpoint import RunState, resume_state
 from maskfocus.learner.group import LearnerGroup
-from maskfocus.learner.loop import QueuedBatch
+from maskfocus.learner.loop import QueuedBatch, preview_due
 from maskfocus.learner.weight_store import WeightStore
+from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.run_io import MetricsLog, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
@@ -80,9 +88,19 @@ class Attempt:
 class RayRun:
     """The driver's state between events: what is sampling, scoring, queued, learned."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, start: RunState, batches: Queue, store, show_progress: bool):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        start: RunState,
+        batches: Queue,
+        store,
+        show_progress: bool,
+        weight_group: WeightGroup | None = None,
+    ):
         self.config, self.run_dir, self.batches, self.store = config, run_dir, batches, store
         ray_config = config.ray
+        self.collective = weight_group is not None
         self.rollouts = WorkerPool(
             make_actors(
                 RolloutWorker,
@@ -91,9 +109,14 @@ class RayRun:
                 run_dir.name,
                 num_cpus=ray_config.rollout_cpus,
                 num_gpus=ray_config.rollout_gpus,
-                max_restarts=ray_config.max_restarts,
+                max_restarts=0 if self.collective else ray_config.max_restarts,  # a restart cannot rejoin the group
             )
         )
+        if weight_group is not None:
+            joins = [
+                actor.join_weight_group.remote(weight_group, rank) for rank, actor in enumerate(self.rollouts.actors, 1)
+            ]
+            ray.get(joins, timeout=ray_config.timeout_s)
         self.rewards = WorkerPool(
             make_actors(
                 RewardWorker,
@@ -115,6 +138,8 @@ class RayRun:
         self.scoring: dict[ObjectRef, Attempt] = {}
         self.scored: dict[int, tuple[QueuedBatch, float]] = {}
         self.load_seconds: dict[int, float] = {}
+        self.receiving: list[tuple[int, ObjectRef]] = []
+        """Collective: (iteration of the update, the receive call) not yet collected."""
         self.enqueue_wait: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.counts = {"sync/dropped_stale": 0, "sync/redone": 0}
@@ -144,7 +169,8 @@ class RayRun:
                 return
             load = None
             if self.rollouts.versions[index] != self.version:
-                if self.weights is None:  # resuming: the learner has not published its weights yet
+                # resuming: the learner has not published its weights yet (collective: not broadcast them yet)
+                if self.weights is None or self.collective:
                     self.rollouts.release(index)
                     return
                 load = self.rollouts.actors[index].load_weights.remote(self.version, self.weights[0])
@@ -230,6 +256,8 @@ class RayRun:
                 pool.wait_ready(index, self.config.ray.timeout_s)
             except ActorDiedError as dead:
                 message = f"{role} worker {index} is dead for good (ray.max_restarts={max_restarts})"
+                if role == "rollout" and self.collective:
+                    message = f"rollout worker {index} died; with ray.weight_transport: collective it is not restarted"
                 raise RuntimeError(message) from dead
         self.counts["sync/redone"] += 1
         self.metrics.record("maskfocus_redone", 1)
@@ -239,18 +267,36 @@ class RayRun:
         if update is None:
             return
         version, weights, record = update
-        if record.get("ready"):
-            self.version, self.weights = version, weights
+        if record.get("ready") or record.get("broadcast"):
+            self.version, self.weights = version, weights or self.weights
+            if self.collective:
+                self.receive_weights(version, record.get("iteration", -1))
             return
         self.observe_queue()
         if record.get("dropped"):
             self.counts["sync/dropped_stale"] += 1
             self.redo.append(record["iteration"])
             return
-        self.version, self.weights = version, weights
+        self.version, self.weights = version, weights or self.weights
+        self.collect_receives()
         self.learned += 1
         self.progress.update(1)
         self.write_record(record)
+
+    def receive_weights(self, version: int, iteration: int) -> None:
+        """Collective: every rollout worker takes part in the learner's broadcast of `version`."""
+        for index, actor in enumerate(self.rollouts.actors):
+            self.receiving.append((iteration, actor.receive_weights.remote(version)))
+            self.rollouts.versions[index] = version
+
+    def collect_receives(self) -> None:
+        """The receives started so far have finished (the learner publishes a record after its broadcast): raise
+        a receiver's error, keep the slowest receive of each update for its record."""
+        for iteration, ref in self.receiving:
+            seconds = ray.get(ref, timeout=self.config.ray.timeout_s)
+            if iteration >= 0:
+                self.load_seconds[iteration] = max(self.load_seconds.get(iteration, 0.0), seconds)
+        self.receiving.clear()
 
     def write_record(self, record: dict[str, Any]) -> None:
         iteration, now = record["iteration"], time.perf_counter()
@@ -266,10 +312,9 @@ class RayRun:
         self.last_update = now
         self.metrics.record("maskfocus_iteration_seconds", record["perf/iteration_seconds"])
         train = self.config.train
-        last = iteration == train.num_iterations - 1
-        if iteration % train.log_every == 0 or last:
+        if iteration % train.log_every == 0 or iteration == train.num_iterations - 1:
             self.log.write(record)
-        if iteration % train.image_every == 0 or last:
+        if preview_due(train, iteration):
             save_preview(self.current_model(), self.config, self.run_dir / "images" / f"iter_{iteration:06d}.png")
             plot_reward_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "reward_curve.png")
 
@@ -312,8 +357,10 @@ class RayRun:
     def stop_early(self, learner: LearnerGroup) -> None:
         """After a failure: no new rollouts; the learner learns what is queued, checkpoints its last iteration
         and stops, and its records are logged, so that the run folder is consistent and resumable. Best effort,
-        bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint)."""
-        self.rollouts.kill()
+        bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint). Collective: the rollout workers
+        stay, to take the learner's last broadcasts."""
+        if not self.collective:
+            self.rollouts.kill()
         self.rewards.kill()
         if not learner.alive:
             return
@@ -338,8 +385,17 @@ class RayRun:
 
 
 def _check_supported(config: RunConfig) -> None:
-    if config.ray.weight_transport != "object_store":
-        raise ConfigError("ray.weight_transport: only 'object_store' is implemented so far (allowed: object_store)")
+    """`collective` broadcasts over NCCL, one whole GPU per member (NCCL refuses two ranks of a group on one GPU);
+    on CPU Ray's gloo collective cannot reach a Ray Train worker (learner/weight_transport.py)."""
+    ray_config = config.ray
+    if ray_config.weight_transport == "collective" and (ray_config.learner_gpus < 1 or ray_config.rollout_gpus < 1):
+        raise ConfigError(
+            "ray.weight_transport: collective broadcasts the weights over NCCL and needs ray.learner_gpus >= 1 and "
+            f"ray.rollout_gpus >= 1 (got {ray_config.learner_gpus} and {ray_config.rollout_gpus}): NCCL takes a whole "
+            "GPU per member, and on CPU Ray 2.60's gloo collective cannot join a Ray Train learner worker to the "
+            "rollout actors (it reuses the worker's own torch.distributed group). Allowed: object_store (any "
+            "device), collective (GPU learner and rollout workers)"
+        )
 
 
 def train_ray(
@@ -352,9 +408,12 @@ def train_ray(
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
     batches = Queue(maxsize=config.ray.queue_capacity, actor_options={"num_cpus": 0})
     store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    learner = LearnerGroup(config, run_dir, start, batches, store)
+    group = None
+    if config.ray.weight_transport == "collective":
+        group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
+    learner = LearnerGroup(config, run_dir, start, batches, store, group)
     learner.start()
-    run = RayRun(config, run_dir, start, batches, store, show_progress)
+    run = RayRun(config, run_dir, start, batches, store, show_progress, group)
     try:
         run.run(learner)
         model = run.current_model()

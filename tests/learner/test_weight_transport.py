@@ -1,5 +1,5 @@
 """The collective weight transport: layout, flatten and unflatten against a slow reference (no Ray), then a real
-broadcast over gloo between plain Ray actors (one sender, two receivers)."""
+broadcast over gloo between plain Ray actors (one sender, two receivers), and the driver's refusal on CPU."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 import torch
-from ray_fixture import RAY_TIMEOUT_S
+from ray_fixture import RAY_TIMEOUT_S, tiny_config
 from torch import nn
 
+from maskfocus.config import ConfigError
 from maskfocus.learner.weight_transport import (
     WIRE_DTYPES,
     WeightGroup,
@@ -183,3 +184,17 @@ def test_gloo_broadcast_reaches_every_receiver_and_a_layout_mismatch_fails_clear
         for member in (sender, first, second):
             ray.kill(member)
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_driver_refuses_collective_transport_without_gpus_and_says_why(tmp_path):
+    from maskfocus.driver import _check_supported, train_ray
+
+    config = tiny_config(tmp_path / "model", tmp_path / "runs", ray={"weight_transport": "collective"})
+    with pytest.raises(ConfigError, match=r"learner_gpus >= 1.*torch.distributed group.*Allowed: object_store"):
+        train_ray(config, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists(), "refused before anything started"
+    gpu = {"weight_transport": "collective", "learner_gpus": 1, "rollout_gpus": 1}
+    _check_supported(tiny_config(tmp_path / "model", tmp_path / "runs", ray=gpu))  # accepted on GPUs
+    half = {**gpu, "rollout_gpus": 0.5}
+    with pytest.raises(ConfigError, match="rollout_gpus"):
+        _check_supported(tiny_config(tmp_path / "model", tmp_path / "runs", ray=half))
