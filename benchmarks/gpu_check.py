@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                          # all checks on cuda:0, Meissonic scale
     python benchmarks/gpu_check.py --only scale --num-steps 16
     python benchmarks/gpu_check.py --device cpu --dtype float32 --scale small --num-steps 4   # CPU dry run
+    python benchmarks/gpu_check.py --only broadcast --broadcast-mib 1024           # the collective weight transport
 
 Checks, each printing its figures:
 1. tiny  - the built-in tiny model end to end on the device: bf16 rollout (sampler + router), shapes GenEval
@@ -15,6 +16,11 @@ Checks, each printing its figures:
            MeissonicGenerator with Meissonic's inputs: rollout (T steps, CFG, router) and learner (K GRPO
            updates under FSDP2, reference forward, old log-probs) timed on the one GPU, roles run one after the
            other: time per iteration, images per second, MFU of learner and rollout.
+4. broadcast - learner/weight_transport.py (`ray.weight_transport: collective`) between a sender and a receiver
+           Ray actor over ray.util.collective NCCL (needs cupy): seconds per broadcast and bytes moved of the tiny
+           transformer plus --broadcast-mib MiB, receiver checked against sender. On one GPU NCCL refuses the
+           two ranks (0.5 GPU each): the error is reported and a one-rank group is timed instead
+           (benchmarks/weight_broadcast.py).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from gpu_perf import (
     rollout_flops,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from weight_broadcast import check_weight_broadcast
 
 from maskfocus.config import GRPOConfig, OptimConfig, RouterConfig, SamplerConfig, load_config
 from maskfocus.models import load_generator
@@ -280,6 +287,11 @@ def check_scale(device: torch.device, args: argparse.Namespace) -> dict:
     return report
 
 
+def _print(name: str, result: dict) -> dict:
+    print(name, json.dumps(result), flush=True)
+    return result
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -287,7 +299,9 @@ def _round(value: float | None) -> float | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (one GPU) or cpu (a dry run)")
-    parser.add_argument("--only", default="tiny,nccl,scale", help="comma-separated subset of tiny,nccl,scale")
+    parser.add_argument(
+        "--only", default="tiny,nccl,scale,broadcast", help="comma-separated subset of tiny,nccl,scale,broadcast"
+    )
     parser.add_argument("--scale", choices=("meissonic", "small"), default="meissonic")
     parser.add_argument("--num-steps", type=int, default=64, help="T of the scale check (reference: 64)")
     parser.add_argument("--selected", type=int, default=6, help="K of the scale check (reference: 6)")
@@ -298,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="rollout weights (float32 for a CPU run)"
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the card's dense bf16 peak")
+    parser.add_argument("--broadcast-mib", type=int, default=1024, help="float32 MiB beside the tiny transformer")
+    parser.add_argument("--broadcast-repeats", type=int, default=3, help="timed broadcasts after the first")
+    parser.add_argument("--broadcast-timeout", type=float, default=120.0, help="seconds for one collective call")
     parser.add_argument("--json", type=Path, default=None, help="also write all results to this file")
     return parser.parse_args(argv)
 
@@ -317,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "nccl": lambda: check_broadcast(device),
     }
     checks["scale"] = lambda: check_scale(device, args)
+    checks["broadcast"] = lambda: _print(
+        "broadcast",
+        check_weight_broadcast(device, args.broadcast_mib, args.dtype, args.broadcast_repeats, args.broadcast_timeout),
+    )
     results = {}
     try:
         for name in args.only.split(","):
