@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from maskfocus.actors.metrics import RunMetrics
+from maskfocus.actors.setup import start_role
 from maskfocus.config import RunConfig
-from maskfocus.models.amused import AmusedGenerator
+from maskfocus.models import load_generator
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.sampling import seeded_generator
 from maskfocus.scoring import score_trajectory
@@ -25,10 +24,10 @@ class RewardWorker:
     """Scores rollouts into TrainBatches."""
 
     def __init__(self, config: RunConfig, run_name: str = ""):
-        torch.manual_seed(config.seed)
+        start_role(config)
         self.config = config
         self.metrics = RunMetrics(run_name)
-        self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+        self.model = load_generator(config.model)
         self.reward_fn = build_rewards(config.rewards, device=config.model.device)
         self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
 

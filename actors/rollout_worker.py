@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from maskfocus.actors.metrics import RunMetrics
+from maskfocus.actors.setup import start_role
 from maskfocus.config import RunConfig
 from maskfocus.learner.weight_transport import WeightGroup, WeightReceiver
-from maskfocus.models.amused import AmusedGenerator
+from maskfocus.models import load_generator
 from maskfocus.rollout import rollout
 from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import ROLLOUT
@@ -30,10 +31,10 @@ class RolloutWorker:
     """Holds one generator; loads published weights by version and samples training rollouts."""
 
     def __init__(self, config: RunConfig, run_name: str = ""):
-        torch.manual_seed(config.seed)
+        start_role(config)
         self.config = config
         self.metrics = RunMetrics(run_name)
-        self.model = AmusedGenerator.from_folder(config.model.path, device=config.model.device)
+        self.model = load_generator(config.model)
         self.policy_version = 0
         """Version of the weights now loaded: 0 = the base model, v = after the learner's v-th update."""
         self.receiver: WeightReceiver | None = None

@@ -31,11 +31,12 @@ from ray.actor import ActorHandle
 from ray.util.queue import Queue
 
 from maskfocus.actors.metrics import RunMetrics
+from maskfocus.actors.setup import start_role
 from maskfocus.config import RunConfig, TrainConfig
 from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
 from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
 from maskfocus.learner.weight_transport import WeightGroup, WeightSender
-from maskfocus.models.amused import AmusedGenerator
+from maskfocus.models import load_generator
 from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
 from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import LEARN
@@ -98,9 +99,9 @@ class LearnerWorker:
     """One rank's model, wrapped module, frozen reference and updater."""
 
     def __init__(self, config: RunConfig, start: RunState, rank: int, world_size: int, device: torch.device):
-        torch.manual_seed(config.seed)
+        start_role(config)
         self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
-        self.model = AmusedGenerator.from_folder(config.model.path, device=str(device))
+        self.model = load_generator(config.model, device=str(device), dtype="float32")  # fp32 master weights
         base = self.model.trainable_module()
         # The reference is the base policy, as in train_local (made before a checkpoint is loaded or wrapping).
         reference = frozen_copy(base) if config.grpo.beta > 0 else None

@@ -283,6 +283,9 @@ class RayConfig(Section):
     each version to every rollout worker over ray.util.collective NCCL; learner/weight_transport.py: why not CPU)."""
     learner_strategy: Literal["fsdp", "ddp"] = "fsdp"
     """Learner parallelism: FSDP2 `fully_shard` per transformer block then the root, or DDP (full replicas)."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch threads in each rollout, reward and learner process; null = Ray's default (the actor's whole CPUs, at
+    least 1). With `max_staleness: 0` on a small machine the roles take turns, so each may use every core."""
     max_restarts: int = Field(2, ge=0)
     """Restarts of a dead rollout or reward actor before the run stops; its in-flight batch is redone."""
     timeout_s: float = Field(600.0, gt=0.0)

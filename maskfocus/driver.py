@@ -51,7 +51,8 @@ from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
 from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
-from maskfocus.models.amused import AmusedGenerator
+from maskfocus.models import load_generator
+from maskfocus.models.base import MaskedGenerator
 from maskfocus.run_io import MetricsLog, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
@@ -150,7 +151,7 @@ class RayRun:
         self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
         self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)
-        self.model: AmusedGenerator | None = None
+        self.model: MaskedGenerator | None = None
 
     # -- named steps of one turn of the loop ---------------------------------------------------------------
 
@@ -318,10 +319,10 @@ class RayRun:
             save_preview(self.current_model(), self.config, self.run_dir / "images" / f"iter_{iteration:06d}.png")
             plot_reward_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "reward_curve.png")
 
-    def current_model(self) -> AmusedGenerator:
+    def current_model(self) -> MaskedGenerator:
         """The driver's copy of the generator with the newest published weights (previews, final model)."""
         if self.model is None:
-            self.model = AmusedGenerator.from_folder(self.config.model.path, device=self.config.model.device)
+            self.model = load_generator(self.config.model)
         if self.weights is not None:
             self.model.transformer.load_state_dict(ray.get(self.weights[0], timeout=self.config.ray.timeout_s))
         return self.model

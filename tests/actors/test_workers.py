@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue as queue_lib
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from ray_fixture import RAY_TIMEOUT_S, tiny_config
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
+from maskfocus.config import RunConfig
 from maskfocus.learner.weight_transport import WeightGroup, WeightSender
 from maskfocus.trainer import PromptStream
 
@@ -111,3 +114,22 @@ def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session)
             batches.get(timeout=0.2)
     finally:
         batches.shutdown()
+
+
+def test_workers_load_the_adapter_of_model_kind_and_set_the_configured_threads(tmp_path, one_thread):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+    from model_folders import write_meissonic_folder
+
+    folder = write_meissonic_folder(tmp_path / "meissonic")
+    config = tiny_config(folder, tmp_path, ray={"torch_threads": 1})
+    data = config.model_dump()
+    data["model"].update(kind="meissonic", trust_checkpoint_code=True, resolution=32)
+    data["rewards"] = [{"name": "geneval", "mode": "partial"}]
+    config = RunConfig.model_validate(data)
+    torch.set_num_threads(2)
+    worker, scorer = RolloutWorker(config), RewardWorker(config)
+    assert torch.get_num_threads() == 1  # ray.torch_threads applied by the role's start
+    assert type(worker.model).__name__ == "MeissonicGenerator" and type(scorer.model).__name__ == "MeissonicGenerator"
+    metadata = PromptStream(config.seed, config.rollout.tags).take(2)
+    batch = scorer.score(worker.sample(metadata, iteration=0))
+    assert len(batch) == 4 and batch.policy_version == 0
