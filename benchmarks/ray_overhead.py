@@ -8,6 +8,7 @@ warm-up, the ratio Ray / local, and the median of each part (rollout, reward, qu
 sync), so that overlap shows as an iteration shorter than the sum of its parts.
 
 Usage: python benchmarks/ray_overhead.py [--iterations 24] [--warmup 4] [--num-cpus 2] [--runs-dir runs/overhead]
+                                        [--ray-set ray.torch_threads=2]   # config for the Ray runs only
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def run_mode(name: str, args: argparse.Namespace) -> tuple[Path, float]:
     }
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
+    if name != "local":
+        for item in args.ray_set:
+            command += ["--set", item]
     print(" ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
@@ -87,6 +91,7 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE", help="config for Ray runs")
     args = parser.parse_args()
     if "local" not in args.modes:
         parser.error("--modes must include local (the reference)")
