@@ -23,13 +23,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from maskfocus.config import RunConfig, dump_config
+from maskfocus.config import ConfigError, RunConfig, dump_config
 
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     """runs/<name or timestamp>/ with the resolved config written into it."""
     name = name or time.strftime("%Y%m%d-%H%M%S")
     folder = Path(config.train.out_dir) / name
+    if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
+        raise ConfigError(
+            f"run folder {folder} already holds a run; choose another --name, or continue it with "
+            f"`maskfocus train --resume {folder}`"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(config, folder / "config.yaml")
     return folder
