@@ -53,7 +53,7 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.run_io import MetricsLog, latest_checkpoint, plot_reward_curve, read_metrics
+from maskfocus.run_io import MetricsLog, RecentReward, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
 POLL_S = 1.0
@@ -151,6 +151,7 @@ class RayRun:
         self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
         self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)
+        self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
 
     # -- named steps of one turn of the loop ---------------------------------------------------------------
@@ -281,6 +282,7 @@ class RayRun:
         self.version, self.weights = version, weights or self.weights
         self.collect_receives()
         self.learned += 1
+        self.progress.set_postfix(self.recent.postfix(record), refresh=False)
         self.progress.update(1)
         self.write_record(record)
 

@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,19 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(config, folder / "config.yaml")
     return folder
+
+
+class RecentReward:
+    """The mean training reward of the last `window` iterations, for the progress bar (non-finite ones skipped)."""
+
+    def __init__(self, window: int = 10):
+        self.values: deque[float] = deque(maxlen=window)
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        reward = record.get("reward/mean")
+        if isinstance(reward, (int, float)) and math.isfinite(reward):
+            self.values.append(float(reward))
+        return {"reward": f"{sum(self.values) / len(self.values):.3f}"} if self.values else {}
 
 
 class MetricsLog:

@@ -25,6 +25,7 @@ from maskfocus.rewards.combined import build_rewards
 from maskfocus.rollout import rollout
 from maskfocus.run_io import (
     MetricsLog,
+    RecentReward,
     latest_checkpoint,
     load_checkpoint_weights,
     plot_reward_curve,
@@ -142,7 +143,9 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     log = MetricsLog(run_dir / "metrics.jsonl")
     (run_dir / "images").mkdir(exist_ok=True)
     iterations = range(start_iteration, config.train.num_iterations)
-    for iteration in tqdm(iterations, desc="train", unit="iter", disable=not show_progress):
+    progress = tqdm(iterations, desc="train", unit="iter", disable=not show_progress)
+    recent = RecentReward()
+    for iteration in progress:
         start = time.perf_counter()
         metadata = prompts.take(config.rollout.prompts_per_iteration)
         trajectory = rollout(
@@ -173,6 +176,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
             **metrics,
             "perf/iteration_seconds": time.perf_counter() - start,
         }
+        progress.set_postfix(recent.postfix(record), refresh=False)
         if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
             log.write(record)
         if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
