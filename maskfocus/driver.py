@@ -17,7 +17,7 @@ Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling)
 publishing the new weights), perf/weight_load_seconds (a rollout worker loading them), perf/iteration_seconds
 (between two learned iterations). The same values go to the Ray dashboard (actors/metrics.py).
 
-With `ray.weight_transport: collective` (GPU only, see _check_supported) the learner announces each version
+With `ray.weight_transport: collective` (GPU only, see ray_cluster.check_supported) the learner announces each version
 before it broadcasts it; the driver then queues a receive on every rollout worker, behind its current call and
 before any later rollout, so each worker samples with the version the pool records. The broadcast waits for
 all of them, so the learner's record of that version arrives only after every receive has finished;
@@ -27,7 +27,6 @@ perf/weight_sync_seconds then covers the broadcast and perf/weight_load_seconds 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue as queue_lib
 import time
 import uuid
@@ -45,7 +44,7 @@ from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
-from maskfocus.config import ConfigError, RayConfig, RunConfig
+from maskfocus.config import RunConfig
 from maskfocus.learner.checkpoint import RunState, resume_state
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
@@ -53,23 +52,13 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.ray_cluster import check_supported as _check_supported
+from maskfocus.ray_cluster import connect
 from maskfocus.run_io import MetricsLog, RecentReward, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
 POLL_S = 1.0
 RECOVERABLE = (RayActorError, ActorUnavailableError)
-
-
-def connect(ray_config: RayConfig, address: str | None) -> bool:
-    """Join the cluster at `address` / ray.address / RAY_ADDRESS, else start a local Ray; True if we called init."""
-    if ray.is_initialized():
-        return False
-    address = address or ray_config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
-    return True
 
 
 @dataclass
@@ -385,20 +374,6 @@ class RayRun:
         self.log.close()
         self.rollouts.kill()
         self.rewards.kill()
-
-
-def _check_supported(config: RunConfig) -> None:
-    """`collective` broadcasts over NCCL, one whole GPU per member (NCCL refuses two ranks of a group on one GPU);
-    on CPU Ray's gloo collective cannot reach a Ray Train worker (learner/weight_transport.py)."""
-    ray_config = config.ray
-    if ray_config.weight_transport == "collective" and (ray_config.learner_gpus < 1 or ray_config.rollout_gpus < 1):
-        raise ConfigError(
-            "ray.weight_transport: collective broadcasts the weights over NCCL and needs ray.learner_gpus >= 1 and "
-            f"ray.rollout_gpus >= 1 (got {ray_config.learner_gpus} and {ray_config.rollout_gpus}): NCCL takes a whole "
-            "GPU per member, and on CPU Ray 2.60's gloo collective cannot join a Ray Train learner worker to the "
-            "rollout actors (it reuses the worker's own torch.distributed group). Allowed: object_store (any "
-            "device), collective (GPU learner and rollout workers)"
-        )
 
 
 def train_ray(
