@@ -10,9 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from maskfocus.config import ConfigError, ModelConfig, RunConfig, load_config
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
+from maskfocus.config import DEFAULT_CONFIG, ConfigError, ModelConfig, RunConfig, default_run_config, load_config
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -34,17 +32,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
-    if path is None:
-        if DEFAULT_CONFIG.is_file():
-            return load_config(DEFAULT_CONFIG, overrides)
-        from maskfocus.config import config_from_dict
-
-        data: dict = {}
-        for key, value in overrides.items():
-            section, _, leaf = key.partition(".")
-            data.setdefault(section, {})[leaf] = value
-        return config_from_dict(data, "<defaults>")
-    return load_config(path, overrides)
+    return default_run_config(overrides) if path is None else load_config(path, overrides)
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 BUILTIN_MODEL = "builtin:shapes-tiny"
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
+"""The built-in default run (a source checkout or an editable install has it; a wheel does not)."""
+
 
 class ConfigError(ValueError):
     """A config file or value the user has to fix; the message says where and what is allowed."""
@@ -383,3 +386,13 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def dump_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def default_run_config(overrides: dict[str, Any] | None = None) -> RunConfig:
+    """configs/shapes_tiny.yaml with `overrides`, or the field defaults where that file is not installed."""
+    if DEFAULT_CONFIG.is_file():
+        return load_config(DEFAULT_CONFIG, overrides)
+    data: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return config_from_dict(data, "<defaults>")

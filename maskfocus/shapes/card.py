@@ -15,6 +15,15 @@ def _tag_table(title: str, scores: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sampler_words(sampler: dict[str, Any] | None) -> str:
+    if sampler is None:
+        return "sampler defaults of `SamplerConfig`"
+    return (
+        f"sampler of configs/shapes_tiny.yaml (T = {sampler['num_steps']}, CFG {sampler['cfg_scale']}, "
+        f"Gumbel temperature {sampler['gumbel_temperature']})"
+    )
+
+
 def render_model_card(report: dict[str, Any]) -> str:
     m = report["measurements"]
     base = m["base_model"]
@@ -25,8 +34,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         "A tiny aMUSEd-format text-to-image model (diffusers `VQModel` + `UVit2DModel`, transformers",
         "`CLIPTextModelWithProjection`) and a tiny open_clip CLIP, trained from scratch on the shapes world",
         "(64x64 images of circles, squares, triangles and diamonds in six colours). The generator was trained",
-        "on loose captions on purpose: it draws shapes well but often misses counts, positions and colour",
-        "binding, the headroom that RL post-training has to close.",
+        "on loose captions on purpose, so that it misses counts, positions and colour binding more often than",
+        "shapes: the headroom that RL post-training has to close. The scores below say how well it draws.",
         "",
         "## Rebuild",
         "```",
@@ -43,7 +52,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "## Scores (shapes-geneval, GenEval rules, exact shapes detector)",
         "",
         f"Base model, {base['num_images']} images ({report['config']['eval_images_per_prompt']} per prompt row), "
-        f"sampler defaults of `SamplerConfig`; evaluation took {m['base_model_eval_seconds']} s:",
+        f"{_sampler_words(m.get('sampler'))}; evaluation took {m['base_model_eval_seconds']} s:",
         "",
         *_tag_table("base model", base),
         "",

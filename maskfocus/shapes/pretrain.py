@@ -155,8 +155,10 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
 
 
 def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:
-    """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy."""
-    from maskfocus.config import EvalConfig, SamplerConfig
+    """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy.
+
+    The base model is sampled as `maskfocus eval` samples it: with the sampler of configs/shapes_tiny.yaml."""
+    from maskfocus.config import EvalConfig, default_run_config
     from maskfocus.evaluation import run_evaluation
     from maskfocus.models.amused import AmusedGenerator
     from maskfocus.rewards.clip_score import ClipScorer
@@ -173,12 +175,13 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
 
         return to_uint8(model.decode(model.encode_images(to_tensor(images))))
 
+    sampler = default_run_config().sampler
     start = time.perf_counter()
     _, summary, _ = run_evaluation(
         model,
         rows,
         EvalConfig(num_images_per_prompt=images_per_prompt),
-        SamplerConfig(),
+        sampler,
         ShapesDetector().detect_batch,
         clip_score=clip.score,
     )
@@ -186,6 +189,7 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
     return {
         "base_model": summary,
         "base_model_eval_seconds": round(eval_seconds, 1),
+        "sampler": sampler.model_dump(mode="json"),
         "ground_truth_renders": score_ground_truth(rows),
         "vq_round_trip": score_ground_truth(rows, degrade=vq_round_trip),
         "clip_zero_shot": zero_shot_accuracy(clip),

@@ -33,7 +33,7 @@ class GeneratorPretrainConfig(Section):
 
     num_scenes: int = Field(40_000, ge=1)
     """Distinct random scenes in the corpus (re-captioned at every use)."""
-    num_steps: int = Field(4000, ge=1)
+    num_steps: int = Field(3000, ge=1)
     """Optimizer steps."""
     batch_size: int = Field(64, ge=1)
     """Examples per step."""

@@ -12,12 +12,13 @@ import torch
 from maskfocus.models.amused import AmusedGenerator, builtin_folder
 from maskfocus.models.base import ModelLoadError
 from maskfocus.models.tokenizer import UnknownWordError
+from maskfocus.shapes.tiny_model import CODEBOOK_SIZE
 
 
 def test_shipped_model_loads_with_expected_geometry(tiny_model):
     assert tiny_model.grid_size == (16, 16)
     assert tiny_model.image_size == 64
-    assert tiny_model.mask_token_id == tiny_model.codebook_size == 256
+    assert tiny_model.mask_token_id == tiny_model.codebook_size == CODEBOOK_SIZE
 
 
 def test_logits_decode_and_encode_shapes(tiny_model):
@@ -25,7 +26,7 @@ def test_logits_decode_and_encode_shapes(tiny_model):
     tokens = torch.full((2, 256), tiny_model.mask_token_id)
     with torch.no_grad():
         logits = tiny_model.logits(tokens, condition)
-    assert logits.shape == (2, 256, 256) and torch.isfinite(logits).all()
+    assert logits.shape == (2, 256, CODEBOOK_SIZE) and torch.isfinite(logits).all()
     images = tiny_model.decode(logits.argmax(-1))
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     assert tiny_model.encode_images(images).shape == (2, 256)
@@ -115,3 +116,20 @@ def test_vq_pixel_range_comes_from_the_folder_marker(tmp_path):
     (tmp_path / VQ_RANGE_FILE).write_text('{"range": [0, 1]}')
     with pytest.raises(ModelLoadError, match="pixel_range"):
         vq_pixel_range(tmp_path)
+
+
+def test_shipped_vq_gives_every_patch_its_own_code(tiny_model):
+    """The tokenizer is exact: code k is patch k of the pretraining patch table, whatever the neighbours."""
+    import numpy as np
+
+    from maskfocus.images import to_tensor
+    from maskfocus.shapes.patches import patch_ids, patch_table
+    from maskfocus.shapes.pretrain_vq import VQPretrainConfig
+    from maskfocus.shapes.render import render_batch
+    from maskfocus.shapes.scene import random_scene
+
+    config = VQPretrainConfig()
+    table = patch_table(config.table_scenes, seed=0)
+    renders = render_batch([random_scene(np.random.default_rng(11)) for _ in range(32)])
+    codes = tiny_model.encode_images(to_tensor(renders)).view(32, 16, 16)
+    assert np.array_equal(codes.numpy(), patch_ids(renders, table))

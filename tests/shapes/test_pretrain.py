@@ -40,3 +40,36 @@ def test_maskgit_training_masks_follow_the_cosine_ratio():
     assert (masked.sum(-1) >= 1).all()
     # E[cos(pi/2 r)] = 2/pi for r ~ U(0, 1)
     assert abs(fractions.mean().item() - 2 / 3.14159) < 0.03
+
+
+def test_vq_code_logits_pick_the_code_the_quantizer_picks():
+    import torch
+
+    from maskfocus.shapes.pretrain_vq import code_logits
+    from maskfocus.shapes.tiny_model import build_vqvae
+
+    model = build_vqvae().eval()
+    with torch.no_grad():
+        latents = model.encode(torch.rand(2, 3, 64, 64) * 2 - 1).latents
+        _, _, (_, _, indices) = model.quantize(latents)
+        chosen = code_logits(latents, model.quantize.embedding.weight).argmax(-1)
+    assert torch.equal(chosen, indices.flatten())
+
+
+def test_vq_training_decodes_as_the_pipeline_does_and_aliased_codes_are_never_chosen():
+    import torch
+
+    from maskfocus.shapes.pretrain_vq import alias_unused_codes, decode_codes
+    from maskfocus.shapes.tiny_model import CODEBOOK_SIZE, build_vqvae
+
+    model = build_vqvae().eval()
+    codes = torch.randint(0, CODEBOOK_SIZE, (2, 16, 16))
+    with torch.no_grad():
+        reference = model.decode(codes.flatten(), force_not_quantize=True, shape=(2, 16, 16, 16)).sample
+        assert torch.allclose(decode_codes(model, codes), reference, atol=1e-5)
+        alias_unused_codes(model, num_used=10)
+        _, _, (_, _, indices) = model.quantize(model.encode(torch.rand(4, 3, 64, 64) * 2 - 1).latents)
+    assert int(indices.max()) < 10
+    assert torch.equal(
+        model.quantize.embedding.weight[10:], model.quantize.embedding.weight[0].expand(CODEBOOK_SIZE - 10, -1)
+    )
