@@ -17,7 +17,7 @@ Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling)
 publishing the new weights), perf/weight_load_seconds (a rollout worker loading them), perf/iteration_seconds
 (between two learned iterations). The same values go to the Ray dashboard (actors/metrics.py).
 
-With `ray.weight_transport: collective` (GPU only, see ray_cluster.check_supported) the learner announces each version
+With `ray.weight_transport: collective` (GPU only, see actors/cluster.check_supported) the learner announces each version
 before it broadcasts it; the driver then queues a receive on every rollout worker, behind its current call and
 before any later rollout, so each worker samples with the version the pool records. The broadcast waits for
 all of them, so the learner's record of that version arrives only after every receive has finished;
@@ -52,8 +52,8 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.ray_cluster import check_supported as _check_supported
-from maskfocus.ray_cluster import connect
+from maskfocus.actors.cluster import check_supported as _check_supported
+from maskfocus.actors.cluster import connect
 from maskfocus.run_io import MetricsLog, RecentReward, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
