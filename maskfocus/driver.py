@@ -17,8 +17,8 @@ Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling)
 publishing the new weights), perf/weight_load_seconds (a rollout worker loading them), perf/iteration_seconds
 (between two learned iterations). The same values go to the Ray dashboard (actors/metrics.py).
 
-With `ray.weight_transport: collective` (GPU only, see actors/cluster.check_supported) the learner announces each version
-before it broadcasts it; the driver then queues a receive on every rollout worker, behind its current call and
+With `ray.weight_transport: collective` (GPU only, see actors/cluster.check_supported) the learner announces each
+version before it broadcasts it; the driver then queues a receive on every rollout worker, behind its current call and
 before any later rollout, so each worker samples with the version the pool records. The broadcast waits for
 all of them, so the learner's record of that version arrives only after every receive has finished;
 perf/weight_sync_seconds then covers the broadcast and perf/weight_load_seconds the slowest receive.
@@ -40,6 +40,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from maskfocus.actors.cluster import check_supported as _check_supported
+from maskfocus.actors.cluster import connect
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import WorkerPool, make_actors
 from maskfocus.actors.reward_worker import RewardWorker
@@ -52,8 +54,6 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.actors.cluster import check_supported as _check_supported
-from maskfocus.actors.cluster import connect
 from maskfocus.run_io import MetricsLog, RecentReward, latest_checkpoint, plot_reward_curve, read_metrics
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
