@@ -9,11 +9,15 @@ that is still restarting fail at once (ActorUnavailableError), so the driver wai
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError
+
+if TYPE_CHECKING:
+    from maskfocus.config import RunConfig
+    from maskfocus.learner.weight_transport import WeightGroup
 
 
 def make_actors(
@@ -63,3 +67,41 @@ class WorkerPool:
 
     def __len__(self) -> int:
         return len(self.actors)
+
+
+def role_pools(
+    config: RunConfig, run_name: str, weight_group: WeightGroup | None = None
+) -> tuple[WorkerPool, WorkerPool]:
+    """The rollout and reward pools of a run, sized and resourced from `config.ray`. With a collective weight
+    group the rollout workers join it (ranks 1..N; the learner is rank 0) and are never restarted, since a
+    restarted actor cannot rejoin the group."""
+    from maskfocus.actors.reward_worker import RewardWorker
+    from maskfocus.actors.rollout_worker import RolloutWorker
+
+    ray_config = config.ray
+    rollouts = WorkerPool(
+        make_actors(
+            RolloutWorker,
+            ray_config.num_rollout_workers,
+            config,
+            run_name,
+            num_cpus=ray_config.rollout_cpus,
+            num_gpus=ray_config.rollout_gpus,
+            max_restarts=0 if weight_group is not None else ray_config.max_restarts,
+        )
+    )
+    if weight_group is not None:
+        joins = [actor.join_weight_group.remote(weight_group, rank) for rank, actor in enumerate(rollouts.actors, 1)]
+        ray.get(joins, timeout=ray_config.timeout_s)
+    rewards = WorkerPool(
+        make_actors(
+            RewardWorker,
+            ray_config.num_reward_workers,
+            config,
+            run_name,
+            num_cpus=ray_config.reward_cpus,
+            num_gpus=ray_config.reward_gpus,
+            max_restarts=ray_config.max_restarts,
+        )
+    )
+    return rollouts, rewards

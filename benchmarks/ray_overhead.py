@@ -5,10 +5,14 @@ Runs the same config for the same iterations three ways: `--executor local`, `--
 `ray.max_staleness: 1` (the next rollout is sampled while the learner updates). No final evaluation, no
 preview grids. Prints and writes (runs folder / ray_overhead.md) the median seconds per iteration after
 warm-up, the ratio Ray / local, and the median of each part (rollout, reward, queue wait, learner, weight
-sync), so that overlap shows as an iteration shorter than the sum of its parts.
+sync), so that overlap shows as an iteration shorter than the sum of its parts. With `--repeats N` the modes
+run in N interleaved rounds (local, ray, ..., local, ray, ...); the table then shows the median over rounds and a
+second table each round's time per iteration and its ratio to that round's local run, because two runs of the same
+setting on a 2-core machine differ by up to ~10%.
 
 Usage: python benchmarks/ray_overhead.py [--iterations 24] [--warmup 4] [--num-cpus 2] [--runs-dir runs/overhead]
                                         [--ray-set ray.torch_threads=2]   # config for the Ray runs only
+                                        [--repeats 3]
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ MODES: dict[str, list[str]] = {
 }
 
 
-def run_mode(name: str, args: argparse.Namespace) -> tuple[Path, float]:
+def run_mode(name: str, args: argparse.Namespace, round_index: int = 0) -> tuple[Path, float]:
     """One training run of `args.iterations`; returns its folder and wall seconds (Ray start included)."""
-    run_name = name.replace(", ", "_").replace(" ", "")
+    run_name = name.replace(", ", "_").replace(" ", "") + (f"_r{round_index}" if args.repeats > 1 else "")
     command = [sys.executable, "-m", "maskfocus.cli", "train", "--config", str(args.config), *MODES[name]]
     command += ["--name", run_name, "--iterations", str(args.iterations)]
     settings = {
@@ -83,6 +87,20 @@ def table(results: dict[str, dict[str, float]], walls: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounds_table(rounds: list[dict[str, dict[str, float]]]) -> str:
+    """Each round's s/iteration per mode, and its ratio to the same round's local run."""
+    names = list(rounds[0])
+    lines = ["| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for index, result in enumerate(rounds):
+        local = result["local"]["perf/iteration_seconds"]
+        cells = [
+            f"{result[name]['perf/iteration_seconds']:.2f} ({result[name]['perf/iteration_seconds'] / local:.2f}x)"
+            for name in names
+        ]
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml")
@@ -91,15 +109,25 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of all modes")
     parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE", help="config for Ray runs")
     args = parser.parse_args()
     if "local" not in args.modes:
         parser.error("--modes must include local (the reference)")
-    results, walls = {}, {}
-    for name in args.modes:
-        run_dir, walls[name] = run_mode(name, args)
-        results[name] = medians(run_dir, args.warmup)
-    text = table(results, walls)
+    rounds: list[dict[str, dict[str, float]]] = []
+    walls: dict[str, list[float]] = {name: [] for name in args.modes}
+    for round_index in range(args.repeats):
+        rounds.append({})
+        for name in args.modes:
+            run_dir, wall = run_mode(name, args, round_index)
+            walls[name].append(wall)
+            rounds[-1][name] = medians(run_dir, args.warmup)
+    results = {
+        name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]} for name in args.modes
+    }
+    text = table(results, {name: statistics.median(values) for name, values in walls.items()})
+    if args.repeats > 1:
+        text += "\n" + rounds_table(rounds)
     (args.runs_dir / "ray_overhead.md").write_text(text)
     print(text)
     return 0

@@ -194,6 +194,10 @@ class RewardSpec(Section):
     """Weight of this term."""
     mode: Literal["binary", "partial"] = "binary"
     """geneval only: 1/0 correctness, or the fraction of clauses met."""
+    strict: bool = False
+    """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
+    class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing
+    many objects; the evaluation keeps GenEval's rules."""
     model: str = "builtin:shapes-clip"
     """clip/hps: open_clip model: a local-dir folder (open_clip_config.json + weights), `builtin:shapes-clip`, or an
     architecture name (`ViT-H-14`) with `checkpoint`. Left out: builtin:shapes-clip for clip, ViT-H-14 for hps."""
@@ -214,6 +218,8 @@ class RewardSpec(Section):
     def _check_name_fields(self) -> RewardSpec:
         if self.name == "hps" and self.checkpoint is None:
             raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
+        if self.strict and self.name != "geneval":
+            raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
         return self
 
 
@@ -376,11 +382,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
     *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+    node: Any = data
+    for depth, key in enumerate([*parents, leaf]):
+        where = ".".join([*parents, leaf][:depth]) or "the top level"
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}")
+            index: Any = int(key)
+        elif isinstance(node, dict):
+            index = key
+        else:
+            raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
+        if depth == len(parents):
+            node[index] = value
+        elif isinstance(node, dict):
+            node = node.setdefault(index, {})
+        else:
+            node = node[index]
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:

@@ -43,9 +43,7 @@ from tqdm import tqdm
 from maskfocus.actors.cluster import check_supported as _check_supported
 from maskfocus.actors.cluster import connect
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.pool import WorkerPool, make_actors
-from maskfocus.actors.reward_worker import RewardWorker
-from maskfocus.actors.rollout_worker import RolloutWorker
+from maskfocus.actors.pool import role_pools
 from maskfocus.config import RunConfig
 from maskfocus.learner.checkpoint import RunState, resume_state
 from maskfocus.learner.group import LearnerGroup
@@ -89,35 +87,8 @@ class RayRun:
         weight_group: WeightGroup | None = None,
     ):
         self.config, self.run_dir, self.batches, self.store = config, run_dir, batches, store
-        ray_config = config.ray
         self.collective = weight_group is not None
-        self.rollouts = WorkerPool(
-            make_actors(
-                RolloutWorker,
-                ray_config.num_rollout_workers,
-                config,
-                run_dir.name,
-                num_cpus=ray_config.rollout_cpus,
-                num_gpus=ray_config.rollout_gpus,
-                max_restarts=0 if self.collective else ray_config.max_restarts,  # a restart cannot rejoin the group
-            )
-        )
-        if weight_group is not None:
-            joins = [
-                actor.join_weight_group.remote(weight_group, rank) for rank, actor in enumerate(self.rollouts.actors, 1)
-            ]
-            ray.get(joins, timeout=ray_config.timeout_s)
-        self.rewards = WorkerPool(
-            make_actors(
-                RewardWorker,
-                ray_config.num_reward_workers,
-                config,
-                run_dir.name,
-                num_cpus=ray_config.reward_cpus,
-                num_gpus=ray_config.reward_gpus,
-                max_restarts=ray_config.max_restarts,
-            )
-        )
+        self.rollouts, self.rewards = role_pools(config, run_dir.name, weight_group)
         self.prompts = PromptStream.from_config(config, start.prompt_cursor)
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations

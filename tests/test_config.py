@@ -38,6 +38,18 @@ def test_overrides_apply_dotted_keys(tmp_path):
     assert config.sampler.cfg_scale == 1.5
 
 
+def test_overrides_index_lists_and_reject_bad_paths():
+    config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"rewards.0.strict": True, "rewards.0.weight": 2.0})
+    assert config.rewards[0].strict and config.rewards[0].weight == 2.0
+    for dotted, message in [
+        ("rewards.1.weight", "rewards is a list of 1; use an index 0..0"),
+        ("rewards.first.weight", "rewards is a list of 1"),
+        ("seed.value", "seed is a value, not a section"),
+    ]:
+        with pytest.raises(ConfigError, match=f"--set {dotted}: {message}"):
+            load_config(ROOT / "configs" / "shapes_tiny.yaml", {dotted: 1})
+
+
 def test_config_is_frozen():
     config = RunConfig()
     with pytest.raises(ValidationError):

@@ -10,6 +10,7 @@ import torch
 
 from maskfocus.config import ConfigError, GenEvalDetectorConfig, RewardSpec
 from maskfocus.images import to_tensor
+from maskfocus.rewards.geneval import strict_metadata
 from maskfocus.rewards.judges import Judge, build_judge
 
 
@@ -21,14 +22,20 @@ class Reward(Protocol):
 
 
 class GenEvalReward:
-    """GenEval correctness (binary) or clause fraction (partial) from a judge (shapes detector by default)."""
+    """GenEval correctness (binary) or clause fraction (partial) from a judge (shapes detector by default).
+    `strict`: judged against `strict_metadata`, so extra objects cost reward (needs a judge with known classes)."""
 
-    def __init__(self, mode: str = "binary", judge: Judge | None = None):
+    def __init__(self, mode: str = "binary", judge: Judge | None = None, strict: bool = False):
         self.name = f"geneval_{mode}"
         self.mode = mode
         self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())
+        if strict and not self.judge.known_classes:
+            raise ConfigError(f"rewards: strict needs a detector with a fixed class list; {self.judge.name} has none")
+        self.strict_classes = list(self.judge.known_classes or []) if strict else None
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
+        if self.strict_classes is not None:
+            metadata_B = [strict_metadata(metadata, self.strict_classes) for metadata in metadata_B]
         results = self.judge.judge(images_BHWC, metadata_B)
         values = [float(r.correct) if self.mode == "binary" else r.score for r in results]
         return torch.tensor(values, dtype=torch.float32)
@@ -60,7 +67,7 @@ class WeightedReward:
 def build_reward(spec: RewardSpec, device: str = "cpu", field: str = "rewards[]") -> Reward:
     """One reward term from its spec; missing local files raise ModelLoadError naming `field.<key>` and the path."""
     if spec.name == "geneval":
-        return GenEvalReward(spec.mode, build_judge(spec.detector, device, f"{field}.detector"))
+        return GenEvalReward(spec.mode, build_judge(spec.detector, device, f"{field}.detector"), spec.strict)
     if spec.name == "hps":
         from maskfocus.rewards.hps import load_hps_scorer
 

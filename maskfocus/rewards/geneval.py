@@ -174,6 +174,21 @@ def evaluate(
     return GenEvalResult(correct=not reasons, score=score, reasons=tuple(reasons))
 
 
+def strict_metadata(metadata: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """The record with exclude clauses that forbid anything the prompt does not ask for: more of a named class
+    than the prompt's total count of it, and any detection of the other `class_names`. GenEval's own rules only
+    ask for "at least"; a reward with these clauses no longer pays for filling the image with extra objects.
+    Existing exclude clauses stay (a counting prompt's already caps its class)."""
+    named: dict[str, int] = {}
+    for clause in metadata["include"]:
+        named[clause["class"]] = named.get(clause["class"], 0) + clause["count"]
+    excludes = [dict(clause) for clause in metadata.get("exclude", [])]
+    capped = {clause["class"] for clause in excludes}
+    excludes += [{"class": name, "count": count + 1} for name, count in named.items() if name not in capped]
+    excludes += [{"class": name, "count": 1} for name in class_names if name not in named and name not in capped]
+    return {**metadata, "exclude": excludes}
+
+
 def summarize(records: Iterable[tuple[str, bool]]) -> dict[str, Any]:
     """GenEval summary of per-image (tag, correct) records.
 

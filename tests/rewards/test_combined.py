@@ -51,6 +51,21 @@ def test_geneval_terms_use_the_configured_detector(tiny_owlv2_folder, tiny_clip_
     assert values.shape == (2,) and ((values >= 0) & (values <= 1)).all()
 
 
+def test_strict_geneval_term_pays_less_for_extra_objects():
+    from maskfocus.shapes.render import render_batch
+    from maskfocus.shapes.scene import Scene, ShapeObject
+
+    extra = Scene((ShapeObject("circle", "red", 16, 16, 16), ShapeObject("square", "blue", 44, 44, 16)))
+    images = render_batch([extra])
+    meta = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}]
+    loose = build_rewards([RewardSpec(name="geneval", mode="partial")])
+    strict = build_rewards([RewardSpec(name="geneval", mode="partial", strict=True)])
+    assert loose(images, meta)[0].item() == 1.0
+    assert strict(images, meta)[0].item() == pytest.approx(1 - 1 / 5)  # the square breaks one of 5 clauses
+    with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict` applies to geneval terms only, not clip"):
+        config_from_dict({"rewards": [{"name": "clip", "strict": True}]})
+
+
 def test_default_geneval_term_is_the_shapes_detector():
     ((_, term),) = build_rewards([RewardSpec(name="geneval")]).terms
     assert term.name == "geneval_binary" and term.judge.name == "shapes"

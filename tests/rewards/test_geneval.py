@@ -21,6 +21,7 @@ from maskfocus.rewards.geneval import (
     iter_metadata_lines,
     load_metadata,
     relative_position,
+    strict_metadata,
     summarize,
     validate_metadata,
 )
@@ -372,3 +373,47 @@ def test_blank_lines_are_skipped_and_good_lines_round_trip() -> None:
 def test_schema_error_lists_allowed_values() -> None:
     with pytest.raises(MetadataError, match=r"^<metadata>: include\[0\]\.color: expected one of red, orange"):
         validate_metadata({"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "Red"}], "prompt": "p"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strict metadata (reward option): nothing beyond what the prompt asks for
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "diamond")
+
+
+def test_strict_single_object_caps_its_class_and_forbids_the_others() -> None:
+    meta = record("single_object", [{"class": "circle", "count": 1}])
+    strict = strict_metadata(meta, SHAPE_CLASSES)
+    assert strict["exclude"] == [
+        {"class": "circle", "count": 2},
+        {"class": "square", "count": 1},
+        {"class": "triangle", "count": 1},
+        {"class": "diamond", "count": 1},
+    ]
+    assert "exclude" not in meta  # the input record is left as it was
+    one = {"circle": [det(50, 50)]}
+    extra = {"circle": [det(50, 50), det(150, 150)], "square": [det(100, 20)]}
+    assert evaluate(one, strict).correct and evaluate(extra, meta).correct
+    result = evaluate(extra, strict)
+    assert not result.correct and result.score == 1 - 2 / 5  # 1 include + 4 excludes, two excludes fail
+    check_consistent(result)
+
+
+def test_strict_keeps_a_counting_prompts_own_cap_and_sums_repeated_classes() -> None:
+    counting = record("counting", [{"class": "square", "count": 3}], [{"class": "square", "count": 4}])
+    assert strict_metadata(counting, SHAPE_CLASSES)["exclude"][:2] == [
+        {"class": "square", "count": 4},
+        {"class": "circle", "count": 1},
+    ]
+    two_of_one = record("two_object", [{"class": "circle", "count": 1}, {"class": "circle", "count": 1}])
+    assert {"class": "circle", "count": 3} in strict_metadata(two_of_one, SHAPE_CLASSES)["exclude"]
+
+
+def test_strict_real_records_pass_with_exactly_the_asked_objects() -> None:
+    for meta in real_records():
+        strict = strict_metadata(meta, ["dog", "cat", *{c["class"] for c in meta["include"]}])
+        assert evaluate(perfect_detections(meta), strict).correct, meta
+        one_more = perfect_detections(meta)
+        first = meta["include"][0]["class"]
+        one_more[first] = [*one_more[first], det(900, 900, color=meta["include"][0].get("color"))]
+        assert not evaluate(one_more, strict).correct, meta
