@@ -1,4 +1,5 @@
-"""Shapes-world ablation of MaskFocus: critical-K vs random-K vs all-T steps, router on/off, remask modes.
+"""Shapes-world ablation of MaskFocus: critical-K vs random-K vs all-T steps, router on/off, remask modes, and
+the strict GenEval reward (rewards[0].strict: extra objects cost reward), the check on reward hacking.
 
 Each variant runs `maskfocus train --executor local` from configs/shapes_tiny.yaml with the same number of
 rollouts for several seeds, then reads each run's final evaluation and learner time per iteration, and
@@ -33,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "all": ["selection.strategy=all"],
     "critical_no_router": ["router.enabled=false"],
     "critical_remask_trajectory": ["grpo.remask=trajectory"],
+    "critical_strict_reward": ["rewards.0.strict=true"],  # not an ablation of the paper: the reward-hacking check
 }
 
 

@@ -60,6 +60,9 @@ class SamplerConfig(Section):
     """Classifier-free guidance scale s in l_uncond + s * (l_cond - l_uncond); 1.0 disables CFG (one forward)."""
     gumbel_temperature: float = Field(2.0, ge=0.0)
     """tau_0: Gumbel noise scale on the confidence at step 0, falling linearly to 0 at the last step."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Softmax temperature of every token draw (logits / temperature); 1.0 = the plain softmax of ALGORITHM.md.
+    Below 1 draws fewer unlikely tokens (fewer stray fragments, less diversity)."""
     negative_prompt: str = ""
     """Prompt for the unconditional branch of CFG (empty = unconditional)."""
     batch_size: int = Field(64, ge=1)

@@ -105,8 +105,10 @@ def sample(
     generator: torch.Generator,
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
+    temperature: float = 1.0,
 ) -> SampleResult:
-    """Sample one image per condition row. `uncondition` (same batch size) enables CFG."""
+    """Sample one image per condition row. `uncondition` (same batch size) enables CFG. `temperature` divides the
+    guided logits of every draw (1.0 = ALGORITHM.md's softmax); the router's per-token temperatures apply on top."""
     batch = len(condition)
     num_tokens = model.grid_size[0] * model.grid_size[1]
     if num_steps > num_tokens:
@@ -118,6 +120,8 @@ def sample(
     for step in range(num_steps):
         masked_BL = tokens_BL == model.mask_token_id
         logits_BLV = guided_logits(model, tokens_BL, condition, uncondition, cfg_scale, step, num_steps)
+        if temperature != 1.0:
+            logits_BLV = logits_BLV / temperature
         entropy_B = masked_entropy(logits_BLV, masked_BL)
         routes_B = torch.zeros(batch, dtype=torch.bool, device=device)
         if token_temperature is not None:
@@ -183,6 +187,7 @@ def sample_prompts(
     negative_prompt: str = "",
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
+    temperature: float = 1.0,
 ) -> SampleResult:
     """Encode prompts (and the negative prompt for CFG when cfg_scale != 1) and sample one image each."""
     condition = model.encode_prompts(prompts)
@@ -199,6 +204,7 @@ def sample_prompts(
         generator=generator,
         record=record,
         token_temperature=token_temperature,
+        temperature=temperature,
     )
 
 
@@ -210,7 +216,7 @@ def sample_with_config(
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
 ) -> SampleResult:
-    """`sample_prompts` with T, CFG scale, tau_0 and the negative prompt taken from a SamplerConfig."""
+    """`sample_prompts` with T, CFG scale, tau_0, the draw temperature and the negative prompt of a SamplerConfig."""
     return sample_prompts(
         model,
         prompts,
@@ -221,4 +227,5 @@ def sample_with_config(
         generator=generator,
         record=record,
         token_temperature=token_temperature,
+        temperature=sampler.temperature,
     )

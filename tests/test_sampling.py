@@ -6,7 +6,14 @@ import pytest
 import torch
 from support import ToyGenerator
 
-from maskfocus.sampling import gumbel_temperature, mask_schedule, sample, sample_prompts, seeded_generator
+from maskfocus.sampling import (
+    guided_logits,
+    gumbel_temperature,
+    mask_schedule,
+    sample,
+    sample_prompts,
+    seeded_generator,
+)
 
 
 def reference_schedule(num_tokens: int, num_steps: int) -> list[int]:
@@ -33,7 +40,7 @@ def test_gumbel_temperature_falls_linearly_to_zero():
     assert all(d == pytest.approx(0.25) for d in diffs)
 
 
-def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5):
+def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5, **options):
     cond = model.encode_prompts([f"p{i}" for i in range(batch)])
     uncond = model.encode_prompts([""]).repeat_interleave(batch) if cfg != 1.0 else None
     return sample(
@@ -45,6 +52,7 @@ def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5):
         gumbel_temperature_initial=2.0,
         generator=seeded_generator(seed),
         record=record,
+        **options,
     )
 
 
@@ -77,6 +85,22 @@ def test_same_seed_same_images_and_different_seed_differs():
     a, b, c = _run(model, seed=7), _run(model, seed=7), _run(model, seed=8)
     assert torch.equal(a.tokens_BL, b.tokens_BL)
     assert not torch.equal(a.tokens_BL, c.tokens_BL)
+
+
+def test_near_zero_temperature_draws_the_argmax_of_the_guided_logits():
+    model = ToyGenerator()
+    steps, batch, cfg = 5, 4, 2.0
+    result = _run(model, steps=steps, batch=batch, cfg=cfg, temperature=1e-6)
+    cond = model.encode_prompts([f"p{i}" for i in range(batch)])
+    uncond = model.encode_prompts([""]).repeat_interleave(batch)
+    for step in range(steps):
+        masked_BL = result.masks_BTL[:, step]
+        inputs_BL = result.x0_BTL[:, step].masked_fill(masked_BL, model.mask_token_id)
+        logits_BLV = guided_logits(model, inputs_BL, cond, uncond, cfg, step, steps)
+        assert torch.equal(result.x0_BTL[:, step][masked_BL], logits_BLV.argmax(-1)[masked_BL])
+    assert torch.equal(_run(model, seed=3).tokens_BL, _run(model, seed=3, temperature=1.0).tokens_BL)  # default
+    hot, cold = _run(model, temperature=3.0), _run(model, temperature=0.3)
+    assert hot.entropy_BT[:, 0].mean() > cold.entropy_BT[:, 0].mean()  # same all-mask input at step 0
 
 
 def test_cfg_uses_one_batched_forward_per_step_and_none_without_guidance():
