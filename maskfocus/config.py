@@ -62,7 +62,7 @@ class SamplerConfig(Section):
     """tau_0: Gumbel noise scale on the confidence at step 0, falling linearly to 0 at the last step."""
     temperature: float = Field(1.0, gt=0.0)
     """Softmax temperature of every token draw (logits / temperature); 1.0 = the plain softmax of ALGORITHM.md.
-    Below 1 draws fewer unlikely tokens (fewer stray fragments, less diversity)."""
+    On the shapes model, below 1 leaves objects out and above 1 draws more of them (benchmarks/RESULTS.md)."""
     negative_prompt: str = ""
     """Prompt for the unconditional branch of CFG (empty = unconditional)."""
     batch_size: int = Field(64, ge=1)
@@ -379,31 +379,32 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    return config_from_dict(data, str(path))
+    return config_from_dict(_apply_overrides(data, overrides), str(path))
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
-    *parents, leaf = dotted.split(".")
+    keys = dotted.split(".")
     node: Any = data
-    for depth, key in enumerate([*parents, leaf]):
-        where = ".".join([*parents, leaf][:depth]) or "the top level"
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[:depth]) or "the top level"
+        index: Any = key
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
                 raise ConfigError(f"--set {dotted}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}")
-            index: Any = int(key)
-        elif isinstance(node, dict):
-            index = key
-        else:
+            index = int(key)
+        elif not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
-        if depth == len(parents):
+        if depth == len(keys) - 1:
             node[index] = value
-        elif isinstance(node, dict):
-            node = node.setdefault(index, {})
         else:
-            node = node[index]
+            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return data
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
@@ -415,7 +416,4 @@ def default_run_config(overrides: dict[str, Any] | None = None) -> RunConfig:
     """configs/shapes_tiny.yaml with `overrides`, or the field defaults where that file is not installed."""
     if DEFAULT_CONFIG.is_file():
         return load_config(DEFAULT_CONFIG, overrides)
-    data: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    return config_from_dict(data, "<defaults>")
+    return config_from_dict(_apply_overrides({}, overrides), "<defaults>")

@@ -31,7 +31,7 @@ class GenEvalReward:
         self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())
         if strict and not self.judge.known_classes:
             raise ConfigError(f"rewards: strict needs a detector with a fixed class list; {self.judge.name} has none")
-        self.strict_classes = list(self.judge.known_classes or []) if strict else None
+        self.strict_classes = list(self.judge.known_classes) if strict else None
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
         if self.strict_classes is not None:
