@@ -4,7 +4,7 @@ For choosing the sampler of a config: every `--every`-th prompt row, `--images` 
 detector and the GenEval rules, one line per combination of the `--grid` values (a markdown table).
 
 Usage: python benchmarks/sampler_sweep.py --grid sampler.gumbel_temperature=2,4,8 sampler.num_steps=12,24
-       [--model builtin:shapes-tiny] [--every 4] [--images 1]
+       [--model builtin:shapes-tiny] [--every 4] [--images 1] [--tags single_object ...]
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--every", type=int, default=4, help="use every n-th row of shapes-geneval")
     parser.add_argument("--images", type=int, default=1, help="images per row")
+    parser.add_argument("--tags", nargs="+", choices=TAGS, default=list(TAGS), help="only the rows of these tags")
     args = parser.parse_args()
     grid = parse_grid(args.grid)
     base = default_run_config({"model.path": args.model} if args.model else None)
     model = load_generator(base.model)
-    rows = load_rows("shapes-geneval")[:: args.every]
+    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags][:: args.every]
     detector = ShapesDetector()
-    print("| " + " | ".join(grid) + " | " + " | ".join(TAGS) + " | overall | seconds |")
-    print("|---" * (len(grid) + len(TAGS) + 2) + "|")
+    print("| " + " | ".join(grid) + " | " + " | ".join(args.tags) + " | overall | seconds |")
+    print("|---" * (len(grid) + len(args.tags) + 2) + "|")
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values, strict=True))
         sampler = default_run_config(overrides).sampler
@@ -58,7 +59,7 @@ def main() -> int:
             detector.detect_batch,
             show_progress=False,
         )
-        cells = [str(v) for v in values] + [f"{summary['tags'][tag]:.3f}" for tag in TAGS]
+        cells = [str(v) for v in values] + [f"{summary['tags'][tag]:.3f}" for tag in args.tags]
         print("| " + " | ".join(cells) + f" | {summary['overall']:.3f} | {summary['seconds']} |", flush=True)
     return 0
 

@@ -165,15 +165,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from maskfocus.shapes.pretrain import run_pretraining
+    from maskfocus.config import section_with_overrides
+    from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
 
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    overrides = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt, **_parse_set(args.set)}
     run_pretraining(
         Path(args.out) if args.out else None,
         stages=stages,
-        seed=args.seed,
-        eval_images_per_prompt=args.eval_images_per_prompt,
         command="maskfocus " + " ".join(sys.argv[1:]),
+        config=section_with_overrides(PretrainConfig, overrides, "of maskfocus pretrain (--set)"),
     )
     return 0
 
@@ -241,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--stages", default="vq,generator,clip", help="comma list of vq,generator,clip")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--eval-images-per-prompt", type=int, default=4)
+    pretrain.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)",
+    )
     pretrain.set_defaults(func=cmd_pretrain)
     return parser
 

@@ -7,7 +7,7 @@ file. Each component receives only its own section. Field docstrings give the un
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,6 +26,9 @@ class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected, docstrings kept for fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class ModelConfig(Section):
@@ -362,10 +365,20 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     """Validate a plain dict into a RunConfig, raising ConfigError with field paths on failure."""
+    return validate_section(RunConfig, data, source)
+
+
+def validate_section(cls: type[SectionT], data: dict[str, Any], source: str) -> SectionT:
+    """Validate a plain dict into any config class (`RunConfig`, `PretrainConfig`), with ConfigError on failure."""
     try:
-        return RunConfig.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None, source: str) -> SectionT:
+    """The defaults of `cls` with dotted `--set` overrides applied, validated."""
+    return validate_section(cls, _apply_overrides({}, overrides), source)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -93,3 +93,10 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector():
         pytest.skip("../shared/data/geneval is not beside the project")
     result = run_cli("eval", "--metadata", str(real), "--no-clip")
     assert result.returncode == 2 and "cannot detect" in result.stderr
+
+
+def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path):
+    result = run_cli("pretrain", "--out", str(tmp_path), "--set", "generator.transformer.width=128")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "generator.transformer.width" in result.stderr and "unknown key" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written

@@ -23,7 +23,7 @@ from maskfocus.config import Section
 from maskfocus.shapes.prompts import CaptionMix, loose_caption, pretraining_pair
 from maskfocus.shapes.render import render_batch
 from maskfocus.shapes.scene import Scene
-from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer, default_micro_conds
+from maskfocus.shapes.tiny_model import TransformerShape, build_text_encoder, build_transformer, default_micro_conds
 
 LogFn = Callable[[dict], None]
 
@@ -45,14 +45,37 @@ class GeneratorPretrainConfig(Section):
     """Probability of training on the empty caption (for classifier-free guidance)."""
     caption_mix: CaptionMix = CaptionMix()
     """How loosely scenes are captioned; looser captions leave more headroom for RL."""
+    foreground_first: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of examples whose mask covers the object tokens before any background token, as the sampler
+    leaves them (see `mask_random_positions`); 0 = uniform MaskGIT masks only."""
+    transformer: TransformerShape = TransformerShape()
+    """Size of the masked transformer."""
 
 
-def mask_random_positions(tokens_BL: torch.Tensor, mask_id: int, generator: torch.Generator) -> torch.Tensor:
-    """MaskGIT training mask: per sample ceil(L cos(pi/2 r)) positions (at least 1), r ~ U(0, 1)."""
+def mask_random_positions(
+    tokens_BL: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator,
+    foreground_first: float = 0.0,
+    background_code: int | None = None,
+) -> torch.Tensor:
+    """MaskGIT training mask: per sample ceil(L cos(pi/2 r)) positions (at least 1), r ~ U(0, 1).
+
+    Positions are uniformly random, except that with probability `foreground_first` a sample masks every
+    token other than `background_code` before any background token (random order within each group). The
+    sampler commits the confident background first and leaves whole objects masked until the last steps; with
+    uniform masks alone the model almost never sees an object that is masked entirely while the background
+    around it is known, and learns to leave such holes empty.
+    """
     batch, num_tokens = tokens_BL.shape
     ratio_B = torch.cos(math.pi / 2 * torch.rand(batch, generator=generator))
     count_B = (ratio_B * num_tokens).ceil().clamp(min=1).long()
-    rank_BL = torch.rand(batch, num_tokens, generator=generator).argsort(-1).argsort(-1)
+    priority_BL = torch.rand(batch, num_tokens, generator=generator)
+    if foreground_first > 0:
+        assert background_code is not None, "foreground_first needs the background code"
+        chosen_B = torch.rand(batch, generator=generator) < foreground_first
+        priority_BL = priority_BL - (chosen_B.unsqueeze(-1) & (tokens_BL != background_code)).float()
+    rank_BL = priority_BL.argsort(-1).argsort(-1)  # lowest priority value masked first
     return rank_BL < count_B.unsqueeze(-1)
 
 
@@ -98,10 +121,11 @@ def train_generator(
     generator = torch.Generator().manual_seed(seed)
     scenes = [pretraining_pair(rng, config.caption_mix)[0] for _ in range(config.num_scenes)]
     corpus_NL = tokenize_scenes(vqvae, scenes)
+    background = int(tokenize_scenes(vqvae, [Scene(objects=())])[0, 0])
     text_encoder = build_text_encoder(
         len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
     ).train()
-    transformer = build_transformer().train()
+    transformer = build_transformer(config.transformer).train()
     parameters = list(text_encoder.parameters()) + list(transformer.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     mask_id = transformer.config.codebook_size
@@ -115,7 +139,7 @@ def train_generator(
             for i in pick
         ]
         targets_BL = corpus_NL[torch.from_numpy(pick)]
-        masked_BL = mask_random_positions(targets_BL, mask_id, generator)
+        masked_BL = mask_random_positions(targets_BL, mask_id, generator, config.foreground_first, background)
         inputs_BL = targets_BL.masked_fill(masked_BL, mask_id)
         hidden, pooled = _encode_text(text_encoder, tokenizer, captions)
         micro = default_micro_conds(len(pick))
