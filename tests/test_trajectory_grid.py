@@ -1,0 +1,40 @@
+"""benchmarks/trajectory_grid.py: every step's x0 prediction, darkened where still masked, then the image."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskfocus.config import SamplerConfig
+from maskfocus.images import to_uint8
+from maskfocus.sampling import sample_with_config, seeded_generator
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "trajectory_grid.py"
+
+
+@pytest.fixture(scope="module")
+def grid_module():
+    spec = importlib.util.spec_from_file_location("trajectory_grid", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["trajectory_grid"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cells_darken_exactly_the_masked_positions_and_end_with_the_image(grid_module, tiny_model):
+    sampler = SamplerConfig(num_steps=4, batch_size=2)
+    result = sample_with_config(tiny_model, ["a photo of a circle"] * 2, sampler, seeded_generator(0), record=True)
+    cells = grid_module.step_cells(tiny_model, result, 1)
+    assert cells.shape == (5, 64, 64, 3)
+    assert np.array_equal(cells[-1], to_uint8(tiny_model.decode(result.tokens_BL[1:2]))[0])
+    plain = to_uint8(tiny_model.decode(result.x0_BTL[1])).astype(np.float32)
+    for step in range(4):
+        masked_hw = result.masks_BTL[1, step].view(16, 16).numpy().repeat(4, 0).repeat(4, 1)
+        expected = np.where(masked_hw[..., None], plain[step] * grid_module.MASKED_BRIGHTNESS, plain[step])
+        assert np.array_equal(cells[step], expected.round().astype(np.uint8))
+    assert result.masks_BTL[1, 0].all()  # the first step starts fully masked: its whole cell is dark
+    assert cells[0].max() <= round(255 * grid_module.MASKED_BRIGHTNESS)
