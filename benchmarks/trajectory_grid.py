@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 import torch
-import yaml
 
+from maskfocus.cli import parse_set
 from maskfocus.config import default_run_config
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)")
     args = parser.parse_args()
-    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
+    overrides = parse_set(args.set)
     if args.model:
         overrides["model.path"] = args.model
     config = default_run_config(overrides)

@@ -119,7 +119,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict:
     return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) is not None}
 
 
-def _parse_set(items: list[str]) -> dict:
+def parse_set(items: list[str]) -> dict:
     import yaml
 
     overrides = {}
@@ -134,7 +134,7 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from maskfocus.run_io import new_run_folder
 
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     if args.executor:
         overrides["train.executor"] = args.executor
     if args.iterations is not None:
@@ -169,7 +169,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
 
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
-    overrides = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt, **_parse_set(args.set)}
+    overrides = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt, **parse_set(args.set)}
     run_pretraining(
         Path(args.out) if args.out else None,
         stages=stages,

@@ -50,3 +50,17 @@ class ToyGenerator:
 
     def trainable_module(self):
         return self.transformer
+
+
+def load_benchmark(name: str):
+    """Import benchmarks/NAME.py as module NAME (the benchmarks folder is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

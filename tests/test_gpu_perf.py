@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_perf.py"
+from support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def perf():
-    spec = importlib.util.spec_from_file_location("gpu_perf", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_perf"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_perf")
 
 
 def test_count_flops_of_a_linear_layer_is_two_multiply_adds_per_weight_and_row(perf):

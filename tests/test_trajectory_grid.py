@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from support import load_benchmark
 
 from maskfocus.config import SamplerConfig
 from maskfocus.images import to_uint8
 from maskfocus.sampling import sample_with_config, seeded_generator
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "trajectory_grid.py"
-
 
 @pytest.fixture(scope="module")
 def grid_module():
-    spec = importlib.util.spec_from_file_location("trajectory_grid", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["trajectory_grid"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("trajectory_grid")
 
 
 def test_cells_darken_exactly_the_masked_positions_and_end_with_the_image(grid_module, tiny_model):
