@@ -36,7 +36,8 @@ def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
-    overrides = {}
+    """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top."""
+    overrides = parse_set(getattr(args, "set", None) or [])
     if getattr(args, "steps", None) is not None:
         overrides["sampler.num_steps"] = args.steps
     if getattr(args, "cfg", None) is not None:
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
+    _add_set_option(sample, "override a config key, e.g. --set sampler.compile=false (repeatable)")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = commands.add_parser("eval", help="GenEval-style evaluation with a per-tag table")
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--detector-path", help="OWLv2 folder (transformers format) for --detector owlv2")
     evaluate.add_argument("--color-clip", help="open_clip folder of the colour classifier for --detector owlv2")
     evaluate.add_argument("--server-url", help="Flow-GRPO-compatible GenEval reward server for --detector http")
+    _add_set_option(evaluate, "override a config key, e.g. --set sampler.compile=false (repeatable)")
     evaluate.set_defaults(func=cmd_eval)
 
     train = commands.add_parser("train", help="RL post-training (MaskFocus GRPO) from one YAML config")
@@ -228,13 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set selection.strategy=random (repeatable)",
-    )
+    _add_set_option(train, "override any config key, e.g. --set selection.strategy=random (repeatable)")
     train.set_defaults(func=cmd_train)
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
@@ -242,15 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--stages", default="vq,generator,clip", help="comma list of vq,generator,clip")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--eval-images-per-prompt", type=int, default=4)
-    pretrain.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)",
-    )
+    _add_set_option(pretrain, "override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)")
     pretrain.set_defaults(func=cmd_pretrain)
     return parser
+
+
+def _add_set_option(command: argparse.ArgumentParser, help_text: str) -> None:
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:

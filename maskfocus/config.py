@@ -70,6 +70,10 @@ class SamplerConfig(Section):
     """Prompt for the unconditional branch of CFG (empty = unconditional)."""
     batch_size: int = Field(64, ge=1)
     """Images sampled per model forward batch."""
+    compile: bool = False
+    """Sample through a `torch.compile`d copy of the transformer (maskfocus.compiled): about 2x faster for the
+    tiny model on a CPU after ~30 s of compiling per batch size; logits equal the eager ones to ~1e-5, not
+    bit for bit. The learner always runs eager."""
 
 
 class EvalConfig(Section):

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from maskfocus.compiled import sampling_module
 from maskfocus.config import SamplerConfig
 from maskfocus.models.base import Condition, MaskedGenerator
 
@@ -76,11 +78,14 @@ def guided_logits(
     cfg_scale: float,
     step: int,
     num_steps: int,
+    module: nn.Module | None = None,
 ) -> torch.Tensor:
-    """l = l_uncond + s (l_cond - l_uncond), both branches in one forward; no CFG when uncondition is None."""
+    """l = l_uncond + s (l_cond - l_uncond), both branches in one forward; no CFG when uncondition is None.
+    `module` replaces the model's transformer (the compiled sampling copy)."""
     if uncondition is None:
-        return model.logits(tokens_BL, condition, step, num_steps)
-    both = model.logits(torch.cat([tokens_BL, tokens_BL]), Condition.cat([condition, uncondition]), step, num_steps)
+        return model.logits(tokens_BL, condition, step, num_steps, module=module)
+    tokens_2BL, condition_2B = torch.cat([tokens_BL, tokens_BL]), Condition.cat([condition, uncondition])
+    both = model.logits(tokens_2BL, condition_2B, step, num_steps, module=module)
     cond_BLV, uncond_BLV = both.chunk(2)
     return uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
 
@@ -106,9 +111,11 @@ def sample(
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
     temperature: float = 1.0,
+    module: nn.Module | None = None,
 ) -> SampleResult:
     """Sample one image per condition row. `uncondition` (same batch size) enables CFG. `temperature` divides the
-    guided logits of every draw (1.0 = ALGORITHM.md's softmax); the router's per-token temperatures apply on top."""
+    guided logits of every draw (1.0 = ALGORITHM.md's softmax); the router's per-token temperatures apply on top.
+    `module` replaces the model's transformer in every forward (see maskfocus.compiled)."""
     batch = len(condition)
     num_tokens = model.grid_size[0] * model.grid_size[1]
     if num_steps > num_tokens:
@@ -119,7 +126,7 @@ def sample(
     trace: dict[str, list[torch.Tensor]] = {"masks": [], "x0": [], "entropy": [], "routes": []}
     for step in range(num_steps):
         masked_BL = tokens_BL == model.mask_token_id
-        logits_BLV = guided_logits(model, tokens_BL, condition, uncondition, cfg_scale, step, num_steps)
+        logits_BLV = guided_logits(model, tokens_BL, condition, uncondition, cfg_scale, step, num_steps, module)
         if temperature != 1.0:
             logits_BLV = logits_BLV / temperature
         entropy_B = masked_entropy(logits_BLV, masked_BL)
@@ -188,6 +195,7 @@ def sample_prompts(
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
     temperature: float = 1.0,
+    module: nn.Module | None = None,
 ) -> SampleResult:
     """Encode prompts (and the negative prompt for CFG when cfg_scale != 1) and sample one image each."""
     condition = model.encode_prompts(prompts)
@@ -205,6 +213,7 @@ def sample_prompts(
         record=record,
         token_temperature=token_temperature,
         temperature=temperature,
+        module=module,
     )
 
 
@@ -216,7 +225,8 @@ def sample_with_config(
     record: bool = False,
     token_temperature: TokenTemperature | None = None,
 ) -> SampleResult:
-    """`sample_prompts` with T, CFG scale, tau_0, the draw temperature and the negative prompt of a SamplerConfig."""
+    """`sample_prompts` with T, CFG scale, tau_0, the draw temperature and the negative prompt of a SamplerConfig,
+    through the compiled copy of the transformer when `sampler.compile` is set."""
     return sample_prompts(
         model,
         prompts,
@@ -228,4 +238,5 @@ def sample_with_config(
         record=record,
         token_temperature=token_temperature,
         temperature=sampler.temperature,
+        module=sampling_module(model) if sampler.compile else None,
     )

@@ -54,9 +54,15 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
     assert "overall" in result.stdout and grid.stat().st_size > 0
 
 
+def test_eval_set_names_an_unknown_key(tmp_path):
+    result = run_cli("eval", "--limit", "1", "--no-clip", "--set", "sampler.complie=true")
+    assert result.returncode == 2 and "sampler.complie" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_sample_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
-    result = run_cli("sample", "--prompt", "a photo of a red circle", "--num-images", "4", "--out", str(out))
+    args = ["--num-images", "4", "--out", str(out), "--set", "sampler.compile=false"]
+    result = run_cli("sample", "--prompt", "a photo of a red circle", *args)
     assert result.returncode == 0, result.stderr
     from PIL import Image
 

@@ -20,6 +20,8 @@ TINY = [
     "rollout.group_size=2",
     "--set",
     "sampler.num_steps=4",
+    "--set",  # compiling costs more than it saves on a few tiny batches
+    "sampler.compile=false",
     "--set",
     "selection.num_steps=2",
     "--set",
