@@ -99,8 +99,10 @@ class AmusedGenerator(VQTextGenerator):
         return self._to_logits(logits_BVhw)
 
     def blocks(self) -> list[nn.Module]:
-        """The repeated transformer layers, for FSDP2's per-block `fully_shard`."""
-        return list(self.transformer.transformer_layers)
+        """The down UVit block, every middle transformer layer and the up UVit block, for FSDP2's per-block
+        `fully_shard` (the built-in model keeps most of its weights in the UVit blocks around one layer)."""
+        model = self.transformer
+        return [model.down_block, *model.transformer_layers, model.up_block]
 
 
 def _check_conditioning(folder: Path, transformer, text_encoder) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.shapes.scene import Scene, ShapeObject, random_scene, relation_strength
-from maskfocus.shapes.world import COLORS, MAX_OBJECTS, NUMBER_WORDS, PLURALS, RELATIONS, SHAPES, article
+from maskfocus.shapes.world import COLORS, MAX_OBJECTS, NUMBER_WORDS, PLURALS, RELATIONS, SHAPES, SIZES, article
 
 PREFIX = "a photo of"
 
@@ -173,6 +173,9 @@ class CaptionMix:
     a square"), when one holds."""
     num_objects_weights: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
     """Distribution of the number of objects (1, 2, ...) of pretraining scenes."""
+    object_sizes: tuple[float, ...] = SIZES
+    """Object sizes of pretraining scenes, a subset of the world's SIZES. One size makes every shape a fixed stamp
+    of tokens, so the generator never has to agree across tokens on how far an object extends."""
 
 
 def _group_phrase(objects: list[ShapeObject], rng: np.random.Generator, mix: CaptionMix) -> str:
@@ -219,5 +222,5 @@ def pretraining_pair(rng: np.random.Generator, mix: CaptionMix = CaptionMix()) -
     """A random scene (object count drawn from ``mix.num_objects_weights``) and a loose caption of it."""
     weights = np.asarray(mix.num_objects_weights, dtype=np.float64)
     assert len(weights) <= MAX_OBJECTS, f"at most {MAX_OBJECTS} objects per scene"
-    scene = random_scene(rng, int(rng.choice(len(weights), p=weights / weights.sum())) + 1)
+    scene = random_scene(rng, int(rng.choice(len(weights), p=weights / weights.sum())) + 1, mix.object_sizes)
     return scene, loose_caption(scene, rng, mix)

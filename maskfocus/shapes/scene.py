@@ -117,8 +117,8 @@ def _random_centre(rng: np.random.Generator, size: float) -> tuple[float, float]
     return float(corner_x + size / 2), float(corner_y + size / 2)
 
 
-def _random_size(rng: np.random.Generator) -> float:
-    return float(SIZES[rng.integers(len(SIZES))])
+def _random_size(rng: np.random.Generator, sizes: tuple[float, ...] = SIZES) -> float:
+    return float(sizes[rng.integers(len(sizes))])
 
 
 def _place(
@@ -137,22 +137,28 @@ def _place(
     return tuple(placed)
 
 
-def random_scene(rng: np.random.Generator, num_objects: int | None = None) -> Scene:
+def random_scene(rng: np.random.Generator, num_objects: int | None = None, sizes: tuple[float, ...] = SIZES) -> Scene:
     """A random scene of ``num_objects`` (default: uniform in 1..4) non-overlapping objects.
 
-    Shapes and colours are uniform and independent, sizes uniform over SIZES, box corners on the GRID; every box keeps
-    MARGIN pixels from the border and MIN_GAP pixels from every other box.
+    Shapes and colours are uniform and independent, sizes uniform over ``sizes`` (a subset of SIZES), box corners on
+    the GRID; every box keeps MARGIN pixels from the border and MIN_GAP pixels from every other box.
     """
+    if not sizes or any(size not in SIZES for size in sizes):
+        raise ValueError(f"sizes must be a non-empty subset of {SIZES}, got {sizes}")
     if num_objects is None:
         num_objects = int(rng.integers(1, MAX_OBJECTS + 1))
     if not 0 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"num_objects must be in 0..{MAX_OBJECTS}, got {num_objects}")
     for _ in range(MAX_TRIES):
-        specs = [(SHAPES[rng.integers(len(SHAPES))], _random_color(rng), _random_size(rng)) for _ in range(num_objects)]
+        specs = [(_random_shape(rng), _random_color(rng), _random_size(rng, sizes)) for _ in range(num_objects)]
         objects = _place(rng, specs)
         if objects is not None:
             return Scene(objects)
     raise RuntimeError("could not place a random scene")  # pragma: no cover - 4 objects always fit
+
+
+def _random_shape(rng: np.random.Generator) -> str:
+    return SHAPES[rng.integers(len(SHAPES))]
 
 
 def _random_color(rng: np.random.Generator) -> str:

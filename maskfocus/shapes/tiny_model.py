@@ -67,9 +67,9 @@ class TransformerShape(Section):
 
     hidden_size: int = Field(64, ge=8)
     """Width of every block."""
-    num_hidden_layers: int = Field(3, ge=1)
+    num_hidden_layers: int = Field(1, ge=1)
     """Plain transformer layers in the middle of the network."""
-    num_res_blocks: int = Field(1, ge=1)
+    num_res_blocks: int = Field(4, ge=1)
     """ConvNeXt + attention pairs before and after the middle layers. UVit2D has no position embedding: its only
     spatial signal is each ConvNeXt block's 3x3 depthwise convolution, so these set how far apart two tokens can
     be and still see each other's place."""

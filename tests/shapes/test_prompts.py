@@ -142,6 +142,15 @@ def test_loose_captions_never_lie_over_many_scenes() -> None:
             check_caption_is_true(caption, scene)
 
 
+def test_pretraining_pairs_draw_the_mix_object_sizes_and_stay_true() -> None:
+    rng = np.random.default_rng(4)
+    mix = CaptionMix(object_sizes=(16.0,))
+    for _ in range(300):
+        scene, caption = pretraining_pair(rng, mix)
+        assert {obj.size for obj in scene.objects} == {16.0}
+        check_caption_is_true(caption, scene)
+
+
 def test_loose_captions_use_every_kind_of_claim_and_leave_things_out() -> None:
     rng = np.random.default_rng(2)
     captions = [pretraining_pair(rng, EVERYTHING) for _ in range(600)]

@@ -52,6 +52,17 @@ def test_random_scene_honours_num_objects_and_is_deterministic() -> None:
         random_scene(np.random.default_rng(0), MAX_OBJECTS + 1)
 
 
+def test_random_scene_draws_only_the_requested_sizes() -> None:
+    rng = np.random.default_rng(0)
+    drawn = {obj.size for _ in range(200) for obj in random_scene(rng, sizes=(16.0,)).objects}
+    assert drawn == {16.0}
+    drawn = {obj.size for _ in range(200) for obj in random_scene(rng).objects}
+    assert drawn == {12.0, 16.0, 20.0}
+    for bad in ((), (15.0,), (16.0, 24.0)):
+        with pytest.raises(ValueError, match="sizes must be a non-empty subset"):
+            random_scene(rng, sizes=bad)
+
+
 def test_box_of_is_the_centred_square_box() -> None:
     scene = Scene((ShapeObject("circle", "red", 10.0, 20.0, 12.0),))
     assert scene.box_of(0) == (4.0, 14.0, 16.0, 26.0)
