@@ -10,7 +10,7 @@ import torch
 
 from maskfocus.config import ConfigError, GenEvalDetectorConfig, RewardSpec
 from maskfocus.images import to_tensor
-from maskfocus.rewards.geneval import strict_metadata
+from maskfocus.rewards.geneval import GenEvalResult, strict_metadata
 from maskfocus.rewards.judges import Judge, build_judge
 
 
@@ -33,12 +33,22 @@ class GenEvalReward:
             raise ConfigError(f"rewards: strict needs a detector with a fixed class list; {self.judge.name} has none")
         self.strict_classes = list(self.judge.known_classes) if strict else None
 
-    def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
+    @property
+    def judging_key(self) -> tuple[int, bool]:
+        """Terms with equal keys judge a batch identically (same judge, same rules): one judging serves them all."""
+        return id(self.judge), self.strict_classes is not None
+
+    def results(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
         if self.strict_classes is not None:
             metadata_B = [strict_metadata(metadata, self.strict_classes) for metadata in metadata_B]
-        results = self.judge.judge(images_BHWC, metadata_B)
+        return self.judge.judge(images_BHWC, metadata_B)
+
+    def values(self, results: Sequence[GenEvalResult]) -> torch.Tensor:
         values = [float(r.correct) if self.mode == "binary" else r.score for r in results]
         return torch.tensor(values, dtype=torch.float32)
+
+    def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
+        return self.values(self.results(images_BHWC, metadata_B))
 
 
 class ClipReward:
@@ -53,21 +63,37 @@ class ClipReward:
 
 
 class WeightedReward:
-    """Sum of weighted reward terms; also returns each term for metrics."""
+    """Sum of weighted reward terms; also returns each term for metrics. GenEval terms that share a judge and its
+    rules (e.g. binary and partial from one detector) judge each batch once."""
 
     def __init__(self, terms: Sequence[tuple[float, Reward]]):
         self.terms = list(terms)
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]):
-        parts = {reward.name: reward(images_BHWC, metadata_B) for _, reward in self.terms}
+        judged: dict[tuple[int, bool], list[GenEvalResult]] = {}
+        parts = {}
+        for _, reward in self.terms:
+            if isinstance(reward, GenEvalReward):
+                if reward.judging_key not in judged:
+                    judged[reward.judging_key] = reward.results(images_BHWC, metadata_B)
+                parts[reward.name] = reward.values(judged[reward.judging_key])
+            else:
+                parts[reward.name] = reward(images_BHWC, metadata_B)
         total = sum(weight * parts[reward.name] for weight, reward in self.terms)
         return total, parts
 
 
-def build_reward(spec: RewardSpec, device: str = "cpu", field: str = "rewards[]") -> Reward:
-    """One reward term from its spec; missing local files raise ModelLoadError naming `field.<key>` and the path."""
+def build_reward(
+    spec: RewardSpec, device: str = "cpu", field: str = "rewards[]", judges: dict[str, Judge] | None = None
+) -> Reward:
+    """One reward term from its spec; missing local files raise ModelLoadError naming `field.<key>` and the path.
+    `judges` (detector config as JSON -> judge) lets GenEval terms with the same detector share one judge."""
     if spec.name == "geneval":
-        return GenEvalReward(spec.mode, build_judge(spec.detector, device, f"{field}.detector"), spec.strict)
+        judges = {} if judges is None else judges
+        key = spec.detector.model_dump_json()
+        if key not in judges:
+            judges[key] = build_judge(spec.detector, device, f"{field}.detector")
+        return GenEvalReward(spec.mode, judges[key], spec.strict)
     if spec.name == "hps":
         from maskfocus.rewards.hps import load_hps_scorer
 
@@ -88,4 +114,7 @@ def build_rewards(specs: Sequence[RewardSpec], device: str = "cpu") -> WeightedR
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(f"rewards: each term must have its own metric name; repeated: {', '.join(repeated)}")
-    return WeightedReward([(spec.weight, build_reward(spec, device, f"rewards[{i}]")) for i, spec in enumerate(specs)])
+    judges: dict[str, Judge] = {}
+    return WeightedReward(
+        [(spec.weight, build_reward(spec, device, f"rewards[{i}]", judges)) for i, spec in enumerate(specs)]
+    )

@@ -107,3 +107,34 @@ def test_reward_spec_fills_the_model_by_name_and_checks_required_fields():
         config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "retries": 3}}]})
     http = config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "num_retries": 5}}]})
     assert http.rewards[0].detector.num_retries == 5 and http.rewards[0].detector.timeout_s == 120.0
+
+
+def test_binary_and_partial_terms_of_one_detector_judge_each_batch_once(monkeypatch):
+    from maskfocus.shapes.render import render_batch
+    from maskfocus.shapes.scene import Scene, ShapeObject
+
+    images = render_batch([Scene((ShapeObject("circle", "red", 16, 16, 16),))] * 2)
+    meta = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+        {
+            "tag": "two_object",
+            "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 1}],
+            "prompt": "a photo of a circle and a square",
+        },
+    ]
+    specs = [RewardSpec(name="geneval", mode="partial"), RewardSpec(name="geneval", mode="binary", weight=2.0)]
+    reward = build_rewards(specs)
+    (_, partial), (_, binary) = reward.terms
+    assert partial.judge is binary.judge
+    calls = []
+    original = partial.judge.judge
+    monkeypatch.setattr(partial.judge, "judge", lambda *args: calls.append(1) or original(*args))
+    total, parts = reward(images, meta)
+    assert len(calls) == 1
+    assert parts["geneval_partial"].tolist() == [1.0, 0.5] and parts["geneval_binary"].tolist() == [1.0, 0.0]
+    torch.testing.assert_close(total, torch.tensor([3.0, 0.5]))
+    calls.clear()
+    strict = build_rewards([specs[0], RewardSpec(name="geneval", mode="binary", strict=True)])
+    monkeypatch.setattr(strict.terms[0][1].judge, "judge", lambda *args: calls.append(1) or original(*args))
+    strict(images, meta)
+    assert len(calls) == 2  # strict rules judge against other metadata
