@@ -135,6 +135,8 @@ def test_binary_and_partial_terms_of_one_detector_judge_each_batch_once(monkeypa
     torch.testing.assert_close(total, torch.tensor([3.0, 0.5]))
     calls.clear()
     strict = build_rewards([specs[0], RewardSpec(name="geneval", mode="binary", strict=True)])
-    monkeypatch.setattr(strict.terms[0][1].judge, "judge", lambda *args: calls.append(1) or original(*args))
+    strict_judge = strict.terms[0][1].judge
+    strict_original = strict_judge.judge
+    monkeypatch.setattr(strict_judge, "judge", lambda *args: calls.append(1) or strict_original(*args))
     strict(images, meta)
     assert len(calls) == 2  # strict rules judge against other metadata
