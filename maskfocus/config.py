@@ -95,12 +95,30 @@ class RolloutConfig(Section):
     group_size: int = Field(4, ge=2)
     """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
     tags: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-    """GenEval tags the training prompts are drawn from (uniformly)."""
+    """GenEval tags the training prompts are drawn from (uniformly unless `tag_weights` is set)."""
+    tag_weights: tuple[float, ...] | None = None
+    """Relative probability of each tag of `tags`, in the same order (e.g. less of the tags a model already
+    masters); null = uniform. With `prompt_file`, a tag is drawn by weight, then one of its records uniformly."""
     prompt_file: str | None = None
     """Training prompts instead of the built-in shapes world (needed for real checkpoints): a GenEval-format JSONL
     (one metadata record per line, e.g. a GenEval or Flow-GRPO training prompt file; records whose `tag` is not
     in `tags` are skipped), or a `.txt` file with one free-form prompt per line (only for rewards that need no
     metadata: clip, hps). null = shapes-world prompts."""
+
+    @model_validator(mode="after")
+    def _check_tag_weights(self) -> RolloutConfig:
+        weights = self.tag_weights
+        if weights is None:
+            return self
+        if len(weights) != len(self.tags):
+            raise ValueError(f"tag_weights has {len(weights)} entries and tags {len(self.tags)}: one weight per tag")
+        if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"tag_weights {list(weights)}: weights must be >= 0 with a positive sum")
+        if len(set(self.tags)) != len(self.tags):
+            raise ValueError(f"tags {list(self.tags)} repeat a tag; with tag_weights list each tag once")
+        if self.prompt_file is not None and self.prompt_file.endswith(".txt"):
+            raise ValueError("tag_weights needs tagged prompts; a .txt prompt_file has no tags")
+        return self
 
 
 class RouterConfig(Section):

@@ -35,6 +35,7 @@ from maskfocus.run_io import (
 )
 from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
+from maskfocus.shapes.prompts import draw_index, tag_probabilities
 from maskfocus.update import PolicyUpdater
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
@@ -47,16 +48,27 @@ class PromptStream:
     records of a GenEval-format JSONL.
     """
 
-    def __init__(self, seed: int, tags: tuple[str, ...], cursor: int = 0, prompt_file: str | None = None):
+    def __init__(
+        self,
+        seed: int,
+        tags: tuple[str, ...],
+        cursor: int = 0,
+        prompt_file: str | None = None,
+        tag_weights: tuple[float, ...] | None = None,
+    ):
         from maskfocus.shapes.prompts import TrainingPrompts
 
-        self.source = FilePrompts(prompt_file, seed, tags) if prompt_file else TrainingPrompts(seed, tags)
+        if prompt_file:
+            self.source = FilePrompts(prompt_file, seed, tags, tag_weights)
+        else:
+            self.source = TrainingPrompts(seed, tags, weights=tag_weights)
         self.cursor = 0
         self.take(cursor)
 
     @classmethod
     def from_config(cls, config: RunConfig, cursor: int = 0) -> PromptStream:
-        return cls(config.seed, config.rollout.tags, cursor, config.rollout.prompt_file)
+        rollout = config.rollout
+        return cls(config.seed, rollout.tags, cursor, rollout.prompt_file, rollout.tag_weights)
 
     def take(self, count: int) -> list[dict[str, Any]]:
         self.cursor += count
@@ -70,14 +82,33 @@ class FilePrompts:
     CLIP). Anything else: a GenEval-format JSONL, of which the records tagged with one of `tags` are used.
     """
 
-    def __init__(self, path: str, seed: int, tags: tuple[str, ...]):
+    def __init__(self, path: str, seed: int, tags: tuple[str, ...], tag_weights: tuple[float, ...] | None = None):
         if not Path(path).is_file():
             raise ConfigError(f"rollout.prompt_file: no such file: {path}")
         self.rows = _text_prompts(path) if path.endswith(".txt") else _tagged_records(path, tags)
         self.rng = np.random.default_rng(seed)
+        self.by_tag = None if tag_weights is None else _rows_by_weighted_tag(self.rows, tags, tag_weights, path)
 
     def __next__(self) -> dict[str, Any]:
-        return copy.deepcopy(self.rows[self.rng.integers(len(self.rows))])
+        rows = self.rows
+        if self.by_tag is not None:
+            groups, probabilities = self.by_tag
+            rows = groups[draw_index(self.rng, len(groups), probabilities)]
+        return copy.deepcopy(rows[self.rng.integers(len(rows))])
+
+
+def _rows_by_weighted_tag(rows, tags, weights, path):
+    """The records of each tag with a positive weight, and those tags' probabilities."""
+    groups, kept = [], []
+    for tag, weight in zip(tags, weights, strict=True):
+        if weight <= 0:
+            continue
+        tagged = [row for row in rows if row["tag"] == tag]
+        if not tagged:
+            raise ConfigError(f"rollout.tag_weights: tag {tag!r} has weight {weight} but no record in {path}")
+        groups.append(tagged)
+        kept.append(weight)
+    return groups, tag_probabilities(kept)
 
 
 def _text_prompts(path: str) -> list[dict[str, Any]]:

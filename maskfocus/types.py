@@ -68,13 +68,20 @@ class TrainBatch:
     def shard(self, rank: int, world_size: int) -> TrainBatch:
         """The rank-th contiguous slice (whole groups stay together when B is divisible)."""
         size = -(-len(self) // world_size)
-        part = slice(rank * size, (rank + 1) * size)
+        return self.rows(slice(rank * size, (rank + 1) * size))
+
+    def rows(self, part: slice | torch.Tensor) -> TrainBatch:
+        """The samples picked by a slice or a boolean mask of length B."""
+        if isinstance(part, slice):
+            prompts_B = self.prompts_B[part]
+        else:
+            prompts_B = [prompt for prompt, keep in zip(self.prompts_B, part.tolist(), strict=True) if keep]
 
         def cut(value):
             return None if value is None else value[part]
 
         return TrainBatch(
-            self.prompts_B[part],
+            prompts_B,
             self.tokens_BL[part],
             self.steps_BK[part],
             self.num_masked_BK[part],

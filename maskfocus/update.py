@@ -55,6 +55,25 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False)
 
 
+def learning_rows(batch: TrainBatch, steps: list[StepInputs]) -> tuple[TrainBatch, list[StepInputs]]:
+    """Only the samples that reach the loss, so the forwards skip the rest; the loss is unchanged.
+
+    An invalid sample (non-finite reward group, or zero-signal group with grpo.drop_zero_groups) has no loss
+    token, so it adds nothing to the policy term, the KL or the token count. When none is valid, one sample
+    stays (with no loss token), so that every rank of a sharded learner still runs its forward and backward.
+    """
+    keep_B = batch.valid_B.clone().bool()
+    if bool(keep_B.all()):
+        return batch, steps
+    if not bool(keep_B.any()):
+        keep_B[0] = True
+    kept = []
+    for step in steps:
+        keep = keep_B.to(step.inputs_BL.device)
+        kept.append(StepInputs(step.inputs_BL[keep], step.loss_mask_BL[keep], step.steps_B[keep]))
+    return batch.rows(keep_B), kept
+
+
 class PolicyUpdater:
     """GRPO updates of `module` (the generator's transformer, maybe wrapped) on TrainBatches."""
 
@@ -134,8 +153,9 @@ class PolicyUpdater:
     ) -> dict[str, float]:
         """One rollout's worth of updates: K optimizer steps (per_step) or one (accumulate)."""
         start = time.perf_counter()
-        condition = self.model.encode_prompts(batch.prompts_B)
         steps = self.prepare(batch, generator)
+        batch, steps = learning_rows(batch, steps)
+        condition = self.model.encode_prompts(batch.prompts_B)
         self._freeze_log_probs(steps, batch.tokens_BL, condition)
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)

@@ -80,3 +80,21 @@ def test_every_field_has_a_docstring():
                 walk(annotation)
 
     walk(RunConfig)
+
+
+@pytest.mark.parametrize(
+    ("rollout", "message"),
+    [
+        ("  tags: [counting, position]\n  tag_weights: [1]\n", "one weight per tag"),
+        ("  tags: [counting, position]\n  tag_weights: [1, -1]\n", "must be >= 0 with a positive sum"),
+        ("  tags: [counting, position]\n  tag_weights: [0, 0]\n", "must be >= 0 with a positive sum"),
+        ("  tags: [counting, counting]\n  tag_weights: [1, 2]\n", "repeat a tag"),
+        ("  prompt_file: p.txt\n  tags: [counting]\n  tag_weights: [1]\n", "a .txt prompt_file has no tags"),
+    ],
+)
+def test_bad_tag_weights_name_the_field(tmp_path, rollout, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rollout:\n" + rollout)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "rollout" in str(error.value) and message in str(error.value)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maskfocus.config import ConfigError
+from maskfocus.shapes.prompts import _prompt_space
 from maskfocus.trainer import PromptStream
 
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
@@ -67,3 +69,34 @@ def test_text_file_gives_free_form_prompts_and_an_empty_one_is_an_error(tmp_path
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ConfigError, match="has no prompt"):
         PromptStream(1, TAGS, prompt_file=str(tmp_path / "empty.txt"))
+
+
+def test_tag_weights_set_how_often_each_tag_is_drawn():
+    rows = PromptStream(0, TAGS, tag_weights=(0, 3, 1, 0, 0, 0)).take(4000)
+    tags = [row["tag"] for row in rows]
+    assert set(tags) == {"two_object", "counting"}
+    share = tags.count("two_object") / len(tags)
+    assert share == pytest.approx(0.75, abs=0.03)  # binomial std at n = 4000 is 0.007
+
+
+def test_without_tag_weights_the_stream_is_the_uniform_one_of_older_runs():
+    rng = np.random.default_rng(5)
+    stream = PromptStream(5, ("single_object", "counting"))
+    for row in stream.take(20):  # the pre-weights draw: a tag index, then a prompt index
+        tag = ("single_object", "counting")[rng.integers(2)]
+        space = _prompt_space(tag)
+        assert row == space[rng.integers(len(space))]
+
+
+def test_file_prompts_follow_tag_weights_and_reject_a_weighted_tag_without_records(tmp_path):
+    rows = [
+        {"tag": "counting", "prompt": f"a photo of {n} cats", "include": [{"class": "cat", "count": n}]}
+        for n in (2, 3, 4)
+    ]
+    rows.append({"tag": "colors", "prompt": "a photo of a red cat", "include": [{"class": "cat", "count": 1}]})
+    path = write_rows(tmp_path / "p.jsonl", rows)
+    drawn = PromptStream(0, ("counting", "colors"), prompt_file=str(path), tag_weights=(1, 1)).take(2000)
+    # uniform over records would give colors 1/4 of the draws; by tag it is 1/2
+    assert sum(row["tag"] == "colors" for row in drawn) / 2000 == pytest.approx(0.5, abs=0.04)
+    with pytest.raises(ConfigError, match="tag 'position' has weight 1 but no record"):
+        PromptStream(0, ("counting", "position"), prompt_file=str(path), tag_weights=(1, 1))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from support import ToyGenerator
 
+import maskfocus.update as update_module
 from maskfocus.config import GRPOConfig, OptimConfig
 from maskfocus.types import TrainBatch
 from maskfocus.update import PolicyUpdater
@@ -114,3 +115,48 @@ def test_training_inputs_have_the_selected_mask_counts(remask):
     for step, count in zip(steps, (12, 8, 4), strict=True):
         assert ((step.inputs_BL == model.mask_token_id).sum(-1) == count).all()
         assert step.loss_mask_BL.sum(-1).eq(count).all()
+
+
+def _counting_forward_rows(model: ToyGenerator) -> list[int]:
+    """Wrap model.logits so each call records how many samples it ran on."""
+    seen: list[int] = []
+    original = model.logits
+
+    def counted(inputs_BL, *args, **kwargs):
+        seen.append(inputs_BL.shape[0])
+        return original(inputs_BL, *args, **kwargs)
+
+    model.logits = counted
+    return seen
+
+
+def _update_with_half_invalid(monkeypatch, compact: bool):
+    model = ToyGenerator()
+    batch = make_batch(model)
+    batch.valid_B = torch.tensor([True] * 4 + [False] * 4)
+    updater = make_updater(model, update="per_step", beta=0.1)
+    seen = _counting_forward_rows(model)
+    if not compact:  # the slow reference: every sample goes through the forwards, masked out of the loss
+        monkeypatch.setattr(update_module, "learning_rows", lambda batch, steps: (batch, steps))
+    metrics = updater.update(batch, torch.Generator().manual_seed(1))
+    monkeypatch.undo()
+    return model.transformer.weight.detach().clone(), metrics, seen
+
+
+def test_forwards_skip_invalid_samples_and_the_update_is_unchanged(monkeypatch):
+    fast_w, fast_m, fast_seen = _update_with_half_invalid(monkeypatch, compact=True)
+    slow_w, slow_m, slow_seen = _update_with_half_invalid(monkeypatch, compact=False)
+    assert fast_seen == [4] * 9 and slow_seen == [8] * 9  # 3 old + 3 reference + 3 training forwards each
+    torch.testing.assert_close(fast_w, slow_w, rtol=1e-5, atol=1e-6)
+    for key in ("loss/policy", "loss/kl", "loss/total", "loss/grad_norm"):
+        assert fast_m[key] == pytest.approx(slow_m[key], rel=1e-5, abs=1e-7)
+
+
+def test_with_no_valid_sample_one_stays_for_the_forward_and_adds_no_loss():
+    model = ToyGenerator()
+    batch = make_batch(model)
+    batch.valid_B[:] = False
+    seen = _counting_forward_rows(model)
+    metrics = make_updater(model).update(batch, torch.Generator().manual_seed(1))
+    assert set(seen) == {1}
+    assert metrics["loss/policy"] == 0.0 and metrics["loss/kl"] == 0.0

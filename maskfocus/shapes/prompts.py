@@ -132,7 +132,8 @@ def vocabulary() -> list[str]:
 
 
 class TrainingPrompts(Iterator[Metadata]):
-    """Endless stream of prompt metadata for RL training: a uniform tag, then a uniform prompt of that tag.
+    """Endless stream of prompt metadata for RL training: a tag (uniform, or by `weights`), then a uniform prompt
+    of that tag.
 
     Prompts in ``exclude`` (default: the held-out shapes-geneval prompts) are never yielded for a tag whose
     prompt space is larger than what is held out of it (position, color_attr). The whole prompt space of
@@ -140,13 +141,20 @@ class TrainingPrompts(Iterator[Metadata]):
     impossible and the stream samples the full space: train and eval prompts overlap there by design.
     """
 
-    def __init__(self, seed: int, tags: Sequence[str] = TAGS, exclude: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        tags: Sequence[str] = TAGS,
+        exclude: set[str] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         if exclude is None:
             from maskfocus.shapes.evalset import eval_prompts  # evalset builds on this module
 
             exclude = eval_prompts()
         self.rng = np.random.default_rng(seed)
         self.tags = tuple(tags)
+        self.tag_probabilities = None if weights is None else tag_probabilities(weights)
         self.pools: dict[str, list[Metadata]] = {}
         for tag in self.tags:
             space = list(_prompt_space(tag))
@@ -154,8 +162,21 @@ class TrainingPrompts(Iterator[Metadata]):
             self.pools[tag] = kept or space
 
     def __next__(self) -> Metadata:
-        pool = self.pools[self.tags[self.rng.integers(len(self.tags))]]
+        pool = self.pools[self.tags[draw_index(self.rng, len(self.tags), self.tag_probabilities)]]
         return _copy(pool[self.rng.integers(len(pool))])
+
+
+def tag_probabilities(weights: Sequence[float]) -> np.ndarray:
+    """Relative tag weights as probabilities (the config has checked them: >= 0, positive sum)."""
+    array = np.asarray(weights, dtype=np.float64)
+    return array / array.sum()
+
+
+def draw_index(rng: np.random.Generator, size: int, probabilities: np.ndarray | None) -> int:
+    """Uniform over range(size), or by `probabilities`; the uniform draw is the stream older runs used."""
+    if probabilities is None:
+        return int(rng.integers(size))
+    return int(rng.choice(size, p=probabilities))
 
 
 @dataclass(frozen=True)
