@@ -118,6 +118,7 @@ class LearnerWorker:
             total_updates=config.train.num_iterations * per_iteration,
             module=self.module,
             reference=reference,
+            compile=config.train.compile_learner,
             rank=rank,
             world_size=world_size,
         )

@@ -1,9 +1,11 @@
-"""A `torch.compile`d copy of a generator's transformer for sampling (`sampler.compile: true`).
+"""A `torch.compile`d copy of a generator's transformer, for sampling (`sampler.compile: true`) and for the
+learner's forwards and backwards (`train.compile_learner: true`).
 
 On two CPU cores the tiny model's forward is dominated by small element-wise ops (GELU, the ConvNeXt
 response norm, residual adds) that inductor fuses: the compiled forward of the shipped transformer runs about
-twice as fast, after roughly half a minute of compiling per batch size. Only the sampler uses it: the learner's
-log-probabilities stay eager, so the importance ratio at the first update of a batch is still exactly 1.
+twice as fast, after roughly half a minute of compiling per batch size. The importance ratio at the first
+update of a batch stays exactly 1 with a compiled learner: the old log-probs of the steps scored before the
+first optimizer step are taken from their own training forward (maskfocus.update).
 
 Each distinct batch size costs a compile, so batches are padded up to the largest size compiled so far (the
 padding rows are dropped from the output): a benchmark's last, smaller batch reuses the full batch's kernels.

@@ -281,6 +281,11 @@ class TrainConfig(Section):
     """Iterations between checkpoints (the last iteration always saves one)."""
     final_eval: bool = True
     """Run the GenEval-style evaluation at the end."""
+    compile_learner: bool = False
+    """Run the learner's forwards and backwards through a `torch.compile`d copy of the transformer
+    (maskfocus.compiled): on 2 CPU cores about 1.5x faster per training forward and backward and 2x per
+    no-grad forward, after about a minute of compiling. The in-process trainer and each Ray learner rank
+    (FSDP2 or DDP) apply it the same way."""
 
 
 class RayConfig(Section):

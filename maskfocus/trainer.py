@@ -161,6 +161,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         config.optim,
         config.sampler.num_steps,
         total_updates=config.train.num_iterations * updates_per_iteration,
+        compile=config.train.compile_learner,
     )
     start_iteration, cursor = 0, 0
     if resume and (checkpoint := latest_checkpoint(run_dir)) is not None:

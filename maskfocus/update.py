@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from maskfocus.compiled import PaddedCompiled
 from maskfocus.config import GRPOConfig, OptimConfig
 from maskfocus.grpo import build_training_inputs, masked_entropy_mean, policy_loss, token_log_probs
 from maskfocus.models.base import Condition, MaskedGenerator
@@ -86,15 +87,21 @@ class PolicyUpdater:
         total_updates: int,
         module: nn.Module | None = None,
         reference: nn.Module | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.grpo = grpo
         self.optim = optim
         self.num_sampling_steps = num_sampling_steps
-        self.module = module or model.trainable_module()
+        self.module = model.trainable_module() if module is None else module
         self.reference = None if grpo.beta == 0 else (reference or frozen_copy(self.module))
         self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
         self.num_updates = 0
+        self.policy_forward = PaddedCompiled(self.module) if compile else self.module
+        """What the learner's forwards call: the module, or a compiled copy sharing its parameters."""
+        self.reference_forward = (
+            PaddedCompiled(self.reference) if compile and self.reference is not None else self.reference
+        )
 
     def _logp(self, step: StepInputs, tokens_BL: torch.Tensor, condition: Condition, module: nn.Module):
         logits_BLV = self.model.logits(step.inputs_BL, condition, step.steps_B, self.num_sampling_steps, module=module)
@@ -115,15 +122,26 @@ class PolicyUpdater:
             steps.append(StepInputs(inputs_BL, mask_BL, batch.steps_BK[:, k]))
         return steps
 
+    def _steps_before_first_update(self, num_steps: int) -> int:
+        """How many selected steps are scored before the first optimizer step (the policy is still the old one)."""
+        return 1 if self.grpo.update == "per_step" else num_steps
+
     @torch.no_grad()
     def _freeze_log_probs(self, steps: list[StepInputs], tokens_BL: torch.Tensor, condition: Condition) -> None:
-        for step in steps:
-            step.old_logp_BL = self._logp(step, tokens_BL, condition, self.module)[0]
-            if self.reference is not None:
-                step.ref_logp_BL = self._logp(step, tokens_BL, condition, self.reference)[0]
+        """Old log-probs of the steps scored after an optimizer step, and every reference log-prob. The steps
+        scored before the first optimizer step take their old log-probs from their own training forward
+        (`_step_loss`): the same policy, so one forward fewer each and a first ratio of exactly 1."""
+        before_update = self._steps_before_first_update(len(steps))
+        for index, step in enumerate(steps):
+            if index >= before_update:
+                step.old_logp_BL = self._logp(step, tokens_BL, condition, self.policy_forward)[0]
+            if self.reference_forward is not None:
+                step.ref_logp_BL = self._logp(step, tokens_BL, condition, self.reference_forward)[0]
 
     def _step_loss(self, step: StepInputs, batch: TrainBatch, condition: Condition, count_tokens: CountTokens):
-        logp_BL, logits_BLV = self._logp(step, batch.tokens_BL, condition, self.module)
+        logp_BL, logits_BLV = self._logp(step, batch.tokens_BL, condition, self.policy_forward)
+        if step.old_logp_BL is None:
+            step.old_logp_BL = logp_BL.detach()
         loss, metrics = policy_loss(
             logp_BL,
             step.old_logp_BL,

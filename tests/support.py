@@ -38,7 +38,7 @@ class ToyGenerator:
     def logits(self, tokens_BL, condition, step=0, num_steps=1, module=None):
         self.calls += 1
         one_hot = torch.nn.functional.one_hot(tokens_BL, self.codebook_size + 1).float().flatten(1)
-        out = (module or self.transformer)(one_hot) + condition.pooled_BD
+        out = (self.transformer if module is None else module)(one_hot) + condition.pooled_BD
         return out.view(tokens_BL.shape[0], -1, self.codebook_size)
 
     def decode(self, tokens_BL):

@@ -152,6 +152,7 @@ def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node
         "model.path": random_model,
         "sampler.num_steps": 4,
         "sampler.compile": "false",
+        "train.compile_learner": "false",
         "rollout.prompts_per_iteration": 2,
         "rollout.group_size": 2,
         "selection.num_steps": 2,

@@ -23,6 +23,8 @@ TINY = [
     "--set",  # compiling costs more than it saves on a few tiny batches
     "sampler.compile=false",
     "--set",
+    "train.compile_learner=false",
+    "--set",
     "selection.num_steps=2",
     "--set",
     "train.final_eval=false",

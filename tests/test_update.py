@@ -33,9 +33,11 @@ def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3,
     )
 
 
-def make_updater(model, **grpo):
+def make_updater(model, compile: bool = False, **grpo):
     config = GRPOConfig(**grpo)
-    return PolicyUpdater(model, config, OptimConfig(learning_rate=1e-2), num_sampling_steps=6, total_updates=10)
+    return PolicyUpdater(
+        model, config, OptimConfig(learning_rate=1e-2), num_sampling_steps=6, total_updates=10, compile=compile
+    )
 
 
 def test_first_update_of_a_batch_has_ratio_exactly_one():
@@ -146,7 +148,8 @@ def _update_with_half_invalid(monkeypatch, compact: bool):
 def test_forwards_skip_invalid_samples_and_the_update_is_unchanged(monkeypatch):
     fast_w, fast_m, fast_seen = _update_with_half_invalid(monkeypatch, compact=True)
     slow_w, slow_m, slow_seen = _update_with_half_invalid(monkeypatch, compact=False)
-    assert fast_seen == [4] * 9 and slow_seen == [8] * 9  # 3 old + 3 reference + 3 training forwards each
+    # 2 old (the first step's comes from its training forward) + 3 reference + 3 training forwards each
+    assert fast_seen == [4] * 8 and slow_seen == [8] * 8
     torch.testing.assert_close(fast_w, slow_w, rtol=1e-5, atol=1e-6)
     for key in ("loss/policy", "loss/kl", "loss/total", "loss/grad_norm"):
         assert fast_m[key] == pytest.approx(slow_m[key], rel=1e-5, abs=1e-7)
@@ -160,3 +163,42 @@ def test_with_no_valid_sample_one_stays_for_the_forward_and_adds_no_loss():
     metrics = make_updater(model).update(batch, torch.Generator().manual_seed(1))
     assert set(seen) == {1}
     assert metrics["loss/policy"] == 0.0 and metrics["loss/kl"] == 0.0
+
+
+@pytest.mark.parametrize(("scheme", "old_forwards"), [("per_step", 2), ("accumulate", 0)])
+def test_steps_before_the_first_optimizer_step_reuse_their_training_forward(monkeypatch, scheme, old_forwards):
+    """The reused old log-probs give the same update as separate no-grad forwards (the slow reference)."""
+    results = []
+    for reuse in (True, False):
+        model = ToyGenerator()
+        updater = make_updater(model, update=scheme, beta=0.1)
+        if not reuse:
+            monkeypatch.setattr(updater, "_steps_before_first_update", lambda num_steps: 0)
+        seen = _counting_forward_rows(model)
+        metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+        results.append((model.transformer.weight.detach().clone(), metrics, len(seen)))
+    (fast_w, fast_m, fast_calls), (slow_w, slow_m, slow_calls) = results
+    assert fast_calls == old_forwards + 3 + 3 and slow_calls == 3 + 3 + 3  # old + reference + training
+    torch.testing.assert_close(fast_w, slow_w, rtol=1e-6, atol=1e-7)
+    for key in ("loss/policy", "loss/kl", "loss/ratio_mean", "loss/grad_norm"):
+        assert fast_m[key] == pytest.approx(slow_m[key], rel=1e-6, abs=1e-8)
+
+
+def test_compiled_learner_matches_the_eager_update_and_keeps_the_first_ratio_exactly_one():
+    results = []
+    for compile in (False, True):
+        model = ToyGenerator()
+        updater = make_updater(model, compile=compile, update="per_step", beta=0.1)
+        first = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+        second = updater.update(make_batch(model, num_samples=4, seed=5), torch.Generator().manual_seed(2))
+        results.append((model.transformer.weight.detach().clone(), first, second, updater))
+    (eager_w, eager_first, eager_second, _), (compiled_w, first, second, updater) = results
+    assert updater.policy_forward is not updater.module and updater.reference_forward is not updater.reference
+    assert updater.policy_forward.batch_sizes == [8]  # the smaller second batch ran on the padded kernels
+    torch.testing.assert_close(compiled_w, eager_w, rtol=1e-5, atol=1e-6)
+    for key in ("loss/policy", "loss/kl", "loss/grad_norm"):
+        assert second[key] == pytest.approx(eager_second[key], rel=1e-4, abs=1e-6)
+    assert first["loss/ratio_max"] > 1.0  # later steps see the moved policy ...
+    updater.grpo = updater.grpo.model_copy(update={"update": "accumulate"})
+    accumulated = updater.update(make_batch(model, seed=7), torch.Generator().manual_seed(3))
+    assert accumulated["loss/ratio_mean"] == 1.0 and accumulated["loss/ratio_max"] == 1.0  # ... the first never

@@ -92,7 +92,7 @@ class AmusedGenerator(VQTextGenerator):
     ) -> torch.Tensor:
         """(B, L, V) float32. `module` replaces the transformer (a frozen reference copy, an FSDP-wrapped one);
         `step` is unused (see the module docstring)."""
-        module = module or self.transformer
+        module = self.transformer if module is None else module
         batch = tokens_BL.shape[0]
         hidden, pooled, micro = self._inputs(module, condition)
         logits_BVhw = module(tokens_BL.view(batch, *self.grid_size), hidden, pooled, micro)

@@ -163,7 +163,7 @@ class MeissonicGenerator(VQTextGenerator):
         module: nn.Module | None = None,
     ) -> torch.Tensor:
         """(B, L, V) float32; `module` replaces the transformer (a frozen reference, an FSDP-wrapped one)."""
-        module = module or self.transformer
+        module = self.transformer if module is None else module
         batch = tokens_BL.shape[0]
         hidden, pooled, micro = self._inputs(module, condition)
         output = module(

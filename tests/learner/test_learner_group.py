@@ -39,16 +39,20 @@ def test_blocks_to_shard_are_the_transformer_layers_and_the_uvit_blocks(random_m
 
 
 @pytest.mark.parametrize(
-    ("strategy", "second_group_valid"),
-    # second group invalid: rank 1's shard has no loss token, and it still joins FSDP2's collectives
-    [("fsdp", True), ("fsdp", False)],
+    ("strategy", "second_group_valid", "compile_learner"),
+    # second group invalid: rank 1's shard has no loss token, and it still joins FSDP2's collectives;
+    # compiled: each rank runs its forwards through torch.compile over its FSDP2-sharded module
+    [("fsdp", True, False), ("fsdp", False, False), ("fsdp", True, True)],
 )
 def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
-    ray_session, random_model, tmp_path, one_thread, strategy, second_group_valid
+    ray_session, random_model, tmp_path, one_thread, strategy, second_group_valid, compile_learner
 ):
     ray = ray_session
     config = tiny_config(
-        random_model, tmp_path, ray={"num_learner_workers": 2, "learner_cpus": 0.5, "learner_strategy": strategy}
+        random_model,
+        tmp_path,
+        ray={"num_learner_workers": 2, "learner_cpus": 0.5, "learner_strategy": strategy},
+        train={"compile_learner": compile_learner},
     )
     metadata = PromptStream(config.seed, config.rollout.tags).take(2)
     batch = RewardWorker(config).score(RolloutWorker(config).sample(metadata, 0))
