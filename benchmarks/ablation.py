@@ -3,7 +3,7 @@ the strict GenEval reward (rewards[0].strict: extra objects cost reward), the ch
 
 Each variant runs `maskfocus train --executor local` from configs/shapes_tiny.yaml with the same number of
 rollouts for several seeds, then reads each run's final evaluation and learner time per iteration, and
-writes a markdown table (mean and spread over seeds) to benchmarks/results/ablation.md.
+writes a markdown table (mean and spread over seeds) to ablation.md in the runs folder.
 
 Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seeds 0 1 2] [--iterations N]
                                     [--variants critical random ...] [--parallel 2] [--runs-dir runs/ablation]
