@@ -94,7 +94,7 @@ class PolicyUpdater:
         self.optim = optim
         self.num_sampling_steps = num_sampling_steps
         self.module = model.trainable_module() if module is None else module
-        self.reference = None if grpo.beta == 0 else (reference or frozen_copy(self.module))
+        self.reference = None if grpo.beta == 0 else (frozen_copy(self.module) if reference is None else reference)
         self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
         self.num_updates = 0
         self.policy_forward = PaddedCompiled(self.module) if compile else self.module
