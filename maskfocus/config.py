@@ -42,8 +42,9 @@ class ModelConfig(Section):
     device: str = "cpu"
     """Torch device for sampling and scoring, e.g. `cpu` or `cuda`."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weight dtype of the transformer and text encoder for sampling (the VQ stays float32; logits are float32).
-    The learner keeps float32 master weights whatever this says."""
+    """Weight dtype of the transformer and text encoder for sampling rollouts and previews (the VQ stays float32;
+    logits are float32). The learner keeps float32 master weights whatever this says, and evaluation loads
+    `eval.dtype`."""
     resolution: int | None = Field(None, ge=8)
     """Generated image side in pixels; null = the model's own (aMUSEd: transformer sample_size x VQ downscale,
     e.g. 256 or 512; Meissonic: 1024). Micro-conditioning is set to it."""
@@ -85,6 +86,14 @@ class EvalConfig(Section):
     """Images generated per prompt row."""
     seed: int = 0
     """Seed of the evaluation sampler; images are a function of (seed, row index, image index)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = "float32"
+    """Weight dtype of the transformer and text encoder for evaluation (a run's final evaluation and `maskfocus
+    eval`). float32 scores the trained weights themselves, whatever dtype the rollouts sample in; null = model.dtype
+    (faster on GPUs)."""
+
+    def weights_dtype(self, model: ModelConfig) -> str:
+        """The dtype evaluation loads: this section's, or the model's when it is null."""
+        return self.dtype or model.dtype
 
 
 class RolloutConfig(Section):

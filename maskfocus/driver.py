@@ -52,7 +52,14 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.run_io import MetricsLog, RecentReward, latest_checkpoint, plot_reward_curve, read_metrics
+from maskfocus.run_io import (
+    MetricsLog,
+    RecentReward,
+    latest_checkpoint,
+    load_checkpoint_weights,
+    plot_reward_curve,
+    read_metrics,
+)
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
 POLL_S = 1.0
@@ -383,4 +390,19 @@ def train_ray(
             ray.kill(actor)
         if started:
             ray.shutdown()
-    return finish_run(config, run_dir, model, model.transformer)
+    model = float32_final_model(config, run_dir, model)
+    return finish_run(config, run_dir, model, model.trainable_module())
+
+
+def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:
+    """The model the run saves and evaluates: the float32 master weights of the last checkpoint (which the learner
+    always writes after the last iteration) when rollouts sample in another dtype, else the published copy (the
+    same weights: float32 travels unchanged)."""
+    if config.model.dtype == "float32":
+        return published
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RuntimeError(f"{run_dir}: the run finished without a checkpoint to take the float32 weights from")
+    model = load_generator(config.model, dtype="float32")
+    load_checkpoint_weights(checkpoint, model.trainable_module())
+    return model

@@ -106,3 +106,27 @@ def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "generator.transformer.width" in result.stderr and "unknown key" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (["model.dtype=bfloat16"], "float32"),  # rollouts in bfloat16, evaluation of the weights themselves
+        (["model.dtype=bfloat16", "eval.dtype=null"], "bfloat16"),
+        (["eval.dtype=float16"], "float16"),
+    ],
+)
+def test_eval_loads_the_model_in_eval_dtype(monkeypatch, settings, expected):
+    import maskfocus.models
+    from maskfocus.cli import main
+
+    class Loaded(Exception):
+        pass
+
+    def load_generator(config, device=None, dtype=None):
+        raise Loaded(dtype)
+
+    monkeypatch.setattr(maskfocus.models, "load_generator", load_generator)
+    with pytest.raises(Loaded) as loaded:
+        main(["eval", "--limit", "1", "--no-clip", *(arg for s in settings for arg in ("--set", s))])
+    assert loaded.value.args == (expected,)

@@ -229,3 +229,39 @@ def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_re
     monkeypatch.undo()
     train_ray(config, tmp_path, resume=True, show_progress=False)
     assert_equals_local(read_metrics(tmp_path / "metrics.jsonl"), local_dir)
+
+
+def test_bfloat16_rollouts_equal_train_local_and_the_final_model_is_the_float32_master(
+    ray_session,  # noqa: F811
+    random_model,  # noqa: F811
+    tmp_path,
+):
+    """model.dtype bfloat16: Ray rollout workers sample in bfloat16 from the published weights, the in-process
+    trainer from its bfloat16 copy of the master; both learn in float32 and save the float32 weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from maskfocus.driver import train_ray
+    from maskfocus.trainer import train_local
+
+    config = tiny_config(random_model, tmp_path, train={"num_iterations": 2})
+    config = config.model_copy(update={"model": config.model.model_copy(update={"dtype": "bfloat16"})})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (tmp_path / "local").mkdir()
+        train_local(config, tmp_path / "local", show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "ray").mkdir()
+    train_ray(config, tmp_path / "ray", show_progress=False)
+    assert_equals_local(read_metrics(tmp_path / "ray" / "metrics.jsonl"), tmp_path / "local")
+    local, remote = (
+        load_file(str(next((tmp_path / run / "model" / "transformer").glob("*.safetensors"))))
+        for run in ("local", "ray")
+    )
+    assert all(tensor.dtype == torch.float32 for tensor in remote.values())
+    for name, tensor in local.items():
+        torch.testing.assert_close(remote[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    last = load_file(str(latest_checkpoint(tmp_path / "ray") / "transformer.safetensors"))
+    assert all(torch.equal(remote[name], last[name]) for name in last)

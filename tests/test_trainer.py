@@ -111,3 +111,53 @@ def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(tmp_pa
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path):
     result = train(tmp_path, "--set", "grpo.clip=0.1")
     assert result.returncode == 2 and "grpo.clip" in result.stderr and "Traceback" not in result.stderr
+
+
+def shipped_config(**model: str):
+    from maskfocus.config import load_config
+
+    return load_config(ROOT / "configs" / "shapes_tiny.yaml", {"model": model})
+
+
+def test_bfloat16_rollouts_sample_from_a_copy_that_follows_the_float32_master():
+    from maskfocus.models import load_generator
+    from maskfocus.trainer import rollout_model, sync_weights
+
+    config = shipped_config(dtype="bfloat16")
+    master = load_generator(config.model, dtype="float32")
+    copy = rollout_model(config, master)
+    assert copy is not master
+    assert all(p.dtype == torch.float32 for p in master.trainable_module().parameters())
+    assert all(p.dtype == torch.bfloat16 for p in copy.trainable_module().parameters())
+    with torch.no_grad():
+        for parameter in master.trainable_module().parameters():
+            parameter.add_(0.01)
+    sync_weights(copy, master)
+    for (name, mine), theirs in zip(
+        copy.trainable_module().state_dict().items(), master.trainable_module().state_dict().values(), strict=True
+    ):
+        assert torch.equal(mine, theirs.to(mine.dtype)), name
+
+
+def test_float32_rollouts_sample_from_the_master_itself():
+    from maskfocus.models import load_generator
+    from maskfocus.trainer import rollout_model
+
+    config = shipped_config(dtype="float32")
+    master = load_generator(config.model, dtype="float32")
+    assert rollout_model(config, master) is master
+
+
+def test_a_bfloat16_run_saves_the_float32_master_weights(tmp_path):
+    """Rollouts in bfloat16, learner and final model folder in float32: the folder equals the last checkpoint."""
+    from safetensors.torch import load_file
+
+    result = train(tmp_path, "--iterations", "2", "--set", "model.dtype=bfloat16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    saved = load_file(str(next((run / "model" / "transformer").glob("*.safetensors"))))
+    checkpoint = load_file(str(latest_checkpoint(run) / "transformer.safetensors"))
+    assert all(tensor.dtype == torch.float32 for tensor in saved.values())
+    assert all(torch.equal(saved[name], checkpoint[name]) for name in checkpoint)
+    # float32 master weights after an update are not all bfloat16-representable (a bfloat16 learner's would be)
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in saved.values())
