@@ -7,6 +7,7 @@ writes a markdown table (mean and spread over seeds) to ablation.md in the runs 
 
 Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seeds 0 1 2] [--iterations N]
                                     [--variants critical random ...] [--parallel 2] [--runs-dir runs/ablation]
+       python benchmarks/ablation.py --jobs random:2 critical_no_router:1 ...   # just these (variant, seed) runs
        python benchmarks/ablation.py --table-only    # rebuild the table from existing runs
 
 On 2 cores, `--parallel 2` runs two trainings at once with one torch thread each (about 1.4x the throughput of
@@ -126,6 +127,15 @@ def write_table(runs: Path, seeds: list[int], base_overall: float | None, t_over
     return table
 
 
+def parse_job(text: str) -> tuple[str, int]:
+    """`VARIANT:SEED` (e.g. `random:2`) as a (variant, seed) job; a clear error for anything else."""
+    name, _, seed = text.partition(":")
+    if name not in VARIANTS or not seed.lstrip("-").isdigit():
+        allowed = ", ".join(VARIANTS)
+        raise argparse.ArgumentTypeError(f"expected VARIANT:SEED with VARIANT one of {allowed}, got {text!r}")
+    return name, int(seed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the run YAML every variant starts from")
@@ -134,12 +144,15 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, help="override train.num_iterations for every run")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--jobs", nargs="+", type=parse_job, metavar="VARIANT:SEED", help="run these instead of variants x seeds"
+    )
     parser.add_argument("--base-overall", type=float, help="base model's overall score (default: the model card's)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     runs = args.runs_dir.resolve()
     if not args.table_only:
-        jobs = [(name, seed) for seed in args.seeds for name in args.variants]
+        jobs = args.jobs or [(name, seed) for seed in args.seeds for name in args.variants]
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             done = pool.map(lambda job: run_variant(args.config, runs, *job, args.iterations, threads), jobs)
