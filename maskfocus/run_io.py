@@ -122,37 +122,54 @@ def save_model_folder(base_folder: Path, module: nn.Module, target: Path) -> Pat
     return target
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to `window - 1` values before it."""
+    return [
+        sum(values[max(0, j - window + 1) : j + 1]) / len(values[max(0, j - window + 1) : j + 1])
+        for j in range(len(values))
+    ]
+
+
+def _plot_series(ax, records: list[dict[str, Any]], key: str, colour, label: str, window: int, raw: bool) -> None:
+    """One metric over iterations (where present): faint raw values when `raw`, and its moving average."""
+    points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+    if not points:
+        return
+    xs, ys = zip(*points, strict=True)
+    if raw:
+        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
+    ax.plot(xs, moving_average(list(ys), window), color=colour, label=f"{label} ({window}-point mean)")
+
+
 def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 10) -> None:
-    """reward/mean per iteration with a moving average; the GenEval reward term too when present."""
+    """reward/mean per iteration with a moving average, and each reward term present; beside it, when the
+    prompts carry tags, the training reward of each tag (its own iterations only), to see which tags learn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    iterations = [r["iteration"] for r in records]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    for key, colour in (
-        ("reward/mean", "tab:blue"),
-        ("reward/geneval_binary", "tab:green"),
-        ("reward/geneval_partial", "tab:olive"),
-        ("reward/clip", "tab:purple"),
-    ):
-        values = [r.get(key) for r in records]
-        if key != "reward/mean" and all(v is None for v in values):
-            continue
-        points = [(i, v) for i, v in zip(iterations, values, strict=True) if v is not None]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
-        smooth = [
-            sum(ys[max(0, j - window + 1) : j + 1]) / len(ys[max(0, j - window + 1) : j + 1]) for j in range(len(ys))
-        ]
-        ax.plot(xs, smooth, color=colour, label=f"{key} ({window}-iter mean)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    tag_keys = sorted({key for r in records for key in r if key.startswith("reward/tag/")})
+    fig, axes = plt.subplots(1, 2 if tag_keys else 1, figsize=(12 if tag_keys else 7, 3.5), dpi=110, squeeze=False)
+    colours = {
+        "reward/mean": "tab:blue",
+        "reward/geneval_binary": "tab:green",
+        "reward/geneval_partial": "tab:olive",
+        "reward/clip": "tab:purple",
+    }
+    for key, colour in colours.items():
+        _plot_series(axes[0, 0], records, key, colour, key, window, raw=True)
+    for index, key in enumerate(tag_keys):
+        _plot_series(
+            axes[0, 1], records, key, plt.get_cmap("tab10")(index), key.removeprefix("reward/tag/"), window, raw=False
+        )
+    if tag_keys:
+        axes[0, 1].set_title("training reward per tag", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

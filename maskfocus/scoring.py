@@ -86,6 +86,15 @@ def score_trajectory(
     )
 
 
+def tag_rewards(metadata_B: list[dict], rewards_B: torch.Tensor) -> dict[str, float]:
+    """`reward/tag/<tag>`: mean finite reward of this batch's samples of each tag it holds (none without tags)."""
+    by_tag: dict[str, list[float]] = {}
+    for meta, reward in zip(metadata_B, rewards_B.tolist(), strict=True):
+        if "tag" in meta and reward == reward:  # NaN != NaN: skipped groups do not count
+            by_tag.setdefault(meta["tag"], []).append(reward)
+    return {f"reward/tag/{tag}": sum(values) / len(values) for tag, values in by_tag.items()}
+
+
 def _batch_stats(trajectory, rewards_B, parts, info, similarity_BT, gain_BT, steps_BK) -> dict[str, float]:
     finite = torch.isfinite(rewards_B)
     stats = {
@@ -103,6 +112,7 @@ def _batch_stats(trajectory, rewards_B, parts, info, similarity_BT, gain_BT, ste
     for name, values in parts.items():
         ok = torch.isfinite(values)
         stats[f"reward/{name}"] = values[ok].mean().item() if ok.any() else float("nan")
+    stats.update(tag_rewards(trajectory.metadata_B, rewards_B))
     histogram = torch.bincount(steps_BK.flatten(), minlength=trajectory.masks_BTL.shape[1]).tolist()
     stats.update({f"select/step_{t:02d}": float(count) / steps_BK.shape[0] for t, count in enumerate(histogram)})
     return stats

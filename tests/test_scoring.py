@@ -10,7 +10,7 @@ from support import ToyGenerator
 from maskfocus.config import ConfigError, GRPOConfig, RouterConfig, SamplerConfig, SelectionConfig, config_from_dict
 from maskfocus.rollout import rollout
 from maskfocus.sampling import seeded_generator
-from maskfocus.scoring import score_trajectory
+from maskfocus.scoring import score_trajectory, tag_rewards
 
 
 class FixedReward:
@@ -51,6 +51,28 @@ def test_score_builds_a_batch_with_group_advantages_and_shared_steps():
     expected = trajectory.masks_BTL.gather(1, batch.steps_BK.unsqueeze(-1).expand(-1, -1, 16)).sum(-1)
     assert torch.equal(batch.num_masked_BK, expected)
     assert batch.stats["reward/mean"] == pytest.approx(3 / 8)
+
+
+def test_tag_rewards_average_each_tags_finite_rewards_as_a_loop_does():
+    metadata = [{"tag": "counting"}, {"tag": "colors"}, {"tag": "counting"}, {"tag": "colors"}, {"prompt": "untagged"}]
+    rewards = torch.tensor([1.0, 0.5, 0.0, float("nan"), 0.7])
+    expected = {}
+    for tag in ("counting", "colors"):
+        values = [r for m, r in zip(metadata, rewards.tolist(), strict=True) if m.get("tag") == tag and not np.isnan(r)]
+        expected[f"reward/tag/{tag}"] = sum(values) / len(values)
+    assert tag_rewards(metadata, rewards) == pytest.approx(expected)
+    assert tag_rewards([{"prompt": "a"}], torch.tensor([1.0])) == {}
+
+
+def test_score_reports_the_reward_of_each_tag_in_the_batch():
+    model, trajectory = toy_trajectory()
+    trajectory.metadata = [{"prompt": "a", "tag": "position"}, {"prompt": "b", "tag": "colors"}]
+    reward = FixedReward([1, 0, 0, 1, 0, 0, 0, 1])
+    batch = score_trajectory(
+        trajectory, reward, model, SelectionConfig(num_steps=2), GRPOConfig(), torch.Generator().manual_seed(0)
+    )
+    assert batch.stats["reward/tag/position"] == pytest.approx(0.5)
+    assert batch.stats["reward/tag/colors"] == pytest.approx(0.25)
 
 
 def test_nan_reward_group_is_skipped_and_counted():
