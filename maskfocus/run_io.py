@@ -150,12 +150,12 @@ def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 1
     import matplotlib.pyplot as plt
 
     tag_keys = sorted({key for r in records for key in r if key.startswith("reward/tag/")})
-    fig, axes = plt.subplots(1, 2 if tag_keys else 1, figsize=(12 if tag_keys else 7, 3.5), dpi=110, squeeze=False)
-    colours = {
-        "reward/mean": "tab:blue",
+    fig, axes = plt.subplots(1, 2 if tag_keys else 1, figsize=(13 if tag_keys else 7, 3.5), dpi=110, squeeze=False)
+    colours = {  # the mean last, on top: with one reward term the two curves are the same
         "reward/geneval_binary": "tab:green",
         "reward/geneval_partial": "tab:olive",
         "reward/clip": "tab:purple",
+        "reward/mean": "tab:blue",
     }
     for key, colour in colours.items():
         _plot_series(axes[0, 0], records, key, colour, key, window, raw=True)
@@ -163,13 +163,14 @@ def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 1
         _plot_series(
             axes[0, 1], records, key, plt.get_cmap("tab10")(index), key.removeprefix("reward/tag/"), window, raw=False
         )
-    if tag_keys:
-        axes[0, 1].set_title("training reward per tag", fontsize=9)
     for ax in axes[0]:
         ax.set_xlabel("iteration")
         ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    if tag_keys:  # the tags' legend beside their panel, where it hides no curve
+        axes[0, 1].set_title("training reward per tag", fontsize=9)
+        axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
