@@ -21,12 +21,17 @@ class Reward(Protocol):
         """One float per image, (B,)."""
 
 
+def geneval_term_name(mode: str, strict: bool) -> str:
+    """Metric name of a GenEval term: `geneval_<mode>`, with `_strict` when extra objects cost reward."""
+    return f"geneval_{mode}_strict" if strict else f"geneval_{mode}"
+
+
 class GenEvalReward:
     """GenEval correctness (binary) or clause fraction (partial) from a judge (shapes detector by default).
     `strict`: judged against `strict_metadata`, so extra objects cost reward (needs a judge with known classes)."""
 
     def __init__(self, mode: str = "binary", judge: Judge | None = None, strict: bool = False):
-        self.name = f"geneval_{mode}"
+        self.name = geneval_term_name(mode, strict)
         self.mode = mode
         self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())
         if strict and not self.judge.known_classes:
@@ -110,7 +115,7 @@ def build_reward(
 
 def build_rewards(specs: Sequence[RewardSpec], device: str = "cpu") -> WeightedReward:
     """The weighted sum of the configured terms (`rewards:` in the run YAML)."""
-    names = [f"geneval_{spec.mode}" if spec.name == "geneval" else spec.name for spec in specs]
+    names = [geneval_term_name(spec.mode, spec.strict) if spec.name == "geneval" else spec.name for spec in specs]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(f"rewards: each term must have its own metric name; repeated: {', '.join(repeated)}")

@@ -140,3 +140,21 @@ def test_binary_and_partial_terms_of_one_detector_judge_each_batch_once(monkeypa
     monkeypatch.setattr(strict_judge, "judge", lambda *args: calls.append(1) or strict_original(*args))
     strict(images, meta)
     assert len(calls) == 2  # strict rules judge against other metadata
+
+
+def test_plain_and_strict_terms_of_one_mode_get_their_own_metric_names():
+    from maskfocus.shapes.render import render_batch
+    from maskfocus.shapes.scene import Scene, ShapeObject
+
+    images = render_batch(
+        [Scene((ShapeObject("circle", "red", 16, 16, 16), ShapeObject("square", "blue", 44, 44, 16)))]
+    )
+    meta = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}]
+    specs = [RewardSpec(name="geneval", mode="partial"), RewardSpec(name="geneval", mode="partial", strict=True)]
+    total, parts = build_rewards(specs)(images, meta)
+    assert sorted(parts) == ["geneval_partial", "geneval_partial_strict"]
+    assert parts["geneval_partial"].item() == 1.0  # the extra square is free under the plain rules
+    assert parts["geneval_partial_strict"].item() == pytest.approx(1 - 1 / 5)  # and costs a clause under strict rules
+    torch.testing.assert_close(total, parts["geneval_partial"] + parts["geneval_partial_strict"])
+    with pytest.raises(ConfigError, match="repeated: geneval_partial_strict"):
+        build_rewards([specs[1], specs[1]])
