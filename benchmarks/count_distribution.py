@@ -19,14 +19,17 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
 from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
 from maskfocus.models import load_generator
-from maskfocus.rewards.geneval import Detection, Thresholds, evaluate
+from maskfocus.rewards.geneval import Detection, Thresholds, evaluate, filter_detections
 from maskfocus.shapes.detector import ShapesDetector
 
 
 def count_found(detections: Mapping[str, Sequence[Detection]], row: Mapping[str, Any], threshold: float) -> int:
-    """Detections of the row's (first) named class with a score strictly above `threshold`."""
+    """Detections of the row's (first) named class that the counting rule keeps at `threshold` (strictly above)."""
     classname = row["include"][0]["class"]
-    return sum(d.score > threshold for d in detections.get(classname, []))
+    kept = filter_detections(
+        {classname: detections.get(classname, [])}, "counting", Thresholds(counting_score=threshold)
+    )
+    return len(kept[classname])
 
 
 def tabulate(
@@ -74,7 +77,7 @@ def main() -> int:
     print("|---" * (len(found_values) + 2) + "|")
     for target in targets:
         cells = [table[(target, found)] for found in found_values]
-        mean = sum(f * c for f, c in zip(found_values, cells, strict=True)) / max(sum(cells), 1)
+        mean = sum(f * c for f, c in zip(found_values, cells, strict=True)) / sum(cells)
         print(f"| {target} | " + " | ".join(str(c) for c in cells) + f" | {mean:.2f} |")
     exact = sum(c for (target, found), c in table.items() if found == target) / len(rows)
     over = sum(c for (target, found), c in table.items() if found > target) / len(rows)
