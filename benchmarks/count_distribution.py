@@ -17,10 +17,8 @@ from typing import Any
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
-from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
-from maskfocus.models import load_generator
+from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, evaluate, filter_detections
-from maskfocus.shapes.detector import ShapesDetector
 
 
 def count_found(detections: Mapping[str, Sequence[Detection]], row: Mapping[str, Any], threshold: float) -> int:
@@ -47,20 +45,6 @@ def tabulate(
     return table, {threshold: passed[threshold] / len(rows) for threshold in thresholds}
 
 
-def detect_counting_images(model_path: str, images_per_row: int, seed: int) -> tuple[list, list]:
-    """Sample the counting rows with the default config's sampler; (detections per image, its row)."""
-    rows = [row for row in load_rows("shapes-geneval") if row["tag"] == "counting"]
-    config = load_config(DEFAULT_CONFIG, {"model.path": model_path})
-    detector = ShapesDetector()
-    detections, image_rows = [], []
-    for chunk, images in generate_batches(
-        load_generator(config.model), expand_jobs(rows, images_per_row), config.sampler, seed
-    ):
-        detections += detector.detect_batch(images)
-        image_rows += [rows[job.row_index] for job in chunk]
-    return detections, image_rows
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
@@ -68,7 +52,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the evaluation's 0)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.5, 0.3], help="first = the rule's")
     args = parser.parse_args()
-    detections, rows = detect_counting_images(args.model, args.images, args.seed)
+    config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
+    detections, rows = detect_tag_rows(config, "counting", args.images, args.seed)
     table, success = tabulate(detections, rows, args.thresholds)
     found_values = sorted({found for _, found in table})
     targets = sorted({target for target, _ in table})

@@ -22,10 +22,8 @@ from typing import Any
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
-from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
-from maskfocus.models import load_generator
+from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
-from maskfocus.shapes.detector import ShapesDetector
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 TOKEN_PIXELS = 4
@@ -87,20 +85,6 @@ def summarize(outcomes: Sequence[PairOutcome], near_tokens: float) -> dict[str, 
     return table
 
 
-def detect_position_images(model_path: str, images_per_row: int, seed: int) -> tuple[list, list]:
-    """Sample the position rows with the default config's sampler; (detections per image, its row)."""
-    rows = [row for row in load_rows("shapes-geneval") if row["tag"] == "position"]
-    config = load_config(DEFAULT_CONFIG, {"model.path": model_path})
-    detector = ShapesDetector()
-    detections, image_rows = [], []
-    for chunk, images in generate_batches(
-        load_generator(config.model), expand_jobs(rows, images_per_row), config.sampler, seed
-    ):
-        detections += detector.detect_batch(images)
-        image_rows += [rows[job.row_index] for job in chunk]
-    return detections, image_rows
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
@@ -108,7 +92,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the evaluation's 0)")
     parser.add_argument("--near", type=float, default=6.0, help="centre distance (tokens) up to which a pair is near")
     args = parser.parse_args()
-    detections, rows = detect_position_images(args.model, args.images, args.seed)
+    config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
+    detections, rows = detect_tag_rows(config, "position", args.images, args.seed)
     outcomes = [pair_outcome(d, row) for d, row in zip(detections, rows, strict=True)]
     correct = sum(o.asked_holds for o in outcomes) / len(outcomes)
     print(f"images: {len(outcomes)}; position success rate {correct:.3f}")

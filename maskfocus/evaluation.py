@@ -132,6 +132,22 @@ def generate_batches(
         yield chunk, to_uint8(model.decode(result.tokens_BL))
 
 
+def detect_tag_rows(config: RunConfig, tag: str, images_per_row: int, seed: int) -> tuple[list, list[dict[str, Any]]]:
+    """Sample the shapes-geneval rows of one tag with `config`'s model and sampler, and run the shapes detector on
+    each image; (detections per image, the row it answers). For diagnostics that look past the pass/fail verdict."""
+    from maskfocus.models import load_generator
+    from maskfocus.shapes.detector import ShapesDetector
+
+    rows = [row for row in load_rows("shapes-geneval") if row["tag"] == tag]
+    detector = ShapesDetector()
+    detections, image_rows = [], []
+    jobs = expand_jobs(rows, images_per_row)
+    for chunk, images in generate_batches(load_generator(config.model), jobs, config.sampler, seed):
+        detections += detector.detect_batch(images)
+        image_rows += [rows[job.row_index] for job in chunk]
+    return detections, image_rows
+
+
 def score_images(
     rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray, judge: Judge
 ) -> list[dict[str, Any]]:
