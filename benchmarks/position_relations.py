@@ -26,6 +26,7 @@ from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 TOKEN_PIXELS = 4
 RULE_THRESHOLDS = Thresholds()
 
@@ -38,6 +39,8 @@ class PairOutcome:
     asked_holds: bool = False
     opposite_holds: bool = False
     distance_tokens: float = math.nan
+    axis: str = ""
+    """"horizontal" for left of / right of, "vertical" for above / below."""
 
 
 def box_centre(box: Sequence[float]) -> tuple[float, float]:
@@ -62,16 +65,20 @@ def pair_outcome(
         asked_holds=relation in holding,
         opposite_holds=OPPOSITE[relation] in holding,
         distance_tokens=math.hypot(sx - rx, sy - ry) / TOKEN_PIXELS,
+        axis=AXIS[relation],
     )
 
 
 def summarize(outcomes: Sequence[PairOutcome], near_tokens: float) -> dict[str, dict[str, float]]:
-    """Per group (all, near, far pairs): images, share of all images, asked / opposite relation rate within it."""
+    """Per group (all, near, far pairs, left/right and above/below prompts): images, share of all images, asked /
+    opposite relation rate within it."""
     found = [o for o in outcomes if o.both_found]
     groups = {
         "both found": found,
         f"near (<= {near_tokens:g} tokens)": [o for o in found if o.distance_tokens <= near_tokens],
         f"far (> {near_tokens:g} tokens)": [o for o in found if o.distance_tokens > near_tokens],
+        "left of / right of": [o for o in found if o.axis == "horizontal"],
+        "above / below": [o for o in found if o.axis == "vertical"],
     }
     table = {}
     for name, members in groups.items():

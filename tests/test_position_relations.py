@@ -36,10 +36,10 @@ def test_pair_outcomes_match_hand_placed_boxes():
     module = load_benchmark("position_relations")
     outcome = {name: module.pair_outcome(scene, CIRCLE_LEFT_OF_SQUARE) for name, scene in SCENES.items()}
     assert outcome["left, far"] == module.PairOutcome(
-        True, asked_holds=True, opposite_holds=False, distance_tokens=10.0
+        True, asked_holds=True, opposite_holds=False, distance_tokens=10.0, axis="horizontal"
     )
     assert outcome["right, near"] == module.PairOutcome(
-        True, asked_holds=False, opposite_holds=True, distance_tokens=5.0
+        True, asked_holds=False, opposite_holds=True, distance_tokens=5.0, axis="horizontal"
     )
     assert outcome["no square"].both_found is False and math.isnan(outcome["no square"].distance_tokens)
     # the best circle (0.9) is the one GenEval's rule checks; the 0.2 one is below the 0.3 threshold
@@ -62,3 +62,20 @@ def test_summary_splits_near_and_far_pairs():
     assert table["both found"] == {"images": 3, "share": 3 / 4, "asked": 2 / 3, "opposite": 1 / 3}
     assert table["near (<= 6 tokens)"] == {"images": 2, "share": 2 / 4, "asked": 1 / 2, "opposite": 1 / 2}
     assert table["far (> 6 tokens)"] == {"images": 1, "share": 1 / 4, "asked": 1.0, "opposite": 0.0}
+
+
+def test_summary_splits_horizontal_and_vertical_prompts():
+    module = load_benchmark("position_relations")
+    above_row = {
+        **CIRCLE_LEFT_OF_SQUARE,
+        "include": [CIRCLE_LEFT_OF_SQUARE["include"][0], {"class": "circle", "count": 1, "position": ["above", 0]}],
+    }
+    horizontal = [module.pair_outcome(scene, CIRCLE_LEFT_OF_SQUARE) for scene in SCENES.values()]
+    vertical = [module.pair_outcome(scene, above_row) for scene in SCENES.values()]
+    assert {o.axis for o in horizontal if o.both_found} == {"horizontal"}
+    assert {o.axis for o in vertical if o.both_found} == {"vertical"}
+    table = module.summarize(horizontal + vertical, near_tokens=6.0)
+    assert table["left of / right of"]["images"] == 3
+    assert table["left of / right of"]["asked"] == 2 / 3
+    assert table["above / below"]["images"] == 3
+    assert table["left of / right of"]["share"] == 3 / 8
