@@ -116,18 +116,24 @@ def train_generator(
     seed: int,
     log: LogFn,
     progress: Callable[[int], None],
+    start_from: tuple[CLIPTextModelWithProjection, UVit2DModel] | None = None,
 ) -> tuple[CLIPTextModelWithProjection, UVit2DModel]:
-    """Train a fresh text encoder and transformer on VQ tokens of random scenes with loose captions."""
+    """Train a text encoder and transformer on VQ tokens of random scenes with loose captions: fresh ones
+    (`config.transformer`'s size), or `start_from`'s, trained further in place."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     scenes = [pretraining_pair(rng, config.caption_mix)[0] for _ in range(config.num_scenes)]
     corpus_NL = tokenize_scenes(vqvae, scenes)
     background = int(tokenize_scenes(vqvae, [Scene(objects=())])[0, 0])
-    text_encoder = build_text_encoder(
-        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
-    ).train()
-    transformer = build_transformer(config.transformer).train()
+    if start_from is None:
+        text_encoder = build_text_encoder(
+            len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+        )
+        transformer = build_transformer(config.transformer)
+    else:
+        text_encoder, transformer = start_from
+    text_encoder, transformer = text_encoder.requires_grad_(True).train(), transformer.requires_grad_(True).train()
     parameters = list(text_encoder.parameters()) + list(transformer.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     mask_id = transformer.config.codebook_size

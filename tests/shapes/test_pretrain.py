@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, mask_random_positions
@@ -131,3 +133,29 @@ def test_pretrain_overrides_are_validated_with_the_field_path():
     assert config.generator.transformer.num_res_blocks == 3
     with pytest.raises(ConfigError, match="generator.transformer.num_res_block"):
         section_with_overrides(PretrainConfig, {"generator.transformer.num_res_block": 3}, "test")
+
+
+def test_generator_training_can_continue_from_a_model():
+    """`start_from` trains the given text encoder and transformer further, in place (relation_finetune.py)."""
+    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.shapes.pretrain_generator import train_generator
+
+    model = AmusedGenerator.from_folder()
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    text_before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    config = GeneratorPretrainConfig(num_scenes=4, num_steps=2, batch_size=2, condition_dropout=0.0)
+    records = []
+    text_encoder, transformer = train_generator(
+        config,
+        model.vqvae,
+        model.tokenizer,
+        0,
+        records.append,
+        lambda _: None,
+        start_from=(model.text_encoder, model.transformer),
+    )
+    assert text_encoder is model.text_encoder and transformer is model.transformer
+    assert not transformer.training and not text_encoder.training
+    assert any(not torch.equal(v, before[k]) for k, v in transformer.state_dict().items())
+    assert any(not torch.equal(v, text_before[k]) for k, v in text_encoder.state_dict().items())
+    assert records[0]["loss"] < 1.0  # a trained model's loss, not a fresh one's (~log 384 = 5.95)

@@ -1,0 +1,156 @@
+"""Which caption words does a generator use at all? Teacher-forced loss with the true caption against an altered one.
+
+For each kind of word, random two-object (or one-object) scenes of the shapes world are tokenized by the model's
+VQ, a random share of their tokens is masked, and the model predicts the masked tokens twice: given the true
+caption, and given the same caption with one thing changed. A model that uses the word predicts better with the
+true caption; one that ignores it scores both the same. Only masked tokens of objects count (the background is
+the same either way). The four kinds:
+
+- color:    "a photo of a red circle"              / another colour
+- counting: "a photo of three circles"             / a wrong number (two <-> three <-> four)
+- binding:  "a photo of a red circle and a blue square" / the two colours swapped
+- position: "a photo of a circle left of a square" / the opposite relation
+
+Usage: python benchmarks/caption_sensitivity.py [MODEL] [--scenes 512] [--ratios 0.8 0.95] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskfocus.shapes.prompts import PREFIX
+from maskfocus.shapes.scene import Scene, random_scene, relations
+from maskfocus.shapes.world import COLORS, NUMBER_WORDS, PLURALS, article
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+SIZE = 16.0  # the shipped model's one object size
+Pair = tuple[Scene, str, str]  # scene, true caption, altered caption
+
+
+def phrase(shape: str, count: int = 1, color: str | None = None) -> str:
+    """ "a circle", "a red circle", "three circles"."""
+    words = ([color] if color else []) + [shape if count == 1 else PLURALS[shape]]
+    return " ".join([article(words[0]) if count == 1 else NUMBER_WORDS[count], *words])
+
+
+def color_pair(rng: np.random.Generator) -> Pair | None:
+    (obj,) = random_scene(rng, 1, (SIZE,)).objects
+    other = [c for c in COLORS if c != obj.color][int(rng.integers(len(COLORS) - 1))]
+    true, altered = (f"{PREFIX} {phrase(obj.shape, 1, c)}" for c in (obj.color, other))
+    return Scene((obj,)), true, altered
+
+
+def counting_pair(rng: np.random.Generator) -> Pair | None:
+    count = int(rng.integers(2, 5))
+    objects = random_scene(rng, count, (SIZE,)).objects
+    shape = objects[0].shape
+    wrong = {2: 3, 3: int(rng.choice([2, 4])), 4: 3}[count]
+    scene = Scene(tuple(dataclasses.replace(o, shape=shape) for o in objects))
+    return scene, f"{PREFIX} {phrase(shape, count)}", f"{PREFIX} {phrase(shape, wrong)}"
+
+
+def binding_pair(rng: np.random.Generator) -> Pair | None:
+    scene = random_scene(rng, 2, (SIZE,))
+    a, b = scene.objects
+    if a.shape == b.shape or a.color == b.color:
+        return None
+    true = f"{PREFIX} {phrase(a.shape, 1, a.color)} and {phrase(b.shape, 1, b.color)}"
+    return scene, true, f"{PREFIX} {phrase(a.shape, 1, b.color)} and {phrase(b.shape, 1, a.color)}"
+
+
+def position_pair(rng: np.random.Generator) -> Pair | None:
+    scene = random_scene(rng, 2, (SIZE,))
+    subject, reference = scene.objects
+    holding = sorted(relations(subject.box, reference.box))
+    if subject.shape == reference.shape or not holding or OPPOSITE[holding[0]] in holding:
+        return None
+    relation = holding[int(rng.integers(len(holding)))]
+    caption = f"{PREFIX} {phrase(subject.shape)} {{}} {phrase(reference.shape)}"
+    return scene, caption.format(relation), caption.format(OPPOSITE[relation])
+
+
+KINDS: dict[str, Callable[[np.random.Generator], Pair | None]] = {
+    "color": color_pair,
+    "counting": counting_pair,
+    "binding": binding_pair,
+    "position": position_pair,
+}
+
+
+def draw_pairs(kind: str, count: int, rng: np.random.Generator) -> list[Pair]:
+    pairs: list[Pair] = []
+    while len(pairs) < count:
+        if (pair := KINDS[kind](rng)) is not None:
+            pairs.append(pair)
+    return pairs
+
+
+@torch.no_grad()
+def object_token_loss(model, tokens_BL: torch.Tensor, masked_BL: torch.Tensor, objects_BL, captions) -> torch.Tensor:
+    """Per scene (B,): mean cross-entropy of its masked object tokens given `captions` (NaN if it has none)."""
+    inputs_BL = tokens_BL.masked_fill(masked_BL, model.mask_token_id)
+    logits_BLV = model.logits(inputs_BL, model.encode_prompts(captions))
+    loss_BL = F.cross_entropy(logits_BLV.flatten(0, 1), tokens_BL.flatten(), reduction="none").view(tokens_BL.shape)
+    scored_BL = (masked_BL & objects_BL).float()
+    return (loss_BL * scored_BL).sum(1) / scored_BL.sum(1)
+
+
+def scene_tokens(model, scenes: list[Scene]) -> torch.Tensor:
+    """VQ token ids (B, L) of the renders of `scenes`."""
+    from maskfocus.shapes.render import render_batch
+
+    return model.encode_images(torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 255)
+
+
+def sensitivity(model, pairs: list[Pair], ratio: float, generator: torch.Generator) -> dict[str, float]:
+    """Loss with the true captions and with the altered ones, on one shared random mask, and their paired
+    difference (altered - true) with its standard error over scenes."""
+    tokens_BL = scene_tokens(model, [scene for scene, _, _ in pairs])
+    background = int(scene_tokens(model, [Scene(())])[0, 0])
+    masked_BL = torch.rand(tokens_BL.shape, generator=generator) < ratio
+    objects_BL = tokens_BL != background
+    true_B, altered_B = (
+        object_token_loss(model, tokens_BL, masked_BL, objects_BL, [pair[k] for pair in pairs]) for k in (1, 2)
+    )
+    scored = ~(true_B.isnan() | altered_B.isnan())
+    difference_B = (altered_B - true_B)[scored]
+    return {
+        "true": float(true_B[scored].mean()),
+        "altered": float(altered_B[scored].mean()),
+        "difference": float(difference_B.mean()),
+        "stderr": float(difference_B.std() / len(difference_B) ** 0.5),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="builtin:shapes-tiny", help="model folder")
+    parser.add_argument("--scenes", type=int, default=512, help="scenes per kind")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.95], help="shares of tokens masked")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from maskfocus.config import ModelConfig
+    from maskfocus.models import load_generator
+
+    model = load_generator(ModelConfig(path=args.model), dtype="float32")
+    print("| words | masked | loss, true caption | loss, altered caption | altered - true (+- s.e.) |")
+    print("|---|---|---|---|---|")
+    for kind in KINDS:
+        pairs = draw_pairs(kind, args.scenes, np.random.default_rng(args.seed))
+        for ratio in args.ratios:
+            cells = sensitivity(model, pairs, ratio, torch.Generator().manual_seed(args.seed))
+            print(
+                f"| {kind} | {ratio:g} | {cells['true']:.4f} | {cells['altered']:.4f} "
+                f"| {cells['difference']:+.4f} +- {cells['stderr']:.4f} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""benchmarks/caption_sensitivity.py: true and altered captions differ in just the word under test, the scene
+matches only the true one, and the per-scene loss matches a token loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from support import ToyGenerator, load_benchmark
+
+from maskfocus.shapes.scene import relations
+from maskfocus.shapes.world import COLORS, NUMBER_WORDS
+
+module = load_benchmark("caption_sensitivity")
+
+
+def changed_words(true: str, altered: str) -> list[tuple[str, str]]:
+    """Word pairs that differ, but for the article that follows a colour word ("an orange" / "a green")."""
+    a, b = true.split(), altered.split()
+    assert len(a) == len(b)
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y and {x, y} != {"a", "an"}]
+
+
+def test_color_pairs_name_the_objects_colour_and_another():
+    for scene, true, altered in module.draw_pairs("color", 50, np.random.default_rng(0)):
+        (obj,) = scene.objects
+        ((said, other),) = changed_words(true, altered)
+        assert said == obj.color and other in COLORS and other != obj.color
+
+
+def test_counting_pairs_name_the_true_count_and_a_neighbour():
+    for scene, true, altered in module.draw_pairs("counting", 50, np.random.default_rng(0)):
+        assert len({obj.shape for obj in scene.objects}) == 1
+        ((said, other),) = changed_words(true, altered)
+        assert said == NUMBER_WORDS[len(scene.objects)]
+        wrong = next(n for n, word in NUMBER_WORDS.items() if word == other)
+        assert abs(wrong - len(scene.objects)) == 1
+
+
+def test_binding_pairs_swap_the_two_colours():
+    for scene, true, altered in module.draw_pairs("binding", 50, np.random.default_rng(0)):
+        a, b = scene.objects
+        assert true == f"a photo of {module.phrase(a.shape, 1, a.color)} and {module.phrase(b.shape, 1, b.color)}"
+        assert changed_words(true, altered) == [(a.color, b.color), (b.color, a.color)]
+
+
+def test_position_pairs_hold_the_true_relation_and_not_the_altered_one():
+    for scene, true, altered in module.draw_pairs("position", 50, np.random.default_rng(0)):
+        subject, reference = scene.objects
+        holding = relations(subject.box, reference.box)
+        said = next(r for r in module.OPPOSITE if f" {r} " in true)
+        assert said in holding and module.OPPOSITE[said] in altered and module.OPPOSITE[said] not in holding
+
+
+def test_object_token_loss_matches_a_token_loop():
+    model = ToyGenerator()
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.codebook_size, (3, 16), generator=generator)
+    masked = torch.rand(tokens.shape, generator=generator) < 0.6
+    objects = tokens != 0
+    captions = ["a", "bb", "ccc"]
+    loss = module.object_token_loss(model, tokens, masked, objects, captions)
+    logits = model.logits(tokens.masked_fill(masked, model.mask_token_id), model.encode_prompts(captions))
+    for b in range(3):
+        terms = [
+            -torch.log_softmax(logits[b, i], -1)[tokens[b, i]].item()
+            for i in range(16)
+            if masked[b, i] and objects[b, i]
+        ]
+        assert loss[b].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5) if terms else math.isnan(loss[b])
+    same = module.object_token_loss(model, tokens, masked, objects, captions)
+    assert torch.equal(loss, same)
