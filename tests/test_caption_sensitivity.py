@@ -46,9 +46,12 @@ def test_binding_pairs_swap_the_two_colours():
         assert changed_words(true, altered) == [(a.color, b.color), (b.color, a.color)]
 
 
-def test_position_pairs_hold_the_true_relation_and_not_the_altered_one():
-    for scene, true, altered in module.draw_pairs("position", 50, np.random.default_rng(0)):
+@pytest.mark.parametrize("kind", ["position", "position_near"])
+def test_position_pairs_hold_the_true_relation_and_not_the_altered_one(kind):
+    for scene, true, altered in module.draw_pairs(kind, 50, np.random.default_rng(0)):
         subject, reference = scene.objects
+        if kind == "position_near":
+            assert math.hypot(subject.cx - reference.cx, subject.cy - reference.cy) <= 24.0
         holding = relations(subject.box, reference.box)
         said = next(r for r in module.OPPOSITE if f" {r} " in true)
         assert said in holding and module.OPPOSITE[said] in altered and module.OPPOSITE[said] not in holding
