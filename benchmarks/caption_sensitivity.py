@@ -29,26 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskfocus.shapes.prompts import PREFIX
+from maskfocus.shapes import prompts
 from maskfocus.shapes.scene import Scene, random_scene, relations
-from maskfocus.shapes.world import COLORS, NUMBER_WORDS, PLURALS, article
+from maskfocus.shapes.world import COLORS, OPPOSITE_RELATION
 
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 SIZE = 16.0  # the shipped model's one object size
 Pair = tuple[Scene, str, str]  # scene, true caption, altered caption
-
-
-def phrase(shape: str, count: int = 1, color: str | None = None) -> str:
-    """ "a circle", "a red circle", "three circles"."""
-    words = ([color] if color else []) + [shape if count == 1 else PLURALS[shape]]
-    return " ".join([article(words[0]) if count == 1 else NUMBER_WORDS[count], *words])
 
 
 def color_pair(rng: np.random.Generator) -> Pair | None:
     (obj,) = random_scene(rng, 1, (SIZE,)).objects
     other = [c for c in COLORS if c != obj.color][int(rng.integers(len(COLORS) - 1))]
-    true, altered = (f"{PREFIX} {phrase(obj.shape, 1, c)}" for c in (obj.color, other))
-    return Scene((obj,)), true, altered
+    return Scene((obj,)), prompts.colors(obj.shape, obj.color)["prompt"], prompts.colors(obj.shape, other)["prompt"]
 
 
 def counting_pair(rng: np.random.Generator) -> Pair | None:
@@ -57,7 +49,7 @@ def counting_pair(rng: np.random.Generator) -> Pair | None:
     shape = objects[0].shape
     wrong = {2: 3, 3: int(rng.choice([2, 4])), 4: 3}[count]
     scene = Scene(tuple(dataclasses.replace(o, shape=shape) for o in objects))
-    return scene, f"{PREFIX} {phrase(shape, count)}", f"{PREFIX} {phrase(shape, wrong)}"
+    return scene, prompts.counting(shape, count)["prompt"], prompts.counting(shape, wrong)["prompt"]
 
 
 def binding_pair(rng: np.random.Generator) -> Pair | None:
@@ -65,8 +57,8 @@ def binding_pair(rng: np.random.Generator) -> Pair | None:
     a, b = scene.objects
     if a.shape == b.shape or a.color == b.color:
         return None
-    true = f"{PREFIX} {phrase(a.shape, 1, a.color)} and {phrase(b.shape, 1, b.color)}"
-    return scene, true, f"{PREFIX} {phrase(a.shape, 1, b.color)} and {phrase(b.shape, 1, a.color)}"
+    true = prompts.color_attr(a.shape, a.color, b.shape, b.color)["prompt"]
+    return scene, true, prompts.color_attr(a.shape, b.color, b.shape, a.color)["prompt"]
 
 
 def position_pair(rng: np.random.Generator, max_distance: float = math.inf) -> Pair | None:
@@ -75,11 +67,15 @@ def position_pair(rng: np.random.Generator, max_distance: float = math.inf) -> P
     subject, reference = scene.objects
     holding = sorted(relations(subject.box, reference.box))
     distance = math.hypot(subject.cx - reference.cx, subject.cy - reference.cy)
-    if subject.shape == reference.shape or not holding or OPPOSITE[holding[0]] in holding or distance > max_distance:
+    if not holding or subject.shape == reference.shape or distance > max_distance:
+        return None
+    if OPPOSITE_RELATION[holding[0]] in holding:
         return None
     relation = holding[int(rng.integers(len(holding)))]
-    caption = f"{PREFIX} {phrase(subject.shape)} {{}} {phrase(reference.shape)}"
-    return scene, caption.format(relation), caption.format(OPPOSITE[relation])
+    true, altered = (
+        prompts.position(reference.shape, subject.shape, r)["prompt"] for r in (relation, OPPOSITE_RELATION[relation])
+    )
+    return scene, true, altered
 
 
 KINDS: dict[str, Callable[[np.random.Generator], Pair | None]] = {

@@ -24,8 +24,8 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
 from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
+from maskfocus.shapes.world import OPPOSITE_RELATION
 
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 TOKEN_PIXELS = 4
 RULE_THRESHOLDS = Thresholds()
@@ -63,7 +63,7 @@ def pair_outcome(
     return PairOutcome(
         both_found=True,
         asked_holds=relation in holding,
-        opposite_holds=OPPOSITE[relation] in holding,
+        opposite_holds=OPPOSITE_RELATION[relation] in holding,
         distance_tokens=math.hypot(sx - rx, sy - ry) / TOKEN_PIXELS,
         axis=AXIS[relation],
     )

@@ -10,8 +10,9 @@ import pytest
 import torch
 from support import ToyGenerator, load_benchmark
 
+from maskfocus.shapes import prompts
 from maskfocus.shapes.scene import relations
-from maskfocus.shapes.world import COLORS, NUMBER_WORDS
+from maskfocus.shapes.world import COLORS, NUMBER_WORDS, OPPOSITE_RELATION
 
 module = load_benchmark("caption_sensitivity")
 
@@ -42,7 +43,7 @@ def test_counting_pairs_name_the_true_count_and_a_neighbour():
 def test_binding_pairs_swap_the_two_colours():
     for scene, true, altered in module.draw_pairs("binding", 50, np.random.default_rng(0)):
         a, b = scene.objects
-        assert true == f"a photo of {module.phrase(a.shape, 1, a.color)} and {module.phrase(b.shape, 1, b.color)}"
+        assert true == prompts.color_attr(a.shape, a.color, b.shape, b.color)["prompt"]
         assert changed_words(true, altered) == [(a.color, b.color), (b.color, a.color)]
 
 
@@ -53,8 +54,9 @@ def test_position_pairs_hold_the_true_relation_and_not_the_altered_one(kind):
         if kind == "position_near":
             assert math.hypot(subject.cx - reference.cx, subject.cy - reference.cy) <= 24.0
         holding = relations(subject.box, reference.box)
-        said = next(r for r in module.OPPOSITE if f" {r} " in true)
-        assert said in holding and module.OPPOSITE[said] in altered and module.OPPOSITE[said] not in holding
+        said = next(r for r in OPPOSITE_RELATION if f" {r} " in true)
+        assert said in holding and OPPOSITE_RELATION[said] not in holding
+        assert changed_words(true, altered) == list(zip(said.split(), OPPOSITE_RELATION[said].split(), strict=True))[:1]
 
 
 def test_object_token_loss_matches_a_token_loop():

@@ -36,6 +36,9 @@ NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 """GenEval relative positions."""
 
+OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+"""Each relation's mirror image."""
+
 GRID = 4
 """Object boxes sit on this pixel grid (the VQ tokenizer's patch side): corners and sizes are multiples of it, so
 every token of a scene is either plain background, solid colour, or one of a few fixed edge patterns per
