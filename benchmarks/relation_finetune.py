@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.models.loading import resolve_model_path
-from maskfocus.run_io import plain_state_dict, save_model_folder
+from maskfocus.run_io import save_model_folder
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.prompts import CaptionMix
 
@@ -55,9 +54,7 @@ def main() -> int:
             bar.update,
             start_from=(model.text_encoder, model.transformer),
         )
-    folder = save_model_folder(resolve_model_path(args.model), transformer, args.out)
-    weights = next((folder / "text_encoder").glob("*.safetensors"))
-    save_file(plain_state_dict(text_encoder), str(weights), metadata={"format": "pt"})
+    folder = save_model_folder(resolve_model_path(args.model), transformer, args.out, text_encoder)
     print(f"wrote {folder}")
     return 0
 

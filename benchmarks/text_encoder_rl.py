@@ -22,33 +22,19 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 import maskfocus.trainer as trainer
 from maskfocus.cli import main as maskfocus_main
-from maskfocus.models.base import Condition
-from maskfocus.update import PolicyUpdater, make_optimizer
-
-
-def encode_with(model, encoder: nn.Module, prompts: Sequence[str]) -> Condition:
-    """`model.encode_prompts` with another (maybe trainable) encoder, keeping gradients."""
-    ids = model.tokenizer(
-        list(prompts), padding="max_length", max_length=model.text_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(model.device)
-    output = encoder(ids, return_dict=True, output_hidden_states=True)
-    return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
+from maskfocus.update import PolicyUpdater, kept_rows, make_optimizer
 
 
 def learning_prompts(batch) -> list[str]:
-    """The prompts of the rows `update.learning_rows` keeps (valid rows; the first row when none is)."""
-    keep_B = batch.valid_B.clone().bool()
-    if not bool(keep_B.any()):
-        keep_B[0] = True
+    """The prompts of the rows `update.learning_rows` keeps."""
+    keep_B = kept_rows(batch.valid_B)
     return list(batch.prompts_B) if bool(keep_B.all()) else list(batch.rows(keep_B).prompts_B)
 
 
@@ -66,7 +52,7 @@ class TextAndTransformerUpdater(PolicyUpdater):
     def _logp(self, step, tokens_BL, condition, module):
         is_reference = module is self.reference_forward
         encoder = self.reference_text_encoder if is_reference else self.text_encoder
-        return super()._logp(step, tokens_BL, encode_with(self.model, encoder, self._prompts), module)
+        return super()._logp(step, tokens_BL, self.model.encode_prompts_with(encoder, self._prompts), module)
 
     def update(self, batch, generator, *args, **kwargs):
         self._prompts = learning_prompts(batch)
@@ -102,11 +88,7 @@ def install() -> None:
             updaters.append(self)
 
     def save_model_folder(base_folder: Path, module: nn.Module, target: Path) -> Path:
-        folder = save_transformer_folder(base_folder, module, target)
-        weights = next((folder / "text_encoder").glob("*.safetensors"))
-        state = {name: t.detach().contiguous() for name, t in updaters[-1].text_encoder.state_dict().items()}
-        save_file(state, str(weights), metadata={"format": "pt"})
-        return folder
+        return save_transformer_folder(base_folder, module, target, updaters[-1].text_encoder)
 
     trainer.PolicyUpdater = Recorded
     trainer.sync_weights = sync_both

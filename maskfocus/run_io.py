@@ -112,13 +112,18 @@ def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, An
     return json.loads((checkpoint / "state.json").read_text())
 
 
-def save_model_folder(base_folder: Path, module: nn.Module, target: Path) -> Path:
-    """A full aMUSEd-format model folder: the base model with the trained transformer weights."""
+def save_model_folder(
+    base_folder: Path, module: nn.Module, target: Path, text_encoder: nn.Module | None = None
+) -> Path:
+    """A full aMUSEd-format model folder: the base model with the trained transformer weights (and the trained text
+    encoder's, when given)."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
-    weights = next((target / "transformer").glob("*.safetensors"))
-    save_file(plain_state_dict(module), str(weights), metadata={"format": "pt"})
+    trained = {"transformer": module} if text_encoder is None else {"transformer": module, "text_encoder": text_encoder}
+    for part, weights_of in trained.items():
+        weights = next((target / part).glob("*.safetensors"))
+        save_file(plain_state_dict(weights_of), str(weights), metadata={"format": "pt"})
     return target
 
 

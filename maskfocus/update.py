@@ -56,6 +56,14 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False)
 
 
+def kept_rows(valid_B: torch.Tensor) -> torch.Tensor:
+    """The rows `learning_rows` keeps: the valid ones, or the first one when none is."""
+    keep_B = valid_B.clone().bool()
+    if not bool(keep_B.any()):
+        keep_B[0] = True
+    return keep_B
+
+
 def learning_rows(batch: TrainBatch, steps: list[StepInputs]) -> tuple[TrainBatch, list[StepInputs]]:
     """Only the samples that reach the loss, so the forwards skip the rest; the loss is unchanged.
 
@@ -63,11 +71,9 @@ def learning_rows(batch: TrainBatch, steps: list[StepInputs]) -> tuple[TrainBatc
     token, so it adds nothing to the policy term, the KL or the token count. When none is valid, one sample
     stays (with no loss token), so that every rank of a sharded learner still runs its forward and backward.
     """
-    keep_B = batch.valid_B.clone().bool()
+    keep_B = kept_rows(batch.valid_B)
     if bool(keep_B.all()):
         return batch, steps
-    if not bool(keep_B.any()):
-        keep_B[0] = True
     kept = []
     for step in steps:
         keep = keep_B.to(step.inputs_BL.device)

@@ -84,10 +84,14 @@ class VQTextGenerator:
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Condition:
         """As both pipelines: pooled = the CLIP text projection, sequence = the penultimate hidden layer."""
+        return self.encode_prompts_with(self.text_encoder, prompts)
+
+    def encode_prompts_with(self, encoder: nn.Module, prompts: Sequence[str]) -> Condition:
+        """`encode_prompts` by another encoder of the same tokenizer (a trainable or frozen copy), with gradients."""
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
-        output = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
+        output = encoder(ids, return_dict=True, output_hidden_states=True)
         return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
 
     def _inputs(self, module: nn.Module, condition: Condition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
