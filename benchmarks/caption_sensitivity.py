@@ -15,6 +15,7 @@ the same either way). The four kinds:
   embedding
 
 Usage: python benchmarks/caption_sensitivity.py [MODEL] [--scenes 512] [--ratios 0.8 0.95] [--seed 0] [--kinds ...]
+       [--trust-checkpoint-code]  (a Meissonic-format folder, e.g. benchmarks/positional_base.py's)
 """
 
 from __future__ import annotations
@@ -139,11 +140,18 @@ def main() -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.95], help="shares of tokens masked")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="which words to test")
+    parser.add_argument(
+        "--trust-checkpoint-code",
+        action="store_true",
+        help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
+    )
     args = parser.parse_args()
     from maskfocus.config import ModelConfig
     from maskfocus.models import load_generator
 
-    model = load_generator(ModelConfig(path=args.model), dtype="float32")
+    kind = "meissonic" if args.trust_checkpoint_code else "amused"
+    config = ModelConfig(path=args.model, kind=kind, trust_checkpoint_code=args.trust_checkpoint_code)
+    model = load_generator(config, dtype="float32")
     print("| words | masked | loss, true caption | loss, altered caption | altered - true (+- s.e.) |")
     print("|---|---|---|---|---|")
     for kind in args.kinds:

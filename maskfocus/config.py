@@ -47,7 +47,8 @@ class ModelConfig(Section):
     `eval.dtype`."""
     resolution: int | None = Field(None, ge=8)
     """Generated image side in pixels; null = the model's own (aMUSEd: transformer sample_size x VQ downscale,
-    e.g. 256 or 512; Meissonic: 1024). Micro-conditioning is set to it."""
+    e.g. 256 or 512; Meissonic: 1024, or sample_size x VQ downscale where its transformer config states a
+    sample_size). Micro-conditioning is set to it."""
     text_encoder: str | None = None
     """A local CLIPTextModelWithProjection folder replacing the model's text_encoder/ (Meissonic's reference
     inference uses the original laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = the folder's own."""

@@ -49,6 +49,15 @@ NATIVE_RESOLUTION = 1024
 """Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
 
 
+def native_resolution(transformer_config, vq_config) -> int:
+    """Pixels per side a folder generates by default: its transformer's `sample_size` (token grid side, as
+    UVit2D-derived transformers state it) times the VQ's downscale, else Meissonic's 1024."""
+    sample_size = getattr(transformer_config, "sample_size", None)
+    if sample_size is None:
+        return NATIVE_RESOLUTION
+    return int(sample_size) * 2 ** (len(vq_config.block_out_channels) - 1)
+
+
 def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
     """The transformer class defined in `<folder>/transformer/transformer.py`, named by its config's `_class_name`.
 
@@ -126,7 +135,8 @@ class MeissonicGenerator(VQTextGenerator):
         trust_checkpoint_code: bool = False,
     ) -> MeissonicGenerator:
         """Load transformer and text encoder in `dtype` (the VQ stays float32); `resolution` in pixels (None =
-        1024); `text_encoder` replaces text_encoder/ (the reference inference uses the original CLIP-ViT-H-14)."""
+        `native_resolution`); `text_encoder` replaces text_encoder/ (the reference inference uses the original
+        CLIP-ViT-H-14)."""
         folder = resolve_model_path(path)
         hint = folder_hint(path)
         check_folder(folder, PARTS, "Meissonic", hint)
@@ -148,7 +158,7 @@ class MeissonicGenerator(VQTextGenerator):
             tokenizer,
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
-            image_size=resolution or NATIVE_RESOLUTION,
+            image_size=resolution or native_resolution(transformer.config, vqvae.config),
             pixel_range=vq_pixel_range(folder),
             device=device,
             downsample=bool(getattr(transformer.config, "downsample", False)),

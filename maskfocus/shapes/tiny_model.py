@@ -79,15 +79,18 @@ class TransformerShape(Section):
     """Heads of the middle layers (the res-block attention has 2)."""
 
 
-def build_transformer(shape: TransformerShape | None = None) -> UVit2DModel:
+def build_transformer(
+    shape: TransformerShape | None = None, model_class: type[UVit2DModel] = UVit2DModel
+) -> UVit2DModel:
     """Tiny masked transformer that attends over the full 16x16 token grid.
 
     No 2x downsample: UVit2D downsamples before its first block and has no skip connection, so with it every
     2x2 group of tokens is predicted by a linear map from one 8x8 cell vector; its teacher-forced accuracy on
-    object tokens with 90% of the grid visible was 0.68 against 0.90 without (same steps).
+    object tokens with 90% of the grid visible was 0.68 against 0.90 without (same steps). `model_class` may be a
+    subclass with the same constructor (maskfocus.shapes.positional_uvit.PositionalUVit2DModel).
     """
     shape = shape or TransformerShape()
-    return UVit2DModel(
+    return model_class(
         hidden_size=shape.hidden_size,
         use_bias=False,
         cond_embed_dim=TEXT_PROJECTION,

@@ -4,6 +4,7 @@ released call signature: trust gate, the inputs the reference pipeline builds, C
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from model_folders import CODEBOOK, TEXT_LENGTH, VOCAB
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.models.base import ModelLoadError
-from maskfocus.models.meissonic import MeissonicGenerator, image_position_ids
+from maskfocus.models.meissonic import NATIVE_RESOLUTION, MeissonicGenerator, image_position_ids, native_resolution
 from maskfocus.sampling import sample_prompts, seeded_generator
 
 RESOLUTION = 32  # VQ downscale 2 -> a 16 x 16 token grid, 8 x 8 inside the downsampling transformer
@@ -127,3 +128,9 @@ def test_bfloat16_weights(meissonic_folder, model):
         reference = model.logits(tokens, model.encode_prompts(["a cat"]), step=1, num_steps=4)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, reference, atol=0.15, rtol=0.05)
+
+
+def test_native_resolution_is_1024_unless_the_transformer_states_a_sample_size():
+    vq = SimpleNamespace(block_out_channels=(16, 32, 64))  # downscale 4
+    assert native_resolution(SimpleNamespace(), vq) == NATIVE_RESOLUTION == 1024
+    assert native_resolution(SimpleNamespace(sample_size=16), vq) == 64

@@ -1,0 +1,86 @@
+"""Candidate base: the shipped generator's recipe with a position embedding (maskfocus.shapes.positional_uvit).
+
+Trains a fresh text encoder and PositionalUVit2DModel (the shipped TransformerShape, `maskfocus pretrain`'s
+generator loop and caption mix) on the shipped VQ's tokens, and writes a Meissonic-format folder: the base
+folder's VQ, tokenizer and scheduler, the new text encoder, and transformer/ with the class's source as
+transformer.py. Load it with
+
+    --set model.kind=meissonic --set model.path=OUT --set model.resolution=64 --set model.trust_checkpoint_code=true
+
+then screen it with benchmarks/caption_sensitivity.py (does it use relation words?) before any RL run.
+
+Usage: python benchmarks/positional_base.py OUT [--steps 3000] [--seed 0] [--base builtin:shapes-tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+import maskfocus.shapes.positional_uvit as positional_uvit
+from maskfocus.config import ModelConfig
+from maskfocus.models import load_generator
+from maskfocus.models.loading import resolve_model_path
+from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
+from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer
+
+KEPT_PARTS = ("vqvae", "tokenizer", "scheduler")
+"""Copied from the base folder as they are."""
+
+
+def write_positional_folder(base: Path, target: Path, text_encoder, transformer) -> Path:
+    """A Meissonic-format folder: `base`'s VQ, tokenizer, scheduler and pixel-range file, the given text encoder,
+    and the transformer with its code file."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for part in KEPT_PARTS:
+        shutil.copytree(base / part, target / part)
+    for extra in base.glob("*.json"):
+        if extra.name != "model_index.json":  # that one names AmusedPipeline, which this folder is not
+            shutil.copy(extra, target / extra.name)
+    text_encoder.save_pretrained(str(target / "text_encoder"), safe_serialization=True)
+    transformer.save_pretrained(str(target / "transformer"), safe_serialization=True)
+    shutil.copy(positional_uvit.__file__, target / "transformer" / "transformer.py")
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="model folder to write")
+    parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
+    parser.add_argument("--steps", type=int, default=GeneratorPretrainConfig().num_steps)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    base = load_generator(ModelConfig(path=args.base), dtype="float32")
+    tokenizer = base.tokenizer
+    config = GeneratorPretrainConfig(num_steps=args.steps)
+    text_encoder = build_text_encoder(
+        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    )
+    transformer = build_transformer(config.transformer, positional_uvit.PositionalUVit2DModel)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out.with_name(args.out.name + "_pretrain_log.jsonl")
+    started = time.monotonic()
+    with log_path.open("w") as log, tqdm(total=args.steps, desc="positional generator") as bar:
+
+        def record(entry: dict) -> None:
+            log.write(json.dumps({**entry, "seconds": round(time.monotonic() - started, 1)}) + "\n")
+            log.flush()
+            bar.set_postfix(loss=entry["loss"], acc=entry["masked_accuracy"])
+
+        text_encoder, transformer = train_generator(
+            config, base.vqvae, tokenizer, args.seed, record, bar.update, start_from=(text_encoder, transformer)
+        )
+    folder = write_positional_folder(resolve_model_path(args.base), args.out, text_encoder, transformer)
+    print(f"wrote {folder} in {time.monotonic() - started:.0f} s; log {log_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
