@@ -146,12 +146,12 @@ def main() -> int:
         help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
     )
     args = parser.parse_args()
-    from maskfocus.config import ModelConfig
+    from maskfocus.cli import DEFAULT_CONFIG
+    from maskfocus.config import load_config, model_folder_overrides
     from maskfocus.models import load_generator
 
-    kind = "meissonic" if args.trust_checkpoint_code else "amused"
-    config = ModelConfig(path=args.model, kind=kind, trust_checkpoint_code=args.trust_checkpoint_code)
-    model = load_generator(config, dtype="float32")
+    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
+    model = load_generator(config.model, dtype="float32")
     print("| words | masked | loss, true caption | loss, altered caption | altered - true (+- s.e.) |")
     print("|---|---|---|---|---|")
     for kind in args.kinds:

@@ -9,7 +9,7 @@ split by the distance between the two box centres, in VQ tokens (4 px): the tiny
 and its convolutions reach 4 tokens on each side of the middle layer, so only near pairs can be placed by one
 another.
 
-Usage: python benchmarks/position_relations.py MODEL [--images 4] [--seed 0] [--near 6]
+Usage: python benchmarks/position_relations.py MODEL [--images 4] [--seed 0] [--near 6] [--trust-checkpoint-code]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskfocus.cli import DEFAULT_CONFIG
-from maskfocus.config import load_config
+from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
 from maskfocus.shapes.world import OPPOSITE_RELATION
@@ -98,8 +98,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=4, help="images per position row (the evaluation's 4)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the evaluation's 0)")
     parser.add_argument("--near", type=float, default=6.0, help="centre distance (tokens) up to which a pair is near")
+    parser.add_argument(
+        "--trust-checkpoint-code",
+        action="store_true",
+        help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
+    )
     args = parser.parse_args()
-    config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
+    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
     detections, rows = detect_tag_rows(config, "position", args.images, args.seed)
     outcomes = [pair_outcome(d, row) for d, row in zip(detections, rows, strict=True)]
     correct = sum(o.asked_holds for o in outcomes) / len(outcomes)

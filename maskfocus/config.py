@@ -432,6 +432,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     return config_from_dict(_apply_overrides(data, overrides), str(path))
 
 
+def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> dict[str, Any]:
+    """`load_config` overrides that point a run config at model folder `path`: aMUSEd format, or, with
+    `trust_checkpoint_code`, a Meissonic-format folder whose own transformer/transformer.py may run."""
+    if not trust_checkpoint_code:
+        return {"model.path": path}
+    return {"model.path": path, "model.kind": "meissonic", "model.trust_checkpoint_code": True}
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
     keys = dotted.split(".")

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
+from maskfocus.cli import DEFAULT_CONFIG
+from maskfocus.config import ConfigError, RunConfig, dump_config, load_config, model_folder_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +99,10 @@ def test_bad_tag_weights_name_the_field(tmp_path, rollout, message):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert "rollout" in str(error.value) and message in str(error.value)
+
+
+def test_model_folder_overrides_trust_a_meissonic_folder_only_when_asked():
+    plain = load_config(DEFAULT_CONFIG, model_folder_overrides("some/folder"))
+    assert (plain.model.path, plain.model.kind, plain.model.trust_checkpoint_code) == ("some/folder", "amused", False)
+    trusted = load_config(DEFAULT_CONFIG, model_folder_overrides("some/folder", trust_checkpoint_code=True))
+    assert (trusted.model.kind, trusted.model.trust_checkpoint_code) == ("meissonic", True)
