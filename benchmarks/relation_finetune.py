@@ -8,6 +8,7 @@ benchmarks/caption_sensitivity.py whether it uses the relation word, and benchma
 it places the pair as asked.
 
 Usage: python benchmarks/relation_finetune.py OUT [--model builtin:shapes-tiny] [--steps 400] [--lr 3e-4] [--seed 0]
+       [--trust-checkpoint-code]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from maskfocus.config import ModelConfig
+from maskfocus.cli import DEFAULT_CONFIG
+from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.models import load_generator
 from maskfocus.models.loading import resolve_model_path
 from maskfocus.run_io import save_model_folder
@@ -41,8 +43,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine decay)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trust-checkpoint-code",
+        action="store_true",
+        help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
+    )
     args = parser.parse_args()
-    model = load_generator(ModelConfig(path=args.model), dtype="float32")
+    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
+    model = load_generator(config.model, dtype="float32")
     config = finetune_config(args.steps, args.lr)
     with tqdm(total=args.steps, desc="relation fine-tune") as bar:
         text_encoder, transformer = train_generator(
