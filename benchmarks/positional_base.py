@@ -9,7 +9,11 @@ transformer.py. Load it with
 
 then screen it with benchmarks/caption_sensitivity.py (does it use relation words?) before any RL run.
 
-Usage: python benchmarks/positional_base.py OUT [--steps 3000] [--seed 0] [--base builtin:shapes-tiny]
+With `--clip-text` the text encoder is not trained from scratch but is the built-in tiny CLIP's text tower
+(maskfocus.shapes.clip_text), kept frozen: that CLIP uses colour binding and count words, which the generator's own
+encoder never learns (benchmarks/clip_caption_pairs.py).
+
+Usage: python benchmarks/positional_base.py OUT [--steps 3000] [--seed 0] [--base builtin:shapes-tiny] [--clip-text]
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import maskfocus.shapes.positional_uvit as positional_uvit
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.models.loading import resolve_model_path
+from maskfocus.rewards.clip_score import TINY_CLIP, load_open_clip
+from maskfocus.shapes.clip_text import text_encoder_from_open_clip
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer
 
@@ -56,13 +62,16 @@ def main() -> int:
     parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
     parser.add_argument("--steps", type=int, default=GeneratorPretrainConfig().num_steps)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
     args = parser.parse_args()
     base = load_generator(ModelConfig(path=args.base), dtype="float32")
     tokenizer = base.tokenizer
-    config = GeneratorPretrainConfig(num_steps=args.steps)
-    text_encoder = build_text_encoder(
-        len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
-    )
+    config = GeneratorPretrainConfig(num_steps=args.steps, train_text_encoder=not args.clip_text)
+    special_ids = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if args.clip_text:
+        text_encoder = text_encoder_from_open_clip(load_open_clip(TINY_CLIP).model, *special_ids)
+    else:
+        text_encoder = build_text_encoder(len(tokenizer), *special_ids)
     transformer = build_transformer(config.transformer, positional_uvit.PositionalUVit2DModel)
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out.with_name(args.out.name + "_pretrain_log.jsonl")

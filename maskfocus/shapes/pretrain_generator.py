@@ -52,6 +52,9 @@ class GeneratorPretrainConfig(Section):
     leaves them (see `mask_random_positions`); 0 = uniform MaskGIT masks only."""
     transformer: TransformerShape = TransformerShape()
     """Size of the masked transformer."""
+    train_text_encoder: bool = True
+    """Train the text encoder with the transformer; false keeps a given one frozen (as aMUSEd keeps its CLIP text
+    encoder), e.g. the tiny CLIP's text tower (maskfocus.shapes.clip_text)."""
 
 
 def mask_random_positions(
@@ -133,8 +136,11 @@ def train_generator(
         transformer = build_transformer(config.transformer)
     else:
         text_encoder, transformer = start_from
-    text_encoder, transformer = text_encoder.requires_grad_(True).train(), transformer.requires_grad_(True).train()
-    parameters = list(text_encoder.parameters()) + list(transformer.parameters())
+    text_encoder = text_encoder.requires_grad_(config.train_text_encoder).train(config.train_text_encoder)
+    transformer = transformer.requires_grad_(True).train()
+    parameters = list(transformer.parameters())
+    if config.train_text_encoder:
+        parameters += list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     mask_id = transformer.config.codebook_size
     side = transformer.config.sample_size

@@ -159,3 +159,27 @@ def test_generator_training_can_continue_from_a_model():
     assert any(not torch.equal(v, before[k]) for k, v in transformer.state_dict().items())
     assert any(not torch.equal(v, text_before[k]) for k, v in text_encoder.state_dict().items())
     assert records[0]["loss"] < 1.0  # a trained model's loss, not a fresh one's (~log 384 = 5.95)
+
+
+def test_a_frozen_text_encoder_stays_as_given_while_the_transformer_trains():
+    from maskfocus.models.amused import AmusedGenerator
+    from maskfocus.shapes.pretrain_generator import train_generator
+
+    model = AmusedGenerator.from_folder()
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    text_before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    config = GeneratorPretrainConfig(
+        num_scenes=4, num_steps=2, batch_size=2, condition_dropout=0.0, train_text_encoder=False
+    )
+    text_encoder, transformer = train_generator(
+        config,
+        model.vqvae,
+        model.tokenizer,
+        0,
+        lambda _: None,
+        lambda _: None,
+        start_from=(model.text_encoder, model.transformer),
+    )
+    assert any(not torch.equal(v, before[k]) for k, v in transformer.state_dict().items())
+    assert all(torch.equal(v, text_before[k]) for k, v in text_encoder.state_dict().items())
+    assert not any(p.requires_grad for p in text_encoder.parameters())
