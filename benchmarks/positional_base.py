@@ -73,7 +73,7 @@ def main() -> int:
     else:
         text_encoder = build_text_encoder(len(tokenizer), *special_ids)
     transformer = build_transformer(config.transformer, positional_uvit.PositionalUVit2DModel)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the log lies beside the folder
     log_path = args.out.with_name(args.out.name + "_pretrain_log.jsonl")
     started = time.monotonic()
     with log_path.open("w") as log, tqdm(total=args.steps, desc="positional generator") as bar:
