@@ -30,6 +30,7 @@ from maskfocus.models.loading import (
     mask_token_id,
     resolve_model_path,
     torch_dtype,
+    vq_downscale,
     vq_pixel_range,
 )
 from maskfocus.models.vq_text import VQTextGenerator
@@ -69,7 +70,6 @@ class AmusedGenerator(VQTextGenerator):
         check_text_parts(folder, tokenizer, encoder)
         _check_conditioning(folder, transformer, encoder)
         codebook = int(transformer.config.codebook_size)
-        scale = 2 ** (len(vqvae.config.block_out_channels) - 1)
         return cls(
             vqvae,
             transformer,
@@ -77,7 +77,7 @@ class AmusedGenerator(VQTextGenerator):
             tokenizer,
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
-            image_size=resolution or int(transformer.config.sample_size) * scale,
+            image_size=resolution or int(transformer.config.sample_size) * vq_downscale(vqvae.config),
             pixel_range=vq_pixel_range(folder),
             device=device,
         )

@@ -114,6 +114,11 @@ def load_text_encoder(folder: Path, hint: str, dtype: torch.dtype, override: str
     return load_part(CLIPTextModelWithProjection.from_pretrained, path.parent, path.name, FOLDER_HINT, dtype=dtype)
 
 
+def vq_downscale(vq_config) -> int:
+    """Pixels per token side of a diffusers VQModel: 2 per down block after the first."""
+    return 2 ** (len(vq_config.block_out_channels) - 1)
+
+
 def check_codebooks(folder: Path, codebook_key: str = "codebook_size") -> None:
     """Compare the VQ's codebook with the transformer's output size before any weights load."""
     codebook = read_config(folder, "vqvae").get("num_vq_embeddings")

@@ -39,6 +39,7 @@ from maskfocus.models.loading import (
     read_config,
     resolve_model_path,
     torch_dtype,
+    vq_downscale,
     vq_pixel_range,
 )
 from maskfocus.models.vq_text import VQTextGenerator, step_tensor
@@ -55,7 +56,7 @@ def native_resolution(transformer_config, vq_config) -> int:
     sample_size = getattr(transformer_config, "sample_size", None)
     if sample_size is None:
         return NATIVE_RESOLUTION
-    return int(sample_size) * 2 ** (len(vq_config.block_out_channels) - 1)
+    return int(sample_size) * vq_downscale(vq_config)
 
 
 def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:

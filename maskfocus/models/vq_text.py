@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from maskfocus.models.base import Condition
+from maskfocus.models.loading import vq_downscale
 from maskfocus.models.tokenizer import check_prompts
 
 AESTHETIC_SCORE = 6.0
@@ -66,7 +67,7 @@ class VQTextGenerator:
         self.tokenizer = tokenizer
         self.codebook_size = codebook_size
         self.mask_token_id = mask_token_id
-        self.vae_scale_factor = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vq_downscale(vqvae.config)
         side = image_size // self.vae_scale_factor
         self.grid_size = (side, side)
         self.image_size = side * self.vae_scale_factor
