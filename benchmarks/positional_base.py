@@ -13,7 +13,11 @@ With `--clip-text` the text encoder is not trained from scratch but is the built
 (maskfocus.shapes.clip_text), kept frozen: that CLIP uses colour binding and count words, which the generator's own
 encoder never learns (benchmarks/clip_caption_pairs.py).
 
+With `--plain` the transformer is the shipped UVit2DModel (no position table) and OUT is an aMUSEd-format folder,
+loaded like the shipped base (`--set model.path=OUT`): that isolates the text encoder's effect.
+
 Usage: python benchmarks/positional_base.py OUT [--steps 3000] [--seed 0] [--base builtin:shapes-tiny] [--clip-text]
+       [--plain]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+from diffusers import UVit2DModel
 from tqdm import tqdm
 
 import maskfocus.shapes.positional_uvit as positional_uvit
@@ -39,20 +44,22 @@ KEPT_PARTS = ("vqvae", "tokenizer", "scheduler")
 """Copied from the base folder as they are."""
 
 
-def write_positional_folder(base: Path, target: Path, text_encoder, transformer) -> Path:
+def write_positional_folder(base: Path, target: Path, text_encoder, transformer, plain: bool = False) -> Path:
     """A Meissonic-format folder: `base`'s VQ, tokenizer, scheduler and pixel-range file, the given text encoder,
-    and the transformer with its code file."""
+    and the transformer with its code file. With `plain`, an aMUSEd-format folder: `base`'s model_index.json is
+    kept and no code file is written."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for part in KEPT_PARTS:
         shutil.copytree(base / part, target / part)
     for extra in base.glob("*.json"):
-        if extra.name != "model_index.json":  # that one names AmusedPipeline, which this folder is not
+        if plain or extra.name != "model_index.json":  # that one names AmusedPipeline, which a positional is not
             shutil.copy(extra, target / extra.name)
     text_encoder.save_pretrained(str(target / "text_encoder"), safe_serialization=True)
     transformer.save_pretrained(str(target / "transformer"), safe_serialization=True)
-    shutil.copy(positional_uvit.__file__, target / "transformer" / "transformer.py")
+    if not plain:
+        shutil.copy(positional_uvit.__file__, target / "transformer" / "transformer.py")
     return target
 
 
@@ -63,6 +70,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=GeneratorPretrainConfig().num_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
+    parser.add_argument("--plain", action="store_true", help="shipped UVit2DModel, aMUSEd-format folder")
     args = parser.parse_args()
     base = load_generator(ModelConfig(path=args.base), dtype="float32")
     tokenizer = base.tokenizer
@@ -72,11 +80,12 @@ def main() -> int:
         text_encoder = text_encoder_from_open_clip(load_open_clip(TINY_CLIP).model, *special_ids)
     else:
         text_encoder = build_text_encoder(len(tokenizer), *special_ids)
-    transformer = build_transformer(config.transformer, positional_uvit.PositionalUVit2DModel)
+    model_class = UVit2DModel if args.plain else positional_uvit.PositionalUVit2DModel
+    transformer = build_transformer(config.transformer, model_class)
     args.out.parent.mkdir(parents=True, exist_ok=True)  # the log lies beside the folder
     log_path = args.out.with_name(args.out.name + "_pretrain_log.jsonl")
     started = time.monotonic()
-    with log_path.open("w") as log, tqdm(total=args.steps, desc="positional generator") as bar:
+    with log_path.open("w") as log, tqdm(total=args.steps, desc="plain generator" if args.plain else "positional generator") as bar:
 
         def record(entry: dict) -> None:
             log.write(json.dumps({**entry, "seconds": round(time.monotonic() - started, 1)}) + "\n")
@@ -86,7 +95,7 @@ def main() -> int:
         text_encoder, transformer = train_generator(
             config, base.vqvae, tokenizer, args.seed, record, bar.update, start_from=(text_encoder, transformer)
         )
-    folder = write_positional_folder(resolve_model_path(args.base), args.out, text_encoder, transformer)
+    folder = write_positional_folder(resolve_model_path(args.base), args.out, text_encoder, transformer, args.plain)
     print(f"wrote {folder} in {time.monotonic() - started:.0f} s; log {log_path}")
     return 0
 
