@@ -58,15 +58,8 @@ class TextAndTransformerUpdater(PolicyUpdater):
         self._prompts = learning_prompts(batch)
         return super().update(batch, generator, *args, **kwargs)
 
-    def _optimizer_step(self) -> tuple[float, bool]:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.both.parameters(), self.optim.grad_clip))
-        applied = bool(torch.isfinite(torch.tensor(grad_norm)))
-        if applied:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.num_updates += 1
-        return grad_norm, applied
+    def trained_parameters(self):
+        return self.both.parameters()
 
 
 def sync_both(copy_model, master) -> None:

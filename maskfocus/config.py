@@ -414,8 +414,11 @@ def validate_section(cls: type[SectionT], data: dict[str, Any], source: str) -> 
 
 
 def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None, source: str) -> SectionT:
-    """The defaults of `cls` with dotted `--set` overrides applied, validated."""
-    return validate_section(cls, _apply_overrides({}, overrides), source)
+    """The defaults of `cls` with dotted `--set` overrides applied, validated.
+
+    The overrides land on the dumped defaults, so setting one field of a sub-section whose default differs from its
+    type's (`generator.caption_mix.p_count`) keeps that default's other fields."""
+    return validate_section(cls, _apply_overrides(cls().model_dump(), overrides), source)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -161,8 +161,12 @@ class PolicyUpdater:
         metrics["loss/entropy"] = masked_entropy_mean(logits_BLV.detach(), step.loss_mask_BL)
         return loss, metrics
 
+    def trained_parameters(self):
+        """What the optimizer moves and the gradient clip measures (a subclass may add modules)."""
+        return self.module.parameters()
+
     def _optimizer_step(self) -> tuple[float, bool]:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         applied = bool(torch.isfinite(torch.tensor(grad_norm)))
         if applied:  # a non-finite gradient never reaches the weights

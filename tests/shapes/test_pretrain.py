@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -133,6 +134,21 @@ def test_pretrain_overrides_are_validated_with_the_field_path():
     assert config.generator.transformer.num_res_blocks == 3
     with pytest.raises(ConfigError, match="generator.transformer.num_res_block"):
         section_with_overrides(PretrainConfig, {"generator.transformer.num_res_block": 3}, "test")
+
+
+def test_an_override_of_one_caption_mix_field_keeps_the_sections_other_defaults():
+    """The generator's and CLIP's caption mixes default to other values than CaptionMix(); setting one field must
+    not reset the rest to CaptionMix's (it once reset the generator's one object size to all three)."""
+    from maskfocus.config import section_with_overrides
+
+    defaults = PretrainConfig()
+    config = section_with_overrides(
+        PretrainConfig, {"generator.caption_mix.p_count": 1.0, "clip.caption_mix.p_color": 0.5}, "test"
+    )
+    assert config.generator.caption_mix == dataclasses.replace(defaults.generator.caption_mix, p_count=1.0)
+    assert config.clip.caption_mix == dataclasses.replace(defaults.clip.caption_mix, p_color=0.5)
+    assert config.generator.caption_mix.object_sizes == (16.0,)
+    assert config.vq == defaults.vq
 
 
 def test_generator_training_can_continue_from_a_model():
