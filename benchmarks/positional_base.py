@@ -85,7 +85,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)  # the log lies beside the folder
     log_path = args.out.with_name(args.out.name + "_pretrain_log.jsonl")
     started = time.monotonic()
-    with log_path.open("w") as log, tqdm(total=args.steps, desc="plain generator" if args.plain else "positional generator") as bar:
+    description = "plain generator" if args.plain else "positional generator"
+    with log_path.open("w") as log, tqdm(total=args.steps, desc=description) as bar:
 
         def record(entry: dict) -> None:
             log.write(json.dumps({**entry, "seconds": round(time.monotonic() - started, 1)}) + "\n")
