@@ -1,0 +1,42 @@
+"""benchmarks/clip_reward_agreement.py: the within-group pairwise AUC."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from support import load_benchmark
+
+module = load_benchmark("clip_reward_agreement")
+
+
+def test_perfect_reversed_and_tied_rankings():
+    assert module.pairwise_auc([[(1, 0.9), (0, 0.1), (0, 0.2)]]) == (1.0, 2)
+    assert module.pairwise_auc([[(1, 0.1), (0, 0.9)]]) == (0.0, 1)
+    assert module.pairwise_auc([[(1, 0.5), (0, 0.5)]]) == (0.5, 1)
+
+
+def test_pairs_across_groups_and_equal_labels_do_not_count():
+    auc, pairs = module.pairwise_auc([[(1, 0.9), (1, 0.1)], [(0, 0.0)], [(0.5, 0.3), (1.0, 0.1), (0.0, 0.2)]])
+    # only the third group has pairs: (0.5, 1.0) disagrees, (0.5, 0.0) agrees, (1.0, 0.0) disagrees
+    assert pairs == 3 and auc == pytest.approx(1 / 3)
+
+
+def test_no_informative_pair_gives_nan():
+    auc, pairs = module.pairwise_auc([[(1, 0.3), (1, 0.4)], []])
+    assert math.isnan(auc) and pairs == 0
+
+
+def test_matches_the_mann_whitney_count_within_each_group():
+    rng = random.Random(0)
+    groups = [[(rng.choice([0, 1]), rng.choice([0.1, 0.2, 0.3])) for _ in range(8)] for _ in range(20)]
+    wins = total = 0.0
+    for group in groups:
+        positives = [s for label, s in group if label == 1]
+        negatives = [s for label, s in group if label == 0]
+        for p in positives:
+            for n in negatives:
+                total += 1
+                wins += (p > n) + 0.5 * (p == n)
+    assert module.pairwise_auc(groups) == (pytest.approx(wins / total), int(total))
