@@ -23,6 +23,7 @@ from tqdm import tqdm
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import GenEvalDetectorConfig, load_config
 from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
+from maskfocus.images import to_tensor
 from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 from maskfocus.rewards.geneval import TAGS
@@ -51,9 +52,8 @@ def sample_and_score(model, sampler, judge, clip: ClipScorer, rows: list[dict], 
         for chunk, pixels_BHWC in generate_batches(model, jobs, sampler, seed):
             metadata = [rows[job.row_index] for job in chunk]
             results = judge.judge(pixels_BHWC, metadata)
-            pixels = torch.from_numpy(pixels_BHWC).permute(0, 3, 1, 2).float() / 255
             with torch.no_grad():
-                clip_scores = clip.score(pixels, [row["prompt"] for row in metadata]).tolist()
+                clip_scores = clip.score(to_tensor(pixels_BHWC), [row["prompt"] for row in metadata]).tolist()
             for job, result, clip_score in zip(chunk, results, clip_scores, strict=True):
                 scored[job.row_index].append((float(result.correct), float(result.score), clip_score))
             bar.update(len(chunk))
@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--clip", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=["two_object", "counting", "position", "color_attr"])
     parser.add_argument("--images", type=int, default=8, help="images per row (8 = the group size)")
-    parser.add_argument("--every", type=int, default=2, help="use every n-th row of each tag")
+    parser.add_argument("--every", type=int, default=2, help="use every n-th of the chosen tags' rows, in file order")
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
     args = parser.parse_args()
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags][:: args.every]
