@@ -174,6 +174,9 @@ class GRPOConfig(Section):
     """per_step = one optimizer step per selected step; accumulate = one step for all K."""
     advantage_eps: float = Field(1e-4, gt=0.0)
     """eps in A = (r - mean) / (std + eps)."""
+    std_normalize: bool = True
+    """Divide each group's centred rewards by their std (GRPO, ALGORITHM.md); false = A = r - mean (as "Dr. GRPO"),
+    so a group with a small reward spread weighs less than one with a large spread."""
     drop_zero_groups: bool = False
     """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
 

@@ -36,8 +36,11 @@ class AdvantageInfo:
     """True for the samples of groups that are valid and not all-equal."""
 
 
-def group_advantages(rewards_B: torch.Tensor, group_size: int, eps: float = 1e-4) -> tuple[torch.Tensor, AdvantageInfo]:
+def group_advantages(
+    rewards_B: torch.Tensor, group_size: int, eps: float = 1e-4, std_normalize: bool = True
+) -> tuple[torch.Tensor, AdvantageInfo]:
     """A = (r - mean) / (std + eps) within each contiguous group (b // group_size), unbiased std; (B,) float32.
+    With `std_normalize` false, A = r - mean.
 
     Groups with equal rewards (and any group of size 1) get exactly 0. A group holding a NaN/inf reward gets 0 for
     every sample and is marked invalid; it never produces a NaN and never affects other groups.
@@ -51,7 +54,8 @@ def group_advantages(rewards_B: torch.Tensor, group_size: int, eps: float = 1e-4
     mean_P1 = safe_PG.mean(-1, keepdim=True)
     std_P1 = safe_PG.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(mean_P1)
     signal_P = finite_P & ~equal_P
-    advantages_PG = torch.where(signal_P.unsqueeze(-1), (safe_PG - mean_P1) / (std_P1 + eps), 0.0)
+    scale_P1 = std_P1 + eps if std_normalize else torch.ones_like(std_P1)
+    advantages_PG = torch.where(signal_P.unsqueeze(-1), (safe_PG - mean_P1) / scale_P1, 0.0)
     info = AdvantageInfo(
         num_groups=rewards_PG.shape[0],
         num_zero_groups=int(equal_P.sum()),

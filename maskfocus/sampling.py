@@ -76,16 +76,17 @@ def guided_logits(
     condition: Condition,
     uncondition: Condition | None,
     cfg_scale: float,
-    step: int,
+    step: int | torch.Tensor,
     num_steps: int,
     module: nn.Module | None = None,
 ) -> torch.Tensor:
     """l = l_uncond + s (l_cond - l_uncond), both branches in one forward; no CFG when uncondition is None.
-    `module` replaces the model's transformer (the compiled sampling copy)."""
+    `step` may be per sample (B,). `module` replaces the model's transformer (the compiled sampling copy)."""
     if uncondition is None:
         return model.logits(tokens_BL, condition, step, num_steps, module=module)
     tokens_2BL, condition_2B = torch.cat([tokens_BL, tokens_BL]), Condition.cat([condition, uncondition])
-    both = model.logits(tokens_2BL, condition_2B, step, num_steps, module=module)
+    step_2B = torch.cat([step, step]) if isinstance(step, torch.Tensor) else step
+    both = model.logits(tokens_2BL, condition_2B, step_2B, num_steps, module=module)
     cond_BLV, uncond_BLV = both.chunk(2)
     return uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
 

@@ -55,7 +55,7 @@ def score_trajectory(
     """Rewards -> advantages, gains -> selected steps, and the states the learner rebuilds."""
     start = time.perf_counter()
     rewards_B, parts = reward_fn(trajectory.images_BHWC, trajectory.metadata_B)
-    advantages_B, info = group_advantages(rewards_B, trajectory.group_size, grpo.advantage_eps)
+    advantages_B, info = group_advantages(rewards_B, trajectory.group_size, grpo.advantage_eps, grpo.std_normalize)
     valid_B = info.has_signal_B if grpo.drop_zero_groups else info.valid_B
     similarity_BT, gain_BT = trajectory_gains(trajectory, model, selection, image_embed)
     steps_BK = select_steps(

@@ -72,6 +72,24 @@ def test_nonfinite_group_is_skipped_counted_and_leaves_other_groups_alone(bad):
     assert info.has_signal_B.tolist() == [True, True, False, False, True, True, False, False]
 
 
+def test_without_std_normalization_advantages_are_centred_rewards():
+    """Dr. GRPO: A = r - mean per group (loop reference); equal and non-finite groups still give exactly 0."""
+    rewards_B = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.25, 0.25, 0.9, float("nan"), 0.1, 1.0, 0.2, 0.3])
+    advantages_B, info = group_advantages(rewards_B, 3, std_normalize=False)
+    expected = []
+    for p in range(4):
+        values = rewards_B[3 * p : 3 * p + 3].tolist()
+        finite = all(math.isfinite(v) for v in values)
+        mean = sum(values) / 3 if finite else 0.0
+        expected += [v - mean if finite and max(values) > min(values) else 0.0 for v in values]
+    torch.testing.assert_close(advantages_B, torch.tensor(expected))
+    assert (info.num_zero_groups, info.num_nan_groups) == (1, 1)
+    normalized_B, _ = group_advantages(rewards_B, 3)
+    ratio = normalized_B[9:] / advantages_B[9:]
+    torch.testing.assert_close(ratio, ratio[:1].expand(3))  # same direction, scaled by 1 / (std + eps)
+    assert not torch.allclose(ratio[:1], torch.ones(1))
+
+
 def test_bad_group_size_is_a_clear_error():
     with pytest.raises(ValueError, match="multiple of the group size"):
         group_advantages(torch.rand(5), 2)
