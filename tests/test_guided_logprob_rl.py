@@ -81,8 +81,8 @@ def test_guidance_scale_one_is_the_conditional_branch(model):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     scaled = make_updater(module, model, scale=3.0)
     with torch.no_grad():
-        guided = scaled._logp(step, batch.tokens_BL, condition, scaled.module)[0]
-    assert (guided - theirs).abs().max() > 0.1  # the guidance changes what is scored
+        at_three = scaled._logp(step, batch.tokens_BL, condition, scaled.module)[0]
+    assert (at_three - theirs).abs().max() > 0.1  # the guidance changes what is scored
 
 
 def test_first_ratio_is_one_and_the_update_moves_the_policy(model):
