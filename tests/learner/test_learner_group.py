@@ -21,8 +21,8 @@ from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import LEARN, PromptStream
 from maskfocus.update import PolicyUpdater
 
-# A cold torch.compile of the forward and backward, by two ranks at once on 2 cores, took 150-165 s here
-# (empty TORCHINDUCTOR_CACHE_DIR, as on a fresh CI machine); a warm cache takes seconds.
+# With an empty TORCHINDUCTOR_CACHE_DIR (a fresh CI machine) the compiled variant ran 155-165 s on 2 cores, most of
+# it waiting for the first update while both ranks compile; 120 s was too short for that wait.
 COLD_COMPILE_TIMEOUT_S = 480.0
 
 
