@@ -41,10 +41,12 @@ class ModelConfig(Section):
     built-in model); `meissonic`: VQModel + the folder's own transformer/transformer.py + CLIP text encoder."""
     device: str = "cpu"
     """Torch device for sampling and scoring, e.g. `cpu` or `cuda`."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     """Weight dtype of the transformer and text encoder for sampling rollouts and previews (the VQ stays float32;
     logits are float32). The learner keeps float32 master weights whatever this says, and evaluation loads
-    `eval.dtype`."""
+    `eval.dtype`. `auto` is resolved when the config is loaded, on the machine that loads it: bfloat16 on CUDA and
+    on CPUs with bfloat16 instructions (AVX512-BF16 or AMX), float32 elsewhere (maskfocus.hardware); the run's
+    config.yaml records the choice, so a resume samples as the run did."""
     resolution: int | None = Field(None, ge=8)
     """Generated image side in pixels; null = the model's own (aMUSEd: transformer sample_size x VQ downscale,
     e.g. 256 or 512; Meissonic: 1024, or sample_size x VQ downscale where its transformer config states a
@@ -54,6 +56,15 @@ class ModelConfig(Section):
     inference uses the original laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = the folder's own."""
     trust_checkpoint_code: bool = False
     """meissonic only: allow importing transformer/transformer.py from the model folder (it runs that code)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_dtype(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("dtype") == "auto":
+            from maskfocus.hardware import resolve_dtype
+
+            data = {**data, "dtype": resolve_dtype("auto", str(data.get("device", "cpu")))}
+        return data
 
 
 class SamplerConfig(Section):

@@ -1,0 +1,33 @@
+"""What the machine does fast: the dtype that `model.dtype: auto` resolves to.
+
+bfloat16 halves the weights' bytes, but it is only faster where the hardware computes in it. On a CPU with
+AVX512-BF16 the shipped model's compiled rollouts sampled ~30% faster in bfloat16 than in float32; on an
+AVX2-only CPU (no bfloat16 instructions) one compiled forward of 64 images took 3.80 s in bfloat16 against
+0.50 s in float32 (benchmarks/RESULTS.md, nineteenth session).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONCRETE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AVX512-BF16 or AMX tiles: the CPU instructions torch's bfloat16 kernels use."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def native_sampling_dtype(device: str) -> str:
+    """bfloat16 on CUDA and on CPUs with bfloat16 instructions, float32 elsewhere."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bfloat16"
+    if kind == "cpu" and cpu_has_native_bfloat16():
+        return "bfloat16"
+    return "float32"
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """`auto` -> the native sampling dtype of `device`; a concrete name unchanged."""
+    return native_sampling_dtype(device) if name == "auto" else name

@@ -1,0 +1,54 @@
+"""`model.dtype: auto`: bfloat16 only where the hardware computes in it, resolved once when the config loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from maskfocus import hardware
+from maskfocus.config import ConfigError, ModelConfig, dump_config, load_config
+
+
+@pytest.fixture(params=[False, True], ids=["avx2-only", "avx512-bf16"])
+def native_bf16(request, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bfloat16", lambda: request.param)
+    return request.param
+
+
+def test_auto_on_cpu_is_bfloat16_only_with_bfloat16_instructions(native_bf16):
+    assert hardware.native_sampling_dtype("cpu") == ("bfloat16" if native_bf16 else "float32")
+    assert ModelConfig(dtype="auto").dtype == ("bfloat16" if native_bf16 else "float32")
+
+
+def test_auto_on_cuda_is_bfloat16_whatever_the_cpu(native_bf16):
+    assert ModelConfig(dtype="auto", device="cuda:1").dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("name", hardware.CONCRETE_DTYPES)
+def test_a_concrete_dtype_is_kept_on_any_machine(native_bf16, name):
+    assert ModelConfig(dtype=name).dtype == name
+
+
+def test_the_cpu_check_agrees_with_torch():
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert hardware.cpu_has_native_bfloat16() == expected
+
+
+def test_the_loaded_config_and_its_dump_hold_the_resolved_dtype(tmp_path, native_bf16):
+    """A run's config.yaml is a dump of the loaded config: a resume samples in what the run chose."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  dtype: auto\n")
+    config = load_config(path)
+    expected = "bfloat16" if native_bf16 else "float32"
+    assert config.model.dtype == expected
+    dump_config(config, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["dtype"] == expected
+
+
+def test_a_misspelt_dtype_lists_auto_among_the_allowed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  dtype: bf16\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "model.dtype" in str(error.value) and "'auto'" in str(error.value)
