@@ -3,8 +3,10 @@
 For each kind of word, random two-object (or one-object) scenes of the shapes world are tokenized by the model's
 VQ, a random share of their tokens is masked, and the model predicts the masked tokens twice: given the true
 caption, and given the same caption with one thing changed. A model that uses the word predicts better with the
-true caption; one that ignores it scores both the same. Only masked tokens of objects count (the background is
-the same either way). The four kinds:
+true caption; one that ignores it scores both the same. By default only masked tokens of objects count, which
+suits words that say what an object looks like or where it is. A count word also says how much of the grid is
+background: an object-token-only score of it nets out (a lower count makes the true objects less likely, a higher
+one more likely), so score counting with `--all-tokens`. The kinds:
 
 - color:    "a photo of a red circle"              / another colour
 - counting: "a photo of three circles"             / a wrong number (two <-> three <-> four)
@@ -15,6 +17,7 @@ the same either way). The four kinds:
   embedding
 
 Usage: python benchmarks/caption_sensitivity.py [MODEL] [--scenes 512] [--ratios 0.8 0.95] [--seed 0] [--kinds ...]
+       [--all-tokens]
        [--trust-checkpoint-code]  (a Meissonic-format folder, e.g. benchmarks/positional_base.py's)
 """
 
@@ -98,7 +101,7 @@ def draw_pairs(kind: str, count: int, rng: np.random.Generator) -> list[Pair]:
 
 @torch.no_grad()
 def object_token_loss(model, tokens_BL: torch.Tensor, masked_BL: torch.Tensor, objects_BL, captions) -> torch.Tensor:
-    """Per scene (B,): mean cross-entropy of its masked object tokens given `captions` (NaN if it has none)."""
+    """Per scene (B,): mean cross-entropy of its masked tokens inside `objects_BL` given `captions` (NaN if none)."""
     inputs_BL = tokens_BL.masked_fill(masked_BL, model.mask_token_id)
     logits_BLV = model.logits(inputs_BL, model.encode_prompts(captions))
     loss_BL = F.cross_entropy(logits_BLV.flatten(0, 1), tokens_BL.flatten(), reduction="none").view(tokens_BL.shape)
@@ -113,13 +116,16 @@ def scene_tokens(model, scenes: list[Scene]) -> torch.Tensor:
     return model.encode_images(torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 255)
 
 
-def sensitivity(model, pairs: list[Pair], ratio: float, generator: torch.Generator) -> dict[str, float]:
+def sensitivity(
+    model, pairs: list[Pair], ratio: float, generator: torch.Generator, all_tokens: bool = False
+) -> dict[str, float]:
     """Loss with the true captions and with the altered ones, on one shared random mask, and their paired
-    difference (altered - true) with its standard error over scenes."""
+    difference (altered - true) with its standard error over scenes. Object tokens only, or with `all_tokens`
+    every masked token (background too)."""
     tokens_BL = scene_tokens(model, [scene for scene, _, _ in pairs])
     background = int(scene_tokens(model, [Scene(())])[0, 0])
     masked_BL = torch.rand(tokens_BL.shape, generator=generator) < ratio
-    objects_BL = tokens_BL != background
+    objects_BL = torch.ones_like(masked_BL) if all_tokens else tokens_BL != background
     true_B, altered_B = (
         object_token_loss(model, tokens_BL, masked_BL, objects_BL, [pair[k] for pair in pairs]) for k in (1, 2)
     )
@@ -141,6 +147,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="which words to test")
     parser.add_argument(
+        "--all-tokens",
+        action="store_true",
+        help="score every masked token, background too (a count word moves the background as much as the objects)",
+    )
+    parser.add_argument(
         "--trust-checkpoint-code",
         action="store_true",
         help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
@@ -157,7 +168,7 @@ def main() -> int:
     for kind in args.kinds:
         pairs = draw_pairs(kind, args.scenes, np.random.default_rng(args.seed))
         for ratio in args.ratios:
-            cells = sensitivity(model, pairs, ratio, torch.Generator().manual_seed(args.seed))
+            cells = sensitivity(model, pairs, ratio, torch.Generator().manual_seed(args.seed), args.all_tokens)
             print(
                 f"| {kind} | {ratio:g} | {cells['true']:.4f} | {cells['altered']:.4f} "
                 f"| {cells['difference']:+.4f} +- {cells['stderr']:.4f} |"

@@ -77,3 +77,31 @@ def test_object_token_loss_matches_a_token_loop():
         assert loss[b].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5) if terms else math.isnan(loss[b])
     same = module.object_token_loss(model, tokens, masked, objects, captions)
     assert torch.equal(loss, same)
+
+
+@pytest.mark.parametrize("all_tokens", [False, True])
+def test_sensitivity_scores_object_tokens_or_every_masked_token(monkeypatch, all_tokens):
+    """A count word moves the background as much as the objects, so `all_tokens` must score both."""
+    model = ToyGenerator()
+    background = 0
+    tokens = torch.randint(0, model.codebook_size, (4, 16), generator=torch.Generator().manual_seed(1))
+    tokens[:, :4] = background
+    tokens[:, 4] = 1  # every scene has an object token
+    monkeypatch.setattr(
+        module,
+        "scene_tokens",
+        lambda _model, scenes: torch.full((1, 16), background) if not scenes[0].objects else tokens,
+    )
+    pairs = [
+        (scene, f"true {i}", f"altered {i}")
+        for i, (scene, _, _) in enumerate(module.draw_pairs("color", 4, np.random.default_rng(0)))
+    ]
+    cells = module.sensitivity(model, pairs, 0.7, torch.Generator().manual_seed(2), all_tokens=all_tokens)
+    masked = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(2)) < 0.7
+    scored = torch.ones_like(masked) if all_tokens else tokens != background
+    expect = module.object_token_loss(model, tokens, masked, scored, [p[1] for p in pairs])
+    kept = ~expect.isnan()
+    assert cells["true"] == pytest.approx(float(expect[kept].mean()), rel=1e-6)
+    if all_tokens:
+        objects_only = module.object_token_loss(model, tokens, masked, tokens != background, [p[1] for p in pairs])
+        assert not torch.allclose(expect, objects_only, equal_nan=True)
