@@ -64,3 +64,13 @@ def load_benchmark(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run `maskfocus ARGS` in this process (a subprocess spends ~5 s importing torch) and return its stderr:
+    a user error exits with status 2 and one message; any other exception would propagate and fail the test."""
+    from maskfocus.cli import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    return capsys.readouterr().err

@@ -1,10 +1,13 @@
-"""The Ray executor against the in-process reference: same losses and rewards, resume from a checkpoint,
-dashboard metrics in the Prometheus export, and recovery from killed actors."""
+"""The Ray executor against the in-process reference: same losses and rewards (bfloat16 and float32 rollouts),
+dashboard metrics in the Prometheus export, recovery from killed actors, and a resume from the checkpoint of a
+failed run.
+
+Each train_ray call starts a Ray Train group and about ten actor processes (~45 s on 2 cores), so the tests share
+runs: the module's bfloat16 Ray run serves three tests, the float32 in-process run two."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -13,6 +16,7 @@ import pytest
 from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, ray_session, tiny_config  # noqa: F401
 
 from maskfocus.actors.metrics import METRICS
+from maskfocus.config import RunConfig
 from maskfocus.run_io import latest_checkpoint, read_metrics
 
 COMPARED = ("reward/mean", "reward/std", "loss/total", "loss/policy", "loss/kl", "loss/ratio_mean", "loss/grad_norm")
@@ -28,24 +32,30 @@ TIME_BREAKDOWN = (
 )
 
 
+def with_dtype(config: RunConfig, dtype: str) -> RunConfig:
+    return config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype})})
+
+
 @pytest.fixture(scope="module")
 def runs(random_model, tmp_path_factory):  # noqa: F811
-    """3 iterations in process and on Ray (1 rollout, 1 reward, 1 learner worker, max_staleness 0)."""
+    """3 in-process iterations in float32 and in bfloat16, the references of the Ray runs (1 rollout, 1 reward,
+    1 learner worker, max_staleness 0): (float32 config, its local run, bfloat16 config, its local run)."""
     import torch
 
     from maskfocus.trainer import train_local
 
     out = tmp_path_factory.mktemp("runs")
-    # Constant learning rate: the schedule then does not depend on num_iterations (the resume test's first leg).
+    # Constant learning rate: the schedule then does not depend on num_iterations (the resumed runs).
     config = tiny_config(random_model, out, optim={"final_lr_fraction": 1.0}, train={"checkpoint_every": 2})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the Ray workers' thread count: equal float results
     try:
-        (out / "local").mkdir()
-        train_local(config, out / "local", show_progress=False)
+        for dtype in ("float32", "bfloat16"):
+            (out / dtype).mkdir()
+            train_local(with_dtype(config, dtype), out / dtype, show_progress=False)
     finally:
         torch.set_num_threads(threads)
-    return config, out / "local", out / "ray"
+    return config, out / "float32", with_dtype(config, "bfloat16"), out / "bfloat16"
 
 
 class PrometheusScraper:
@@ -85,34 +95,53 @@ class PrometheusScraper:
 
 
 @pytest.fixture(scope="module")
-def ray_run(ray_session, runs):  # noqa: F811
-    """train_ray on the runs' config, its Prometheus export scraped while it runs; (run folder, scraper)."""
+def ray_run(ray_session, runs, tmp_path_factory):  # noqa: F811
+    """train_ray on the bfloat16 config, its Prometheus export scraped while it runs; (run folder, scraper).
+    Its rollout workers sample in bfloat16 from the published weights, the in-process run from its bfloat16 copy
+    of the master; both learn in float32 and save the float32 weights."""
     from maskfocus.driver import train_ray
 
-    config, _, ray_dir = runs
-    ray_dir.mkdir()
+    _, _, config, _ = runs
+    ray_dir = tmp_path_factory.mktemp("ray_bfloat16")
     with PrometheusScraper(METRICS_PORT) as scraper:
         train_ray(config, ray_dir, show_progress=False)
     return ray_dir, scraper
 
 
-def test_first_three_iterations_equal_train_local(ray_run, runs):
-    config, local_dir, _ = runs
+def test_a_bfloat16_ray_run_records_what_train_local_does(ray_run, runs):
+    """Iteration 0 samples from the same base weights cast to bfloat16 on both sides: equal rollouts, rewards and
+    losses. After an update the two float32 masters agree to rounding, not bit for bit, and a bfloat16 cast can
+    round such a difference apart, so later rollouts may differ by a token (seen: iteration 1's reward/mean
+    -0.13293 on Ray against -0.13273 in process). The float32 runs below are compared at every iteration."""
+    _, _, _, local_dir = runs
     ray_dir, _ = ray_run
     local, remote = read_metrics(local_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
     assert [r["iteration"] for r in remote] == [0, 1, 2]
-    assert any(abs(r["loss/total"]) > 0 for r in local)  # a reward that varies: the comparison means something
+    assert abs(local[0]["loss/total"]) > 0  # a reward that varies: the comparison means something
+    for key in COMPARED:
+        assert remote[0][key] == pytest.approx(local[0][key], rel=1e-4, abs=1e-6), key
     for a, b in zip(local, remote, strict=True):
         assert set(a) <= set(b)
         assert (b["policy_version"], b["prompt_cursor"]) == (a["policy_version"], a["prompt_cursor"])
         assert b["sync/staleness"] == 0.0 and b["sync/dropped_stale"] == 0
-        for key in COMPARED:
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["iteration"], key)
     for key in TIME_BREAKDOWN:
         assert all(r[key] >= 0 for r in remote), key
     assert all(r["perf/weight_load_seconds"] > 0 for r in remote[1:])  # new weights before every later rollout
-    assert (ray_dir / "model" / "transformer").is_dir()
     assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
+
+
+def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(ray_run):
+    """Rollouts in bfloat16, learner and final model folder in float32: the folder equals the last checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    ray_dir, _ = ray_run
+    saved = load_file(str(next((ray_dir / "model" / "transformer").glob("*.safetensors"))))
+    last = load_file(str(latest_checkpoint(ray_dir) / "transformer.safetensors"))
+    assert saved.keys() == last.keys()
+    assert all(tensor.dtype == torch.float32 and torch.equal(tensor, last[name]) for name, tensor in saved.items())
+    # float32 master weights after an update are not all bfloat16-representable (a bfloat16 learner's would be)
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in saved.values())
 
 
 def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
@@ -129,29 +158,9 @@ def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
     assert "ray_maskfocus_reward_latency_seconds_bucket" in scraper.names
 
 
-def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(ray_run, runs):
-    from maskfocus.driver import train_ray
-
-    config, local_dir, _ = runs
-    ray_dir, _ = ray_run
-    resumed = ray_dir.with_name("resumed")
-    shutil.copytree(ray_dir, resumed, ignore=shutil.ignore_patterns("iter_000002", "ray_train", "model"))
-    records = read_metrics(resumed / "metrics.jsonl")[:2]  # as if the run had stopped after iteration 1
-    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    state = json.loads((resumed / "checkpoints" / "iter_000001" / "state.json").read_text())
-    assert state["prompt_cursor"] == 2 * config.rollout.prompts_per_iteration and state["policy_version"] == 2
-    train_ray(config, resumed, resume=True, show_progress=False)
-    after = read_metrics(resumed / "metrics.jsonl")
-    assert [r["iteration"] for r in after] == [0, 1, 2]
-    expected = read_metrics(local_dir / "metrics.jsonl")[2]
-    assert after[2]["prompt_cursor"] == expected["prompt_cursor"]
-    assert after[2]["policy_version"] == expected["policy_version"]
-    for key in COMPARED:
-        assert after[2][key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
-
-
 def assert_equals_local(records: list[dict], local_dir) -> None:
-    """Each iteration learned once, with the in-process run's prompts, versions, rewards and losses."""
+    """Each iteration learned once, with the in-process run's prompts, versions, rewards and losses (float32:
+    rollouts agree at every iteration)."""
     local = read_metrics(local_dir / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [r["iteration"] for r in local]
     for a, b in zip(local, records, strict=True):
@@ -195,7 +204,7 @@ def test_killed_rollout_and_reward_actors_are_restarted_and_their_batches_redone
 ):
     from maskfocus.driver import train_ray
 
-    config, local_dir, _ = runs
+    config, local_dir, _, _ = runs
     assert config.ray.max_restarts >= 1
     killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1, reward_at=2)
     train_ray(config, tmp_path, show_progress=False)
@@ -211,9 +220,11 @@ def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_re
     tmp_path,
     monkeypatch,
 ):
+    """Also the test of `--resume` on Ray: the resumed run continues at the checkpoint's iteration, policy version
+    and prompt cursor, and its records equal the in-process run's."""
     from maskfocus.driver import train_ray
 
-    config, local_dir, _ = runs
+    config, local_dir, _, _ = runs
     no_restarts = config.model_copy(update={"ray": config.ray.model_copy(update={"max_restarts": 0})})
     killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1)
     expected = r"(?s)iteration 1 failed 1 times \(ray.max_restarts=0\).*Actor.*--resume"
@@ -229,39 +240,3 @@ def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_re
     monkeypatch.undo()
     train_ray(config, tmp_path, resume=True, show_progress=False)
     assert_equals_local(read_metrics(tmp_path / "metrics.jsonl"), local_dir)
-
-
-def test_bfloat16_rollouts_equal_train_local_and_the_final_model_is_the_float32_master(
-    ray_session,  # noqa: F811
-    random_model,  # noqa: F811
-    tmp_path,
-):
-    """model.dtype bfloat16: Ray rollout workers sample in bfloat16 from the published weights, the in-process
-    trainer from its bfloat16 copy of the master; both learn in float32 and save the float32 weights."""
-    import torch
-    from safetensors.torch import load_file
-
-    from maskfocus.driver import train_ray
-    from maskfocus.trainer import train_local
-
-    config = tiny_config(random_model, tmp_path, train={"num_iterations": 2})
-    config = config.model_copy(update={"model": config.model.model_copy(update={"dtype": "bfloat16"})})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        (tmp_path / "local").mkdir()
-        train_local(config, tmp_path / "local", show_progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    (tmp_path / "ray").mkdir()
-    train_ray(config, tmp_path / "ray", show_progress=False)
-    assert_equals_local(read_metrics(tmp_path / "ray" / "metrics.jsonl"), tmp_path / "local")
-    local, remote = (
-        load_file(str(next((tmp_path / run / "model" / "transformer").glob("*.safetensors"))))
-        for run in ("local", "ray")
-    )
-    assert all(tensor.dtype == torch.float32 for tensor in remote.values())
-    for name, tensor in local.items():
-        torch.testing.assert_close(remote[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
-    last = load_file(str(latest_checkpoint(tmp_path / "ray") / "transformer.safetensors"))
-    assert all(torch.equal(remote[name], last[name]) for name in last)

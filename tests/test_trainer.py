@@ -1,14 +1,18 @@
-"""`maskfocus train --executor local` end to end in a subprocess: metrics, images, checkpoint, resume."""
+"""`maskfocus train --executor local` end to end in a subprocess: metrics, images, checkpoint, resume, and the
+float32 master weights of a run whose rollouts sample in bfloat16."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from support import cli_error
 
 from maskfocus.run_io import latest_checkpoint, load_checkpoint_weights
 
@@ -56,10 +60,17 @@ def train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
-def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(tmp_path):
-    result = train(tmp_path, "--iterations", "3")
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    """One 3-iteration run with bfloat16 rollouts (a subprocess run costs ~45 s here, so three tests share it)."""
+    out = tmp_path_factory.mktemp("short")
+    result = train(out, "--iterations", "3", "--set", "model.dtype=bfloat16")
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "run"
+    return out / "run"
+
+
+def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
+    run = short_run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2]
     for key in (
@@ -93,24 +104,26 @@ def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(tmp_path):
     assert moved, "the final model folder should hold the trained weights"
 
 
-def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(tmp_path):
-    assert train(tmp_path, "--iterations", "2").returncode == 0
+def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(short_run, tmp_path):
+    run = shutil.copytree(short_run, tmp_path / "run")
     resumed = subprocess.run(
-        [sys.executable, "-m", "maskfocus.cli", "train", "--resume", str(tmp_path / "run"), "--iterations", "4"],
+        [sys.executable, "-m", "maskfocus.cli", "train", "--resume", str(run), "--iterations", "4"],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=ROOT,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert [r["prompt_cursor"] for r in records] == [2, 4, 6, 8]
+    assert latest_checkpoint(run).name == "iter_000003"
 
 
-def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path):
-    result = train(tmp_path, "--set", "grpo.clip=0.1")
-    assert result.returncode == 2 and "grpo.clip" in result.stderr and "Traceback" not in result.stderr
+def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
+    out = ["--set", f"train.out_dir={tmp_path}"]
+    error = cli_error(capsys, "train", "--executor", "local", *out, "--set", "grpo.clip=0.1")
+    assert "grpo.clip" in error and not any(tmp_path.iterdir())
 
 
 def shipped_config(**model: str):
@@ -148,15 +161,12 @@ def test_float32_rollouts_sample_from_the_master_itself():
     assert rollout_model(config, master) is master
 
 
-def test_a_bfloat16_run_saves_the_float32_master_weights(tmp_path):
+def test_a_bfloat16_run_saves_the_float32_master_weights(short_run):
     """Rollouts in bfloat16, learner and final model folder in float32: the folder equals the last checkpoint."""
     from safetensors.torch import load_file
 
-    result = train(tmp_path, "--iterations", "2", "--set", "model.dtype=bfloat16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "run"
-    saved = load_file(str(next((run / "model" / "transformer").glob("*.safetensors"))))
-    checkpoint = load_file(str(latest_checkpoint(run) / "transformer.safetensors"))
+    saved = load_file(str(next((short_run / "model" / "transformer").glob("*.safetensors"))))
+    checkpoint = load_file(str(latest_checkpoint(short_run) / "transformer.safetensors"))
     assert all(tensor.dtype == torch.float32 for tensor in saved.values())
     assert all(torch.equal(saved[name], checkpoint[name]) for name in checkpoint)
     # float32 master weights after an update are not all bfloat16-representable (a bfloat16 learner's would be)
