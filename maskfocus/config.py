@@ -61,9 +61,9 @@ class ModelConfig(Section):
     @classmethod
     def _resolve_auto_dtype(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("dtype") == "auto":
-            from maskfocus.hardware import resolve_dtype
+            from maskfocus.hardware import native_sampling_dtype
 
-            data = {**data, "dtype": resolve_dtype("auto", str(data.get("device", "cpu")))}
+            data = {**data, "dtype": native_sampling_dtype(str(data.get("device", "cpu")))}
         return data
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-CONCRETE_DTYPES = ("float32", "bfloat16", "float16")
-
 
 def cpu_has_native_bfloat16() -> bool:
     """AVX512-BF16 or AMX tiles: the CPU instructions torch's bfloat16 kernels use."""
@@ -26,8 +24,3 @@ def native_sampling_dtype(device: str) -> str:
     if kind == "cpu" and cpu_has_native_bfloat16():
         return "bfloat16"
     return "float32"
-
-
-def resolve_dtype(name: str, device: str) -> str:
-    """`auto` -> the native sampling dtype of `device`; a concrete name unchanged."""
-    return native_sampling_dtype(device) if name == "auto" else name

@@ -130,14 +130,15 @@ def test_a_bfloat16_ray_run_records_what_train_local_does(ray_run, runs):
     assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
 
 
-def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(ray_run):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(request, runs, executor):
     """Rollouts in bfloat16, learner and final model folder in float32: the folder equals the last checkpoint."""
     import torch
     from safetensors.torch import load_file
 
-    ray_dir, _ = ray_run
-    saved = load_file(str(next((ray_dir / "model" / "transformer").glob("*.safetensors"))))
-    last = load_file(str(latest_checkpoint(ray_dir) / "transformer.safetensors"))
+    run_dir = runs[3] if executor == "local" else request.getfixturevalue("ray_run")[0]
+    saved = load_file(str(next((run_dir / "model" / "transformer").glob("*.safetensors"))))
+    last = load_file(str(latest_checkpoint(run_dir) / "transformer.safetensors"))
     assert saved.keys() == last.keys()
     assert all(tensor.dtype == torch.float32 and torch.equal(tensor, last[name]) for name, tensor in saved.items())
     # float32 master weights after an update are not all bfloat16-representable (a bfloat16 learner's would be)
