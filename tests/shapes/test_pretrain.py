@@ -15,7 +15,7 @@ from maskfocus.shapes.pretrain_vq import VQPretrainConfig
 
 def test_all_stages_rebuild_a_loadable_model_and_write_the_card(tmp_path):
     config = PretrainConfig(
-        vq=VQPretrainConfig(num_steps=2, batch_size=4, table_scenes=300),  # the shipped 4,000 take ~20 s to render
+        vq=VQPretrainConfig(num_steps=2, batch_size=4, table_scenes=300),  # the shipped 4,000 cost ~15 s more here
         generator=GeneratorPretrainConfig(num_scenes=16, num_steps=2, batch_size=4),
         clip=ClipPretrainConfig(num_steps=2, batch_size=4),
         eval_images_per_prompt=1,
