@@ -2,7 +2,7 @@
 dashboard metrics in the Prometheus export, recovery from killed actors, and a resume from the checkpoint of a
 failed run.
 
-Each train_ray call starts a Ray Train group and eleven actor processes (45-64 s measured on 2 cores), so the tests share
+Each train_ray call starts a Ray Train group and eleven actor processes (45-64 s here), so the tests share
 runs: the module's bfloat16 Ray run serves three tests, the float32 in-process run two."""
 
 from __future__ import annotations
