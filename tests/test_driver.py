@@ -11,6 +11,8 @@ import json
 import threading
 import time
 import urllib.request
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, ray_session, tiny_config  # noqa: F401
@@ -36,10 +38,19 @@ def with_dtype(config: RunConfig, dtype: str) -> RunConfig:
     return config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype})})
 
 
+class LocalRuns(NamedTuple):
+    """The in-process reference runs and their configs."""
+
+    float32_config: RunConfig
+    float32_dir: Path
+    bfloat16_config: RunConfig
+    bfloat16_dir: Path
+
+
 @pytest.fixture(scope="module")
 def runs(random_model, tmp_path_factory):  # noqa: F811
     """3 in-process iterations in float32 and in bfloat16, the references of the Ray runs (1 rollout, 1 reward,
-    1 learner worker, max_staleness 0): (float32 config, its local run, bfloat16 config, its local run)."""
+    1 learner worker, max_staleness 0)."""
     import torch
 
     from maskfocus.trainer import train_local
@@ -55,7 +66,7 @@ def runs(random_model, tmp_path_factory):  # noqa: F811
             train_local(with_dtype(config, dtype), out / dtype, show_progress=False)
     finally:
         torch.set_num_threads(threads)
-    return config, out / "float32", with_dtype(config, "bfloat16"), out / "bfloat16"
+    return LocalRuns(config, out / "float32", with_dtype(config, "bfloat16"), out / "bfloat16")
 
 
 class PrometheusScraper:
@@ -101,10 +112,9 @@ def ray_run(ray_session, runs, tmp_path_factory):  # noqa: F811
     of the master; both learn in float32 and save the float32 weights."""
     from maskfocus.driver import train_ray
 
-    _, _, config, _ = runs
     ray_dir = tmp_path_factory.mktemp("ray_bfloat16")
     with PrometheusScraper(METRICS_PORT) as scraper:
-        train_ray(config, ray_dir, show_progress=False)
+        train_ray(runs.bfloat16_config, ray_dir, show_progress=False)
     return ray_dir, scraper
 
 
@@ -113,9 +123,8 @@ def test_a_bfloat16_ray_run_records_what_train_local_does(ray_run, runs):
     losses. After an update the two float32 masters agree to rounding, not bit for bit, and a bfloat16 cast can
     round such a difference apart, so later rollouts may differ by a token (seen: iteration 1's reward/mean
     -0.13293 on Ray against -0.13273 in process). The float32 runs below are compared at every iteration."""
-    _, _, _, local_dir = runs
     ray_dir, _ = ray_run
-    local, remote = read_metrics(local_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
+    local, remote = read_metrics(runs.bfloat16_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
     assert [r["iteration"] for r in remote] == [0, 1, 2]
     assert abs(local[0]["loss/total"]) > 0  # a reward that varies: the comparison means something
     for key in COMPARED:
@@ -136,7 +145,7 @@ def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(request, runs, 
     import torch
     from safetensors.torch import load_file
 
-    run_dir = runs[3] if executor == "local" else request.getfixturevalue("ray_run")[0]
+    run_dir = runs.bfloat16_dir if executor == "local" else request.getfixturevalue("ray_run")[0]
     saved = load_file(str(next((run_dir / "model" / "transformer").glob("*.safetensors"))))
     last = load_file(str(latest_checkpoint(run_dir) / "transformer.safetensors"))
     assert saved.keys() == last.keys()
@@ -159,7 +168,7 @@ def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
     assert "ray_maskfocus_reward_latency_seconds_bucket" in scraper.names
 
 
-def assert_equals_local(records: list[dict], local_dir) -> None:
+def assert_equals_local(records: list[dict], local_dir: Path) -> None:
     """Each iteration learned once, with the in-process run's prompts, versions, rewards and losses (float32:
     rollouts agree at every iteration)."""
     local = read_metrics(local_dir / "metrics.jsonl")
@@ -205,7 +214,7 @@ def test_killed_rollout_and_reward_actors_are_restarted_and_their_batches_redone
 ):
     from maskfocus.driver import train_ray
 
-    config, local_dir, _, _ = runs
+    config, local_dir = runs.float32_config, runs.float32_dir
     assert config.ray.max_restarts >= 1
     killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1, reward_at=2)
     train_ray(config, tmp_path, show_progress=False)
@@ -225,7 +234,7 @@ def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_re
     and prompt cursor, and its records equal the in-process run's."""
     from maskfocus.driver import train_ray
 
-    config, local_dir, _, _ = runs
+    config, local_dir = runs.float32_config, runs.float32_dir
     no_restarts = config.model_copy(update={"ray": config.ray.model_copy(update={"max_restarts": 0})})
     killed = kill_in_flight(monkeypatch, ray_session, rollout_at=1)
     expected = r"(?s)iteration 1 failed 1 times \(ray.max_restarts=0\).*Actor.*--resume"
