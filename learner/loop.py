@@ -41,7 +41,7 @@ from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
 from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import LEARN
 from maskfocus.types import TrainBatch
-from maskfocus.update import PolicyUpdater, StepInputs, frozen_copy
+from maskfocus.update import PolicyUpdater, StepInputs, frozen_copy, optimizer_steps_per_iteration
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,12 @@ class LearnerWorker:
         if start.checkpoint:
             load_checkpoint_weights(Path(start.checkpoint), base)
         self.module = wrap(base, config.ray.learner_strategy)
-        num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
-        per_iteration = num_k if config.grpo.update == "per_step" else 1
         self.updater = ShardedUpdater(
             self.model,
             config.grpo,
             config.optim,
             config.sampler.num_steps,
-            total_updates=config.train.num_iterations * per_iteration,
+            total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
             module=self.module,
             reference=reference,
             compile=config.train.compile_learner,

@@ -183,6 +183,10 @@ class GRPOConfig(Section):
     """k3 KL penalty weight against the frozen reference; 0 skips the reference forward."""
     update: Literal["per_step", "accumulate"] = "per_step"
     """per_step = one optimizer step per selected step; accumulate = one step for all K."""
+    epochs: int = Field(1, ge=1)
+    """Passes over each batch's selected steps (PPO epochs, GRPO's mu); each pass takes the optimizer steps of
+    `update`. The old log-probs stay those of the sampling policy, so from the second pass the ratio leaves 1 and
+    `clip_eps` bounds how far the policy moves on one batch. The learner time grows with it."""
     advantage_eps: float = Field(1e-4, gt=0.0)
     """eps in A = (r - mean) / (std + eps)."""
     std_normalize: bool = True

@@ -36,7 +36,7 @@ from maskfocus.run_io import (
 from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import draw_index, tag_probabilities
-from maskfocus.update import PolicyUpdater
+from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
 
@@ -177,14 +177,12 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     sampler_model = rollout_model(config, model)
     reward_fn = build_rewards(config.rewards, device=config.model.device)
     image_embed = clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
-    num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
-    updates_per_iteration = num_k if config.grpo.update == "per_step" else 1
     updater = PolicyUpdater(
         model,
         config.grpo,
         config.optim,
         config.sampler.num_steps,
-        total_updates=config.train.num_iterations * updates_per_iteration,
+        total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
         compile=config.train.compile_learner,
     )
     start_iteration, cursor = 0, 0

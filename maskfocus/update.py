@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from maskfocus.compiled import PaddedCompiled
-from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.config import GRPOConfig, OptimConfig, RunConfig
 from maskfocus.grpo import build_training_inputs, masked_entropy_mean, policy_loss, token_log_probs
 from maskfocus.models.base import Condition, MaskedGenerator
 from maskfocus.types import TrainBatch
@@ -38,6 +38,13 @@ class StepInputs:
     steps_B: torch.Tensor
     old_logp_BL: torch.Tensor | None = None
     ref_logp_BL: torch.Tensor | None = None
+
+
+def optimizer_steps_per_iteration(config: RunConfig) -> int:
+    """Optimizer steps of one batch: per pass K (per_step) or one (accumulate), times grpo.epochs passes."""
+    num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
+    per_pass = num_k if config.grpo.update == "per_step" else 1
+    return per_pass * config.grpo.epochs
 
 
 def make_optimizer(module: nn.Module, optim: OptimConfig, total_updates: int):
@@ -179,7 +186,7 @@ class PolicyUpdater:
     def update(
         self, batch: TrainBatch, generator: torch.Generator, count_tokens: CountTokens = local_token_count
     ) -> dict[str, float]:
-        """One rollout's worth of updates: K optimizer steps (per_step) or one (accumulate)."""
+        """One rollout's worth of updates: grpo.epochs passes of K optimizer steps (per_step) or one (accumulate)."""
         start = time.perf_counter()
         steps = self.prepare(batch, generator)
         batch, steps = learning_rows(batch, steps)
@@ -188,6 +195,15 @@ class PolicyUpdater:
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         records: list[dict[str, float]] = []
+        for _ in range(self.grpo.epochs):
+            records += self._one_pass(steps, batch, condition, count_tokens)
+        self.module.eval()
+        return self._summarize(records, start)
+
+    def _one_pass(
+        self, steps: list[StepInputs], batch: TrainBatch, condition: Condition, count_tokens: CountTokens
+    ) -> list[dict[str, float]]:
+        records = []
         for index, step in enumerate(steps):
             loss, metrics = self._step_loss(step, batch, condition, count_tokens)
             if torch.isfinite(loss):
@@ -198,8 +214,7 @@ class PolicyUpdater:
                 metrics["loss/grad_norm"], applied = self._optimizer_step()
                 metrics["loss/skipped_steps"] = float(not applied)
             records.append(metrics)
-        self.module.eval()
-        return self._summarize(records, start)
+        return records
 
     def _summarize(self, records: list[dict[str, float]], start: float) -> dict[str, float]:
         keys = sorted({key for record in records for key in record})

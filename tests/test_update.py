@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 from support import ToyGenerator
 
 import maskfocus.update as update_module
-from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.config import GRPOConfig, OptimConfig, load_config
+from maskfocus.grpo import token_log_probs
 from maskfocus.types import TrainBatch
-from maskfocus.update import PolicyUpdater
+from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 
 
 def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3, seed: int = 0) -> TrainBatch:
@@ -55,6 +61,69 @@ def test_per_step_takes_k_optimizer_steps_and_accumulate_one():
         metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
         assert metrics["perf/optimizer_steps"] == expected
         assert updater.num_updates == expected
+
+
+@pytest.mark.parametrize(("scheme", "per_pass"), [("per_step", 3), ("accumulate", 1)])
+def test_each_epoch_takes_the_schemes_optimizer_steps(scheme, per_pass):
+    model = ToyGenerator()
+    updater = make_updater(model, update=scheme, epochs=2)
+    metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert metrics["perf/optimizer_steps"] == 2 * per_pass
+    assert updater.num_updates == 2 * per_pass
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, 3),
+        ({"grpo.update": "accumulate"}, 1),
+        ({"grpo.epochs": 2}, 6),
+        ({"grpo.epochs": 2, "grpo.update": "accumulate"}, 2),
+        ({"selection.strategy": "all", "grpo.epochs": 3}, 36),
+    ],
+)
+def test_the_learning_rate_schedule_counts_every_optimizer_step(overrides, expected):
+    assert optimizer_steps_per_iteration(load_config(SHIPPED_CONFIG, overrides)) == expected
+
+
+def _record_policy_loss_calls(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """Wrap policy_loss so each call records (log-probs, old log-probs, metrics)."""
+    calls = []
+    original = update_module.policy_loss
+
+    def recorded(logp_BL, old_logp_BL, *args, **kwargs):
+        loss, metrics = original(logp_BL, old_logp_BL, *args, **kwargs)
+        calls.append((logp_BL.detach().clone(), old_logp_BL, metrics))
+        return loss, metrics
+
+    monkeypatch.setattr(update_module, "policy_loss", recorded)
+    return calls
+
+
+def test_later_epochs_keep_the_sampling_policys_old_log_probs_and_clip(monkeypatch):
+    model = ToyGenerator()
+    sampling_policy = copy.deepcopy(model.transformer)
+    batch = make_batch(model)
+    updater = make_updater(model, update="per_step", epochs=2, beta=0.0, clip_eps=0.05)
+    # The slow reference: the same training inputs (same generator seed), scored by the untouched policy.
+    steps = updater.prepare(batch, torch.Generator().manual_seed(1))
+    condition = model.encode_prompts(batch.prompts_B)
+    with torch.no_grad():
+        expected_old = [
+            token_log_probs(model.logits(s.inputs_BL, condition, s.steps_B, 6, module=sampling_policy), batch.tokens_BL)
+            for s in steps
+        ]
+    calls = _record_policy_loss_calls(monkeypatch)
+    updater.update(batch, torch.Generator().manual_seed(1))
+    assert len(calls) == 6  # 2 passes x K = 3 steps
+    for index, (_, old_logp_BL, metrics) in enumerate(calls):
+        step = steps[index % 3]
+        torch.testing.assert_close(old_logp_BL[step.loss_mask_BL], expected_old[index % 3][step.loss_mask_BL])
+        if index == 0:
+            assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/clip_fraction"] == 0.0
+    second_pass_first_step = calls[3]
+    assert not torch.allclose(second_pass_first_step[0], second_pass_first_step[1])
+    assert second_pass_first_step[2]["loss/clip_fraction"] > 0.0  # the policy left the trust region on this batch
 
 
 def test_per_step_later_steps_see_a_moved_policy():
