@@ -1,0 +1,87 @@
+"""Would an exponential moving average (EMA) of the weights score higher than the last weights? Measured offline.
+
+From a finished run's checkpoints (run with a small `train.checkpoint_every`, e.g. 5), this folds the saved
+transformer weights into an EMA with decay `d` per iteration, in iteration order: at a checkpoint `gap` iterations
+after the previous one, ema <- d**gap * ema + (1 - d**gap) * weights. With a checkpoint every iteration that is the
+usual EMA; with one every few it weighs each saved state for the iterations it stands in for. The EMA starts at
+the first checkpoint (its weight after 250 iterations at d = 0.95 is under 1e-5). For each decay it writes a model
+folder (a copy of the run's final `model/`, transformer replaced) to score with
+`maskfocus eval --config configs/shapes_tiny.yaml --model DIR --no-clip`.
+
+Usage: python benchmarks/checkpoint_ema.py RUN_DIR --decays 0.9 0.95 [--out DIR] [--last N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def checkpoint_iterations(run_dir: Path) -> list[tuple[int, Path]]:
+    """(iteration, checkpoint folder) of every complete checkpoint, in iteration order."""
+    found = []
+    for folder in (run_dir / "checkpoints").glob("iter_[0-9]*[0-9]"):
+        if (folder / "transformer.safetensors").is_file():
+            found.append((int(folder.name.removeprefix("iter_")), folder))
+    if not found:
+        raise SystemExit(f"{run_dir}/checkpoints: no checkpoint with a transformer.safetensors")
+    return sorted(found)
+
+
+def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) -> dict[str, torch.Tensor]:
+    """The EMA (decay per iteration) of state dicts given as (iteration, weights) in increasing iteration order."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    ema: dict[str, torch.Tensor] | None = None
+    previous = None
+    for iteration, weights in states:
+        if ema is None:
+            ema = {name: tensor.detach().double().clone() for name, tensor in weights.items()}
+        else:
+            if iteration <= previous:
+                raise ValueError(f"iterations must increase, got {iteration} after {previous}")
+            keep = decay ** (iteration - previous)
+            for name, tensor in weights.items():
+                ema[name].mul_(keep).add_(tensor.double(), alpha=1.0 - keep)
+        previous = iteration
+    if ema is None:
+        raise ValueError("no state dict to average")
+    return ema
+
+
+def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: StateDict, target: Path) -> Path:
+    """A copy of the run's final model folder whose transformer holds `weights` (cast back to `dtypes`)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(run_dir / "model", target)
+    file = next((target / "transformer").glob("*.safetensors"))
+    save_file({name: tensor.to(dtypes[name].dtype).contiguous() for name, tensor in weights.items()}, str(file))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--decays", type=float, nargs="+", default=[0.9, 0.95])
+    parser.add_argument("--last", type=int, default=None, help="use only the checkpoints of the last N iterations")
+    parser.add_argument("--out", type=Path, default=None, help="where the model folders go (default RUN_DIR/ema)")
+    args = parser.parse_args()
+    found = checkpoint_iterations(args.run_dir)
+    if args.last is not None:
+        found = [(it, folder) for it, folder in found if it > found[-1][0] - args.last]
+    states = [(it, load_file(str(folder / "transformer.safetensors"))) for it, folder in found]
+    out = args.out or args.run_dir / "ema"
+    for decay in args.decays:
+        target = write_model(args.run_dir, ema_of_checkpoints(states, decay), states[-1][1], out / f"decay{decay:g}")
+        print(f"decay {decay:g}: {len(states)} checkpoints (iterations {found[0][0]}-{found[-1][0]}) -> {target}")
+
+
+if __name__ == "__main__":
+    main()

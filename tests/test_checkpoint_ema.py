@@ -1,0 +1,91 @@
+"""benchmarks/checkpoint_ema.py: the EMA of saved checkpoints against the per-iteration recursion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from support import load_benchmark
+
+ema = load_benchmark("checkpoint_ema")
+
+
+def states(count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {"w": torch.randn(3, 2, generator=generator), "b": torch.randn(4, generator=generator)} for _ in range(count)
+    ]
+
+
+def recursion(sequence: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
+    """The textbook EMA, one update per iteration, started at the first state."""
+    average = {name: tensor.double().clone() for name, tensor in sequence[0].items()}
+    for weights in sequence[1:]:
+        for name in average:
+            average[name] = decay * average[name] + (1 - decay) * weights[name].double()
+    return average
+
+
+def test_every_iteration_checkpointed_is_the_textbook_ema():
+    sequence = states(7)
+    got = ema.ema_of_checkpoints(list(enumerate(sequence)), 0.8)
+    want = recursion(sequence, 0.8)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
+
+
+def test_a_checkpoint_stands_for_the_iterations_since_the_previous_one():
+    first, second, third = states(3, seed=1)
+    got = ema.ema_of_checkpoints([(0, first), (5, second), (10, third)], 0.9)
+    want = recursion([first] + [second] * 5 + [third] * 5, 0.9)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
+
+
+def test_decay_zero_is_the_last_state_and_a_constant_stays():
+    sequence = states(4, seed=2)
+    last = ema.ema_of_checkpoints(list(enumerate(sequence)), 0.0)
+    torch.testing.assert_close(last["w"], sequence[-1]["w"].double())
+    constant = ema.ema_of_checkpoints([(i, sequence[0]) for i in range(0, 20, 5)], 0.95)
+    torch.testing.assert_close(constant["b"], sequence[0]["b"].double())
+
+
+@pytest.mark.parametrize(
+    ("pairs", "decay", "message"),
+    [
+        ([(0, {"w": torch.zeros(1)})], 1.0, "decay must be in"),
+        ([(5, {"w": torch.zeros(1)}), (5, {"w": torch.ones(1)})], 0.5, "iterations must increase"),
+        ([], 0.5, "no state dict"),
+    ],
+)
+def test_bad_input_says_what_is_wrong(pairs, decay, message):
+    with pytest.raises(ValueError, match=message):
+        ema.ema_of_checkpoints(pairs, decay)
+
+
+def test_model_folder_holds_the_ema_and_skips_unfinished_checkpoints(tmp_path):
+    (tmp_path / "model" / "transformer").mkdir(parents=True)
+    (tmp_path / "model" / "vqvae").mkdir()
+    (tmp_path / "model" / "vqvae" / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for iteration, value in [(4, 1.0), (9, 3.0)]:
+        folder = tmp_path / "checkpoints" / f"iter_{iteration:06d}"
+        folder.mkdir(parents=True)
+        save_file({"w": torch.full((2,), value)}, str(folder / "transformer.safetensors"))
+    (tmp_path / "checkpoints" / "iter_000014.partial").mkdir()
+    (tmp_path / "checkpoints" / "iter_000019").mkdir()  # no weights yet: skipped
+    found = ema.checkpoint_iterations(tmp_path)
+    assert [iteration for iteration, _ in found] == [4, 9]
+    loaded = [(iteration, load_file(str(folder / "transformer.safetensors"))) for iteration, folder in found]
+    average = ema.ema_of_checkpoints(loaded, 0.5)
+    target = ema.write_model(tmp_path, average, loaded[-1][1], tmp_path / "ema" / "decay0.5")
+    written = load_file(str(target / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert written["w"].dtype == torch.float32
+    torch.testing.assert_close(written["w"], torch.full((2,), 1.0 * 0.5**5 + 3.0 * (1 - 0.5**5)))
+    assert (target / "vqvae" / "config.json").is_file()
+
+
+def test_a_run_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        ema.checkpoint_iterations(tmp_path)
