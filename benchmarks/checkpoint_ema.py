@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--last", type=int, default=None, help="use only the checkpoints of the last N iterations")
     parser.add_argument("--out", type=Path, default=None, help="where the model folders go (default RUN_DIR/ema)")
     args = parser.parse_args()
+    if args.last is not None and args.last < 1:
+        parser.error(f"--last must be at least 1 (iterations), got {args.last}")
     found = checkpoint_iterations(args.run_dir)
     if args.last is not None:
         found = [(it, folder) for it, folder in found if it > found[-1][0] - args.last]

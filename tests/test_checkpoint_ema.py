@@ -89,3 +89,11 @@ def test_a_run_without_checkpoints_is_refused(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(SystemExit, match="no checkpoint"):
         ema.checkpoint_iterations(tmp_path)
+
+
+def test_last_below_one_is_refused_by_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["checkpoint_ema.py", str(tmp_path), "--last", "0"])
+    with pytest.raises(SystemExit) as exited:
+        ema.main()
+    assert exited.value.code == 2
+    assert "--last must be at least 1" in capsys.readouterr().err
