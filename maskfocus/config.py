@@ -248,8 +248,10 @@ class RewardSpec(Section):
     """geneval = GenEval rules on detected objects; clip = CLIP score of image and prompt; hps = HPS v2.1 score."""
     weight: float = 1.0
     """Weight of this term."""
-    mode: Literal["binary", "partial"] = "binary"
-    """geneval only: 1/0 correctness, or the fraction of clauses met."""
+    mode: Literal["binary", "partial", "graded"] = "binary"
+    """geneval only: 1/0 correctness; the fraction of clauses met (partial); or graded: as partial, but a clause
+    that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
+    off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only."""
     strict: bool = False
     """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
     class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing

@@ -159,6 +159,7 @@ def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 1
     colours = {  # the mean last, on top: with one reward term the two curves are the same
         "reward/geneval_binary": "tab:green",
         "reward/geneval_partial": "tab:olive",
+        "reward/geneval_graded": "tab:cyan",
         "reward/clip": "tab:purple",
         "reward/mean": "tab:blue",
     }

@@ -27,13 +27,19 @@ def geneval_term_name(mode: str, strict: bool) -> str:
 
 
 class GenEvalReward:
-    """GenEval correctness (binary) or clause fraction (partial) from a judge (shapes detector by default).
+    """GenEval correctness (binary), clause fraction (partial) or graded clause credit (graded: a missed count
+    earns how close it came) from a judge (shapes detector by default).
     `strict`: judged against `strict_metadata`, so extra objects cost reward (needs a judge with known classes)."""
 
     def __init__(self, mode: str = "binary", judge: Judge | None = None, strict: bool = False):
         self.name = geneval_term_name(mode, strict)
         self.mode = mode
         self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())
+        if mode == "graded" and self.judge.name == "http":
+            raise ConfigError(
+                "rewards: mode graded needs the per-clause counts of a local detector; the http "
+                "reward server returns only binary and partial scores (use mode binary or partial)"
+            )
         if strict and not self.judge.known_classes:
             raise ConfigError(f"rewards: strict needs a detector with a fixed class list; {self.judge.name} has none")
         self.strict_classes = list(self.judge.known_classes) if strict else None
@@ -49,8 +55,16 @@ class GenEvalReward:
         return self.judge.judge(images_BHWC, metadata_B)
 
     def values(self, results: Sequence[GenEvalResult]) -> torch.Tensor:
-        values = [float(r.correct) if self.mode == "binary" else r.score for r in results]
-        return torch.tensor(values, dtype=torch.float32)
+        return torch.tensor([self._value(r) for r in results], dtype=torch.float32)
+
+    def _value(self, result: GenEvalResult) -> float:
+        if self.mode == "binary":
+            return float(result.correct)
+        if self.mode == "partial":
+            return result.score
+        if result.graded is None:
+            raise ValueError(f"rewards: mode graded, but judge {self.judge.name} returned no graded credit")
+        return result.graded
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
         return self.values(self.results(images_BHWC, metadata_B))

@@ -57,6 +57,9 @@ class GenEvalResult:
     """Partial credit: fraction of include and exclude clauses met (1.0 when correct)."""
     reasons: tuple[str, ...]
     """One human-readable line per failed clause; empty when correct."""
+    graded: float | None = None
+    """Graded credit: like `score`, but a clause that misses a number earns how close the count came (see
+    `_check_include`, `exclude_credit`); None where the judge reports only `score` (the HTTP reward server)."""
 
 
 class MetadataError(ValueError):
@@ -130,21 +133,37 @@ def _check_include(
     objects: Mapping[str, list[Detection]],
     matched_groups: list[list[Detection] | None],
     margin: float,
-) -> tuple[list[Detection], str | None]:
-    """The clause's first `count` detections and the reason it fails (None when it holds)."""
+) -> tuple[list[Detection], str | None, float]:
+    """The clause's first `count` detections, the reason it fails (None when it holds) and its graded credit:
+    1 when it holds, else the fraction of the `count` asked for that was found (of the asked colour), and 0 when
+    only the position fails."""
     classname, count = clause["class"], clause["count"]
     found = objects.get(classname, [])[:count]
     if len(found) < count:
-        return found, f"expected {classname}>={count}, found {len(found)}"
+        return found, f"expected {classname}>={count}, found {len(found)}", len(found) / count
     color = clause.get("color")
     if color is not None:
         colors = [d.color for d in found]
         if colors.count(color) < count:
             others = ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
-            return found, f"expected {color} {classname}>={count}, found {colors.count(color)} {color}; and {others}"
+            reason = f"expected {color} {classname}>={count}, found {colors.count(color)} {color}; and {others}"
+            return found, reason, colors.count(color) / count
     if "position" in clause:
-        return found, _check_position(clause, found, matched_groups, margin)
-    return found, None
+        reason = _check_position(clause, found, matched_groups, margin)
+        return found, reason, 0.0 if reason else 1.0
+    return found, None, 1.0
+
+
+def exclude_credit(num_found: int, count: int) -> float:
+    """Graded credit of an exclude clause (fewer than `count` allowed) given `num_found`: 1 when it holds; else
+    1 less the excess over the `count - 1` allowed, as a fraction of them, floored at 0 (0 when none are allowed).
+    With include >= n and exclude >= n + 1 (a counting prompt), the clauses' mean falls by 1/(2n) per object off n."""
+    allowed = count - 1
+    if num_found <= allowed:
+        return 1.0
+    if allowed == 0:
+        return 0.0
+    return max(0.0, 1.0 - (num_found - allowed) / allowed)
 
 
 def evaluate(
@@ -157,21 +176,24 @@ def evaluate(
     detections of the class survive thresholding and capping.
     """
     objects = filter_detections(detections, metadata["tag"], thresholds)
-    reasons = []
+    reasons, credits = [], []
     matched_groups: list[list[Detection] | None] = []
     for clause in metadata["include"]:
-        found, reason = _check_include(clause, objects, matched_groups, thresholds.position_margin)
+        found, reason, credit = _check_include(clause, objects, matched_groups, thresholds.position_margin)
         matched_groups.append(found if reason is None else None)
+        credits.append(credit)
         if reason is not None:
             reasons.append(reason)
     excludes = metadata.get("exclude", [])
     for clause in excludes:
         num_found = len(objects.get(clause["class"], []))
+        credits.append(exclude_credit(num_found, clause["count"]))
         if num_found >= clause["count"]:
             reasons.append(f"expected {clause['class']}<{clause['count']}, found {num_found}")
-    num_clauses = len(metadata["include"]) + len(excludes)
+    num_clauses = len(credits)
     score = 1.0 - len(reasons) / num_clauses if num_clauses else 1.0
-    return GenEvalResult(correct=not reasons, score=score, reasons=tuple(reasons))
+    graded = sum(credits) / num_clauses if num_clauses else 1.0
+    return GenEvalResult(correct=not reasons, score=score, reasons=tuple(reasons), graded=graded)
 
 
 def strict_metadata(metadata: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

@@ -320,7 +320,7 @@ def test_all_real_geneval_lines_parse() -> None:
 def test_real_records_pass_with_perfect_detections_and_fail_with_none() -> None:
     for meta in real_records():
         perfect = evaluate(perfect_detections(meta), meta)
-        assert perfect == GenEvalResult(correct=True, score=1.0, reasons=()), meta
+        assert perfect == GenEvalResult(correct=True, score=1.0, reasons=(), graded=1.0), meta
         empty = evaluate({}, meta)
         assert not empty.correct and empty.reasons, meta
         check_consistent(empty)
