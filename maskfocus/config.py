@@ -1,34 +1,26 @@
 """One pydantic config tree for a run, loaded from one YAML file (configs/*.yaml).
 
-Every model is frozen and ``extra="forbid"``: a misspelt key is an error that names the field and the
-file. Each component receives only its own section. Field docstrings give the unit and the effect.
+Every model is frozen and ``extra="forbid"``: a misspelt key is an error that names the field, the file and line
+(or the `--set` override) and the keys allowed there (maskfocus/config_base.py). Each component receives only its own
+section. Field docstrings give the unit and the effect. The reward terms' sections are in config_rewards.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from maskfocus.config_base import ConfigError, ErrorOrigin, Section, SectionT, format_validation_error, yaml_key_lines
+from maskfocus.config_rewards import GenEvalDetectorConfig as GenEvalDetectorConfig  # re-exported: one config tree
+from maskfocus.config_rewards import RewardSpec
 
 BUILTIN_MODEL = "builtin:shapes-tiny"
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 """The built-in default run (a source checkout or an editable install has it; a wheel does not)."""
-
-
-class ConfigError(ValueError):
-    """A config file or value the user has to fix; the message says where and what is allowed."""
-
-
-class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys rejected, docstrings kept for fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-SectionT = TypeVar("SectionT", bound=Section)
 
 
 class ModelConfig(Section):
@@ -196,91 +188,6 @@ class GRPOConfig(Section):
     """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
 
 
-class GenEvalDetectorConfig(Section):
-    """How a `geneval` reward term (and `maskfocus eval`) finds the objects of an image."""
-
-    kind: Literal["shapes", "owlv2", "http"] = "shapes"
-    """shapes = the exact shapes-world detector; owlv2 = an OWLv2 folder (transformers) with GenEval's CLIP colour
-    classification; http = a Flow-GRPO-compatible GenEval reward server (the original Mask2Former evaluator)."""
-    path: str | None = None
-    """owlv2: detector folder in transformers format (config.json, weights, tokenizer, preprocessor_config.json)."""
-    clip_model: str | None = None
-    """owlv2: open_clip model of the colour classifier: a local-dir folder, or an architecture name together with
-    `clip_checkpoint`. GenEval uses ViT-L-14 with OpenAI weights, whose architecture name is `ViT-L-14-quickgelu`
-    (OpenAI's models use QuickGELU; plain `ViT-L-14` would load the weights but compute something else)."""
-    clip_checkpoint: str | None = None
-    """owlv2: weights file for an architecture-name `clip_model`."""
-    object_names: str | None = None
-    """owlv2: text file with one class name per line; null = GenEval's 80 COCO classes (object_names.txt)."""
-    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    """shapes/owlv2: a detection counts when its confidence is above this (GenEval: 0.3)."""
-    counting_score_threshold: float = Field(0.9, ge=0.0, le=1.0)
-    """shapes/owlv2: the same for prompts tagged `counting` (GenEval: 0.9, tuned for Mask2Former; recalibrate for
-    OWLv2, whose sigmoid scores run lower)."""
-    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
-    """owlv2: per-class non-maximum suppression IoU (OWLv2 predicts one box per image patch); 1.0 disables it."""
-    batch_size: int = Field(16, ge=1)
-    """owlv2/http: images per detector forward or per server request."""
-    url: str = "http://127.0.0.1:18085"
-    """http: the reward server's address (Flow-GRPO's default port is 18085)."""
-    timeout_s: float = Field(120.0, gt=0.0)
-    """http: seconds to wait for one request (connect and read) before it counts as failed."""
-    num_retries: int = Field(3, ge=0)
-    """http: retries of a failed request (timeout, connection error, HTTP 5xx) before the reward raises."""
-    retry_backoff_s: float = Field(1.0, ge=0.0)
-    """http: seconds before the first retry, doubled for each further one."""
-
-    @model_validator(mode="after")
-    def _check_kind_fields(self) -> GenEvalDetectorConfig:
-        if self.kind == "owlv2" and (self.path is None or self.clip_model is None):
-            raise ValueError("kind owlv2 needs `path` (the OWLv2 folder) and `clip_model` (the colour CLIP)")
-        return self
-
-
-DEFAULT_REWARD_MODELS = {"clip": "builtin:shapes-clip", "hps": "ViT-H-14"}
-"""The `model` of a clip / hps reward term when the YAML leaves it out."""
-
-
-class RewardSpec(Section):
-    """One term of the reward r = sum_k weight_k * r_k."""
-
-    name: Literal["geneval", "clip", "hps"]
-    """geneval = GenEval rules on detected objects; clip = CLIP score of image and prompt; hps = HPS v2.1 score."""
-    weight: float = 1.0
-    """Weight of this term."""
-    mode: Literal["binary", "partial", "graded"] = "binary"
-    """geneval only: 1/0 correctness; the fraction of clauses met (partial); or graded: as partial, but a clause
-    that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
-    off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only."""
-    strict: bool = False
-    """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
-    class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing
-    many objects; the evaluation keeps GenEval's rules."""
-    model: str = "builtin:shapes-clip"
-    """clip/hps: open_clip model: a local-dir folder (open_clip_config.json + weights), `builtin:shapes-clip`, or an
-    architecture name (`ViT-H-14`) with `checkpoint`. Left out: builtin:shapes-clip for clip, ViT-H-14 for hps."""
-    checkpoint: str | None = None
-    """clip: weights file for an architecture-name `model` (e.g. ViT-H-14 laion2B's open_clip_pytorch_model.bin);
-    hps: the HPS v2.1 checkpoint file (HPS_v2.1_compressed.pt), required."""
-    detector: GenEvalDetectorConfig = GenEvalDetectorConfig()
-    """geneval only: the detector (shapes, owlv2 or http) and its settings."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("model") is None and data.get("name") in DEFAULT_REWARD_MODELS:
-            return {**data, "model": DEFAULT_REWARD_MODELS[data["name"]]}
-        return data
-
-    @model_validator(mode="after")
-    def _check_name_fields(self) -> RewardSpec:
-        if self.name == "hps" and self.checkpoint is None:
-            raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
-        if self.strict and self.name != "geneval":
-            raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
-        return self
-
-
 class OptimConfig(Section):
     """AdamW with linear decay."""
 
@@ -409,28 +316,21 @@ class RunConfig(Section):
         return self
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see maskfocus/config.py for the allowed keys)"
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
-
-
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", origin: ErrorOrigin | None = None) -> RunConfig:
     """Validate a plain dict into a RunConfig, raising ConfigError with field paths on failure."""
-    return validate_section(RunConfig, data, source)
+    return validate_section(RunConfig, data, source, origin)
 
 
-def validate_section(cls: type[SectionT], data: dict[str, Any], source: str) -> SectionT:
-    """Validate a plain dict into any config class (`RunConfig`, `PretrainConfig`), with ConfigError on failure."""
+def validate_section(
+    cls: type[SectionT], data: dict[str, Any], source: str, origin: ErrorOrigin | None = None
+) -> SectionT:
+    """Validate a plain dict into any config class (`RunConfig`, `PretrainConfig`), with ConfigError on failure.
+
+    `origin` says where the values came from (file lines, `--set` keys), so that each error names its line."""
     try:
         return cls.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, cls, origin or ErrorOrigin(source))) from None
 
 
 def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None, source: str) -> SectionT:
@@ -438,7 +338,8 @@ def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None
 
     The overrides land on the dumped defaults, so setting one field of a sub-section whose default differs from its
     type's (`generator.caption_mix.p_count`) keeps that default's other fields."""
-    return validate_section(cls, _apply_overrides(cls().model_dump(), overrides), source)
+    origin = ErrorOrigin(source, overridden=overrides or {})
+    return validate_section(cls, _apply_overrides(cls().model_dump(), overrides), source, origin)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -446,13 +347,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return config_from_dict(_apply_overrides(data, overrides), str(path))
+    origin = ErrorOrigin(str(path), yaml_key_lines(text), overridden=overrides or {})
+    return config_from_dict(_apply_overrides(data, overrides), str(path), origin)
 
 
 def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""The base of every config section, and error messages that point at the file, the line and what is allowed.
+
+`maskfocus.config` builds the run's config tree on `Section`; this module knows nothing of its sections. A
+validation error becomes one line per problem, e.g.
+
+    configs/run.yaml:4: sampler.cfg_scal: unknown key; did you mean 'cfg_scale'? sampler takes: batch_size, ...
+    --set grpo.remask: Input should be 'random' or 'trajectory' (got 'foo')
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Loc = tuple[str | int, ...]
+"""A path into a config: mapping keys as strings, list indices as ints (pydantic's `loc`)."""
+
+DOTTED_KEY = re.compile(r"\b[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)+\b")
+"""A dotted config key quoted in a cross-field check's message (`selection.num_steps`)."""
+
+
+class ConfigError(ValueError):
+    """A config file or value the user has to fix; the message says where and what is allowed."""
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected, docstrings kept for fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def yaml_key_lines(text: str) -> dict[Loc, int]:
+    """The 1-based line of every key and list item of a YAML document, by its path.
+
+    `"a:\\n  b: [1, 2]\\n"` gives {("a",): 1, ("a", "b"): 2, ("a", "b", 0): 2, ("a", "b", 1): 2}.
+    """
+    lines: dict[Loc, int] = {}
+
+    def walk(node: yaml.Node, path: Loc) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = (*path, str(key_node.value))
+                lines.setdefault(key_path, key_node.start_mark.line + 1)
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines.setdefault((*path, index), item.start_mark.line + 1)
+                walk(item, (*path, index))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class inside a field's annotation (`Foo`, `tuple[Foo, ...]`, `Foo | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def section_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The config class that holds the keys under `loc` (list indices skipped), or None where `loc` leaves the tree."""
+    current = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        nested = None if field is None else _model_in(field.annotation)
+        if nested is None:
+            return None
+        current = nested
+    return current
+
+
+def unknown_key_message(root: type[BaseModel], loc: Loc) -> str:
+    """`unknown key; did you mean 'x'? section takes: a, b, c`, from the section the key was found in."""
+    section = section_at(root, loc[:-1])
+    if section is None:
+        return "unknown key (see maskfocus/config.py for the allowed keys)"
+    allowed = sorted(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}{dotted(loc[:-1]) or 'the top level'} takes: {', '.join(allowed)}"
+
+
+def _shown_input(item: Mapping[str, Any]) -> str:
+    """` (got 'foo')` for a rejected plain value; nothing for missing or unknown keys and for whole sections."""
+    value = item.get("input")
+    if item["type"] in ("missing", "extra_forbidden") or not isinstance(value, str | int | float | bool | None):
+        return ""
+    shown = repr(value)
+    return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
+class ErrorOrigin:
+    """Where the values of one validation came from: a file (with the line of each key) and `--set` overrides."""
+
+    def __init__(self, source: str, key_lines: Mapping[Loc, int] | None = None, overridden: Iterable[str] = ()):
+        self.source = source
+        self.key_lines = dict(key_lines or {})
+        self.overridden = tuple(overridden)
+
+    def where(self, loc: Loc, message: str = "") -> str:
+        """`--set KEY`, `FILE:LINE` or `FILE`: the override or line that set `loc` (or the key `message` names)."""
+        path = dotted(loc)
+        for key in self.overridden:
+            if path == key or path.startswith(key + "."):
+                return f"--set {key}"
+        if not loc:
+            quoted = [tuple(int(p) if p.isdigit() else p for p in m.split(".")) for m in DOTTED_KEY.findall(message)]
+            loc = next((candidate for candidate in quoted if candidate in self.key_lines), ())
+        for length in range(len(loc), 0, -1):
+            line = self.key_lines.get(tuple(loc[:length]))
+            if line is not None:
+                return f"{self.source}:{line}"
+        return self.source
+
+
+def format_validation_error(error: ValidationError, root: type[BaseModel], origin: ErrorOrigin) -> str:
+    """One line per problem: where it was set, the field's dotted path, and what is wrong or allowed."""
+    lines = [f"invalid config {origin.source}:"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = unknown_key_message(root, loc)
+        where = origin.where(loc, message)
+        field = f"{dotted(loc)}: " if loc and where != f"--set {dotted(loc)}" else ""
+        lines.append(f"  {where}: {field}{message}{_shown_input(item)}")
+    return "\n".join(lines)

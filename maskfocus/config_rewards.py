@@ -1,0 +1,97 @@
+"""The reward terms' config sections: `rewards: [{name, weight, ...}]` and the GenEval detector.
+
+Part of the one config tree of `maskfocus.config` (which re-exports these names).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from maskfocus.config_base import Section
+
+
+class GenEvalDetectorConfig(Section):
+    """How a `geneval` reward term (and `maskfocus eval`) finds the objects of an image."""
+
+    kind: Literal["shapes", "owlv2", "http"] = "shapes"
+    """shapes = the exact shapes-world detector; owlv2 = an OWLv2 folder (transformers) with GenEval's CLIP colour
+    classification; http = a Flow-GRPO-compatible GenEval reward server (the original Mask2Former evaluator)."""
+    path: str | None = None
+    """owlv2: detector folder in transformers format (config.json, weights, tokenizer, preprocessor_config.json)."""
+    clip_model: str | None = None
+    """owlv2: open_clip model of the colour classifier: a local-dir folder, or an architecture name together with
+    `clip_checkpoint`. GenEval uses ViT-L-14 with OpenAI weights, whose architecture name is `ViT-L-14-quickgelu`
+    (OpenAI's models use QuickGELU; plain `ViT-L-14` would load the weights but compute something else)."""
+    clip_checkpoint: str | None = None
+    """owlv2: weights file for an architecture-name `clip_model`."""
+    object_names: str | None = None
+    """owlv2: text file with one class name per line; null = GenEval's 80 COCO classes (object_names.txt)."""
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    """shapes/owlv2: a detection counts when its confidence is above this (GenEval: 0.3)."""
+    counting_score_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """shapes/owlv2: the same for prompts tagged `counting` (GenEval: 0.9, tuned for Mask2Former; recalibrate for
+    OWLv2, whose sigmoid scores run lower)."""
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    """owlv2: per-class non-maximum suppression IoU (OWLv2 predicts one box per image patch); 1.0 disables it."""
+    batch_size: int = Field(16, ge=1)
+    """owlv2/http: images per detector forward or per server request."""
+    url: str = "http://127.0.0.1:18085"
+    """http: the reward server's address (Flow-GRPO's default port is 18085)."""
+    timeout_s: float = Field(120.0, gt=0.0)
+    """http: seconds to wait for one request (connect and read) before it counts as failed."""
+    num_retries: int = Field(3, ge=0)
+    """http: retries of a failed request (timeout, connection error, HTTP 5xx) before the reward raises."""
+    retry_backoff_s: float = Field(1.0, ge=0.0)
+    """http: seconds before the first retry, doubled for each further one."""
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> GenEvalDetectorConfig:
+        if self.kind == "owlv2" and (self.path is None or self.clip_model is None):
+            raise ValueError("kind owlv2 needs `path` (the OWLv2 folder) and `clip_model` (the colour CLIP)")
+        return self
+
+
+DEFAULT_REWARD_MODELS = {"clip": "builtin:shapes-clip", "hps": "ViT-H-14"}
+"""The `model` of a clip / hps reward term when the YAML leaves it out."""
+
+
+class RewardSpec(Section):
+    """One term of the reward r = sum_k weight_k * r_k."""
+
+    name: Literal["geneval", "clip", "hps"]
+    """geneval = GenEval rules on detected objects; clip = CLIP score of image and prompt; hps = HPS v2.1 score."""
+    weight: float = 1.0
+    """Weight of this term."""
+    mode: Literal["binary", "partial", "graded"] = "binary"
+    """geneval only: 1/0 correctness; the fraction of clauses met (partial); or graded: as partial, but a clause
+    that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
+    off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only."""
+    strict: bool = False
+    """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
+    class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing
+    many objects; the evaluation keeps GenEval's rules."""
+    model: str = "builtin:shapes-clip"
+    """clip/hps: open_clip model: a local-dir folder (open_clip_config.json + weights), `builtin:shapes-clip`, or an
+    architecture name (`ViT-H-14`) with `checkpoint`. Left out: builtin:shapes-clip for clip, ViT-H-14 for hps."""
+    checkpoint: str | None = None
+    """clip: weights file for an architecture-name `model` (e.g. ViT-H-14 laion2B's open_clip_pytorch_model.bin);
+    hps: the HPS v2.1 checkpoint file (HPS_v2.1_compressed.pt), required."""
+    detector: GenEvalDetectorConfig = GenEvalDetectorConfig()
+    """geneval only: the detector (shapes, owlv2 or http) and its settings."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") is None and data.get("name") in DEFAULT_REWARD_MODELS:
+            return {**data, "model": DEFAULT_REWARD_MODELS[data["name"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_name_fields(self) -> RewardSpec:
+        if self.name == "hps" and self.checkpoint is None:
+            raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
+        if self.strict and self.name != "geneval":
+            raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
+        return self

@@ -1,0 +1,120 @@
+"""Config errors name the file and line (or the --set key), the field, and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maskfocus.config import ConfigError, RunConfig, load_config, section_with_overrides
+from maskfocus.config_base import section_at, unknown_key_message, yaml_key_lines
+from maskfocus.config_rewards import RewardSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _indent_key_lines(text: str) -> dict[tuple, int]:
+    """Slow reference for block-style YAML of mappings and `- ` list items: track the path by indentation."""
+    lines, stack = {}, []  # stack of (indent, key or index, is_list)
+    counters: dict[tuple, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.split("#", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        indent = len(stripped) - len(stripped.lstrip())
+        body = stripped.strip()
+        while stack and stack[-1][0] >= indent and not (stack[-1][0] == indent and stack[-1][2] and body[0] != "-"):
+            stack.pop()
+        if body.startswith("- "):
+            parent = tuple(part for _, part, _ in stack)
+            index = counters.get(parent, 0)
+            counters[parent] = index + 1
+            lines[(*parent, index)] = number
+            stack.append((indent, index, True))
+            body, indent = body[2:], indent + 2
+        key = body.split(":", 1)[0]
+        path = (*(part for _, part, _ in stack), key)
+        lines[path] = number
+        stack.append((indent, key, False))
+    return lines
+
+
+def test_key_lines_match_an_indentation_walk_over_the_shipped_config():
+    text = (ROOT / "configs" / "shapes_tiny.yaml").read_text()
+    expected = _indent_key_lines(text)
+    actual = yaml_key_lines(text)
+    assert len(expected) > 50
+    assert {key: actual.get(key) for key in expected} == expected
+    flow_items = set(actual) - set(expected)  # `tags: [a, b]`: items of a one-line list sit on their key's line
+    assert flow_items and all(actual[key] == actual[key[:-1]] for key in flow_items)
+
+
+def test_key_lines_of_flow_style_items():
+    assert yaml_key_lines("a:\n  b: [1, 2]\n  c: {d: 3}\n") == {
+        ("a",): 1,
+        ("a", "b"): 2,
+        ("a", "b", 0): 2,
+        ("a", "b", 1): 2,
+        ("a", "c"): 3,
+        ("a", "c", "d"): 3,
+    }
+    assert yaml_key_lines("") == {}
+
+
+def test_section_at_follows_nested_and_list_fields():
+    assert section_at(RunConfig, ("rewards", 0, "detector")).__name__ == "GenEvalDetectorConfig"
+    assert section_at(RunConfig, ("sampler",)).__name__ == "SamplerConfig"
+    assert section_at(RunConfig, ()) is RunConfig
+    assert section_at(RunConfig, ("seed",)) is None
+
+
+def test_unknown_key_lists_the_sections_keys_and_the_closest():
+    message = unknown_key_message(RunConfig, ("rewards", 1, "wieght"))
+    assert "did you mean 'weight'?" in message
+    assert message.endswith("rewards.1 takes: " + ", ".join(sorted(RewardSpec.model_fields)))
+    assert "did you mean" not in unknown_key_message(RunConfig, ("zzzzzz",))
+    assert "the top level takes: eval, grpo, model" in unknown_key_message(RunConfig, ("zzzzzz",))
+
+
+def _error(path: Path, text: str, overrides: dict | None = None) -> list[str]:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, overrides)
+    return str(error.value).splitlines()
+
+
+def test_each_error_names_its_file_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    text = "seed: 0\nsampler:\n  num_steps: 12\n  cfg_scal: 3.0\ngrpo:\n  remask: foo\nrewards:\n  - name: geneval\n"
+    text += "    mode: parital\n"
+    lines = _error(path, text)
+    assert lines[0] == f"invalid config {path}:"
+    assert lines[1].startswith(f"  {path}:4: sampler.cfg_scal: unknown key; did you mean 'cfg_scale'?")
+    assert lines[2] == f"  {path}:6: grpo.remask: Input should be 'random' or 'trajectory' (got 'foo')"
+    assert lines[3].startswith(f"  {path}:9: rewards.0.mode: Input should be 'binary', 'partial' or 'graded'")
+    assert lines[3].endswith("(got 'parital')")
+
+
+def test_an_override_is_blamed_rather_than_the_file(tmp_path):
+    lines = _error(tmp_path / "run.yaml", "grpo:\n  remask: random\n", {"grpo.remask": "bar", "rewards": [{"x": 1}]})
+    assert "  --set grpo.remask: Input should be 'random' or 'trajectory' (got 'bar')" in lines
+    assert any(line.startswith("  --set rewards: rewards.0.x: unknown key") for line in lines)
+
+
+def test_a_cross_field_check_points_at_the_key_it_names(tmp_path):
+    lines = _error(tmp_path / "run.yaml", "sampler:\n  num_steps: 4\nselection:\n  num_steps: 5\n")
+    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:4: selection.num_steps (K=5) must be <=")
+
+
+def test_a_missing_field_points_at_its_section(tmp_path):
+    lines = _error(tmp_path / "run.yaml", "seed: 1\nrewards:\n  - weight: 2.0\n")
+    assert lines[1] == f"  {tmp_path / 'run.yaml'}:3: rewards.0.name: Field required"
+
+
+def test_overrides_without_a_file_name_the_set_key():
+    from maskfocus.shapes.pretrain import PretrainConfig
+
+    with pytest.raises(ConfigError) as error:
+        section_with_overrides(PretrainConfig, {"generator.transformer.widht": 3}, "pretrain (--set)")
+    line = str(error.value).splitlines()[1]
+    assert line.startswith("  --set generator.transformer.widht: unknown key; generator.transformer takes: ")
