@@ -114,7 +114,7 @@ class RayRun:
         self.queue_depth = 0
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
-        self.log = MetricsLog(run_dir / "metrics.jsonl")
+        self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration)
         self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
         self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)

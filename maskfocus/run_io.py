@@ -3,6 +3,7 @@
 Layout of runs/<name>/:
   config.yaml           the resolved config (every default filled in)
   metrics.jsonl         one record per iteration (grouped keys: reward/, loss/, select/, router/, perf/ ...)
+  metrics.superseded.jsonl  after a resume: the records of the iterations redone from the checkpoint
   images/iter_XXXXXX.png  grids of the fixed prompts (one row per tag)
   reward_curve.png      reward and score over iterations
   checkpoints/iter_XXXXXX/{transformer.safetensors, optimizer.pt, state.json}
@@ -55,10 +56,15 @@ class RecentReward:
 
 
 class MetricsLog:
-    """Appends one JSON record per line; flushes every write so a crash loses nothing."""
+    """Appends one JSON record per line; flushes every write so a crash loses nothing.
 
-    def __init__(self, path: Path):
+    Opened at `start_iteration` (a resume), it first moves the records of that iteration and later ones, which the
+    run is about to redo from its checkpoint, to metrics.superseded.jsonl, so that metrics.jsonl holds each
+    iteration once and in order; a last line cut short by a crash is dropped there too."""
+
+    def __init__(self, path: Path, start_iteration: int = 0):
         self.path = path
+        rewind_metrics(path, start_iteration)
         self.handle = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -70,8 +76,43 @@ class MetricsLog:
         self.handle.close()
 
 
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a metrics JSONL, and its last line if a crash cut it short (None if not)."""
+    records, lines = [], path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return records, line
+            raise ValueError(f"{path}:{number}: not a JSON record ({error}); only the last may be cut short") from None
+    return records, None
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """One record per logged iteration; a last line cut short by a crash mid-write is left out."""
+    return _parse_metrics(path)[0]
+
+
+def rewind_metrics(path: Path, start_iteration: int) -> int:
+    """Before a run (re)starts at `start_iteration`: move the records it will write again, and a cut-short last
+    line, from `path` to `<stem>.superseded.jsonl` beside it (appended, never lost). Returns how many moved."""
+    if not path.exists():
+        return 0
+    records, torn = _parse_metrics(path)
+    kept = [record for record in records if record.get("iteration", -1) < start_iteration]
+    moved = [json.dumps(record) for record in records if record.get("iteration", -1) >= start_iteration]
+    moved += [torn] if torn is not None else []
+    if not moved:
+        return 0
+    with path.with_name(path.stem + ".superseded.jsonl").open("a") as superseded:
+        superseded.write("".join(line + "\n" for line in moved))
+    staged = path.with_name(path.name + ".partial")
+    staged.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    staged.replace(path)  # metrics.jsonl is whole at every moment
+    return len(moved)
 
 
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -194,7 +194,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         updater.num_updates = state["num_updates"]
         start_iteration, cursor = state["iteration"] + 1, state["prompt_cursor"]
     prompts = PromptStream.from_config(config, cursor)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl", start_iteration)
     (run_dir / "images").mkdir(exist_ok=True)
     iterations = range(start_iteration, config.train.num_iterations)
     progress = tqdm(iterations, desc="train", unit="iter", disable=not show_progress)

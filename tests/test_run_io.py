@@ -1,12 +1,23 @@
-"""Run folders: a new run never writes into a folder that already holds one; the reward curve and its averages."""
+"""Run folders: a new run never writes into a folder that already holds one; metrics.jsonl across a resume; the
+reward curve and its averages."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from PIL import Image
 
 from maskfocus.config import ConfigError, config_from_dict
-from maskfocus.run_io import MetricsLog, RecentReward, moving_average, new_run_folder, plot_reward_curve
+from maskfocus.run_io import (
+    MetricsLog,
+    RecentReward,
+    moving_average,
+    new_run_folder,
+    plot_reward_curve,
+    read_metrics,
+    rewind_metrics,
+)
 
 
 def test_new_run_folder_writes_the_config_and_refuses_a_folder_that_holds_a_run(tmp_path):
@@ -50,3 +61,38 @@ def test_reward_curve_adds_a_per_tag_panel_only_when_the_records_hold_tags(tmp_p
     plain_width = Image.open(tmp_path / "plain.png").size[0]
     tagged_width = Image.open(tmp_path / "tagged.png").size[0]
     assert tagged_width > 1.5 * plain_width  # a second panel beside the first
+
+
+def _write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_rewind_moves_the_records_to_redo_and_a_cut_last_line_aside(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"iteration": i, "reward/mean": i / 10} for i in range(5)]
+    _write_lines(path, [json.dumps(r) for r in records] + ['{"iteration": 5, "rew'])
+    assert read_metrics(path) == records  # the cut line is left out, not an error
+    assert rewind_metrics(path, 3) == 3
+    assert read_metrics(path) == records[:3]
+    aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in aside[:2]] == records[3:] and aside[2] == '{"iteration": 5, "rew'
+    assert rewind_metrics(path, 3) == 0 and read_metrics(path) == records[:3]  # nothing more to move
+    assert rewind_metrics(tmp_path / "absent.jsonl", 0) == 0
+
+
+def test_a_fresh_start_moves_everything_and_a_log_appends_after_the_rewind(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, [json.dumps({"iteration": i}) for i in range(3)])
+    log = MetricsLog(path, start_iteration=1)
+    log.write({"iteration": 1, "reward/mean": float("nan")})
+    log.close()
+    assert read_metrics(path) == [{"iteration": 0}, {"iteration": 1, "reward/mean": None}]
+    assert rewind_metrics(path, 0) == 2 and read_metrics(path) == []
+    assert len((tmp_path / "metrics.superseded.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_broken_line_before_the_last_names_its_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, ['{"iteration": 0}', "{oops", '{"iteration": 2}'])
+    with pytest.raises(ValueError, match=rf"{path}:2: not a JSON record"):
+        read_metrics(path)

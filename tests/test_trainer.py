@@ -104,8 +104,15 @@ def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
     assert moved, "the final model folder should hold the trained weights"
 
 
-def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(short_run, tmp_path):
+def test_resume_after_a_crash_between_checkpoints_redoes_the_lost_iterations_once(short_run, tmp_path):
+    """As if the run had died during iteration 2, mid-write of its record: its checkpoint is missing and its
+    metrics line cut short. The resume continues from iter_000001's iteration and prompt cursor, metrics.jsonl
+    ends with each iteration once, and the superseded record and the cut line are kept aside."""
     run = shutil.copytree(short_run, tmp_path / "run")
+    shutil.rmtree(run / "checkpoints" / "iter_000002")
+    first_record_2 = (run / "metrics.jsonl").read_text().splitlines()[2]
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"iteration": 3, "reward/me')
     resumed = subprocess.run(
         [sys.executable, "-m", "maskfocus.cli", "train", "--resume", str(run), "--iterations", "4"],
         capture_output=True,
@@ -118,6 +125,8 @@ def test_resume_continues_from_the_checkpoint_iteration_and_prompt_cursor(short_
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert [r["prompt_cursor"] for r in records] == [2, 4, 6, 8]
     assert latest_checkpoint(run).name == "iter_000003"
+    superseded = (run / "metrics.superseded.jsonl").read_text().splitlines()
+    assert superseded == [first_record_2, '{"iteration": 3, "reward/me']
 
 
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
