@@ -185,12 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")
-    sample.add_argument("--prompt", required=True)
-    sample.add_argument("--num-images", type=int, default=8)
-    sample.add_argument("--out", default="grid.png")
+    sample.add_argument("--prompt", required=True, help='text prompt, e.g. "a photo of two red circles"')
+    sample.add_argument("--num-images", type=int, default=8, help="images in the grid")
+    sample.add_argument("--out", default="grid.png", help="PNG of the image grid")
     sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     sample.add_argument("--model", help="model folder (default: the config's model.path)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same images)")
     sample.add_argument("--steps", type=int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
@@ -201,17 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="GenEval-style evaluation with a per-tag table")
     evaluate.add_argument("--benchmark", help="built-in prompt set (default: the config's eval.benchmark)")
     evaluate.add_argument("--metadata", help="GenEval-format JSONL instead of a built-in benchmark")
-    evaluate.add_argument("--num-images-per-prompt", type=int)
+    evaluate.add_argument(
+        "--num-images-per-prompt", type=int, help="images per prompt row (default: eval.num_images_per_prompt)"
+    )
     evaluate.add_argument("--out", help="one JSON record per image")
     evaluate.add_argument("--summary", help="summary JSON {overall, tags, num_images, clip_score}")
     evaluate.add_argument("--grid", help="PNG of the first images")
-    evaluate.add_argument("--config")
-    evaluate.add_argument("--model")
+    evaluate.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
+    evaluate.add_argument("--model", help="model folder, e.g. runs/NAME/model (default: the config's model.path)")
     evaluate.add_argument("--limit", type=int, help="only the first N prompt rows (smoke tests)")
-    evaluate.add_argument("--steps", type=int)
-    evaluate.add_argument("--cfg", type=float)
-    evaluate.add_argument("--gumbel", type=float)
-    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--steps", type=int, help="override sampler.num_steps")
+    evaluate.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
+    evaluate.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
+    evaluate.add_argument("--batch-size", type=int, help="override sampler.batch_size")
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
     evaluate.add_argument(
         "--detector",
@@ -237,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
     pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")
     pretrain.add_argument("--stages", default="vq,generator,clip", help="comma list of vq,generator,clip")
-    pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--eval-images-per-prompt", type=int, default=4)
+    pretrain.add_argument("--seed", type=int, default=0, help="seed of every pretraining stage")
+    pretrain.add_argument(
+        "--eval-images-per-prompt", type=int, default=4, help="images per row of the final shapes-geneval measure"
+    )
     _add_set_option(pretrain, "override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)")
     pretrain.set_defaults(func=cmd_pretrain)
     return parser
