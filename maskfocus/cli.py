@@ -254,11 +254,16 @@ def _add_set_option(command: argparse.ArgumentParser, help_text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from maskfocus.stopping import RunStopped
+
     try:
         return args.func(args)
     except _user_errors() as error:
         print(f"maskfocus {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:
+        print(f"maskfocus {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
 
 
 if __name__ == "__main__":

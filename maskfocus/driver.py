@@ -9,7 +9,8 @@ redone (the dead actor is restarted by Ray, up to ray.max_restarts times); a bat
 stale is redone too; each iteration is learned from exactly once. Every random stream is the in-process
 trainer's, keyed by (seed, iteration, role), so with one worker per role and max_staleness 0 the run equals
 train_local, and a redone batch equals the lost one. A failure that cannot be recovered stops the run: the
-learner checkpoints its last learned iteration (`--resume` continues from it) and the error says why.
+learner checkpoints its last learned iteration (`--resume` continues from it) and the error says why. Ctrl-C
+or SIGTERM stops the same way, without an error: no new rollouts, the queued batches are learned and checkpointed.
 
 Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling), perf/reward_seconds
 (scoring), perf/backpressure_seconds (a scored batch waiting for room in the queue), perf/queue_wait_seconds
@@ -60,6 +61,7 @@ from maskfocus.run_io import (
     plot_reward_curve,
     read_metrics,
 )
+from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
 POLL_S = 1.0
@@ -298,9 +300,10 @@ class RayRun:
 
     # -- the loop ------------------------------------------------------------------------------------------
 
-    def run(self, learner: LearnerGroup) -> None:
+    def run(self, learner: LearnerGroup, stop: StopRequest | None = None) -> None:
+        """Until every iteration is learned, or a stop is requested (then `stop_early` finishes the queued ones)."""
         update_ref = self.store.next_update.remote(POLL_S)
-        while self.learned < self.total:
+        while self.learned < self.total and not (stop is not None and stop.requested):
             self.dispatch_rollouts()
             self.dispatch_scores()
             self.enqueue()
@@ -370,20 +373,21 @@ def train_ray(
     learner = LearnerGroup(config, run_dir, start, batches, store, group)
     learner.start()
     run = RayRun(config, run_dir, start, batches, store, show_progress, group)
+    stop = StopRequest()
     try:
-        run.run(learner)
+        with stop:
+            run.run(learner, stop)
+        if stop.requested:
+            run.stop_early(learner)
+            raise RunStopped(f"stopped on {stop.requested}; {_resume_hint(run_dir)}", stop.requested)
         model = run.current_model()
         batches.put(None, timeout=config.ray.timeout_s)
         learner.join(config.ray.timeout_s)
+    except RunStopped:
+        raise
     except Exception as error:
         run.stop_early(learner)
-        checkpoint = latest_checkpoint(run_dir)
-        hint = (
-            f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
-            if checkpoint
-            else "no checkpoint was written yet"
-        )
-        raise RuntimeError(f"the Ray run stopped: {error}; {hint}") from error
+        raise RuntimeError(f"the Ray run stopped: {error}; {_resume_hint(run_dir)}") from error
     finally:
         run.close()
         for actor in (store, batches.actor):
@@ -392,6 +396,13 @@ def train_ray(
             ray.shutdown()
     model = float32_final_model(config, run_dir, model)
     return finish_run(config, run_dir, model, model.trainable_module())
+
+
+def _resume_hint(run_dir: Path) -> str:
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return "no checkpoint was written yet"
+    return f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
 
 
 def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:

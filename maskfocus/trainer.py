@@ -36,6 +36,7 @@ from maskfocus.run_io import (
 from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import draw_index, tag_probabilities
+from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
@@ -199,60 +200,65 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     iterations = range(start_iteration, config.train.num_iterations)
     progress = tqdm(iterations, desc="train", unit="iter", disable=not show_progress)
     recent = RecentReward()
-    for iteration in progress:
-        start = time.perf_counter()
-        metadata = prompts.take(config.rollout.prompts_per_iteration)
-        sync_weights(sampler_model, model)
-        trajectory = rollout(
-            sampler_model,
-            metadata,
-            config.rollout.group_size,
-            config.sampler,
-            config.router,
-            seeded_generator(config.seed, iteration, ROLLOUT, device=model.device),
-            policy_version=iteration,
-            iteration=iteration,
-        )
-        batch = score_trajectory(
-            trajectory,
-            reward_fn,
-            model,
-            config.selection,
-            config.grpo,
-            seeded_generator(config.seed, iteration, SELECT),
-            image_embed,
-        )
-        metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
-        record = {
-            "iteration": iteration,
-            "policy_version": iteration + 1,
-            "prompt_cursor": prompts.cursor,
-            **batch.stats,
-            **metrics,
-            "perf/iteration_seconds": time.perf_counter() - start,
-        }
-        progress.set_postfix(recent.postfix(record), refresh=False)
-        if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
-            log.write(record)
-        if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
+    with StopRequest() as stop:
+        for iteration in progress:
+            start = time.perf_counter()
+            metadata = prompts.take(config.rollout.prompts_per_iteration)
             sync_weights(sampler_model, model)
-            save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
-            plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
-        if (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1:
-            save_checkpoint(
-                run_dir,
-                iteration,
-                updater.module,
-                updater.optimizer,
-                {
-                    "prompt_cursor": prompts.cursor,
-                    "num_updates": updater.num_updates,
-                    "policy_version": iteration + 1,
-                    "seed": config.seed,
-                },
+            trajectory = rollout(
+                sampler_model,
+                metadata,
+                config.rollout.group_size,
+                config.sampler,
+                config.router,
+                seeded_generator(config.seed, iteration, ROLLOUT, device=model.device),
+                policy_version=iteration,
+                iteration=iteration,
             )
+            batch = score_trajectory(
+                trajectory,
+                reward_fn,
+                model,
+                config.selection,
+                config.grpo,
+                seeded_generator(config.seed, iteration, SELECT),
+                image_embed,
+            )
+            metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
+            record = {
+                "iteration": iteration,
+                "policy_version": iteration + 1,
+                "prompt_cursor": prompts.cursor,
+                **batch.stats,
+                **metrics,
+                "perf/iteration_seconds": time.perf_counter() - start,
+            }
+            progress.set_postfix(recent.postfix(record), refresh=False)
+            if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
+                log.write(record)
+            if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
+                sync_weights(sampler_model, model)
+                save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
+                plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
+            due = (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1
+            if due or stop.requested:
+                checkpoint = _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
+            if stop.requested:
+                log.close()
+                progress.close()
+                raise RunStopped(
+                    f"stopped on {stop.requested} after iteration {iteration} of {config.train.num_iterations}; "
+                    f"checkpoint {checkpoint}; continue with `maskfocus train --resume {run_dir}`",
+                    stop.requested,
+                )
     log.close()
     return finish_run(config, run_dir, model, updater.module)
+
+
+def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: PolicyUpdater, cursor: int) -> Path:
+    """The checkpoint after `iteration`: weights, optimizer, and the state a resume continues from."""
+    state = {"prompt_cursor": cursor, "num_updates": updater.num_updates, "policy_version": iteration + 1}
+    return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, {**state, "seed": config.seed})
 
 
 def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:

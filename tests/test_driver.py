@@ -250,3 +250,35 @@ def test_unrecoverable_failure_stops_with_a_clear_error_and_a_checkpoint_that_re
     monkeypatch.undo()
     train_ray(config, tmp_path, resume=True, show_progress=False)
     assert_equals_local(read_metrics(tmp_path / "metrics.jsonl"), local_dir)
+
+
+def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteration(
+    ray_session,  # noqa: F811
+    runs,
+    tmp_path,
+    monkeypatch,
+):
+    """SIGINT (Ctrl-C) after the first logged iteration: no new rollouts, the queued batches are learned, the last
+    one is checkpointed off the checkpoint_every schedule, and RunStopped names the `--resume` command."""
+    import os
+    import signal
+
+    from maskfocus.driver import RayRun, train_ray
+    from maskfocus.stopping import RunStopped
+
+    write_record = RayRun.write_record
+
+    def write_then_interrupt(self, record):
+        write_record(self, record)
+        if record["iteration"] == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RayRun, "write_record", write_then_interrupt)
+    config = runs.float32_config
+    with pytest.raises(RunStopped, match=f"stopped on SIGINT; resume from iter_.* --resume {tmp_path}") as stopped:
+        train_ray(config, tmp_path, show_progress=False)
+    assert stopped.value.exit_code == 130
+    iterations = [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert iterations == list(range(len(iterations))) and len(iterations) < config.train.num_iterations
+    assert latest_checkpoint(tmp_path).name == f"iter_{iterations[-1]:06d}"
+    assert not (tmp_path / "model").exists()

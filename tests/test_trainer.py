@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,30 @@ def test_float32_rollouts_sample_from_the_master_itself():
     config = shipped_config(dtype="float32")
     master = load_generator(config.model, dtype="float32")
     assert rollout_model(config, master) is master
+
+
+def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_command(tmp_path):
+    """SIGINT mid-run (as Ctrl-C sends it): the run finishes its iteration, checkpoints it off the checkpoint_every
+    schedule, and exits 130 with the `--resume` command; metrics.jsonl ends at that iteration."""
+    command = [sys.executable, "-m", "maskfocus.cli", "train", "--executor", "local", "--name", "run"]
+    command += ["--set", f"train.out_dir={tmp_path}", *TINY, "--set", "train.checkpoint_every=1000"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the run
+    with log.open("w") as stderr_file:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file)
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=300)
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr[-3000:]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    last = records[-1]["iteration"]
+    assert [r["iteration"] for r in records] == list(range(last + 1)) and last < 249
+    assert latest_checkpoint(tmp_path / "run").name == f"iter_{last:06d}"
+    assert f"stopped on SIGINT after iteration {last} of 250" in stderr
+    assert f"maskfocus train --resume {tmp_path / 'run'}" in stderr
+    assert not (tmp_path / "run" / "model").exists()  # a stopped run is not finished

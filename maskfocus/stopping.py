@@ -1,0 +1,55 @@
+"""Stopping a run on request without losing work: Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`).
+
+The first signal asks the loop to stop at the end of the current iteration, where the weights, optimizer and prompt
+cursor are consistent; the loop then writes a checkpoint and raises `RunStopped`, whose message gives the
+`--resume` command. A second Ctrl-C stops at once (KeyboardInterrupt), as without this module.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on request after a checkpoint; the message says where and how to continue."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.exit_code = 128 + signal.Signals[signal_name].value
+        """What the command exits with: 128 + the signal's number, as a shell reports a process the signal ended."""
+
+
+class StopRequest:
+    """While entered (main thread only), the first SIGINT or SIGTERM sets `requested` instead of killing the process."""
+
+    def __init__(self, announce: bool = True):
+        self.requested: str | None = None
+        """The name of the signal that asked to stop, or None."""
+        self.announce = announce
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        if self.announce:
+            print(
+                f"\n{self.requested}: stopping after this iteration, with a checkpoint (Ctrl-C again stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )

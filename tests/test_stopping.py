@@ -1,0 +1,52 @@
+"""A stop request: the first SIGINT or SIGTERM only sets a flag, a second SIGINT interrupts, handlers come back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from maskfocus.stopping import RunStopped, StopRequest
+
+
+def test_first_signal_sets_the_request_and_a_second_ctrl_c_interrupts():
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest(announce=False) as stop:
+        assert stop.requested is None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigterm_sets_the_request_and_is_restored_afterwards():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest(announce=False) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM keeps waiting for the iteration's end
+        assert stop.requested == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_outside_the_main_thread_no_handler_is_installed():
+    seen = {}
+
+    def enter():
+        with StopRequest(announce=False) as stop:
+            seen["handler"] = signal.getsignal(signal.SIGINT)
+            seen["requested"] = stop.requested
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join(timeout=10)
+    assert seen == {"handler": before, "requested": None}
+
+
+def test_the_exit_code_is_what_a_shell_reports_for_the_signal():
+    assert RunStopped("m", "SIGINT").exit_code == 130
+    assert RunStopped("m", "SIGTERM").exit_code == 143
