@@ -2,7 +2,7 @@
 # Submit a MaskFocus RL run to a Ray cluster as a job.
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
 # Local try-out:
-#   ray start --head --num-cpus 2
+#   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
 #   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
 # The address is --address, else RAY_API_SERVER_ADDRESS, else an http:// RAY_ADDRESS, else the local dashboard.
 # Nodes need maskfocus installed (deploy/runtime_env.yaml). Give train.out_dir an absolute path (on a disk

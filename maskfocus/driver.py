@@ -122,6 +122,8 @@ class RayRun:
         self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
+        self.pending_update: ObjectRef | None = None
+        """The store's `next_update` call in flight: it takes the next record, so a stop must collect it."""
 
     # -- named steps of one turn of the loop ---------------------------------------------------------------
 
@@ -302,12 +304,12 @@ class RayRun:
 
     def run(self, learner: LearnerGroup, stop: StopRequest | None = None) -> None:
         """Until every iteration is learned, or a stop is requested (then `stop_early` finishes the queued ones)."""
-        update_ref = self.store.next_update.remote(POLL_S)
+        self.pending_update = self.store.next_update.remote(POLL_S)
         while self.learned < self.total and not (stop is not None and stop.requested):
             self.dispatch_rollouts()
             self.dispatch_scores()
             self.enqueue()
-            waiting = [*self.rolling, *self.scoring, update_ref]
+            waiting = [*self.rolling, *self.scoring, self.pending_update]
             ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S, fetch_local=False)
             for ref in ready:
                 self.last_event = time.perf_counter()
@@ -317,7 +319,7 @@ class RayRun:
                     self.on_scored(ref)
                 else:
                     self.on_update(ray.get(ref, timeout=self.config.ray.timeout_s))
-                    update_ref = self.store.next_update.remote(POLL_S)
+                    self.pending_update = self.store.next_update.remote(POLL_S)
             self.check_health(learner)
 
     def check_health(self, learner: LearnerGroup) -> None:
@@ -328,18 +330,22 @@ class RayRun:
             raise RuntimeError(f"no rollout, score or update finished for {idle:.0f} s (ray.timeout_s)")
 
     def stop_early(self, learner: LearnerGroup) -> None:
-        """After a failure: no new rollouts; the learner learns what is queued, checkpoints its last iteration
-        and stops, and its records are logged, so that the run folder is consistent and resumable. Best effort,
+        """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
+        last iteration and stops, and its records are logged (the loop's in-flight poll first, which may hold one),
+        so that the run folder is consistent and resumable. Best effort,
         bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint). Collective: the rollout workers
         stay, to take the learner's last broadcasts."""
         if not self.collective:
             self.rollouts.kill()
         self.rewards.kill()
-        if not learner.alive:
-            return
         timeout = self.config.ray.timeout_s
         deadline = time.perf_counter() + timeout
         try:
+            pending, self.pending_update = self.pending_update, None
+            if pending is not None:  # the loop's last call may already hold a learned iteration's record
+                self.on_update(ray.get(pending, timeout=timeout))
+            if not learner.alive:
+                return
             self.batches.put(None, timeout=timeout)
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)

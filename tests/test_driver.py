@@ -282,3 +282,37 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
     assert iterations == list(range(len(iterations))) and len(iterations) < config.train.num_iterations
     assert latest_checkpoint(tmp_path).name == f"iter_{iterations[-1]:06d}"
     assert not (tmp_path / "model").exists()
+
+
+def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_session, runs):  # noqa: F811
+    """The run loop always has one `next_update` call in flight, and that call takes the next record from the
+    store. A stop (or failure) must log that record: otherwise the learner's checkpoint is an iteration ahead of
+    metrics.jsonl (seen once with `ray job stop`)."""
+    import ray
+
+    from maskfocus.driver import POLL_S, RayRun
+    from maskfocus.learner.weight_store import WeightStore
+
+    class Stopped:
+        alive = False
+
+        def join(self, timeout):
+            pass
+
+    class Pool:
+        def kill(self):
+            pass
+
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    try:
+        run = RayRun.__new__(RayRun)  # only what stop_early touches
+        run.config, run.collective, run.rollouts, run.rewards = runs.float32_config, False, Pool(), Pool()
+        run.store, run.batches = store, type("Batches", (), {"put": lambda self, item, timeout: None})()
+        logged = []
+        run.on_update = lambda update: logged.append(update and update[2]["iteration"])
+        run.pending_update = store.next_update.remote(10 * POLL_S)
+        ray.get(store.publish.remote(1, None, {"iteration": 7}), timeout=30)
+        run.stop_early(Stopped())
+        assert 7 in logged and run.pending_update is None
+    finally:
+        ray.kill(store)

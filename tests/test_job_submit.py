@@ -129,17 +129,50 @@ def stop_head(head: HeadNode) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def head_node() -> Iterator[HeadNode]:
+@contextlib.contextmanager
+def running_head(**extra_env: str) -> Iterator[HeadNode]:
     temp_dir = Path(tempfile.mkdtemp(prefix="mfray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     token_file = temp_dir / "auth_token"
     token_file.write_text(secrets.token_hex(32))
-    head = start_head(temp_dir, cluster_env(token_file))
+    head = start_head(temp_dir, {**cluster_env(token_file), **extra_env})
     try:
         yield head
     finally:
         stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head_node() -> Iterator[HeadNode]:
+    with running_head() as head:
+        yield head
+
+
+def tiny_job_settings(model: str, out_dir: Path, iterations: int) -> list[str]:
+    """`--set` arguments of a fast job on the random test model."""
+    settings = {
+        "model.path": model,
+        "sampler.num_steps": 4,
+        "sampler.compile": "false",
+        "train.compile_learner": "false",
+        "rollout.prompts_per_iteration": 2,
+        "rollout.group_size": 2,
+        "selection.num_steps": 2,
+        "train.num_iterations": iterations,
+        "train.final_eval": "false",
+        "train.image_every": 1000,
+        "train.out_dir": out_dir,
+        "ray.timeout_s": 300,
+    }
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def job_status(head: HeadNode, submission_id: str) -> str:
+    token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    request = urllib.request.Request(f"{head.dashboard}/api/jobs/{submission_id}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["status"]
 
 
 @pytest.mark.slow
@@ -148,21 +181,7 @@ def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node
     assert job_server_status(head_node.dashboard, token=None) == 401  # token auth is on
     assert job_server_status(head_node.dashboard, token="0" * 64) == 403
     assert job_server_status(head_node.dashboard, token=token) == 200
-    settings = {
-        "model.path": random_model,
-        "sampler.num_steps": 4,
-        "sampler.compile": "false",
-        "train.compile_learner": "false",
-        "rollout.prompts_per_iteration": 2,
-        "rollout.group_size": 2,
-        "selection.num_steps": 2,
-        "train.num_iterations": 1,
-        "train.final_eval": "false",
-        "train.image_every": 1000,
-        "train.out_dir": tmp_path / "runs",
-        "ray.timeout_s": 300,
-    }
-    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    overrides = tiny_job_settings(random_model, tmp_path / "runs", iterations=1)
     submission_id = f"maskfocus-test-{secrets.token_hex(4)}"
     submit = [str(REPO / "deploy" / "submit.sh"), "--address", head_node.dashboard, "--submission-id", submission_id]
     env = {k: v for k, v in head_node.env.items() if k != "RAY_AUTH_MODE"}  # submit.sh turns it on: a token exists
@@ -177,13 +196,48 @@ def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "RAY_AUTH_MODE=token" in result.stderr
-    request = urllib.request.Request(f"{head_node.dashboard}/api/jobs/{submission_id}")
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        job = json.loads(response.read())
-    assert job["status"] == "SUCCEEDED", job
+    assert job_status(head_node, submission_id) == "SUCCEEDED"
     run_dir = tmp_path / "runs" / "job"
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [0] and records[0]["policy_version"] == 1
     assert (run_dir / "checkpoints" / "iter_000000" / "state.json").is_file()
     assert (run_dir / "model" / "transformer").is_dir()
+
+
+@pytest.mark.slow
+def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(random_model, tmp_path):  # noqa: F811
+    """`ray job stop` sends SIGTERM; with RAY_JOB_STOP_WAIT_TIME_S on the head (deploy/cluster.yaml) the run stops
+    after its queued batches, checkpoints the last one off schedule and logs the `--resume` command."""
+    with running_head(RAY_JOB_STOP_WAIT_TIME_S="120") as head:
+        submission_id = f"maskfocus-stop-{secrets.token_hex(4)}"
+        submit = [str(REPO / "deploy" / "submit.sh"), "--address", head.dashboard, "--submission-id", submission_id]
+        overrides = [*tiny_job_settings(random_model, tmp_path / "runs", 1000), "--set", "train.checkpoint_every=1000"]
+        log = tmp_path / "submit.log"
+        with log.open("w") as out:
+            client = subprocess.Popen(
+                [*submit, "configs/shapes_tiny.yaml", "--name", "job", *overrides],
+                env={k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"},
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        metrics = tmp_path / "runs" / "job" / "metrics.jsonl"
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (metrics.exists() and len(read_metrics(metrics)) >= 2) and time.monotonic() < deadline:
+            assert client.poll() is None, log.read_text()[-6000:]
+            time.sleep(1)
+        stop = subprocess.run(
+            [RAY, "job", "stop", "--address", head.dashboard, submission_id],
+            env=head.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        client.wait(timeout=180)
+        assert job_status(head, submission_id) == "STOPPED"
+    iterations = [r["iteration"] for r in read_metrics(metrics)]
+    assert iterations == list(range(len(iterations))) and 2 <= len(iterations) < 1000
+    checkpoints = sorted(p.name for p in (tmp_path / "runs" / "job" / "checkpoints").iterdir())
+    assert checkpoints == [f"iter_{iterations[-1]:06d}"], log.read_text()[-6000:]
+    assert "stopped on SIGTERM; resume from" in log.read_text()
