@@ -318,6 +318,7 @@ class RayRun:
                 elif ref in self.scoring:
                     self.on_scored(ref)
                 else:
+                    self.pending_update = None  # taken here: after a failure below, stop_early must not retake it
                     self.on_update(ray.get(ref, timeout=self.config.ray.timeout_s))
                     self.pending_update = self.store.next_update.remote(POLL_S)
             self.check_health(learner)
