@@ -240,16 +240,17 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                 sync_weights(sampler_model, model)
                 save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
                 plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
+            stopping = stop.requested  # read once: a signal between two reads would skip the checkpoint
             due = (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1
-            if due or stop.requested:
+            if due or stopping:
                 checkpoint = _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
-            if stop.requested:
+            if stopping:
                 log.close()
                 progress.close()
                 raise RunStopped(
-                    f"stopped on {stop.requested} after iteration {iteration} of {config.train.num_iterations}; "
+                    f"stopped on {stopping} after iteration {iteration} of {config.train.num_iterations}; "
                     f"checkpoint {checkpoint}; continue with `maskfocus train --resume {run_dir}`",
-                    stop.requested,
+                    stopping,
                 )
     log.close()
     return finish_run(config, run_dir, model, updater.module)
@@ -258,7 +259,8 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
 def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: PolicyUpdater, cursor: int) -> Path:
     """The checkpoint after `iteration`: weights, optimizer, and the state a resume continues from."""
     state = {"prompt_cursor": cursor, "num_updates": updater.num_updates, "policy_version": iteration + 1}
-    return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, {**state, "seed": config.seed})
+    state["seed"] = config.seed
+    return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, state)
 
 
 def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:
