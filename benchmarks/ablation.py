@@ -9,6 +9,7 @@ Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seed
                                     [--variants critical random ...] [--parallel 2] [--runs-dir runs/ablation]
        python benchmarks/ablation.py --jobs random:2 critical_no_router:1 ...   # just these (variant, seed) runs
        python benchmarks/ablation.py --table-only    # rebuild the table from existing runs
+       maskfocus compare runs/ablation               # the same runs by config, per tag, with reward curves
 
 On 2 cores, `--parallel 2` runs two trainings at once with one torch thread each (about 1.4x the throughput of
 one run on two threads); seconds per iteration are then those of a half machine, the same for every variant.
@@ -26,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from maskfocus.compare import RunRecord, load_run, mean_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
@@ -58,28 +61,12 @@ def run_variant(config: Path, runs: Path, name: str, seed: int, iterations: int 
     return run_dir
 
 
-def read_run(run_dir: Path) -> dict[str, float] | None:
-    summary_path = run_dir / "eval" / "summary.json"
-    if not summary_path.is_file():
+def read_run(run_dir: Path) -> RunRecord | None:
+    """A finished run (its final evaluation written), else None."""
+    if not (run_dir / "config.yaml").is_file():
         return None
-    summary = json.loads(summary_path.read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    learner = [r["perf/learner_seconds"] for r in records if r.get("perf/learner_seconds") is not None]
-    iteration = [r["perf/iteration_seconds"] for r in records if r.get("perf/iteration_seconds") is not None]
-    return {
-        "overall": summary["overall"],
-        **{f"tag/{k}": v for k, v in summary["tags"].items()},
-        "learner_s": statistics.median(learner),
-        "iteration_s": statistics.median(iteration),
-    }
-
-
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    run = load_run(run_dir)
+    return run if run.final else None
 
 
 def steps_ratio(config: Path) -> float:
@@ -105,13 +92,14 @@ def write_table(runs: Path, seeds: list[int], base_overall: float | None, t_over
     learner_by_variant = {}
     for name in VARIANTS:
         results = [r for seed in seeds if (r := read_run(runs / f"{name}_seed{seed}"))]
-        overall = [r["overall"] for r in results]
-        learner = [r["learner_s"] for r in results]
+        overall = [r.final["overall"] for r in results]
+        learner = [r.learner_seconds for r in results if r.learner_seconds is not None]
+        iteration = [r.iteration_seconds for r in results if r.iteration_seconds is not None]
         learner_by_variant[name] = statistics.mean(learner) if learner else None
         gain = [o - base_overall for o in overall] if base_overall is not None else []
         lines.append(
-            f"| {name} | {len(results)} | {_fmt(overall)} | {_fmt(gain)} | {_fmt(learner)} | "
-            f"{_fmt([r['iteration_s'] for r in results])} |"
+            f"| {name} | {len(results)} | {mean_spread(overall)} | {mean_spread(gain)} | {mean_spread(learner)} | "
+            f"{mean_spread(iteration)} |"
         )
     if learner_by_variant.get("all") and learner_by_variant.get("critical"):
         ratio = learner_by_variant["all"] / learner_by_variant["critical"]

@@ -1,4 +1,4 @@
-"""`maskfocus` command line: pretrain | sample | eval (and train, from the RL issues).
+"""`maskfocus` command line: pretrain | sample | eval | train | compare.
 
 User errors (bad config, unknown words, malformed metadata, missing weights) print one clear message
 and exit with status 2; anything else is a bug and keeps its traceback.
@@ -14,6 +14,7 @@ from maskfocus.config import DEFAULT_CONFIG, ConfigError, ModelConfig, RunConfig
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from maskfocus.compare import CompareError
     from maskfocus.evaluation import BenchmarkError
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.tokenizer import UnknownWordError
@@ -27,6 +28,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         MetadataError,
         BenchmarkError,
         RewardServerError,
+        CompareError,
         FileNotFoundError,
     )
 
@@ -180,6 +182,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from maskfocus.compare import base_summary, comparison_table, find_run_folders, group_runs, load_run
+    from maskfocus.compare_plot import plot_comparison
+
+    runs = [load_run(folder) for folder in find_run_folders([Path(p) for p in args.runs])]
+    groups, common = group_runs(runs)
+    base = base_summary(runs, Path(args.base) if args.base else None)
+    table = comparison_table(groups, base, common)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+        print(f"table: {args.markdown}")
+    print(f"picture: {plot_comparison(groups, Path(args.out), base, window=args.window)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskfocus", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     _add_set_option(train, "override any config key, e.g. --set selection.strategy=random (repeatable)")
     train.set_defaults(func=cmd_train)
+
+    compare = commands.add_parser(
+        "compare", help="compare runs: final per-tag scores by config (mean ± seed spread) and reward curves"
+    )
+    compare.add_argument("runs", nargs="+", help="run folders, or folders of run folders (e.g. runs/ablation)")
+    compare.add_argument("--out", default="compare.png", help="PNG of the reward curves and final scores")
+    compare.add_argument("--markdown", help="also write the table to this file")
+    compare.add_argument(
+        "--base", help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement)"
+    )
+    compare.add_argument("--window", type=int, default=10, help="moving-average window of the reward curves")
+    compare.set_defaults(func=cmd_compare)
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
     pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")

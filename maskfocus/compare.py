@@ -1,0 +1,265 @@
+"""Compare RL runs: final shapes-geneval scores grouped by config (mean and spread over seeds), the gain over
+the base model, time per iteration, and (in compare_plot.py) the reward curves side by side.
+
+Runs are grouped by the config keys that differ between them, the seed and output folder aside, so the seeds
+of one setting form one row: `maskfocus compare runs/ablation` gives the ablation table of any set of runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskfocus.config import BUILTIN_MODEL
+from maskfocus.run_io import read_metrics
+
+IGNORED_KEYS = ("seed", "train.out_dir")
+"""Config keys that never split runs into groups: the seeds of a setting are its repeats."""
+
+
+class CompareError(ValueError):
+    """A path given to `maskfocus compare` that is not a run folder (or a folder of them)."""
+
+
+@dataclass
+class RunRecord:
+    """What the comparison needs of one run folder."""
+
+    folder: Path
+    config: dict[str, Any]
+    curve: list[tuple[int, float]]
+    final: dict[str, Any] | None
+    last_iteration: int | None
+    learner_seconds: float | None
+    iteration_seconds: float | None
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys, list items of mappings by index (`rewards.0.name`) as `--set` spells them;
+    a list of plain values stays one value (`rollout.tags`)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and any(isinstance(item, (dict, list)) for item in tree):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _median(records: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return statistics.median(values) if values else None
+
+
+def load_run(folder: Path) -> RunRecord:
+    """One run folder: its resolved config, reward curve, timing and final evaluation (None while unfinished)."""
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        raise CompareError(f"{folder}: not a run folder (no config.yaml); give run folders or a folder of them")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict):
+        raise CompareError(f"{config_path}: expected a mapping of config sections, got {type(config).__name__}")
+    metrics = folder / "metrics.jsonl"
+    records = read_metrics(metrics) if metrics.is_file() else []
+    curve = [
+        (r["iteration"], float(r["reward/mean"]))
+        for r in records
+        if isinstance(r.get("reward/mean"), (int, float)) and math.isfinite(r["reward/mean"])
+    ]
+    summary = folder / "eval" / "summary.json"
+    return RunRecord(
+        folder=folder,
+        config=flatten(config),
+        curve=curve,
+        final=json.loads(summary.read_text()) if summary.is_file() else None,
+        last_iteration=max((r["iteration"] for r in records), default=None),
+        learner_seconds=_median(records, "perf/learner_seconds"),
+        iteration_seconds=_median(records, "perf/iteration_seconds"),
+    )
+
+
+def find_run_folders(paths: list[Path]) -> list[Path]:
+    """Each path is a run folder (it holds config.yaml) or a folder whose subfolders are runs."""
+    folders: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise CompareError(f"{path}: no such folder")
+        if (path / "config.yaml").is_file():
+            folders.append(path)
+            continue
+        runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
+        if not runs:
+            raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders")
+        folders.extend(runs)
+    return folders
+
+
+_ABSENT = "<absent>"
+
+
+def varying_keys(runs: list[RunRecord]) -> list[str]:
+    """Config keys (seed and output folder aside) whose values are not the same in every run, in config order."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(run.config))
+    return [
+        key for key in keys if key not in IGNORED_KEYS and len({repr(run.config.get(key, _ABSENT)) for run in runs}) > 1
+    ]
+
+
+def _has(config: dict[str, Any], prefix: str) -> bool:
+    return prefix in config or any(key.startswith(prefix + ".") for key in config)
+
+
+def label_keys(runs: list[RunRecord]) -> list[str]:
+    """The varying keys, each cut to its shortest prefix that some run lacks altogether (a reward term one run
+    adds shows as `rewards.1`, not as its twenty settings)."""
+    labels: dict[str, None] = {}
+    for key in varying_keys(runs):
+        parts = key.split(".")
+        prefixes = (".".join(parts[:length]) for length in range(1, len(parts)))
+        labels[next((p for p in prefixes if not all(_has(run.config, p) for run in runs)), key)] = None
+    return list(labels)
+
+
+def _show(value: Any) -> str:
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+
+def _label_value(config: dict[str, Any], key: str) -> str:
+    """A key's value in a group label; a whole subtree as its first three settings."""
+    if key in config:
+        return _show(config[key])
+    if not _has(config, key):
+        return _ABSENT
+    children = [(k.removeprefix(key + "."), v) for k, v in config.items() if k.startswith(key + ".")]
+    shown = ", ".join(f"{k}: {_show(v)}" for k, v in children[:3])
+    return "{" + shown + (", ...}" if len(children) > 3 else "}")
+
+
+def common_settings(groups: list[list[RunRecord]], keys: list[str]) -> dict[str, str]:
+    """For each label key, the value most groups share (the first group's on a tie): each label then names
+    only where its group departs from these."""
+    common = {}
+    for key in keys:
+        values = [_label_value(group[0].config, key) for group in groups]
+        common[key] = max(values, key=values.count)
+    return common
+
+
+def group_runs(runs: list[RunRecord]) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
+    """Runs grouped by every varying key (seed and output folder aside), each labelled by where it departs
+    from the common settings (`key=value, ...`); returns the groups and the common settings."""
+    keys = varying_keys(runs)
+    by_values: dict[tuple[str, ...], list[RunRecord]] = {}
+    for run in runs:
+        by_values.setdefault(tuple(repr(run.config.get(key, _ABSENT)) for key in keys), []).append(run)
+    shown = label_keys(runs)
+    common = common_settings(list(by_values.values()), shown)
+    groups: dict[str, list[RunRecord]] = {}
+    for members in by_values.values():
+        values = {key: _label_value(members[0].config, key) for key in shown}
+        label = ", ".join(f"{key}={value}" for key, value in values.items() if value != common[key])
+        label = label or ("common settings" if shown else "same config")
+        while label in groups:  # only where two settings look alike once cut short
+            label += " (another)"
+        groups[label] = members
+    return groups, common
+
+
+def group_letters(groups: dict[str, list[RunRecord]]) -> dict[str, str]:
+    """Short names A, B, ... that tie the table's rows to the picture's legend."""
+    return {label: chr(ord("A") + index) if index < 26 else str(index) for index, label in enumerate(groups)}
+
+
+def mean_spread(values: list[float]) -> str:
+    """`mean ± sample standard deviation`; one value alone; `-` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any] | None:
+    """The base model's evaluation summary: `base_path` (a `maskfocus eval --summary` JSON) when given, else
+    the built-in model's pretraining measurement when every run started from it, else None."""
+    if base_path is not None:
+        if not base_path.is_file():
+            raise CompareError(f"--base {base_path}: no such file (expected `maskfocus eval --summary` output)")
+        summary = json.loads(base_path.read_text())
+        if "overall" not in summary:
+            raise CompareError(f"--base {base_path}: no 'overall' key; expected `maskfocus eval --summary` output")
+        return summary
+    if not runs or any(run.config.get("model.path") != BUILTIN_MODEL for run in runs):
+        return None
+    from maskfocus.models.loading import builtin_folder
+
+    report = builtin_folder().parent / "pretrain_report.json"
+    if not report.is_file():
+        return None
+    return json.loads(report.read_text()).get("measurements", {}).get("base_model")
+
+
+def tag_names(runs: list[RunRecord]) -> list[str]:
+    """The evaluation tags in the order the first finished run lists them."""
+    names: dict[str, None] = {}
+    for run in runs:
+        if run.final:
+            names.update(dict.fromkeys(run.final.get("tags", {})))
+    return list(names)
+
+
+def _seeds(group: list[RunRecord]) -> str:
+    return ", ".join(str(run.seed) for run in group if run.final)
+
+
+def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, Any] | None) -> str:
+    finished = [run for run in group if run.final]
+    overall = [run.final["overall"] for run in finished]
+    gain = [value - base["overall"] for value in overall] if base else []
+    per_tag = [mean_spread([run.final["tags"][tag] for run in finished if tag in run.final["tags"]]) for tag in tags]
+    learner = [run.learner_seconds for run in group if run.learner_seconds is not None]
+    iteration = [run.iteration_seconds for run in group if run.iteration_seconds is not None]
+    cells = [label, str(len(finished)), _seeds(group), mean_spread(overall), mean_spread(gain), *per_tag]
+    cells += [mean_spread(learner), mean_spread(iteration)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def comparison_table(
+    groups: dict[str, list[RunRecord]], base: dict[str, Any] | None, common: dict[str, str] | None = None
+) -> str:
+    """A markdown table, one row per group (finished runs only in the scores), the base model first; below it
+    the common settings the labels depart from, and the unfinished runs."""
+    runs = [run for group in groups.values() for run in group]
+    tags = tag_names(runs)
+    header = ["config", "runs", "seeds", "overall", "gain over base", *tags, "learner s/iter", "iteration s/iter"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if base:
+        base_tags = [f"{base['tags'][tag]:.3f}" if tag in base.get("tags", {}) else "-" for tag in tags]
+        lines.append("| " + " | ".join(["base model", "-", "-", f"{base['overall']:.3f}", "-", *base_tags, "-", "-"]))
+        lines[-1] += " |"
+    letters = group_letters(groups)
+    lines += [_row(f"{letters[label]}: {label}", group, tags, base) for label, group in groups.items()]
+    if common:
+        lines += ["", "common settings: " + ", ".join(f"{key}={value}" for key, value in common.items())]
+    unfinished = [run for run in runs if not run.final]
+    if unfinished:
+        lines.append("")
+        for run in unfinished:
+            where = f"{run.folder}, last iteration {run.last_iteration}"
+            lines.append(f"no final evaluation (eval/summary.json) yet: {where}")
+    return "\n".join(lines) + "\n"

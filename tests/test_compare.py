@@ -1,0 +1,135 @@
+"""maskfocus/compare.py and `maskfocus compare`: grouping runs by config, the table's numbers against a
+hand computation, unfinished runs, bad paths, and the picture."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from maskfocus.cli import main
+from maskfocus.compare import (
+    CompareError,
+    base_summary,
+    comparison_table,
+    find_run_folders,
+    flatten,
+    group_runs,
+    load_run,
+)
+from maskfocus.config import default_run_config, dump_config
+
+TAGS = ("single_object", "two_object")
+
+
+def make_run(folder: Path, overrides: dict, overall: float | None, iterations: int = 5, learner_s: float = 2.0) -> Path:
+    """A run folder as the trainer leaves it: config.yaml, metrics.jsonl and (when `overall`) eval/summary.json."""
+    folder.mkdir(parents=True)
+    dump_config(default_run_config(overrides), folder / "config.yaml")
+    timing = {"perf/learner_seconds": learner_s, "perf/iteration_seconds": 5.0}
+    records = [{"iteration": i, "reward/mean": 0.5 + 0.05 * i, **timing} for i in range(iterations)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if overall is not None:
+        (folder / "eval").mkdir()
+        tags = {"single_object": overall + 0.1, "two_object": overall - 0.1}
+        (folder / "eval" / "summary.json").write_text(json.dumps({"overall": overall, "tags": tags}))
+    return folder
+
+
+@pytest.fixture
+def ablation_runs(tmp_path: Path) -> Path:
+    """Three seeds of the default and two of random steps, in one folder, with different output folders."""
+    runs = tmp_path / "runs"
+    for seed, overall in enumerate((0.50, 0.56, 0.53)):
+        make_run(runs / f"critical_seed{seed}", {"seed": seed, "train.out_dir": f"out{seed}"}, overall)
+    for seed, overall in enumerate((0.40, 0.46)):
+        make_run(runs / f"random_seed{seed}", {"seed": seed, "selection.strategy": "random"}, overall, learner_s=3.0)
+    return runs
+
+
+def test_flatten_spells_keys_as_set_does():
+    tree = {"a": {"b": 1, "tags": ["x", "y"]}, "rewards": [{"name": "geneval", "weight": 1.0}]}
+    assert flatten(tree) == {"a.b": 1, "a.tags": ["x", "y"], "rewards.0.name": "geneval", "rewards.0.weight": 1.0}
+
+
+def test_seeds_and_output_folders_do_not_split_groups(ablation_runs):
+    runs = [load_run(folder) for folder in find_run_folders([ablation_runs])]
+    groups, common = group_runs(runs)
+    assert list(groups) == ["common settings", "selection.strategy=random"]
+    assert [len(group) for group in groups.values()] == [3, 2]
+    assert common == {"selection.strategy": "critical"}
+
+
+def test_table_numbers_match_a_hand_computation(ablation_runs):
+    runs = [load_run(folder) for folder in find_run_folders([ablation_runs])]
+    groups, common = group_runs(runs)
+    base = {"overall": 0.44, "tags": {"single_object": 0.86, "two_object": 0.45}}
+    table = comparison_table(groups, base, common)
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    critical = rows["| A: common settings"]
+    overall = [0.50, 0.56, 0.53]
+    assert critical[1:3] == ["3", "0, 1, 2"]
+    assert critical[3] == f"{statistics.mean(overall):.3f} ± {statistics.stdev(overall):.3f}"
+    gains = [value - 0.44 for value in overall]
+    assert critical[4] == f"{statistics.mean(gains):.3f} ± {statistics.stdev(gains):.3f}"
+    assert critical[5] == f"{statistics.mean([v + 0.1 for v in overall]):.3f} ± {statistics.stdev(overall):.3f}"
+    random_row = rows["| B: selection.strategy=random"]
+    assert random_row[3] == "0.430 ± 0.042" and random_row[-2] == "3.000 ± 0.000"
+    assert rows["| base model"][3:7] == ["0.440", "-", "0.860", "0.450"]
+    assert "common settings: selection.strategy=critical" in table
+
+
+def test_an_added_reward_term_shows_as_one_key(tmp_path):
+    plain = make_run(tmp_path / "plain", {}, 0.5)
+    shipped_term = default_run_config().rewards[0].model_dump(mode="json")
+    extra_term = {"rewards": [shipped_term, {"name": "clip", "weight": 0.1}]}
+    with_clip = make_run(tmp_path / "clip", extra_term, 0.5)
+    groups, _ = group_runs([load_run(plain), load_run(with_clip)])
+    labels = list(groups)
+    assert labels[1].startswith("rewards.1={name: clip, weight: 0.1, ") and labels[1].count("=") == 1
+    assert labels[0] == "common settings"
+
+
+def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
+    make_run(tmp_path / "done", {}, 0.5)
+    make_run(tmp_path / "running", {}, None, iterations=3)
+    runs = [load_run(folder) for folder in find_run_folders([tmp_path])]
+    groups, common = group_runs(runs)
+    assert list(groups) == ["same config"] and common == {}
+    table = comparison_table(groups, None, common)
+    assert "| A: same config | 1 | 0 | 0.500 | - |" in table
+    assert f"no final evaluation (eval/summary.json) yet: {tmp_path / 'running'}, last iteration 2" in table
+
+
+def test_bad_paths_name_the_path(tmp_path):
+    with pytest.raises(CompareError, match="no such folder"):
+        find_run_folders([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match=r"empty: neither a run folder"):
+        find_run_folders([tmp_path / "empty"])
+    with pytest.raises(CompareError, match=r"--base .*nope.json: no such file"):
+        base_summary([], tmp_path / "nope.json")
+
+
+def test_builtin_base_comes_from_the_pretraining_measurement(ablation_runs):
+    runs = [load_run(folder) for folder in find_run_folders([ablation_runs])]
+    base = base_summary(runs, None)
+    assert base is not None and 0.0 < base["overall"] < 1.0 and "two_object" in base["tags"]
+
+
+def test_cli_writes_table_and_picture(ablation_runs, tmp_path, capsys):
+    picture, markdown = tmp_path / "cmp.png", tmp_path / "cmp.md"
+    assert main(["compare", str(ablation_runs), "--out", str(picture), "--markdown", str(markdown)]) == 0
+    printed = capsys.readouterr().out
+    assert "| B: selection.strategy=random | 2 | 0, 1 |" in printed and f"picture: {picture}" in printed
+    assert markdown.read_text() in printed
+    with Image.open(picture) as image:
+        assert image.width > 1000 and image.height > 400
+
+
+def test_cli_bad_path_is_a_user_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "maskfocus compare: error:" in capsys.readouterr().err
