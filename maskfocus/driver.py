@@ -53,14 +53,7 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.run_io import (
-    MetricsLog,
-    RecentReward,
-    latest_checkpoint,
-    load_checkpoint_weights,
-    plot_reward_curve,
-    read_metrics,
-)
+from maskfocus.run_io import MetricsLog, RecentReward, float32_final_model, plot_reward_curve, read_metrics, resume_hint
 from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
@@ -386,7 +379,7 @@ def train_ray(
             run.run(learner, stop)
         if stop.requested:
             run.stop_early(learner)
-            raise RunStopped(f"stopped on {stop.requested}; {_resume_hint(run_dir)}", stop.requested)
+            raise RunStopped(f"stopped on {stop.requested}; {resume_hint(run_dir)}", stop.requested)
         model = run.current_model()
         batches.put(None, timeout=config.ray.timeout_s)
         learner.join(config.ray.timeout_s)
@@ -394,7 +387,7 @@ def train_ray(
         raise
     except Exception as error:
         run.stop_early(learner)
-        raise RuntimeError(f"the Ray run stopped: {error}; {_resume_hint(run_dir)}") from error
+        raise RuntimeError(f"the Ray run stopped: {error}; {resume_hint(run_dir)}") from error
     finally:
         run.close()
         for actor in (store, batches.actor):
@@ -403,24 +396,3 @@ def train_ray(
             ray.shutdown()
     model = float32_final_model(config, run_dir, model)
     return finish_run(config, run_dir, model, model.trainable_module())
-
-
-def _resume_hint(run_dir: Path) -> str:
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        return "no checkpoint was written yet"
-    return f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
-
-
-def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:
-    """The model the run saves and evaluates: the float32 master weights of the last checkpoint (which the learner
-    always writes after the last iteration) when rollouts sample in another dtype, else the published copy (the
-    same weights: float32 travels unchanged)."""
-    if config.model.dtype == "float32":
-        return published
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise RuntimeError(f"{run_dir}: the run finished without a checkpoint to take the float32 weights from")
-    model = load_generator(config.model, dtype="float32")
-    load_checkpoint_weights(checkpoint, model.trainable_module())
-    return model

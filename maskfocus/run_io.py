@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from maskfocus.config import ConfigError, RunConfig, dump_config
+from maskfocus.models.base import MaskedGenerator
 
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
@@ -151,6 +152,30 @@ def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, An
     """Load the transformer weights into `module`; returns the run state."""
     module.load_state_dict(load_file(str(checkpoint / "transformer.safetensors")))
     return json.loads((checkpoint / "state.json").read_text())
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to continue a stopped run: the latest checkpoint and the `--resume` command, or that there is none."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return "no checkpoint was written yet"
+    return f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
+
+
+def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:
+    """The model the run saves and evaluates: the float32 master weights of the last checkpoint (which the learner
+    always writes after the last iteration) when rollouts sample in another dtype, else the published copy (the
+    same weights: float32 travels unchanged)."""
+    if config.model.dtype == "float32":
+        return published
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RuntimeError(f"{run_dir}: the run finished without a checkpoint to take the float32 weights from")
+    from maskfocus.models import load_generator
+
+    model = load_generator(config.model, dtype="float32")
+    load_checkpoint_weights(checkpoint, model.trainable_module())
+    return model
 
 
 def save_model_folder(

@@ -1,5 +1,5 @@
 """Run folders: a new run never writes into a folder that already holds one; metrics.jsonl across a resume; the
-reward curve and its averages."""
+reward curve and its averages; the final float32 model and the resume hint from the checkpoints."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from maskfocus.config import ConfigError, config_from_dict
 from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
+    float32_final_model,
     moving_average,
     new_run_folder,
     plot_reward_curve,
     read_metrics,
+    resume_hint,
     rewind_metrics,
+    save_checkpoint,
 )
 
 
@@ -96,3 +99,26 @@ def test_a_broken_line_before_the_last_names_its_file_and_line(tmp_path):
     _write_lines(path, ['{"iteration": 0}', "{oops", '{"iteration": 2}'])
     with pytest.raises(ValueError, match=rf"{path}:2: not a JSON record"):
         read_metrics(path)
+
+
+def test_final_model_takes_the_float32_weights_of_the_last_checkpoint(tmp_path):
+    import torch
+
+    from maskfocus.models import load_generator
+
+    config = config_from_dict({"model": {"dtype": "bfloat16"}})
+    published = load_generator(config.model)
+    assert "no checkpoint" in resume_hint(tmp_path)
+    with pytest.raises(RuntimeError, match="without a checkpoint"):
+        float32_final_model(config, tmp_path, published)
+    master = load_generator(config.model, dtype="float32").trainable_module()
+    with torch.no_grad():
+        for parameter in master.parameters():
+            parameter.add_(1e-3)  # below bfloat16's resolution near most weights: float32 must keep it
+    save_checkpoint(tmp_path, 4, master, None, {})
+    final = float32_final_model(config, tmp_path, published)
+    for name, value in final.trainable_module().state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, master.state_dict()[name]), name
+    assert resume_hint(tmp_path) == f"resume from iter_000004 with `maskfocus train --resume {tmp_path}`"
+    same = config_from_dict({"model": {"dtype": "float32"}})
+    assert float32_final_model(same, tmp_path, published) is published  # float32 rollouts: the published copy
