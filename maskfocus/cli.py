@@ -56,6 +56,15 @@ def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
     return config.model.model_copy(update={"path": args.model}) if args.model else config.model
 
 
+COMPILE_PAYS_OFF_IMAGES = 400
+"""Below this many images `maskfocus sample` samples eagerly: the compile (~25 s on 2 cores) costs more than it
+saves (~0.07 s per image with the shipped model at T 12, benchmarks/RESULTS.md "Evaluation speed")."""
+
+
+def _sets_key(args: argparse.Namespace, key: str) -> bool:
+    return any(item.partition("=")[0].strip() == key for item in args.set)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid, to_uint8
     from maskfocus.models import load_generator
@@ -66,6 +75,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
     sampler = config.sampler
+    if sampler.compile and args.num_images < COMPILE_PAYS_OFF_IMAGES and not _sets_key(args, "sampler.compile"):
+        sampler = sampler.model_copy(update={"compile": False})  # a ~25 s compile for a few images: eager is faster
     result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
     images = to_uint8(model.decode(result.tokens_BL))
     columns = min(args.num_images, 8)
@@ -213,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
-    _add_set_option(sample, "override a config key, e.g. --set sampler.compile=false (repeatable)")
+    _add_set_option(
+        sample,
+        "override a config key (repeatable); sampling is eager below 400 images, where compiling costs more than it "
+        "saves, unless --set sampler.compile=true",
+    )
     sample.set_defaults(func=cmd_sample)
 
     evaluate = commands.add_parser("eval", help="GenEval-style evaluation with a per-tag table")

@@ -128,3 +128,31 @@ def test_eval_loads_the_model_in_eval_dtype(monkeypatch, settings, expected):
     with pytest.raises(Loaded) as loaded:
         main(["eval", "--limit", "1", "--no-clip", *(arg for s in settings for arg in ("--set", s))])
     assert loaded.value.args == (expected,)
+
+
+@pytest.mark.parametrize(
+    ("args", "compiled"),
+    [
+        ([], False),  # a few images: the compile would cost more than it saves
+        (["--set", "sampler.compile=true"], True),  # asked for explicitly
+        (["--num-images", "400"], True),
+        (["--set", "sampler.compile=false", "--num-images", "400"], False),
+    ],
+)
+def test_sample_compiles_only_where_it_pays_off_or_is_asked_for(monkeypatch, tmp_path, args, compiled):
+    import maskfocus.cli
+    import maskfocus.sampling
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def sample_with_config(model, prompts, sampler, generator):
+        seen.append(sampler.compile)
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", sample_with_config)
+    with pytest.raises(Sampled):
+        maskfocus.cli.main(["sample", "--prompt", "a photo of a red circle", "--out", str(tmp_path / "g.png"), *args])
+    assert seen == [compiled]
