@@ -10,7 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from maskfocus.config import DEFAULT_CONFIG, ConfigError, ModelConfig, RunConfig, default_run_config, load_config
+from maskfocus.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    SamplerConfig,
+    default_run_config,
+    load_config,
+)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -57,12 +65,19 @@ def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
 
 
 COMPILE_PAYS_OFF_IMAGES = 400
-"""Below this many images `maskfocus sample` samples eagerly: the compile (~25 s on 2 cores) costs more than it
-saves (~0.07 s per image with the shipped model at T 12, benchmarks/RESULTS.md "Evaluation speed")."""
+"""Below this many images `maskfocus sample` and `maskfocus eval` sample eagerly: the compile (~25 s on 2 cores)
+costs more than it saves (~0.07 s per image with the shipped model at T 12, benchmarks/RESULTS.md "Evaluation
+speed")."""
 
 
-def _sets_key(args: argparse.Namespace, key: str) -> bool:
-    return any(item.partition("=")[0].strip() == key for item in args.set)
+def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images: int) -> SamplerConfig:
+    """The sampler settings without the compile for fewer than COMPILE_PAYS_OFF_IMAGES images, unless the command
+    line sets sampler.compile itself."""
+    if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES:
+        return sampler
+    if any(item.partition("=")[0].strip() == "sampler.compile" for item in args.set):
+        return sampler
+    return sampler.model_copy(update={"compile": False})
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -75,8 +90,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
     sampler = config.sampler
-    if sampler.compile and args.num_images < COMPILE_PAYS_OFF_IMAGES and not _sets_key(args, "sampler.compile"):
-        sampler = sampler.model_copy(update={"compile": False})  # a ~25 s compile for a few images: eager is faster
+    sampler = _eager_for_few(args, sampler, args.num_images)
     result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
     images = to_uint8(model.decode(result.tokens_BL))
     columns = min(args.num_images, 8)
@@ -114,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model,
         rows,
         config.eval,
-        config.sampler,
+        _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
         clip_score=clip_score,
         keep_images=64 if args.grid else 0,
         judge=judge,
@@ -256,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--detector-path", help="OWLv2 folder (transformers format) for --detector owlv2")
     evaluate.add_argument("--color-clip", help="open_clip folder of the colour classifier for --detector owlv2")
     evaluate.add_argument("--server-url", help="Flow-GRPO-compatible GenEval reward server for --detector http")
-    _add_set_option(evaluate, "override a config key, e.g. --set sampler.compile=false (repeatable)")
+    _add_set_option(
+        evaluate,
+        "override a config key (repeatable); below 400 images (e.g. with --limit) sampling is eager unless --set "
+        "sampler.compile=true",
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     train = commands.add_parser("train", help="RL post-training (MaskFocus GRPO) from one YAML config")

@@ -156,3 +156,23 @@ def test_sample_compiles_only_where_it_pays_off_or_is_asked_for(monkeypatch, tmp
     with pytest.raises(Sampled):
         maskfocus.cli.main(["sample", "--prompt", "a photo of a red circle", "--out", str(tmp_path / "g.png"), *args])
     assert seen == [compiled]
+
+
+def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def run_evaluation(model, rows, eval_config, sampler, **kwargs):
+        seen.append((len(rows), sampler.compile))
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    for limit in ("2", "100"):  # 8 images eager; 400 images (4 per row) compiled
+        with pytest.raises(Sampled):
+            main(["eval", "--limit", limit, "--no-clip"])
+    assert seen == [(2, False), (100, True)]
