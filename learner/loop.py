@@ -122,9 +122,7 @@ class LearnerWorker:
         )
         if start.checkpoint:
             load_optimizer_state(self.module, self.updater.optimizer, Path(start.checkpoint))
-            for _ in range(start.num_updates):
-                self.updater.scheduler.step()
-            self.updater.num_updates = start.num_updates
+            self.updater.resume_schedule(start.num_updates)
         self.version = start.policy_version
         self.count_tokens = global_token_count(world_size, device)
 

@@ -190,9 +190,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     if resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
         state = load_checkpoint_weights(checkpoint, updater.module)
         updater.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        for _ in range(updater.num_updates, state["num_updates"]):
-            updater.scheduler.step()
-        updater.num_updates = state["num_updates"]
+        updater.resume_schedule(state["num_updates"])
         start_iteration, cursor = state["iteration"] + 1, state["prompt_cursor"]
     prompts = PromptStream.from_config(config, cursor)
     log = MetricsLog(run_dir / "metrics.jsonl", start_iteration)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,6 +116,16 @@ class PolicyUpdater:
         self.reference_forward = (
             PaddedCompiled(self.reference) if compile and self.reference is not None else self.reference
         )
+
+    def resume_schedule(self, num_updates: int) -> None:
+        """Continue the learning-rate schedule after the `num_updates` optimizer steps of a run being resumed (its
+        optimizer state is loaded separately). torch warns of a scheduler step before any optimizer step; here that
+        is the point, so the warning is silenced."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for _ in range(self.num_updates, num_updates):
+                self.scheduler.step()
+        self.num_updates = num_updates
 
     def _logp(self, step: StepInputs, tokens_BL: torch.Tensor, condition: Condition, module: nn.Module):
         logits_BLV = self.model.logits(step.inputs_BL, condition, step.steps_B, self.num_sampling_steps, module=module)
