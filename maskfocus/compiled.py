@@ -15,11 +15,20 @@ are used by the next call.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def quiet_cuda_home_notice() -> None:
+    """Without a CUDA runtime, inductor's CPU compile logs "No CUDA runtime is found, using CUDA_HOME=..." once per
+    process (a CUDA build of torch on a CPU machine): true, and no concern of a CPU run, so that logger is raised
+    to errors there."""
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 class PaddedCompiled(nn.Module):
@@ -33,6 +42,7 @@ class PaddedCompiled(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
+        quiet_cuda_home_notice()
         self.compiled = torch.compile(module, dynamic=False)
         self.batch_sizes: list[int] = []
         """Batch sizes compiled so far."""

@@ -78,3 +78,18 @@ def test_compiled_sampling_draws_the_eager_images(tiny_model) -> None:
     agree = (eager.tokens_BL == compiled.tokens_BL).float().mean().item()
     assert agree > 0.99, f"only {agree:.3f} of the tokens agree"
     assert sampling_module(tiny_model) is sampling_module(tiny_model)  # compiled once per model
+
+
+def test_cuda_home_notice_is_quiet_only_without_a_cuda_runtime(monkeypatch) -> None:
+    import logging
+
+    from maskfocus.compiled import quiet_cuda_home_notice
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    quiet_cuda_home_notice()
+    assert logger.level == logging.NOTSET
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    quiet_cuda_home_notice()
+    assert logger.level == logging.ERROR

@@ -73,7 +73,13 @@ def read_config(folder: Path, part: str) -> dict[str, Any]:
 
 
 def load_part(loader: Callable[..., Any], folder: Path, part: str, hint: str, **kwargs: Any) -> Any:
-    """`loader(folder/part, local_files_only=True, **kwargs)`, any failure re-raised as a ModelLoadError."""
+    """`loader(folder/part, local_files_only=True, **kwargs)`, any failure re-raised as a ModelLoadError. Quiet:
+    no library warnings and no transformers "Loading weights" bar (a local load takes seconds, and a carriage-return
+    bar garbles the Ray actors' logs)."""
+    from transformers.utils import logging as transformers_logging
+
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,6 +88,9 @@ def load_part(loader: Callable[..., Any], folder: Path, part: str, hint: str, **
         raise ModelLoadError(
             f"cannot load {part} from {folder / part}: {type(error).__name__}: {error}; {hint}"
         ) from None
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def load_vqvae(folder: Path, hint: str):

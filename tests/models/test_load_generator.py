@@ -31,3 +31,17 @@ def test_unknown_kind_and_dtype_are_config_errors():
         config_from_dict({"model": {"kind": "maskgit"}})
     with pytest.raises(ConfigError, match="model.dtype"):
         config_from_dict({"model": {"dtype": "fp8"}})
+
+
+def test_loading_is_quiet_and_leaves_the_transformers_bar_as_it_was(capfd):
+    from transformers.utils import logging as transformers_logging
+
+    from maskfocus.config import ModelConfig
+    from maskfocus.models import load_generator
+
+    assert transformers_logging.is_progress_bar_enabled()
+    load_generator(ModelConfig())
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert "accelerate" not in captured.err + captured.out
+    assert transformers_logging.is_progress_bar_enabled()  # restored for the caller's own loads
