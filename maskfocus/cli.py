@@ -188,8 +188,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         from maskfocus.evaluation import format_table
 
         print(format_table(summary["eval"]))
+        print(_gain_line(run_dir, summary["eval"]["overall"]))
     print(f"done: {run_dir}")
     return 0
+
+
+def _gain_line(run_dir: Path, overall: float) -> str:
+    """The final overall score against the base model's, where the base's evaluation is known."""
+    from maskfocus.compare import base_summary, load_run
+
+    base = base_summary([load_run(run_dir)], None)
+    hint = f"compare runs: maskfocus compare {run_dir.parent}"
+    if base is None:
+        return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
+    return f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

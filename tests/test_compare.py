@@ -133,3 +133,15 @@ def test_cli_writes_table_and_picture(ablation_runs, tmp_path, capsys):
 def test_cli_bad_path_is_a_user_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
     assert "maskfocus compare: error:" in capsys.readouterr().err
+
+
+def test_train_ends_with_the_gain_over_the_base_model(tmp_path):
+    from maskfocus.cli import _gain_line
+
+    builtin = make_run(tmp_path / "runs" / "a", {}, 0.55)
+    base = base_summary([load_run(builtin)], None)
+    line = _gain_line(builtin, 0.55)
+    assert line.startswith(f"overall {base['overall']:.3f} (base model) -> 0.550 ({0.55 - base['overall']:+.3f})")
+    assert line.endswith(f"maskfocus compare {tmp_path / 'runs'}")
+    other = make_run(tmp_path / "runs" / "b", {"model.path": str(tmp_path / "my_model")}, 0.55)
+    assert _gain_line(other, 0.55).startswith("overall 0.550 (no base-model evaluation to compare with)")
