@@ -220,10 +220,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from maskfocus.compare import base_summary, comparison_table, find_run_folders, group_runs, load_run
+    from maskfocus.compare import (
+        base_summary,
+        check_curve_key,
+        comparison_table,
+        find_run_folders,
+        group_runs,
+        load_run,
+    )
     from maskfocus.compare_plot import plot_comparison
 
-    runs = [load_run(folder) for folder in find_run_folders([Path(p) for p in args.runs])]
+    runs = [load_run(folder, args.curve) for folder in find_run_folders([Path(p) for p in args.runs])]
+    check_curve_key(runs, args.curve)
     groups, common = group_runs(runs)
     base = base_summary(runs, Path(args.base) if args.base else None)
     table = comparison_table(groups, base, common)
@@ -231,7 +239,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.markdown:
         Path(args.markdown).write_text(table)
         print(f"table: {args.markdown}")
-    print(f"picture: {plot_comparison(groups, Path(args.out), base, window=args.window)}")
+    print(f"picture: {plot_comparison(groups, Path(args.out), base, window=args.window, curve_key=args.curve)}")
     return 0
 
 
@@ -308,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--base", help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement)"
     )
-    compare.add_argument("--window", type=int, default=10, help="moving-average window of the reward curves")
+    compare.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
+    compare.add_argument(
+        "--curve", default="reward/mean", help="metrics.jsonl key to draw per run, e.g. loss/kl or reward/tag/position"
+    )
     compare.set_defaults(func=cmd_compare)
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")

@@ -34,6 +34,9 @@ class RunRecord:
     folder: Path
     config: dict[str, Any]
     curve: list[tuple[int, float]]
+    """(iteration, value) of the compared metric (`reward/mean` by default), finite values only."""
+    metric_keys: set[str]
+    """Every numeric metric the run logged, for the error on an unknown `--curve`."""
     final: dict[str, Any] | None
     last_iteration: int | None
     learner_seconds: float | None
@@ -64,8 +67,9 @@ def _median(records: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def load_run(folder: Path) -> RunRecord:
-    """One run folder: its resolved config, reward curve, timing and final evaluation (None while unfinished)."""
+def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
+    """One run folder: its resolved config, the curve of `curve_key`, timing and final evaluation (None while
+    unfinished)."""
     config_path = folder / "config.yaml"
     if not config_path.is_file():
         raise CompareError(f"{folder}: not a run folder (no config.yaml); give run folders or a folder of them")
@@ -75,20 +79,29 @@ def load_run(folder: Path) -> RunRecord:
     metrics = folder / "metrics.jsonl"
     records = read_metrics(metrics) if metrics.is_file() else []
     curve = [
-        (r["iteration"], float(r["reward/mean"]))
+        (r["iteration"], float(r[curve_key]))
         for r in records
-        if isinstance(r.get("reward/mean"), (int, float)) and math.isfinite(r["reward/mean"])
+        if isinstance(r.get(curve_key), (int, float)) and math.isfinite(r[curve_key])
     ]
     summary = folder / "eval" / "summary.json"
     return RunRecord(
         folder=folder,
         config=flatten(config),
         curve=curve,
+        metric_keys={key for r in records for key, value in r.items() if isinstance(value, (int, float))},
         final=json.loads(summary.read_text()) if summary.is_file() else None,
         last_iteration=max((r["iteration"] for r in records), default=None),
         learner_seconds=_median(records, "perf/learner_seconds"),
         iteration_seconds=_median(records, "perf/iteration_seconds"),
     )
+
+
+def check_curve_key(runs: list[RunRecord], key: str) -> None:
+    """A curve key no run logged is an error that lists the keys they did log."""
+    if any(run.curve for run in runs) or not any(run.metric_keys for run in runs):
+        return
+    logged = sorted(set().union(*(run.metric_keys for run in runs)) - {"iteration"})
+    raise CompareError(f"--curve {key}: no run logged it; their metrics.jsonl hold: {', '.join(logged)}")
 
 
 def find_run_folders(paths: list[Path]) -> list[Path]:

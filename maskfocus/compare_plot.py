@@ -1,5 +1,6 @@
-"""The picture of `maskfocus compare`: training reward curves of every run (one colour per config group), and
-the final per-tag scores of each group (mean, with the seed spread as error bars) beside the base model's."""
+"""The picture of `maskfocus compare`: the training reward curve (or another logged metric) of every run, one
+colour per config group, and the final per-tag scores of each group (mean, with the seed spread as error bars)
+beside the base model's."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _legend_label(letter: str, label: str) -> str:
     return f"{letter}: " + textwrap.shorten(label, width=60, placeholder=" ...")
 
 
-def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str], colours, window: int) -> None:
+def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str], colours, window: int, key: str):
     for index, (label, group) in enumerate(groups.items()):
         for run_index, run in enumerate(group):
             if not run.curve:
@@ -33,7 +34,7 @@ def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str]
             legend = _legend_label(letters[label], label) if run_index == 0 else None
             ax.plot(xs, moving_average(list(ys), window), color=colours(index), linewidth=1.2, label=legend)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(f"training reward ({window}-point mean)")
+    ax.set_ylabel(f"{key} ({window}-point mean)")
     ax.set_title("one line per run, one colour per config", fontsize=9)
     ax.grid(alpha=0.3)
 
@@ -67,9 +68,13 @@ def _plot_final(ax, groups, letters, colours, base: dict[str, Any] | None) -> bo
 
 
 def plot_comparison(
-    groups: dict[str, list[RunRecord]], path: Path, base: dict[str, Any] | None = None, window: int = 10
+    groups: dict[str, list[RunRecord]],
+    path: Path,
+    base: dict[str, Any] | None = None,
+    window: int = 10,
+    curve_key: str = "reward/mean",
 ) -> Path:
-    """Write the two-panel PNG to `path` and return it."""
+    """Write the two-panel PNG to `path` and return it; the left panel draws the runs' `curve_key` curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +90,7 @@ def plot_comparison(
     legend_inches = 0.2 + 0.16 * math.ceil(len(groups) / columns)  # the curves' legend, under the panels
     height = 4.5 + legend_inches
     fig, (curves, final) = plt.subplots(1, 2, figsize=(14, height), dpi=110)
-    _plot_curves(curves, groups, letters, colours, window)
+    _plot_curves(curves, groups, letters, colours, window, curve_key)
     fig.legend(fontsize=7, loc="lower left", ncols=columns, frameon=False)
     if _plot_final(final, groups, letters, colours, base) or base:
         final.legend(fontsize=7, loc="upper right")

@@ -145,3 +145,15 @@ def test_train_ends_with_the_gain_over_the_base_model(tmp_path):
     assert line.endswith(f"maskfocus compare {tmp_path / 'runs'}")
     other = make_run(tmp_path / "runs" / "b", {"model.path": str(tmp_path / "my_model")}, 0.55)
     assert _gain_line(other, 0.55).startswith("overall 0.550 (no base-model evaluation to compare with)")
+
+
+def test_curve_of_another_metric_and_an_unknown_key_lists_the_logged_ones(ablation_runs, tmp_path, capsys):
+    folder = ablation_runs / "critical_seed0"
+    assert load_run(folder, "perf/learner_seconds").curve == [(i, 2.0) for i in range(5)]
+    assert load_run(folder).curve == [(i, 0.5 + 0.05 * i) for i in range(5)]
+    picture = tmp_path / "kl.png"
+    assert main(["compare", str(ablation_runs), "--curve", "perf/learner_seconds", "--out", str(picture)]) == 0
+    assert picture.is_file()
+    assert main(["compare", str(ablation_runs), "--curve", "loss/kll", "--out", str(picture)]) == 2
+    error = capsys.readouterr().err
+    assert "--curve loss/kll: no run logged it" in error and "perf/learner_seconds, reward/mean" in error
