@@ -3,7 +3,8 @@ the strict GenEval reward (rewards[0].strict: extra objects cost reward), the ch
 
 Each variant runs `maskfocus train --executor local` from configs/shapes_tiny.yaml with the same number of
 rollouts for several seeds, then reads each run's final evaluation and learner time per iteration, and
-writes a markdown table (mean and spread over seeds) to ablation.md in the runs folder.
+writes a markdown table (mean and spread over seeds) to ablation.md in the runs folder, and beside it compare.png
+(every run's reward curve and each variant's final per-tag scores, as `maskfocus compare` draws them).
 
 Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seeds 0 1 2] [--iterations N]
                                     [--variants critical random ...] [--parallel 2] [--runs-dir runs/ablation]
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from maskfocus.compare import RunRecord, load_run, mean_spread
+from maskfocus.compare import RunRecord, base_summary, find_run_folders, group_runs, load_run, mean_spread
+from maskfocus.compare_plot import plot_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
@@ -115,6 +117,15 @@ def write_table(runs: Path, seeds: list[int], base_overall: float | None, t_over
     return table
 
 
+def draw_comparison(runs: Path) -> Path | None:
+    """compare.png beside ablation.md: every run's reward curve and each variant's final per-tag scores."""
+    records = [load_run(folder) for folder in find_run_folders([runs])] if any(runs.glob("*/config.yaml")) else []
+    if not records:
+        return None
+    groups, _ = group_runs(records)
+    return plot_comparison(groups, runs / "compare.png", base_summary(records, None))
+
+
 def parse_job(text: str) -> tuple[str, int]:
     """`VARIANT:SEED` (e.g. `random:2`) as a (variant, seed) job; a clear error for anything else."""
     name, _, seed = text.partition(":")
@@ -149,6 +160,7 @@ def main() -> int:
     runs.mkdir(parents=True, exist_ok=True)
     base = args.base_overall if args.base_overall is not None else base_overall_from_card()
     print(write_table(runs, args.seeds, base, steps_ratio(args.config)))
+    print(f"picture: {draw_comparison(runs)}")
     return 0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from maskfocus.models.base import Condition
@@ -74,3 +77,19 @@ def cli_error(capsys, *args: str) -> str:
     capsys.readouterr()
     assert main(list(args)) == 2
     return capsys.readouterr().err
+
+
+def make_run(folder: Path, overrides: dict, overall: float | None, iterations: int = 5, learner_s: float = 2.0) -> Path:
+    """A fake run folder as the trainer leaves it: config.yaml, metrics.jsonl and (when `overall`) eval/summary.json."""
+    from maskfocus.config import default_run_config, dump_config
+
+    folder.mkdir(parents=True)
+    dump_config(default_run_config(overrides), folder / "config.yaml")
+    timing = {"perf/learner_seconds": learner_s, "perf/iteration_seconds": 5.0}
+    records = [{"iteration": i, "reward/mean": 0.5 + 0.05 * i, **timing} for i in range(iterations)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if overall is not None:
+        (folder / "eval").mkdir()
+        tags = {"single_object": overall + 0.1, "two_object": overall - 0.1}
+        (folder / "eval" / "summary.json").write_text(json.dumps({"overall": overall, "tags": tags}))
+    return folder

@@ -3,12 +3,12 @@ hand computation, unfinished runs, bad paths, and the picture."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from support import make_run
 
 from maskfocus.cli import main
 from maskfocus.compare import (
@@ -20,23 +20,7 @@ from maskfocus.compare import (
     group_runs,
     load_run,
 )
-from maskfocus.config import default_run_config, dump_config
-
-TAGS = ("single_object", "two_object")
-
-
-def make_run(folder: Path, overrides: dict, overall: float | None, iterations: int = 5, learner_s: float = 2.0) -> Path:
-    """A run folder as the trainer leaves it: config.yaml, metrics.jsonl and (when `overall`) eval/summary.json."""
-    folder.mkdir(parents=True)
-    dump_config(default_run_config(overrides), folder / "config.yaml")
-    timing = {"perf/learner_seconds": learner_s, "perf/iteration_seconds": 5.0}
-    records = [{"iteration": i, "reward/mean": 0.5 + 0.05 * i, **timing} for i in range(iterations)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if overall is not None:
-        (folder / "eval").mkdir()
-        tags = {"single_object": overall + 0.1, "two_object": overall - 0.1}
-        (folder / "eval" / "summary.json").write_text(json.dumps({"overall": overall, "tags": tags}))
-    return folder
+from maskfocus.config import default_run_config
 
 
 @pytest.fixture
