@@ -40,6 +40,7 @@ def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str]
 
 
 def _plot_final(ax, groups, letters, colours, base: dict[str, Any] | None) -> bool:
+    """Grouped bars per column (overall, then each tag); a tag a group was not evaluated on gets no bar."""
     runs = [run for group in groups.values() for run in group]
     columns = ["overall", *tag_names(runs)]
     finished = [(letters[k], i, g) for i, (k, g) in enumerate(groups.items()) if any(run.final for run in g)]
@@ -49,12 +50,12 @@ def _plot_final(ax, groups, letters, colours, base: dict[str, Any] | None) -> bo
     for bar_index, (letter, colour_index, data) in enumerate(bars):
         offsets = [c + (bar_index - (len(bars) - 1) / 2) * width for c in range(len(columns))]
         if colour_index is None:
-            values = [data["overall"], *(data.get("tags", {}).get(tag, 0.0) for tag in columns[1:])]
+            values = [data["overall"], *(data.get("tags", {}).get(tag, math.nan) for tag in columns[1:])]
             ax.bar(offsets, values, width, color="white", edgecolor="black", hatch="//", label="base model")
             continue
         finals = [run.final for run in data if run.final]
         per_column = [[f["overall"] for f in finals]]
-        per_column += [[f["tags"].get(tag, 0.0) for f in finals] for tag in columns[1:]]
+        per_column += [[f["tags"][tag] for f in finals if tag in f["tags"]] or [math.nan] for tag in columns[1:]]
         means = [statistics.mean(values) for values in per_column]
         spreads = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_column]
         ax.bar(offsets, means, width, yerr=spreads, capsize=2, color=colours(colour_index), label=letter)

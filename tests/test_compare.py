@@ -141,3 +141,19 @@ def test_curve_of_another_metric_and_an_unknown_key_lists_the_logged_ones(ablati
     assert main(["compare", str(ablation_runs), "--curve", "loss/kll", "--out", str(picture)]) == 2
     error = capsys.readouterr().err
     assert "--curve loss/kll: no run logged it" in error and "perf/learner_seconds, reward/mean" in error
+
+
+def test_picture_leaves_out_tags_a_group_was_not_scored_on(tmp_path):
+    import json
+
+    from maskfocus.compare_plot import plot_comparison
+
+    run = make_run(tmp_path / "a", {}, 0.5)
+    (run / "eval" / "summary.json").write_text(json.dumps({"overall": 0.5, "tags": {"counting": 0.25}}))
+    other = make_run(tmp_path / "b", {"seed": 1}, 0.6)
+    groups, _ = group_runs([load_run(run), load_run(other)])
+    picture = plot_comparison(groups, tmp_path / "c.png", {"overall": 0.4, "tags": {}})
+    with Image.open(picture) as image:
+        assert image.width > 1000
+    table = comparison_table(groups, None)
+    assert "| counting |" in table.splitlines()[0] and "| 0.250 ± nan |" not in table
