@@ -160,7 +160,7 @@ def parse_set(items: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.run_io import new_run_folder
+    from maskfocus.run_io import new_run_folder, record_resumed_config
 
     overrides = parse_set(args.set)
     if args.executor:
@@ -173,6 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
+        changes, kept = record_resumed_config(run_dir, config)
+        if changes:
+            print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
     else:
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from maskfocus.config import BUILTIN_MODEL
+from maskfocus.config_base import flatten
 from maskfocus.run_io import read_metrics
 
 IGNORED_KEYS = ("seed", "train.out_dir")
@@ -45,21 +46,6 @@ class RunRecord:
     @property
     def seed(self) -> Any:
         return self.config.get("seed")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys, list items of mappings by index (`rewards.0.name`) as `--set` spells them;
-    a list of plain values stays one value (`rollout.tags`)."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, list) and any(isinstance(item, (dict, list)) for item in tree):
-        items = enumerate(tree)
-    else:
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def _median(records: list[dict[str, Any]], key: str) -> float | None:
@@ -273,6 +259,7 @@ def comparison_table(
     if unfinished:
         lines.append("")
         for run in unfinished:
-            where = f"{run.folder}, last iteration {run.last_iteration}"
+            logged = "no iteration logged" if run.last_iteration is None else f"last iteration {run.last_iteration}"
+            where = f"{run.folder}, {logged}"
             lines.append(f"no final evaluation (eval/summary.json) yet: {where}")
     return "\n".join(lines) + "\n"

@@ -147,3 +147,18 @@ def format_validation_error(error: ValidationError, root: type[BaseModel], origi
         field = f"{dotted(loc)}: " if loc and where != f"--set {dotted(loc)}" else ""
         lines.append(f"  {where}: {field}{message}{_shown_input(item)}")
     return "\n".join(lines)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys, list items of mappings by index (`rewards.0.name`) as `--set` spells them;
+    a list of plain values stays one value (`rollout.tags`)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and any(isinstance(item, (dict, list)) for item in tree):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

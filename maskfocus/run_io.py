@@ -2,6 +2,7 @@
 
 Layout of runs/<name>/:
   config.yaml           the resolved config (every default filled in)
+  config.before_resume_iter_XXXXXX.yaml  after a resume that changed settings: the config it replaced
   metrics.jsonl         one record per iteration (grouped keys: reward/, loss/, select/, router/, perf/ ...)
   metrics.superseded.jsonl  after a resume: the records of the iterations redone from the checkpoint
   images/iter_XXXXXX.png  grids of the fixed prompts (one row per tag)
@@ -25,7 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from maskfocus.config import ConfigError, RunConfig, dump_config
+from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
+from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
 
 
@@ -41,6 +43,23 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(config, folder / "config.yaml")
     return folder
+
+
+def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], Path | None]:
+    """A resume whose command line changes settings (e.g. `--iterations 500` to extend a run) rewrites config.yaml
+    with the settings it runs under; the one it replaces is kept as config.before_resume_<latest checkpoint>.yaml.
+    Returns the changes as `key: old -> new` and where the replaced config went (none changed: nothing written)."""
+    before = flatten(load_config(run_dir / "config.yaml").model_dump(mode="json"))
+    after = flatten(config.model_dump(mode="json"))
+    changes = [f"{key}: {before.get(key)} -> {value}" for key, value in after.items() if before.get(key) != value]
+    changes += [f"{key}: {value} -> (removed)" for key, value in before.items() if key not in after]
+    if not changes:
+        return [], None
+    checkpoint = latest_checkpoint(run_dir)
+    kept = run_dir / f"config.before_resume_{checkpoint.name if checkpoint is not None else 'start'}.yaml"
+    (run_dir / "config.yaml").replace(kept)
+    dump_config(config, run_dir / "config.yaml")
+    return changes, kept
 
 
 class RecentReward:

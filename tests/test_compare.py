@@ -16,7 +16,6 @@ from maskfocus.compare import (
     base_summary,
     comparison_table,
     find_run_folders,
-    flatten,
     group_runs,
     load_run,
 )
@@ -32,11 +31,6 @@ def ablation_runs(tmp_path: Path) -> Path:
     for seed, overall in enumerate((0.40, 0.46)):
         make_run(runs / f"random_seed{seed}", {"seed": seed, "selection.strategy": "random"}, overall, learner_s=3.0)
     return runs
-
-
-def test_flatten_spells_keys_as_set_does():
-    tree = {"a": {"b": 1, "tags": ["x", "y"]}, "rewards": [{"name": "geneval", "weight": 1.0}]}
-    assert flatten(tree) == {"a.b": 1, "a.tags": ["x", "y"], "rewards.0.name": "geneval", "rewards.0.weight": 1.0}
 
 
 def test_seeds_and_output_folders_do_not_split_groups(ablation_runs):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from maskfocus.config import ConfigError, RunConfig, load_config, section_with_overrides
-from maskfocus.config_base import section_at, unknown_key_message, yaml_key_lines
+from maskfocus.config_base import flatten, section_at, unknown_key_message, yaml_key_lines
 from maskfocus.config_rewards import RewardSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +118,8 @@ def test_overrides_without_a_file_name_the_set_key():
         section_with_overrides(PretrainConfig, {"generator.transformer.widht": 3}, "pretrain (--set)")
     line = str(error.value).splitlines()[1]
     assert line.startswith("  --set generator.transformer.widht: unknown key; generator.transformer takes: ")
+
+
+def test_flatten_spells_keys_as_set_does():
+    tree = {"a": {"b": 1, "tags": ["x", "y"]}, "rewards": [{"name": "geneval", "weight": 1.0}]}
+    assert flatten(tree) == {"a.b": 1, "a.tags": ["x", "y"], "rewards.0.name": "geneval", "rewards.0.weight": 1.0}

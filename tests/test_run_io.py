@@ -122,3 +122,19 @@ def test_final_model_takes_the_float32_weights_of_the_last_checkpoint(tmp_path):
     assert resume_hint(tmp_path) == f"resume from iter_000004 with `maskfocus train --resume {tmp_path}`"
     same = config_from_dict({"model": {"dtype": "float32"}})
     assert float32_final_model(same, tmp_path, published) is published  # float32 rollouts: the published copy
+
+
+def test_a_resume_that_changes_settings_rewrites_the_config_and_keeps_the_old_one(tmp_path):
+    from maskfocus.config import dump_config, load_config
+    from maskfocus.run_io import record_resumed_config
+
+    config = config_from_dict({"train": {"num_iterations": 3}})
+    dump_config(config, tmp_path / "config.yaml")
+    assert record_resumed_config(tmp_path, config) == ([], None)  # same settings: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    (tmp_path / "checkpoints" / "iter_000002").mkdir(parents=True)
+    extended = config_from_dict({"train": {"num_iterations": 5}, "sampler": {"compile": True}})
+    changes, kept = record_resumed_config(tmp_path, extended)
+    assert changes == ["sampler.compile: False -> True", "train.num_iterations: 3 -> 5"]
+    assert kept == tmp_path / "config.before_resume_iter_000002.yaml"
+    assert load_config(kept) == config and load_config(tmp_path / "config.yaml") == extended
