@@ -103,7 +103,13 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
         if not runs:
             raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders")
         folders.extend(runs)
-    return folders
+    seen: set[Path] = set()
+    unique = []
+    for folder in folders:  # a run named twice (alone and in its parent folder) counts once
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            unique.append(folder)
+    return unique
 
 
 _ABSENT = "<absent>"

@@ -82,6 +82,11 @@ def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
     assert f"no final evaluation (eval/summary.json) yet: {tmp_path / 'running'}, last iteration 2" in table
 
 
+def test_a_run_named_twice_counts_once(ablation_runs):
+    folders = find_run_folders([ablation_runs / "random_seed1", ablation_runs, ablation_runs / "random_seed1"])
+    assert len(folders) == 5 and folders[0] == ablation_runs / "random_seed1"
+
+
 def test_bad_paths_name_the_path(tmp_path):
     with pytest.raises(CompareError, match="no such folder"):
         find_run_folders([tmp_path / "missing"])
