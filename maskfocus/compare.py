@@ -62,20 +62,23 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
     config = yaml.safe_load(config_path.read_text())
     if not isinstance(config, dict):
         raise CompareError(f"{config_path}: expected a mapping of config sections, got {type(config).__name__}")
-    metrics = folder / "metrics.jsonl"
-    records = read_metrics(metrics) if metrics.is_file() else []
+    metrics, summary = folder / "metrics.jsonl", folder / "eval" / "summary.json"
+    try:
+        records = read_metrics(metrics) if metrics.is_file() else []
+        final = json.loads(summary.read_text()) if summary.is_file() else None
+    except ValueError as error:  # a broken line names its file and line; a broken summary.json its position
+        raise CompareError(f"{folder}: {error}") from None
     curve = [
         (r["iteration"], float(r[curve_key]))
         for r in records
         if isinstance(r.get(curve_key), (int, float)) and math.isfinite(r[curve_key])
     ]
-    summary = folder / "eval" / "summary.json"
     return RunRecord(
         folder=folder,
         config=flatten(config),
         curve=curve,
         metric_keys={key for r in records for key, value in r.items() if isinstance(value, (int, float))},
-        final=json.loads(summary.read_text()) if summary.is_file() else None,
+        final=final,
         last_iteration=max((r["iteration"] for r in records), default=None),
         learner_seconds=_median(records, "perf/learner_seconds"),
         iteration_seconds=_median(records, "perf/iteration_seconds"),

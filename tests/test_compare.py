@@ -82,6 +82,16 @@ def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
     assert f"no final evaluation (eval/summary.json) yet: {tmp_path / 'running'}, last iteration 2" in table
 
 
+def test_a_broken_metrics_or_summary_file_is_a_clear_error(ablation_runs):
+    folder = ablation_runs / "critical_seed0"
+    (folder / "eval" / "summary.json").write_text("{not json")
+    with pytest.raises(CompareError, match=r"critical_seed0: Expecting property name"):
+        load_run(folder)
+    (folder / "metrics.jsonl").write_text('{"iteration": 0}\n{broken\n{"iteration": 2}\n')
+    with pytest.raises(CompareError, match=r"metrics.jsonl:2"):
+        load_run(folder)
+
+
 def test_a_run_named_twice_counts_once(ablation_runs):
     folders = find_run_folders([ablation_runs / "random_seed1", ablation_runs, ablation_runs / "random_seed1"])
     assert len(folders) == 5 and folders[0] == ablation_runs / "random_seed1"
