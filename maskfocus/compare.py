@@ -208,8 +208,11 @@ def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any
     if base_path is not None:
         if not base_path.is_file():
             raise CompareError(f"--base {base_path}: no such file (expected `maskfocus eval --summary` output)")
-        summary = json.loads(base_path.read_text())
-        if "overall" not in summary:
+        try:
+            summary = json.loads(base_path.read_text())
+        except ValueError as error:
+            raise CompareError(f"--base {base_path}: not JSON ({error})") from None
+        if not isinstance(summary, dict) or "overall" not in summary:
             raise CompareError(f"--base {base_path}: no 'overall' key; expected `maskfocus eval --summary` output")
         return summary
     if not runs or any(run.config.get("model.path") != BUILTIN_MODEL for run in runs):
@@ -247,6 +250,16 @@ def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, An
     return "| " + " | ".join(cells) + " |"
 
 
+def _image_count_notes(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
+    """A note where the runs' final evaluations and the base's counted different numbers of images: their
+    scores then come from different prompt sets or images per prompt, and the gain is not like for like."""
+    counts = {run.final.get("num_images") for run in runs if run.final} | ({base.get("num_images")} if base else set())
+    counts.discard(None)
+    if len(counts) < 2:
+        return []
+    return ["", f"note: the evaluations scored different numbers of images ({sorted(counts)}): not like for like"]
+
+
 def comparison_table(
     groups: dict[str, list[RunRecord]], base: dict[str, Any] | None, common: dict[str, str] | None = None
 ) -> str:
@@ -258,10 +271,11 @@ def comparison_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if base:
         base_tags = [f"{base['tags'][tag]:.3f}" if tag in base.get("tags", {}) else "-" for tag in tags]
-        lines.append("| " + " | ".join(["base model", "-", "-", f"{base['overall']:.3f}", "-", *base_tags, "-", "-"]))
-        lines[-1] += " |"
+        cells = ["base model", "-", "-", f"{base['overall']:.3f}", "-", *base_tags, "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     letters = group_letters(groups)
     lines += [_row(f"{letters[label]}: {label}", group, tags, base) for label, group in groups.items()]
+    lines += _image_count_notes(runs, base)
     if common:
         lines += ["", "common settings: " + ", ".join(f"{key}={value}" for key, value in common.items())]
     unfinished = [run for run in runs if not run.final]

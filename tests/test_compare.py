@@ -92,6 +92,14 @@ def test_a_broken_metrics_or_summary_file_is_a_clear_error(ablation_runs):
         load_run(folder)
 
 
+def test_evaluations_of_different_sizes_are_flagged(tmp_path):
+    run = load_run(make_run(tmp_path / "a", {}, 0.5))
+    run.final["num_images"] = 8
+    groups, common = group_runs([run])
+    assert "not like for like" in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 2352}, common)
+    assert "not like for like" not in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 8}, common)
+
+
 def test_a_run_named_twice_counts_once(ablation_runs):
     folders = find_run_folders([ablation_runs / "random_seed1", ablation_runs, ablation_runs / "random_seed1"])
     assert len(folders) == 5 and folders[0] == ablation_runs / "random_seed1"
@@ -105,6 +113,9 @@ def test_bad_paths_name_the_path(tmp_path):
         find_run_folders([tmp_path / "empty"])
     with pytest.raises(CompareError, match=r"--base .*nope.json: no such file"):
         base_summary([], tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(CompareError, match=r"--base .*bad.json: not JSON"):
+        base_summary([], tmp_path / "bad.json")
 
 
 def test_builtin_base_comes_from_the_pretraining_measurement(ablation_runs):
