@@ -179,6 +179,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")
+    from maskfocus.compiled import compile_notice
+
+    if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
+        print(notice)
     if config.train.executor == "ray":
         from maskfocus.driver import train_ray
 

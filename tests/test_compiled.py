@@ -93,3 +93,12 @@ def test_cuda_home_notice_is_quiet_only_without_a_cuda_runtime(monkeypatch) -> N
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     quiet_cuda_home_notice()
     assert logger.level == logging.ERROR
+
+
+def test_compile_notice_names_what_the_first_iteration_compiles() -> None:
+    from maskfocus.compiled import compile_notice
+
+    assert compile_notice(False, False) is None
+    assert "compiles the sampler and the learner" in compile_notice(True, True)
+    assert "compiles the learner (" in compile_notice(False, True)
+    assert "compiles the sampler (" in compile_notice(True, False)
