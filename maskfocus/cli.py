@@ -7,6 +7,7 @@ and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     runs = [load_run(folder, args.curve) for folder in find_run_folders([Path(p) for p in args.runs])]
     check_curve_key(runs, args.curve)
-    groups, common = group_runs(runs)
+    groups, common = group_runs(runs, tuple(args.ignore))
     base = base_summary(runs, Path(args.base) if args.base else None)
     table = comparison_table(groups, base, common)
     print(table, end="")
@@ -325,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
     compare.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a config key or section that must not split groups, e.g. train.executor or ray (repeatable)",
+    )
+    compare.add_argument(
         "--curve", default="reward/mean", help="metrics.jsonl key to draw per run, e.g. loss/kl or reward/tag/position"
     )
     compare.set_defaults(func=cmd_compare)
@@ -350,13 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     from maskfocus.stopping import RunStopped
 
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
+        return status
     except _user_errors() as error:
         print(f"maskfocus {args.command}: error: {error}", file=sys.stderr)
         return 2
     except RunStopped as stopped:
         print(f"maskfocus {args.command}: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    except BrokenPipeError:  # the reader went away (`maskfocus compare ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

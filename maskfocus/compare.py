@@ -118,25 +118,40 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
 _ABSENT = "<absent>"
 
 
-def varying_keys(runs: list[RunRecord]) -> list[str]:
-    """Config keys (seed and output folder aside) whose values are not the same in every run, in config order."""
+def _under(key: str, name: str) -> bool:
+    """`key` is the config key `name` or lies in the section `name`."""
+    return key == name or key.startswith(name + ".")
+
+
+def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
+    return any(_under(key, name) for name in (*IGNORED_KEYS, *ignore))
+
+
+def varying_keys(runs: list[RunRecord], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Config keys whose values are not the same in every run, in config order; seed, output folder and the keys
+    (or whole sections) in `ignore` aside."""
     keys: dict[str, None] = {}
     for run in runs:
         keys.update(dict.fromkeys(run.config))
+    for name in ignore:
+        if not any(_under(key, name) for key in keys):
+            raise CompareError(f"--ignore {name}: no such config key or section in these runs (e.g. train.executor)")
     return [
-        key for key in keys if key not in IGNORED_KEYS and len({repr(run.config.get(key, _ABSENT)) for run in runs}) > 1
+        key
+        for key in keys
+        if not _ignored(key, ignore) and len({repr(run.config.get(key, _ABSENT)) for run in runs}) > 1
     ]
 
 
 def _has(config: dict[str, Any], prefix: str) -> bool:
-    return prefix in config or any(key.startswith(prefix + ".") for key in config)
+    return any(_under(key, prefix) for key in config)
 
 
-def label_keys(runs: list[RunRecord]) -> list[str]:
+def label_keys(runs: list[RunRecord], ignore: tuple[str, ...] = ()) -> list[str]:
     """The varying keys, each cut to its shortest prefix that some run lacks altogether (a reward term one run
     adds shows as `rewards.1`, not as its twenty settings)."""
     labels: dict[str, None] = {}
-    for key in varying_keys(runs):
+    for key in varying_keys(runs, ignore):
         parts = key.split(".")
         prefixes = (".".join(parts[:length]) for length in range(1, len(parts)))
         labels[next((p for p in prefixes if not all(_has(run.config, p) for run in runs)), key)] = None
@@ -168,14 +183,16 @@ def common_settings(groups: list[list[RunRecord]], keys: list[str]) -> dict[str,
     return common
 
 
-def group_runs(runs: list[RunRecord]) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
-    """Runs grouped by every varying key (seed and output folder aside), each labelled by where it departs
-    from the common settings (`key=value, ...`); returns the groups and the common settings."""
-    keys = varying_keys(runs)
+def group_runs(
+    runs: list[RunRecord], ignore: tuple[str, ...] = ()
+) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
+    """Runs grouped by every varying key (seed, output folder and `ignore` aside), each labelled by where it
+    departs from the common settings (`key=value, ...`); returns the groups and the common settings."""
+    keys = varying_keys(runs, ignore)
     by_values: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
         by_values.setdefault(tuple(repr(run.config.get(key, _ABSENT)) for key in keys), []).append(run)
-    shown = label_keys(runs)
+    shown = label_keys(runs, ignore)
     common = common_settings(list(by_values.values()), shown)
     groups: dict[str, list[RunRecord]] = {}
     for members in by_values.values():

@@ -100,6 +100,18 @@ def test_evaluations_of_different_sizes_are_flagged(tmp_path):
     assert "not like for like" not in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 8}, common)
 
 
+def test_ignored_keys_and_sections_do_not_split_groups(ablation_runs, tmp_path, capsys):
+    runs = [load_run(folder) for folder in find_run_folders([ablation_runs])]
+    groups, common = group_runs(runs, ignore=("selection",))
+    assert list(groups) == ["same config"] and len(groups["same config"]) == 5 and common == {}
+    assert list(group_runs(runs, ignore=("selection.strategy",))[0]) == ["same config"]
+    with pytest.raises(CompareError, match="--ignore selektion: no such config key or section"):
+        group_runs(runs, ignore=("selektion",))
+    picture = tmp_path / "c.png"
+    assert main(["compare", str(ablation_runs), "--ignore", "selection", "--out", str(picture)]) == 0
+    assert "| A: same config | 5 | 0, 1, 2, 0, 1 |" in capsys.readouterr().out
+
+
 def test_a_run_named_twice_counts_once(ablation_runs):
     folders = find_run_folders([ablation_runs / "random_seed1", ablation_runs, ablation_runs / "random_seed1"])
     assert len(folders) == 5 and folders[0] == ablation_runs / "random_seed1"
@@ -177,3 +189,17 @@ def test_picture_leaves_out_tags_a_group_was_not_scored_on(tmp_path):
         assert image.width > 1000
     table = comparison_table(groups, None)
     assert "| counting |" in table.splitlines()[0] and "| 0.250 ± nan |" not in table
+
+
+def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
+    import subprocess
+    import sys
+
+    # unbuffered: the table goes out at once and `head` has gone by the time the picture's line follows
+    command = f"PYTHONUNBUFFERED=1 {sys.executable} -m maskfocus.cli compare {ablation_runs} --out {tmp_path / 'c.png'}"
+    command += " | head -1"
+    result = subprocess.run(
+        ["bash", "-c", command + "; echo status ${PIPESTATUS[0]} >&2"], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.startswith("| config | runs |") and result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "status 141" in result.stderr
