@@ -16,6 +16,7 @@ import pytest
 import torch
 from support import cli_error
 
+from maskfocus.config import load_config
 from maskfocus.run_io import latest_checkpoint, load_checkpoint_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,8 @@ def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
 def test_resume_after_a_crash_between_checkpoints_redoes_the_lost_iterations_once(short_run, tmp_path):
     """As if the run had died during iteration 2, mid-write of its record: its checkpoint is missing and its
     metrics line cut short. The resume continues from iter_000001's iteration and prompt cursor, metrics.jsonl
-    ends with each iteration once, and the superseded record and the cut line are kept aside."""
+    ends with each iteration once, and the superseded record and the cut line are kept aside. The resume also
+    extends the run by one iteration, which config.yaml then records."""
     run = shutil.copytree(short_run, tmp_path / "run")
     shutil.rmtree(run / "checkpoints" / "iter_000002")
     first_record_2 = (run / "metrics.jsonl").read_text().splitlines()[2]
@@ -129,6 +131,11 @@ def test_resume_after_a_crash_between_checkpoints_redoes_the_lost_iterations_onc
     assert latest_checkpoint(run).name == "iter_000003"
     superseded = (run / "metrics.superseded.jsonl").read_text().splitlines()
     assert superseded == [first_record_2, '{"iteration": 3, "reward/me']
+    # the extension to 4 iterations is printed and recorded, the 3-iteration config kept; no scheduler warning
+    assert "the resume changes train.num_iterations: 3 -> 4 " in resumed.stdout
+    assert load_config(run / "config.yaml").train.num_iterations == 4
+    assert load_config(run / "config.before_resume_iter_000001.yaml").train.num_iterations == 3
+    assert "lr_scheduler.step()" not in resumed.stderr
 
 
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
@@ -138,8 +145,6 @@ def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
 
 
 def shipped_config(**model: str):
-    from maskfocus.config import load_config
-
     return load_config(ROOT / "configs" / "shapes_tiny.yaml", {"model": model})
 
 
