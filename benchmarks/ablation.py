@@ -19,7 +19,6 @@ one run on two threads); seconds per iteration are then those of a half machine,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,7 +28,15 @@ from pathlib import Path
 
 import yaml
 
-from maskfocus.compare import RunRecord, base_summary, find_run_folders, group_runs, load_run, mean_spread
+from maskfocus.compare import (
+    RunRecord,
+    base_summary,
+    builtin_base_summary,
+    find_run_folders,
+    group_runs,
+    load_run,
+    mean_spread,
+)
 from maskfocus.compare_plot import plot_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,11 +86,7 @@ def steps_ratio(config: Path) -> float:
 
 def base_overall_from_card() -> float | None:
     """The shipped model's overall shapes-geneval score, as `maskfocus pretrain` measured it."""
-    report = ROOT / "maskfocus" / "pretrained" / "pretrain_report.json"
-    if not report.is_file():
-        return None
-    measurements = json.loads(report.read_text()).get("measurements", {})
-    return measurements.get("base_model", {}).get("overall")
+    return (builtin_base_summary() or {}).get("overall")
 
 
 def write_table(runs: Path, seeds: list[int], base_overall: float | None, t_over_k: float) -> str:
@@ -119,9 +122,9 @@ def write_table(runs: Path, seeds: list[int], base_overall: float | None, t_over
 
 def draw_comparison(runs: Path) -> Path | None:
     """compare.png beside ablation.md: every run's reward curve and each variant's final per-tag scores."""
-    records = [load_run(folder) for folder in find_run_folders([runs])] if any(runs.glob("*/config.yaml")) else []
-    if not records:
+    if not any(runs.glob("*/config.yaml")):
         return None
+    records = [load_run(folder) for folder in find_run_folders([runs])]
     groups, _ = group_runs(records)
     return plot_comparison(groups, runs / "compare.png", base_summary(records, None))
 

@@ -74,9 +74,7 @@ saves. Break-even, measured on a 2-core machine with the shipped model at T 12: 
 def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images: int) -> SamplerConfig:
     """The sampler settings without the compile for fewer than COMPILE_PAYS_OFF_IMAGES images, unless the command
     line sets sampler.compile itself."""
-    if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES:
-        return sampler
-    if any(item.partition("=")[0].strip() == "sampler.compile" for item in args.set):
+    if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES or "sampler.compile" in parse_set(args.set):
         return sampler
     return sampler.model_copy(update={"compile": False})
 
@@ -90,8 +88,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
-    sampler = config.sampler
-    sampler = _eager_for_few(args, sampler, args.num_images)
+    sampler = _eager_for_few(args, config.sampler, args.num_images)
     result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
     images = to_uint8(model.decode(result.tokens_BL))
     columns = min(args.num_images, 8)

@@ -147,11 +147,11 @@ def _has(config: dict[str, Any], prefix: str) -> bool:
     return any(_under(key, prefix) for key in config)
 
 
-def label_keys(runs: list[RunRecord], ignore: tuple[str, ...] = ()) -> list[str]:
-    """The varying keys, each cut to its shortest prefix that some run lacks altogether (a reward term one run
+def label_keys(runs: list[RunRecord], keys: list[str]) -> list[str]:
+    """The varying `keys`, each cut to its shortest prefix that some run lacks altogether (a reward term one run
     adds shows as `rewards.1`, not as its twenty settings)."""
     labels: dict[str, None] = {}
-    for key in varying_keys(runs, ignore):
+    for key in keys:
         parts = key.split(".")
         prefixes = (".".join(parts[:length]) for length in range(1, len(parts)))
         labels[next((p for p in prefixes if not all(_has(run.config, p) for run in runs)), key)] = None
@@ -192,7 +192,7 @@ def group_runs(
     by_values: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
         by_values.setdefault(tuple(repr(run.config.get(key, _ABSENT)) for key in keys), []).append(run)
-    shown = label_keys(runs, ignore)
+    shown = label_keys(runs, keys)
     common = common_settings(list(by_values.values()), shown)
     groups: dict[str, list[RunRecord]] = {}
     for members in by_values.values():
@@ -234,6 +234,11 @@ def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any
         return summary
     if not runs or any(run.config.get("model.path") != BUILTIN_MODEL for run in runs):
         return None
+    return builtin_base_summary()
+
+
+def builtin_base_summary() -> dict[str, Any] | None:
+    """The built-in model's shapes-geneval summary as `maskfocus pretrain` measured it (None without its report)."""
     from maskfocus.models.loading import builtin_folder
 
     report = builtin_folder().parent / "pretrain_report.json"

@@ -30,6 +30,7 @@ from maskfocus.run_io import (
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
+    resume_hint,
     save_checkpoint,
     save_model_folder,
 )
@@ -241,13 +242,13 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
             stopping = stop.requested  # read once: a signal between two reads would skip the checkpoint
             due = (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1
             if due or stopping:
-                checkpoint = _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
+                _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
             if stopping:
                 log.close()
                 progress.close()
                 raise RunStopped(
                     f"stopped on {stopping} after iteration {iteration} of {config.train.num_iterations}; "
-                    f"checkpoint {checkpoint}; continue with `maskfocus train --resume {run_dir}`",
+                    f"{resume_hint(run_dir)}",
                     stopping,
                 )
     log.close()
@@ -256,8 +257,12 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
 
 def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: PolicyUpdater, cursor: int) -> Path:
     """The checkpoint after `iteration`: weights, optimizer, and the state a resume continues from."""
-    state = {"prompt_cursor": cursor, "num_updates": updater.num_updates, "policy_version": iteration + 1}
-    state["seed"] = config.seed
+    state = {
+        "prompt_cursor": cursor,
+        "num_updates": updater.num_updates,
+        "policy_version": iteration + 1,
+        "seed": config.seed,
+    }
     return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, state)
 
 
