@@ -191,6 +191,30 @@ def test_picture_leaves_out_tags_a_group_was_not_scored_on(tmp_path):
     assert "| counting |" in table.splitlines()[0] and "| 0.250 ± nan |" not in table
 
 
+def test_final_bars_of_an_unscored_tag_have_no_height(tmp_path):
+    import json
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from maskfocus.compare_plot import _plot_final
+
+    only_counting = make_run(tmp_path / "a", {"selection.strategy": "random"}, 0.5)
+    (only_counting / "eval" / "summary.json").write_text(json.dumps({"overall": 0.5, "tags": {"counting": 0.25}}))
+    both = make_run(tmp_path / "b", {}, 0.6)  # single_object 0.7, two_object 0.5
+    groups, _ = group_runs([load_run(only_counting), load_run(both)])
+    fig, ax = plt.subplots()
+    assert _plot_final(ax, groups, {label: label for label in groups}, lambda i: "C0", None)
+    heights = [[bar.get_height() for bar in container] for container in ax.containers if hasattr(container, "patches")]
+    plt.close(fig)
+    # columns: overall, counting, single_object, two_object; a tag its runs were not scored on draws nothing
+    assert heights[0][:2] == [0.5, 0.25] and all(math.isnan(h) for h in heights[0][2:])
+    assert math.isnan(heights[1][1]) and heights[1][0] == 0.6 and heights[1][2:] == pytest.approx([0.7, 0.5])
+
+
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     import subprocess
     import sys
