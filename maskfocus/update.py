@@ -119,13 +119,17 @@ class PolicyUpdater:
 
     def resume_schedule(self, num_updates: int) -> None:
         """Continue the learning-rate schedule after the `num_updates` optimizer steps of a run being resumed (its
-        optimizer state is loaded separately). torch warns of a scheduler step before any optimizer step; here that
-        is the point, so the warning is silenced."""
+        optimizer state is loaded separately)."""
+        for _ in range(self.num_updates, num_updates):
+            self._advance_schedule()
+        self.num_updates = num_updates
+
+    def _advance_schedule(self) -> None:
+        """One scheduler step. torch warns when it comes before any optimizer step (a resume, or a skipped first
+        step); here that is intended, so the warning is silenced."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-            for _ in range(self.num_updates, num_updates):
-                self.scheduler.step()
-        self.num_updates = num_updates
+            self.scheduler.step()
 
     def _logp(self, step: StepInputs, tokens_BL: torch.Tensor, condition: Condition, module: nn.Module):
         logits_BLV = self.model.logits(step.inputs_BL, condition, step.steps_B, self.num_sampling_steps, module=module)
@@ -163,9 +167,11 @@ class PolicyUpdater:
                 step.ref_logp_BL = self._logp(step, tokens_BL, condition, self.reference_forward)[0]
 
     def _step_loss(self, step: StepInputs, batch: TrainBatch, condition: Condition, count_tokens: CountTokens):
+        """The loss of one selected step, its metrics and its (global) number of scored tokens."""
         logp_BL, logits_BLV = self._logp(step, batch.tokens_BL, condition, self.policy_forward)
         if step.old_logp_BL is None:
             step.old_logp_BL = logp_BL.detach()
+        num_tokens = count_tokens(step.loss_mask_BL)
         loss, metrics = policy_loss(
             logp_BL,
             step.old_logp_BL,
@@ -174,23 +180,26 @@ class PolicyUpdater:
             clip_eps=self.grpo.clip_eps,
             beta=self.grpo.beta,
             ref_logp_BL=step.ref_logp_BL,
-            num_tokens=max(count_tokens(step.loss_mask_BL), 1.0),
+            num_tokens=max(num_tokens, 1.0),
         )
         metrics["loss/entropy"] = masked_entropy_mean(logits_BLV.detach(), step.loss_mask_BL)
-        return loss, metrics
+        return loss, metrics, num_tokens
 
     def trained_parameters(self):
         """What the optimizer moves and the gradient clip measures (a subclass may add modules)."""
         return self.module.parameters()
 
-    def _optimizer_step(self) -> tuple[float, bool]:
+    def _optimizer_step(self, has_tokens: bool) -> tuple[float, bool]:
+        """Clip and apply the gradients, unless they are non-finite or no token was scored since the last step
+        (then AdamW's momentum and weight decay would still move the weights). Both tests give the same answer on
+        every rank: the gradient norm and the token count are global. The schedule advances either way."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        applied = bool(torch.isfinite(torch.tensor(grad_norm)))
-        if applied:  # a non-finite gradient never reaches the weights
+        applied = has_tokens and bool(torch.isfinite(torch.tensor(grad_norm)))
+        if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self._advance_schedule()
         self.num_updates += 1
         return grad_norm, applied
 
@@ -215,15 +224,19 @@ class PolicyUpdater:
         self, steps: list[StepInputs], batch: TrainBatch, condition: Condition, count_tokens: CountTokens
     ) -> list[dict[str, float]]:
         records = []
+        tokens_since_step = 0.0
         for index, step in enumerate(steps):
-            loss, metrics = self._step_loss(step, batch, condition, count_tokens)
-            if torch.isfinite(loss):
-                loss.backward()
-            else:
+            loss, metrics, num_tokens = self._step_loss(step, batch, condition, count_tokens)
+            tokens_since_step += num_tokens
+            if not torch.isfinite(loss):
                 metrics["loss/skipped_nonfinite"] = 1.0
+            # Back-propagate even a non-finite loss: every rank of a sharded learner must join the same gradient
+            # collectives, and the non-finite gradient norm that results skips the optimizer step on all of them.
+            loss.backward()
             if self.grpo.update == "per_step" or index == len(steps) - 1:
-                metrics["loss/grad_norm"], applied = self._optimizer_step()
+                metrics["loss/grad_norm"], applied = self._optimizer_step(tokens_since_step > 0)
                 metrics["loss/skipped_steps"] = float(not applied)
+                tokens_since_step = 0.0
             records.append(metrics)
         return records
 

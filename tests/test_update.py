@@ -134,12 +134,35 @@ def test_per_step_later_steps_see_a_moved_policy():
 
 def test_kl_is_zero_at_the_first_update_and_reference_stays_frozen():
     model = ToyGenerator()
-    updater = make_updater(model, update="per_step", beta=0.5)
+    updater = make_updater(model, update="accumulate", beta=0.5)  # every step is scored before the optimizer step
     reference_before = updater.reference.weight.detach().clone()
-    updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    first = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert first["loss/kl"] == 0.0  # policy == reference: k3 is exactly 0 at every token
     assert torch.equal(reference_before, updater.reference.weight)
     metrics = updater.update(make_batch(model, seed=3), torch.Generator().manual_seed(2))
     assert metrics["loss/kl"] > 0.0
+
+
+def test_each_selected_step_is_scored_at_its_own_step_index_and_mask_count():
+    """The training state of step j pairs |m_j| with step j's timestep (not the released code's j-1)."""
+    model = ToyGenerator()
+    batch = make_batch(model)  # steps 1, 2, 3 with 12, 8 and 4 masked tokens
+    seen = []
+    original = model.logits
+
+    def recording(inputs_BL, condition, step=0, num_steps=1, module=None):
+        seen.append((step.clone(), (inputs_BL == model.mask_token_id).sum(-1), num_steps))
+        return original(inputs_BL, condition, step, num_steps, module)
+
+    model.logits = recording
+    make_updater(model, update="per_step", beta=0.0).update(batch, torch.Generator().manual_seed(1))
+    assert len(seen) == 3 + 2  # three training forwards, two old log-prob forwards (steps 2 and 3)
+    for step_B, masked_B, num_steps in seen:
+        k = int(step_B[0]) - 1
+        assert torch.equal(step_B, batch.steps_BK[:, k])
+        assert torch.equal(masked_B, batch.num_masked_BK[:, k])
+        assert num_steps == 6
+    assert sorted({int(step_B[0]) for step_B, _, _ in seen}) == [1, 2, 3]
 
 
 def test_beta_zero_skips_the_reference_model():
@@ -221,6 +244,44 @@ def test_forwards_skip_invalid_samples_and_the_update_is_unchanged(monkeypatch):
         assert fast_m[key] == pytest.approx(slow_m[key], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("scheme", ["per_step", "accumulate"])
+def test_a_batch_without_valid_samples_leaves_the_weights_despite_adam_momentum(scheme):
+    """Zero gradients would still move the weights through AdamW's momentum: the optimizer step is skipped."""
+    model = ToyGenerator()
+    updater = make_updater(model, update=scheme)
+    updater.update(make_batch(model), torch.Generator().manual_seed(1))  # builds up momentum
+    batch = make_batch(model, seed=4)
+    batch.valid_B[:] = False
+    before = model.transformer.weight.detach().clone()
+    updates_before = updater.num_updates
+    metrics = updater.update(batch, torch.Generator().manual_seed(2))
+    assert torch.equal(before, model.transformer.weight)
+    expected_steps = 3 if scheme == "per_step" else 1
+    assert metrics["loss/skipped_steps"] == expected_steps
+    assert updater.num_updates == updates_before + expected_steps  # the schedule still advances
+
+
+@pytest.mark.parametrize("scheme", ["per_step", "accumulate"])
+def test_a_non_finite_loss_is_back_propagated_and_its_optimizer_step_skipped(scheme):
+    """Every step still runs backward (a sharded learner's ranks must join the same collectives); the NaN gradient
+    norm keeps the weights and the optimizer state clean, and the next batch learns normally."""
+    model = ToyGenerator()
+    updater = make_updater(model, update=scheme)
+    batch = make_batch(model)
+    batch.advantages_B[0] = float("nan")
+    backwards = []
+    model.transformer.weight.register_hook(lambda grad: backwards.append(bool(torch.isfinite(grad).all())))
+    before = model.transformer.weight.detach().clone()
+    metrics = updater.update(batch, torch.Generator().manual_seed(1))
+    assert backwards == [False, False, False]
+    assert torch.equal(before, model.transformer.weight)
+    assert metrics["loss/skipped_nonfinite"] == 1.0  # every step's loss was NaN (the mean of the record flags)
+    assert metrics["loss/skipped_steps"] == (3 if scheme == "per_step" else 1)
+    assert not updater.optimizer.state  # AdamW never stepped: no NaN moments
+    updater.update(make_batch(model, seed=5), torch.Generator().manual_seed(2))
+    assert torch.isfinite(model.transformer.weight).all() and not torch.equal(before, model.transformer.weight)
+
+
 def test_with_no_valid_sample_one_stays_for_the_forward_and_adds_no_loss():
     model = ToyGenerator()
     batch = make_batch(model)
@@ -286,3 +347,16 @@ def test_resumed_schedule_matches_the_uninterrupted_one_without_a_warning():
     assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in straight.optimizer.param_groups]
     assert straight.scheduler.get_last_lr()[0] < 1e-2  # the schedule did move: the check compares something
+
+
+def test_gradients_are_clipped_to_grad_clip_and_the_raw_norm_is_reported():
+    model = ToyGenerator()
+    optim = OptimConfig(learning_rate=1e-2, grad_clip=1e-3)
+    updater = PolicyUpdater(model, GRPOConfig(update="accumulate"), optim, num_sampling_steps=6, total_updates=10)
+    applied_norms = []
+    updater.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: applied_norms.append(float(model.transformer.weight.grad.norm()))
+    )
+    metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert applied_norms == [pytest.approx(1e-3, rel=1e-4)]
+    assert metrics["loss/grad_norm"] > 1e-2  # the norm before clipping, far above the clip
