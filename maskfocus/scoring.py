@@ -31,13 +31,15 @@ def trajectory_gains(
     trajectory: Trajectory, model: MaskedGenerator, selection: SelectionConfig, image_embed: ImageEmbed | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_BT, gain_BT): similarity of each step's x0 prediction to the final image, and its change."""
-    if selection.embedding == "clip":
-        if image_embed is None:
-            raise ValueError("selection.embedding 'clip' needs a CLIP reward model to embed images")
-        step_BTD = clip_step_embeddings(model.decode, image_embed, trajectory.x0_BTL)
-        final_BD = clip_step_embeddings(model.decode, image_embed, trajectory.tokens_BL.unsqueeze(1))[:, 0]
-    else:
-        with torch.no_grad():
+    if selection.embedding == "clip" and image_embed is None:
+        raise ValueError("selection.embedding 'clip' needs a CLIP reward model to embed images")
+    with torch.no_grad():
+        if selection.embedding == "clip":
+            # B*T decodes, B at a time: the batch the rollout decoded at once, so memory is bounded as there
+            chunk = trajectory.tokens_BL.shape[0]
+            step_BTD = clip_step_embeddings(model.decode, image_embed, trajectory.x0_BTL, chunk_size=chunk)
+            final_BD = clip_step_embeddings(model.decode, image_embed, trajectory.tokens_BL.unsqueeze(1))[:, 0]
+        else:
             step_BTD = vq_step_embeddings(model.codebook_vectors, trajectory.x0_BTL)
             final_BD = final_embeddings(model.codebook_vectors, trajectory.tokens_BL)
     return step_gains(step_BTD, final_BD, trajectory.group_size, per_sample=selection.per_sample)
@@ -100,7 +102,8 @@ def _batch_stats(trajectory, rewards_B, parts, info, similarity_BT, gain_BT, ste
     stats = {
         "reward/mean": rewards_B[finite].mean().item() if finite.any() else float("nan"),
         "reward/std": rewards_B[finite].std().item() if finite.sum() > 1 else 0.0,
-        "reward/zero_adv_group_fraction": info.num_zero_groups / info.num_groups,
+        # every group without learning signal: all-equal rewards, or skipped for a non-finite reward
+        "reward/zero_adv_group_fraction": (info.num_zero_groups + info.num_nan_groups) / info.num_groups,
         "reward/nan_groups": float(info.num_nan_groups),
         "router/exploratory_fraction": trajectory.routes_BT.float().mean().item(),
         "rollout/entropy_mean": trajectory.entropy_BT.mean().item(),

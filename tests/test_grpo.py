@@ -221,7 +221,21 @@ def test_vectorized_loss_equals_per_token_loop(batch, length, seed, clip_eps, be
     ratio_N = (logp_BL - old_BL).exp()[mask_BL]
     assert metrics["loss/ratio_mean"] == pytest.approx(ratio_N.mean().item())
     assert metrics["loss/ratio_max"] == pytest.approx(ratio_N.max().item())
+    assert metrics["loss/clip_fraction"] == pytest.approx(reference_clip_fraction(*lists[:4], clip_eps))
     assert all(isinstance(value, float) for value in metrics.values())
+
+
+def reference_clip_fraction(logp, old, adv, mask, clip_eps):
+    """Share of masked tokens whose clipped term is the smaller one (the clip binds), by a loop."""
+    binds, count = 0, 0
+    for b in range(len(logp)):
+        for pos in range(len(logp[b])):
+            if mask[b][pos]:
+                count += 1
+                ratio = math.exp(logp[b][pos] - old[b][pos])
+                if clip_eps is not None:
+                    binds += min(max(ratio, 1 - clip_eps), 1 + clip_eps) * adv[b] < ratio * adv[b]
+    return binds / count
 
 
 def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage():

@@ -10,7 +10,7 @@ from support import ToyGenerator
 from maskfocus.config import ConfigError, GRPOConfig, RouterConfig, SamplerConfig, SelectionConfig, config_from_dict
 from maskfocus.rollout import rollout
 from maskfocus.sampling import seeded_generator
-from maskfocus.scoring import score_trajectory, tag_rewards
+from maskfocus.scoring import score_trajectory, tag_rewards, trajectory_gains
 
 
 class FixedReward:
@@ -84,6 +84,42 @@ def test_nan_reward_group_is_skipped_and_counted():
     assert not batch.valid_B[:4].any() and batch.valid_B[4:].all()
     assert torch.isfinite(batch.advantages_B).all() and (batch.advantages_B[:4] == 0).all()
     assert batch.stats["reward/nan_groups"] == 1.0
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_zero_groups_marks_only_equal_reward_groups_invalid(drop):
+    model, trajectory = toy_trajectory()
+    reward = FixedReward([1, 1, 1, 1, 1, 0, 0, 1])  # group 0: all equal (no signal); group 1: signal
+    grpo = GRPOConfig(drop_zero_groups=drop)
+    batch = score_trajectory(trajectory, reward, model, SelectionConfig(num_steps=2), grpo, torch.Generator())
+    assert batch.valid_B.tolist() == [not drop] * 4 + [True] * 4
+    assert batch.advantages_B[:4].tolist() == [0.0] * 4
+    assert batch.stats["reward/zero_adv_group_fraction"] == 0.5
+
+
+def test_the_zero_advantage_fraction_counts_skipped_nan_groups():
+    """A skipped (NaN) group has zero advantage too: the fraction is of all groups."""
+    model, trajectory = toy_trajectory()
+    reward = FixedReward([float("nan"), 1, 0, 1, 0, 0, 1, 1])
+    batch = score_trajectory(trajectory, reward, model, SelectionConfig(num_steps=2), GRPOConfig(), torch.Generator())
+    assert batch.stats["reward/nan_groups"] == 1.0
+    assert batch.stats["reward/zero_adv_group_fraction"] == 0.5
+
+
+def test_clip_step_embeddings_decode_one_batch_at_a_time_without_a_graph():
+    model, trajectory = toy_trajectory()
+    projection = torch.randn(3 * 4 * 4, 5, requires_grad=True)  # a trainable "CLIP": no graph may be kept
+    seen = []
+
+    def image_embed(images_NCHW):
+        seen.append(images_NCHW.shape[0])
+        return images_NCHW.flatten(1) @ projection
+
+    selection = SelectionConfig(num_steps=2, embedding="clip")
+    similarity_BT, gain_BT = trajectory_gains(trajectory, model, selection, image_embed)
+    assert seen == [8] * 6 + [8]  # B*T = 48 step images in chunks of B = 8, then the 8 final images
+    assert not similarity_BT.requires_grad and not gain_BT.requires_grad
+    assert torch.allclose(similarity_BT[:, -1], torch.ones(8))  # the last step's x0 prediction is the final image
 
 
 def test_all_strategy_selects_every_step_and_random_is_seeded():
