@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -58,6 +59,8 @@ class GenEvalReward:
         return torch.tensor([self._value(r) for r in results], dtype=torch.float32)
 
     def _value(self, result: GenEvalResult) -> float:
+        if math.isnan(result.score):  # the judge could not score this image: its group is skipped
+            return math.nan
         if self.mode == "binary":
             return float(result.correct)
         if self.mode == "partial":
@@ -98,7 +101,10 @@ class WeightedReward:
                 parts[reward.name] = reward.values(judged[reward.judging_key])
             else:
                 parts[reward.name] = reward(images_BHWC, metadata_B)
-        total = sum(weight * parts[reward.name] for weight, reward in self.terms)
+        total = torch.zeros(len(metadata_B))
+        for weight, reward in self.terms:
+            if weight != 0:  # a weight-0 term is only logged: its NaN (unscored image) must not skip the group
+                total = total + weight * parts[reward.name]
         return total, parts
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import math
 import pickle
 import time
 import urllib.error
@@ -162,10 +163,15 @@ class GenEvalClient:
                     f"got {values!r:.200}"
                 )
             columns[key] = values
-        return [
-            GenEvalResult(correct=reward >= 0.5, score=float(score), reasons=())
-            for reward, score in zip(columns["rewards"], columns["scores"], strict=True)
-        ]
+        return [_result(reward, score) for reward, score in zip(columns["rewards"], columns["scores"], strict=True)]
+
+
+def _result(reward: float, score: float) -> GenEvalResult:
+    """One image's result from the server's numbers; a NaN or infinite one (the server could not judge the image)
+    gives score NaN, so every reward mode returns NaN and the image's group is skipped rather than scored 0."""
+    if not (math.isfinite(reward) and math.isfinite(score)):
+        return GenEvalResult(correct=False, score=math.nan, reasons=("the reward server returned no score",))
+    return GenEvalResult(correct=reward >= 0.5, score=float(score), reasons=())
 
 
 class _Transient(Exception):

@@ -3,13 +3,15 @@ detector kind, clip, hps) and clear errors for missing local model files; Reward
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from maskfocus.config import ConfigError, RewardSpec, config_from_dict
 from maskfocus.models.base import ModelLoadError
-from maskfocus.rewards.combined import build_rewards
+from maskfocus.rewards.combined import WeightedReward, build_rewards
 from maskfocus.rewards.geneval_client import GenEvalClient
 from maskfocus.rewards.judges import DetectorJudge
 
@@ -158,3 +160,17 @@ def test_plain_and_strict_terms_of_one_mode_get_their_own_metric_names():
     torch.testing.assert_close(total, parts["geneval_partial"] + parts["geneval_partial_strict"])
     with pytest.raises(ConfigError, match="repeated: geneval_partial_strict"):
         build_rewards([specs[1], specs[1]])
+
+
+def test_a_weight_zero_term_is_logged_but_its_nan_does_not_reach_the_total():
+    class Fixed:
+        def __init__(self, name, values):
+            self.name, self.values_B = name, torch.tensor(values)
+
+        def __call__(self, images_BHWC, metadata_B):
+            return self.values_B
+
+    reward = WeightedReward([(2.0, Fixed("main", [0.5, 1.0])), (0.0, Fixed("monitor", [float("nan"), 3.0]))])
+    total, parts = reward(np.zeros((2, 4, 4, 3), np.uint8), [{"prompt": "a"}, {"prompt": "b"}])
+    assert total.tolist() == [1.0, 2.0]
+    assert math.isnan(parts["monitor"][0]) and parts["monitor"][1] == 3.0

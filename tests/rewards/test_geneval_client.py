@@ -4,11 +4,13 @@ wire format, restricted unpickling (a malicious reply is refused and never runs)
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,6 +51,20 @@ def test_sends_jpeg_batches_with_metadata_and_reads_rewards_and_scores(serve):
     assert first["meta_datas"] == ROWS[:2]
     decoded = Image.open(io.BytesIO(first["images"][0]))
     assert decoded.format == "JPEG" and decoded.size == (24, 16)
+
+
+def test_an_image_the_server_could_not_score_gives_nan_in_every_mode(serve):
+    """A NaN from the server must skip the image's group, not score it 0 (binary) or NaN only in partial mode."""
+    from maskfocus.rewards.combined import GenEvalReward
+
+    body = {"rewards": [1.0, float("nan"), 0.0], "scores": [1.0, float("nan"), 0.25]}
+    results = _client(serve(raw(200, pickle.dumps(body)))).judge(_images(3), ROWS)
+    assert [r.correct for r in results] == [True, False, False]
+    assert results[1].reasons == ("the reward server returned no score",)
+    for mode in ("binary", "partial"):
+        term = GenEvalReward(mode, judge=SimpleNamespace(name="http", known_classes=()))
+        values = term.values(results).tolist()
+        assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == (0.0 if mode == "binary" else 0.25)
 
 
 def test_a_malicious_pickle_reply_is_refused_and_never_runs(serve, tmp_path):
