@@ -269,7 +269,19 @@ class RunConfig(Section):
             )
         if not self.rewards:
             raise ValueError("rewards: at least one reward term is needed")
+        self._check_learner_shards()
         return self
+
+    def _check_learner_shards(self) -> None:
+        """Each learner rank takes ceil(B / W) rows of a batch of B samples; every rank needs at least one."""
+        num_samples = self.rollout.prompts_per_iteration * self.rollout.group_size
+        workers = self.ray.num_learner_workers
+        if self.train.executor == "ray" and (workers - 1) * -(-num_samples // workers) >= num_samples:
+            raise ValueError(
+                f"ray.num_learner_workers ({workers}) leaves a learner rank without samples: a batch has "
+                f"rollout.prompts_per_iteration x rollout.group_size = {num_samples} samples, split into shards of "
+                f"{-(-num_samples // workers)}; use a batch that is a multiple of {workers} samples, or fewer workers"
+            )
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>", origin: ErrorOrigin | None = None) -> RunConfig:

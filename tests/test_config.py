@@ -106,3 +106,23 @@ def test_model_folder_overrides_trust_a_meissonic_folder_only_when_asked():
     assert (plain.model.path, plain.model.kind, plain.model.trust_checkpoint_code) == ("some/folder", "amused", False)
     trusted = load_config(DEFAULT_CONFIG, model_folder_overrides("some/folder", trust_checkpoint_code=True))
     assert (trusted.model.kind, trusted.model.trust_checkpoint_code) == ("meissonic", True)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "group", "workers", "ok"),
+    [(4, 8, 1, True), (3, 2, 4, False), (1, 2, 4, False), (4, 2, 4, True), (3, 3, 4, False), (5, 2, 4, True)],
+)
+def test_every_learner_rank_gets_samples(prompts, group, workers, ok):
+    """Ranks take ceil(B / W) rows each; B = 6 over 4 ranks would leave rank 3 none (2, 2, 2, 0)."""
+    overrides = {
+        "rollout.prompts_per_iteration": prompts,
+        "rollout.group_size": group,
+        "ray.num_learner_workers": workers,
+        "train.executor": "ray",
+    }
+    if ok:
+        assert load_config(DEFAULT_CONFIG, overrides).ray.num_learner_workers == workers
+        return
+    with pytest.raises(ConfigError, match=r"ray.num_learner_workers \(4\) leaves a learner rank without samples"):
+        load_config(DEFAULT_CONFIG, overrides)
+    assert load_config(DEFAULT_CONFIG, {**overrides, "train.executor": "local"}).ray.num_learner_workers == workers
