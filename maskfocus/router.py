@@ -19,9 +19,12 @@ ROUTE_SCOPES: tuple[str, ...] = ("group", "batch")
 
 
 def token_entropy(logits_BLV: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the softmax distribution at every position: (B, L, V) -> (B, L), float32."""
+    """Entropy (nats) of the softmax distribution at every position: (B, L, V) -> (B, L), float32.
+    A -inf logit is a token of probability 0 and adds nothing (0 log 0 = 0)."""
     log_probs_BLV = torch.log_softmax(logits_BLV.float(), dim=-1)
-    return -(log_probs_BLV.exp() * log_probs_BLV).sum(-1)
+    probs_BLV = log_probs_BLV.exp()
+    # Filled before the product (not after) so that 0 * -inf gives neither a NaN value nor a NaN gradient.
+    return -(probs_BLV * log_probs_BLV.masked_fill(probs_BLV == 0, 0.0)).sum(-1)
 
 
 def exploration_temperature(entropy_BL: torch.Tensor, a: float = 2.5, b: float = 3.0, c: float = 0.7) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch import nn
 from maskfocus.compiled import sampling_module
 from maskfocus.config import SamplerConfig
 from maskfocus.models.base import Condition, MaskedGenerator
+from maskfocus.router import token_entropy
 
 # (step, entropy_B, logits_BLV, masked_BL) -> (per-token temperature (B, L) or None, route_B bool)
 TokenTemperature = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, torch.Tensor]]
@@ -36,7 +37,12 @@ def mask_schedule(num_tokens: int, num_steps: int) -> list[int]:
 
 
 def gumbel_temperature(step: int, num_steps: int, initial: float) -> float:
-    """tau_i, falling linearly from tau_0 to 0 (0 at the last step, where nothing is re-masked anyway)."""
+    """tau_i = tau_0 * (1 - (i + 1) / T): step 0 gets tau_0 * (1 - 1/T), the last step 0.
+
+    The released code uses linspace(tau_0, 0, T) instead (tau_0 at step 0, the same 0 at the last step). We keep
+    ours: every measured score in benchmarks/RESULTS.md was sampled with it, and the last step, which re-masks
+    nothing, is noise-free either way.
+    """
     return initial * (1.0 - (step + 1) / num_steps)
 
 
@@ -88,13 +94,16 @@ def guided_logits(
     step_2B = torch.cat([step, step]) if isinstance(step, torch.Tensor) else step
     both = model.logits(tokens_2BL, condition_2B, step_2B, num_steps, module=module)
     cond_BLV, uncond_BLV = both.chunk(2)
-    return uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
+    # A -inf logit (a token a model rules out) would make the formula -inf - -inf = NaN. A token the conditional
+    # branch rules out stays out; one only the unconditional branch rules out gets no guidance push.
+    uncond_BLV = torch.where(torch.isneginf(uncond_BLV), cond_BLV, uncond_BLV)
+    guided_BLV = uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
+    return torch.where(torch.isneginf(cond_BLV), cond_BLV, guided_BLV)
 
 
 def masked_entropy(logits_BLV: torch.Tensor, masked_BL: torch.Tensor) -> torch.Tensor:
     """Per-sample mean token entropy over masked positions (0 where nothing is masked), (B,)."""
-    log_probs = torch.log_softmax(logits_BLV, dim=-1)
-    entropy_BL = -(log_probs.exp() * log_probs).sum(-1)
+    entropy_BL = token_entropy(logits_BLV)
     count_B = masked_BL.sum(-1).clamp(min=1)
     return (entropy_BL * masked_BL).sum(-1) / count_B
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -53,6 +54,72 @@ class ToyGenerator:
 
     def trainable_module(self):
         return self.transformer
+
+
+class BannedTokenGenerator(ToyGenerator):
+    """A ToyGenerator whose logits rule out tokens `banned` with -inf (probability exactly 0)."""
+
+    def __init__(self, banned: tuple[int, ...] = (0, 3), **kwargs):
+        super().__init__(**kwargs)
+        self.banned = torch.tensor(banned)
+
+    def logits(self, tokens_BL, condition, step=0, num_steps=1, module=None):
+        return super().logits(tokens_BL, condition, step, num_steps, module).index_fill(-1, self.banned, float("-inf"))
+
+
+def reference_guided_logits(model, tokens_BL, condition, uncondition, cfg_scale, step=0, num_steps=1) -> torch.Tensor:
+    """CFG written out for tests, in float64: two separate forwards, l = l_uncond + s (l_cond - l_uncond); l_cond when
+    `uncondition` is None. (B, L, V)."""
+    cond_BLV = model.logits(tokens_BL, condition, step, num_steps).double()
+    if uncondition is None:
+        return cond_BLV
+    uncond_BLV = model.logits(tokens_BL, uncondition, step, num_steps).double()
+    return uncond_BLV + cfg_scale * (cond_BLV - uncond_BLV)
+
+
+def reference_entropy(logits_V: list[float]) -> float:
+    """-sum p log p of softmax(logits) in plain Python; a -inf logit is a token of probability 0 and adds nothing."""
+    top = max(logits_V)
+    weights = [math.exp(x - top) for x in logits_V]
+    probs = [w / sum(weights) for w in weights]
+    return -sum(p * math.log(p) for p in probs if p > 0)
+
+
+def record_gumbel_noise(monkeypatch) -> list[torch.Tensor]:
+    """Spy on the sampler's Gumbel draws: the returned list receives every noise tensor in draw order, (B, L, V) for a
+    token draw and (B, L) for a confidence ordering, so a reference can replay a sampling run with the same noise."""
+    import maskfocus.sampling as sampling
+
+    noises: list[torch.Tensor] = []
+    draw = sampling._gumbel
+
+    def spy(shape, generator, device):
+        noises.append(draw(shape, generator, device))
+        return noises[-1]
+
+    monkeypatch.setattr(sampling, "_gumbel", spy)
+    return noises
+
+
+def noise_per_step(noises: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Group `record_gumbel_noise`'s list by sampling step: (draw noise (B, L, V), confidence noise (B, L) or None)."""
+    steps: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    for noise in noises:
+        if noise.dim() == 3:
+            steps.append((noise, None))
+        else:
+            assert steps and steps[-1][1] is None, "a confidence noise must follow a draw noise"
+            steps[-1] = (steps[-1][0], noise)
+    return steps
+
+
+def assert_least_confident_go_back(confidence: dict[int, float], remasked_L: torch.Tensor, num_remasked: int) -> None:
+    """`confidence` maps each newly drawn position to its confidence; exactly `num_remasked` positions are re-masked,
+    all among them, and none more confident than a committed one (1e-5 slack for float rounding)."""
+    remasked = {pos for pos in range(remasked_L.shape[0]) if remasked_L[pos]}
+    assert len(remasked) == num_remasked and remasked <= set(confidence)
+    committed = set(confidence) - remasked
+    assert max(confidence[pos] for pos in remasked) <= min(confidence[pos] for pos in committed) + 1e-5
 
 
 def load_benchmark(name: str):

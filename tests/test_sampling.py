@@ -1,15 +1,26 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
-from support import ToyGenerator
+from support import (
+    BannedTokenGenerator,
+    ToyGenerator,
+    assert_least_confident_go_back,
+    noise_per_step,
+    record_gumbel_noise,
+    reference_entropy,
+    reference_guided_logits,
+)
 
+from maskfocus.models.base import Condition
 from maskfocus.sampling import (
     guided_logits,
     gumbel_temperature,
     mask_schedule,
+    masked_entropy,
     sample,
     sample_prompts,
     seeded_generator,
@@ -40,20 +51,54 @@ def test_gumbel_temperature_falls_linearly_to_zero():
     assert all(d == pytest.approx(0.25) for d in diffs)
 
 
-def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5, **options):
+def test_gumbel_temperature_is_tau0_times_one_minus_next_step_fraction():
+    """Our schedule, kept on purpose (not the released code's linspace, which starts at tau_0): see its docstring."""
+    assert [gumbel_temperature(i, 4, 2.0) for i in range(4)] == [1.5, 1.0, 0.5, 0.0]
+    for num_steps, initial in [(4, 2.0), (12, 4.0), (64, 2.0), (1, 3.0)]:
+        values = [gumbel_temperature(i, num_steps, initial) for i in range(num_steps)]
+        assert values[0] == initial * (1 - 1 / num_steps)
+        assert values[-1] == 0.0
+
+
+def _conditions(model, batch, cfg):
     cond = model.encode_prompts([f"p{i}" for i in range(batch)])
     uncond = model.encode_prompts([""]).repeat_interleave(batch) if cfg != 1.0 else None
+    return cond, uncond
+
+
+def _run(model, seed=0, record=True, cfg=2.0, steps=6, batch=5, tau0=2.0, **options):
+    cond, uncond = _conditions(model, batch, cfg)
     return sample(
         model,
         cond,
         uncond,
         num_steps=steps,
         cfg_scale=cfg,
-        gumbel_temperature_initial=2.0,
+        gumbel_temperature_initial=tau0,
         generator=seeded_generator(seed),
         record=record,
         **options,
     )
+
+
+def _reference_logits(model, result, step, cfg, temperature=1.0):
+    """Guided logits (float64) of `step`, recomputed from the recorded input state with two separate forwards."""
+    cond, uncond = _conditions(model, result.tokens_BL.shape[0], cfg)
+    inputs_BL = result.x0_BTL[:, step].masked_fill(result.masks_BTL[:, step], model.mask_token_id)
+    num_steps = result.masks_BTL.shape[1]
+    return reference_guided_logits(model, inputs_BL, cond, uncond, cfg, step, num_steps) / temperature
+
+
+def _count_forward_rows(model) -> list[int]:
+    """Spy on model.logits: the returned list receives the batch size of every forward."""
+    rows, forward = [], model.logits
+
+    def logits(tokens_BL, *args, **kwargs):
+        rows.append(tokens_BL.shape[0])
+        return forward(tokens_BL, *args, **kwargs)
+
+    model.logits = logits
+    return rows
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -96,7 +141,7 @@ def test_near_zero_temperature_draws_the_argmax_of_the_guided_logits():
     for step in range(steps):
         masked_BL = result.masks_BTL[:, step]
         inputs_BL = result.x0_BTL[:, step].masked_fill(masked_BL, model.mask_token_id)
-        logits_BLV = guided_logits(model, inputs_BL, cond, uncond, cfg, step, steps)
+        logits_BLV = reference_guided_logits(model, inputs_BL, cond, uncond, cfg, step, steps)
         assert torch.equal(result.x0_BTL[:, step][masked_BL], logits_BLV.argmax(-1)[masked_BL])
     assert torch.equal(_run(model, seed=3).tokens_BL, _run(model, seed=3, temperature=1.0).tokens_BL)  # default
     hot, cold = _run(model, temperature=3.0), _run(model, temperature=0.3)
@@ -105,11 +150,120 @@ def test_near_zero_temperature_draws_the_argmax_of_the_guided_logits():
 
 def test_cfg_uses_one_batched_forward_per_step_and_none_without_guidance():
     model = ToyGenerator()
-    _run(model, cfg=3.0, steps=5)
-    assert model.calls == 5
-    model.calls = 0
-    _run(model, cfg=1.0, steps=5)
-    assert model.calls == 5
+    rows = _count_forward_rows(model)
+    _run(model, cfg=3.0, steps=5, batch=3)
+    assert rows == [6] * 5  # cond and uncond rows in one forward of 2B
+    rows.clear()
+    _run(model, cfg=1.0, steps=5, batch=3)
+    assert rows == [3] * 5
+
+
+@pytest.mark.parametrize("cfg,seed", [(1.5, 0), (3.0, 1), (7.5, 2)])
+def test_guided_logits_are_uncond_plus_scale_times_cond_minus_uncond(cfg, seed):
+    model = ToyGenerator(seed=seed)
+    batch = 3
+    cond, uncond = _conditions(model, batch, cfg)
+    tokens_BL = torch.randint(0, model.codebook_size + 1, (batch, 16), generator=torch.Generator().manual_seed(seed))
+    rows = _count_forward_rows(model)
+    guided_BLV = guided_logits(model, tokens_BL, cond, uncond, cfg, 2, 6)
+    assert rows == [2 * batch]
+    cond_BLV, uncond_BLV = model.logits(tokens_BL, cond, 2, 6), model.logits(tokens_BL, uncond, 2, 6)
+    for b, pos, v in [(0, 0, 0), (1, 5, 3), (2, 15, 7)]:  # the formula by hand on a few entries
+        expected = uncond_BLV[b, pos, v].item() + cfg * (cond_BLV[b, pos, v].item() - uncond_BLV[b, pos, v].item())
+        assert guided_BLV[b, pos, v].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    expected_BLV = reference_guided_logits(model, tokens_BL, cond, uncond, cfg, 2, 6)
+    torch.testing.assert_close(guided_BLV.double(), expected_BLV, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(guided_logits(model, tokens_BL, cond, None, cfg, 2, 6), cond_BLV)  # no CFG
+
+
+@pytest.mark.parametrize("seed,cfg,temperature", [(0, 1.0, 1.0), (1, 2.5, 1.0), (2, 2.5, 0.6)])
+def test_without_gumbel_noise_the_least_confident_drawn_tokens_go_back_to_mask(seed, cfg, temperature):
+    """tau_0 = 0: the confidence is log p(drawn token); the n_{i+1} lowest of the newly drawn are re-masked."""
+    model, steps, batch = ToyGenerator(seed=seed), 6, 4
+    result = _run(model, seed=seed, cfg=cfg, steps=steps, batch=batch, tau0=0.0, temperature=temperature)
+    counts = mask_schedule(16, steps)
+    for step in range(steps - 1):
+        log_probs_BLV = torch.log_softmax(_reference_logits(model, result, step, cfg, temperature), dim=-1)
+        for b in range(batch):
+            drawn_L, masked_L = result.x0_BTL[b, step], result.masks_BTL[b, step]
+            confidence = {pos: log_probs_BLV[b, pos, drawn_L[pos]].item() for pos in range(16) if masked_L[pos]}
+            assert_least_confident_go_back(confidence, result.masks_BTL[b, step + 1], counts[step + 1])
+
+
+@pytest.mark.parametrize("seed,cfg,temperature,tau0", [(0, 1.0, 1.0, 2.0), (1, 3.0, 1.0, 4.0), (2, 2.0, 0.7, 1.0)])
+def test_draws_and_confidences_match_a_loop_reference_given_the_same_gumbel_noise(
+    monkeypatch, seed, cfg, temperature, tau0
+):
+    """Draw = argmax(log p + g); confidence = log p(drawn) + tau_i g' with tau_i = tau_0 (1 - (i+1)/T) written out."""
+    noises = record_gumbel_noise(monkeypatch)
+    model, steps, batch = ToyGenerator(seed=seed), 6, 4
+    result = _run(model, seed=seed, cfg=cfg, steps=steps, batch=batch, tau0=tau0, temperature=temperature)
+    noise = noise_per_step(noises)
+    assert len(noise) == steps
+    counts = mask_schedule(16, steps)
+    num_unlike_noise_free = 0
+    for step, (draw_noise_BLV, confidence_noise_BL) in enumerate(noise):
+        log_probs_BLV = torch.log_softmax(_reference_logits(model, result, step, cfg, temperature), dim=-1)
+        tau = tau0 * (1 - (step + 1) / steps)
+        for b in range(batch):
+            drawn_L, masked_L = result.x0_BTL[b, step], result.masks_BTL[b, step]
+            positions = [pos for pos in range(16) if masked_L[pos]]
+            for pos in positions:
+                scores = [log_probs_BLV[b, pos, v].item() + draw_noise_BLV[b, pos, v].item() for v in range(8)]
+                assert scores[drawn_L[pos]] >= max(scores) - 1e-5
+            if step == steps - 1:
+                continue  # n_T = 0: the last step re-masks nothing
+            log_p = {pos: log_probs_BLV[b, pos, drawn_L[pos]].item() for pos in positions}
+            confidence = {pos: log_p[pos] + tau * confidence_noise_BL[b, pos].item() for pos in positions}
+            assert_least_confident_go_back(confidence, result.masks_BTL[b, step + 1], counts[step + 1])
+            noise_free = set(sorted(positions, key=log_p.get)[: counts[step + 1]])
+            num_unlike_noise_free += noise_free != set(result.masks_BTL[b, step + 1].nonzero().flatten().tolist())
+    assert num_unlike_noise_free > 0  # the noise did change some re-masking, so the check above could see it missing
+
+
+@pytest.mark.parametrize("seed,cfg,temperature", [(0, 2.5, 1.0), (1, 1.0, 1.0), (2, 4.0, 0.5)])
+def test_recorded_entropy_is_the_mean_over_masked_positions_of_the_guided_distribution(seed, cfg, temperature):
+    model, steps, batch = ToyGenerator(seed=seed), 5, 3
+    result = _run(model, seed=seed, cfg=cfg, steps=steps, batch=batch, temperature=temperature)
+    for step in range(steps):
+        logits_BLV = _reference_logits(model, result, step, cfg, temperature)
+        for b in range(batch):
+            masked = [pos for pos in range(16) if result.masks_BTL[b, step, pos]]
+            expected = sum(reference_entropy(logits_BLV[b, pos].tolist()) for pos in masked) / len(masked)
+            assert result.entropy_BT[b, step].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_masked_entropy_gives_minus_inf_logits_zero_weight():
+    generator = torch.Generator().manual_seed(0)
+    logits_BLV = 3 * torch.randn(2, 5, 6, generator=generator)
+    logits_BLV[0, :, 1] = float("-inf")
+    logits_BLV[1, 2, :5] = float("-inf")  # one certain token: entropy 0
+    masked_BL = torch.tensor([[True, False, True, True, False], [True, True, True, False, False]])
+    entropy_B = masked_entropy(logits_BLV, masked_BL)
+    for b in range(2):
+        masked = [pos for pos in range(5) if masked_BL[b, pos]]
+        expected = sum(reference_entropy(logits_BLV[b, pos].tolist()) for pos in masked) / len(masked)
+        assert entropy_B[b].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    finite_BLV = logits_BLV.clamp(min=-1e4)  # -1e4 underflows to probability 0 too: same entropy as -inf
+    torch.testing.assert_close(masked_entropy(finite_BLV, masked_BL), entropy_B)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_banned_tokens_with_minus_inf_logits_are_never_drawn_and_entropy_stays_finite(cfg):
+    model = BannedTokenGenerator(banned=(0, 3))
+    result = _run(model, cfg=cfg, steps=5, batch=4, temperature=0.8)
+    assert torch.isfinite(result.entropy_BT).all() and (result.entropy_BT > 0).all()
+    assert not torch.isin(result.x0_BTL, torch.tensor([0, 3])).any()
+
+
+def test_cfg_keeps_out_a_token_the_conditional_branch_rules_out_and_never_gives_nan():
+    cond = torch.tensor([[[0.0, float("-inf"), 1.0, float("-inf")]]])
+    uncond = torch.tensor([[[0.5, float("-inf"), float("-inf"), 2.0]]])
+    model = SimpleNamespace(logits=lambda tokens, condition, *args, **kwargs: torch.cat([cond, uncond]))
+    condition = Condition(hidden_BSD=torch.zeros(1, 1, 1), pooled_BD=torch.zeros(1, 1))
+    guided = guided_logits(model, torch.zeros(1, 1, dtype=torch.long), condition, condition, 3.0, 0, 1)
+    # finite: 0.5 + 3 (0 - 0.5); both -inf: out; only uncond -inf: no guidance (cond); only cond -inf: out
+    assert guided.flatten().tolist() == [-1.0, float("-inf"), 1.0, float("-inf")]
 
 
 def test_guided_entropy_is_recorded_per_sample_and_step():
