@@ -208,16 +208,18 @@ class PolicyUpdater:
     ) -> dict[str, float]:
         """One rollout's worth of updates: grpo.epochs passes of K optimizer steps (per_step) or one (accumulate)."""
         start = time.perf_counter()
+        # Every learner forward (old, reference and new log-probs) runs in eval mode, dropout off, as RL fine-tuning
+        # usually does: a dropout mask drawn per forward would make the first ratio differ from 1 and the KL differ
+        # from 0 with the policy unchanged. (The shipped and the reference models have no dropout.)
+        self.module.eval()
         steps = self.prepare(batch, generator)
         batch, steps = learning_rows(batch, steps)
         condition = self.model.encode_prompts(batch.prompts_B)
         self._freeze_log_probs(steps, batch.tokens_BL, condition)
-        self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         records: list[dict[str, float]] = []
         for _ in range(self.grpo.epochs):
             records += self._one_pass(steps, batch, condition, count_tokens)
-        self.module.eval()
         return self._summarize(records, start)
 
     def _one_pass(

@@ -360,3 +360,15 @@ def test_gradients_are_clipped_to_grad_clip_and_the_raw_norm_is_reported():
     metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
     assert applied_norms == [pytest.approx(1e-3, rel=1e-4)]
     assert metrics["loss/grad_norm"] > 1e-2  # the norm before clipping, far above the clip
+
+
+def test_learner_forwards_run_with_dropout_off():
+    """With dropout on, each forward would draw its own mask: the first ratio would not be 1, nor the first KL 0."""
+    model = ToyGenerator()
+    linear = model.transformer
+    model.transformer = torch.nn.Sequential(torch.nn.Dropout(0.5), linear).train()
+    updater = make_updater(model, update="accumulate", beta=0.5)
+    metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/ratio_max"] == 1.0
+    assert metrics["loss/kl"] == 0.0
+    assert not model.transformer.training
