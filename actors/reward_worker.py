@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.setup import start_role
+from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig
 from maskfocus.models import load_generator
 from maskfocus.rewards.combined import build_rewards
@@ -32,8 +32,9 @@ class RewardWorker:
         self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
 
     def score(self, trajectory: Trajectory) -> TrainBatch:
+        """The TrainBatch of `trajectory` (scored on this worker's device, returned on the CPU)."""
         batch = score_trajectory(
-            trajectory,
+            on_device(trajectory, self.model.device),
             self.reward_fn,
             self.model,
             self.config.selection,
@@ -44,7 +45,7 @@ class RewardWorker:
         self.metrics.record("maskfocus_reward_latency_seconds", batch.stats["perf/reward_seconds"])
         if math.isfinite(batch.stats["reward/mean"]):
             self.metrics.record("maskfocus_reward_mean", batch.stats["reward/mean"])
-        return batch
+        return on_device(batch, "cpu")
 
     def score_split(self, trajectory: Trajectory) -> tuple[dict[str, float], TrainBatch]:
         """`score`, with the batch's small stats returned apart (call with num_returns=2) so that the driver

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.setup import start_role
+from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig
 from maskfocus.learner.weight_transport import WeightGroup, WeightReceiver
 from maskfocus.models import load_generator
@@ -78,7 +78,7 @@ class RolloutWorker:
         num_images = trajectory.tokens_BL.shape[0]
         self.metrics.record("maskfocus_rollout_images", num_images)
         self.metrics.record("maskfocus_rollout_images_per_second", num_images / max(trajectory.seconds, 1e-9))
-        return trajectory
+        return on_device(trajectory, "cpu")
 
     def version(self) -> int:
         return self.policy_version

@@ -31,7 +31,7 @@ from ray.actor import ActorHandle
 from ray.util.queue import Queue
 
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.setup import start_role
+from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig, TrainConfig
 from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
 from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
@@ -127,9 +127,11 @@ class LearnerWorker:
         self.count_tokens = global_token_count(world_size, device)
 
     def learn(self, message: Message) -> dict[str, float]:
+        """One update from the message's batch (it arrives on the CPU; this rank's module is on `device`)."""
         assert message.batch is not None
         generator = seeded_generator(self.config.seed, message.iteration, LEARN, device=self.device)
-        metrics = self.updater.update_shard(message.batch, generator, count_tokens=self.count_tokens)
+        batch = on_device(message.batch, self.device)
+        metrics = self.updater.update_shard(batch, generator, count_tokens=self.count_tokens)
         self.version += 1
         return average_metrics(metrics, self.world_size)
 

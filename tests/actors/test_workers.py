@@ -133,3 +133,52 @@ def test_workers_load_the_adapter_of_model_kind_and_set_the_configured_threads(t
     metadata = PromptStream(config.seed, config.rollout.tags).take(2)
     batch = scorer.score(worker.sample(metadata, iteration=0))
     assert len(batch) == 4 and batch.policy_version == 0
+
+
+def test_on_device_moves_every_tensor_of_a_record_and_keeps_the_rest():
+    from maskfocus.actors.setup import on_device
+    from maskfocus.types import TrainBatch
+
+    batch = TrainBatch(
+        ["a red circle"] * 2,
+        torch.zeros(2, 4, dtype=torch.long),
+        torch.tensor([[0], [1]]),
+        torch.tensor([[4], [2]]),
+        None,
+        None,
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([True, True]),
+        policy_version=3,
+        iteration=5,
+        stats={"reward/mean": 0.5},
+    )
+    moved = on_device(batch, torch.device("meta"))
+    tensors = {name: value for name, value in vars(moved).items() if isinstance(value, torch.Tensor)}
+    assert set(tensors) == {"tokens_BL", "steps_BK", "num_masked_BK", "advantages_B", "valid_B"}
+    assert all(
+        value.device.type == "meta" and value.shape == getattr(batch, name).shape for name, value in tensors.items()
+    )
+    assert (moved.masks_BKL, moved.policy_version, moved.iteration, moved.stats) == (None, 3, 5, batch.stats)
+    assert batch.tokens_BL.device.type == "cpu"  # the original is left as it was
+
+
+def test_workers_hand_back_records_on_the_cpu_and_score_on_their_models_device(config, monkeypatch):
+    """A CUDA tensor would unpickle onto cuda:0 of the receiving process (a learner rank's module is on cuda:rank) and
+    fails to unpickle where there is no GPU: records leave a worker on the CPU, and each role moves what it takes."""
+    import maskfocus.actors.reward_worker as reward_module
+    import maskfocus.actors.rollout_worker as rollout_module
+    from maskfocus.actors.setup import on_device
+
+    moves = []
+
+    def recorded(record, device):
+        moves.append((type(record).__name__, str(device)))
+        return on_device(record, device)
+
+    monkeypatch.setattr(rollout_module, "on_device", recorded, raising=False)
+    monkeypatch.setattr(reward_module, "on_device", recorded, raising=False)
+    metadata = PromptStream(config.seed, config.rollout.tags).take(2)
+    worker, scorer = RolloutWorker(config), RewardWorker(config)
+    batch = scorer.score(worker.sample(metadata, iteration=0))
+    assert moves == [("Trajectory", "cpu"), ("Trajectory", str(scorer.model.device)), ("TrainBatch", "cpu")]
+    assert batch.tokens_BL.device.type == "cpu"

@@ -1,5 +1,5 @@
 """The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update; stale batches dropped;
-an early stop checkpoints the last learned iteration."""
+an early stop checkpoints the last learned iteration; each rank learns from the batch on its own device."""
 
 from __future__ import annotations
 
@@ -102,3 +102,41 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
     finally:
         batches.shutdown()
         ray.kill(store)
+
+
+def test_a_learner_rank_learns_from_the_batch_moved_to_its_own_device(monkeypatch):
+    """Batches arrive on the CPU (rank 0 broadcasts them to the others); rank r's module is on cuda:r. The meta
+    device stands in for a GPU here."""
+    import torch
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+    from maskfocus.types import TrainBatch
+
+    devices = {}
+
+    class Updater:
+        def update_shard(self, batch, generator, count_tokens):
+            devices.update({k: v.device.type for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
+            return {"loss/total": 0.0}
+
+    monkeypatch.setattr(loop, "seeded_generator", lambda *keys, device: None)  # a meta device has no generator
+    worker = loop.LearnerWorker.__new__(loop.LearnerWorker)  # what learn() touches
+    worker.config, worker.device, worker.world_size, worker.version = default_run_config(), torch.device("meta"), 1, 0
+    worker.updater, worker.count_tokens = Updater(), None
+    rows = torch.tensor([[0], [1]])
+    batch = TrainBatch(
+        ["a", "b"],
+        torch.zeros(2, 4, dtype=torch.long),
+        rows,
+        rows + 2,
+        None,
+        None,
+        torch.ones(2),
+        torch.ones(2, dtype=torch.bool),
+        policy_version=0,
+        iteration=0,
+    )
+    assert worker.learn(loop.Message("learn", 0, 2, batch)) == {"loss/total": 0.0}
+    assert devices == dict.fromkeys(["tokens_BL", "steps_BK", "num_masked_BK", "advantages_B", "valid_B"], "meta")
+    assert worker.version == 1
