@@ -105,3 +105,9 @@ def role_pools(
         )
     )
     return rollouts, rewards
+
+
+def names_actor(error: BaseException, actor: ActorHandle) -> bool:
+    """Whether the actor error `error` names `actor` as the one that failed. A call whose argument came from a dead
+    actor fails with that actor's error: a score call fails with the id of a rollout worker that died."""
+    return getattr(error, "actor_id", None) == actor._actor_id.hex()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import ObjectRef
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 from ray.util.queue import Queue
@@ -44,8 +45,9 @@ from tqdm import tqdm
 from maskfocus.actors.cluster import check_supported as _check_supported
 from maskfocus.actors.cluster import connect
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.pool import role_pools
+from maskfocus.actors.pool import names_actor, role_pools
 from maskfocus.config import RunConfig
+from maskfocus.hardware import driver_model_config
 from maskfocus.learner.checkpoint import RunState, resume_state
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
@@ -53,7 +55,15 @@ from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.run_io import MetricsLog, RecentReward, float32_final_model, plot_reward_curve, read_metrics, resume_hint
+from maskfocus.run_io import (
+    MetricsLog,
+    RecentReward,
+    float32_final_model,
+    load_checkpoint_weights,
+    plot_reward_curve,
+    read_metrics,
+    resume_hint,
+)
 from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 
@@ -89,12 +99,15 @@ class RayRun:
         weight_group: WeightGroup | None = None,
     ):
         self.config, self.run_dir, self.batches, self.store = config, run_dir, batches, store
+        self.driver_config = driver_model_config(config, torch.cuda.is_available())
         self.collective = weight_group is not None
         self.rollouts, self.rewards = role_pools(config, run_dir.name, weight_group)
         self.prompts = PromptStream.from_config(config, start.prompt_cursor)
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations
         self.version, self.weights = start.policy_version, None
+        self.checkpoint = start.checkpoint
+        """The checkpoint the run resumed from: the weights until the learner publishes (it may publish none)."""
         self.redo: list[int] = []
         self.rolling: dict[ObjectRef, Attempt] = {}
         self.sampled: list[Attempt] = []
@@ -209,7 +222,10 @@ class RayRun:
         """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone once
         both workers of the attempt take calls again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
-        self.rollouts.forget(attempt.rollout_index)
+        if not names_actor(error, self.rewards.actors[attempt.reward_index]):
+            # Only a restarted rollout worker lost its weights; with the collective transport a forgotten one waits
+            # for the next broadcast, so forgetting a healthy one could leave no worker for this very iteration.
+            self.rollouts.forget(attempt.rollout_index)
         self.failures[iteration] = self.failures.get(iteration, 0) + 1
         if self.failures[iteration] > max_restarts:
             raise RuntimeError(
@@ -288,7 +304,9 @@ class RayRun:
     def current_model(self) -> MaskedGenerator:
         """The driver's copy of the generator with the newest published weights (previews, final model)."""
         if self.model is None:
-            self.model = load_generator(self.config.model)
+            self.model = load_generator(self.driver_config.model)
+            if self.checkpoint is not None:  # resuming a finished run: no weights are published before its end
+                load_checkpoint_weights(Path(self.checkpoint), self.model.trainable_module())
         if self.weights is not None:
             self.model.transformer.load_state_dict(ray.get(self.weights[0], timeout=self.config.ray.timeout_s))
         return self.model
@@ -305,15 +323,18 @@ class RayRun:
             waiting = [*self.rolling, *self.scoring, self.pending_update]
             ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S, fetch_local=False)
             for ref in ready:
-                self.last_event = time.perf_counter()
                 if ref in self.rolling:
                     self.on_sampled(ref)
                 elif ref in self.scoring:
                     self.on_scored(ref)
                 else:
                     self.pending_update = None  # taken here: after a failure below, stop_early must not retake it
-                    self.on_update(ray.get(ref, timeout=self.config.ray.timeout_s))
+                    update = ray.get(ref, timeout=self.config.ray.timeout_s)
+                    self.on_update(update)
                     self.pending_update = self.store.next_update.remote(POLL_S)
+                    if update is None:  # the poll timed out: nothing finished
+                        continue
+                self.last_event = time.perf_counter()
             self.check_health(learner)
 
     def check_health(self, learner: LearnerGroup) -> None:
@@ -322,6 +343,22 @@ class RayRun:
         idle = time.perf_counter() - self.last_event
         if idle > self.config.ray.timeout_s:
             raise RuntimeError(f"no rollout, score or update finished for {idle:.0f} s (ray.timeout_s)")
+
+    def finish(self, learner: LearnerGroup) -> MaskedGenerator:
+        """After the last iteration: the driver's final model; the learner group takes the stop item and must end
+        cleanly (a failure after its last record would otherwise go unseen)."""
+        model, timeout = self.current_model(), self.config.ray.timeout_s
+        self.batches.put(None, timeout=timeout)
+        learner.join(timeout)
+        if learner.alive:
+            raise RuntimeError(
+                f"the learner group did not stop within {timeout:.0f} s (ray.timeout_s) of the last iteration"
+            )
+        if learner.error is not None:
+            raise RuntimeError(
+                f"the learner group failed after the last iteration: {learner.error!r}"
+            ) from learner.error
+        return model
 
     def stop_early(self, learner: LearnerGroup) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
@@ -380,9 +417,7 @@ def train_ray(
         if stop.requested:
             run.stop_early(learner)
             raise RunStopped(f"stopped on {stop.requested}; {resume_hint(run_dir)}", stop.requested)
-        model = run.current_model()
-        batches.put(None, timeout=config.ray.timeout_s)
-        learner.join(config.ray.timeout_s)
+        model = run.finish(learner)
     except RunStopped:
         raise
     except Exception as error:
@@ -394,5 +429,5 @@ def train_ray(
             ray.kill(actor)
         if started:
             ray.shutdown()
-    model = float32_final_model(config, run_dir, model)
-    return finish_run(config, run_dir, model, model.trainable_module())
+    model = float32_final_model(run.driver_config, run_dir, model)
+    return finish_run(run.driver_config, run_dir, model, model.trainable_module())

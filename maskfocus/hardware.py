@@ -1,4 +1,4 @@
-"""What the machine does fast: the dtype that `model.dtype: auto` resolves to.
+"""What the machine can do: the dtype that `model.dtype: auto` resolves to, and the device of the Ray driver's model.
 
 bfloat16 halves the weights' bytes, but it is only faster where the hardware computes in it. On a CPU with
 AVX512-BF16 the shipped model's compiled rollouts sampled ~30% faster in bfloat16 than in float32; on an
@@ -9,6 +9,9 @@ AVX2-only CPU (no bfloat16 instructions) one compiled forward of 64 images took 
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
+
+from maskfocus.config import RunConfig
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -24,3 +27,15 @@ def native_sampling_dtype(device: str) -> str:
     if kind == "cpu" and cpu_has_native_bfloat16():
         return "bfloat16"
     return "float32"
+
+
+def driver_model_config(config: RunConfig, cuda_available: bool) -> RunConfig:
+    """The config of the driver's own copy of the model (previews, final model, evaluation): `config`, or with
+    model.device cpu when that is CUDA and this process has no GPU (the head node under deploy/submit.sh); says so."""
+    if torch.device(config.model.device).type != "cuda" or cuda_available:
+        return config
+    tqdm.write(
+        f"model.device is {config.model.device} but the driver has no GPU: its copy of the model (previews, final "
+        "model, evaluation) runs on the CPU"
+    )
+    return config.model_copy(update={"model": config.model.model_copy(update={"device": "cpu"})})

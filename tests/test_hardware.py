@@ -57,3 +57,20 @@ def test_a_misspelt_dtype_lists_auto_among_the_allowed(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert "model.dtype" in str(error.value) and "'auto'" in str(error.value)
+
+
+def test_the_drivers_model_falls_back_to_the_cpu_when_cuda_is_configured_and_it_has_no_gpu(capsys):
+    """Under deploy/submit.sh the driver runs on a CPU-only head node while a GPU config says model.device: cuda."""
+    from maskfocus.config import default_run_config
+    from maskfocus.hardware import driver_model_config
+
+    for device in ("cuda", "cuda:1"):
+        config = default_run_config({"model": {"device": device}})
+        local = driver_model_config(config, cuda_available=False)
+        assert local.model.device == "cpu"
+        assert local.model_copy(update={"model": config.model}) == config  # nothing else changes
+        assert capsys.readouterr().out.count(f"model.device is {device} but the driver has no GPU") == 1
+        assert driver_model_config(config, cuda_available=True) is config
+    on_cpu = default_run_config()
+    assert driver_model_config(on_cpu, cuda_available=False) is on_cpu
+    assert capsys.readouterr().out == ""
