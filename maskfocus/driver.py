@@ -404,14 +404,16 @@ def train_ray(
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
     batches = Queue(maxsize=config.ray.queue_capacity, actor_options={"num_cpus": 0})
     store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    group = None
-    if config.ray.weight_transport == "collective":
-        group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
-    learner = LearnerGroup(config, run_dir, start, batches, store, group)
-    learner.start()
-    run = RayRun(config, run_dir, start, batches, store, show_progress, group)
-    stop = StopRequest()
-    try:
+    learner: LearnerGroup | None = None
+    run: RayRun | None = None
+    try:  # whatever fails, from here on, the actors go, and so does a Ray this call started
+        group = None
+        if config.ray.weight_transport == "collective":
+            group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
+        learner = LearnerGroup(config, run_dir, start, batches, store, group)
+        learner.start()
+        run = RayRun(config, run_dir, start, batches, store, show_progress, group)
+        stop = StopRequest()
         with stop:
             run.run(learner, stop)
         if stop.requested:
@@ -421,11 +423,13 @@ def train_ray(
     except RunStopped:
         raise
     except Exception as error:
-        run.stop_early(learner)
+        if run is not None and learner is not None:
+            run.stop_early(learner)
         raise RuntimeError(f"the Ray run stopped: {error}; {resume_hint(run_dir)}") from error
     finally:
-        run.close()
-        for actor in (store, batches.actor):
+        if run is not None:
+            run.close()
+        for actor in (store, batches.actor):  # a learner still waiting on either ends with an error
             ray.kill(actor)
         if started:
             ray.shutdown()

@@ -449,3 +449,40 @@ def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_wi
         run.finish(FinishedLearner(alive=True))
     assert run.finish(FinishedLearner()) == "final model"
     assert puts == [None, None, None]  # the stop item, each time
+
+
+def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actors(
+    ray_session,  # noqa: F811
+    runs,
+    tmp_path,
+    monkeypatch,
+):
+    """The learner group starts before the rollout and reward pools; a pool that cannot be built must not leave the
+    learner, the batch queue or the weight store behind (the learner waited for its own timeout)."""
+    import ray
+
+    import maskfocus.driver as driver
+
+    started: list = []
+    learner_group = driver.LearnerGroup
+
+    def recorded(*args, **kwargs):
+        started.append((learner_group(*args, **kwargs), args))
+        return started[-1][0]
+
+    def no_pools(*args, **kwargs):
+        raise OSError("no room for the rollout pool")
+
+    monkeypatch.setattr(driver, "LearnerGroup", recorded)
+    monkeypatch.setattr(driver, "role_pools", no_pools)
+    with pytest.raises(
+        RuntimeError, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
+    ):
+        driver.train_ray(runs.float32_config, tmp_path, show_progress=False)
+    learner, (batches, store) = started[0][0], started[0][1][3:5]
+    learner.join(120.0)
+    assert not learner.alive, "the learner group outlived the failed run"
+    for actor_call in (store.next_update.remote(0.1), batches.actor.qsize.remote()):
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor_call, timeout=30)
+    assert ray.is_initialized()  # the session's Ray (not started by this call) stays up
