@@ -136,8 +136,9 @@ class LearnerWorker:
         return average_metrics(metrics, self.world_size)
 
     def full_weights(self) -> dict[str, torch.Tensor]:
-        """Collective for FSDP: every rank gathers the full tensors."""
-        return plain_state_dict(unwrap(self.module))
+        """Collective for FSDP: every rank joins the gathers; rank 0, which alone publishes and checkpoints them,
+        gets the full tensors on the CPU and the other ranks an empty dict."""
+        return plain_state_dict(unwrap(self.module), keep=self.rank == 0)
 
 
 def _broadcast(message: Message | None, world_size: int) -> Message:

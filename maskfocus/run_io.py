@@ -135,13 +135,16 @@ def rewind_metrics(path: Path, start_iteration: int) -> int:
     return len(moved)
 
 
-def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full (unsharded) tensors, contiguous and detached, ready for safetensors."""
+def plain_state_dict(module: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors on the CPU, contiguous and detached, ready for safetensors. Collective for a sharded
+    module: every rank must call it (each tensor is all-gathered); with `keep` false this rank only joins the
+    gathers and keeps nothing (an empty dict), so that one rank, not every one, holds a full copy."""
     state = {}
     for key, value in module.state_dict().items():
         if hasattr(value, "full_tensor"):
             value = value.full_tensor()
-        state[key] = value.detach().cpu().contiguous()
+        if keep:
+            state[key] = value.detach().cpu().contiguous()
     return state
 
 

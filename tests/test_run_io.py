@@ -138,3 +138,16 @@ def test_a_resume_that_changes_settings_rewrites_the_config_and_keeps_the_old_on
     assert changes == ["sampler.compile: False -> True", "train.num_iterations: 3 -> 5"]
     assert kept == tmp_path / "config.before_resume_iter_000002.yaml"
     assert load_config(kept) == config and load_config(tmp_path / "config.yaml") == extended
+
+
+def test_plain_state_dict_copies_full_tensors_or_only_joins_the_gathers():
+    import torch
+
+    from maskfocus.run_io import plain_state_dict
+
+    module = torch.nn.Linear(3, 2)
+    state = plain_state_dict(module)
+    assert state.keys() == {"weight", "bias"}
+    assert torch.equal(state["weight"], module.weight) and not state["weight"].requires_grad
+    assert all(tensor.is_contiguous() and tensor.device.type == "cpu" for tensor in state.values())
+    assert plain_state_dict(module, keep=False) == {}  # a rank that only joins the gathers holds nothing
