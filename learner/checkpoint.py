@@ -2,9 +2,9 @@
 
 checkpoints/iter_XXXXXX/ holds transformer.safetensors (full weights gathered from the shards),
 optimizer.pt (the full, parameter-name-keyed optimizer state from torch.distributed.checkpoint, so it
-loads into any world size and either strategy) and state.json (iteration, prompt cursor, number of
-optimizer steps, policy version, seed). Every random stream is derived from (seed, iteration, role), so
-the iteration is the whole RNG state.
+loads into any world size and either strategy; the in-process trainer's index-keyed one loads too) and
+state.json (iteration, prompt cursor, number of optimizer steps, policy version, seed). Every random stream
+is derived from (seed, iteration, role), so the iteration is the whole RNG state.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from maskfocus.learner.parallelize import unwrap
 from maskfocus.run_io import latest_checkpoint, save_checkpoint
 
 
@@ -70,8 +71,20 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
     """Every rank reads the full state and keeps its shard."""
-    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors and plain values only
+    state = name_keyed(state, unwrap(module))
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def name_keyed(state: dict[str, Any], module: nn.Module) -> dict[str, Any]:
+    """`state` keyed by parameter name, as set_optimizer_state_dict needs it. The in-process trainer saves torch's
+    own format, keyed by the parameter's index in module.parameters() (its optimizer's order), so a run started
+    with `--executor local` can be resumed on Ray; a name-keyed state is returned as it is."""
+    if all(isinstance(key, str) for key in state["state"]):
+        return state
+    names = [name for name, _ in module.named_parameters()]
+    groups = [{**group, "params": [names[index] for index in group["params"]]} for group in state["param_groups"]]
+    return {"state": {names[index]: value for index, value in state["state"].items()}, "param_groups": groups}
 
 
 def write_checkpoint(

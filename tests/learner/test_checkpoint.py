@@ -1,0 +1,52 @@
+"""The Ray learner's optimizer checkpoints against the in-process trainer's: a run resumes on either executor."""
+
+from __future__ import annotations
+
+import torch
+
+from maskfocus.learner.checkpoint import full_optimizer_state, load_optimizer_state
+
+
+def trained_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    for _ in range(2):
+        module(torch.randn(5, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return module, optimizer
+
+
+def fresh_copy(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    copy, _ = trained_pair(seed=1)
+    copy.load_state_dict(module.state_dict())
+    return copy, torch.optim.AdamW(copy.parameters(), lr=1e-2)
+
+
+def assert_same_moments(expected: torch.optim.Optimizer, actual: torch.optim.Optimizer) -> None:
+    for kept, loaded in zip(expected.param_groups[0]["params"], actual.param_groups[0]["params"], strict=True):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(actual.state[loaded][key], expected.state[kept][key], rtol=0, atol=0)
+
+
+def test_the_learner_loads_the_in_process_trainers_index_keyed_optimizer_state(tmp_path):
+    """`maskfocus train --executor local` then `--resume --executor ray`: torch's own format, keyed by index."""
+    module, optimizer = trained_pair()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    copy, copy_optimizer = fresh_copy(module)
+    load_optimizer_state(copy, copy_optimizer, tmp_path)
+    assert_same_moments(optimizer, copy_optimizer)
+
+
+def test_the_in_process_trainer_loads_the_learners_name_keyed_optimizer_state(tmp_path):
+    module, optimizer = trained_pair()
+    state = full_optimizer_state(module, optimizer)
+    assert set(state["state"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    torch.save(state, tmp_path / "optimizer.pt")
+    copy, copy_optimizer = fresh_copy(module)
+    copy_optimizer.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))  # as trainer.py does
+    assert_same_moments(optimizer, copy_optimizer)
+    copy, copy_optimizer = fresh_copy(module)
+    load_optimizer_state(copy, copy_optimizer, tmp_path)
+    assert_same_moments(optimizer, copy_optimizer)
