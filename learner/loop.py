@@ -124,6 +124,8 @@ class LearnerWorker:
             load_optimizer_state(self.module, self.updater.optimizer, Path(start.checkpoint))
             self.updater.resume_schedule(start.num_updates)
         self.version = start.policy_version
+        self.next_iteration = start.iteration
+        """Iterations are learned in order: a batch of any other is dropped (`_message`) and redone."""
         self.count_tokens = global_token_count(world_size, device)
 
     def learn(self, message: Message) -> dict[str, float]:
@@ -133,6 +135,7 @@ class LearnerWorker:
         batch = on_device(message.batch, self.device)
         metrics = self.updater.update_shard(batch, generator, count_tokens=self.count_tokens)
         self.version += 1
+        self.next_iteration = message.iteration + 1
         return average_metrics(metrics, self.world_size)
 
     def full_weights(self) -> dict[str, torch.Tensor]:
@@ -161,10 +164,14 @@ def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
                 raise RuntimeError(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
 
 
-def _message(item: QueuedBatch | None, version: int, config: RunConfig) -> tuple[Message, dict]:
-    """Rank 0: what to broadcast for a queue item, and the item's stats (for the record)."""
+def _message(item: QueuedBatch | None, version: int, config: RunConfig, next_iteration: int) -> tuple[Message, dict]:
+    """Rank 0: what to broadcast for a queue item, and the item's stats (for the record). A batch too stale is
+    dropped, and so is one that is not `next_iteration`: after a drop the later batches already queued wait for the
+    redone one (learned first, they would put a checkpoint's iteration and prompt cursor past an unlearned one)."""
     if item is None:
         return Message("stop"), {}
+    if item.iteration != next_iteration:
+        return Message("skip", item.iteration, item.prompt_cursor), {"sync/out_of_order": 1.0}
     batch: TrainBatch = ray.get(item.batch[0], timeout=config.ray.timeout_s)
     staleness = version - batch.policy_version
     info = {**batch.stats, "sync/staleness": float(staleness), "sync/batch_version": float(batch.policy_version)}
@@ -209,7 +216,7 @@ def _serve(
         message = None
         if rank == 0:
             item, queue_wait = _take(batches, timeout)
-            message, info = _message(item, worker.version, config)
+            message, info = _message(item, worker.version, config, worker.next_iteration)
         message = _broadcast(message, world_size)
         if message.kind == "stop":
             if unsaved is not None:

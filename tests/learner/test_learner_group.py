@@ -140,3 +140,18 @@ def test_a_learner_rank_learns_from_the_batch_moved_to_its_own_device(monkeypatc
     assert worker.learn(loop.Message("learn", 0, 2, batch)) == {"loss/total": 0.0}
     assert devices == dict.fromkeys(["tokens_BL", "steps_BK", "num_masked_BK", "advantages_B", "valid_B"], "meta")
     assert worker.version == 1
+
+
+def test_a_batch_queued_behind_a_dropped_one_is_dropped_too_and_learned_after_its_redo():
+    """With max_staleness 1, iteration 5 may be queued when 4 is dropped as stale; learning 5 first would let a
+    checkpoint's iteration and prompt cursor pass the unlearned 4. The learner takes iterations in order only."""
+    from maskfocus.config import default_run_config
+    from maskfocus.learner.loop import QueuedBatch, _message
+
+    config = default_run_config({"ray": {"max_staleness": 1}})
+    never_fetched = [object()]  # not an ObjectRef: an out-of-order batch is dropped before it is fetched
+    message, info = _message(QueuedBatch(5, 40, never_fetched), version=5, config=config, next_iteration=4)
+    assert (message.kind, message.iteration, message.prompt_cursor) == ("skip", 5, 40)
+    assert info == {"sync/out_of_order": 1.0}
+    stop, _ = _message(None, version=5, config=config, next_iteration=4)
+    assert stop.kind == "stop"
