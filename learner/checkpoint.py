@@ -10,10 +10,13 @@ is derived from (seed, iteration, role), so the iteration is the whole RNG state
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray.train
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -96,3 +99,17 @@ def write_checkpoint(
 ) -> Path:
     """Rank 0: the checkpoint folder (written to `.partial` first, so it exists only once complete)."""
     return save_checkpoint(run_dir, iteration, _StateOnly(weights), _StateOnly(optimizer_state), state)
+
+
+def report_to_ray_train(folder: Path | None, metrics: dict[str, Any]) -> None:
+    """Collective (every rank calls it; rank 0 passes its checkpoint folder): report the checkpoint to Ray Train,
+    whose result and dashboard show a run's metrics only with one. Ray Train copies what is reported into its own
+    storage (run/ray_train); the weights and optimizer state are in the run folder already, so it gets a marker:
+    state.json and the run checkpoint's path, bytes rather than a second copy of every checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="maskfocus-report-") as marker:
+        checkpoint = None
+        if folder is not None:
+            shutil.copy(folder / "state.json", marker)
+            (Path(marker) / "run_checkpoint.txt").write_text(f"{folder.resolve()}\n")
+            checkpoint = ray.train.Checkpoint.from_directory(marker)
+        ray.train.report(metrics, checkpoint=checkpoint)  # uploads synchronously, before the folder goes

@@ -1,9 +1,10 @@
 """The per-worker loop of the learner group (one Ray Train worker per training GPU).
 
-Rank 0 takes TrainBatches from the queue, drops those older than `max_staleness` allows, and broadcasts
-the batch; each rank runs PolicyUpdater.update on its shard with the global token count;
-rank 0 then publishes the full weights (gathered from the shards) with the new version, and every
-`checkpoint_every` iterations all ranks write a checkpoint through ray.train.report. The loop ends on the
+Rank 0 takes TrainBatches from the queue, drops those older than `max_staleness` allows (and any queued behind a
+dropped one: iterations are learned in order), and broadcasts the batch; each rank runs PolicyUpdater.update on its
+shard with the global token count; rank 0 then publishes the full weights (gathered from the shards) with the new
+version, and every `checkpoint_every` iterations rank 0 writes a checkpoint to the run folder and all ranks report it
+to Ray Train (as a marker: checkpoint.report_to_ray_train). The loop ends on the
 queue's stop item (None); a stop before the run's end (the driver failed) first checkpoints the last learned
 iteration, so that the run resumes from there. Rank 0 records the dashboard metrics of the update.
 
@@ -33,7 +34,13 @@ from ray.util.queue import Queue
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig, TrainConfig
-from maskfocus.learner.checkpoint import RunState, full_optimizer_state, load_optimizer_state, write_checkpoint
+from maskfocus.learner.checkpoint import (
+    RunState,
+    full_optimizer_state,
+    load_optimizer_state,
+    report_to_ray_train,
+    write_checkpoint,
+)
 from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
 from maskfocus.learner.weight_transport import WeightGroup, WeightSender
 from maskfocus.models import load_generator
@@ -294,7 +301,7 @@ def _checkpoint(
     """Collective: the checkpoint after `message`'s iteration, reported to Ray Train; returns its seconds."""
     start = time.perf_counter()
     optimizer_state = full_optimizer_state(worker.module, worker.updater.optimizer)
-    checkpoint = None
+    folder = None
     if worker.rank == 0:
         state = {
             "prompt_cursor": message.prompt_cursor,
@@ -303,8 +310,6 @@ def _checkpoint(
             "seed": worker.config.seed,
         }
         folder = write_checkpoint(run_dir, message.iteration, weights, optimizer_state, state)
-        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
     loss = (record or {}).get("loss/total", 0.0)
-    metrics = {"iteration": message.iteration, "policy_version": worker.version, "loss/total": loss}
-    ray.train.report(metrics, checkpoint=checkpoint)
+    report_to_ray_train(folder, {"iteration": message.iteration, "policy_version": worker.version, "loss/total": loss})
     return time.perf_counter() - start

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from maskfocus.learner.checkpoint import full_optimizer_state, load_optimizer_state
@@ -50,3 +52,27 @@ def test_the_in_process_trainer_loads_the_learners_name_keyed_optimizer_state(tm
     copy, copy_optimizer = fresh_copy(module)
     load_optimizer_state(copy, copy_optimizer, tmp_path)
     assert_same_moments(optimizer, copy_optimizer)
+
+
+def test_ray_train_gets_a_marker_of_the_run_checkpoint_not_a_copy_of_its_weights(tmp_path, monkeypatch):
+    import ray.train
+
+    from maskfocus.learner.checkpoint import report_to_ray_train
+
+    folder = tmp_path / "checkpoints" / "iter_000004"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text('{"iteration": 4}')
+    (folder / "transformer.safetensors").write_bytes(b"\0" * 1000)
+    reported = []
+
+    def report(metrics, checkpoint=None):
+        files = {} if checkpoint is None else {p.name: p.read_text() for p in Path(checkpoint.path).iterdir()}
+        reported.append((metrics, files))
+
+    monkeypatch.setattr(ray.train, "report", report)
+    report_to_ray_train(folder, {"iteration": 4})
+    report_to_ray_train(None, {"iteration": 4})  # the other ranks
+    assert reported == [
+        ({"iteration": 4}, {"state.json": '{"iteration": 4}', "run_checkpoint.txt": f"{folder.resolve()}\n"}),
+        ({"iteration": 4}, {}),
+    ]
