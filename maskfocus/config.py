@@ -69,7 +69,8 @@ class SamplerConfig(Section):
     cfg_scale: float = Field(3.0, ge=0.0)
     """Classifier-free guidance scale s in l_uncond + s * (l_cond - l_uncond); 1.0 disables CFG (one forward)."""
     gumbel_temperature: float = Field(2.0, ge=0.0)
-    """tau_0: Gumbel noise scale on the confidence at step 0, falling linearly to 0 at the last step."""
+    """tau_0: Gumbel noise scale on the confidence; step i of T uses tau_0 (1 - (i + 1) / T), so 0 at the last step
+    (the released code's linspace starts at tau_0: sampling.gumbel_temperature says why ours is kept)."""
     temperature: float = Field(1.0, gt=0.0)
     """Softmax temperature of every token draw (logits / temperature); 1.0 = the plain softmax of ALGORITHM.md.
     On the shapes model, below 1 leaves objects out and above 1 draws more of them (benchmarks/RESULTS.md)."""
