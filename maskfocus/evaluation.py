@@ -7,6 +7,7 @@ model and config give the same score.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,19 +152,21 @@ def detect_tag_rows(config: RunConfig, tag: str, images_per_row: int, seed: int)
 def score_images(
     rows: Sequence[dict[str, Any]], jobs: Sequence[EvalJob], images: np.ndarray, judge: Judge
 ) -> list[dict[str, Any]]:
-    """One record per image: tag, prompt, correct, score, reasons, metadata."""
+    """One record per image: tag, prompt, correct, score, reasons, metadata. An image the judge could not score (the
+    reward server's NaN) has correct and score None: the summary leaves it out rather than counting it wrong."""
     records = []
     results = judge.judge(images, [rows[job.row_index] for job in jobs])
     for job, result in zip(jobs, results, strict=True):
         row = rows[job.row_index]
+        scored = not math.isnan(result.score)
         records.append(
             {
                 "row": job.row_index,
                 "image": job.image_index,
                 "tag": row["tag"],
                 "prompt": row["prompt"],
-                "correct": result.correct,
-                "score": result.score,
+                "correct": result.correct if scored else None,
+                "score": result.score if scored else None,
                 "reasons": list(result.reasons),
                 "metadata": row,
             }
@@ -234,4 +237,6 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary.get("clip_score") is not None:
         lines.append(f"{'clip_score':<14} {summary['clip_score']:>6.3f}")
     lines.append(f"{summary['num_images']} images")
+    if summary.get("num_unscored"):
+        lines[-1] += f" ({summary['num_unscored']} more the judge could not score: left out)"
     return "\n".join(lines)

@@ -244,3 +244,22 @@ def test_summarize_averages_per_tag_fractions_in_tag_order() -> None:
     assert summary["num_images"] == 4
     with pytest.raises(ValueError, match="unknown GenEval tag"):
         summarize([("nope", True)])
+    assert "num_unscored" not in summary
+
+
+def test_images_the_judge_could_not_score_are_left_out_and_counted() -> None:
+    from types import SimpleNamespace
+
+    from maskfocus.evaluation import EvalJob, format_table, score_images
+    from maskfocus.rewards.geneval import GenEvalResult
+
+    rows = [{"tag": "colors", "prompt": "a red circle", "include": [{"class": "circle", "count": 1}]}]
+    results = [GenEvalResult(True, 1.0, ()), GenEvalResult(False, math.nan, ("the reward server returned no score",))]
+    judge = SimpleNamespace(judge=lambda images, metadata: results)
+    records = score_images(rows, [EvalJob(0, 0, "a red circle"), EvalJob(0, 1, "a red circle")], None, judge)
+    assert [(r["correct"], r["score"]) for r in records] == [(True, 1.0), (None, None)]
+    summary = summarize((r["tag"], r["correct"]) for r in records)
+    assert summary == {"overall": 1.0, "tags": {"colors": 1.0}, "num_images": 1, "num_unscored": 1}
+    assert format_table(summary).endswith("1 images (1 more the judge could not score: left out)")
+    with pytest.raises(ValueError, match=r"at least one scored .* \(2 unscored\)"):
+        summarize([("colors", None), ("colors", None)])
