@@ -184,14 +184,24 @@ def evaluate(
         credits.append(credit)
         if reason is not None:
             reasons.append(reason)
-    excludes = metadata.get("exclude", [])
-    for clause in excludes:
+    failed = len(reasons)
+    strict_credits, strict_failed = [], False
+    for clause in metadata.get("exclude", []):
         num_found = len(objects.get(clause["class"], []))
-        credits.append(exclude_credit(num_found, clause["count"]))
-        if num_found >= clause["count"]:
+        credit, holds = exclude_credit(num_found, clause["count"]), num_found < clause["count"]
+        if not holds:
             reasons.append(f"expected {clause['class']}<{clause['count']}, found {num_found}")
+        if clause.get("strict"):  # the clauses strict_metadata adds count as one: see there
+            strict_credits.append(credit)
+            strict_failed = strict_failed or not holds
+        else:
+            credits.append(credit)
+            failed += not holds
+    if strict_credits:
+        credits.append(min(strict_credits))
+        failed += strict_failed
     num_clauses = len(credits)
-    score = 1.0 - len(reasons) / num_clauses if num_clauses else 1.0
+    score = 1.0 - failed / num_clauses if num_clauses else 1.0
     graded = sum(credits) / num_clauses if num_clauses else 1.0
     return GenEvalResult(correct=not reasons, score=score, reasons=tuple(reasons), graded=graded)
 
@@ -200,37 +210,49 @@ def strict_metadata(metadata: Mapping[str, Any], class_names: Sequence[str]) -> 
     """The record with exclude clauses that forbid anything the prompt does not ask for: more of a named class
     than the prompt's total count of it, and any detection of the other `class_names`. GenEval's own rules only
     ask for "at least"; a reward with these clauses no longer pays for filling the image with extra objects.
-    Existing exclude clauses stay (a counting prompt's already caps its class)."""
+    Existing exclude clauses stay (a counting prompt's already caps its class).
+
+    The added clauses are marked `strict` and `evaluate` counts them as one clause, "nothing else", in the partial
+    and graded credit: counted one by one they outweighed the prompt's own clauses, and an empty image earned 0.8 of
+    a correct one's partial credit with the 4 shapes classes (0.99 with 80 COCO classes); now it earns 0.5."""
     named: dict[str, int] = {}
     for clause in metadata["include"]:
         named[clause["class"]] = named.get(clause["class"], 0) + clause["count"]
     excludes = [dict(clause) for clause in metadata.get("exclude", [])]
     capped = {clause["class"] for clause in excludes}
-    excludes += [{"class": name, "count": count + 1} for name, count in named.items() if name not in capped]
-    excludes += [{"class": name, "count": 1} for name in class_names if name not in named and name not in capped]
-    return {**metadata, "exclude": excludes}
+    added = [{"class": name, "count": count + 1} for name, count in named.items() if name not in capped]
+    added += [{"class": name, "count": 1} for name in class_names if name not in named and name not in capped]
+    return {**metadata, "exclude": excludes + [{**clause, "strict": True} for clause in added]}
 
 
-def summarize(records: Iterable[tuple[str, bool]]) -> dict[str, Any]:
-    """GenEval summary of per-image (tag, correct) records.
+def summarize(records: Iterable[tuple[str, bool | None]]) -> dict[str, Any]:
+    """GenEval summary of per-image (tag, correct) records; correct None = an image the judge could not score.
 
     Returns {"overall": mean over the tags present of their fraction correct, "tags": {tag: fraction}
-    in TAGS order, "num_images": int}. Raises ValueError on an unknown tag or no records.
+    in TAGS order, "num_images": scored images}, plus "num_unscored" when some images were left out rather than
+    counted wrong. Raises ValueError on an unknown tag or no scored record.
     """
     totals = {tag: [0, 0] for tag in TAGS}
+    unscored = 0
     for tag, correct in records:
         if tag not in totals:
             raise ValueError(f"unknown GenEval tag {tag!r}; allowed: {', '.join(TAGS)}")
+        if correct is None:
+            unscored += 1
+            continue
         totals[tag][0] += bool(correct)
         totals[tag][1] += 1
     fractions = {tag: hits / n for tag, (hits, n) in totals.items() if n}
     if not fractions:
-        raise ValueError("summarize needs at least one (tag, correct) record")
-    return {
+        raise ValueError(f"summarize needs at least one scored (tag, correct) record ({unscored} unscored)")
+    summary = {
         "overall": sum(fractions.values()) / len(fractions),
         "tags": fractions,
         "num_images": sum(n for _, n in totals.values()),
     }
+    if unscored:
+        summary["num_unscored"] = unscored
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------

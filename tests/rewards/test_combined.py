@@ -63,7 +63,7 @@ def test_strict_geneval_term_pays_less_for_extra_objects():
     loose = build_rewards([RewardSpec(name="geneval", mode="partial")])
     strict = build_rewards([RewardSpec(name="geneval", mode="partial", strict=True)])
     assert loose(images, meta)[0].item() == 1.0
-    assert strict(images, meta)[0].item() == pytest.approx(1 - 1 / 5)  # the square breaks one of 5 clauses
+    assert strict(images, meta)[0].item() == 0.5  # the square breaks "nothing else", one of the 2 clauses
     with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict` applies to geneval terms only, not clip"):
         config_from_dict({"rewards": [{"name": "clip", "strict": True}]})
 
@@ -156,7 +156,7 @@ def test_plain_and_strict_terms_of_one_mode_get_their_own_metric_names():
     total, parts = build_rewards(specs)(images, meta)
     assert sorted(parts) == ["geneval_partial", "geneval_partial_strict"]
     assert parts["geneval_partial"].item() == 1.0  # the extra square is free under the plain rules
-    assert parts["geneval_partial_strict"].item() == pytest.approx(1 - 1 / 5)  # and costs a clause under strict rules
+    assert parts["geneval_partial_strict"].item() == 0.5  # and breaks "nothing else" under strict rules
     torch.testing.assert_close(total, parts["geneval_partial"] + parts["geneval_partial_strict"])
     with pytest.raises(ConfigError, match="repeated: geneval_partial_strict"):
         build_rewards([specs[1], specs[1]])

@@ -117,28 +117,43 @@ def test_strict_single_object_caps_its_class_and_forbids_the_others() -> None:
     meta = record("single_object", [{"class": "circle", "count": 1}])
     strict = strict_metadata(meta, SHAPE_CLASSES)
     assert strict["exclude"] == [
-        {"class": "circle", "count": 2},
-        {"class": "square", "count": 1},
-        {"class": "triangle", "count": 1},
-        {"class": "diamond", "count": 1},
+        {"class": "circle", "count": 2, "strict": True},
+        {"class": "square", "count": 1, "strict": True},
+        {"class": "triangle", "count": 1, "strict": True},
+        {"class": "diamond", "count": 1, "strict": True},
     ]
     assert "exclude" not in meta  # the input record is left as it was
     one = {"circle": [det(50, 50)]}
     extra = {"circle": [det(50, 50), det(150, 150)], "square": [det(100, 20)]}
     assert evaluate(one, strict).correct and evaluate(extra, meta).correct
     result = evaluate(extra, strict)
-    assert not result.correct and result.score == 1 - 2 / 5  # 1 include + 4 excludes, two excludes fail
+    # the include holds; the added excludes are one clause, "nothing else", and it fails (twice over)
+    assert not result.correct and result.score == 0.5 and result.graded == 0.5
+    assert result.reasons == ("expected circle<2, found 2", "expected square<1, found 1")
     check_consistent(result)
+
+
+@pytest.mark.parametrize("classes", [SHAPE_CLASSES, tuple(f"class{i}" for i in range(80))])
+def test_strict_partial_credit_pays_an_empty_image_half_of_a_correct_one(classes) -> None:
+    """Counted one by one, the forbidding clauses outweighed the prompt's: an empty image earned 0.8 of a correct
+    one's partial credit with 4 classes, 0.99 with 80."""
+    meta = record("single_object", [{"class": "circle", "count": 1}])
+    strict = strict_metadata(meta, ("circle", *classes))
+    empty, correct = evaluate({}, strict), evaluate({"circle": [det(50, 50)]}, strict)
+    assert (empty.score, empty.graded) == (0.5, 0.5) and (correct.score, correct.graded) == (1.0, 1.0)
+    hacked = evaluate({"circle": [det(50, 50)], classes[-1]: [det(150, 150)]}, strict)
+    assert hacked.score == 0.5 and not hacked.correct
+    assert evaluate({}, meta).score == 0.0  # GenEval's own clauses: nothing for an empty image
 
 
 def test_strict_keeps_a_counting_prompts_own_cap_and_sums_repeated_classes() -> None:
     counting = record("counting", [{"class": "square", "count": 3}], [{"class": "square", "count": 4}])
     assert strict_metadata(counting, SHAPE_CLASSES)["exclude"][:2] == [
-        {"class": "square", "count": 4},
-        {"class": "circle", "count": 1},
+        {"class": "square", "count": 4},  # GenEval's own cap: a clause of its own
+        {"class": "circle", "count": 1, "strict": True},
     ]
     two_of_one = record("two_object", [{"class": "circle", "count": 1}, {"class": "circle", "count": 1}])
-    assert {"class": "circle", "count": 3} in strict_metadata(two_of_one, SHAPE_CLASSES)["exclude"]
+    assert {"class": "circle", "count": 3, "strict": True} in strict_metadata(two_of_one, SHAPE_CLASSES)["exclude"]
 
 
 def test_strict_real_records_pass_with_exactly_the_asked_objects() -> None:
