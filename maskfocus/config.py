@@ -103,6 +103,10 @@ class EvalConfig(Section):
         return self.dtype or model.dtype
 
 
+GenEvalTag = Literal["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+"""GenEval's six task tags (maskfocus.rewards.geneval.TAGS)."""
+
+
 class RolloutConfig(Section):
     """What one RL iteration samples."""
 
@@ -110,7 +114,9 @@ class RolloutConfig(Section):
     """P: distinct prompts per iteration (each repeated G times)."""
     group_size: int = Field(4, ge=2)
     """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
-    tags: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+    tags: tuple[GenEvalTag, ...] = Field(
+        ("single_object", "two_object", "counting", "colors", "position", "color_attr"), min_length=1
+    )
     """GenEval tags the training prompts are drawn from (uniformly unless `tag_weights` is set)."""
     tag_weights: tuple[float, ...] | None = None
     """Relative probability of each tag of `tags`, in the same order (e.g. less of the tags a model already

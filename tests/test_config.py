@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,18 @@ def test_every_learner_rank_gets_samples(prompts, group, workers, ok):
     with pytest.raises(ConfigError, match=r"ray.num_learner_workers \(4\) leaves a learner rank without samples"):
         load_config(DEFAULT_CONFIG, overrides)
     assert load_config(DEFAULT_CONFIG, {**overrides, "train.executor": "local"}).ray.num_learner_workers == workers
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        (["x"], "rollout.tags.0: Input should be 'single_object', 'two_object', 'counting', 'colors', 'position' or"),
+        ([], "rollout.tags: Tuple should have at least 1 item"),
+    ],
+)
+def test_unknown_or_no_rollout_tags_are_refused_before_a_run_starts(tags, message):
+    from maskfocus.rewards.geneval import TAGS
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(DEFAULT_CONFIG, {"rollout.tags": tags})
+    assert load_config(DEFAULT_CONFIG).rollout.tags == TAGS  # the config's tags are GenEval's
