@@ -47,8 +47,9 @@ def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
-    """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top."""
-    overrides = parse_set(getattr(args, "set", None) or [])
+    """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top. Sampling and
+    evaluation select no training steps: `selection.strategy: all` has no K to check against a smaller --steps."""
+    overrides = {"selection.strategy": "all", **parse_set(getattr(args, "set", None) or [])}
     if getattr(args, "steps", None) is not None:
         overrides["sampler.num_steps"] = args.steps
     if getattr(args, "cfg", None) is not None:
@@ -114,9 +115,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.num_images_per_prompt is not None:
         overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
     config = _load_run_config(args.config, overrides)
-    rows = load_rows(args.benchmark or config.eval.benchmark, args.metadata)
-    if args.limit:
-        rows = rows[: args.limit]
+    if args.metadata is not None and not Path(args.metadata).is_file():
+        raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
+    benchmark = args.benchmark or config.eval.benchmark
+    rows = load_rows(benchmark, args.metadata)[: args.limit]
+    if not rows:
+        raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
     judge = build_eval_judge(config, _detector_overrides(args))
     if judge.known_classes is not None:
         check_classes(rows, judge.known_classes, judge.name)
@@ -165,9 +169,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train.executor"] = args.executor
     if args.iterations is not None:
         overrides["train.num_iterations"] = args.iterations
-    config = _load_run_config(args.config, overrides)
     if args.resume:
         run_dir = Path(args.resume)
+        for flag, value in (("--config", args.config), ("--name", args.name)):
+            if value is not None:
+                raise ConfigError(
+                    f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
+                    "with --set KEY=VALUE (and --iterations, --executor)"
+                )
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
@@ -175,6 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if changes:
             print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
     else:
+        config = _load_run_config(args.config, overrides)
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice
@@ -254,12 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")
     sample.add_argument("--prompt", required=True, help='text prompt, e.g. "a photo of two red circles"')
-    sample.add_argument("--num-images", type=int, default=8, help="images in the grid")
+    sample.add_argument("--num-images", type=positive_int, default=8, help="images in the grid")
     sample.add_argument("--out", default="grid.png", help="PNG of the image grid")
     sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     sample.add_argument("--model", help="model folder (default: the config's model.path)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same images)")
-    sample.add_argument("--steps", type=int, help="override sampler.num_steps")
+    sample.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
@@ -274,18 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--benchmark", help="built-in prompt set (default: the config's eval.benchmark)")
     evaluate.add_argument("--metadata", help="GenEval-format JSONL instead of a built-in benchmark")
     evaluate.add_argument(
-        "--num-images-per-prompt", type=int, help="images per prompt row (default: eval.num_images_per_prompt)"
+        "--num-images-per-prompt", type=positive_int, help="images per prompt row (default: eval.num_images_per_prompt)"
     )
     evaluate.add_argument("--out", help="one JSON record per image")
     evaluate.add_argument("--summary", help="summary JSON {overall, tags, num_images, clip_score}")
     evaluate.add_argument("--grid", help="PNG of the first images")
     evaluate.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     evaluate.add_argument("--model", help="model folder, e.g. runs/NAME/model (default: the config's model.path)")
-    evaluate.add_argument("--limit", type=int, help="only the first N prompt rows (smoke tests)")
-    evaluate.add_argument("--steps", type=int, help="override sampler.num_steps")
+    evaluate.add_argument("--limit", type=positive_int, help="only the first N prompt rows (smoke tests)")
+    evaluate.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     evaluate.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     evaluate.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
-    evaluate.add_argument("--batch-size", type=int, help="override sampler.batch_size")
+    evaluate.add_argument("--batch-size", type=positive_int, help="override sampler.batch_size")
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
     evaluate.add_argument(
         "--detector",
@@ -305,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="RL post-training (MaskFocus GRPO) from one YAML config")
     train.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     train.add_argument("--executor", choices=["local", "ray"], help="override train.executor")
-    train.add_argument("--iterations", type=int, help="override train.num_iterations")
+    train.add_argument("--iterations", type=positive_int, help="override train.num_iterations")
     train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -344,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_option(pretrain, "override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)")
     pretrain.set_defaults(func=cmd_pretrain)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _add_set_option(command: argparse.ArgumentParser, help_text: str) -> None:

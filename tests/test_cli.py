@@ -176,3 +176,71 @@ def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
         with pytest.raises(Sampled):
             main(["eval", "--limit", limit, "--no-clip"])
     assert seen == [(2, False), (100, True)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sample", "--prompt", "a red circle", "--num-images", "0"], "argument --num-images: must be >= 1, got 0"),
+        (["sample", "--prompt", "a red circle", "--steps", "-2"], "argument --steps: must be >= 1, got -2"),
+        (["eval", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["eval", "--num-images-per-prompt", "x"], "argument --num-images-per-prompt: expected a whole number"),
+        (["train", "--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
+    ],
+)
+def test_count_options_name_the_option_not_a_set_key(capsys, args, message):
+    from maskfocus.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_names_a_missing_or_empty_metadata_file(tmp_path, capsys):
+    missing = tmp_path / "nothere.jsonl"
+    assert f"--metadata {missing}: no such file" in cli_error(capsys, "eval", "--metadata", str(missing))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert f"no prompt rows in --metadata {empty}" in cli_error(capsys, "eval", "--metadata", str(empty))
+
+
+def test_sampling_with_fewer_steps_than_the_training_selection_is_not_refused(monkeypatch, tmp_path):
+    """K = 3 critical steps need T >= 4 for training; sampling and evaluation select no steps."""
+    import maskfocus.cli
+    import maskfocus.sampling
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def sample_with_config(model, prompts, sampler, generator):
+        seen.append(sampler.num_steps)
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", sample_with_config)
+    with pytest.raises(Sampled):
+        maskfocus.cli.main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "g.png")])
+    assert seen == [3]
+
+
+def test_a_resume_checks_its_settings_against_the_runs_own_config(monkeypatch, tmp_path, capsys):
+    """A run with two reward terms and T = 24: `--set rewards.1.weight` and K = 15 are valid for it, not for the
+    default config (one reward, T = 12), which the resume used to check them against first."""
+    import maskfocus.cli
+    import maskfocus.trainer
+    from maskfocus.config import default_run_config, dump_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rewards = [{"name": "geneval", "mode": "partial"}, {"name": "geneval", "mode": "binary"}]
+    settings = {"rewards": rewards, "sampler.num_steps": 24, "train.executor": "local"}
+    dump_config(default_run_config(settings), run / "config.yaml")
+    resumed = []
+    monkeypatch.setattr(maskfocus.trainer, "train_local", lambda config, run_dir, resume: resumed.append(config) or {})
+    args = ["train", "--resume", str(run), "--set", "rewards.1.weight=0.2", "--set", "selection.num_steps=15"]
+    assert maskfocus.cli.main(args) == 0
+    assert resumed[0].rewards[1].weight == 0.2 and resumed[0].selection.num_steps == 15
+    for flag in ("--config", "--name"):
+        error = cli_error(capsys, "train", "--resume", str(run), flag, "x")
+        assert f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml" in error

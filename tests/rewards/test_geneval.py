@@ -261,5 +261,6 @@ def test_images_the_judge_could_not_score_are_left_out_and_counted() -> None:
     summary = summarize((r["tag"], r["correct"]) for r in records)
     assert summary == {"overall": 1.0, "tags": {"colors": 1.0}, "num_images": 1, "num_unscored": 1}
     assert format_table(summary).endswith("1 images (1 more the judge could not score: left out)")
+    assert "overall         1.000  (mean of the 1 tags scored here, not of all 6)" in format_table(summary)
     with pytest.raises(ValueError, match=r"at least one scored .* \(2 unscored\)"):
         summarize([("colors", None), ("colors", None)])
