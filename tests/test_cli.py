@@ -140,6 +140,11 @@ def test_eval_loads_the_model_in_eval_dtype(monkeypatch, settings, expected):
     ],
 )
 def test_sample_compiles_only_where_it_pays_off_or_is_asked_for(monkeypatch, tmp_path, args, compiled):
+    assert sampler_of_sample(monkeypatch, tmp_path, args).compile == compiled
+
+
+def sampler_of_sample(monkeypatch, tmp_path, args: list[str]):
+    """The sampler settings `maskfocus sample ARGS` samples with (stopped there, before any sampling)."""
     import maskfocus.cli
     import maskfocus.sampling
 
@@ -149,13 +154,13 @@ def test_sample_compiles_only_where_it_pays_off_or_is_asked_for(monkeypatch, tmp
         pass
 
     def sample_with_config(model, prompts, sampler, generator):
-        seen.append(sampler.compile)
+        seen.append(sampler)
         raise Sampled
 
     monkeypatch.setattr(maskfocus.sampling, "sample_with_config", sample_with_config)
     with pytest.raises(Sampled):
         maskfocus.cli.main(["sample", "--prompt", "a photo of a red circle", "--out", str(tmp_path / "g.png"), *args])
-    assert seen == [compiled]
+    return seen[0]
 
 
 def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
@@ -206,22 +211,7 @@ def test_eval_names_a_missing_or_empty_metadata_file(tmp_path, capsys):
 
 def test_sampling_with_fewer_steps_than_the_training_selection_is_not_refused(monkeypatch, tmp_path):
     """K = 3 critical steps need T >= 4 for training; sampling and evaluation select no steps."""
-    import maskfocus.cli
-    import maskfocus.sampling
-
-    seen = []
-
-    class Sampled(Exception):
-        pass
-
-    def sample_with_config(model, prompts, sampler, generator):
-        seen.append(sampler.num_steps)
-        raise Sampled
-
-    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", sample_with_config)
-    with pytest.raises(Sampled):
-        maskfocus.cli.main(["sample", "--prompt", "a red circle", "--steps", "3", "--out", str(tmp_path / "g.png")])
-    assert seen == [3]
+    assert sampler_of_sample(monkeypatch, tmp_path, ["--steps", "3"]).num_steps == 3
 
 
 def test_a_resume_checks_its_settings_against_the_runs_own_config(monkeypatch, tmp_path, capsys):
