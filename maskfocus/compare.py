@@ -20,8 +20,9 @@ from maskfocus.config import BUILTIN_MODEL
 from maskfocus.config_base import flatten
 from maskfocus.run_io import read_metrics
 
-IGNORED_KEYS = ("seed", "train.out_dir")
-"""Config keys that never split runs into groups: the seeds of a setting are its repeats."""
+IGNORED_KEYS = ("seed", "train.out_dir", "train.log_every", "train.image_every", "train.checkpoint_every")
+"""Config keys that never split runs into groups: the seeds of a setting are its repeats, and how often a run logs,
+draws previews and checkpoints does not change what it learns."""
 
 
 class CompareError(ValueError):
