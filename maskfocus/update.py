@@ -48,13 +48,19 @@ def optimizer_steps_per_iteration(config: RunConfig) -> int:
     return per_pass * config.grpo.epochs
 
 
+def lr_factor(update: int, total_updates: int, final_lr_fraction: float) -> float:
+    """The learning rate of optimizer step `update` (counted from 0) as a fraction of the peak: 1 at the first step,
+    falling linearly to `final_lr_fraction` at the last of `total_updates`, and staying there."""
+    span = max(1, total_updates - 1)
+    return 1.0 - (1.0 - final_lr_fraction) * min(update, span) / span
+
+
 def make_optimizer(module: nn.Module, optim: OptimConfig, total_updates: int):
     """AdamW with a linear decay from the peak to final_lr_fraction over `total_updates` optimizer steps."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay)
-    span = max(1, total_updates - 1)
 
     def factor(update: int) -> float:
-        return 1.0 - (1.0 - optim.final_lr_fraction) * min(update, span) / span
+        return lr_factor(update, total_updates, optim.final_lr_fraction)
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

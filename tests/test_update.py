@@ -349,6 +349,30 @@ def test_resumed_schedule_matches_the_uninterrupted_one_without_a_warning():
     assert straight.scheduler.get_last_lr()[0] < 1e-2  # the schedule did move: the check compares something
 
 
+def test_lr_factor_decays_linearly_to_the_final_fraction_and_stays_there():
+    from maskfocus.update import lr_factor
+
+    assert lr_factor(0, 750, 0.1) == 1.0
+    assert lr_factor(749, 750, 0.1) == pytest.approx(0.1)  # the last of 750 steps
+    assert lr_factor(900, 750, 0.1) == pytest.approx(0.1)
+    assert lr_factor(375, 751, 0.1) == pytest.approx(0.55)  # half way
+    assert lr_factor(750, 1500, 0.1) == pytest.approx(0.54970, abs=1e-5)  # 250 of 500 iterations, 3 steps each
+    assert lr_factor(3, 1, 0.2) == pytest.approx(0.2)  # a one-step schedule ends at once
+
+
+def test_the_optimizer_takes_each_steps_learning_rate_from_lr_factor():
+    from maskfocus.update import lr_factor
+
+    updater = make_updater(ToyGenerator())  # peak 1e-2 over 10 optimizer steps, final fraction 0.1
+    rates = []
+    for _ in range(12):
+        rates.append(updater.optimizer.param_groups[0]["lr"])
+        updater.optimizer.step()
+        updater.scheduler.step()
+    assert rates == [1e-2 * lr_factor(step, 10, 0.1) for step in range(12)]
+    assert rates[0] == 1e-2 and rates[9] == pytest.approx(1e-3) and rates[11] == rates[9]
+
+
 def test_gradients_are_clipped_to_grad_clip_and_the_raw_norm_is_reported():
     model = ToyGenerator()
     optim = OptimConfig(learning_rate=1e-2, grad_clip=1e-3)
