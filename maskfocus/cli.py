@@ -180,9 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
-        changes, kept = record_resumed_config(run_dir, config)
-        if changes:
-            print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
+        record_resumed_config(run_dir, config)
     else:
         config = _load_run_config(args.config, overrides)
         run_dir = new_run_folder(config, args.name)

@@ -59,6 +59,7 @@ from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
     float32_final_model,
+    iteration_progress,
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
@@ -125,7 +126,8 @@ class RayRun:
         self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration)
         self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
-        self.progress = tqdm(total=self.total, desc="train[ray]", unit="iter", disable=not show_progress)
+        """The iterations this call learns (a resume's, not the run's)."""
+        self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
         self.pending_update: ObjectRef | None = None

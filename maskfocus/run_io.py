@@ -2,7 +2,8 @@
 
 Layout of runs/<name>/:
   config.yaml           the resolved config (every default filled in)
-  config.before_resume_iter_XXXXXX.yaml  after a resume that changed settings: the config it replaced
+  config.before_resume_iter_XXXXXX.yaml  after a resume that changed settings: the config it replaced (.2.yaml, ...
+                        after further resumes from the same checkpoint)
   metrics.jsonl         one record per iteration (grouped keys: reward/, loss/, select/, router/, perf/ ...)
   metrics.superseded.jsonl  after a resume: the records of the iterations redone from the checkpoint
   images/iter_XXXXXX.png  grids of the fixed prompts (one row per tag)
@@ -10,6 +11,8 @@ Layout of runs/<name>/:
   checkpoints/iter_XXXXXX/{transformer.safetensors, optimizer.pt, state.json}
   model/                the final model as a full aMUSEd-format folder (`maskfocus eval --model`)
   eval/summary.json, eval/results.jsonl   the final evaluation
+  eval.before_resume_iter_XXXXXX/, model.before_resume_iter_XXXXXX/  after a resume with iterations left to learn:
+                        the evaluation and model of the run before it
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.update import lr_factor, optimizer_steps_per_iteration
 
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
@@ -46,20 +51,93 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
 
 
 def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], Path | None]:
-    """A resume whose command line changes settings (e.g. `--iterations 500` to extend a run) rewrites config.yaml
-    with the settings it runs under; the one it replaces is kept as config.before_resume_<latest checkpoint>.yaml.
-    Returns the changes as `key: old -> new` and where the replaced config went (none changed: nothing written)."""
-    before = flatten(load_config(run_dir / "config.yaml").model_dump(mode="json"))
+    """The run folder's side of a resume, before either executor starts (`maskfocus train --resume` calls it).
+
+    A resume with iterations left to learn first sets aside the final evaluation and model of the run as it was
+    (`set_aside_results`): they would no longer be this run's, and a stop before its end would leave them as its
+    score. A resume whose command line changes settings (e.g. `--iterations 500` to extend a run) rewrites
+    config.yaml with the settings it runs under; the one it replaces is kept as config.before_resume_<latest
+    checkpoint>.yaml (never overwritten: a later resume from the same checkpoint keeps its own as .2.yaml, ...); a
+    change of the learning-rate schedule's length is printed (`schedule_note`). Prints and returns the changes as
+    `key: old -> new`, and returns where the replaced config went (none changed: nothing written)."""
+    checkpoint = latest_checkpoint(run_dir)
+    tag = checkpoint.name if checkpoint is not None else "start"
+    iteration, num_updates = resume_point(checkpoint)
+    if iteration < config.train.num_iterations and (moved := set_aside_results(run_dir, tag)):
+        last = config.train.num_iterations - 1
+        print(
+            f"this resume learns iterations {iteration}-{last}; the results of the run before it are kept aside: "
+            + ", ".join(f"{source.name}/ -> {target.name}/" for source, target in moved)
+        )
+    before_config = load_config(run_dir / "config.yaml")
+    before = flatten(before_config.model_dump(mode="json"))
     after = flatten(config.model_dump(mode="json"))
     changes = [f"{key}: {before.get(key)} -> {value}" for key, value in after.items() if before.get(key) != value]
     changes += [f"{key}: {value} -> (removed)" for key, value in before.items() if key not in after]
     if not changes:
         return [], None
-    checkpoint = latest_checkpoint(run_dir)
-    kept = run_dir / f"config.before_resume_{checkpoint.name if checkpoint is not None else 'start'}.yaml"
+    kept = unused_path(run_dir, f"config.before_resume_{tag}", ".yaml")
     (run_dir / "config.yaml").replace(kept)
     dump_config(config, run_dir / "config.yaml")
+    print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
+    if (note := schedule_note(before_config, config, num_updates, iteration)) is not None:
+        print(note)
     return changes, kept
+
+
+def resume_point(checkpoint: Path | None) -> tuple[int, int]:
+    """The iteration a resume from `checkpoint` starts at and the optimizer steps taken before it ((0, 0): none)."""
+    if checkpoint is None:
+        return 0, 0
+    state = json.loads((checkpoint / "state.json").read_text())
+    return state["iteration"] + 1, state["num_updates"]
+
+
+def set_aside_results(run_dir: Path, tag: str) -> list[tuple[Path, Path]]:
+    """Move eval/ and model/, where present, to eval.before_resume_<tag>/ and model.before_resume_<tag>/ (a free
+    name: nothing is overwritten). Returns the (source, target) of each folder moved."""
+    moved = []
+    for name in ("eval", "model"):
+        source = run_dir / name
+        if source.exists():
+            target = unused_path(run_dir, f"{name}.before_resume_{tag}")
+            source.rename(target)
+            moved.append((source, target))
+    return moved
+
+
+def unused_path(folder: Path, stem: str, suffix: str = "") -> Path:
+    """folder/<stem><suffix>, or the first of folder/<stem>.2<suffix>, <stem>.3<suffix>, ... that does not exist."""
+    path, number = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}.{number}{suffix}"
+    return path
+
+
+def schedule_note(before: RunConfig, after: RunConfig, num_updates: int, iteration: int) -> str | None:
+    """The line a resume prints when it changes the length of the learning-rate schedule, or None.
+
+    The schedule always spans the configured run (`make_optimizer`), so a crash-resume continues it exactly, and a
+    resume that extends the run stretches it: the learning rate at the resume point (optimizer step `num_updates`,
+    iteration `iteration`) rises, e.g. 1e-05 -> 5.5e-05 from 250 to 500 iterations."""
+    spans = [config.train.num_iterations * optimizer_steps_per_iteration(config) for config in (before, after)]
+    if spans[0] == spans[1]:
+        return None
+    lr_before, lr_after = (
+        config.optim.learning_rate * lr_factor(num_updates, span, config.optim.final_lr_fraction)
+        for config, span in zip((before, after), spans, strict=True)
+    )
+    return (
+        f"learning-rate schedule: now spans {after.train.num_iterations} iterations, {spans[1]} optimizer steps "
+        f"(was {before.train.num_iterations}, {spans[0]}); lr at the resume point (iteration {iteration}): "
+        f"{lr_before:.3g} -> {lr_after:.3g}"
+    )
+
+
+def iteration_progress(start_iteration: int, num_iterations: int, desc: str, show: bool) -> tqdm:
+    """The training progress bar, at the run's position: a resume at iteration 200 of 250 shows 200/250."""
+    return tqdm(total=num_iterations, initial=start_iteration, desc=desc, unit="iter", disable=not show)
 
 
 class RecentReward:

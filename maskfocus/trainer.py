@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from maskfocus.config import ConfigError, RunConfig
 from maskfocus.evaluation import load_rows, run_evaluation, write_results
@@ -26,6 +25,7 @@ from maskfocus.rollout import rollout
 from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
+    iteration_progress,
     latest_checkpoint,
     load_checkpoint_weights,
     plot_reward_curve,
@@ -196,11 +196,10 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     prompts = PromptStream.from_config(config, cursor)
     log = MetricsLog(run_dir / "metrics.jsonl", start_iteration)
     (run_dir / "images").mkdir(exist_ok=True)
-    iterations = range(start_iteration, config.train.num_iterations)
-    progress = tqdm(iterations, desc="train", unit="iter", disable=not show_progress)
+    progress = iteration_progress(start_iteration, config.train.num_iterations, "train", show_progress)
     recent = RecentReward()
     with StopRequest() as stop:
-        for iteration in progress:
+        for iteration in range(start_iteration, config.train.num_iterations):
             start = time.perf_counter()
             metadata = prompts.take(config.rollout.prompts_per_iteration)
             sync_weights(sampler_model, model)
@@ -233,6 +232,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                 "perf/iteration_seconds": time.perf_counter() - start,
             }
             progress.set_postfix(recent.postfix(record), refresh=False)
+            progress.update(1)
             if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
                 log.write(record)
             if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
@@ -252,6 +252,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                     stopping,
                 )
     log.close()
+    progress.close()
     return finish_run(config, run_dir, model, updater.module)
 
 
@@ -282,12 +283,30 @@ def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module:
 
         rows = load_rows(config.eval.benchmark)
         eval_model = generator_in(config, model, config.eval.weights_dtype(config.model))
-        eval_records, eval_summary, _ = run_evaluation(
-            eval_model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
-        )
+        try:
+            eval_records, eval_summary, _ = run_evaluation(
+                eval_model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
+            )
+        except KeyboardInterrupt:  # the loop's stop handler is gone: a Ctrl-C here would end in a bare traceback
+            raise RunStopped(evaluation_stopped_message(run_dir), "SIGINT") from None
         write_results(eval_records, eval_summary, run_dir / "eval" / "results.jsonl", run_dir / "eval" / "summary.json")
         summary["eval"] = eval_summary
     return summary
+
+
+def evaluation_stopped_message(run_dir: Path) -> str:
+    """What a Ctrl-C during the final evaluation leaves: the trained model, and the commands that evaluate it."""
+    checkpoint = latest_checkpoint(run_dir)
+    last = f", last checkpoint: {checkpoint.name}" if checkpoint is not None else ""
+    evaluate = (
+        f"maskfocus eval --config {run_dir / 'config.yaml'} --model {run_dir / 'model'} "
+        f"--out {run_dir / 'eval' / 'results.jsonl'} --summary {run_dir / 'eval' / 'summary.json'}"
+    )
+    return (
+        f"stopped on SIGINT during the final evaluation; the training finished and is saved (model: "
+        f"{run_dir / 'model'}{last}); evaluate it with `{evaluate}`, or redo the run's final evaluation with "
+        f"`maskfocus train --resume {run_dir}`"
+    )
 
 
 def clip_image_embed(reward_fn):

@@ -133,11 +133,109 @@ def test_a_resume_that_changes_settings_rewrites_the_config_and_keeps_the_old_on
     assert record_resumed_config(tmp_path, config) == ([], None)  # same settings: nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
     (tmp_path / "checkpoints" / "iter_000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "iter_000002" / "state.json").write_text('{"iteration": 2, "num_updates": 9}')
     extended = config_from_dict({"train": {"num_iterations": 5}, "sampler": {"compile": True}})
     changes, kept = record_resumed_config(tmp_path, extended)
     assert changes == ["sampler.compile: False -> True", "train.num_iterations: 3 -> 5"]
     assert kept == tmp_path / "config.before_resume_iter_000002.yaml"
     assert load_config(kept) == config and load_config(tmp_path / "config.yaml") == extended
+
+
+def _finished_run(folder, num_iterations: int = 250, num_updates: int = 750):
+    """A run folder as a finished run leaves it: its config, last checkpoint, final evaluation and model."""
+    from maskfocus.config import dump_config
+
+    config = config_from_dict({"train": {"num_iterations": num_iterations}, "optim": {"learning_rate": 1e-4}})
+    dump_config(config, folder / "config.yaml")
+    checkpoint = folder / "checkpoints" / f"iter_{num_iterations - 1:06d}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text(json.dumps({"iteration": num_iterations - 1, "num_updates": num_updates}))
+    (folder / "eval").mkdir()
+    (folder / "eval" / "summary.json").write_text('{"overall": 0.55}')
+    (folder / "model").mkdir()
+    (folder / "model" / "model_index.json").write_text("{}")
+    return config
+
+
+def test_the_schedule_note_gives_the_lr_at_the_resume_point_under_the_old_and_the_new_length():
+    from maskfocus.run_io import schedule_note
+
+    before = config_from_dict({"train": {"num_iterations": 250}, "optim": {"learning_rate": 1e-4}})
+    after = config_from_dict({"train": {"num_iterations": 500}, "optim": {"learning_rate": 1e-4}})
+    # 3 optimizer steps per iteration: 750 steps done; the peak times 0.1 at the end of 250 iterations, times
+    # 1 - 0.9 * 750 / 1499 half way through 500
+    assert schedule_note(before, after, num_updates=750, iteration=250) == (
+        "learning-rate schedule: now spans 500 iterations, 1500 optimizer steps (was 250, 750); "
+        "lr at the resume point (iteration 250): 1e-05 -> 5.5e-05"
+    )
+    assert schedule_note(before, before, num_updates=300, iteration=100) is None  # a crash-resume keeps the schedule
+    other_k = config_from_dict({"train": {"num_iterations": 250}, "selection": {"num_steps": 2}})
+    assert "now spans 250 iterations, 500 optimizer steps (was 250, 750)" in schedule_note(before, other_k, 300, 100)
+
+
+def test_extending_a_finished_run_prints_the_new_schedule_and_sets_its_evaluation_and_model_aside(tmp_path, capsys):
+    from maskfocus.run_io import record_resumed_config
+
+    _finished_run(tmp_path)
+    changes, _ = record_resumed_config(tmp_path, config_from_dict({"train": {"num_iterations": 500}}))
+    assert changes == ["train.num_iterations: 250 -> 500"]
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        "learning-rate schedule: now spans 500 iterations, 1500 optimizer steps (was 250, 750); "
+        "lr at the resume point (iteration 250): 1e-05 -> 5.5e-05"
+    ) in printed
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "model").exists()
+    assert (tmp_path / "eval.before_resume_iter_000249" / "summary.json").read_text() == '{"overall": 0.55}'
+    assert (tmp_path / "model.before_resume_iter_000249" / "model_index.json").is_file()
+    assert any(
+        "eval.before_resume_iter_000249/" in line and "model.before_resume_iter_000249/" in line for line in printed
+    )
+
+
+def test_a_resume_with_nothing_left_to_learn_keeps_the_evaluation_and_model(tmp_path, capsys):
+    from maskfocus.run_io import record_resumed_config
+
+    config = _finished_run(tmp_path)
+    record_resumed_config(tmp_path, config)  # e.g. to redo the final evaluation
+    recompiled = config.model_copy(update={"sampler": config.sampler.model_copy(update={"compile": True})})
+    changes, _ = record_resumed_config(tmp_path, recompiled)
+    assert changes == [f"sampler.compile: {config.sampler.compile} -> True"]
+    assert (tmp_path / "eval" / "summary.json").is_file() and (tmp_path / "model" / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if "before_resume" in p.name) == [
+        "config.before_resume_iter_000249.yaml"
+    ]
+    assert "learning-rate schedule" not in capsys.readouterr().out
+
+
+def test_a_second_resume_from_the_same_checkpoint_keeps_every_replaced_config_and_result(tmp_path):
+    from maskfocus.config import load_config
+    from maskfocus.run_io import record_resumed_config
+
+    original = _finished_run(tmp_path)
+    _, first = record_resumed_config(tmp_path, config_from_dict({"train": {"num_iterations": 500}}))
+    # that resume stopped before its first checkpoint; meanwhile a resume re-finished the run at 250 iterations
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text('{"overall": 0.56}')
+    _, second = record_resumed_config(tmp_path, config_from_dict({"train": {"num_iterations": 400}}))
+    assert first == tmp_path / "config.before_resume_iter_000249.yaml"
+    assert second == tmp_path / "config.before_resume_iter_000249.2.yaml"
+    assert load_config(first) == original
+    assert load_config(second).train.num_iterations == 500
+    assert load_config(tmp_path / "config.yaml").train.num_iterations == 400
+    assert (tmp_path / "eval.before_resume_iter_000249" / "summary.json").read_text() == '{"overall": 0.55}'
+    assert (tmp_path / "eval.before_resume_iter_000249.2" / "summary.json").read_text() == '{"overall": 0.56}'
+
+
+def test_the_progress_bar_shows_the_runs_position_from_the_resume_point(capsys):
+    from maskfocus.run_io import iteration_progress
+
+    bar = iteration_progress(200, 250, "train", show=True)
+    bar.update(1)
+    bar.close()
+    assert (bar.n, bar.total) == (201, 250)
+    assert "201/250" in capsys.readouterr().err
+    fresh = iteration_progress(0, 250, "train", show=False)
+    assert (fresh.n, fresh.total) == (0, 250)
 
 
 def test_plain_state_dict_copies_full_tensors_or_only_joins_the_gathers():

@@ -136,6 +136,45 @@ def test_resume_after_a_crash_between_checkpoints_redoes_the_lost_iterations_onc
     assert load_config(run / "config.yaml").train.num_iterations == 4
     assert load_config(run / "config.before_resume_iter_000001.yaml").train.num_iterations == 3
     assert "lr_scheduler.step()" not in resumed.stderr
+    # the schedule stretched over 4 iterations is said; the 3-iteration run's model is set aside, a new one written
+    assert "learning-rate schedule: now spans 4 iterations, 8 optimizer steps (was 3, 6); " in resumed.stdout
+    assert (run / "model.before_resume_iter_000001" / "transformer").is_dir() and (run / "model").is_dir()
+    # the progress bar counts the run's iterations from the resume point: 2/4 ... 4/4, not 0/2 ... 2/2
+    assert "2/4" in resumed.stderr and "4/4" in resumed.stderr and "0/2 [" not in resumed.stderr
+
+
+def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved_and_how_to_evaluate(
+    tmp_path, monkeypatch, capsys
+):
+    """The stop handler is gone once the iterations are done; a Ctrl-C in the 3-4 min evaluation still ends with
+    the exit code of a stop and a message: the model is saved, and the commands that evaluate it."""
+    import maskfocus.trainer as trainer
+    from maskfocus.cli import main
+    from maskfocus.models import load_generator
+    from maskfocus.run_io import save_checkpoint
+
+    def interrupted_evaluation(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def trained(config, run_dir, resume=False):  # the iterations are done: the last checkpoint, then finish_run
+        model = load_generator(config.model, dtype="float32")
+        save_checkpoint(run_dir, config.train.num_iterations - 1, model.trainable_module(), None, {})
+        return trainer.finish_run(config, run_dir, model, model.trainable_module())
+
+    monkeypatch.setattr(trainer, "run_evaluation", interrupted_evaluation)
+    monkeypatch.setattr(trainer, "train_local", trained)
+    out = ["--set", f"train.out_dir={tmp_path}", "--set", "train.final_eval=true", "--iterations", "2"]
+    try:
+        status = main(["train", "--executor", "local", "--name", "run", *out])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during the final evaluation ended in a bare KeyboardInterrupt")
+    run, error = tmp_path / "run", capsys.readouterr().err
+    assert status == 130
+    assert (run / "model" / "transformer").is_dir() and not (run / "eval").exists()
+    assert f"training finished and is saved (model: {run / 'model'}, last checkpoint: iter_000001)" in error
+    evaluate = f"maskfocus eval --config {run / 'config.yaml'} --model {run / 'model'}"
+    assert f"`{evaluate} --out {run / 'eval' / 'results.jsonl'} --summary {run / 'eval' / 'summary.json'}`" in error
+    assert f"`maskfocus train --resume {run}`" in error
 
 
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
