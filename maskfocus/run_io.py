@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import time
 from collections import deque
@@ -38,12 +39,14 @@ from maskfocus.update import lr_factor, optimizer_steps_per_iteration
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     """runs/<name or timestamp>/ with the resolved config written into it."""
-    name = name or time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(config.train.out_dir) / name
+    if name is None:  # two runs started in the same second get their own folders
+        folder = unused_path(Path(config.train.out_dir), time.strftime("%Y%m%d-%H%M%S"))
+    else:
+        folder = Path(config.train.out_dir) / name
     if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
         raise ConfigError(
             f"run folder {folder} already holds a run; choose another --name, or continue it with "
-            f"`maskfocus train --resume {folder}`"
+            f"`maskfocus train --resume {shlex.quote(str(folder))}`"
         )
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(config, folder / "config.yaml")
@@ -259,7 +262,7 @@ def resume_hint(run_dir: Path) -> str:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return "no checkpoint was written yet"
-    return f"resume from {checkpoint.name} with `maskfocus train --resume {run_dir}`"
+    return f"resume from {checkpoint.name} with `maskfocus train --resume {shlex.quote(str(run_dir))}`"
 
 
 def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:

@@ -7,6 +7,7 @@ is derived from (run seed, iteration, role), so the Ray executor can reproduce i
 from __future__ import annotations
 
 import copy
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -298,14 +299,18 @@ def evaluation_stopped_message(run_dir: Path) -> str:
     """What a Ctrl-C during the final evaluation leaves: the trained model, and the commands that evaluate it."""
     checkpoint = latest_checkpoint(run_dir)
     last = f", last checkpoint: {checkpoint.name}" if checkpoint is not None else ""
-    evaluate = (
-        f"maskfocus eval --config {run_dir / 'config.yaml'} --model {run_dir / 'model'} "
-        f"--out {run_dir / 'eval' / 'results.jsonl'} --summary {run_dir / 'eval' / 'summary.json'}"
-    )
+    paths = [
+        run_dir / "config.yaml",
+        run_dir / "model",
+        run_dir / "eval" / "results.jsonl",
+        run_dir / "eval/summary.json",
+    ]
+    config, model, out, summary = (shlex.quote(str(path)) for path in paths)
+    evaluate = f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
     return (
         f"stopped on SIGINT during the final evaluation; the training finished and is saved (model: "
         f"{run_dir / 'model'}{last}); evaluate it with `{evaluate}`, or redo the run's final evaluation with "
-        f"`maskfocus train --resume {run_dir}`"
+        f"`maskfocus train --resume {shlex.quote(str(run_dir))}`"
     )
 
 

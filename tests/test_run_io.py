@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from maskfocus.config import ConfigError, config_from_dict
@@ -249,3 +250,17 @@ def test_plain_state_dict_copies_full_tensors_or_only_joins_the_gathers():
     assert torch.equal(state["weight"], module.weight) and not state["weight"].requires_grad
     assert all(tensor.is_contiguous() and tensor.device.type == "cpu" for tensor in state.values())
     assert plain_state_dict(module, keep=False) == {}  # a rank that only joins the gathers holds nothing
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders_and_hints_quote_paths(tmp_path, monkeypatch):
+    import time
+
+    from maskfocus.config import default_run_config
+    from maskfocus.run_io import new_run_folder, resume_hint, save_checkpoint
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261205-044500")
+    config = default_run_config({"train.out_dir": str(tmp_path / "my runs")})
+    first, second = new_run_folder(config), new_run_folder(config)
+    assert (first.name, second.name) == ("20261205-044500", "20261205-044500.2")
+    save_checkpoint(first, 3, torch.nn.Linear(1, 1), None, {})
+    assert resume_hint(first) == f"resume from iter_000003 with `maskfocus train --resume '{first}'`"
