@@ -9,10 +9,8 @@ is derived from (seed, iteration, role), so the iteration is the whole RNG state
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +24,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from maskfocus.learner.parallelize import unwrap
-from maskfocus.run_io import latest_checkpoint, save_checkpoint
-
-
-@dataclass(frozen=True)
-class RunState:
-    """Where a run (re)starts: the next iteration, the prompt cursor before it, and the learner's counters."""
-
-    iteration: int = 0
-    prompt_cursor: int = 0
-    policy_version: int = 0
-    num_updates: int = 0
-    checkpoint: str | None = None
-    """The checkpoint folder to load weights and optimizer state from (None: the base model)."""
-
-
-def resume_state(run_dir: Path, resume: bool) -> RunState:
-    """The state after the latest checkpoint of `run_dir` (a fresh start when not resuming or none exists)."""
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is None:
-        return RunState()
-    state = json.loads((checkpoint / "state.json").read_text())
-    return RunState(
-        iteration=state["iteration"] + 1,
-        prompt_cursor=state["prompt_cursor"],
-        policy_version=state["policy_version"],
-        num_updates=state["num_updates"],
-        checkpoint=str(checkpoint),
-    )
+from maskfocus.run_io import RunState as RunState  # re-exported: the learner's resume state
+from maskfocus.run_io import resume_state as resume_state
+from maskfocus.run_io import save_checkpoint
 
 
 class _StateOnly:

@@ -48,7 +48,6 @@ from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import names_actor, role_pools
 from maskfocus.config import RunConfig
 from maskfocus.hardware import driver_model_config
-from maskfocus.learner.checkpoint import RunState, resume_state
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
 from maskfocus.learner.weight_store import WeightStore
@@ -58,12 +57,14 @@ from maskfocus.models.base import MaskedGenerator
 from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
+    RunState,
     float32_final_model,
     iteration_progress,
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
     resume_hint,
+    resume_state,
 )
 from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview

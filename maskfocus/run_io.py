@@ -23,6 +23,7 @@ import shlex
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,12 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     checkpoint>.yaml (never overwritten: a later resume from the same checkpoint keeps its own as .2.yaml, ...); a
     change of the learning-rate schedule's length is printed (`schedule_note`). Prints and returns the changes as
     `key: old -> new`, and returns where the replaced config went (none changed: nothing written)."""
-    checkpoint = latest_checkpoint(run_dir)
-    tag = checkpoint.name if checkpoint is not None else "start"
-    iteration, num_updates = resume_point(checkpoint)
-    if iteration < config.train.num_iterations and (moved := set_aside_results(run_dir, tag)):
+    start = resume_state(run_dir, resume=True)
+    tag = Path(start.checkpoint).name if start.checkpoint is not None else "start"
+    if start.iteration < config.train.num_iterations and (moved := set_aside_results(run_dir, tag)):
         last = config.train.num_iterations - 1
         print(
-            f"this resume learns iterations {iteration}-{last}; the results of the run before it are kept aside: "
+            f"this resume learns iterations {start.iteration}-{last}; the results of the run before it are kept aside: "
             + ", ".join(f"{source.name}/ -> {target.name}/" for source, target in moved)
         )
     before_config = load_config(run_dir / "config.yaml")
@@ -83,17 +83,36 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     (run_dir / "config.yaml").replace(kept)
     dump_config(config, run_dir / "config.yaml")
     print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
-    if (note := schedule_note(before_config, config, num_updates, iteration)) is not None:
+    if (note := schedule_note(before_config, config, start.num_updates, start.iteration)) is not None:
         print(note)
     return changes, kept
 
 
-def resume_point(checkpoint: Path | None) -> tuple[int, int]:
-    """The iteration a resume from `checkpoint` starts at and the optimizer steps taken before it ((0, 0): none)."""
+@dataclass(frozen=True)
+class RunState:
+    """Where a run (re)starts: the next iteration, the prompt cursor before it, and the learner's counters."""
+
+    iteration: int = 0
+    prompt_cursor: int = 0
+    policy_version: int = 0
+    num_updates: int = 0
+    checkpoint: str | None = None
+    """The checkpoint folder to load weights and optimizer state from (None: the base model)."""
+
+
+def resume_state(run_dir: Path, resume: bool) -> RunState:
+    """The state after the latest checkpoint of `run_dir` (a fresh start when not resuming or none exists)."""
+    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is None:
-        return 0, 0
+        return RunState()
     state = json.loads((checkpoint / "state.json").read_text())
-    return state["iteration"] + 1, state["num_updates"]
+    return RunState(
+        iteration=state["iteration"] + 1,
+        prompt_cursor=state["prompt_cursor"],
+        policy_version=state["policy_version"],
+        num_updates=state["num_updates"],
+        checkpoint=str(checkpoint),
+    )
 
 
 def set_aside_results(run_dir: Path, tag: str) -> list[tuple[Path, Path]]:

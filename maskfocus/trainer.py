@@ -32,6 +32,7 @@ from maskfocus.run_io import (
     plot_reward_curve,
     read_metrics,
     resume_hint,
+    resume_state,
     save_checkpoint,
     save_model_folder,
 )
@@ -188,12 +189,13 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
         compile=config.train.compile_learner,
     )
-    start_iteration, cursor = 0, 0
-    if resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
-        state = load_checkpoint_weights(checkpoint, updater.module)
+    start = resume_state(run_dir, resume)
+    start_iteration, cursor = start.iteration, start.prompt_cursor
+    if start.checkpoint is not None:
+        checkpoint = Path(start.checkpoint)
+        load_checkpoint_weights(checkpoint, updater.module)
         updater.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        updater.resume_schedule(state["num_updates"])
-        start_iteration, cursor = state["iteration"] + 1, state["prompt_cursor"]
+        updater.resume_schedule(start.num_updates)
     prompts = PromptStream.from_config(config, cursor)
     log = MetricsLog(run_dir / "metrics.jsonl", start_iteration)
     (run_dir / "images").mkdir(exist_ok=True)

@@ -134,7 +134,9 @@ def test_a_resume_that_changes_settings_rewrites_the_config_and_keeps_the_old_on
     assert record_resumed_config(tmp_path, config) == ([], None)  # same settings: nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
     (tmp_path / "checkpoints" / "iter_000002").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "iter_000002" / "state.json").write_text('{"iteration": 2, "num_updates": 9}')
+    (tmp_path / "checkpoints" / "iter_000002" / "state.json").write_text(
+        '{"iteration": 2, "num_updates": 9, "prompt_cursor": 12, "policy_version": 3}'  # as checkpoints write it
+    )
     extended = config_from_dict({"train": {"num_iterations": 5}, "sampler": {"compile": True}})
     changes, kept = record_resumed_config(tmp_path, extended)
     assert changes == ["sampler.compile: False -> True", "train.num_iterations: 3 -> 5"]
@@ -150,7 +152,11 @@ def _finished_run(folder, num_iterations: int = 250, num_updates: int = 750):
     dump_config(config, folder / "config.yaml")
     checkpoint = folder / "checkpoints" / f"iter_{num_iterations - 1:06d}"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "state.json").write_text(json.dumps({"iteration": num_iterations - 1, "num_updates": num_updates}))
+    (checkpoint / "state.json").write_text(
+        json.dumps(
+            {"iteration": num_iterations - 1, "num_updates": num_updates, "prompt_cursor": 0, "policy_version": 0}
+        )
+    )
     (folder / "eval").mkdir()
     (folder / "eval" / "summary.json").write_text('{"overall": 0.55}')
     (folder / "model").mkdir()
