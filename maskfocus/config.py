@@ -9,7 +9,7 @@ executor's in config_ray.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -114,9 +114,7 @@ class RolloutConfig(Section):
     """P: distinct prompts per iteration (each repeated G times)."""
     group_size: int = Field(4, ge=2)
     """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
-    tags: tuple[GenEvalTag, ...] = Field(
-        ("single_object", "two_object", "counting", "colors", "position", "color_attr"), min_length=1
-    )
+    tags: tuple[GenEvalTag, ...] = Field(get_args(GenEvalTag), min_length=1)
     """GenEval tags the training prompts are drawn from (uniformly unless `tag_weights` is set)."""
     tag_weights: tuple[float, ...] | None = None
     """Relative probability of each tag of `tags`, in the same order (e.g. less of the tags a model already
@@ -283,11 +281,12 @@ class RunConfig(Section):
         """Each learner rank takes ceil(B / W) rows of a batch of B samples; every rank needs at least one."""
         num_samples = self.rollout.prompts_per_iteration * self.rollout.group_size
         workers = self.ray.num_learner_workers
-        if self.train.executor == "ray" and (workers - 1) * -(-num_samples // workers) >= num_samples:
+        shard = -(-num_samples // workers)
+        if self.train.executor == "ray" and (workers - 1) * shard >= num_samples:
             raise ValueError(
                 f"ray.num_learner_workers ({workers}) leaves a learner rank without samples: a batch has "
                 f"rollout.prompts_per_iteration x rollout.group_size = {num_samples} samples, split into shards of "
-                f"{-(-num_samples // workers)}; use a batch that is a multiple of {workers} samples, or fewer workers"
+                f"{shard}; use a batch that is a multiple of {workers} samples, or fewer workers"
             )
 
 

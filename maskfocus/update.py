@@ -9,6 +9,7 @@ Shape legend: B samples, K selected steps, L image tokens, V codebook size.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -58,11 +59,10 @@ def lr_factor(update: int, total_updates: int, final_lr_fraction: float) -> floa
 def make_optimizer(module: nn.Module, optim: OptimConfig, total_updates: int):
     """AdamW with a linear decay from the peak to final_lr_fraction over `total_updates` optimizer steps."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay)
-
-    def factor(update: int) -> float:
-        return lr_factor(update, total_updates, optim.final_lr_fraction)
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda update: lr_factor(update, total_updates, optim.final_lr_fraction)
+    )
+    return optimizer, schedule
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -201,7 +201,7 @@ class PolicyUpdater:
         every rank: the gradient norm and the token count are global. The schedule advances either way."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        applied = has_tokens and bool(torch.isfinite(torch.tensor(grad_norm)))
+        applied = has_tokens and math.isfinite(grad_norm)
         if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
