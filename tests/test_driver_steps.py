@@ -1,0 +1,178 @@
+"""The Ray driver's steps one at a time, on a bare RayRun with fakes where a whole run would be slow: the idle check,
+which worker a failure forgets, the final model of a resumed finished run, the learner's end, and a failure while
+the run is set up (tests/test_driver.py runs whole Ray runs against the in-process reference)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from ray_fixture import random_model, ray_session, tiny_config  # noqa: F401
+
+
+class FinishedLearner:
+    """A learner group that has ended (`error`: how) or, with `alive`, does not end."""
+
+    def __init__(self, error: BaseException | None = None, alive: bool = False):
+        self.error, self.alive = error, alive
+
+    def join(self, timeout: float) -> None:
+        pass
+
+
+class NoMetrics:
+    def record(self, *args, **kwargs) -> None:
+        pass
+
+
+def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_error(ray_session, tmp_path):  # noqa: F811
+    """The loop always waits on a `next_update` poll that returns None every POLL_S: that is not progress, so with no
+    rollout, score or update finishing the health check fires after ray.timeout_s."""
+    import ray
+
+    from maskfocus.config import default_run_config
+    from maskfocus.driver import RayRun
+    from maskfocus.learner.weight_store import WeightStore
+
+    class StopAfter:
+        """Ends the loop should the idle check never fire."""
+
+        def __init__(self, seconds: float):
+            self.deadline = time.monotonic() + seconds
+
+        @property
+        def requested(self) -> str | None:
+            return "the test's deadline" if time.monotonic() > self.deadline else None
+
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    try:
+        run = RayRun.__new__(RayRun)  # only what the loop touches: nothing to dispatch, nothing in flight
+        run.config, run.store = default_run_config({"ray": {"timeout_s": 3.0}}), store
+        run.rolling, run.scoring, run.learned, run.total = {}, {}, 0, 1
+        run.dispatch_rollouts = run.dispatch_scores = run.enqueue = lambda: None
+        start = run.last_event = time.perf_counter()
+        with pytest.raises(RuntimeError, match=r"no rollout, score or update finished for \d+ s \(ray.timeout_s\)"):
+            run.run(FinishedLearner(alive=True), StopAfter(30.0))
+        assert 3.0 < time.perf_counter() - start < 30.0
+    finally:
+        ray.kill(store)
+
+
+@pytest.mark.parametrize("failed", ["reward", "rollout"])
+def test_a_failed_score_forgets_the_rollout_workers_weights_only_when_that_worker_failed(failed):
+    """Collective transport, one rollout worker, on-policy: after a reward worker's failure the healthy rollout worker
+    redoes the iteration at once (forgetting its weights left it waiting for a broadcast that never comes, and the
+    run hung until the learner's timeout); a restarted rollout worker's weights are forgotten. The score call of a
+    dead rollout worker's trajectory fails with that worker's actor id (checked on Ray 2.60)."""
+    from ray import ActorID
+    from ray.exceptions import ActorUnavailableError
+
+    from maskfocus.actors.pool import WorkerPool
+    from maskfocus.config import default_run_config
+    from maskfocus.driver import Attempt, RayRun
+
+    class ReadyPool(WorkerPool):
+        def wait_ready(self, index: int, timeout: float) -> None:
+            pass
+
+    def actor():
+        return SimpleNamespace(_actor_id=ActorID.from_random(), sample=SimpleNamespace(remote=lambda *args: object()))
+
+    run = RayRun.__new__(RayRun)
+    run.config, run.collective, run.metrics = default_run_config({"ray": {"max_staleness": 0}}), True, NoMetrics()
+    run.rollouts, run.rewards = ReadyPool([actor()], initial_version=3), ReadyPool([actor()], initial_version=3)
+    run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
+    run.counts, run.metadata = {"sync/redone": 0}, {3: ([{"prompt": "a red circle"}], 1)}
+    run.next_iteration, run.end, run.version, run.weights = 4, 10, 3, None
+    failed_actor = (run.rollouts if failed == "rollout" else run.rewards).actors[0]
+    error = ActorUnavailableError("The actor was restarted", failed_actor._actor_id.binary())
+    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
+    assert run.redo == [3] and run.counts["sync/redone"] == 1
+    run.dispatch_rollouts()
+    if failed == "reward":
+        assert run.rollouts.versions == [3] and [a.iteration for a in run.rolling.values()] == [3]
+    else:  # collective: a restarted rollout worker is never reloaded (the run stops: it cannot rejoin the group)
+        assert run.rollouts.versions == [-1] and not run.rolling
+
+
+def test_a_resumed_run_with_nothing_left_to_learn_ends_with_its_checkpoints_weights(random_model, tmp_path):  # noqa: F811
+    """Resuming a run whose checkpoint is its last iteration: the driver learns nothing and reads no learner record,
+    so its final model (saved to run/model and evaluated) must come from the checkpoint, not the base weights."""
+    import torch
+
+    from maskfocus.driver import RayRun
+    from maskfocus.learner.checkpoint import resume_state
+    from maskfocus.models import load_generator
+    from maskfocus.run_io import save_checkpoint
+
+    config = tiny_config(random_model, tmp_path)
+    trained = load_generator(config.model).trainable_module()
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01)
+    state = {"prompt_cursor": 6, "num_updates": 3, "policy_version": 3, "seed": 0}
+    save_checkpoint(tmp_path, config.train.num_iterations - 1, trained, None, state)
+    start = resume_state(tmp_path, resume=True)
+    assert start.iteration == config.train.num_iterations
+    run = RayRun.__new__(RayRun)  # what current_model touches, as RayRun.__init__ sets it from `start`
+    run.config = run.driver_config = config
+    run.model, run.weights, run.checkpoint = None, None, start.checkpoint
+    final = run.current_model().trainable_module().state_dict()
+    assert final.keys() == trained.state_dict().keys()
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(final[name], tensor, msg=name)
+
+
+def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_with_a_clear_error():
+    """Its last stage (the stop item, a last checkpoint, Ray Train's end of fit) happens after its last record."""
+    from maskfocus.config import default_run_config
+    from maskfocus.driver import RayRun
+
+    puts = []
+    run = RayRun.__new__(RayRun)
+    run.config, run.current_model = default_run_config(), lambda: "final model"
+    run.batches = SimpleNamespace(put=lambda item, timeout: puts.append(item))
+    with pytest.raises(RuntimeError, match=r"learner group failed after the last iteration: OSError\('disk full'\)"):
+        run.finish(FinishedLearner(error=OSError("disk full")))
+    with pytest.raises(RuntimeError, match=r"learner group did not stop within 600 s \(ray.timeout_s\)"):
+        run.finish(FinishedLearner(alive=True))
+    assert run.finish(FinishedLearner()) == "final model"
+    assert puts == [None, None, None]  # the stop item, each time
+
+
+def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actors(
+    ray_session,  # noqa: F811
+    random_model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The learner group starts before the rollout and reward pools; a pool that cannot be built must not leave the
+    learner, the batch queue or the weight store behind (the learner waited for its own timeout)."""
+    import ray
+
+    import maskfocus.driver as driver
+
+    started: list = []
+    learner_group = driver.LearnerGroup
+
+    def recorded(*args, **kwargs):
+        started.append((learner_group(*args, **kwargs), args))
+        return started[-1][0]
+
+    def no_pools(*args, **kwargs):
+        raise OSError("no room for the rollout pool")
+
+    monkeypatch.setattr(driver, "LearnerGroup", recorded)
+    monkeypatch.setattr(driver, "role_pools", no_pools)
+    with pytest.raises(
+        RuntimeError, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
+    ):
+        driver.train_ray(tiny_config(random_model, tmp_path / "runs"), tmp_path, show_progress=False)
+    learner, (batches, store) = started[0][0], started[0][1][3:5]
+    learner.join(120.0)
+    assert not learner.alive, "the learner group outlived the failed run"
+    for actor_call in (store.next_update.remote(0.1), batches.actor.qsize.remote()):
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor_call, timeout=30)
+    assert ray.is_initialized()  # the session's Ray (not started by this call) stays up
