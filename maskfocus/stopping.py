@@ -3,6 +3,9 @@
 The first signal asks the loop to stop at the end of the current iteration, where the weights, optimizer and prompt
 cursor are consistent; the loop then writes a checkpoint and raises `RunStopped`, whose message gives the
 `--resume` command. A second Ctrl-C stops at once (KeyboardInterrupt), as without this module.
+
+Work that cannot stop half way and resume (the final evaluation) runs under `StopAtOnce` instead: either signal
+raises `StopSignal` at once, so that the caller can say what was saved and how to go on.
 """
 
 from __future__ import annotations
@@ -53,3 +56,33 @@ class StopRequest:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGINT or SIGTERM under `StopAtOnce` (a KeyboardInterrupt, so code that handles Ctrl-C handles both)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class StopAtOnce:
+    """While entered (main thread only), SIGINT and SIGTERM raise `StopSignal`; elsewhere SIGTERM would end the
+    process with no message (`ray job stop` sends it)."""
+
+    def __init__(self):
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopAtOnce:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @staticmethod
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        raise StopSignal(signal.Signals(signum).name)

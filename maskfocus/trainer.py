@@ -39,7 +39,7 @@ from maskfocus.run_io import (
 from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import draw_index, tag_probabilities
-from maskfocus.stopping import RunStopped, StopRequest
+from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
 from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
@@ -286,19 +286,21 @@ def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module:
 
         rows = load_rows(config.eval.benchmark)
         eval_model = generator_in(config, model, config.eval.weights_dtype(config.model))
-        try:
-            eval_records, eval_summary, _ = run_evaluation(
-                eval_model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
-            )
-        except KeyboardInterrupt:  # the loop's stop handler is gone: a Ctrl-C here would end in a bare traceback
-            raise RunStopped(evaluation_stopped_message(run_dir), "SIGINT") from None
+        try:  # the loop's stop handler is gone: without these, Ctrl-C would end in a bare traceback, SIGTERM silently
+            with StopAtOnce():
+                eval_records, eval_summary, _ = run_evaluation(
+                    eval_model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
+                )
+        except KeyboardInterrupt as stop:  # StopSignal, or a Ctrl-C off the main thread
+            signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
+            raise RunStopped(evaluation_stopped_message(run_dir, signal_name), signal_name) from None
         write_results(eval_records, eval_summary, run_dir / "eval" / "results.jsonl", run_dir / "eval" / "summary.json")
         summary["eval"] = eval_summary
     return summary
 
 
-def evaluation_stopped_message(run_dir: Path) -> str:
-    """What a Ctrl-C during the final evaluation leaves: the trained model, and the commands that evaluate it."""
+def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
+    """What a stop during the final evaluation leaves: the trained model, and the commands that evaluate it."""
     checkpoint = latest_checkpoint(run_dir)
     last = f", last checkpoint: {checkpoint.name}" if checkpoint is not None else ""
     paths = [
@@ -310,7 +312,7 @@ def evaluation_stopped_message(run_dir: Path) -> str:
     config, model, out, summary = (shlex.quote(str(path)) for path in paths)
     evaluate = f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
     return (
-        f"stopped on SIGINT during the final evaluation; the training finished and is saved (model: "
+        f"stopped on {signal_name} during the final evaluation; the training finished and is saved (model: "
         f"{run_dir / 'model'}{last}); evaluate it with `{evaluate}`, or redo the run's final evaluation with "
         f"`maskfocus train --resume {shlex.quote(str(run_dir))}`"
     )

@@ -1,4 +1,5 @@
-"""A stop request: the first SIGINT or SIGTERM only sets a flag, a second SIGINT interrupts, handlers come back."""
+"""A stop request: the first SIGINT or SIGTERM only sets a flag, a second SIGINT interrupts, handlers come back;
+under StopAtOnce either signal raises StopSignal at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 
 import pytest
 
-from maskfocus.stopping import RunStopped, StopRequest
+from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
 
 
 def test_first_signal_sets_the_request_and_a_second_ctrl_c_interrupts():
@@ -50,3 +51,13 @@ def test_outside_the_main_thread_no_handler_is_installed():
 def test_the_exit_code_is_what_a_shell_reports_for_the_signal():
     assert RunStopped("m", "SIGINT").exit_code == 130
     assert RunStopped("m", "SIGTERM").exit_code == 143
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_at_once_raises_the_signal_by_name_and_restores_the_handlers(signum):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(StopSignal) as raised, StopAtOnce():
+        os.kill(os.getpid(), signum)
+    assert raised.value.signal_name == signal.Signals(signum).name
+    assert isinstance(raised.value, KeyboardInterrupt)  # what code that handles Ctrl-C already catches
+    assert {sig: signal.getsignal(sig) for sig in before} == before

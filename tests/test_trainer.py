@@ -143,18 +143,24 @@ def test_resume_after_a_crash_between_checkpoints_redoes_the_lost_iterations_onc
     assert "2/4" in resumed.stderr and "4/4" in resumed.stderr and "0/2 [" not in resumed.stderr
 
 
-def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved_and_how_to_evaluate(
-    tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_during_the_final_evaluation_says_the_training_is_saved_and_how_to_evaluate(
+    tmp_path, monkeypatch, capsys, signal_name, exit_code
 ):
-    """The stop handler is gone once the iterations are done; a Ctrl-C in the 3-4 min evaluation still ends with
-    the exit code of a stop and a message: the model is saved, and the commands that evaluate it."""
+    """The stop handler is gone once the iterations are done; a Ctrl-C or a SIGTERM (`ray job stop`) in the 3-4 min
+    evaluation still ends with the exit code of a stop and a message: the model is saved, and the commands that
+    evaluate it."""
+    import os
+    import signal
+
     import maskfocus.trainer as trainer
     from maskfocus.cli import main
     from maskfocus.models import load_generator
     from maskfocus.run_io import save_checkpoint
 
     def interrupted_evaluation(*args, **kwargs):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        pytest.fail(f"{signal_name} did not stop the evaluation")
 
     def trained(config, run_dir, resume=False):  # the iterations are done: the last checkpoint, then finish_run
         model = load_generator(config.model, dtype="float32")
@@ -167,9 +173,10 @@ def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved_and_how_t
     try:
         status = main(["train", "--executor", "local", "--name", "run", *out])
     except KeyboardInterrupt:
-        pytest.fail("Ctrl-C during the final evaluation ended in a bare KeyboardInterrupt")
+        pytest.fail(f"{signal_name} during the final evaluation ended in a bare KeyboardInterrupt")
     run, error = tmp_path / "run", capsys.readouterr().err
-    assert status == 130
+    assert status == exit_code
+    assert f"stopped on {signal_name} during the final evaluation" in error
     assert (run / "model" / "transformer").is_dir() and not (run / "eval").exists()
     assert f"training finished and is saved (model: {run / 'model'}, last checkpoint: iter_000001)" in error
     evaluate = f"maskfocus eval --config {run / 'config.yaml'} --model {run / 'model'}"
