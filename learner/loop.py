@@ -86,10 +86,12 @@ class ShardedUpdater(PolicyUpdater):
         self.rank, self.world_size = rank, world_size
         self._full_batch: TrainBatch | None = None
 
-    def update_shard(self, batch: TrainBatch, generator: torch.Generator, count_tokens) -> dict[str, float]:
+    def update_shard(
+        self, batch: TrainBatch, generator: torch.Generator, count_tokens, version: int | None = None
+    ) -> dict[str, float]:
         self._full_batch = batch
         try:
-            return self.update(batch.shard(self.rank, self.world_size), generator, count_tokens)
+            return self.update(batch.shard(self.rank, self.world_size), generator, count_tokens, version)
         finally:
             self._full_batch = None
 
@@ -124,6 +126,7 @@ class LearnerWorker:
             module=self.module,
             reference=reference,
             compile=config.train.compile_learner,
+            max_staleness=config.ray.max_staleness,
             rank=rank,
             world_size=world_size,
         )
@@ -140,7 +143,7 @@ class LearnerWorker:
         assert message.batch is not None
         generator = seeded_generator(self.config.seed, message.iteration, LEARN, device=self.device)
         batch = on_device(message.batch, self.device)
-        metrics = self.updater.update_shard(batch, generator, count_tokens=self.count_tokens)
+        metrics = self.updater.update_shard(batch, generator, self.count_tokens, version=self.version)
         self.version += 1
         self.next_iteration = message.iteration + 1
         return average_metrics(metrics, self.world_size)

@@ -17,6 +17,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from maskfocus.update import merge_metrics
+
 BLOCK_LISTS = ("transformer_layers", "layers", "blocks", "transformer_blocks")
 """Names of the ModuleList of repeated blocks in the supported transformers (UVit2DModel: transformer_layers)."""
 
@@ -64,13 +66,10 @@ def global_token_count(world_size: int, device: torch.device) -> Callable[[torch
 
 
 def average_metrics(metrics: dict[str, float], world_size: int) -> dict[str, float]:
-    """Rank-mean of each metric (max for `*_max`); keys missing on a rank are left out of its mean."""
+    """The ranks' metrics merged (maskfocus.update.merge_metrics: rank-mean, max for `*_max`, token-weighted for
+    per-token means); keys missing on a rank are left out of its mean."""
     if world_size == 1:
         return metrics
     gathered: list[dict[str, float]] = [{} for _ in range(world_size)]
     dist.all_gather_object(gathered, metrics)
-    summary = {}
-    for key in sorted({key for record in gathered for key in record}):
-        values = [record[key] for record in gathered if key in record]
-        summary[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
-    return summary
+    return merge_metrics(gathered)

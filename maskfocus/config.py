@@ -193,6 +193,13 @@ class GRPOConfig(Section):
     so a group with a small reward spread weighs less than one with a large spread."""
     drop_zero_groups: bool = False
     """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
+    behaviour_weight_cap: float | None = Field(None, gt=0.0)
+    """Correction of stale batches (Ray, `ray.max_staleness` > 0): null = none, a batch sampled by an older policy
+    version is learned as if the current weights had sampled it (its first ratio is 1). A number C: each scored
+    token's surrogate is weighted by min(pi_now / pi_behaviour, C), pi_now being the weights when the batch's update
+    begins and pi_behaviour the version that sampled it (the decoupled PPO objective; the ratio and its clip stay
+    around pi_now). Costs one forward per selected step of a stale batch, and each learner rank keeps
+    max_staleness + 1 copies of its (sharded) weights. On-policy batches, and the in-process trainer, are unchanged."""
 
 
 class OptimConfig(Section):

@@ -137,6 +137,8 @@ def policy_loss(
     beta: float,
     ref_logp_BL: torch.Tensor | None = None,
     num_tokens: int | float | None = None,
+    behaviour_logp_BL: torch.Tensor | None = None,
+    behaviour_cap: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """-sum over masked tokens of (surrogate - beta * k3) / num_tokens; gradients reach `logp_BL` only.
 
@@ -145,6 +147,12 @@ def policy_loss(
     a multi-worker caller passes the global one. With beta == 0 no reference is needed (if one is given, k3 is
     still reported). Metrics: loss/policy and loss/kl use the loss's normalisation (loss = policy + beta * kl);
     ratio mean/max and the clip fraction (share of tokens where the clip binds) are over the local masked tokens.
+
+    With `behaviour_logp_BL` (a stale batch: the log-probs under the policy version that sampled it) each token's
+    surrogate is weighted by w = min(exp(old - behaviour), behaviour_cap), detached: the decoupled PPO objective,
+    whose ratio and clip stay around the old (proximal) policy. Extra metrics, over the local masked tokens:
+    loss/behaviour_weight_mean, loss/behaviour_capped_fraction and loss/behaviour_abs_log_ratio (mean |old -
+    behaviour|, how far the policy moved since the batch was sampled).
     """
     if beta > 0 and ref_logp_BL is None:
         raise ValueError(f"beta = {beta} > 0 needs the reference log-probs (ref_logp_BL)")
@@ -158,6 +166,10 @@ def policy_loss(
     surrogate_BL = unclipped_BL
     if clip_eps is not None:
         surrogate_BL = torch.minimum(unclipped_BL, ratio_BL.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv_B1)
+    behaviour_metrics = {}
+    if behaviour_logp_BL is not None:
+        weight_BL, behaviour_metrics = behaviour_weights(old_BL, behaviour_logp_BL, mask_BL, behaviour_cap)
+        surrogate_BL, unclipped_BL = surrogate_BL * weight_BL, unclipped_BL * weight_BL
     k3_BL = torch.zeros_like(logp_BL)
     if ref_logp_BL is not None:
         delta_BL = torch.where(mask_BL, ref_logp_BL.detach(), torch.zeros_like(logp_BL)) - logp_BL
@@ -166,7 +178,27 @@ def policy_loss(
     policy = -(surrogate_BL * mask_BL).sum() / denominator
     kl = (k3_BL * mask_BL).sum() / denominator
     loss = policy + beta * kl if beta > 0 else policy
-    return loss, _loss_metrics(loss, policy, kl, ratio_BL, unclipped_BL, surrogate_BL, mask_BL)
+    metrics = _loss_metrics(loss, policy, kl, ratio_BL, unclipped_BL, surrogate_BL, mask_BL)
+    return loss, {**metrics, **behaviour_metrics}
+
+
+def behaviour_weights(
+    old_BL: torch.Tensor, behaviour_logp_BL: torch.Tensor, mask_BL: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights min(exp(old - behaviour), cap) of a stale batch's tokens (1 off the mask,
+    detached), and their metrics over the masked tokens."""
+    with torch.no_grad():
+        behaviour_BL = torch.where(mask_BL, behaviour_logp_BL.float(), old_BL)
+        log_ratio_BL = old_BL - behaviour_BL
+        raw_BL = torch.exp(log_ratio_BL)
+        weight_BL = raw_BL.clamp(max=cap)
+        log_ratio_N, raw_N = log_ratio_BL[mask_BL], raw_BL[mask_BL]
+        empty = raw_N.numel() == 0
+        return weight_BL, {
+            "loss/behaviour_weight_mean": 1.0 if empty else float(weight_BL[mask_BL].mean()),
+            "loss/behaviour_capped_fraction": 0.0 if empty else float((raw_N > cap).float().mean()),
+            "loss/behaviour_abs_log_ratio": 0.0 if empty else float(log_ratio_N.abs().mean()),
+        }
 
 
 def _loss_metrics(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from maskfocus.behaviour import VersionSnapshots
 from maskfocus.compiled import PaddedCompiled
 from maskfocus.config import GRPOConfig, OptimConfig, RunConfig
 from maskfocus.grpo import build_training_inputs, masked_entropy_mean, policy_loss, token_log_probs
@@ -40,6 +41,42 @@ class StepInputs:
     steps_B: torch.Tensor
     old_logp_BL: torch.Tensor | None = None
     ref_logp_BL: torch.Tensor | None = None
+    behaviour_logp_BL: torch.Tensor | None = None
+    """A stale batch's log-probs under the version that sampled it (grpo.behaviour_weight_cap)."""
+
+
+TOKEN_MEAN_METRICS = frozenset(
+    {
+        "loss/ratio_mean",
+        "loss/clip_fraction",
+        "loss/entropy",
+        "loss/behaviour_weight_mean",
+        "loss/behaviour_capped_fraction",
+        "loss/behaviour_abs_log_ratio",
+    }
+)
+"""Metrics that are means over one forward's scored tokens: merged weighted by `loss/scored_tokens`."""
+
+
+def merge_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+    """One record from several (the selected steps of an update, or the ranks of a learner group): the mean of each
+    key over the records that have it, the max for `*_max`, the sum of `loss/scored_tokens`, and for
+    TOKEN_MEAN_METRICS the mean weighted by each record's scored tokens, so that a record with none (a rank whose
+    samples are all invalid) does not pull the mean towards its placeholder (plain mean when no record has any)."""
+    merged = {}
+    for key in sorted({key for record in records for key in record}):
+        having = [record for record in records if key in record]
+        values = [record[key] for record in having]
+        weights = [record.get("loss/scored_tokens", 0.0) for record in having]
+        if key.endswith("_max"):
+            merged[key] = max(values)
+        elif key == "loss/scored_tokens":
+            merged[key] = sum(values)
+        elif key in TOKEN_MEAN_METRICS and sum(weights) > 0:
+            merged[key] = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+        else:
+            merged[key] = sum(values) / len(values)
+    return merged
 
 
 def optimizer_steps_per_iteration(config: RunConfig) -> int:
@@ -108,6 +145,7 @@ class PolicyUpdater:
         module: nn.Module | None = None,
         reference: nn.Module | None = None,
         compile: bool = False,
+        max_staleness: int = 0,
     ):
         self.model = model
         self.grpo = grpo
@@ -122,6 +160,10 @@ class PolicyUpdater:
         self.reference_forward = (
             PaddedCompiled(self.reference) if compile and self.reference is not None else self.reference
         )
+        self.snapshots = None
+        """The weights of the last max_staleness + 1 versions, when stale batches are corrected."""
+        if grpo.behaviour_weight_cap is not None and max_staleness > 0:
+            self.snapshots = VersionSnapshots(self.module, keep=max_staleness + 1)
 
     def resume_schedule(self, num_updates: int) -> None:
         """Continue the learning-rate schedule after the `num_updates` optimizer steps of a run being resumed (its
@@ -161,6 +203,16 @@ class PolicyUpdater:
         return 1 if self.grpo.update == "per_step" else num_steps
 
     @torch.no_grad()
+    def _freeze_behaviour_log_probs(
+        self, steps: list[StepInputs], tokens_BL: torch.Tensor, condition: Condition, version: int
+    ) -> None:
+        """Each step's log-probs under the weights of policy `version` (swapped in for these forwards)."""
+        assert self.snapshots is not None
+        with self.snapshots.weights_of(version):
+            for step in steps:
+                step.behaviour_logp_BL = self._logp(step, tokens_BL, condition, self.policy_forward)[0]
+
+    @torch.no_grad()
     def _freeze_log_probs(self, steps: list[StepInputs], tokens_BL: torch.Tensor, condition: Condition) -> None:
         """Old log-probs of the steps scored after an optimizer step, and every reference log-prob. The steps
         scored before the first optimizer step take their old log-probs from their own training forward
@@ -187,8 +239,11 @@ class PolicyUpdater:
             beta=self.grpo.beta,
             ref_logp_BL=step.ref_logp_BL,
             num_tokens=max(num_tokens, 1.0),
+            behaviour_logp_BL=step.behaviour_logp_BL,
+            behaviour_cap=self.grpo.behaviour_weight_cap or 1.0,
         )
         metrics["loss/entropy"] = masked_entropy_mean(logits_BLV.detach(), step.loss_mask_BL)
+        metrics["loss/scored_tokens"] = local_token_count(step.loss_mask_BL)
         return loss, metrics, num_tokens
 
     def trained_parameters(self):
@@ -210,9 +265,17 @@ class PolicyUpdater:
         return grad_norm, applied
 
     def update(
-        self, batch: TrainBatch, generator: torch.Generator, count_tokens: CountTokens = local_token_count
+        self,
+        batch: TrainBatch,
+        generator: torch.Generator,
+        count_tokens: CountTokens = local_token_count,
+        version: int | None = None,
     ) -> dict[str, float]:
-        """One rollout's worth of updates: grpo.epochs passes of K optimizer steps (per_step) or one (accumulate)."""
+        """One rollout's worth of updates: grpo.epochs passes of K optimizer steps (per_step) or one (accumulate).
+
+        `version`: the policy version of the weights now (the Ray learner's; None in-process, where every batch is
+        on-policy). With stale-batch correction on, the current weights are kept as that version, and a batch
+        sampled by an earlier one gets behaviour weights (grpo.behaviour_weight_cap)."""
         start = time.perf_counter()
         # Every learner forward (old, reference and new log-probs) runs in eval mode, dropout off, as RL fine-tuning
         # usually does: a dropout mask drawn per forward would make the first ratio differ from 1 and the KL differ
@@ -221,12 +284,27 @@ class PolicyUpdater:
         steps = self.prepare(batch, generator)
         batch, steps = learning_rows(batch, steps)
         condition = self.model.encode_prompts(batch.prompts_B)
+        behaviour = self._behaviour_version(batch, version)
+        if behaviour is not None:
+            self._freeze_behaviour_log_probs(steps, batch.tokens_BL, condition, behaviour)
         self._freeze_log_probs(steps, batch.tokens_BL, condition)
         self.optimizer.zero_grad(set_to_none=True)
         records: list[dict[str, float]] = []
         for _ in range(self.grpo.epochs):
             records += self._one_pass(steps, batch, condition, count_tokens)
-        return self._summarize(records, start)
+        summary = self._summarize(records, start)
+        if self.snapshots is not None and version is not None and batch.policy_version < version:
+            summary["sync/behaviour_missing"] = float(behaviour is None)
+        return summary
+
+    def _behaviour_version(self, batch: TrainBatch, version: int | None) -> int | None:
+        """The version whose weights score this batch's behaviour log-probs: the one that sampled it, when the batch
+        is stale and its weights are kept; else None (no correction). Keeps the current weights as `version`."""
+        if self.snapshots is None or version is None:
+            return None
+        self.snapshots.record(version)
+        stale = batch.policy_version < version
+        return batch.policy_version if stale and batch.policy_version in self.snapshots else None
 
     def _one_pass(
         self, steps: list[StepInputs], batch: TrainBatch, condition: Condition, count_tokens: CountTokens
@@ -249,11 +327,7 @@ class PolicyUpdater:
         return records
 
     def _summarize(self, records: list[dict[str, float]], start: float) -> dict[str, float]:
-        keys = sorted({key for record in records for key in record})
-        summary = {}
-        for key in keys:
-            values = [record[key] for record in records if key in record]
-            summary[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+        summary = merge_metrics(records)
         summary["loss/skipped_steps"] = sum(r.get("loss/skipped_steps", 0.0) for r in records)
         summary["perf/learner_seconds"] = time.perf_counter() - start
         summary["perf/optimizer_steps"] = float(sum("loss/grad_norm" in r for r in records))

@@ -174,7 +174,7 @@ def test_token_log_probs_match_log_softmax_gather_and_entropy_metric(seed):
     assert masked_entropy_mean(logits_BLV, torch.zeros_like(mask_BL)) == 0.0
 
 
-def reference_loss(logp, old, adv, mask, clip_eps, beta, ref, num_tokens):
+def reference_loss(logp, old, adv, mask, clip_eps, beta, ref, num_tokens, behaviour=None, cap=1.0):
     total, count = 0.0, 0
     for b in range(len(logp)):
         for pos in range(len(logp[b])):
@@ -185,6 +185,8 @@ def reference_loss(logp, old, adv, mask, clip_eps, beta, ref, num_tokens):
             surrogate = ratio * adv[b]
             if clip_eps is not None:
                 surrogate = min(surrogate, min(max(ratio, 1 - clip_eps), 1 + clip_eps) * adv[b])
+            if behaviour is not None:  # decoupled PPO: the truncated weight of the proximal over the behaviour policy
+                surrogate *= min(math.exp(old[b][pos] - behaviour[b][pos]), cap)
             k3 = 0.0
             if beta > 0:
                 delta = ref[b][pos] - logp[b][pos]
@@ -223,6 +225,45 @@ def test_vectorized_loss_equals_per_token_loop(batch, length, seed, clip_eps, be
     assert metrics["loss/ratio_max"] == pytest.approx(ratio_N.max().item())
     assert metrics["loss/clip_fraction"] == pytest.approx(reference_clip_fraction(*lists[:4], clip_eps))
     assert all(isinstance(value, float) for value in metrics.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("clip_eps", "beta", "cap"), [(0.2, 0.01, 1.5), (None, 0.0, 1.1), (0.2, 0.01, 100.0)])
+def test_stale_batch_weights_equal_a_per_token_loop_and_are_truncated_at_the_cap(seed, clip_eps, beta, cap):
+    logp_BL, old_BL, ref_BL, adv_B, mask_BL = _random_loss_inputs(5, 11, seed)
+    behaviour_BL = old_BL + 0.3 * torch.randn(old_BL.shape, generator=torch.Generator().manual_seed(seed + 10)).double()
+    behaviour_BL[~mask_BL] = -math.inf  # off the mask nothing may leak, not even an infinite weight
+    loss, metrics = policy_loss(
+        logp_BL,
+        old_BL,
+        adv_B,
+        mask_BL,
+        clip_eps=clip_eps,
+        beta=beta,
+        ref_logp_BL=ref_BL,
+        behaviour_logp_BL=behaviour_BL,
+        behaviour_cap=cap,
+    )
+    lists = [t.tolist() for t in (logp_BL, old_BL, adv_B, mask_BL, ref_BL, behaviour_BL)]
+    expected = reference_loss(*lists[:4], clip_eps, beta, lists[4], None, behaviour=lists[5], cap=cap)
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
+    raw_N = (old_BL - behaviour_BL).exp()[mask_BL]
+    assert metrics["loss/behaviour_weight_mean"] == pytest.approx(raw_N.clamp(max=cap).mean().item())
+    assert metrics["loss/behaviour_capped_fraction"] == pytest.approx((raw_N > cap).double().mean().item())
+    abs_log_ratio = (old_BL - behaviour_BL)[mask_BL].abs().mean().item()
+    assert metrics["loss/behaviour_abs_log_ratio"] == pytest.approx(abs_log_ratio)
+    if cap < 2:
+        assert 0 < metrics["loss/behaviour_capped_fraction"] < 1  # the cap binds on some tokens, not all
+
+
+def test_behaviour_equal_to_the_old_policy_changes_nothing():
+    logp_BL, old_BL, ref_BL, adv_B, mask_BL = _random_loss_inputs(4, 9, 3)
+    kwargs = {"clip_eps": 0.2, "beta": 0.01, "ref_logp_BL": ref_BL}
+    plain, plain_metrics = policy_loss(logp_BL, old_BL, adv_B, mask_BL, **kwargs)
+    same, metrics = policy_loss(logp_BL, old_BL, adv_B, mask_BL, behaviour_logp_BL=old_BL.clone(), **kwargs)
+    assert torch.equal(plain, same)
+    assert metrics["loss/behaviour_weight_mean"] == 1.0 and metrics["loss/behaviour_abs_log_ratio"] == 0.0
+    assert "loss/behaviour_weight_mean" not in plain_metrics
 
 
 def reference_clip_fraction(logp, old, adv, mask, clip_eps):

@@ -1,8 +1,10 @@
-"""The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update; stale batches dropped;
+"""The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update, also on a stale batch with
+its behaviour weights; batches too stale dropped;
 an early stop checkpoints the last learned iteration; each rank learns from the batch on its own device."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -56,8 +58,9 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
     config = tiny_config(
         random_model,
         tmp_path,
-        ray={"num_learner_workers": 2, "learner_cpus": 0.5, "learner_strategy": strategy},
+        ray={"num_learner_workers": 2, "learner_cpus": 0.5, "learner_strategy": strategy, "max_staleness": 1},
         train={"compile_learner": compile_learner},
+        grpo={"behaviour_weight_cap": 1.02},
     )
     metadata = PromptStream(config.seed, config.rollout.tags).take(2)
     batch = RewardWorker(config).score(RolloutWorker(config).sample(metadata, 0))
@@ -65,9 +68,15 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
         batch.valid_B[config.rollout.group_size :] = False
     assert batch.advantages_B[batch.valid_B].abs().sum() > 0  # the random CLIP reward varies: a gradient
     model = AmusedGenerator.from_folder(config.model.path)
-    expected = PolicyUpdater(model, config.grpo, config.optim, config.sampler.num_steps, total_updates=6).update(
-        batch, seeded_generator(config.seed, 0, LEARN)
-    )
+    num_steps = config.sampler.num_steps
+    updater = PolicyUpdater(model, config.grpo, config.optim, num_steps, total_updates=6, max_staleness=1)
+    expected = updater.update(batch, seeded_generator(config.seed, 0, LEARN), version=0)
+    local = {name: value.clone() for name, value in model.transformer.state_dict().items()}
+    # Iteration 1 learns the same rollouts as if sampled by version 0 while the learner is at 1: stale by one, so
+    # each rank swaps its shards of version 0 in for the behaviour forwards (and must reshard around them).
+    stale_by_one = dataclasses.replace(batch, iteration=1)
+    expected_stale = updater.update(stale_by_one, seeded_generator(config.seed, 1, LEARN), version=1)
+    assert expected_stale["loss/behaviour_abs_log_ratio"] > 0
 
     from ray.util.queue import Queue
 
@@ -79,26 +88,30 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
         version, weights, record = next_update(ray, store)
         assert record == {"ready": 1.0} and version == 0
         stale = batch.shard(0, 1)
-        stale.policy_version = -1  # one version behind the learner's 0, with max_staleness 0
+        stale.policy_version = -2  # two versions behind the learner's 0, with max_staleness 1
         batches.put(QueuedBatch(0, 2, [ray.put(stale)]), timeout=RAY_TIMEOUT_S)
         batches.put(QueuedBatch(0, 2, [ray.put(batch)]), timeout=RAY_TIMEOUT_S)
         version, weights, record = next_update(ray, store)
-        assert record["dropped"] == 1.0 and record["sync/staleness"] == 1.0 and weights is None and version == 0
+        assert record["dropped"] == 1.0 and record["sync/staleness"] == 2.0 and weights is None and version == 0
         version, weights, record = next_update(ray, store, COLD_COMPILE_TIMEOUT_S if compile_learner else RAY_TIMEOUT_S)
         assert version == 1 and record["policy_version"] == 1 and record["sync/staleness"] == 0.0
         for key in ("loss/total", "loss/policy", "loss/kl", "loss/grad_norm"):
             assert record[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
         published = ray.get(weights[0], timeout=RAY_TIMEOUT_S)
-        local = model.transformer.state_dict()
         assert published.keys() == local.keys()
         worst = max((published[k] - local[k]).abs().max().item() for k in local)
         assert worst < 0.1 * config.optim.learning_rate  # Adam's first steps move each weight by ~lr
+        batches.put(QueuedBatch(1, 4, [ray.put(stale_by_one)]), timeout=RAY_TIMEOUT_S)
+        version, weights, record = next_update(ray, store)
+        assert version == 2 and record["sync/staleness"] == 1.0 and record["sync/behaviour_missing"] == 0.0
+        for key in ("loss/total", "loss/grad_norm", "loss/behaviour_weight_mean", "loss/behaviour_abs_log_ratio"):
+            assert record[key] == pytest.approx(expected_stale[key], rel=1e-4, abs=1e-6), key
         batches.put(None, timeout=RAY_TIMEOUT_S)
         group.join(RAY_TIMEOUT_S)
         assert not group.alive and group.error is None
-        # Stopped before the run's last iteration: the learner kept iteration 0 in a checkpoint to resume from.
-        state = json.loads((tmp_path / "checkpoints" / "iter_000000" / "state.json").read_text())
-        assert (state["policy_version"], state["prompt_cursor"], state["num_updates"]) == (1, 2, 2)
+        # Stopped before the run's last iteration: the learner kept iteration 1 in a checkpoint to resume from.
+        state = json.loads((tmp_path / "checkpoints" / "iter_000001" / "state.json").read_text())
+        assert (state["policy_version"], state["prompt_cursor"], state["num_updates"]) == (2, 4, 4)
     finally:
         batches.shutdown()
         ray.kill(store)
