@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Self
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -27,16 +28,14 @@ class RunStopped(RuntimeError):
         """What the command exits with: 128 + the signal's number, as a shell reports a process the signal ended."""
 
 
-class StopRequest:
-    """While entered (main thread only), the first SIGINT or SIGTERM sets `requested` instead of killing the process."""
+class _StopSignalHandler:
+    """While entered (main thread only; elsewhere nothing changes), SIGINT and SIGTERM call `_handle`; on leaving,
+    the previous handlers come back."""
 
-    def __init__(self, announce: bool = True):
-        self.requested: str | None = None
-        """The name of the signal that asked to stop, or None."""
-        self.announce = announce
+    def __init__(self):
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopRequest:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
@@ -45,6 +44,19 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(_StopSignalHandler):
+    """While entered (main thread only), the first SIGINT or SIGTERM sets `requested` instead of killing the process."""
+
+    def __init__(self, announce: bool = True):
+        super().__init__()
+        self.requested: str | None = None
+        """The name of the signal that asked to stop, or None."""
+        self.announce = announce
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None and signum == signal.SIGINT:
@@ -66,23 +78,9 @@ class StopSignal(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
-class StopAtOnce:
+class StopAtOnce(_StopSignalHandler):
     """While entered (main thread only), SIGINT and SIGTERM raise `StopSignal`; elsewhere SIGTERM would end the
     process with no message (`ray job stop` sends it)."""
 
-    def __init__(self):
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopAtOnce:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    @staticmethod
-    def _handle(signum: int, frame: FrameType | None) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         raise StopSignal(signal.Signals(signum).name)

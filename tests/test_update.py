@@ -459,26 +459,10 @@ def test_the_first_stale_step_equals_a_hand_weighted_loss(monkeypatch):
 
     from maskfocus.grpo import policy_loss
 
-    expected, _ = policy_loss(
-        logp(now),
-        logp(now),
-        stale.advantages_B,
-        steps[0].loss_mask_BL,
-        clip_eps=0.2,
-        beta=0.01,
-        ref_logp_BL=logp(updater.reference),
-        behaviour_logp_BL=logp(version_0),
-        behaviour_cap=1.05,
-    )
-    plain, _ = policy_loss(
-        logp(now),
-        logp(now),
-        stale.advantages_B,
-        steps[0].loss_mask_BL,
-        clip_eps=0.2,
-        beta=0.01,
-        ref_logp_BL=logp(updater.reference),
-    )
+    inputs = (logp(now), logp(now), stale.advantages_B, steps[0].loss_mask_BL)
+    shipped = {"clip_eps": 0.2, "beta": 0.01, "ref_logp_BL": logp(updater.reference)}
+    expected, _ = policy_loss(*inputs, **shipped, behaviour_logp_BL=logp(version_0), behaviour_cap=1.05)
+    plain, _ = policy_loss(*inputs, **shipped)
     losses = []
     real = update_module.policy_loss
 
