@@ -9,6 +9,9 @@ Checks, each printing its figures:
 1. tiny  - the built-in tiny model end to end on the device: bf16 rollout (sampler + router), shapes GenEval
            reward, critical steps, GRPO updates of an FSDP2 `fully_shard` transformer (bf16 compute, float32
            master weights), full weights back into the rollout model. Asserts finite losses and changed weights.
+           Then the last batch once more as if one version stale, with `grpo.behaviour_weight_cap` (the sampling
+           version's shards swapped in for the behaviour forwards): asserts finite behaviour weights and the
+           weights restored before the update.
 2. nccl  - a torch.distributed NCCL group and a broadcast of the tiny transformer's weights and of a 1 GiB
            buffer. One process: NCCL refuses two ranks on one GPU, so this proves set-up and the collective
            path, not link bandwidth.
@@ -95,14 +98,21 @@ def shard(module: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Mo
 
 def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
     """The tiny model through rollout -> reward -> selection -> FSDP2 GRPO update -> weight sync."""
-    overrides = {"model.device": str(device), "model.dtype": dtype}
+    overrides = {"model.device": str(device), "model.dtype": dtype, "grpo.behaviour_weight_cap": 2.0}
     config = load_config(ROOT / "configs" / "shapes_tiny.yaml", overrides)
     policy = load_generator(config.model)
     learner = load_generator(config.model, dtype="float32")
     reference = frozen_copy(learner.transformer)
     module = shard(learner.trainable_module(), learner.blocks())
     updater = PolicyUpdater(
-        learner, config.grpo, config.optim, config.sampler.num_steps, 10 * num_iterations, module, reference
+        learner,
+        config.grpo,
+        config.optim,
+        config.sampler.num_steps,
+        10 * num_iterations,
+        module,
+        reference,
+        max_staleness=1,
     )
     reward_fn = build_rewards(config.rewards, device=str(device))
     prompts = PromptStream.from_config(config)
@@ -122,7 +132,8 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
         batch = score_trajectory(
             trajectory, reward_fn, policy, config.selection, config.grpo, seeded_generator(config.seed, iteration, 1)
         )
-        metrics = updater.update(batch, seeded_generator(config.seed, iteration, 2, device=device))
+        batch.policy_version = iteration
+        metrics = updater.update(batch, seeded_generator(config.seed, iteration, 2, device=device), version=iteration)
         learned = synchronize(device)
         policy.transformer.load_state_dict(plain_state_dict(module))
         end = synchronize(device)
@@ -140,7 +151,32 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
     after = plain_state_dict(module)
     changed = sum(not torch.equal(before[key], after[key]) for key in before)
     assert changed > 0, "no weight changed after the GRPO updates"
-    return {**record, "tensors_changed": f"{changed}/{len(before)}", "ok": True}
+    stale = check_stale_batch(updater, batch, num_iterations)
+    return {**record, **stale, "tensors_changed": f"{changed}/{len(before)}"}
+
+
+def check_stale_batch(updater: PolicyUpdater, batch: TrainBatch, version: int) -> dict:
+    """The last batch (sampled by version - 1) learned again at `version`: behaviour forwards under the swapped-in
+    shards of version - 1, then the update from the current weights (checked by a spy on the old log-probs)."""
+    current = [parameter.detach().clone() for parameter in updater.module.parameters()]
+    seen = {}
+    freeze = updater._freeze_log_probs
+
+    def spy(steps, tokens_BL, condition):
+        seen["restored"] = all(torch.equal(a, b) for a, b in zip(updater.module.parameters(), current, strict=True))
+        freeze(steps, tokens_BL, condition)
+
+    updater._freeze_log_probs = spy
+    generator = seeded_generator(0, version, 2, device=batch.tokens_BL.device)
+    metrics = updater.update(batch, generator, version=version)
+    del updater._freeze_log_probs
+    assert seen["restored"], "the current weights were not restored after the behaviour forwards"
+    assert metrics["sync/behaviour_missing"] == 0.0 and math.isfinite(metrics["loss/behaviour_weight_mean"])
+    return {
+        "stale_behaviour_weight_mean": round(metrics["loss/behaviour_weight_mean"], 4),
+        "stale_abs_log_ratio": round(metrics["loss/behaviour_abs_log_ratio"], 4),
+        "ok": True,
+    }
 
 
 def check_broadcast(device: torch.device) -> dict:
