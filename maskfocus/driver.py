@@ -65,6 +65,7 @@ from maskfocus.run_io import (
     read_metrics,
     resume_hint,
     resume_state,
+    running_counts,
 )
 from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview
@@ -120,11 +121,12 @@ class RayRun:
         """Collective: (iteration of the update, the receive call) not yet collected."""
         self.enqueue_wait: dict[int, float] = {}
         self.failures: dict[int, int] = {}
-        self.counts = {"sync/dropped_stale": 0, "sync/redone": 0}
         self.queue_depth = 0
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
         self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration)
+        self.counts = running_counts(self.log.path, ("sync/dropped_stale", "sync/redone"))
+        """Running totals over the whole run: a resume goes on from its last kept record's."""
         self.metrics = RunMetrics(run_dir.name)
         self.total = self.end - start.iteration
         """The iterations this call learns (a resume's, not the run's)."""

@@ -216,6 +216,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return _parse_metrics(path)[0]
 
 
+def running_counts(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
+    """The running counts `keys` as the last record of a run's metrics JSONL left them, so that a resume carries
+    them on (call it after MetricsLog has rewound the file); 0 each for a new run."""
+    records = read_metrics(path) if path.exists() else []
+    last = records[-1] if records else {}
+    return {key: int(last.get(key) or 0) for key in keys}
+
+
 def rewind_metrics(path: Path, start_iteration: int) -> int:
     """Before a run (re)starts at `start_iteration`: move the records it will write again, and a cut-short last
     line, from `path` to `<stem>.superseded.jsonl` beside it (appended, never lost). Returns how many moved."""

@@ -20,6 +20,7 @@ from maskfocus.run_io import (
     read_metrics,
     resume_hint,
     rewind_metrics,
+    running_counts,
     save_checkpoint,
 )
 
@@ -93,6 +94,17 @@ def test_a_fresh_start_moves_everything_and_a_log_appends_after_the_rewind(tmp_p
     assert read_metrics(path) == [{"iteration": 0}, {"iteration": 1, "reward/mean": None}]
     assert rewind_metrics(path, 0) == 2 and read_metrics(path) == []
     assert len((tmp_path / "metrics.superseded.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_resume_carries_the_running_counts_of_the_last_kept_record_on(tmp_path):
+    path, keys = tmp_path / "metrics.jsonl", ("sync/dropped_stale", "sync/redone")
+    records = [{"iteration": i, "sync/dropped_stale": i, "sync/redone": 2 * i} for i in range(5)]
+    _write_lines(path, [json.dumps(record) for record in records])
+    MetricsLog(path, start_iteration=3).close()  # the resume redoes iterations 3 and 4: their counts go
+    assert running_counts(path, keys) == {"sync/dropped_stale": 2, "sync/redone": 4}
+    assert running_counts(tmp_path / "new.jsonl", keys) == {"sync/dropped_stale": 0, "sync/redone": 0}
+    _write_lines(path, [json.dumps({"iteration": 0})])  # a record without them (an in-process run resumed on Ray)
+    assert running_counts(path, keys) == {"sync/dropped_stale": 0, "sync/redone": 0}
 
 
 def test_a_broken_line_before_the_last_names_its_file_and_line(tmp_path):
