@@ -157,6 +157,11 @@ def parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
+        if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
+            raise ConfigError(
+                f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
+                "an empty string"
+            )
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 

@@ -61,6 +61,19 @@ def test_eval_set_names_an_unknown_key(capsys):
     assert "sampler.complie" in cli_error(capsys, "eval", "--limit", "1", "--no-clip", "--set", "sampler.complie=true")
 
 
+def test_a_set_without_a_value_is_refused_rather_than_read_as_null(tmp_path, capsys):
+    """YAML reads `grpo.clip_eps=` as null, which would switch the clip off without a word."""
+    from maskfocus.cli import parse_set
+
+    error = cli_error(capsys, "train", "--set", f"train.out_dir={tmp_path}", "--set", "grpo.clip_eps=")
+    assert "--set 'grpo.clip_eps=': no value after '='; write grpo.clip_eps=null for null" in error
+    assert not any(tmp_path.iterdir())
+    assert parse_set(["grpo.clip_eps=null", "sampler.negative_prompt=''"]) == {
+        "grpo.clip_eps": None,
+        "sampler.negative_prompt": "",
+    }
+
+
 def test_sample_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
     args = ["--num-images", "4", "--out", str(out), "--set", "sampler.compile=false"]
