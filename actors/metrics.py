@@ -2,7 +2,8 @@
 
 Each value is recorded in the process that measures it: rollout workers (images per second, weight loads),
 reward workers (latency, mean reward), rank 0 of the learner group (step time, weight publishing, loss, KL,
-policy version, staleness, dropped batches) and the driver (queue depth, redone batches, iteration time).
+policy version, staleness, dropped batches, how far a stale batch's sampling policy lies from the current one)
+and the driver (queue depth, redone batches, iteration time).
 Every series carries the tag `run` (the run folder's name). Ray prefixes the names with `ray_` in the
 export, and counters get `_total`: `maskfocus_queue_depth` is scraped as `ray_maskfocus_queue_depth`.
 
@@ -49,6 +50,10 @@ METRICS: dict[str, MetricSpec] = {
     "maskfocus_iteration_seconds": MetricSpec(Histogram, "Seconds between two learned iterations.", SECONDS),
     "maskfocus_loss": MetricSpec(Gauge, "Policy loss (loss/total) of the last update."),
     "maskfocus_kl": MetricSpec(Gauge, "KL to the reference (loss/kl) of the last update."),
+    "maskfocus_behaviour_log_ratio": MetricSpec(
+        Gauge,
+        "Mean |log pi_now - log pi_behaviour| per scored token of the last stale batch (grpo.behaviour_weight_cap).",
+    ),
 }
 
 

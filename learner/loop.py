@@ -284,7 +284,11 @@ def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) 
     metrics.record("maskfocus_policy_version", record["policy_version"])
     metrics.record("maskfocus_learner_step_seconds", record["perf/learner_seconds"])
     metrics.record("maskfocus_weight_sync_seconds", record["perf/weight_sync_seconds"], stage="publish")
-    for name, key in (("maskfocus_loss", "loss/total"), ("maskfocus_kl", "loss/kl")):
+    for name, key in (
+        ("maskfocus_loss", "loss/total"),
+        ("maskfocus_kl", "loss/kl"),
+        ("maskfocus_behaviour_log_ratio", "loss/behaviour_abs_log_ratio"),  # stale batches, with the correction on
+    ):
         if key in record and math.isfinite(record[key]):
             metrics.record(name, record[key])
 

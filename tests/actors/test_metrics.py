@@ -28,3 +28,22 @@ def test_a_metric_with_a_stage_tag_needs_it_and_unknown_names_are_refused():
         metrics.record("maskfocus_weight_sync_seconds", 0.1)
     with pytest.raises(KeyError):
         metrics.record("maskfocus_typo", 1.0)
+
+
+def test_the_learner_records_the_behaviour_gauge_only_for_corrected_stale_batches():
+    from maskfocus.learner.loop import _record_metrics
+
+    class Recorder:
+        def __init__(self):
+            self.seen = {}
+
+        def record(self, name, value, **tags):
+            self.seen[name] = value
+
+    base = {"sync/staleness": 1.0, "policy_version": 3, "perf/learner_seconds": 2.0}
+    base |= {"perf/weight_sync_seconds": 0.1, "loss/total": 0.01, "loss/kl": 0.2}
+    corrected, plain = Recorder(), Recorder()
+    _record_metrics(corrected, {**base, "loss/behaviour_abs_log_ratio": 0.016}, dropped=False)
+    _record_metrics(plain, base, dropped=False)
+    assert corrected.seen["maskfocus_behaviour_log_ratio"] == 0.016 and corrected.seen["maskfocus_kl"] == 0.2
+    assert "maskfocus_behaviour_log_ratio" not in plain.seen and set(plain.seen) <= set(METRICS)

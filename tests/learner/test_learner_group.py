@@ -129,7 +129,7 @@ def test_a_learner_rank_learns_from_the_batch_moved_to_its_own_device(monkeypatc
     devices = {}
 
     class Updater:
-        def update_shard(self, batch, generator, count_tokens):
+        def update_shard(self, batch, generator, count_tokens, version):
             devices.update({k: v.device.type for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
             return {"loss/total": 0.0}
 
