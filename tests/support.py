@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from maskfocus.models.base import Condition
+from maskfocus.types import TrainBatch
 
 
 class ToyGenerator:
@@ -160,3 +161,26 @@ def make_run(folder: Path, overrides: dict, overall: float | None, iterations: i
         tags = {"single_object": overall + 0.1, "two_object": overall - 0.1}
         (folder / "eval" / "summary.json").write_text(json.dumps({"overall": overall, "tags": tags}))
     return folder
+
+
+def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3, seed: int = 0) -> TrainBatch:
+    """A TrainBatch of random final tokens and advantages for the toy generator: K selected steps 1..K with 12, 8
+    and 4 masked tokens, groups of 4, every sample valid, sampled by policy version 0."""
+    generator = torch.Generator().manual_seed(seed)
+    num_tokens = model.grid_size[0] * model.grid_size[1]
+    tokens = torch.randint(0, model.codebook_size, (num_samples, num_tokens), generator=generator)
+    steps = torch.arange(1, num_selected + 1).expand(num_samples, num_selected).clone()
+    counts = torch.tensor([12, 8, 4][:num_selected]).expand(num_samples, num_selected).clone()
+    advantages = torch.randn(num_samples, generator=generator)
+    return TrainBatch(
+        [f"p{i // 4}" for i in range(num_samples)],
+        tokens,
+        steps,
+        counts,
+        None,
+        None,
+        advantages,
+        torch.ones(num_samples, dtype=torch.bool),
+        0,
+        0,
+    )

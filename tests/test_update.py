@@ -6,36 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import ToyGenerator
+from support import ToyGenerator, make_batch
 
 import maskfocus.update as update_module
 from maskfocus.config import GRPOConfig, OptimConfig, load_config
 from maskfocus.grpo import token_log_probs
-from maskfocus.types import TrainBatch
 from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
-
-
-def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3, seed: int = 0) -> TrainBatch:
-    generator = torch.Generator().manual_seed(seed)
-    num_tokens = model.grid_size[0] * model.grid_size[1]
-    tokens = torch.randint(0, model.codebook_size, (num_samples, num_tokens), generator=generator)
-    steps = torch.arange(1, num_selected + 1).expand(num_samples, num_selected).clone()
-    counts = torch.tensor([12, 8, 4][:num_selected]).expand(num_samples, num_selected).clone()
-    advantages = torch.randn(num_samples, generator=generator)
-    return TrainBatch(
-        [f"p{i // 4}" for i in range(num_samples)],
-        tokens,
-        steps,
-        counts,
-        None,
-        None,
-        advantages,
-        torch.ones(num_samples, dtype=torch.bool),
-        0,
-        0,
-    )
 
 
 def make_updater(model, compile: bool = False, **grpo):
@@ -396,99 +374,6 @@ def test_learner_forwards_run_with_dropout_off():
     assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/ratio_max"] == 1.0
     assert metrics["loss/kl"] == 0.0
     assert not model.transformer.training
-
-
-def stale_correcting_updater(model, cap: float = 2.0, max_staleness: int = 1) -> PolicyUpdater:
-    return PolicyUpdater(
-        model,
-        GRPOConfig(behaviour_weight_cap=cap),
-        OptimConfig(learning_rate=1e-2),
-        num_sampling_steps=6,
-        total_updates=10,
-        max_staleness=max_staleness,
-    )
-
-
-def test_a_stale_batch_is_scored_under_the_version_that_sampled_it(monkeypatch):
-    """Learner at version 1, batch sampled by version 0: its behaviour log-probs are those of the version-0 weights
-    on the same training inputs, the loss weights tokens by them, and the current weights are untouched."""
-    model = ToyGenerator()
-    updater = stale_correcting_updater(model)
-    version_0 = update_module.frozen_copy(updater.module)
-    first = updater.update(make_batch(model, seed=0), torch.Generator().manual_seed(1), version=0)
-    assert "loss/behaviour_weight_mean" not in first  # on-policy: no correction
-    seen = []
-    freeze = PolicyUpdater._freeze_log_probs
-
-    def spy(self, steps, tokens_BL, condition):
-        seen.append((steps, condition, weights_of(self.module)))
-        freeze(self, steps, tokens_BL, condition)
-
-    monkeypatch.setattr(PolicyUpdater, "_freeze_log_probs", spy)
-    stale = make_batch(model, seed=1)  # policy_version 0
-    metrics = updater.update(stale, torch.Generator().manual_seed(2), version=1)
-    ((steps, condition, current),) = seen
-    for step in steps:
-        logits = model.logits(step.inputs_BL, condition, step.steps_B, 6, module=version_0)
-        assert torch.equal(step.behaviour_logp_BL, token_log_probs(logits, stale.tokens_BL))
-    assert not any(torch.equal(a, b) for a, b in zip(current, weights_of(version_0), strict=True))
-    assert metrics["loss/behaviour_abs_log_ratio"] > 0 and 0 < metrics["loss/behaviour_weight_mean"] <= 2.0
-    assert "sync/behaviour_missing" in metrics and metrics["sync/behaviour_missing"] == 0.0
-    assert updater.snapshots.versions == [0, 1]
-
-
-def weights_of(module) -> list[torch.Tensor]:
-    return [parameter.detach().clone() for parameter in module.parameters()]
-
-
-def test_the_first_stale_step_equals_a_hand_weighted_loss(monkeypatch):
-    """The stale batch's first selected step, per_step: its loss is the decoupled PPO loss computed by hand from
-    three forwards (now = old, behaviour = version 0, and the reference)."""
-    model = ToyGenerator()
-    updater = stale_correcting_updater(model, cap=1.05)
-    version_0 = update_module.frozen_copy(updater.module)
-    updater.update(make_batch(model, seed=0), torch.Generator().manual_seed(1), version=0)
-    now = update_module.frozen_copy(updater.module)
-    stale = make_batch(model, seed=1)
-    steps = updater.prepare(stale, torch.Generator().manual_seed(2))
-    condition = model.encode_prompts(stale.prompts_B)
-
-    def logp(module):
-        logits = model.logits(steps[0].inputs_BL, condition, steps[0].steps_B, 6, module=module)
-        return token_log_probs(logits, stale.tokens_BL)
-
-    from maskfocus.grpo import policy_loss
-
-    inputs = (logp(now), logp(now), stale.advantages_B, steps[0].loss_mask_BL)
-    shipped = {"clip_eps": 0.2, "beta": 0.01, "ref_logp_BL": logp(updater.reference)}
-    expected, _ = policy_loss(*inputs, **shipped, behaviour_logp_BL=logp(version_0), behaviour_cap=1.05)
-    plain, _ = policy_loss(*inputs, **shipped)
-    losses = []
-    real = update_module.policy_loss
-
-    def recording(*args, **kwargs):
-        loss, metrics = real(*args, **kwargs)
-        losses.append(loss.detach())
-        return loss, metrics
-
-    monkeypatch.setattr(update_module, "policy_loss", recording)
-    updater.update(stale, torch.Generator().manual_seed(2), version=1)
-    torch.testing.assert_close(losses[0], expected.detach())
-    assert not torch.allclose(expected, plain)  # the weights changed the loss
-
-
-def test_on_policy_batches_missing_versions_and_no_cap_are_not_corrected():
-    model = ToyGenerator()
-    updater = stale_correcting_updater(model)
-    on_policy = make_batch(model)
-    on_policy.policy_version = 3
-    assert "loss/behaviour_weight_mean" not in updater.update(on_policy, torch.Generator().manual_seed(1), version=3)
-    too_old = make_batch(model)
-    too_old.policy_version = 1  # older than any kept version (the learner dropped nothing here: it was never kept)
-    metrics = updater.update(too_old, torch.Generator().manual_seed(1), version=4)
-    assert metrics["sync/behaviour_missing"] == 1.0 and "loss/behaviour_weight_mean" not in metrics
-    assert PolicyUpdater(model, GRPOConfig(), OptimConfig(), 6, 10, max_staleness=2).snapshots is None
-    assert stale_correcting_updater(model, max_staleness=0).snapshots is None
 
 
 def test_merged_metrics_weight_token_means_by_scored_tokens_and_skip_empty_records():
