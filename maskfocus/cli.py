@@ -18,6 +18,7 @@ from maskfocus.config import (
     RunConfig,
     SamplerConfig,
     default_run_config,
+    idle_settings_notice,
     load_config,
 )
 
@@ -193,6 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from maskfocus.compiled import compile_notice
 
     if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
+        print(notice)
+    if notice := idle_settings_notice(config):
         print(notice)
     if config.train.executor == "ray":
         from maskfocus.driver import train_ray
