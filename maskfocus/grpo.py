@@ -188,7 +188,7 @@ def behaviour_weights(
     """Truncated importance weights min(exp(old - behaviour), cap) of a stale batch's tokens (1 off the mask,
     detached), and their metrics over the masked tokens."""
     with torch.no_grad():
-        behaviour_BL = torch.where(mask_BL, behaviour_logp_BL.float(), old_BL)
+        behaviour_BL = torch.where(mask_BL, behaviour_logp_BL.to(old_BL.dtype), old_BL)
         log_ratio_BL = old_BL - behaviour_BL
         raw_BL = torch.exp(log_ratio_BL)
         weight_BL = raw_BL.clamp(max=cap)
