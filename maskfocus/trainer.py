@@ -307,7 +307,7 @@ def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
         run_dir / "config.yaml",
         run_dir / "model",
         run_dir / "eval" / "results.jsonl",
-        run_dir / "eval/summary.json",
+        run_dir / "eval" / "summary.json",
     ]
     config, model, out, summary = (shlex.quote(str(path)) for path in paths)
     evaluate = f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
