@@ -38,7 +38,10 @@ METRICS: dict[str, MetricSpec] = {
     "maskfocus_queue_depth": MetricSpec(Gauge, "TrainBatches waiting in the queue for the learner."),
     "maskfocus_policy_version": MetricSpec(Gauge, "Policy version of the learner's newest weights."),
     "maskfocus_staleness": MetricSpec(Histogram, "Policy versions a batch lags the learner.", VERSIONS),
-    "maskfocus_dropped_stale": MetricSpec(Counter, "Batches the learner dropped as older than ray.max_staleness."),
+    "maskfocus_dropped_stale": MetricSpec(
+        Counter,
+        "Batches the learner dropped (older than ray.max_staleness, or queued behind a dropped one); each is redone.",
+    ),
     "maskfocus_redone": MetricSpec(Counter, "Iterations redone after a rollout or reward actor failed."),
     "maskfocus_learner_step_seconds": MetricSpec(Histogram, "Seconds of one iteration's policy update.", SECONDS),
     "maskfocus_weight_sync_seconds": MetricSpec(

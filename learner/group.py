@@ -33,6 +33,14 @@ def scaling_config(ray_config: RayConfig) -> ScalingConfig:
     )
 
 
+def no_restarts() -> FailureConfig:
+    """Ray Train must never rerun the learner loop on its own: a rerun starts from the run's first state (not the
+    last checkpoint), moves the driver's policy version back, and loses the queue items rank 0 held. A failed or
+    preempted learner ends the run (with its last checkpoint), and `maskfocus train --resume` continues it. Ray
+    Train 2.60 retries preemptions and controller failures without limit by default, apart from max_failures."""
+    return FailureConfig(max_failures=0, max_preemption_failures=0, controller_failure_limit=0)
+
+
 class LearnerGroup:
     """Starts the TorchTrainer in a thread; `alive` / `error` tell the driver how it is doing."""
 
@@ -62,7 +70,7 @@ class LearnerGroup:
                 name="learner",
                 storage_path=str((run_dir / "ray_train").resolve()),
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=no_restarts(),
             ),
         )
         self.error: BaseException | None = None

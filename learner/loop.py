@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import queue as queue_lib
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config: RunConfig = loop_config["config"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    check_run_folder(Path(loop_config["run_dir"]), rank)
     device = ray.train.torch.get_device() if config.ray.learner_gpus > 0 else torch.device("cpu")
     worker = LearnerWorker(config, loop_config["start"], rank, world_size, device)
     group: WeightGroup | None = loop_config.get("weight_group")
@@ -205,6 +207,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if sender is not None:
             sender.close()
+
+
+def check_run_folder(run_dir: Path, rank: int) -> None:
+    """The driver made the run folder before it started the learner; a learner rank that cannot see it is on
+    another node without a shared disk, where its checkpoints would land out of the driver's (and --resume's)
+    reach. Stop at once, rather than at the end of the run."""
+    if not run_dir.is_dir():
+        raise RuntimeError(
+            f"learner rank {rank} on host {socket.gethostname()} cannot see the run folder {run_dir}, which the "
+            "driver made on its own node: the learner writes the checkpoints there and the driver reads them. Put "
+            "train.out_dir on a disk every node mounts at the same path (NFS, EFS, ...; deploy/cluster.yaml)"
+        )
 
 
 def _serve(
@@ -217,7 +231,9 @@ def _serve(
     weights = worker.full_weights()
     if rank == 0:  # the starting weights (the checkpoint's, on resume); also says the learner is ready
         ray.get(store.publish.remote(worker.version, [ray.put(weights)], {"ready": 1.0}), timeout=timeout)
-        if sender is not None:  # the driver starts the rollout workers' receives on the ready record
+        # The driver starts the rollout workers' receives on the ready record, unless the run is already learned
+        # to its end (a resume for the final evaluation): then no receive would ever come.
+        if sender is not None and worker.next_iteration < config.train.num_iterations:
             sender.broadcast(worker.version, weights)
     unsaved: Message | None = None
     """The last learned iteration when it is not in a checkpoint yet."""
@@ -276,8 +292,10 @@ def _share_weights(
 
 
 def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) -> None:
-    """Rank 0: the dashboard metrics of one queue item (actors/metrics.py)."""
-    metrics.record("maskfocus_staleness", record["sync/staleness"])
+    """Rank 0: the dashboard metrics of one queue item (actors/metrics.py). An out-of-order item is dropped
+    unfetched, so its record has no staleness."""
+    if "sync/staleness" in record:
+        metrics.record("maskfocus_staleness", record["sync/staleness"])
     if dropped:
         metrics.record("maskfocus_dropped_stale", 1)
         return

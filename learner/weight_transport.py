@@ -206,6 +206,8 @@ class _Member:
             )
         self.group, self.rank = group, rank
         self.device = device if device is not None else group.device()
+        self.stuck = False
+        """A broadcast timed out: its call may still be running in its helper thread."""
         # GLOO joins here (all ranks must call at once); NCCL meets at the first broadcast.
         collective.init_collective_group(
             group.world_size, rank, backend=group.backend, group_name=group.name, gloo_timeout=_ms(group.timeout_s)
@@ -221,10 +223,20 @@ class _Member:
             if self.device.type == "cuda":  # NCCL runs on its own stream; the buffer is ready (or free) after this
                 torch.cuda.synchronize(self.device)
 
-        _bounded(step, self.group.timeout_s, f"weight broadcast of {what} (group {self.group.name}, rank {self.rank})")
+        try:
+            _bounded(
+                step, self.group.timeout_s, f"weight broadcast of {what} (group {self.group.name}, rank {self.rank})"
+            )
+        except TimeoutError:
+            self.stuck = True
+            raise
 
     def close(self) -> None:
-        """Leave the group (rank 0 of NCCL also removes the group's named rendezvous actor)."""
+        """Leave the group (rank 0 of NCCL also removes the group's named rendezvous actor). After a timed-out
+        broadcast the group is left as it is: destroying a communicator that a call is still inside can block for
+        good, and the run is stopping anyway (the process and its communicator go with it)."""
+        if self.stuck:
+            return
         if collective.is_group_initialized(self.group.name):
             collective.destroy_collective_group(self.group.name)
 

@@ -1,5 +1,5 @@
 """The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update, also on a stale batch with
-its behaviour weights; batches too stale dropped;
+its behaviour weights; batches too stale dropped, and a batch queued behind a dropped one (never fetched);
 an early stop checkpoints the last learned iteration; each rank learns from the batch on its own device."""
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
     batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
     store = ray.remote(WeightStore).options(num_cpus=0).remote()
     group = LearnerGroup(config, tmp_path, RunState(), batches, store)
+    failure = group.trainer.run_config.failure_config  # a Ray Train rerun would restart from RunState() above
+    assert (failure.max_failures, failure.max_preemption_failures, failure.controller_failure_limit) == (0, 0, 0)
     group.start()
     try:
         version, weights, record = next_update(ray, store)
@@ -90,9 +92,14 @@ def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
         stale = batch.shard(0, 1)
         stale.policy_version = -2  # two versions behind the learner's 0, with max_staleness 1
         batches.put(QueuedBatch(0, 2, [ray.put(stale)]), timeout=RAY_TIMEOUT_S)
-        batches.put(QueuedBatch(0, 2, [ray.put(batch)]), timeout=RAY_TIMEOUT_S)
         version, weights, record = next_update(ray, store)
         assert record["dropped"] == 1.0 and record["sync/staleness"] == 2.0 and weights is None and version == 0
+        # Iteration 1, queued behind the dropped 0, is dropped unfetched too (it waits for 0's redo).
+        batches.put(QueuedBatch(1, 4, [ray.put(stale_by_one)]), timeout=RAY_TIMEOUT_S)
+        batches.put(QueuedBatch(0, 2, [ray.put(batch)]), timeout=RAY_TIMEOUT_S)
+        version, weights, record = next_update(ray, store)
+        assert (record["dropped"], record["sync/out_of_order"], record["iteration"]) == (1.0, 1.0, 1)
+        assert "sync/staleness" not in record and weights is None and version == 0
         version, weights, record = next_update(ray, store, COLD_COMPILE_TIMEOUT_S if compile_learner else RAY_TIMEOUT_S)
         assert version == 1 and record["policy_version"] == 1 and record["sync/staleness"] == 0.0
         for key in ("loss/total", "loss/policy", "loss/kl", "loss/grad_norm"):
@@ -168,3 +175,53 @@ def test_a_batch_queued_behind_a_dropped_one_is_dropped_too_and_learned_after_it
     assert info == {"sync/out_of_order": 1.0}
     stop, _ = _message(None, version=5, config=config, next_iteration=4)
     assert stop.kind == "stop"
+
+
+def test_a_learner_rank_that_cannot_see_the_run_folder_stops_at_once_and_says_why(tmp_path):
+    """On a cluster without a shared disk the learner's node lacks the folder the driver made on the head node;
+    its checkpoints would be written where neither the driver nor --resume can read them."""
+    from maskfocus.learner.loop import check_run_folder
+
+    check_run_folder(tmp_path, rank=0)  # the driver's folder, seen: no error
+    with pytest.raises(RuntimeError, match=r"learner rank 1 on host .* cannot see the run folder .*train\.out_dir"):
+        check_run_folder(tmp_path / "made_on_another_node", rank=1)
+
+
+class FakeSender:
+    def __init__(self):
+        self.broadcasts: list[int] = []
+
+    def broadcast(self, version, weights):
+        self.broadcasts.append(version)
+
+
+@pytest.mark.parametrize("start_iteration, broadcasts", [(3, [7]), (4, [])])
+def test_the_ready_broadcast_is_skipped_when_the_run_is_already_learned_to_its_end(
+    ray_session, tmp_path, start_iteration, broadcasts
+):
+    """Collective transport: rank 0 broadcasts its starting weights after the ready record, and the driver starts
+    the receives on that record; resuming a run learned to its end (to evaluate it) starts none, so a broadcast would
+    wait for ray.timeout_s and fail the run."""
+    from types import SimpleNamespace
+
+    from ray.util.queue import Queue
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner.loop import _serve
+
+    ray = ray_session
+    config = default_run_config({"train": {"num_iterations": 4}, "ray": {"timeout_s": RAY_TIMEOUT_S}})
+    worker = SimpleNamespace(
+        config=config, rank=0, world_size=1, version=7, next_iteration=start_iteration, full_weights=dict
+    )
+    batches = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    sender = FakeSender()
+    try:
+        batches.put(None, timeout=RAY_TIMEOUT_S)  # the driver's stop item: nothing to learn
+        _serve(worker, sender, batches, store, tmp_path)
+        version, _, record = next_update(ray, store)
+        assert (version, record) == (7, {"ready": 1.0}) and sender.broadcasts == broadcasts
+    finally:
+        batches.shutdown()
+        ray.kill(store)

@@ -198,3 +198,29 @@ def test_driver_refuses_collective_transport_without_gpus_and_says_why(tmp_path)
     half = {**gpu, "rollout_gpus": 0.5}
     with pytest.raises(ConfigError, match="rollout_gpus"):
         _check_supported(tiny_config(tmp_path / "model", tmp_path / "runs", ray=half))
+
+
+def test_a_timed_out_broadcast_fails_clearly_and_leaves_the_group_undestroyed(monkeypatch):
+    """NCCL has no timeout of its own: the member gives up after the group's timeout, and then must not destroy the
+    communicator that the stuck call is still inside (that can block for good)."""
+    import threading
+
+    from maskfocus.learner import weight_transport
+
+    release, destroyed = threading.Event(), []
+    monkeypatch.setattr(weight_transport.collective, "broadcast", lambda *args, **kwargs: release.wait(30))
+    monkeypatch.setattr(weight_transport.collective, "is_group_initialized", lambda name: True)
+    monkeypatch.setattr(weight_transport.collective, "destroy_collective_group", destroyed.append)
+    monkeypatch.setattr(weight_transport.collective, "init_collective_group", lambda *args, **kwargs: None)
+    group = WeightGroup("stuck", world_size=2, backend="gloo", timeout_s=0.2)
+    sender = WeightSender(group)
+    try:
+        with pytest.raises(TimeoutError, match=r"weight broadcast of the header \(group stuck, rank 0\): not finished"):
+            sender.broadcast(3, {"w": torch.ones(4)})
+        sender.close()
+        assert sender.stuck and destroyed == []
+    finally:
+        release.set()
+    healthy = WeightSender(group)
+    healthy.close()
+    assert destroyed == ["stuck"]
