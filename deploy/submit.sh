@@ -5,8 +5,9 @@
 #   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
 #   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
 # The address is --address, else RAY_API_SERVER_ADDRESS, else an http:// RAY_ADDRESS, else the local dashboard.
-# Nodes need maskfocus installed (deploy/runtime_env.yaml). Give train.out_dir an absolute path (on a disk
-# the head node shares) to keep the run folder: a relative one lands in the job's temporary working directory.
+# Nodes need maskfocus installed (deploy/runtime_env.yaml). Give train.out_dir an absolute path on a disk every
+# node mounts at the same path (the driver writes the run folder, the learner its checkpoints; a learner that
+# cannot see it stops the run at once): a relative one lands in the job's temporary working directory.
 #
 # Token auth. Ray >= 2.60 protects a cluster with a token when it is started with RAY_AUTH_MODE=token, or
 # when a token already exists where `ray start` looks (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN);

@@ -8,6 +8,7 @@ runs: the module's bfloat16 Ray run serves three tests, the float32 in-process r
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from typing import NamedTuple
 import pytest
 from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, ray_session, tiny_config  # noqa: F401
 
+from maskfocus.actors.grafana import dashboard
 from maskfocus.actors.metrics import METRICS
 from maskfocus.config import RunConfig
 from maskfocus.run_io import latest_checkpoint, read_metrics
@@ -168,6 +170,11 @@ def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
     assert not scraper.missing(expected), f"not in http://127.0.0.1:{METRICS_PORT}/metrics: {scraper.missing(expected)}"
     assert "ray_maskfocus_rollout_images_total" in scraper.names
     assert "ray_maskfocus_reward_latency_seconds_bucket" in scraper.names
+    # The Grafana dashboard (deploy/grafana/maskfocus.json) queries the series under the names Ray exports.
+    queried = set(re.findall(r"ray_maskfocus_[a-z_]+", json.dumps(dashboard())))
+    assert len(queried) == len(METRICS)  # one series per metric: the gauge, `_total` or `_bucket`
+    exported = {name: {f"ray_{name}", f"ray_{name}_total", f"ray_{name}_bucket"} & scraper.names for name in expected}
+    assert all(len(queried & series) == 1 for series in exported.values()), (queried, exported)
 
 
 def assert_equals_local(records: list[dict], local_dir: Path) -> None:
