@@ -9,14 +9,17 @@ first optimizer step are taken from their own training forward (maskfocus.update
 
 Each distinct batch size costs a compile, so batches are padded up to the largest size compiled so far (the
 padding rows are dropped from the output): a benchmark's last, smaller batch reuses the full batch's kernels.
-The compiled module shares the transformer's parameters, so weights loaded in place (a new policy version)
-are used by the next call.
+Only the inputs the module declares per-sample (`declare_per_sample_inputs`, done by each adapter) are padded:
+Meissonic's img_ids (N, 3) and txt_ids (S, 3) serve the whole batch and must pass unchanged even when N or S
+happens to equal the batch. The compiled module shares the transformer's parameters, so weights loaded in place
+(a new policy version) are used by the next call.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -31,39 +34,78 @@ def quiet_cuda_home_notice() -> None:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
+PER_SAMPLE_ATTRIBUTE = "maskfocus_per_sample_inputs"
+"""Attribute of a module holding its declared per-sample inputs (positional indices and keyword names)."""
+
+
+def declare_per_sample_inputs(module: nn.Module, inputs: Iterable[int | str]) -> None:
+    """Record which inputs of `module`'s forward carry one row per sample: positional indices and keyword names.
+
+    A plain attribute, so it survives what the learner does to the module in place (FSDP2 `fully_shard`, weight
+    loads) and `copy.deepcopy` (the frozen reference)."""
+    setattr(module, PER_SAMPLE_ATTRIBUTE, frozenset(inputs))
+
+
+def per_sample_inputs(module: nn.Module) -> frozenset[int | str] | None:
+    """What `declare_per_sample_inputs` recorded on `module`, or on the module a DDP-style wrapper holds as
+    `.module`; None when nothing was declared."""
+    while isinstance(module, nn.Module):
+        declared = getattr(module, PER_SAMPLE_ATTRIBUTE, None)
+        if declared is not None:
+            return declared
+        module = getattr(module, "module", None)
+    return None
+
+
+def is_per_sample(key: int | str, declared: frozenset[int | str] | None) -> bool:
+    """Whether input `key` (a positional index or a keyword name) is padded: the declared inputs, or, for a module
+    that declares none (a bare layer), its positional inputs."""
+    return key in declared if declared is not None else isinstance(key, int)
+
+
 class PaddedCompiled(nn.Module):
     """`torch.compile(module, dynamic=False)`, called with every batch padded to a compiled batch size.
 
-    Tensor arguments whose first dimension is the batch (that of the first tensor argument, positional or
-    keyword) are padded by repeating their last row; others pass unchanged. The output's tensors (alone, in a
-    tuple, or in a diffusers output) are cut back to the batch.
+    The per-sample inputs (see `is_per_sample`) are padded by repeating their last row; all other inputs pass
+    unchanged whatever their shape. The batch is the first dimension of the first per-sample tensor. The output's
+    tensors (alone, in a tuple, or in a diffusers output) are cut back to the batch.
     """
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
+        self.per_sample = per_sample_inputs(module)
+        """Declared per-sample inputs; None = the positional ones."""
         quiet_cuda_home_notice()
         self.compiled = torch.compile(module, dynamic=False)
         self.batch_sizes: list[int] = []
         """Batch sizes compiled so far."""
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        batch = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)).shape[0]
+        keyed = [*enumerate(args), *kwargs.items()]
+        rows = [v for k, v in keyed if is_per_sample(k, self.per_sample) and isinstance(v, torch.Tensor) and v.dim()]
+        if not rows:
+            raise ValueError(
+                f"PaddedCompiled: none of the inputs {[key for key, _ in keyed]} is a per-sample tensor; declare the "
+                "module's per-sample inputs with maskfocus.compiled.declare_per_sample_inputs"
+            )
+        batch = rows[0].shape[0]
         padded = min((size for size in self.batch_sizes if size >= batch), default=None)
         if padded is None:
             padded = batch
             self.batch_sizes.append(batch)
         if padded != batch:
-            args = tuple(_pad_rows(value, batch, padded) for value in args)
-            kwargs = {key: _pad_rows(value, batch, padded) for key, value in kwargs.items()}
+            args = tuple(self._pad(index, value, batch, padded) for index, value in enumerate(args))
+            kwargs = {name: self._pad(name, value, batch, padded) for name, value in kwargs.items()}
         return _cut_rows(self.compiled(*args, **kwargs), batch)
 
-
-def _pad_rows(value: Any, batch: int, padded: int) -> Any:
-    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch:
-        return value
-    filler = value[-1:].expand(padded - batch, *value.shape[1:])
-    return torch.cat([value, filler])
+    def _pad(self, key: int | str, value: Any, batch: int, padded: int) -> Any:
+        """A per-sample tensor (B, ...) -> (padded, ...), its last row repeated; anything else unchanged."""
+        if not is_per_sample(key, self.per_sample) or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        assert value.shape[0] == batch, f"per-sample input {key!r} has shape {tuple(value.shape)}, batch {batch}"
+        filler = value[-1:].expand(padded - batch, *value.shape[1:])
+        return torch.cat([value, filler])
 
 
 def _cut_rows(output: Any, batch: int) -> Any:

@@ -1,28 +1,40 @@
 """Tests for maskfocus.compiled: the compiled sampling copy equals the eager transformer, pads small batches
-onto compiled sizes, follows in-place weight updates, and samples the same images as the eager path."""
+onto compiled sizes (only the declared per-sample inputs), follows in-place weight updates, and samples the same
+images as the eager path."""
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
-from maskfocus.compiled import PaddedCompiled, sampling_module
+from maskfocus.compiled import (
+    PaddedCompiled,
+    declare_per_sample_inputs,
+    is_per_sample,
+    per_sample_inputs,
+    sampling_module,
+)
 from maskfocus.config import SamplerConfig
 from maskfocus.sampling import sample_with_config, seeded_generator
 
+NUM_TABLE_ROWS = 4
+"""Rows of TwoInputs' shared table: equal to one of the batches below, as Meissonic's 77 txt_ids could be."""
+
 
 class TwoInputs(nn.Module):
-    """Batch-first tensors, a keyword tensor of another size, and a tuple output."""
+    """Per-sample tensors (positional and keyword), shared keyword tensors - one whose first dimension can equal
+    the batch - and a tuple output."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(8, 8)
 
-    def forward(self, x_BD: torch.Tensor, *, scale_BD: torch.Tensor, shared_D: torch.Tensor):
-        hidden = torch.nn.functional.gelu(self.linear(x_BD)) * scale_BD + shared_D
+    def forward(self, x_BD: torch.Tensor, *, scale_BD: torch.Tensor, shared_D: torch.Tensor, table_ND: torch.Tensor):
+        hidden = torch.nn.functional.gelu(self.linear(x_BD)) * scale_BD + shared_D + table_ND.mean(0)
         return hidden, hidden.sum(-1)
 
 
@@ -30,20 +42,22 @@ class TwoInputs(nn.Module):
 def compiled_pair() -> tuple[nn.Module, PaddedCompiled]:
     torch.manual_seed(0)
     module = TwoInputs()
+    declare_per_sample_inputs(module, (0, "scale_BD"))
     return module, PaddedCompiled(module)
 
 
 def call(module: nn.Module, batch: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x, scale = torch.randn(batch, 8, generator=gen), torch.rand(batch, 8, generator=gen)
-    shared = torch.randn(8, generator=gen)
+    shared, table = torch.randn(8, generator=gen), torch.randn(NUM_TABLE_ROWS, 8, generator=gen)
     with torch.no_grad():
-        return module(x, scale_BD=scale, shared_D=shared)
+        return module(x, scale_BD=scale, shared_D=shared, table_ND=table)
 
 
 def test_smaller_batches_are_padded_onto_the_compiled_size(compiled_pair) -> None:
+    """Batch 4 = NUM_TABLE_ROWS: the shared table keeps its 4 rows (padded to 6, its mean would change)."""
     eager, compiled = compiled_pair
-    for batch in (6, 4, 1):
+    for batch in (6, NUM_TABLE_ROWS, 1):
         hidden, total = call(compiled, batch)
         ref_hidden, ref_total = call(eager, batch)
         assert hidden.shape == (batch, 8) and total.shape == (batch,)
@@ -60,6 +74,32 @@ def test_in_place_weight_updates_reach_the_compiled_copy(compiled_pair) -> None:
     after = call(compiled, 6)[0]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, call(eager, 6)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_only_declared_inputs_are_per_sample_and_undeclared_modules_pad_positional_ones() -> None:
+    declared = frozenset({0, "scale_BD"})
+    assert [is_per_sample(key, declared) for key in (0, 1, "scale_BD", "table_ND")] == [True, False, True, False]
+    assert [is_per_sample(key, None) for key in (0, 3, "scale_BD")] == [True, True, False]
+
+
+def test_the_declaration_survives_deepcopy_and_is_found_through_a_wrapper() -> None:
+    class Wrapper(nn.Module):  # holds the model as `.module`, like DistributedDataParallel
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    module = nn.Linear(2, 2)
+    assert per_sample_inputs(module) is None
+    declare_per_sample_inputs(module, ["hidden_states", 1])
+    assert per_sample_inputs(copy.deepcopy(module)) == {"hidden_states", 1}
+    assert per_sample_inputs(Wrapper(module)) == {"hidden_states", 1}
+
+
+def test_a_call_without_a_per_sample_tensor_is_a_clear_error() -> None:
+    module = TwoInputs()
+    declare_per_sample_inputs(module, ["scale_BD"])
+    with pytest.raises(ValueError, match=r"none of the inputs \[0, 'shared_D'\] is a per-sample tensor"):
+        PaddedCompiled(module)(torch.zeros(2, 8), shared_D=torch.zeros(8))
 
 
 def test_dict_outputs_are_cut_back_to_the_batch() -> None:

@@ -43,6 +43,9 @@ PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
 class AmusedGenerator(VQTextGenerator):
     """MaskedGenerator over an aMUSEd-format folder (see maskfocus.models.base for the interface)."""
 
+    PER_SAMPLE_INPUTS = (0, 1, 2, 3)
+    """`logits` passes token ids, text states, pooled embedding and micro-conditions positionally, all (B, ...)."""
+
     @classmethod
     def from_folder(
         cls,

@@ -48,6 +48,8 @@ PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
 CODE_FILE = "transformer.py"
 NATIVE_RESOLUTION = 1024
 """Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
+SMOKE_GRID = (2, 2)
+"""Token grid of the forward run at load time: the smallest a downsampling transformer takes (1 x 1 inside)."""
 
 
 def native_resolution(transformer_config, vq_config) -> int:
@@ -96,6 +98,22 @@ def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
     return cls
 
 
+def add_missing_head_dim(module: nn.Module) -> int:
+    """Give each legacy diffusers `Attention` inside `module` the `head_dim` attribute it lacks; returns how many.
+
+    The released transformer.py builds `Attention(..., processor=FluxAttnProcessor2_0())`. In recent diffusers
+    (0.42.1 here) that name is a deprecated alias whose `__new__` returns `transformer_flux.FluxAttnProcessor`,
+    which reshapes by `attn.head_dim` - an attribute of the new `FluxAttention`, not of the legacy `Attention`
+    - so the first forward raised AttributeError although loading succeeded. `inner_dim // heads` is the
+    `dim_head` the legacy class was built with; older processors never read the attribute."""
+    from diffusers.models.attention_processor import Attention
+
+    patched = [m for m in module.modules() if isinstance(m, Attention) and not hasattr(m, "head_dim")]
+    for attention in patched:
+        attention.head_dim = attention.inner_dim // attention.heads
+    return len(patched)
+
+
 def image_position_ids(grid_size: tuple[int, int], downsample: bool, device: torch.device) -> torch.Tensor:
     """(N, 3) float32: (0, row, column) of each position of the transformer's internal grid."""
     h, w = (grid_size[0] // 2, grid_size[1] // 2) if downsample else grid_size
@@ -117,6 +135,9 @@ def meissonic_timestep(step: int | torch.Tensor, num_steps: int, batch: int, dev
 
 class MeissonicGenerator(VQTextGenerator):
     """MaskedGenerator over a Meissonic folder (see maskfocus.models.base for the interface)."""
+
+    PER_SAMPLE_INPUTS = ("hidden_states", "micro_conds", "pooled_projections", "encoder_hidden_states", "timestep")
+    """`logits`' keyword inputs with a row per sample; img_ids (N, 3) and txt_ids (S, 3) serve the whole batch."""
 
     def __init__(self, *args, downsample: bool, **kwargs):
         super().__init__(*args, **kwargs)
@@ -147,12 +168,13 @@ class MeissonicGenerator(VQTextGenerator):
         vqvae = load_vqvae(folder, hint)
         load = transformer_class.from_pretrained
         transformer = load_part(load, folder, "transformer", hint, torch_dtype=weights_dtype)
+        add_missing_head_dim(transformer)
         encoder = load_text_encoder(folder, hint, weights_dtype, text_encoder)
         tokenizer = load_tokenizer(folder, hint)
         check_text_parts(folder, tokenizer, encoder)
         _check_conditioning(folder, transformer.config, encoder.config)
         codebook = int(transformer.config.codebook_size)
-        return cls(
+        model = cls(
             vqvae,
             transformer,
             encoder,
@@ -164,6 +186,8 @@ class MeissonicGenerator(VQTextGenerator):
             device=device,
             downsample=bool(getattr(transformer.config, "downsample", False)),
         )
+        smoke_forward(model, folder)
+        return model
 
     def logits(
         self,
@@ -175,14 +199,27 @@ class MeissonicGenerator(VQTextGenerator):
     ) -> torch.Tensor:
         """(B, L, V) float32; `module` replaces the transformer (a frozen reference, an FSDP-wrapped one)."""
         module = self.transformer if module is None else module
-        batch = tokens_BL.shape[0]
+        tokens_Bhw = tokens_BL.view(tokens_BL.shape[0], *self.grid_size)
+        return self.forward_grid(module, tokens_Bhw, condition, step, num_steps, self.img_ids)
+
+    def forward_grid(
+        self,
+        module: nn.Module,
+        tokens_Bhw: torch.Tensor,
+        condition: Condition,
+        step: int | torch.Tensor,
+        num_steps: int,
+        img_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, h*w, V) float32 logits of a token grid of any size, `img_ids` (N, 3) its internal positions."""
+        batch = tokens_Bhw.shape[0]
         hidden, pooled, micro = self._inputs(module, condition)
         output = module(
-            hidden_states=tokens_BL.view(batch, *self.grid_size),
+            hidden_states=tokens_Bhw,
             micro_conds=micro,
             pooled_projections=pooled,
             encoder_hidden_states=hidden,
-            img_ids=self.img_ids,
+            img_ids=img_ids,
             txt_ids=text_position_ids(hidden.shape[1], self.device),
             timestep=meissonic_timestep(step, num_steps, batch, self.device),
         )
@@ -192,6 +229,33 @@ class MeissonicGenerator(VQTextGenerator):
         """The dual-stream then single-stream transformer blocks, for FSDP2's per-block `fully_shard`."""
         names = ("transformer_blocks", "single_transformer_blocks")
         return [block for name in names for block in getattr(self.transformer, name, [])]
+
+
+@torch.no_grad()
+def smoke_forward(model: MeissonicGenerator, folder: Path) -> None:
+    """Run the checkpoint's transformer once, on one sample of the empty prompt and a SMOKE_GRID of mask tokens.
+
+    Its code comes with the checkpoint and meets the installed diffusers only here, so an incompatibility
+    (e.g. an attribute an attention processor expects) surfaces at load time as a ModelLoadError naming the
+    folder, not at the first rollout. The 2 x 2 grid keeps the image sequence at 1-4 positions (the text at 77):
+    cheap next to reading the weights, unlike a native 1024-px forward (64 x 64 tokens) on a CPU."""
+    tokens_Bhw = torch.full((1, *SMOKE_GRID), model.mask_token_id, dtype=torch.long, device=model.device)
+    img_ids = image_position_ids(SMOKE_GRID, model.downsample, model.device)
+    try:
+        logits_BLV = model.forward_grid(model.transformer, tokens_Bhw, model.encode_prompts([""]), 0, 1, img_ids)
+    except Exception as error:
+        import diffusers
+
+        raise ModelLoadError(
+            f"{folder}: a test forward of transformer/{CODE_FILE} failed with diffusers {diffusers.__version__}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    expected = (1, SMOKE_GRID[0] * SMOKE_GRID[1], model.codebook_size)
+    if tuple(logits_BLV.shape) != expected:
+        raise ModelLoadError(
+            f"{folder}: a test forward of transformer/{CODE_FILE} gave logits of shape "
+            f"{tuple(logits_BLV.shape)}, expected {expected}"
+        )
 
 
 def _output_tensor(output) -> torch.Tensor:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from maskfocus.compiled import declare_per_sample_inputs
 from maskfocus.models.base import Condition
 from maskfocus.models.loading import vq_downscale
 from maskfocus.models.tokenizer import check_prompts
@@ -47,6 +48,10 @@ def step_tensor(step: int | torch.Tensor, batch: int, device: torch.device) -> t
 class VQTextGenerator:
     """MaskedGenerator parts common to VQ + CLIP-text + transformer models (see maskfocus.models.base)."""
 
+    PER_SAMPLE_INPUTS: tuple[int | str, ...] = ()
+    """The transformer inputs, as `logits` passes them (positional index or keyword), that hold one row per
+    sample: the only ones maskfocus.compiled pads to a compiled batch size. Each adapter names its own."""
+
     def __init__(
         self,
         vqvae,
@@ -64,6 +69,8 @@ class VQTextGenerator:
         self.vqvae = vqvae.to(self.device).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         self.transformer = transformer.to(self.device).eval()
+        assert self.PER_SAMPLE_INPUTS, f"{type(self).__name__} must name its PER_SAMPLE_INPUTS"
+        declare_per_sample_inputs(self.transformer, self.PER_SAMPLE_INPUTS)
         self.tokenizer = tokenizer
         self.codebook_size = codebook_size
         self.mask_token_id = mask_token_id

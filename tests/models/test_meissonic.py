@@ -9,11 +9,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from model_folders import CODEBOOK, TEXT_LENGTH, VOCAB
+from torch import nn
 
+from maskfocus.compiled import PaddedCompiled, per_sample_inputs
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.models.base import ModelLoadError
-from maskfocus.models.meissonic import NATIVE_RESOLUTION, MeissonicGenerator, image_position_ids, native_resolution
+from maskfocus.models.meissonic import (
+    NATIVE_RESOLUTION,
+    MeissonicGenerator,
+    add_missing_head_dim,
+    image_position_ids,
+    native_resolution,
+)
 from maskfocus.sampling import sample_prompts, seeded_generator
 
 RESOLUTION = 32  # VQ downscale 2 -> a 16 x 16 token grid, 8 x 8 inside the downsampling transformer
@@ -134,3 +142,81 @@ def test_native_resolution_is_1024_unless_the_transformer_states_a_sample_size()
     vq = SimpleNamespace(block_out_channels=(16, 32, 64))  # downscale 4
     assert native_resolution(SimpleNamespace(), vq) == NATIVE_RESOLUTION == 1024
     assert native_resolution(SimpleNamespace(sample_size=16), vq) == 64
+
+
+def released_attentions(dim: int = 32, heads: int = 2) -> tuple[nn.Module, nn.Module]:
+    """(dual-stream, single-stream) attention built as the released transformer.py builds them."""
+    from diffusers.models.attention_processor import Attention, FluxAttnProcessor2_0
+
+    common = {"cross_attention_dim": None, "dim_head": dim // heads, "heads": heads, "out_dim": dim, "bias": True}
+    rms = {"qk_norm": "rms_norm", "eps": 1e-6}
+    dual = Attention(
+        dim, added_kv_proj_dim=dim, context_pre_only=False, processor=FluxAttnProcessor2_0(), **common, **rms
+    )
+    single = Attention(dim, processor=FluxAttnProcessor2_0(), pre_only=True, **common, **rms)
+    return dual, single
+
+
+def reference_self_attention(attention: nn.Module, x_BSD: torch.Tensor) -> torch.Tensor:
+    """Per-head RMS-normed q and k, softmax(q k^T / sqrt(d)) v, heads concatenated: what the released
+    FluxAttnProcessor2_0 computed for a single-stream block."""
+    projections = (attention.to_q, attention.to_k, attention.to_v)
+    q, k, v = (proj(x_BSD).unflatten(-1, (attention.heads, -1)).transpose(1, 2) for proj in projections)
+    q, k = attention.norm_q(q), attention.norm_k(k)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return (weights @ v).transpose(1, 2).flatten(2)
+
+
+def test_released_attention_gets_its_head_dim_and_then_computes_attention():
+    dual, single = released_attentions()
+    x, context = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+    with pytest.raises(AttributeError, match="head_dim"):  # what the installed diffusers does with the release
+        single(hidden_states=x)
+    assert add_missing_head_dim(nn.ModuleList([dual, single])) == 2
+    assert dual.head_dim == single.head_dim == 16
+    assert add_missing_head_dim(nn.ModuleList([dual, single])) == 0
+    with torch.no_grad():
+        image, text = dual(hidden_states=x, encoder_hidden_states=context)
+        out = single(hidden_states=x)
+        expected = reference_self_attention(single, x)
+    assert image.shape == (2, 5, 32) and text.shape == (2, 3, 32)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_attention_runs_with_the_installed_diffusers(model):
+    from diffusers.models.attention_processor import Attention
+
+    attentions = [m for m in model.transformer.modules() if isinstance(m, Attention)]
+    assert len(attentions) == 2 and all(a.head_dim == 16 for a in attentions)
+    with torch.no_grad():
+        logits = model.logits(torch.full((1, 256), model.mask_token_id), model.encode_prompts(["a cat"]), 0, 4)
+    assert logits.shape == (1, 256, CODEBOOK) and torch.isfinite(logits).all()
+
+
+def test_a_failing_test_forward_is_a_load_error_naming_the_folder(meissonic_copy):
+    code = meissonic_copy / "transformer" / "transformer.py"
+    broken = (
+        "\n\ndef _broken(self, **inputs):\n    raise RuntimeError('boom')\n\n\nTransformer2DModel.forward = _broken\n"
+    )
+    code.write_text(code.read_text() + broken)
+    with pytest.raises(ModelLoadError, match=rf"{meissonic_copy}: a test forward .*RuntimeError: boom"):
+        MeissonicGenerator.from_folder(meissonic_copy, resolution=RESOLUTION, trust_checkpoint_code=True)
+
+
+def test_padding_a_batch_that_equals_the_text_length_leaves_txt_ids_alone(model):
+    """Compiled at batch 17, called with TEXT_LENGTH = 16 samples: txt_ids (16, 3) is not per-sample and must not
+    grow a row (the eager transformer stands in for the compiled one)."""
+    assert per_sample_inputs(model.transformer) == set(MeissonicGenerator.PER_SAMPLE_INPUTS)
+    padded = PaddedCompiled(model.transformer)
+    padded.compiled = model.transformer
+    prompts = ["a cat", "a red cat"] * 9
+    with torch.no_grad():
+        model.logits(torch.full((17, 256), model.mask_token_id), model.encode_prompts(prompts[:17]), module=padded)
+        tokens = torch.randint(0, CODEBOOK, (TEXT_LENGTH, 256), generator=torch.Generator().manual_seed(0))
+        condition = model.encode_prompts(prompts[:TEXT_LENGTH])
+        logits = model.logits(tokens, condition, step=1, num_steps=4, module=padded)
+        seen = dict(model.transformer.last_inputs)
+        eager = model.logits(tokens, condition, step=1, num_steps=4)
+    assert padded.batch_sizes == [17] and seen["hidden_states"].shape[0] == 17
+    assert seen["txt_ids"].shape == (TEXT_LENGTH, 3) and seen["img_ids"].shape == (64, 3)
+    torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)
