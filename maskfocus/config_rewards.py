@@ -11,6 +11,9 @@ from pydantic import Field, model_validator
 
 from maskfocus.config_base import Section
 
+OWLV2_THRESHOLDS = ("score_threshold", "counting_score_threshold", "nms_iou")
+"""Detector fields a `kind: owlv2` detector must set: no default is known to fit OWLv2's scores."""
+
 
 class GenEvalDetectorConfig(Section):
     """How a `geneval` reward term (and `maskfocus eval`) finds the objects of an image."""
@@ -28,19 +31,23 @@ class GenEvalDetectorConfig(Section):
     """owlv2: weights file for an architecture-name `clip_model`."""
     object_names: str | None = None
     """owlv2: text file with one class name per line; null = GenEval's 80 COCO classes (object_names.txt)."""
-    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    """shapes/owlv2: a detection counts when its confidence is above this (GenEval: 0.3)."""
-    counting_score_threshold: float = Field(0.9, ge=0.0, le=1.0)
-    """shapes/owlv2: the same for prompts tagged `counting` (GenEval: 0.9, tuned for Mask2Former; recalibrate for
-    OWLv2, whose sigmoid scores run lower)."""
-    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
-    """owlv2: per-class non-maximum suppression IoU (OWLv2 predicts one box per image patch); 1.0 disables it."""
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """shapes/owlv2: a detection counts when its confidence is above this. null = GenEval's 0.3 (tuned for its
+    Mask2Former) for shapes; required for owlv2, whose sigmoid scores run much lower."""
+    counting_score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """shapes/owlv2: the same for prompts tagged `counting`. null = GenEval's 0.9 (Mask2Former) for shapes;
+    required for owlv2, where 0.9 would drop nearly every object and fail almost every counting prompt."""
+    nms_iou: float | None = Field(None, gt=0.0, le=1.0)
+    """owlv2 (required there): per-class non-maximum suppression IoU (OWLv2 predicts one box per image patch, so
+    neighbouring patches repeat an object); 1.0 disables it. GenEval's Mask2Former needs none. Unused by the others."""
     batch_size: int = Field(16, ge=1)
     """owlv2/http: images per detector forward or per server request."""
     url: str = "http://127.0.0.1:18085"
     """http: the reward server's address (Flow-GRPO's default port is 18085)."""
     timeout_s: float = Field(120.0, gt=0.0)
-    """http: seconds to wait for one request (connect and read) before it counts as failed."""
+    """http: seconds each blocking socket operation of a request (connecting, sending, each read) may wait before
+    the attempt counts as failed. Not a deadline for the whole request: a server that keeps sending a little at a
+    time can hold one attempt longer (urllib's timeout), and each retry gets its own timeouts."""
     num_retries: int = Field(3, ge=0)
     """http: retries of a failed request (timeout, connection error, HTTP 5xx) before the reward raises."""
     retry_backoff_s: float = Field(1.0, ge=0.0)
@@ -50,6 +57,15 @@ class GenEvalDetectorConfig(Section):
     def _check_kind_fields(self) -> GenEvalDetectorConfig:
         if self.kind == "owlv2" and (self.path is None or self.clip_model is None):
             raise ValueError("kind owlv2 needs `path` (the OWLv2 folder) and `clip_model` (the colour CLIP)")
+        missing = [name for name in OWLV2_THRESHOLDS if getattr(self, name) is None]
+        if self.kind == "owlv2" and missing:
+            raise ValueError(
+                f"kind owlv2 needs explicit {', '.join(f'`{name}`' for name in missing)} (all of "
+                f"{', '.join(OWLV2_THRESHOLDS)}): the 0.3 / 0.9 score defaults are GenEval's, tuned for its "
+                "Mask2Former, and OWLv2's sigmoid scores run much lower. Set them in this detector section, "
+                "calibrated against the http (Mask2Former) judge on a few hundred images (configs/amused_geneval.yaml "
+                "has uncalibrated starting points)"
+            )
         return self
 
 
@@ -67,11 +83,15 @@ class RewardSpec(Section):
     mode: Literal["binary", "partial", "graded"] = "binary"
     """geneval only: 1/0 correctness; the fraction of clauses met (partial); or graded: as partial, but a clause
     that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
-    off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only."""
+    off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only.
+    With `detector.kind: http`, partial is the reward server's `scores`, which is Flow-GRPO's own partial credit,
+    not GenEval's clause fraction: per include clause 1 - |count - found| / count (negative when far more objects
+    than asked are found), exclude clauses ignored; the client clips it to [0, 1]."""
     strict: bool = False
     """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
     class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing
-    many objects; the evaluation keeps GenEval's rules."""
+    many objects; the evaluation keeps GenEval's rules. Shapes and owlv2 detectors only: the http reward server
+    scores with Flow-GRPO's own rules, whose partial `scores` ignore exclude clauses."""
     model: str = "builtin:shapes-clip"
     """clip/hps: open_clip model: a local-dir folder (open_clip_config.json + weights), `builtin:shapes-clip`, or an
     architecture name (`ViT-H-14`) with `checkpoint`. Left out: builtin:shapes-clip for clip, ViT-H-14 for hps."""
@@ -94,4 +114,10 @@ class RewardSpec(Section):
             raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
         if self.strict and self.name != "geneval":
             raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
+        if self.strict and self.detector.kind == "http":
+            raise ValueError(
+                "`strict: true` needs detector kind shapes or owlv2: strict rules are exclude clauses judged by the "
+                "local detectors, and the http reward server scores with Flow-GRPO's own rules (its partial `scores` "
+                "ignore exclude clauses); set strict: false or change detector.kind"
+            )
         return self

@@ -9,6 +9,13 @@ A model is named in one of three ways, none of which downloads anything:
   `weights_only=True`; a {"state_dict": ...} wrapper and a `module.` prefix are accepted). HPS v2.1 is such a
   checkpoint (see hps.py).
 A checkpoint given with a folder replaces the folder's weights.
+
+Architectures whose text tower or tokenizer is a Hugging Face model (`text_cfg.hf_model_name` /
+`hf_tokenizer_name`: the roberta, mt5, nllb, CLIPA, worldwide and SigLIP families) are refused by name, since
+open_clip would fetch them from the Hub; so are those whose released weights all use another image mean/std than
+OpenAI's (SigLIP, MobileCLIP, PE-Core), which open_clip keeps with the pretrained tag, not the architecture. Such
+a model loads from a local-dir folder: its open_clip_config.json carries `preprocess_cfg`, the tokenizer comes
+from the folder (or its `tokenizer/`), and `hf_model_name` must name a local transformers folder by absolute path.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ def load_open_clip(
     if folder.is_dir():
         loaded = _load_folder(folder, field)
     elif model in open_clip.list_models():
-        loaded = _load_architecture(model, checkpoint, checkpoint_field)
+        loaded = _load_architecture(model, checkpoint, field, checkpoint_field)
     elif "/" in model or model.startswith((".", "~")):
         raise ModelLoadError(f"{field}: CLIP model folder not found: {folder}")
     else:
@@ -117,12 +124,19 @@ def _load_folder(folder: Path, field: str) -> LoadedClip:
     if not config_file.is_file():
         raise ModelLoadError(f"{field}: CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")
     config = json.loads(config_file.read_text())
+    text_model = config.get("model_cfg", {}).get("text_cfg", {}).get("hf_model_name")
+    if text_model is not None and not (Path(text_model).is_absolute() and Path(text_model).is_dir()):
+        raise ModelLoadError(
+            f"{field}: {config_file} names the text model {text_model!r} (model_cfg.text_cfg.hf_model_name), which "
+            "open_clip would download from the Hugging Face Hub; set it to the absolute path of a local "
+            "transformers folder of that model"
+        )
     try:
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
         model = open_clip.create_model(f"local-dir:{folder}", device="cpu", require_pretrained=True)
+        tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
     except Exception as error:
         raise ModelLoadError(f"{field}: cannot load CLIP from {folder}: {type(error).__name__}: {error}") from None
-    tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
     preprocess = config.get("preprocess_cfg", {})
     return LoadedClip(
         model=model,
@@ -133,9 +147,38 @@ def _load_folder(folder: Path, field: str) -> LoadedClip:
     )
 
 
-def _load_architecture(name: str, checkpoint: str | None, checkpoint_field: str) -> LoadedClip:
+def check_offline_architecture(name: str, field: str = "model") -> None:
+    """Refuse an open_clip architecture name that cannot be built from local files alone, or whose image
+    normalization its config does not carry (see the module docstring); the error names `field` and the reason."""
     import open_clip
 
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hub = {key: text[key] for key in ("hf_model_name", "hf_tokenizer_name") if key in text}
+    if hub or "siglip" in name.lower():
+        names = ", ".join(f"{key}={value!r}" for key, value in hub.items()) or "a SigLIP tokenizer"
+        raise ModelLoadError(
+            f"{field}: the open_clip architecture {name!r} takes its text model or tokenizer from the Hugging Face "
+            f"Hub ({names}), which open_clip would download; use a local-dir folder instead (open_clip_config.json "
+            "with preprocess_cfg, weights, tokenizer files, and hf_model_name set to a local folder)"
+        )
+    openai = (tuple(open_clip.OPENAI_DATASET_MEAN), tuple(open_clip.OPENAI_DATASET_STD))
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    configs = [open_clip.get_pretrained_cfg(name, tag) for tag in tags]
+    norms = {(tuple(c.get("mean", openai[0])), tuple(c.get("std", openai[1]))) for c in configs}
+    if norms and openai not in norms:
+        mean, std = sorted(norms)[0]
+        raise ModelLoadError(
+            f"{field}: the released weights of the open_clip architecture {name!r} use image mean {list(mean)} and "
+            f"std {list(std)}, which open_clip keeps with its pretrained tags and which a bare checkpoint would not "
+            "get (it would be normalized as OpenAI's CLIP); use a local-dir folder whose open_clip_config.json "
+            "has preprocess_cfg"
+        )
+
+
+def _load_architecture(name: str, checkpoint: str | None, field: str, checkpoint_field: str) -> LoadedClip:
+    import open_clip
+
+    check_offline_architecture(name, field)
     if checkpoint is None:
         raise ModelLoadError(f"{checkpoint_field}: the architecture {name!r} needs a weights file on local disk")
     path = Path(checkpoint).expanduser()

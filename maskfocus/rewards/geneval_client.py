@@ -6,10 +6,19 @@ the reply (HTTP 200) is a pickled dict {"scores", "rewards", "strict_rewards", "
 "group_strict_rewards"}: per image, "rewards" is GenEval correctness (1.0 / 0.0), "strict_rewards" the same with
 exact counts, "scores" the server's partial credit; an error is HTTP 500 with the traceback as text.
 
+"scores" is Flow-GRPO's `evaluate_reward`, not GenEval's fraction of clauses met: per include clause
+1 - |count - found| / count (negative when far more objects are found than asked), exclude clauses ignored. The
+client clips it to [0, 1] so that a `partial` reward stays in GenEval's range; correctness is used as sent. The
+server applies no `strict` rules of ours (they are exclude clauses), so a strict term refuses this judge.
+
 A pickle from the network can run arbitrary code when loaded, so replies are read with `safe_loads`: an
 Unpickler that resolves no global at all (so no class, function or reducer can be named) and a check that the
-result holds only dict, list, tuple, str, int, float, bool and None. Requests time out and are retried with
-exponential backoff on timeouts, connection errors and HTTP 5xx; other replies fail at once.
+result holds only dict, list, tuple, str, int, float, bool and None, at most 32 levels deep and with at most
+`MAX_REPLY_ITEMS` references; shared containers are checked once, so the check is linear in the reply's size.
+
+Requests are retried with exponential backoff on timeouts, connection errors and HTTP 5xx; other replies fail at
+once. `timeout_s` is urllib's socket timeout: it bounds each blocking operation (connecting, sending, each read),
+not the whole request, so a server that keeps sending a little at a time can hold one attempt longer.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import http.client
 import io
 import math
 import pickle
+import reprlib
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +44,16 @@ PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 
 MAX_REPLY_BYTES = 64 * 2**20
 """Replies longer than this are refused (a reply is a few numbers per image)."""
+
+MAX_REPLY_DEPTH = 32
+"""Replies nested deeper than this are refused."""
+
+MAX_REPLY_ITEMS = 1_000_000
+"""Replies with more references to values than this (counting a shared value once per reference) are refused."""
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring = 2, 8, 8, 4, 80
+"""Bounded repr for error messages: a reply can share one list at every level, whose full repr is exponential."""
 
 
 class RewardServerError(RuntimeError):
@@ -53,18 +73,34 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id in a reward server reply")
 
 
-def _check_plain(value: Any, depth: int = 0) -> None:
-    if depth > 32:
-        raise pickle.UnpicklingError("reward server reply nests deeper than 32 levels")
-    if not isinstance(value, PLAIN_TYPES):
-        raise pickle.UnpicklingError(f"reward server reply holds a {type(value).__name__}; only plain types allowed")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, depth + 1)
-            _check_plain(item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, depth + 1)
+def _check_plain(value: Any) -> None:
+    """Refuse a loaded reply that holds anything but PLAIN_TYPES, nests deeper than MAX_REPLY_DEPTH or holds more
+    than MAX_REPLY_ITEMS references. Pickle's memo lets a few bytes reference one container from many places (a
+    reply of under 200 bytes, [L, L] pairs 24 levels deep, has 2**24 paths), so each container is walked once and
+    its height remembered: the work is linear in the number of references, which the item cap bounds."""
+    heights: dict[int, int] = {}
+    num_items = 0
+
+    def height(node: Any, depth: int) -> int:
+        nonlocal num_items
+        num_items += 1
+        if num_items > MAX_REPLY_ITEMS:
+            raise pickle.UnpicklingError(f"reward server reply holds more than {MAX_REPLY_ITEMS} items")
+        if depth > MAX_REPLY_DEPTH:  # also ends a cycle, whose containers are not yet in `heights`
+            raise pickle.UnpicklingError(f"reward server reply nests deeper than {MAX_REPLY_DEPTH} levels")
+        if not isinstance(node, PLAIN_TYPES):
+            raise pickle.UnpicklingError(f"reward server reply holds a {type(node).__name__}; only plain types allowed")
+        if not isinstance(node, (dict, list, tuple)):
+            return 0
+        if id(node) in heights:
+            return heights[id(node)]
+        children = [x for pair in node.items() for x in pair] if isinstance(node, dict) else node
+        heights[id(node)] = 1 + max((height(child, depth + 1) for child in children), default=-1)
+        return heights[id(node)]
+
+    # a container first met near the top may also hang deep below another one: the root's height catches that
+    if height(value, 0) > MAX_REPLY_DEPTH:
+        raise pickle.UnpicklingError(f"reward server reply nests deeper than {MAX_REPLY_DEPTH} levels")
 
 
 def safe_loads(data: bytes) -> Any:
@@ -129,7 +165,7 @@ class GenEvalClient:
                 raise RewardServerError(f"GenEval reward server {self.url}: unsafe or invalid reply: {error}") from None
         raise RewardServerError(
             f"GenEval reward server {self.url}: {self.num_retries + 1} attempt(s) failed "
-            f"(timeout {self.timeout_s} s each); last error: {last_error}"
+            f"(socket timeout {self.timeout_s} s per operation); last error: {last_error}"
         )
 
     def _post(self, body: bytes) -> bytes:
@@ -160,18 +196,19 @@ class GenEvalClient:
             if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise RewardServerError(
                     f"GenEval reward server {self.url}: reply[{key!r}] must be a list of {count} numbers, "
-                    f"got {values!r:.200}"
+                    f"got {_SHORT.repr(values)}"
                 )
             columns[key] = values
         return [_result(reward, score) for reward, score in zip(columns["rewards"], columns["scores"], strict=True)]
 
 
 def _result(reward: float, score: float) -> GenEvalResult:
-    """One image's result from the server's numbers; a NaN or infinite one (the server could not judge the image)
-    gives score NaN, so every reward mode returns NaN and the image's group is skipped rather than scored 0."""
+    """One image's result from the server's numbers: score is its Flow-GRPO partial credit clipped to [0, 1] (see
+    the module docstring). A NaN or infinite number (the server could not judge the image) gives score NaN, so
+    every reward mode returns NaN and the image's group is skipped rather than scored 0."""
     if not (math.isfinite(reward) and math.isfinite(score)):
         return GenEvalResult(correct=False, score=math.nan, reasons=("the reward server returned no score",))
-    return GenEvalResult(correct=reward >= 0.5, score=float(score), reasons=())
+    return GenEvalResult(correct=reward >= 0.5, score=min(max(float(score), 0.0), 1.0), reasons=())
 
 
 class _Transient(Exception):

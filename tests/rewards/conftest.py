@@ -19,6 +19,12 @@ TINY_ARCH = "MaskfocusTest-Tiny-CLIP"
 """open_clip architecture name the tests register for TINY_CLIP_CFG."""
 
 
+@pytest.fixture(scope="session")
+def owlv2_thresholds() -> dict[str, float]:
+    """The detector fields a `kind: owlv2` config must set (the real configs' uncalibrated starting points)."""
+    return {"score_threshold": 0.1, "counting_score_threshold": 0.3, "nms_iou": 0.5}
+
+
 def build_tiny_clip(seed: int = 0):
     from open_clip import CLIP
 

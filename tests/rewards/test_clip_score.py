@@ -3,7 +3,10 @@ checkpoint file, safe checkpoint reading, preprocessing, and the cosine score.""
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +102,112 @@ def test_fit_square_crops_or_pads_non_square_images():
     assert padded.shape == (3, 20, 20)
     assert padded[:, :5].abs().max() == 0 and padded[:, 15:].abs().max() == 0 and padded[:, 5:15].min() == 1
     assert fit_square(torch.rand(3, 1, 1), 32).shape == (3, 32, 32)
+
+
+@pytest.fixture
+def no_open_clip_building(monkeypatch):
+    """Building a model or a tokenizer is where open_clip would reach for the Hub: a refusal must come first."""
+    import open_clip
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("open_clip was asked to build a model or tokenizer")
+
+    monkeypatch.setattr(open_clip, "create_model", refuse)
+    monkeypatch.setattr(open_clip, "get_tokenizer", refuse)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("xlm-roberta-base-ViT-B-32", "hf_model_name", "xlm-roberta-base"),
+        ("nllb-clip-base", "hf_model_name", "facebook/nllb-200-distilled-600M"),
+        ("ViT-B-16-SigLIP", "hf_tokenizer_name", "timm/ViT-B-16-SigLIP"),
+        ("ViT-H-14-CLIPA", "hf_tokenizer_name", "bert-base-uncased"),
+    ],
+)
+def test_architectures_with_hub_text_parts_are_refused(hps_checkpoint, no_open_clip_building, name, key, value):
+    import open_clip
+
+    assert open_clip.get_model_config(name)["text_cfg"][key] == value  # what open_clip would download
+    expected = (
+        rf"rewards\[0\]\.model: the open_clip architecture '{name}' takes .* Hugging Face Hub \(.*{key}='{value}'"
+    )
+    with pytest.raises(ModelLoadError, match=expected):
+        ClipScorer.load(name, str(hps_checkpoint), field="rewards[0].model")
+
+
+def test_architectures_whose_weights_need_another_normalization_are_refused(hps_checkpoint, no_open_clip_building):
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model("MobileCLIP-S1")
+    assert tags and all(open_clip.get_pretrained_cfg("MobileCLIP-S1", t)["mean"] == (0.0, 0.0, 0.0) for t in tags)
+    expected = r"model: the released weights of .* 'MobileCLIP-S1' use image mean \[0\.0, 0\.0, 0\.0\] and std \[1"
+    with pytest.raises(ModelLoadError, match=expected):
+        ClipScorer.load("MobileCLIP-S1", str(hps_checkpoint))
+
+
+def _hf_text_folder(root: Path, text_model: str, vision_cfg: dict) -> Path:
+    """An open_clip local-dir folder whose text tower is a transformers model named by `text_model`."""
+    folder = root / "hf-text-clip"
+    folder.mkdir()
+    text_cfg = {"hf_model_name": text_model, "hf_tokenizer_name": text_model, "context_length": 8}
+    text_cfg |= {"hf_pooler_type": "mean_pooler", "hf_proj_type": "linear"}
+    model_cfg = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    return folder
+
+
+def _vision_cfg(clip_folder: Path) -> dict:
+    return json.loads((clip_folder / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+
+
+def test_a_folder_naming_a_hub_text_model_is_refused(tmp_path, tiny_clip_folder, no_open_clip_building):
+    folder = _hf_text_folder(tmp_path, "xlm-roberta-base", _vision_cfg(tiny_clip_folder))
+    expected = (
+        rf"clip_model: {re.escape(str(folder))}/open_clip_config\.json names the text model 'xlm-roberta-base' "
+        r"\(model_cfg\.text_cfg\.hf_model_name\), which open_clip would download"
+    )
+    with pytest.raises(ModelLoadError, match=expected):
+        ClipScorer.load(str(folder), field="clip_model")
+
+
+def test_a_folder_with_a_local_hf_text_model_loads_and_scores(tmp_path, tiny_clip_folder):
+    from open_clip import CustomTextCLIP
+    from safetensors.torch import save_file
+    from transformers import RobertaConfig, RobertaModel
+
+    from maskfocus.models.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["a", "photo", "of", "dog", "cat"], max_length=8)
+    text_dir = tmp_path / "tiny-roberta"
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    config.intermediate_size, config.max_position_embeddings = 32, 16
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(str(text_dir))
+    folder = _hf_text_folder(tmp_path, str(text_dir), _vision_cfg(tiny_clip_folder))
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    torch.manual_seed(0)
+    model = CustomTextCLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+
+    scorer = ClipScorer.load(str(folder))
+    images, prompts = (
+        torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        ["a dog", "a photo of a cat"],
+    )
+    tokens = tokenizer(prompts, padding="max_length", max_length=8, return_tensors="pt").input_ids
+    expected = _reference_cosine(model.eval(), (images - scorer.mean.cpu()) / scorer.std.cpu(), tokens)
+    torch.testing.assert_close(scorer.score(images, prompts), expected)
+
+
+def test_a_folder_without_the_tokenizer_files_its_config_asks_for_is_a_load_error(tmp_path, tiny_clip_folder):
+    """open_clip reads an hf_tokenizer_name model's tokenizer from the folder itself, never from the Hub."""
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_clip_folder, folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "bert-base-uncased"
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=rf"rewards\[0\]\.model: cannot load CLIP from {re.escape(str(folder))}: "):
+        ClipScorer.load(str(folder), field="rewards[0].model")

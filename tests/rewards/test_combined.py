@@ -11,7 +11,7 @@ import torch
 
 from maskfocus.config import ConfigError, RewardSpec, config_from_dict
 from maskfocus.models.base import ModelLoadError
-from maskfocus.rewards.combined import WeightedReward, build_rewards
+from maskfocus.rewards.combined import GenEvalReward, WeightedReward, build_rewards
 from maskfocus.rewards.geneval_client import GenEvalClient
 from maskfocus.rewards.judges import DetectorJudge
 
@@ -39,8 +39,8 @@ def test_clip_term_accepts_an_architecture_name_with_a_checkpoint(tiny_arch, hps
     assert reward.terms[0][1].scorer.fit == "crop"
 
 
-def test_geneval_terms_use_the_configured_detector(tiny_owlv2_folder, tiny_clip_folder):
-    owlv2 = {"kind": "owlv2", "path": str(tiny_owlv2_folder), "clip_model": str(tiny_clip_folder)}
+def test_geneval_terms_use_the_configured_detector(tiny_owlv2_folder, tiny_clip_folder, owlv2_thresholds):
+    owlv2 = {"kind": "owlv2", "path": str(tiny_owlv2_folder), "clip_model": str(tiny_clip_folder), **owlv2_thresholds}
     specs = [
         RewardSpec(name="geneval", mode="partial", detector=owlv2),
         RewardSpec(name="geneval", detector={"kind": "http", "url": "http://127.0.0.1:1"}),
@@ -68,6 +68,16 @@ def test_strict_geneval_term_pays_less_for_extra_objects():
         config_from_dict({"rewards": [{"name": "clip", "strict": True}]})
 
 
+def test_strict_is_refused_with_the_http_reward_server():
+    """The server scores with Flow-GRPO's rules (its partial scores ignore exclude clauses): strict cannot apply."""
+    with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict: true` needs detector kind shapes or owlv2"):
+        config_from_dict({"rewards": [{"name": "geneval", "strict": True, "detector": {"kind": "http"}}]})
+    with pytest.raises(ConfigError, match=r"strict needs a local detector \(shapes or owlv2\); the http reward"):
+        GenEvalReward("partial", judge=GenEvalClient("http://127.0.0.1:1", known_classes=["dog"]), strict=True)
+    plain = config_from_dict({"rewards": [{"name": "geneval", "mode": "partial", "detector": {"kind": "http"}}]})
+    assert not plain.rewards[0].strict and plain.rewards[0].detector.kind == "http"
+
+
 def test_default_geneval_term_is_the_shapes_detector():
     ((_, term),) = build_rewards([RewardSpec(name="geneval")]).terms
     assert term.name == "geneval_binary" and term.judge.name == "shapes"
@@ -82,7 +92,17 @@ def test_default_geneval_term_is_the_shapes_detector():
         ),
         ({"name": "hps", "checkpoint": "/nowhere/HPS_v2.1.pt"}, r"rewards\[1\]\.checkpoint: .*/nowhere/HPS_v2\.1\.pt"),
         (
-            {"name": "geneval", "detector": {"kind": "owlv2", "path": "/nowhere/owl", "clip_model": "/x"}},
+            {
+                "name": "geneval",
+                "detector": {
+                    "kind": "owlv2",
+                    "path": "/nowhere/owl",
+                    "clip_model": "/x",
+                    "score_threshold": 0.1,
+                    "counting_score_threshold": 0.3,
+                    "nms_iou": 0.5,
+                },
+            },
             r"rewards\[1\]\.detector\.path: no OWLv2 folder \(config\.json\) at /nowhere/owl",
         ),
     ],

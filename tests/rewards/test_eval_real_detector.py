@@ -57,7 +57,7 @@ def _one_row_per_tag() -> list[dict]:
 
 def test_run_evaluation_scores_every_tag_with_owlv2_and_clip_colours(tiny_owlv2_folder, tiny_clip_folder, calls):
     detector = {"kind": "owlv2", "path": str(tiny_owlv2_folder), "clip_model": str(tiny_clip_folder)}
-    detector |= {"score_threshold": 0.0, "counting_score_threshold": 0.0}  # every box counts: colours must run
+    detector |= {"score_threshold": 0.0, "counting_score_threshold": 0.0, "nms_iou": 0.5}  # every box counts
     config = config_from_dict({"rewards": [{"name": "geneval", "detector": detector}]})
     judge = build_eval_judge(config)
     rows = _one_row_per_tag()
@@ -73,6 +73,8 @@ def test_cli_eval_runs_the_real_metadata_through_owlv2(tmp_path, tiny_owlv2_fold
     summary_path, out = tmp_path / "summary.json", tmp_path / "records.jsonl"
     args = ["eval", "--metadata", str(METADATA), "--limit", "5", "--num-images-per-prompt", "1", "--no-clip"]
     args += ["--detector", "owlv2", "--detector-path", str(tiny_owlv2_folder), "--color-clip", str(tiny_clip_folder)]
+    for key, value in {"score_threshold": 0.1, "counting_score_threshold": 0.3, "nms_iou": 0.5}.items():
+        args += ["--set", f"rewards.0.detector.{key}={value}"]  # the default config's geneval term
     args += ["--steps", "4", "--batch-size", "4", "--summary", str(summary_path), "--out", str(out)]
     assert main(args) == 0
     summary = json.loads(summary_path.read_text())
@@ -102,6 +104,19 @@ def test_cli_eval_scores_through_the_reward_server(tmp_path, toy_model):
 def test_cli_eval_errors_name_the_missing_detector_setting(capsys):
     assert main(["eval", "--metadata", str(METADATA), "--limit", "2", "--detector", "owlv2", "--no-clip"]) == 2
     assert "kind owlv2 needs `path`" in capsys.readouterr().err
+    args = [
+        "eval",
+        "--metadata",
+        str(METADATA),
+        "--detector",
+        "owlv2",
+        "--detector-path",
+        "/m/owl",
+        "--color-clip",
+        "/c",
+    ]
+    assert main([*args, "--set", "rewards.0.detector.nms_iou=0.5"]) == 2
+    assert "needs explicit `score_threshold`, `counting_score_threshold` (all of" in capsys.readouterr().err
     assert main(["eval", "--metadata", str(METADATA), "--limit", "2", "--no-clip"]) == 2
     assert "--detector owlv2" in capsys.readouterr().err  # the shapes detector cannot see COCO classes
 

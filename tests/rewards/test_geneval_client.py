@@ -67,6 +67,78 @@ def test_an_image_the_server_could_not_score_gives_nan_in_every_mode(serve):
         assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == (0.0 if mode == "binary" else 0.25)
 
 
+def test_http_partial_scores_are_clipped_to_0_1_and_binary_is_unchanged(serve):
+    """Flow-GRPO's partial score is 1 - |count - found| / count per include clause: negative with many extras."""
+    from maskfocus.rewards.combined import GenEvalReward
+
+    body = {"rewards": [0.0, 1.0, 0.0], "scores": [-1.5, 1.25, 0.25]}
+    results = _client(serve(raw(200, pickle.dumps(body)))).judge(_images(3), ROWS)
+    assert [r.score for r in results] == [0.0, 1.0, 0.25]
+    judge = SimpleNamespace(name="http", known_classes=())
+    assert GenEvalReward("partial", judge=judge).values(results).tolist() == [0.0, 1.0, 0.25]
+    assert GenEvalReward("binary", judge=judge).values(results).tolist() == [0.0, 1.0, 0.0]
+
+
+def _shared_tower(levels: int, bottom: object) -> list:
+    """[L, L] with L = [L', L'] ... down to `bottom`: a few bytes pickled, 2**levels paths through it."""
+    node = [bottom]
+    for _ in range(levels):
+        node = [node, node]
+    return node
+
+
+def test_a_deeply_shared_reply_is_checked_fast():
+    value = {"scores": _shared_tower(24, 0.5)}
+    data = pickle.dumps(value)
+    start = time.perf_counter()
+    loaded = safe_loads(data)
+    assert time.perf_counter() - start < 2.0 and len(data) < 200
+    assert loaded["scores"][0] is loaded["scores"][1]  # the sharing survives; nothing was copied
+    node = loaded["scores"]
+    for _ in range(24):
+        node = node[1]
+    assert node == [0.5]
+
+
+def test_a_disallowed_type_inside_a_shared_node_is_still_refused():
+    data = pickle.dumps({"scores": _shared_tower(24, b"bytes")})
+    start = time.perf_counter()
+    with pytest.raises(pickle.UnpicklingError, match="holds a bytes"):
+        safe_loads(data)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_depth_is_measured_along_the_longest_path_through_shared_nodes():
+    """A chain of 40 nested lists whose links are all also listed at the top: each link is met first at depth 1,
+    but the chain is still 40 deep."""
+    links = [[0.5]]
+    for _ in range(40):
+        links.append([links[-1]])
+    with pytest.raises(pickle.UnpicklingError, match="nests deeper than 32 levels"):
+        safe_loads(pickle.dumps(links[::-1]))
+    assert safe_loads(pickle.dumps(links[:31]))[-1][0] == links[29]  # 32 levels is allowed
+
+
+def test_huge_and_cyclic_replies_are_refused_quickly():
+    cycle: list = []
+    cycle.append(cycle)
+    for value, message in [([[0.0]] * 1_000_001, "holds more than 1000000 items"), (cycle, "nests deeper than 32")]:
+        data = pickle.dumps(value)
+        start = time.perf_counter()
+        with pytest.raises(pickle.UnpicklingError, match=message):
+            safe_loads(data)
+        assert time.perf_counter() - start < 2.0
+
+
+def test_a_malformed_shared_reply_is_reported_with_a_short_description(serve):
+    """The error message must not repr the whole structure: its full repr would have 2**30 leaves."""
+    body = {"rewards": _shared_tower(30, 1.0), "scores": [0.5]}
+    start = time.perf_counter()
+    with pytest.raises(RewardServerError, match=r"reply\['rewards'\] must be a list of 1 numbers, got \[\[\[\.\.\.\]"):
+        _client(serve(raw(200, pickle.dumps(body)))).judge(_images(1), ROWS[:1])
+    assert time.perf_counter() - start < 2.0
+
+
 def test_a_malicious_pickle_reply_is_refused_and_never_runs(serve, tmp_path):
     marker = tmp_path / "pwned"
 
@@ -114,7 +186,7 @@ def test_a_timed_out_request_is_retried(serve):
 
 def test_a_timeout_without_retries_raises(serve):
     server = serve(slow(1.5))
-    expected = r"1 attempt\(s\) failed \(timeout 0\.3 s each\); last error: .*timed out"
+    expected = r"1 attempt\(s\) failed \(socket timeout 0\.3 s per operation\); last error: .*timed out"
     with pytest.raises(RewardServerError, match=expected):
         _client(server, timeout_s=0.3, num_retries=0).judge(_images(1), ROWS[:1])
 

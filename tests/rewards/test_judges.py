@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskfocus.config import GenEvalDetectorConfig
+from maskfocus.config import ConfigError, GenEvalDetectorConfig, config_from_dict, load_config
 from maskfocus.models.base import ModelLoadError
-from maskfocus.rewards.geneval import Detection, load_metadata
-from maskfocus.rewards.judges import DetectorJudge, build_judge, load_object_names
+from maskfocus.rewards.geneval import Detection, Thresholds, load_metadata
+from maskfocus.rewards.judges import DetectorJudge, build_judge, load_object_names, thresholds_of
 
 SHARED_GENEVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "geneval"
 COLOR_ATTR = {
@@ -86,6 +86,7 @@ def test_owlv2_judge_runs_on_real_metadata(tiny_owlv2_folder, tiny_clip_folder):
         clip_model=str(tiny_clip_folder),
         score_threshold=0.0,
         counting_score_threshold=0.0,
+        nms_iou=0.5,
     )
     judge = build_judge(config)
     rows = load_metadata(SHARED_GENEVAL / "evaluation_metadata.jsonl")[:40:8]
@@ -104,8 +105,8 @@ def test_owlv2_judge_runs_on_real_metadata(tiny_owlv2_folder, tiny_clip_folder):
         ({"clip_model": "x", "object_names": "/nowhere/names.txt"}, r"detector\.object_names: .*/nowhere/names\.txt"),
     ],
 )
-def test_owlv2_judge_errors_name_the_field_and_path(tiny_owlv2_folder, kwargs, message):
-    config = GenEvalDetectorConfig(kind="owlv2", **{"path": str(tiny_owlv2_folder), **kwargs})
+def test_owlv2_judge_errors_name_the_field_and_path(tiny_owlv2_folder, owlv2_thresholds, kwargs, message):
+    config = GenEvalDetectorConfig(kind="owlv2", **{"path": str(tiny_owlv2_folder), **owlv2_thresholds, **kwargs})
     with pytest.raises(ModelLoadError, match=message):
         build_judge(config, field="rewards[2].detector")
 
@@ -115,3 +116,50 @@ def test_http_judge_takes_url_timeout_and_retries_from_the_config():
     judge = build_judge(config)
     assert (judge.url, judge.timeout_s, judge.num_retries, judge.batch_size) == ("http://10.0.0.9:18085", 5, 7, 3)
     assert len(judge.known_classes) == 80
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{}, {"score_threshold": 0.1}, {"score_threshold": 0.1, "counting_score_threshold": 0.3}, {"nms_iou": 0.5}],
+)
+def test_owlv2_without_explicit_thresholds_is_refused_naming_the_fields(given):
+    detector = {"kind": "owlv2", "path": "/models/owlv2", "clip_model": "/models/clip", **given}
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({"rewards": [{"name": "geneval", "detector": detector}]})
+    message = str(raised.value)
+    assert "<dict>: rewards.0.detector: kind owlv2 needs explicit" in message
+    missing = [f for f in ("score_threshold", "counting_score_threshold", "nms_iou") if f not in given]
+    assert f"needs explicit {', '.join(f'`{f}`' for f in missing)} " in message
+    for phrase in ("0.3 / 0.9 score defaults are GenEval's", "Mask2Former", "http (Mask2Former) judge", "few hundred"):
+        assert phrase in message
+
+
+def test_shapes_thresholds_default_to_genevals_and_explicit_ones_are_used():
+    assert thresholds_of(GenEvalDetectorConfig()) == Thresholds(score=0.3, counting_score=0.9)
+    explicit = GenEvalDetectorConfig(score_threshold=0.1, counting_score_threshold=0.35)
+    assert thresholds_of(explicit) == Thresholds(score=0.1, counting_score=0.35)
+    assert build_judge(explicit).thresholds == Thresholds(score=0.1, counting_score=0.35)
+
+
+def test_owlv2_judge_uses_the_configured_thresholds_and_nms(tiny_owlv2_folder, tiny_clip_folder):
+    config = GenEvalDetectorConfig(
+        kind="owlv2",
+        path=str(tiny_owlv2_folder),
+        clip_model=str(tiny_clip_folder),
+        score_threshold=0.15,
+        counting_score_threshold=0.35,
+        nms_iou=0.45,
+    )
+    judge = build_judge(config)
+    detector = judge.detect_batch.__self__
+    assert judge.thresholds == Thresholds(score=0.15, counting_score=0.35)
+    assert (detector.nms_iou, detector.min_score) == (0.45, 0.15)
+
+
+def test_real_geneval_configs_set_uncalibrated_owlv2_thresholds():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("amused_geneval.yaml", "meissonic_geneval.yaml"):
+        detector = load_config(root / name).rewards[0].detector
+        assert detector.kind == "owlv2"
+        assert (detector.score_threshold, detector.counting_score_threshold, detector.nms_iou) == (0.1, 0.3, 0.5)
+        assert "UNCALIBRATED starting points, not measured" in (root / name).read_text()
