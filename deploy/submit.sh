@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Submit a MaskFocus RL run to a Ray cluster as a job.
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
+#   deploy/submit.sh [--address ...] --resume RUN_FOLDER [extra args...]   # continue a stopped run
 # Local try-out:
 #   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
 #   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
@@ -27,8 +28,14 @@ while [[ "${1:-}" == --address || "${1:-}" == --submission-id ]]; do
   if [[ "$1" == --address ]]; then ADDRESS="$2"; else SUBMISSION=(--submission-id "$2"); fi
   shift 2
 done
-CONFIG="${1:-configs/shapes_tiny.yaml}"
-shift || true
+if [[ "${1:-}" == --resume ]]; then  # a stopped run continues from its folder and its own config.yaml
+  [[ -n "${2:-}" ]] || { echo "submit.sh: --resume needs the run folder (on the shared disk)" >&2; exit 2; }
+  RUN=(--resume "$2")
+  shift 2
+else
+  RUN=(--config "${1:-configs/shapes_tiny.yaml}")
+  shift || true
+fi
 if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
   [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
   export RAY_AUTH_MODE=token
@@ -36,4 +43,4 @@ fi
 echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}" >&2
 exec ray job submit --address "$ADDRESS" "${SUBMISSION[@]+"${SUBMISSION[@]}"}" \
   --working-dir . --runtime-env deploy/runtime_env.yaml -- \
-  maskfocus train --config "$CONFIG" --executor ray --address auto "$@"
+  maskfocus train "${RUN[@]}" --executor ray --address auto "$@"

@@ -33,7 +33,7 @@ class WeightStore:
         """The oldest record not yet taken; None if none arrives within `timeout` seconds."""
         try:
             return await asyncio.wait_for(self.updates.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def latest(self) -> tuple[int, list[ObjectRef] | None]:

@@ -92,7 +92,9 @@ class EvalConfig(Section):
     num_images_per_prompt: int = Field(4, ge=1)
     """Images generated per prompt row."""
     seed: int = 0
-    """Seed of the evaluation sampler; images are a function of (seed, row index, image index)."""
+    """Seed of the evaluation sampler. Each batch of sampler.batch_size images draws from its own generator
+    (seed, batch index), so images are a function of (seed, sampler.batch_size, row index, image index): compare
+    scores at equal batch sizes."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = "float32"
     """Weight dtype of the transformer and text encoder for evaluation (a run's final evaluation and `maskfocus
     eval`). float32 scores the trained weights themselves, whatever dtype the rollouts sample in; null = model.dtype

@@ -241,3 +241,33 @@ def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(random_model, t
     checkpoints = sorted(p.name for p in (tmp_path / "runs" / "job" / "checkpoints").iterdir())
     assert checkpoints == [f"iter_{iterations[-1]:06d}"], log.read_text()[-6000:]
     assert "stopped on SIGTERM; resume from" in log.read_text()
+
+
+def submit_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """deploy/submit.sh with a stand-in `ray` on PATH that prints the arguments it was given, one per line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "ray"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    script = str(REPO / "deploy" / "submit.sh")
+    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_submit_script_submits_a_config_or_a_resume_with_the_arguments_given(tmp_path):
+    """A stopped job prints `--resume RUN`; submit.sh passes it without --config, which `maskfocus train` refuses
+    together with --resume."""
+    fresh = submit_command(tmp_path, "--address", "http://head:8265", "configs/shapes_tiny.yaml", "--iterations", "5")
+    assert fresh.returncode == 0, fresh.stderr
+    train = fresh.stdout.splitlines()
+    assert train[:3] == ["job", "submit", "--address"] and "http://head:8265" in train
+    expected = "maskfocus train --config configs/shapes_tiny.yaml --executor ray --address auto --iterations 5"
+    assert " ".join(train[train.index("--") + 1 :]) == expected
+    resumed = submit_command(tmp_path, "--resume", "/shared/runs/job", "--iterations", "500")
+    assert resumed.returncode == 0, resumed.stderr
+    train = resumed.stdout.splitlines()
+    expected = "maskfocus train --resume /shared/runs/job --executor ray --address auto --iterations 500"
+    assert " ".join(train[train.index("--") + 1 :]) == expected
+    missing = submit_command(tmp_path, "--resume")
+    assert missing.returncode == 2 and "--resume needs the run folder" in missing.stderr

@@ -17,6 +17,18 @@ Score. The class is the best template; the score is  q(err_best) * sigmoid(SHARP
 q falls from 1 to 0 as the best error passes ERR_SCALE (blobs, fragments, stretched or merged shapes), the
 sigmoid is the confidence that the best class beats the runner-up.
 
+Known limits (found in a review, thirty-third session; kept, because changing the detector changes every score
+recorded in benchmarks/RESULTS.md, and none of them showed up as reward hacking there: counting never learned):
+- No lower size bound. World objects are 12-20 px, but any component of MIN_AREA pixels or more is fitted, so a
+  single solid 4x4 token scores as a square at 1.0 (four of them pass "four squares"), and 6 px circles,
+  triangles and diamonds pass too.
+- "Unknown" pixels (off-palette) are treated as hidden and filled in from the template, so an off-palette blob
+  inside a palette-coloured region can fit a shape (a tokenizer of world patches rarely produces one).
+- EM_STEPS = 2 stops before the size estimate of a heavily hidden shape converges: a 20 px square with 6 px
+  covered scores 0.05, and one clipped 4 px by the border 0.81 (below the counting cut). More steps fix those but
+  split a half-red, half-blue circle into two confident circles.
+- Same-colour shapes that touch (or are 2 px apart) merge into one component that fits nothing: never counted.
+
 Boxes are the fitted shape's square box (x0, y0, x1, y1) in continuous pixel coordinates (pixel j covers
 [j, j + 1), so x1, y1 are exclusive as pixel indices), the same convention as `scene.Box`.
 """

@@ -2,8 +2,15 @@
 
 About 100 rows per tag. position and color_attr hold out part of their prompt space: 20 distinct position
 prompts (5 per relation) repeated 5 times, and 100 distinct color_attr prompts; TrainingPrompts never yields
-those. The other tags' whole prompt space is smaller than 100, so every prompt of the tag is repeated evenly:
-single_object 4 x 25 = 100, two_object 12 x 8 = 96, counting 12 x 8 = 96, colors 24 x 4 = 96 (588 rows in all).
+those as text. An equivalent paraphrase can still be trained on: GenEval's position rule is symmetric ("a circle
+below a diamond" holds exactly when "a diamond above a circle" does) and color_attr's two clauses are unordered,
+so 12 of the 20 held-out position prompts and 78 of the 100 held-out color_attr prompts have an equivalent
+training prompt. Scores on those tags measure the trained behaviour, not generalisation to unseen prompts (on the
+shipped base RL lifts position from 0.07 to about 0.2, mostly by drawing both objects, and color_attr not at
+all: benchmarks/RESULTS.md).
+
+The other tags' whole prompt space is smaller than 100, so every prompt of the tag is repeated evenly: single_object
+4 x 25 = 100, two_object 12 x 8 = 96, counting 12 x 8 = 96, colors 24 x 4 = 96 (588 rows in all).
 Repeated rows are the same prompt sampled with different seeds, as GenEval itself draws several images a prompt.
 
 Regenerate the shipped file with ``python -m maskfocus.shapes.evalset``. The detector's quality bar on this set is

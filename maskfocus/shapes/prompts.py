@@ -136,9 +136,11 @@ class TrainingPrompts(Iterator[Metadata]):
     of that tag.
 
     Prompts in ``exclude`` (default: the held-out shapes-geneval prompts) are never yielded for a tag whose
-    prompt space is larger than what is held out of it (position, color_attr). The whole prompt space of
-    single_object, two_object, counting and colors is in the eval set, so for those tags disjointness is
-    impossible and the stream samples the full space: train and eval prompts overlap there by design.
+    prompt space is larger than what is held out of it (position, color_attr). The exclusion is by text, so a
+    held-out prompt's mirrored relation or swapped clauses may be yielded (see maskfocus.shapes.evalset). The
+    whole prompt space of single_object, two_object, counting and colors is in the eval set, so for those tags
+    disjointness is impossible and the stream samples the full space: train and eval prompts overlap there by
+    design.
     """
 
     def __init__(
