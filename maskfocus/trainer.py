@@ -38,7 +38,7 @@ from maskfocus.run_io import (
 )
 from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
-from maskfocus.shapes.prompts import draw_index, tag_probabilities
+from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities
 from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
 from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 
@@ -59,20 +59,21 @@ class PromptStream:
         cursor: int = 0,
         prompt_file: str | None = None,
         tag_weights: tuple[float, ...] | None = None,
+        held_out: HeldOut = "text",
     ):
         from maskfocus.shapes.prompts import TrainingPrompts
 
         if prompt_file:
             self.source = FilePrompts(prompt_file, seed, tags, tag_weights)
         else:
-            self.source = TrainingPrompts(seed, tags, weights=tag_weights)
+            self.source = TrainingPrompts(seed, tags, weights=tag_weights, held_out=held_out)
         self.cursor = 0
         self.take(cursor)
 
     @classmethod
     def from_config(cls, config: RunConfig, cursor: int = 0) -> PromptStream:
         rollout = config.rollout
-        return cls(config.seed, rollout.tags, cursor, rollout.prompt_file, rollout.tag_weights)
+        return cls(config.seed, rollout.tags, cursor, rollout.prompt_file, rollout.tag_weights, rollout.held_out)
 
     def take(self, count: int) -> list[dict[str, Any]]:
         self.cursor += count

@@ -92,6 +92,7 @@ def test_every_field_has_a_docstring():
         ("  tags: [counting, position]\n  tag_weights: [0, 0]\n", "must be >= 0 with a positive sum"),
         ("  tags: [counting, counting]\n  tag_weights: [1, 2]\n", "repeat a tag"),
         ("  prompt_file: p.txt\n  tags: [counting]\n  tag_weights: [1]\n", "a .txt prompt_file has no tags"),
+        ("  prompt_file: p.jsonl\n  held_out: meaning\n", "held_out 'meaning' applies to the shapes-world prompts"),
     ],
 )
 def test_bad_tag_weights_name_the_field(tmp_path, rollout, message):

@@ -100,3 +100,15 @@ def test_file_prompts_follow_tag_weights_and_reject_a_weighted_tag_without_recor
     assert sum(row["tag"] == "colors" for row in drawn) / 2000 == pytest.approx(0.5, abs=0.04)
     with pytest.raises(ConfigError, match="tag 'position' has weight 1 but no record"):
         PromptStream(0, ("counting", "position"), prompt_file=str(path), tag_weights=(1, 1))
+
+
+def test_the_config_s_held_out_mode_reaches_the_shapes_world_stream():
+    from maskfocus.config import default_run_config
+    from maskfocus.shapes.evalset import load_eval_set
+    from maskfocus.shapes.prompts import equivalence_key
+
+    eval_keys = {equivalence_key(row) for row in load_eval_set() if row["tag"] == "position"}
+    for held_out, leaks in (("text", True), ("meaning", False)):
+        config = default_run_config({"rollout": {"tags": ["position"], "held_out": held_out}})
+        rows = PromptStream.from_config(config).take(400)
+        assert any(equivalence_key(row) in eval_keys for row in rows) == leaks, held_out

@@ -48,8 +48,6 @@ PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
 CODE_FILE = "transformer.py"
 NATIVE_RESOLUTION = 1024
 """Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
-SMOKE_GRID = (2, 2)
-"""Token grid of the forward run at load time: the smallest a downsampling transformer takes (1 x 1 inside)."""
 
 
 def native_resolution(transformer_config, vq_config) -> int:
@@ -199,27 +197,14 @@ class MeissonicGenerator(VQTextGenerator):
     ) -> torch.Tensor:
         """(B, L, V) float32; `module` replaces the transformer (a frozen reference, an FSDP-wrapped one)."""
         module = self.transformer if module is None else module
-        tokens_Bhw = tokens_BL.view(tokens_BL.shape[0], *self.grid_size)
-        return self.forward_grid(module, tokens_Bhw, condition, step, num_steps, self.img_ids)
-
-    def forward_grid(
-        self,
-        module: nn.Module,
-        tokens_Bhw: torch.Tensor,
-        condition: Condition,
-        step: int | torch.Tensor,
-        num_steps: int,
-        img_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        """(B, h*w, V) float32 logits of a token grid of any size, `img_ids` (N, 3) its internal positions."""
-        batch = tokens_Bhw.shape[0]
+        batch = tokens_BL.shape[0]
         hidden, pooled, micro = self._inputs(module, condition)
         output = module(
-            hidden_states=tokens_Bhw,
+            hidden_states=tokens_BL.view(batch, *self.grid_size),
             micro_conds=micro,
             pooled_projections=pooled,
             encoder_hidden_states=hidden,
-            img_ids=img_ids,
+            img_ids=self.img_ids,
             txt_ids=text_position_ids(hidden.shape[1], self.device),
             timestep=meissonic_timestep(step, num_steps, batch, self.device),
         )
@@ -233,16 +218,17 @@ class MeissonicGenerator(VQTextGenerator):
 
 @torch.no_grad()
 def smoke_forward(model: MeissonicGenerator, folder: Path) -> None:
-    """Run the checkpoint's transformer once, on one sample of the empty prompt and a SMOKE_GRID of mask tokens.
+    """Run the checkpoint's transformer once, on one sample of the empty prompt, all tokens masked.
 
     Its code comes with the checkpoint and meets the installed diffusers only here, so an incompatibility
     (e.g. an attribute an attention processor expects) surfaces at load time as a ModelLoadError naming the
-    folder, not at the first rollout. The 2 x 2 grid keeps the image sequence at 1-4 positions (the text at 77):
-    cheap next to reading the weights, unlike a native 1024-px forward (64 x 64 tokens) on a CPU."""
-    tokens_Bhw = torch.full((1, *SMOKE_GRID), model.mask_token_id, dtype=torch.long, device=model.device)
-    img_ids = image_position_ids(SMOKE_GRID, model.downsample, model.device)
+    folder, not at the first rollout. The grid is the model's own: checkpoint code may hold fixed-size position
+    tables (a 2 x 2 test grid failed on one), and one forward of one sample costs little next to reading the
+    weights."""
+    num_tokens = model.grid_size[0] * model.grid_size[1]
+    tokens_BL = torch.full((1, num_tokens), model.mask_token_id, dtype=torch.long, device=model.device)
     try:
-        logits_BLV = model.forward_grid(model.transformer, tokens_Bhw, model.encode_prompts([""]), 0, 1, img_ids)
+        logits_BLV = model.logits(tokens_BL, model.encode_prompts([""]), 0, 1)
     except Exception as error:
         import diffusers
 
@@ -250,7 +236,7 @@ def smoke_forward(model: MeissonicGenerator, folder: Path) -> None:
             f"{folder}: a test forward of transformer/{CODE_FILE} failed with diffusers {diffusers.__version__}: "
             f"{type(error).__name__}: {error}"
         ) from error
-    expected = (1, SMOKE_GRID[0] * SMOKE_GRID[1], model.codebook_size)
+    expected = (1, num_tokens, model.codebook_size)
     if tuple(logits_BLV.shape) != expected:
         raise ModelLoadError(
             f"{folder}: a test forward of transformer/{CODE_FILE} gave logits of shape "

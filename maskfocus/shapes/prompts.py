@@ -12,13 +12,23 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.shapes.scene import Scene, ShapeObject, random_scene, relation_strength
-from maskfocus.shapes.world import COLORS, MAX_OBJECTS, NUMBER_WORDS, PLURALS, RELATIONS, SHAPES, SIZES, article
+from maskfocus.shapes.world import (
+    COLORS,
+    MAX_OBJECTS,
+    NUMBER_WORDS,
+    OPPOSITE_RELATION,
+    PLURALS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    article,
+)
 
 PREFIX = "a photo of"
 
@@ -131,6 +141,9 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+HeldOut = Literal["text", "meaning"]
+
+
 class TrainingPrompts(Iterator[Metadata]):
     """Endless stream of prompt metadata for RL training: a tag (uniform, or by `weights`), then a uniform prompt
     of that tag.
@@ -147,25 +160,46 @@ class TrainingPrompts(Iterator[Metadata]):
         self,
         seed: int,
         tags: Sequence[str] = TAGS,
-        exclude: set[str] | None = None,
+        exclude: Sequence[Metadata] | None = None,
         weights: Sequence[float] | None = None,
+        held_out: HeldOut = "text",
     ) -> None:
+        """`held_out`: "text" skips the excluded prompts' texts; "meaning" also every prompt that GenEval scores
+        the same way (`equivalence_key`)."""
         if exclude is None:
-            from maskfocus.shapes.evalset import eval_prompts  # evalset builds on this module
+            from maskfocus.shapes.evalset import load_eval_set  # evalset builds on this module
 
-            exclude = eval_prompts()
+            exclude = load_eval_set()
+        key = (lambda meta: meta["prompt"]) if held_out == "text" else equivalence_key
+        excluded = {key(meta) for meta in exclude}
         self.rng = np.random.default_rng(seed)
         self.tags = tuple(tags)
         self.tag_probabilities = None if weights is None else tag_probabilities(weights)
         self.pools: dict[str, list[Metadata]] = {}
         for tag in self.tags:
             space = list(_prompt_space(tag))
-            kept = [meta for meta in space if meta["prompt"] not in exclude]
+            kept = [meta for meta in space if key(meta) not in excluded]
             self.pools[tag] = kept or space
 
     def __next__(self) -> Metadata:
         pool = self.pools[self.tags[draw_index(self.rng, len(self.tags), self.tag_probabilities)]]
         return _copy(pool[self.rng.integers(len(pool))])
+
+
+def equivalence_key(meta: Metadata) -> tuple:
+    """Equal for prompts that GenEval's rules score alike on every image: a position prompt read from either object
+    ("a circle below a diamond" and "a diamond above a circle"), and clauses in any order ("a red circle and a blue
+    square" and "a blue square and a red circle")."""
+    if meta["tag"] == "position":
+        reference, subject = meta["include"]
+        relation = subject["position"][0]
+        readings = (
+            (subject["class"], relation, reference["class"]),
+            (reference["class"], OPPOSITE_RELATION[relation], subject["class"]),
+        )
+        return ("position", min(readings))
+    clauses = sorted((c["class"], c.get("count", 1), c.get("color") or "") for c in meta["include"])
+    return (meta["tag"], tuple(clauses))
 
 
 def tag_probabilities(weights: Sequence[float]) -> np.ndarray:

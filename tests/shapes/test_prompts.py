@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from maskfocus.rewards.geneval import TAGS, relative_position, validate_metadata
-from maskfocus.shapes.evalset import eval_prompts
+from maskfocus.shapes.evalset import eval_prompts, load_eval_set
 from maskfocus.shapes.prompts import (
     CaptionMix,
     TrainingPrompts,
     enumerate_prompts,
+    equivalence_key,
     loose_caption,
     pretraining_pair,
     sample_metadata,
@@ -197,9 +198,39 @@ def test_training_prompts_never_yield_held_out_position_or_color_attr_prompts() 
 
 
 def test_training_prompts_are_seeded_and_honour_tags_and_exclude() -> None:
-    one, two, other = (TrainingPrompts(seed=s, exclude=set()) for s in (5, 5, 6))
+    one, two, other = (TrainingPrompts(seed=s, exclude=[]) for s in (5, 5, 6))
     first = [next(one) for _ in range(20)]
     assert first == [next(two) for _ in range(20)] != [next(other) for _ in range(20)]
-    only = TrainingPrompts(seed=1, tags=("colors",), exclude={"a photo of a red circle"})
+    only = TrainingPrompts(seed=1, tags=("colors",), exclude=[{"prompt": "a photo of a red circle"}])
     drawn = {next(only)["prompt"] for _ in range(500)}
     assert len(drawn) == 23 and "a photo of a red circle" not in drawn
+
+
+def test_equivalence_key_joins_exactly_the_prompts_geneval_scores_alike() -> None:
+    """A position prompt and its mirror (other object first, opposite relation) share a key, and so do colour
+    attributions with their clauses swapped; no other two prompts of the world do."""
+    position = enumerate_prompts("position")
+    by_key = collections.defaultdict(set)
+    for meta in position:
+        by_key[equivalence_key(meta)].add(meta["prompt"])
+    assert len(by_key) == len(position) // 2 and all(len(prompts) == 2 for prompts in by_key.values())
+    assert {"a photo of a circle below a diamond", "a photo of a diamond above a circle"} in by_key.values()
+    for tag in ("color_attr", "counting", "two_object", "colors", "single_object"):
+        space = enumerate_prompts(tag)
+        keys = {equivalence_key(meta) for meta in space}
+        # color_attr and two_object list both clause orders of each pair (two_object: of distinct classes)
+        assert len(keys) == (len(space) // 2 if tag in ("color_attr", "two_object") else len(space)), tag
+
+
+@pytest.mark.parametrize("held_out, leaked", [("text", {"position": 12, "color_attr": 78}), ("meaning", {})])
+def test_a_meaning_held_out_stream_skips_every_equivalent_of_an_eval_prompt(held_out, leaked) -> None:
+    """By text, 12 of the 20 held-out position prompts keep their mirror in training and 78 of the 100 color_attr
+    ones a clause-swapped twin; held out by meaning, none does, and the stream draws only from what is left."""
+    eval_keys = {equivalence_key(row) for row in load_eval_set() if row["tag"] in ("position", "color_attr")}
+    stream = TrainingPrompts(seed=0, tags=("position", "color_attr"), held_out=held_out)
+    pools = {tag: {m["prompt"]: m for m in pool} for tag, pool in stream.pools.items()}
+    equivalents = {tag: sum(equivalence_key(m) in eval_keys for m in pool.values()) for tag, pool in pools.items()}
+    assert {tag: n for tag, n in equivalents.items() if n} == leaked
+    assert len(pools["position"]) == {"text": 48 - 20, "meaning": 48 - 20 - 12}[held_out]
+    drawn = {next(stream)["prompt"] for _ in range(500)}
+    assert drawn <= set(pools["position"]) | set(pools["color_attr"])
