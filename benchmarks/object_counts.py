@@ -4,6 +4,10 @@ A diagnostic for reward hacking: GenEval's single-object and colour rules ask fo
 object, so a policy can raise its score by scattering more objects. Samples every `--every`-th row of
 shapes-geneval (standard sampler, config's settings) with each model folder given and prints, per tag,
 the mean number of detected components and the share of images with more objects than the prompt names.
+It also prints the share of confident detections (score above GenEval's 0.3) smaller than any object of the
+world (box side below 0.75 x the smallest size, 12 px): the detector has no lower size bound, so a single solid
+4x4 token passes as a square (maskfocus/shapes/detector.py, "Known limits"), and this share shows whether a
+model's score leans on such specks.
 
 Usage: python benchmarks/object_counts.py builtin:shapes-tiny runs/NAME/model [--every 4] [--images 2]
 """
@@ -20,7 +24,13 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
 from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
 from maskfocus.models import load_generator
-from maskfocus.shapes.detector import ShapesDetector
+from maskfocus.shapes.detector import ShapeFit, ShapesDetector
+from maskfocus.shapes.world import SIZE_MIN
+
+CONFIDENT = 0.3
+"""GenEval's detection threshold (not counting prompts)."""
+UNDERSIZED_PX = 0.75 * SIZE_MIN
+"""A fitted box side below this is smaller than any object the world draws."""
 
 
 def named_objects(row: dict) -> int:
@@ -28,21 +38,35 @@ def named_objects(row: dict) -> int:
     return sum(clause.get("count", 1) for clause in row["include"])
 
 
-def count_objects(model_path: str, rows: list[dict], images_per_row: int) -> dict[str, tuple[float, float]]:
-    """Per tag: (mean components per image, fraction of images with more components than named)."""
+def undersized(fits: list[ShapeFit]) -> tuple[int, int]:
+    """(confident fits, how many of them are smaller than any object of the world)."""
+    confident = [fit for fit in fits if fit.score > CONFIDENT]
+    return len(confident), sum(fit.box[2] - fit.box[0] < UNDERSIZED_PX for fit in confident)
+
+
+def count_objects(model_path: str, rows: list[dict], images_per_row: int) -> dict[str, tuple[float, float, float]]:
+    """Per tag: (mean components per image, fraction of images with more components than named, fraction of
+    confident detections that are undersized)."""
     config = load_config(DEFAULT_CONFIG, {"model.path": model_path})
     model = load_generator(config.model)
     detector = ShapesDetector()
     counts: dict[str, list[int]] = defaultdict(list)
     extra: dict[str, list[bool]] = defaultdict(list)
+    small: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     jobs = expand_jobs(rows, images_per_row)
     for chunk, images in generate_batches(model, jobs, config.sampler, config.eval.seed):
         for job, image in zip(chunk, images, strict=True):
             row = rows[job.row_index]
-            found = len(detector.fit(image))
-            counts[row["tag"]].append(found)
-            extra[row["tag"]].append(found > named_objects(row))
-    return {tag: (statistics.mean(counts[tag]), statistics.mean(extra[tag])) for tag in counts}
+            fits = detector.fit(image)
+            counts[row["tag"]].append(len(fits))
+            extra[row["tag"]].append(len(fits) > named_objects(row))
+            confident, tiny = undersized(fits)
+            small[row["tag"]][0] += confident
+            small[row["tag"]][1] += tiny
+    return {
+        tag: (statistics.mean(counts[tag]), statistics.mean(extra[tag]), small[tag][1] / max(small[tag][0], 1))
+        for tag in counts
+    }
 
 
 def main() -> int:
@@ -57,7 +81,7 @@ def main() -> int:
     print("| model | " + " | ".join(tags) + " |")
     print("|---|" + "---|" * len(tags))
     for model, by_tag in results.items():
-        cells = [f"{by_tag[tag][0]:.2f} ({by_tag[tag][1]:.0%} extra)" for tag in tags]
+        cells = [f"{by_tag[tag][0]:.2f} ({by_tag[tag][1]:.0%} extra, {by_tag[tag][2]:.1%} undersized)" for tag in tags]
         print(f"| {Path(model).name if ':' not in model else model} | " + " | ".join(cells) + " |")
     return 0
 

@@ -1,0 +1,21 @@
+"""benchmarks/object_counts.py: the undersized-detection share, on hand-built images."""
+
+from __future__ import annotations
+
+import numpy as np
+from support import load_benchmark
+
+from maskfocus.shapes.detector import ShapesDetector
+from maskfocus.shapes.render import render
+from maskfocus.shapes.scene import Scene, ShapeObject
+from maskfocus.shapes.world import COLORS
+
+
+def test_a_solid_token_is_a_confident_undersized_square_and_a_world_object_is_not():
+    module = load_benchmark("object_counts")
+    image = render(Scene((ShapeObject("circle", "blue", 20.0, 20.0, 16.0),)))
+    assert module.undersized(ShapesDetector().fit(image)) == (1, 0)
+    image[44:48, 44:48] = COLORS["red"]  # one 4x4 token of solid red, far from the circle
+    assert module.undersized(ShapesDetector().fit(image)) == (2, 1)
+    assert module.undersized([]) == (0, 0)
+    assert np.isclose(module.UNDERSIZED_PX, 9.0)
