@@ -5,10 +5,18 @@
     python benchmarks/gpu_check.py --device cpu --dtype float32 --scale small --num-steps 4   # CPU dry run
     python benchmarks/gpu_check.py --only broadcast --broadcast-mib 1024           # the collective weight transport
 
+On the lent GPU machine (Python 3.12 with its own torch and cupy; no Ray, pydantic or diffusers, nothing to fetch):
+run `benchmarks/gpu_wheels.sh` here once, then one device call carrying ".gpu_wheels", timeout about 480 s:
+    python3 -m pip install -q --no-index --no-deps .gpu_wheels/*.whl &&
+    python3 -m pip install -q --no-deps --no-build-isolation -e . &&
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --only tiny,nccl,scale --json $OUT/gpu_check.json
+(`broadcast` needs Ray, whose wheel is larger than a device call carries.)
+
 Checks, each printing its figures:
 1. tiny  - the built-in tiny model end to end on the device: bf16 rollout (sampler + router), shapes GenEval
-           reward, critical steps, GRPO updates of an FSDP2 `fully_shard` transformer (bf16 compute, float32
-           master weights), full weights back into the rollout model. Asserts finite losses and changed weights.
+           reward, critical steps, GRPO updates of an FSDP2 `fully_shard` transformer (float32 compute and
+           master weights, sharded as the Ray learner does), full weights back into the rollout model. Asserts
+           finite losses and changed weights.
            Then the last batch once more as if one version stale, with `grpo.behaviour_weight_cap` (the sampling
            version's shards swapped in for the behaviour forwards): asserts finite behaviour weights and the
            weights restored before the update.
@@ -52,10 +60,10 @@ from gpu_perf import (
     peak_tflops,
     rollout_flops,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from weight_broadcast import check_weight_broadcast
 
 from maskfocus.config import GRPOConfig, OptimConfig, RouterConfig, SamplerConfig, load_config
+from maskfocus.learner.parallelize import wrap
 from maskfocus.models import load_generator
 from maskfocus.models.meissonic import MeissonicGenerator
 from maskfocus.rewards.combined import build_rewards
@@ -88,12 +96,9 @@ def init_process_group(device: torch.device) -> None:
 
 
 def shard(module: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Module:
-    """FSDP2 as the learner applies it - `fully_shard` per block then the root - with bf16 compute."""
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(module, mp_policy=policy)
-    return module
+    """FSDP2 exactly as the Ray learner applies it (learner/parallelize.py): `fully_shard` per adapter block then
+    the root, float32 compute and master weights."""
+    return wrap(module, "fsdp", blocks)
 
 
 def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
@@ -299,7 +304,7 @@ def check_scale(device: torch.device, args: argparse.Namespace) -> dict:
     rollout_s, learner_s, sync_s = rolled - start, learned - rolled, synced - learned
     iteration_s = rollout_s + learner_s + sync_s
     flops_rollout = rollout_flops(forward, len(prompts_B), args.num_steps, use_cfg=True)
-    flops_learner = learner_flops(forward, len(prompts_B), args.selected, use_reference=grpo.beta > 0)
+    flops_learner = learner_flops(forward, len(prompts_B), args.selected, grpo.beta > 0, grpo.update)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "transformer_parameters": num_params,

@@ -38,11 +38,16 @@ def rollout_flops(forward_flops: float, num_images: int, num_steps: int, use_cfg
     return forward_flops * num_images * num_steps * (2 if use_cfg else 1)
 
 
-def learner_flops(forward_flops: float, num_samples: int, num_selected: int, use_reference: bool) -> float:
-    """One rollout's updates: for each of the K selected steps, a frozen old-log-prob forward, a reference
-    forward when beta > 0, and the trained forward + backward (3 forwards' worth)."""
-    passes = 1 + (1 if use_reference else 0) + 3
-    return forward_flops * num_samples * num_selected * passes
+def learner_flops(
+    forward_flops: float, num_samples: int, num_selected: int, use_reference: bool, update: str = "per_step"
+) -> float:
+    """One rollout's updates: for each of the K selected steps a reference forward when beta > 0 and the trained
+    forward + backward (3 forwards' worth), plus the frozen old-log-prob forwards of the steps scored after an
+    optimizer step: K - 1 with `per_step` updates, none with `accumulate` (the steps scored before the first
+    step take theirs from their own training forward, maskfocus/update.py)."""
+    passes = num_selected * ((1 if use_reference else 0) + 3)
+    passes += num_selected - 1 if update == "per_step" else 0
+    return forward_flops * num_samples * passes
 
 
 def mfu(flops: float, seconds: float, peak_tflops_value: float | None) -> float | None:

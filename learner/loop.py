@@ -117,7 +117,7 @@ class LearnerWorker:
         reference = frozen_copy(base) if config.grpo.beta > 0 else None
         if start.checkpoint:
             load_checkpoint_weights(Path(start.checkpoint), base)
-        self.module = wrap(base, config.ray.learner_strategy)
+        self.module = wrap(base, config.ray.learner_strategy, self.model.blocks())
         self.updater = ShardedUpdater(
             self.model,
             config.grpo,

@@ -8,7 +8,7 @@ gradients over ranks, so the mean of the ranks' gradients equals the single-work
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -19,28 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskfocus.update import merge_metrics
 
-BLOCK_LISTS = ("transformer_layers", "layers", "blocks", "transformer_blocks")
-"""Names of the ModuleList of repeated blocks in the supported transformers (UVit2DModel: transformer_layers)."""
 
-
-def transformer_blocks(module: nn.Module) -> list[nn.Module]:
-    """The repeated blocks to shard one by one: the first ModuleList named in BLOCK_LISTS, plus the UVit
-    down/up blocks when present (they are as large as a transformer block in the tiny model)."""
-    blocks: list[nn.Module] = []
-    for name in BLOCK_LISTS:
-        candidate = getattr(module, name, None)
-        if isinstance(candidate, nn.ModuleList):
-            blocks.extend(candidate)
-            break
-    blocks.extend(getattr(module, name) for name in ("down_block", "up_block") if hasattr(module, name))
-    return blocks
-
-
-def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"]) -> nn.Module:
-    """FSDP2: shard each block then the root, in place (the same object, its parameters now DTensors).
-    DDP: a wrapper whose forward is the module's. Needs an initialized process group."""
+def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[nn.Module]) -> nn.Module:
+    """FSDP2: shard each of `blocks` (the adapter's `MaskedGenerator.blocks()`: every repeated block, so that one
+    block's weights are gathered at a time) then the root, in place (the same object, its parameters now
+    DTensors). DDP: a wrapper whose forward is the module's. Needs an initialized process group."""
     if strategy == "fsdp":
-        for block in transformer_blocks(module):
+        for block in blocks:
             fully_shard(block)
         fully_shard(module)
         return module

@@ -19,8 +19,10 @@ def test_count_flops_of_a_linear_layer_is_two_multiply_adds_per_weight_and_row(p
 
 def test_learner_and_rollout_flops_count_every_pass(perf):
     # K=6 steps x B=2 samples x (old logp + reference + forward/backward = 5 forwards)
-    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=True) == 10.0 * 2 * 6 * 5
-    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=False) == 10.0 * 2 * 6 * 4
+    # per step: K x (reference + forward/backward) + (K - 1) old-log-prob forwards; accumulate: no old forwards
+    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=True) == 10.0 * 2 * (6 * 4 + 5)
+    assert perf.learner_flops(10.0, num_samples=2, num_selected=6, use_reference=False) == 10.0 * 2 * (6 * 3 + 5)
+    assert perf.learner_flops(10.0, 2, 6, use_reference=False, update="accumulate") == 10.0 * 2 * 6 * 3
     assert perf.rollout_flops(10.0, num_images=2, num_steps=64, use_cfg=True) == 10.0 * 2 * 64 * 2
     assert perf.rollout_flops(10.0, num_images=2, num_steps=64, use_cfg=False) == 10.0 * 2 * 64
 

@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import torch
 from ray_fixture import RAY_TIMEOUT_S, tiny_config
 
 from maskfocus.actors.reward_worker import RewardWorker
@@ -16,7 +17,6 @@ from maskfocus.actors.rollout_worker import RolloutWorker
 from maskfocus.learner.checkpoint import RunState
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch
-from maskfocus.learner.parallelize import transformer_blocks
 from maskfocus.learner.weight_store import WeightStore
 from maskfocus.models.amused import AmusedGenerator
 from maskfocus.sampling import seeded_generator
@@ -37,11 +37,22 @@ def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
     raise TimeoutError("no learner update")
 
 
-def test_blocks_to_shard_are_the_transformer_layers_and_the_uvit_blocks(random_model):
-    module = AmusedGenerator.from_folder(random_model).trainable_module()
-    blocks = transformer_blocks(module)
-    assert len(blocks) == len(module.transformer_layers) + 2
-    assert blocks[-2:] == [module.down_block, module.up_block]
+def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path, monkeypatch):
+    """FSDP2 gathers one shard unit at a time: the learner shards the blocks the adapter lists (for Meissonic its
+    dual- and single-stream blocks, tests/models/test_meissonic.py), not whatever one ModuleList a name guess finds."""
+    from maskfocus.learner import loop
+
+    captured = {}
+
+    def fake_wrap(module, strategy, blocks):
+        captured.update(strategy=strategy, blocks=list(blocks))
+        return module
+
+    monkeypatch.setattr(loop, "wrap", fake_wrap)
+    worker = loop.LearnerWorker(tiny_config(random_model, tmp_path), RunState(), 0, 1, torch.device("cpu"))
+    transformer = worker.model.transformer
+    assert captured["strategy"] == "fsdp"
+    assert captured["blocks"] == [transformer.down_block, *transformer.transformer_layers, transformer.up_block]
 
 
 @pytest.mark.parametrize(

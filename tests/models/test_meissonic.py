@@ -43,7 +43,7 @@ def test_trusted_folder_loads_the_class_from_its_own_file(model, meissonic_folde
     assert (meissonic_folder / "transformer" / "IMPORTED").exists()
     assert model.mask_token_id == VOCAB - 1 and model.codebook_size == CODEBOOK
     assert model.grid_size == (16, 16) and model.image_size == RESOLUTION
-    assert len(model.blocks()) == 2
+    assert model.blocks() == [*model.transformer.transformer_blocks, *model.transformer.single_transformer_blocks]
 
 
 def test_missing_code_file_is_explained(meissonic_copy):
