@@ -95,12 +95,6 @@ def init_process_group(device: torch.device) -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
 
 
-def shard(module: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Module:
-    """FSDP2 exactly as the Ray learner applies it (learner/parallelize.py): `fully_shard` per adapter block then
-    the root, float32 compute and master weights."""
-    return wrap(module, "fsdp", blocks)
-
-
 def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
     """The tiny model through rollout -> reward -> selection -> FSDP2 GRPO update -> weight sync."""
     overrides = {"model.device": str(device), "model.dtype": dtype, "grpo.behaviour_weight_cap": 2.0}
@@ -108,7 +102,7 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
     policy = load_generator(config.model)
     learner = load_generator(config.model, dtype="float32")
     reference = frozen_copy(learner.transformer)
-    module = shard(learner.trainable_module(), learner.blocks())
+    module = wrap(learner.trainable_module(), "fsdp", learner.blocks())  # as the Ray learner shards it
     updater = PolicyUpdater(
         learner,
         config.grpo,
@@ -278,7 +272,7 @@ def check_scale(device: torch.device, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         forward = count_flops(learner.logits, tokens, condition, 0, args.num_steps)
     reference = frozen_copy(learner.transformer)
-    module = shard(learner.trainable_module(), learner.blocks())
+    module = wrap(learner.trainable_module(), "fsdp", learner.blocks())  # as the Ray learner shards it
     grpo = GRPOConfig(clip_eps=None, beta=0.01)
     updater = PolicyUpdater(learner, grpo, OptimConfig(learning_rate=2e-6), args.num_steps, 100, module, reference)
 

@@ -117,7 +117,8 @@ NCCL_DUPLICATE_GPU = ("duplicate gpu", "invalid usage")
 
 
 def is_duplicate_gpu_refusal(error: BaseException) -> bool:
-    """The error expected on one GPU: NCCL refuses two ranks of a group on one device."""
+    """The error expected on one GPU: NCCL refuses two ranks of a group on one device (ncclInvalidUsage, "Duplicate
+    GPU detected" with NCCL_DEBUG=WARN). Any other invalid usage would pass too; the error text is in the result."""
     return any(text in str(error).lower() for text in NCCL_DUPLICATE_GPU)
 
 

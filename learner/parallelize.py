@@ -25,6 +25,8 @@ def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[n
     block's weights are gathered at a time) then the root, in place (the same object, its parameters now
     DTensors). DDP: a wrapper whose forward is the module's. Needs an initialized process group."""
     if strategy == "fsdp":
+        if not blocks:  # the root alone would gather every weight at once: no sharding's memory saving
+            raise ValueError("FSDP2 needs the model's repeated blocks, and the adapter's blocks() returned none")
         for block in blocks:
             fully_shard(block)
         fully_shard(module)

@@ -234,7 +234,8 @@ class _Member:
     def close(self) -> None:
         """Leave the group (rank 0 of NCCL also removes the group's named rendezvous actor). After a timed-out
         broadcast the group is left as it is: destroying a communicator that a call is still inside can block for
-        good, and the run is stopping anyway (the process and its communicator go with it)."""
+        good, and the run is stopping anyway (the process and its communicator go with it). rank 0's NCCL
+        rendezvous actor, which Ray detaches, then stays until the cluster stops."""
         if self.stuck:
             return
         if collective.is_group_initialized(self.group.name):

@@ -146,7 +146,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _detector_overrides(args: argparse.Namespace) -> dict:
     """Command-line changes to the evaluation detector (the config's geneval `detector` section)."""
-    flags = {"detector": "kind", "detector_path": "path", "color_clip": "clip_model", "server_url": "url"}
+    flags = {
+        "detector": "kind",
+        "detector_path": "path",
+        "color_clip": "clip_model",
+        "server_url": "url",
+        "score_threshold": "score_threshold",
+        "counting_score_threshold": "counting_score_threshold",
+        "nms_iou": "nms_iou",
+    }
     return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) is not None}
 
 
@@ -311,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--detector-path", help="OWLv2 folder (transformers format) for --detector owlv2")
     evaluate.add_argument("--color-clip", help="open_clip folder of the colour classifier for --detector owlv2")
     evaluate.add_argument("--server-url", help="Flow-GRPO-compatible GenEval reward server for --detector http")
+    for flag, what in (
+        ("--score-threshold", "detection confidence cut (GenEval: 0.3)"),
+        ("--counting-score-threshold", "the same for counting prompts (GenEval: 0.9)"),
+        ("--nms-iou", "OWLv2's per-class NMS IoU"),
+    ):
+        evaluate.add_argument(flag, type=float, help=f"{what}; --detector owlv2 needs all three")
     _add_set_option(
         evaluate,
         "override a config key (repeatable); below 400 images (e.g. with --limit) sampling is eager unless --set "

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import BUILTIN_MODEL
+from maskfocus.config import BUILTIN_MODEL, default_run_config
 from maskfocus.config_base import flatten
 from maskfocus.run_io import read_metrics
 
@@ -76,7 +76,7 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
     ]
     return RunRecord(
         folder=folder,
-        config=flatten(config),
+        config=with_added_defaults(flatten(config)),
         curve=curve,
         metric_keys={key for r in records for key, value in r.items() if isinstance(value, (int, float))},
         final=final,
@@ -84,6 +84,19 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
         learner_seconds=_median(records, "perf/learner_seconds"),
         iteration_seconds=_median(records, "perf/iteration_seconds"),
     )
+
+
+def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's flat config plus the keys added to the config tree since it ran, at their defaults (a new key
+    defaults to the behaviour before it, e.g. `rollout.held_out: text`), so they do not split it from a newer run
+    of the same settings. List items (`rewards.0...`) are left as the run wrote them."""
+    defaults = flatten(default_run_config().model_dump(mode="json"))
+    added = {key: value for key, value in defaults.items() if key not in config and not _in_list_item(key)}
+    return {**config, **added}
+
+
+def _in_list_item(key: str) -> bool:
+    return any(part.isdigit() for part in key.split("."))
 
 
 def check_curve_key(runs: list[RunRecord], key: str) -> None:

@@ -129,7 +129,7 @@ class RolloutConfig(Section):
     held_out: Literal["text", "meaning"] = "text"
     """Shapes-world prompts only: how the training stream keeps out the shapes-geneval prompts of position and
     color_attr. `text` skips their exact texts (the stream of every recorded run); 12 of the 20 held-out position
-    prompts and 78 of the 100 color_attr ones then still have a training prompt that GenEval scores alike (the
+    prompts and 78 of the 100 color_attr ones then still have a training prompt that GenEval judges alike (the
     relation read from the other object, the clauses swapped). `meaning` skips those too: a true held-out split
     (position trains on 16 prompts instead of 28, color_attr on 182 instead of 260)."""
 

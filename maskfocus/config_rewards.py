@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from maskfocus.config_base import Section
 
 OWLV2_THRESHOLDS = ("score_threshold", "counting_score_threshold", "nms_iou")
-"""Detector fields a `kind: owlv2` detector must set: no default is known to fit OWLv2's scores."""
+"""Detector fields a `kind: owlv2` detector must set explicitly: their defaults are GenEval's (Mask2Former)."""
 
 
 class GenEvalDetectorConfig(Section):
@@ -31,15 +31,15 @@ class GenEvalDetectorConfig(Section):
     """owlv2: weights file for an architecture-name `clip_model`."""
     object_names: str | None = None
     """owlv2: text file with one class name per line; null = GenEval's 80 COCO classes (object_names.txt)."""
-    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    """shapes/owlv2: a detection counts when its confidence is above this. null = GenEval's 0.3 (tuned for its
-    Mask2Former) for shapes; required for owlv2, whose sigmoid scores run much lower."""
-    counting_score_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    """shapes/owlv2: the same for prompts tagged `counting`. null = GenEval's 0.9 (Mask2Former) for shapes;
-    required for owlv2, where 0.9 would drop nearly every object and fail almost every counting prompt."""
-    nms_iou: float | None = Field(None, gt=0.0, le=1.0)
-    """owlv2 (required there): per-class non-maximum suppression IoU (OWLv2 predicts one box per image patch, so
-    neighbouring patches repeat an object); 1.0 disables it. GenEval's Mask2Former needs none. Unused by the others."""
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    """shapes/owlv2: a detection counts when its confidence is above this (GenEval: 0.3, tuned for its Mask2Former).
+    owlv2 must set it explicitly: its sigmoid scores run much lower."""
+    counting_score_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """shapes/owlv2: the same for prompts tagged `counting` (GenEval: 0.9, Mask2Former). owlv2 must set it
+    explicitly: 0.9 would drop nearly every OWLv2 detection and fail almost every counting prompt."""
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    """owlv2 (set it explicitly there): per-class non-maximum suppression IoU (OWLv2 predicts one box per image
+    patch, so neighbouring patches repeat an object); 1.0 disables it. Unused by the other kinds."""
     batch_size: int = Field(16, ge=1)
     """owlv2/http: images per detector forward or per server request."""
     url: str = "http://127.0.0.1:18085"
@@ -57,14 +57,15 @@ class GenEvalDetectorConfig(Section):
     def _check_kind_fields(self) -> GenEvalDetectorConfig:
         if self.kind == "owlv2" and (self.path is None or self.clip_model is None):
             raise ValueError("kind owlv2 needs `path` (the OWLv2 folder) and `clip_model` (the colour CLIP)")
-        missing = [name for name in OWLV2_THRESHOLDS if getattr(self, name) is None]
+        missing = [name for name in OWLV2_THRESHOLDS if name not in self.model_fields_set]
         if self.kind == "owlv2" and missing:
             raise ValueError(
                 f"kind owlv2 needs explicit {', '.join(f'`{name}`' for name in missing)} (all of "
                 f"{', '.join(OWLV2_THRESHOLDS)}): the 0.3 / 0.9 score defaults are GenEval's, tuned for its "
                 "Mask2Former, and OWLv2's sigmoid scores run much lower. Set them in this detector section, "
                 "calibrated against the http (Mask2Former) judge on a few hundred images (configs/amused_geneval.yaml "
-                "has uncalibrated starting points)"
+                "has uncalibrated starting points; `maskfocus eval` takes --score-threshold, "
+                "--counting-score-threshold and --nms-iou)"
             )
         return self
 
@@ -90,8 +91,8 @@ class RewardSpec(Section):
     strict: bool = False
     """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
     class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing
-    many objects; the evaluation keeps GenEval's rules. Shapes and owlv2 detectors only: the http reward server
-    scores with Flow-GRPO's own rules, whose partial `scores` ignore exclude clauses."""
+    many objects; the evaluation keeps GenEval's rules. With `detector.kind: http` in mode binary only: the server's
+    correctness honours the exclude clauses sent to it, its partial `scores` do not."""
     model: str = "builtin:shapes-clip"
     """clip/hps: open_clip model: a local-dir folder (open_clip_config.json + weights), `builtin:shapes-clip`, or an
     architecture name (`ViT-H-14`) with `checkpoint`. Left out: builtin:shapes-clip for clip, ViT-H-14 for hps."""
@@ -114,10 +115,10 @@ class RewardSpec(Section):
             raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
         if self.strict and self.name != "geneval":
             raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
-        if self.strict and self.detector.kind == "http":
+        if self.strict and self.detector.kind == "http" and self.mode != "binary":
             raise ValueError(
-                "`strict: true` needs detector kind shapes or owlv2: strict rules are exclude clauses judged by the "
-                "local detectors, and the http reward server scores with Flow-GRPO's own rules (its partial `scores` "
-                "ignore exclude clauses); set strict: false or change detector.kind"
+                f"`strict: true` with detector kind http works in mode binary only: the reward server's {self.mode} "
+                "score is Flow-GRPO's count-distance credit, which ignores the exclude clauses strict adds; use mode "
+                "binary, a local detector (shapes, owlv2) or strict: false"
             )
         return self

@@ -81,7 +81,10 @@ def eval_detector_config(
     if not overrides:
         return detector, field
     try:
-        return GenEvalDetectorConfig.model_validate({**detector.model_dump(), **overrides}), field
+        # The config's own settings, unless the command line switches the detector kind: settings chosen for another
+        # kind (or GenEval's defaults, written out in a run's config.yaml) must not pass as chosen for owlv2.
+        base = detector.model_dump(exclude_unset=True) if overrides.get("kind", detector.kind) == detector.kind else {}
+        return GenEvalDetectorConfig.model_validate({**base, **overrides}), field
     except ValidationError as error:
         messages = "; ".join(f"{'.'.join(map(str, e['loc'])) or field}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"evaluation detector ({field} with command-line overrides): {messages}") from None

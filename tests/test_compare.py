@@ -73,6 +73,22 @@ def test_an_added_reward_term_shows_as_one_key(tmp_path):
     assert labels[0] == "common settings"
 
 
+def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_settings(tmp_path):
+    """An older config.yaml lacks the keys added since (they default to the old behaviour); a key that really
+    differs still splits the runs."""
+    import yaml
+
+    old, new = make_run(tmp_path / "old", {}, 0.5), make_run(tmp_path / "new", {}, 0.52)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["rollout"]["held_out"], config["grpo"]["behaviour_weight_cap"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    groups, _ = group_runs([load_run(old), load_run(new)])
+    assert [len(group) for group in groups.values()] == [2]
+    meaning = make_run(tmp_path / "meaning", {"rollout.held_out": "meaning"}, 0.5)
+    groups, _ = group_runs([load_run(old), load_run(new), load_run(meaning)])
+    assert list(groups) == ["common settings", "rollout.held_out=meaning"]
+
+
 def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
     make_run(tmp_path / "done", {}, 0.5)
     make_run(tmp_path / "running", {}, None, iterations=3)

@@ -1,11 +1,11 @@
-"""benchmarks/weight_broadcast.py: on one GPU only NCCL's own refusal of two ranks counts as the expected failure."""
+"""benchmarks/weight_broadcast.py: on one GPU only an NCCL invalid-usage refusal counts as the expected failure."""
 
 from __future__ import annotations
 
 from support import load_benchmark
 
 
-def test_only_nccls_duplicate_gpu_refusal_is_expected_on_one_gpu():
+def test_only_an_nccl_invalid_usage_refusal_is_expected_on_one_gpu():
     module = load_benchmark("weight_broadcast")
     refusal = RuntimeError("NCCL error in: init.cc:1040, invalid usage (run with NCCL_DEBUG=WARN for details)")
     assert module.is_duplicate_gpu_refusal(refusal)

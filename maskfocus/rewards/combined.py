@@ -41,10 +41,10 @@ class GenEvalReward:
                 "rewards: mode graded needs the per-clause counts of a local detector; the http "
                 "reward server returns only binary and partial scores (use mode binary or partial)"
             )
-        if strict and self.judge.name == "http":
+        if strict and self.judge.name == "http" and mode == "partial":
             raise ConfigError(
-                "rewards: strict needs a local detector (shapes or owlv2); the http reward server scores with "
-                "Flow-GRPO's own rules, whose partial scores ignore the exclude clauses strict adds"
+                "rewards: strict with the http reward server works in mode binary only; its partial score is "
+                "Flow-GRPO's count-distance credit, which ignores the exclude clauses strict adds"
             )
         if strict and not self.judge.known_classes:
             raise ConfigError(f"rewards: strict needs a detector with a fixed class list; {self.judge.name} has none")

@@ -13,7 +13,7 @@ ties scores to caption tokens through a phrase-matching post-process with its ow
 deformable attention is also slower on CPU and harder to build as a tiny test model. Grounding DINO has the
 higher zero-shot COCO AP, so OWLv2 detections should be checked (thresholds, NMS) against the reference
 evaluator, which the `http` judge runs, before comparing scores with published GenEval numbers. For the same
-reason an owlv2 detector has no default thresholds: GenEval's 0.3 / 0.9 are tuned for Mask2Former's scores, and
+reason an owlv2 detector must set its thresholds: GenEval's 0.3 / 0.9 are tuned for Mask2Former's scores, and
 OWLv2's sigmoid scores run much lower, so the config must set them (`GenEvalDetectorConfig`).
 """
 
@@ -103,14 +103,7 @@ class DetectorJudge:
 
 
 def thresholds_of(config: GenEvalDetectorConfig) -> Thresholds:
-    """The config's score thresholds; a field left null takes GenEval's (Mask2Former's) value."""
-    defaults = Thresholds()
-    return Thresholds(
-        score=defaults.score if config.score_threshold is None else config.score_threshold,
-        counting_score=(
-            defaults.counting_score if config.counting_score_threshold is None else config.counting_score_threshold
-        ),
-    )
+    return Thresholds(score=config.score_threshold, counting_score=config.counting_score_threshold)
 
 
 def build_judge(config: GenEvalDetectorConfig, device: str = "cpu", field: str = "detector") -> Judge:
@@ -138,9 +131,7 @@ def _build_owlv2_judge(config: GenEvalDetectorConfig, device: str, field: str) -
     from maskfocus.rewards.clip_score import ClipScorer
     from maskfocus.rewards.owlv2 import Owlv2Detector
 
-    # the config validator guarantees these for kind owlv2
-    assert config.path is not None and config.clip_model is not None and config.nms_iou is not None
-    assert config.score_threshold is not None and config.counting_score_threshold is not None
+    assert config.path is not None and config.clip_model is not None  # the config validator guarantees it
     names = load_object_names(config.object_names, f"{field}.object_names")
     thresholds = thresholds_of(config)
     detector = Owlv2Detector.from_folder(

@@ -17,7 +17,7 @@ Score. The class is the best template; the score is  q(err_best) * sigmoid(SHARP
 q falls from 1 to 0 as the best error passes ERR_SCALE (blobs, fragments, stretched or merged shapes), the
 sigmoid is the confidence that the best class beats the runner-up.
 
-Known limits (found in a review, thirty-third session; kept, because changing the detector changes every score
+Known limits (found in a review; kept, because changing the detector changes every score
 recorded in benchmarks/RESULTS.md, and none of them showed up as reward hacking there: counting never learned):
 - No lower size bound. World objects are 12-20 px, but any component of MIN_AREA pixels or more is fitted, so a
   single solid 4x4 token scores as a square at 1.0 (four of them pass "four squares"), and 6 px circles,

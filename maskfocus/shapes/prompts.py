@@ -187,9 +187,9 @@ class TrainingPrompts(Iterator[Metadata]):
 
 
 def equivalence_key(meta: Metadata) -> tuple:
-    """Equal for prompts that GenEval's rules score alike on every image: a position prompt read from either object
-    ("a circle below a diamond" and "a diamond above a circle"), and clauses in any order ("a red circle and a blue
-    square" and "a blue square and a red circle")."""
+    """Equal for prompts that GenEval's rules judge correct on the same images (partial credit may differ): a
+    position prompt read from either object ("a circle below a diamond" and "a diamond above a circle"), and
+    clauses in any order ("a red circle and a blue square" and "a blue square and a red circle")."""
     if meta["tag"] == "position":
         reference, subject = meta["include"]
         relation = subject["position"][0]

@@ -236,3 +236,10 @@ def test_the_ready_broadcast_is_skipped_when_the_run_is_already_learned_to_its_e
     finally:
         batches.shutdown()
         ray.kill(store)
+
+
+def test_fsdp_without_blocks_is_refused():
+    from maskfocus.learner.parallelize import wrap
+
+    with pytest.raises(ValueError, match="FSDP2 needs the model's repeated blocks"):
+        wrap(torch.nn.Linear(2, 2), "fsdp", [])

@@ -68,12 +68,18 @@ def test_strict_geneval_term_pays_less_for_extra_objects():
         config_from_dict({"rewards": [{"name": "clip", "strict": True}]})
 
 
-def test_strict_is_refused_with_the_http_reward_server():
-    """The server scores with Flow-GRPO's rules (its partial scores ignore exclude clauses): strict cannot apply."""
-    with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict: true` needs detector kind shapes or owlv2"):
-        config_from_dict({"rewards": [{"name": "geneval", "strict": True, "detector": {"kind": "http"}}]})
-    with pytest.raises(ConfigError, match=r"strict needs a local detector \(shapes or owlv2\); the http reward"):
+def test_strict_with_the_http_reward_server_is_binary_only():
+    """The server's correctness honours the exclude clauses strict sends; its partial score (Flow-GRPO's
+    count-distance credit) ignores them, so strict partial cannot apply."""
+    http = {"kind": "http"}
+    with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict: true` with detector kind http works in mode binary"):
+        config_from_dict({"rewards": [{"name": "geneval", "mode": "partial", "strict": True, "detector": http}]})
+    with pytest.raises(ConfigError, match=r"strict with the http reward server works in mode binary only"):
         GenEvalReward("partial", judge=GenEvalClient("http://127.0.0.1:1", known_classes=["dog"]), strict=True)
+    binary = config_from_dict({"rewards": [{"name": "geneval", "strict": True, "detector": http}]})
+    assert binary.rewards[0].strict and binary.rewards[0].mode == "binary"
+    strict = GenEvalReward("binary", judge=GenEvalClient("http://127.0.0.1:1", known_classes=["dog"]), strict=True)
+    assert strict.strict_classes == ["dog"]
     plain = config_from_dict({"rewards": [{"name": "geneval", "mode": "partial", "detector": {"kind": "http"}}]})
     assert not plain.rewards[0].strict and plain.rewards[0].detector.kind == "http"
 

@@ -12,7 +12,7 @@ from fake_reward_server import reply, running
 from support import ToyGenerator
 
 from maskfocus.cli import main
-from maskfocus.config import EvalConfig, SamplerConfig, config_from_dict
+from maskfocus.config import EvalConfig, SamplerConfig, config_from_dict, default_run_config, dump_config
 from maskfocus.evaluation import build_eval_judge, check_classes, load_rows, run_evaluation
 from maskfocus.rewards.colors import ColorClassifier
 from maskfocus.rewards.geneval import TAGS
@@ -73,8 +73,7 @@ def test_cli_eval_runs_the_real_metadata_through_owlv2(tmp_path, tiny_owlv2_fold
     summary_path, out = tmp_path / "summary.json", tmp_path / "records.jsonl"
     args = ["eval", "--metadata", str(METADATA), "--limit", "5", "--num-images-per-prompt", "1", "--no-clip"]
     args += ["--detector", "owlv2", "--detector-path", str(tiny_owlv2_folder), "--color-clip", str(tiny_clip_folder)]
-    for key, value in {"score_threshold": 0.1, "counting_score_threshold": 0.3, "nms_iou": 0.5}.items():
-        args += ["--set", f"rewards.0.detector.{key}={value}"]  # the default config's geneval term
+    args += ["--score-threshold", "0.1", "--counting-score-threshold", "0.3", "--nms-iou", "0.5"]
     args += ["--steps", "4", "--batch-size", "4", "--summary", str(summary_path), "--out", str(out)]
     assert main(args) == 0
     summary = json.loads(summary_path.read_text())
@@ -101,7 +100,7 @@ def test_cli_eval_scores_through_the_reward_server(tmp_path, toy_model):
     assert summary["num_images"] == 6 and summary["tags"] == {"single_object": pytest.approx(1 / 3)}
 
 
-def test_cli_eval_errors_name_the_missing_detector_setting(capsys):
+def test_cli_eval_errors_name_the_missing_detector_setting(capsys, tmp_path):
     assert main(["eval", "--metadata", str(METADATA), "--limit", "2", "--detector", "owlv2", "--no-clip"]) == 2
     assert "kind owlv2 needs `path`" in capsys.readouterr().err
     args = [
@@ -115,8 +114,23 @@ def test_cli_eval_errors_name_the_missing_detector_setting(capsys):
         "--color-clip",
         "/c",
     ]
+    # --detector switches the kind: the config's detector settings (here a --set into its shapes detector) stay out
     assert main([*args, "--set", "rewards.0.detector.nms_iou=0.5"]) == 2
+    assert "needs explicit `score_threshold`, `counting_score_threshold`, `nms_iou` (all of" in capsys.readouterr().err
+    # a config whose detector is already owlv2 keeps its own settings
+    owlv2_set = ["--set", "rewards.0.detector.kind=owlv2", "--set", "rewards.0.detector.path=/m/owl"]
+    owlv2_set += ["--set", "rewards.0.detector.clip_model=/c", "--set", "rewards.0.detector.nms_iou=0.5"]
+    assert main(["eval", "--metadata", str(METADATA), *owlv2_set]) == 2
     assert "needs explicit `score_threshold`, `counting_score_threshold` (all of" in capsys.readouterr().err
+    assert main([*args, "--score-threshold", "0.1", "--counting-score-threshold", "0.3"]) == 2
+    error = capsys.readouterr().err
+    assert "needs explicit `nms_iou` (all of" in error and "--nms-iou" in error
+    # A run's config.yaml writes GenEval's defaults out for its shapes detector: they do not pass as chosen for owlv2
+    resolved = tmp_path / "config.yaml"
+    dump_config(default_run_config(), resolved)
+    assert "score_threshold: 0.3" in resolved.read_text()
+    assert main([*args, "--config", str(resolved)]) == 2
+    assert "needs explicit `score_threshold`, `counting_score_threshold`, `nms_iou`" in capsys.readouterr().err
     assert main(["eval", "--metadata", str(METADATA), "--limit", "2", "--no-clip"]) == 2
     assert "--detector owlv2" in capsys.readouterr().err  # the shapes detector cannot see COCO classes
 
