@@ -69,6 +69,14 @@ def count_objects(model_path: str, rows: list[dict], images_per_row: int) -> dic
     }
 
 
+def model_label(model: str) -> str:
+    """A table row's name: `builtin:...` as given, a run's `model/` folder by its run (runs/NAME/model -> NAME)."""
+    if ":" in model:
+        return model
+    path = Path(model)
+    return path.parent.name if path.name == "model" else path.name
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model folders (or builtin:shapes-tiny)")
@@ -82,7 +90,7 @@ def main() -> int:
     print("|---|" + "---|" * len(tags))
     for model, by_tag in results.items():
         cells = [f"{by_tag[tag][0]:.2f} ({by_tag[tag][1]:.0%} extra, {by_tag[tag][2]:.1%} undersized)" for tag in tags]
-        print(f"| {Path(model).name if ':' not in model else model} | " + " | ".join(cells) + " |")
+        print(f"| {model_label(model)} | " + " | ".join(cells) + " |")
     return 0
 
 

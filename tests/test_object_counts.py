@@ -19,3 +19,10 @@ def test_a_solid_token_is_a_confident_undersized_square_and_a_world_object_is_no
     assert module.undersized(ShapesDetector().fit(image)) == (2, 1)
     assert module.undersized([]) == (0, 0)
     assert np.isclose(module.UNDERSIZED_PX, 9.0)
+
+
+def test_rows_are_named_by_run_not_by_their_model_folder():
+    module = load_benchmark("object_counts")
+    assert module.model_label("runs/probe/text_seed0/model") == "text_seed0"
+    assert module.model_label("builtin:shapes-tiny") == "builtin:shapes-tiny"
+    assert module.model_label("/models/variant") == "variant"
