@@ -9,7 +9,8 @@ exact counts, "scores" the server's partial credit; an error is HTTP 500 with th
 "scores" is Flow-GRPO's `evaluate_reward`, not GenEval's fraction of clauses met: per include clause
 1 - |count - found| / count (negative when far more objects are found than asked), exclude clauses ignored. The
 client clips it to [0, 1] so that a `partial` reward stays in GenEval's range; correctness is used as sent. The
-server applies no `strict` rules of ours (they are exclude clauses), so a strict term refuses this judge.
+server's correctness honours the exclude clauses a `strict` term sends, its partial score does not, so a strict
+term takes this judge in mode binary only.
 
 A pickle from the network can run arbitrary code when loaded, so replies are read with `safe_loads`: an
 Unpickler that resolves no global at all (so no class, function or reducer can be named) and a check that the
