@@ -127,6 +127,7 @@ class LearnerWorker:
             module=self.module,
             reference=reference,
             compile=config.train.compile_learner,
+            compile_backend=config.train.learner_compile_backend,
             max_staleness=config.ray.max_staleness,
             rank=rank,
             world_size=world_size,

@@ -64,20 +64,21 @@ def is_per_sample(key: int | str, declared: frozenset[int | str] | None) -> bool
 
 
 class PaddedCompiled(nn.Module):
-    """`torch.compile(module, dynamic=False)`, called with every batch padded to a compiled batch size.
+    """`torch.compile(module, dynamic=False, backend=backend)`, called with every batch padded to a compiled batch
+    size.
 
     The per-sample inputs (see `is_per_sample`) are padded by repeating their last row; all other inputs pass
     unchanged whatever their shape. The batch is the first dimension of the first per-sample tensor. The output's
     tensors (alone, in a tuple, or in a diffusers output) are cut back to the batch.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, backend: str = "inductor"):
         super().__init__()
         self.module = module
         self.per_sample = per_sample_inputs(module)
         """Declared per-sample inputs; None = the positional ones."""
         quiet_cuda_home_notice()
-        self.compiled = torch.compile(module, dynamic=False)
+        self.compiled = torch.compile(module, dynamic=False, backend=backend)
         self.batch_sizes: list[int] = []
         """Batch sizes compiled so far."""
 

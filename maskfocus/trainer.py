@@ -189,6 +189,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         config.sampler.num_steps,
         total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
         compile=config.train.compile_learner,
+        compile_backend=config.train.learner_compile_backend,
     )
     start = resume_state(run_dir, resume)
     start_iteration, cursor = start.iteration, start.prompt_cursor

@@ -146,6 +146,7 @@ class PolicyUpdater:
         reference: nn.Module | None = None,
         compile: bool = False,
         max_staleness: int = 0,
+        compile_backend: str = "inductor",
     ):
         self.model = model
         self.grpo = grpo
@@ -155,11 +156,11 @@ class PolicyUpdater:
         self.reference = None if grpo.beta == 0 else (frozen_copy(self.module) if reference is None else reference)
         self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
         self.num_updates = 0
-        self.policy_forward = PaddedCompiled(self.module) if compile else self.module
+        self.policy_forward = PaddedCompiled(self.module, compile_backend) if compile else self.module
         """What the learner's forwards call: the module, or a compiled copy sharing its parameters."""
-        self.reference_forward = (
-            PaddedCompiled(self.reference) if compile and self.reference is not None else self.reference
-        )
+        self.reference_forward = self.reference
+        if compile and self.reference is not None:
+            self.reference_forward = PaddedCompiled(self.reference, compile_backend)
         self.snapshots = None
         """The weights of the last max_staleness + 1 versions, when stale batches are corrected."""
         if grpo.behaviour_weight_cap is not None and max_staleness > 0:

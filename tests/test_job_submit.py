@@ -142,9 +142,11 @@ def running_head(**extra_env: str) -> Iterator[HeadNode]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node() -> Iterator[HeadNode]:
-    with running_head() as head:
+    """One head node for the module's jobs (its start and stop take ~15 s on 2 cores). Its job manager waits up to
+    120 s for a stopped job's driver to exit, as deploy/cluster.yaml sets (RAY_JOB_STOP_WAIT_TIME_S)."""
+    with running_head(RAY_JOB_STOP_WAIT_TIME_S="120") as head:
         yield head
 
 
@@ -205,37 +207,36 @@ def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node
 
 
 @pytest.mark.slow
-def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(random_model, tmp_path):  # noqa: F811
+def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(head_node, random_model, tmp_path):  # noqa: F811
     """`ray job stop` sends SIGTERM; with RAY_JOB_STOP_WAIT_TIME_S on the head (deploy/cluster.yaml) the run stops
     after its queued batches, checkpoints the last one off schedule and logs the `--resume` command."""
-    with running_head(RAY_JOB_STOP_WAIT_TIME_S="120") as head:
-        submission_id = f"maskfocus-stop-{secrets.token_hex(4)}"
-        submit = [str(REPO / "deploy" / "submit.sh"), "--address", head.dashboard, "--submission-id", submission_id]
-        overrides = [*tiny_job_settings(random_model, tmp_path / "runs", 1000), "--set", "train.checkpoint_every=1000"]
-        log = tmp_path / "submit.log"
-        with log.open("w") as out:
-            client = subprocess.Popen(
-                [*submit, "configs/shapes_tiny.yaml", "--name", "job", *overrides],
-                env={k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"},
-                cwd=tmp_path,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        metrics = tmp_path / "runs" / "job" / "metrics.jsonl"
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (metrics.exists() and len(read_metrics(metrics)) >= 2) and time.monotonic() < deadline:
-            assert client.poll() is None, log.read_text()[-6000:]
-            time.sleep(1)
-        stop = subprocess.run(
-            [RAY, "job", "stop", "--address", head.dashboard, submission_id],
-            env=head.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
+    submission_id = f"maskfocus-stop-{secrets.token_hex(4)}"
+    submit = [str(REPO / "deploy" / "submit.sh"), "--address", head_node.dashboard, "--submission-id", submission_id]
+    overrides = [*tiny_job_settings(random_model, tmp_path / "runs", 1000), "--set", "train.checkpoint_every=1000"]
+    log = tmp_path / "submit.log"
+    with log.open("w") as out:
+        client = subprocess.Popen(
+            [*submit, "configs/shapes_tiny.yaml", "--name", "job", *overrides],
+            env={k: v for k, v in head_node.env.items() if k != "RAY_AUTH_MODE"},
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
-        assert stop.returncode == 0, stop.stdout + stop.stderr
-        client.wait(timeout=180)
-        assert job_status(head, submission_id) == "STOPPED"
+    metrics = tmp_path / "runs" / "job" / "metrics.jsonl"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (metrics.exists() and len(read_metrics(metrics)) >= 2) and time.monotonic() < deadline:
+        assert client.poll() is None, log.read_text()[-6000:]
+        time.sleep(1)
+    stop = subprocess.run(
+        [RAY, "job", "stop", "--address", head_node.dashboard, submission_id],
+        env=head_node.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    client.wait(timeout=180)
+    assert job_status(head_node, submission_id) == "STOPPED"
     iterations = [r["iteration"] for r in read_metrics(metrics)]
     assert iterations == list(range(len(iterations))) and 2 <= len(iterations) < 1000
     checkpoints = sorted(p.name for p in (tmp_path / "runs" / "job" / "checkpoints").iterdir())

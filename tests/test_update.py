@@ -16,11 +16,10 @@ from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 
 
-def make_updater(model, compile: bool = False, **grpo):
+def make_updater(model, compile: bool = False, compile_backend: str = "inductor", **grpo):
     config = GRPOConfig(**grpo)
-    return PolicyUpdater(
-        model, config, OptimConfig(learning_rate=1e-2), num_sampling_steps=6, total_updates=10, compile=compile
-    )
+    optim = OptimConfig(learning_rate=1e-2)
+    return PolicyUpdater(model, config, optim, 6, total_updates=10, compile=compile, compile_backend=compile_backend)
 
 
 def test_first_update_of_a_batch_has_ratio_exactly_one():
@@ -287,6 +286,32 @@ def test_steps_before_the_first_optimizer_step_reuse_their_training_forward(monk
     torch.testing.assert_close(fast_w, slow_w, rtol=1e-6, atol=1e-7)
     for key in ("loss/policy", "loss/kl", "loss/ratio_mean", "loss/grad_norm"):
         assert fast_m[key] == pytest.approx(slow_m[key], rel=1e-6, abs=1e-8)
+
+
+def test_the_learner_compiles_with_the_configured_backend(monkeypatch):
+    """`train.learner_compile_backend: aot_eager` traces the policy and reference forwards (and their backward)
+    without inductor's code generation; the update equals the eager one."""
+    import maskfocus.compiled as compiled_module
+
+    backends = []
+    real_compile = torch.compile
+
+    def recording_compile(module, **options):
+        backends.append(options["backend"])
+        return real_compile(module, **options)
+
+    monkeypatch.setattr(compiled_module.torch, "compile", recording_compile)
+    results = []
+    for compile in (False, True):
+        model = ToyGenerator()
+        updater = make_updater(model, compile=compile, compile_backend="aot_eager", beta=0.1)
+        metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
+        results.append((model.transformer.weight.detach().clone(), metrics))
+    assert backends == ["aot_eager", "aot_eager"]  # the policy and the reference copy
+    (eager_w, eager_m), (compiled_w, compiled_m) = results
+    torch.testing.assert_close(compiled_w, eager_w, rtol=1e-5, atol=1e-6)
+    for key in ("loss/policy", "loss/kl", "loss/grad_norm"):
+        assert compiled_m[key] == pytest.approx(eager_m[key], rel=1e-4, abs=1e-6)
 
 
 def test_compiled_learner_matches_the_eager_update_and_keeps_the_first_ratio_exactly_one():
