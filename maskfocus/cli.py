@@ -67,15 +67,11 @@ def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
     return config.model.model_copy(update={"path": args.model}) if args.model else config.model
 
 
-COMPILE_PAYS_OFF_IMAGES = 400
-"""Below this many images `maskfocus sample` and `maskfocus eval` sample eagerly: the compile costs more than it
-saves. Break-even, measured on a 2-core machine with the shipped model at T 12: `maskfocus eval --limit 100
---no-clip` (400 images) took 84 s eager and 90 s compiled; 4 images by `maskfocus sample` 7 s against 30 s."""
-
-
 def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images: int) -> SamplerConfig:
     """The sampler settings without the compile for fewer than COMPILE_PAYS_OFF_IMAGES images, unless the command
     line sets sampler.compile itself."""
+    from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
+
     if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES or "sampler.compile" in parse_set(args.set):
         return sampler
     return sampler.model_copy(update={"compile": False})

@@ -157,7 +157,9 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
 def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:
     """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy.
 
-    The base model is sampled as `maskfocus eval` samples it: with the sampler of configs/shapes_tiny.yaml."""
+    The base model is sampled as `maskfocus eval` samples it: with the sampler of configs/shapes_tiny.yaml, eagerly
+    for fewer than COMPILE_PAYS_OFF_IMAGES images."""
+    from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
     from maskfocus.config import EvalConfig, default_run_config
     from maskfocus.evaluation import run_evaluation
     from maskfocus.models.amused import AmusedGenerator
@@ -176,6 +178,8 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
         return to_uint8(model.decode(model.encode_images(to_tensor(images))))
 
     sampler = default_run_config().sampler
+    if len(rows) * images_per_prompt < COMPILE_PAYS_OFF_IMAGES:
+        sampler = sampler.model_copy(update={"compile": False})
     start = time.perf_counter()
     _, summary, _ = run_evaluation(
         model,

@@ -25,6 +25,7 @@ def test_all_stages_rebuild_a_loadable_model_and_write_the_card(tmp_path):
     assert set(report["stage_seconds"]) == {"vq", "generator", "clip"}
     measurements = report["measurements"]
     assert measurements["base_model"]["num_images"] == 6
+    assert measurements["sampler"]["compile"] is False  # 6 images: sampled eagerly, as `maskfocus eval` would
     assert set(measurements["clip_zero_shot"]) == {"color", "shape"}
     assert (tmp_path / "shapes-tiny" / "model_index.json").is_file()
     assert (tmp_path / "shapes-clip" / "open_clip_config.json").is_file()
