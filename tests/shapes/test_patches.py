@@ -27,6 +27,19 @@ def test_the_table_is_a_pure_function_of_its_seed():
     assert np.array_equal(patch_table(200, seed=3), patch_table(200, seed=3))
 
 
+def test_the_table_equals_a_count_of_every_patch_sorted_by_frequency_then_bytes():
+    """Against a slow reference: count each patch's bytes, order by count (descending), ties by the bytes."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)  # as patch_table draws its scenes
+    images = render_batch([random_scene(rng) for _ in range(200)])
+    counts = Counter(row.tobytes() for row in image_patches(images).reshape(-1, PATCH * PATCH * 3))
+    ordered = sorted(counts, key=lambda patch: (-counts[patch], patch))
+    expected = np.frombuffer(b"".join(ordered), dtype=np.uint8).reshape(len(ordered), -1)
+    assert len(set(counts.values())) > 1  # the order by count means something
+    assert np.array_equal(patch_table(200, seed=3), expected)
+
+
 def test_unseen_scenes_hold_only_patches_of_the_table(table):
     images = render_batch([random_scene(np.random.default_rng(99)) for _ in range(200)])
     known = {row.tobytes() for row in table}
