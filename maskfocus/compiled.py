@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class PaddedCompiled(nn.Module):
     tensors (alone, in a tuple, or in a diffusers output) are cut back to the batch.
     """
 
-    def __init__(self, module: nn.Module, backend: str = "inductor"):
+    def __init__(self, module: nn.Module, backend: Literal["inductor", "aot_eager"] = "inductor"):
         super().__init__()
         self.module = module
         self.per_sample = per_sample_inputs(module)

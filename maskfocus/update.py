@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -146,7 +147,7 @@ class PolicyUpdater:
         reference: nn.Module | None = None,
         compile: bool = False,
         max_staleness: int = 0,
-        compile_backend: str = "inductor",
+        compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ):
         self.model = model
         self.grpo = grpo

@@ -1,6 +1,7 @@
 """The Ray driver's steps one at a time, on a bare RayRun with fakes where a whole run would be slow: the idle check,
-which worker a failure forgets, the final model of a resumed finished run, the learner's end, and a failure while
-the run is set up (tests/test_driver.py runs whole Ray runs against the in-process reference)."""
+which worker a failure forgets, how many failures stop the run, the final model of a resumed finished run, the
+learner's end, and a failure while the run is set up (tests/test_driver.py runs whole Ray runs against the
+in-process reference)."""
 
 from __future__ import annotations
 
@@ -59,41 +60,75 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         ray.kill(store)
 
 
+def ready_pool(version: int):
+    """A pool of one worker that is always ready again at once (WorkerPool without the Ray wait)."""
+    from ray import ActorID
+
+    from maskfocus.actors.pool import WorkerPool
+
+    class ReadyPool(WorkerPool):
+        def wait_ready(self, index: int, timeout: float) -> None:
+            pass
+
+    actor = SimpleNamespace(_actor_id=ActorID.from_random(), sample=SimpleNamespace(remote=lambda *args: object()))
+    return ReadyPool([actor], initial_version=version)
+
+
+def bare_run(collective: bool, **ray_settings):
+    """A RayRun at iteration 4 of 10, policy version 3, one rollout and one reward worker, iteration 3 in flight."""
+    from maskfocus.config import default_run_config
+    from maskfocus.driver import RayRun
+
+    run = RayRun.__new__(RayRun)
+    run.config = default_run_config({"ray": {"max_staleness": 0, **ray_settings}})
+    run.collective, run.metrics = collective, NoMetrics()
+    run.rollouts, run.rewards = ready_pool(3), ready_pool(3)
+    run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
+    run.counts, run.metadata = {"sync/redone": 0}, {3: ([{"prompt": "a red circle"}], 1)}
+    run.next_iteration, run.end, run.version, run.weights = 4, 10, 3, None
+    return run
+
+
+def actor_unavailable(actor):
+    from ray.exceptions import ActorUnavailableError
+
+    return ActorUnavailableError("The actor was restarted", actor._actor_id.binary())
+
+
 @pytest.mark.parametrize("failed", ["reward", "rollout"])
 def test_a_failed_score_forgets_the_rollout_workers_weights_only_when_that_worker_failed(failed):
     """Collective transport, one rollout worker, on-policy: after a reward worker's failure the healthy rollout worker
     redoes the iteration at once (forgetting its weights left it waiting for a broadcast that never comes, and the
     run hung until the learner's timeout); a restarted rollout worker's weights are forgotten. The score call of a
     dead rollout worker's trajectory fails with that worker's actor id (checked on Ray 2.60)."""
-    from ray import ActorID
-    from ray.exceptions import ActorUnavailableError
+    from maskfocus.driver import Attempt
 
-    from maskfocus.actors.pool import WorkerPool
-    from maskfocus.config import default_run_config
-    from maskfocus.driver import Attempt, RayRun
-
-    class ReadyPool(WorkerPool):
-        def wait_ready(self, index: int, timeout: float) -> None:
-            pass
-
-    def actor():
-        return SimpleNamespace(_actor_id=ActorID.from_random(), sample=SimpleNamespace(remote=lambda *args: object()))
-
-    run = RayRun.__new__(RayRun)
-    run.config, run.collective, run.metrics = default_run_config({"ray": {"max_staleness": 0}}), True, NoMetrics()
-    run.rollouts, run.rewards = ReadyPool([actor()], initial_version=3), ReadyPool([actor()], initial_version=3)
-    run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
-    run.counts, run.metadata = {"sync/redone": 0}, {3: ([{"prompt": "a red circle"}], 1)}
-    run.next_iteration, run.end, run.version, run.weights = 4, 10, 3, None
+    run = bare_run(collective=True)
     failed_actor = (run.rollouts if failed == "rollout" else run.rewards).actors[0]
-    error = ActorUnavailableError("The actor was restarted", failed_actor._actor_id.binary())
-    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
+    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(failed_actor))
     assert run.redo == [3] and run.counts["sync/redone"] == 1
     run.dispatch_rollouts()
     if failed == "reward":
         assert run.rollouts.versions == [3] and [a.iteration for a in run.rolling.values()] == [3]
     else:  # collective: a restarted rollout worker is never reloaded (the run stops: it cannot rejoin the group)
         assert run.rollouts.versions == [-1] and not run.rolling
+
+
+@pytest.mark.parametrize("max_restarts", [0, 2])
+def test_an_iteration_that_fails_more_than_max_restarts_times_stops_the_run(max_restarts):
+    """Each failure of an iteration is redone, up to ray.max_restarts; the next one stops the run and names the
+    limit and the last error (tests/test_driver.py stops a real run on a worker whose restarts are used up)."""
+    from maskfocus.driver import Attempt
+
+    run = bare_run(collective=False, max_restarts=max_restarts)
+    error = actor_unavailable(run.rollouts.actors[0])
+    for redone in range(1, max_restarts + 1):
+        run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
+        assert run.redo == [3] * redone and run.counts["sync/redone"] == redone
+    expected = rf"iteration 3 failed {max_restarts + 1} times \(ray.max_restarts={max_restarts}\); last error: "
+    with pytest.raises(RuntimeError, match=expected + "ActorUnavailableError: .*The actor was restarted"):
+        run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
+    assert run.counts["sync/redone"] == max_restarts  # the failure that stops the run is not redone
 
 
 def test_a_resumed_run_with_nothing_left_to_learn_ends_with_its_checkpoints_weights(random_model, tmp_path):  # noqa: F811

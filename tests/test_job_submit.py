@@ -1,7 +1,7 @@
 """`deploy/submit.sh` against a local head node (`ray start --head`) with token auth: the job succeeds and
 writes its run folder.
 
-The head node is this test's own cluster: its own temp dir, ports and token file, so it never meets the
+The head node is this module's own cluster: its own temp dir, ports and token file, so it never meets the
 session's `ray.init()` cluster. It is stopped by signalling the processes it started (never `ray stop`,
 which would stop every Ray process on the machine).
 """

@@ -63,8 +63,8 @@ def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path,
     # Ray Train start-up on 2 cores). The backend is aot_eager: dynamo and AOTAutograd trace the same graphs as
     # with inductor, whose code generation would add ~120 s here (both ranks compile the three graphs cold at
     # once: 150 s against 28 s for the eager variant, 2026-12-05). Inductor's numerics are checked against eager
-    # in tests/test_update.py (the learner's, on the toy generator) and tests/test_compiled.py (the sampler's, on
-    # the shipped tiny model).
+    # in tests/test_update.py (the learner's, on the toy generator), tests/learner/test_parallelize.py (the same
+    # over an FSDP2-sharded module, one rank) and tests/test_compiled.py (the sampler's, on the shipped model).
     [("fsdp", True, None), ("fsdp", False, "aot_eager")],
 )
 def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(

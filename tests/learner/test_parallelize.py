@@ -1,0 +1,77 @@
+"""FSDP2 sharding in one process (a one-rank gloo group): the learner's inductor-compiled update over a sharded
+module equals the eager update of the plain module (tests/learner/test_learner_group.py runs two ranks on Ray,
+with the aot_eager backend)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from support import ToyGenerator, make_batch
+
+from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.learner.parallelize import wrap
+from maskfocus.update import PolicyUpdater, frozen_copy
+
+
+class TwoBlockToy(ToyGenerator):
+    """ToyGenerator whose transformer is two linear blocks (FSDP2 shards each, then the root)."""
+
+    def __init__(self):
+        super().__init__()
+        single = self.transformer
+        hidden = 32
+        generator = torch.Generator().manual_seed(1)
+        self.transformer = torch.nn.Sequential(
+            torch.nn.Linear(single.in_features, hidden, bias=False), torch.nn.Linear(hidden, single.out_features)
+        )
+        with torch.no_grad():
+            for layer in self.transformer:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / layer.in_features**0.5)
+            self.transformer[1].bias.zero_()
+
+
+@pytest.fixture
+def one_rank_group():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def updated_weights(
+    model: TwoBlockToy, compile: bool, reference: torch.nn.Module | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Two updates (the second on a smaller batch: the padded compiled kernels); the full weights and metrics."""
+    grpo, optim = GRPOConfig(beta=0.1), OptimConfig(learning_rate=1e-2)
+    updater = PolicyUpdater(model, grpo, optim, 6, 10, module=model.transformer, reference=reference, compile=compile)
+    updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    metrics = updater.update(make_batch(model, num_samples=4, seed=5), torch.Generator().manual_seed(2))
+    if compile:  # the forwards ran through inductor's kernels, the smaller batch padded onto the first one's
+        assert updater.policy_forward.batch_sizes == [8] and updater.reference_forward.batch_sizes == [8]
+    weights = {
+        name: value.full_tensor() if hasattr(value, "full_tensor") else value
+        for name, value in model.transformer.state_dict().items()
+    }
+    return {name: value.detach().clone() for name, value in weights.items()}, metrics
+
+
+def test_the_compiled_update_of_an_fsdp2_sharded_module_equals_the_eager_unsharded_one(one_rank_group):
+    eager_weights, eager_metrics = updated_weights(TwoBlockToy(), compile=False)
+    sharded = TwoBlockToy()
+    reference = frozen_copy(sharded.transformer)  # made before sharding, as the learner makes it
+    wrap(sharded.transformer, "fsdp", list(sharded.transformer))
+    assert all(type(p).__name__ == "DTensor" for p in sharded.transformer.parameters())
+    weights, metrics = updated_weights(sharded, compile=True, reference=reference)
+    assert weights.keys() == eager_weights.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(value, eager_weights[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(value, TwoBlockToy().transformer.state_dict()[name]) for name, value in weights.items())
+    for key in ("loss/policy", "loss/kl", "loss/grad_norm"):
+        assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-4, abs=1e-6)
