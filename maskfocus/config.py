@@ -205,10 +205,10 @@ class TrainConfig(Section):
     (FSDP2 or DDP) apply it the same way."""
     learner_compile_backend: Literal["inductor", "aot_eager"] = "inductor"
     """The torch.compile backend of `compile_learner`. inductor generates fused kernels: the speed-up, after its
-    compile (on 2 CPU cores about 65 s for the tiny model's three learner graphs with an empty cache). aot_eager
-    traces the same forward and backward graphs (dynamo, then AOTAutograd) and runs them on eager kernels: no
-    speed-up, a compile of about 10 s. Use it to tell a tracing problem from a code-generation one; the two-rank
-    learner test runs it (tests/learner/test_learner_group.py)."""
+    compile (on 2 CPU cores 74 s for the three learner graphs of the tests' tiny model, one res block a side, with
+    an empty cache). aot_eager traces the same forward and backward graphs (dynamo, then AOTAutograd) and runs them
+    on eager kernels: no speed-up, a compile of 10 s for the same graphs. Use it to tell a tracing problem from a
+    code-generation one; the two-rank learner test runs it (tests/learner/test_learner_group.py)."""
 
 
 class RunConfig(Section):

@@ -58,13 +58,13 @@ def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path,
 @pytest.mark.parametrize(
     ("strategy", "second_group_valid", "compile_backend"),
     # second group invalid: rank 1's shard has no loss token, and it still joins FSDP2's collectives;
-    # compiled: each rank runs its forwards and backwards through torch.compile over its FSDP2-sharded module, also
-    # with version 0's shards swapped in. The two are tested together (each learner group start costs ~25 s of
-    # Ray Train start-up on 2 cores). The backend is aot_eager: dynamo and AOTAutograd trace the same graphs as
-    # with inductor, whose code generation would add ~120 s here (both ranks compile the three graphs cold at
-    # once: 150 s against 28 s for the eager variant, 2026-12-05). Inductor's numerics are checked against eager
-    # in tests/test_update.py (the learner's, on the toy generator), tests/learner/test_parallelize.py (the same
-    # over an FSDP2-sharded module, one rank) and tests/test_compiled.py (the sampler's, on the shipped model).
+    # compiled: each rank runs its forwards and backwards through torch.compile over its FSDP2-sharded module, also with
+    # version 0's shards swapped in. The two are tested together (the eager variant took 26-33 s on 2 cores, most of it
+    # the learner group's start-up). The backend is aot_eager: dynamo and AOTAutograd trace the same graphs as with
+    # inductor, whose code generation would add ~120 s here (both ranks compile the three graphs cold at once: 150 s
+    # against 28 s for the eager variant, 2026-12-05). Inductor's numerics are checked against eager in
+    # tests/test_update.py (the learner's, on the toy generator), tests/learner/test_parallelize.py (the same over an
+    # FSDP2-sharded module, one rank) and tests/test_compiled.py (the sampler's, on the shipped model).
     [("fsdp", True, None), ("fsdp", False, "aot_eager")],
 )
 def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(

@@ -4,11 +4,10 @@ with the aot_eager backend)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
+from ray_fixture import free_port
 from support import ToyGenerator, make_batch
 
 from maskfocus.config import GRPOConfig, OptimConfig
@@ -35,10 +34,7 @@ class TwoBlockToy(ToyGenerator):
 
 @pytest.fixture
 def one_rank_group():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", world_size=1, rank=0)
     try:
         yield
     finally:
@@ -55,11 +51,8 @@ def updated_weights(
     metrics = updater.update(make_batch(model, num_samples=4, seed=5), torch.Generator().manual_seed(2))
     if compile:  # the forwards ran through inductor's kernels, the smaller batch padded onto the first one's
         assert updater.policy_forward.batch_sizes == [8] and updater.reference_forward.batch_sizes == [8]
-    weights = {
-        name: value.full_tensor() if hasattr(value, "full_tensor") else value
-        for name, value in model.transformer.state_dict().items()
-    }
-    return {name: value.detach().clone() for name, value in weights.items()}, metrics
+    weights = model.transformer.state_dict().items()  # FSDP2's are DTensors: gathered to full tensors
+    return {name: getattr(value, "full_tensor", value.detach)().clone() for name, value in weights}, metrics
 
 
 def test_the_compiled_update_of_an_fsdp2_sharded_module_equals_the_eager_unsharded_one(one_rank_group):
@@ -72,6 +65,7 @@ def test_the_compiled_update_of_an_fsdp2_sharded_module_equals_the_eager_unshard
     assert weights.keys() == eager_weights.keys()
     for name, value in weights.items():
         torch.testing.assert_close(value, eager_weights[name], rtol=1e-5, atol=1e-6)
-    assert any(not torch.equal(value, TwoBlockToy().transformer.state_dict()[name]) for name, value in weights.items())
+    initial = TwoBlockToy().transformer.state_dict()
+    assert any(not torch.equal(value, initial[name]) for name, value in weights.items())  # the updates moved them
     for key in ("loss/policy", "loss/kl", "loss/grad_norm"):
         assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-4, abs=1e-6)
