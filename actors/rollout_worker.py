@@ -69,7 +69,7 @@ class RolloutWorker:
             self.model,
             metadata,
             self.config.rollout.group_size,
-            self.config.sampler,
+            self.config.rollout_sampler(),
             self.config.router,
             seeded_generator(self.config.seed, iteration, ROLLOUT, device=self.model.device),
             policy_version=self.policy_version,

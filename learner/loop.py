@@ -122,7 +122,7 @@ class LearnerWorker:
             self.model,
             config.grpo,
             config.optim,
-            config.sampler.num_steps,
+            config.rollout_sampler().num_steps,
             total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
             module=self.module,
             reference=reference,

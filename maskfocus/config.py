@@ -239,18 +239,23 @@ class RunConfig(Section):
     ray: RayConfig = RayConfig()
     """The Ray executor's pools, resources, queue and weight sync (used when train.executor is ray)."""
 
+    def rollout_sampler(self) -> SamplerConfig:
+        """The sampler of the training rollouts: `sampler` with rollout.num_steps, when set, as its T."""
+        if self.rollout.num_steps is None:
+            return self.sampler
+        return self.sampler.model_copy(update={"num_steps": self.rollout.num_steps})
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
-        steps = self.sampler.num_steps
+        steps = self.rollout_sampler().num_steps
+        steps_key = "sampler.num_steps" if self.rollout.num_steps is None else "rollout.num_steps"
         if self.selection.strategy == "critical" and self.selection.num_steps > steps - 1:
             raise ValueError(
-                f"selection.num_steps (K={self.selection.num_steps}) must be <= sampler.num_steps - 1 "
+                f"selection.num_steps (K={self.selection.num_steps}) must be <= {steps_key} - 1 "
                 f"(T-1={steps - 1}) for the critical strategy (gains exist for steps 1..T-1)"
             )
         if self.selection.strategy == "random" and self.selection.num_steps > steps:
-            raise ValueError(
-                f"selection.num_steps (K={self.selection.num_steps}) must be <= sampler.num_steps (T={steps})"
-            )
+            raise ValueError(f"selection.num_steps (K={self.selection.num_steps}) must be <= {steps_key} (T={steps})")
         if not self.rewards:
             raise ValueError("rewards: at least one reward term is needed")
         self._check_learner_shards()

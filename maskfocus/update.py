@@ -82,7 +82,7 @@ def merge_metrics(records: list[dict[str, float]]) -> dict[str, float]:
 
 def optimizer_steps_per_iteration(config: RunConfig) -> int:
     """Optimizer steps of one batch: per pass K (per_step) or one (accumulate), times grpo.epochs passes."""
-    num_k = config.sampler.num_steps if config.selection.strategy == "all" else config.selection.num_steps
+    num_k = config.rollout_sampler().num_steps if config.selection.strategy == "all" else config.selection.num_steps
     per_pass = num_k if config.grpo.update == "per_step" else 1
     return per_pass * config.grpo.epochs
 

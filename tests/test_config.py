@@ -162,3 +162,17 @@ def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason
         assert notice is None
     else:
         assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
+
+
+def test_rollout_steps_replace_only_the_rollouts_T_and_bound_K():
+    config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"rollout.num_steps": 6})
+    assert config.rollout_sampler().num_steps == 6 and config.sampler.num_steps == 12  # evaluation keeps T = 12
+    assert config.rollout_sampler().cfg_scale == config.sampler.cfg_scale
+    assert RunConfig().rollout_sampler() == RunConfig().sampler  # unset: the evaluation's sampler
+    for overrides, message in [
+        ({"rollout.num_steps": 3}, r"selection.num_steps \(K=3\) must be <= rollout.num_steps - 1 \(T-1=2\)"),
+        ({"rollout.num_steps": 2, "selection.strategy": "random"}, r"must be <= rollout.num_steps \(T=2\)"),
+        ({"rollout.num_steps": 0}, "rollout.num_steps: Input should be greater than or equal to 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(ROOT / "configs" / "shapes_tiny.yaml", overrides)

@@ -65,9 +65,10 @@ def train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory) -> Path:
-    """One 3-iteration run (26 s measured here with its imports and model loads, so two tests share it)."""
+    """One 3-iteration run (26 s measured here with its imports and model loads, so two tests share it). Its
+    rollouts take 3 steps where the previews take sampler.num_steps = 4."""
     out = tmp_path_factory.mktemp("short")
-    result = train(out, "--iterations", "3")
+    result = train(out, "--iterations", "3", "--set", "rollout.num_steps=3")
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "run"
 
@@ -90,6 +91,7 @@ def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
     ):
         assert key in records[0], key
     assert records[0]["perf/optimizer_steps"] == 2  # per_step: one optimizer step per selected step (K = 2)
+    assert "select/step_02" in records[0] and "select/step_03" not in records[0]  # the rollouts' T = 3
     assert sorted(p.name for p in (run / "images").glob("*.png")) == ["iter_000000.png", "iter_000002.png"]
     assert (run / "reward_curve.png").stat().st_size > 0
     assert (run / "config.yaml").is_file()

@@ -56,6 +56,7 @@ def test_each_epoch_takes_the_schemes_optimizer_steps(scheme, per_pass):
         ({"grpo.epochs": 2}, 6),
         ({"grpo.epochs": 2, "grpo.update": "accumulate"}, 2),
         ({"selection.strategy": "all", "grpo.epochs": 3}, 36),
+        ({"selection.strategy": "all", "rollout.num_steps": 6}, 6),  # all T of the rollouts, not of evaluation
     ],
 )
 def test_the_learning_rate_schedule_counts_every_optimizer_step(overrides, expected):

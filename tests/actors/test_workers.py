@@ -43,6 +43,16 @@ def test_rollout_is_tagged_with_the_loaded_weight_version_and_scored_into_a_batc
     assert "maskfocus_reward_latency_seconds" in scorer.metrics.made  # dashboard metrics recorded where measured
 
 
+def test_rollouts_sample_with_the_rollout_steps_and_score_steps_of_that_trajectory(random_model, tmp_path, one_thread):
+    config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3})  # sampler.num_steps stays 4
+    worker = RolloutWorker(config)
+    trajectory = worker.sample(PromptStream(config.seed, config.rollout.tags).take(2), iteration=0)
+    assert trajectory.masks_BTL.shape[1] == 3 and trajectory.entropy_BT.shape[1] == 3
+    assert not (trajectory.tokens_BL == worker.model.mask_token_id).any()
+    batch = RewardWorker(config).score(trajectory)
+    assert int(batch.steps_BK.max()) <= 2 and "select/step_03" not in batch.stats
+
+
 def test_actor_pool_workers_sample_the_same_batch_for_an_iteration_and_get_published_weights(ray_session, config):
     ray = ray_session
     pool = WorkerPool(make_actors(RolloutWorker, 2, config, num_cpus=0.25, max_restarts=1))
