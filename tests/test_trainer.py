@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray_fixture import one_thread, random_model, tiny_config  # noqa: F401
 from support import cli_error
 
 from maskfocus.config import load_config
@@ -250,3 +251,21 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_comma
     assert f"stopped on SIGINT after iteration {last} of 250" in stderr
     assert f"maskfocus train --resume {tmp_path / 'run'}" in stderr
     assert not (tmp_path / "run" / "model").exists()  # a stopped run is not finished
+
+
+def test_the_in_process_learner_conditions_on_the_rollouts_T(random_model, tmp_path, monkeypatch, one_thread):  # noqa: F811
+    """Meissonic's timestep is T-1-i: the learner must score a state with the T that sampled it."""
+    import maskfocus.trainer as trainer
+    from maskfocus.update import PolicyUpdater
+
+    seen: list[int] = []
+
+    class RecordingUpdater(PolicyUpdater):
+        def __init__(self, model, grpo, optim, num_sampling_steps, *args, **kwargs):
+            seen.append(num_sampling_steps)
+            super().__init__(model, grpo, optim, num_sampling_steps, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "PolicyUpdater", RecordingUpdater)
+    config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3}, train={"num_iterations": 1})
+    trainer.train_local(config, tmp_path, show_progress=False)
+    assert seen == [3] and config.sampler.num_steps == 4
