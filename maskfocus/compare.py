@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import BUILTIN_MODEL, default_run_config
-from maskfocus.config_base import flatten
+from maskfocus.config import BUILTIN_MODEL, config_from_dict, default_run_config
+from maskfocus.config_base import ConfigError, flatten
 from maskfocus.run_io import read_metrics
 
 IGNORED_KEYS = ("seed", "train.out_dir", "train.log_every", "train.image_every", "train.checkpoint_every")
@@ -76,7 +76,7 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
     ]
     return RunRecord(
         folder=folder,
-        config=with_added_defaults(flatten(config)),
+        config=resolved_config(config),
         curve=curve,
         metric_keys={key for r in records for key, value in r.items() if isinstance(value, (int, float))},
         final=final,
@@ -84,6 +84,16 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
         learner_seconds=_median(records, "perf/learner_seconds"),
         iteration_seconds=_median(records, "perf/iteration_seconds"),
     )
+
+
+def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's flat config as today's config tree reads it, so that two runs of one setting written by different
+    versions compare equal (a key added since at its default, a null detector threshold as the kind's default).
+    A config the tree no longer accepts (a key removed since) is taken as written, plus the added keys."""
+    try:
+        return flatten(config_from_dict(config).model_dump(mode="json"))
+    except ConfigError:
+        return with_added_defaults(flatten(config))
 
 
 def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:

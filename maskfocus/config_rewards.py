@@ -53,6 +53,15 @@ class GenEvalDetectorConfig(Section):
     retry_backoff_s: float = Field(1.0, ge=0.0)
     """http: seconds before the first retry, doubled for each further one."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_threshold_is_unset(cls, data: Any) -> Any:
+        """A null threshold means "not set": the kind's default, or the owlv2 error below. (Runs of the thirty-third
+        session wrote null for all three: those config.yaml files still resume.)"""
+        if isinstance(data, dict) and any(data.get(name, 0) is None for name in OWLV2_THRESHOLDS):
+            return {key: value for key, value in data.items() if not (key in OWLV2_THRESHOLDS and value is None)}
+        return data
+
     @model_validator(mode="after")
     def _check_kind_fields(self) -> GenEvalDetectorConfig:
         if self.kind == "owlv2" and (self.path is None or self.clip_model is None):

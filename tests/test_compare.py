@@ -89,6 +89,23 @@ def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_s
     assert list(groups) == ["common settings", "rollout.held_out=meaning"]
 
 
+def test_null_detector_thresholds_of_older_runs_group_with_the_values_written_now(tmp_path):
+    """The thirty-third session's runs wrote null thresholds (then: the kind's default); runs now write 0.3 / 0.9 /
+    0.5. A config today's tree rejects (a key removed since) is still compared as written."""
+    import yaml
+
+    old, new = make_run(tmp_path / "old", {}, 0.5), make_run(tmp_path / "new", {}, 0.52)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["rewards"][0]["detector"].update(score_threshold=None, counting_score_threshold=None, nms_iou=None)
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    groups, _ = group_runs([load_run(old), load_run(new)])
+    assert [len(group) for group in groups.values()] == [2]
+    config["sampler"]["removed_key"] = 1
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    groups, _ = group_runs([load_run(old), load_run(new)])
+    assert len(groups) == 2 and any("sampler.removed_key=<absent>" in label for label in groups)
+
+
 def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
     make_run(tmp_path / "done", {}, 0.5)
     make_run(tmp_path / "running", {}, None, iterations=3)

@@ -134,6 +134,15 @@ def test_owlv2_without_explicit_thresholds_is_refused_naming_the_fields(given):
         assert phrase in message
 
 
+def test_a_null_threshold_is_unset_so_config_files_of_the_thirty_third_session_still_load():
+    nulls = dict.fromkeys(("score_threshold", "counting_score_threshold", "nms_iou"))
+    shapes = config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "shapes", **nulls}}]})
+    assert shapes.rewards[0].detector == GenEvalDetectorConfig(kind="shapes")  # GenEval's 0.3 / 0.9, NMS 0.5
+    owlv2 = {"kind": "owlv2", "path": "/models/owlv2", "clip_model": "/models/clip", **nulls, "nms_iou": 0.4}
+    with pytest.raises(ConfigError, match="needs explicit `score_threshold`, `counting_score_threshold` "):
+        config_from_dict({"rewards": [{"name": "geneval", "detector": owlv2}]})
+
+
 def test_shapes_thresholds_default_to_genevals_and_explicit_ones_are_used():
     assert thresholds_of(GenEvalDetectorConfig()) == Thresholds(score=0.3, counting_score=0.9)
     explicit = GenEvalDetectorConfig(score_threshold=0.1, counting_score_threshold=0.35)
