@@ -26,8 +26,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 from maskfocus.compare import (
     RunRecord,
     base_summary,
@@ -38,6 +36,7 @@ from maskfocus.compare import (
     mean_spread,
 )
 from maskfocus.compare_plot import plot_comparison
+from maskfocus.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
@@ -79,9 +78,10 @@ def read_run(run_dir: Path) -> RunRecord | None:
 
 
 def steps_ratio(config: Path) -> float:
-    """T / K of the config: the learner-time ratio all-T / critical-K that linear cost predicts."""
-    data = yaml.safe_load(config.read_text())
-    return data["sampler"]["num_steps"] / data["selection"]["num_steps"]
+    """T / K of the config (T of its rollouts): the learner-time ratio all-T / critical-K that linear cost
+    predicts."""
+    run_config = load_config(config)
+    return run_config.rollout_sampler().num_steps / run_config.selection.num_steps
 
 
 def base_overall_from_card() -> float | None:

@@ -107,7 +107,7 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
         learner,
         config.grpo,
         config.optim,
-        config.sampler.num_steps,
+        config.rollout_sampler().num_steps,
         10 * num_iterations,
         module,
         reference,
@@ -123,7 +123,7 @@ def check_tiny(device: torch.device, num_iterations: int, dtype: str) -> dict:
             policy,
             prompts.take(config.rollout.prompts_per_iteration),
             config.rollout.group_size,
-            config.sampler,
+            config.rollout_sampler(),
             config.router,
             seeded_generator(config.seed, iteration, 0, device=device),
         )

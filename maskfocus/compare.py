@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import BUILTIN_MODEL, config_from_dict, default_run_config
+from maskfocus.config import BUILTIN_MODEL, RunConfig, config_from_dict
 from maskfocus.config_base import ConfigError, flatten
 from maskfocus.run_io import read_metrics
 
@@ -88,19 +88,23 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
 
 def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's flat config as today's config tree reads it, so that two runs of one setting written by different
-    versions compare equal (a key added since at its default, a null detector threshold as the kind's default).
-    A config the tree no longer accepts (a key removed since) is taken as written, plus the added keys."""
+    versions compare equal (a key added since at its default, a null detector threshold as the kind's default), and
+    the rollouts' T as the number they sampled with (rollout.num_steps null and 12 are the same run when
+    sampler.num_steps is 12). A config the tree no longer accepts (a key removed since) is taken as written, plus
+    the added keys."""
     try:
-        return flatten(config_from_dict(config).model_dump(mode="json"))
+        run_config = config_from_dict(config)
     except ConfigError:
         return with_added_defaults(flatten(config))
+    resolved = flatten(run_config.model_dump(mode="json"))
+    return {**resolved, "rollout.num_steps": run_config.rollout_sampler().num_steps}
 
 
 def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A run's flat config plus the keys added to the config tree since it ran, at their defaults (a new key
     defaults to the behaviour before it, e.g. `rollout.held_out: text`), so they do not split it from a newer run
     of the same settings. List items (`rewards.0...`) are left as the run wrote them."""
-    defaults = flatten(default_run_config().model_dump(mode="json"))
+    defaults = flatten(RunConfig().model_dump(mode="json"))  # the code's defaults, as validation fills them
     added = {key: value for key, value in defaults.items() if key not in config and not _in_list_item(key)}
     return {**config, **added}
 

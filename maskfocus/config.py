@@ -67,7 +67,7 @@ class SamplerConfig(Section):
     """MaskGIT sampling (ALGORITHM.md section 1)."""
 
     num_steps: int = Field(12, ge=1)
-    """T: sampling steps per image."""
+    """T: sampling steps per image (the training rollouts' too, unless rollout.num_steps sets theirs)."""
     cfg_scale: float = Field(3.0, ge=0.0)
     """Classifier-free guidance scale s in l_uncond + s * (l_cond - l_uncond); 1.0 disables CFG (one forward)."""
     gumbel_temperature: float = Field(2.0, ge=0.0)
@@ -219,7 +219,8 @@ class RunConfig(Section):
     model: ModelConfig = ModelConfig()
     """The masked generator to sample from and train."""
     sampler: SamplerConfig = SamplerConfig()
-    """MaskGIT sampling settings (evaluation and rollouts)."""
+    """MaskGIT sampling settings (evaluation, previews and rollouts; rollouts take rollout.num_steps as T when
+    set)."""
     eval: EvalConfig = EvalConfig()
     """GenEval-style evaluation settings."""
     rollout: RolloutConfig = RolloutConfig()

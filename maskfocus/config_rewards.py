@@ -12,7 +12,8 @@ from pydantic import Field, model_validator
 from maskfocus.config_base import Section
 
 OWLV2_THRESHOLDS = ("score_threshold", "counting_score_threshold", "nms_iou")
-"""Detector fields a `kind: owlv2` detector must set explicitly: their defaults are GenEval's (Mask2Former)."""
+"""Detector fields a `kind: owlv2` detector must set explicitly: their defaults are GenEval's (Mask2Former). A null
+value for any of them means "not set"."""
 
 
 class GenEvalDetectorConfig(Section):
@@ -56,9 +57,9 @@ class GenEvalDetectorConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _null_threshold_is_unset(cls, data: Any) -> Any:
-        """A null threshold means "not set": the kind's default, or the owlv2 error below. (Runs of the thirty-third
-        session wrote null for all three: those config.yaml files still resume.)"""
-        if isinstance(data, dict) and any(data.get(name, 0) is None for name in OWLV2_THRESHOLDS):
+        """A null threshold means "not set": the kind's default, or the owlv2 error below. Run folders written while
+        these fields were `float | None` hold null for all three, and still resume and compare."""
+        if isinstance(data, dict):
             return {key: value for key, value in data.items() if not (key in OWLV2_THRESHOLDS and value is None)}
         return data
 

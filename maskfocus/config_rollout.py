@@ -32,9 +32,11 @@ class RolloutConfig(Section):
     metadata: clip, hps). null = shapes-world prompts."""
     num_steps: int | None = Field(None, ge=1)
     """T of the training rollouts; null = sampler.num_steps. Fewer steps sample a batch faster (rollout time is
-    about linear in T; the learner's cost depends on K, not T) at the price of rollouts that differ from the
-    evaluated policy's; evaluation and the preview grids always sample with sampler.num_steps. The learner rebuilds
-    training states on the rollout's schedule, and selection.num_steps is checked against this T."""
+    about linear in T; the learner's cost depends on K, which is T only with selection.strategy all) at the price
+    of rollouts that differ from the evaluated policy's; evaluation and the preview grids always sample with
+    sampler.num_steps. The learner scores each state with this T (Meissonic's timestep depends on it), and
+    selection.num_steps is checked against it. On the shapes model 6 of 12 steps halved the rollout and did not
+    raise the score (benchmarks/RESULTS.md, thirty-fifth session)."""
     held_out: Literal["text", "meaning"] = "text"
     """Shapes-world prompts only: how the training stream keeps out the shapes-geneval prompts of position and
     color_attr. `text` skips their exact texts (the stream of every recorded run); 12 of the 20 held-out position

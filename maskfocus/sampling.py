@@ -129,7 +129,10 @@ def sample(
     batch = len(condition)
     num_tokens = model.grid_size[0] * model.grid_size[1]
     if num_steps > num_tokens:
-        raise ValueError(f"sampler.num_steps ({num_steps}) cannot exceed the number of image tokens ({num_tokens})")
+        raise ValueError(
+            f"{num_steps} sampling steps (sampler.num_steps, or rollout.num_steps for the training rollouts) cannot "
+            f"exceed the number of image tokens ({num_tokens})"
+        )
     device = model.device
     counts = mask_schedule(num_tokens, num_steps)
     tokens_BL = torch.full((batch, num_tokens), model.mask_token_id, dtype=torch.long, device=device)

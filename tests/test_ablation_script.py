@@ -37,3 +37,10 @@ def test_table_and_picture_from_finished_runs(ablation, tmp_path):
     picture = ablation.draw_comparison(tmp_path)
     assert picture == tmp_path / "compare.png" and picture.stat().st_size > 10_000
     assert ablation.draw_comparison(tmp_path / "critical_seed0" / "eval") is None  # no runs there: no picture
+
+
+def test_the_predicted_learner_ratio_is_the_rollouts_T_over_K(ablation, tmp_path):
+    assert ablation.steps_ratio(ablation.DEFAULT_CONFIG) == 12 / 3
+    halved = tmp_path / "halved.yaml"
+    halved.write_text(ablation.DEFAULT_CONFIG.read_text().replace("rollout:\n", "rollout:\n  num_steps: 6\n", 1))
+    assert ablation.steps_ratio(halved) == 6 / 3

@@ -106,6 +106,15 @@ def test_null_detector_thresholds_of_older_runs_group_with_the_values_written_no
     assert len(groups) == 2 and any("sampler.removed_key=<absent>" in label for label in groups)
 
 
+def test_runs_are_compared_by_the_T_their_rollouts_sampled_with(tmp_path):
+    unset = make_run(tmp_path / "unset", {}, 0.5)
+    explicit = make_run(tmp_path / "explicit", {"rollout.num_steps": 12}, 0.52)  # sampler.num_steps is 12
+    fewer = make_run(tmp_path / "fewer", {"rollout.num_steps": 6}, 0.49)
+    groups, common = group_runs([load_run(unset), load_run(explicit), load_run(fewer)])
+    assert list(groups) == ["common settings", "rollout.num_steps=6"]
+    assert [len(group) for group in groups.values()] == [2, 1] and common == {"rollout.num_steps": "12"}
+
+
 def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
     make_run(tmp_path / "done", {}, 0.5)
     make_run(tmp_path / "running", {}, None, iterations=3)

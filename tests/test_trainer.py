@@ -19,6 +19,7 @@ from support import cli_error
 
 from maskfocus.config import load_config
 from maskfocus.run_io import latest_checkpoint, load_checkpoint_weights
+from maskfocus.sampling import sample_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -67,7 +68,8 @@ def train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory) -> Path:
     """One 3-iteration run (26 s measured here with its imports and model loads, so two tests share it). Its
-    rollouts take 3 steps where the previews take sampler.num_steps = 4."""
+    rollouts take 3 steps where the previews take sampler.num_steps = 4 (rollouts at sampler.num_steps, the default,
+    run in the other end-to-end tests: the Ctrl-C test here, tests/test_driver.py)."""
     out = tmp_path_factory.mktemp("short")
     result = train(out, "--iterations", "3", "--set", "rollout.num_steps=3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -253,19 +255,31 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_comma
     assert not (tmp_path / "run" / "model").exists()  # a stopped run is not finished
 
 
-def test_the_in_process_learner_conditions_on_the_rollouts_T(random_model, tmp_path, monkeypatch, one_thread):  # noqa: F811
-    """Meissonic's timestep is T-1-i: the learner must score a state with the T that sampled it."""
+def test_the_in_process_learner_gets_the_rollouts_T_and_the_previews_keep_the_samplers(
+    random_model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    one_thread,  # noqa: F811
+):
+    """Meissonic's timestep is T-1-i, so the learner must be given the T that sampled a state (the built-in aMUSEd
+    format ignores it: this checks the wiring, not the logits). The preview grid shows what evaluation samples."""
     import maskfocus.trainer as trainer
     from maskfocus.update import PolicyUpdater
 
-    seen: list[int] = []
+    learner_steps: list[int] = []
+    preview_steps: list[int] = []
 
     class RecordingUpdater(PolicyUpdater):
         def __init__(self, model, grpo, optim, num_sampling_steps, *args, **kwargs):
-            seen.append(num_sampling_steps)
+            learner_steps.append(num_sampling_steps)
             super().__init__(model, grpo, optim, num_sampling_steps, *args, **kwargs)
 
+    def recording_sample(model, prompts, sampler, *args, **kwargs):
+        preview_steps.append(sampler.num_steps)
+        return sample_with_config(model, prompts, sampler, *args, **kwargs)
+
     monkeypatch.setattr(trainer, "PolicyUpdater", RecordingUpdater)
+    monkeypatch.setattr(trainer, "sample_with_config", recording_sample)  # the previews' sampler (rollouts: rollout.py)
     config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3}, train={"num_iterations": 1})
     trainer.train_local(config, tmp_path, show_progress=False)
-    assert seen == [3] and config.sampler.num_steps == 4
+    assert learner_steps == [3] and preview_steps == [4] == [config.sampler.num_steps]

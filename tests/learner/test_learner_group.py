@@ -37,22 +37,32 @@ def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
     raise TimeoutError("no learner update")
 
 
-def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path, monkeypatch):
-    """FSDP2 gathers one shard unit at a time: the learner shards the blocks the adapter lists (for Meissonic its
-    dual- and single-stream blocks, tests/models/test_meissonic.py), not whatever one ModuleList a name guess finds."""
+def unsharded_worker(config, monkeypatch, captured: dict):
+    """A LearnerWorker built in this process, its `wrap` replaced by one that records what it was given."""
     from maskfocus.learner import loop
-
-    captured = {}
 
     def fake_wrap(module, strategy, blocks):
         captured.update(strategy=strategy, blocks=list(blocks))
         return module
 
     monkeypatch.setattr(loop, "wrap", fake_wrap)
-    worker = loop.LearnerWorker(tiny_config(random_model, tmp_path), RunState(), 0, 1, torch.device("cpu"))
+    return loop.LearnerWorker(config, RunState(), 0, 1, torch.device("cpu"))
+
+
+def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path, monkeypatch):
+    """FSDP2 gathers one shard unit at a time: the learner shards the blocks the adapter lists (for Meissonic its
+    dual- and single-stream blocks, tests/models/test_meissonic.py), not whatever one ModuleList a name guess finds."""
+    captured: dict = {}
+    worker = unsharded_worker(tiny_config(random_model, tmp_path), monkeypatch, captured)
     transformer = worker.model.transformer
     assert captured["strategy"] == "fsdp"
     assert captured["blocks"] == [transformer.down_block, *transformer.transformer_layers, transformer.up_block]
+
+
+def test_the_ray_learner_is_given_the_rollouts_T(random_model, tmp_path, monkeypatch):
+    """As in-process (tests/test_trainer.py): Meissonic's timestep needs the T that sampled each state."""
+    config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3})
+    assert unsharded_worker(config, monkeypatch, {}).updater.num_sampling_steps == 3 != config.sampler.num_steps
 
 
 @pytest.mark.parametrize(
