@@ -35,8 +35,8 @@ class RolloutConfig(Section):
     about linear in T; the learner's cost depends on K, which is T only with selection.strategy all) at the price
     of rollouts that differ from the evaluated policy's; evaluation and the preview grids always sample with
     sampler.num_steps. The learner scores each state with this T (Meissonic's timestep depends on it), and
-    selection.num_steps is checked against it. On the shapes model 6 of 12 steps halved the rollout and did not
-    raise the score (benchmarks/RESULTS.md, thirty-fifth session)."""
+    selection.num_steps is checked against it. On the shapes model 6 of 12 steps halved the rollout and gave the
+    same score over 3 seeds in 0.71x the time per iteration (benchmarks/RESULTS.md, thirty-fifth session)."""
     held_out: Literal["text", "meaning"] = "text"
     """Shapes-world prompts only: how the training stream keeps out the shapes-geneval prompts of position and
     color_attr. `text` skips their exact texts (the stream of every recorded run); 12 of the 20 held-out position
