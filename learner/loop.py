@@ -49,7 +49,7 @@ from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
 from maskfocus.sampling import seeded_generator
 from maskfocus.trainer import LEARN
 from maskfocus.types import TrainBatch
-from maskfocus.update import PolicyUpdater, StepInputs, frozen_copy, optimizer_steps_per_iteration
+from maskfocus.update import PolicyUpdater, StepInputs, frozen_copy, schedule_span
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class LearnerWorker:
             config.grpo,
             config.optim,
             config.rollout_sampler().num_steps,
-            total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
+            total_updates=schedule_span(config, start.num_updates, start.iteration),
             module=self.module,
             reference=reference,
             compile=config.train.compile_learner,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
-from maskfocus.update import lr_factor, optimizer_steps_per_iteration
+from maskfocus.update import lr_factor, schedule_span
 
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
@@ -140,10 +140,10 @@ def unused_path(folder: Path, stem: str, suffix: str = "") -> Path:
 def schedule_note(before: RunConfig, after: RunConfig, num_updates: int, iteration: int) -> str | None:
     """The line a resume prints when it changes the length of the learning-rate schedule, or None.
 
-    The schedule always spans the configured run (`make_optimizer`), so a crash-resume continues it exactly, and a
+    The schedule always spans the configured run (`schedule_span`), so a crash-resume continues it exactly, and a
     resume that extends the run stretches it: the learning rate at the resume point (optimizer step `num_updates`,
     iteration `iteration`) rises, e.g. 1e-05 -> 5.5e-05 from 250 to 500 iterations."""
-    spans = [config.train.num_iterations * optimizer_steps_per_iteration(config) for config in (before, after)]
+    spans = [schedule_span(config, num_updates, iteration) for config in (before, after)]
     if spans[0] == spans[1]:
         return None
     lr_before, lr_after = (

@@ -40,7 +40,7 @@ from maskfocus.sampling import sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities
 from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
-from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
+from maskfocus.update import PolicyUpdater, schedule_span
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
 
@@ -182,16 +182,16 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     sampler_model = rollout_model(config, model)
     reward_fn = build_rewards(config.rewards, device=config.model.device)
     image_embed = clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None
+    start = resume_state(run_dir, resume)
     updater = PolicyUpdater(
         model,
         config.grpo,
         config.optim,
         config.rollout_sampler().num_steps,
-        total_updates=config.train.num_iterations * optimizer_steps_per_iteration(config),
+        total_updates=schedule_span(config, start.num_updates, start.iteration),
         compile=config.train.compile_learner,
         compile_backend=config.train.learner_compile_backend,
     )
-    start = resume_state(run_dir, resume)
     start_iteration, cursor = start.iteration, start.prompt_cursor
     if start.checkpoint is not None:
         checkpoint = Path(start.checkpoint)

@@ -87,6 +87,14 @@ def optimizer_steps_per_iteration(config: RunConfig) -> int:
     return per_pass * config.grpo.epochs
 
 
+def schedule_span(config: RunConfig, num_updates: int = 0, iteration: int = 0) -> int:
+    """Optimizer steps the learning-rate schedule spans: the `num_updates` already taken before `iteration` (a
+    resume), then this config's steps per iteration to its last. A fresh run or a crash-resume gets the configured
+    run's length exactly (every iteration takes the same number of steps); a resume that changes K (or T with
+    selection.strategy all) still ends the decay at the run's last step."""
+    return num_updates + (config.train.num_iterations - iteration) * optimizer_steps_per_iteration(config)
+
+
 def lr_factor(update: int, total_updates: int, final_lr_fraction: float) -> float:
     """The learning rate of optimizer step `update` (counted from 0) as a fraction of the peak: 1 at the first step,
     falling linearly to `final_lr_fraction` at the last of `total_updates`, and staying there."""

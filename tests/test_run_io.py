@@ -189,7 +189,8 @@ def test_the_schedule_note_gives_the_lr_at_the_resume_point_under_the_old_and_th
     )
     assert schedule_note(before, before, num_updates=300, iteration=100) is None  # a crash-resume keeps the schedule
     other_k = config_from_dict({"train": {"num_iterations": 250}, "selection": {"num_steps": 2}})
-    assert "now spans 250 iterations, 500 optimizer steps (was 250, 750)" in schedule_note(before, other_k, 300, 100)
+    # 300 steps taken at K = 3, then 150 iterations at K = 2: the decay ends at the run's last step
+    assert "now spans 250 iterations, 600 optimizer steps (was 250, 750)" in schedule_note(before, other_k, 300, 100)
 
 
 def test_extending_a_finished_run_prints_the_new_schedule_and_sets_its_evaluation_and_model_aside(tmp_path, capsys):

@@ -11,7 +11,7 @@ from support import ToyGenerator, make_batch
 import maskfocus.update as update_module
 from maskfocus.config import GRPOConfig, OptimConfig, load_config
 from maskfocus.grpo import token_log_probs
-from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration
+from maskfocus.update import PolicyUpdater, optimizer_steps_per_iteration, schedule_span
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 
@@ -61,6 +61,12 @@ def test_each_epoch_takes_the_schemes_optimizer_steps(scheme, per_pass):
 )
 def test_the_learning_rate_schedule_counts_every_optimizer_step(overrides, expected):
     assert optimizer_steps_per_iteration(load_config(SHIPPED_CONFIG, overrides)) == expected
+
+
+def test_the_schedule_spans_the_steps_taken_then_the_rest_of_the_run_at_this_configs_steps_per_iteration():
+    shipped, two_steps = load_config(SHIPPED_CONFIG), load_config(SHIPPED_CONFIG, {"selection.num_steps": 2})
+    assert schedule_span(shipped) == 250 * 3 == schedule_span(shipped, num_updates=300, iteration=100)  # crash-resume
+    assert schedule_span(two_steps, num_updates=300, iteration=100) == 300 + 150 * 2  # resumed with K 3 -> 2
 
 
 def _record_policy_loss_calls(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
