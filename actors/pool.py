@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 if TYPE_CHECKING:
     from maskfocus.config import RunConfig
@@ -111,3 +111,13 @@ def names_actor(error: BaseException, actor: ActorHandle) -> bool:
     """Whether the actor error `error` names `actor` as the one that failed. A call whose argument came from a dead
     actor fails with that actor's error: a score call fails with the id of a rollout worker that died."""
     return getattr(error, "actor_id", None) == actor._actor_id.hex()
+
+
+def creation_failure(error: BaseException) -> str | None:
+    """What an actor's constructor raised (the last line of its remote traceback, e.g. `...ModelLoadError: model
+    folder not found: ...`), or None when `error` is not an actor that failed to start. Ray does not restart such
+    an actor: the same constructor would fail again."""
+    if not (isinstance(error, RayActorError) and error.actor_init_failed):
+        return None
+    lines = [line.strip() for line in str(error.error_msg).splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"

@@ -172,6 +172,7 @@ def parse_set(items: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from maskfocus.models.loading import check_generator_folder
     from maskfocus.run_io import new_run_folder, record_resumed_config
 
     overrides = parse_set(args.set)
@@ -190,9 +191,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
+        check_generator_folder(config.model.path, config.model.kind)
         record_resumed_config(run_dir, config)
     else:
         config = _load_run_config(args.config, overrides)
+        check_generator_folder(config.model.path, config.model.kind)  # before the run folder: nothing left behind
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice

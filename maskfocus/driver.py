@@ -45,7 +45,7 @@ from tqdm import tqdm
 from maskfocus.actors.cluster import check_supported as _check_supported
 from maskfocus.actors.cluster import connect
 from maskfocus.actors.metrics import RunMetrics
-from maskfocus.actors.pool import names_actor, role_pools
+from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.config import RunConfig
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
@@ -227,7 +227,11 @@ class RayRun:
         """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone once
         both workers of the attempt take calls again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
-        if not names_actor(error, self.rewards.actors[attempt.reward_index]):
+        reward_failed = names_actor(error, self.rewards.actors[attempt.reward_index])
+        if (cause := creation_failure(error)) is not None:
+            role, index = ("reward", attempt.reward_index) if reward_failed else ("rollout", attempt.rollout_index)
+            raise RuntimeError(f"{role} worker {index} could not start: {cause}")
+        if not reward_failed:
             # Only a restarted rollout worker lost its weights; with the collective transport a forgotten one waits
             # for the next broadcast, so forgetting a healthy one could leave no worker for this very iteration.
             self.rollouts.forget(attempt.rollout_index)

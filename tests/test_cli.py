@@ -120,6 +120,47 @@ def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stages", "vq,foo"], "--stages: unknown stage(s) foo; choose from vq, generator, clip"),
+        (["--stages", ","], "--stages: no stage given; choose from vq, generator, clip"),
+    ],
+)
+def test_pretrain_names_a_bad_stage_list_before_training(tmp_path, capsys, args, message):
+    assert message in cli_error(capsys, "pretrain", "--out", str(tmp_path), *args)
+    assert not any(tmp_path.iterdir())
+
+
+def test_pretrain_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.write_text("not a folder")
+    error = cli_error(capsys, "pretrain", "--out", str(weights), "--stages", "vq")
+    assert f"--out {weights}: exists and is not a folder" in error
+    assert weights.read_text() == "not a folder"
+
+
+def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(tmp_path, capsys):
+    """Without the check, a Ray run started its workers, which each failed to load the model, and stopped with
+    a dead worker; in-process, a run folder was left behind holding only its config."""
+    from maskfocus.config import default_run_config, dump_config
+
+    missing, runs = tmp_path / "missing", tmp_path / "runs"
+    error = cli_error(capsys, "train", "--set", f"model.path={missing}", "--set", f"train.out_dir={runs}")
+    assert f"model folder not found: {missing}" in error
+    assert not runs.exists()
+    (partial := tmp_path / "partial" / "transformer").mkdir(parents=True)
+    error = cli_error(capsys, "train", "--set", f"model.path={partial.parent}", "--set", "model.kind=meissonic")
+    assert "missing part(s) vqvae, text_encoder, tokenizer (a Meissonic folder needs" in error
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_config(default_run_config({"model.path": str(missing)}), run / "config.yaml")
+    before = (run / "config.yaml").read_text()
+    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300")
+    assert f"model folder not found: {missing}" in error
+    assert [path.name for path in run.iterdir()] == ["config.yaml"] and (run / "config.yaml").read_text() == before
+
+
+@pytest.mark.parametrize(
     ("settings", "expected"),
     [
         (["model.dtype=bfloat16"], "float32"),  # rollouts in bfloat16, evaluation of the weights themselves

@@ -131,6 +131,26 @@ def test_an_iteration_that_fails_more_than_max_restarts_times_stops_the_run(max_
     assert run.counts["sync/redone"] == max_restarts  # the failure that stops the run is not redone
 
 
+@pytest.mark.parametrize("failed", ["reward", "rollout"])
+def test_a_worker_that_could_not_start_stops_the_run_at_once_with_its_constructors_error(failed):
+    """Ray does not restart an actor whose constructor raised (tests/actors/test_pool.py): the run stops at its
+    first failure, naming the worker and the exception, rather than redoing the iteration until the restarts run
+    out and reporting only a dead worker."""
+    from ray.exceptions import ActorDiedError
+
+    from maskfocus.driver import Attempt
+
+    run = bare_run(collective=False, max_restarts=2)
+    error = ActorDiedError()  # the fields Ray sets from the constructor's RayTaskError
+    error.actor_id = (run.rollouts if failed == "rollout" else run.rewards).actors[0]._actor_id.hex()
+    error.error_msg = "ray::Worker.__init__()\n  File\nmaskfocus.models.base.ModelLoadError: model folder not found: /x"
+    error._actor_init_failed = True
+    expected = f"^{failed} worker 0 could not start: maskfocus.models.base.ModelLoadError: model folder not found: /x$"
+    with pytest.raises(RuntimeError, match=expected):
+        run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
+    assert run.redo == [] and run.counts["sync/redone"] == 0
+
+
 def test_a_resumed_run_with_nothing_left_to_learn_ends_with_its_checkpoints_weights(random_model, tmp_path):  # noqa: F811
     """Resuming a run whose checkpoint is its last iteration: the driver learns nothing and reads no learner record,
     so its final model (saved to run/model and evaluated) must come from the checkpoint, not the base weights."""

@@ -20,7 +20,7 @@ from maskfocus.models.base import Condition, ModelLoadError
 from maskfocus.models.loading import (
     builtin_folder,
     check_codebooks,
-    check_folder,
+    check_generator_folder,
     check_text_parts,
     folder_hint,
     load_part,
@@ -35,9 +35,7 @@ from maskfocus.models.loading import (
 )
 from maskfocus.models.vq_text import VQTextGenerator
 
-__all__ = ["PARTS", "AmusedGenerator", "builtin_folder", "resolve_model_path"]
-
-PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
+__all__ = ["AmusedGenerator", "builtin_folder", "resolve_model_path"]
 
 
 class AmusedGenerator(VQTextGenerator):
@@ -59,9 +57,8 @@ class AmusedGenerator(VQTextGenerator):
         (None = transformer sample_size x VQ downscale, the model's own); `text_encoder` replaces text_encoder/."""
         from diffusers import UVit2DModel
 
-        folder = resolve_model_path(path)
+        folder = check_generator_folder(path, "amused")
         hint = folder_hint(path)
-        check_folder(folder, PARTS, "diffusers aMUSEd", hint)
         if not (folder / "model_index.json").is_file():
             raise ModelLoadError(f"{folder} has no model_index.json: not a diffusers aMUSEd folder; {hint}")
         check_codebooks(folder)

@@ -49,6 +49,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+GENERATOR_PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
+"""The subfolders of an aMUSEd or Meissonic folder."""
+GENERATOR_KINDS = {"amused": "diffusers aMUSEd", "meissonic": "Meissonic"}
+
+
+def check_generator_folder(path: str | Path, kind: str) -> Path:
+    """The model folder of `model.path` exists and has a generator's parts: checked before a run starts, so that
+    a wrong path is one clear error rather than workers that fail to start. Returns the resolved folder."""
+    folder = resolve_model_path(path)
+    check_folder(folder, GENERATOR_PARTS, GENERATOR_KINDS[kind], folder_hint(path))
+    return folder
+
+
 def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> None:
     """The folder exists and has every part as a subfolder."""
     if not folder.is_dir():

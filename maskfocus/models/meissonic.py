@@ -28,7 +28,7 @@ from torch import nn
 from maskfocus.models.base import Condition, ModelLoadError
 from maskfocus.models.loading import (
     check_codebooks,
-    check_folder,
+    check_generator_folder,
     check_text_parts,
     folder_hint,
     load_part,
@@ -37,14 +37,12 @@ from maskfocus.models.loading import (
     load_vqvae,
     mask_token_id,
     read_config,
-    resolve_model_path,
     torch_dtype,
     vq_downscale,
     vq_pixel_range,
 )
 from maskfocus.models.vq_text import VQTextGenerator, step_tensor
 
-PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
 CODE_FILE = "transformer.py"
 NATIVE_RESOLUTION = 1024
 """Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
@@ -157,9 +155,8 @@ class MeissonicGenerator(VQTextGenerator):
         """Load transformer and text encoder in `dtype` (the VQ stays float32); `resolution` in pixels (None =
         `native_resolution`); `text_encoder` replaces text_encoder/ (the reference inference uses the original
         CLIP-ViT-H-14)."""
-        folder = resolve_model_path(path)
+        folder = check_generator_folder(path, "meissonic")
         hint = folder_hint(path)
-        check_folder(folder, PARTS, "Meissonic", hint)
         check_codebooks(folder)
         transformer_class = load_checkpoint_class(folder, trust_checkpoint_code)
         weights_dtype = torch_dtype(dtype)

@@ -19,6 +19,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from maskfocus.config import Section
+from maskfocus.config_base import ConfigError
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
 from maskfocus.shapes.pretrain_vq import VQPretrainConfig
@@ -74,10 +75,13 @@ def run_pretraining(
     from maskfocus.shapes.prompts import vocabulary
 
     unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ValueError(f"unknown pretrain stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    if unknown or not stages:
+        given = f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given"
+        raise ConfigError(f"--stages: {given}; choose from {', '.join(STAGES)}")
     config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
     out = out or default_output()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder (the weights are written into a folder)")
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}

@@ -1,0 +1,36 @@
+"""The worker pool's view of Ray actor failures: an actor whose constructor raised is reported by its cause."""
+
+from __future__ import annotations
+
+import pytest
+from ray_fixture import RAY_TIMEOUT_S, tiny_config
+
+from maskfocus.actors.pool import WorkerPool, creation_failure, make_actors
+from maskfocus.actors.rollout_worker import RolloutWorker
+
+
+def test_an_actor_whose_constructor_raised_is_reported_by_its_exception_and_not_restarted(ray_session, tmp_path):
+    """A rollout worker whose model folder is gone (the CLI checks the folder first, but a node may lack it)."""
+    import ray
+    from ray.exceptions import ActorDiedError
+
+    config = tiny_config(tmp_path / "nowhere", tmp_path)
+    pool = WorkerPool(make_actors(RolloutWorker, 1, config, num_cpus=0, max_restarts=2))
+    try:
+        with pytest.raises(ActorDiedError) as raised:
+            ray.get(pool.actors[0].sample.remote([], 0), timeout=RAY_TIMEOUT_S)
+        cause = creation_failure(raised.value)
+        assert cause.startswith(f"maskfocus.models.base.ModelLoadError: model folder not found: {tmp_path / 'nowhere'}")
+        with pytest.raises(ActorDiedError) as again:  # max_restarts does not bring it back
+            pool.wait_ready(0, RAY_TIMEOUT_S)
+        assert creation_failure(again.value) == creation_failure(raised.value)
+    finally:
+        pool.kill()
+
+
+def test_other_errors_are_not_creation_failures():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    assert creation_failure(ActorDiedError()) is None  # died while running, cause unknown
+    assert creation_failure(ActorUnavailableError("restarting", None)) is None
+    assert creation_failure(ValueError("x")) is None
