@@ -21,6 +21,7 @@ from maskfocus.config import (
     idle_settings_notice,
     load_config,
 )
+from maskfocus.outputs import check_output_file
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -83,6 +84,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.sampling import sample_with_config, seeded_generator
 
     config = _load_run_config(args.config, _sampler_overrides(args))
+    check_output_file("--out", args.out, "image")
     model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
@@ -112,6 +114,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.num_images_per_prompt is not None:
         overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
     config = _load_run_config(args.config, overrides)
+    check_output_file("--out", args.out, "file")
+    check_output_file("--summary", args.summary, "file")
+    check_output_file("--grid", args.grid, "image")
     if args.metadata is not None and not Path(args.metadata).is_file():
         raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
     benchmark = args.benchmark or config.eval.benchmark
@@ -258,6 +263,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     from maskfocus.compare_plot import plot_comparison
 
+    check_output_file("--out", args.out, "figure")
+    check_output_file("--markdown", args.markdown, "file")
     runs = [load_run(folder, args.curve) for folder in find_run_folders([Path(p) for p in args.runs])]
     check_curve_key(runs, args.curve)
     groups, common = group_runs(runs, tuple(args.ignore))

@@ -1,0 +1,45 @@
+"""Checks of the command line's output paths, made before the work whose result they hold: a run of several minutes
+should not end in a traceback because `--out` names a folder or a type nobody can write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from maskfocus.config_base import ConfigError
+
+
+def image_suffixes() -> list[str]:
+    """The file suffixes PIL can write (image grids)."""
+    from PIL import Image
+
+    Image.init()
+    return sorted(suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.SAVE)
+
+
+def figure_suffixes() -> list[str]:
+    """The file suffixes matplotlib can write (comparison figures)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return sorted(f".{suffix}" for suffix in FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def check_output_file(option: str, path: str | Path | None, kind: Literal["image", "figure", "file"]) -> None:
+    """`path` (given as `option`) can be written as a `kind`: not an existing folder, and a suffix that kind's
+    writer knows. None (the option not given) passes."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file path")
+    if kind == "file":
+        return
+    allowed = image_suffixes() if kind == "image" else figure_suffixes()
+    if path.suffix.lower() not in allowed:
+        given = repr(path.suffix) if path.suffix else "none (no suffix)"
+        common = ", ".join(suffix for suffix in (".png", ".jpg", ".pdf", ".svg") if suffix in allowed)
+        writer = "PIL" if kind == "image" else "matplotlib"
+        raise ConfigError(
+            f"{option} {path}: cannot write {kind}s of type {given}; use {common}, or another type {writer} writes"
+        )

@@ -1,0 +1,49 @@
+"""Output paths are checked before the work: a folder, or a suffix the writer does not know, is a clear error."""
+
+from __future__ import annotations
+
+import pytest
+from support import cli_error
+
+from maskfocus.config_base import ConfigError
+from maskfocus.outputs import check_output_file, figure_suffixes, image_suffixes
+
+
+def test_the_writers_suffixes_include_the_usual_ones_and_not_text():
+    assert {".png", ".jpg", ".webp"} <= set(image_suffixes())
+    assert {".png", ".pdf", ".svg"} <= set(figure_suffixes())
+    assert ".txt" not in image_suffixes() and ".txt" not in figure_suffixes()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "message"),
+    [
+        ("grid.xyz", "image", "--out {path}: cannot write images of type '.xyz'; use .png, .jpg, .pdf, or another"),
+        ("grid", "image", "--out {path}: cannot write images of type none (no suffix); use .png"),
+        ("compare.txt", "figure", "--out {path}: cannot write figures of type '.txt'; use .png, .jpg, .pdf, .svg, or"),
+        ("folder", "file", "--out {path}: is a folder; give a file path"),
+        ("folder", "image", "--out {path}: is a folder; give a file path"),
+    ],
+)
+def test_a_bad_output_path_names_the_option_the_path_and_what_is_allowed(tmp_path, name, kind, message):
+    (tmp_path / "folder").mkdir()
+    path = tmp_path / name
+    with pytest.raises(ConfigError) as raised:
+        check_output_file("--out", path, kind)
+    assert str(raised.value).startswith(message.format(path=path))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("grid.PNG", "image"), ("c.svg", "figure"), ("r.jsonl", "file"), (None, "file")]
+)
+def test_a_writable_output_path_passes(tmp_path, name, kind):
+    check_output_file("--out", None if name is None else tmp_path / "new" / name, kind)
+
+
+def test_sample_and_eval_refuse_a_bad_output_before_loading_the_model(tmp_path, capsys):
+    """Both would load a missing model first, were the output not checked before it."""
+    missing = str(tmp_path / "no-model")
+    error = cli_error(capsys, "sample", "--prompt", "a photo of a circle", "--model", missing, "--out", str(tmp_path))
+    assert error.strip().endswith(f"--out {tmp_path}: is a folder; give a file path")
+    error = cli_error(capsys, "eval", "--model", missing, "--no-clip", "--grid", str(tmp_path / "grid.txt"))
+    assert "--grid" in error and "cannot write images of type '.txt'" in error
