@@ -43,13 +43,25 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     if name is None:  # two runs started in the same second get their own folders
         folder = unused_path(Path(config.train.out_dir), time.strftime("%Y%m%d-%H%M%S"))
     else:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise ConfigError(
+                f"--name {name!r}: a run name is a folder path inside train.out_dir ({config.train.out_dir}): "
+                "not empty, not absolute, no '..'"
+            )
         folder = Path(config.train.out_dir) / name
     if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
         raise ConfigError(
             f"run folder {folder} already holds a run; choose another --name, or continue it with "
             f"`maskfocus train --resume {shlex.quote(str(folder))}`"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(path for path in (folder, *folder.parents) if path.exists() and not path.is_dir())
+        raise ConfigError(
+            f"cannot make the run folder {folder}: {blocking} is a file; check train.out_dir and --name"
+        ) from None
     dump_config(config, folder / "config.yaml")
     return folder
 

@@ -38,6 +38,26 @@ def test_new_run_folder_writes_the_config_and_refuses_a_folder_that_holds_a_run(
     assert (folder / "metrics.jsonl").read_text().count("\n") == 1  # the earlier run's records are untouched
 
 
+@pytest.mark.parametrize("name", ["", ".", "../elsewhere", "a/../../b", "/abs"])
+def test_a_run_name_stays_inside_train_out_dir(tmp_path, name):
+    config = config_from_dict({"train": {"out_dir": str(tmp_path / "runs")}})
+    with pytest.raises(ConfigError, match=rf"--name '{name}': a run name is a folder path inside train.out_dir"):
+        new_run_folder(config, name)
+    assert not (tmp_path / "runs").exists() and sorted(tmp_path.iterdir()) == []
+    assert new_run_folder(config, "ablation/seed0") == tmp_path / "runs" / "ablation" / "seed0"
+
+
+@pytest.mark.parametrize(("out_dir", "name"), [("taken", None), ("taken/below", "run"), ("runs", "taken")])
+def test_a_file_in_the_run_folders_way_is_named(tmp_path, out_dir, name):
+    (tmp_path / "runs").mkdir()
+    for file in (tmp_path / "taken", tmp_path / "runs" / "taken"):
+        file.write_text("a file")
+    config = config_from_dict({"train": {"out_dir": str(tmp_path / out_dir)}})
+    blocking = tmp_path / ("runs/taken" if out_dir == "runs" else "taken")
+    with pytest.raises(ConfigError, match=rf"cannot make the run folder .*: {blocking} is a file; check train.out_dir"):
+        new_run_folder(config, name)
+
+
 def test_recent_reward_is_the_mean_of_the_last_window_and_skips_non_finite_rewards():
     recent = RecentReward(window=3)
     assert recent.postfix({}) == {}
