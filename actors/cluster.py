@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -13,12 +14,59 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     """Join the cluster at `address` / ray.address / RAY_ADDRESS, else start a local Ray; True if we called init."""
     if ray.is_initialized():
         return False
-    address = address or ray_config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
+    given = cluster_address(ray_config, address)
+    if given is None:
         ray.init(num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
+        return True
+    source, address = given
+    check_reachable(address, source)
+    try:
+        ray.init(address=address)
+    except ConnectionError as error:
+        raise ConfigError(f"{source} {address}: something answers there, but not a Ray cluster ({error})") from None
     return True
+
+
+def cluster_address(ray_config: RayConfig, address: str | None) -> tuple[str, str] | None:
+    """(where it was given, the address) of the cluster to join, first of --address, ray.address and RAY_ADDRESS;
+    None: start a local Ray."""
+    given = (
+        ("--address", address),
+        ("ray.address", ray_config.address),
+        ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS")),
+    )
+    return next(((source, value) for source, value in given if value), None)
+
+
+def check_cluster_reachable(ray_config: RayConfig, address: str | None) -> None:
+    """The cluster a run would join answers (nothing to check for a local Ray): `maskfocus train` checks it before
+    it makes the run folder."""
+    if (given := cluster_address(ray_config, address)) is not None:
+        check_reachable(given[1], given[0])
+
+
+def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:
+    """A cluster address `host:port` or `ray://host:port` (given as `source`) answers a TCP connection within
+    `timeout_s`: a wrong one is an error in seconds, where `ray.init` retries for minutes. `auto` and `local` pass;
+    a dashboard address (http://) is refused: it is what `ray job submit` takes, not `ray.init`."""
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{source} {address}: that is a dashboard (job server) address, for `ray job submit`; a run joins a "
+            "cluster at its GCS address HOST:6379 (or ray://HOST:10001), or `auto` on a node of the cluster"
+        )
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # auto, local, or a form Ray itself will judge
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        port_hint = "the Ray client port, 10001" if address.startswith("ray://") else "the GCS port, 6379"
+        raise ConfigError(
+            f"{source} {address}: no Ray cluster answers there ({reason} within {timeout_s:.0f} s); start one with "
+            f"`ray start --head`, or check the host and port ({port_hint} by default)"
+        ) from None
 
 
 def check_supported(config: RunConfig) -> None:

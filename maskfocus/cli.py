@@ -177,7 +177,6 @@ def parse_set(items: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.models.loading import check_generator_folder
     from maskfocus.run_io import new_run_folder, record_resumed_config
 
     overrides = parse_set(args.set)
@@ -196,11 +195,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
-        check_generator_folder(config.model.path, config.model.kind)
+        _check_before_writing(config, args.address)
         record_resumed_config(run_dir, config)
     else:
         config = _load_run_config(args.config, overrides)
-        check_generator_folder(config.model.path, config.model.kind)  # before the run folder: nothing left behind
+        _check_before_writing(config, args.address)
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice
@@ -224,6 +223,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_gain_line(run_dir, summary["eval"]["overall"]))
     print(f"done: {run_dir}")
     return 0
+
+
+def _check_before_writing(config: RunConfig, address: str | None) -> None:
+    """What would stop the run at its start, checked before its folder is made or changed: nothing left behind."""
+    from maskfocus.models.loading import check_generator_folder
+
+    check_generator_folder(config.model.path, config.model.kind)
+    if config.train.executor == "ray":
+        from maskfocus.actors.cluster import check_cluster_reachable
+
+        check_cluster_reachable(config.ray, address)
 
 
 def _gain_line(run_dir: Path, overall: float) -> str:

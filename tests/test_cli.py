@@ -160,6 +160,18 @@ def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(t
     assert [path.name for path in run.iterdir()] == ["config.yaml"] and (run / "config.yaml").read_text() == before
 
 
+def test_train_on_ray_checks_the_cluster_address_before_it_makes_a_run_folder(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runs = tmp_path / "runs"
+    error = cli_error(capsys, "train", "--address", f"127.0.0.1:{port}", "--set", f"train.out_dir={runs}")
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there" in error
+    assert not runs.exists()
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
