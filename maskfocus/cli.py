@@ -11,16 +11,16 @@ import os
 import sys
 from pathlib import Path
 
+from maskfocus.cli_train import cmd_train
 from maskfocus.config import (
     DEFAULT_CONFIG,
     ConfigError,
     ModelConfig,
     RunConfig,
     SamplerConfig,
-    default_run_config,
-    idle_settings_notice,
-    load_config,
+    load_config_or_default,
 )
+from maskfocus.config_base import parse_set
 from maskfocus.outputs import check_output_file
 
 
@@ -42,10 +42,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
         CompareError,
         FileNotFoundError,
     )
-
-
-def _load_run_config(path: str | None, overrides: dict) -> RunConfig:
-    return default_run_config(overrides) if path is None else load_config(path, overrides)
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
@@ -83,7 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.models import load_generator
     from maskfocus.sampling import sample_with_config, seeded_generator
 
-    config = _load_run_config(args.config, _sampler_overrides(args))
+    config = load_config_or_default(args.config, _sampler_overrides(args))
     check_output_file("--out", args.out, "image")
     model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
@@ -113,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
         overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
-    config = _load_run_config(args.config, overrides)
+    config = load_config_or_default(args.config, overrides)
     check_output_file("--out", args.out, "file")
     check_output_file("--summary", args.summary, "file")
     check_output_file("--grid", args.grid, "image")
@@ -157,94 +153,6 @@ def _detector_overrides(args: argparse.Namespace) -> dict:
         "nms_iou": "nms_iou",
     }
     return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) is not None}
-
-
-def parse_set(items: list[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
-        if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
-            raise ConfigError(
-                f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
-                "an empty string"
-            )
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.run_io import new_run_folder, record_resumed_config
-
-    overrides = parse_set(args.set)
-    if args.executor:
-        overrides["train.executor"] = args.executor
-    if args.iterations is not None:
-        overrides["train.num_iterations"] = args.iterations
-    if args.resume:
-        run_dir = Path(args.resume)
-        for flag, value in (("--config", args.config), ("--name", args.name)):
-            if value is not None:
-                raise ConfigError(
-                    f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
-                    "with --set KEY=VALUE (and --iterations, --executor)"
-                )
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        config = load_config(run_dir / "config.yaml", overrides)
-        _check_before_writing(config, args.address)
-        record_resumed_config(run_dir, config)
-    else:
-        config = _load_run_config(args.config, overrides)
-        _check_before_writing(config, args.address)
-        run_dir = new_run_folder(config, args.name)
-    print(f"run folder: {run_dir}")
-    from maskfocus.compiled import compile_notice
-
-    if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
-        print(notice)
-    if notice := idle_settings_notice(config):
-        print(notice)
-    if config.train.executor == "ray":
-        from maskfocus.driver import train_ray
-
-        summary = train_ray(config, run_dir, resume=bool(args.resume), address=args.address)
-    else:
-        from maskfocus.trainer import train_local
-
-        summary = train_local(config, run_dir, resume=bool(args.resume))
-    if "eval" in summary:
-        from maskfocus.evaluation import format_table
-
-        print(format_table(summary["eval"]))
-        print(_gain_line(run_dir, summary["eval"]["overall"]))
-    print(f"done: {run_dir}")
-    return 0
-
-
-def _check_before_writing(config: RunConfig, address: str | None) -> None:
-    """What would stop the run at its start, checked before its folder is made or changed: nothing left behind."""
-    from maskfocus.models.loading import check_generator_folder
-
-    check_generator_folder(config.model.path, config.model.kind)
-    if config.train.executor == "ray":
-        from maskfocus.actors.cluster import check_cluster_reachable
-
-        check_cluster_reachable(config.ray, address)
-
-
-def _gain_line(run_dir: Path, overall: float) -> str:
-    """The final overall score against the base model's, where the base's evaluation is known."""
-    from maskfocus.compare import base_summary, load_run
-
-    base = base_summary([load_run(run_dir)], None)
-    hint = f"compare runs: maskfocus compare {run_dir.parent}"
-    if base is None:
-        return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
-    return f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -374,3 +374,8 @@ def default_run_config(overrides: dict[str, Any] | None = None) -> RunConfig:
     if DEFAULT_CONFIG.is_file():
         return load_config(DEFAULT_CONFIG, overrides)
     return config_from_dict(_apply_overrides({}, overrides), "<defaults>")
+
+
+def load_config_or_default(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config file at `path` (the shipped default when None) with `overrides`."""
+    return default_run_config(overrides) if path is None else load_config(path, overrides)

@@ -162,3 +162,19 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in items:
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+def parse_set(items: list[str]) -> dict:
+    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
+        if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
+            raise ConfigError(
+                f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
+                "an empty string"
+            )
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides

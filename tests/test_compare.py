@@ -196,15 +196,15 @@ def test_cli_bad_path_is_a_user_error(tmp_path, capsys):
 
 
 def test_train_ends_with_the_gain_over_the_base_model(tmp_path):
-    from maskfocus.cli import _gain_line
+    from maskfocus.cli_train import gain_line
 
     builtin = make_run(tmp_path / "runs" / "a", {}, 0.55)
     base = base_summary([load_run(builtin)], None)
-    line = _gain_line(builtin, 0.55)
+    line = gain_line(builtin, 0.55)
     assert line.startswith(f"overall {base['overall']:.3f} (base model) -> 0.550 ({0.55 - base['overall']:+.3f})")
     assert line.endswith(f"maskfocus compare {tmp_path / 'runs'}")
     other = make_run(tmp_path / "runs" / "b", {"model.path": str(tmp_path / "my_model")}, 0.55)
-    assert _gain_line(other, 0.55).startswith("overall 0.550 (no base-model evaluation to compare with)")
+    assert gain_line(other, 0.55).startswith("overall 0.550 (no base-model evaluation to compare with)")
 
 
 def test_curve_of_another_metric_and_an_unknown_key_lists_the_logged_ones(ablation_runs, tmp_path, capsys):
