@@ -44,19 +44,26 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def _sampler_overrides(args: argparse.Namespace) -> dict:
-    """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top. Sampling and
-    evaluation select no training steps: `selection.strategy: all` has no K to check against a smaller --steps."""
+SAMPLER_OPTIONS = {
+    "steps": "sampler.num_steps",
+    "cfg": "sampler.cfg_scale",
+    "gumbel": "sampler.gumbel_temperature",
+    "batch_size": "sampler.batch_size",
+}
+"""The sampler shortcuts of `sample` and `eval`: argparse dest -> config key."""
+
+
+def _sampler_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top, and the option
+    that gave each shortcut's key (for error messages). Sampling and evaluation select no training steps:
+    `selection.strategy: all` has no K to check against a smaller --steps."""
     overrides = {"selection.strategy": "all", **parse_set(getattr(args, "set", None) or [])}
-    if getattr(args, "steps", None) is not None:
-        overrides["sampler.num_steps"] = args.steps
-    if getattr(args, "cfg", None) is not None:
-        overrides["sampler.cfg_scale"] = args.cfg
-    if getattr(args, "gumbel", None) is not None:
-        overrides["sampler.gumbel_temperature"] = args.gumbel
-    if getattr(args, "batch_size", None) is not None:
-        overrides["sampler.batch_size"] = args.batch_size
-    return overrides
+    options = {}
+    for dest, key in SAMPLER_OPTIONS.items():
+        if getattr(args, dest, None) is not None:
+            overrides[key] = getattr(args, dest)
+            options[key] = "--" + dest.replace("_", "-")
+    return overrides, options
 
 
 def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
@@ -79,7 +86,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.models import load_generator
     from maskfocus.sampling import sample_with_config, seeded_generator
 
-    config = load_config_or_default(args.config, _sampler_overrides(args))
+    config = load_config_or_default(args.config, *_sampler_overrides(args))
     check_output_file("--out", args.out, "image")
     model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
@@ -106,10 +113,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid
     from maskfocus.models import load_generator
 
-    overrides = _sampler_overrides(args)
+    overrides, options = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
         overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
-    config = load_config_or_default(args.config, overrides)
+    config = load_config_or_default(args.config, overrides, options)
     check_output_file("--out", args.out, "file")
     check_output_file("--summary", args.summary, "file")
     check_output_file("--grid", args.grid, "image")
@@ -190,6 +197,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = comparison_table(groups, base, common)
     print(table, end="")
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(table)
         print(f"table: {args.markdown}")
     print(f"picture: {plot_comparison(groups, Path(args.out), base, window=args.window, curve_key=args.curve)}")
@@ -210,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
-    sample.add_argument("--scale", type=int, default=3, help="upscale factor of the PNG tiles")
+    sample.add_argument("--scale", type=scale_factor, default=3, help="upscale factor of the PNG tiles (1 to 16)")
     _add_set_option(
         sample,
         "override a config key (repeatable); sampling is eager below 400 images, where compiling costs more than it "
@@ -275,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--base", help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement)"
     )
-    compare.add_argument("--window", type=int, default=10, help="moving-average window of the curves")
+    compare.add_argument("--window", type=positive_int, default=10, help="moving-average window of the curves")
     compare.add_argument(
         "--ignore",
         action="append",
@@ -308,6 +316,14 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def scale_factor(text: str) -> int:
+    """argparse type of `sample --scale`: 1 to 16 (a 64-pixel tile at 16x is 1,024 pixels wide)."""
+    value = positive_int(text)
+    if value > 16:
+        raise argparse.ArgumentTypeError(f"must be <= 16, got {value}")
     return value
 
 

@@ -8,11 +8,13 @@ executor's in config_ray.py.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from maskfocus.config_base import ConfigError, ErrorOrigin, Section, SectionT, format_validation_error, yaml_key_lines
 from maskfocus.config_ray import RayConfig as RayConfig  # re-exported: one config tree
@@ -53,13 +55,25 @@ class ModelConfig(Section):
     trust_checkpoint_code: bool = False
     """meissonic only: allow importing transformer/transformer.py from the model folder (it runs that code)."""
 
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError("not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        return device
+
     @model_validator(mode="before")
     @classmethod
     def _resolve_auto_dtype(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("dtype") == "auto":
             from maskfocus.hardware import native_sampling_dtype
 
-            data = {**data, "dtype": native_sampling_dtype(str(data.get("device", "cpu")))}
+            with contextlib.suppress(RuntimeError):  # not a torch device: the device field's validator says so
+                data = {**data, "dtype": native_sampling_dtype(str(data.get("device", "cpu")))}
         return data
 
 
@@ -315,19 +329,25 @@ def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None
     return validate_section(cls, _apply_overrides(cls().model_dump(), overrides), source, origin)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a run YAML; `overrides` maps dotted keys (`sampler.num_steps`) to values applied on top."""
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None
+) -> RunConfig:
+    """Load a run YAML; `overrides` maps dotted keys (`sampler.num_steps`) to values applied on top; `options` names
+    the command-line option that gave an override (errors name it rather than `--set KEY`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    origin = ErrorOrigin(str(path), yaml_key_lines(text), overridden=overrides or {})
+    origin = ErrorOrigin(str(path), yaml_key_lines(text), overridden=overrides or {}, options=options)
     return config_from_dict(_apply_overrides(data, overrides), str(path), origin)
 
 
@@ -369,13 +389,15 @@ def dump_config(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def default_run_config(overrides: dict[str, Any] | None = None) -> RunConfig:
+def default_run_config(overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> RunConfig:
     """configs/shapes_tiny.yaml with `overrides`, or the field defaults where that file is not installed."""
     if DEFAULT_CONFIG.is_file():
-        return load_config(DEFAULT_CONFIG, overrides)
+        return load_config(DEFAULT_CONFIG, overrides, options)
     return config_from_dict(_apply_overrides({}, overrides), "<defaults>")
 
 
-def load_config_or_default(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The config file at `path` (the shipped default when None) with `overrides`."""
-    return default_run_config(overrides) if path is None else load_config(path, overrides)
+def load_config_or_default(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None
+) -> RunConfig:
+    """The config file at `path` (the shipped default when None) with `overrides` (see `load_config`)."""
+    return default_run_config(overrides, options) if path is None else load_config(path, overrides, options)

@@ -30,9 +30,10 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys rejected, docstrings kept for fields."""
+    """Base of every config section: frozen, unknown keys rejected, infinite and NaN numbers rejected (an infinite
+    cfg_scale sampled blank images without a word), docstrings kept for fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -112,27 +113,43 @@ def _shown_input(item: Mapping[str, Any]) -> str:
 
 
 class ErrorOrigin:
-    """Where the values of one validation came from: a file (with the line of each key) and `--set` overrides."""
+    """Where the values of one validation came from: a file (with the line of each key) and overrides, each given
+    as `--set KEY` or as a command-line option (`options`: dotted key -> option name, e.g. `--cfg`)."""
 
-    def __init__(self, source: str, key_lines: Mapping[Loc, int] | None = None, overridden: Iterable[str] = ()):
+    def __init__(
+        self,
+        source: str,
+        key_lines: Mapping[Loc, int] | None = None,
+        overridden: Iterable[str] = (),
+        options: Mapping[str, str] | None = None,
+    ):
         self.source = source
         self.key_lines = dict(key_lines or {})
         self.overridden = tuple(overridden)
+        self.options = dict(options or {})
 
     def where(self, loc: Loc, message: str = "") -> str:
-        """`--set KEY`, `FILE:LINE` or `FILE`: the override or line that set `loc` (or the key `message` names)."""
+        """The override or `FILE:LINE` that set `loc` (or the key `message` names), else the file. An override
+        below `loc` (a misspelt section in `--set samplr.num_steps=3`) is named unless the file has `loc` itself."""
         path = dotted(loc)
         for key in self.overridden:
             if path == key or path.startswith(key + "."):
-                return f"--set {key}"
+                return self._override(key)
         if not loc:
             quoted = [tuple(int(p) if p.isdigit() else p for p in m.split(".")) for m in DOTTED_KEY.findall(message)]
             loc = next((candidate for candidate in quoted if candidate in self.key_lines), ())
+        if loc and tuple(loc) not in self.key_lines:
+            below = next((key for key in self.overridden if key.startswith(path + ".")), None)
+            if below is not None:
+                return self._override(below)
         for length in range(len(loc), 0, -1):
             line = self.key_lines.get(tuple(loc[:length]))
             if line is not None:
                 return f"{self.source}:{line}"
         return self.source
+
+    def _override(self, key: str) -> str:
+        return self.options.get(key, f"--set {key}")
 
 
 def format_validation_error(error: ValidationError, root: type[BaseModel], origin: ErrorOrigin) -> str:
@@ -169,12 +186,19 @@ def parse_set(items: list[str]) -> dict:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
         if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
             raise ConfigError(
                 f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
                 "an empty string"
             )
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
+                f"{key.strip()}=\"'...'\""
+            ) from None
     return overrides

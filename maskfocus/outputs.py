@@ -26,13 +26,16 @@ def figure_suffixes() -> list[str]:
 
 
 def check_output_file(option: str, path: str | Path | None, kind: Literal["image", "figure", "file"]) -> None:
-    """`path` (given as `option`) can be written as a `kind`: not an existing folder, and a suffix that kind's
-    writer knows. None (the option not given) passes."""
+    """`path` (given as `option`) can be written as a `kind`: not an existing folder, no file where a folder on its
+    way would be made, and a suffix that kind's writer knows. None (the option not given) passes."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file path")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())  # the root always exists
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, so the folder cannot be made")
     if kind == "file":
         return
     allowed = image_suffixes() if kind == "image" else figure_suffixes()

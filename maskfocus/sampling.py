@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from maskfocus.compiled import sampling_module
-from maskfocus.config import SamplerConfig
+from maskfocus.config import ConfigError, SamplerConfig
 from maskfocus.models.base import Condition, MaskedGenerator
 from maskfocus.router import token_entropy
 
@@ -129,7 +129,7 @@ def sample(
     batch = len(condition)
     num_tokens = model.grid_size[0] * model.grid_size[1]
     if num_steps > num_tokens:
-        raise ValueError(
+        raise ConfigError(
             f"{num_steps} sampling steps (sampler.num_steps, or rollout.num_steps for the training rollouts) cannot "
             f"exceed the number of image tokens ({num_tokens})"
         )

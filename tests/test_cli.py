@@ -257,6 +257,9 @@ def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
         (["eval", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
         (["eval", "--num-images-per-prompt", "x"], "argument --num-images-per-prompt: expected a whole number"),
         (["train", "--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
+        (["sample", "--prompt", "a red circle", "--scale", "0"], "argument --scale: must be >= 1, got 0"),
+        (["sample", "--prompt", "a red circle", "--scale", "17"], "argument --scale: must be <= 16, got 17"),
+        (["compare", ".", "--window", "0"], "argument --window: must be >= 1, got 0"),
     ],
 )
 def test_count_options_name_the_option_not_a_set_key(capsys, args, message):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from maskfocus.config import ConfigError, RunConfig, load_config, section_with_overrides
-from maskfocus.config_base import flatten, section_at, unknown_key_message, yaml_key_lines
+from maskfocus.config_base import flatten, parse_set, section_at, unknown_key_message, yaml_key_lines
 from maskfocus.config_rewards import RewardSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,58 @@ def test_an_override_is_blamed_rather_than_the_file(tmp_path):
     lines = _error(tmp_path / "run.yaml", "grpo:\n  remask: random\n", {"grpo.remask": "bar", "rewards": [{"x": 1}]})
     assert "  --set grpo.remask: Input should be 'random' or 'trajectory' (got 'bar')" in lines
     assert any(line.startswith("  --set rewards: rewards.0.x: unknown key") for line in lines)
+
+
+def test_a_misspelt_section_in_an_override_is_blamed_on_the_override_not_the_file(tmp_path):
+    """The error's location is a prefix of the `--set` key; the file's nearest key (line 2, `- name: geneval`) is not
+    where the mistake is."""
+    text = "rewards:\n  - name: geneval\n    mode: partial\n"
+    overrides = {"samplr.num_steps": 3, "rewards.0.detectr.kind": "shapes"}
+    lines = _error(tmp_path / "run.yaml", text, overrides)
+    assert any(
+        line.startswith("  --set samplr.num_steps: samplr: unknown key; did you mean 'sampler'?") for line in lines
+    )
+    assert any(line.startswith("  --set rewards.0.detectr.kind: rewards.0.detectr: unknown key") for line in lines)
+    lines = _error(tmp_path / "run.yaml", "samplr:\n  num_steps: 3\n", {"samplr.num_steps": 4})
+    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:1: samplr: unknown key")  # the file has it too
+
+
+def test_an_override_from_a_command_line_option_is_named_by_the_option(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("sampler:\n  cfg_scale: 3.0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, {"sampler.cfg_scale": -1.0}, options={"sampler.cfg_scale": "--cfg"})
+    assert str(error.value).splitlines()[1] == (
+        "  --cfg: sampler.cfg_scale: Input should be greater than or equal to 0 (got -1.0)"
+    )
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_infinite_and_nan_numbers_are_refused(tmp_path, value):
+    """An infinite cfg_scale sampled blank images (overall 0.000) without a word."""
+    lines = _error(tmp_path / "run.yaml", f"sampler:\n  cfg_scale: {value}\n")
+    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:2: sampler.cfg_scale: Input should be a finite number")
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("=3", "--set expects KEY=VALUE (e.g. train.num_iterations=10), got '=3'"),
+        ("sampler.num_steps=[1", "--set 'sampler.num_steps=[1': the value is not valid YAML (expected ',' or ']'"),
+        ("seed=!!python/name:os.system", "--set 'seed=!!python/name:os.system': the value is not valid YAML (could"),
+    ],
+)
+def test_a_set_option_without_a_key_or_with_a_value_yaml_cannot_read_is_named(item, message):
+    with pytest.raises(ConfigError) as error:
+        parse_set([item])
+    assert str(error.value).startswith(message)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"sampler:\n  negative_prompt: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: not UTF-8 text \(invalid continuation byte\); save it as UTF-8"):
+        load_config(path)
 
 
 def test_a_cross_field_check_points_at_the_key_it_names(tmp_path):

@@ -23,14 +23,16 @@ def test_the_writers_suffixes_include_the_usual_ones_and_not_text():
         ("compare.txt", "figure", "--out {path}: cannot write figures of type '.txt'; use .png, .jpg, .pdf, .svg, or"),
         ("folder", "file", "--out {path}: is a folder; give a file path"),
         ("folder", "image", "--out {path}: is a folder; give a file path"),
+        ("afile/below/r.jsonl", "file", "--out {path}: {tmp}/afile is a file, so the folder cannot be made"),
     ],
 )
 def test_a_bad_output_path_names_the_option_the_path_and_what_is_allowed(tmp_path, name, kind, message):
     (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("a file")
     path = tmp_path / name
     with pytest.raises(ConfigError) as raised:
         check_output_file("--out", path, kind)
-    assert str(raised.value).startswith(message.format(path=path))
+    assert str(raised.value).startswith(message.format(path=path, tmp=tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     from maskfocus.models.meissonic import MeissonicGenerator
 
 
+def check_device(device: str) -> None:
+    """A CUDA device where torch sees none is a clear error (torch's own says "Found no NVIDIA driver")."""
+    import torch
+
+    from maskfocus.models.base import ModelLoadError
+
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"model.device {device}: torch sees no CUDA device on this machine (torch {torch.__version__}); "
+            "set model.device: cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+
+
 def load_generator(
     config: ModelConfig, device: str | None = None, dtype: str | None = None
 ) -> AmusedGenerator | MeissonicGenerator:
@@ -20,6 +33,7 @@ def load_generator(
 
     `device` / `dtype` override the config's (a learner rank passes its own `cuda:<rank>` and `float32`
     master weights; rollout workers use the config's)."""
+    check_device(device or config.device)
     options = {
         "device": device or config.device,
         "dtype": dtype or config.dtype,

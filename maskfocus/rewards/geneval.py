@@ -341,5 +341,8 @@ def iter_metadata_lines(lines: Iterable[str], source_name: str) -> Iterator[dict
 
 def load_metadata(path: str | Path) -> list[dict[str, Any]]:
     """All records of a GenEval `evaluation_metadata.jsonl` file, validated."""
-    with open(path, encoding="utf-8") as lines:
-        return list(iter_metadata_lines(lines, str(path)))
+    try:
+        with open(path, encoding="utf-8-sig") as lines:  # -sig: a byte-order mark some editors write is skipped
+            return list(iter_metadata_lines(lines, str(path)))
+    except UnicodeDecodeError as error:
+        raise MetadataError(f"{path}: not UTF-8 text ({error.reason}); save it as UTF-8") from None

@@ -33,6 +33,22 @@ def test_unknown_kind_and_dtype_are_config_errors():
         config_from_dict({"model": {"dtype": "fp8"}})
 
 
+def test_a_device_torch_cannot_parse_is_a_config_error_and_cuda_without_a_gpu_a_load_error(monkeypatch):
+    import torch
+
+    from maskfocus.models import check_device
+    from maskfocus.models.base import ModelLoadError
+
+    with pytest.raises(
+        ConfigError, match=r"model.device: not a torch device \(e.g. cpu, cuda, cuda:1\) \(got 'tpu9'\)"
+    ):
+        config_from_dict({"model": {"device": "tpu9", "dtype": "auto"}})  # auto: resolved from the device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"^model.device cuda:1: torch sees no CUDA device on this machine"):
+        load_generator(config_from_dict({"model": {"device": "cuda:1"}}).model)
+    check_device("cpu")
+
+
 def test_loading_is_quiet_and_leaves_the_transformers_bar_as_it_was(capfd):
     from transformers.utils import logging as transformers_logging
 

@@ -96,6 +96,15 @@ def test_malformed_line_names_file_line_and_field(tmp_path: Path, bad_line: str,
     assert field in message
 
 
+def test_a_byte_order_mark_is_skipped_and_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "meta.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD_LINE.encode() + b"\n")
+    assert load_metadata(path) == list(iter_metadata_lines([GOOD_LINE], "mem"))
+    path.write_bytes(GOOD_LINE.replace("cat", "caf\u00e9").encode("latin-1") + b"\n")
+    with pytest.raises(MetadataError, match=r"meta.jsonl: not UTF-8 text \(invalid continuation byte\); save it"):
+        load_metadata(path)
+
+
 def test_blank_lines_are_skipped_and_good_lines_round_trip() -> None:
     records = list(iter_metadata_lines(["", GOOD_LINE, "   ", GOOD_LINE], "mem"))
     assert len(records) == 2
