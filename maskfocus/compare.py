@@ -60,15 +60,26 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
     config_path = folder / "config.yaml"
     if not config_path.is_file():
         raise CompareError(f"{folder}: not a run folder (no config.yaml); give run folders or a folder of them")
-    config = yaml.safe_load(config_path.read_text())
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise CompareError(f"{config_path}: not valid YAML: {error}") from None
     if not isinstance(config, dict):
         raise CompareError(f"{config_path}: expected a mapping of config sections, got {type(config).__name__}")
     metrics, summary = folder / "metrics.jsonl", folder / "eval" / "summary.json"
     try:
         records = read_metrics(metrics) if metrics.is_file() else []
-        final = json.loads(summary.read_text()) if summary.is_file() else None
-    except ValueError as error:  # a broken line names its file and line; a broken summary.json its position
+    except ValueError as error:  # a broken line names its file and line
         raise CompareError(f"{folder}: {error}") from None
+    try:
+        final = json.loads(summary.read_text()) if summary.is_file() else None
+    except ValueError as error:
+        raise CompareError(f"{summary}: not JSON ({error})") from None
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or type(record.get("iteration")) is not int:
+            raise CompareError(f"{metrics}: record {number} has no whole-number 'iteration': {str(record)[:80]}")
+    if final is not None:
+        check_summary(final, str(summary))
     curve = [
         (r["iteration"], float(r[curve_key]))
         for r in records
@@ -257,12 +268,26 @@ def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any
             summary = json.loads(base_path.read_text())
         except ValueError as error:
             raise CompareError(f"--base {base_path}: not JSON ({error})") from None
-        if not isinstance(summary, dict) or "overall" not in summary:
-            raise CompareError(f"--base {base_path}: no 'overall' key; expected `maskfocus eval --summary` output")
-        return summary
+        return check_summary(summary, f"--base {base_path}")
     if not runs or any(run.config.get("model.path") != BUILTIN_MODEL for run in runs):
         return None
     return builtin_base_summary()
+
+
+def check_summary(summary: Any, where: str) -> dict[str, Any]:
+    """An evaluation summary (`maskfocus eval --summary` output) has a finite `overall` and a mapping `tags` of tag
+    -> finite score: what the table and the figure read."""
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    expected = "expected `maskfocus eval --summary` output: {overall: number, tags: {tag: number}}"
+    if not isinstance(summary, dict) or not finite(summary.get("overall")):
+        raise CompareError(f"{where}: no numeric 'overall'; {expected}")
+    tags = summary.get("tags")
+    if not isinstance(tags, dict) or not all(finite(score) for score in tags.values()):
+        raise CompareError(f"{where}: 'tags' is not a mapping of tag -> number; {expected}")
+    return summary
 
 
 def builtin_base_summary() -> dict[str, Any] | None:

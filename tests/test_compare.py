@@ -3,6 +3,7 @@ hand computation, unfinished runs, bad paths, and the picture."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -129,10 +130,47 @@ def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
 def test_a_broken_metrics_or_summary_file_is_a_clear_error(ablation_runs):
     folder = ablation_runs / "critical_seed0"
     (folder / "eval" / "summary.json").write_text("{not json")
-    with pytest.raises(CompareError, match=r"critical_seed0: Expecting property name"):
+    with pytest.raises(CompareError, match=r"critical_seed0/eval/summary.json: not JSON \(Expecting property name"):
         load_run(folder)
     (folder / "metrics.jsonl").write_text('{"iteration": 0}\n{broken\n{"iteration": 2}\n')
     with pytest.raises(CompareError, match=r"metrics.jsonl:2"):
+        load_run(folder)
+
+
+@pytest.mark.parametrize(
+    ("summary", "problem"),
+    [
+        ([1, 2], "no numeric 'overall'"),
+        ({"tags": {}}, "no numeric 'overall'"),
+        ({"overall": "0.5", "tags": {}}, "no numeric 'overall'"),
+        ({"overall": None, "tags": {}}, "no numeric 'overall'"),
+        ({"overall": 0.5}, "'tags' is not a mapping of tag -> number"),
+        ({"overall": 0.5, "tags": [0.5]}, "'tags' is not a mapping of tag -> number"),
+        ({"overall": 0.5, "tags": {"colors": None}}, "'tags' is not a mapping of tag -> number"),
+    ],
+)
+def test_a_summary_of_the_wrong_shape_is_named_in_a_run_and_as_the_base(tmp_path, summary, problem):
+    folder = make_run(tmp_path / "run", {}, overall=0.5)
+    (folder / "eval" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(CompareError, match=rf"run/eval/summary.json: {problem}; expected `maskfocus eval --summary`"):
+        load_run(folder)
+    with pytest.raises(CompareError, match=rf"^--base .*summary.json: {problem}"):
+        base_summary([], folder / "eval" / "summary.json")
+
+
+@pytest.mark.parametrize("line", ['{"reward/mean": 0.5}', "[1, 2]", '{"iteration": "3"}', '{"iteration": true}'])
+def test_a_metrics_record_without_a_whole_number_iteration_is_named(tmp_path, line):
+    folder = make_run(tmp_path / "run", {}, overall=0.5)
+    with (folder / "metrics.jsonl").open("a") as metrics:
+        metrics.write(line + "\n" + '{"iteration": 9}\n')
+    with pytest.raises(CompareError, match=r"run/metrics.jsonl: record 6 has no whole-number 'iteration'"):
+        load_run(folder)
+
+
+def test_a_config_that_is_not_yaml_is_named(tmp_path):
+    folder = make_run(tmp_path / "run", {}, overall=0.5)
+    (folder / "config.yaml").write_text("seed: [1\n")
+    with pytest.raises(CompareError, match=r"run/config.yaml: not valid YAML"):
         load_run(folder)
 
 
