@@ -214,6 +214,11 @@ def sample_prompts(
     condition = model.encode_prompts(prompts)
     uncondition = None
     if cfg_scale != 1.0:
+        if negative_prompt:  # a word the tokenizer does not know would be dropped from it without a word
+            try:
+                model.check_prompts([negative_prompt])
+            except ValueError as error:  # UnknownWordError: named as the setting it came from
+                raise type(error)(f"sampler.negative_prompt: {error}") from None
         uncondition = model.encode_prompts([negative_prompt]).repeat_interleave(len(prompts))
     return sample(
         model,

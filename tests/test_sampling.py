@@ -289,3 +289,18 @@ def test_sample_prompts_records_nothing_by_default():
 def test_seeded_generators_differ_across_workers_and_iterations():
     draws = {tuple(torch.rand(4, generator=seeded_generator(0, i, w)).tolist()) for i in range(3) for w in range(3)}
     assert len(draws) == 9
+
+
+def test_a_negative_prompt_with_words_the_model_does_not_know_is_named_as_the_setting():
+    from maskfocus.models.tokenizer import UnknownWordError
+    from maskfocus.sampling import sample_prompts
+
+    class StrictToy(ToyGenerator):
+        def check_prompts(self, prompts):
+            if "zebra" in prompts[0]:
+                raise UnknownWordError(f"prompt {prompts[0]!r} uses word(s) the model does not know: zebra.")
+
+    options = {"num_steps": 2, "gumbel_temperature_initial": 1.0, "generator": torch.Generator().manual_seed(0)}
+    with pytest.raises(UnknownWordError, match=r"^sampler.negative_prompt: prompt 'blurry zebra' uses word"):
+        sample_prompts(StrictToy(), ["a"], cfg_scale=3.0, negative_prompt="blurry zebra", **options)
+    sample_prompts(StrictToy(), ["a"], cfg_scale=1.0, negative_prompt="blurry zebra", **options)  # no CFG: unused

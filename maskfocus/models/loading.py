@@ -133,6 +133,8 @@ def load_text_encoder(folder: Path, hint: str, dtype: torch.dtype, override: str
     if override is None:
         return load_part(CLIPTextModelWithProjection.from_pretrained, folder, "text_encoder", hint, dtype=dtype)
     path = Path(override).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"model.text_encoder {override}: no such folder (a local CLIPTextModelWithProjection)")
     return load_part(CLIPTextModelWithProjection.from_pretrained, path.parent, path.name, FOLDER_HINT, dtype=dtype)
 
 

@@ -16,6 +16,7 @@ PAD, BOS, UNK, EOS = "<pad>", "<bos>", "<unk>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, UNK, EOS)  # ids 0..3; EOS is deliberately not id 2 (CLIP's legacy argmax pooling)
 MAX_LENGTH = 24  # the longest shapes-world caption is 17 words
 _WORD = re.compile(r"[a-z]+")
+_NUMBER = re.compile(r"\d+")
 
 
 class UnknownWordError(ValueError):
@@ -54,6 +55,11 @@ def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
         return
     for prompt in prompts:
         words = _WORD.findall(prompt.lower())
+        if numbers := sorted(set(_NUMBER.findall(prompt))):
+            raise UnknownWordError(
+                f"prompt {prompt!r} has number(s) {', '.join(numbers)}, which the model's word tokenizer drops; "
+                "write them as words (two, three, four)"
+            )
         unknown = sorted({word for word in words if word not in vocab})
         if unknown:
             raise UnknownWordError(

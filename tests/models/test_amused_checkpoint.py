@@ -140,3 +140,8 @@ def test_text_encoder_of_another_width_is_rejected(amused_copy, tmp_path):
     build_text_encoder(build_clip_tokenizer(), width=16).save_pretrained(str(other))
     with pytest.raises(ModelLoadError, match="encoder_hidden_size=32 but the text encoder's hidden_size is 16"):
         AmusedGenerator.from_folder(amused_copy, text_encoder=str(other))
+
+
+def test_a_text_encoder_override_that_is_not_a_folder_is_named(amused_copy, tmp_path):
+    with pytest.raises(ModelLoadError, match=r"^model.text_encoder .*missing: no such folder"):
+        AmusedGenerator.from_folder(amused_copy, text_encoder=str(tmp_path / "missing"))

@@ -45,3 +45,11 @@ def test_too_long_prompt_is_rejected():
     tokenizer = build_word_tokenizer(["a"], max_length=6)
     with pytest.raises(UnknownWordError, match="at most 4"):
         check_prompts(tokenizer, ["a a a a a"])
+
+
+def test_a_number_in_digits_is_refused_rather_than_dropped():
+    """The word tokenizer reads only letters: "3 red circles" would be sampled as "red circles"."""
+    tokenizer = build_word_tokenizer(["a", "photo", "of", "red", "circles", "three"])
+    with pytest.raises(UnknownWordError, match=r"has number\(s\) 3, which the model's word tokenizer drops; write"):
+        check_prompts(tokenizer, ["a photo of 3 red circles"])
+    check_prompts(tokenizer, ["a photo of three red circles"])
