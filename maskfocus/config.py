@@ -347,7 +347,7 @@ def load_config(
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    origin = ErrorOrigin(str(path), yaml_key_lines(text), overridden=overrides or {}, options=options)
+    origin = ErrorOrigin(str(path), yaml_key_lines(text, str(path)), overridden=overrides or {}, options=options)
     return config_from_dict(_apply_overrides(data, overrides), str(path), origin)
 
 

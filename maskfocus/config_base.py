@@ -39,18 +39,24 @@ class Section(BaseModel):
 SectionT = TypeVar("SectionT", bound=Section)
 
 
-def yaml_key_lines(text: str) -> dict[Loc, int]:
+def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
     """The 1-based line of every key and list item of a YAML document, by its path.
 
-    `"a:\\n  b: [1, 2]\\n"` gives {("a",): 1, ("a", "b"): 2, ("a", "b", 0): 2, ("a", "b", 1): 2}.
+    `"a:\\n  b: [1, 2]\\n"` gives {("a",): 1, ("a", "b"): 2, ("a", "b", 0): 2, ("a", "b", 1): 2}. A key given
+    twice in one mapping is a ConfigError naming `source` and both lines (YAML itself keeps the last silently).
     """
     lines: dict[Loc, int] = {}
 
     def walk(node: yaml.Node, path: Loc) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                key_path = (*path, str(key_node.value))
-                lines.setdefault(key_path, key_node.start_mark.line + 1)
+                key_path, line = (*path, str(key_node.value)), key_node.start_mark.line + 1
+                if key_path in lines:
+                    raise ConfigError(
+                        f"{source}:{line}: {dotted(key_path)} is given twice (lines {lines[key_path]} and {line}); "
+                        "keep one"
+                    )
+                lines[key_path] = line
                 walk(value_node, key_path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):

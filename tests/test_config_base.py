@@ -61,6 +61,15 @@ def test_key_lines_of_flow_style_items():
     assert yaml_key_lines("") == {}
 
 
+def test_a_key_given_twice_names_both_lines():
+    """YAML keeps the last value without a word; a run would not sample with the steps its file seems to say."""
+    with pytest.raises(ConfigError, match=r"^run.yaml:4: sampler.num_steps is given twice \(lines 2 and 4\); keep one"):
+        yaml_key_lines("sampler:\n  num_steps: 12\n  cfg_scale: 3\n  num_steps: 8\n", "run.yaml")
+    with pytest.raises(ConfigError, match=r"^<text>:2: rewards.0.name is given twice \(lines 2 and 2\)"):
+        yaml_key_lines("rewards:\n  - {name: geneval, name: clip}\n")
+    assert yaml_key_lines("a:\n  x: 1\nb:\n  x: 2\n") == {("a",): 1, ("a", "x"): 2, ("b",): 3, ("b", "x"): 4}
+
+
 def test_section_at_follows_nested_and_list_fields():
     assert section_at(RunConfig, ("rewards", 0, "detector")).__name__ == "GenEvalDetectorConfig"
     assert section_at(RunConfig, ("sampler",)).__name__ == "SamplerConfig"

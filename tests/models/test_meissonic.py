@@ -38,6 +38,14 @@ def test_refuses_checkpoint_code_without_trust_and_never_imports_it(meissonic_co
     assert not (meissonic_copy / "transformer" / "IMPORTED").exists()
 
 
+def test_an_amused_folder_loaded_as_meissonic_says_to_set_kind_amused(amused_folder):
+    """It used to ask to trust the folder's code, then, once trusted, to copy a transformer.py into it."""
+    for trusted in (False, True):
+        config = ModelConfig(path=str(amused_folder), kind="meissonic", trust_checkpoint_code=trusted)
+        with pytest.raises(ModelLoadError, match=r"is an aMUSEd folder \(its model_index.json says so\); set model"):
+            load_generator(config)
+
+
 def test_trusted_folder_loads_the_class_from_its_own_file(model, meissonic_folder):
     assert type(model.transformer).__module__.startswith("maskfocus_checkpoint_code_")
     assert (meissonic_folder / "transformer" / "IMPORTED").exists()
