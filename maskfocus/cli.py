@@ -150,16 +150,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _detector_overrides(args: argparse.Namespace) -> dict:
     """Command-line changes to the evaluation detector (the config's geneval `detector` section)."""
-    flags = {
-        "detector": "kind",
-        "detector_path": "path",
-        "color_clip": "clip_model",
-        "server_url": "url",
-        "score_threshold": "score_threshold",
-        "counting_score_threshold": "counting_score_threshold",
-        "nms_iou": "nms_iou",
-    }
-    return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) is not None}
+    from maskfocus.evaluation import DETECTOR_OPTIONS
+
+    given = {key: getattr(args, option[2:].replace("-", "_"), None) for key, option in DETECTOR_OPTIONS.items()}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -67,6 +67,18 @@ def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector
         )
 
 
+DETECTOR_OPTIONS = {
+    "kind": "--detector",
+    "path": "--detector-path",
+    "clip_model": "--color-clip",
+    "url": "--server-url",
+    "score_threshold": "--score-threshold",
+    "counting_score_threshold": "--counting-score-threshold",
+    "nms_iou": "--nms-iou",
+}
+"""The detector settings `maskfocus eval` takes as options: config key -> option."""
+
+
 def eval_detector_config(
     config: RunConfig, overrides: dict[str, Any] | None = None
 ) -> tuple[GenEvalDetectorConfig, str]:
@@ -86,8 +98,13 @@ def eval_detector_config(
         base = detector.model_dump(exclude_unset=True) if overrides.get("kind", detector.kind) == detector.kind else {}
         return GenEvalDetectorConfig.model_validate({**base, **overrides}), field
     except ValidationError as error:
-        messages = "; ".join(f"{'.'.join(map(str, e['loc'])) or field}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"evaluation detector ({field} with command-line overrides): {messages}") from None
+        messages = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or field}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+        )
+        options = ", ".join(f"{option} sets {key}" for key, option in DETECTOR_OPTIONS.items())
+        raise ConfigError(
+            f"evaluation detector ({field} with the command line's options): {messages} ({options})"
+        ) from None
 
 
 def build_eval_judge(config: RunConfig, overrides: dict[str, Any] | None = None) -> Judge:

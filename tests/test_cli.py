@@ -113,6 +113,16 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
     assert "cannot detect" in cli_error(capsys, "eval", "--metadata", str(real), "--no-clip")
 
 
+def test_an_incomplete_detector_from_the_command_line_names_the_options_that_set_it(capsys):
+    error = cli_error(capsys, "eval", "--limit", "1", "--no-clip", "--detector", "owlv2", "--detector-path", "/x")
+    assert "rewards[0].detector: kind owlv2 needs `path` (the OWLv2 folder) and `clip_model`" in error
+    assert "Value error" not in error and "--detector-path sets path, --color-clip sets clip_model" in error
+    from maskfocus.cli import _detector_overrides, build_parser
+
+    args = build_parser().parse_args(["eval", "--nms-iou", "0.3", "--score-threshold", "0.4", "--color-clip", "c"])
+    assert _detector_overrides(args) == {"clip_model": "c", "score_threshold": 0.4, "nms_iou": 0.3}
+
+
 def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
     error = cli_error(capsys, "pretrain", "--out", str(tmp_path), "--set", "generator.transformer.width=128")
     assert "generator.transformer.width" in error and "unknown key" in error
