@@ -17,6 +17,7 @@ SPECIAL_TOKENS = (PAD, BOS, UNK, EOS)  # ids 0..3; EOS is deliberately not id 2 
 MAX_LENGTH = 24  # the longest shapes-world caption is 17 words
 _WORD = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"\d+")
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 
 class UnknownWordError(ValueError):
@@ -60,7 +61,7 @@ def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
                 f"prompt {prompt!r} has number(s) {', '.join(numbers)}, which the model's word tokenizer drops; "
                 "write them as words (two, three, four)"
             )
-        unknown = sorted({word for word in words if word not in vocab})
+        unknown = sorted({word for word in _LETTERS.findall(prompt.lower()) if word not in vocab})  # "circlé" whole
         if unknown:
             raise UnknownWordError(
                 f"prompt {prompt!r} uses word(s) the model does not know: {', '.join(unknown)}.\n"

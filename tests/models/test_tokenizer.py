@@ -53,3 +53,11 @@ def test_a_number_in_digits_is_refused_rather_than_dropped():
     with pytest.raises(UnknownWordError, match=r"has number\(s\) 3, which the model's word tokenizer drops; write"):
         check_prompts(tokenizer, ["a photo of 3 red circles"])
     check_prompts(tokenizer, ["a photo of three red circles"])
+
+
+def test_a_word_with_a_letter_outside_a_z_is_named_whole():
+    """The tokenizer splits "circlé" at the é; the error names the word the user wrote, not "circl"."""
+    tokenizer = build_word_tokenizer(["a", "circle"])
+    with pytest.raises(UnknownWordError, match=r"does not know: circlé\."):
+        check_prompts(tokenizer, ["a circlé"])
+    check_prompts(tokenizer, ["A circle."])  # case and punctuation are not words
