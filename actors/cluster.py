@@ -19,11 +19,12 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
         ray.init(num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
         return True
     source, address = given
-    check_reachable(address, source)
+    check_reachable(address, source)  # `maskfocus train` checked it already; a caller of train_ray may not have
     try:
         ray.init(address=address)
-    except ConnectionError as error:
-        raise ConfigError(f"{source} {address}: something answers there, but not a Ray cluster ({error})") from None
+    except ConnectionError as error:  # `auto` with no Ray on this node, or something other than Ray answers
+        cause = f"; {error.__cause__}" if error.__cause__ else ""
+        raise ConfigError(f"{source} {address}: could not join a Ray cluster there ({error}{cause})") from error
     return True
 
 
@@ -61,11 +62,12 @@ def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        timed_out = isinstance(error, TimeoutError)
+        reason = f"no answer within {timeout_s:.0f} s" if timed_out else error.strerror or type(error).__name__
         port_hint = "the Ray client port, 10001" if address.startswith("ray://") else "the GCS port, 6379"
         raise ConfigError(
-            f"{source} {address}: no Ray cluster answers there ({reason} within {timeout_s:.0f} s); start one with "
-            f"`ray start --head`, or check the host and port ({port_hint} by default)"
+            f"{source} {address}: no Ray cluster answers there ({reason}); start one with `ray start --head`, or "
+            f"check the host and port ({port_hint} by default)"
         ) from None
 
 

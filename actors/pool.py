@@ -114,10 +114,14 @@ def names_actor(error: BaseException, actor: ActorHandle) -> bool:
 
 
 def creation_failure(error: BaseException) -> str | None:
-    """What an actor's constructor raised (the last line of its remote traceback, e.g. `...ModelLoadError: model
-    folder not found: ...`), or None when `error` is not an actor that failed to start. Ray does not restart such
-    an actor: the same constructor would fail again."""
+    """What an actor's constructor raised: the exception at the end of its remote traceback, all of its lines
+    (e.g. `maskfocus.models.base.ModelLoadError: model folder not found: ...`); None when `error` is not an actor
+    that failed to start. Ray does not restart such an actor: the same constructor would fail again."""
     if not (isinstance(error, RayActorError) and error.actor_init_failed):
         return None
-    lines = [line.strip() for line in str(error.error_msg).splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+    lines = str(error.error_msg).splitlines()
+    frames = [index for index, line in enumerate(lines) if line.startswith('  File "')]
+    after = lines[frames[-1] + 1 :] if frames else lines
+    start = next((index for index, line in enumerate(after) if line and not line[0].isspace()), None)
+    text = "\n".join(after[start:]).strip() if start is not None else ""
+    return text or next((line.strip() for line in reversed(lines) if line.strip()), "no message")

@@ -22,7 +22,7 @@ from maskfocus.config import RunConfig
 from maskfocus.learner.weight_transport import WeightGroup, WeightReceiver
 from maskfocus.models import load_generator
 from maskfocus.rollout import rollout
-from maskfocus.sampling import seeded_generator
+from maskfocus.sampling import check_negative_prompt, seeded_generator
 from maskfocus.trainer import ROLLOUT
 from maskfocus.types import Trajectory
 
@@ -35,6 +35,7 @@ class RolloutWorker:
         self.config = config
         self.metrics = RunMetrics(run_name)
         self.model = load_generator(config.model)
+        check_negative_prompt(self.model, config.sampler)  # else the first rollout fails, after the workers started
         self.policy_version = 0
         """Version of the weights now loaded: 0 = the base model, v = after the learner's v-th update."""
         self.receiver: WeightReceiver | None = None

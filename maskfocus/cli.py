@@ -84,13 +84,14 @@ def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images:
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid, to_uint8
     from maskfocus.models import load_generator
-    from maskfocus.sampling import sample_with_config, seeded_generator
+    from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 
     config = load_config_or_default(args.config, *_sampler_overrides(args))
     check_output_file("--out", args.out, "image")
     model = load_generator(_model_config(args, config))
     prompts = [args.prompt] * args.num_images
     model.check_prompts(prompts[:1])
+    check_negative_prompt(model, config.sampler)
     sampler = _eager_for_few(args, config.sampler, args.num_images)
     result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
     images = to_uint8(model.decode(result.tokens_BL))

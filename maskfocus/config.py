@@ -173,7 +173,7 @@ class GRPOConfig(Section):
     so a group with a small reward spread weighs less than one with a large spread."""
     drop_zero_groups: bool = False
     """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
-    behaviour_weight_cap: float | None = Field(None, gt=0.0)
+    behaviour_weight_cap: float | None = Field(None, gt=0.0, allow_inf_nan=True)  # .inf: uncapped weights
     """Correction of stale batches (Ray, `ray.max_staleness` > 0): null = none, a batch sampled by an older policy
     version is learned as if the current weights had sampled it (its first ratio is 1). A number C: each scored
     token's surrogate is weighted by min(pi_now / pi_behaviour, C), pi_now being the weights when the batch's update
@@ -189,7 +189,7 @@ class OptimConfig(Section):
     """Peak learning rate."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay."""
-    grad_clip: float = Field(1.0, gt=0.0)
+    grad_clip: float = Field(1.0, gt=0.0, allow_inf_nan=True)  # .inf: no clipping
     """Max global gradient norm per optimizer step."""
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Learning rate at the last iteration, as a fraction of the peak (linear decay)."""
@@ -393,7 +393,8 @@ def default_run_config(overrides: dict[str, Any] | None = None, options: Mapping
     """configs/shapes_tiny.yaml with `overrides`, or the field defaults where that file is not installed."""
     if DEFAULT_CONFIG.is_file():
         return load_config(DEFAULT_CONFIG, overrides, options)
-    return config_from_dict(_apply_overrides({}, overrides), "<defaults>")
+    origin = ErrorOrigin("<defaults>", overridden=overrides or {}, options=options)
+    return config_from_dict(_apply_overrides({}, overrides), "<defaults>", origin)
 
 
 def load_config_or_default(

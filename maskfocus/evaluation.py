@@ -24,7 +24,7 @@ from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
 from maskfocus.rewards.judges import DetectBatch, DetectorJudge, Judge, build_judge
-from maskfocus.sampling import sample_with_config, seeded_generator
+from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 
 Detect = DetectBatch
 ClipScore = Callable[[torch.Tensor, list[str]], torch.Tensor]
@@ -212,6 +212,7 @@ def run_evaluation(
     assert (detect_batch is None) != (judge is None), "give run_evaluation either detect_batch or judge"
     judge = judge if judge is not None else DetectorJudge("detector", detect_batch)
     model.check_prompts(sorted({row["prompt"] for row in rows}))
+    check_negative_prompt(model, sampler)
     jobs = expand_jobs(rows, eval_config.num_images_per_prompt)
     records: list[dict[str, Any]] = []
     clip_values: list[float] = []

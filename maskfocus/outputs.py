@@ -25,6 +25,24 @@ def figure_suffixes() -> list[str]:
     return sorted(f".{suffix}" for suffix in FigureCanvasAgg(Figure()).get_supported_filetypes())
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (or dangling link) at `folder` or at the first existing folder above it, which stops `folder` from
+    being made; None when it can be made (or exists)."""
+    for candidate in (folder.absolute(), *folder.absolute().parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return None
+
+
+def check_output_folder(option: str, folder: Path) -> None:
+    """`folder` (given as `option`) exists as a folder or can be made: no file at it or on its way."""
+    if (blocking := file_in_the_way(folder)) is not None:
+        where = "is a file" if blocking == folder.absolute() else f"cannot be made: {blocking} is a file"
+        raise ConfigError(f"{option} {folder}: {where}; give a folder")
+
+
 def check_output_file(option: str, path: str | Path | None, kind: Literal["image", "figure", "file"]) -> None:
     """`path` (given as `option`) can be written as a `kind`: not an existing folder, no file where a folder on its
     way would be made, and a suffix that kind's writer knows. None (the option not given) passes."""
@@ -33,9 +51,8 @@ def check_output_file(option: str, path: str | Path | None, kind: Literal["image
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file path")
-    existing = next(folder for folder in path.absolute().parents if folder.exists())  # the root always exists
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {path}: {existing} is a file, so the folder cannot be made")
+    if (blocking := file_in_the_way(path.parent)) is not None:
+        raise ConfigError(f"{option} {path}: {blocking} is a file, so the folder cannot be made")
     if kind == "file":
         return
     allowed = image_suffixes() if kind == "image" else figure_suffixes()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.outputs import check_output_folder
 from maskfocus.update import lr_factor, schedule_span
 
 
@@ -47,7 +48,7 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
         if not parts or Path(name).is_absolute() or ".." in parts:
             raise ConfigError(
                 f"--name {name!r}: a run name is a folder path inside train.out_dir ({config.train.out_dir}): "
-                "not empty, not absolute, no '..'"
+                "not empty or '.', not absolute, no '..'"
             )
         folder = Path(config.train.out_dir) / name
     if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
@@ -55,13 +56,8 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
             f"run folder {folder} already holds a run; choose another --name, or continue it with "
             f"`maskfocus train --resume {shlex.quote(str(folder))}`"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocking = next(path for path in (folder, *folder.parents) if path.exists() and not path.is_dir())
-        raise ConfigError(
-            f"cannot make the run folder {folder}: {blocking} is a file; check train.out_dir and --name"
-        ) from None
+    check_output_folder("run folder (train.out_dir and --name)", folder)
+    folder.mkdir(parents=True, exist_ok=True)
     dump_config(config, folder / "config.yaml")
     return folder
 

@@ -196,6 +196,16 @@ def _remask(
     return x0_BL.masked_fill(remask_BL, mask_token_id)
 
 
+def check_negative_prompt(model: MaskedGenerator, sampler: SamplerConfig) -> None:
+    """The negative prompt CFG encodes holds only words the model knows (an unknown one would be dropped without a
+    word); checked once where a model is loaded to sample, with the error named as the setting."""
+    if sampler.negative_prompt and sampler.cfg_scale != 1.0:
+        try:
+            model.check_prompts([sampler.negative_prompt])
+        except ValueError as error:  # UnknownWordError
+            raise type(error)(f"sampler.negative_prompt: {error}") from None
+
+
 def sample_prompts(
     model: MaskedGenerator,
     prompts: list[str],
@@ -214,11 +224,6 @@ def sample_prompts(
     condition = model.encode_prompts(prompts)
     uncondition = None
     if cfg_scale != 1.0:
-        if negative_prompt:  # a word the tokenizer does not know would be dropped from it without a word
-            try:
-                model.check_prompts([negative_prompt])
-            except ValueError as error:  # UnknownWordError: named as the setting it came from
-                raise type(error)(f"sampler.negative_prompt: {error}") from None
         uncondition = model.encode_prompts([negative_prompt]).repeat_interleave(len(prompts))
     return sample(
         model,

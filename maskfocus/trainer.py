@@ -36,7 +36,7 @@ from maskfocus.run_io import (
     save_checkpoint,
     save_model_folder,
 )
-from maskfocus.sampling import sample_with_config, seeded_generator
+from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities
 from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
@@ -117,7 +117,11 @@ def _rows_by_weighted_tag(rows, tags, weights, path):
 
 
 def _text_prompts(path: str) -> list[dict[str, Any]]:
-    rows = [{"prompt": line.strip()} for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a byte-order mark some editors write is skipped
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"rollout.prompt_file: {path} is not UTF-8 text ({error.reason}); save it as UTF-8") from None
+    rows = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
     if not rows:
         raise ConfigError(f"rollout.prompt_file: {path} has no prompt")
     return rows
@@ -179,6 +183,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     """Run the whole RL loop in this process; returns the final summary (with the evaluation if enabled)."""
     torch.manual_seed(config.seed)
     model = load_generator(config.model, dtype="float32")  # the learner's float32 master weights
+    check_negative_prompt(model, config.sampler)
     sampler_model = rollout_model(config, model)
     reward_fn = build_rewards(config.rewards, device=config.model.device)
     image_embed = clip_image_embed(reward_fn) if config.selection.embedding == "clip" else None

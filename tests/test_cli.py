@@ -106,6 +106,12 @@ def test_missing_weights_say_how_to_rebuild(tmp_path, capsys):
     assert "not found" in cli_error(capsys, "sample", "--prompt", "a photo of a circle", "--model", str(tmp_path / "x"))
 
 
+@pytest.mark.parametrize("command", [["sample", "--prompt", "a circle"], ["eval", "--limit", "1", "--no-clip"]])
+def test_a_negative_prompt_the_model_cannot_read_is_named_before_sampling(capsys, command):
+    error = cli_error(capsys, *command, "--set", "sampler.negative_prompt='blurry zebra'")
+    assert error.startswith("maskfocus") and "sampler.negative_prompt: prompt 'blurry zebra' uses word(s)" in error
+
+
 def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
     real = ROOT.parent / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
     if not real.is_file():
@@ -145,8 +151,10 @@ def test_pretrain_refuses_an_output_that_is_a_file(tmp_path, capsys):
     weights = tmp_path / "weights"
     weights.write_text("not a folder")
     error = cli_error(capsys, "pretrain", "--out", str(weights), "--stages", "vq")
-    assert f"--out {weights}: exists and is not a folder" in error
+    assert f"--out {weights}: is a file; give a folder" in error
     assert weights.read_text() == "not a folder"
+    error = cli_error(capsys, "pretrain", "--out", str(weights / "below"), "--stages", "vq")
+    assert f"--out {weights / 'below'}: cannot be made: {weights} is a file; give a folder" in error
 
 
 def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(tmp_path, capsys):

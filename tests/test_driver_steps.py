@@ -143,7 +143,10 @@ def test_a_worker_that_could_not_start_stops_the_run_at_once_with_its_constructo
     run = bare_run(collective=False, max_restarts=2)
     error = ActorDiedError()  # the fields Ray sets from the constructor's RayTaskError
     error.actor_id = (run.rollouts if failed == "rollout" else run.rewards).actors[0]._actor_id.hex()
-    error.error_msg = "ray::Worker.__init__()\n  File\nmaskfocus.models.base.ModelLoadError: model folder not found: /x"
+    error.error_msg = (
+        'ray::Worker.__init__() (pid=1)\n  File "/w.py", line 3, in __init__\n    load()\n    ^^^^^^\n'
+        "maskfocus.models.base.ModelLoadError: model folder not found: /x"
+    )
     error._actor_init_failed = True
     expected = f"^{failed} worker 0 could not start: maskfocus.models.base.ModelLoadError: model folder not found: /x$"
     with pytest.raises(RuntimeError, match=expected):

@@ -35,6 +35,20 @@ def test_a_bad_output_path_names_the_option_the_path_and_what_is_allowed(tmp_pat
     assert str(raised.value).startswith(message.format(path=path, tmp=tmp_path))
 
 
+def test_a_folder_with_a_file_or_a_dangling_link_in_its_way_is_named(tmp_path):
+    from maskfocus.outputs import check_output_folder, file_in_the_way
+
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    assert file_in_the_way(tmp_path / "new" / "deeper") is None and file_in_the_way(tmp_path) is None
+    assert file_in_the_way(tmp_path / "afile" / "x") == tmp_path / "afile"
+    assert file_in_the_way(tmp_path / "link") == tmp_path / "link"
+    with pytest.raises(ConfigError, match=r"^--out .*afile: is a file; give a folder$"):
+        check_output_folder("--out", tmp_path / "afile")
+    with pytest.raises(ConfigError, match=rf"^--out .*link/x: cannot be made: {tmp_path / 'link'} is a file"):
+        check_output_folder("--out", tmp_path / "link" / "x")
+
+
 @pytest.mark.parametrize(
     ("name", "kind"), [("grid.PNG", "image"), ("c.svg", "figure"), ("r.jsonl", "file"), (None, "file")]
 )

@@ -54,7 +54,8 @@ def test_a_file_in_the_run_folders_way_is_named(tmp_path, out_dir, name):
         file.write_text("a file")
     config = config_from_dict({"train": {"out_dir": str(tmp_path / out_dir)}})
     blocking = tmp_path / ("runs/taken" if out_dir == "runs" else "taken")
-    with pytest.raises(ConfigError, match=rf"cannot make the run folder .*: {blocking} is a file; check train.out_dir"):
+    expected = rf"^run folder \(train.out_dir and --name\) .*: (is a file|cannot be made: {blocking} is a file); give"
+    with pytest.raises(ConfigError, match=expected):
         new_run_folder(config, name)
 
 

@@ -292,15 +292,13 @@ def test_seeded_generators_differ_across_workers_and_iterations():
 
 
 def test_a_negative_prompt_with_words_the_model_does_not_know_is_named_as_the_setting():
-    from maskfocus.models.tokenizer import UnknownWordError
-    from maskfocus.sampling import sample_prompts
+    from maskfocus.config import SamplerConfig
+    from maskfocus.models.tokenizer import UnknownWordError, build_word_tokenizer, check_prompts
+    from maskfocus.sampling import check_negative_prompt
 
-    class StrictToy(ToyGenerator):
-        def check_prompts(self, prompts):
-            if "zebra" in prompts[0]:
-                raise UnknownWordError(f"prompt {prompts[0]!r} uses word(s) the model does not know: zebra.")
-
-    options = {"num_steps": 2, "gumbel_temperature_initial": 1.0, "generator": torch.Generator().manual_seed(0)}
-    with pytest.raises(UnknownWordError, match=r"^sampler.negative_prompt: prompt 'blurry zebra' uses word"):
-        sample_prompts(StrictToy(), ["a"], cfg_scale=3.0, negative_prompt="blurry zebra", **options)
-    sample_prompts(StrictToy(), ["a"], cfg_scale=1.0, negative_prompt="blurry zebra", **options)  # no CFG: unused
+    tokenizer = build_word_tokenizer(["a", "photo", "blurry"])
+    model = SimpleNamespace(check_prompts=lambda prompts: check_prompts(tokenizer, prompts))
+    with pytest.raises(UnknownWordError, match=r"^sampler.negative_prompt: prompt 'blurry zebra' uses word\(s\) the"):
+        check_negative_prompt(model, SamplerConfig(negative_prompt="blurry zebra", cfg_scale=3.0))
+    check_negative_prompt(model, SamplerConfig(negative_prompt="blurry zebra", cfg_scale=1.0))  # no CFG: not used
+    check_negative_prompt(model, SamplerConfig(negative_prompt="blurry", cfg_scale=3.0))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -58,15 +57,6 @@ def native_resolution(transformer_config, vq_config) -> int:
     return int(sample_size) * vq_downscale(vq_config)
 
 
-def read_json_key(path: Path, key: str) -> object:
-    """`key` of the JSON object in `path`; None when the file is missing, not JSON or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data.get(key) if isinstance(data, dict) else None
-
-
 def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
     """The transformer class defined in `<folder>/transformer/transformer.py`, named by its config's `_class_name`.
 
@@ -74,9 +64,10 @@ def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
     `model.trust_checkpoint_code: true`."""
     path = folder / "transformer" / CODE_FILE
     if not path.is_file():
-        pipeline = read_json_key(folder / "model_index.json", "_class_name")
-        if pipeline == "AmusedPipeline":
-            raise ModelLoadError(f"{folder} is an aMUSEd folder (its model_index.json says so); set model.kind: amused")
+        if read_config(folder, "transformer").get("_class_name") == "UVit2DModel":
+            raise ModelLoadError(
+                f"{folder} is an aMUSEd folder (its transformer is a UVit2DModel); set model.kind: amused"
+            )
         raise ModelLoadError(
             f"{folder} has no transformer/{CODE_FILE}: copy the Transformer2DModel source of the Meissonic release "
             "(src/transformer.py of github.com/viiika/Meissonic) there"

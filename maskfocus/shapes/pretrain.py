@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from maskfocus.config import Section
 from maskfocus.config_base import ConfigError
+from maskfocus.outputs import check_output_folder
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
 from maskfocus.shapes.pretrain_vq import VQPretrainConfig
@@ -80,8 +81,7 @@ def run_pretraining(
         raise ConfigError(f"--stages: {given}; choose from {', '.join(STAGES)}")
     config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
     out = out or default_output()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder (the weights are written into a folder)")
+    check_output_folder("--out", out)
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}

@@ -1,5 +1,5 @@
-"""Joining a cluster: a wrong address is a clear error in seconds, naming where it was given (ray.init would retry
-for minutes with only its own log lines)."""
+"""Joining a cluster: a closed port or an unknown host is a clear error in seconds, naming where the address was
+given (ray.init would retry for minutes with only its own log lines); a join Ray refuses is one clear line too."""
 
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ def test_a_dashboard_address_is_refused_as_the_job_servers(monkeypatch):
         check_cluster_reachable(RayConfig(), "http://head:8265")
 
 
-def test_something_that_answers_but_is_not_ray_is_one_clear_error(monkeypatch, listening):
+def test_a_failed_join_is_one_clear_error_naming_the_address(monkeypatch, listening):
     def refuse(**kwargs):
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(cluster.ray, "init", refuse)
-    with pytest.raises(ConfigError, match=rf"^--address {listening}: something answers there, but not a Ray cluster"):
+    with pytest.raises(ConfigError, match=rf"^--address {listening}: could not join a Ray cluster there \(Failed to"):
         connect(RayConfig(), listening)

@@ -9,21 +9,30 @@ from maskfocus.actors.pool import WorkerPool, creation_failure, make_actors
 from maskfocus.actors.rollout_worker import RolloutWorker
 
 
-def test_an_actor_whose_constructor_raised_is_reported_by_its_exception_and_not_restarted(ray_session, tmp_path):
-    """A rollout worker whose model folder is gone (the CLI checks the folder first, but a node may lack it)."""
+@pytest.mark.parametrize("broken", ["model folder", "negative prompt"])
+def test_an_actor_whose_constructor_raised_is_reported_by_its_exception_and_not_restarted(
+    ray_session, random_model, tmp_path, broken
+):
+    """A rollout worker whose model folder is gone (the CLI checks the folder first, but a node may lack it), and one
+    whose negative prompt the model cannot read: an exception of two lines keeps both."""
     import ray
     from ray.exceptions import ActorDiedError
 
-    config = tiny_config(tmp_path / "nowhere", tmp_path)
+    if broken == "model folder":
+        config = tiny_config(tmp_path / "nowhere", tmp_path)
+        expected = f"maskfocus.models.base.ModelLoadError: model folder not found: {tmp_path / 'nowhere'}"
+    else:
+        config = tiny_config(random_model, tmp_path, sampler={"negative_prompt": "blurry zebra", "num_steps": 4})
+        expected = "maskfocus.models.tokenizer.UnknownWordError: sampler.negative_prompt: prompt 'blurry zebra' uses"
     pool = WorkerPool(make_actors(RolloutWorker, 1, config, num_cpus=0, max_restarts=2))
     try:
         with pytest.raises(ActorDiedError) as raised:
             ray.get(pool.actors[0].sample.remote([], 0), timeout=RAY_TIMEOUT_S)
         cause = creation_failure(raised.value)
-        assert cause.startswith(f"maskfocus.models.base.ModelLoadError: model folder not found: {tmp_path / 'nowhere'}")
+        assert cause.startswith(expected) and ("\nKnown words: " in cause) == (broken == "negative prompt")
         with pytest.raises(ActorDiedError) as again:  # max_restarts does not bring it back
             pool.wait_ready(0, RAY_TIMEOUT_S)
-        assert creation_failure(again.value) == creation_failure(raised.value)
+        assert creation_failure(again.value) == cause
     finally:
         pool.kill()
 

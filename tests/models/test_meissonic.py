@@ -42,7 +42,9 @@ def test_an_amused_folder_loaded_as_meissonic_says_to_set_kind_amused(amused_fol
     """It used to ask to trust the folder's code, then, once trusted, to copy a transformer.py into it."""
     for trusted in (False, True):
         config = ModelConfig(path=str(amused_folder), kind="meissonic", trust_checkpoint_code=trusted)
-        with pytest.raises(ModelLoadError, match=r"is an aMUSEd folder \(its model_index.json says so\); set model"):
+        with pytest.raises(
+            ModelLoadError, match=r"is an aMUSEd folder \(a UVit2DModel transformer\); set model.kind: amused"
+        ):
             load_generator(config)
 
 
