@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
-    sample.add_argument("--scale", type=scale_factor, default=3, help="upscale factor of the PNG tiles (1 to 16)")
+    sample.add_argument("--scale", type=scale_factor, default=3, help="upscale factor of the PNG tiles (1 to 32)")
     _add_set_option(
         sample,
         "override a config key (repeatable); sampling is eager below 400 images, where compiling costs more than it "
@@ -315,10 +315,10 @@ def positive_int(text: str) -> int:
 
 
 def scale_factor(text: str) -> int:
-    """argparse type of `sample --scale`: 1 to 16 (a 64-pixel tile at 16x is 1,024 pixels wide)."""
+    """argparse type of `sample --scale`: 1 to 32 (a 64-pixel tile at 32x is 2,048 pixels wide)."""
     value = positive_int(text)
-    if value > 16:
-        raise argparse.ArgumentTypeError(f"must be <= 16, got {value}")
+    if value > 32:
+        raise argparse.ArgumentTypeError(f"must be <= 32, got {value}")
     return value
 
 

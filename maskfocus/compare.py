@@ -77,7 +77,10 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
         raise CompareError(f"{summary}: not JSON ({error})") from None
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict) or type(record.get("iteration")) is not int:
-            raise CompareError(f"{metrics}: record {number} has no whole-number 'iteration': {str(record)[:80]}")
+            shown = str(record)[:80]
+            raise CompareError(
+                f"{metrics}: record {number} (blank lines not counted) has no whole-number 'iteration': {shown}"
+            )
     if final is not None:
         check_summary(final, str(summary))
     curve = [

@@ -101,7 +101,9 @@ def eval_detector_config(
         messages = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or field}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
         )
-        options = ", ".join(f"{option} sets {key}" for key, option in DETECTOR_OPTIONS.items())
+        fields = {str(e["loc"][-1]) for e in error.errors() if e["loc"]}
+        named = [key for key in DETECTOR_OPTIONS if key in fields or f"`{key}`" in messages]
+        options = ", ".join(f"{DETECTOR_OPTIONS[key]} sets {key}" for key in named or DETECTOR_OPTIONS)
         raise ConfigError(
             f"evaluation detector ({field} with the command line's options): {messages} ({options})"
         ) from None

@@ -167,8 +167,17 @@ def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(t
     assert f"model folder not found: {missing}" in error
     assert not runs.exists()
     (partial := tmp_path / "partial" / "transformer").mkdir(parents=True)
-    error = cli_error(capsys, "train", "--set", f"model.path={partial.parent}", "--set", "model.kind=meissonic")
+    settings = [
+        "--set",
+        f"model.path={partial.parent}",
+        "--set",
+        "model.kind=meissonic",
+        "--set",
+        f"train.out_dir={runs}",
+    ]
+    error = cli_error(capsys, "train", *settings)
     assert "missing part(s) vqvae, text_encoder, tokenizer (a Meissonic folder needs" in error
+    assert not runs.exists()
     run = tmp_path / "run"
     run.mkdir()
     dump_config(default_run_config({"model.path": str(missing)}), run / "config.yaml")
@@ -276,7 +285,7 @@ def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
         (["eval", "--num-images-per-prompt", "x"], "argument --num-images-per-prompt: expected a whole number"),
         (["train", "--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
         (["sample", "--prompt", "a red circle", "--scale", "0"], "argument --scale: must be >= 1, got 0"),
-        (["sample", "--prompt", "a red circle", "--scale", "17"], "argument --scale: must be <= 16, got 17"),
+        (["sample", "--prompt", "a red circle", "--scale", "33"], "argument --scale: must be <= 32, got 33"),
         (["compare", ".", "--window", "0"], "argument --window: must be >= 1, got 0"),
     ],
 )

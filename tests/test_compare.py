@@ -163,7 +163,9 @@ def test_a_metrics_record_without_a_whole_number_iteration_is_named(tmp_path, li
     folder = make_run(tmp_path / "run", {}, overall=0.5)
     with (folder / "metrics.jsonl").open("a") as metrics:
         metrics.write(line + "\n" + '{"iteration": 9}\n')
-    with pytest.raises(CompareError, match=r"run/metrics.jsonl: record 6 has no whole-number 'iteration'"):
+    with pytest.raises(
+        CompareError, match=r"run/metrics.jsonl: record 6 \(blank lines not counted\) has no whole-number 'iteration'"
+    ):
         load_run(folder)
 
 

@@ -141,6 +141,26 @@ def test_infinite_and_nan_numbers_are_refused(tmp_path, value):
     assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:2: sampler.cfg_scale: Input should be a finite number")
 
 
+def test_infinity_stays_allowed_where_it_means_no_limit(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  grad_clip: .inf\ngrpo:\n  behaviour_weight_cap: .inf\n")
+    config = load_config(path)
+    assert config.optim.grad_clip == float("inf") and config.grpo.behaviour_weight_cap == float("inf")
+    path.write_text("optim:\n  grad_clip: .nan\n")
+    with pytest.raises(ConfigError, match=r"optim.grad_clip: Input should be greater than 0"):
+        load_config(path)
+
+
+def test_without_the_shipped_yaml_the_defaults_still_name_the_option(monkeypatch, tmp_path):
+    """A wheel installed without configs/ builds the config from the field defaults."""
+    import maskfocus.config
+
+    monkeypatch.setattr(maskfocus.config, "DEFAULT_CONFIG", tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError) as error:
+        maskfocus.config.default_run_config({"sampler.cfg_scale": -1.0}, {"sampler.cfg_scale": "--cfg"})
+    assert str(error.value).splitlines()[1].startswith("  --cfg: sampler.cfg_scale: Input should be greater")
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
     [
