@@ -43,7 +43,7 @@ def test_an_amused_folder_loaded_as_meissonic_says_to_set_kind_amused(amused_fol
     for trusted in (False, True):
         config = ModelConfig(path=str(amused_folder), kind="meissonic", trust_checkpoint_code=trusted)
         with pytest.raises(
-            ModelLoadError, match=r"is an aMUSEd folder \(a UVit2DModel transformer\); set model.kind: amused"
+            ModelLoadError, match=r"is an aMUSEd folder \(its transformer is a UVit2DModel\); set model.kind: amused"
         ):
             load_generator(config)
 
