@@ -16,7 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from maskfocus.config_base import ConfigError, ErrorOrigin, Section, SectionT, format_validation_error, yaml_key_lines
+from maskfocus.config_base import (
+    ConfigError,
+    ErrorOrigin,
+    Section,
+    SectionT,
+    apply_overrides,
+    format_validation_error,
+    yaml_key_lines,
+)
 from maskfocus.config_ray import RayConfig as RayConfig  # re-exported: one config tree
 from maskfocus.config_rewards import GenEvalDetectorConfig as GenEvalDetectorConfig  # re-exported: one config tree
 from maskfocus.config_rewards import RewardSpec
@@ -326,7 +334,7 @@ def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None
     The overrides land on the dumped defaults, so setting one field of a sub-section whose default differs from its
     type's (`generator.caption_mix.p_count`) keeps that default's other fields."""
     origin = ErrorOrigin(source, overridden=overrides or {})
-    return validate_section(cls, _apply_overrides(cls().model_dump(), overrides), source, origin)
+    return validate_section(cls, apply_overrides(cls().model_dump(), overrides), source, origin)
 
 
 def load_config(
@@ -348,7 +356,7 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     origin = ErrorOrigin(str(path), yaml_key_lines(text, str(path)), overridden=overrides or {}, options=options)
-    return config_from_dict(_apply_overrides(data, overrides), str(path), origin)
+    return config_from_dict(apply_overrides(data, overrides), str(path), origin)
 
 
 def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> dict[str, Any]:
@@ -357,31 +365,6 @@ def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> di
     if not trust_checkpoint_code:
         return {"model.path": path}
     return {"model.path": path, "model.kind": "meissonic", "model.trust_checkpoint_code": True}
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
-    keys = dotted.split(".")
-    node: Any = data
-    for depth, key in enumerate(keys):
-        where = ".".join(keys[:depth]) or "the top level"
-        index: Any = key
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(f"--set {dotted}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}")
-            index = int(key)
-        elif not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
-        if depth == len(keys) - 1:
-            node[index] = value
-        else:
-            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
-
-
-def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    return data
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
@@ -394,7 +377,7 @@ def default_run_config(overrides: dict[str, Any] | None = None, options: Mapping
     if DEFAULT_CONFIG.is_file():
         return load_config(DEFAULT_CONFIG, overrides, options)
     origin = ErrorOrigin("<defaults>", overridden=overrides or {}, options=options)
-    return config_from_dict(_apply_overrides({}, overrides), "<defaults>", origin)
+    return config_from_dict(apply_overrides({}, overrides), "<defaults>", origin)
 
 
 def load_config_or_default(

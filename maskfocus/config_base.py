@@ -208,3 +208,29 @@ def parse_set(items: list[str]) -> dict:
                 f"{key.strip()}=\"'...'\""
             ) from None
     return overrides
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
+    keys = dotted.split(".")
+    node: Any = data
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[:depth]) or "the top level"
+        index: Any = key
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}")
+            index = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
+        if depth == len(keys) - 1:
+            node[index] = value
+        else:
+            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`data` with each dotted override set in place (see `set_dotted`)."""
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return data
