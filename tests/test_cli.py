@@ -129,6 +129,18 @@ def test_an_incomplete_detector_from_the_command_line_names_the_options_that_set
     assert _detector_overrides(args) == {"clip_model": "c", "score_threshold": 0.4, "nms_iou": 0.3}
 
 
+def test_every_option_of_the_detector_table_is_an_eval_option():
+    """`_detector_overrides` reads the options named in evaluation.DETECTOR_OPTIONS: one renamed in the parser alone
+    would be ignored without a word."""
+    from maskfocus.cli import _detector_overrides, build_parser
+    from maskfocus.evaluation import DETECTOR_OPTIONS
+
+    values = {"kind": "owlv2", "path": "p", "clip_model": "c", "url": "u"}
+    argv = [arg for key, option in DETECTOR_OPTIONS.items() for arg in (option, values.get(key, "0.5"))]
+    overrides = _detector_overrides(build_parser().parse_args(["eval", *argv]))
+    assert overrides == {key: values.get(key, 0.5) for key in DETECTOR_OPTIONS}
+
+
 def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
     error = cli_error(capsys, "pretrain", "--out", str(tmp_path), "--set", "generator.transformer.width=128")
     assert "generator.transformer.width" in error and "unknown key" in error
