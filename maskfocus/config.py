@@ -22,6 +22,8 @@ from maskfocus.config_base import (
     Section,
     SectionT,
     apply_overrides,
+    cycle_in,
+    dotted,
     format_validation_error,
     yaml_key_lines,
 )
@@ -322,10 +324,15 @@ def validate_section(
     """Validate a plain dict into any config class (`RunConfig`, `PretrainConfig`), with ConfigError on failure.
 
     `origin` says where the values came from (file lines, `--set` keys), so that each error names its line."""
+    origin = origin or ErrorOrigin(source)
+    cycle = cycle_in(data)
+    if cycle is not None:  # validation would recurse until Python's RecursionError
+        where = origin.where(cycle)
+        raise ConfigError(f"{where}: {dotted(cycle)} contains itself (a YAML alias inside its own anchor)")
     try:
         return cls.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, cls, origin or ErrorOrigin(source))) from None
+        raise ConfigError(format_validation_error(error, cls, origin)) from None
 
 
 def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None, source: str) -> SectionT:

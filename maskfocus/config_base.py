@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 Loc = tuple[str | int, ...]
 """A path into a config: mapping keys as strings, list indices as ints (pydantic's `loc`)."""
@@ -35,6 +36,36 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_true_false_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `num_steps: true` as 1 without a word; a number field takes numbers only."""
+        if info.field_name is not None and _bool_for_number(value, cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number is needed, not true or false")
+        return value
+
+
+def _scalar_kinds(annotation: Any) -> set[Any]:
+    """The plain types a field's annotation admits, through `X | None`, `Optional` and `Annotated`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        arguments = typing.get_args(annotation)
+        parts = arguments[:1] if typing.get_origin(annotation) is typing.Annotated else arguments
+        return set().union(*(_scalar_kinds(part) for part in parts))
+    return {annotation}
+
+
+def _bool_for_number(value: Any, annotation: Any) -> bool:
+    """True where `value` (or an item of a list given for a tuple or list of numbers) is true/false and the field
+    takes int or float but not bool."""
+    kinds = _scalar_kinds(annotation)
+    if isinstance(value, bool):
+        return bool(kinds & {int, float}) and not kinds & {bool, Any}
+    if isinstance(value, list | tuple):
+        items = [typing.get_args(kind) for kind in kinds if typing.get_origin(kind) in (tuple, list)]
+        item_types = [item for arguments in items for item in arguments if item is not Ellipsis]
+        return any(_bool_for_number(item, item_type) for item in value for item_type in item_types[:1])
+    return False
+
 
 SectionT = TypeVar("SectionT", bound=Section)
 
@@ -47,7 +78,10 @@ def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
     """
     lines: dict[Loc, int] = {}
 
-    def walk(node: yaml.Node, path: Loc) -> None:
+    def walk(node: yaml.Node, path: Loc, enclosing: frozenset[int] = frozenset()) -> None:
+        if id(node) in enclosing:  # an alias inside its own anchor; `cycle_in` names it
+            return
+        enclosing |= {id(node)}
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key_path, line = (*path, str(key_node.value)), key_node.start_mark.line + 1
@@ -57,16 +91,31 @@ def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
                         "keep one"
                     )
                 lines[key_path] = line
-                walk(value_node, key_path)
+                walk(value_node, key_path, enclosing)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 lines.setdefault((*path, index), item.start_mark.line + 1)
-                walk(item, (*path, index))
+                walk(item, (*path, index), enclosing)
 
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
     return lines
+
+
+def cycle_in(tree: Any, path: Loc = (), enclosing: frozenset[int] = frozenset()) -> Loc | None:
+    """The path of the first list or mapping that contains itself (YAML `&a [*a]`), else None. Such a value made
+    validation recurse until Python's RecursionError."""
+    if not isinstance(tree, dict | list):
+        return None
+    if id(tree) in enclosing:
+        return path
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
+        found = cycle_in(value, (*path, key if isinstance(key, int) else str(key)), enclosing | {id(tree)})
+        if found is not None:
+            return found
+    return None
 
 
 def dotted(loc: Iterable[str | int]) -> str:

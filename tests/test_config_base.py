@@ -151,6 +151,37 @@ def test_infinity_stays_allowed_where_it_means_no_limit(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("sampler:\n  num_steps: true\n", "sampler.num_steps"),  # int: pydantic alone reads it as 1
+        ("sampler:\n  cfg_scale: false\n", "sampler.cfg_scale"),  # float
+        ("grpo:\n  clip_eps: true\n", "grpo.clip_eps"),  # float | None
+        ("rollout:\n  tag_weights: [1, true, 1, 1, 1, 1]\n", "rollout.tag_weights"),  # tuple[float, ...] | None
+    ],
+)
+def test_true_or_false_is_refused_where_a_number_is_needed(tmp_path, text, key):
+    lines = _error(tmp_path / "run.yaml", text)
+    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:2: {key}: a number is needed, not true or false")
+
+
+def test_true_and_false_still_set_switches_and_numbers_still_set_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("sampler:\n  compile: false\n  num_steps: 6\n  cfg_scale: 2\ntrain:\n  final_eval: false\n")
+    config = load_config(path)
+    assert (config.sampler.compile, config.train.final_eval) == (False, False)
+    assert (config.sampler.num_steps, config.sampler.cfg_scale) == (6, 2.0)
+
+
+def test_a_value_that_contains_itself_is_named_not_a_recursion_error(tmp_path):
+    """`&a [*a]` made a list inside itself; validating it recursed until Python gave up."""
+    lines = _error(tmp_path / "run.yaml", "seed: 0\nrollout:\n  tags: &t [single_object, *t]\n")
+    assert lines == [f"{tmp_path / 'run.yaml'}:3: rollout.tags.1 contains itself (a YAML alias inside its own anchor)"]
+    overrides = parse_set(["rollout.tags=&a [*a]"])
+    lines = _error(tmp_path / "run.yaml", "seed: 0\n", overrides)
+    assert lines == ["--set rollout.tags: rollout.tags.0 contains itself (a YAML alias inside its own anchor)"]
+
+
 def test_without_the_shipped_yaml_the_defaults_still_name_the_option(monkeypatch, tmp_path):
     """A wheel installed without configs/ builds the config from the field defaults."""
     import maskfocus.config
