@@ -33,6 +33,8 @@ def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str]
             xs, ys = zip(*run.curve, strict=True)
             legend = _legend_label(letters[label], label) if run_index == 0 else None
             ax.plot(xs, moving_average(list(ys), window), color=colours(index), linewidth=1.2, label=legend)
+    if not any(run.curve for group in groups.values() for run in group):
+        ax.text(0.5, 0.5, f"no run has logged {key} yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"{key} ({window}-point mean)")
     ax.set_title("one line per run, one colour per config", fontsize=9)

@@ -299,6 +299,25 @@ def test_final_bars_of_an_unscored_tag_have_no_height(tmp_path):
     assert math.isnan(heights[1][1]) and heights[1][0] == 0.6 and heights[1][2:] == pytest.approx([0.7, 0.5])
 
 
+def test_runs_without_metrics_say_so_in_the_curve_panel(tmp_path):
+    """Runs that have not logged an iteration yet drew an empty, unlabelled axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from maskfocus.compare_plot import _plot_curves
+
+    logged, fresh = make_run(tmp_path / "a", {}, None), make_run(tmp_path / "b", {"seed": 1}, None, iterations=0)
+    for folders, expected in (([fresh], ["no run has logged reward/mean yet"]), ([logged, fresh], [])):
+        groups, _ = group_runs([load_run(folder) for folder in folders])
+        fig, ax = plt.subplots()
+        _plot_curves(ax, groups, {label: label for label in groups}, lambda i: "C0", 10, "reward/mean")
+        assert [text.get_text() for text in ax.texts] == expected
+        assert len(ax.lines) == len(folders) - 1
+        plt.close(fig)
+
+
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     import subprocess
     import sys
