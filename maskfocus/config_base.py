@@ -163,8 +163,15 @@ def _shown_input(item: Mapping[str, Any]) -> str:
     value = item.get("input")
     if item["type"] in ("missing", "extra_forbidden") or not isinstance(value, str | int | float | bool | None):
         return ""
-    shown = repr(value)
+    shown = _as_yaml(value)
     return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
+def _as_yaml(value: str | int | float | bool | None) -> str:
+    """A plain value as the YAML the user wrote: `true`, `null`, `3`, `'foo'`."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return repr(value)
 
 
 class ErrorOrigin:

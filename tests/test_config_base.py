@@ -165,6 +165,13 @@ def test_true_or_false_is_refused_where_a_number_is_needed(tmp_path, text, key):
     assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:2: {key}: a number is needed, not true or false")
 
 
+def test_a_rejected_value_is_shown_as_yaml_spells_it(tmp_path):
+    assert _error(tmp_path / "run.yaml", "sampler:\n  num_steps: false\n")[1].endswith("(got false)")
+    assert _error(tmp_path / "run.yaml", "optim:\n  grad_clip: null\n")[1].endswith("(got null)")
+    assert _error(tmp_path / "run.yaml", "sampler:\n  num_steps: 0\n")[1].endswith("(got 0)")  # not `false`
+    assert _error(tmp_path / "run.yaml", "grpo:\n  remask: foo\n")[1].endswith("(got 'foo')")
+
+
 def test_true_and_false_still_set_switches_and_numbers_still_set_numbers(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("sampler:\n  compile: false\n  num_steps: 6\n  cfg_scale: 2\ntrain:\n  final_eval: false\n")
