@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Time `maskfocus eval` over the whole shapes-geneval benchmark (600 rows x 4 images) on this machine.
+# Time `maskfocus eval` over the whole shapes-geneval benchmark (588 rows x 4 images = 2,352) on this machine.
 # Usage: benchmarks/eval_speed.sh [OUT_DIR]; writes OUT_DIR/summary.json and prints the wall time.
 set -euo pipefail
 out=${1:-runs/bench_eval}
