@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
+from maskfocus.script_args import positive_int, run_script
 from maskfocus.shapes.render import render_batch
 
 
@@ -53,7 +54,7 @@ def preference(clip: ClipScorer, pairs: list) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clip", nargs="?", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
-    parser.add_argument("--pairs", type=int, default=512, help="pairs per kind")
+    parser.add_argument("--pairs", type=positive_int, default=512, help="pairs per kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(PAIRS.KINDS), default=list(PAIRS.KINDS))
     args = parser.parse_args()
@@ -67,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

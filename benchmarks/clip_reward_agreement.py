@@ -28,6 +28,7 @@ from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
+from maskfocus.script_args import positive_int, run_script
 
 
 def pairwise_auc(groups: Sequence[Sequence[tuple[float, float]]]) -> tuple[float, int]:
@@ -65,17 +66,17 @@ def main() -> int:
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--clip", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=["two_object", "counting", "position", "color_attr"])
-    parser.add_argument("--images", type=int, default=8, help="images per row (8 = the group size)")
-    parser.add_argument("--every", type=int, default=2, help="use every n-th of the chosen tags' rows, in file order")
+    parser.add_argument("--images", type=positive_int, default=8, help="images per row (8 = the group size)")
+    parser.add_argument(
+        "--every", type=positive_int, default=2, help="use every n-th of the chosen tags' rows, in file order"
+    )
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
     args = parser.parse_args()
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags][:: args.every]
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
     judge = build_judge(GenEvalDetectorConfig())
-    model = load_generator(config.model)
-    scored = sample_and_score(
-        model, config.sampler, judge, ClipScorer.from_folder(args.clip), rows, args.images, args.seed
-    )
+    clip = ClipScorer.from_folder(args.clip)  # before the generator: a wrong --clip fails at once
+    scored = sample_and_score(load_generator(config.model), config.sampler, judge, clip, rows, args.images, args.seed)
     print("| tag | CLIP mean | CLIP std | AUC, correct > failed (pairs) | AUC, higher partial score (pairs) |")
     print("|---|---|---|---|---|")
     for tag in args.tags:
@@ -91,4 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

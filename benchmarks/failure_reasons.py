@@ -19,6 +19,7 @@ from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
 from maskfocus.models import load_generator
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
+from maskfocus.script_args import positive_int, run_script
 
 
 def judge_rows(model, sampler, judge, rows: list[dict], images_per_row: int, seed: int) -> tuple[Counter, Counter]:
@@ -37,9 +38,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--tags", nargs="+", default=list(TAGS), choices=TAGS)
-    parser.add_argument("--images", type=int, default=8, help="images per row (n of pass@n; 8 = the group size)")
+    parser.add_argument(
+        "--images", type=positive_int, default=8, help="images per row (n of pass@n; 8 = the group size)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
-    parser.add_argument("--top", type=int, default=20, help="failed clauses to list")
+    parser.add_argument("--top", type=positive_int, default=20, help="failed clauses to list")
     args = parser.parse_args()
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags]
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
@@ -57,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

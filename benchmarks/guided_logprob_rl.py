@@ -19,6 +19,7 @@ import sys
 from maskfocus.cli import main as maskfocus_main
 from maskfocus.grpo import token_log_probs
 from maskfocus.sampling import guided_logits
+from maskfocus.script_args import nonnegative_float, run_script
 from maskfocus.update import PolicyUpdater
 
 
@@ -53,7 +54,9 @@ def install(guidance_scale: float) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale s of the log-probs (default 3.0)")
+    parser.add_argument(
+        "--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale s of the log-probs (default 3.0)"
+    )
     args, rest = parser.parse_known_args(argv)
     if rest[:1] != ["train"]:
         rest = ["train", *rest]
@@ -62,4 +65,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(run_script(lambda: main(sys.argv[1:])))

@@ -24,6 +24,8 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
 from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
 from maskfocus.models import load_generator
+from maskfocus.models.loading import check_generator_folder
+from maskfocus.script_args import positive_int, run_script
 from maskfocus.shapes.detector import ShapeFit, ShapesDetector
 from maskfocus.shapes.world import SIZE_MIN
 
@@ -80,9 +82,11 @@ def model_label(model: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model folders (or builtin:shapes-tiny)")
-    parser.add_argument("--every", type=int, default=4, help="use every n-th row of shapes-geneval")
-    parser.add_argument("--images", type=int, default=2, help="images per row")
+    parser.add_argument("--every", type=positive_int, default=4, help="use every n-th row of shapes-geneval")
+    parser.add_argument("--images", type=positive_int, default=2, help="images per row")
     args = parser.parse_args()
+    for model in args.models:  # every folder before the first is sampled (minutes each)
+        check_generator_folder(model, "amused")
     rows = load_rows("shapes-geneval")[:: args.every]
     results = {model: count_objects(model, rows, args.images) for model in args.models}
     tags = list(next(iter(results.values())))
@@ -95,4 +99,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -15,10 +15,11 @@ import sys
 
 import yaml
 
-from maskfocus.config import EvalConfig, default_run_config
+from maskfocus.config import ConfigError, EvalConfig, SamplerConfig, default_run_config
 from maskfocus.evaluation import load_rows, run_evaluation
 from maskfocus.models import load_generator
 from maskfocus.rewards.geneval import TAGS
+from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 from maskfocus.shapes.detector import ShapesDetector
 
 
@@ -27,30 +28,53 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key.startswith("sampler."):
-            raise SystemExit(f"--grid {item!r}: expected sampler.FIELD=V1,V2,...")
-        grid[key] = [yaml.safe_load(value) for value in values.split(",")]
+        if not sep or not key.startswith("sampler.") or not values.strip():
+            raise ConfigError(f"--grid {item!r}: expected sampler.FIELD=V1,V2,...")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; list all its values in one: {key}=V1,V2,...")
+        try:
+            grid[key] = [yaml.safe_load(value) for value in values.split(",")]
+        except yaml.YAMLError:
+            raise ConfigError(f"--grid {item!r}: a value is not valid YAML") from None
     return grid
+
+
+def grid_samplers(grid: dict[str, list]) -> list[tuple[tuple, SamplerConfig]]:
+    """Every combination of the grid's values with its validated sampler, all checked before any is scored (a bad
+    value last in the grid failed after the others had run); errors name the `--grid` key."""
+    options = {key: f"--grid {key}" for key in grid}
+    combinations = []
+    for values in itertools.product(*grid.values()):
+        overrides = {**SAMPLING_ONLY, **dict(zip(grid, values, strict=True))}
+        combinations.append((values, default_run_config(overrides, options).sampler))
+    return combinations
+
+
+def chosen_rows(tags: list[str], every: int) -> list[dict]:
+    """Every `every`-th row of the chosen tags; a tag left without rows is an error (its column would be empty)."""
+    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in tags][::every]
+    empty = [tag for tag in tags if not any(row["tag"] == tag for row in rows)]
+    if empty:
+        raise ConfigError(f"--every {every} leaves no rows of {', '.join(empty)}; give a smaller --every")
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", nargs="+", required=True, help="sampler.FIELD=V1,V2,... (one per field)")
     parser.add_argument("--model", default=None, help="model folder (default: the config's, builtin:shapes-tiny)")
-    parser.add_argument("--every", type=int, default=4, help="use every n-th row of shapes-geneval")
-    parser.add_argument("--images", type=int, default=1, help="images per row")
+    parser.add_argument("--every", type=positive_int, default=4, help="use every n-th row of shapes-geneval")
+    parser.add_argument("--images", type=positive_int, default=1, help="images per row")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=list(TAGS), help="only the rows of these tags")
     args = parser.parse_args()
     grid = parse_grid(args.grid)
-    base = default_run_config({"model.path": args.model} if args.model else None)
-    model = load_generator(base.model)
-    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags][:: args.every]
+    combinations = grid_samplers(grid)
+    rows = chosen_rows(args.tags, args.every)
+    model = load_generator(default_run_config({"model.path": args.model} if args.model else None).model)
     detector = ShapesDetector()
     print("| " + " | ".join(grid) + " | " + " | ".join(args.tags) + " | overall | seconds |")
     print("|---" * (len(grid) + len(args.tags) + 2) + "|")
-    for values in itertools.product(*grid.values()):
-        overrides = dict(zip(grid, values, strict=True))
-        sampler = default_run_config(overrides).sampler
+    for values, sampler in combinations:
         _, summary, _ = run_evaluation(
             model,
             rows,
@@ -65,4 +89,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

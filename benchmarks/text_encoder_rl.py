@@ -29,6 +29,7 @@ from torch import nn
 
 import maskfocus.trainer as trainer
 from maskfocus.cli import main as maskfocus_main
+from maskfocus.script_args import run_script
 from maskfocus.update import PolicyUpdater, kept_rows, make_optimizer
 
 
@@ -96,4 +97,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(run_script(lambda: main(sys.argv[1:])))

@@ -20,7 +20,9 @@ from maskfocus.cli import parse_set
 from maskfocus.config import default_run_config
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
+from maskfocus.outputs import check_output_file
 from maskfocus.sampling import sample_with_config, seeded_generator
+from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 
 DEFAULT_PROMPTS = ["a photo of a circle", "a photo of a square", "a photo of a triangle", "a photo of a diamond"]
 MASKED_BRIGHTNESS = 0.45
@@ -42,11 +44,12 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--model", help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
-    parser.add_argument("--images", type=int, default=2, help="images per prompt")
+    parser.add_argument("--images", type=positive_int, default=2, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)")
     args = parser.parse_args()
-    overrides = parse_set(args.set)
+    check_output_file("--out", args.out, "image")  # before the sampling, not after it
+    overrides = {**SAMPLING_ONLY, **parse_set(args.set)}
     if args.model:
         overrides["model.path"] = args.model
     config = default_run_config(overrides)
@@ -61,4 +64,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -22,27 +22,7 @@ from maskfocus.config import (
 )
 from maskfocus.config_base import parse_set
 from maskfocus.outputs import check_output_file
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from maskfocus.compare import CompareError
-    from maskfocus.evaluation import BenchmarkError
-    from maskfocus.models.base import ModelLoadError
-    from maskfocus.models.tokenizer import UnknownWordError
-    from maskfocus.rewards.geneval import MetadataError
-    from maskfocus.rewards.geneval_client import RewardServerError
-
-    return (
-        ConfigError,
-        ModelLoadError,
-        UnknownWordError,
-        MetadataError,
-        BenchmarkError,
-        RewardServerError,
-        CompareError,
-        FileNotFoundError,
-    )
-
+from maskfocus.script_args import positive_int, user_errors
 
 SAMPLER_OPTIONS = {
     "steps": "sampler.num_steps",
@@ -303,17 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def scale_factor(text: str) -> int:
     """argparse type of `sample --scale`: 1 to 32 (a 64-pixel tile at 32x is 2,048 pixels wide)."""
     value = positive_int(text)
@@ -334,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
         sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
         return status
-    except _user_errors() as error:
+    except user_errors() as error:
         print(f"maskfocus {args.command}: error: {error}", file=sys.stderr)
         return 2
     except RunStopped as stopped:

@@ -223,7 +223,7 @@ def format_validation_error(error: ValidationError, root: type[BaseModel], origi
         if item["type"] == "extra_forbidden":
             message = unknown_key_message(root, loc)
         where = origin.where(loc, message)
-        field = f"{dotted(loc)}: " if loc and where != f"--set {dotted(loc)}" else ""
+        field = f"{dotted(loc)}: " if loc and not where.endswith(f" {dotted(loc)}") else ""  # `--set KEY` names it
         lines.append(f"  {where}: {field}{message}{_shown_input(item)}")
     return "\n".join(lines)
 

@@ -184,3 +184,13 @@ def make_batch(model: ToyGenerator, num_samples: int = 8, num_selected: int = 3,
         0,
         0,
     )
+
+
+def run_benchmark_cli(module, argv: list[str], monkeypatch) -> int:
+    """A benchmark script's `main` as its command line runs it (`run_script`), with `argv` as its arguments."""
+    import sys
+
+    from maskfocus.script_args import run_script
+
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
+    return run_script(module.main)

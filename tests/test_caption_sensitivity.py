@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support import ToyGenerator, load_benchmark
+from support import ToyGenerator, load_benchmark, run_benchmark_cli
 
 from maskfocus.shapes import prompts
 from maskfocus.shapes.scene import relations
@@ -118,3 +118,22 @@ def test_sensitivity_scores_object_tokens_or_every_masked_token(monkeypatch, all
     assert cells["difference"] == pytest.approx(sum(altered[b] - true[b] for b in kept) / len(kept), abs=1e-5)
     objects_only = loop_losses(model, tokens, masked, tokens != background, [p[1] for p in pairs])
     assert (objects_only != true) == all_tokens  # the background tokens change the score only with all_tokens
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ratios", "0.8", "1.5"], "argument --ratios: must be in (0, 1], got 1.5"),  # read as 1, before
+        (["--ratios", "0"], "argument --ratios: must be in (0, 1], got 0.0"),  # a row of nan, before
+        (["--scenes", "0"], "argument --scenes: must be >= 1, got 0"),  # a reshape error after the header
+    ],
+)
+def test_shares_and_counts_out_of_range_are_argument_errors(monkeypatch, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        run_benchmark_cli(module, argv, monkeypatch)
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_model_is_one_line(monkeypatch, capsys, tmp_path):
+    assert run_benchmark_cli(module, [str(tmp_path / "missing")], monkeypatch) == 2
+    assert capsys.readouterr().err.startswith(f"caption_sensitivity.py: error: model folder not found: {tmp_path}")

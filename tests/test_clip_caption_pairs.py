@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import load_benchmark
+from support import load_benchmark, run_benchmark_cli
 
 from maskfocus.rewards.clip_score import ClipScorer
 from maskfocus.shapes.render import render_batch
@@ -36,3 +36,12 @@ def test_share_and_difference_match_scoring_one_pair_at_a_time(clip):
         differences.append(scores[0] - scores[1])
     assert cells["true_wins"] == pytest.approx(sum(wins) / len(wins))
     assert cells["difference"] == pytest.approx(sum(differences) / len(differences), abs=1e-5)
+
+
+def test_a_missing_clip_folder_is_one_line_and_pairs_must_be_positive(monkeypatch, capsys, tmp_path):
+    assert run_benchmark_cli(module, [str(tmp_path / "no_clip")], monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("clip_caption_pairs.py: error: ") and str(tmp_path / "no_clip") in error
+    with pytest.raises(SystemExit):
+        run_benchmark_cli(module, ["--pairs", "0"], monkeypatch)
+    assert "argument --pairs: must be >= 1, got 0" in capsys.readouterr().err

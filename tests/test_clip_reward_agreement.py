@@ -6,7 +6,7 @@ import math
 import random
 
 import pytest
-from support import load_benchmark
+from support import load_benchmark, run_benchmark_cli
 
 module = load_benchmark("clip_reward_agreement")
 
@@ -40,3 +40,15 @@ def test_matches_the_mann_whitney_count_within_each_group():
                 total += 1
                 wins += (p > n) + 0.5 * (p == n)
     assert module.pairwise_auc(groups) == (pytest.approx(wins / total), int(total))
+
+
+def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(module, "load_generator", lambda *_: pytest.fail("the generator was loaded"))
+    argv = ["builtin:shapes-tiny", "--clip", str(tmp_path / "no_clip")]
+    assert run_benchmark_cli(module, argv, monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("clip_reward_agreement.py: error: ") and str(tmp_path / "no_clip") in error
+    for option in ("--images", "--every"):  # a StatisticsError and a zero slice step, before
+        with pytest.raises(SystemExit):
+            run_benchmark_cli(module, ["builtin:shapes-tiny", option, "0"], monkeypatch)
+        assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from support import load_benchmark
+import pytest
+from support import load_benchmark, run_benchmark_cli
 
 from maskfocus.rewards.geneval import Detection
 
@@ -36,3 +37,17 @@ def test_count_found_ignores_other_classes_and_counts_strictly_above():
     detections = {**squares(0.9, 0.91), "circle": [Detection(box=(0.0, 8.0, 3.0, 11.0), score=0.99)]}
     assert module.count_found(detections, ASK_TWO, 0.9) == 1
     assert module.count_found(detections, ASK_TWO, 0.5) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--images", "0"], "argument --images: must be >= 1, got 0"),  # a ZeroDivisionError, before
+        (["--thresholds", "0.9", "1.5"], "argument --thresholds: must be in [0, 1], got 1.5"),  # every image failed
+    ],
+)
+def test_counts_and_thresholds_out_of_range_are_argument_errors(monkeypatch, capsys, argv, message):
+    module = load_benchmark("count_distribution")
+    with pytest.raises(SystemExit):
+        run_benchmark_cli(module, ["builtin:shapes-tiny", *argv], monkeypatch)
+    assert message in capsys.readouterr().err

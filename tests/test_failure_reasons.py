@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from support import load_benchmark
+import pytest
+from support import load_benchmark, run_benchmark_cli
 
 from maskfocus.config import GenEvalDetectorConfig, SamplerConfig
 from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
@@ -29,3 +30,11 @@ def test_counts_match_judging_each_image_alone(tiny_model):
     assert correct == expected_correct and reasons == expected_reasons
     assert sum(reasons.values()) > 0  # the untrained tiny model fails some clauses, so the tally is exercised
     assert all(not any(ch.isdigit() for ch in reason) for _, reason in reasons)
+
+
+@pytest.mark.parametrize("option", ["--images", "--top"])
+def test_counts_below_one_are_argument_errors(monkeypatch, capsys, option):
+    """`--images 0` was a ZeroDivisionError after the sampling."""
+    with pytest.raises(SystemExit):
+        run_benchmark_cli(load_benchmark("failure_reasons"), ["builtin:shapes-tiny", option, "0"], monkeypatch)
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err

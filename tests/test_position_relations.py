@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from support import load_benchmark
+from support import load_benchmark, run_benchmark_cli
 
 from maskfocus.rewards.geneval import Detection, evaluate
 
@@ -79,3 +79,17 @@ def test_summary_splits_horizontal_and_vertical_prompts():
     assert table["left of / right of"]["asked"] == 2 / 3
     assert table["above / below"]["images"] == 3
     assert table["left of / right of"]["share"] == 3 / 8
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--images", "0"], "argument --images: must be >= 1, got 0"),  # a ZeroDivisionError, before
+        (["--near", "-5"], "argument --near: must be >= 0, got -5.0"),  # every pair counted as far, before
+    ],
+)
+def test_counts_and_distances_out_of_range_are_argument_errors(monkeypatch, capsys, argv, message):
+    module = load_benchmark("position_relations")
+    with pytest.raises(SystemExit):
+        run_benchmark_cli(module, ["builtin:shapes-tiny", *argv], monkeypatch)
+    assert message in capsys.readouterr().err

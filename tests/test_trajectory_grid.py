@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import load_benchmark
+from support import load_benchmark, run_benchmark_cli
 
 from maskfocus.config import SamplerConfig
 from maskfocus.images import to_uint8
@@ -29,3 +29,31 @@ def test_cells_darken_exactly_the_masked_positions_and_end_with_the_image(grid_m
         assert np.array_equal(cells[step], expected.round().astype(np.uint8))
     assert result.masks_BTL[1, 0].all()  # the first step starts fully masked: its whole cell is dark
     assert cells[0].max() <= round(255 * grid_module.MASKED_BRIGHTNESS)
+
+
+def test_a_bad_output_path_fails_before_sampling(grid_module, monkeypatch, capsys, tmp_path):
+    """It failed after the sampling, with PIL's or the file system's traceback."""
+    monkeypatch.setattr(grid_module, "load_generator", lambda *_: pytest.fail("the model was loaded"))
+    (tmp_path / "afile").touch()
+    for out, message in [
+        (tmp_path / "afile" / "t.png", "is a file, so the folder cannot be made"),
+        (tmp_path, "is a folder; give a file path"),
+        (tmp_path / "t.txt", "cannot write images of type '.txt'"),
+    ]:
+        assert run_benchmark_cli(grid_module, ["--out", str(out)], monkeypatch) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"trajectory_grid.py: error: --out {out}: ") and message in error
+
+
+def test_a_short_sampler_is_not_refused_for_the_runs_critical_steps(grid_module, monkeypatch, tmp_path):
+    """`--set sampler.num_steps=2` was refused: the run config's K = 3 needs T >= 4, which a grid does not use."""
+
+    class ConfigAccepted(Exception):
+        pass
+
+    def stop_at_loading(model_config):
+        raise ConfigAccepted(model_config.path)
+
+    monkeypatch.setattr(grid_module, "load_generator", stop_at_loading)
+    with pytest.raises(ConfigAccepted):
+        run_benchmark_cli(grid_module, ["--out", str(tmp_path / "t.png"), "--set", "sampler.num_steps=2"], monkeypatch)

@@ -64,6 +64,8 @@ def check_generator_folder(path: str | Path, kind: str) -> Path:
 
 def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> None:
     """The folder exists and has every part as a subfolder."""
+    if folder.exists() and not folder.is_dir():
+        raise ModelLoadError(f"{folder} is a file, not a model folder; {hint}")
     if not folder.is_dir():
         raise ModelLoadError(f"model folder not found: {folder}; {hint}")
     missing = [part for part in parts if not (folder / part).is_dir()]

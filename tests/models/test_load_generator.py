@@ -61,3 +61,15 @@ def test_loading_is_quiet_and_leaves_the_transformers_bar_as_it_was(capfd):
     assert "Loading weights" not in captured.err + captured.out
     assert "accelerate" not in captured.err + captured.out
     assert transformers_logging.is_progress_bar_enabled()  # restored for the caller's own loads
+
+
+def test_a_file_given_as_the_model_folder_is_named_as_a_file(tmp_path):
+    """It read "model folder not found" for a path that exists."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import check_generator_folder
+
+    (path := tmp_path / "model.safetensors").touch()
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is a file, not a model folder; "):
+        check_generator_folder(path, "amused")
+    with pytest.raises(ModelLoadError, match=r"model folder not found: "):
+        check_generator_folder(tmp_path / "missing", "amused")

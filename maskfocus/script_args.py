@@ -1,0 +1,108 @@
+"""What `maskfocus`'s commands and the benchmark scripts share at the command line: argparse types for counts and
+fractions, the errors that are the user's to fix, and a `main` wrapper that prints such an error as one line
+(`object_counts.py: error: model folder not found: runs/x/model`, exit 2) instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from maskfocus.config_base import ConfigError
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions whose message says what to fix; a command prints the message alone."""
+    from maskfocus.compare import CompareError
+    from maskfocus.evaluation import BenchmarkError
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.tokenizer import UnknownWordError
+    from maskfocus.rewards.geneval import MetadataError
+    from maskfocus.rewards.geneval_client import RewardServerError
+
+    return (
+        ConfigError,
+        ModelLoadError,
+        UnknownWordError,
+        MetadataError,
+        BenchmarkError,
+        RewardServerError,
+        CompareError,
+        FileNotFoundError,
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type of a share or ratio in (0, 1]."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type of a confidence threshold in [0, 1]."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def run_script(main: Callable[[], int | None], prog: str | None = None) -> int:
+    """Run a script's `main()`: a user error (see `user_errors`) is one line on stderr and exit status 2; a reader
+    gone away (`script.py | head`) ends it quietly with 141."""
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        status = main()
+        sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
+        return status or 0
+    except user_errors() as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def check_not_inside(option: str, out: Path, source_option: str, source: Path) -> None:
+    """A script that replaces its output folder must not be pointed at (or above) the folder it reads from."""
+    out, source = Path(out).resolve(), Path(source).resolve()
+    if out == source or out in source.parents:
+        raise ConfigError(
+            f"{option} {out}: holds {source_option} {source}, which replacing it would delete; give another folder"
+        )
+
+
+SAMPLING_ONLY = {"selection.strategy": "all"}
+"""Config overrides for a script that only samples: the run's K critical steps (which need T >= K + 1) do not apply
+to it, so a short sampler (`sampler.num_steps=2`) is not refused on their account."""
