@@ -37,6 +37,9 @@ from maskfocus.compare import (
 )
 from maskfocus.compare_plot import plot_comparison
 from maskfocus.config import load_config
+from maskfocus.config_base import ConfigError, parse_set
+from maskfocus.outputs import check_output_folder
+from maskfocus.script_args import positive_int, probability, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
@@ -84,6 +87,18 @@ def steps_ratio(config: Path) -> float:
     return run_config.rollout_sampler().num_steps / run_config.selection.num_steps
 
 
+def check_variant_configs(config: Path, names: list[str]) -> None:
+    """Each variant's config loads: a bad --config, or a setting a variant cannot take with it, is one error before
+    any run, not a failed run whose reason is only in its log."""
+    load_config(config)
+    for name in dict.fromkeys(names):
+        try:
+            load_config(config, parse_set(VARIANTS[name]))
+        except ConfigError as error:
+            settings = " ".join(VARIANTS[name])
+            raise ConfigError(f"variant {name} ({settings}) does not apply to --config {config}: {error}") from None
+
+
 def base_overall_from_card() -> float | None:
     """The shipped model's overall shapes-geneval score, as `maskfocus pretrain` measured it."""
     return (builtin_base_summary() or {}).get("overall")
@@ -129,6 +144,18 @@ def draw_comparison(runs: Path) -> Path | None:
     return plot_comparison(groups, runs / "compare.png", base_summary(records, None))
 
 
+def table_seeds(seeds: list[int], jobs: list[tuple[str, int]] | None) -> list[int]:
+    """The seeds the table reads: --seeds and those of --jobs, so that runs just made with seeds outside --seeds
+    are not left out of the table."""
+    return sorted({*seeds, *(seed for _, seed in jobs or [])})
+
+
+def check_runs_to_tabulate(runs: Path) -> None:
+    """`--table-only` needs runs in the folder: a table of dashes over an empty or mistyped folder is no result."""
+    if not any(runs.glob("*/config.yaml")):
+        raise ConfigError(f"--runs-dir {runs}: holds no runs to tabulate; run without --table-only first")
+
+
 def parse_job(text: str) -> tuple[str, int]:
     """`VARIANT:SEED` (e.g. `random:2`) as a (variant, seed) job; a clear error for anything else."""
     name, _, seed = text.partition(":")
@@ -142,19 +169,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the run YAML every variant starts from")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation", help="where runs and table go")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once (torch threads split between them)")
+    parser.add_argument(
+        "--parallel", type=positive_int, default=1, help="runs at once (torch threads split between them)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, help="override train.num_iterations for every run")
+    parser.add_argument("--iterations", type=positive_int, help="override train.num_iterations for every run")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
         "--jobs", nargs="+", type=parse_job, metavar="VARIANT:SEED", help="run these instead of variants x seeds"
     )
-    parser.add_argument("--base-overall", type=float, help="base model's overall score (default: the model card's)")
+    parser.add_argument(
+        "--base-overall", type=probability, help="base model's overall score (default: the model card's)"
+    )
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     runs = args.runs_dir.resolve()
-    if not args.table_only:
+    check_output_folder("--runs-dir", args.runs_dir)
+    t_over_k = steps_ratio(args.config)
+    if args.table_only:
+        check_runs_to_tabulate(runs)
+    else:
         jobs = args.jobs or [(name, seed) for seed in args.seeds for name in args.variants]
+        check_variant_configs(args.config, [name for name, _ in jobs])
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             done = pool.map(lambda job: run_variant(args.config, runs, *job, args.iterations, threads), jobs)
@@ -162,10 +198,10 @@ def main() -> int:
                 print(f"finished {run_dir}", flush=True)
     runs.mkdir(parents=True, exist_ok=True)
     base = args.base_overall if args.base_overall is not None else base_overall_from_card()
-    print(write_table(runs, args.seeds, base, steps_ratio(args.config)))
+    print(write_table(runs, table_seeds(args.seeds, args.jobs), base, t_over_k))
     print(f"picture: {draw_comparison(runs)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from maskfocus.config_base import ConfigError
+from maskfocus.outputs import check_output_folder
+from maskfocus.script_args import check_not_inside, positive_int, run_script
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -31,8 +36,38 @@ def checkpoint_iterations(run_dir: Path) -> list[tuple[int, Path]]:
         if (folder / "transformer.safetensors").is_file():
             found.append((int(folder.name.removeprefix("iter_")), folder))
     if not found:
-        raise SystemExit(f"{run_dir}/checkpoints: no checkpoint with a transformer.safetensors")
+        raise ConfigError(f"{run_dir}/checkpoints: no checkpoint with a transformer.safetensors")
     return sorted(found)
+
+
+def check_run_model(run_dir: Path) -> None:
+    """The run's final model/ (which every EMA folder copies) holds transformer weights: checked before any folder is
+    written, so that a run stopped before saving it is one error rather than a half-written --out."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder not found: {run_dir}")
+    model = run_dir / "model"
+    if not any((model / "transformer").glob("*.safetensors")):
+        raise ConfigError(f"{model}: no transformer/*.safetensors; the run has not saved its final model folder")
+
+
+def check_out(out: Path, run_dir: Path) -> None:
+    """--out can be made, and replacing its decay folders deletes neither the run nor the model/ they copy."""
+    check_output_folder("--out", out)
+    check_not_inside("--out", out, "RUN_DIR", run_dir)
+    model = (run_dir / "model").resolve()
+    if model in (out.resolve(), *out.resolve().parents):
+        raise ConfigError(f"--out {out}: is or lies inside {model}, which every EMA folder copies; give another folder")
+
+
+def decay_value(text: str) -> float:
+    """argparse type of --decays: 0 keeps only the last weights and 1 only the first, neither an average."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
 
 
 def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) -> dict[str, torch.Tensor]:
@@ -69,21 +104,23 @@ def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: Stat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--decays", type=float, nargs="+", default=[0.9, 0.95])
-    parser.add_argument("--last", type=int, default=None, help="use only the checkpoints of the last N iterations")
+    parser.add_argument("--decays", type=decay_value, nargs="+", default=[0.9, 0.95], help="each in (0, 1)")
+    parser.add_argument(
+        "--last", type=positive_int, default=None, help="use only the checkpoints of the last N iterations"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where the model folders go (default RUN_DIR/ema)")
     args = parser.parse_args()
-    if args.last is not None and args.last < 1:
-        parser.error(f"--last must be at least 1 (iterations), got {args.last}")
+    out = args.out or args.run_dir / "ema"
+    check_run_model(args.run_dir)
+    check_out(out, args.run_dir)
     found = checkpoint_iterations(args.run_dir)
     if args.last is not None:
         found = [(it, folder) for it, folder in found if it > found[-1][0] - args.last]
     states = [(it, load_file(str(folder / "transformer.safetensors"))) for it, folder in found]
-    out = args.out or args.run_dir / "ema"
     for decay in args.decays:
         target = write_model(args.run_dir, ema_of_checkpoints(states, decay), states[-1][1], out / f"decay{decay:g}")
         print(f"decay {decay:g}: {len(states)} checkpoints (iterations {found[0][0]}-{found[-1][0]}) -> {target}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py                          # all checks on cuda:0, Meissonic scale
     python benchmarks/gpu_check.py --only scale --num-steps 16
-    python benchmarks/gpu_check.py --device cpu --dtype float32 --scale small --num-steps 4   # CPU dry run
+    python benchmarks/gpu_check.py --device cpu --dtype float32 --scale small --num-steps 4 --selected 2  # CPU dry run
     python benchmarks/gpu_check.py --only broadcast --broadcast-mib 1024           # the collective weight transport
 
 On the lent GPU machine (Python 3.12 with its own torch and cupy; no Ray, pydantic or diffusers, nothing to fetch):
@@ -63,19 +63,24 @@ from gpu_perf import (
 from weight_broadcast import check_weight_broadcast
 
 from maskfocus.config import GRPOConfig, OptimConfig, RouterConfig, SamplerConfig, load_config
+from maskfocus.config_base import ConfigError
 from maskfocus.learner.parallelize import wrap
 from maskfocus.models import load_generator
 from maskfocus.models.meissonic import MeissonicGenerator
+from maskfocus.outputs import check_output_file
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.rollout import make_router, rollout
 from maskfocus.run_io import plain_state_dict
 from maskfocus.sampling import mask_schedule, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
+from maskfocus.script_args import nonnegative_float, positive_int, run_script
 from maskfocus.trainer import PromptStream
 from maskfocus.types import TrainBatch
 from maskfocus.update import PolicyUpdater, frozen_copy
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ("tiny", "nccl", "scale", "broadcast")
+SCALE_PROMPTS = [f"a photo of {word} cat" for word in ("one", "two", "red", "blue")]
 BYTES_PER_PARAMETER = 4 + 4 + 8 + 4 + 2  # fp32 weights, grads, AdamW moments, fp32 reference, bf16 rollout copy
 
 
@@ -263,7 +268,7 @@ def check_scale(device: torch.device, args: argparse.Namespace) -> dict:
     spec = choose_spec(args.scale, device)
     policy, learner = build_scale_models(spec, device, getattr(torch, args.dtype))
     num_params = sum(p.numel() for p in learner.transformer.parameters())
-    prompts = [f"a photo of {word} cat" for word in ("one", "two", "red", "blue")][: args.prompts]
+    prompts = SCALE_PROMPTS[: args.prompts]
     prompts_B = [p for p in prompts for _ in range(args.group_size)]
     sampler = SamplerConfig(num_steps=args.num_steps, cfg_scale=5.0, negative_prompt="blurry", batch_size=64)
     router = make_router(RouterConfig(), args.group_size)
@@ -331,38 +336,85 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def check_names(text: str) -> list[str]:
+    """argparse type of --only: every name known, so that a typo is an error before the checks before it run."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown check(s) {', '.join(map(repr, unknown))}; choose from {', '.join(CHECKS)}"
+        )
+    return names
+
+
+def device_name(text: str) -> torch.device:
+    """argparse type of --device: cuda, cuda:N or cpu (torch would raise a RuntimeError for anything else)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise argparse.ArgumentTypeError(f"expected cuda, cuda:N or cpu, got {text!r}")
+    return device
+
+
+def positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", help="cuda (one GPU) or cpu (a dry run)")
+    parser.add_argument("--device", type=device_name, default="cuda", help="cuda (one GPU) or cpu (a dry run)")
     parser.add_argument(
-        "--only", default="tiny,nccl,scale,broadcast", help="comma-separated subset of tiny,nccl,scale,broadcast"
+        "--only", type=check_names, default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}"
     )
     parser.add_argument("--scale", choices=("meissonic", "small"), default="meissonic")
-    parser.add_argument("--num-steps", type=int, default=64, help="T of the scale check (reference: 64)")
-    parser.add_argument("--selected", type=int, default=6, help="K of the scale check (reference: 6)")
-    parser.add_argument("--prompts", type=int, default=1, help="prompts per GPU (reference: 1)")
-    parser.add_argument("--group-size", type=int, default=2, help="G (reference: 2)")
-    parser.add_argument("--tiny-iterations", type=int, default=3)
+    parser.add_argument("--num-steps", type=positive_int, default=64, help="T of the scale check (reference: 64)")
+    parser.add_argument("--selected", type=positive_int, default=6, help="K of the scale check, < T (reference: 6)")
+    parser.add_argument(
+        "--prompts", type=positive_int, default=1, help=f"prompts per GPU, at most {len(SCALE_PROMPTS)} (reference: 1)"
+    )
+    parser.add_argument("--group-size", type=positive_int, default=2, help="G (reference: 2)")
+    parser.add_argument("--tiny-iterations", type=positive_int, default=3)
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="rollout weights (float32 for a CPU run)"
     )
-    parser.add_argument("--peak-tflops", type=float, default=None, help="override the card's dense bf16 peak")
-    parser.add_argument("--broadcast-mib", type=int, default=1024, help="float32 MiB beside the tiny transformer")
-    parser.add_argument("--broadcast-repeats", type=int, default=3, help="timed broadcasts after the first")
-    parser.add_argument("--broadcast-timeout", type=float, default=120.0, help="seconds for one collective call")
+    parser.add_argument("--peak-tflops", type=positive_float, default=None, help="override the card's dense bf16 peak")
+    parser.add_argument(
+        "--broadcast-mib", type=positive_int, default=1024, help="float32 MiB beside the tiny transformer"
+    )
+    parser.add_argument("--broadcast-repeats", type=positive_int, default=3, help="timed broadcasts after the first")
+    parser.add_argument(
+        "--broadcast-timeout", type=positive_float, default=120.0, help="seconds for one collective call"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write all results to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "scale" in args.only and args.selected > args.num_steps - 1:  # K distinct steps of 1 .. T - 1
+        parser.error(f"--selected (K={args.selected}) must be <= --num-steps - 1 (T={args.num_steps})")
+    if args.prompts > len(SCALE_PROMPTS):
+        parser.error(f"--prompts must be at most {len(SCALE_PROMPTS)} (the scale check's prompts), got {args.prompts}")
+    return args
+
+
+def choose_device(device: torch.device) -> torch.device:
+    """The device to run on, the GPU made current; no GPU at `device` is an error before any check runs."""
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError("no CUDA device: run with --device cpu for a dry run")
+    if (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(device.index or 0)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("no CUDA device: run with --device cpu for a dry run", file=sys.stderr)
-            return 2
-        torch.cuda.set_device(device.index or 0)
-        device = torch.device("cuda", torch.cuda.current_device())
+    check_output_file("--json", args.json, "file")
+    device = choose_device(args.device)
     init_process_group(device)
     checks = {
         "tiny": lambda: check_tiny(device, args.tiny_iterations, args.dtype),
@@ -375,15 +427,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = {}
     try:
-        for name in args.only.split(","):
+        for name in args.only:
             results[name] = checks[name]()
     finally:
         dist.destroy_process_group()
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     print("all checks passed:", ", ".join(results))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

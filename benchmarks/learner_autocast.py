@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -20,6 +21,7 @@ from maskfocus.compiled import PaddedCompiled
 from maskfocus.config import ModelConfig
 from maskfocus.grpo import token_log_probs
 from maskfocus.models import load_generator
+from maskfocus.script_args import positive_int, run_script
 
 
 def timed_pass(model, module, inputs, tokens, condition, steps, autocast: bool, repeats: int):
@@ -37,8 +39,8 @@ def timed_pass(model, module, inputs, tokens, condition, steps, autocast: bool, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32, help="samples per pass (the shipped P x G)")
-    parser.add_argument("--repeats", type=int, default=6, help="timed passes per variant (median reported)")
+    parser.add_argument("--batch", type=positive_int, default=32, help="samples per pass (the shipped P x G)")
+    parser.add_argument("--repeats", type=positive_int, default=6, help="timed passes per variant (median reported)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = load_generator(ModelConfig(), dtype="float32")
@@ -60,4 +62,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from tqdm import tqdm
 import maskfocus.shapes.positional_uvit as positional_uvit
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
-from maskfocus.models.loading import resolve_model_path
+from maskfocus.models.loading import check_generator_folder
+from maskfocus.outputs import check_output_folder
 from maskfocus.rewards.clip_score import TINY_CLIP, load_open_clip
+from maskfocus.script_args import check_not_inside, positive_int, run_script
 from maskfocus.shapes.clip_text import text_encoder_from_open_clip
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer
@@ -63,15 +66,25 @@ def write_positional_folder(base: Path, target: Path, text_encoder, transformer,
     return target
 
 
+def check_folders(out: Path, base: str) -> Path:
+    """OUT can be made and is not (or above) the base folder, which replacing OUT would delete; the base folder has
+    a generator's parts. All before the training they would otherwise end. Returns the base folder."""
+    check_output_folder("OUT", out)
+    base_folder = check_generator_folder(base, "amused")
+    check_not_inside("OUT", out, "--base", base_folder)
+    return base_folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
-    parser.add_argument("--steps", type=int, default=GeneratorPretrainConfig().num_steps)
+    parser.add_argument("--steps", type=positive_int, default=GeneratorPretrainConfig().num_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
     parser.add_argument("--plain", action="store_true", help="shipped UVit2DModel, aMUSEd-format folder")
     args = parser.parse_args()
+    base_folder = check_folders(args.out, args.base)
     base = load_generator(ModelConfig(path=args.base), dtype="float32")
     tokenizer = base.tokenizer
     config = GeneratorPretrainConfig(num_steps=args.steps, train_text_encoder=not args.clip_text)
@@ -96,10 +109,10 @@ def main() -> int:
         text_encoder, transformer = train_generator(
             config, base.vqvae, tokenizer, args.seed, record, bar.update, start_from=(text_encoder, transformer)
         )
-    folder = write_positional_folder(resolve_model_path(args.base), args.out, text_encoder, transformer, args.plain)
+    folder = write_positional_folder(base_folder, args.out, text_encoder, transformer, args.plain)
     print(f"wrote {folder} in {time.monotonic() - started:.0f} s; log {log_path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_script(main))

@@ -25,6 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from maskfocus.config import load_config
+from maskfocus.config_base import parse_set
+from maskfocus.outputs import check_output_folder
+from maskfocus.script_args import positive_int, run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = (
     "perf/rollout_seconds",
@@ -101,19 +106,36 @@ def rounds_table(rounds: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml")
-    parser.add_argument("--iterations", type=int, default=24)
+    parser.add_argument("--iterations", type=positive_int, default=24)
     parser.add_argument("--warmup", type=int, default=4, help="first iterations left out of the medians")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of all modes")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="interleaved rounds of all modes")
     parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE", help="config for Ray runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if "local" not in args.modes:
         parser.error("--modes must include local (the reference)")
+    if not 0 <= args.warmup < args.iterations:
+        parser.error(f"--warmup must be >= 0 and < --iterations ({args.iterations}), got {args.warmup}")
+    return args
+
+
+def check_configs(args: argparse.Namespace) -> None:
+    """The config and --ray-set load and the runs folder can be made, before the first run rather than in its
+    traceback after minutes of the runs before it."""
+    check_output_folder("--runs-dir", args.runs_dir)
+    load_config(args.config)
+    ray_settings = parse_set(args.ray_set)
+    load_config(args.config, ray_settings, {key: f"--ray-set {key}" for key in ray_settings})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_configs(args)
     rounds: list[dict[str, dict[str, float]]] = []
     walls: dict[str, list[float]] = {name: [] for name in args.modes}
     for round_index in range(args.repeats):
@@ -134,4 +156,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -14,6 +14,7 @@ Usage: python benchmarks/relation_finetune.py OUT [--model builtin:shapes-tiny] 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,8 +22,10 @@ from tqdm import tqdm
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.models import load_generator
-from maskfocus.models.loading import resolve_model_path
+from maskfocus.models.loading import check_generator_folder
+from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import save_model_folder
+from maskfocus.script_args import check_not_inside, nonnegative_float, positive_int, run_script
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.prompts import CaptionMix
 
@@ -36,12 +39,21 @@ def finetune_config(steps: int, learning_rate: float) -> GeneratorPretrainConfig
     )
 
 
+def check_folders(out: Path, model: str, trust_checkpoint_code: bool) -> Path:
+    """OUT can be made and is not (or above) the model folder, which replacing OUT would delete; the model folder
+    has a generator's parts. All before the fine-tune they would otherwise end. Returns the model folder."""
+    check_output_folder("OUT", out)
+    model_folder = check_generator_folder(model, "meissonic" if trust_checkpoint_code else "amused")
+    check_not_inside("OUT", out, "--model", model_folder)
+    return model_folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--model", default="builtin:shapes-tiny", help="model folder to start from")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine decay)")
+    parser.add_argument("--steps", type=positive_int, default=400)
+    parser.add_argument("--lr", type=nonnegative_float, default=3e-4, help="peak learning rate (warm-up, cosine decay)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--trust-checkpoint-code",
@@ -49,6 +61,7 @@ def main() -> int:
         help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
     )
     args = parser.parse_args()
+    model_folder = check_folders(args.out, args.model, args.trust_checkpoint_code)
     config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
     model = load_generator(config.model, dtype="float32")
     config = finetune_config(args.steps, args.lr)
@@ -62,10 +75,10 @@ def main() -> int:
             bar.update,
             start_from=(model.text_encoder, model.transformer),
         )
-    folder = save_model_folder(resolve_model_path(args.model), transformer, args.out, text_encoder)
+    folder = save_model_folder(model_folder, transformer, args.out, text_encoder)
     print(f"wrote {folder}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_script(main))

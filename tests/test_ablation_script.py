@@ -7,6 +7,8 @@ import argparse
 import pytest
 from support import load_benchmark, make_run
 
+from maskfocus.script_args import run_script
+
 
 @pytest.fixture(scope="module")
 def ablation():
@@ -44,3 +46,83 @@ def test_the_predicted_learner_ratio_is_the_rollouts_T_over_K(ablation, tmp_path
     halved = tmp_path / "halved.yaml"
     halved.write_text(ablation.DEFAULT_CONFIG.read_text().replace("rollout:\n", "rollout:\n  num_steps: 6\n", 1))
     assert ablation.steps_ratio(halved) == 6 / 3
+
+
+def no_training(*_):
+    raise AssertionError("a run was started")
+
+
+def run_command(ablation, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`ablation.py ARGS` as its `__main__` runs it, no training started (a run would fail the test): (status,
+    stderr). No picture is drawn."""
+    monkeypatch.setattr(ablation, "run_variant", no_training)
+    monkeypatch.setattr(ablation, "draw_comparison", lambda runs: None)
+    monkeypatch.setattr("sys.argv", ["ablation.py", *args])
+    capsys.readouterr()
+    status = run_script(ablation.main, "ablation.py")
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--parallel", "--iterations"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_counts_below_one_are_refused_by_the_command_line(ablation, monkeypatch, capsys, option, value):
+    monkeypatch.setattr(ablation, "run_variant", no_training)
+    monkeypatch.setattr("sys.argv", ["ablation.py", option, value])
+    with pytest.raises(SystemExit) as exited:
+        ablation.main()
+    assert exited.value.code == 2
+    assert f"argument {option}: must be >= 1, got {value}" in capsys.readouterr().err
+
+
+def test_table_only_over_a_folder_without_runs_is_an_error_and_makes_no_folder(ablation, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "typo"
+    status, error = run_command(ablation, monkeypatch, capsys, "--table-only", "--runs-dir", str(runs))
+    assert status == 2
+    assert (
+        error == f"ablation.py: error: --runs-dir {runs}: holds no runs to tabulate; run without --table-only first\n"
+    )
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("runs", ["file", "file/ablation"])
+def test_a_runs_dir_that_cannot_be_made_is_refused(ablation, tmp_path, monkeypatch, capsys, runs):
+    (tmp_path / "file").write_text("")
+    status, error = run_command(ablation, monkeypatch, capsys, "--runs-dir", str(tmp_path / runs))
+    assert status == 2 and error.startswith(f"ablation.py: error: --runs-dir {tmp_path / runs}: ")
+
+
+def test_a_missing_config_is_refused_before_any_run(ablation, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nope.yaml"
+    args = ("--config", str(missing), "--runs-dir", str(tmp_path / "runs"), "--jobs", "random:0")
+    status, error = run_command(ablation, monkeypatch, capsys, *args)
+    assert (status, error) == (2, f"ablation.py: error: config file not found: {missing}\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_the_config_cannot_take_is_refused_before_any_run(ablation, tmp_path, monkeypatch, capsys):
+    clip = tmp_path / "clip.yaml"
+    geneval = "  - name: geneval\n    weight: 1.0\n    mode: partial"
+    assert geneval in ablation.DEFAULT_CONFIG.read_text()
+    clip.write_text(ablation.DEFAULT_CONFIG.read_text().replace(geneval, "  - name: clip\n    weight: 1.0"))
+    variants = ("--variants", "critical", "random", "critical_strict_reward")
+    args = ("--config", str(clip), "--runs-dir", str(tmp_path / "runs"), *variants)
+    status, error = run_command(ablation, monkeypatch, capsys, *args)
+    assert status == 2
+    assert error.startswith(
+        f"ablation.py: error: variant critical_strict_reward (rewards.0.strict=true) does not apply to --config {clip}"
+    )
+    assert "`strict` applies to geneval terms only" in error
+
+
+def test_the_table_covers_the_seeds_of_the_jobs_run(ablation, tmp_path, monkeypatch, capsys):
+    make_run(tmp_path / "critical_seed0", {"seed": 0}, 0.50)
+    make_run(tmp_path / "random_seed5", {"seed": 5, "selection.strategy": "random"}, 0.40)
+    args = ("--runs-dir", str(tmp_path), "--jobs", "random:5", "--base-overall", "0.3")
+    monkeypatch.setattr(ablation, "run_variant", lambda config, runs, name, seed, *_: runs / f"{name}_seed{seed}")
+    monkeypatch.setattr(ablation, "draw_comparison", lambda runs: None)
+    monkeypatch.setattr("sys.argv", ["ablation.py", *args])
+    assert run_script(ablation.main, "ablation.py") == 0
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| random | 1 | 0.400 | 0.100 |" in table and "| critical | 1 | 0.500 | 0.200 |" in table
+    assert ablation.table_seeds([0, 1, 2], None) == [0, 1, 2]
+    assert ablation.table_seeds([0, 1], [("random", 5), ("all", 0)]) == [0, 1, 5]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from support import load_benchmark
+
+from maskfocus.config_base import ConfigError
+from maskfocus.script_args import run_script
 
 ema = load_benchmark("checkpoint_ema")
 
@@ -87,13 +92,96 @@ def test_model_folder_holds_the_ema_and_skips_unfinished_checkpoints(tmp_path):
 
 def test_a_run_without_checkpoints_is_refused(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no checkpoint"):
         ema.checkpoint_iterations(tmp_path)
 
 
-def test_last_below_one_is_refused_by_the_command_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["checkpoint_ema.py", str(tmp_path), "--last", "0"])
+def fake_run(folder, model_weights: bool = True):
+    """A run folder with two checkpoints and (when `model_weights`) a final model/ holding transformer weights."""
+    (folder / "model" / "transformer").mkdir(parents=True)
+    if model_weights:
+        save_file({"w": torch.zeros(2)}, str(folder / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for iteration in (4, 9):
+        checkpoint = folder / "checkpoints" / f"iter_{iteration:06d}"
+        checkpoint.mkdir(parents=True)
+        save_file({"w": torch.full((2,), float(iteration))}, str(checkpoint / "transformer.safetensors"))
+    return folder
+
+
+def run_command(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`checkpoint_ema.py ARGS` as its `__main__` runs it: (exit status, stderr)."""
+    monkeypatch.setattr("sys.argv", ["checkpoint_ema.py", *args])
+    capsys.readouterr()
+    status = run_script(ema.main, "checkpoint_ema.py")
+    return status, capsys.readouterr().err
+
+
+def parse_error(monkeypatch, capsys, *args: str) -> str:
+    """argparse's message for `checkpoint_ema.py ARGS`, which must exit with status 2."""
+    monkeypatch.setattr("sys.argv", ["checkpoint_ema.py", *args])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
         ema.main()
     assert exited.value.code == 2
-    assert "--last must be at least 1" in capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_last_below_one_is_refused_by_the_command_line(tmp_path, monkeypatch, capsys):
+    assert "argument --last: must be >= 1, got 0" in parse_error(monkeypatch, capsys, str(tmp_path), "--last", "0")
+
+
+@pytest.mark.parametrize("bad", ["1", "1.5", "0", "-0.5", "nan", "inf"])
+def test_decays_outside_zero_one_are_refused_before_any_folder_is_written(tmp_path, monkeypatch, capsys, bad):
+    run = fake_run(tmp_path / "run")
+    error = parse_error(monkeypatch, capsys, str(run), "--decays", "0.9", bad)
+    assert f"argument --decays: must be strictly between 0 and 1, got {bad}" in error
+    assert not (run / "ema").exists()
+
+
+@pytest.mark.parametrize("model", ["empty", "missing"])
+def test_a_run_without_its_final_model_is_one_error_naming_the_folder(tmp_path, monkeypatch, capsys, model):
+    run = fake_run(tmp_path / "run", model_weights=False)
+    if model == "missing":
+        shutil.rmtree(run / "model")
+    status, error = run_command(monkeypatch, capsys, str(run))
+    assert status == 2
+    assert error == (
+        f"checkpoint_ema.py: error: {run / 'model'}: no transformer/*.safetensors; "
+        "the run has not saved its final model folder\n"
+    )
+    assert not (run / "ema").exists()
+
+
+def test_a_missing_run_folder_is_one_error(tmp_path, monkeypatch, capsys):
+    status, error = run_command(monkeypatch, capsys, str(tmp_path / "nope"))
+    assert (status, error) == (2, f"checkpoint_ema.py: error: run folder not found: {tmp_path / 'nope'}\n")
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (".", "holds RUN_DIR"),
+        ("run", "holds RUN_DIR"),
+        ("run/model", "which every EMA folder copies"),
+        ("run/model/ema", "which every EMA folder copies"),
+        ("file", "is a file; give a folder"),
+        ("file/ema", "cannot be made"),
+    ],
+)
+def test_an_out_that_would_replace_the_run_or_cannot_be_made_is_refused(tmp_path, monkeypatch, capsys, out, message):
+    run = fake_run(tmp_path / "run")
+    (tmp_path / "file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    status, error = run_command(monkeypatch, capsys, "run", "--out", out)
+    assert status == 2 and error.startswith("checkpoint_ema.py: error: --out ") and message in error
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoints", "model"]
+    assert sorted(path.name for path in (run / "model").iterdir()) == ["transformer"]
+
+
+def test_the_command_writes_one_model_folder_per_decay(tmp_path, monkeypatch, capsys):
+    run = fake_run(tmp_path / "run")
+    status, _ = run_command(monkeypatch, capsys, str(run), "--decays", "0.5", "0.9", "--out", str(tmp_path / "ema"))
+    assert status == 0
+    written = load_file(str(tmp_path / "ema" / "decay0.5" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    torch.testing.assert_close(written["w"], torch.full((2,), 4.0 * 0.5**5 + 9.0 * (1 - 0.5**5)))
+    assert (tmp_path / "ema" / "decay0.9").is_dir()

@@ -1,0 +1,220 @@
+"""Bad command lines of the tool scripts in benchmarks/ (ray_overhead, gpu_check, learner_autocast, positional_base,
+relation_finetune): each is refused with one line and exit status 2 before any run, training or check starts."""
+
+from __future__ import annotations
+
+import pytest
+from support import load_benchmark
+
+from maskfocus.script_args import run_script
+
+
+def refused(function, capsys, *args) -> str:
+    """argparse's message for a command line `function(*args)` parses: it must exit with status 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        function(*args)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def status_and_error(main, prog: str, capsys) -> tuple[int, str]:
+    """`main` run as the script's `__main__` runs it: (exit status, stderr)."""
+    capsys.readouterr()
+    status = run_script(main, prog)
+    return status, capsys.readouterr().err
+
+
+def never(*_, **__):
+    raise AssertionError("work started before the command line was checked")
+
+
+# ray_overhead
+
+
+@pytest.fixture(scope="module")
+def ray_overhead():
+    return load_benchmark("ray_overhead")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
+        (["--num-cpus", "-1"], "argument --num-cpus: must be >= 1, got -1"),
+        (["--iterations", "4", "--warmup", "4"], "--warmup must be >= 0 and < --iterations (4), got 4"),
+        (["--warmup", "-1"], "--warmup must be >= 0 and < --iterations (24), got -1"),
+    ],
+)
+def test_ray_overhead_refuses_counts_and_a_warmup_that_leaves_no_iteration(ray_overhead, capsys, args, message):
+    assert message in refused(ray_overhead.parse_args, capsys, args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "{tmp}/nope.yaml"], "config file not found: {tmp}/nope.yaml"),
+        (["--ray-set", "ray.max_staleness=-3"], "--ray-set ray.max_staleness: Input should be greater than"),
+        (["--runs-dir", "{tmp}/file"], "--runs-dir {tmp}/file: is a file; give a folder"),
+    ],
+)
+def test_ray_overhead_checks_config_and_folder_before_the_first_run(
+    ray_overhead, tmp_path, monkeypatch, capsys, args, message
+):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(ray_overhead, "run_mode", never)
+    argv = [arg.format(tmp=tmp_path) for arg in args]
+    status, error = status_and_error(lambda: ray_overhead.main(argv), "ray_overhead.py", capsys)
+    assert status == 2 and error.startswith("ray_overhead.py: error: ")
+    assert message.format(tmp=tmp_path) in error
+
+
+# gpu_check
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    load_benchmark("gpu_perf")  # gpu_check imports these as top-level modules, from its own folder
+    load_benchmark("weight_broadcast")
+    return load_benchmark("gpu_check")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-steps", "4", "--selected", "10"], "--selected (K=10) must be <= --num-steps - 1 (T=4)"),
+        (["--num-steps", "4", "--selected", "4"], "--selected (K=4) must be <= --num-steps - 1 (T=4)"),
+        (["--only", "tiny,nccl,sclae"], "argument --only: unknown check(s) 'sclae'; choose from tiny, nccl, scale"),
+        (["--device", "gpu"], "argument --device: expected cuda, cuda:N or cpu, got 'gpu'"),
+        (["--device", "meta"], "argument --device: expected cuda, cuda:N or cpu, got 'meta'"),
+        (["--num-steps", "0"], "argument --num-steps: must be >= 1, got 0"),
+        (["--selected", "0"], "argument --selected: must be >= 1, got 0"),
+        (["--tiny-iterations", "0"], "argument --tiny-iterations: must be >= 1, got 0"),
+        (["--group-size", "0"], "argument --group-size: must be >= 1, got 0"),
+        (["--broadcast-repeats", "0"], "argument --broadcast-repeats: must be >= 1, got 0"),
+        (["--broadcast-timeout", "0"], "argument --broadcast-timeout: must be > 0, got 0"),
+        (["--prompts", "5"], "--prompts must be at most 4 (the scale check's prompts), got 5"),
+    ],
+)
+def test_gpu_check_refuses_bad_options_before_any_check(gpu_check, capsys, args, message):
+    assert message in refused(gpu_check.parse_args, capsys, args)
+
+
+def test_gpu_check_takes_k_below_t_and_any_k_when_scale_is_not_run(gpu_check):
+    args = gpu_check.parse_args(["--num-steps", "4", "--selected", "3", "--device", "cpu"])
+    assert (args.num_steps, args.selected, args.only, args.device.type) == (4, 3, list(gpu_check.CHECKS), "cpu")
+    assert gpu_check.parse_args(["--only", "tiny,nccl", "--num-steps", "4"]).only == ["tiny", "nccl"]
+
+
+@pytest.mark.parametrize(("json", "message"), [(".", "is a folder"), ("file/out.json", "so the folder cannot be made")])
+def test_gpu_check_refuses_a_json_path_it_cannot_write_before_any_check(
+    gpu_check, tmp_path, monkeypatch, capsys, json, message
+):
+    (tmp_path / "file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_check, "init_process_group", never)
+    argv = ["--device", "cpu", "--json", json]
+    status, error = status_and_error(lambda: gpu_check.main(argv), "gpu_check.py", capsys)
+    assert status == 2 and error.startswith(f"gpu_check.py: error: --json {json}: ") and message in error
+
+
+def test_gpu_check_without_cuda_is_one_error(gpu_check, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "init_process_group", never)
+    status, error = status_and_error(lambda: gpu_check.main([]), "gpu_check.py", capsys)
+    assert (status, error) == (2, "gpu_check.py: error: no CUDA device: run with --device cpu for a dry run\n")
+
+
+# learner_autocast
+
+
+@pytest.mark.parametrize("option", ["--batch", "--repeats"])
+def test_learner_autocast_refuses_counts_below_one(monkeypatch, capsys, option):
+    learner_autocast = load_benchmark("learner_autocast")
+    monkeypatch.setattr(learner_autocast, "load_generator", never)
+    assert f"argument {option}: must be >= 1, got 0" in refused(learner_autocast.main, capsys, [option, "0"])
+
+
+# positional_base and relation_finetune: both replace OUT, and read a model folder
+
+
+def fake_model_folder(folder):
+    """A folder with a generator's parts (empty): enough for the folder check, loaded by nothing here."""
+    for part in ("vqvae", "transformer", "text_encoder", "tokenizer", "scheduler"):
+        (folder / part).mkdir(parents=True)
+    return folder
+
+
+SCRIPTS = [("positional_base", "--base"), ("relation_finetune", "--model")]
+
+
+@pytest.fixture(scope="module", params=SCRIPTS, ids=[name for name, _ in SCRIPTS])
+def trainer_script(request):
+    name, model_option = request.param
+    return load_benchmark(name), name, model_option
+
+
+def run_trainer(trainer_script, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The script run with ARGS, its model loading and training stubbed to fail the test: (status, stderr)."""
+    module, name, _ = trainer_script
+    monkeypatch.setattr(module, "load_generator", never)
+    monkeypatch.setattr(module, "train_generator", never)
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *args])
+    return status_and_error(module.main, f"{name}.py", capsys)
+
+
+@pytest.mark.parametrize("out", ["base", "."], ids=["the model folder", "a folder above it"])
+def test_an_out_holding_the_model_folder_is_refused(trainer_script, tmp_path, monkeypatch, capsys, out):
+    _, name, model_option = trainer_script
+    base = fake_model_folder(tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    status, error = run_trainer(trainer_script, monkeypatch, capsys, out, model_option, str(base))
+    assert status == 2
+    assert error.startswith(f"{name}.py: error: OUT {(tmp_path / out).resolve()}: holds {model_option} {base}")
+    assert sorted(path.name for path in base.iterdir()) == [
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "transformer",
+        "vqvae",
+    ]
+
+
+def test_an_out_that_cannot_be_made_is_refused(trainer_script, tmp_path, monkeypatch, capsys):
+    _, name, model_option = trainer_script
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    status, error = run_trainer(trainer_script, monkeypatch, capsys, str(out), model_option, "builtin:shapes-tiny")
+    assert (status, error) == (
+        2,
+        f"{name}.py: error: OUT {out}: cannot be made: {tmp_path / 'file'} is a file; give a folder\n",
+    )
+
+
+@pytest.mark.parametrize("model", ["missing", "empty"])
+def test_a_model_folder_without_a_generator_is_refused_before_loading(
+    trainer_script, tmp_path, monkeypatch, capsys, model
+):
+    _, name, model_option = trainer_script
+    folder = tmp_path / "model"
+    if model == "empty":
+        folder.mkdir()
+    status, error = run_trainer(trainer_script, monkeypatch, capsys, str(tmp_path / "out"), model_option, str(folder))
+    assert status == 2 and error.startswith(f"{name}.py: error: ")
+    assert (f"model folder not found: {folder}" if model == "missing" else f"{folder} is missing part(s)") in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_below_one_are_refused(trainer_script, tmp_path, monkeypatch, capsys):
+    module, name, _ = trainer_script
+    monkeypatch.setattr("sys.argv", [f"{name}.py", str(tmp_path / "out"), "--steps", "0"])
+    assert "argument --steps: must be >= 1, got 0" in refused(module.main, capsys)
+
+
+def test_relation_finetune_checks_a_trusted_folder_as_meissonic(tmp_path, monkeypatch, capsys):
+    module = load_benchmark("relation_finetune")
+    (tmp_path / "model").mkdir()
+    args = (str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--trust-checkpoint-code")
+    status, error = run_trainer((module, "relation_finetune", "--model"), monkeypatch, capsys, *args)
+    assert status == 2 and "(a Meissonic folder needs" in error
