@@ -2,6 +2,7 @@
 # Submit a MaskFocus RL run to a Ray cluster as a job.
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
 #   deploy/submit.sh [--address ...] --resume RUN_FOLDER [extra args...]   # continue a stopped run
+#   deploy/submit.sh CONFIG --check [extra args...]   # the run's checks and plan on the cluster, in seconds
 # Local try-out:
 #   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
 #   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
@@ -32,9 +33,11 @@ if [[ "${1:-}" == --resume ]]; then  # a stopped run continues from its folder a
   [[ -n "${2:-}" ]] || { echo "submit.sh: --resume needs the run folder (on the shared disk)" >&2; exit 2; }
   RUN=(--resume "$2")
   shift 2
+elif [[ -z "${1:-}" || "$1" == -* ]]; then  # no CONFIG given: the default, and every argument goes to train
+  RUN=(--config configs/shapes_tiny.yaml)
 else
-  RUN=(--config "${1:-configs/shapes_tiny.yaml}")
-  shift || true
+  RUN=(--config "$1")
+  shift
 fi
 if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
   [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then

@@ -246,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    train.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, model folder, reward files and Ray address, print the run's plan, and stop (nothing "
+        "is written)",
+    )
     _add_set_option(train, "override any config key, e.g. --set selection.strategy=random (repeatable)")
     train.set_defaults(func=cmd_train)
 

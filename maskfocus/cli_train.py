@@ -11,7 +11,7 @@ from maskfocus.config_base import parse_set
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.run_io import new_run_folder, record_resumed_config
+    from maskfocus.run_io import new_run_folder, record_resumed_config, resume_state, run_folder_for
 
     overrides = parse_set(args.set)
     if args.executor:
@@ -30,10 +30,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         config = load_config(run_dir / "config.yaml", overrides)
         check_before_writing(config, args.address)
+        if args.check:
+            return report_check(config, run_dir, resume_state(run_dir, resume=True).iteration, args.address)
         record_resumed_config(run_dir, config)
     else:
         config = load_config_or_default(args.config, overrides)
         check_before_writing(config, args.address)
+        if args.check:
+            return report_check(config, run_folder_for(config, args.name), None, args.address)
         run_dir = new_run_folder(config, args.name)
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice
@@ -62,12 +66,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 def check_before_writing(config: RunConfig, address: str | None) -> None:
     """What would stop the run at its start, checked before its folder is made or changed: nothing left behind."""
     from maskfocus.models.loading import check_generator_folder
+    from maskfocus.preflight import reward_file_problems
 
     check_generator_folder(config.model.path, config.model.kind)
+    problems = reward_file_problems(config)
+    if problems:
+        raise ConfigError("the run config names files that are not there:\n  " + "\n  ".join(problems))
     if config.train.executor == "ray":
         from maskfocus.actors.cluster import check_cluster_reachable
 
         check_cluster_reachable(config.ray, address)
+
+
+def report_check(config: RunConfig, run_dir: Path, resume_from: int | None, address: str | None) -> int:
+    """`--check`: the checks passed; print the plan, the cluster and the folder, and write nothing."""
+    from maskfocus.models.loading import resolve_model_path
+    from maskfocus.preflight import plan_lines
+
+    print(f"model: {config.model.path} ({config.model.kind}, {resolve_model_path(config.model.path)})")
+    for line in plan_lines(config, resume_from or 0):
+        print(line)
+    checked = "config, model folder, reward files"
+    if config.train.executor == "ray":
+        from maskfocus.actors.cluster import cluster_address
+
+        given = cluster_address(config.ray, address)
+        print("cluster: a local Ray" if given is None else f"cluster: {given[1]} (from {given[0]})")
+        checked += "" if given is None or given[1] == "auto" else ", the cluster answers"
+    if resume_from is None:
+        print(f"run folder: {run_dir} (not made)")
+    else:
+        print(f"run folder: {run_dir} (resumes at iteration {resume_from}; unchanged)")
+    print(f"checks passed: {checked}; nothing written: run the same command without --check to start")
+    return 0
 
 
 def gain_line(run_dir: Path, overall: float) -> str:

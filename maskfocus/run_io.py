@@ -41,6 +41,15 @@ from maskfocus.update import lr_factor, schedule_span
 
 def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
     """runs/<name or timestamp>/ with the resolved config written into it."""
+    folder = run_folder_for(config, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_config(config, folder / "config.yaml")
+    return folder
+
+
+def run_folder_for(config: RunConfig, name: str | None = None) -> Path:
+    """The folder `new_run_folder` would make, checked (a name inside train.out_dir, no run there already, no file
+    in the way) without making it."""
     if name is None:  # two runs started in the same second get their own folders
         folder = unused_path(Path(config.train.out_dir), time.strftime("%Y%m%d-%H%M%S"))
     else:
@@ -57,8 +66,6 @@ def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
             f"`maskfocus train --resume {shlex.quote(str(folder))}`"
         )
     check_output_folder("run folder (train.out_dir and --name)", folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dump_config(config, folder / "config.yaml")
     return folder
 
 

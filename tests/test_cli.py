@@ -342,3 +342,54 @@ def test_a_resume_checks_its_settings_against_the_runs_own_config(monkeypatch, t
     for flag in ("--config", "--name"):
         error = cli_error(capsys, "train", "--resume", str(run), flag, "x")
         assert f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml" in error
+
+
+def test_train_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    from maskfocus.cli import main
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--check", "--executor", "local", "--name", "probe", "--set", f"train.out_dir={runs}"]
+    assert main([*argv, "--iterations", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "iterations: 10 (of 10) x 4 prompts x 8 images = 320 rollouts" in out
+    assert f"run folder: {runs / 'probe'} (not made)" in out
+    assert "checks passed: config, model folder, reward files; nothing written" in out
+    assert not runs.exists()
+
+
+def test_train_check_of_a_resume_names_the_iteration_and_changes_nothing(tmp_path, capsys):
+    from maskfocus.cli import main
+    from maskfocus.config import default_run_config, dump_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "iter_000049").mkdir(parents=True)
+    (run / "checkpoints" / "iter_000049" / "state.json").write_text(
+        '{"iteration": 49, "prompt_cursor": 200, "policy_version": 50, "num_updates": 150}'
+    )
+    dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
+    before = sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*"))
+    assert main(["train", "--resume", str(run), "--check", "--iterations", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "iterations: 250 (of 300) x 4 prompts x 8 images = 8,000 rollouts" in out
+    assert f"run folder: {run} (resumes at iteration 50; unchanged)" in out
+    assert sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*")) == before
+
+
+def test_train_names_every_missing_reward_file_before_it_makes_a_run_folder(tmp_path, capsys):
+    """A missing HPS checkpoint surfaced when the reward worker loaded it, after the run folder was made."""
+    runs = tmp_path / "runs"
+    for check in ([], ["--check"]):
+        error = cli_error(
+            capsys,
+            "train",
+            *check,
+            "--set",
+            f"train.out_dir={runs}",
+            "--set",
+            f"rewards=[{{name: hps, checkpoint: {tmp_path / 'HPS.pt'}}}, {{name: clip, model: {tmp_path / 'clip'}}}]",
+        )
+        assert error.splitlines()[1:] == [
+            f"  rewards.0.checkpoint: weights file not found: {tmp_path / 'HPS.pt'}",
+            f"  rewards.1.model: open_clip folder not found: {tmp_path / 'clip'}",
+        ]
+        assert not runs.exists()

@@ -272,3 +272,13 @@ def test_submit_script_submits_a_config_or_a_resume_with_the_arguments_given(tmp
     assert " ".join(train[train.index("--") + 1 :]) == expected
     missing = submit_command(tmp_path, "--resume")
     assert missing.returncode == 2 and "--resume needs the run folder" in missing.stderr
+
+
+def test_submit_script_without_a_config_takes_the_default_and_passes_every_option(tmp_path):
+    """`submit.sh --check ...` used to take `--check` for the config file."""
+    for args in (["--check", "--iterations", "5"], []):
+        submitted = submit_command(tmp_path, *args)
+        assert submitted.returncode == 0, submitted.stderr
+        train = submitted.stdout.splitlines()
+        expected = "maskfocus train --config configs/shapes_tiny.yaml --executor ray --address auto"
+        assert " ".join(train[train.index("--") + 1 :]) == " ".join([expected, *args])

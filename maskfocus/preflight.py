@@ -1,0 +1,79 @@
+"""Before a run starts: the files its reward terms need, and its plan in numbers (`maskfocus train --check`).
+
+A missing HPS checkpoint or OWLv2 folder used to surface when the reward worker loaded it: after Ray had started
+and the run folder was made. These checks are cheap (file and folder existence), so the train command runs them
+with the model-folder check, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from maskfocus.config import RunConfig
+from maskfocus.rewards.clip_score import resolve_clip_path
+
+
+def _open_clip_problem(field: str, model: str, checkpoint_field: str, checkpoint: str | None) -> str | None:
+    """An open_clip model is a local folder, or an architecture name whose weights file is `checkpoint`."""
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        return None if path.is_file() else f"{checkpoint_field}: weights file not found: {path}"
+    folder = resolve_clip_path(model)
+    return None if folder.is_dir() else f"{field}: open_clip folder not found: {folder}"
+
+
+def reward_file_problems(config: RunConfig) -> list[str]:
+    """One line per file or folder a reward term (or the text encoder) names that is not there."""
+    problems = []
+    if config.model.text_encoder is not None and not Path(config.model.text_encoder).expanduser().is_dir():
+        problems.append(f"model.text_encoder: folder not found: {config.model.text_encoder}")
+    for index, spec in enumerate(config.rewards):
+        key = f"rewards.{index}"
+        if spec.name in ("clip", "hps"):
+            problems.append(_open_clip_problem(f"{key}.model", spec.model, f"{key}.checkpoint", spec.checkpoint))
+        detector = spec.detector
+        if spec.name != "geneval" or detector.kind != "owlv2":
+            continue
+        if not Path(detector.path).expanduser().is_dir():
+            problems.append(f"{key}.detector.path: OWLv2 folder not found: {detector.path}")
+        problems.append(
+            _open_clip_problem(
+                f"{key}.detector.clip_model",
+                detector.clip_model,
+                f"{key}.detector.clip_checkpoint",
+                detector.clip_checkpoint,
+            )
+        )
+        if detector.object_names is not None and not Path(detector.object_names).expanduser().is_file():
+            problems.append(f"{key}.detector.object_names: file not found: {detector.object_names}")
+    return [problem for problem in problems if problem is not None]
+
+
+def plan_lines(config: RunConfig, start_iteration: int = 0) -> list[str]:
+    """What the run will do, in numbers: rollouts, sampling steps, learned steps and optimizer steps."""
+    rollout, grpo = config.rollout, config.grpo
+    iterations = config.train.num_iterations - start_iteration
+    images = rollout.prompts_per_iteration * rollout.group_size
+    steps = config.rollout_sampler().num_steps
+    learned = steps if config.selection.strategy == "all" else config.selection.num_steps
+    optimizer_steps = (learned if grpo.update == "per_step" else 1) * grpo.epochs
+    reward = " + ".join(f"{spec.weight:g} x {spec.name}" for spec in config.rewards)
+    lines = [
+        f"iterations: {iterations} (of {config.train.num_iterations}) x {rollout.prompts_per_iteration} prompts x "
+        f"{rollout.group_size} images = {iterations * images:,} rollouts",
+        f"sampling: T = {steps} steps per rollout, CFG {config.sampler.cfg_scale:g}, router "
+        f"{'on' if config.router.enabled else 'off'}; reward {reward}",
+        f"learning: {learned} of {steps} steps per image ({config.selection.strategy}), {optimizer_steps} optimizer "
+        f"step(s) per iteration ({grpo.update}, {grpo.epochs} epoch(s)), lr {config.optim.learning_rate:g}",
+    ]
+    if config.train.executor == "ray":
+        ray = config.ray
+        lines.append(
+            f"ray: {ray.num_rollout_workers} rollout, {ray.num_reward_workers} reward and {ray.num_learner_workers} "
+            f"learner worker(s), max_staleness {ray.max_staleness}"
+        )
+    else:
+        lines.append("executor: local (in this process)")
+    if config.train.final_eval:
+        lines.append(f"then: {config.eval.benchmark} at {config.eval.num_images_per_prompt} images per prompt row")
+    return lines

@@ -1,0 +1,81 @@
+"""maskfocus/preflight.py: the files reward terms name, and the plan `maskfocus train --check` prints."""
+
+from __future__ import annotations
+
+from maskfocus.config import default_run_config
+from maskfocus.preflight import plan_lines, reward_file_problems
+
+
+def test_the_shipped_config_names_no_missing_file():
+    assert reward_file_problems(default_run_config()) == []
+
+
+def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
+    (clip_folder := tmp_path / "clip").mkdir()
+    (hps_weights := tmp_path / "HPS.pt").touch()
+    present = default_run_config(
+        {
+            "model.text_encoder": str(tmp_path),
+            "rewards": [
+                {"name": "clip", "model": str(clip_folder)},
+                {"name": "hps", "checkpoint": str(hps_weights)},
+                {"name": "clip"},  # builtin:shapes-clip
+            ],
+        }
+    )
+    assert reward_file_problems(present) == []
+    owlv2 = {
+        "kind": "owlv2",
+        "path": str(tmp_path / "owlv2"),
+        "clip_model": "ViT-L-14-quickgelu",
+        "clip_checkpoint": str(tmp_path / "vitl14.bin"),
+        "object_names": str(tmp_path / "names.txt"),
+        "score_threshold": 0.1,
+        "counting_score_threshold": 0.3,
+        "nms_iou": 0.5,
+    }
+    missing = default_run_config(
+        {
+            "model.text_encoder": str(tmp_path / "text_encoder"),
+            "rewards": [
+                {"name": "clip", "model": str(tmp_path / "no_clip")},
+                {"name": "hps", "checkpoint": str(tmp_path / "no_hps.pt")},
+                {"name": "geneval", "detector": owlv2},
+            ],
+        }
+    )
+    assert reward_file_problems(missing) == [
+        f"model.text_encoder: folder not found: {tmp_path / 'text_encoder'}",
+        f"rewards.0.model: open_clip folder not found: {tmp_path / 'no_clip'}",
+        f"rewards.1.checkpoint: weights file not found: {tmp_path / 'no_hps.pt'}",
+        f"rewards.2.detector.path: OWLv2 folder not found: {tmp_path / 'owlv2'}",
+        f"rewards.2.detector.clip_checkpoint: weights file not found: {tmp_path / 'vitl14.bin'}",
+        f"rewards.2.detector.object_names: file not found: {tmp_path / 'names.txt'}",
+    ]
+
+
+def test_the_plan_of_the_shipped_config_in_numbers():
+    lines = plan_lines(default_run_config())
+    assert lines[0] == "iterations: 250 (of 250) x 4 prompts x 8 images = 8,000 rollouts"
+    assert lines[1].startswith("sampling: T = 12 steps per rollout, CFG 3, router on; reward 1 x geneval")
+    assert lines[2].startswith("learning: 3 of 12 steps per image (critical), 3 optimizer step(s) per iteration")
+    assert lines[3] == "ray: 1 rollout, 1 reward and 1 learner worker(s), max_staleness 1"
+    assert lines[4] == "then: shapes-geneval at 4 images per prompt row"
+
+
+def test_the_plan_counts_what_each_setting_changes():
+    config = default_run_config(
+        {
+            "selection.strategy": "all",
+            "grpo.update": "accumulate",
+            "grpo.epochs": 2,
+            "rollout.num_steps": 6,
+            "train.executor": "local",
+            "train.final_eval": False,
+        }
+    )
+    lines = plan_lines(config, start_iteration=200)
+    assert lines[0] == "iterations: 50 (of 250) x 4 prompts x 8 images = 1,600 rollouts"
+    assert lines[1].startswith("sampling: T = 6 steps per rollout")
+    assert lines[2].startswith("learning: 6 of 6 steps per image (all), 2 optimizer step(s) per iteration")
+    assert lines[3:] == ["executor: local (in this process)"]
