@@ -73,7 +73,7 @@ from maskfocus.rollout import make_router, rollout
 from maskfocus.run_io import plain_state_dict
 from maskfocus.sampling import mask_schedule, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
-from maskfocus.script_args import nonnegative_float, positive_int, run_script
+from maskfocus.script_args import positive_float, positive_int, run_script
 from maskfocus.trainer import PromptStream
 from maskfocus.types import TrainBatch
 from maskfocus.update import PolicyUpdater, frozen_copy
@@ -356,13 +356,6 @@ def device_name(text: str) -> torch.device:
     if device is None or device.type not in ("cuda", "cpu"):
         raise argparse.ArgumentTypeError(f"expected cuda, cuda:N or cpu, got {text!r}")
     return device
-
-
-def positive_float(text: str) -> float:
-    value = nonnegative_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -78,6 +78,13 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def run_script(main: Callable[[], int | None], prog: str | None = None) -> int:
     """Run a script's `main()`: a user error (see `user_errors`) is one line on stderr and exit status 2; a reader
     gone away (`script.py | head`) ends it quietly with 141."""

@@ -93,7 +93,7 @@ def gpu_check():
         (["--tiny-iterations", "0"], "argument --tiny-iterations: must be >= 1, got 0"),
         (["--group-size", "0"], "argument --group-size: must be >= 1, got 0"),
         (["--broadcast-repeats", "0"], "argument --broadcast-repeats: must be >= 1, got 0"),
-        (["--broadcast-timeout", "0"], "argument --broadcast-timeout: must be > 0, got 0"),
+        (["--broadcast-timeout", "0"], "argument --broadcast-timeout: must be > 0, got 0.0"),
         (["--prompts", "5"], "--prompts must be at most 4 (the scale check's prompts), got 5"),
     ],
 )

@@ -12,6 +12,7 @@ from maskfocus.script_args import (
     check_not_inside,
     fraction,
     nonnegative_float,
+    positive_float,
     positive_int,
     probability,
     run_script,
@@ -25,6 +26,7 @@ from maskfocus.script_args import (
         (fraction, {"1": 1.0, "0.5": 0.5, "1e-3": 1e-3}, ["0", "-0.2", "1.5", "nan", "inf", "x"]),
         (probability, {"0": 0.0, "1": 1.0, "0.9": 0.9}, ["-0.1", "1.01", "nan", "x"]),
         (nonnegative_float, {"0": 0.0, "6": 6.0}, ["-5", "inf", "x"]),
+        (positive_float, {"0.5": 0.5, "120": 120.0}, ["0", "-1", "nan", "x"]),
     ],
 )
 def test_each_type_takes_its_range_and_names_what_is_allowed(parse, good, bad):
