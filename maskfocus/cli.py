@@ -179,8 +179,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    """The installed package's version (pyproject.toml), or where it runs from a checkout without installing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maskfocus")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskfocus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"maskfocus {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")

@@ -393,3 +393,14 @@ def test_train_names_every_missing_reward_file_before_it_makes_a_run_folder(tmp_
             f"  rewards.1.model: open_clip folder not found: {tmp_path / 'clip'}",
         ]
         assert not runs.exists()
+
+
+def test_version_is_the_installed_packages(capsys):
+    import tomllib
+
+    from maskfocus.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"maskfocus {project['version']}\n"
