@@ -64,14 +64,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def check_before_writing(config: RunConfig, address: str | None) -> None:
-    """What would stop the run at its start, checked before its folder is made or changed: nothing left behind."""
+    """What would stop the run at its start, checked before its folder is made or changed: nothing left behind.
+    Every missing folder or file is named at once (a cluster being set up may lack several)."""
+    from maskfocus.models.base import ModelLoadError
     from maskfocus.models.loading import check_generator_folder
     from maskfocus.preflight import reward_file_problems
 
-    check_generator_folder(config.model.path, config.model.kind)
-    problems = reward_file_problems(config)
+    problems = []
+    try:
+        check_generator_folder(config.model.path, config.model.kind)
+    except ModelLoadError as error:
+        problems.append(str(error))
+    problems += reward_file_problems(config)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
     if problems:
-        raise ConfigError("the run config names files that are not there:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"the run cannot start, {len(problems)} problems:\n  " + "\n  ".join(problems))
     if config.train.executor == "ray":
         from maskfocus.actors.cluster import check_cluster_reachable
 

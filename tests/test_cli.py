@@ -375,8 +375,9 @@ def test_train_check_of_a_resume_names_the_iteration_and_changes_nothing(tmp_pat
     assert sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*")) == before
 
 
-def test_train_names_every_missing_reward_file_before_it_makes_a_run_folder(tmp_path, capsys):
-    """A missing HPS checkpoint surfaced when the reward worker loaded it, after the run folder was made."""
+def test_train_names_every_missing_model_and_reward_file_before_it_makes_a_run_folder(tmp_path, capsys):
+    """A missing HPS checkpoint surfaced when the reward worker loaded it, after the run folder was made; the model
+    folder, checked first, hid the rest."""
     runs = tmp_path / "runs"
     for check in ([], ["--check"]):
         error = cli_error(
@@ -387,8 +388,12 @@ def test_train_names_every_missing_reward_file_before_it_makes_a_run_folder(tmp_
             f"train.out_dir={runs}",
             "--set",
             f"rewards=[{{name: hps, checkpoint: {tmp_path / 'HPS.pt'}}}, {{name: clip, model: {tmp_path / 'clip'}}}]",
+            "--set",
+            f"model.path={tmp_path / 'model'}",
         )
-        assert error.splitlines()[1:] == [
+        assert error.splitlines()[0] == "maskfocus train: error: the run cannot start, 3 problems:"
+        assert error.splitlines()[1].startswith(f"  model folder not found: {tmp_path / 'model'}; ")
+        assert error.splitlines()[2:] == [
             f"  rewards.0.checkpoint: weights file not found: {tmp_path / 'HPS.pt'}",
             f"  rewards.1.model: open_clip folder not found: {tmp_path / 'clip'}",
         ]
