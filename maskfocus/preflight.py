@@ -19,7 +19,9 @@ def _open_clip_problem(field: str, model: str, checkpoint_field: str, checkpoint
         path = Path(checkpoint).expanduser()
         return None if path.is_file() else f"{checkpoint_field}: weights file not found: {path}"
     folder = resolve_clip_path(model)
-    return None if folder.is_dir() else f"{field}: open_clip folder not found: {folder}"
+    if folder.is_dir():
+        return None
+    return f"{field}: open_clip folder not found: {folder} (an architecture name needs {checkpoint_field}, its weights)"
 
 
 def reward_file_problems(config: RunConfig) -> list[str]:

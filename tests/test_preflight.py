@@ -46,7 +46,8 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
     )
     assert reward_file_problems(missing) == [
         f"model.text_encoder: folder not found: {tmp_path / 'text_encoder'}",
-        f"rewards.0.model: open_clip folder not found: {tmp_path / 'no_clip'}",
+        f"rewards.0.model: open_clip folder not found: {tmp_path / 'no_clip'} (an architecture name needs "
+        "rewards.0.checkpoint, its weights)",
         f"rewards.1.checkpoint: weights file not found: {tmp_path / 'no_hps.pt'}",
         f"rewards.2.detector.path: OWLv2 folder not found: {tmp_path / 'owlv2'}",
         f"rewards.2.detector.clip_checkpoint: weights file not found: {tmp_path / 'vitl14.bin'}",
