@@ -55,9 +55,9 @@ def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:
             f"{source} {address}: that is a dashboard (job server) address, for `ray job submit`; a run joins a "
             "cluster at its GCS address HOST:6379 (or ray://HOST:10001), or `auto` on a node of the cluster"
         )
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not probed_address(address):
         return  # auto, local, or a form Ray itself will judge
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
@@ -69,6 +69,12 @@ def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:
             f"{source} {address}: no Ray cluster answers there ({reason}); start one with `ray start --head`, or "
             f"check the host and port ({port_hint} by default)"
         ) from None
+
+
+def probed_address(address: str) -> bool:
+    """Whether `check_reachable` tries a TCP connection to `address`: `host:port` or `ray://host:port`."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isdigit() and not address.startswith(("http://", "https://"))
 
 
 def check_supported(config: RunConfig) -> None:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from maskfocus.config_base import ConfigError
 from maskfocus.outputs import check_output_folder
-from maskfocus.script_args import check_not_inside, positive_int, run_script
+from maskfocus.script_args import positive_int, run_script
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -50,13 +50,17 @@ def check_run_model(run_dir: Path) -> None:
         raise ConfigError(f"{model}: no transformer/*.safetensors; the run has not saved its final model folder")
 
 
-def check_out(out: Path, run_dir: Path) -> None:
-    """--out can be made, and replacing its decay folders deletes neither the run nor the model/ they copy."""
+def check_out(out: Path, run_dir: Path, decays: list[float]) -> None:
+    """--out can be made, and replacing its decay folders (`write_model`) deletes neither the run nor the model/
+    they copy; --out itself is never replaced, so the run folder or one above it is a fine --out."""
     check_output_folder("--out", out)
-    check_not_inside("--out", out, "RUN_DIR", run_dir)
     model = (run_dir / "model").resolve()
     if model in (out.resolve(), *out.resolve().parents):
         raise ConfigError(f"--out {out}: is or lies inside {model}, which every EMA folder copies; give another folder")
+    for decay in decays:
+        target = (out / f"decay{decay:g}").resolve()
+        if target in (run_dir.resolve(), *run_dir.resolve().parents):
+            raise ConfigError(f"--out {out}: its {target.name} would replace {run_dir}; give another folder")
 
 
 def decay_value(text: str) -> float:
@@ -112,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or args.run_dir / "ema"
     check_run_model(args.run_dir)
-    check_out(out, args.run_dir)
+    check_out(out, args.run_dir, args.decays)
     found = checkpoint_iterations(args.run_dir)
     if args.last is not None:
         found = [(it, folder) for it, folder in found if it > found[-1][0] - args.last]

@@ -68,21 +68,22 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     Every missing folder or file is named at once (a cluster being set up may lack several)."""
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.loading import check_generator_folder
-    from maskfocus.preflight import reward_file_problems
+    from maskfocus.preflight import missing_file_problems
 
     problems = []
     try:
         check_generator_folder(config.model.path, config.model.kind)
     except ModelLoadError as error:
         problems.append(str(error))
-    problems += reward_file_problems(config)
+    problems += missing_file_problems(config)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"the run cannot start, {len(problems)} problems:\n  " + "\n  ".join(problems))
     if config.train.executor == "ray":
-        from maskfocus.actors.cluster import check_cluster_reachable
+        from maskfocus.actors.cluster import check_cluster_reachable, check_supported
 
+        check_supported(config)
         check_cluster_reachable(config.ray, address)
 
 
@@ -94,13 +95,13 @@ def report_check(config: RunConfig, run_dir: Path, resume_from: int | None, addr
     print(f"model: {config.model.path} ({config.model.kind}, {resolve_model_path(config.model.path)})")
     for line in plan_lines(config, resume_from or 0):
         print(line)
-    checked = "config, model folder, reward files"
+    checked = "config, model folder, other files read"
     if config.train.executor == "ray":
-        from maskfocus.actors.cluster import cluster_address
+        from maskfocus.actors.cluster import cluster_address, probed_address
 
         given = cluster_address(config.ray, address)
         print("cluster: a local Ray" if given is None else f"cluster: {given[1]} (from {given[0]})")
-        checked += "" if given is None or given[1] == "auto" else ", the cluster answers"
+        checked += ", the cluster answers" if given is not None and probed_address(given[1]) else ""
     if resume_from is None:
         print(f"run folder: {run_dir} (not made)")
     else:

@@ -327,8 +327,11 @@ def validate_section(
     origin = origin or ErrorOrigin(source)
     cycle = cycle_in(data)
     if cycle is not None:  # validation would recurse until Python's RecursionError
-        where = origin.where(cycle)
-        raise ConfigError(f"{where}: {dotted(cycle)} contains itself (a YAML alias inside its own anchor)")
+        container, alias = cycle
+        raise ConfigError(
+            f"{origin.where(container)}: {dotted(container) or 'the top level'} contains itself at {dotted(alias)} "
+            "(a YAML alias inside its own anchor)"
+        )
     try:
         return cls.model_validate(data)
     except ValidationError as error:

@@ -103,16 +103,18 @@ def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
     return lines
 
 
-def cycle_in(tree: Any, path: Loc = (), enclosing: frozenset[int] = frozenset()) -> Loc | None:
-    """The path of the first list or mapping that contains itself (YAML `&a [*a]`), else None. Such a value made
-    validation recurse until Python's RecursionError."""
+def cycle_in(tree: Any, path: Loc = (), enclosing: Mapping[int, Loc] | None = None) -> tuple[Loc, Loc] | None:
+    """(the list or mapping that contains itself, the path where it does) for YAML like `&a [*a]`, else None. Such
+    a value made validation recurse until Python's RecursionError."""
     if not isinstance(tree, dict | list):
         return None
+    enclosing = dict(enclosing or {})
     if id(tree) in enclosing:
-        return path
+        return enclosing[id(tree)], path
+    enclosing[id(tree)] = path
     items = tree.items() if isinstance(tree, dict) else enumerate(tree)
     for key, value in items:
-        found = cycle_in(value, (*path, key if isinstance(key, int) else str(key)), enclosing | {id(tree)})
+        found = cycle_in(value, (*path, key if isinstance(key, int) else str(key)), enclosing)
         if found is not None:
             return found
     return None

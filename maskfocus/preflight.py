@@ -1,7 +1,7 @@
-"""Before a run starts: the files its reward terms need, and its plan in numbers (`maskfocus train --check`).
+"""Before a run starts: the files it reads, and its plan in numbers (`maskfocus train --check`).
 
-A missing HPS checkpoint or OWLv2 folder used to surface when the reward worker loaded it: after Ray had started
-and the run folder was made. These checks are cheap (file and folder existence), so the train command runs them
+A missing HPS checkpoint, OWLv2 folder or prompt file used to surface when a worker loaded it: after Ray had
+started and the run folder was made. These checks are cheap (file and folder existence), so the train command runs them
 with the model-folder check, before anything is written.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from maskfocus.config import RunConfig
 from maskfocus.rewards.clip_score import resolve_clip_path
+from maskfocus.update import optimizer_steps_per_iteration
 
 
 def _open_clip_problem(field: str, model: str, checkpoint_field: str, checkpoint: str | None) -> str | None:
@@ -24,9 +25,12 @@ def _open_clip_problem(field: str, model: str, checkpoint_field: str, checkpoint
     return f"{field}: open_clip folder not found: {folder} (an architecture name needs {checkpoint_field}, its weights)"
 
 
-def reward_file_problems(config: RunConfig) -> list[str]:
-    """One line per file or folder a reward term (or the text encoder) names that is not there."""
+def missing_file_problems(config: RunConfig) -> list[str]:
+    """One line per file or folder the run reads besides the model folder (training prompts, text encoder, reward
+    models) that is not there."""
     problems = []
+    if config.rollout.prompt_file is not None and not Path(config.rollout.prompt_file).expanduser().is_file():
+        problems.append(f"rollout.prompt_file: file not found: {config.rollout.prompt_file}")
     if config.model.text_encoder is not None and not Path(config.model.text_encoder).expanduser().is_dir():
         problems.append(f"model.text_encoder: folder not found: {config.model.text_encoder}")
     for index, spec in enumerate(config.rewards):
@@ -54,11 +58,11 @@ def reward_file_problems(config: RunConfig) -> list[str]:
 def plan_lines(config: RunConfig, start_iteration: int = 0) -> list[str]:
     """What the run will do, in numbers: rollouts, sampling steps, learned steps and optimizer steps."""
     rollout, grpo = config.rollout, config.grpo
-    iterations = config.train.num_iterations - start_iteration
+    iterations = max(0, config.train.num_iterations - start_iteration)  # a resume past the end only finishes
     images = rollout.prompts_per_iteration * rollout.group_size
     steps = config.rollout_sampler().num_steps
     learned = steps if config.selection.strategy == "all" else config.selection.num_steps
-    optimizer_steps = (learned if grpo.update == "per_step" else 1) * grpo.epochs
+    optimizer_steps = optimizer_steps_per_iteration(config)
     reward = " + ".join(f"{spec.weight:g} x {spec.name}" for spec in config.rewards)
     lines = [
         f"iterations: {iterations} (of {config.train.num_iterations}) x {rollout.prompts_per_iteration} prompts x "

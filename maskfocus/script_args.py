@@ -102,11 +102,12 @@ def run_script(main: Callable[[], int | None], prog: str | None = None) -> int:
 
 
 def check_not_inside(option: str, out: Path, source_option: str, source: Path) -> None:
-    """A script that replaces its output folder must not be pointed at (or above) the folder it reads from."""
+    """A script that replaces its output folder must not be pointed at the folder it reads from, above it, or at a
+    part of it (`positional_base.py BASE/vqvae --base BASE` would delete the base's VQ)."""
     out, source = Path(out).resolve(), Path(source).resolve()
-    if out == source or out in source.parents:
+    if out == source or out in source.parents or source in out.parents:
         raise ConfigError(
-            f"{option} {out}: holds {source_option} {source}, which replacing it would delete; give another folder"
+            f"{option} {out}: overlaps {source_option} {source}, which replacing it would damage; give another folder"
         )
 
 

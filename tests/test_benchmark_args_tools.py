@@ -164,14 +164,16 @@ def run_trainer(trainer_script, monkeypatch, capsys, *args: str) -> tuple[int, s
     return status_and_error(module.main, f"{name}.py", capsys)
 
 
-@pytest.mark.parametrize("out", ["base", "."], ids=["the model folder", "a folder above it"])
-def test_an_out_holding_the_model_folder_is_refused(trainer_script, tmp_path, monkeypatch, capsys, out):
+@pytest.mark.parametrize(
+    "out", ["base", ".", "base/vqvae"], ids=["the model folder", "a folder above it", "a part of it"]
+)
+def test_an_out_overlapping_the_model_folder_is_refused(trainer_script, tmp_path, monkeypatch, capsys, out):
     _, name, model_option = trainer_script
     base = fake_model_folder(tmp_path / "base")
     monkeypatch.chdir(tmp_path)
     status, error = run_trainer(trainer_script, monkeypatch, capsys, out, model_option, str(base))
     assert status == 2
-    assert error.startswith(f"{name}.py: error: OUT {(tmp_path / out).resolve()}: holds {model_option} {base}")
+    assert error.startswith(f"{name}.py: error: OUT {(tmp_path / out).resolve()}: overlaps {model_option} {base}")
     assert sorted(path.name for path in base.iterdir()) == [
         "scheduler",
         "text_encoder",

@@ -160,8 +160,6 @@ def test_a_missing_run_folder_is_one_error(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("out", "message"),
     [
-        (".", "holds RUN_DIR"),
-        ("run", "holds RUN_DIR"),
         ("run/model", "which every EMA folder copies"),
         ("run/model/ema", "which every EMA folder copies"),
         ("file", "is a file; give a folder"),
@@ -185,3 +183,15 @@ def test_the_command_writes_one_model_folder_per_decay(tmp_path, monkeypatch, ca
     written = load_file(str(tmp_path / "ema" / "decay0.5" / "transformer" / "diffusion_pytorch_model.safetensors"))
     torch.testing.assert_close(written["w"], torch.full((2,), 4.0 * 0.5**5 + 9.0 * (1 - 0.5**5)))
     assert (tmp_path / "ema" / "decay0.9").is_dir()
+
+
+def test_an_out_that_holds_the_run_is_fine_unless_a_decay_folder_is_the_run(tmp_path, monkeypatch, capsys):
+    """The script replaces OUT/decayD, never OUT: `--out RUN_DIR` or a folder above it deletes nothing."""
+    fake_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    for out in ("run", "."):
+        assert run_command(monkeypatch, capsys, "run", "--decays", "0.5", "--out", out)[0] == 0
+        assert (tmp_path / out / "decay0.5" / "transformer").is_dir() and (tmp_path / "run" / "model").is_dir()
+    fake_run(tmp_path / "decay0.5")  # a run whose folder is what --out . --decays 0.5 would replace
+    status, error = run_command(monkeypatch, capsys, "decay0.5", "--decays", "0.5", "--out", ".")
+    assert status == 2 and "its decay0.5 would replace decay0.5" in error and (tmp_path / "decay0.5" / "model").is_dir()

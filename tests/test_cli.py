@@ -353,7 +353,7 @@ def test_train_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "iterations: 10 (of 10) x 4 prompts x 8 images = 320 rollouts" in out
     assert f"run folder: {runs / 'probe'} (not made)" in out
-    assert "checks passed: config, model folder, reward files; nothing written" in out
+    assert "checks passed: config, model folder, other files read; nothing written" in out
     assert not runs.exists()
 
 
@@ -410,3 +410,16 @@ def test_version_is_the_installed_packages(capsys):
         main(["--version"])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"maskfocus {project['version']}\n"
+
+
+def test_train_check_on_ray_names_the_cluster_and_only_claims_a_probe_it_made(tmp_path, capsys):
+    from maskfocus.cli import main
+
+    argv = ["train", "--check", "--set", f"train.out_dir={tmp_path}"]
+    assert main([*argv, "--address", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "cluster: local (from --address)" in out and "the cluster answers" not in out
+    assert main(argv) == 0
+    assert "cluster: a local Ray" in capsys.readouterr().out
+    error = cli_error(capsys, *argv, "--set", "ray.weight_transport=collective")  # the driver refused it, later
+    assert "collective" in error and "GPU" in error

@@ -182,11 +182,14 @@ def test_true_and_false_still_set_switches_and_numbers_still_set_numbers(tmp_pat
 
 def test_a_value_that_contains_itself_is_named_not_a_recursion_error(tmp_path):
     """`&a [*a]` made a list inside itself; validating it recursed until Python gave up."""
-    lines = _error(tmp_path / "run.yaml", "seed: 0\nrollout:\n  tags: &t [single_object, *t]\n")
-    assert lines == [f"{tmp_path / 'run.yaml'}:3: rollout.tags.1 contains itself (a YAML alias inside its own anchor)"]
+    alias = "(a YAML alias inside its own anchor)"
+    lines = _error(tmp_path / "run.yaml", "seed: 0\nrollout:\n  tags: &t [single_object, [*t]]\n")
+    assert lines == [f"{tmp_path / 'run.yaml'}:3: rollout.tags contains itself at rollout.tags.1.0 {alias}"]
+    lines = _error(tmp_path / "run.yaml", "seed: 0\nsampler: &s\n  inner: *s\n")
+    assert lines == [f"{tmp_path / 'run.yaml'}:2: sampler contains itself at sampler.inner {alias}"]
     overrides = parse_set(["rollout.tags=&a [*a]"])
     lines = _error(tmp_path / "run.yaml", "seed: 0\n", overrides)
-    assert lines == ["--set rollout.tags: rollout.tags.0 contains itself (a YAML alias inside its own anchor)"]
+    assert lines == [f"--set rollout.tags: rollout.tags contains itself at rollout.tags.0 {alias}"]
 
 
 def test_without_the_shipped_yaml_the_defaults_still_name_the_option(monkeypatch, tmp_path):

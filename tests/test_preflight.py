@@ -1,13 +1,13 @@
-"""maskfocus/preflight.py: the files reward terms name, and the plan `maskfocus train --check` prints."""
+"""maskfocus/preflight.py: the files a run reads besides its model, and the plan `maskfocus train --check` prints."""
 
 from __future__ import annotations
 
 from maskfocus.config import default_run_config
-from maskfocus.preflight import plan_lines, reward_file_problems
+from maskfocus.preflight import missing_file_problems, plan_lines
 
 
 def test_the_shipped_config_names_no_missing_file():
-    assert reward_file_problems(default_run_config()) == []
+    assert missing_file_problems(default_run_config()) == []
 
 
 def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
@@ -23,7 +23,7 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
             ],
         }
     )
-    assert reward_file_problems(present) == []
+    assert missing_file_problems(present) == []
     owlv2 = {
         "kind": "owlv2",
         "path": str(tmp_path / "owlv2"),
@@ -36,6 +36,7 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
     }
     missing = default_run_config(
         {
+            "rollout.prompt_file": str(tmp_path / "prompts.jsonl"),
             "model.text_encoder": str(tmp_path / "text_encoder"),
             "rewards": [
                 {"name": "clip", "model": str(tmp_path / "no_clip")},
@@ -44,7 +45,8 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
             ],
         }
     )
-    assert reward_file_problems(missing) == [
+    assert missing_file_problems(missing) == [
+        f"rollout.prompt_file: file not found: {tmp_path / 'prompts.jsonl'}",
         f"model.text_encoder: folder not found: {tmp_path / 'text_encoder'}",
         f"rewards.0.model: open_clip folder not found: {tmp_path / 'no_clip'} (an architecture name needs "
         "rewards.0.checkpoint, its weights)",
@@ -80,3 +82,9 @@ def test_the_plan_counts_what_each_setting_changes():
     assert lines[1].startswith("sampling: T = 6 steps per rollout")
     assert lines[2].startswith("learning: 6 of 6 steps per image (all), 2 optimizer step(s) per iteration")
     assert lines[3:] == ["executor: local (in this process)"]
+
+
+def test_a_resume_past_the_end_plans_no_iterations_not_a_negative_number():
+    assert plan_lines(default_run_config({"train.num_iterations": 5}), start_iteration=10)[0] == (
+        "iterations: 0 (of 5) x 4 prompts x 8 images = 0 rollouts"
+    )

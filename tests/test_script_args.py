@@ -54,11 +54,12 @@ def test_a_programming_error_keeps_its_traceback():
         run_script(broken, prog="counts.py")
 
 
-def test_an_output_folder_must_not_hold_the_folder_it_is_made_from(tmp_path):
-    """positional_base.py and relation_finetune.py replace OUT: OUT = the base model deleted the base."""
+def test_an_output_folder_must_not_overlap_the_folder_it_is_made_from(tmp_path):
+    """positional_base.py and relation_finetune.py replace OUT: OUT = the base model deleted the base, and OUT = a part
+    of it (BASE/vqvae) deleted that part."""
     base = tmp_path / "runs" / "base" / "model"
-    for out in (base, base.parent, tmp_path / "runs" / "base" / "model" / ".."):
-        with pytest.raises(ConfigError, match=r"holds --base .* which replacing it would delete"):
+    for out in (base, base.parent, tmp_path / "runs" / "base" / "model" / "..", base / "vqvae"):
+        with pytest.raises(ConfigError, match=r"overlaps --base .* which replacing it would damage"):
             check_not_inside("OUT", out, "--base", base)
     check_not_inside("OUT", tmp_path / "runs" / "other", "--base", base)
-    check_not_inside("OUT", base / "sub", "--base", base)  # inside the source, not above it: nothing deleted
+    check_not_inside("OUT", tmp_path / "runs" / "base" / "model_copy", "--base", base)  # a sibling, not a part

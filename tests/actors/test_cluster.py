@@ -64,3 +64,19 @@ def test_a_failed_join_is_one_clear_error_naming_the_address(monkeypatch, listen
     monkeypatch.setattr(cluster.ray, "init", refuse)
     with pytest.raises(ConfigError, match=rf"^--address {listening}: could not join a Ray cluster there \(Failed to"):
         connect(RayConfig(), listening)
+
+
+@pytest.mark.parametrize(
+    ("address", "probed"),
+    [
+        ("10.0.0.5:6379", True),
+        ("ray://head:10001", True),
+        ("[::1]:6379", True),
+        ("auto", False),
+        ("local", False),
+        ("head", False),
+        ("http://head:8265", False),  # refused before any probe
+    ],
+)
+def test_the_addresses_a_connection_is_tried_for(address, probed):
+    assert cluster.probed_address(address) is probed
