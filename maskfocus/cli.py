@@ -7,7 +7,6 @@ and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from maskfocus.config import (
 )
 from maskfocus.config_base import parse_set
 from maskfocus.outputs import check_output_file
-from maskfocus.script_args import positive_int, user_errors
+from maskfocus.script_args import positive_int, run_script
 
 SAMPLER_OPTIONS = {
     "steps": "sampler.num_steps",
@@ -316,19 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from maskfocus.stopping import RunStopped
 
-    try:
-        status = args.func(args)
-        sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
-        return status
-    except user_errors() as error:
-        print(f"maskfocus {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except RunStopped as stopped:
-        print(f"maskfocus {args.command}: {stopped}", file=sys.stderr)
-        return stopped.exit_code
-    except BrokenPipeError:  # the reader went away (`maskfocus compare ... | head`): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    def command() -> int:
+        try:
+            return args.func(args)
+        except RunStopped as stopped:  # Ctrl-C or SIGTERM: the message says how to resume
+            print(f"maskfocus {args.command}: {stopped}", file=sys.stderr)
+            return stopped.exit_code
+
+    return run_script(command, prog=f"maskfocus {args.command}")
 
 
 if __name__ == "__main__":
