@@ -169,48 +169,6 @@ def test_pretrain_refuses_an_output_that_is_a_file(tmp_path, capsys):
     assert f"--out {weights / 'below'}: cannot be made: {weights} is a file; give a folder" in error
 
 
-def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(tmp_path, capsys):
-    """Without the check, a Ray run started its workers, which each failed to load the model, and stopped with
-    a dead worker; in-process, a run folder was left behind holding only its config."""
-    from maskfocus.config import default_run_config, dump_config
-
-    missing, runs = tmp_path / "missing", tmp_path / "runs"
-    error = cli_error(capsys, "train", "--set", f"model.path={missing}", "--set", f"train.out_dir={runs}")
-    assert f"model folder not found: {missing}" in error
-    assert not runs.exists()
-    (partial := tmp_path / "partial" / "transformer").mkdir(parents=True)
-    settings = [
-        "--set",
-        f"model.path={partial.parent}",
-        "--set",
-        "model.kind=meissonic",
-        "--set",
-        f"train.out_dir={runs}",
-    ]
-    error = cli_error(capsys, "train", *settings)
-    assert "missing part(s) vqvae, text_encoder, tokenizer (a Meissonic folder needs" in error
-    assert not runs.exists()
-    run = tmp_path / "run"
-    run.mkdir()
-    dump_config(default_run_config({"model.path": str(missing)}), run / "config.yaml")
-    before = (run / "config.yaml").read_text()
-    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300")
-    assert f"model folder not found: {missing}" in error
-    assert [path.name for path in run.iterdir()] == ["config.yaml"] and (run / "config.yaml").read_text() == before
-
-
-def test_train_on_ray_checks_the_cluster_address_before_it_makes_a_run_folder(tmp_path, capsys):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    runs = tmp_path / "runs"
-    error = cli_error(capsys, "train", "--address", f"127.0.0.1:{port}", "--set", f"train.out_dir={runs}")
-    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there" in error
-    assert not runs.exists()
-
-
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
@@ -322,85 +280,6 @@ def test_sampling_with_fewer_steps_than_the_training_selection_is_not_refused(mo
     assert sampler_of_sample(monkeypatch, tmp_path, ["--steps", "3"]).num_steps == 3
 
 
-def test_a_resume_checks_its_settings_against_the_runs_own_config(monkeypatch, tmp_path, capsys):
-    """A run with two reward terms and T = 24: `--set rewards.1.weight` and K = 15 are valid for it, not for the
-    default config (one reward, T = 12), which the resume used to check them against first."""
-    import maskfocus.cli
-    import maskfocus.trainer
-    from maskfocus.config import default_run_config, dump_config
-
-    run = tmp_path / "run"
-    run.mkdir()
-    rewards = [{"name": "geneval", "mode": "partial"}, {"name": "geneval", "mode": "binary"}]
-    settings = {"rewards": rewards, "sampler.num_steps": 24, "train.executor": "local"}
-    dump_config(default_run_config(settings), run / "config.yaml")
-    resumed = []
-    monkeypatch.setattr(maskfocus.trainer, "train_local", lambda config, run_dir, resume: resumed.append(config) or {})
-    args = ["train", "--resume", str(run), "--set", "rewards.1.weight=0.2", "--set", "selection.num_steps=15"]
-    assert maskfocus.cli.main(args) == 0
-    assert resumed[0].rewards[1].weight == 0.2 and resumed[0].selection.num_steps == 15
-    for flag in ("--config", "--name"):
-        error = cli_error(capsys, "train", "--resume", str(run), flag, "x")
-        assert f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml" in error
-
-
-def test_train_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
-    from maskfocus.cli import main
-
-    runs = tmp_path / "runs"
-    argv = ["train", "--check", "--executor", "local", "--name", "probe", "--set", f"train.out_dir={runs}"]
-    assert main([*argv, "--iterations", "10"]) == 0
-    out = capsys.readouterr().out
-    assert "iterations: 10 (of 10) x 4 prompts x 8 images = 320 rollouts" in out
-    assert f"run folder: {runs / 'probe'} (not made)" in out
-    assert "checks passed: config, model folder, other files read; nothing written" in out
-    assert not runs.exists()
-
-
-def test_train_check_of_a_resume_names_the_iteration_and_changes_nothing(tmp_path, capsys):
-    from maskfocus.cli import main
-    from maskfocus.config import default_run_config, dump_config
-
-    run = tmp_path / "run"
-    (run / "checkpoints" / "iter_000049").mkdir(parents=True)
-    (run / "checkpoints" / "iter_000049" / "state.json").write_text(
-        '{"iteration": 49, "prompt_cursor": 200, "policy_version": 50, "num_updates": 150}'
-    )
-    dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
-    before = sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*"))
-    assert main(["train", "--resume", str(run), "--check", "--iterations", "300"]) == 0
-    out = capsys.readouterr().out
-    assert "iterations: 250 (of 300) x 4 prompts x 8 images = 8,000 rollouts" in out
-    assert f"run folder: {run} (resumes at iteration 50; unchanged)" in out
-    assert sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*")) == before
-
-
-def test_train_names_every_missing_model_and_reward_file_before_it_makes_a_run_folder(tmp_path, capsys):
-    """A missing HPS checkpoint surfaced when the reward worker loaded it, after the run folder was made; the model
-    folder, checked first, hid the rest."""
-    runs = tmp_path / "runs"
-    for check in ([], ["--check"]):
-        error = cli_error(
-            capsys,
-            "train",
-            *check,
-            "--set",
-            f"train.out_dir={runs}",
-            "--set",
-            f"rewards=[{{name: hps, checkpoint: {tmp_path / 'HPS.pt'}}}, {{name: clip, model: {tmp_path / 'clip'}}}]",
-            "--set",
-            f"model.path={tmp_path / 'model'}",
-        )
-        assert error.splitlines()[0] == "maskfocus train: error: the run cannot start, 3 problems:"
-        assert error.splitlines()[1].startswith(f"  model folder not found: {tmp_path / 'model'}; ")
-        assert error.splitlines()[2:] == [
-            f"  rewards.0.checkpoint: weights file not found: {tmp_path / 'HPS.pt'}",
-            f"  rewards.1.model: open_clip folder not found: {tmp_path / 'clip'} (an architecture name needs "
-            "rewards.1.checkpoint, its weights)",
-        ]
-        assert not runs.exists()
-
-
 def test_version_is_the_installed_packages(capsys):
     import tomllib
 
@@ -410,16 +289,3 @@ def test_version_is_the_installed_packages(capsys):
         main(["--version"])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"maskfocus {project['version']}\n"
-
-
-def test_train_check_on_ray_names_the_cluster_and_only_claims_a_probe_it_made(tmp_path, capsys):
-    from maskfocus.cli import main
-
-    argv = ["train", "--check", "--set", f"train.out_dir={tmp_path}"]
-    assert main([*argv, "--address", "local"]) == 0
-    out = capsys.readouterr().out
-    assert "cluster: local (from --address)" in out and "the cluster answers" not in out
-    assert main(argv) == 0
-    assert "cluster: a local Ray" in capsys.readouterr().out
-    error = cli_error(capsys, *argv, "--set", "ray.weight_transport=collective")  # the driver refused it, later
-    assert "collective" in error and "GPU" in error
