@@ -10,19 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskfocus.config import RunConfig
-from maskfocus.rewards.clip_score import resolve_clip_path
+from maskfocus.rewards.clip_score import open_clip_problem
 from maskfocus.update import optimizer_steps_per_iteration
-
-
-def _open_clip_problem(field: str, model: str, checkpoint_field: str, checkpoint: str | None) -> str | None:
-    """An open_clip model is a local folder, or an architecture name whose weights file is `checkpoint`."""
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        return None if path.is_file() else f"{checkpoint_field}: weights file not found: {path}"
-    folder = resolve_clip_path(model)
-    if folder.is_dir():
-        return None
-    return f"{field}: open_clip folder not found: {folder} (an architecture name needs {checkpoint_field}, its weights)"
 
 
 def missing_file_problems(config: RunConfig) -> list[str]:
@@ -36,20 +25,14 @@ def missing_file_problems(config: RunConfig) -> list[str]:
     for index, spec in enumerate(config.rewards):
         key = f"rewards.{index}"
         if spec.name in ("clip", "hps"):
-            problems.append(_open_clip_problem(f"{key}.model", spec.model, f"{key}.checkpoint", spec.checkpoint))
+            problems.append(open_clip_problem(spec.model, spec.checkpoint, f"{key}.model", f"{key}.checkpoint"))
         detector = spec.detector
         if spec.name != "geneval" or detector.kind != "owlv2":
             continue
         if not Path(detector.path).expanduser().is_dir():
             problems.append(f"{key}.detector.path: OWLv2 folder not found: {detector.path}")
-        problems.append(
-            _open_clip_problem(
-                f"{key}.detector.clip_model",
-                detector.clip_model,
-                f"{key}.detector.clip_checkpoint",
-                detector.clip_checkpoint,
-            )
-        )
+        clip_fields = (f"{key}.detector.clip_model", f"{key}.detector.clip_checkpoint")
+        problems.append(open_clip_problem(detector.clip_model, detector.clip_checkpoint, *clip_fields))
         if detector.object_names is not None and not Path(detector.object_names).expanduser().is_file():
             problems.append(f"{key}.detector.object_names: file not found: {detector.object_names}")
     return [problem for problem in problems if problem is not None]

@@ -120,9 +120,8 @@ def test_train_names_every_missing_model_and_reward_file_before_it_makes_a_run_f
         assert error.splitlines()[0] == "maskfocus train: error: the run cannot start, 3 problems:"
         assert error.splitlines()[1].startswith(f"  model folder not found: {tmp_path / 'model'}; ")
         assert error.splitlines()[2:] == [
-            f"  rewards.0.checkpoint: weights file not found: {tmp_path / 'HPS.pt'}",
-            f"  rewards.1.model: open_clip folder not found: {tmp_path / 'clip'} (an architecture name needs "
-            "rewards.1.checkpoint, its weights)",
+            f"  rewards.0.checkpoint: checkpoint file not found: {tmp_path / 'HPS.pt'}",
+            f"  rewards.1.model: CLIP model folder not found: {tmp_path / 'clip'}",
         ]
         assert not runs.exists()
 

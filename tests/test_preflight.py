@@ -48,11 +48,10 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
     assert missing_file_problems(missing) == [
         f"rollout.prompt_file: file not found: {tmp_path / 'prompts.jsonl'}",
         f"model.text_encoder: folder not found: {tmp_path / 'text_encoder'}",
-        f"rewards.0.model: open_clip folder not found: {tmp_path / 'no_clip'} (an architecture name needs "
-        "rewards.0.checkpoint, its weights)",
-        f"rewards.1.checkpoint: weights file not found: {tmp_path / 'no_hps.pt'}",
+        f"rewards.0.model: CLIP model folder not found: {tmp_path / 'no_clip'}",
+        f"rewards.1.checkpoint: checkpoint file not found: {tmp_path / 'no_hps.pt'}",
         f"rewards.2.detector.path: OWLv2 folder not found: {tmp_path / 'owlv2'}",
-        f"rewards.2.detector.clip_checkpoint: weights file not found: {tmp_path / 'vitl14.bin'}",
+        f"rewards.2.detector.clip_checkpoint: checkpoint file not found: {tmp_path / 'vitl14.bin'}",
         f"rewards.2.detector.object_names: file not found: {tmp_path / 'names.txt'}",
     ]
 
@@ -88,3 +87,13 @@ def test_a_resume_past_the_end_plans_no_iterations_not_a_negative_number():
     assert plan_lines(default_run_config({"train.num_iterations": 5}), start_iteration=10)[0] == (
         "iterations: 0 (of 5) x 4 prompts x 8 images = 0 rollouts"
     )
+
+
+def test_a_misspelt_architecture_is_named_even_with_its_weights_file_there(tmp_path):
+    """With `checkpoint` set, only the file was checked; the name failed later, in open_clip, on the reward worker."""
+    (weights := tmp_path / "HPS.pt").touch()
+    config = default_run_config({"rewards": [{"name": "hps", "model": "ViT-H-41", "checkpoint": str(weights)}]})
+    assert missing_file_problems(config) == [
+        "rewards.0.model: 'ViT-H-41' is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, "
+        "ViT-L-14)"
+    ]

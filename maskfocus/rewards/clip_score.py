@@ -95,24 +95,46 @@ def load_weights(model: torch.nn.Module, path: Path, field: str) -> None:
         )
 
 
-def load_open_clip(
-    model: str, checkpoint: str | None = None, field: str = "model", checkpoint_field: str = "checkpoint"
-) -> LoadedClip:
-    """An open_clip model from a local folder, `builtin:...`, or an architecture name + checkpoint file."""
+def open_clip_problem(
+    model: str, checkpoint: str | None, field: str = "model", checkpoint_field: str = "checkpoint"
+) -> str | None:
+    """What would stop `load_open_clip` from finding its files, without loading anything (`maskfocus train --check`
+    runs it before a run starts); None when the folder, or the architecture name and its weights file, are there."""
     import open_clip
 
     folder = resolve_clip_path(model)
     if folder.is_dir():
-        loaded = _load_folder(folder, field)
+        pass
     elif model in open_clip.list_models():
-        loaded = _load_architecture(model, checkpoint, field, checkpoint_field)
+        try:
+            check_offline_architecture(model, field)
+        except ModelLoadError as error:
+            return str(error)
+        if checkpoint is None:
+            return f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk"
     elif "/" in model or model.startswith((".", "~")):
-        raise ModelLoadError(f"{field}: CLIP model folder not found: {folder}")
+        return f"{field}: CLIP model folder not found: {folder}"
     else:
-        raise ModelLoadError(
+        return (
             f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
         )
-    if checkpoint is not None and folder.is_dir():
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        return f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}"
+    return None
+
+
+def load_open_clip(
+    model: str, checkpoint: str | None = None, field: str = "model", checkpoint_field: str = "checkpoint"
+) -> LoadedClip:
+    """An open_clip model from a local folder, `builtin:...`, or an architecture name + checkpoint file."""
+    problem = open_clip_problem(model, checkpoint, field, checkpoint_field)
+    if problem is not None:
+        raise ModelLoadError(problem)
+    folder = resolve_clip_path(model)
+    if not folder.is_dir():
+        return _load_architecture(model, Path(checkpoint).expanduser(), checkpoint_field)
+    loaded = _load_folder(folder, field)
+    if checkpoint is not None:
         load_weights(loaded.model, Path(checkpoint).expanduser(), checkpoint_field)
     return loaded
 
@@ -175,15 +197,10 @@ def check_offline_architecture(name: str, field: str = "model") -> None:
         )
 
 
-def _load_architecture(name: str, checkpoint: str | None, field: str, checkpoint_field: str) -> LoadedClip:
+def _load_architecture(name: str, path: Path, checkpoint_field: str) -> LoadedClip:
+    """An architecture `open_clip_problem` has passed, with the weights file at `path`."""
     import open_clip
 
-    check_offline_architecture(name, field)
-    if checkpoint is None:
-        raise ModelLoadError(f"{checkpoint_field}: the architecture {name!r} needs a weights file on local disk")
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"{checkpoint_field}: checkpoint file not found: {path}")
     model = open_clip.create_model(name, pretrained=None, device="cpu")
     load_weights(model, path, checkpoint_field)
     preprocess = open_clip.get_model_preprocess_cfg(model)
