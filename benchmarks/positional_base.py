@@ -67,8 +67,9 @@ def write_positional_folder(base: Path, target: Path, text_encoder, transformer,
 
 
 def check_folders(out: Path, base: str) -> Path:
-    """OUT can be made and is not (or above) the base folder, which replacing OUT would delete; the base folder has
-    a generator's parts. All before the training they would otherwise end. Returns the base folder."""
+    """OUT can be made and does not overlap the base folder (the same, above or inside it), which replacing OUT
+    would damage; the base folder has a generator's parts. All before the training they would otherwise end.
+    Returns the base folder."""
     check_output_folder("OUT", out)
     base_folder = check_generator_folder(base, "amused")
     check_not_inside("OUT", out, "--base", base_folder)

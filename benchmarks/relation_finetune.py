@@ -40,8 +40,9 @@ def finetune_config(steps: int, learning_rate: float) -> GeneratorPretrainConfig
 
 
 def check_folders(out: Path, model: str, trust_checkpoint_code: bool) -> Path:
-    """OUT can be made and is not (or above) the model folder, which replacing OUT would delete; the model folder
-    has a generator's parts. All before the fine-tune they would otherwise end. Returns the model folder."""
+    """OUT can be made and does not overlap the model folder (the same, above or inside it), which replacing OUT
+    would damage; the model folder has a generator's parts. All before the fine-tune they would otherwise end.
+    Returns the model folder."""
     check_output_folder("OUT", out)
     model_folder = check_generator_folder(model, "meissonic" if trust_checkpoint_code else "amused")
     check_not_inside("OUT", out, "--model", model_folder)

@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--check",
         action="store_true",
-        help="check the config, model folder, reward files and Ray address, print the run's plan, and stop (nothing "
-        "is written)",
+        help="check the config and every folder and file the run reads (model, prompts, text encoder, rewards), the "
+        "weight transport and the Ray address; print the run's plan, and stop (nothing is written)",
     )
     _add_set_option(train, "override any config key, e.g. --set selection.strategy=random (repeatable)")
     train.set_defaults(func=cmd_train)

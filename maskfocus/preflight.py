@@ -18,7 +18,7 @@ def missing_file_problems(config: RunConfig) -> list[str]:
     """One line per file or folder the run reads besides the model folder (training prompts, text encoder, reward
     models) that is not there."""
     problems = []
-    if config.rollout.prompt_file is not None and not Path(config.rollout.prompt_file).expanduser().is_file():
+    if config.rollout.prompt_file and not Path(config.rollout.prompt_file).expanduser().is_file():  # "": no file
         problems.append(f"rollout.prompt_file: file not found: {config.rollout.prompt_file}")
     if config.model.text_encoder is not None and not Path(config.model.text_encoder).expanduser().is_dir():
         problems.append(f"model.text_encoder: folder not found: {config.model.text_encoder}")

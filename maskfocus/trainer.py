@@ -88,6 +88,7 @@ class FilePrompts:
     """
 
     def __init__(self, path: str, seed: int, tags: tuple[str, ...], tag_weights: tuple[float, ...] | None = None):
+        path = str(Path(path).expanduser())  # `~/prompts.jsonl`, as the model and reward paths take it
         if not Path(path).is_file():
             raise ConfigError(f"rollout.prompt_file: no such file: {path}")
         self.rows = _text_prompts(path) if path.endswith(".txt") else _tagged_records(path, tags)

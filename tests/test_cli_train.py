@@ -126,13 +126,23 @@ def test_train_names_every_missing_model_and_reward_file_before_it_makes_a_run_f
         assert not runs.exists()
 
 
-def test_train_check_on_ray_names_the_cluster_and_only_claims_a_probe_it_made(tmp_path, capsys):
+def test_train_check_on_ray_names_the_cluster_and_only_claims_a_probe_it_made(tmp_path, capsys, monkeypatch):
+    import socket
+
     from maskfocus.cli import main
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = ["train", "--check", "--set", f"train.out_dir={tmp_path}"]
     assert main([*argv, "--address", "local"]) == 0
     out = capsys.readouterr().out
     assert "cluster: local (from --address)" in out and "the cluster answers" not in out
+    with socket.socket() as server:  # something that accepts connections at host:port
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert main([*argv, "--address", address]) == 0
+    out = capsys.readouterr().out
+    assert f"cluster: {address} (from --address)" in out and "the cluster answers" in out
     assert main(argv) == 0
     assert "cluster: a local Ray" in capsys.readouterr().out
     error = cli_error(capsys, *argv, "--set", "ray.weight_transport=collective")  # the driver refused it, later

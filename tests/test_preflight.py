@@ -97,3 +97,14 @@ def test_a_misspelt_architecture_is_named_even_with_its_weights_file_there(tmp_p
         "rewards.0.model: 'ViT-H-41' is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, "
         "ViT-L-14)"
     ]
+
+
+def test_an_empty_prompt_file_means_none_and_a_home_path_is_expanded(tmp_path, monkeypatch):
+    """The trainer reads "" as no prompt file, and now expands `~` as the model and reward paths do."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "prompts.txt").write_text("a photo of a red circle\n")
+    for path in ("", "~/prompts.txt"):
+        assert missing_file_problems(default_run_config({"rollout.prompt_file": path})) == []
+    from maskfocus.trainer import FilePrompts
+
+    assert next(FilePrompts("~/prompts.txt", 0, ("single_object",)))["prompt"] == "a photo of a red circle"

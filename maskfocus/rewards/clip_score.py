@@ -104,7 +104,7 @@ def open_clip_problem(
 
     folder = resolve_clip_path(model)
     if folder.is_dir():
-        pass
+        pass  # a folder, with or without a checkpoint file: checked below
     elif model in open_clip.list_models():
         try:
             check_offline_architecture(model, field)
