@@ -21,7 +21,7 @@ from maskfocus.config import (
 )
 from maskfocus.config_base import parse_set
 from maskfocus.outputs import check_output_file
-from maskfocus.script_args import positive_int, run_script
+from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 
 SAMPLER_OPTIONS = {
     "steps": "sampler.num_steps",
@@ -36,7 +36,7 @@ def _sampler_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """The `--set KEY=VALUE` overrides, then the sampler shortcuts (`--steps`, `--cfg`, ...) on top, and the option
     that gave each shortcut's key (for error messages). Sampling and evaluation select no training steps:
     `selection.strategy: all` has no K to check against a smaller --steps."""
-    overrides = {"selection.strategy": "all", **parse_set(getattr(args, "set", None) or [])}
+    overrides = {**SAMPLING_ONLY, **parse_set(getattr(args, "set", None) or [])}
     options = {}
     for dest, key in SAMPLER_OPTIONS.items():
         if getattr(args, dest, None) is not None:

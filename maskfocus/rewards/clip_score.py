@@ -103,21 +103,19 @@ def open_clip_problem(
     import open_clip
 
     folder = resolve_clip_path(model)
-    if folder.is_dir():
-        pass  # a folder, with or without a checkpoint file: checked below
-    elif model in open_clip.list_models():
+    if not folder.is_dir() and model not in open_clip.list_models():
+        if "/" in model or model.startswith((".", "~")):
+            return f"{field}: CLIP model folder not found: {folder}"
+        return (
+            f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
+        )
+    if not folder.is_dir():  # an architecture name: built offline, from its weights file
         try:
             check_offline_architecture(model, field)
         except ModelLoadError as error:
             return str(error)
         if checkpoint is None:
             return f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk"
-    elif "/" in model or model.startswith((".", "~")):
-        return f"{field}: CLIP model folder not found: {folder}"
-    else:
-        return (
-            f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
-        )
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         return f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}"
     return None
