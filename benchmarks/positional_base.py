@@ -35,10 +35,9 @@ from tqdm import tqdm
 import maskfocus.shapes.positional_uvit as positional_uvit
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
-from maskfocus.models.loading import check_generator_folder
-from maskfocus.outputs import check_output_folder
+from maskfocus.models.loading import GENERATOR_KINDS, check_folder, folder_hint
 from maskfocus.rewards.clip_score import TINY_CLIP, load_open_clip
-from maskfocus.script_args import check_not_inside, positive_int, run_script
+from maskfocus.script_args import check_model_output, positive_int, run_script
 from maskfocus.shapes.clip_text import text_encoder_from_open_clip
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer
@@ -67,12 +66,10 @@ def write_positional_folder(base: Path, target: Path, text_encoder, transformer,
 
 
 def check_folders(out: Path, base: str) -> Path:
-    """OUT can be made and does not overlap the base folder (the same, above or inside it), which replacing OUT
-    would damage; the base folder has a generator's parts. All before the training they would otherwise end.
-    Returns the base folder."""
-    check_output_folder("OUT", out)
-    base_folder = check_generator_folder(base, "amused")
-    check_not_inside("OUT", out, "--base", base_folder)
+    """OUT can be made and does not overlap the base folder; the base folder has a generator's parts and the
+    scheduler that the new folder copies. All before the training they would otherwise end. Returns the base folder."""
+    base_folder = check_model_output(out, "--base", base, "amused")
+    check_folder(base_folder, KEPT_PARTS, GENERATOR_KINDS["amused"], folder_hint(base))
     return base_folder
 
 

@@ -22,10 +22,8 @@ from tqdm import tqdm
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.models import load_generator
-from maskfocus.models.loading import check_generator_folder
-from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import save_model_folder
-from maskfocus.script_args import check_not_inside, nonnegative_float, positive_int, run_script
+from maskfocus.script_args import check_model_output, nonnegative_float, positive_int, run_script
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.prompts import CaptionMix
 
@@ -37,16 +35,6 @@ def finetune_config(steps: int, learning_rate: float) -> GeneratorPretrainConfig
     return GeneratorPretrainConfig(
         num_scenes=8000, num_steps=steps, learning_rate=learning_rate, caption_mix=RELATION_MIX
     )
-
-
-def check_folders(out: Path, model: str, trust_checkpoint_code: bool) -> Path:
-    """OUT can be made and does not overlap the model folder (the same, above or inside it), which replacing OUT
-    would damage; the model folder has a generator's parts. All before the fine-tune they would otherwise end.
-    Returns the model folder."""
-    check_output_folder("OUT", out)
-    model_folder = check_generator_folder(model, "meissonic" if trust_checkpoint_code else "amused")
-    check_not_inside("OUT", out, "--model", model_folder)
-    return model_folder
 
 
 def main() -> int:
@@ -62,7 +50,8 @@ def main() -> int:
         help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
     )
     args = parser.parse_args()
-    model_folder = check_folders(args.out, args.model, args.trust_checkpoint_code)
+    kind = "meissonic" if args.trust_checkpoint_code else "amused"
+    model_folder = check_model_output(args.out, "--model", args.model, kind)
     config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
     model = load_generator(config.model, dtype="float32")
     config = finetune_config(args.steps, args.lr)

@@ -220,3 +220,16 @@ def test_relation_finetune_checks_a_trusted_folder_as_meissonic(tmp_path, monkey
     args = (str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--trust-checkpoint-code")
     status, error = run_trainer((module, "relation_finetune", "--model"), monkeypatch, capsys, *args)
     assert status == 2 and "(a Meissonic folder needs" in error
+
+
+def test_positional_base_refuses_a_base_without_a_scheduler_before_training(tmp_path, monkeypatch, capsys):
+    """positional_base.py copies the base's scheduler/ into the new folder after training: a base without one is
+    refused before the training, not after it."""
+    module = load_benchmark("positional_base")
+    base = fake_model_folder(tmp_path / "base")
+    (base / "scheduler").rmdir()
+    args = (str(tmp_path / "out"), "--base", str(base))
+    status, error = run_trainer((module, "positional_base", "--base"), monkeypatch, capsys, *args)
+    assert status == 2
+    assert f"{base} is missing part(s) scheduler (a diffusers aMUSEd folder needs vqvae, tokenizer, scheduler)" in error
+    assert not (tmp_path / "out").exists()
