@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskfocus.config import RunConfig
-from maskfocus.rewards.clip_score import open_clip_problem
+from maskfocus.rewards.clip_score import open_clip_problems
 from maskfocus.update import optimizer_steps_per_iteration
 
 
@@ -25,17 +25,17 @@ def missing_file_problems(config: RunConfig) -> list[str]:
     for index, spec in enumerate(config.rewards):
         key = f"rewards.{index}"
         if spec.name in ("clip", "hps"):
-            problems.append(open_clip_problem(spec.model, spec.checkpoint, f"{key}.model", f"{key}.checkpoint"))
+            problems.extend(open_clip_problems(spec.model, spec.checkpoint, f"{key}.model", f"{key}.checkpoint"))
         detector = spec.detector
         if spec.name != "geneval" or detector.kind != "owlv2":
             continue
         if not Path(detector.path).expanduser().is_dir():
             problems.append(f"{key}.detector.path: OWLv2 folder not found: {detector.path}")
         clip_fields = (f"{key}.detector.clip_model", f"{key}.detector.clip_checkpoint")
-        problems.append(open_clip_problem(detector.clip_model, detector.clip_checkpoint, *clip_fields))
+        problems.extend(open_clip_problems(detector.clip_model, detector.clip_checkpoint, *clip_fields))
         if detector.object_names is not None and not Path(detector.object_names).expanduser().is_file():
             problems.append(f"{key}.detector.object_names: file not found: {detector.object_names}")
-    return [problem for problem in problems if problem is not None]
+    return problems
 
 
 def plan_lines(config: RunConfig, start_iteration: int = 0) -> list[str]:

@@ -39,7 +39,7 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
             "rollout.prompt_file": str(tmp_path / "prompts.jsonl"),
             "model.text_encoder": str(tmp_path / "text_encoder"),
             "rewards": [
-                {"name": "clip", "model": str(tmp_path / "no_clip")},
+                {"name": "clip", "model": str(tmp_path / "no_clip"), "checkpoint": str(tmp_path / "no_clip.pt")},
                 {"name": "hps", "checkpoint": str(tmp_path / "no_hps.pt")},
                 {"name": "geneval", "detector": owlv2},
             ],
@@ -49,6 +49,7 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
         f"rollout.prompt_file: file not found: {tmp_path / 'prompts.jsonl'}",
         f"model.text_encoder: folder not found: {tmp_path / 'text_encoder'}",
         f"rewards.0.model: CLIP model folder not found: {tmp_path / 'no_clip'}",
+        f"rewards.0.checkpoint: checkpoint file not found: {tmp_path / 'no_clip.pt'}",
         f"rewards.1.checkpoint: checkpoint file not found: {tmp_path / 'no_hps.pt'}",
         f"rewards.2.detector.path: OWLv2 folder not found: {tmp_path / 'owlv2'}",
         f"rewards.2.detector.clip_checkpoint: checkpoint file not found: {tmp_path / 'vitl14.bin'}",

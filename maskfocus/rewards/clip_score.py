@@ -95,39 +95,49 @@ def load_weights(model: torch.nn.Module, path: Path, field: str) -> None:
         )
 
 
-def open_clip_problem(
+def open_clip_problems(
     model: str, checkpoint: str | None, field: str = "model", checkpoint_field: str = "checkpoint"
-) -> str | None:
+) -> list[str]:
     """What would stop `load_open_clip` from finding its files, without loading anything (`maskfocus train --check`
-    runs it before a run starts); None when the folder, or the architecture name and its weights file, are there."""
+    runs it before a run starts), every problem at once; empty when the folder, or the architecture name and its
+    weights file, are there."""
+    folder = resolve_clip_path(model)
+    problems = [] if folder.is_dir() else _architecture_problems(model, folder, checkpoint, field, checkpoint_field)
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        problems.append(f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}")
+    return problems
+
+
+def _architecture_problems(
+    model: str, folder: Path, checkpoint: str | None, field: str, checkpoint_field: str
+) -> list[str]:
+    """`model` is no folder, so it must name an open_clip architecture that builds offline, and have a weights
+    file."""
     import open_clip
 
-    folder = resolve_clip_path(model)
-    if not folder.is_dir() and model not in open_clip.list_models():
+    if model not in open_clip.list_models():
         if "/" in model or model.startswith((".", "~")):
-            return f"{field}: CLIP model folder not found: {folder}"
-        return (
+            return [f"{field}: CLIP model folder not found: {folder}"]
+        return [
             f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
-        )
-    if not folder.is_dir():  # an architecture name: built offline, from its weights file
-        try:
-            check_offline_architecture(model, field)
-        except ModelLoadError as error:
-            return str(error)
-        if checkpoint is None:
-            return f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk"
-    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-        return f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}"
-    return None
+        ]
+    problems = []
+    try:
+        check_offline_architecture(model, field)
+    except ModelLoadError as error:
+        problems.append(str(error))
+    if checkpoint is None:
+        problems.append(f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk")
+    return problems
 
 
 def load_open_clip(
     model: str, checkpoint: str | None = None, field: str = "model", checkpoint_field: str = "checkpoint"
 ) -> LoadedClip:
     """An open_clip model from a local folder, `builtin:...`, or an architecture name + checkpoint file."""
-    problem = open_clip_problem(model, checkpoint, field, checkpoint_field)
-    if problem is not None:
-        raise ModelLoadError(problem)
+    problems = open_clip_problems(model, checkpoint, field, checkpoint_field)
+    if problems:
+        raise ModelLoadError("; ".join(problems))
     folder = resolve_clip_path(model)
     if not folder.is_dir():
         return _load_architecture(model, Path(checkpoint).expanduser(), checkpoint_field)
@@ -196,7 +206,7 @@ def check_offline_architecture(name: str, field: str = "model") -> None:
 
 
 def _load_architecture(name: str, path: Path, checkpoint_field: str) -> LoadedClip:
-    """An architecture `open_clip_problem` has passed, with the weights file at `path`."""
+    """An architecture `open_clip_problems` has passed, with the weights file at `path`."""
     import open_clip
 
     model = open_clip.create_model(name, pretrained=None, device="cpu")

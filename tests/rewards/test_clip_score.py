@@ -93,6 +93,15 @@ def test_missing_local_files_name_field_and_path(model, checkpoint, message):
         ClipScorer.load(model, checkpoint, field="rewards[1].model", checkpoint_field="rewards[1].checkpoint")
 
 
+def test_a_missing_folder_and_a_missing_checkpoint_are_both_named():
+    """Each problem of one CLIP is named, not only the first: a missing folder no longer hides a missing checkpoint."""
+    with pytest.raises(ModelLoadError) as raised:
+        ClipScorer.load("/nowhere/clip", "/nowhere/hps.pt", field="m", checkpoint_field="ck")
+    assert str(raised.value) == (
+        "m: CLIP model folder not found: /nowhere/clip; ck: checkpoint file not found: /nowhere/hps.pt"
+    )
+
+
 def test_fit_square_crops_or_pads_non_square_images():
     image = torch.zeros(3, 10, 20)
     image[:, :, 5:15] = 1.0  # a white centre band as wide as the crop
