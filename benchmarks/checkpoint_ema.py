@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from maskfocus.config_base import ConfigError
 from maskfocus.outputs import check_output_folder
-from maskfocus.script_args import positive_int, run_script
+from maskfocus.script_args import open_fraction, positive_int, run_script
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -63,17 +63,6 @@ def check_out(out: Path, run_dir: Path, decays: list[float]) -> None:
             raise ConfigError(f"--out {out}: its {target.name} would replace {run_dir}; give another folder")
 
 
-def decay_value(text: str) -> float:
-    """argparse type of --decays: 0 keeps only the last weights and 1 only the first, neither an average."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
 def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) -> dict[str, torch.Tensor]:
     """The EMA (decay per iteration) of state dicts given as (iteration, weights) in increasing iteration order."""
     if not 0.0 <= decay < 1.0:
@@ -108,7 +97,7 @@ def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: Stat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--decays", type=decay_value, nargs="+", default=[0.9, 0.95], help="each in (0, 1)")
+    parser.add_argument("--decays", type=open_fraction, nargs="+", default=[0.9, 0.95], help="each in (0, 1)")
     parser.add_argument(
         "--last", type=positive_int, default=None, help="use only the checkpoints of the last N iterations"
     )

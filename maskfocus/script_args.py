@@ -63,6 +63,15 @@ def fraction(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """argparse type of a value strictly between 0 and 1 (an EMA decay: 0 keeps only the last weights, 1 only the
+    first, neither an average)."""
+    value = _number(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
 def probability(text: str) -> float:
     """argparse type of a confidence threshold in [0, 1]."""
     value = _number(text)

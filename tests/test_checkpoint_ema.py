@@ -130,11 +130,21 @@ def test_last_below_one_is_refused_by_the_command_line(tmp_path, monkeypatch, ca
     assert "argument --last: must be >= 1, got 0" in parse_error(monkeypatch, capsys, str(tmp_path), "--last", "0")
 
 
-@pytest.mark.parametrize("bad", ["1", "1.5", "0", "-0.5", "nan", "inf"])
-def test_decays_outside_zero_one_are_refused_before_any_folder_is_written(tmp_path, monkeypatch, capsys, bad):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("1", "must be in (0, 1), got 1.0"),
+        ("1.5", "must be in (0, 1), got 1.5"),
+        ("0", "must be in (0, 1), got 0.0"),
+        ("-0.5", "must be in (0, 1), got -0.5"),
+        ("nan", "expected a finite number, got 'nan'"),
+        ("inf", "expected a finite number, got 'inf'"),
+    ],
+)
+def test_decays_outside_zero_one_are_refused_before_any_folder_is_written(tmp_path, monkeypatch, capsys, bad, message):
     run = fake_run(tmp_path / "run")
     error = parse_error(monkeypatch, capsys, str(run), "--decays", "0.9", bad)
-    assert f"argument --decays: must be strictly between 0 and 1, got {bad}" in error
+    assert f"argument --decays: {message}" in error
     assert not (run / "ema").exists()
 
 

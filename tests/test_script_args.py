@@ -12,6 +12,7 @@ from maskfocus.script_args import (
     check_not_inside,
     fraction,
     nonnegative_float,
+    open_fraction,
     positive_float,
     positive_int,
     probability,
@@ -24,6 +25,7 @@ from maskfocus.script_args import (
     [
         (positive_int, {"1": 1, "64": 64}, ["0", "-2", "1.5", "x"]),
         (fraction, {"1": 1.0, "0.5": 0.5, "1e-3": 1e-3}, ["0", "-0.2", "1.5", "nan", "inf", "x"]),
+        (open_fraction, {"0.9": 0.9, "1e-3": 1e-3}, ["0", "1", "1.5", "nan", "x"]),
         (probability, {"0": 0.0, "1": 1.0, "0.9": 0.9}, ["-0.1", "1.01", "nan", "x"]),
         (nonnegative_float, {"0": 0.0, "6": 6.0}, ["-5", "inf", "x"]),
         (positive_float, {"0.5": 0.5, "120": 120.0}, ["0", "-1", "nan", "x"]),
