@@ -52,8 +52,9 @@ def test_a_folder_with_a_file_or_a_dangling_link_in_its_way_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("name", "kind"), [("grid.PNG", "image"), ("c.svg", "figure"), ("r.jsonl", "file"), (None, "file")]
 )
-def test_a_writable_output_path_passes(tmp_path, name, kind):
-    check_output_file("--out", None if name is None else tmp_path / "new" / name, kind)
+def test_a_writable_output_path_passes_and_the_check_makes_nothing(tmp_path, name, kind):
+    check_output_file("--out", None if name is None else tmp_path / "new" / name, kind)  # raises if refused
+    assert not (tmp_path / "new").exists()
 
 
 def test_sample_and_eval_refuse_a_bad_output_before_loading_the_model(tmp_path, capsys):

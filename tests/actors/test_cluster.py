@@ -40,7 +40,7 @@ def test_the_address_comes_from_the_option_then_the_config_then_the_environment(
 def test_a_cluster_that_answers_and_the_addresses_ray_resolves_itself_pass(monkeypatch, listening):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for address in (listening, f"ray://{listening}", "auto", "local", None):
-        check_cluster_reachable(RayConfig(), address)
+        check_cluster_reachable(RayConfig(), address)  # raises ConfigError when refused
 
 
 def test_a_closed_port_is_refused_with_its_source_and_port_hint(monkeypatch, closed_port):
