@@ -130,10 +130,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _detector_overrides(args: argparse.Namespace) -> dict:
     """Command-line changes to the evaluation detector (the config's geneval `detector` section)."""
-    from maskfocus.evaluation import DETECTOR_OPTIONS
+    from maskfocus.config_rewards import DETECTOR_OPTIONS
 
-    given = {key: getattr(args, option[2:].replace("-", "_"), None) for key, option in DETECTOR_OPTIONS.items()}
+    given = {key: getattr(args, f"detector_{key}", None) for key in DETECTOR_OPTIONS}
     return {key: value for key, value in given.items() if value is not None}
+
+
+DETECTOR_OPTION_HELP = {
+    "kind": "GenEval judge (default: the detector of the config's geneval reward, else shapes)",
+    "path": "OWLv2 folder (transformers format) for --detector owlv2",
+    "clip_model": "open_clip folder of the colour classifier for --detector owlv2",
+    "url": "Flow-GRPO-compatible GenEval reward server for --detector http",
+    "score_threshold": "detection confidence cut (GenEval: 0.3); --detector owlv2 needs all three thresholds",
+    "counting_score_threshold": "the same for counting prompts (GenEval: 0.9)",
+    "nms_iou": "OWLv2's per-class NMS IoU",
+}
+"""Help of each option in config_rewards.DETECTOR_OPTIONS, by config key."""
+
+
+def _add_detector_options(evaluate: argparse.ArgumentParser) -> None:
+    """`maskfocus eval`'s detector options, one per key of config_rewards.DETECTOR_OPTIONS (which its error messages
+    name), each stored as `detector_<key>` for `_detector_overrides`."""
+    from maskfocus.config_rewards import DETECTOR_OPTIONS
+
+    for key, option in DETECTOR_OPTIONS.items():
+        if key == "kind":
+            spec = {"choices": ("shapes", "owlv2", "http")}
+        else:
+            spec = {"metavar": option[2:].upper().replace("-", "_")}
+            if key in ("score_threshold", "counting_score_threshold", "nms_iou"):
+                spec["type"] = float
+        evaluate.add_argument(option, dest=f"detector_{key}", help=DETECTOR_OPTION_HELP[key], **spec)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -228,20 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     evaluate.add_argument("--batch-size", type=positive_int, help="override sampler.batch_size")
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
-    evaluate.add_argument(
-        "--detector",
-        choices=("shapes", "owlv2", "http"),
-        help="GenEval judge (default: the detector of the config's geneval reward, else shapes)",
-    )
-    evaluate.add_argument("--detector-path", help="OWLv2 folder (transformers format) for --detector owlv2")
-    evaluate.add_argument("--color-clip", help="open_clip folder of the colour classifier for --detector owlv2")
-    evaluate.add_argument("--server-url", help="Flow-GRPO-compatible GenEval reward server for --detector http")
-    for flag, what in (
-        ("--score-threshold", "detection confidence cut (GenEval: 0.3)"),
-        ("--counting-score-threshold", "the same for counting prompts (GenEval: 0.9)"),
-        ("--nms-iou", "OWLv2's per-class NMS IoU"),
-    ):
-        evaluate.add_argument(flag, type=float, help=f"{what}; --detector owlv2 needs all three")
+    _add_detector_options(evaluate)
     _add_set_option(
         evaluate,
         "override a config key (repeatable); below 400 images (e.g. with --limit) sampling is eager unless --set "

@@ -84,6 +84,18 @@ DEFAULT_REWARD_MODELS = {"clip": "builtin:shapes-clip", "hps": "ViT-H-14"}
 """The `model` of a clip / hps reward term when the YAML leaves it out."""
 
 
+DETECTOR_OPTIONS = {
+    "kind": "--detector",
+    "path": "--detector-path",
+    "clip_model": "--color-clip",
+    "url": "--server-url",
+    "score_threshold": "--score-threshold",
+    "counting_score_threshold": "--counting-score-threshold",
+    "nms_iou": "--nms-iou",
+}
+"""The detector settings `maskfocus eval` takes as options: config key -> option."""
+
+
 class RewardSpec(Section):
     """One term of the reward r = sum_k weight_k * r_k."""
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from maskfocus.config import ConfigError, EvalConfig, GenEvalDetectorConfig, RunConfig, SamplerConfig
+from maskfocus.config_rewards import DETECTOR_OPTIONS
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
@@ -65,18 +66,6 @@ def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector
             f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
             f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}{hint}"
         )
-
-
-DETECTOR_OPTIONS = {
-    "kind": "--detector",
-    "path": "--detector-path",
-    "clip_model": "--color-clip",
-    "url": "--server-url",
-    "score_threshold": "--score-threshold",
-    "counting_score_threshold": "--counting-score-threshold",
-    "nms_iou": "--nms-iou",
-}
-"""The detector settings `maskfocus eval` takes as options: config key -> option."""
 
 
 def eval_detector_config(

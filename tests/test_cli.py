@@ -130,10 +130,10 @@ def test_an_incomplete_detector_from_the_command_line_names_the_options_that_set
 
 
 def test_every_option_of_the_detector_table_is_an_eval_option():
-    """`_detector_overrides` reads the options named in evaluation.DETECTOR_OPTIONS: one renamed in the parser alone
-    would be ignored without a word."""
+    """The eval parser's detector options are made from config_rewards.DETECTOR_OPTIONS, and `_detector_overrides`
+    reads each back under its config key."""
     from maskfocus.cli import _detector_overrides, build_parser
-    from maskfocus.evaluation import DETECTOR_OPTIONS
+    from maskfocus.config_rewards import DETECTOR_OPTIONS
 
     values = {"kind": "owlv2", "path": "p", "clip_model": "c", "url": "u"}
     argv = [arg for key, option in DETECTOR_OPTIONS.items() for arg in (option, values.get(key, "0.5"))]
