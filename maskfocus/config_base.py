@@ -61,10 +61,21 @@ def _bool_for_number(value: Any, annotation: Any) -> bool:
     if isinstance(value, bool):
         return bool(kinds & {int, float}) and not kinds & {bool, Any}
     if isinstance(value, list | tuple):
-        items = [typing.get_args(kind) for kind in kinds if typing.get_origin(kind) in (tuple, list)]
-        item_types = [item for arguments in items for item in arguments if item is not Ellipsis]
-        return any(_bool_for_number(item, item_type) for item in value for item_type in item_types[:1])
+        sequences = [kind for kind in kinds if typing.get_origin(kind) in (tuple, list)]
+        return any(
+            _bool_for_number(item, item_type)
+            for kind in sequences
+            for item, item_type in zip(value, _item_types(kind, len(value)), strict=False)  # length: pydantic
+        )
     return False
+
+
+def _item_types(sequence: Any, length: int) -> list[Any]:
+    """The type of each of `length` items of a `list[X]`, `tuple[X, ...]` or fixed `tuple[X, Y]` annotation."""
+    arguments = typing.get_args(sequence)
+    if typing.get_origin(sequence) is list or arguments[1:] == (Ellipsis,):
+        return [arguments[0]] * length
+    return list(arguments)  # a fixed tuple: one type per place
 
 
 SectionT = TypeVar("SectionT", bound=Section)

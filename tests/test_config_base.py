@@ -165,6 +165,21 @@ def test_true_or_false_is_refused_where_a_number_is_needed(tmp_path, text, key):
     assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:2: {key}: a number is needed, not true or false")
 
 
+def test_a_fixed_tuple_checks_each_place_against_its_own_type():
+    """`tuple[bool, int]` takes true in its first place and a number in its second: each item is checked against the
+    type of its place, not all against the first."""
+    from maskfocus.config_base import Section
+
+    class Pair(Section):
+        pair: tuple[bool, int] = (False, 0)
+        counts: list[int] = []
+
+    assert Pair.model_validate({"pair": [True, 3]}).pair == (True, 3)
+    for bad in ({"pair": [True, False]}, {"counts": [1, True]}):
+        with pytest.raises(ValueError, match="a number is needed, not true or false"):
+            Pair.model_validate(bad)
+
+
 def test_a_rejected_value_is_shown_as_yaml_spells_it(tmp_path):
     assert _error(tmp_path / "run.yaml", "sampler:\n  num_steps: false\n")[1].endswith("(got false)")
     assert _error(tmp_path / "run.yaml", "optim:\n  grad_clip: null\n")[1].endswith("(got null)")
