@@ -151,15 +151,16 @@ DETECTOR_OPTION_HELP = {
 def _add_detector_options(evaluate: argparse.ArgumentParser) -> None:
     """`maskfocus eval`'s detector options, one per key of config_rewards.DETECTOR_OPTIONS (which its error messages
     name), each stored as `detector_<key>` for `_detector_overrides`."""
-    from maskfocus.config_rewards import DETECTOR_OPTIONS
+    import typing
+
+    from maskfocus.config_rewards import DETECTOR_OPTIONS, GenEvalDetectorConfig
 
     for key, option in DETECTOR_OPTIONS.items():
-        if key == "kind":
-            spec = {"choices": ("shapes", "owlv2", "http")}
-        else:
-            spec = {"metavar": option[2:].upper().replace("-", "_")}
-            if key in ("score_threshold", "counting_score_threshold", "nms_iou"):
-                spec["type"] = float
+        annotation = GenEvalDetectorConfig.model_fields[key].annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            spec = {"choices": typing.get_args(annotation)}
+        else:  # the config's own checks name the range of a number
+            spec = {"metavar": option[2:].upper().replace("-", "_"), "type": float if annotation is float else str}
         evaluate.add_argument(option, dest=f"detector_{key}", help=DETECTOR_OPTION_HELP[key], **spec)
 
 
