@@ -35,7 +35,6 @@ from tqdm import tqdm
 import maskfocus.shapes.positional_uvit as positional_uvit
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
-from maskfocus.models.loading import GENERATOR_KINDS, check_folder, folder_hint
 from maskfocus.rewards.clip_score import TINY_CLIP, load_open_clip
 from maskfocus.script_args import check_model_output, positive_int, run_script
 from maskfocus.shapes.clip_text import text_encoder_from_open_clip
@@ -65,14 +64,6 @@ def write_positional_folder(base: Path, target: Path, text_encoder, transformer,
     return target
 
 
-def check_folders(out: Path, base: str) -> Path:
-    """OUT can be made and does not overlap the base folder; the base folder has a generator's parts and the
-    scheduler that the new folder copies. All before the training they would otherwise end. Returns the base folder."""
-    base_folder = check_model_output(out, "--base", base, "amused")
-    check_folder(base_folder, KEPT_PARTS, GENERATOR_KINDS["amused"], folder_hint(base))
-    return base_folder
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write")
@@ -82,7 +73,8 @@ def main() -> int:
     parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
     parser.add_argument("--plain", action="store_true", help="shipped UVit2DModel, aMUSEd-format folder")
     args = parser.parse_args()
-    base_folder = check_folders(args.out, args.base)
+    # the scheduler too: write_positional_folder copies it after the training
+    base_folder = check_model_output(args.out, "--base", args.base, "amused", extra_parts=("scheduler",))
     base = load_generator(ModelConfig(path=args.base), dtype="float32")
     tokenizer = base.tokenizer
     config = GeneratorPretrainConfig(num_steps=args.steps, train_text_encoder=not args.clip_text)

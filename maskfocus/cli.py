@@ -141,7 +141,7 @@ DETECTOR_OPTION_HELP = {
     "path": "OWLv2 folder (transformers format) for --detector owlv2",
     "clip_model": "open_clip folder of the colour classifier for --detector owlv2",
     "url": "Flow-GRPO-compatible GenEval reward server for --detector http",
-    "score_threshold": "detection confidence cut (GenEval: 0.3); --detector owlv2 needs all three thresholds",
+    "score_threshold": "detection confidence cut (GenEval: 0.3)",
     "counting_score_threshold": "the same for counting prompts (GenEval: 0.9)",
     "nms_iou": "OWLv2's per-class NMS IoU",
 }
@@ -151,17 +151,29 @@ DETECTOR_OPTION_HELP = {
 def _add_detector_options(evaluate: argparse.ArgumentParser) -> None:
     """`maskfocus eval`'s detector options, one per key of config_rewards.DETECTOR_OPTIONS (which its error messages
     name), each stored as `detector_<key>` for `_detector_overrides`."""
-    import typing
-
-    from maskfocus.config_rewards import DETECTOR_OPTIONS, GenEvalDetectorConfig
+    from maskfocus.config_rewards import DETECTOR_OPTIONS, OWLV2_THRESHOLDS, GenEvalDetectorConfig
 
     for key, option in DETECTOR_OPTIONS.items():
-        annotation = GenEvalDetectorConfig.model_fields[key].annotation
-        if typing.get_origin(annotation) is typing.Literal:
-            spec = {"choices": typing.get_args(annotation)}
-        else:  # the config's own checks name the range of a number
-            spec = {"metavar": option[2:].upper().replace("-", "_"), "type": float if annotation is float else str}
-        evaluate.add_argument(option, dest=f"detector_{key}", help=DETECTOR_OPTION_HELP[key], **spec)
+        spec = _option_spec(GenEvalDetectorConfig.model_fields[key].annotation, key)
+        spec.setdefault("metavar", option[2:].upper().replace("-", "_"))
+        text = DETECTOR_OPTION_HELP[key] + ("; --detector owlv2 needs all three" if key in OWLV2_THRESHOLDS else "")
+        evaluate.add_argument(option, dest=f"detector_{key}", help=text, **spec)
+
+
+def _option_spec(annotation: object, key: str) -> dict:
+    """argparse's `choices` or `type` for a config field's annotation (through `X | None`); the config's own checks
+    then name a number's range."""
+    import typing
+
+    from maskfocus.config_base import scalar_kinds
+
+    kinds = scalar_kinds(annotation) - {type(None)}
+    literals = [kind for kind in kinds if typing.get_origin(kind) is typing.Literal]
+    if literals:
+        return {"choices": tuple(value for kind in literals for value in typing.get_args(kind)), "metavar": None}
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in (float, int, str):
+        return {"type": kind}
+    raise TypeError(f"no command-line option type for {key}: {annotation}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

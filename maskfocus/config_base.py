@@ -45,19 +45,19 @@ class Section(BaseModel):
         return value
 
 
-def _scalar_kinds(annotation: Any) -> set[Any]:
+def scalar_kinds(annotation: Any) -> set[Any]:
     """The plain types a field's annotation admits, through `X | None`, `Optional` and `Annotated`."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
         arguments = typing.get_args(annotation)
         parts = arguments[:1] if typing.get_origin(annotation) is typing.Annotated else arguments
-        return set().union(*(_scalar_kinds(part) for part in parts))
+        return set().union(*(scalar_kinds(part) for part in parts))
     return {annotation}
 
 
 def _bool_for_number(value: Any, annotation: Any) -> bool:
     """True where `value` (or an item of a list given for a tuple or list of numbers) is true/false and the field
     takes int or float but not bool."""
-    kinds = _scalar_kinds(annotation)
+    kinds = scalar_kinds(annotation)
     if isinstance(value, bool):
         return bool(kinds & {int, float}) and not kinds & {bool, Any}
     if isinstance(value, list | tuple):
@@ -73,6 +73,8 @@ def _bool_for_number(value: Any, annotation: Any) -> bool:
 def _item_types(sequence: Any, length: int) -> list[Any]:
     """The type of each of `length` items of a `list[X]`, `tuple[X, ...]` or fixed `tuple[X, Y]` annotation."""
     arguments = typing.get_args(sequence)
+    if not arguments:  # a bare `list` or `tuple`: any items
+        return []
     if typing.get_origin(sequence) is list or arguments[1:] == (Ellipsis,):
         return [arguments[0]] * length
     return list(arguments)  # a fixed tuple: one type per place

@@ -74,8 +74,8 @@ class GenEvalDetectorConfig(Section):
                 f"{', '.join(OWLV2_THRESHOLDS)}): the 0.3 / 0.9 score defaults are GenEval's, tuned for its "
                 "Mask2Former, and OWLv2's sigmoid scores run much lower. Set them in this detector section, "
                 "calibrated against the http (Mask2Former) judge on a few hundred images (configs/amused_geneval.yaml "
-                "has uncalibrated starting points; `maskfocus eval` takes --score-threshold, "
-                "--counting-score-threshold and --nms-iou)"
+                "has uncalibrated starting points; `maskfocus eval` takes "
+                f"{', '.join(DETECTOR_OPTIONS[name] for name in OWLV2_THRESHOLDS)})"
             )
         return self
 

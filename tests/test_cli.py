@@ -141,6 +141,20 @@ def test_every_option_of_the_detector_table_is_an_eval_option():
     assert overrides == {key: values.get(key, 0.5) for key in DETECTOR_OPTIONS}
 
 
+def test_an_option_takes_its_choices_or_type_from_the_config_field():
+    """Through `X | None`: a threshold once typed `float | None` must still parse as a number, not as text."""
+    from typing import Literal
+
+    from maskfocus.cli import _option_spec
+
+    assert _option_spec(float | None, "t") == {"type": float}
+    assert _option_spec(int, "n") == {"type": int}
+    assert _option_spec(str | None, "p") == {"type": str}
+    assert _option_spec(Literal["a", "b"] | None, "k") == {"choices": ("a", "b"), "metavar": None}
+    with pytest.raises(TypeError, match="no command-line option type for pair"):
+        _option_spec(tuple[int, int], "pair")
+
+
 def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
     error = cli_error(capsys, "pretrain", "--out", str(tmp_path), "--set", "generator.transformer.width=128")
     assert "generator.transformer.width" in error and "unknown key" in error

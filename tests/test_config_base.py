@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,9 @@ def test_a_fixed_tuple_checks_each_place_against_its_own_type():
     class Pair(Section):
         pair: tuple[bool, int] = (False, 0)
         counts: list[int] = []
+        anything: typing.List = []  # noqa: UP006 (bare, no item type): true and false pass through as they are
+
+    assert Pair.model_validate({"anything": [True, 1]}).anything == [True, 1]
 
     assert Pair.model_validate({"pair": [True, 3]}).pair == (True, 3)
     for bad in ({"pair": [True, False]}, {"counts": [1, True]}):

@@ -54,11 +54,12 @@ GENERATOR_PARTS = ("vqvae", "transformer", "text_encoder", "tokenizer")
 GENERATOR_KINDS = {"amused": "diffusers aMUSEd", "meissonic": "Meissonic"}
 
 
-def check_generator_folder(path: str | Path, kind: str) -> Path:
-    """The model folder of `model.path` exists and has a generator's parts: checked before a run starts, so that
-    a wrong path is one clear error rather than workers that fail to start. Returns the resolved folder."""
+def check_generator_folder(path: str | Path, kind: str, extra_parts: tuple[str, ...] = ()) -> Path:
+    """The model folder of `model.path` exists and has a generator's parts (and `extra_parts`, for a caller that
+    needs more of it): checked before a run starts, so that a wrong path is one clear error rather than workers that
+    fail to start. Returns the resolved folder."""
     folder = resolve_model_path(path)
-    check_folder(folder, GENERATOR_PARTS, GENERATOR_KINDS[kind], folder_hint(path))
+    check_folder(folder, GENERATOR_PARTS + extra_parts, GENERATOR_KINDS[kind], folder_hint(path))
     return folder
 
 

@@ -121,14 +121,13 @@ def _architecture_problems(
         return [
             f"{field}: {model!r} is neither a local folder nor an open_clip architecture name (e.g. ViT-H-14, ViT-L-14)"
         ]
-    problems = []
     try:
         check_offline_architecture(model, field)
     except ModelLoadError as error:
-        problems.append(str(error))
+        return [str(error)]  # it advises a folder instead, so no weights file is asked for
     if checkpoint is None:
-        problems.append(f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk")
-    return problems
+        return [f"{checkpoint_field}: the architecture {model!r} needs a weights file on local disk"]
+    return []
 
 
 def load_open_clip(

@@ -145,6 +145,17 @@ def test_architectures_with_hub_text_parts_are_refused(hps_checkpoint, no_open_c
         ClipScorer.load(name, str(hps_checkpoint), field="rewards[0].model")
 
 
+def test_a_hub_architecture_without_weights_is_told_only_to_use_a_folder():
+    """Its error advises a local folder; asking for a weights file as well would contradict it."""
+    from maskfocus.rewards.clip_score import open_clip_problems
+
+    problems = open_clip_problems("ViT-B-16-SigLIP", None, "m", "ck")
+    assert len(problems) == 1 and problems[0].startswith("m: the open_clip architecture 'ViT-B-16-SigLIP' takes")
+    assert open_clip_problems("ViT-H-14", None, "m", "ck") == [
+        "ck: the architecture 'ViT-H-14' needs a weights file on local disk"
+    ]
+
+
 def test_architectures_whose_weights_need_another_normalization_are_refused(hps_checkpoint, no_open_clip_building):
     import open_clip
 
