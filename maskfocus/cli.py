@@ -199,12 +199,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         find_run_folders,
         group_runs,
         load_run,
+        unreadable_run_folders,
     )
     from maskfocus.compare_plot import plot_comparison
 
     check_output_file("--out", args.out, "figure")
     check_output_file("--markdown", args.markdown, "file")
-    runs = [load_run(folder, args.curve) for folder in find_run_folders([Path(p) for p in args.runs])]
+    paths = [Path(p) for p in args.runs]
+    runs = [load_run(folder, args.curve) for folder in find_run_folders(paths)]
+    for folder in unreadable_run_folders(paths):
+        print(f"left out {folder}: it holds a run's metrics or checkpoints but no config.yaml", file=sys.stderr)
     check_curve_key(runs, args.curve)
     groups, common = group_runs(runs, tuple(args.ignore))
     base = base_summary(runs, Path(args.base) if args.base else None)

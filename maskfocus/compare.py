@@ -157,6 +157,19 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     return unique
 
 
+def unreadable_run_folders(paths: list[Path]) -> list[Path]:
+    """Subfolders of the folders given (not run folders themselves) that hold a run's metrics or checkpoints but no
+    config.yaml: `find_run_folders` leaves them out, and the user should hear why."""
+    parents = [path for path in paths if path.is_dir() and not (path / "config.yaml").is_file()]
+    return [
+        child
+        for parent in parents
+        for child in sorted(parent.iterdir())
+        if not (child / "config.yaml").is_file()
+        and ((child / "metrics.jsonl").is_file() or (child / "checkpoints").is_dir())
+    ]
+
+
 _ABSENT = "<absent>"
 
 

@@ -25,7 +25,10 @@ def _legend_label(letter: str, label: str) -> str:
     return f"{letter}: " + textwrap.shorten(label, width=60, placeholder=" ...")
 
 
-def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str], colours, window: int, key: str):
+def _plot_curves(
+    ax, groups: dict[str, list[RunRecord]], letters: dict[str, str], colours, window: int, key: str
+) -> bool:
+    """One line per run that logged `key`; returns whether any did."""
     for index, (label, group) in enumerate(groups.items()):
         for run_index, run in enumerate(group):
             if not run.curve:
@@ -33,12 +36,14 @@ def _plot_curves(ax, groups: dict[str, list[RunRecord]], letters: dict[str, str]
             xs, ys = zip(*run.curve, strict=True)
             legend = _legend_label(letters[label], label) if run_index == 0 else None
             ax.plot(xs, moving_average(list(ys), window), color=colours(index), linewidth=1.2, label=legend)
-    if not any(run.curve for group in groups.values() for run in group):
+    drawn = any(run.curve for group in groups.values() for run in group)
+    if not drawn:
         ax.text(0.5, 0.5, f"no run has logged {key} yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"{key} ({window}-point mean)")
     ax.set_title("one line per run, one colour per config", fontsize=9)
     ax.grid(alpha=0.3)
+    return drawn
 
 
 def _plot_final(ax, groups, letters, colours, base: dict[str, Any] | None) -> bool:
@@ -93,8 +98,8 @@ def plot_comparison(
     legend_inches = 0.2 + 0.16 * math.ceil(len(groups) / columns)  # the curves' legend, under the panels
     height = 4.5 + legend_inches
     fig, (curves, final) = plt.subplots(1, 2, figsize=(14, height), dpi=110)
-    _plot_curves(curves, groups, letters, colours, window, curve_key)
-    fig.legend(fontsize=7, loc="lower left", ncols=columns, frameon=False)
+    if _plot_curves(curves, groups, letters, colours, window, curve_key):  # no legend of nothing (matplotlib warns)
+        fig.legend(fontsize=7, loc="lower left", ncols=columns, frameon=False)
     if _plot_final(final, groups, letters, colours, base) or base:
         final.legend(fontsize=7, loc="upper right")
     else:
