@@ -24,9 +24,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from maskfocus.learner.parallelize import unwrap
-from maskfocus.run_io import RunState as RunState  # re-exported: the learner's resume state
-from maskfocus.run_io import resume_state as resume_state
 from maskfocus.run_io import save_checkpoint
+from maskfocus.run_state import RunState as RunState  # re-exported: the learner's resume state
+from maskfocus.run_state import resume_state as resume_state
 
 
 class _StateOnly:

@@ -11,7 +11,7 @@ from maskfocus.config_base import parse_set
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.run_io import new_run_folder, record_resumed_config, resume_state, run_folder_for
+    from maskfocus.run_io import new_run_folder, record_resumed_config, run_folder_for
 
     overrides = parse_set(args.set)
     if args.executor:
@@ -26,12 +26,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
                     "with --set KEY=VALUE (and --iterations, --executor)"
                 )
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        config = load_config(run_dir / "config.yaml", overrides)
+        from maskfocus.resume_check import check_resumable, check_run_config_file
+
+        config = load_config(check_run_config_file(run_dir), overrides)
         check_before_writing(config, args.address)
+        start = check_resumable(run_dir)
         if args.check:
-            return report_check(config, run_dir, resume_state(run_dir, resume=True).iteration, args.address)
+            return report_check(config, run_dir, start.iteration, args.address)
         record_resumed_config(run_dir, config)
     else:
         config = load_config_or_default(args.config, overrides)

@@ -57,16 +57,15 @@ from maskfocus.models.base import MaskedGenerator
 from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
-    RunState,
     float32_final_model,
     iteration_progress,
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
     resume_hint,
-    resume_state,
     running_counts,
 )
+from maskfocus.run_state import RunState, resume_state
 from maskfocus.stopping import RunStopped, StopRequest
 from maskfocus.trainer import PromptStream, finish_run, save_preview
 

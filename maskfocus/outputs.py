@@ -3,6 +3,7 @@ should not end in a traceback because `--out` names a folder or a type nobody ca
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -37,10 +38,15 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def check_output_folder(option: str, folder: Path) -> None:
-    """`folder` (given as `option`) exists as a folder or can be made: no file at it or on its way."""
+    """`folder` (given as `option`) exists as a folder or can be made: no file at it or on its way, and the folder
+    (or the first one above it that exists) can be written."""
     if (blocking := file_in_the_way(folder)) is not None:
         where = "is a file" if blocking == folder.absolute() else f"cannot be made: {blocking} is a file"
         raise ConfigError(f"{option} {folder}: {where}; give a folder")
+    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.is_dir())
+    if not os.access(existing, os.W_OK | os.X_OK):  # a read-only mount refuses even root here
+        where = "" if existing == folder.absolute() else f"cannot be made: {existing} "
+        raise ConfigError(f"{option} {folder}: {where}cannot be written (permissions or a read-only file system)")
 
 
 def check_output_file(option: str, path: str | Path | None, kind: Literal["image", "figure", "file"]) -> None:

@@ -23,7 +23,6 @@ import shlex
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.outputs import check_output_folder
+from maskfocus.run_state import latest_checkpoint, resume_state
 from maskfocus.update import lr_factor, schedule_span
 
 
@@ -101,33 +101,6 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     if (note := schedule_note(before_config, config, start.num_updates, start.iteration)) is not None:
         print(note)
     return changes, kept
-
-
-@dataclass(frozen=True)
-class RunState:
-    """Where a run (re)starts: the next iteration, the prompt cursor before it, and the learner's counters."""
-
-    iteration: int = 0
-    prompt_cursor: int = 0
-    policy_version: int = 0
-    num_updates: int = 0
-    checkpoint: str | None = None
-    """The checkpoint folder to load weights and optimizer state from (None: the base model)."""
-
-
-def resume_state(run_dir: Path, resume: bool) -> RunState:
-    """The state after the latest checkpoint of `run_dir` (a fresh start when not resuming or none exists)."""
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is None:
-        return RunState()
-    state = json.loads((checkpoint / "state.json").read_text())
-    return RunState(
-        iteration=state["iteration"] + 1,
-        prompt_cursor=state["prompt_cursor"],
-        policy_version=state["policy_version"],
-        num_updates=state["num_updates"],
-        checkpoint=str(checkpoint),
-    )
 
 
 def set_aside_results(run_dir: Path, tag: str) -> list[tuple[Path, Path]]:
@@ -218,11 +191,14 @@ def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as error:
             if number == len(lines):
                 return records, line
-            raise ValueError(f"{path}:{number}: not a JSON record ({error}); only the last may be cut short") from None
+            raise ConfigError(f"{path}:{number}: not a JSON record ({error}); only the last may be cut short") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{number}: not a JSON record of one iteration (got {type(record).__name__})")
+        records.append(record)
     return records, None
 
 
@@ -286,11 +262,6 @@ def save_checkpoint(
         shutil.rmtree(target)
     partial.rename(target)  # a checkpoint folder exists only once it is complete
     return target
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted((folder / "checkpoints").glob("iter_[0-9]*[0-9]"))
-    return checkpoints[-1] if checkpoints else None
 
 
 def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, Any]:

@@ -27,15 +27,14 @@ from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
     iteration_progress,
-    latest_checkpoint,
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
     resume_hint,
-    resume_state,
     save_checkpoint,
     save_model_folder,
 )
+from maskfocus.run_state import latest_checkpoint, resume_state
 from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities

@@ -84,14 +84,16 @@ def test_train_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 
 
 def test_train_check_of_a_resume_names_the_iteration_and_changes_nothing(tmp_path, capsys):
+    import torch
+
     from maskfocus.cli import main
     from maskfocus.config import default_run_config, dump_config
+    from maskfocus.run_io import save_checkpoint
 
     run = tmp_path / "run"
-    (run / "checkpoints" / "iter_000049").mkdir(parents=True)
-    (run / "checkpoints" / "iter_000049" / "state.json").write_text(
-        '{"iteration": 49, "prompt_cursor": 200, "policy_version": 50, "num_updates": 150}'
-    )
+    module = torch.nn.Linear(2, 2)
+    state = {"prompt_cursor": 200, "policy_version": 50, "num_updates": 150}
+    save_checkpoint(run, 49, module, torch.optim.AdamW(module.parameters()), state)
     dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
     before = sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*"))
     assert main(["train", "--resume", str(run), "--check", "--iterations", "300"]) == 0

@@ -158,7 +158,7 @@ def test_a_summary_of_the_wrong_shape_is_named_in_a_run_and_as_the_base(tmp_path
         base_summary([], folder / "eval" / "summary.json")
 
 
-@pytest.mark.parametrize("line", ['{"reward/mean": 0.5}', "[1, 2]", '{"iteration": "3"}', '{"iteration": true}'])
+@pytest.mark.parametrize("line", ['{"reward/mean": 0.5}', '{"iteration": "3"}', '{"iteration": true}'])
 def test_a_metrics_record_without_a_whole_number_iteration_is_named(tmp_path, line):
     folder = make_run(tmp_path / "run", {}, overall=0.5)
     with (folder / "metrics.jsonl").open("a") as metrics:
@@ -166,6 +166,14 @@ def test_a_metrics_record_without_a_whole_number_iteration_is_named(tmp_path, li
     with pytest.raises(
         CompareError, match=r"run/metrics.jsonl: record 6 \(blank lines not counted\) has no whole-number 'iteration'"
     ):
+        load_run(folder)
+
+
+def test_a_metrics_line_that_is_no_record_is_named_by_its_line(tmp_path):
+    folder = make_run(tmp_path / "run", {}, overall=0.5)
+    with (folder / "metrics.jsonl").open("a") as metrics:
+        metrics.write("[1, 2]\n" + '{"iteration": 9}\n')
+    with pytest.raises(CompareError, match=r"run/metrics.jsonl:6: not a JSON record of one iteration \(got list\)"):
         load_run(folder)
 
 
@@ -312,10 +320,22 @@ def test_runs_without_metrics_say_so_in_the_curve_panel(tmp_path):
     for folders, expected in (([fresh], ["no run has logged reward/mean yet"]), ([logged, fresh], [])):
         groups, _ = group_runs([load_run(folder) for folder in folders])
         fig, ax = plt.subplots()
-        _plot_curves(ax, groups, {label: label for label in groups}, lambda i: "C0", 10, "reward/mean")
+        drawn = _plot_curves(ax, groups, {label: label for label in groups}, lambda i: "C0", 10, "reward/mean")
+        assert drawn is not bool(expected)  # the figure's legend is drawn only over curves (matplotlib warns else)
         assert [text.get_text() for text in ax.texts] == expected
         assert len(ax.lines) == len(folders) - 1
         plt.close(fig)
+
+
+def test_a_run_without_config_in_a_folder_of_runs_is_named_not_skipped_silently(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "good", {}, overall=0.5)
+    broken = make_run(tmp_path / "runs" / "noconfig", {"seed": 1}, overall=0.5)
+    (broken / "config.yaml").unlink()
+    (tmp_path / "runs" / "notes").mkdir()  # neither metrics nor checkpoints: not a run, nothing said
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "c.png")]) == 0
+    error = capsys.readouterr().err
+    assert f"left out {broken}: it holds a run's metrics or checkpoints but no config.yaml" in error
+    assert "notes" not in error
 
 
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):

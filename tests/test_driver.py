@@ -22,7 +22,8 @@ from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, r
 from maskfocus.actors.grafana import dashboard
 from maskfocus.actors.metrics import METRICS
 from maskfocus.config import RunConfig
-from maskfocus.run_io import latest_checkpoint, read_metrics
+from maskfocus.run_io import read_metrics
+from maskfocus.run_state import latest_checkpoint
 
 COMPARED = ("reward/mean", "reward/std", "loss/total", "loss/policy", "loss/kl", "loss/ratio_mean", "loss/grad_norm")
 TIME_BREAKDOWN = (

@@ -18,7 +18,8 @@ from ray_fixture import one_thread, random_model, tiny_config  # noqa: F401
 from support import cli_error
 
 from maskfocus.config import load_config
-from maskfocus.run_io import latest_checkpoint, load_checkpoint_weights
+from maskfocus.run_io import load_checkpoint_weights
+from maskfocus.run_state import latest_checkpoint
 from maskfocus.sampling import sample_with_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,62 @@
+"""What `maskfocus train --resume` reads from its run folder, checked before the resume changes anything there
+(it sets aside model/ and eval/ and may rewrite config.yaml): a damaged metrics.jsonl, checkpoint or folder is one
+message naming the file and what to do, not a traceback after the folder was changed."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from maskfocus.config import ConfigError
+from maskfocus.outputs import check_output_folder
+from maskfocus.run_io import read_metrics
+from maskfocus.run_state import RunState, damaged_checkpoint, resume_state
+
+
+def check_run_config_file(run_dir: Path) -> Path:
+    """The run's config.yaml exists and is not empty (an empty one would read as every default, silently)."""
+    path = run_dir / "config.yaml"
+    if not run_dir.exists():
+        raise ConfigError(f"--resume {run_dir}: no such folder")
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+    if not path.read_text().strip():
+        raise ConfigError(
+            f"{path} is empty: it would resume with every default instead of the run's settings; restore it (a "
+            "resume that changed settings kept the one before as config.before_resume_*.yaml)"
+        )
+    return path
+
+
+def check_resumable(run_dir: Path) -> RunState:
+    """The folder can be written, its metrics.jsonl reads record by record, and its latest checkpoint has a whole
+    state.json, a readable weights header and an optimizer archive. Returns the state the resume starts from."""
+    check_output_folder("--resume", run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    logged = len(read_metrics(metrics)) if metrics.is_file() else 0
+    start = resume_state(run_dir, resume=True)
+    if start.checkpoint is None:
+        if logged:
+            print(
+                f"no checkpoint in {run_dir / 'checkpoints'}: the resume starts again from the base model at "
+                f"iteration 0 (the {logged} logged iterations move to metrics.superseded.jsonl)"
+            )
+        return start
+    check_checkpoint_files(Path(start.checkpoint))
+    return start
+
+
+def check_checkpoint_files(checkpoint: Path) -> None:
+    """The weights' safetensors header covers the file, and the optimizer state is a torch archive."""
+    from safetensors import SafetensorError, safe_open
+
+    weights, optimizer = checkpoint / "transformer.safetensors", checkpoint / "optimizer.pt"
+    if not weights.is_file():
+        raise damaged_checkpoint(checkpoint, f"{weights.name}: missing")
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (OSError, SafetensorError) as error:
+        raise damaged_checkpoint(checkpoint, f"{weights.name}: {error}") from None
+    if not zipfile.is_zipfile(optimizer):
+        raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")

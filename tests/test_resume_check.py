@@ -1,0 +1,125 @@
+"""`maskfocus train --resume` on a damaged run folder (maskfocus/resume_check.py): one message naming the file and
+what to do, given before the resume sets aside model/ or rewrites config.yaml, and by `--check` too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from support import cli_error
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder as a stopped in-process run leaves it: config, two logged iterations, a checkpoint of the
+    second, the saved model (a stand-in folder)."""
+    from maskfocus.config import default_run_config, dump_config
+    from maskfocus.run_io import save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward/mean": 0.5}) + "\n" for i in (0, 1)))
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    state = {"prompt_cursor": 8, "policy_version": 2, "num_updates": 6}
+    save_checkpoint(run, 1, module, optimizer, state)
+    (run / "model").mkdir()
+    return run
+
+
+def snapshot(run):
+    return sorted((str(path.relative_to(run)), path.stat().st_mtime_ns) for path in run.rglob("*"))
+
+
+def refused(capsys, run) -> str:
+    """The resume's error, checked to come from the plain resume and from --check alike, with nothing changed."""
+    before = snapshot(run)
+    errors = [
+        cli_error(capsys, "train", "--resume", str(run), "--iterations", "3", *check) for check in ([], ["--check"])
+    ]
+    assert errors[0] == errors[1]
+    assert snapshot(run) == before
+    return errors[0]
+
+
+def test_an_intact_run_passes_the_check(run, capsys):
+    from maskfocus.cli import main
+
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--check"]) == 0
+    assert f"run folder: {run} (resumes at iteration 2; unchanged)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("[1, 2, 3]", "not a JSON record of one iteration (got list)"), ("{oops", "not a JSON record (")],
+)
+def test_a_bad_metrics_line_is_named_by_file_and_line(run, capsys, line, message):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], line, lines[1]]) + "\n")
+    assert f"{run / 'metrics.jsonl'}:2: {message}" in refused(capsys, run)
+
+
+@pytest.mark.parametrize("damage", ["half", "empty", "missing"])
+def test_damaged_checkpoint_weights_are_named_before_the_folder_changes(run, capsys, damage):
+    weights = run / "checkpoints" / "iter_000001" / "transformer.safetensors"
+    data = weights.read_bytes()
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(data[: len(data) // 2] if damage == "half" else b"")
+    error = refused(capsys, run)
+    assert f"checkpoint {weights.parent} is damaged (transformer.safetensors: " in error
+    assert "move it out of checkpoints/ to resume from the one before it" in error
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"iteration": 1,', "state.json: Expecting"),
+        ('{"iteration": 1, "prompt_cursor": 8}', "state.json lacks a whole number for policy_version, num_updates"),
+        ("[1]", "state.json lacks a whole number for iteration, prompt_cursor, policy_version, num_updates"),
+    ],
+)
+def test_a_damaged_state_file_is_named(run, capsys, text, message):
+    checkpoint = run / "checkpoints" / "iter_000001"
+    (checkpoint / "state.json").write_text(text)
+    assert f"checkpoint {checkpoint} is damaged ({message}" in refused(capsys, run)
+
+
+def test_a_missing_optimizer_state_is_named(run, capsys):
+    checkpoint = run / "checkpoints" / "iter_000001"
+    (checkpoint / "optimizer.pt").unlink()
+    assert f"checkpoint {checkpoint} is damaged (optimizer.pt: missing or not a torch archive)" in refused(capsys, run)
+
+
+def test_an_empty_config_is_refused_rather_than_read_as_every_default(run, capsys):
+    (run / "config.yaml").write_text("\n")
+    assert f"{run / 'config.yaml'} is empty: it would resume with every default" in refused(capsys, run)
+
+
+def test_a_folder_that_cannot_be_written_is_refused(run, capsys, monkeypatch):
+    """As root the permission bits do not stop a write, so the refusal of a read-only folder is simulated."""
+    import maskfocus.outputs
+
+    real_access = maskfocus.outputs.os.access
+    monkeypatch.setattr(maskfocus.outputs.os, "access", lambda path, mode: path != run and real_access(path, mode))
+    assert f"--resume {run}: cannot be written (permissions or a read-only file system)" in refused(capsys, run)
+
+
+def test_a_run_without_checkpoints_says_it_starts_again_from_the_base_model(run, capsys):
+    import shutil
+
+    from maskfocus.cli import main
+
+    shutil.rmtree(run / "checkpoints")
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"no checkpoint in {run / 'checkpoints'}: the resume starts again from the base model at iteration 0" in out
+    assert "(the 2 logged iterations move to metrics.superseded.jsonl)" in out
+
+
+def test_a_missing_folder_is_named_as_missing(tmp_path, capsys):
+    error = cli_error(capsys, "train", "--resume", str(tmp_path / "nowhere"))
+    assert f"--resume {tmp_path / 'nowhere'}: no such folder" in error
