@@ -146,7 +146,9 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
             continue
         runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
         if not runs:
-            raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders")
+            unreadable = [str(folder) for folder in (path, *sorted(path.iterdir())) if _holds_a_run(folder)]
+            also = f"; {', '.join(unreadable)}: a run's metrics or checkpoints but no config.yaml" if unreadable else ""
+            raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders{also}")
         folders.extend(runs)
     seen: set[Path] = set()
     unique = []
@@ -161,13 +163,13 @@ def unreadable_run_folders(paths: list[Path]) -> list[Path]:
     """Subfolders of the folders given (not run folders themselves) that hold a run's metrics or checkpoints but no
     config.yaml: `find_run_folders` leaves them out, and the user should hear why."""
     parents = [path for path in paths if path.is_dir() and not (path / "config.yaml").is_file()]
-    return [
-        child
-        for parent in parents
-        for child in sorted(parent.iterdir())
-        if not (child / "config.yaml").is_file()
-        and ((child / "metrics.jsonl").is_file() or (child / "checkpoints").is_dir())
-    ]
+    return [child for parent in parents for child in sorted(parent.iterdir()) if _holds_a_run(child)]
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """A run's metrics or checkpoints without the config.yaml that compare needs to read them."""
+    has_run_files = (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()
+    return has_run_files and not (folder / "config.yaml").is_file()
 
 
 _ABSENT = "<absent>"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import yaml
+
 from maskfocus.config import ConfigError
 from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import read_metrics
@@ -14,15 +16,19 @@ from maskfocus.run_state import RunState, damaged_checkpoint, resume_state
 
 
 def check_run_config_file(run_dir: Path) -> Path:
-    """The run's config.yaml exists and is not empty (an empty one would read as every default, silently)."""
+    """The run's config.yaml exists and holds settings (an empty one would read as every default, silently)."""
     path = run_dir / "config.yaml"
     if not run_dir.exists():
         raise ConfigError(f"--resume {run_dir}: no such folder")
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-    if not path.read_text().strip():
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return path  # load_config names what is wrong with the text
+    if not settings:  # blank, a comment alone, {} or null
         raise ConfigError(
-            f"{path} is empty: it would resume with every default instead of the run's settings; restore it (a "
+            f"{path} holds no settings: it would resume with every default instead of the run's own; restore it (a "
             "resume that changed settings kept the one before as config.before_resume_*.yaml)"
         )
     return path
@@ -39,7 +45,7 @@ def check_resumable(run_dir: Path) -> RunState:
         if logged:
             print(
                 f"no checkpoint in {run_dir / 'checkpoints'}: the resume starts again from the base model at "
-                f"iteration 0 (the {logged} logged iterations move to metrics.superseded.jsonl)"
+                f"iteration 0 (a resume moves the {logged} logged iterations to metrics.superseded.jsonl)"
             )
         return start
     check_checkpoint_files(Path(start.checkpoint))

@@ -321,7 +321,7 @@ def test_runs_without_metrics_say_so_in_the_curve_panel(tmp_path):
         groups, _ = group_runs([load_run(folder) for folder in folders])
         fig, ax = plt.subplots()
         drawn = _plot_curves(ax, groups, {label: label for label in groups}, lambda i: "C0", 10, "reward/mean")
-        assert drawn is not bool(expected)  # the figure's legend is drawn only over curves (matplotlib warns else)
+        assert drawn == (not expected)  # the figure's legend is drawn only over curves (matplotlib warns else)
         assert [text.get_text() for text in ax.texts] == expected
         assert len(ax.lines) == len(folders) - 1
         plt.close(fig)
@@ -336,6 +336,23 @@ def test_a_run_without_config_in_a_folder_of_runs_is_named_not_skipped_silently(
     error = capsys.readouterr().err
     assert f"left out {broken}: it holds a run's metrics or checkpoints but no config.yaml" in error
     assert "notes" not in error
+
+
+def test_a_folder_of_only_configless_runs_names_them_in_its_error(tmp_path):
+    broken = make_run(tmp_path / "runs" / "noconfig", {}, overall=0.5)
+    (broken / "config.yaml").unlink()
+    with pytest.raises(CompareError, match=rf"{broken}: a run's metrics or checkpoints but no config.yaml"):
+        find_run_folders([tmp_path / "runs"])
+    with pytest.raises(CompareError, match=rf"^{broken}: neither .*; {broken}: a run's metrics"):
+        find_run_folders([broken])  # the run folder itself, given directly
+
+
+def test_a_picture_of_runs_without_metrics_raises_no_matplotlib_warning(tmp_path, recwarn):
+    from maskfocus.compare_plot import plot_comparison
+
+    groups, _ = group_runs([load_run(make_run(tmp_path / "fresh", {}, None, iterations=0))])
+    assert plot_comparison(groups, tmp_path / "c.png", None).is_file()
+    assert [str(warning.message) for warning in recwarn] == []
 
 
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):

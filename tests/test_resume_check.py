@@ -94,9 +94,15 @@ def test_a_missing_optimizer_state_is_named(run, capsys):
     assert f"checkpoint {checkpoint} is damaged (optimizer.pt: missing or not a torch archive)" in refused(capsys, run)
 
 
-def test_an_empty_config_is_refused_rather_than_read_as_every_default(run, capsys):
-    (run / "config.yaml").write_text("\n")
-    assert f"{run / 'config.yaml'} is empty: it would resume with every default" in refused(capsys, run)
+@pytest.mark.parametrize("text", ["\n", "# only a comment\n", "{}\n", "null\n", "---\n"])
+def test_a_config_without_settings_is_refused_rather_than_read_as_every_default(run, capsys, text):
+    (run / "config.yaml").write_text(text)
+    assert f"{run / 'config.yaml'} holds no settings: it would resume with every default" in refused(capsys, run)
+
+
+def test_a_config_that_is_not_utf8_is_named_by_the_config_loader(run, capsys):
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00bad")
+    assert f"{run / 'config.yaml'}: not UTF-8 text" in refused(capsys, run)
 
 
 def test_a_folder_that_cannot_be_written_is_refused(run, capsys, monkeypatch):
@@ -117,7 +123,7 @@ def test_a_run_without_checkpoints_says_it_starts_again_from_the_base_model(run,
     assert main(["train", "--resume", str(run), "--iterations", "3", "--check"]) == 0
     out = capsys.readouterr().out
     assert f"no checkpoint in {run / 'checkpoints'}: the resume starts again from the base model at iteration 0" in out
-    assert "(the 2 logged iterations move to metrics.superseded.jsonl)" in out
+    assert "(a resume moves the 2 logged iterations to metrics.superseded.jsonl)" in out
 
 
 def test_a_missing_folder_is_named_as_missing(tmp_path, capsys):
