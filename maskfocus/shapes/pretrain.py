@@ -31,7 +31,7 @@ STAGES = ("vq", "generator", "clip")
 class PretrainConfig(Section):
     """Every setting of `maskfocus pretrain`."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of every stage."""
     vq: VQPretrainConfig = VQPretrainConfig()
     generator: GeneratorPretrainConfig = GeneratorPretrainConfig()
@@ -82,6 +82,11 @@ def run_pretraining(
     config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
     out = out or default_output()
     check_output_folder("--out", out)
+    if "vq" in stages and "generator" not in stages and (out / "shapes-tiny" / "transformer").is_dir():
+        raise ConfigError(
+            f"--stages vq without generator: {out / 'shapes-tiny'} holds a generator trained on its present VQ's "
+            "codes, and a new VQ under it would make it draw noise; run --stages vq,generator, or give another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}
@@ -125,7 +130,8 @@ def _train_generator_parts(
         bar = logger.stage("vq", config.vq.num_steps)
         vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
         bar.close()
-        vqvae.save_pretrained(str(folder / "vqvae"))
+        if not (folder / "transformer").is_dir():  # else saved with the new generator: a stop between them
+            vqvae.save_pretrained(str(folder / "vqvae"))  # would leave the old generator on the new VQ
         _record_stage(out, report, "vq", start)
     if "generator" not in stages:
         return

@@ -126,6 +126,48 @@ def test_transformer_shape_sets_the_built_transformer():
     assert len(model.down_block.res_blocks) == 2 and len(model.transformer_layers) == 1
 
 
+def test_a_new_vq_alone_is_refused_over_a_folder_that_holds_a_generator(tmp_path):
+    """The generator there was trained on the old VQ's codes: under a new one it drew noise (the eval fell to 0)."""
+    import pytest
+
+    from maskfocus.config import ConfigError
+
+    (tmp_path / "shapes-tiny" / "transformer").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--stages vq without generator: .*shapes-tiny holds a generator"):
+        run_pretraining(tmp_path, ["vq"], config=PretrainConfig())
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["shapes-tiny", "transformer"]
+
+
+def test_a_stop_during_the_generator_leaves_the_old_vq_under_the_old_generator(tmp_path, monkeypatch):
+    """With vq,generator over a complete folder the new VQ is saved with the new generator, not before it."""
+    import pytest
+
+    import maskfocus.shapes.pretrain_generator
+
+    old_vq = tmp_path / "shapes-tiny" / "vqvae"
+    old_vq.mkdir(parents=True)
+    (old_vq / "config.json").write_text("{}")
+    (tmp_path / "shapes-tiny" / "transformer").mkdir()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain_generator, "train_generator", stopped)
+    config = PretrainConfig(vq=VQPretrainConfig(num_steps=2, batch_size=4, table_scenes=300))
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(tmp_path, ["vq", "generator"], config=config)
+    assert [path.name for path in old_vq.iterdir()] == ["config.json"]
+    assert (old_vq / "config.json").read_text() == "{}"
+
+
+def test_a_negative_seed_is_refused_before_any_folder_is_made():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        PretrainConfig(seed=-1)
+
+
 def test_pretrain_overrides_are_validated_with_the_field_path():
     import pytest
 
