@@ -20,7 +20,7 @@ from maskfocus.config import (
     load_config_or_default,
 )
 from maskfocus.config_base import parse_set
-from maskfocus.outputs import check_output_file
+from maskfocus.outputs import check_distinct_files, check_output_file
 from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 
 SAMPLER_OPTIONS = {
@@ -100,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_output_file("--out", args.out, "file")
     check_output_file("--summary", args.summary, "file")
     check_output_file("--grid", args.grid, "image")
+    files = {"--config": args.config, "--metadata": args.metadata, "--out": args.out, "--summary": args.summary}
+    check_distinct_files({**files, "--grid": args.grid})
     if args.metadata is not None and not Path(args.metadata).is_file():
         raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
     benchmark = args.benchmark or config.eval.benchmark
@@ -205,6 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     check_output_file("--out", args.out, "figure")
     check_output_file("--markdown", args.markdown, "file")
+    check_distinct_files({"--out": args.out, "--markdown": args.markdown})
     paths = [Path(p) for p in args.runs]
     runs = [load_run(folder, args.curve) for folder in find_run_folders(paths)]
     for folder in unreadable_run_folders(paths):

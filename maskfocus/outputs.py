@@ -69,3 +69,16 @@ def check_output_file(option: str, path: str | Path | None, kind: Literal["image
         raise ConfigError(
             f"{option} {path}: cannot write {kind}s of type {given}; use {common}, or another type {writer} writes"
         )
+
+
+def check_distinct_files(paths: dict[str, str | Path | None]) -> None:
+    """No two of the given options name the same file: an output written over another output, or over an input the
+    command reads (`eval --out` over its `--metadata`), would lose it. Options not given (None) are skipped."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise ConfigError(f"{seen[resolved]} and {option} name the same file {path}; give each its own")
+        seen[resolved] = option

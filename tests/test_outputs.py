@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from support import cli_error
 
@@ -64,3 +66,21 @@ def test_sample_and_eval_refuse_a_bad_output_before_loading_the_model(tmp_path, 
     assert error.strip().endswith(f"--out {tmp_path}: is a folder; give a file path")
     error = cli_error(capsys, "eval", "--model", missing, "--no-clip", "--grid", str(tmp_path / "grid.txt"))
     assert "--grid" in error and "cannot write images of type '.txt'" in error
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("--out", "--summary"), ("--metadata", "--out"), ("--summary", "--metadata")]
+)
+def test_eval_refuses_two_options_naming_one_file_before_loading_the_model(tmp_path, capsys, first, second):
+    """`--out X --summary X` replaced the per-image records with the summary; `--out` = `--metadata` overwrote the
+    prompt file with the results."""
+    metadata = tmp_path / "prompts.jsonl"
+    row = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    metadata.write_text(json.dumps(row) + "\n")
+    paths = {"--metadata": str(metadata), "--out": str(tmp_path / "out.jsonl"), "--summary": str(tmp_path / "s.json")}
+    paths[second] = paths[first]
+    args = [arg for option, path in paths.items() for arg in (option, path)]
+    error = cli_error(capsys, "eval", "--model", str(tmp_path / "no-model"), "--no-clip", *args)
+    ordered = sorted((first, second), key=["--metadata", "--out", "--summary"].index)
+    assert f"{ordered[0]} and {ordered[1]} name the same file {paths[first]}; give each its own" in error
+    assert json.loads(metadata.read_text()) == row
