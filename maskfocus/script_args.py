@@ -96,7 +96,7 @@ def positive_float(text: str) -> float:
 
 def run_script(main: Callable[[], int | None], prog: str | None = None) -> int:
     """Run a script's `main()`: a user error (see `user_errors`) is one line on stderr and exit status 2; a reader
-    gone away (`script.py | head`) ends it quietly with 141."""
+    gone away (`script.py | head`) ends it quietly with 141; Ctrl-C is one line and 130."""
     prog = prog or Path(sys.argv[0]).name
     try:
         status = main()
@@ -108,6 +108,9 @@ def run_script(main: Callable[[], int | None], prog: str | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through torch (`train` handles its own first)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def check_not_inside(option: str, out: Path, source_option: str, source: Path) -> None:

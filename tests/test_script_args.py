@@ -38,6 +38,14 @@ def test_each_type_takes_its_range_and_names_what_is_allowed(parse, good, bad):
             parse(text)
 
 
+def test_ctrl_c_is_one_line_and_exit_status_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_script(interrupted, prog="maskfocus eval") == 130
+    assert capsys.readouterr().err == "maskfocus eval: interrupted\n"
+
+
 def test_a_user_error_is_one_line_and_exit_status_2(capsys):
     def fails():
         raise ModelLoadError("model folder not found: /nowhere")
