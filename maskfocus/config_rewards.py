@@ -6,8 +6,9 @@ Part of the one config tree of `maskfocus.config` (which re-exports these names)
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from maskfocus.config_base import Section
 
@@ -53,6 +54,15 @@ class GenEvalDetectorConfig(Section):
     """http: retries of a failed request (timeout, connection error, HTTP 5xx) before the reward raises."""
     retry_backoff_s: float = Field(1.0, ge=0.0)
     """http: seconds before the first retry, doubled for each further one."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        """urllib refuses any other scheme only at the first request, after the model has loaded and sampled."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// address such as http://127.0.0.1:18085, got {url!r}")
+        return url
 
     @model_validator(mode="before")
     @classmethod

@@ -118,6 +118,16 @@ def test_http_judge_takes_url_timeout_and_retries_from_the_config():
     assert len(judge.known_classes) == 80
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://", "ftp://10.0.0.9:18085", "127.0.0.1:18085"])
+def test_a_server_url_that_is_not_http_is_refused_by_the_config(url):
+    """urllib refused it only at the first request, with a traceback, after the model had loaded and sampled."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="url\n.*must be an http:// or https:// address"):
+        GenEvalDetectorConfig(kind="http", url=url)
+    assert GenEvalDetectorConfig(kind="http", url="https://judge.example:8443/score").url.startswith("https://")
+
+
 @pytest.mark.parametrize(
     "given",
     [{}, {"score_threshold": 0.1}, {"score_threshold": 0.1, "counting_score_threshold": 0.3}, {"nms_iou": 0.5}],
