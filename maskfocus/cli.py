@@ -110,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
     judge = build_eval_judge(config, _detector_overrides(args))
     if judge.known_classes is not None:
-        check_classes(rows, judge.known_classes, judge.name)
+        check_classes(rows, judge.known_classes, judge.name, judge.known_colors)
     model = load_generator(_model_config(args, config), dtype=config.eval.weights_dtype(config.model))
     clip_score = None if args.no_clip else build_eval_clip_score(config, judge.name)
     records, summary, images = run_evaluation(

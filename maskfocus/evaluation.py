@@ -56,8 +56,14 @@ def load_rows(benchmark: str | None, metadata_path: str | Path | None = None) ->
     return BENCHMARKS[benchmark]()
 
 
-def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector_name: str) -> None:
-    """Fail early when the prompt set names classes the detector cannot see."""
+def check_classes(
+    rows: Sequence[dict[str, Any]],
+    known: Sequence[str],
+    detector_name: str,
+    known_colors: Sequence[str] | None = None,
+) -> None:
+    """Fail early when the prompt set names classes (or colours) the detector cannot see: their rows would score 0
+    without a word."""
     names = {clause["class"] for row in rows for clause in row.get("include", []) + row.get("exclude", [])}
     unknown = sorted(names - set(known))
     if unknown:
@@ -65,6 +71,12 @@ def check_classes(rows: Sequence[dict[str, Any]], known: Sequence[str], detector
         raise BenchmarkError(
             f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
             f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}{hint}"
+        )
+    colors = {clause["color"] for row in rows for clause in row.get("include", []) if clause.get("color")}
+    if known_colors is not None and (unknown := sorted(colors - set(known_colors))):
+        raise BenchmarkError(
+            f"the {detector_name} detector cannot tell the colour(s) {', '.join(unknown)}; it knows: "
+            f"{', '.join(known_colors)}"
         )
 
 

@@ -119,6 +119,19 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
     assert "cannot detect" in cli_error(capsys, "eval", "--metadata", str(real), "--no-clip")
 
 
+def test_a_colour_the_shapes_detector_cannot_tell_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """GenEval's `pink` passed the metadata check, and every such row scored 0 without a word."""
+    import json
+
+    import maskfocus.models
+
+    monkeypatch.setattr(maskfocus.models, "load_generator", lambda *args, **kwargs: pytest.fail("model loaded"))
+    row = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "pink"}], "prompt": "a pink circle"}
+    (metadata := tmp_path / "pink.jsonl").write_text(json.dumps(row) + "\n")
+    error = cli_error(capsys, "eval", "--metadata", str(metadata), "--no-clip")
+    assert "the shapes detector cannot tell the colour(s) pink; it knows: red, " in error
+
+
 def test_an_incomplete_detector_from_the_command_line_names_the_options_that_set_it(capsys):
     error = cli_error(capsys, "eval", "--limit", "1", "--no-clip", "--detector", "owlv2", "--detector-path", "/x")
     assert "rewards[0].detector: kind owlv2 needs `path` (the OWLv2 folder) and `clip_model`" in error

@@ -139,6 +139,7 @@ class GenEvalClient:
         self.retry_backoff_s = retry_backoff_s
         self.batch_size = batch_size
         self.known_classes = known_classes
+        self.known_colors = None  # the server's colour classifier knows GenEval's
         self.sleep = sleep
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:

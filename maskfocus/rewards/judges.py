@@ -40,6 +40,8 @@ class Judge(Protocol):
     name: str
     known_classes: Sequence[str] | None
     """Classes it can find (None: any); `maskfocus eval` checks prompt sets against it."""
+    known_colors: Sequence[str] | None
+    """Colours it can tell apart (None: GenEval's); checked the same way."""
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
         """One GenEval result per uint8 image and its metadata record."""
@@ -66,12 +68,14 @@ class DetectorJudge:
         thresholds: Thresholds | None = None,
         colors: ColorClassifier | None = None,
         known_classes: Sequence[str] | None = None,
+        known_colors: Sequence[str] | None = None,
     ):
         self.name = name
         self.detect_batch = detect_batch
         self.thresholds = thresholds or Thresholds()
         self.colors = colors
         self.known_classes = known_classes
+        self.known_colors = known_colors
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
         detections_B = self.detect_batch(images_BHWC)
@@ -110,9 +114,10 @@ def build_judge(config: GenEvalDetectorConfig, device: str = "cpu", field: str =
     """The judge a detector config names; local model files are checked here (errors name the field and path)."""
     if config.kind == "shapes":
         from maskfocus.shapes.detector import ShapesDetector
-        from maskfocus.shapes.world import SHAPES
+        from maskfocus.shapes.world import COLORS, SHAPES
 
-        return DetectorJudge("shapes", ShapesDetector().detect_batch, thresholds_of(config), known_classes=SHAPES)
+        detect = ShapesDetector().detect_batch
+        return DetectorJudge("shapes", detect, thresholds_of(config), known_classes=SHAPES, known_colors=tuple(COLORS))
     if config.kind == "owlv2":
         return _build_owlv2_judge(config, device, field)
     from maskfocus.rewards.geneval_client import GenEvalClient
