@@ -75,6 +75,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Pretraining settings",
         "",
+        "Seed of each stage: " + ", ".join(f"{stage} {seed}" for stage, seed in report.get("stage_seeds", {}).items()),
+        "",
         "```json",
         __import__("json").dumps(report["config"], indent=2),
         "```",

@@ -91,14 +91,15 @@ def run_pretraining(
     report_path = out / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}
     logger = _Logger(out / "pretrain_log.jsonl")
+    logger({"stage": "start", "stages": list(stages), "seed": config.seed, "command": command})  # marks each run
     tokenizer = build_word_tokenizer(vocabulary())
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _train_generator_parts(out, stages, config, tokenizer, logger, report)
     if "clip" in stages:
         _train_clip_stage(out, config, tokenizer, logger, report)
     report.setdefault("commands", {}).update(dict.fromkeys(stages, command))
+    _record_settings(report, config, stages)
     report.update(
-        config=config.model_dump(mode="json"),
         versions=_versions(),
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     )
@@ -145,6 +146,20 @@ def _train_generator_parts(
     bar.close()
     save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
     _record_stage(out, report, "generator", start)
+
+
+def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: list[str]) -> None:
+    """The report's settings: a run of some stages writes their sections and seed and keeps the other stages' own
+    (a `--stages clip --seed 3` rerun must not claim the generator was trained with seed 3)."""
+    previous = dict(report.get("config", {}))
+    seeds = report.setdefault("stage_seeds", {})
+    if "seed" in previous:  # a report from before seeds were kept per stage: it held one seed for every stage
+        old_seed = previous.pop("seed")
+        seeds.update({stage: old_seed for stage in STAGES if stage in previous and stage not in seeds})
+    seeds.update(dict.fromkeys(stages, config.seed))
+    current = config.model_dump(mode="json")
+    shared = {key: value for key, value in current.items() if key not in (*STAGES, "seed")}
+    report["config"] = {**previous, **shared, **{stage: current[stage] for stage in stages}}
 
 
 def _record_stage(out: Path, report: dict[str, Any], stage: str, start: float) -> None:

@@ -32,7 +32,16 @@ def test_all_stages_rebuild_a_loadable_model_and_write_the_card(tmp_path):
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "shapes-geneval" in card and "zero-shot" in card
     log = [json.loads(line) for line in (tmp_path / "pretrain_log.jsonl").read_text().splitlines()]
-    assert {record["stage"] for record in log} == {"vq", "generator", "clip"}
+    assert {record["stage"] for record in log} == {"start", "vq", "generator", "clip"}
+    assert log[0] == {
+        "time": log[0]["time"],
+        "stage": "start",
+        "stages": ["vq", "generator", "clip"],
+        "seed": 0,
+        "command": "test",
+    }
+    assert report["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 0}
+    assert "Seed of each stage: vq 0, generator 0, clip 0" in card
 
 
 def test_maskgit_training_masks_follow_the_cosine_ratio():
@@ -166,6 +175,23 @@ def test_a_negative_seed_is_refused_before_any_folder_is_made():
 
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         PretrainConfig(seed=-1)
+
+
+def test_a_rerun_of_one_stage_records_its_settings_and_keeps_the_others():
+    """`--stages clip --seed 3` over a complete report said every stage was trained with seed 3."""
+    from maskfocus.shapes.pretrain import _record_settings
+
+    first = PretrainConfig(generator=GeneratorPretrainConfig(num_steps=7))
+    report: dict = {}
+    _record_settings(report, first, ["vq", "generator", "clip"])
+    rerun = PretrainConfig(seed=3, clip=ClipPretrainConfig(num_steps=5), eval_images_per_prompt=2)
+    _record_settings(report, rerun, ["clip"])
+    assert report["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 3}
+    assert report["config"]["generator"]["num_steps"] == 7 and report["config"]["clip"]["num_steps"] == 5
+    assert report["config"]["eval_images_per_prompt"] == 2 and "seed" not in report["config"]
+    shipped_style = {"config": {"seed": 0, **first.model_dump(mode="json")}}  # one seed for all, as shipped
+    _record_settings(shipped_style, rerun, ["clip"])
+    assert shipped_style["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 3}
 
 
 def test_pretrain_overrides_are_validated_with_the_field_path():
