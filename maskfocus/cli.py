@@ -183,12 +183,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
 
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
-    overrides = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt, **parse_set(args.set)}
+    settings = parse_set(args.set)
+    given = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt}
+    options = {key: f"--{key.replace('_', '-')}" for key in given if key not in settings}  # a --set wins
+    config = section_with_overrides(PretrainConfig, {**given, **settings}, "of maskfocus pretrain", options)
     run_pretraining(
         Path(args.out) if args.out else None,
         stages=stages,
         command="maskfocus " + " ".join(sys.argv[1:]),
-        config=section_with_overrides(PretrainConfig, overrides, "of maskfocus pretrain (--set)"),
+        config=config,
     )
     return 0
 

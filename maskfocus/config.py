@@ -338,12 +338,15 @@ def validate_section(
         raise ConfigError(format_validation_error(error, cls, origin)) from None
 
 
-def section_with_overrides(cls: type[SectionT], overrides: dict[str, Any] | None, source: str) -> SectionT:
-    """The defaults of `cls` with dotted `--set` overrides applied, validated.
+def section_with_overrides(
+    cls: type[SectionT], overrides: dict[str, Any] | None, source: str, options: Mapping[str, str] | None = None
+) -> SectionT:
+    """The defaults of `cls` with dotted `--set` overrides applied, validated; `options` names the command-line
+    option that gave an override (errors name it rather than `--set KEY`).
 
     The overrides land on the dumped defaults, so setting one field of a sub-section whose default differs from its
     type's (`generator.caption_mix.p_count`) keeps that default's other fields."""
-    origin = ErrorOrigin(source, overridden=overrides or {})
+    origin = ErrorOrigin(source, overridden=overrides or {}, options=options)
     return validate_section(cls, apply_overrides(cls().model_dump(), overrides), source, origin)
 
 

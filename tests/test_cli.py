@@ -175,6 +175,20 @@ def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--eval-images-per-prompt", "0"], "--eval-images-per-prompt: "),
+        (["--seed", "-1"], "--seed: "),
+        (["--seed", "1", "--set", "seed=-1"], "--set seed: "),  # the --set is what was used
+    ],
+)
+def test_pretrain_names_the_option_that_gave_a_bad_value(tmp_path, capsys, args, named):
+    error = cli_error(capsys, "pretrain", "--out", str(tmp_path / "out"), *args)
+    assert f"\n  {named}" in error and "greater than or equal to" in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--stages", "vq,foo"], "--stages: unknown stage(s) foo; choose from vq, generator, clip"),
