@@ -85,6 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         build_eval_clip_score,
         build_eval_judge,
         check_classes,
+        check_server_answers,
         format_table,
         load_rows,
         run_evaluation,
@@ -109,6 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not rows:
         raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
     judge = build_eval_judge(config, _detector_overrides(args))
+    check_server_answers(judge)
     if judge.known_classes is not None:
         check_classes(rows, judge.known_classes, judge.name, judge.known_colors)
     model = load_generator(_model_config(args, config), dtype=config.eval.weights_dtype(config.model))

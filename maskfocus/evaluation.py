@@ -116,6 +116,16 @@ def build_eval_judge(config: RunConfig, overrides: dict[str, Any] | None = None)
     return build_judge(detector, device=config.model.device, field=field)
 
 
+def check_server_answers(judge: Judge) -> None:
+    """An http judge's reward server accepts connections: checked before the model loads and samples."""
+    if judge.name != "http":
+        return
+    from maskfocus.rewards.geneval_client import server_problem
+
+    if (problem := server_problem(judge.url, "the GenEval server (--server-url, or the detector's url)")) is not None:
+        raise ConfigError(problem)
+
+
 def build_eval_clip_score(config: RunConfig, judge_name: str) -> ClipScore | None:
     """The CLIP score of the table: the run's `clip` reward model if it has one, else the built-in shapes CLIP
     for the shapes world, else none (the shapes CLIP means nothing on real images)."""

@@ -29,11 +29,13 @@ import io
 import math
 import pickle
 import reprlib
+import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -55,6 +57,22 @@ MAX_REPLY_ITEMS = 1_000_000
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring = 2, 8, 8, 4, 80
 """Bounded repr for error messages: a reply can share one list at every level, whose full repr is exponential."""
+
+
+def server_problem(url: str, where: str, timeout_s: float = 3.0) -> str | None:
+    """What stops a connection to the reward server at `url` (a TCP connect, no request), or None: checked before a
+    model loads and samples, so that a wrong address or a server not started is one message up front rather than a
+    failure after the sampling, once the retries run out."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as error:
+        return (
+            f"{where} {url}: no GenEval reward server answers there ({error}); start it (Flow-GRPO's "
+            "app_geneval.py) or correct the address"
+        )
 
 
 class RewardServerError(RuntimeError):

@@ -238,3 +238,33 @@ def test_an_unreachable_server_is_retried_then_reported():
     with pytest.raises(RewardServerError, match=r"2 attempt\(s\) failed.*URLError"):
         client.judge(_images(1), ROWS[:1])
     assert delays == [0.1]
+
+
+def test_the_server_probe_passes_a_listening_server_and_names_a_closed_port(serve):
+    from maskfocus.rewards.geneval_client import server_problem
+
+    server = serve(scores)  # the probe connects and sends nothing: the action is never used
+    assert server_problem(server.url, "url") is None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
+    problem = server_problem(f"http://127.0.0.1:{port}", "the detector's url")
+    assert problem.startswith(f"the detector's url http://127.0.0.1:{port}: no GenEval reward server answers there")
+
+
+def test_eval_names_an_unreachable_server_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A dead server cost the model's load, the sampling and the retries before its error."""
+    import json
+
+    from support import cli_error
+
+    import maskfocus.models
+
+    monkeypatch.setattr(maskfocus.models, "load_generator", lambda *args, **kwargs: pytest.fail("model loaded"))
+    (metadata := tmp_path / "dog.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--detector", "http", "--server-url", f"http://127.0.0.1:{port}", "--metadata", str(metadata)]
+    error = cli_error(capsys, "eval", *args, "--no-clip")
+    assert f"http://127.0.0.1:{port}: no GenEval reward server answers there" in error
