@@ -189,12 +189,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     given = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt}
     options = {key: f"--{key.replace('_', '-')}" for key in given if key not in settings}  # a --set wins
     config = section_with_overrides(PretrainConfig, {**given, **settings}, "of maskfocus pretrain", options)
-    run_pretraining(
-        Path(args.out) if args.out else None,
-        stages=stages,
-        command="maskfocus " + " ".join(sys.argv[1:]),
-        config=config,
-    )
+    out = Path(args.out) if args.out else None
+    try:
+        run_pretraining(out, stages=stages, command="maskfocus " + " ".join(sys.argv[1:]), config=config)
+    except KeyboardInterrupt:
+        from maskfocus.shapes.pretrain import default_output
+        from maskfocus.stopping import RunStopped
+
+        where = out or default_output()
+        raise RunStopped(
+            f"stopped; each stage that finished is saved in {where} (its time is in pretrain_report.json's "
+            "stage_seconds): run the others with --stages",
+            "SIGINT",
+        ) from None
     return 0
 
 

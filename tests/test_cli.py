@@ -174,6 +174,19 @@ def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+def test_pretrain_stopped_by_ctrl_c_says_where_the_finished_stages_are(tmp_path, capsys, monkeypatch):
+    import maskfocus.shapes.pretrain
+    from maskfocus.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain, "run_pretraining", interrupted)
+    assert main(["pretrain", "--out", str(tmp_path)]) == 130
+    error = capsys.readouterr().err
+    assert error.startswith(f"maskfocus pretrain: stopped; each stage that finished is saved in {tmp_path} ")
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
