@@ -65,6 +65,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.models import load_generator
     from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 
+    if not args.prompt.strip():
+        raise ConfigError("--prompt is empty: give the text to draw (an empty one samples CFG's unconditional branch)")
     config = load_config_or_default(args.config, *_sampler_overrides(args))
     check_output_file("--out", args.out, "image")
     model = load_generator(_model_config(args, config))

@@ -174,6 +174,12 @@ def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_sample_refuses_an_empty_prompt(capsys, prompt):
+    error = cli_error(capsys, "sample", "--prompt", prompt, "--model", "/nowhere")  # named before the model
+    assert "--prompt is empty: give the text to draw (an empty one" in error
+
+
 def test_pretrain_stopped_by_ctrl_c_says_where_the_finished_stages_are(tmp_path, capsys, monkeypatch):
     import maskfocus.shapes.pretrain
     from maskfocus.cli import main
