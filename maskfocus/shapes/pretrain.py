@@ -87,6 +87,11 @@ def run_pretraining(
             f"--stages vq without generator: {out / 'shapes-tiny'} holds a generator trained on its present VQ's "
             "codes, and a new VQ under it would make it draw noise; run --stages vq,generator, or give another --out"
         )
+    if "generator" in stages and "vq" not in stages and not (out / "shapes-tiny" / "vqvae").is_dir():
+        raise ConfigError(
+            f"--stages generator: no trained VQ in {out / 'shapes-tiny' / 'vqvae'} to train it on; run --stages "
+            "vq,generator, or copy a model folder with its VQ there first"
+        )
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}
@@ -136,9 +141,7 @@ def _train_generator_parts(
         _record_stage(out, report, "vq", start)
     if "generator" not in stages:
         return
-    if "vq" not in stages:
-        if not (folder / "vqvae").is_dir():
-            raise FileNotFoundError(f"no trained VQ in {folder / 'vqvae'}: run the vq stage first")
+    if "vq" not in stages:  # run_pretraining has checked that it is there
         vqvae = VQModel.from_pretrained(str(folder / "vqvae"), local_files_only=True)
     start = time.perf_counter()
     bar = logger.stage("generator", config.generator.num_steps)

@@ -147,6 +147,16 @@ def test_a_new_vq_alone_is_refused_over_a_folder_that_holds_a_generator(tmp_path
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["shapes-tiny", "transformer"]
 
 
+def test_a_generator_alone_without_a_vq_is_refused_before_anything_is_written(tmp_path):
+    import pytest
+
+    from maskfocus.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--stages generator: no trained VQ in .*shapes-tiny/vqvae"):
+        run_pretraining(tmp_path / "out", ["generator"], config=PretrainConfig())
+    assert not (tmp_path / "out").exists()  # not even an empty pretrain_log.jsonl
+
+
 def test_a_stop_during_the_generator_leaves_the_old_vq_under_the_old_generator(tmp_path, monkeypatch):
     """With vq,generator over a complete folder the new VQ is saved with the new generator, not before it."""
     import pytest
