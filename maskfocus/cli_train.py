@@ -47,14 +47,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(notice)
     if notice := idle_settings_notice(config):
         print(notice)
-    if config.train.executor == "ray":
-        from maskfocus.driver import train_ray
+    try:
+        summary = run_executor(config, run_dir, bool(args.resume), args.address)
+    except KeyboardInterrupt as stop:  # a second Ctrl-C: stopped at once, between checkpoints
+        from maskfocus.run_io import resume_hint
+        from maskfocus.stopping import RunStopped
 
-        summary = train_ray(config, run_dir, resume=bool(args.resume), address=args.address)
-    else:
-        from maskfocus.trainer import train_local
-
-        summary = train_local(config, run_dir, resume=bool(args.resume))
+        message = f"stopped at once, between checkpoints; {resume_hint(run_dir)}"
+        raise RunStopped(message, getattr(stop, "signal_name", "SIGINT")) from None
     if "eval" in summary:
         from maskfocus.evaluation import format_table
 
@@ -62,6 +62,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(gain_line(run_dir, summary["eval"]["overall"]))
     print(f"done: {run_dir}")
     return 0
+
+
+def run_executor(config: RunConfig, run_dir: Path, resume: bool, address: str | None) -> dict:
+    """Train with the config's executor (Ray or in-process); returns the run's summary."""
+    if config.train.executor == "ray":
+        from maskfocus.driver import train_ray
+
+        return train_ray(config, run_dir, resume=resume, address=address)
+    from maskfocus.trainer import train_local
+
+    return train_local(config, run_dir, resume=resume)
 
 
 def check_before_writing(config: RunConfig, address: str | None) -> None:

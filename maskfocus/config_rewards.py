@@ -59,8 +59,7 @@ class GenEvalDetectorConfig(Section):
     @classmethod
     def _http_url(cls, url: str) -> str:
         """urllib refuses any other scheme only at the first request, after the model has loaded and sampled."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _is_http_address(url):
             raise ValueError(f"must be an http:// or https:// address such as http://127.0.0.1:18085, got {url!r}")
         return url
 
@@ -104,6 +103,16 @@ DETECTOR_OPTIONS = {
     "nms_iou": "--nms-iou",
 }
 """The detector settings `maskfocus eval` takes as options: config key -> option."""
+
+
+def _is_http_address(url: str) -> bool:
+    """http(s), a host, and a port (if any) that is a number in 0-65535."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (reading it raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class RewardSpec(Section):

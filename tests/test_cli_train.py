@@ -149,3 +149,18 @@ def test_train_check_on_ray_names_the_cluster_and_only_claims_a_probe_it_made(tm
     assert "cluster: a local Ray" in capsys.readouterr().out
     error = cli_error(capsys, *argv, "--set", "ray.weight_transport=collective")  # the driver refused it, later
     assert "collective" in error and "GPU" in error
+
+
+def test_a_second_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    """The second Ctrl-C stops at once; it ended in a traceback, then in a bare 'interrupted'."""
+    import maskfocus.trainer
+    from maskfocus.cli import main
+
+    def stopped_at_once(config, run_dir, resume):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.trainer, "train_local", stopped_at_once)
+    args = ["train", "--executor", "local", "--set", f"train.out_dir={tmp_path}", "--name", "run"]
+    assert main(args) == 130
+    error = capsys.readouterr().err
+    assert error == "maskfocus train: stopped at once, between checkpoints; no checkpoint was written yet\n"

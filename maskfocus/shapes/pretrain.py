@@ -7,9 +7,11 @@ VQ round-trip detector score, CLIP zero-shot accuracy) and MODEL_CARD.md is writ
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +101,10 @@ def run_pretraining(
     logger({"stage": "start", "stages": list(stages), "seed": config.seed, "command": command})  # marks each run
     tokenizer = build_word_tokenizer(vocabulary())
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    _train_generator_parts(out, stages, config, tokenizer, logger, report)
+    record = functools.partial(_record_stage, out, report, config, command)
+    _train_generator_parts(out, stages, config, tokenizer, logger, record)
     if "clip" in stages:
-        _train_clip_stage(out, config, tokenizer, logger, report)
-    report.setdefault("commands", {}).update(dict.fromkeys(stages, command))
-    _record_settings(report, config, stages)
+        _train_clip_stage(out, config, tokenizer, logger, record)
     report.update(
         versions=_versions(),
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
@@ -120,10 +121,15 @@ def run_pretraining(
     return report
 
 
+StageRecord = Callable[[str, float], None]
+"""Records a saved stage and its seconds in the report (`_record_stage` with the run's folder and settings)."""
+
+
 def _train_generator_parts(
-    out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]
+    out: Path, stages: list[str], config: PretrainConfig, tokenizer, logger: _Logger, record: StageRecord
 ) -> None:
-    """Train (or reuse) the VQ, then the text encoder + transformer; each part is saved as soon as it exists."""
+    """Train (or reuse) the VQ, then the text encoder + transformer; each part is saved as soon as it exists (a new
+    VQ over a folder that holds a generator: with the new generator) and then `record`ed."""
     from diffusers import VQModel
 
     from maskfocus.shapes.pretrain_generator import train_generator
@@ -131,14 +137,17 @@ def _train_generator_parts(
     from maskfocus.shapes.tiny_model import save_folder
 
     folder = out / "shapes-tiny"
+    deferred_vq_seconds = None
     if "vq" in stages:
         start = time.perf_counter()
         bar = logger.stage("vq", config.vq.num_steps)
         vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
         bar.close()
-        if not (folder / "transformer").is_dir():  # else saved with the new generator: a stop between them
-            vqvae.save_pretrained(str(folder / "vqvae"))  # would leave the old generator on the new VQ
-        _record_stage(out, report, "vq", start)
+        if (folder / "transformer").is_dir():  # saved with the new generator: saved now, a stop before that
+            deferred_vq_seconds = time.perf_counter() - start  # would leave the old generator on the new VQ
+        else:
+            vqvae.save_pretrained(str(folder / "vqvae"))
+            record("vq", time.perf_counter() - start)
     if "generator" not in stages:
         return
     if "vq" not in stages:  # run_pretraining has checked that it is there
@@ -148,7 +157,9 @@ def _train_generator_parts(
     text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
     bar.close()
     save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
-    _record_stage(out, report, "generator", start)
+    if deferred_vq_seconds is not None:
+        record("vq", deferred_vq_seconds)
+    record("generator", time.perf_counter() - start)
 
 
 def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: list[str]) -> None:
@@ -158,20 +169,26 @@ def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: lis
     seeds = report.setdefault("stage_seeds", {})
     if "seed" in previous:  # a report from before seeds were kept per stage: it held one seed for every stage
         old_seed = previous.pop("seed")
-        seeds.update({stage: old_seed for stage in STAGES if stage in previous and stage not in seeds})
+        trained = report.get("stage_seconds", {})
+        seeds.update({stage: old_seed for stage in STAGES if stage in trained and stage not in seeds})
     seeds.update(dict.fromkeys(stages, config.seed))
     current = config.model_dump(mode="json")
     shared = {key: value for key, value in current.items() if key not in (*STAGES, "seed")}
     report["config"] = {**previous, **shared, **{stage: current[stage] for stage in stages}}
 
 
-def _record_stage(out: Path, report: dict[str, Any], stage: str, start: float) -> None:
-    """Write the stage's time into the report at once, so a later failure loses nothing."""
-    report["stage_seconds"][stage] = round(time.perf_counter() - start)
+def _record_stage(
+    out: Path, report: dict[str, Any], config: PretrainConfig, command: str, stage: str, seconds: float
+) -> None:
+    """Write a saved stage's time, settings, seed and command into the report at once, so that a later stop or
+    failure leaves a report that says how each saved stage was made."""
+    report["stage_seconds"][stage] = round(seconds)
+    report.setdefault("commands", {})[stage] = command
+    _record_settings(report, config, [stage])
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, report: dict[str, Any]) -> None:
+def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, record: StageRecord) -> None:
     from maskfocus.shapes.pretrain_clip import save_clip, train_clip
 
     start = time.perf_counter()
@@ -179,7 +196,7 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
     model, model_cfg = train_clip(config.clip, tokenizer, config.seed, logger, bar.update)
     bar.close()
     save_clip(out / "shapes-clip", model, model_cfg, tokenizer)
-    _record_stage(out, report, "clip", start)
+    record("clip", time.perf_counter() - start)
 
 
 def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:

@@ -118,7 +118,10 @@ def test_http_judge_takes_url_timeout_and_retries_from_the_config():
     assert len(judge.known_classes) == 80
 
 
-@pytest.mark.parametrize("url", ["notaurl", "http://", "ftp://10.0.0.9:18085", "127.0.0.1:18085"])
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "http://", "ftp://10.0.0.9:18085", "127.0.0.1:18085", "http://h:99999", "http://h:abc", "http://:80"],
+)
 def test_a_server_url_that_is_not_http_is_refused_by_the_config(url):
     """urllib refused it only at the first request, with a traceback, after the model had loaded and sampled."""
     from pydantic import ValidationError

@@ -177,9 +177,34 @@ def test_a_stop_during_the_generator_leaves_the_old_vq_under_the_old_generator(t
         run_pretraining(tmp_path, ["vq", "generator"], config=config)
     assert [path.name for path in old_vq.iterdir()] == ["config.json"]
     assert (old_vq / "config.json").read_text() == "{}"
+    report = tmp_path / "pretrain_report.json"  # the new VQ is not on disk, so the report does not list it
+    assert not report.exists() or "vq" not in json.loads(report.read_text())["stage_seconds"]
 
 
-def test_a_negative_seed_is_refused_before_any_folder_is_made():
+def test_a_stop_in_a_later_stage_leaves_a_report_of_how_each_saved_stage_was_made(tmp_path, monkeypatch):
+    import pytest
+
+    import maskfocus.shapes.pretrain_clip
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain_clip, "train_clip", stopped)
+    config = PretrainConfig(
+        seed=5,
+        vq=VQPretrainConfig(num_steps=2, batch_size=4, table_scenes=300),
+        generator=GeneratorPretrainConfig(num_scenes=16, num_steps=2, batch_size=4),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(tmp_path, ["vq", "generator", "clip"], config=config, command="cmd")
+    report = json.loads((tmp_path / "pretrain_report.json").read_text())
+    assert set(report["stage_seconds"]) == {"vq", "generator"}
+    assert report["stage_seeds"] == {"vq": 5, "generator": 5}
+    assert report["commands"] == {"vq": "cmd", "generator": "cmd"}
+    assert report["config"]["generator"]["num_steps"] == 2 and "clip" not in report["config"]
+
+
+def test_a_negative_seed_is_refused_by_the_config():
     import pytest
     from pydantic import ValidationError
 
@@ -199,7 +224,8 @@ def test_a_rerun_of_one_stage_records_its_settings_and_keeps_the_others():
     assert report["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 3}
     assert report["config"]["generator"]["num_steps"] == 7 and report["config"]["clip"]["num_steps"] == 5
     assert report["config"]["eval_images_per_prompt"] == 2 and "seed" not in report["config"]
-    shipped_style = {"config": {"seed": 0, **first.model_dump(mode="json")}}  # one seed for all, as shipped
+    trained = {"vq": 1, "generator": 1, "clip": 1}
+    shipped_style = {"config": {"seed": 0, **first.model_dump(mode="json")}, "stage_seconds": trained}  # as shipped
     _record_settings(shipped_style, rerun, ["clip"])
     assert shipped_style["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 3}
 
