@@ -71,6 +71,9 @@ def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> No
         raise ModelLoadError(f"model folder not found: {folder}; {hint}")
     missing = [part for part in parts if not (folder / part).is_dir()]
     if missing:
+        inside = [child for child in sorted(folder.iterdir()) if all((child / part).is_dir() for part in parts)]
+        if inside:  # a run folder given for its model/, or pretrained/ for pretrained/shapes-tiny
+            hint = f"did you mean {' or '.join(str(child) for child in inside)}, which has them?"
         raise ModelLoadError(
             f"{folder} is missing part(s) {', '.join(missing)} (a {kind} folder needs {', '.join(parts)}); {hint}"
         )

@@ -73,3 +73,17 @@ def test_a_file_given_as_the_model_folder_is_named_as_a_file(tmp_path):
         check_generator_folder(path, "amused")
     with pytest.raises(ModelLoadError, match=r"model folder not found: "):
         check_generator_folder(tmp_path / "missing", "amused")
+
+
+def test_a_folder_holding_the_model_one_level_down_is_named_in_the_error(tmp_path):
+    """`--model runs/NAME` for runs/NAME/model, or the package's pretrained/ for pretrained/shapes-tiny."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import GENERATOR_PARTS, check_generator_folder
+
+    for part in GENERATOR_PARTS:
+        (tmp_path / "run" / "model" / part).mkdir(parents=True)
+    (tmp_path / "run" / "images").mkdir()
+    with pytest.raises(ModelLoadError, match=rf"; did you mean {tmp_path / 'run' / 'model'}, which has them\?$"):
+        check_generator_folder(tmp_path / "run", "amused")
+    with pytest.raises(ModelLoadError, match=r"; check the folder against the README"):  # no model inside: the hint
+        check_generator_folder(tmp_path / "run" / "images", "amused")
