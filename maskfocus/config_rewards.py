@@ -104,6 +104,16 @@ DETECTOR_OPTIONS = {
 }
 """The detector settings `maskfocus eval` takes as options: config key -> option."""
 
+DETECTOR_OPTION_KINDS = {
+    "path": ("owlv2",),
+    "clip_model": ("owlv2",),
+    "url": ("http",),
+    "score_threshold": ("shapes", "owlv2"),
+    "counting_score_threshold": ("shapes", "owlv2"),
+    "nms_iou": ("owlv2",),
+}
+"""The detector kinds that use each setting (the http server keeps its own thresholds); `kind` applies to all."""
+
 
 def _is_http_address(url: str) -> bool:
     """http(s), a host, and a port (if any) that is a number in 0-65535."""

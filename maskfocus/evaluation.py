@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from maskfocus.config import ConfigError, EvalConfig, GenEvalDetectorConfig, RunConfig, SamplerConfig
-from maskfocus.config_rewards import DETECTOR_OPTIONS
+from maskfocus.config_rewards import DETECTOR_OPTION_KINDS, DETECTOR_OPTIONS
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
@@ -97,7 +97,7 @@ def eval_detector_config(
         # The config's own settings, unless the command line switches the detector kind: settings chosen for another
         # kind (or GenEval's defaults, written out in a run's config.yaml) must not pass as chosen for owlv2.
         base = detector.model_dump(exclude_unset=True) if overrides.get("kind", detector.kind) == detector.kind else {}
-        return GenEvalDetectorConfig.model_validate({**base, **overrides}), field
+        resolved = GenEvalDetectorConfig.model_validate({**base, **overrides})
     except ValidationError as error:
         messages = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or field}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
@@ -108,6 +108,13 @@ def eval_detector_config(
         raise ConfigError(
             f"evaluation detector ({field} with the command line's options): {messages} ({options})"
         ) from None
+    unused = [key for key in overrides if resolved.kind not in DETECTOR_OPTION_KINDS.get(key, (resolved.kind,))]
+    if unused:  # given, it would be ignored without a word
+        uses = "; ".join(
+            f"{DETECTOR_OPTIONS[key]} is for --detector {' or '.join(DETECTOR_OPTION_KINDS[key])}" for key in unused
+        )
+        raise ConfigError(f"{uses}, not the {resolved.kind} detector this evaluation uses")
+    return resolved, field
 
 
 def build_eval_judge(config: RunConfig, overrides: dict[str, Any] | None = None) -> Judge:

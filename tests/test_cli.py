@@ -119,6 +119,19 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
     assert "cannot detect" in cli_error(capsys, "eval", "--metadata", str(real), "--no-clip")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--detector-path", "/x"], "--detector-path is for --detector owlv2, not the shapes detector"),
+        (["--detector", "shapes", "--server-url", "http://a:1"], "--server-url is for --detector http, not the shapes"),
+        (["--detector", "http", "--score-threshold", "0.2"], "--score-threshold is for --detector shapes or owlv2"),
+    ],
+)
+def test_a_detector_option_the_chosen_detector_does_not_use_is_refused(capsys, args, message):
+    """Given to the shapes detector, --detector-path was ignored without a word."""
+    assert message in cli_error(capsys, "eval", *args, "--limit", "1", "--no-clip")
+
+
 def test_a_colour_the_shapes_detector_cannot_tell_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """GenEval's `pink` passed the metadata check, and every such row scored 0 without a word."""
     import json
