@@ -103,8 +103,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_output_file("--out", args.out, "file")
     check_output_file("--summary", args.summary, "file")
     check_output_file("--grid", args.grid, "image")
-    files = {"--config": args.config, "--metadata": args.metadata, "--out": args.out, "--summary": args.summary}
-    check_distinct_files({**files, "--grid": args.grid})
+    check_distinct_files(
+        {
+            "--config": args.config,
+            "--metadata": args.metadata,
+            "--out": args.out,
+            "--summary": args.summary,
+            "--grid": args.grid,
+        }
+    )
     if args.metadata is not None and not Path(args.metadata).is_file():
         raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
     benchmark = args.benchmark or config.eval.benchmark
