@@ -15,8 +15,13 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     given = cluster_address(ray_config, address)
-    if given is None:
-        ray.init(num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
+    if given is None:  # "local": a new Ray of this run's size, never one that a `ray start` left on this node
+        ray.init(address="local", num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
+        try:
+            check_resources(ray_config, ray.cluster_resources())
+        except ConfigError:
+            ray.shutdown()
+            raise
         return True
     source, address = given
     check_reachable(address, source)  # `maskfocus train` checked it already; a caller of train_ray may not have
@@ -26,6 +31,37 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
         cause = f"; {error.__cause__}" if error.__cause__ else ""
         raise ConfigError(f"{source} {address}: could not join a Ray cluster there ({error}{cause})") from error
     return True
+
+
+def actor_demand(ray_config: RayConfig) -> dict[str, float]:
+    """The CPUs and GPUs the run's actors reserve in all (the queue, the weight store and Ray Train's controller
+    reserve none)."""
+    roles = [
+        (ray_config.num_rollout_workers, ray_config.rollout_cpus, ray_config.rollout_gpus),
+        (ray_config.num_reward_workers, ray_config.reward_cpus, ray_config.reward_gpus),
+        (ray_config.num_learner_workers, ray_config.learner_cpus, ray_config.learner_gpus),
+    ]
+    return {
+        "CPU": sum(count * cpus for count, cpus, _ in roles),
+        "GPU": sum(count * gpus for count, _, gpus in roles),
+    }
+
+
+def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
+    """A local Ray (one node, no autoscaler) holds what every actor reserves; else the actors that do not fit wait,
+    and the run stops after ray.timeout_s with no word of why."""
+    demand = actor_demand(ray_config)
+    short = {kind: amount for kind, amount in demand.items() if amount > available.get(kind, 0.0) + 1e-9}
+    if short:
+        needs = ", ".join(
+            f"{amount:g} {kind}s (ray.*_{kind.lower()}s x ray.num_*_workers)" for kind, amount in short.items()
+        )
+        has = ", ".join(f"{available.get(kind, 0.0):g} {kind}s" for kind in short)
+        raise ConfigError(
+            f"the run's rollout, reward and learner actors reserve {needs}, but this local Ray has {has}; the actors "
+            "that do not fit would wait until ray.timeout_s. Lower ray.rollout_cpus / reward_cpus / learner_cpus (or "
+            "the GPUs), the ray.num_*_workers, or raise ray.num_cpus"
+        )
 
 
 def cluster_address(ray_config: RayConfig, address: str | None) -> tuple[str, str] | None:
@@ -88,4 +124,29 @@ def check_supported(config: RunConfig) -> None:
             "GPU per member, and on CPU Ray 2.60's gloo collective cannot join a Ray Train learner worker to the "
             "rollout actors (it reuses the worker's own torch.distributed group). Allowed: object_store (any "
             "device), collective (GPU learner and rollout workers)"
+        )
+    check_role_gpus(config)
+
+
+def check_role_gpus(config: RunConfig) -> None:
+    """With model.device cuda every role (rollout, reward, learner) puts its models there, so each must hold a GPU:
+    a zero-GPU actor lands on a CPU-only node (torch's CUDA error) or beside another actor's GPU, and a zero-GPU
+    learner trains on the CPU without a word. Several learner ranks need a whole GPU each (one NCCL rank per GPU)."""
+    device, ray_config = config.model.device, config.ray
+    if not device.startswith("cuda"):
+        return
+    roles = ("rollout", "reward", "learner")
+    without = [f"ray.{role}_gpus" for role in roles if getattr(ray_config, f"{role}_gpus") <= 0]
+    if without:
+        raise ConfigError(
+            f"model.device {device}: the rollout, reward and learner actors all run there, but {', '.join(without)} "
+            "is 0, so that actor holds no GPU (on a CPU-only node its CUDA call fails; on a GPU node it shares one "
+            "another actor holds; a learner trains on the CPU); give each role a GPU or a fraction of one, e.g. "
+            "--set ray.reward_gpus=0.5"
+        )
+    gpus = ray_config.learner_gpus
+    if ray_config.num_learner_workers > 1 and gpus != int(gpus):
+        raise ConfigError(
+            f"ray.learner_gpus {gpus}: with ray.num_learner_workers {ray_config.num_learner_workers}, each learner "
+            "rank needs a whole GPU (NCCL refuses two ranks of one group on one GPU); allowed: 1, 2, ..."
         )

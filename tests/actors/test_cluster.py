@@ -66,6 +66,38 @@ def test_a_failed_join_is_one_clear_error_naming_the_address(monkeypatch, listen
         connect(RayConfig(), listening)
 
 
+def test_without_an_address_a_new_local_ray_starts_even_beside_a_ray_start_cluster(monkeypatch):
+    """ray.init() with no address joins the cluster that `ray start` left in /tmp/ray/ray_current_cluster, and Ray
+    then refuses the run's object_store_memory with a traceback; "local" always starts the run's own Ray."""
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert connect(RayConfig(num_cpus=2, object_store_memory=300_000_000), None) is True
+    assert calls == [{"address": "local", "num_cpus": 2, "object_store_memory": 300_000_000}]
+
+
+def test_a_local_ray_too_small_for_the_actors_is_refused_at_once_and_shut_down(monkeypatch):
+    """Actors that do not fit wait: `--set ray.rollout_gpus=1` on a laptop stopped the run after ray.timeout_s
+    with "no rollout, score or update finished", which did not say why."""
+    from maskfocus.actors.cluster import actor_demand, check_resources
+
+    assert actor_demand(RayConfig()) == {"CPU": 1.5, "GPU": 0.0}  # 0.5 CPU for each of the three roles
+    check_resources(RayConfig(), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"reserve 1 GPUs \(ray.\*_gpus x ray.num_\*_workers\), but this local "):
+        check_resources(RayConfig(rollout_gpus=1), {"CPU": 2.0})
+    shut_down = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 1.0})
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: shut_down.append(True))
+    with pytest.raises(ConfigError, match=r"reserve 1.5 CPUs .* this local Ray has 1 CPUs; .* raise ray.num_cpus"):
+        connect(RayConfig(num_cpus=1), None)
+    assert shut_down == [True]
+
+
 @pytest.mark.parametrize(
     ("address", "probed"),
     [
@@ -80,3 +112,20 @@ def test_a_failed_join_is_one_clear_error_naming_the_address(monkeypatch, listen
 )
 def test_the_addresses_a_connection_is_tried_for(address, probed):
     assert cluster.probed_address(address) is probed
+
+
+def test_a_cuda_run_needs_a_gpu_for_every_role_and_a_whole_one_per_learner_rank():
+    """With model.device cuda and ray.reward_gpus 0, the reward actor failed on the CPU-only head with torch's CUDA
+    error, or shared a GPU another actor held; with learner_gpus 0 the learner trained on the CPU without a word."""
+    from maskfocus.actors.cluster import check_supported
+    from maskfocus.config import default_run_config
+
+    gpus = {"ray.rollout_gpus": 1, "ray.reward_gpus": 0.5, "ray.learner_gpus": 1}
+    check_supported(default_run_config({"model.device": "cuda", **gpus}))  # every role holds a GPU
+    check_supported(default_run_config({}))  # a CPU run needs none
+    missing = default_run_config({"model.device": "cuda", **gpus, "ray.reward_gpus": 0, "ray.learner_gpus": 0})
+    with pytest.raises(ConfigError, match=r"^model.device cuda: .* ray.reward_gpus, ray.learner_gpus is 0, so"):
+        check_supported(missing)
+    shared = default_run_config({"model.device": "cuda", **gpus, "ray.learner_gpus": 0.5, "ray.num_learner_workers": 2})
+    with pytest.raises(ConfigError, match=r"^ray.learner_gpus 0.5: with ray.num_learner_workers 2, each learner rank"):
+        check_supported(shared)
