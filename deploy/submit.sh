@@ -2,6 +2,8 @@
 # Submit a MaskFocus RL run to a Ray cluster as a job.
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
 #   deploy/submit.sh [--address ...] --resume RUN_FOLDER [extra args...]   # continue a stopped run
+# --address and --submission-id are `ray job submit`'s wherever they stand; --config CONFIG and --resume RUN may
+# stand anywhere too; without either, the default config (configs/shapes_tiny.yaml).
 #   deploy/submit.sh CONFIG --check [extra args...]   # the run's checks and plan on the cluster, in seconds
 # Local try-out:
 #   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
@@ -25,20 +27,25 @@ ADDRESS="${RAY_API_SERVER_ADDRESS:-}"
 if [[ -z "$ADDRESS" && "${RAY_ADDRESS:-}" == http* ]]; then ADDRESS="$RAY_ADDRESS"; fi
 ADDRESS="${ADDRESS:-http://127.0.0.1:8265}"
 SUBMISSION=()
-while [[ "${1:-}" == --address || "${1:-}" == --submission-id ]]; do
-  if [[ "$1" == --address ]]; then ADDRESS="$2"; else SUBMISSION=(--submission-id "$2"); fi
-  shift 2
+RUN=()   # --config CONFIG or --resume RUN_FOLDER, wherever they were given
+REST=()  # every other argument, for `maskfocus train`, in order
+needs_value() {  # WHAT OPTION VALUE: the option is followed by a value that is not itself an option
+  if [[ -z "$3" || "$3" == -* ]]; then echo "submit.sh: $2 needs $1" >&2; exit 2; fi
+}
+while (($#)); do
+  case "$1" in
+    --address=* | --submission-id=* | --config=* | --resume=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    --address) needs_value "the job server's address, http://HEAD:8265" "$1" "${2:-}"; ADDRESS="$2"; shift 2 ;;
+    --submission-id) needs_value "an ID" "$1" "${2:-}"; SUBMISSION=(--submission-id "$2"); shift 2 ;;
+    --resume) needs_value "the run folder (on the shared disk)" "$1" "${2:-}"; RUN+=(--resume "$2"); shift 2 ;;
+    --config) needs_value "a config file" "$1" "${2:-}"; RUN+=(--config "$2"); shift 2 ;;
+    -*) REST+=("$1"); shift ;;
+    *)  # a bare word first is CONFIG; any other is an option's value
+      if [[ ${#RUN[@]} -eq 0 && ${#REST[@]} -eq 0 ]]; then RUN=(--config "$1"); else REST+=("$1"); fi
+      shift ;;
+  esac
 done
-if [[ "${1:-}" == --resume ]]; then  # a stopped run continues from its folder and its own config.yaml
-  [[ -n "${2:-}" ]] || { echo "submit.sh: --resume needs the run folder (on the shared disk)" >&2; exit 2; }
-  RUN=(--resume "$2")
-  shift 2
-elif [[ -z "${1:-}" || "$1" == -* ]]; then  # no CONFIG given: the default, and every argument goes to train
-  RUN=(--config configs/shapes_tiny.yaml)
-else
-  RUN=(--config "$1")
-  shift
-fi
+if [[ ${#RUN[@]} -eq 0 ]]; then RUN=(--config configs/shapes_tiny.yaml); fi  # a stopped run resumes with --resume
 if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
   [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
   export RAY_AUTH_MODE=token
@@ -46,4 +53,4 @@ fi
 echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}" >&2
 exec ray job submit --address "$ADDRESS" "${SUBMISSION[@]+"${SUBMISSION[@]}"}" \
   --working-dir . --runtime-env deploy/runtime_env.yaml -- \
-  maskfocus train "${RUN[@]}" --executor ray --address auto "$@"
+  maskfocus train "${RUN[@]}" --executor ray --address auto "${REST[@]+"${REST[@]}"}"

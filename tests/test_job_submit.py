@@ -282,3 +282,40 @@ def test_submit_script_without_a_config_takes_the_default_and_passes_every_optio
         train = submitted.stdout.splitlines()
         expected = "maskfocus train --config configs/shapes_tiny.yaml --executor ray --address auto"
         assert " ".join(train[train.index("--") + 1 :]) == " ".join([expected, *args])
+
+
+def submitted_parts(tmp_path: Path, *args: str) -> tuple[list[str], str]:
+    """(`ray job submit`'s own arguments, the `maskfocus train` command) that submit.sh makes of `args`."""
+    submitted = submit_command(tmp_path, *args)
+    assert submitted.returncode == 0, submitted.stderr
+    words = submitted.stdout.splitlines()
+    split = words.index("--")
+    return words[:split], " ".join(words[split + 1 :])
+
+
+def test_submit_script_finds_resume_config_and_its_own_options_wherever_they_stand(tmp_path):
+    """`submit.sh --check --resume RUN` used to add the default --config, which `maskfocus train` refuses with
+    --resume; an --address after CONFIG went to `maskfocus train` instead of the job server."""
+    job, train = submitted_parts(tmp_path, "--check", "--resume", "/shared/runs/job")
+    assert train == "maskfocus train --resume /shared/runs/job --executor ray --address auto --check"
+    job, train = submitted_parts(
+        tmp_path, "configs/a.yaml", "--iterations", "5", "--address", "http://head:8265", "--submission-id=run-7"
+    )
+    assert train == "maskfocus train --config configs/a.yaml --executor ray --address auto --iterations 5"
+    assert job[job.index("--address") + 1] == "http://head:8265" and job[job.index("--submission-id") + 1] == "run-7"
+    _, train = submitted_parts(tmp_path, "--set", "seed=3", "--config=configs/b.yaml")
+    assert train == "maskfocus train --config configs/b.yaml --executor ray --address auto --set seed=3"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address"], "--address needs the job server's address, http://HEAD:8265"),
+        (["--submission-id", "--check"], "--submission-id needs an ID"),
+        (["--config"], "--config needs a config file"),
+    ],
+)
+def test_submit_script_refuses_an_option_without_its_value(tmp_path, args, message):
+    """`submit.sh --address` alone stopped with bash's `$2: unbound variable`."""
+    refused = submit_command(tmp_path, *args)
+    assert refused.returncode == 2 and f"submit.sh: {message}" in refused.stderr, refused.stderr
