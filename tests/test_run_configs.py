@@ -64,3 +64,19 @@ def test_the_cluster_lets_a_stopped_job_of_every_shipped_config_checkpoint():
     timeouts = {path.name: load_config(path).ray.timeout_s for path in sorted(CONFIGS.glob("*.yaml"))}
     assert len(timeouts) >= 4 and max(timeouts.values()) == 1800
     assert all(timeout < stop_wait for timeout in timeouts.values()), (stop_wait, timeouts)
+
+
+def test_the_cluster_yaml_installs_the_repository_it_copies_into_an_image_of_the_tested_ray_and_python():
+    """It used to pip-install `/path/to/maskfocus`, which nothing copied to the nodes, on Ray's default AMI (whose
+    Python predates the project's 3.11)."""
+    import ray
+    import yaml
+
+    cluster = yaml.safe_load((CONFIGS.parent / "deploy" / "cluster.yaml").read_text())
+    [mounted] = [remote for remote, local in cluster["file_mounts"].items() if local == "."]
+    assert any(
+        command.startswith("pip install") and command.split("#")[0].rstrip().endswith(mounted)
+        for command in cluster["setup_commands"]
+    )
+    assert ".gitignore" in cluster["rsync_filter"]
+    assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
