@@ -69,9 +69,11 @@ def write_checkpoint(
     weights: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
     state: dict[str, Any],
+    keep: int | None = None,
 ) -> Path:
-    """Rank 0: the checkpoint folder (written to `.partial` first, so it exists only once complete)."""
-    return save_checkpoint(run_dir, iteration, _StateOnly(weights), _StateOnly(optimizer_state), state)
+    """Rank 0: the checkpoint folder (written to `.partial` first, so it exists only once complete); all but the
+    newest `keep` are deleted after it."""
+    return save_checkpoint(run_dir, iteration, _StateOnly(weights), _StateOnly(optimizer_state), state, keep)
 
 
 def report_to_ray_train(folder: Path | None, metrics: dict[str, Any]) -> None:

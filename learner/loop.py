@@ -165,6 +165,10 @@ def _broadcast(message: Message | None, world_size: int) -> Message:
     return received[0]
 
 
+class QueueTimeout(RuntimeError):
+    """Rank 0 waited ray.timeout_s for a queue item: the rollouts or scoring stalled."""
+
+
 def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
     """Rank 0: the next queue item, and the seconds spent waiting for it."""
     start = time.perf_counter()
@@ -173,7 +177,7 @@ def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
             return batches.get(block=True, timeout=1.0), time.perf_counter() - start
         except queue_lib.Empty:
             if time.perf_counter() - start > timeout_s:
-                raise RuntimeError(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
+                raise QueueTimeout(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
 
 
 def _message(item: QueuedBatch | None, version: int, config: RunConfig, next_iteration: int) -> tuple[Message, dict]:
@@ -238,16 +242,23 @@ def _serve(
             sender.broadcast(worker.version, weights)
     unsaved: Message | None = None
     """The last learned iteration when it is not in a checkpoint yet."""
+    stalled: QueueTimeout | None = None
+    """Rank 0's wait for a batch timed out: every rank stops as on the stop item, then rank 0 raises it."""
     while True:
         item, info, queue_wait = None, {}, 0.0
         message = None
         if rank == 0:
-            item, queue_wait = _take(batches, timeout)
+            try:
+                item, queue_wait = _take(batches, timeout)
+            except QueueTimeout as error:  # the learner's clock runs ahead of the driver's: save, then fail
+                stalled = error
             message, info = _message(item, worker.version, config, worker.next_iteration)
         message = _broadcast(message, world_size)
         if message.kind == "stop":
             if unsaved is not None:
                 _checkpoint(worker, unsaved, worker.full_weights(), run_dir)
+            if stalled is not None:
+                raise stalled
             return
         record = {"iteration": message.iteration, "prompt_cursor": message.prompt_cursor, **info}
         record["perf/queue_wait_seconds"] = queue_wait
@@ -335,7 +346,8 @@ def _checkpoint(
             "policy_version": worker.version,
             "seed": worker.config.seed,
         }
-        folder = write_checkpoint(run_dir, message.iteration, weights, optimizer_state, state)
+        keep = worker.config.train.keep_checkpoints
+        folder = write_checkpoint(run_dir, message.iteration, weights, optimizer_state, state, keep)
     loss = (record or {}).get("loss/total", 0.0)
     report_to_ray_train(folder, {"iteration": message.iteration, "policy_version": worker.version, "loss/total": loss})
     return time.perf_counter() - start

@@ -368,7 +368,7 @@ def _add_set_option(command: argparse.ArgumentParser, help_text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from maskfocus.stopping import RunStopped
+    from maskfocus.stopping import RunFailed, RunStopped
 
     def command() -> int:
         try:
@@ -376,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         except RunStopped as stopped:  # Ctrl-C or SIGTERM: the message says how to resume
             print(f"maskfocus {args.command}: {stopped}", file=sys.stderr)
             return stopped.exit_code
+        except RunFailed as failed:  # the cause and how to resume, not pages of the driver's own frames
+            where = f"; the full traceback is in {failed.error_log}" if failed.error_log else ""
+            print(f"maskfocus {args.command}: {failed}{where}", file=sys.stderr)
+            return 1
 
     return run_script(command, prog=f"maskfocus {args.command}")
 

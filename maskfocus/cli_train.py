@@ -8,6 +8,7 @@ from pathlib import Path
 
 from maskfocus.config import ConfigError, RunConfig, idle_settings_notice, load_config, load_config_or_default
 from maskfocus.config_base import parse_set
+from maskfocus.ray_job import check_job_path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -19,6 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         overrides["train.num_iterations"] = args.iterations
     if args.resume:
+        check_job_path(args.resume, "--resume")
         run_dir = Path(args.resume)
         for flag, value in (("--config", args.config), ("--name", args.name)):
             if value is not None:
@@ -36,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         record_resumed_config(run_dir, config)
     else:
         config = load_config_or_default(args.config, overrides)
+        check_job_path(config.train.out_dir, "train.out_dir")
         check_before_writing(config, args.address)
         if args.check:
             return report_check(config, run_folder_for(config, args.name), None, args.address)

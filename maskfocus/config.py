@@ -220,6 +220,9 @@ class TrainConfig(Section):
     """Iterations between image grids of the fixed prompts."""
     checkpoint_every: int = Field(50, ge=1)
     """Iterations between checkpoints (the last iteration always saves one)."""
+    keep_checkpoints: int | None = Field(None, ge=1)
+    """The newest checkpoints kept in the run folder (weights and optimizer state each); older ones are deleted once a
+    new one is complete. null = keep every one (benchmarks/checkpoint_ema.py averages them)."""
     final_eval: bool = True
     """Run the GenEval-style evaluation at the end."""
     compile_learner: bool = False

@@ -35,6 +35,7 @@ from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.outputs import check_output_folder
+from maskfocus.ray_job import resume_command
 from maskfocus.run_state import latest_checkpoint, resume_state
 from maskfocus.update import lr_factor, schedule_span
 
@@ -248,9 +249,15 @@ def plain_state_dict(module: nn.Module, keep: bool = True) -> dict[str, torch.Te
 
 
 def save_checkpoint(
-    folder: Path, iteration: int, module: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]
+    folder: Path,
+    iteration: int,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    keep: int | None = None,
 ) -> Path:
-    """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON)."""
+    """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON); then all but
+    the newest `keep` checkpoints are deleted (train.keep_checkpoints; None keeps every one)."""
     target = folder / "checkpoints" / f"iter_{iteration:06d}"
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -261,7 +268,19 @@ def save_checkpoint(
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # a checkpoint folder exists only once it is complete
+    prune_checkpoints(folder, keep)
     return target
+
+
+def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints of the run folder; returns the deleted ones."""
+    if keep is None:
+        return []
+    complete = sorted(path for path in (folder / "checkpoints").glob("iter_*") if not path.name.endswith(".partial"))
+    old = complete[:-keep]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, Any]:
@@ -275,7 +294,7 @@ def resume_hint(run_dir: Path) -> str:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return "no checkpoint was written yet"
-    return f"resume from {checkpoint.name} with `maskfocus train --resume {shlex.quote(str(run_dir))}`"
+    return f"resume from {checkpoint.name} with `{resume_command(run_dir)}`"
 
 
 def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:

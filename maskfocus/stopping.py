@@ -13,6 +13,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
+import traceback
+from pathlib import Path
 from types import FrameType
 from typing import Self
 
@@ -26,6 +29,28 @@ class RunStopped(RuntimeError):
         super().__init__(message)
         self.exit_code = 128 + signal.Signals[signal_name].value
         """What the command exits with: 128 + the signal's number, as a shell reports a process the signal ended."""
+
+
+class RunFailed(RuntimeError):
+    """The run failed part way, after its folder was made: the message says what failed and how to resume from
+    what was saved; `error_log` holds the full traceback (None if it could not be written)."""
+
+    def __init__(self, message: str, error_log: Path | None):
+        super().__init__(message)
+        self.error_log = error_log
+
+
+def append_error_log(run_dir: Path, error: BaseException) -> Path | None:
+    """Append `error`'s full traceback, with its causes and a time stamp, to RUN/error.log; None if that fails (the
+    error being reported matters more than its log)."""
+    path = run_dir / "error.log"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    try:
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"--- {stamp}\n{''.join(traceback.format_exception(error))}\n")
+    except OSError:
+        return None
+    return path
 
 
 class _StopSignalHandler:

@@ -164,3 +164,47 @@ def test_a_second_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, 
     assert main(args) == 130
     error = capsys.readouterr().err
     assert error == "maskfocus train: stopped at once, between checkpoints; no checkpoint was written yet\n"
+
+
+def test_a_failed_ray_run_is_its_cause_and_resume_command_with_the_traceback_in_a_file(tmp_path, capsys, monkeypatch):
+    """A dead worker or a timeout ended in pages of the driver's frames, the resume command at their bottom."""
+    import maskfocus.driver
+    from maskfocus.cli import main
+    from maskfocus.stopping import RunFailed
+
+    log = tmp_path / "error.log"
+
+    def failed(config, run_dir, resume, address):
+        raise RunFailed("the Ray run stopped: reward worker 0 is dead; no checkpoint was written yet", log)
+
+    monkeypatch.setattr(maskfocus.driver, "train_ray", failed)
+    assert main(["train", "--set", f"train.out_dir={tmp_path}", "--name", "run"]) == 1
+    error = capsys.readouterr().err
+    assert error == (
+        "maskfocus train: the Ray run stopped: reward worker 0 is dead; no checkpoint was written yet; the full "
+        f"traceback is in {log}\n"
+    )
+
+
+def test_inside_a_ray_job_a_relative_run_folder_is_refused_and_resumes_go_through_submit_sh(
+    tmp_path, capsys, monkeypatch
+):
+    """A job runs in a temporary copy of the working directory: `runs/NAME` landed there, out of reach, and Ray
+    deleted it later; the resume hint named `maskfocus train`, not the submit script."""
+    import torch
+
+    from maskfocus.ray_job import JOB_MARKER
+    from maskfocus.run_io import resume_hint, save_checkpoint
+
+    monkeypatch.setenv(JOB_MARKER, "{}")
+    monkeypatch.chdir(tmp_path)
+    for argv, option in (
+        (["--set", "train.out_dir=runs"], "train.out_dir runs"),
+        (["--resume", "runs/x"], "--resume runs/x"),
+    ):
+        error = cli_error(capsys, "train", *argv)
+        assert f"error: {option}: " in error and "relative path inside a Ray job" in error, error
+        assert "absolute path on a disk every node mounts" in error
+    assert not (tmp_path / "runs").exists()
+    save_checkpoint(tmp_path, 2, torch.nn.Linear(2, 2), None, {})
+    assert resume_hint(tmp_path) == f"resume from iter_000002 with `deploy/submit.sh --resume {tmp_path}`"

@@ -304,3 +304,20 @@ def test_runs_started_in_the_same_second_get_their_own_folders_and_hints_quote_p
     assert (first.name, second.name) == ("20261205-044500", "20261205-044500.2")
     save_checkpoint(first, 3, torch.nn.Linear(1, 1), None, {})
     assert resume_hint(first) == f"resume from iter_000003 with `maskfocus train --resume '{first}'`"
+
+
+def test_train_keep_checkpoints_deletes_the_oldest_only_once_a_new_one_is_complete(tmp_path):
+    """A Meissonic run wrote twelve checkpoints of float32 weights and AdamW state, ~12 GB each, to the shared disk."""
+    from maskfocus.run_io import prune_checkpoints
+
+    module = torch.nn.Linear(2, 2)
+    for iteration in (9, 19):
+        save_checkpoint(tmp_path, iteration, module, None, {}, keep=None)  # keep every one (the default)
+    (tmp_path / "checkpoints" / "iter_000029.partial").mkdir()  # a write cut short: not a checkpoint
+    save_checkpoint(tmp_path, 39, module, None, {}, keep=2)
+    names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert names == ["iter_000019", "iter_000029.partial", "iter_000039"]
+    assert resume_hint(tmp_path).startswith("resume from iter_000039")
+    assert prune_checkpoints(tmp_path, None) == [] and prune_checkpoints(tmp_path, 1) == [
+        tmp_path / "checkpoints" / "iter_000019"
+    ]

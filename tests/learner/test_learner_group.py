@@ -261,3 +261,46 @@ def test_fsdp_without_blocks_is_refused():
 
     with pytest.raises(ValueError, match="FSDP2 needs the model's repeated blocks"):
         wrap(torch.nn.Linear(2, 2), "fsdp", [])
+
+
+class LearningStub:
+    """A LearnerWorker's surface for `_serve`: each learn takes the next iteration and adds a version."""
+
+    def __init__(self, config):
+        self.config, self.rank, self.world_size, self.version, self.next_iteration = config, 0, 1, 0, 0
+
+    def full_weights(self) -> dict:
+        return {"w": torch.zeros(1)}
+
+    def learn(self, message) -> dict:
+        self.version, self.next_iteration = self.version + 1, message.iteration + 1
+        return {"perf/learner_seconds": 0.0}
+
+
+def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_before_it_fails(
+    ray_session, tmp_path, monkeypatch
+):
+    """The learner's wait starts before the driver's (at its own record), so it times out first when a rollout
+    worker hangs: it used to raise at once and lose every iteration since the last periodic checkpoint."""
+    from types import SimpleNamespace
+
+    from ray.util.queue import Queue
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+
+    ray = ray_session
+    saved = []
+    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 2.0}})
+    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    try:
+        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
+        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)  # iteration 0, then nothing comes
+        with pytest.raises(loop.QueueTimeout, match=r"no TrainBatch arrived for 2 s \(ray.timeout_s\)"):
+            loop._serve(LearningStub(config), None, batches, store, tmp_path)
+        assert saved == [0]
+    finally:
+        batches.shutdown()
+        ray.kill(store)
