@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from maskfocus.actors.metrics import RunMetrics
@@ -23,7 +24,7 @@ from maskfocus.learner.weight_transport import WeightGroup, WeightReceiver
 from maskfocus.models import load_generator
 from maskfocus.rollout import rollout
 from maskfocus.sampling import check_negative_prompt, seeded_generator
-from maskfocus.trainer import ROLLOUT
+from maskfocus.trainer import ROLLOUT, preview_images
 from maskfocus.types import Trajectory
 
 
@@ -80,6 +81,12 @@ class RolloutWorker:
         self.metrics.record("maskfocus_rollout_images", num_images)
         self.metrics.record("maskfocus_rollout_images_per_second", num_images / max(trajectory.seconds, 1e-9))
         return on_device(trajectory, "cpu")
+
+    def preview(self) -> tuple[int, np.ndarray, list[str]]:
+        """(the weights version, the images, the prompts) of a preview grid drawn with the weights now loaded: on the
+        worker's device, so that the driver, on a head node that may have no GPU, never samples."""
+        images, prompts = preview_images(self.model, self.config)
+        return self.policy_version, images, prompts
 
     def version(self) -> int:
         return self.policy_version

@@ -47,6 +47,7 @@ from maskfocus.actors.cluster import connect
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.config import RunConfig
+from maskfocus.driver_previews import RemotePreviews
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
@@ -66,8 +67,8 @@ from maskfocus.run_io import (
     running_counts,
 )
 from maskfocus.run_state import RunState, resume_state
-from maskfocus.stopping import RunStopped, StopRequest
-from maskfocus.trainer import PromptStream, finish_run, save_preview
+from maskfocus.stopping import RunFailed, RunStopped, StopRequest, append_error_log
+from maskfocus.trainer import PromptStream, finish_run
 
 POLL_S = 1.0
 RECOVERABLE = (RayActorError, ActorUnavailableError)
@@ -132,6 +133,7 @@ class RayRun:
         self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
+        self.previews = RemotePreviews(run_dir, config.ray.timeout_s)
         self.pending_update: ObjectRef | None = None
         """The store's `next_update` call in flight: it takes the next record, so a stop must collect it."""
 
@@ -150,14 +152,10 @@ class RayRun:
             index = self.rollouts.acquire()
             if index is None:
                 return
-            load = None
-            if self.rollouts.versions[index] != self.version:
-                # resuming: the learner has not published its weights yet (collective: not broadcast them yet)
-                if self.weights is None or self.collective:
-                    self.rollouts.release(index)
-                    return
-                load = self.rollouts.actors[index].load_weights.remote(self.version, self.weights[0])
-                self.rollouts.versions[index] = self.version
+            ready, load = self.load_newest(index)
+            if not ready:
+                self.rollouts.release(index)
+                return
             if iteration in self.redo:
                 self.redo.remove(iteration)
             else:
@@ -166,6 +164,33 @@ class RayRun:
                 self.metadata[iteration] = (metadata, self.prompts.cursor)
             ref = self.rollouts.actors[index].sample.remote(self.metadata[iteration][0], iteration)
             self.rolling[ref] = Attempt(iteration, index, self.rollouts.versions[index], load)
+
+    def load_newest(self, index: int) -> tuple[bool, ObjectRef | None]:
+        """Rollout worker `index` holds the newest weights, or their load is queued before its next call: (True,
+        that load or None); (False, None) when it cannot have them yet (resuming: the learner has not published
+        them; collective: not broadcast them yet)."""
+        if self.rollouts.versions[index] == self.version:
+            return True, None
+        if self.weights is None or self.collective:
+            return False, None
+        load = self.rollouts.actors[index].load_weights.remote(self.version, self.weights[0])
+        self.rollouts.versions[index] = self.version
+        return True, load
+
+    def dispatch_preview(self) -> None:
+        if not self.previews.wanted() or (index := self.rollouts.acquire()) is None:
+            return
+        ready, load = self.load_newest(index)
+        if not ready:
+            self.rollouts.release(index)
+            return
+        self.previews.start(index, self.rollouts.actors[index], load)
+
+    def on_preview(self, ref: ObjectRef) -> None:
+        index, drew = self.previews.finish(ref)
+        self.rollouts.release(index)
+        if not drew:
+            self.rollouts.forget(index)  # it may have died and be restarting with the base weights
 
     def dispatch_scores(self) -> None:
         while self.sampled and (index := self.rewards.acquire()) is not None:
@@ -306,11 +331,11 @@ class RayRun:
         if iteration % train.log_every == 0 or iteration == train.num_iterations - 1:
             self.log.write(record)
         if preview_due(train, iteration):
-            save_preview(self.current_model(), self.config, self.run_dir / "images" / f"iter_{iteration:06d}.png")
+            self.previews.request(iteration)
             plot_reward_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "reward_curve.png")
 
     def current_model(self) -> MaskedGenerator:
-        """The driver's copy of the generator with the newest published weights (previews, final model)."""
+        """The driver's copy of the generator with the newest published weights (the final model)."""
         if self.model is None:
             self.model = load_generator(self.driver_config.model)
             if self.checkpoint is not None:  # resuming a finished run: no weights are published before its end
@@ -326,15 +351,18 @@ class RayRun:
         self.pending_update = self.store.next_update.remote(POLL_S)
         while self.learned < self.total and not (stop is not None and stop.requested):
             self.dispatch_rollouts()
+            self.dispatch_preview()
             self.dispatch_scores()
             self.enqueue()
-            waiting = [*self.rolling, *self.scoring, self.pending_update]
+            waiting = [*self.rolling, *self.scoring, *self.previews.drawing, self.pending_update]
             ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S, fetch_local=False)
             for ref in ready:
                 if ref in self.rolling:
                     self.on_sampled(ref)
                 elif ref in self.scoring:
                     self.on_scored(ref)
+                elif ref in self.previews.drawing:
+                    self.on_preview(ref)
                 else:
                     self.pending_update = None  # taken here: after a failure below, stop_early must not retake it
                     update = ray.get(ref, timeout=self.config.ray.timeout_s)
@@ -355,6 +383,7 @@ class RayRun:
     def finish(self, learner: LearnerGroup) -> MaskedGenerator:
         """After the last iteration: the driver's final model; the learner group takes the stop item and must end
         cleanly (a failure after its last record would otherwise go unseen)."""
+        self.draw_last_preview()
         model, timeout = self.current_model(), self.config.ray.timeout_s
         self.batches.put(None, timeout=timeout)
         learner.join(timeout)
@@ -367,6 +396,18 @@ class RayRun:
                 f"the learner group failed after the last iteration: {learner.error!r}"
             ) from learner.error
         return model
+
+    def draw_last_preview(self) -> None:
+        """After the last iteration: the preview in flight and the one due (the last iteration's) are drawn, within
+        ray.timeout_s."""
+        deadline = time.perf_counter() + self.config.ray.timeout_s
+        while time.perf_counter() < deadline:
+            self.dispatch_preview()
+            if not self.previews.drawing:
+                return
+            ready, _ = ray.wait(list(self.previews.drawing), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                self.on_preview(ref)
 
     def stop_early(self, learner: LearnerGroup) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
@@ -433,7 +474,8 @@ def train_ray(
     except Exception as error:
         if run is not None and learner is not None:
             run.stop_early(learner)
-        raise RuntimeError(f"the Ray run stopped: {error}; {resume_hint(run_dir)}") from error
+        message = f"the Ray run stopped: {error}; {resume_hint(run_dir)}"
+        raise RunFailed(message, append_error_log(run_dir, error)) from error
     finally:
         if run is not None:
             run.close()

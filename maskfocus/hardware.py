@@ -30,12 +30,13 @@ def native_sampling_dtype(device: str) -> str:
 
 
 def driver_model_config(config: RunConfig, cuda_available: bool) -> RunConfig:
-    """The config of the driver's own copy of the model (previews, final model, evaluation): `config`, or with
+    """The config of the driver's own copy of the model (final model, evaluation; a rollout worker draws the
+    previews): `config`, or with
     model.device cpu when that is CUDA and this process has no GPU (the head node under deploy/submit.sh); says so."""
     if torch.device(config.model.device).type != "cuda" or cuda_available:
         return config
     tqdm.write(
-        f"model.device is {config.model.device} but the driver has no GPU: its copy of the model (previews, final "
-        "model, evaluation) runs on the CPU"
+        f"model.device is {config.model.device} but the driver has no GPU: its copy of the model (final model, "
+        "evaluation) runs on the CPU"
     )
     return config.model_copy(update={"model": config.model.model_copy(update={"device": "cpu"})})

@@ -144,8 +144,11 @@ def preview_prompts() -> list[str]:
     return list(seen.values())
 
 
-def save_preview(model: MaskedGenerator, config: RunConfig, path: Path, images_per_prompt: int = 4) -> None:
-    """A grid of the fixed prompts (standard sampler, fixed seed): one row per tag."""
+def preview_images(
+    model: MaskedGenerator, config: RunConfig, images_per_prompt: int = 4
+) -> tuple[np.ndarray, list[str]]:
+    """The images (uint8, B x H x W x 3) of the fixed prompts, each `images_per_prompt` times, drawn with the
+    standard sampler and a fixed seed, and the prompts: what a preview grid shows."""
     prompts = preview_prompts()
     result = sample_with_config(
         model,
@@ -153,7 +156,17 @@ def save_preview(model: MaskedGenerator, config: RunConfig, path: Path, images_p
         config.sampler,
         seeded_generator(config.seed, PREVIEW),
     )
-    save_grid(path, to_uint8(model.decode(result.tokens_BL)), columns=images_per_prompt, scale=2, labels=prompts)
+    return to_uint8(model.decode(result.tokens_BL)), prompts
+
+
+def save_preview_grid(path: Path, images: np.ndarray, prompts: list[str]) -> None:
+    """One row per prompt (one per tag), `len(images) / len(prompts)` images each."""
+    save_grid(path, images, columns=len(images) // len(prompts), scale=2, labels=prompts)
+
+
+def save_preview(model: MaskedGenerator, config: RunConfig, path: Path) -> None:
+    """A grid of the fixed prompts (standard sampler, fixed seed): one row per tag."""
+    save_preview_grid(path, *preview_images(model, config))
 
 
 def generator_in(config: RunConfig, master: MaskedGenerator, dtype: str) -> MaskedGenerator:
@@ -274,7 +287,7 @@ def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: P
         "policy_version": iteration + 1,
         "seed": config.seed,
     }
-    return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, state)
+    return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, state, config.train.keep_checkpoints)
 
 
 def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:

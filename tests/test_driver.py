@@ -142,6 +142,8 @@ def test_a_bfloat16_ray_run_records_what_train_local_does(ray_run, runs):
         assert all(r[key] >= 0 for r in remote), key
     assert all(r["perf/weight_load_seconds"] > 0 for r in remote[1:])  # new weights before every later rollout
     assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
+    previews = [sorted(p.name for p in (run / "images").glob("*.png")) for run in (runs.bfloat16_dir, ray_dir)]
+    assert previews[1] == previews[0] == ["iter_000000.png", "iter_000002.png"]  # drawn by the rollout worker
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])

@@ -51,7 +51,8 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         run = RayRun.__new__(RayRun)  # only what the loop touches: nothing to dispatch, nothing in flight
         run.config, run.store = default_run_config({"ray": {"timeout_s": 3.0}}), store
         run.rolling, run.scoring, run.learned, run.total = {}, {}, 0, 1
-        run.dispatch_rollouts = run.dispatch_scores = run.enqueue = lambda: None
+        run.dispatch_rollouts = run.dispatch_preview = run.dispatch_scores = run.enqueue = lambda: None
+        run.previews = SimpleNamespace(drawing={})
         start = run.last_event = time.perf_counter()
         with pytest.raises(RuntimeError, match=r"no rollout, score or update finished for \d+ s \(ray.timeout_s\)"):
             run.run(FinishedLearner(alive=True), StopAfter(30.0))
@@ -190,6 +191,7 @@ def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_wi
     puts = []
     run = RayRun.__new__(RayRun)
     run.config, run.current_model = default_run_config(), lambda: "final model"
+    run.draw_last_preview = lambda: None
     run.batches = SimpleNamespace(put=lambda item, timeout: puts.append(item))
     with pytest.raises(RuntimeError, match=r"learner group failed after the last iteration: OSError\('disk full'\)"):
         run.finish(FinishedLearner(error=OSError("disk full")))
@@ -224,9 +226,11 @@ def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actor
     monkeypatch.setattr(driver, "LearnerGroup", recorded)
     monkeypatch.setattr(driver, "role_pools", no_pools)
     with pytest.raises(
-        RuntimeError, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
-    ):
+        driver.RunFailed, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
+    ) as failed:
         driver.train_ray(tiny_config(random_model, tmp_path / "runs"), tmp_path, show_progress=False)
+    assert failed.value.error_log == tmp_path / "error.log"  # the traceback `maskfocus train` no longer prints
+    assert "OSError: no room for the rollout pool" in failed.value.error_log.read_text()
     learner, (batches, store) = started[0][0], started[0][1][3:5]
     learner.join(120.0)
     assert not learner.alive, "the learner group outlived the failed run"

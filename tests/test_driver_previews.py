@@ -1,0 +1,57 @@
+"""The Ray run's previews (maskfocus/driver_previews.py): drawn by a rollout worker and written by the driver, named
+by the iteration its weights learned last; a failed one is a note; previews that fall behind collapse into the
+newest. tests/test_driver.py checks a whole Ray run's preview files against the in-process run's."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from PIL import Image
+from ray_fixture import RAY_TIMEOUT_S, ray_session  # noqa: F401
+
+from maskfocus.driver_previews import RemotePreviews
+
+
+class Drawer:
+    """A rollout worker's `preview`: version 3's images of two prompts, or an error."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def preview(self):
+        if self.fail:
+            raise RuntimeError("out of memory")
+        return 3, np.full((4, 8, 8, 3), 200, dtype=np.uint8), ["a red circle", "two squares"]
+
+
+def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_session, tmp_path, capsys):  # noqa: F811
+    ray = ray_session
+    (tmp_path / "images").mkdir()
+    previews = RemotePreviews(tmp_path, RAY_TIMEOUT_S)
+    previews.request(1)
+    previews.request(2)  # behind already: only the newest is drawn
+    assert previews.wanted() and previews.due == 2
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    actor = ray.remote(Drawer).options(num_cpus=0)
+    drawer, failing = actor.remote(), actor.remote(fail=True)
+    try:
+        previews.start(0, drawer, load=None)
+        assert not previews.wanted() and previews.due is None
+        previews.request(4)
+        assert not previews.wanted()  # one preview at a time
+        [ref] = previews.drawing
+        ray.wait([ref], timeout=RAY_TIMEOUT_S)
+        assert previews.finish(ref) == (0, True) and previews.wanted()
+        grid = Image.open(tmp_path / "images" / "iter_000002.png")  # version 3 = after iteration 2
+        assert grid.width > 2 * 8 * 2 and grid.height > 2 * 8 * 2  # two rows of two images, scaled 2x, labelled
+        previews.start(1, failing, load=None)
+        [ref] = previews.drawing
+        ray.wait([ref], timeout=RAY_TIMEOUT_S)
+        assert previews.finish(ref) == (1, False)
+        assert "preview skipped: rollout worker 1 did not draw it (RayTaskError" in capsys.readouterr().out
+        assert sorted(path.name for path in (tmp_path / "images").iterdir()) == ["iter_000002.png"]
+    finally:
+        ray.kill(drawer)
+        ray.kill(failing)
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
