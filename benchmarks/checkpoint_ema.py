@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from maskfocus.config_base import ConfigError
 from maskfocus.outputs import check_output_folder
+from maskfocus.run_state import complete_checkpoints
 from maskfocus.script_args import open_fraction, positive_int, run_script
 
 StateDict = Mapping[str, torch.Tensor]
@@ -32,7 +33,7 @@ StateDict = Mapping[str, torch.Tensor]
 def checkpoint_iterations(run_dir: Path) -> list[tuple[int, Path]]:
     """(iteration, checkpoint folder) of every complete checkpoint, in iteration order."""
     found = []
-    for folder in (run_dir / "checkpoints").glob("iter_[0-9]*[0-9]"):
+    for folder in complete_checkpoints(run_dir):
         if (folder / "transformer.safetensors").is_file():
             found.append((int(folder.name.removeprefix("iter_")), folder))
     if not found:

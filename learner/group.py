@@ -13,7 +13,7 @@ from pathlib import Path
 from ray.actor import ActorHandle
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 
 from maskfocus.config import RayConfig, RunConfig
@@ -31,6 +31,14 @@ def scaling_config(ray_config: RayConfig) -> ScalingConfig:
         use_gpu=ray_config.learner_gpus > 0,
         resources_per_worker=resources,
     )
+
+
+def torch_config(ray_config: RayConfig) -> TorchConfig:
+    """The process group's collective timeout outlasts rank 0's wait for a batch (ray.timeout_s) plus a margin for
+    one step: the other ranks wait for rank 0's message in a broadcast meanwhile, and with Ray Train's default
+    (1800 s, the GPU configs' ray.timeout_s) theirs timed out first, so a stalled run's ranks could not join the
+    checkpoint of the last learned iteration."""
+    return TorchConfig(timeout_s=int(2 * ray_config.timeout_s) + 600)
 
 
 def no_restarts() -> FailureConfig:
@@ -65,6 +73,7 @@ class LearnerGroup:
         self.trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
+            torch_config=torch_config(config.ray),
             scaling_config=scaling_config(config.ray),
             run_config=TrainRunConfig(
                 name="learner",

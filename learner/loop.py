@@ -324,7 +324,7 @@ def _record_metrics(metrics: RunMetrics, record: dict[str, Any], dropped: bool) 
 
 
 def preview_due(train: TrainConfig, iteration: int) -> bool:
-    """The driver writes a preview image (with the new weights) after this iteration's update."""
+    """A preview image is due after this iteration's update (a rollout worker draws it with the newest weights)."""
     return iteration % train.image_every == 0 or iteration == train.num_iterations - 1
 
 

@@ -134,6 +134,8 @@ class RayRun:
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
         self.previews = RemotePreviews(run_dir, config.ray.timeout_s)
+        self.preview_loads: dict[int, ObjectRef] = {}
+        """Rollout worker -> the weight load queued before its preview: the next rollout there reports its seconds."""
         self.pending_update: ObjectRef | None = None
         """The store's `next_update` call in flight: it takes the next record, so a stop must collect it."""
 
@@ -156,6 +158,8 @@ class RayRun:
             if not ready:
                 self.rollouts.release(index)
                 return
+            before_preview = self.preview_loads.pop(index, None)
+            load = load or before_preview  # the weights this rollout samples with were loaded for a preview
             if iteration in self.redo:
                 self.redo.remove(iteration)
             else:
@@ -184,13 +188,15 @@ class RayRun:
         if not ready:
             self.rollouts.release(index)
             return
-        self.previews.start(index, self.rollouts.actors[index], load)
+        if load is not None:
+            self.preview_loads[index] = load
+        self.previews.start(index, self.rollouts.actors[index], self.rollouts.versions[index], load)
 
     def on_preview(self, ref: ObjectRef) -> None:
-        index, drew = self.previews.finish(ref)
+        index, weights_lost = self.previews.finish(ref)
         self.rollouts.release(index)
-        if not drew:
-            self.rollouts.forget(index)  # it may have died and be restarting with the base weights
+        if weights_lost:
+            self.rollouts.forget(index)  # restarted with the base weights: reloaded before its next call
 
     def dispatch_scores(self) -> None:
         while self.sampled and (index := self.rewards.acquire()) is not None:
@@ -338,7 +344,9 @@ class RayRun:
         """The driver's copy of the generator with the newest published weights (the final model)."""
         if self.model is None:
             self.model = load_generator(self.driver_config.model)
-            if self.checkpoint is not None:  # resuming a finished run: no weights are published before its end
+            if self.weights is None and self.checkpoint is not None:
+                # resuming a finished run: no weights are published before its end (once some are, the checkpoint
+                # resumed from may be gone: train.keep_checkpoints)
                 load_checkpoint_weights(Path(self.checkpoint), self.model.trainable_module())
         if self.weights is not None:
             self.model.transformer.load_state_dict(ray.get(self.weights[0], timeout=self.config.ray.timeout_s))
@@ -350,8 +358,8 @@ class RayRun:
         """Until every iteration is learned, or a stop is requested (then `stop_early` finishes the queued ones)."""
         self.pending_update = self.store.next_update.remote(POLL_S)
         while self.learned < self.total and not (stop is not None and stop.requested):
+            self.dispatch_preview()  # first: with max_staleness > 0 rollouts would take every idle worker
             self.dispatch_rollouts()
-            self.dispatch_preview()
             self.dispatch_scores()
             self.enqueue()
             waiting = [*self.rolling, *self.scoring, *self.previews.drawing, self.pending_update]
@@ -399,8 +407,10 @@ class RayRun:
 
     def draw_last_preview(self) -> None:
         """After the last iteration: the preview in flight and the one due (the last iteration's) are drawn, within
-        ray.timeout_s."""
-        deadline = time.perf_counter() + self.config.ray.timeout_s
+        half of ray.timeout_s: the learner, waiting for the stop item since its last record, gives up after all of
+        it (and the weights it published are gone once it stops, so this comes first)."""
+        seconds = self.config.ray.timeout_s / 2
+        deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             self.dispatch_preview()
             if not self.previews.drawing:
@@ -408,6 +418,7 @@ class RayRun:
             ready, _ = ray.wait(list(self.previews.drawing), num_returns=1, timeout=POLL_S)
             for ref in ready:
                 self.on_preview(ref)
+        tqdm.write(f"the last preview was not drawn within {seconds:.0f} s (half of ray.timeout_s); skipped")
 
     def stop_early(self, learner: LearnerGroup) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its

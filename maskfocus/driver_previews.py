@@ -1,9 +1,9 @@
 """The Ray run's preview grids (images/iter_XXXXXX.png), drawn by an idle rollout worker with the weights it holds.
 
 The driver runs on the head node, which on a cluster may have no GPU: sampling a large model's preview there took
-longer than ray.timeout_s and stalled the run, since the driver dispatched nothing meanwhile. A rollout worker draws
-it between rollouts instead (with `max_staleness: 0` while the learner learns, when it would idle), and the driver
-only writes the file.
+longer than ray.timeout_s and stalled the run, since the driver dispatched nothing meanwhile. The next idle rollout
+worker draws it instead, before its next rollout (with `max_staleness: 0` while the learner learns, when it would
+idle anyway), and the driver only writes the file. Part of the driver (maskfocus/driver.py), hence Ray here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from tqdm import tqdm
 
 from maskfocus.trainer import save_preview_grid
@@ -27,8 +27,9 @@ class RemotePreviews:
         self.timeout_s = timeout_s
         self.due: int | None = None
         """The newest iteration whose preview is wanted and not yet being drawn."""
-        self.drawing: dict[ObjectRef, tuple[int, ObjectRef | None]] = {}
-        """The preview call in flight -> (its rollout worker's index, the weight load queued before it)."""
+        self.drawing: dict[ObjectRef, tuple[int, int, ObjectRef | None]] = {}
+        """The preview call in flight -> (its rollout worker's index, the weights version it should hold, the weight
+        load queued before it)."""
 
     def request(self, iteration: int) -> None:
         self.due = iteration
@@ -36,22 +37,32 @@ class RemotePreviews:
     def wanted(self) -> bool:
         return self.due is not None and not self.drawing
 
-    def start(self, index: int, actor: ActorHandle, load: ObjectRef | None) -> None:
-        """Rollout worker `index` draws the preview, after `load` (its calls run in order)."""
-        self.drawing[actor.preview.remote()] = (index, load)
+    def start(self, index: int, actor: ActorHandle, version: int, load: ObjectRef | None) -> None:
+        """Rollout worker `index` draws the preview with weights `version`, after `load` (its calls run in order)."""
+        self.drawing[actor.preview.remote()] = (index, version, load)
         self.due = None
 
     def finish(self, ref: ObjectRef) -> tuple[int, bool]:
         """Write the grid of a finished preview call, named by the iteration its weights learned last; returns (the
-        rollout worker's index, whether it drew). A failed preview is a note, not the end of the run: a dead worker
-        fails its next rollout too, which the driver redoes."""
-        index, load = self.drawing.pop(ref)
+        rollout worker's index, whether its weights are now unknown: it died and was restarted). A failed preview is
+        a note, not the end of the run: a dead worker fails its next rollout too, which the driver redoes."""
+        index, expected, load = self.drawing.pop(ref)
         try:
             if load is not None:
                 ray.get(load, timeout=self.timeout_s)
             version, images, prompts = ray.get(ref, timeout=self.timeout_s)
-            save_preview_grid(self.folder / f"iter_{version - 1:06d}.png", images, prompts)
-        except RayError as error:
-            tqdm.write(f"preview skipped: rollout worker {index} did not draw it ({type(error).__name__}: {error})")
+        except (RayActorError, ActorUnavailableError) as error:
+            self._skipped(index, error)
+            return index, True
+        except RayError as error:  # raised in `preview` (out of memory, say): the worker and its weights are fine
+            self._skipped(index, error)
             return index, False
-        return index, True
+        if version != expected:  # restarted between its load and the preview: the base model's images
+            tqdm.write(f"preview skipped: rollout worker {index} was restarted (weights version {version})")
+            return index, True
+        save_preview_grid(self.folder / f"iter_{version - 1:06d}.png", images, prompts)
+        return index, False
+
+    @staticmethod
+    def _skipped(index: int, error: BaseException) -> None:
+        tqdm.write(f"preview skipped: rollout worker {index} did not draw it ({type(error).__name__}: {error})")

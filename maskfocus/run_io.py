@@ -36,7 +36,7 @@ from maskfocus.config_base import flatten
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.outputs import check_output_folder
 from maskfocus.ray_job import resume_command
-from maskfocus.run_state import latest_checkpoint, resume_state
+from maskfocus.run_state import complete_checkpoints, latest_checkpoint, resume_state
 from maskfocus.update import lr_factor, schedule_span
 
 
@@ -276,8 +276,7 @@ def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
     """Delete all but the newest `keep` complete checkpoints of the run folder; returns the deleted ones."""
     if keep is None:
         return []
-    complete = sorted(path for path in (folder / "checkpoints").glob("iter_*") if not path.name.endswith(".partial"))
-    old = complete[:-keep]
+    old = complete_checkpoints(folder)[:-keep]
     for path in old:
         shutil.rmtree(path)
     return old

@@ -11,9 +11,15 @@ from typing import Any
 from maskfocus.config_base import ConfigError
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The run folder's complete checkpoints, oldest first (one being written is named *.partial until it is
+    whole)."""
+    return sorted((folder / "checkpoints").glob("iter_[0-9]*[0-9]"))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The run folder's newest complete checkpoint (one being written is named *.partial until it is whole)."""
-    checkpoints = sorted((folder / "checkpoints").glob("iter_[0-9]*[0-9]"))
+    """The run folder's newest complete checkpoint."""
+    checkpoints = complete_checkpoints(folder)
     return checkpoints[-1] if checkpoints else None
 
 

@@ -1,6 +1,7 @@
 """The Ray run's previews (maskfocus/driver_previews.py): drawn by a rollout worker and written by the driver, named
-by the iteration its weights learned last; a failed one is a note; previews that fall behind collapse into the
-newest. tests/test_driver.py checks a whole Ray run's preview files against the in-process run's."""
+by the iteration its weights learned last; a failed one is a note, and says whether the worker lost its weights;
+previews that fall behind collapse into the newest. tests/test_driver.py checks a whole Ray run's preview files
+against the in-process run's, tests/test_driver_steps.py which worker the driver gives a preview."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class Drawer:
         return 3, np.full((4, 8, 8, 3), 200, dtype=np.uint8), ["a red circle", "two squares"]
 
 
+def finished(ray, previews: RemotePreviews) -> tuple[int, bool]:
+    """`finish` of the one preview in flight, once it is done."""
+    [ref] = previews.drawing
+    ray.wait([ref], timeout=RAY_TIMEOUT_S)
+    return previews.finish(ref)
+
+
 def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_session, tmp_path, capsys):  # noqa: F811
     ray = ray_session
     (tmp_path / "images").mkdir()
@@ -36,20 +44,22 @@ def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_se
     actor = ray.remote(Drawer).options(num_cpus=0)
     drawer, failing = actor.remote(), actor.remote(fail=True)
     try:
-        previews.start(0, drawer, load=None)
+        previews.start(0, drawer, 3, load=None)
         assert not previews.wanted() and previews.due is None
         previews.request(4)
         assert not previews.wanted()  # one preview at a time
-        [ref] = previews.drawing
-        ray.wait([ref], timeout=RAY_TIMEOUT_S)
-        assert previews.finish(ref) == (0, True) and previews.wanted()
+        assert finished(ray, previews) == (0, False) and previews.wanted()
         grid = Image.open(tmp_path / "images" / "iter_000002.png")  # version 3 = after iteration 2
         assert grid.width > 2 * 8 * 2 and grid.height > 2 * 8 * 2  # two rows of two images, scaled 2x, labelled
-        previews.start(1, failing, load=None)
-        [ref] = previews.drawing
-        ray.wait([ref], timeout=RAY_TIMEOUT_S)
-        assert previews.finish(ref) == (1, False)
+        previews.start(1, failing, 3, load=None)
+        assert finished(ray, previews) == (1, False)  # raised in `preview`: the worker keeps its weights
         assert "preview skipped: rollout worker 1 did not draw it (RayTaskError" in capsys.readouterr().out
+        previews.start(0, drawer, 5, load=None)  # expected version 5, drew with 3: restarted since its load
+        assert finished(ray, previews) == (0, True)
+        assert "preview skipped: rollout worker 0 was restarted (weights version 3)" in capsys.readouterr().out
+        ray.kill(failing)
+        previews.start(1, failing, 3, load=None)
+        assert finished(ray, previews) == (1, True)  # dead: its weights are unknown
         assert sorted(path.name for path in (tmp_path / "images").iterdir()) == ["iter_000002.png"]
     finally:
         ray.kill(drawer)

@@ -87,6 +87,7 @@ def bare_run(collective: bool, **ray_settings):
     run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
     run.counts, run.metadata = {"sync/redone": 0}, {3: ([{"prompt": "a red circle"}], 1)}
     run.next_iteration, run.end, run.version, run.weights = 4, 10, 3, None
+    run.preview_loads = {}
     return run
 
 
@@ -181,6 +182,69 @@ def test_a_resumed_run_with_nothing_left_to_learn_ends_with_its_checkpoints_weig
     assert final.keys() == trained.state_dict().keys()
     for name, tensor in trained.state_dict().items():
         torch.testing.assert_close(final[name], tensor, msg=name)
+
+
+def test_a_resumed_runs_final_model_comes_from_the_published_weights_once_its_checkpoint_is_pruned(
+    ray_session,  # noqa: F811
+    random_model,  # noqa: F811
+    tmp_path,
+):
+    """With train.keep_checkpoints the checkpoint a run resumed from is deleted once newer ones are written; the
+    final model loaded it anyway, before the published weights, and the finished run failed at its very end."""
+    import torch
+
+    from maskfocus.driver import RayRun
+    from maskfocus.models import load_generator
+
+    config = tiny_config(random_model, tmp_path)
+    published = {name: tensor + 0.01 for name, tensor in load_generator(config.model).transformer.state_dict().items()}
+    run = RayRun.__new__(RayRun)
+    run.config = run.driver_config = config
+    pruned = tmp_path / "checkpoints" / "iter_000003"  # never written here: as if pruned
+    run.model, run.weights, run.checkpoint = None, [ray_session.put(published)], pruned
+    final = run.current_model().transformer.state_dict()
+    for name, tensor in published.items():
+        torch.testing.assert_close(final[name], tensor, msg=name)
+
+
+def test_a_preview_goes_to_the_next_idle_rollout_worker_and_one_that_died_is_reloaded_before_its_next_call():
+    """A preview takes an idle rollout worker, with the newest weights loaded first when it lacks them; a worker
+    whose preview failed because it died is forgotten (its weights are the base model's after the restart); one
+    whose preview raised keeps its weights."""
+    from maskfocus.actors.pool import WorkerPool
+    from maskfocus.driver import RayRun
+
+    calls = []
+
+    class Method:
+        def __init__(self, name):
+            self.name = name
+
+        def remote(self, *args):
+            calls.append((self.name, *args))
+            return f"{self.name}-ref"
+
+    worker = SimpleNamespace(preview=Method("preview"), load_weights=Method("load"))
+    run = RayRun.__new__(RayRun)
+    run.rollouts, run.version, run.weights, run.collective = WorkerPool([worker], initial_version=2), 3, ["w3"], False
+    run.preview_loads = {}
+    started, outcomes = [], iter([(0, True), (0, False)])
+    run.previews = SimpleNamespace(
+        wanted=lambda: True,
+        start=lambda index, actor, version, load: started.append((index, version, load)),
+        finish=lambda ref: next(outcomes),
+    )
+    run.dispatch_preview()
+    assert calls == [("load", 3, "w3")] and started == [(0, 3, "load-ref")] and run.rollouts.idle == []
+    assert run.preview_loads == {0: "load-ref"}  # its seconds go into the record of the next rollout there
+    run.dispatch_preview()  # the only worker is busy: nothing more
+    assert len(started) == 1
+    run.on_preview("preview-ref")  # it died: reloaded before its next call
+    assert run.rollouts.idle == [0] and run.rollouts.versions == [-1]
+    run.rollouts.versions = [3]
+    run.dispatch_preview()
+    run.on_preview("preview-ref")  # it raised: its weights stay known
+    assert run.rollouts.idle == [0] and run.rollouts.versions == [3] and started[-1] == (0, 3, None)
 
 
 def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_with_a_clear_error():

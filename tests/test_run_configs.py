@@ -80,3 +80,7 @@ def test_the_cluster_yaml_installs_the_repository_it_copies_into_an_image_of_the
     )
     assert ".gitignore" in cluster["rsync_filter"]
     assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    # the container cannot mount NFS itself: the host mounts the shared disk and the container gets it
+    assert any("mount -t nfs4" in command and "/shared" in command for command in cluster["initialization_commands"])
+    assert not any("mount" in command for command in cluster["setup_commands"])
+    assert "-v /shared:/shared" in cluster["docker"]["run_options"]

@@ -304,3 +304,14 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
     finally:
         batches.shutdown()
         ray.kill(store)
+
+
+def test_the_other_ranks_collective_timeout_outlasts_rank_0s_wait_for_a_batch():
+    """Ranks 1.. wait for rank 0's message in a broadcast while rank 0 waits up to ray.timeout_s for a batch; with
+    Ray Train's default (1800 s, the GPU configs' ray.timeout_s) they timed out first and could not join the
+    checkpoint of a stalled run's last learned iteration."""
+    from maskfocus.config import RayConfig
+    from maskfocus.learner.group import torch_config
+
+    for timeout in (3.0, 600.0, 1800.0):
+        assert torch_config(RayConfig(timeout_s=timeout)).timeout_s >= 2 * timeout + 600
