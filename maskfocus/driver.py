@@ -386,7 +386,9 @@ class RayRun:
             raise RuntimeError(f"the learner group stopped: {learner.error!r}")
         idle = time.perf_counter() - self.last_event
         if idle > self.config.ray.timeout_s:
-            raise RuntimeError(f"no rollout, score or update finished for {idle:.0f} s (ray.timeout_s)")
+            raise RuntimeError(
+                f"no rollout, score or update finished for {idle:.0f} s (ray.timeout_s){free_resources_note()}"
+            )
 
     def finish(self, learner: LearnerGroup) -> MaskedGenerator:
         """After the last iteration: the driver's final model; the learner group takes the stop item and must end
@@ -452,6 +454,18 @@ class RayRun:
         self.log.close()
         self.rollouts.kill()
         self.rewards.kill()
+
+
+def free_resources_note() -> str:
+    """What the cluster has free now: an actor asking for more (a worker restarted, a node lost) waits for it."""
+    try:
+        free = ray.available_resources()
+    except Exception:  # the note only explains; the error it joins matters more
+        return ""
+    return (
+        f"; free on the cluster now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs (an actor asking "
+        "for more, by ray.*_cpus / ray.*_gpus, waits until they are)"
+    )
 
 
 def train_ray(

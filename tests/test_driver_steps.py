@@ -54,7 +54,8 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         run.dispatch_rollouts = run.dispatch_preview = run.dispatch_scores = run.enqueue = lambda: None
         run.previews = SimpleNamespace(drawing={})
         start = run.last_event = time.perf_counter()
-        with pytest.raises(RuntimeError, match=r"no rollout, score or update finished for \d+ s \(ray.timeout_s\)"):
+        idle_error = r"no rollout, score or update finished for \d+ s \(ray.timeout_s\); free on the cluster now: \d"
+        with pytest.raises(RuntimeError, match=idle_error):
             run.run(FinishedLearner(alive=True), StopAfter(30.0))
         assert 3.0 < time.perf_counter() - start < 30.0
     finally:
