@@ -61,7 +61,9 @@ def chosen_rows(tags: list[str], every: int) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", nargs="+", required=True, help="sampler.FIELD=V1,V2,... (one per field)")
+    parser.add_argument(
+        "--grid", nargs="+", action="extend", required=True, help="sampler.FIELD=V1,V2,... (one per field; repeatable)"
+    )
     parser.add_argument("--model", default=None, help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--every", type=positive_int, default=4, help="use every n-th row of shapes-geneval")
     parser.add_argument("--images", type=positive_int, default=1, help="images per row")

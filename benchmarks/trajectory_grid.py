@@ -46,7 +46,9 @@ def main() -> int:
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
     parser.add_argument("--images", type=positive_int, default=2, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)")
+    parser.add_argument(
+        "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)"
+    )
     args = parser.parse_args()
     check_output_file("--out", args.out, "image")  # before the sampling, not after it
     overrides = {**SAMPLING_ONLY, **parse_set(args.set)}

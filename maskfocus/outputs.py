@@ -43,10 +43,33 @@ def check_output_folder(option: str, folder: Path) -> None:
     if (blocking := file_in_the_way(folder)) is not None:
         where = "is a file" if blocking == folder.absolute() else f"cannot be made: {blocking} is a file"
         raise ConfigError(f"{option} {folder}: {where}; give a folder")
-    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.is_dir())
-    if not os.access(existing, os.W_OK | os.X_OK):  # a read-only mount refuses even root here
-        where = "" if existing == folder.absolute() else f"cannot be made: {existing} "
+    if (denied := unwritable(folder)) is not None:
+        where = "" if denied == folder.absolute() else f"cannot be made: {denied} "
         raise ConfigError(f"{option} {folder}: {where}cannot be written (permissions or a read-only file system)")
+
+
+def unwritable(path: Path) -> Path | None:
+    """The first path that exists at or above `path` when it cannot be written (a folder: nothing made in it), else
+    None. A read-only mount refuses even root here."""
+    existing = next(found for found in (path.absolute(), *path.absolute().parents) if found.exists())
+    return None if os.access(existing, os.W_OK | os.X_OK if existing.is_dir() else os.W_OK) else existing
+
+
+RUN_FOLDER_PARTS = ("config.yaml", "metrics.jsonl", "checkpoints")
+"""What a run folder holds that a model folder does not."""
+
+
+def check_replaceable_model_folder(option: str, folder: Path) -> None:
+    """A script that deletes and rewrites the model folder `folder` may replace an empty folder or an earlier model
+    folder (a `transformer/` and no run's parts), never a run folder, a runs folder or anything else kept there."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if (folder / "transformer").is_dir() and not any((folder / part).exists() for part in RUN_FOLDER_PARTS):
+        return
+    raise ConfigError(
+        f"{option} {folder}: holds something other than a model folder, and writing it would delete it all; give a "
+        "new folder, or an earlier model folder to replace"
+    )
 
 
 def check_output_file(option: str, path: str | Path | None, kind: Literal["image", "figure", "file"]) -> None:
@@ -59,6 +82,9 @@ def check_output_file(option: str, path: str | Path | None, kind: Literal["image
         raise ConfigError(f"{option} {path}: is a folder; give a file path")
     if (blocking := file_in_the_way(path.parent)) is not None:
         raise ConfigError(f"{option} {path}: {blocking} is a file, so the folder cannot be made")
+    if (denied := unwritable(path)) is not None:  # before the work whose result it would lose
+        where = "" if denied == path.absolute() else f"{denied} "
+        raise ConfigError(f"{option} {path}: {where}cannot be written (permissions or a read-only file system)")
     if kind == "file":
         return
     allowed = image_suffixes() if kind == "image" else figure_suffixes()

@@ -127,12 +127,14 @@ def check_model_output(
     out: Path, source_option: str, source: str, kind: str, extra_parts: tuple[str, ...] = ()
 ) -> Path:
     """For a script that writes a new model folder OUT from a model folder it reads (`kind`: `amused` or
-    `meissonic`): OUT can be made, the source has a generator's parts and `extra_parts`, and OUT does not overlap the
-    source. All before the training that would otherwise end in the failure. Returns the resolved source folder."""
+    `meissonic`): OUT can be made and holds nothing but an earlier model folder, the source has a generator's parts
+    and `extra_parts`, and OUT does not overlap the source. All before the training that would otherwise end in the
+    failure. Returns the resolved source folder."""
     from maskfocus.models.loading import check_generator_folder
-    from maskfocus.outputs import check_output_folder
+    from maskfocus.outputs import check_output_folder, check_replaceable_model_folder
 
     check_output_folder("OUT", out)
+    check_replaceable_model_folder("OUT", out)
     source_folder = check_generator_folder(source, kind, extra_parts)
     check_not_inside("OUT", out, source_option, source_folder)
     return source_folder

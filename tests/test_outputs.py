@@ -84,3 +84,34 @@ def test_eval_refuses_two_options_naming_one_file_before_loading_the_model(tmp_p
     ordered = sorted((first, second), key=["--metadata", "--out", "--summary"].index)
     assert f"{ordered[0]} and {ordered[1]} name the same file {paths[first]}; give each its own" in error
     assert json.loads(metadata.read_text()) == row
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """trajectory_grid.py and gpu_check.py --json sampled for minutes, then lost it all to a read-only folder."""
+    import maskfocus.outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = maskfocus.outputs.os.access
+    monkeypatch.setattr(maskfocus.outputs.os, "access", lambda path, mode: path != locked and real_access(path, mode))
+    with pytest.raises(ConfigError, match=r"^--out .*locked/sub/t.png: .*locked cannot be written \(permissions or a"):
+        check_output_file("--out", locked / "sub" / "t.png", "image")
+    check_output_file("--out", tmp_path / "free" / "t.png", "image")
+
+
+def test_a_model_output_replaces_only_an_empty_folder_or_an_earlier_model_folder(tmp_path):
+    """relation_finetune.py and positional_base.py delete OUT before writing it: given a run folder or `.` by
+    mistake, they deleted it after minutes of training."""
+    from maskfocus.outputs import check_replaceable_model_folder
+
+    check_replaceable_model_folder("OUT", tmp_path / "new")  # not there yet
+    (model := tmp_path / "model" / "transformer").mkdir(parents=True)
+    check_replaceable_model_folder("OUT", model.parent)  # an earlier model folder
+    (run := tmp_path / "run" / "model" / "transformer").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    for kept in (tmp_path / "run", tmp_path):
+        with pytest.raises(ConfigError, match=r"^OUT .*: holds something other than a model folder, and writing it"):
+            check_replaceable_model_folder("OUT", kept)
+    (run.parent / "config.yaml").write_text("seed: 0\n")  # a transformer/ beside a run's config: still refused
+    with pytest.raises(ConfigError, match="holds something other than a model folder"):
+        check_replaceable_model_folder("OUT", run.parent)

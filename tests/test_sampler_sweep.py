@@ -59,3 +59,11 @@ def test_the_command_line_fails_in_one_line_before_loading_the_model(sweep, monk
     with pytest.raises(SystemExit):
         run_benchmark_cli(sweep, ["--grid", "sampler.num_steps=4", "--every", "0"], monkeypatch)
     assert "argument --every: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_every_repeated_grid_option_counts(sweep, monkeypatch, capsys):
+    """`--grid A --grid B` kept only B: a bad value in A was never checked."""
+    monkeypatch.setattr(sweep, "load_generator", lambda *_: pytest.fail("the model was loaded"))
+    argv = ["--grid", "sampler.cfg_scale=high", "--grid", "sampler.num_steps=4"]
+    assert run_benchmark_cli(sweep, argv, monkeypatch) == 2
+    assert "(got 'high')" in capsys.readouterr().err

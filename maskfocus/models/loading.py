@@ -29,11 +29,20 @@ def builtin_folder(name: str = "shapes-tiny") -> Path:
     return Path(__file__).resolve().parents[1] / "pretrained" / name
 
 
+BUILTIN_MODELS = ("shapes-tiny", "shapes-clip")
+"""The models that ship inside the package (`builtin:NAME`): the tiny generator and the tiny CLIP."""
+
+
 def resolve_model_path(path: str | Path) -> Path:
-    """`builtin:shapes-tiny` -> the packaged folder; anything else is a local folder."""
+    """`builtin:shapes-tiny` -> the packaged folder; anything else is a local folder. An unknown built-in name is an
+    error naming the known ones (else a typo read as missing weights, with a hint to rebuild them)."""
     text = str(path)
     if text.startswith("builtin:"):
-        return builtin_folder(text.removeprefix("builtin:"))
+        name = text.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            known = ", ".join(f"builtin:{known}" for known in BUILTIN_MODELS)
+            raise ModelLoadError(f"{text}: no such built-in model; the built-in ones are {known}")
+        return builtin_folder(name)
     return Path(text).expanduser()
 
 

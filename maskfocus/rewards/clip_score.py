@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from maskfocus.models.base import ModelLoadError
+from maskfocus.models.loading import resolve_model_path
 
 TINY_CLIP = "builtin:shapes-clip"
 
@@ -39,11 +40,9 @@ Fit = Literal["crop", "pad"]
 
 
 def resolve_clip_path(path: str | Path) -> Path:
-    """`builtin:shapes-clip` -> the packaged folder; anything else is a local folder."""
-    text = str(path)
-    if text.startswith("builtin:"):
-        return Path(__file__).resolve().parents[1] / "pretrained" / text.removeprefix("builtin:")
-    return Path(text).expanduser()
+    """`builtin:shapes-clip` -> the packaged folder (an unknown built-in name: ModelLoadError); anything else is a
+    local folder."""
+    return resolve_model_path(path)
 
 
 @dataclass
@@ -101,7 +100,10 @@ def open_clip_problems(
     """What would stop `load_open_clip` from finding its files, without loading anything (`maskfocus train --check`
     runs it before a run starts), every problem at once; empty when the folder, or the architecture name and its
     weights file, are there."""
-    folder = resolve_clip_path(model)
+    try:
+        folder = resolve_clip_path(model)
+    except ModelLoadError as error:
+        return [f"{field}: {error}"]
     problems = [] if folder.is_dir() else _architecture_problems(model, folder, checkpoint, field, checkpoint_field)
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         problems.append(f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}")

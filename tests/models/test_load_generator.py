@@ -87,3 +87,13 @@ def test_a_folder_holding_the_model_one_level_down_is_named_in_the_error(tmp_pat
         check_generator_folder(tmp_path / "run", "amused")
     with pytest.raises(ModelLoadError, match=r"; check the folder against the README"):  # no model inside: the hint
         check_generator_folder(tmp_path / "run" / "images", "amused")
+
+
+def test_an_unknown_built_in_name_is_refused_with_the_known_ones():
+    """`builtin:shapes-tinny` was read as missing weights, with the hint to rebuild them (about 30 minutes)."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import BUILTIN_MODELS, builtin_folder, resolve_model_path
+
+    with pytest.raises(ModelLoadError, match="^builtin:shapes-tinny: no such built-in model; the built-in ones are"):
+        resolve_model_path("builtin:shapes-tinny")
+    assert all(resolve_model_path(f"builtin:{name}") == builtin_folder(name) for name in BUILTIN_MODELS)

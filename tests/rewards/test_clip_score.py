@@ -231,3 +231,14 @@ def test_a_folder_without_the_tokenizer_files_its_config_asks_for_is_a_load_erro
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=rf"rewards\[0\]\.model: cannot load CLIP from {re.escape(str(folder))}: "):
         ClipScorer.load(str(folder), field="rewards[0].model")
+
+
+def test_an_unknown_built_in_clip_is_named_with_the_known_ones():
+    """`builtin:shapes-clipp` was taken for a missing packaged folder."""
+    from maskfocus.rewards.clip_score import open_clip_problems
+
+    assert open_clip_problems("builtin:shapes-clipp", None, "rewards[0].model") == [
+        "rewards[0].model: builtin:shapes-clipp: no such built-in model; the built-in ones are builtin:shapes-tiny, "
+        "builtin:shapes-clip"
+    ]
+    assert open_clip_problems("builtin:shapes-clip", None) == []
