@@ -23,9 +23,11 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from maskfocus.cli_train import check_before_writing
 from maskfocus.compare import (
     RunRecord,
     base_summary,
@@ -67,9 +69,19 @@ def run_variant(config: Path, runs: Path, name: str, seed: int, iterations: int 
     print(" ".join(command), flush=True)
     runs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(runs / f"{run_dir.name}.log", "w") as log:
-        subprocess.run(command, check=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = runs / f"{run_dir.name}.log"
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        lines = log_path.read_text().strip().splitlines() or ["(empty)"]
+        raise VariantFailed(
+            f"run {run_dir.name} failed (exit {finished.returncode}); its log {log_path} ends: {lines[-1]}"
+        )
     return run_dir
+
+
+class VariantFailed(RuntimeError):
+    """A variant's `maskfocus train` exited with an error; the message names its log and quotes its last line."""
 
 
 def read_run(run_dir: Path) -> RunRecord | None:
@@ -88,9 +100,10 @@ def steps_ratio(config: Path) -> float:
 
 
 def check_variant_configs(config: Path, names: list[str]) -> None:
-    """Each variant's config loads: a bad --config, or a setting a variant cannot take with it, is one error before
-    any run, not a failed run whose reason is only in its log."""
-    load_config(config)
+    """Each variant's config loads and its model and reward files are there: a bad --config, a missing model folder,
+    or a setting a variant cannot take with it, is one error before any run, not a failed run whose reason is only
+    in its log."""
+    check_before_writing(load_config(config), None)
     for name in dict.fromkeys(names):
         try:
             load_config(config, parse_set(VARIANTS[name]))
@@ -150,10 +163,16 @@ def table_seeds(seeds: list[int], jobs: list[tuple[str, int]] | None) -> list[in
     return sorted({*seeds, *(seed for _, seed in jobs or [])})
 
 
-def check_runs_to_tabulate(runs: Path) -> None:
-    """`--table-only` needs runs in the folder: a table of dashes over an empty or mistyped folder is no result."""
-    if not any(runs.glob("*/config.yaml")):
-        raise ConfigError(f"--runs-dir {runs}: holds no runs to tabulate; run without --table-only first")
+def check_runs_to_tabulate(runs: Path, seeds: list[int]) -> None:
+    """`--table-only` needs runs named VARIANT_seedN for the seeds asked: a table of dashes over an empty or mistyped
+    folder, or for seeds never run, is no result (and would replace a good ablation.md)."""
+    if not any((runs / f"{name}_seed{seed}" / "config.yaml").is_file() for name in VARIANTS for seed in seeds):
+        found = sorted(path.parent.name for path in runs.glob("*/config.yaml"))
+        held = f"it holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''}" if found else "it holds no runs"
+        raise ConfigError(
+            f"--runs-dir {runs}: no run VARIANT_seedN for --seeds {' '.join(map(str, seeds))} ({held}); run without "
+            "--table-only first, or give the seeds that were run"
+        )
 
 
 def parse_job(text: str) -> tuple[str, int]:
@@ -166,7 +185,7 @@ def parse_job(text: str) -> tuple[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the run YAML every variant starts from")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation", help="where runs and table go")
     parser.add_argument(
@@ -183,19 +202,33 @@ def main() -> int:
     )
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-    runs = args.runs_dir.resolve()
+    runs, config = args.runs_dir.resolve(), args.config.resolve()  # the runs start in the repository's root
     check_output_folder("--runs-dir", args.runs_dir)
-    t_over_k = steps_ratio(args.config)
+    t_over_k = steps_ratio(config)
     if args.table_only:
-        check_runs_to_tabulate(runs)
+        check_runs_to_tabulate(runs, table_seeds(args.seeds, args.jobs))
     else:
         jobs = args.jobs or [(name, seed) for seed in args.seeds for name in args.variants]
-        check_variant_configs(args.config, [name for name, _ in jobs])
+        check_variant_configs(config, [name for name, _ in jobs])
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
-        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            done = pool.map(lambda job: run_variant(args.config, runs, *job, args.iterations, threads), jobs)
-            for run_dir in done:
-                print(f"finished {run_dir}", flush=True)
+        failed = threading.Event()
+
+        def run_job(job: tuple[str, int]) -> Path | None:
+            if failed.is_set():  # after a failure no run starts; those running finish
+                return None
+            try:
+                return run_variant(config, runs, *job, args.iterations, threads)
+            except VariantFailed:
+                failed.set()
+                raise
+
+        try:
+            with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+                for run_dir in filter(None, pool.map(run_job, jobs)):
+                    print(f"finished {run_dir}", flush=True)
+        except VariantFailed as error:
+            print(f"ablation.py: {error}", file=sys.stderr)
+            return 1
     runs.mkdir(parents=True, exist_ok=True)
     base = args.base_overall if args.base_overall is not None else base_overall_from_card()
     print(write_table(runs, table_seeds(args.seeds, args.jobs), base, t_over_k))

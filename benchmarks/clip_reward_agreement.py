@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import GenEvalDetectorConfig, load_config
-from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
+from maskfocus.evaluation import chosen_rows, expand_jobs, generate_batches
 from maskfocus.images import to_tensor
 from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
@@ -72,7 +72,7 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
     args = parser.parse_args()
-    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags][:: args.every]
+    rows = chosen_rows(args.tags, args.every)  # before loading anything: a tag left without rows is an error
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
     judge = build_judge(GenEvalDetectorConfig())
     clip = ClipScorer.from_folder(args.clip)  # before the generator: a wrong --clip fails at once

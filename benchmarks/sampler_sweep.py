@@ -16,7 +16,7 @@ import sys
 import yaml
 
 from maskfocus.config import ConfigError, EvalConfig, SamplerConfig, default_run_config
-from maskfocus.evaluation import load_rows, run_evaluation
+from maskfocus.evaluation import chosen_rows, run_evaluation
 from maskfocus.models import load_generator
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
@@ -48,15 +48,6 @@ def grid_samplers(grid: dict[str, list]) -> list[tuple[tuple, SamplerConfig]]:
         overrides = {**SAMPLING_ONLY, **dict(zip(grid, values, strict=True))}
         combinations.append((values, default_run_config(overrides, options).sampler))
     return combinations
-
-
-def chosen_rows(tags: list[str], every: int) -> list[dict]:
-    """Every `every`-th row of the chosen tags; a tag left without rows is an error (its column would be empty)."""
-    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in tags][::every]
-    empty = [tag for tag in tags if not any(row["tag"] == tag for row in rows)]
-    if empty:
-        raise ConfigError(f"--every {every} leaves no rows of {', '.join(empty)}; give a smaller --every")
-    return rows
 
 
 def main() -> int:

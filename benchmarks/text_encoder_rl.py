@@ -29,6 +29,7 @@ from torch import nn
 
 import maskfocus.trainer as trainer
 from maskfocus.cli import main as maskfocus_main
+from maskfocus.config_base import ConfigError
 from maskfocus.script_args import run_script
 from maskfocus.update import PolicyUpdater, kept_rows, make_optimizer
 
@@ -90,6 +91,11 @@ def install() -> None:
 
 
 def main(argv: list[str]) -> int:
+    if any(arg == "--resume" or arg.startswith("--resume=") for arg in argv):
+        raise ConfigError(
+            "--resume: this probe's checkpoints hold the transformer only, so a resumed run would restart the text "
+            "encoder from the base while the transformer goes on; start a new run"
+        )
     if argv[:1] != ["train"]:
         argv = ["train", *argv]
     install()

@@ -56,6 +56,16 @@ def load_rows(benchmark: str | None, metadata_path: str | Path | None = None) ->
     return BENCHMARKS[benchmark]()
 
 
+def chosen_rows(tags: list[str], every: int, benchmark: str = "shapes-geneval") -> list[dict[str, Any]]:
+    """Every `every`-th row (option --every) of the benchmark's rows of `tags`, in file order; a tag left without
+    rows is an error (its column of a per-tag table would be empty)."""
+    rows = [row for row in load_rows(benchmark) if row["tag"] in tags][::every]
+    empty = [tag for tag in tags if not any(row["tag"] == tag for row in rows)]
+    if empty:
+        raise ConfigError(f"--every {every} leaves no rows of {', '.join(empty)}; give a smaller --every")
+    return rows
+
+
 def check_classes(
     rows: Sequence[dict[str, Any]],
     known: Sequence[str],

@@ -78,10 +78,45 @@ def test_table_only_over_a_folder_without_runs_is_an_error_and_makes_no_folder(a
     runs = tmp_path / "typo"
     status, error = run_command(ablation, monkeypatch, capsys, "--table-only", "--runs-dir", str(runs))
     assert status == 2
-    assert (
-        error == f"ablation.py: error: --runs-dir {runs}: holds no runs to tabulate; run without --table-only first\n"
+    assert error == (
+        f"ablation.py: error: --runs-dir {runs}: no run VARIANT_seedN for --seeds 0 1 2 (it holds no runs); run "
+        "without --table-only first, or give the seeds that were run\n"
     )
     assert not runs.exists()
+
+
+def test_table_only_for_seeds_never_run_is_an_error_that_keeps_the_table(ablation, tmp_path, monkeypatch, capsys):
+    """`--table-only --seeds 7` over runs of seed 0 replaced a good ablation.md with a table of dashes."""
+    make_run(tmp_path / "critical_seed0", {"seed": 0}, 0.50)
+    (tmp_path / "ablation.md").write_text("the good table\n")
+    args = ("--table-only", "--runs-dir", str(tmp_path), "--seeds", "7")
+    status, error = run_command(ablation, monkeypatch, capsys, *args)
+    assert status == 2 and "no run VARIANT_seedN for --seeds 7 (it holds critical_seed0)" in error
+    assert (tmp_path / "ablation.md").read_text() == "the good table\n"
+
+
+def test_a_failed_run_is_one_line_naming_its_log_and_the_runs_not_started_are_dropped(
+    ablation, tmp_path, monkeypatch, capsys
+):
+    """A variant that failed ended in a CalledProcessError traceback; its reason was only in its log."""
+    import subprocess
+
+    started = []
+
+    def failing_train(command, **kwargs):
+        started.append(command[command.index("--name") + 1])
+        kwargs["stdout"].write("maskfocus train: error: model folder not found: /x\n")
+        return subprocess.CompletedProcess(command, 2)
+
+    monkeypatch.setattr(ablation.subprocess, "run", failing_train)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--runs-dir", str(tmp_path), "--jobs", "random:0", "critical:1"])
+    assert run_script(ablation.main, "ablation.py") == 1
+    log = tmp_path / "random_seed0.log"
+    assert capsys.readouterr().err == (
+        f"ablation.py: run random_seed0 failed (exit 2); its log {log} ends: maskfocus train: error: model folder not "
+        "found: /x\n"
+    )
+    assert started == ["random_seed0"]  # one run at a time: the second was never started
 
 
 @pytest.mark.parametrize("runs", ["file", "file/ablation"])
@@ -96,6 +131,16 @@ def test_a_missing_config_is_refused_before_any_run(ablation, tmp_path, monkeypa
     args = ("--config", str(missing), "--runs-dir", str(tmp_path / "runs"), "--jobs", "random:0")
     status, error = run_command(ablation, monkeypatch, capsys, *args)
     assert (status, error) == (2, f"ablation.py: error: config file not found: {missing}\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_whose_model_folder_is_missing_is_refused_before_any_run(ablation, tmp_path, monkeypatch, capsys):
+    """It was found only by the first run, whose log said so."""
+    config = tmp_path / "moved.yaml"
+    config.write_text(ablation.DEFAULT_CONFIG.read_text().replace("builtin:shapes-tiny", str(tmp_path / "gone"), 1))
+    args = ("--config", str(config), "--runs-dir", str(tmp_path / "runs"), "--jobs", "random:0")
+    status, error = run_command(ablation, monkeypatch, capsys, *args)
+    assert status == 2 and f"model folder not found: {tmp_path / 'gone'}" in error
     assert not (tmp_path / "runs").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 from support import load_benchmark, run_benchmark_cli
@@ -52,3 +53,12 @@ def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_p
         with pytest.raises(SystemExit):
             run_benchmark_cli(module, ["builtin:shapes-tiny", option, "0"], monkeypatch)
         assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_every_that_leaves_a_tag_without_rows_fails_before_anything_loads(monkeypatch, capsys):
+    """`--every 100000` sampled, then ended in statistics.StatisticsError over an empty tag."""
+    monkeypatch.setattr(module, "ClipScorer", SimpleNamespace(from_folder=lambda *_: pytest.fail("CLIP was loaded")))
+    assert run_benchmark_cli(module, ["builtin:shapes-tiny", "--every", "100000"], monkeypatch) == 2
+    assert "--every 100000 leaves no rows of counting, position, color_attr; give a smaller --every" in (
+        capsys.readouterr().err
+    )

@@ -8,7 +8,7 @@ import torch
 from support import load_benchmark
 
 import maskfocus.trainer as trainer
-from maskfocus.config import GRPOConfig, OptimConfig
+from maskfocus.config import ConfigError, GRPOConfig, OptimConfig
 from maskfocus.types import TrainBatch
 
 PROMPTS = ["a photo of a circle above a square", "a photo of two circles"]
@@ -111,3 +111,11 @@ def test_saved_folder_holds_the_trained_encoder(fresh_model, tmp_path, monkeypat
         not torch.equal(shipped.text_encoder.state_dict()[name], tensor)
         for name, tensor in reloaded.text_encoder.state_dict().items()
     )
+
+
+def test_a_resume_is_refused_since_the_checkpoints_hold_the_transformer_only(tmp_path):
+    """`--resume RUN` went on with the transformer and restarted the text encoder from the base, without a word."""
+    module = load_benchmark("text_encoder_rl")
+    for argv in (["--resume", str(tmp_path)], ["train", f"--resume={tmp_path}", "--check"]):
+        with pytest.raises(ConfigError, match=r"^--resume: this probe's checkpoints hold the transformer only"):
+            module.main(argv)
