@@ -6,6 +6,11 @@
 #   benchmarks/gpu_wheels.sh            # writes .gpu_wheels/ (git-ignored, about 8 MB)
 # then the device command (carry: [".gpu_wheels"]), as in benchmarks/gpu_check.py's docstring.
 set -euo pipefail
+if [[ $# -gt 0 ]]; then
+  echo "usage: benchmarks/gpu_wheels.sh   (no arguments; writes .gpu_wheels/ in the repository)" >&2
+  [[ "$1" == -h || "$1" == --help ]] && exit 0
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 OUT=.gpu_wheels
 PACKAGES=(diffusers pydantic pydantic_core annotated_types typing_inspection open_clip_torch ftfy wcwidth)
@@ -13,8 +18,10 @@ pins=()
 for name in "${PACKAGES[@]}"; do
   pins+=("${name}==$(python -c "import importlib.metadata as m; print(m.version('$name'))")")
 done
-rm -rf "$OUT" && mkdir -p "$OUT"
+NEW="$OUT.partial"  # the old wheels stay until the new ones are all here
+rm -rf "$NEW" && mkdir -p "$NEW"
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$OUT" "${pins[@]}"
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$NEW" "${pins[@]}"
+rm -rf "$OUT" && mv "$NEW" "$OUT"
 ls -la "$OUT"
 du -sh "$OUT"

@@ -233,3 +233,24 @@ def test_positional_base_refuses_a_base_without_a_scheduler_before_training(tmp_
     assert status == 2
     assert f"{base} is missing part(s) scheduler (a diffusers aMUSEd folder needs vqvae, transformer, " in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "status"),
+    [
+        ("eval_speed.sh", ["out", "--num-images-per-prompt", "1"], 2),  # ran the full 4-image benchmark anyway
+        ("eval_speed.sh", ["--help"], 0),  # gave mkdir's help, then an error of maskfocus eval
+        ("gpu_wheels.sh", ["--help"], 0),  # deleted .gpu_wheels/ and started the download
+        ("gpu_wheels.sh", ["extra"], 2),
+    ],
+)
+def test_the_shell_scripts_take_only_their_arguments_and_start_nothing_otherwise(script, args, status, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    # no maskfocus, pip or python on PATH: a script that went on would fail with "command not found"
+    env = {"PATH": "/usr/bin:/bin"}
+    done = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == status and done.stderr.startswith(f"usage: benchmarks/{script}"), done.stderr
+    assert not (tmp_path / "out").exists()
