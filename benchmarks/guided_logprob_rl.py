@@ -8,7 +8,7 @@ rewards what the prompt adds over the empty prompt. Each learner forward carries
 
 Not a config option: a negative result on the shipped base (benchmarks/RESULTS.md, "Probes of the sixteenth
 session"). Usage: python benchmarks/guided_logprob_rl.py [--guidance-scale S] [maskfocus train arguments]
-(always in-process; S should be the run's sampler.cfg_scale, 3.0 in configs/shapes_tiny.yaml).
+(always in-process; S defaults to the run's sampler.cfg_scale, 3.0 in configs/shapes_tiny.yaml).
 """
 
 from __future__ import annotations
@@ -44,19 +44,34 @@ class GuidedUpdater(PolicyUpdater):
         return token_log_probs(logits_BLV, tokens_BL), logits_BLV
 
 
-def install(guidance_scale: float) -> None:
-    """Patch the in-process trainer so that its learner scores guided log-probs."""
+def install(guidance_scale: float | None) -> None:
+    """Patch the in-process trainer so that its learner scores guided log-probs, at `guidance_scale` or (None) at
+    the run's own sampler.cfg_scale, which the rollouts sampled with."""
     import maskfocus.trainer as trainer
 
-    GuidedUpdater.guidance_scale = guidance_scale
+    train_local = trainer.train_local
+
+    def train_with_guided_log_probs(config, run_dir, resume=False, show_progress=True):
+        GuidedUpdater.guidance_scale = config.sampler.cfg_scale if guidance_scale is None else guidance_scale
+        if GuidedUpdater.guidance_scale != config.sampler.cfg_scale:
+            print(
+                f"note: log-probs at guidance {GuidedUpdater.guidance_scale:g}, rollouts sampled at "
+                f"sampler.cfg_scale {config.sampler.cfg_scale:g}"
+            )
+        return train_local(config, run_dir, resume=resume, show_progress=show_progress)
+
     trainer.PolicyUpdater = GuidedUpdater
+    trainer.train_local = train_with_guided_log_probs
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--guidance-scale", type=nonnegative_float, default=3.0, help="CFG scale s of the log-probs (default 3.0)"
+        "--guidance-scale",
+        type=nonnegative_float,
+        help="CFG scale s of the log-probs (default: the run's sampler.cfg_scale, which the rollouts use)",
     )
+    parser.add_argument("--executor", choices=["local"], help="in-process only (the Ray learner is not patched)")
     args, rest = parser.parse_known_args(argv)
     if rest[:1] != ["train"]:
         rest = ["train", *rest]

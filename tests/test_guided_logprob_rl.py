@@ -98,10 +98,31 @@ def test_first_ratio_is_one_and_the_update_moves_the_policy(model):
     assert any(not torch.equal(t, before[name]) for name, t in fresh.transformer.state_dict().items())
 
 
-def test_install_swaps_the_trainers_updater(monkeypatch):
+def test_install_swaps_the_trainers_updater_and_takes_the_runs_guidance_scale(monkeypatch, capsys):
+    """The log-probs' scale defaulted to 3.0 whatever the run's sampler.cfg_scale, which the rollouts used."""
+    from maskfocus.config import default_run_config
+
     module = load_benchmark("guided_logprob_rl")
     monkeypatch.setattr(trainer, "PolicyUpdater", trainer.PolicyUpdater)  # restored after the test
+
+    def plain_train_local(config, run_dir, resume=False, show_progress=True):
+        return run_dir
+
+    monkeypatch.setattr(trainer, "train_local", plain_train_local)
     monkeypatch.setattr(module.GuidedUpdater, "guidance_scale", module.GuidedUpdater.guidance_scale)
-    module.install(5.0)
+    module.install(None)
     assert trainer.PolicyUpdater is module.GuidedUpdater
-    assert module.GuidedUpdater.guidance_scale == 5.0
+    assert trainer.train_local(default_run_config({"sampler.cfg_scale": 5.0}), "run") == "run"
+    assert module.GuidedUpdater.guidance_scale == 5.0 and capsys.readouterr().out == ""
+    trainer.train_local = plain_train_local  # a process installs once
+    module.install(2.0)  # an explicit scale wins, with a note
+    trainer.train_local(default_run_config({"sampler.cfg_scale": 5.0}), "run")
+    assert module.GuidedUpdater.guidance_scale == 2.0
+    assert "log-probs at guidance 2, rollouts sampled at sampler.cfg_scale 5" in capsys.readouterr().out
+
+
+def test_the_ray_executor_is_refused_not_replaced(capsys):
+    module = load_benchmark("guided_logprob_rl")
+    with pytest.raises(SystemExit):
+        module.main(["--executor", "ray"])
+    assert "argument --executor: invalid choice: 'ray'" in capsys.readouterr().err
