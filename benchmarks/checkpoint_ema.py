@@ -44,8 +44,12 @@ def checkpoint_iterations(run_dir: Path) -> list[tuple[int, Path]]:
 def check_run_model(run_dir: Path) -> None:
     """The run's final model/ (which every EMA folder copies) holds transformer weights: checked before any folder is
     written, so that a run stopped before saving it is one error rather than a half-written --out."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file; give the run folder (the one holding checkpoints/ and model/)")
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
+    if run_dir.name in ("model", "checkpoints") and (run_dir.parent / "checkpoints").is_dir():
+        raise ConfigError(f"{run_dir}: give the run folder above it, {run_dir.parent}")
     model = run_dir / "model"
     if not any((model / "transformer").glob("*.safetensors")):
         raise ConfigError(f"{model}: no transformer/*.safetensors; the run has not saved its final model folder")
@@ -62,6 +66,8 @@ def check_out(out: Path, run_dir: Path, decays: list[float]) -> None:
         target = (out / f"decay{decay:g}").resolve()
         if target in (run_dir.resolve(), *run_dir.resolve().parents):
             raise ConfigError(f"--out {out}: its {target.name} would replace {run_dir}; give another folder")
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--out {out}: {target} is a file, where the EMA model folder {target.name} goes")
 
 
 def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) -> dict[str, torch.Tensor]:

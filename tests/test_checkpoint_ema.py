@@ -167,6 +167,30 @@ def test_a_missing_run_folder_is_one_error(tmp_path, monkeypatch, capsys):
     assert (status, error) == (2, f"checkpoint_ema.py: error: run folder not found: {tmp_path / 'nope'}\n")
 
 
+def test_a_file_or_a_part_of_the_run_given_as_the_run_is_named_so(tmp_path, monkeypatch, capsys):
+    """RUN/model said `RUN/model/model: no transformer ...`; a file said "run folder not found"."""
+    run = fake_run(tmp_path / "run")
+    (tmp_path / "file").write_text("")
+    for given, message in (
+        (run / "model", f"{run / 'model'}: give the run folder above it, {run}"),
+        (run / "checkpoints", f"{run / 'checkpoints'}: give the run folder above it, {run}"),
+        (tmp_path / "file", f"{tmp_path / 'file'}: is a file; give the run folder"),
+    ):
+        status, error = run_command(monkeypatch, capsys, str(given))
+        assert status == 2 and error.startswith(f"checkpoint_ema.py: error: {message}"), error
+
+
+def test_a_file_where_a_decay_folder_goes_is_refused_before_any_is_written(tmp_path, monkeypatch, capsys):
+    """It ended in NotADirectoryError from rmtree, after the first decay's folder was written."""
+    run = fake_run(tmp_path / "run")
+    (tmp_path / "ema").mkdir()
+    (tmp_path / "ema" / "decay0.9").write_text("")
+    args = (str(run), "--decays", "0.5", "0.9", "--out", str(tmp_path / "ema"))
+    status, error = run_command(monkeypatch, capsys, *args)
+    assert status == 2 and f"{tmp_path / 'ema' / 'decay0.9'} is a file, where the EMA model folder" in error
+    assert sorted(path.name for path in (tmp_path / "ema").iterdir()) == ["decay0.9"]
+
+
 @pytest.mark.parametrize(
     ("out", "message"),
     [
