@@ -195,3 +195,7 @@ def build_parts(spec: ScaleSpec, device: torch.device):
         )
         text_encoder = CLIPTextModelWithProjection(text_config)
     return vqvae, text_encoder, tokenizer
+
+
+if __name__ == "__main__":
+    raise SystemExit("gpu_perf.py is part of benchmarks/gpu_check.py: python benchmarks/gpu_check.py --help")

@@ -154,3 +154,7 @@ def check_weight_broadcast(device: torch.device, mib: int, wire_dtype: str, repe
         ray.shutdown()
     result["ok"] = True
     return result
+
+
+if __name__ == "__main__":
+    raise SystemExit("weight_broadcast.py is part of benchmarks/gpu_check.py: python benchmarks/gpu_check.py --help")
