@@ -134,9 +134,9 @@ def check_model_output(
     from maskfocus.outputs import check_output_folder, check_replaceable_model_folder
 
     check_output_folder("OUT", out)
-    check_replaceable_model_folder("OUT", out)
     source_folder = check_generator_folder(source, kind, extra_parts)
     check_not_inside("OUT", out, source_option, source_folder)
+    check_replaceable_model_folder("OUT", out)
     return source_folder
 
 

@@ -183,6 +183,18 @@ def test_an_out_overlapping_the_model_folder_is_refused(trainer_script, tmp_path
     ]
 
 
+def test_an_out_holding_a_run_is_refused_before_training_and_kept(trainer_script, tmp_path, monkeypatch, capsys):
+    """The script deletes OUT before writing the model there: a run folder given by mistake was lost after the
+    training."""
+    _, name, model_option = trainer_script
+    base = fake_model_folder(tmp_path / "base")
+    (run := tmp_path / "run" / "model" / "transformer").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    status, error = run_trainer(trainer_script, monkeypatch, capsys, str(tmp_path / "run"), model_option, str(base))
+    assert status == 2 and error.startswith(f"{name}.py: error: OUT {tmp_path / 'run'}: holds something other than")
+    assert run.is_dir() and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
 def test_an_out_that_cannot_be_made_is_refused(trainer_script, tmp_path, monkeypatch, capsys):
     _, name, model_option = trainer_script
     (tmp_path / "file").write_text("")
