@@ -64,6 +64,18 @@ def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
         )
 
 
+def free_resources_note() -> str:
+    """What the cluster has free now: an actor asking for more (a worker restarted, a node lost) waits for it."""
+    try:
+        free = ray.available_resources()
+    except Exception:  # the note only explains; the error it joins matters more
+        return ""
+    return (
+        f"; free on the cluster now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs (an actor asking "
+        "for more, by ray.*_cpus / ray.*_gpus, waits until they are)"
+    )
+
+
 def cluster_address(ray_config: RayConfig, address: str | None) -> tuple[str, str] | None:
     """(where it was given, the address) of the cluster to join, first of --address, ray.address and RAY_ADDRESS;
     None: start a local Ray."""

@@ -43,11 +43,11 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from maskfocus.actors.cluster import check_supported as _check_supported
-from maskfocus.actors.cluster import connect
+from maskfocus.actors.cluster import connect, free_resources_note
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
+from maskfocus.actors.previews import RemotePreviews
 from maskfocus.config import RunConfig
-from maskfocus.driver_previews import RemotePreviews
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
@@ -454,18 +454,6 @@ class RayRun:
         self.log.close()
         self.rollouts.kill()
         self.rewards.kill()
-
-
-def free_resources_note() -> str:
-    """What the cluster has free now: an actor asking for more (a worker restarted, a node lost) waits for it."""
-    try:
-        free = ray.available_resources()
-    except Exception:  # the note only explains; the error it joins matters more
-        return ""
-    return (
-        f"; free on the cluster now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs (an actor asking "
-        "for more, by ray.*_cpus / ray.*_gpus, waits until they are)"
-    )
 
 
 def train_ray(

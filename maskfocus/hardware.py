@@ -31,8 +31,8 @@ def native_sampling_dtype(device: str) -> str:
 
 def driver_model_config(config: RunConfig, cuda_available: bool) -> RunConfig:
     """The config of the driver's own copy of the model (final model, evaluation; a rollout worker draws the
-    previews): `config`, or with
-    model.device cpu when that is CUDA and this process has no GPU (the head node under deploy/submit.sh); says so."""
+    previews): `config`, or with model.device cpu when that is CUDA and this process has no GPU (the head node under
+    deploy/submit.sh); says so."""
     if torch.device(config.model.device).type != "cuda" or cuda_available:
         return config
     tqdm.write(

@@ -43,16 +43,16 @@ def check_output_folder(option: str, folder: Path) -> None:
     if (blocking := file_in_the_way(folder)) is not None:
         where = "is a file" if blocking == folder.absolute() else f"cannot be made: {blocking} is a file"
         raise ConfigError(f"{option} {folder}: {where}; give a folder")
-    if (denied := unwritable(folder)) is not None:
-        where = "" if denied == folder.absolute() else f"cannot be made: {denied} "
-        raise ConfigError(f"{option} {folder}: {where}cannot be written (permissions or a read-only file system)")
+    check_writable(option, folder)
 
 
-def unwritable(path: Path) -> Path | None:
-    """The first path that exists at or above `path` when it cannot be written (a folder: nothing made in it), else
-    None. A read-only mount refuses even root here."""
+def check_writable(option: str, path: Path) -> None:
+    """The first path that exists at or above `path` (given as `option`) can be written (a folder: things made in
+    it). A read-only mount refuses even root here."""
     existing = next(found for found in (path.absolute(), *path.absolute().parents) if found.exists())
-    return None if os.access(existing, os.W_OK | os.X_OK if existing.is_dir() else os.W_OK) else existing
+    if not os.access(existing, os.W_OK | os.X_OK if existing.is_dir() else os.W_OK):
+        where = "" if existing == path.absolute() else f"cannot be made: {existing} "
+        raise ConfigError(f"{option} {path}: {where}cannot be written (permissions or a read-only file system)")
 
 
 RUN_FOLDER_PARTS = ("config.yaml", "metrics.jsonl", "checkpoints")
@@ -82,9 +82,7 @@ def check_output_file(option: str, path: str | Path | None, kind: Literal["image
         raise ConfigError(f"{option} {path}: is a folder; give a file path")
     if (blocking := file_in_the_way(path.parent)) is not None:
         raise ConfigError(f"{option} {path}: {blocking} is a file, so the folder cannot be made")
-    if (denied := unwritable(path)) is not None:  # before the work whose result it would lose
-        where = "" if denied == path.absolute() else f"{denied} "
-        raise ConfigError(f"{option} {path}: {where}cannot be written (permissions or a read-only file system)")
+    check_writable(option, path)  # before the work whose result it would lose
     if kind == "file":
         return
     allowed = image_suffixes() if kind == "image" else figure_suffixes()

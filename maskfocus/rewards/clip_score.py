@@ -39,12 +39,6 @@ Fit = Literal["crop", "pad"]
 """How a non-square image becomes square: CLIP's centre crop of the short side, or HPSv2's zero padding."""
 
 
-def resolve_clip_path(path: str | Path) -> Path:
-    """`builtin:shapes-clip` -> the packaged folder (an unknown built-in name: ModelLoadError); anything else is a
-    local folder."""
-    return resolve_model_path(path)
-
-
 @dataclass
 class LoadedClip:
     """An open_clip model with what it needs around it: tokenizer and image normalization."""
@@ -101,7 +95,7 @@ def open_clip_problems(
     runs it before a run starts), every problem at once; empty when the folder, or the architecture name and its
     weights file, are there."""
     try:
-        folder = resolve_clip_path(model)
+        folder = resolve_model_path(model)
     except ModelLoadError as error:
         return [f"{field}: {error}"]
     problems = [] if folder.is_dir() else _architecture_problems(model, folder, checkpoint, field, checkpoint_field)
@@ -139,7 +133,7 @@ def load_open_clip(
     problems = open_clip_problems(model, checkpoint, field, checkpoint_field)
     if problems:
         raise ModelLoadError("; ".join(problems))
-    folder = resolve_clip_path(model)
+    folder = resolve_model_path(model)
     if not folder.is_dir():
         return _load_architecture(model, Path(checkpoint).expanduser(), checkpoint_field)
     loaded = _load_folder(folder, field)
@@ -277,7 +271,7 @@ class ClipScorer:
 
     @classmethod
     def from_folder(cls, path: str | Path = TINY_CLIP, device: str = "cpu") -> ClipScorer:
-        folder = resolve_clip_path(path)
+        folder = resolve_model_path(path)
         if not folder.is_dir():
             raise ModelLoadError(
                 f"CLIP reward model folder not found: {folder} (rewards[].model; "

@@ -3,7 +3,7 @@
 The driver runs on the head node, which on a cluster may have no GPU: sampling a large model's preview there took
 longer than ray.timeout_s and stalled the run, since the driver dispatched nothing meanwhile. The next idle rollout
 worker draws it instead, before its next rollout (with `max_staleness: 0` while the learner learns, when it would
-idle anyway), and the driver only writes the file. Part of the driver (maskfocus/driver.py), hence Ray here.
+idle anyway), and the driver (maskfocus/driver.py) only writes the file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Ray run's previews (maskfocus/driver_previews.py): drawn by a rollout worker and written by the driver, named
+"""The Ray run's previews (actors/previews.py): drawn by a rollout worker and written by the driver, named
 by the iteration its weights learned last; a failed one is a note, and says whether the worker lost its weights;
 previews that fall behind collapse into the newest. tests/test_driver.py checks a whole Ray run's preview files
 against the in-process run's, tests/test_driver_steps.py which worker the driver gives a preview."""
@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 from PIL import Image
-from ray_fixture import RAY_TIMEOUT_S, ray_session  # noqa: F401
+from ray_fixture import RAY_TIMEOUT_S
 
-from maskfocus.driver_previews import RemotePreviews
+from maskfocus.actors.previews import RemotePreviews
 
 
 class Drawer:
@@ -33,7 +33,7 @@ def finished(ray, previews: RemotePreviews) -> tuple[int, bool]:
     return previews.finish(ref)
 
 
-def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_session, tmp_path, capsys):  # noqa: F811
+def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_session, tmp_path, capsys):
     ray = ray_session
     (tmp_path / "images").mkdir()
     previews = RemotePreviews(tmp_path, RAY_TIMEOUT_S)
