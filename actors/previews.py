@@ -25,22 +25,23 @@ class RemotePreviews:
     def __init__(self, run_dir: Path, timeout_s: float):
         self.folder = run_dir / "images"
         self.timeout_s = timeout_s
-        self.due: int | None = None
-        """The newest iteration whose preview is wanted and not yet being drawn."""
+        self.due = False
+        """A preview is wanted and not yet being drawn. It shows the weights its worker holds when it starts, so
+        requests that pile up meanwhile are one."""
         self.drawing: dict[ObjectRef, tuple[int, int, ObjectRef | None]] = {}
         """The preview call in flight -> (its rollout worker's index, the weights version it should hold, the weight
         load queued before it)."""
 
-    def request(self, iteration: int) -> None:
-        self.due = iteration
+    def request(self) -> None:
+        self.due = True
 
     def wanted(self) -> bool:
-        return self.due is not None and not self.drawing
+        return self.due and not self.drawing
 
     def start(self, index: int, actor: ActorHandle, version: int, load: ObjectRef | None) -> None:
         """Rollout worker `index` draws the preview with weights `version`, after `load` (its calls run in order)."""
         self.drawing[actor.preview.remote()] = (index, version, load)
-        self.due = None
+        self.due = False
 
     def finish(self, ref: ObjectRef) -> tuple[int, bool]:
         """Write the grid of a finished preview call, named by the iteration its weights learned last; returns (the

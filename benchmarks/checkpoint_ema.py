@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskfocus.config_base import ConfigError
-from maskfocus.outputs import check_output_folder
+from maskfocus.outputs import check_output_folder, check_replaceable_model_folder
 from maskfocus.run_state import complete_checkpoints
 from maskfocus.script_args import open_fraction, positive_int, run_script
 
@@ -56,8 +56,9 @@ def check_run_model(run_dir: Path) -> None:
 
 
 def check_out(out: Path, run_dir: Path, decays: list[float]) -> None:
-    """--out can be made, and replacing its decay folders (`write_model`) deletes neither the run nor the model/
-    they copy; --out itself is never replaced, so the run folder or one above it is a fine --out."""
+    """--out can be made, and replacing its decay folders (`write_model`) deletes neither the run, the model/ they
+    copy nor anything but an earlier model folder; --out itself is never replaced, so the run folder or one above it
+    is a fine --out."""
     check_output_folder("--out", out)
     model = (run_dir / "model").resolve()
     if model in (out.resolve(), *out.resolve().parents):
@@ -68,6 +69,7 @@ def check_out(out: Path, run_dir: Path, decays: list[float]) -> None:
             raise ConfigError(f"--out {out}: its {target.name} would replace {run_dir}; give another folder")
         if target.exists() and not target.is_dir():
             raise ConfigError(f"--out {out}: {target} is a file, where the EMA model folder {target.name} goes")
+        check_replaceable_model_folder("--out", target)
 
 
 def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) -> dict[str, torch.Tensor]:
@@ -94,6 +96,7 @@ def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) ->
 def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: StateDict, target: Path) -> Path:
     """A copy of the run's final model folder whose transformer holds `weights` (cast back to `dtypes`)."""
     if target.exists():
+        print(f"replacing the earlier {target}")
         shutil.rmtree(target)
     shutil.copytree(run_dir / "model", target)
     file = next((target / "transformer").glob("*.safetensors"))

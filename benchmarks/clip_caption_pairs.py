@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(PAIRS.KINDS), default=list(PAIRS.KINDS))
     args = parser.parse_args()
-    clip = ClipScorer.from_folder(args.clip)
+    clip = ClipScorer.from_folder(args.clip, field="CLIP (the positional argument)")
     print("| words | true caption scores higher (+- s.e.) | mean score, true - altered |")
     print("|---|---|---|")
     for kind in args.kinds:

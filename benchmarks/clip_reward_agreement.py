@@ -75,7 +75,7 @@ def main() -> int:
     rows = chosen_rows(args.tags, args.every)  # before loading anything: a tag left without rows is an error
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
     judge = build_judge(GenEvalDetectorConfig())
-    clip = ClipScorer.from_folder(args.clip)  # before the generator: a wrong --clip fails at once
+    clip = ClipScorer.from_folder(args.clip, field="--clip")  # before the generator: a wrong --clip fails at once
     scored = sample_and_score(load_generator(config.model), config.sampler, judge, clip, rows, args.images, args.seed)
     print("| tag | CLIP mean | CLIP std | AUC, correct > failed (pairs) | AUC, higher partial score (pairs) |")
     print("|---|---|---|---|---|")

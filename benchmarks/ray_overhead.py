@@ -12,7 +12,8 @@ setting on a 2-core machine differ by up to ~10%.
 
 Usage: python benchmarks/ray_overhead.py [--iterations 24] [--warmup 4] [--num-cpus 2] [--runs-dir runs/overhead]
                                         [--ray-set ray.torch_threads=2]   # config for the Ray runs only
-                                        [--repeats 3]
+                                        [--repeats 3] [--modes local ray-stale0 ray-stale1]
+(`--modes` also takes the tables' labels, "ray, max_staleness 0", as earlier commands in RESULTS.md give them.)
 """
 
 from __future__ import annotations
@@ -40,14 +41,21 @@ PARTS = (
 )
 MODES: dict[str, list[str]] = {
     "local": ["--executor", "local"],
-    "ray, max_staleness 0": ["--executor", "ray", "--set", "ray.max_staleness=0"],
-    "ray, max_staleness 1": ["--executor", "ray", "--set", "ray.max_staleness=1"],
+    "ray-stale0": ["--executor", "ray", "--set", "ray.max_staleness=0"],
+    "ray-stale1": ["--executor", "ray", "--set", "ray.max_staleness=1"],
 }
+LABELS = {"local": "local", "ray-stale0": "ray, max_staleness 0", "ray-stale1": "ray, max_staleness 1"}
+
+
+def mode_name(text: str) -> str:
+    """A --modes value: a key of MODES, or its table label (as the commands recorded in RESULTS.md give it)."""
+    by_label = {label: name for name, label in LABELS.items()}
+    return by_label.get(text, text)
 
 
 def run_mode(name: str, args: argparse.Namespace, round_index: int = 0) -> tuple[Path, float]:
     """One training run of `args.iterations`; returns its folder and wall seconds (Ray start included)."""
-    run_name = name.replace(", ", "_").replace(" ", "") + (f"_r{round_index}" if args.repeats > 1 else "")
+    run_name = name + (f"_r{round_index}" if args.repeats > 1 else "")
     command = [sys.executable, "-m", "maskfocus.cli", "train", "--config", str(args.config), *MODES[name]]
     command += ["--name", run_name, "--iterations", str(args.iterations)]
     settings = {
@@ -88,14 +96,14 @@ def table(results: dict[str, dict[str, float]], walls: dict[str, float]) -> str:
         parts = [values[key] for key in PARTS]
         cells = [f"{values['perf/iteration_seconds']:.2f}", f"{values['perf/iteration_seconds'] / local:.2f}"]
         cells += [f"{part:.2f}" for part in parts] + [f"{sum(parts):.2f}", f"{walls[name]:.0f} s"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def rounds_table(rounds: list[dict[str, dict[str, float]]]) -> str:
     """Each round's s/iteration per mode, and its ratio to the same round's local run."""
     names = list(rounds[0])
-    lines = ["| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["| round | " + " | ".join(LABELS[name] for name in names) + " |", "|---" * (len(names) + 1) + "|"]
     for index, result in enumerate(rounds):
         local = result["local"]["perf/iteration_seconds"]
         cells = [
@@ -113,7 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=4, help="first iterations left out of the medians")
     parser.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument(
+        "--modes", nargs="+", type=mode_name, default=list(MODES), choices=list(MODES), help="local is required"
+    )
     parser.add_argument("--repeats", type=positive_int, default=1, help="interleaved rounds of all modes")
     parser.add_argument("--ray-set", action="append", default=[], metavar="KEY=VALUE", help="config for Ray runs")
     args = parser.parse_args(argv)

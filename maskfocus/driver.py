@@ -337,7 +337,7 @@ class RayRun:
         if iteration % train.log_every == 0 or iteration == train.num_iterations - 1:
             self.log.write(record)
         if preview_due(train, iteration):
-            self.previews.request(iteration)
+            self.previews.request()
             plot_reward_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "reward_curve.png")
 
     def current_model(self) -> MaskedGenerator:

@@ -155,7 +155,10 @@ def build_eval_clip_score(config: RunConfig, judge_name: str) -> ClipScore | Non
             return ClipScorer.load(
                 spec.model, spec.checkpoint, device, field=f"{field}.model", checkpoint_field=f"{field}.checkpoint"
             ).score
-    return ClipScorer.from_folder(TINY_CLIP, device=device).score if judge_name == "shapes" else None
+    if judge_name != "shapes":
+        return None
+    field = "the evaluation's CLIP score; --no-clip skips it"
+    return ClipScorer.from_folder(TINY_CLIP, device=device, field=field).score
 
 
 @dataclass(frozen=True)

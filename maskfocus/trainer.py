@@ -344,4 +344,4 @@ def clip_image_embed(reward_fn):
             return reward.scorer.image_embeddings
     from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 
-    return ClipScorer.from_folder(TINY_CLIP).image_embeddings
+    return ClipScorer.from_folder(TINY_CLIP, field="selection.embedding: clip").image_embeddings

@@ -51,6 +51,22 @@ def test_ray_overhead_refuses_counts_and_a_warmup_that_leaves_no_iteration(ray_o
     assert message in refused(ray_overhead.parse_args, capsys, args)
 
 
+def test_ray_overhead_modes_are_plain_words_and_the_recorded_labels_still_work(ray_overhead, capsys):
+    """The choices were the table labels, "ray, max_staleness 0", commas and spaces in a command line."""
+    assert ray_overhead.parse_args(["--modes", "local", "ray-stale1"]).modes == ["local", "ray-stale1"]
+    assert ray_overhead.parse_args(["--modes", "local", "ray, max_staleness 0"]).modes == ["local", "ray-stale0"]
+    assert "argument --modes: invalid choice: 'ray'" in refused(ray_overhead.parse_args, capsys, ["--modes", "ray"])
+    assert "--modes must include local" in refused(ray_overhead.parse_args, capsys, ["--modes", "ray-stale0"])
+
+
+def test_ray_overhead_tables_label_modes_by_what_they_run(ray_overhead):
+    values = dict.fromkeys(("perf/iteration_seconds", *ray_overhead.PARTS), 1.0)
+    text = ray_overhead.table({"local": values, "ray-stale1": values}, {"local": 10.0, "ray-stale1": 12.0})
+    assert "| ray, max_staleness 1 | 1.00 | 1.00 |" in text and "| local | 1.00 |" in text
+    rounds = ray_overhead.rounds_table([{"local": values, "ray-stale1": values}])
+    assert "| round | local | ray, max_staleness 1 |" in rounds
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

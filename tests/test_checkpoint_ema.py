@@ -229,3 +229,19 @@ def test_an_out_that_holds_the_run_is_fine_unless_a_decay_folder_is_the_run(tmp_
     fake_run(tmp_path / "decay0.5")  # a run whose folder is what --out . --decays 0.5 would replace
     status, error = run_command(monkeypatch, capsys, "decay0.5", "--decays", "0.5", "--out", ".")
     assert status == 2 and "its decay0.5 would replace decay0.5" in error and (tmp_path / "decay0.5" / "model").is_dir()
+
+
+def test_an_earlier_decay_folder_is_replaced_with_a_word_and_any_other_folder_is_kept(tmp_path, monkeypatch, capsys):
+    """A decayD folder was replaced silently, whatever it held."""
+    run = fake_run(tmp_path / "run")
+    args = (str(run), "--decays", "0.5", "--out", str(tmp_path / "ema"))
+    assert run_command(monkeypatch, capsys, *args)[0] == 0
+    monkeypatch.setattr("sys.argv", ["checkpoint_ema.py", *args])
+    assert run_script(ema.main, "checkpoint_ema.py") == 0
+    assert f"replacing the earlier {tmp_path / 'ema' / 'decay0.5'}" in capsys.readouterr().out
+    kept = tmp_path / "ema" / "decay0.9"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    status, error = run_command(monkeypatch, capsys, str(run), "--decays", "0.9", "--out", str(tmp_path / "ema"))
+    assert status == 2 and f"--out {kept}: holds something other than a model folder" in error
+    assert (kept / "notes.txt").read_text() == "mine"

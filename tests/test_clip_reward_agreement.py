@@ -49,6 +49,7 @@ def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_p
     assert run_benchmark_cli(module, argv, monkeypatch) == 2
     error = capsys.readouterr().err
     assert error.startswith("clip_reward_agreement.py: error: ") and str(tmp_path / "no_clip") in error
+    assert "(--clip;" in error  # it named the config key rewards[].model
     for option in ("--images", "--every"):  # a StatisticsError and a zero slice step, before
         with pytest.raises(SystemExit):
             run_benchmark_cli(module, ["builtin:shapes-tiny", option, "0"], monkeypatch)
@@ -57,7 +58,9 @@ def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_p
 
 def test_an_every_that_leaves_a_tag_without_rows_fails_before_anything_loads(monkeypatch, capsys):
     """`--every 100000` sampled, then ended in statistics.StatisticsError over an empty tag."""
-    monkeypatch.setattr(module, "ClipScorer", SimpleNamespace(from_folder=lambda *_: pytest.fail("CLIP was loaded")))
+    monkeypatch.setattr(
+        module, "ClipScorer", SimpleNamespace(from_folder=lambda *_, **__: pytest.fail("CLIP was loaded"))
+    )
     assert run_benchmark_cli(module, ["builtin:shapes-tiny", "--every", "100000"], monkeypatch) == 2
     assert "--every 100000 leaves no rows of counting, position, color_attr; give a smaller --every" in (
         capsys.readouterr().err

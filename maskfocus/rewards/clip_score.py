@@ -270,14 +270,17 @@ class ClipScorer:
         return cls(loaded.model, loaded.tokenize, loaded.image_size, loaded.mean, loaded.std, device, fit)
 
     @classmethod
-    def from_folder(cls, path: str | Path = TINY_CLIP, device: str = "cpu") -> ClipScorer:
+    def from_folder(
+        cls, path: str | Path = TINY_CLIP, device: str = "cpu", field: str = "rewards[].model"
+    ) -> ClipScorer:
+        """From a local open_clip folder or `builtin:...`; errors name `field`, the option or key that gave `path`."""
         folder = resolve_model_path(path)
         if not folder.is_dir():
             raise ModelLoadError(
-                f"CLIP reward model folder not found: {folder} (rewards[].model; "
+                f"CLIP model folder not found: {folder} ({field}; "
                 "`maskfocus pretrain --stages clip` rebuilds builtin:shapes-clip)"
             )
-        return cls.load(str(folder), device=device, field="rewards[].model")
+        return cls.load(str(folder), device=device, field=field)
 
     def preprocess(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Images in [0, 1] ((B, 3, H, W), or a list of (3, H_b, W_b) crops) -> normalized (B, 3, S, S)."""
