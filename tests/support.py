@@ -194,3 +194,13 @@ def run_benchmark_cli(module, argv: list[str], monkeypatch) -> int:
 
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
     return run_script(module.main)
+
+
+def make_updater(model, compile: bool = False, compile_backend: str = "inductor", **grpo):
+    """A PolicyUpdater of `model` at learning rate 1e-2 over 10 optimizer steps, T = 6, GRPO settings `grpo`."""
+    from maskfocus.config import GRPOConfig, OptimConfig
+    from maskfocus.update import PolicyUpdater
+
+    config = GRPOConfig(**grpo)
+    optim = OptimConfig(learning_rate=1e-2)
+    return PolicyUpdater(model, config, optim, 6, total_updates=10, compile=compile, compile_backend=compile_backend)
