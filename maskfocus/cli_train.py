@@ -6,9 +6,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskfocus.config import ConfigError, RunConfig, idle_settings_notice, load_config, load_config_or_default
+from maskfocus.config import ConfigError, RunConfig, load_config, load_config_or_default
 from maskfocus.config_base import parse_set
 from maskfocus.ray_job import check_job_path
+
+
+def idle_settings_notice(config: RunConfig) -> str | None:
+    """What `maskfocus train` says when a setting was asked for that this run cannot use (not an error: a resume or
+    a shared config file may carry it), or None."""
+    if config.grpo.behaviour_weight_cap is None:
+        return None
+    if config.train.executor == "local":
+        why = "the in-process trainer (train.executor local) learns every batch on-policy"
+    elif config.ray.max_staleness == 0:
+        why = "with ray.max_staleness 0 every batch is learned by the version that sampled it"
+    else:
+        return None
+    return f"grpo.behaviour_weight_cap has no effect in this run: it weights stale batches only, and {why}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -302,20 +302,6 @@ class RunConfig(Section):
             )
 
 
-def idle_settings_notice(config: RunConfig) -> str | None:
-    """What `maskfocus train` says when a setting was asked for that this run cannot use (not an error: a resume or
-    a shared config file may carry it), or None."""
-    if config.grpo.behaviour_weight_cap is None:
-        return None
-    if config.train.executor == "local":
-        why = "the in-process trainer (train.executor local) learns every batch on-policy"
-    elif config.ray.max_staleness == 0:
-        why = "with ray.max_staleness 0 every batch is learned by the version that sampled it"
-    else:
-        return None
-    return f"grpo.behaviour_weight_cap has no effect in this run: it weights stale batches only, and {why}"
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<dict>", origin: ErrorOrigin | None = None) -> RunConfig:
     """Validate a plain dict into a RunConfig, raising ConfigError with field paths on failure."""
     return validate_section(RunConfig, data, source, origin)

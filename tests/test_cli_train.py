@@ -3,6 +3,7 @@ and settings given with a resume."""
 
 from __future__ import annotations
 
+import pytest
 from support import cli_error
 
 
@@ -208,3 +209,23 @@ def test_inside_a_ray_job_a_relative_run_folder_is_refused_and_resumes_go_throug
     assert not (tmp_path / "runs").exists()
     save_checkpoint(tmp_path, 2, torch.nn.Linear(2, 2), None, {})
     assert resume_hint(tmp_path) == f"resume from iter_000002 with `deploy/submit.sh --resume {tmp_path}`"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "local"}, "the in-process trainer"),
+        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "ray", "ray.max_staleness": 0}, "ray.max_staleness 0"),
+        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "ray", "ray.max_staleness": 1}, None),
+        ({"train.executor": "local"}, None),
+    ],
+)
+def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason):
+    from maskfocus.cli_train import idle_settings_notice
+    from maskfocus.config import default_run_config
+
+    notice = idle_settings_notice(default_run_config(overrides))
+    if reason is None:
+        assert notice is None
+    else:
+        assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice

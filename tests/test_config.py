@@ -145,25 +145,6 @@ def test_unknown_or_no_rollout_tags_are_refused_before_a_run_starts(tags, messag
     assert load_config(DEFAULT_CONFIG).rollout.tags == TAGS  # the config's tags are GenEval's
 
 
-@pytest.mark.parametrize(
-    ("overrides", "reason"),
-    [
-        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "local"}, "the in-process trainer"),
-        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "ray", "ray.max_staleness": 0}, "ray.max_staleness 0"),
-        ({"grpo.behaviour_weight_cap": 2.0, "train.executor": "ray", "ray.max_staleness": 1}, None),
-        ({"train.executor": "local"}, None),
-    ],
-)
-def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason):
-    from maskfocus.config import default_run_config, idle_settings_notice
-
-    notice = idle_settings_notice(default_run_config(overrides))
-    if reason is None:
-        assert notice is None
-    else:
-        assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
-
-
 def test_rollout_steps_replace_only_the_rollouts_T_and_bound_K():
     config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"rollout.num_steps": 6})
     assert config.rollout_sampler().num_steps == 6 and config.sampler.num_steps == 12  # evaluation keeps T = 12
