@@ -18,6 +18,8 @@ happens to equal the batch. The compiled module shares the transformer's paramet
 from __future__ import annotations
 
 import logging
+import shutil
+import warnings
 import weakref
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -32,6 +34,37 @@ def quiet_cuda_home_notice() -> None:
     to errors there."""
     if not torch.cuda.is_available():
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def missing_cpp_compiler() -> str | None:
+    """Why inductor cannot build CPU kernels on this machine (it finds no C++ compiler), or None.
+
+    Without one the first compiled call failed deep inside inductor, minutes into a run."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:  # an older torch: look for its default compiler
+        return None if shutil.which("g++") else "no C++ compiler (g++) found"
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as error:
+        return f"no C++ compiler found ({error})"
+    return None
+
+
+def compile_or_eager(module: nn.Module, backend: Literal["inductor", "aot_eager"]) -> nn.Module:
+    """`torch.compile(module, dynamic=False, backend=backend)`, or `module` itself, with a warning, where inductor
+    would need a C++ compiler for CPU kernels and the machine has none."""
+    on_cpu = all(parameter.device.type == "cpu" for parameter in module.parameters())
+    if backend == "inductor" and on_cpu and (why := missing_cpp_compiler()) is not None:
+        warnings.warn(
+            f"torch.compile skipped, the model runs eagerly (about half the speed on a CPU): {why}; install g++ "
+            "(apt-get install g++), or set sampler.compile=false and train.compile_learner=false to silence this",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return module
+    return torch.compile(module, dynamic=False, backend=backend)
 
 
 PER_SAMPLE_ATTRIBUTE = "maskfocus_per_sample_inputs"
@@ -64,8 +97,8 @@ def is_per_sample(key: int | str, declared: frozenset[int | str] | None) -> bool
 
 
 class PaddedCompiled(nn.Module):
-    """`torch.compile(module, dynamic=False, backend=backend)`, called with every batch padded to a compiled batch
-    size.
+    """`torch.compile(module, dynamic=False, backend=backend)` (`compile_or_eager`), called with every batch padded
+    to a compiled batch size.
 
     The per-sample inputs (see `is_per_sample`) are padded by repeating their last row; all other inputs pass
     unchanged whatever their shape. The batch is the first dimension of the first per-sample tensor. The output's
@@ -78,7 +111,7 @@ class PaddedCompiled(nn.Module):
         self.per_sample = per_sample_inputs(module)
         """Declared per-sample inputs; None = the positional ones."""
         quiet_cuda_home_notice()
-        self.compiled = torch.compile(module, dynamic=False, backend=backend)
+        self.compiled = compile_or_eager(module, backend)
         self.batch_sizes: list[int] = []
         """Batch sizes compiled so far."""
 

@@ -21,6 +21,7 @@ from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.models.loading import resolve_model_path
+from maskfocus.ray_job import resume_command
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.rollout import rollout
 from maskfocus.run_io import (
@@ -334,7 +335,7 @@ def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
     return (
         f"stopped on {signal_name} during the final evaluation; the training finished and is saved (model: "
         f"{run_dir / 'model'}{last}); evaluate it with `{evaluate}`, or redo the run's final evaluation with "
-        f"`maskfocus train --resume {shlex.quote(str(run_dir))}`"
+        f"`{resume_command(run_dir)}`"
     )
 
 

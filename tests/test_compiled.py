@@ -142,3 +142,22 @@ def test_compile_notice_names_what_the_first_iteration_compiles() -> None:
     assert "compiles the sampler and the learner" in compile_notice(True, True)
     assert "compiles the learner (" in compile_notice(False, True)
     assert "compiles the sampler (" in compile_notice(True, False)
+
+
+def test_a_machine_without_a_cpp_compiler_runs_eagerly_with_a_warning(monkeypatch) -> None:
+    """Without g++, inductor's first CPU compile failed deep in torch, minutes into a run."""
+    import torch._inductor.config as inductor_config
+
+    from maskfocus.compiled import missing_cpp_compiler
+
+    assert missing_cpp_compiler() is None  # this machine has one: the tests' compiled paths compile
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("maskfocus-no-such-compiler",))
+    assert "no C++ compiler found" in missing_cpp_compiler()
+    module = TwoInputs()
+    declare_per_sample_inputs(module, (0, "scale_BD"))
+    with pytest.warns(RuntimeWarning, match=r"torch.compile skipped, the model runs eagerly .* install g\+\+"):
+        padded = PaddedCompiled(module)
+    assert padded.compiled is module
+    for got, want in zip(call(padded, 3), call(module, 3), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert PaddedCompiled(module, backend="aot_eager").compiled is not module  # aot_eager builds no C++

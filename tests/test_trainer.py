@@ -284,3 +284,14 @@ def test_the_in_process_learner_gets_the_rollouts_T_and_the_previews_keep_the_sa
     config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3}, train={"num_iterations": 1})
     trainer.train_local(config, tmp_path, show_progress=False)
     assert learner_steps == [3] and preview_steps == [4] == [config.sampler.num_steps]
+
+
+def test_a_stop_during_the_final_evaluation_of_a_ray_job_names_the_jobs_resume_command(tmp_path, monkeypatch):
+    """It named `maskfocus train --resume` inside a job too, where a resume goes through deploy/submit.sh."""
+    from maskfocus.ray_job import JOB_MARKER
+    from maskfocus.trainer import evaluation_stopped_message
+
+    assert f"`maskfocus train --resume {tmp_path}`" in evaluation_stopped_message(tmp_path, "SIGTERM")
+    monkeypatch.setenv(JOB_MARKER, "{}")
+    message = evaluation_stopped_message(tmp_path, "SIGTERM")
+    assert f"`deploy/submit.sh --resume {tmp_path}`" in message and "maskfocus train --resume" not in message
