@@ -107,7 +107,7 @@ class SamplerConfig(Section):
     compile: bool = False
     """Sample through a `torch.compile`d copy of the transformer (maskfocus.compiled): about 2x faster for the
     tiny model on a CPU after ~30 s of compiling per batch size; logits equal the eager ones to ~1e-5, not
-    bit for bit. The learner always runs eager."""
+    bit for bit. The learner's forwards are not affected (see `train.compile_learner`)."""
 
 
 class EvalConfig(Section):

@@ -21,7 +21,9 @@ class RolloutConfig(Section):
     group_size: int = Field(4, ge=2)
     """G: samples per prompt; advantages are normalized within a group, so G >= 2."""
     tags: tuple[GenEvalTag, ...] = Field(get_args(GenEvalTag), min_length=1)
-    """GenEval tags the training prompts are drawn from (uniformly unless `tag_weights` is set)."""
+    """GenEval tags the training prompts are drawn from. Shapes-world prompts: a tag uniformly (or by
+    `tag_weights`), then a prompt of it. With `prompt_file` and no `tag_weights`: a record uniformly, so each tag in
+    proportion to its records."""
     tag_weights: tuple[float, ...] | None = None
     """Relative probability of each tag of `tags`, in the same order (e.g. less of the tags a model already
     masters); null = uniform. With `prompt_file`, a tag is drawn by weight, then one of its records uniformly."""
