@@ -218,6 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from maskfocus.compare import (
         base_summary,
         check_curve_key,
+        check_outputs_spare_the_runs,
         comparison_table,
         find_run_folders,
         group_runs,
@@ -230,7 +231,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_output_file("--markdown", args.markdown, "file")
     check_distinct_files({"--out": args.out, "--markdown": args.markdown})
     paths = [Path(p) for p in args.runs]
-    runs = [load_run(folder, args.curve) for folder in find_run_folders(paths)]
+    folders = find_run_folders(paths)
+    outputs = {"--out": args.out, "--markdown": args.markdown}
+    check_outputs_spare_the_runs(outputs, folders, Path(args.base) if args.base else None)
+    runs = [load_run(folder, args.curve) for folder in folders]
     for folder in unreadable_run_folders(paths):
         print(f"left out {folder}: it holds a run's metrics or checkpoints but no config.yaml", file=sys.stderr)
     check_curve_key(runs, args.curve)

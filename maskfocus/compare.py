@@ -159,6 +159,20 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     return unique
 
 
+def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: list[Path], base: Path | None) -> None:
+    """No output (option -> path; None = not given) replaces a file of a run compared (its config.yaml, metrics,
+    reward curve, evaluation, ...) or the --base summary: `--markdown RUN/config.yaml` had overwritten the config."""
+    for option, path in outputs.items():
+        if path is None or not Path(path).is_file():
+            continue
+        target = Path(path).resolve()
+        if base is not None and target == base.resolve():
+            raise CompareError(f"{option} {path}: is the --base summary, which compare reads; write it elsewhere")
+        for folder in runs:
+            if folder.resolve() in target.parents:
+                raise CompareError(f"{option} {path}: is a file of the run {folder}; write it elsewhere")
+
+
 def unreadable_run_folders(paths: list[Path]) -> list[Path]:
     """Subfolders of the folders given (not run folders themselves) that hold a run's metrics or checkpoints but no
     config.yaml: `find_run_folders` leaves them out, and the user should hear why."""

@@ -238,6 +238,27 @@ def test_cli_writes_table_and_picture(ablation_runs, tmp_path, capsys):
         assert image.width > 1000 and image.height > 400
 
 
+def test_outputs_that_would_overwrite_a_compared_runs_files_or_the_base_are_refused(ablation_runs, tmp_path, capsys):
+    """`--markdown RUN/config.yaml` replaced the run's config with the table and exited 0."""
+    run = ablation_runs / "critical_seed0"
+    config = (run / "config.yaml").read_text()
+    (run / "reward_curve.png").write_bytes(b"the run's own curve")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"overall": 0.4, "tags": {"single_object": 0.8}}))
+    for option, path, problem in (
+        ("--markdown", run / "config.yaml", f"is a file of the run {run}"),
+        ("--out", run / "reward_curve.png", f"is a file of the run {run}"),
+        ("--markdown", base, "is the --base summary"),
+    ):
+        out = ["--out", str(tmp_path / "cmp.png")] if option == "--markdown" else []
+        argv = ["compare", str(ablation_runs), "--base", str(base), *out, option, str(path)]
+        assert main(argv) == 2
+        assert f"{option} {path}: {problem}" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == config
+    assert (run / "reward_curve.png").read_bytes() == b"the run's own curve"
+    assert main(["compare", str(ablation_runs), "--out", str(run / "compare.png")]) == 0  # a new file there is fine
+
+
 def test_cli_bad_path_is_a_user_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
     assert "maskfocus compare: error:" in capsys.readouterr().err
