@@ -42,11 +42,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
                     "with --set KEY=VALUE (and --iterations, --executor)"
                 )
-        from maskfocus.resume_check import check_resumable, check_run_config_file
+        from maskfocus.resume_check import check_resumable, check_resume_settings, check_run_config_file
 
-        config = load_config(check_run_config_file(run_dir), overrides)
+        config_file = check_run_config_file(run_dir)
+        config = load_config(config_file, overrides)
         check_before_writing(config, args.address)
         start = check_resumable(run_dir)
+        check_resume_settings(load_config(config_file), config, start.iteration)
         if args.check:
             return report_check(config, run_dir, start.iteration, args.address)
         record_resumed_config(run_dir, config)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from maskfocus.config import ConfigError
+from maskfocus.config import ConfigError, RunConfig
+from maskfocus.config_base import flatten
 from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import read_metrics
 from maskfocus.run_state import RunState, damaged_checkpoint, resume_state
@@ -66,3 +67,29 @@ def check_checkpoint_files(checkpoint: Path) -> None:
         raise damaged_checkpoint(checkpoint, f"{weights.name}: {error}") from None
     if not zipfile.is_zipfile(optimizer):
         raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")
+
+
+LEARNING_KEYS = ("seed", "model.path", "rollout.", "router.", "selection.", "grpo.", "optim.", "rewards")
+"""Settings that act only on iterations still to learn (a key, or a section with its dot)."""
+
+
+def check_resume_settings(before: RunConfig, after: RunConfig, learned: int) -> None:
+    """The resume's settings fit a run that has learned `learned` iterations: `train.num_iterations` is not below
+    them, and a run with nothing left to learn (the resume only redoes its final evaluation) changes no learning
+    setting, which config.yaml would record as if the run had learned under it."""
+    wanted = after.train.num_iterations
+    if wanted < learned:
+        raise ConfigError(
+            f"train.num_iterations {wanted} (--iterations): the run has learned {learned} iterations already; give "
+            f"{learned} to finish it as it is (its final evaluation) or more to learn further"
+        )
+    if wanted > learned:
+        return
+    old, new = flatten(before.model_dump(mode="json")), flatten(after.model_dump(mode="json"))
+    changed = sorted({key for key in old.keys() | new.keys() if old.get(key) != new.get(key)})
+    learning = [key for key in changed if key.startswith(LEARNING_KEYS)]
+    if learning:
+        raise ConfigError(
+            f"{', '.join(learning)}: the run has learned all its {learned} iterations, so a resume learns nothing "
+            f"under these settings; give --iterations above {learned} to learn more with them, or leave them out"
+        )

@@ -129,3 +129,27 @@ def test_a_run_without_checkpoints_says_it_starts_again_from_the_base_model(run,
 def test_a_missing_folder_is_named_as_missing(tmp_path, capsys):
     error = cli_error(capsys, "train", "--resume", str(tmp_path / "nowhere"))
     assert f"--resume {tmp_path / 'nowhere'}: no such folder" in error
+
+
+def test_fewer_iterations_than_learned_are_refused(run, capsys):
+    """`--iterations 1` on a run that had learned 2 recorded num_iterations: 1 and exited 0."""
+    before = snapshot(run)
+    for check in ([], ["--check"]):
+        error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "1", *check)
+        assert "train.num_iterations 1 (--iterations): the run has learned 2 iterations already; give 2" in error
+    assert snapshot(run) == before
+
+
+def test_learning_settings_of_a_run_with_nothing_left_to_learn_are_refused(run, capsys):
+    """They were written to config.yaml although nothing was learned under them, and compare then grouped the run
+    by settings it never ran with."""
+    from maskfocus.cli import main
+
+    before = snapshot(run)
+    changes = ["--set", "rollout.group_size=6", "--set", "optim.learning_rate=0.5"]
+    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", *changes, "--check")
+    assert "optim.learning_rate, rollout.group_size: the run has learned all its 2 iterations" in error
+    assert "give --iterations above 2" in error and snapshot(run) == before
+    evaluation = ["--set", "eval.num_images_per_prompt=2"]  # what the final evaluation redone uses is fine
+    assert main(["train", "--resume", str(run), "--iterations", "2", *evaluation, "--check"]) == 0
+    assert main(["train", "--resume", str(run), "--iterations", "3", *changes, "--check"]) == 0  # learns one more
