@@ -99,7 +99,7 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     Every missing folder or file is named at once (a cluster being set up may lack several)."""
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.loading import check_generator_folder
-    from maskfocus.preflight import missing_file_problems
+    from maskfocus.preflight import missing_file_problems, prompt_file_problems
 
     problems = []
     try:
@@ -107,6 +107,8 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     except ModelLoadError as error:
         problems.append(str(error))
     problems += missing_file_problems(config)
+    if not problems:  # the prompts are read with the model's tokenizer
+        problems += prompt_file_problems(config)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

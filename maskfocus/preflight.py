@@ -66,3 +66,41 @@ def plan_lines(config: RunConfig, start_iteration: int = 0) -> list[str]:
     if config.train.final_eval:
         lines.append(f"then: {config.eval.benchmark} at {config.eval.num_images_per_prompt} images per prompt row")
     return lines
+
+
+def prompt_file_problems(config: RunConfig) -> list[str]:
+    """What would stop or spoil the run in its training prompts (`rollout.prompt_file`), given that the model folder
+    is sound: a file without usable prompts, free-form prompts for a GenEval reward (which needs their metadata) and
+    words the model's tokenizer drops (it would learn from what is left of the prompt)."""
+    rollout = config.rollout
+    if not rollout.prompt_file or not Path(rollout.prompt_file).expanduser().is_file():
+        return []  # none, or missing: missing_file_problems names it
+    from maskfocus.config import ConfigError
+    from maskfocus.trainer import FilePrompts
+
+    try:
+        rows = FilePrompts(rollout.prompt_file, config.seed, rollout.tags, rollout.tag_weights).rows
+    except ConfigError as error:
+        return [str(error)]
+    problems = []
+    if "tag" not in rows[0] and any(spec.name == "geneval" for spec in config.rewards):
+        problems.append(
+            f"rollout.prompt_file: {rollout.prompt_file} holds free-form prompts, which the geneval reward cannot "
+            "score (it needs each prompt's GenEval metadata); give a GenEval-format JSONL, or clip/hps rewards"
+        )
+    if (unknown := unknown_word_problem(config.model.path, sorted({row["prompt"] for row in rows}))) is not None:
+        problems.append(f"rollout.prompt_file: {rollout.prompt_file}: {unknown}")
+    return problems
+
+
+def unknown_word_problem(model_path: str, prompts: list[str]) -> str | None:
+    """The model tokenizer's complaint about the first prompt it cannot read in full, or None."""
+    from maskfocus.models.loading import folder_hint, load_tokenizer, resolve_model_path
+    from maskfocus.models.tokenizer import UnknownWordError, check_prompts
+
+    tokenizer = load_tokenizer(resolve_model_path(model_path), folder_hint(model_path))
+    try:
+        check_prompts(tokenizer, prompts)
+    except UnknownWordError as error:
+        return str(error)
+    return None

@@ -109,3 +109,34 @@ def test_an_empty_prompt_file_means_none_and_a_home_path_is_expanded(tmp_path, m
     from maskfocus.trainer import FilePrompts
 
     assert next(FilePrompts("~/prompts.txt", 0, ("single_object",)))["prompt"] == "a photo of a red circle"
+
+
+def test_prompt_files_that_would_spoil_the_run_are_named_before_it_starts(tmp_path, capsys):
+    """Unknown words trained on what the tokenizer kept of each prompt ("a"); a .txt with the geneval reward ended
+    in KeyError 'tag' after the run folder was made; an empty file passed `--check`."""
+    import json
+
+    from support import cli_error
+
+    from maskfocus.preflight import prompt_file_problems
+
+    clip_only = [{"name": "clip"}]
+    (words := tmp_path / "words.txt").write_text("a photo of a red circle\na big dragon\n")
+    (good := tmp_path / "good.txt").write_text("a photo of a red circle\n")
+    (empty := tmp_path / "empty.txt").write_text("\n\n")
+    record = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    (jsonl := tmp_path / "good.jsonl").write_text(json.dumps(record) + "\n")
+
+    def problems(path, rewards=None):
+        overrides = {"rollout.prompt_file": str(path), **({"rewards": rewards} if rewards else {})}
+        return prompt_file_problems(default_run_config(overrides))
+
+    assert problems(good, clip_only) == [] and problems(jsonl) == []
+    [unknown] = problems(words, clip_only)
+    assert unknown.startswith(f"rollout.prompt_file: {words}: prompt 'a big dragon' uses word(s) the model does not")
+    [free_form] = problems(good)
+    assert f"{good} holds free-form prompts, which the geneval reward cannot score" in free_form
+    assert problems(empty, clip_only) == [f"rollout.prompt_file: {empty} has no prompt"]
+    out = ["--set", f"train.out_dir={tmp_path / 'runs'}", "--set", f"rollout.prompt_file={words}", "--check"]
+    assert "big, dragon" in cli_error(capsys, "train", "--executor", "local", *out)
+    assert not (tmp_path / "runs").exists()
