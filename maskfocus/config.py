@@ -345,6 +345,8 @@ def load_config(
     """Load a run YAML; `overrides` maps dotted keys (`sampler.num_steps`) to values applied on top; `options` names
     the command-line option that gave an override (errors name it rather than `--set KEY`)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -357,6 +359,11 @@ def load_config(
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if not data:
+        raise ConfigError(
+            f"{path}: holds no settings (empty, or only comments); it would run with every code default, not the "
+            f"shipped {DEFAULT_CONFIG.name}'s: give a config with settings, or leave --config out for the shipped one"
+        )
     origin = ErrorOrigin(str(path), yaml_key_lines(text, str(path)), overridden=overrides or {}, options=options)
     return config_from_dict(apply_overrides(data, overrides), str(path), origin)
 

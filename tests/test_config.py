@@ -73,6 +73,18 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "null\n"])
+def test_a_config_without_settings_is_refused_and_a_folder_is_named_so(tmp_path, text):
+    """An empty --config ran with every code default (binary reward, no compile, Gumbel 2.0), not the shipped
+    config's, without a word; a folder was "not found"."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty.yaml: holds no settings \(empty, or only comments\); it would run"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path}: is a folder; give a YAML file"):
+        load_config(tmp_path)
+
+
 def test_every_field_has_a_docstring():
     def walk(model):
         for name, field in model.model_fields.items():
