@@ -19,7 +19,7 @@ from maskfocus.config import (
     SamplerConfig,
     load_config_or_default,
 )
-from maskfocus.config_base import parse_set
+from maskfocus.config_base import parse_set, set_from_option
 from maskfocus.outputs import check_distinct_files, check_output_file
 from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 
@@ -40,8 +40,8 @@ def _sampler_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     options = {}
     for dest, key in SAMPLER_OPTIONS.items():
         if getattr(args, dest, None) is not None:
-            overrides[key] = getattr(args, dest)
             options[key] = "--" + dest.replace("_", "-")
+            set_from_option(overrides, key, getattr(args, dest), options[key])
     return overrides, options
 
 
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     overrides, options = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
-        overrides["eval.num_images_per_prompt"] = args.num_images_per_prompt
+        set_from_option(overrides, "eval.num_images_per_prompt", args.num_images_per_prompt, "--num-images-per-prompt")
     config = load_config_or_default(args.config, overrides, options)
     check_output_file("--out", args.out, "file")
     check_output_file("--summary", args.summary, "file")

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from maskfocus.config import ConfigError, RunConfig, load_config, load_config_or_default
-from maskfocus.config_base import parse_set
+from maskfocus.config_base import parse_set, set_from_option
 from maskfocus.ray_job import check_job_path
 
 
@@ -30,9 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = parse_set(args.set)
     if args.executor:
-        overrides["train.executor"] = args.executor
+        set_from_option(overrides, "train.executor", args.executor, "--executor")
     if args.iterations is not None:
-        overrides["train.num_iterations"] = args.iterations
+        set_from_option(overrides, "train.num_iterations", args.iterations, "--iterations")
     if args.resume:
         check_job_path(args.resume, "--resume")
         run_dir = Path(args.resume)

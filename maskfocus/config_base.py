@@ -206,14 +206,19 @@ class ErrorOrigin:
         self.options = dict(options or {})
 
     def where(self, loc: Loc, message: str = "") -> str:
-        """The override or `FILE:LINE` that set `loc` (or the key `message` names), else the file. An override
-        below `loc` (a misspelt section in `--set samplr.num_steps=3`) is named unless the file has `loc` itself."""
+        """The override or `FILE:LINE` that set `loc` (or the keys `message` names, an override among them first),
+        else the file. An override below `loc` (a misspelt section in `--set samplr.num_steps=3`) is named unless the
+        file has `loc` itself."""
         path = dotted(loc)
         for key in self.overridden:
             if path == key or path.startswith(key + "."):
                 return self._override(key)
-        if not loc:
-            quoted = [tuple(int(p) if p.isdigit() else p for p in m.split(".")) for m in DOTTED_KEY.findall(message)]
+        if not loc:  # a check across fields: the keys its message names, an override of any of them first
+            named = DOTTED_KEY.findall(message)
+            for key in self.overridden:
+                if any(name == key or name.startswith(key + ".") for name in named):
+                    return self._override(key)
+            quoted = [tuple(int(p) if p.isdigit() else p for p in m.split(".")) for m in named]
             loc = next((candidate for candidate in quoted if candidate in self.key_lines), ())
         if loc and tuple(loc) not in self.key_lines:
             below = next((key for key in self.overridden if key.startswith(path + ".")), None)
@@ -271,18 +276,32 @@ def parse_set(items: list[str]) -> dict:
                 "an empty string"
             )
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or type(error).__name__
             raise ConfigError(
                 f"--set {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
                 f"{key.strip()}=\"'...'\""
             ) from None
+        if key.strip() in overrides and overrides[key.strip()] != parsed:
+            raise ConfigError(
+                f"--set {key.strip()} given twice, {overrides[key.strip()]!r} and then {parsed!r}; give it once"
+            )
+        overrides[key.strip()] = parsed
     return overrides
 
 
+def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str) -> None:
+    """`overrides[key] = value`, given by the command-line option `option` (`--iterations` for
+    train.num_iterations); a `--set` of the same key with another value is an error, not silently overruled."""
+    if key in overrides and overrides[key] != value:
+        raise ConfigError(f"{option} {value} and --set {key}={overrides[key]} disagree; give one of them")
+    overrides[key] = value
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`)."""
+    """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`). A
+    mapping given for a section merges into it (`sampler={num_steps: 5}` keeps the file's other sampler keys)."""
     keys = dotted.split(".")
     node: Any = data
     for depth, key in enumerate(keys):
@@ -295,7 +314,11 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         elif not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
         if depth == len(keys) - 1:
-            node[index] = value
+            if isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(index), dict):
+                for key_below, value_below in value.items():
+                    set_dotted(node[index], str(key_below), value_below)
+            else:
+                node[index] = value
         else:
             node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
 

@@ -264,3 +264,37 @@ def test_overrides_without_a_file_name_the_set_key():
 def test_flatten_spells_keys_as_set_does():
     tree = {"a": {"b": 1, "tags": ["x", "y"]}, "rewards": [{"name": "geneval", "weight": 1.0}]}
     assert flatten(tree) == {"a.b": 1, "a.tags": ["x", "y"], "rewards.0.name": "geneval", "rewards.0.weight": 1.0}
+
+
+def test_a_mapping_set_on_a_section_merges_into_it_and_a_key_set_twice_is_refused():
+    """`--set sampler={num_steps: 5}` reset the file's other sampler keys (Gumbel 4.0 -> 2.0, compile off) without a
+    word; a key given twice kept the last value."""
+    shipped = load_config(ROOT / "configs" / "shapes_tiny.yaml")
+    merged = load_config(ROOT / "configs" / "shapes_tiny.yaml", parse_set(["sampler={num_steps: 5}"]))
+    assert merged.sampler.num_steps == 5
+    assert merged.sampler.model_copy(update={"num_steps": shipped.sampler.num_steps}) == shipped.sampler
+    with pytest.raises(ConfigError, match=r"^--set seed given twice, 1 and then 2; give it once$"):
+        parse_set(["seed=1", "seed=2"])
+    assert parse_set(["seed=1", "seed=1"]) == {"seed": 1}
+
+
+def test_a_shortcut_option_and_a_set_of_its_key_must_agree(tmp_path, capsys):
+    from support import cli_error
+
+    out = ["--set", f"train.out_dir={tmp_path}", "--check"]
+    iterations = ["--iterations", "5", "--set", "train.num_iterations=7"]
+    error = cli_error(capsys, "train", "--executor", "local", *iterations, *out)
+    assert "--iterations 5 and --set train.num_iterations=7 disagree; give one of them" in error
+    steps = ["--steps", "4", "--set", "sampler.num_steps=6"]
+    error = cli_error(capsys, "eval", *steps, "--out", str(tmp_path / "r.jsonl"))
+    assert "--steps 4 and --set sampler.num_steps=6 disagree" in error
+
+
+def test_a_cross_field_error_names_the_override_that_caused_it(tmp_path):
+    """`--set sampler.num_steps=2` was reported at the file's line of selection.num_steps, which it did not change."""
+    path = tmp_path / "run.yaml"
+    path.write_text("sampler:\n  num_steps: 12\nselection:\n  num_steps: 3\n")
+    for key in ("sampler.num_steps", "selection.num_steps"):
+        with pytest.raises(ConfigError) as error:
+            load_config(path, {key: 2 if key == "sampler.num_steps" else 20})
+        assert str(error.value).splitlines()[1].startswith(f"  --set {key}: selection.num_steps (K=")
