@@ -195,8 +195,8 @@ class GRPOConfig(Section):
 class OptimConfig(Section):
     """AdamW with linear decay."""
 
-    learning_rate: float = Field(1e-4, gt=0.0)
-    """Peak learning rate."""
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    """Peak learning rate (at most 1: AdamW's steps are about this size per weight)."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay."""
     grad_clip: float = Field(1.0, gt=0.0, allow_inf_nan=True)  # .inf: no clipping
@@ -216,6 +216,10 @@ class TrainConfig(Section):
     """Parent folder of run folders."""
     log_every: int = Field(1, ge=1)
     """Iterations between metric records."""
+    max_nonfinite_iterations: int | None = Field(5, ge=1)
+    """Stop the run (exit status 1) after this many iterations in a row whose loss was non-finite at every learned
+    step, so that every optimizer step was skipped: weights gone non-finite (too high a learning rate, say) would
+    otherwise run to the end learning nothing. The first such iteration is reported at once. null = never stop."""
     image_every: int = Field(25, ge=1)
     """Iterations between image grids of the fixed prompts."""
     checkpoint_every: int = Field(50, ge=1)

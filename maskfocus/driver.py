@@ -48,6 +48,7 @@ from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
 from maskfocus.config import RunConfig
+from maskfocus.divergence import Diverged, NonFiniteWatch
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
 from maskfocus.learner.loop import QueuedBatch, preview_due
@@ -125,6 +126,7 @@ class RayRun:
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
         self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration)
+        self.nonfinite = NonFiniteWatch(config.train.max_nonfinite_iterations)
         self.counts = running_counts(self.log.path, ("sync/dropped_stale", "sync/redone"))
         """Running totals over the whole run: a resume goes on from its last kept record's."""
         self.metrics = RunMetrics(run_dir.name)
@@ -336,6 +338,8 @@ class RayRun:
         train = self.config.train
         if iteration % train.log_every == 0 or iteration == train.num_iterations - 1:
             self.log.write(record)
+        if (note := self.nonfinite.observe(record)) is not None:  # raises Diverged: train_ray stops the run
+            tqdm.write(note)
         if preview_due(train, iteration):
             self.previews.request()
             plot_reward_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "reward_curve.png")
@@ -484,6 +488,9 @@ def train_ray(
         model = run.finish(learner)
     except RunStopped:
         raise
+    except Diverged as error:  # resuming from the latest checkpoint would not help: say what would
+        run.stop_early(learner)
+        raise RunFailed(str(error), None) from error
     except Exception as error:
         if run is not None and learner is not None:
             run.stop_early(learner)

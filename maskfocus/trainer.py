@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from maskfocus.config import ConfigError, RunConfig
+from maskfocus.divergence import Diverged, NonFiniteWatch
 from maskfocus.evaluation import load_rows, run_evaluation, write_results
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
@@ -39,7 +41,7 @@ from maskfocus.run_state import latest_checkpoint, resume_state
 from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities
-from maskfocus.stopping import RunStopped, StopAtOnce, StopRequest, StopSignal
+from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, StopSignal
 from maskfocus.update import PolicyUpdater, schedule_span
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
@@ -222,6 +224,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     (run_dir / "images").mkdir(exist_ok=True)
     progress = iteration_progress(start_iteration, config.train.num_iterations, "train", show_progress)
     recent = RecentReward()
+    watch = NonFiniteWatch(config.train.max_nonfinite_iterations)
     with StopRequest() as stop:
         for iteration in range(start_iteration, config.train.num_iterations):
             start = time.perf_counter()
@@ -259,6 +262,13 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
             progress.update(1)
             if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
                 log.write(record)
+            try:
+                if (note := watch.observe(record)) is not None:
+                    tqdm.write(note)
+            except Diverged as error:
+                log.close()
+                progress.close()
+                raise RunFailed(str(error), None) from error
             if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
                 sync_weights(sampler_model, model)
                 save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")

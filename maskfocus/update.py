@@ -324,8 +324,7 @@ class PolicyUpdater:
         for index, step in enumerate(steps):
             loss, metrics, num_tokens = self._step_loss(step, batch, condition, count_tokens)
             tokens_since_step += num_tokens
-            if not torch.isfinite(loss):
-                metrics["loss/skipped_nonfinite"] = 1.0
+            metrics["loss/skipped_nonfinite"] = float(not torch.isfinite(loss))  # merged: the fraction of steps
             # Back-propagate even a non-finite loss: every rank of a sharded learner must join the same gradient
             # collectives, and the non-finite gradient norm that results skips the optimizer step on all of them.
             loss.backward()

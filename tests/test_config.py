@@ -169,3 +169,10 @@ def test_rollout_steps_replace_only_the_rollouts_T_and_bound_K():
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(ROOT / "configs" / "shapes_tiny.yaml", overrides)
+
+
+def test_a_learning_rate_above_one_is_refused_before_the_run():
+    """1e300 passed, then ended in torch's AdamW ("value cannot be converted to type float without overflow") after
+    the run folder was made."""
+    with pytest.raises(ConfigError, match=r"--set optim.learning_rate: Input should be less than or equal to 1"):
+        load_config(DEFAULT_CONFIG, {"optim.learning_rate": 1e300})

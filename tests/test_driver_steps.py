@@ -303,3 +303,25 @@ def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actor
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor_call, timeout=30)
     assert ray.is_initialized()  # the session's Ray (not started by this call) stays up
+
+
+def test_the_ray_driver_reports_a_non_finite_loss_and_stops_when_it_persists(tmp_path, capsys):
+    """The in-process trainer's watch (tests/test_divergence.py) in the driver's record writing: train_ray turns
+    Diverged into the run's failure message."""
+    from maskfocus.config import default_run_config
+    from maskfocus.divergence import KEY, Diverged, NonFiniteWatch
+    from maskfocus.driver import RayRun
+    from maskfocus.run_io import MetricsLog
+
+    run = RayRun.__new__(RayRun)  # only what write_record touches
+    run.config = default_run_config({"train.num_iterations": 10, "train.image_every": 100})
+    run.counts, run.queue_depth, run.load_seconds, run.enqueue_wait = {}, 0, {}, {}
+    run.last_update, run.metrics, run.run_dir = time.perf_counter(), NoMetrics(), tmp_path
+    run.log = MetricsLog(tmp_path / "metrics.jsonl")
+    run.nonfinite = NonFiniteWatch(patience=2)
+    run.write_record({"iteration": 1, KEY: 1.0})
+    assert "iteration 1: the loss was non-finite at 100% of the learned steps" in capsys.readouterr().out
+    with pytest.raises(Diverged, match="iterations 1-2"):
+        run.write_record({"iteration": 2, KEY: 1.0})
+    run.log.close()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # both written before the stop

@@ -1,0 +1,53 @@
+"""Watching a run's metric records for a loss gone non-finite (`train.max_nonfinite_iterations`).
+
+A non-finite loss skips its optimizer step (maskfocus.update), which keeps one bad batch from poisoning the
+weights. But once the weights themselves are non-finite (too high a learning rate), every later loss is too: the
+run learned nothing, its reward fell to zero, and it still ran to the end and said "done". Both executors pass
+each iteration's record to a `NonFiniteWatch`, which reports the first non-finite iteration of a streak and stops
+the run when the streak is long enough.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY = "loss/skipped_nonfinite"
+"""The fraction of an iteration's learned steps whose loss was non-finite (maskfocus.update)."""
+
+
+class Diverged(RuntimeError):
+    """The loss was non-finite at every learned step of `train.max_nonfinite_iterations` iterations in a row."""
+
+
+class NonFiniteWatch:
+    def __init__(self, patience: int | None):
+        self.patience = patience
+        self.streak: list[int] = []
+        """The iterations in a row, up to the last observed, whose every learned step had a non-finite loss."""
+        self.reported = False
+        """Whether the current run of non-finite iterations (some steps or all) has been reported."""
+
+    def observe(self, record: dict[str, Any]) -> str | None:
+        """Take one iteration's record; returns a line to show when a run of non-finite losses begins. Raises
+        Diverged when the streak of wholly non-finite iterations reaches the patience."""
+        fraction = record.get(KEY) or 0.0  # absent: no update (an iteration without learning); null: NaN itself
+        iteration = record["iteration"]
+        self.streak = [*self.streak, iteration] if fraction >= 1.0 else []
+        if fraction == 0.0:
+            self.reported = False
+            return None
+        if self.patience is not None and len(self.streak) >= self.patience:
+            raise Diverged(
+                f"the loss was non-finite at every learned step of iterations {self.streak[0]}-{iteration}, so "
+                "none of their optimizer steps was taken: the weights have likely gone non-finite (too high "
+                "optim.learning_rate?). Checkpoints from then on hold them: start again with a lower learning rate, "
+                "or move those checkpoints aside and resume from an earlier one with it "
+                "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
+            )
+        if self.reported:
+            return None
+        self.reported = True
+        return (
+            f"iteration {iteration}: the loss was non-finite at {fraction:.0%} of the learned steps; their optimizer "
+            f"steps were skipped ({KEY} in metrics.jsonl)"
+        )

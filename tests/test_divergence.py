@@ -1,0 +1,64 @@
+"""maskfocus/divergence.py: a run whose loss stays non-finite is reported at once and stopped, not run to the end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskfocus.divergence import KEY, Diverged, NonFiniteWatch
+
+
+def records(fractions):
+    return [{"iteration": i, **({} if f is None else {KEY: f})} for i, f in enumerate(fractions)]
+
+
+def test_the_first_non_finite_iteration_of_each_run_of_them_is_reported_once():
+    watch = NonFiniteWatch(patience=None)
+    notes = [watch.observe(r) for r in records([0.0, 1 / 3, 1.0, 1.0, 0.0, None, 1.0])]
+    assert notes[0] is None and notes[2:4] == [None, None] and notes[4:6] == [None, None]
+    expected = "iteration 1: the loss was non-finite at 33% of the learned steps; their optimizer steps were skipped"
+    assert notes[1] == f"{expected} ({KEY} in metrics.jsonl)"
+    assert notes[6].startswith("iteration 6: the loss was non-finite at 100%")  # a new run of them, after finite ones
+
+
+def test_patience_counts_wholly_non_finite_iterations_in_a_row():
+    watch = NonFiniteWatch(patience=3)
+    for record in records([1.0, 1.0, 0.5, 1.0, 1.0]):  # a partly finite iteration breaks the streak
+        watch.observe(record)
+    with pytest.raises(Diverged, match=r"^the loss was non-finite at every learned step of iterations 3-5, so none"):
+        watch.observe({"iteration": 5, KEY: 1.0})
+
+
+def test_an_in_process_run_whose_loss_stays_nan_stops_with_exit_status_one(tmp_path, monkeypatch, capsys):
+    """With weights gone NaN (optim.learning_rate 1e10) every optimizer step was skipped, the reward fell to 0,
+    and the run still went to its end and said "done", exit status 0."""
+    import maskfocus.update as update
+    from maskfocus.cli import main
+
+    real_step_loss = update.PolicyUpdater._step_loss
+
+    def nan_loss(self, *args, **kwargs):
+        loss, metrics, num_tokens = real_step_loss(self, *args, **kwargs)
+        return loss * float("nan"), metrics, num_tokens
+
+    monkeypatch.setattr(update.PolicyUpdater, "_step_loss", nan_loss)
+    tiny = {
+        "rollout.prompts_per_iteration": 2,
+        "rollout.group_size": 2,
+        "sampler.num_steps": 3,
+        "selection.num_steps": 1,
+        "sampler.compile": "false",
+        "train.compile_learner": "false",
+        "train.final_eval": "false",
+        "train.max_nonfinite_iterations": 2,
+        "train.out_dir": str(tmp_path),
+    }
+    settings = [arg for key, value in tiny.items() for arg in ("--set", f"{key}={value}")]
+    status = main(["train", "--executor", "local", "--name", "run", "--iterations", "5", *settings])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "iteration 0: the loss was non-finite at 100% of the learned steps" in captured.out + captured.err
+    assert "the loss was non-finite at every learned step of iterations 0-1" in captured.err
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r[KEY]) for r in logged] == [(0, 1.0), (1, 1.0)]
