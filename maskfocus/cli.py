@@ -60,10 +60,27 @@ def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images:
     return sampler.model_copy(update={"compile": False})
 
 
+def _sample_in_batches(model, prompts: list[str], sampler: SamplerConfig, generator):
+    """uint8 images (B, H, W, 3) of `prompts`, sampled `sampler.batch_size` at a time (one batch of 100,000 asked for
+    26 GB at once) from one random stream, so that a single batch draws what one call would."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from maskfocus.images import to_uint8
+    from maskfocus.sampling import sample_with_config
+
+    starts = range(0, len(prompts), sampler.batch_size)
+    batches = []
+    for start in tqdm(starts, desc="sample", unit="batch", disable=len(starts) == 1):
+        result = sample_with_config(model, prompts[start : start + sampler.batch_size], sampler, generator)
+        batches.append(to_uint8(model.decode(result.tokens_BL)))
+    return np.concatenate(batches)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    from maskfocus.images import save_grid, to_uint8
+    from maskfocus.images import save_grid
     from maskfocus.models import load_generator
-    from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
+    from maskfocus.sampling import check_negative_prompt, seeded_generator
 
     if not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the text to draw (an empty one samples CFG's unconditional branch)")
@@ -74,8 +91,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.check_prompts(prompts[:1])
     check_negative_prompt(model, config.sampler)
     sampler = _eager_for_few(args, config.sampler, args.num_images)
-    result = sample_with_config(model, prompts, sampler, seeded_generator(args.seed))
-    images = to_uint8(model.decode(result.tokens_BL))
+    images = _sample_in_batches(model, prompts, sampler, seeded_generator(args.seed))
     columns = min(args.num_images, 8)
     path = save_grid(args.out, images, columns=columns, scale=args.scale)
     print(f"wrote {len(images)} image(s) of {args.prompt!r} to {path}")

@@ -362,3 +362,27 @@ def test_version_is_the_installed_packages(capsys):
         main(["--version"])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"maskfocus {project['version']}\n"
+
+
+def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypatch):
+    """`--num-images 100000` sampled in one batch, asking for 26 GB at once."""
+    import maskfocus.sampling
+    from maskfocus.cli import _sample_in_batches
+    from maskfocus.config import SamplerConfig
+    from maskfocus.images import to_uint8
+    from maskfocus.sampling import sample_with_config, seeded_generator
+
+    sampler = SamplerConfig(num_steps=2, batch_size=2)
+    one_call = to_uint8(
+        tiny_model.decode(sample_with_config(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)).tokens_BL)
+    )
+    assert (_sample_in_batches(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)) == one_call).all()
+    sizes = []
+
+    def recording(model, prompts, sampler, generator):
+        sizes.append(len(prompts))
+        return sample_with_config(model, prompts, sampler, generator)
+
+    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", recording)
+    images = _sample_in_batches(tiny_model, ["a red circle"] * 5, sampler, seeded_generator(3))
+    assert sizes == [2, 2, 1] and images.shape[0] == 5 and (images[:2] == one_call).all()
