@@ -4,6 +4,7 @@ should not end in a traceback because `--out` names a folder or a type nobody ca
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -50,9 +51,24 @@ def check_writable(option: str, path: Path) -> None:
     """The first path that exists at or above `path` (given as `option`) can be written (a folder: things made in
     it). A read-only mount refuses even root here."""
     existing = next(found for found in (path.absolute(), *path.absolute().parents) if found.exists())
-    if not os.access(existing, os.W_OK | os.X_OK if existing.is_dir() else os.W_OK):
+    if not os.access(existing, os.W_OK | os.X_OK if existing.is_dir() else os.W_OK) or not _can_write(existing):
         where = "" if existing == path.absolute() else f"cannot be made: {existing} "
         raise ConfigError(f"{option} {path}: {where}cannot be written (permissions or a read-only file system)")
+
+
+def _can_write(existing: Path) -> bool:
+    """A file can be made in the folder `existing` (made and deleted at once) or the file `existing` opened for
+    appending (not written): os.access answers yes to root even where the file system refuses, as /proc does."""
+    try:
+        if existing.is_dir():
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        else:
+            with existing.open("ab"):
+                pass
+    except OSError:
+        return False
+    return True
 
 
 RUN_FOLDER_PARTS = ("config.yaml", "metrics.jsonl", "checkpoints")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from support import cli_error
@@ -115,3 +116,21 @@ def test_a_model_output_replaces_only_an_empty_folder_or_an_earlier_model_folder
     (run.parent / "config.yaml").write_text("seed: 0\n")  # a transformer/ beside a run's config: still refused
     with pytest.raises(ConfigError, match="holds something other than a model folder"):
         check_replaceable_model_folder("OUT", run.parent)
+
+
+def test_a_folder_that_refuses_new_files_is_found_even_where_os_access_says_yes(tmp_path):
+    """As root, os.access allowed /proc, and the results of `sample`, `eval --summary` and `compare --markdown` were
+    lost after the work, in a bare "[Errno 2]" or a PermissionError traceback."""
+    import os
+
+    from maskfocus.outputs import check_writable
+
+    if not Path("/proc").is_dir() or not os.access("/proc", os.W_OK):
+        pytest.skip("needs a /proc that os.access calls writable (Linux, as root)")
+    with pytest.raises(ConfigError, match=r"--out /proc/x.png: cannot be made: /proc cannot be written"):
+        check_writable("--out", Path("/proc/x.png"))
+    check_writable("--out", tmp_path / "new" / "x.png")
+    (tmp_path / "kept.txt").write_text("text")
+    check_writable("--out", tmp_path / "kept.txt")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.txt"]  # the probe left nothing
+    assert (tmp_path / "kept.txt").read_text() == "text"
