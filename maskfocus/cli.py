@@ -21,7 +21,7 @@ from maskfocus.config import (
 )
 from maskfocus.config_base import parse_set, set_from_option
 from maskfocus.outputs import check_distinct_files, check_output_file
-from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
+from maskfocus.script_args import SAMPLING_ONLY, nonnegative_int, positive_int, run_script
 
 SAMPLER_OPTIONS = {
     "steps": "sampler.num_steps",
@@ -128,6 +128,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "--grid": args.grid,
         }
     )
+    if args.metadata is not None and args.benchmark is not None:
+        raise ConfigError(f"--metadata {args.metadata} and --benchmark {args.benchmark}: give one prompt set")
+    if args.metadata is not None and Path(args.metadata).is_dir():
+        raise ConfigError(f"--metadata {args.metadata}: is a folder; give a GenEval-format JSONL file")
     if args.metadata is not None and not Path(args.metadata).is_file():
         raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
     benchmark = args.benchmark or config.eval.benchmark
@@ -287,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="grid.png", help="PNG of the image grid")
     sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     sample.add_argument("--model", help="model folder (default: the config's model.path)")
-    sample.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same images)")
+    sample.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (same seed, same images)")
     sample.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")

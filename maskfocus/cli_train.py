@@ -101,6 +101,11 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     from maskfocus.models.loading import check_generator_folder
     from maskfocus.preflight import missing_file_problems, prompt_file_problems
 
+    if address is not None and config.train.executor == "local":
+        raise ConfigError(
+            f"--address {address}: this run trains in-process (train.executor local) and would not use the cluster; "
+            "give --executor ray to run on it, or leave --address out"
+        )
     problems = []
     try:
         check_generator_folder(config.model.path, config.model.kind)

@@ -117,7 +117,7 @@ class EvalConfig(Section):
     """Built-in prompt set; `--metadata FILE` on the command line overrides it with a GenEval JSONL."""
     num_images_per_prompt: int = Field(4, ge=1)
     """Images generated per prompt row."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the evaluation sampler. Each batch of sampler.batch_size images draws from its own generator
     (seed, batch index), so images are a function of (seed, sampler.batch_size, row index, image index): compare
     scores at equal batch sizes."""
@@ -245,7 +245,7 @@ class TrainConfig(Section):
 class RunConfig(Section):
     """The whole run: one YAML file."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Run seed; every random stream is derived from it."""
     model: ModelConfig = ModelConfig()
     """The masked generator to sample from and train."""

@@ -386,3 +386,19 @@ def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypat
     monkeypatch.setattr(maskfocus.sampling, "sample_with_config", recording)
     images = _sample_in_batches(tiny_model, ["a red circle"] * 5, sampler, seeded_generator(3))
     assert sizes == [2, 2, 1] and images.shape[0] == 5 and (images[:2] == one_call).all()
+
+
+def test_eval_refuses_two_prompt_sets_and_a_folder_as_metadata_and_sample_a_negative_seed(tmp_path, capsys):
+    """--metadata silently beat --benchmark; a folder was "no such file"; seed -1 drew the images of 2**63 - 2."""
+    from maskfocus.cli import main
+
+    out = ["--out", str(tmp_path / "r.jsonl")]
+    (metadata := tmp_path / "m.jsonl").write_text("")
+    error = cli_error(capsys, "eval", "--metadata", str(metadata), "--benchmark", "shapes-geneval", *out)
+    assert f"--metadata {metadata} and --benchmark shapes-geneval: give one prompt set" in error
+    error = cli_error(capsys, "eval", "--metadata", str(tmp_path), *out)
+    assert f"--metadata {tmp_path}: is a folder; give a GenEval-format JSONL file" in error
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a red circle", "--seed", "-1", "--out", str(tmp_path / "g.png")])
+    assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
+    assert "Input should be greater than or equal to 0" in cli_error(capsys, "train", "--check", "--set", "seed=-3")

@@ -229,3 +229,12 @@ def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason
         assert notice is None
     else:
         assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
+
+
+def test_an_address_with_the_in_process_executor_is_refused(tmp_path, capsys):
+    """It was ignored without a word, even by --check."""
+    argv = ["train", "--executor", "local", "--address", "10.0.0.1:6379", "--set", f"train.out_dir={tmp_path}"]
+    for check in ([], ["--check"]):
+        error = cli_error(capsys, *argv, *check)
+        assert "--address 10.0.0.1:6379: this run trains in-process (train.executor local)" in error
+    assert not any(tmp_path.iterdir())
