@@ -83,6 +83,12 @@ def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> No
         inside = [child for child in sorted(folder.iterdir()) if all((child / part).is_dir() for part in parts)]
         if inside:  # a run folder given for its model/, or pretrained/ for pretrained/shapes-tiny
             hint = f"did you mean {' or '.join(str(child) for child in inside)}, which has them?"
+        elif (folder / "transformer.safetensors").is_file() and folder.parent.name == "checkpoints":
+            run = folder.parent.parent
+            hint = (
+                f"it is a training checkpoint of the run {run}, which holds the transformer's weights only; the run's "
+                f"final model folder is {run / 'model'}"
+            )
         raise ModelLoadError(
             f"{folder} is missing part(s) {', '.join(missing)} (a {kind} folder needs {', '.join(parts)}); {hint}"
         )

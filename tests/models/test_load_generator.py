@@ -97,3 +97,15 @@ def test_an_unknown_built_in_name_is_refused_with_the_known_ones():
     with pytest.raises(ModelLoadError, match="^builtin:shapes-tinny: no such built-in model; the built-in ones are"):
         resolve_model_path("builtin:shapes-tinny")
     assert all(resolve_model_path(f"builtin:{name}") == builtin_folder(name) for name in BUILTIN_MODELS)
+
+
+def test_a_training_checkpoint_given_as_a_model_names_the_runs_model_folder(tmp_path):
+    """`--model RUN/checkpoints/iter_X` pointed to the README, as for any folder."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import check_generator_folder
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000009"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "transformer.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=rf"it is a training checkpoint of the run {tmp_path / 'run'}, which"):
+        check_generator_folder(checkpoint, "amused")
