@@ -237,8 +237,13 @@ class ErrorOrigin:
 def format_validation_error(error: ValidationError, root: type[BaseModel], origin: ErrorOrigin) -> str:
     """One line per problem: where it was set, the field's dotted path, and what is wrong or allowed."""
     lines = [f"invalid config {origin.source}:"]
-    for item in error.errors():
+    items = error.errors()
+    item_locs = [tuple(item["loc"]) for item in items]
+    for item in items:
         loc = tuple(item["loc"])
+        below = [other for other in item_locs if len(other) > len(loc) and other[: len(loc)] == loc]
+        if item["type"] == "too_short" and below:
+            continue  # "at least 1 item ... not 0": the items refused are named, and the list is not empty
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = unknown_key_message(root, loc)

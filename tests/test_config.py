@@ -152,8 +152,9 @@ def test_every_learner_rank_gets_samples(prompts, group, workers, ok):
 def test_unknown_or_no_rollout_tags_are_refused_before_a_run_starts(tags, message):
     from maskfocus.rewards.geneval import TAGS
 
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
         load_config(DEFAULT_CONFIG, {"rollout.tags": tags})
+    assert len(str(error.value).splitlines()) == 2  # one problem: an unknown tag is not also "no tag"
     assert load_config(DEFAULT_CONFIG).rollout.tags == TAGS  # the config's tags are GenEval's
 
 
