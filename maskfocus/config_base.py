@@ -269,7 +269,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def parse_set(items: list[str]) -> dict:
-    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error."""
+    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error. A key given
+    twice takes the later value, as a later option overrides an earlier one."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -288,10 +289,7 @@ def parse_set(items: list[str]) -> dict:
                 f"--set {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
                 f"{key.strip()}=\"'...'\""
             ) from None
-        if key.strip() in overrides and overrides[key.strip()] != parsed:
-            raise ConfigError(
-                f"--set {key.strip()} given twice, {overrides[key.strip()]!r} and then {parsed!r}; give it once"
-            )
+        overrides.pop(key.strip(), None)  # given twice: the later one counts (a script's settings, then the user's)
         overrides[key.strip()] = parsed
     return overrides
 
