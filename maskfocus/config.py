@@ -150,7 +150,9 @@ class SelectionConfig(Section):
     """Which sampling steps the learner trains on (ALGORITHM.md section 3)."""
 
     strategy: Literal["critical", "random", "all"] = "critical"
-    """critical = top-K information gain; random = K random steps; all = the full trajectory (T steps)."""
+    """critical = top-K information gain, among steps 1..T-1 (step 0 has no gain); random = K steps drawn uniformly
+    from all T, step 0 included, as `all` trains it (the ablation's random rows were measured so); all = the full
+    trajectory (T steps)."""
     num_steps: int = Field(3, ge=1)
     """K: steps trained per rollout (ignored by `all`)."""
     embedding: Literal["vq", "clip"] = "vq"
@@ -290,8 +292,21 @@ class RunConfig(Section):
             raise ValueError(f"selection.num_steps (K={self.selection.num_steps}) must be <= {steps_key} (T={steps})")
         if not self.rewards:
             raise ValueError("rewards: at least one reward term is needed")
+        self._check_clip_step_embedding()
         self._check_learner_shards()
         return self
+
+    def _check_clip_step_embedding(self) -> None:
+        """`selection.embedding: clip` embeds each step's image with a clip or hps reward term's CLIP; without one,
+        only the built-in shapes model may fall back on the tiny shapes-world CLIP (a real model's images in it would
+        make the step similarities, and so the critical steps, close to noise)."""
+        has_clip = any(spec.name in ("clip", "hps") for spec in self.rewards)
+        if self.selection.embedding == "clip" and not has_clip and self.model.path != BUILTIN_MODEL:
+            raise ValueError(
+                "selection.embedding: clip embeds the steps' images with the CLIP of a clip or hps reward term, and "
+                f"this config has none (only {BUILTIN_MODEL} may use the built-in shapes-world CLIP); add one, with "
+                "weight 0.0 if it should not count in the reward, or use selection.embedding: vq"
+            )
 
     def _check_learner_shards(self) -> None:
         """Each learner rank takes ceil(B / W) rows of a batch of B samples; every rank needs at least one."""

@@ -174,7 +174,8 @@ def policy_loss(
     if ref_logp_BL is not None:
         delta_BL = torch.where(mask_BL, ref_logp_BL.detach(), torch.zeros_like(logp_BL)) - logp_BL
         k3_BL = torch.exp(delta_BL) - delta_BL - 1.0
-    denominator = max(float(mask_BL.sum() if num_tokens is None else num_tokens), 1.0)
+    denominator = float(mask_BL.sum() if num_tokens is None else num_tokens)
+    denominator = denominator if denominator > 0 else 1.0  # none scored: a zero loss; a share below 1 is kept
     policy = -(surrogate_BL * mask_BL).sum() / denominator
     kl = (k3_BL * mask_BL).sum() / denominator
     loss = policy + beta * kl if beta > 0 else policy

@@ -89,10 +89,11 @@ def score_trajectory(
 
 
 def tag_rewards(metadata_B: list[dict], rewards_B: torch.Tensor) -> dict[str, float]:
-    """`reward/tag/<tag>`: mean finite reward of this batch's samples of each tag it holds (none without tags)."""
+    """`reward/tag/<tag>`: mean finite reward of this batch's samples of each tag it holds (none without tags); the
+    finite rewards of a group skipped for a non-finite one count, as in reward/mean."""
     by_tag: dict[str, list[float]] = {}
     for meta, reward in zip(metadata_B, rewards_B.tolist(), strict=True):
-        if "tag" in meta and reward == reward:  # NaN != NaN: skipped groups do not count
+        if "tag" in meta and reward == reward:  # NaN != NaN: a non-finite reward is left out (as in reward/mean)
             by_tag.setdefault(meta["tag"], []).append(reward)
     return {f"reward/tag/{tag}": sum(values) / len(values) for tag, values in by_tag.items()}
 

@@ -350,8 +350,10 @@ def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
 
 
 def clip_image_embed(reward_fn):
+    """The image embedding of `selection.embedding: clip`: the CLIP of a clip or hps reward term, else (the built-in
+    shapes model only: RunConfig checks) the tiny shapes-world CLIP."""
     for _, reward in reward_fn.terms:
-        if reward.name == "clip":
+        if reward.name in ("clip", "hps"):
             return reward.scorer.image_embeddings
     from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 

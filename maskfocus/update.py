@@ -248,7 +248,7 @@ class PolicyUpdater:
             clip_eps=self.grpo.clip_eps,
             beta=self.grpo.beta,
             ref_logp_BL=step.ref_logp_BL,
-            num_tokens=max(num_tokens, 1.0),
+            num_tokens=num_tokens if num_tokens > 0 else 1.0,  # a rank's share of a global count may be < 1
             behaviour_logp_BL=step.behaviour_logp_BL,
             behaviour_cap=self.grpo.behaviour_weight_cap or 1.0,
         )

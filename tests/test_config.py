@@ -177,3 +177,22 @@ def test_a_learning_rate_above_one_is_refused_before_the_run():
     the run folder was made."""
     with pytest.raises(ConfigError, match=r"--set optim.learning_rate: Input should be less than or equal to 1"):
         load_config(DEFAULT_CONFIG, {"optim.learning_rate": 1e300})
+
+
+def test_clip_step_embeddings_of_a_real_model_need_a_clip_or_hps_reward_term():
+    """Without one, a real model's 1024-px steps were embedded by the 64-px shapes-world CLIP, without a word."""
+    real = {"model.path": "/models/amused-512", "selection.embedding": "clip"}
+    with pytest.raises(ConfigError, match=r"selection.embedding: clip embeds the steps' images with the CLIP of a clip"):
+        load_config(DEFAULT_CONFIG, real)
+    load_config(DEFAULT_CONFIG, {**real, "rewards": [{"name": "geneval"}, {"name": "clip", "weight": 0.0}]})
+    load_config(DEFAULT_CONFIG, {"selection.embedding": "clip"})  # the built-in model: the tiny CLIP serves
+
+
+def test_the_step_embedding_comes_from_an_hps_term_too():
+    from types import SimpleNamespace
+
+    from maskfocus.trainer import clip_image_embed
+
+    hps = SimpleNamespace(name="hps", scorer=SimpleNamespace(image_embeddings="the HPS CLIP's"))
+    rewards = SimpleNamespace(terms=[(1.0, SimpleNamespace(name="geneval")), (0.0, hps)])
+    assert clip_image_embed(rewards) == "the HPS CLIP's"

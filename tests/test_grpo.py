@@ -381,3 +381,16 @@ def test_global_token_count_splits_the_loss_across_workers():
         for rows in (slice(0, 3), slice(3, 8))
     ]
     torch.testing.assert_close(parts[0] + parts[1], whole)
+
+
+def test_a_token_share_below_one_is_kept_and_only_zero_tokens_fall_back_to_one():
+    """One scored token over two ranks is a share of 0.5 each: flooring it at 1 halved that rank's loss."""
+    logp_BL, old_BL, ref_BL, adv_B, mask_BL = _random_loss_inputs(2, 6, 4)
+    mask_BL = torch.zeros_like(mask_BL)
+    mask_BL[0, 2] = True
+    kwargs = {"clip_eps": 0.2, "beta": 0.01, "ref_logp_BL": ref_BL}
+    share, _ = policy_loss(logp_BL, old_BL, adv_B, mask_BL, num_tokens=0.5, **kwargs)
+    one, _ = policy_loss(logp_BL, old_BL, adv_B, mask_BL, num_tokens=1.0, **kwargs)
+    torch.testing.assert_close(share, 2 * one)
+    none, _ = policy_loss(logp_BL, old_BL, adv_B, torch.zeros_like(mask_BL), num_tokens=0.0, **kwargs)
+    assert none.item() == 0.0
