@@ -34,26 +34,24 @@ def user_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def positive_int(text: str) -> int:
-    """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
+def _whole_number_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
+    return _whole_number_at_least(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type of the seed options: a whole number >= 0 (a negative seed folded onto a large positive one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _whole_number_at_least(text, 0)
 
 
 def _number(text: str) -> float:
