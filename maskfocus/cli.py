@@ -221,16 +221,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     try:
         run_pretraining(out, stages=stages, command="maskfocus " + " ".join(sys.argv[1:]), config=config)
-    except KeyboardInterrupt:
-        from maskfocus.shapes.pretrain import default_output
+    except KeyboardInterrupt:  # before the stages began (run_pretraining reports a stop during them)
         from maskfocus.stopping import RunStopped
 
-        where = out or default_output()
-        raise RunStopped(
-            f"stopped; each stage that finished is saved in {where} (its time is in pretrain_report.json's "
-            "stage_seconds): run the others with --stages",
-            "SIGINT",
-        ) from None
+        raise RunStopped("stopped before any stage was trained; nothing was saved", "SIGINT") from None
     return 0
 
 
@@ -368,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
     pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")
-    pretrain.add_argument("--stages", default="vq,generator,clip", help="comma list of vq,generator,clip")
+    pretrain.add_argument(
+        "--stages",
+        default="vq,generator,clip",
+        help="comma list of vq,generator,clip; measure alone only measures what is there and writes MODEL_CARD.md",
+    )
     pretrain.add_argument("--seed", type=int, default=0, help="seed of every pretraining stage")
     pretrain.add_argument(
         "--eval-images-per-prompt", type=int, default=4, help="images per row of the final shapes-geneval measure"

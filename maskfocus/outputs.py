@@ -4,7 +4,9 @@ should not end in a traceback because `--out` names a folder or a type nobody ca
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -122,3 +124,20 @@ def check_distinct_files(paths: dict[str, str | Path | None]) -> None:
         if resolved in seen:
             raise ConfigError(f"{seen[resolved]} and {option} name the same file {path}; give each its own")
         seen[resolved] = option
+
+
+def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(folder)` into a sibling `.NAME.partial`, then swap it for `target`: a stop, a full disk or a crash
+    while writing leaves `target` as it was (a leftover `.partial` is cleared by the next call; between the two
+    renames the old folder waits as `.NAME.old`)."""
+    partial = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    for leftover in (partial, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    write(partial)
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    if old.exists():
+        shutil.rmtree(old)

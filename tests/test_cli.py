@@ -193,17 +193,18 @@ def test_sample_refuses_an_empty_prompt(capsys, prompt):
     assert "--prompt is empty: give the text to draw (an empty one" in error
 
 
-def test_pretrain_stopped_by_ctrl_c_says_where_the_finished_stages_are(tmp_path, capsys, monkeypatch):
-    import maskfocus.shapes.pretrain
+def test_pretrain_stopped_by_ctrl_c_says_what_was_saved_and_how_to_finish(tmp_path, capsys, monkeypatch):
+    import maskfocus.shapes.pretrain_vq
     from maskfocus.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(maskfocus.shapes.pretrain, "run_pretraining", interrupted)
+    monkeypatch.setattr(maskfocus.shapes.pretrain_vq, "train_vqvae", interrupted)
     assert main(["pretrain", "--out", str(tmp_path)]) == 130
     error = capsys.readouterr().err
-    assert error.startswith(f"maskfocus pretrain: stopped; each stage that finished is saved in {tmp_path} ")
+    assert f"\nmaskfocus pretrain: stopped; this run saved nothing in {tmp_path} (a stage in progress" in error
+    assert error.rstrip().endswith("finish with the same command and --stages vq,generator,clip")
 
 
 @pytest.mark.parametrize(

@@ -134,3 +134,24 @@ def test_a_folder_that_refuses_new_files_is_found_even_where_os_access_says_yes(
     check_writable("--out", tmp_path / "kept.txt")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.txt"]  # the probe left nothing
     assert (tmp_path / "kept.txt").read_text() == "text"
+
+
+def test_replace_folder_swaps_a_complete_folder_in_and_a_failed_write_leaves_the_old_one(tmp_path):
+    """Pretraining wrote its weights straight over the old ones: a stop or a full disk mid-save tore them."""
+    from maskfocus.outputs import replace_folder
+
+    target = tmp_path / "vqvae"
+    target.mkdir()
+    (target / "weights").write_text("old")
+
+    def failing(folder):
+        folder.mkdir()
+        (folder / "weights").write_text("half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        replace_folder(target, failing)
+    assert (target / "weights").read_text() == "old"
+    replace_folder(target, lambda folder: (folder.mkdir(), (folder / "weights").write_text("new")))
+    assert (target / "weights").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["vqvae"]  # the failed .partial was cleared too

@@ -45,20 +45,20 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         *[f"Note: {note}" for note in report.get("notes", [])],
         "",
-        "Time per stage on 2 CPU cores (seconds): "
+        f"Time per stage ({report['machine']}; seconds): "
         + ", ".join(f"{stage} {value}" for stage, value in seconds.items())
         + f"; total {sum(seconds.values())} s.",
         "",
         "## Scores (shapes-geneval, GenEval rules, exact shapes detector)",
         "",
-        f"Base model, {base['num_images']} images ({report['config']['eval_images_per_prompt']} per prompt row), "
+        f"Base model, {base['num_images']} images ({_measured(report, 'eval_images_per_prompt')} per prompt row), "
         f"{_sampler_words(m.get('sampler'))}; evaluation took {m['base_model_eval_seconds']} s:",
         "",
         *_tag_table("base model", base),
         "",
         f"CLIP score of the base model's images (tiny CLIP): {base['clip_score']:.3f}",
         "",
-        "Detector on ground-truth renders of every prompt row, and on their VQ round trips (encode, decode):",
+        f"Detector on ground-truth renders of {_rows_words(report)}, and on their VQ round trips (encode, decode):",
         "",
         *_tag_table("ground truth", m["ground_truth_renders"]),
         "",
@@ -83,3 +83,14 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rows_words(report: dict[str, Any]) -> str:
+    """Which prompt rows were measured: all, or (a smoke test's `measure_rows`) only the first N, said plainly."""
+    rows = _measured(report, "measure_rows")
+    return "every prompt row" if rows is None else f"only the first {rows} prompt rows (a partial measurement)"
+
+
+def _measured(report: dict[str, Any], key: str) -> Any:
+    """A measurement setting as the measurement used it (`measured_config`; older reports: `config`)."""
+    return report.get("measured_config", report.get("config", {})).get(key)

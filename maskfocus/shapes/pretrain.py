@@ -22,12 +22,18 @@ from tqdm import tqdm
 
 from maskfocus.config import Section
 from maskfocus.config_base import ConfigError
-from maskfocus.outputs import check_output_folder
+from maskfocus.outputs import RUN_FOLDER_PARTS, check_output_folder, replace_folder
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
 from maskfocus.shapes.pretrain_vq import VQPretrainConfig
+from maskfocus.stopping import RunStopped, StopAtOnce, StopSignal
 
 STAGES = ("vq", "generator", "clip")
+MEASURE = "measure"
+"""The `--stages` entry that trains nothing: the measurement and MODEL_CARD.md of the parts there (it follows the
+training stages of any run that leaves every part in place)."""
+PRETRAIN_PARTS = ("pretrain_report.json", "shapes-tiny", "shapes-clip")
+STALE_CARD = "MODEL_CARD.stale.md"
 
 
 class PretrainConfig(Section):
@@ -77,13 +83,20 @@ def run_pretraining(
     from maskfocus.models.tokenizer import build_word_tokenizer
     from maskfocus.shapes.prompts import vocabulary
 
-    unknown = sorted(set(stages) - set(STAGES))
+    unknown = sorted(set(stages) - {*STAGES, MEASURE})
     if unknown or not stages:
         given = f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given"
-        raise ConfigError(f"--stages: {given}; choose from {', '.join(STAGES)}")
+        raise ConfigError(f"--stages: {given}; choose from {', '.join((*STAGES, MEASURE))}")
     config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
     out = out or default_output()
-    check_output_folder("--out", out)
+    check_pretrain_output(out)
+    if "generator" in stages and not config.generator.train_text_encoder:
+        raise ConfigError(
+            "generator.train_text_encoder false keeps a given text encoder frozen, and maskfocus pretrain starts from "
+            "none: it would freeze a random one (benchmarks/positional_base.py --clip-text gives the tiny CLIP's)"
+        )
+    if stages == [MEASURE] and (missing := _missing_parts(out)):
+        raise ConfigError(f"--stages measure: {out} lacks {', '.join(missing)}; train those stages first")
     if "vq" in stages and "generator" not in stages and (out / "shapes-tiny" / "transformer").is_dir():
         raise ConfigError(
             f"--stages vq without generator: {out / 'shapes-tiny'} holds a generator trained on its present VQ's "
@@ -94,31 +107,94 @@ def run_pretraining(
             f"--stages generator: no trained VQ in {out / 'shapes-tiny' / 'vqvae'} to train it on; run --stages "
             "vq,generator, or copy a model folder with its VQ there first"
         )
-    out.mkdir(parents=True, exist_ok=True)
     report_path = out / "pretrain_report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {"stage_seconds": {}}
+    report = load_report(report_path)
+    out.mkdir(parents=True, exist_ok=True)
     logger = _Logger(out / "pretrain_log.jsonl")
     logger({"stage": "start", "stages": list(stages), "seed": config.seed, "command": command})  # marks each run
     tokenizer = build_word_tokenizer(vocabulary())
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    record = functools.partial(_record_stage, out, report, config, command)
-    _train_generator_parts(out, stages, config, tokenizer, logger, record)
-    if "clip" in stages:
-        _train_clip_stage(out, config, tokenizer, logger, record)
+    saved: list[str] = []
+    record = functools.partial(_record_stage, out, report, config, command, saved)
+    try:
+        with StopAtOnce():  # SIGTERM as Ctrl-C: each part is swapped in whole (replace_folder) or not at all
+            _train_generator_parts(out, stages, config, tokenizer, logger, record)
+            if "clip" in stages:
+                _train_clip_stage(out, config, tokenizer, logger, record)
+            return _measure_and_write_card(out, report, config)
+    except KeyboardInterrupt as stop:
+        if logger.bar is not None:
+            logger.bar.close()  # the stage's bar ends its line before the message
+        signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
+        raise RunStopped(stopped_message(out, stages, saved), signal_name) from None
+
+
+def _measure_and_write_card(out: Path, report: dict[str, Any], config: PretrainConfig) -> dict[str, Any]:
+    report_path = out / "pretrain_report.json"
     report.update(
         versions=_versions(),
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     )
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    missing = [part for part in ("shapes-tiny/transformer", "shapes-clip") if not (out / part).exists()]
-    if missing:
+    if missing := _missing_parts(out):
         print(f"saved the trained stages to {out}; not measured yet (missing {', '.join(missing)})")
         return report
+    print("measuring: the base model's shapes-geneval score, the VQ round trip, the CLIP's zero-shot accuracy")
     report["measurements"] = measure(out, config.eval_images_per_prompt, config.measure_rows)
+    report["measured_config"] = {
+        "eval_images_per_prompt": config.eval_images_per_prompt,
+        "measure_rows": config.measure_rows,
+    }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(report))
+    (out / STALE_CARD).unlink(missing_ok=True)
     print(f"wrote weights and MODEL_CARD.md to {out}")
     return report
+
+
+def _missing_parts(out: Path) -> list[str]:
+    """The parts the measurement needs that `out` lacks."""
+    return [part for part in ("shapes-tiny/transformer", "shapes-clip") if not (out / part).exists()]
+
+
+def check_pretrain_output(out: Path) -> None:
+    """`--out` is new, empty or an earlier pretraining's output (it writes shapes-tiny/, shapes-clip/, the report,
+    the log and MODEL_CARD.md there): never a run folder or a folder holding other things, which it would litter or
+    overwrite (a MODEL_CARD.md of the user's, say)."""
+    check_output_folder("--out", out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if any((out / part).exists() for part in RUN_FOLDER_PARTS):
+        raise ConfigError(f"--out {out}: is a training run's folder; give a new folder or an earlier --out")
+    if not any((out / name).exists() for name in PRETRAIN_PARTS):
+        raise ConfigError(
+            f"--out {out}: holds other things and none of {', '.join(PRETRAIN_PARTS)}; give a new or empty folder, "
+            "or an earlier pretraining's --out"
+        )
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """An earlier run's pretrain_report.json (or a new report): a mapping with its stage_seconds, checked before any
+    training rather than after the first stage."""
+    if not path.is_file():
+        return {"stage_seconds": {}}
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not JSON ({error}); move it aside to start a new report") from None
+    if not isinstance(report, dict) or not isinstance(report.get("stage_seconds"), dict):
+        raise ConfigError(f"{path}: not a pretraining report (no stage_seconds mapping); move it aside")
+    return report
+
+
+def stopped_message(out: Path, stages: list[str], saved: list[str]) -> str:
+    """What a stop left in `out` and how to finish the work."""
+    left = [stage for stage in stages if stage in STAGES and stage not in saved] or [MEASURE]
+    done = f"this run saved {', '.join(saved)} in {out}" if saved else f"this run saved nothing in {out}"
+    return (
+        f"stopped; {done} (a stage in progress is lost: stages keep no checkpoints); finish with the same command "
+        f"and --stages {','.join(left)}"
+    )
 
 
 StageRecord = Callable[[str, float], None]
@@ -141,12 +217,13 @@ def _train_generator_parts(
     if "vq" in stages:
         start = time.perf_counter()
         bar = logger.stage("vq", config.vq.num_steps)
+        tqdm.write(f"pretrain vq: first the distinct patches of {config.vq.table_scenes:,} scenes")
         vqvae = train_vqvae(config.vq, config.seed, logger, bar.update)
         bar.close()
         if (folder / "transformer").is_dir():  # saved with the new generator: saved now, a stop before that
             deferred_vq_seconds = time.perf_counter() - start  # would leave the old generator on the new VQ
         else:
-            vqvae.save_pretrained(str(folder / "vqvae"))
+            replace_folder(folder / "vqvae", lambda partial: vqvae.save_pretrained(str(partial)))
             record("vq", time.perf_counter() - start)
     if "generator" not in stages:
         return
@@ -154,9 +231,10 @@ def _train_generator_parts(
         vqvae = VQModel.from_pretrained(str(folder / "vqvae"), local_files_only=True)
     start = time.perf_counter()
     bar = logger.stage("generator", config.generator.num_steps)
+    tqdm.write(f"pretrain generator: first drawing and tokenising {config.generator.num_scenes:,} scenes")
     text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
     bar.close()
-    save_folder(folder, vqvae, tokenizer, text_encoder, transformer)
+    replace_folder(folder, lambda partial: save_folder(partial, vqvae, tokenizer, text_encoder, transformer))
     if deferred_vq_seconds is not None:
         record("vq", deferred_vq_seconds)
     record("generator", time.perf_counter() - start)
@@ -178,10 +256,22 @@ def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: lis
 
 
 def _record_stage(
-    out: Path, report: dict[str, Any], config: PretrainConfig, command: str, stage: str, seconds: float
+    out: Path,
+    report: dict[str, Any],
+    config: PretrainConfig,
+    command: str,
+    saved: list[str],
+    stage: str,
+    seconds: float,
 ) -> None:
     """Write a saved stage's time, settings, seed and command into the report at once, so that a later stop or
-    failure leaves a report that says how each saved stage was made."""
+    failure leaves a report that says how each saved stage was made; the measurements and MODEL_CARD.md of the
+    weights before it no longer hold, so they go (the card is kept as MODEL_CARD.stale.md until a new one)."""
+    saved.append(stage)
+    report.pop("measurements", None)
+    report.pop("measured_config", None)
+    if (out / "MODEL_CARD.md").is_file():
+        (out / "MODEL_CARD.md").replace(out / STALE_CARD)
     report["stage_seconds"][stage] = round(seconds)
     report.setdefault("commands", {})[stage] = command
     _record_settings(report, config, [stage])
@@ -195,7 +285,7 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
     bar = logger.stage("clip", config.clip.num_steps)
     model, model_cfg = train_clip(config.clip, tokenizer, config.seed, logger, bar.update)
     bar.close()
-    save_clip(out / "shapes-clip", model, model_cfg, tokenizer)
+    replace_folder(out / "shapes-clip", lambda partial: save_clip(partial, model, model_cfg, tokenizer))
     record("clip", time.perf_counter() - start)
 
 
