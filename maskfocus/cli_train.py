@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(config_file, overrides)
         check_before_writing(config, args.address)
         start = check_resumable(run_dir)
-        check_resume_settings(load_config(config_file), config, start.iteration)
+        check_resume_settings(config_file, config, start.iteration)
         if args.check:
             return report_check(config, run_dir, start.iteration, args.address)
         record_resumed_config(run_dir, config)

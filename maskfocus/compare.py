@@ -159,9 +159,14 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     return unique
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "reward_curve.png", "error.log")
+RUN_SUBFOLDERS = ("eval", "checkpoints", "model", "images")
+"""What a run folder holds of its own; anything else there (an earlier comparison, say) may be replaced."""
+
+
 def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: list[Path], base: Path | None) -> None:
-    """No output (option -> path; None = not given) replaces a file of a run compared (its config.yaml, metrics,
-    reward curve, evaluation, ...) or the --base summary: `--markdown RUN/config.yaml` had overwritten the config."""
+    """No output (option -> path; None = not given) replaces a run's own file (its config.yaml, metrics, reward
+    curve, evaluation, ...) or the --base summary: `--markdown RUN/config.yaml` had overwritten the config."""
     for option, path in outputs.items():
         if path is None or not Path(path).is_file():
             continue
@@ -169,7 +174,10 @@ def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: li
         if base is not None and target == base.resolve():
             raise CompareError(f"{option} {path}: is the --base summary, which compare reads; write it elsewhere")
         for folder in runs:
-            if folder.resolve() in target.parents:
+            if folder.resolve() not in target.parents:
+                continue
+            inside = target.relative_to(folder.resolve()).parts
+            if (len(inside) == 1 and inside[0] in RUN_FILES) or inside[0] in RUN_SUBFOLDERS:
                 raise CompareError(f"{option} {path}: is a file of the run {folder}; write it elsewhere")
 
 

@@ -489,6 +489,7 @@ def train_ray(
     except RunStopped:
         raise
     except Diverged as error:  # resuming from the latest checkpoint would not help: say what would
+        run.nonfinite = NonFiniteWatch(None)  # the queued records are logged, not stopped again
         run.stop_early(learner)
         raise RunFailed(str(error), None) from error
     except Exception as error:

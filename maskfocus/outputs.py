@@ -126,12 +126,15 @@ def check_distinct_files(paths: dict[str, str | Path | None]) -> None:
         seen[resolved] = option
 
 
-def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Callable[[], None] | None = None) -> None:
     """`write(folder)` into a sibling `.NAME.partial`, then swap it for `target`: a stop, a full disk or a crash
-    while writing leaves `target` as it was (a leftover `.partial` is cleared by the next call; between the two
-    renames the old folder waits as `.NAME.old`)."""
+    while writing leaves `target` as it was. Between the two renames the old folder waits as `.NAME.old`, which the
+    next call puts back if `target` is missing. `on_swapped` runs right after the swap, before the old folder is
+    deleted (a stop during that deletion must not lose the record of the new folder)."""
     partial = target.with_name(f".{target.name}.partial")
     old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():  # a crash between the renames: the old folder is the only copy
+        old.rename(target)
     for leftover in (partial, old):
         if leftover.exists():
             shutil.rmtree(leftover)
@@ -139,5 +142,7 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     if target.exists():
         target.rename(old)
     partial.rename(target)
+    if on_swapped is not None:
+        on_swapped()
     if old.exists():
         shutil.rmtree(old)

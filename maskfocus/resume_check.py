@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from maskfocus.config import ConfigError, RunConfig
+from maskfocus.config import ConfigError, RunConfig, load_config
 from maskfocus.config_base import flatten
 from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import read_metrics
@@ -69,14 +70,18 @@ def check_checkpoint_files(checkpoint: Path) -> None:
         raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")
 
 
-LEARNING_KEYS = ("seed", "model.path", "rollout.", "router.", "selection.", "grpo.", "optim.", "rewards")
+LEARNING_KEYS = ("seed", "rollout.", "router.", "selection.", "grpo.", "optim.", "rewards")
 """Settings that act only on iterations still to learn (a key, or a section with its dot)."""
+LOCATION_FIELDS = {"path", "model", "checkpoint", "url", "prompt_file", "object_names", "clip_model", "clip_checkpoint"}
+"""Last parts of keys that say where a file or server is, not how the run learns: a finished run whose files moved
+may point at them anew to redo its final evaluation."""
 
 
-def check_resume_settings(before: RunConfig, after: RunConfig, learned: int) -> None:
+def check_resume_settings(config_file: Path, after: RunConfig, learned: int) -> None:
     """The resume's settings fit a run that has learned `learned` iterations: `train.num_iterations` is not below
     them, and a run with nothing left to learn (the resume only redoes its final evaluation) changes no learning
-    setting, which config.yaml would record as if the run had learned under it."""
+    setting, which config.yaml (`config_file`) would record as if the run had learned under it. Where a file
+    moved, its new place may be given."""
     wanted = after.train.num_iterations
     if wanted < learned:
         raise ConfigError(
@@ -85,11 +90,21 @@ def check_resume_settings(before: RunConfig, after: RunConfig, learned: int) -> 
         )
     if wanted > learned:
         return
-    old, new = flatten(before.model_dump(mode="json")), flatten(after.model_dump(mode="json"))
-    changed = sorted({key for key in old.keys() | new.keys() if old.get(key) != new.get(key)})
-    learning = [key for key in changed if key.startswith(LEARNING_KEYS)]
+    old_settings = saved_settings(config_file)
+    new = flatten(after.model_dump(mode="json"))
+    changed = sorted(key for key in old_settings if old_settings[key] != new.get(key))  # same keys, but for old runs
+    learning = [key for key in changed if key.startswith(LEARNING_KEYS) and key.split(".")[-1] not in LOCATION_FIELDS]
     if learning:
         raise ConfigError(
             f"{', '.join(learning)}: the run has learned all its {learned} iterations, so a resume learns nothing "
             f"under these settings; give --iterations above {learned} to learn more with them, or leave them out"
         )
+
+
+def saved_settings(config_file: Path) -> dict[str, Any]:
+    """The run's own config.yaml as dotted keys: validated where it still passes today's checks, else as written
+    (a run saved before a check was added must still be resumable with the setting that fixes it)."""
+    try:
+        return flatten(load_config(config_file).model_dump(mode="json"))
+    except ConfigError:
+        return flatten(yaml.safe_load(config_file.read_text(encoding="utf-8")))

@@ -155,3 +155,17 @@ def test_replace_folder_swaps_a_complete_folder_in_and_a_failed_write_leaves_the
     replace_folder(target, lambda folder: (folder.mkdir(), (folder / "weights").write_text("new")))
     assert (target / "weights").read_text() == "new"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["vqvae"]  # the failed .partial was cleared too
+
+
+def test_replace_folder_puts_back_an_old_folder_a_crash_left_between_the_renames(tmp_path):
+    from maskfocus.outputs import replace_folder
+
+    (old := tmp_path / ".vqvae.old").mkdir()
+    (old / "weights").write_text("old")  # the crash came after `target -> .old`, before `.partial -> target`
+
+    def failing(folder):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        replace_folder(tmp_path / "vqvae", failing)
+    assert (tmp_path / "vqvae" / "weights").read_text() == "old"

@@ -153,3 +153,19 @@ def test_learning_settings_of_a_run_with_nothing_left_to_learn_are_refused(run, 
     evaluation = ["--set", "eval.num_images_per_prompt=2"]  # what the final evaluation redone uses is fine
     assert main(["train", "--resume", str(run), "--iterations", "2", *evaluation, "--check"]) == 0
     assert main(["train", "--resume", str(run), "--iterations", "3", *changes, "--check"]) == 0  # learns one more
+
+
+def test_a_finished_run_may_point_at_moved_files_and_an_old_config_failing_a_new_check_still_resumes(run, capsys):
+    """A moved prompt file or reward model could not be given anew to redo the final evaluation; a config.yaml that
+    fails a check added since (seed -1 here) made the comparison itself fail."""
+    from maskfocus.cli import main
+
+    record = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    (prompts := run.parent / "moved.jsonl").write_text(json.dumps(record) + "\n")
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("prompt_file: null", "prompt_file: /gone/prompts.jsonl", 1))
+    moved = ["--set", f"rollout.prompt_file={prompts}"]
+    assert main(["train", "--resume", str(run), "--iterations", "2", *moved, "--check"]) == 0
+    config.write_text(config.read_text().replace("seed: 0", "seed: -1", 1))
+    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", "--set", "seed=0", *moved, "--check")
+    assert "seed: the run has learned all its 2 iterations" in error  # compared with the file as written

@@ -45,8 +45,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         *[f"Note: {note}" for note in report.get("notes", [])],
         "",
-        f"Time per stage ({report['machine']}; seconds): "
-        + ", ".join(f"{stage} {value}" for stage, value in seconds.items())
+        "Time per stage (seconds): "
+        + ", ".join(f"{stage} {value} ({_stage_machine(report, stage)})" for stage, value in seconds.items())
         + f"; total {sum(seconds.values())} s.",
         "",
         "## Scores (shapes-geneval, GenEval rules, exact shapes detector)",
@@ -94,3 +94,8 @@ def _rows_words(report: dict[str, Any]) -> str:
 def _measured(report: dict[str, Any], key: str) -> Any:
     """A measurement setting as the measurement used it (`measured_config`; older reports: `config`)."""
     return report.get("measured_config", report.get("config", {})).get(key)
+
+
+def _stage_machine(report: dict[str, Any], stage: str) -> str:
+    """The machine `stage` was trained on (reports from before machines were kept per stage: not recorded)."""
+    return report.get("stage_machines", {}).get(stage, "machine not recorded")

@@ -32,7 +32,7 @@ STAGES = ("vq", "generator", "clip")
 MEASURE = "measure"
 """The `--stages` entry that trains nothing: the measurement and MODEL_CARD.md of the parts there (it follows the
 training stages of any run that leaves every part in place)."""
-PRETRAIN_PARTS = ("pretrain_report.json", "shapes-tiny", "shapes-clip")
+PRETRAIN_PARTS = ("pretrain_report.json", "pretrain_log.jsonl", "shapes-tiny", "shapes-clip")
 STALE_CARD = "MODEL_CARD.stale.md"
 
 
@@ -131,10 +131,7 @@ def run_pretraining(
 
 def _measure_and_write_card(out: Path, report: dict[str, Any], config: PretrainConfig) -> dict[str, Any]:
     report_path = out / "pretrain_report.json"
-    report.update(
-        versions=_versions(),
-        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-    )
+    report.update(versions=_versions(), machine=machine_words())
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     if missing := _missing_parts(out):
         print(f"saved the trained stages to {out}; not measured yet (missing {', '.join(missing)})")
@@ -223,8 +220,10 @@ def _train_generator_parts(
         if (folder / "transformer").is_dir():  # saved with the new generator: saved now, a stop before that
             deferred_vq_seconds = time.perf_counter() - start  # would leave the old generator on the new VQ
         else:
-            replace_folder(folder / "vqvae", lambda partial: vqvae.save_pretrained(str(partial)))
-            record("vq", time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            replace_folder(
+                folder / "vqvae", lambda partial: vqvae.save_pretrained(str(partial)), lambda: record("vq", seconds)
+            )
     if "generator" not in stages:
         return
     if "vq" not in stages:  # run_pretraining has checked that it is there
@@ -234,10 +233,16 @@ def _train_generator_parts(
     tqdm.write(f"pretrain generator: first drawing and tokenising {config.generator.num_scenes:,} scenes")
     text_encoder, transformer = train_generator(config.generator, vqvae, tokenizer, config.seed, logger, bar.update)
     bar.close()
-    replace_folder(folder, lambda partial: save_folder(partial, vqvae, tokenizer, text_encoder, transformer))
-    if deferred_vq_seconds is not None:
-        record("vq", deferred_vq_seconds)
-    record("generator", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+
+    def record_parts() -> None:
+        if deferred_vq_seconds is not None:
+            record("vq", deferred_vq_seconds)
+        record("generator", seconds)
+
+    replace_folder(
+        folder, lambda partial: save_folder(partial, vqvae, tokenizer, text_encoder, transformer), record_parts
+    )
 
 
 def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: list[str]) -> None:
@@ -268,6 +273,7 @@ def _record_stage(
     failure leaves a report that says how each saved stage was made; the measurements and MODEL_CARD.md of the
     weights before it no longer hold, so they go (the card is kept as MODEL_CARD.stale.md until a new one)."""
     saved.append(stage)
+    report.setdefault("stage_machines", {})[stage] = machine_words()
     report.pop("measurements", None)
     report.pop("measured_config", None)
     if (out / "MODEL_CARD.md").is_file():
@@ -285,8 +291,12 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
     bar = logger.stage("clip", config.clip.num_steps)
     model, model_cfg = train_clip(config.clip, tokenizer, config.seed, logger, bar.update)
     bar.close()
-    replace_folder(out / "shapes-clip", lambda partial: save_clip(partial, model, model_cfg, tokenizer))
-    record("clip", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    replace_folder(
+        out / "shapes-clip",
+        lambda partial: save_clip(partial, model, model_cfg, tokenizer),
+        lambda: record("clip", seconds),
+    )
 
 
 def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:
@@ -340,6 +350,11 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
         },
         "folder_megabytes": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 2),
     }
+
+
+def machine_words() -> str:
+    """The machine a stage or measurement ran on, as the report and card name it."""
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
 def _count(module: torch.nn.Module) -> int:

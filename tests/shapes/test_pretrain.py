@@ -363,7 +363,7 @@ def test_an_out_that_is_not_a_pretraining_output_or_a_damaged_report_is_refused_
     (damaged / "pretrain_report.json").write_text("[]")
     for out, message in (
         (run, "is a training run's folder"),
-        (other, "holds other things and none of pretrain_report.json, shapes-tiny, shapes-clip"),
+        (other, "holds other things and none of pretrain_report.json, pretrain_log.jsonl, shapes-tiny, shapes-clip"),
         (damaged, "pretrain_report.json: not a pretraining report"),
     ):
         with pytest.raises(ConfigError, match=message):
@@ -391,3 +391,19 @@ def test_sigterm_during_a_stage_stops_like_ctrl_c_with_its_exit_status(tmp_path,
     with pytest.raises(RunStopped) as stopped:
         run_pretraining(tmp_path, ["vq"], config=PretrainConfig(**TINY_STAGES))
     assert stopped.value.exit_code == 143 and "finish with the same command and --stages vq" in str(stopped.value)
+
+
+def test_a_stop_before_any_stage_saved_can_be_rerun_with_the_same_command(tmp_path, monkeypatch):
+    """The log written at the start was "other things": the rerun the stop message asked for was refused."""
+    import pytest
+
+    import maskfocus.shapes.pretrain_vq
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain_vq, "train_vqvae", interrupted)
+    for _ in range(2):
+        with pytest.raises(RunStopped, match="this run saved nothing"):
+            run_pretraining(tmp_path / "out", ["vq"], config=PretrainConfig(**TINY_STAGES))
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["pretrain_log.jsonl"]
