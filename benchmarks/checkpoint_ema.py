@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskfocus.config_base import ConfigError
-from maskfocus.outputs import check_output_folder, check_replaceable_model_folder
+from maskfocus.outputs import check_output_folder, check_replaceable_model_folder, replace_folder
 from maskfocus.run_state import complete_checkpoints
 from maskfocus.script_args import open_fraction, positive_int, run_script
 
@@ -94,13 +94,17 @@ def ema_of_checkpoints(states: Iterable[tuple[int, StateDict]], decay: float) ->
 
 
 def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: StateDict, target: Path) -> Path:
-    """A copy of the run's final model folder whose transformer holds `weights` (cast back to `dtypes`)."""
+    """A copy of the run's final model folder whose transformer holds `weights` (cast back to `dtypes`), swapped in
+    whole for an earlier one (an interrupted copy leaves the earlier folder, not half a model)."""
+
+    def write(folder: Path) -> None:
+        shutil.copytree(run_dir / "model", folder)
+        file = next((folder / "transformer").glob("*.safetensors"))
+        save_file({name: tensor.to(dtypes[name].dtype).contiguous() for name, tensor in weights.items()}, str(file))
+
     if target.exists():
         print(f"replacing the earlier {target}")
-        shutil.rmtree(target)
-    shutil.copytree(run_dir / "model", target)
-    file = next((target / "transformer").glob("*.safetensors"))
-    save_file({name: tensor.to(dtypes[name].dtype).contiguous() for name, tensor in weights.items()}, str(file))
+    replace_folder(target, write)
     return target
 
 

@@ -215,9 +215,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
     settings = parse_set(args.set)
-    given = {"seed": args.seed, "eval_images_per_prompt": args.eval_images_per_prompt}
-    options = {key: f"--{key.replace('_', '-')}" for key in given if key not in settings}  # a --set wins
-    config = section_with_overrides(PretrainConfig, {**given, **settings}, "of maskfocus pretrain", options)
+    options = {}
+    for key, value in (("seed", args.seed), ("eval_images_per_prompt", args.eval_images_per_prompt)):
+        if value is not None:
+            options[key] = f"--{key.replace('_', '-')}"
+            set_from_option(settings, key, value, options[key])
+    config = section_with_overrides(PretrainConfig, settings, "of maskfocus pretrain", options)
     out = Path(args.out) if args.out else None
     try:
         run_pretraining(out, stages=stages, command="maskfocus " + " ".join(sys.argv[1:]), config=config)
@@ -367,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="vq,generator,clip",
         help="comma list of vq,generator,clip; measure alone only measures what is there and writes MODEL_CARD.md",
     )
-    pretrain.add_argument("--seed", type=int, default=0, help="seed of every pretraining stage")
+    pretrain.add_argument("--seed", type=int, help="seed of every pretraining stage (default 0)")
     pretrain.add_argument(
-        "--eval-images-per-prompt", type=int, default=4, help="images per row of the final shapes-geneval measure"
+        "--eval-images-per-prompt", type=int, help="images per row of the final shapes-geneval measure (default 4)"
     )
     _add_set_option(pretrain, "override a pretraining setting, e.g. --set generator.num_steps=4000 (repeatable)")
     pretrain.set_defaults(func=cmd_pretrain)

@@ -24,6 +24,8 @@ Loc = tuple[str | int, ...]
 
 DOTTED_KEY = re.compile(r"\b[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)+\b")
 """A dotted config key quoted in a cross-field check's message (`selection.num_steps`)."""
+LEADING_KEY = re.compile(r"^([a-z_][a-z0-9_]*):")
+"""A top-level key that a cross-field message starts with (`rewards: at least one reward term is needed`)."""
 
 
 class ConfigError(ValueError):
@@ -203,6 +205,8 @@ class ErrorOrigin:
         self.source = source
         self.key_lines = dict(key_lines or {})
         self.overridden = tuple(overridden)
+        self.values = dict(overridden) if isinstance(overridden, Mapping) else {}
+        """Each override's value, where given: a mapping set on a section sets only the keys it holds."""
         self.options = dict(options or {})
 
     def where(self, loc: Loc, message: str = "") -> str:
@@ -211,12 +215,12 @@ class ErrorOrigin:
         file has `loc` itself."""
         path = dotted(loc)
         for key in self.overridden:
-            if path == key or path.startswith(key + "."):
+            if self._sets(key, path):
                 return self._override(key)
         if not loc:  # a check across fields: the keys its message names, an override of any of them first
-            named = DOTTED_KEY.findall(message)
+            named = DOTTED_KEY.findall(message) + LEADING_KEY.findall(message)
             for key in self.overridden:
-                if any(name == key or name.startswith(key + ".") for name in named):
+                if any(self._sets(key, name) for name in named):
                     return self._override(key)
             quoted = [tuple(int(p) if p.isdigit() else p for p in m.split(".")) for m in named]
             loc = next((candidate for candidate in quoted if candidate in self.key_lines), ())
@@ -230,6 +234,20 @@ class ErrorOrigin:
                 return f"{self.source}:{line}"
         return self.source
 
+    def _sets(self, key: str, path: str) -> bool:
+        """Whether the override of `key` set `path`: the key itself or a key below it, unless the override is a
+        mapping merged into a section that does not hold that key."""
+        if path != key and not path.startswith(key + "."):
+            return False
+        value = self.values.get(key)
+        for part in path[len(key) + 1 :].split(".") if path != key else ():
+            if not isinstance(value, Mapping):
+                return True
+            if part not in value:
+                return False
+            value = value[part]
+        return True
+
     def _override(self, key: str) -> str:
         return self.options.get(key, f"--set {key}")
 
@@ -242,8 +260,10 @@ def format_validation_error(error: ValidationError, root: type[BaseModel], origi
     for item in items:
         loc = tuple(item["loc"])
         below = [other for other in item_locs if len(other) > len(loc) and other[: len(loc)] == loc]
-        if item["type"] == "too_short" and below:
-            continue  # "at least 1 item ... not 0": the items refused are named, and the list is not empty
+        given = item.get("input")
+        long_enough = isinstance(given, list | tuple) and len(given) >= item.get("ctx", {}).get("min_length", 1)
+        if item["type"] == "too_short" and below and long_enough:
+            continue  # "at least 1 item ... not 0": the items refused are named, and enough were given
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = unknown_key_message(root, loc)
@@ -296,9 +316,16 @@ def parse_set(items: list[str]) -> dict:
 
 def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str) -> None:
     """`overrides[key] = value`, given by the command-line option `option` (`--iterations` for
-    train.num_iterations); a `--set` of the same key with another value is an error, not silently overruled."""
-    if key in overrides and overrides[key] != value:
-        raise ConfigError(f"{option} {value} and --set {key}={overrides[key]} disagree; give one of them")
+    train.num_iterations); a `--set` of the same key (or of a section mapping that holds it) with another value is
+    an error, not silently overruled."""
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        given, found = overrides.get(".".join(parts[:depth])), ".".join(parts[:depth]) in overrides
+        for part in parts[depth:]:
+            found = found and isinstance(given, Mapping) and part in given
+            given = given.get(part) if found else None
+        if found and given != value:
+            raise ConfigError(f"{option} {value} and --set {key}={given} disagree; give one of them")
     overrides[key] = value
 
 

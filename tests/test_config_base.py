@@ -296,3 +296,21 @@ def test_a_cross_field_error_names_the_override_that_caused_it(tmp_path):
         with pytest.raises(ConfigError) as error:
             load_config(path, {key: 2 if key == "sampler.num_steps" else 20})
         assert str(error.value).splitlines()[1].startswith(f"  --set {key}: selection.num_steps (K=")
+
+
+def test_a_section_mapping_override_is_blamed_only_for_its_own_keys_and_checked_against_shortcuts(tmp_path, capsys):
+    """`--set sampler={num_steps: 5}` was named for a bad cfg_scale on the file's own line, `--steps 8` silently beat
+    it, and `--set rewards=[]` was blamed on the file."""
+    from support import cli_error
+
+    path = tmp_path / "run.yaml"
+    path.write_text("sampler:\n  num_steps: 12\n  cfg_scale: -1.0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, {"sampler": {"num_steps": 5}})
+    assert str(error.value).splitlines()[1].startswith(f"  {path}:3: sampler.cfg_scale")
+    with pytest.raises(ConfigError) as error:
+        load_config(ROOT / "configs" / "shapes_tiny.yaml", {"rewards": []})
+    assert str(error.value).splitlines()[1].startswith("  --set rewards: rewards: at least one reward term")
+    steps = ["--steps", "8", "--set", "sampler={num_steps: 5}"]
+    error = cli_error(capsys, "eval", *steps, "--out", str(tmp_path / "r.jsonl"))
+    assert "--steps 8 and --set sampler.num_steps=5 disagree" in error
