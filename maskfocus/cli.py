@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from maskfocus.cli_eval_options import add_detector_options, detector_overrides
 from maskfocus.cli_train import cmd_train
 from maskfocus.config import (
     DEFAULT_CONFIG,
@@ -60,27 +61,10 @@ def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images:
     return sampler.model_copy(update={"compile": False})
 
 
-def _sample_in_batches(model, prompts: list[str], sampler: SamplerConfig, generator):
-    """uint8 images (B, H, W, 3) of `prompts`, sampled `sampler.batch_size` at a time (one batch of 100,000 asked for
-    26 GB at once) from one random stream, so that a single batch draws what one call would."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from maskfocus.images import to_uint8
-    from maskfocus.sampling import sample_with_config
-
-    starts = range(0, len(prompts), sampler.batch_size)
-    batches = []
-    for start in tqdm(starts, desc="sample", unit="batch", disable=len(starts) == 1):
-        result = sample_with_config(model, prompts[start : start + sampler.batch_size], sampler, generator)
-        batches.append(to_uint8(model.decode(result.tokens_BL)))
-    return np.concatenate(batches)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskfocus.images import save_grid
     from maskfocus.models import load_generator
-    from maskfocus.sampling import check_negative_prompt, seeded_generator
+    from maskfocus.sampling import check_negative_prompt, sample_images_in_batches, seeded_generator
 
     if not args.prompt.strip():
         raise ConfigError("--prompt is empty: give the text to draw (an empty one samples CFG's unconditional branch)")
@@ -91,7 +75,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.check_prompts(prompts[:1])
     check_negative_prompt(model, config.sampler)
     sampler = _eager_for_few(args, config.sampler, args.num_images)
-    images = _sample_in_batches(model, prompts, sampler, seeded_generator(args.seed))
+    images = sample_images_in_batches(model, prompts, sampler, seeded_generator(args.seed))
     columns = min(args.num_images, 8)
     path = save_grid(args.out, images, columns=columns, scale=args.scale)
     print(f"wrote {len(images)} image(s) of {args.prompt!r} to {path}")
@@ -138,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = load_rows(benchmark, args.metadata)[: args.limit]
     if not rows:
         raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
-    judge = build_eval_judge(config, _detector_overrides(args))
+    judge = build_eval_judge(config, detector_overrides(args))
     check_server_answers(judge)
     if judge.known_classes is not None:
         check_classes(rows, judge.known_classes, judge.name, judge.known_colors)
@@ -159,54 +143,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(summary))
     print(f"{summary['seconds']} s")
     return 0
-
-
-def _detector_overrides(args: argparse.Namespace) -> dict:
-    """Command-line changes to the evaluation detector (the config's geneval `detector` section)."""
-    from maskfocus.config_rewards import DETECTOR_OPTIONS
-
-    given = {key: getattr(args, f"detector_{key}", None) for key in DETECTOR_OPTIONS}
-    return {key: value for key, value in given.items() if value is not None}
-
-
-DETECTOR_OPTION_HELP = {
-    "kind": "GenEval judge (default: the detector of the config's geneval reward, else shapes)",
-    "path": "OWLv2 folder (transformers format) for --detector owlv2",
-    "clip_model": "open_clip folder of the colour classifier for --detector owlv2",
-    "url": "Flow-GRPO-compatible GenEval reward server for --detector http",
-    "score_threshold": "detection confidence cut (GenEval: 0.3)",
-    "counting_score_threshold": "the same for counting prompts (GenEval: 0.9)",
-    "nms_iou": "OWLv2's per-class NMS IoU",
-}
-"""Help of each option in config_rewards.DETECTOR_OPTIONS, by config key."""
-
-
-def _add_detector_options(evaluate: argparse.ArgumentParser) -> None:
-    """`maskfocus eval`'s detector options, one per key of config_rewards.DETECTOR_OPTIONS (which its error messages
-    name), each stored as `detector_<key>` for `_detector_overrides`."""
-    from maskfocus.config_rewards import DETECTOR_OPTIONS, OWLV2_THRESHOLDS, GenEvalDetectorConfig
-
-    for key, option in DETECTOR_OPTIONS.items():
-        spec = _option_spec(GenEvalDetectorConfig.model_fields[key].annotation, key)
-        spec.setdefault("metavar", option[2:].upper().replace("-", "_"))
-        text = DETECTOR_OPTION_HELP[key] + ("; --detector owlv2 needs all three" if key in OWLV2_THRESHOLDS else "")
-        evaluate.add_argument(option, dest=f"detector_{key}", help=text, **spec)
-
-
-def _option_spec(annotation: object, key: str) -> dict:
-    """argparse's `choices` or `type` for a config field's annotation (through `X | None`); the config's own checks
-    then name a number's range."""
-    import typing
-
-    from maskfocus.config_base import scalar_kinds
-
-    kinds = scalar_kinds(annotation) - {type(None)}
-    literals = [kind for kind in kinds if typing.get_origin(kind) is typing.Literal]
-    if literals:
-        return {"choices": tuple(value for kind in literals for value in typing.get_args(kind)), "metavar": None}
-    if len(kinds) == 1 and (kind := next(iter(kinds))) in (float, int, str):
-        return {"type": kind}
-    raise TypeError(f"no command-line option type for {key}: {annotation}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -317,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
     evaluate.add_argument("--batch-size", type=positive_int, help="override sampler.batch_size")
     evaluate.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
-    _add_detector_options(evaluate)
+    add_detector_options(evaluate)
     _add_set_option(
         evaluate,
         "override a config key (repeatable); below 400 images (e.g. with --limit) sampling is eager unless --set "

@@ -3,7 +3,7 @@
 Every model is frozen and ``extra="forbid"``: a misspelt key is an error that names the field, the file and line
 (or the `--set` override) and the keys allowed there (maskfocus/config_base.py). Each component receives only its own
 section. Field docstrings give the unit and the effect. The reward terms' sections are in config_rewards.py, the Ray
-executor's in config_ray.py.
+executor's in config_ray.py, the rollouts' in config_rollout.py, the run's length and outputs in config_train.py.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from maskfocus.config_rewards import GenEvalDetectorConfig as GenEvalDetectorCon
 from maskfocus.config_rewards import RewardSpec
 from maskfocus.config_rollout import GenEvalTag as GenEvalTag  # re-exported: one config tree
 from maskfocus.config_rollout import RolloutConfig as RolloutConfig  # re-exported: one config tree
+from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: one config tree
 
 BUILTIN_MODEL = "builtin:shapes-tiny"
 
@@ -205,43 +206,6 @@ class OptimConfig(Section):
     """Max global gradient norm per optimizer step."""
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Learning rate at the last iteration, as a fraction of the peak (linear decay)."""
-
-
-class TrainConfig(Section):
-    """The RL run: length, outputs, executor."""
-
-    num_iterations: int = Field(150, ge=1)
-    """Rollout -> update iterations."""
-    executor: Literal["local", "ray"] = "local"
-    """local = the in-process reference trainer; ray = the distributed system."""
-    out_dir: str = "runs"
-    """Parent folder of run folders."""
-    log_every: int = Field(1, ge=1)
-    """Iterations between metric records."""
-    max_nonfinite_iterations: int | None = Field(5, ge=1)
-    """Stop the run (exit status 1) after this many iterations in a row whose loss was non-finite at every learned
-    step, so that every optimizer step was skipped: weights gone non-finite (too high a learning rate, say) would
-    otherwise run to the end learning nothing. The first such iteration is reported at once. null = never stop."""
-    image_every: int = Field(25, ge=1)
-    """Iterations between image grids of the fixed prompts."""
-    checkpoint_every: int = Field(50, ge=1)
-    """Iterations between checkpoints (the last iteration always saves one)."""
-    keep_checkpoints: int | None = Field(None, ge=1)
-    """The newest checkpoints kept in the run folder (weights and optimizer state each); older ones are deleted once a
-    new one is complete. null = keep every one (benchmarks/checkpoint_ema.py averages them)."""
-    final_eval: bool = True
-    """Run the GenEval-style evaluation at the end."""
-    compile_learner: bool = False
-    """Run the learner's forwards and backwards through a `torch.compile`d copy of the transformer
-    (maskfocus.compiled): on 2 CPU cores about 1.5x faster per training forward and backward and 2x per
-    no-grad forward, after about a minute of compiling. The in-process trainer and each Ray learner rank
-    (FSDP2 or DDP) apply it the same way."""
-    learner_compile_backend: Literal["inductor", "aot_eager"] = "inductor"
-    """The torch.compile backend of `compile_learner`. inductor generates fused kernels: the speed-up, after its
-    compile (on 2 CPU cores 74 s for the three learner graphs of the tests' tiny model, one res block a side, with
-    an empty cache). aot_eager traces the same forward and backward graphs (dynamo, then AOTAutograd) and runs them
-    on eager kernels: no speed-up, a compile of 10 s for the same graphs. Use it to tell a tracing problem from a
-    code-generation one; the two-rank learner test runs it (tests/learner/test_learner_group.py)."""
 
 
 class RunConfig(Section):

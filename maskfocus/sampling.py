@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -263,3 +264,20 @@ def sample_with_config(
         temperature=sampler.temperature,
         module=sampling_module(model) if sampler.compile else None,
     )
+
+
+def sample_images_in_batches(
+    model: MaskedGenerator, prompts: list[str], sampler: SamplerConfig, generator: torch.Generator
+) -> np.ndarray:
+    """uint8 images (B, H, W, 3) of `prompts`, sampled `sampler.batch_size` at a time (one batch of 100,000 asked for
+    26 GB at once) from one random stream, so that a single batch draws what one call would."""
+    from tqdm import tqdm
+
+    from maskfocus.images import to_uint8
+
+    starts = range(0, len(prompts), sampler.batch_size)
+    batches = []
+    for start in tqdm(starts, desc="sample", unit="batch", disable=len(starts) == 1):
+        result = sample_with_config(model, prompts[start : start + sampler.batch_size], sampler, generator)
+        batches.append(to_uint8(model.decode(result.tokens_BL)))
+    return np.concatenate(batches)

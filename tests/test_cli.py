@@ -149,21 +149,23 @@ def test_an_incomplete_detector_from_the_command_line_names_the_options_that_set
     error = cli_error(capsys, "eval", "--limit", "1", "--no-clip", "--detector", "owlv2", "--detector-path", "/x")
     assert "rewards[0].detector: kind owlv2 needs `path` (the OWLv2 folder) and `clip_model`" in error
     assert "Value error" not in error and "--detector-path sets path, --color-clip sets clip_model" in error
-    from maskfocus.cli import _detector_overrides, build_parser
+    from maskfocus.cli import build_parser
+    from maskfocus.cli_eval_options import detector_overrides
 
     args = build_parser().parse_args(["eval", "--nms-iou", "0.3", "--score-threshold", "0.4", "--color-clip", "c"])
-    assert _detector_overrides(args) == {"clip_model": "c", "score_threshold": 0.4, "nms_iou": 0.3}
+    assert detector_overrides(args) == {"clip_model": "c", "score_threshold": 0.4, "nms_iou": 0.3}
 
 
 def test_every_option_of_the_detector_table_is_an_eval_option():
-    """The eval parser's detector options are made from config_rewards.DETECTOR_OPTIONS, and `_detector_overrides`
+    """The eval parser's detector options are made from config_rewards.DETECTOR_OPTIONS, and `detector_overrides`
     reads each back under its config key."""
-    from maskfocus.cli import _detector_overrides, build_parser
+    from maskfocus.cli import build_parser
+    from maskfocus.cli_eval_options import detector_overrides
     from maskfocus.config_rewards import DETECTOR_OPTIONS
 
     values = {"kind": "owlv2", "path": "p", "clip_model": "c", "url": "u"}
     argv = [arg for key, option in DETECTOR_OPTIONS.items() for arg in (option, values.get(key, "0.5"))]
-    overrides = _detector_overrides(build_parser().parse_args(["eval", *argv]))
+    overrides = detector_overrides(build_parser().parse_args(["eval", *argv]))
     assert overrides == {key: values.get(key, 0.5) for key in DETECTOR_OPTIONS}
 
 
@@ -171,14 +173,14 @@ def test_an_option_takes_its_choices_or_type_from_the_config_field():
     """Through `X | None`: a threshold once typed `float | None` must still parse as a number, not as text."""
     from typing import Literal
 
-    from maskfocus.cli import _option_spec
+    from maskfocus.cli_eval_options import option_spec
 
-    assert _option_spec(float | None, "t") == {"type": float}
-    assert _option_spec(int, "n") == {"type": int}
-    assert _option_spec(str | None, "p") == {"type": str}
-    assert _option_spec(Literal["a", "b"] | None, "k") == {"choices": ("a", "b"), "metavar": None}
+    assert option_spec(float | None, "t") == {"type": float}
+    assert option_spec(int, "n") == {"type": int}
+    assert option_spec(str | None, "p") == {"type": str}
+    assert option_spec(Literal["a", "b"] | None, "k") == {"choices": ("a", "b"), "metavar": None}
     with pytest.raises(TypeError, match="no command-line option type for pair"):
-        _option_spec(tuple[int, int], "pair")
+        option_spec(tuple[int, int], "pair")
 
 
 def test_pretrain_rejects_an_unknown_setting_before_training(tmp_path, capsys):
@@ -364,30 +366,6 @@ def test_version_is_the_installed_packages(capsys):
         main(["--version"])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"maskfocus {project['version']}\n"
-
-
-def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypatch):
-    """`--num-images 100000` sampled in one batch, asking for 26 GB at once."""
-    import maskfocus.sampling
-    from maskfocus.cli import _sample_in_batches
-    from maskfocus.config import SamplerConfig
-    from maskfocus.images import to_uint8
-    from maskfocus.sampling import sample_with_config, seeded_generator
-
-    sampler = SamplerConfig(num_steps=2, batch_size=2)
-    one_call = to_uint8(
-        tiny_model.decode(sample_with_config(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)).tokens_BL)
-    )
-    assert (_sample_in_batches(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)) == one_call).all()
-    sizes = []
-
-    def recording(model, prompts, sampler, generator):
-        sizes.append(len(prompts))
-        return sample_with_config(model, prompts, sampler, generator)
-
-    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", recording)
-    images = _sample_in_batches(tiny_model, ["a red circle"] * 5, sampler, seeded_generator(3))
-    assert sizes == [2, 2, 1] and images.shape[0] == 5 and (images[:2] == one_call).all()
 
 
 def test_eval_refuses_two_prompt_sets_and_a_folder_as_metadata_and_sample_a_negative_seed(tmp_path, capsys):

@@ -302,3 +302,26 @@ def test_a_negative_prompt_with_words_the_model_does_not_know_is_named_as_the_se
         check_negative_prompt(model, SamplerConfig(negative_prompt="blurry zebra", cfg_scale=3.0))
     check_negative_prompt(model, SamplerConfig(negative_prompt="blurry zebra", cfg_scale=1.0))  # no CFG: not used
     check_negative_prompt(model, SamplerConfig(negative_prompt="blurry", cfg_scale=3.0))
+
+
+def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypatch):
+    """`--num-images 100000` sampled in one batch, asking for 26 GB at once."""
+    import maskfocus.sampling
+    from maskfocus.config import SamplerConfig
+    from maskfocus.images import to_uint8
+    from maskfocus.sampling import sample_images_in_batches, sample_with_config, seeded_generator
+
+    sampler = SamplerConfig(num_steps=2, batch_size=2)
+    one_call = to_uint8(
+        tiny_model.decode(sample_with_config(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)).tokens_BL)
+    )
+    assert (sample_images_in_batches(tiny_model, ["a red circle"] * 2, sampler, seeded_generator(3)) == one_call).all()
+    sizes = []
+
+    def recording(model, prompts, sampler, generator):
+        sizes.append(len(prompts))
+        return sample_with_config(model, prompts, sampler, generator)
+
+    monkeypatch.setattr(maskfocus.sampling, "sample_with_config", recording)
+    images = sample_images_in_batches(tiny_model, ["a red circle"] * 5, sampler, seeded_generator(3))
+    assert sizes == [2, 2, 1] and images.shape[0] == 5 and (images[:2] == one_call).all()

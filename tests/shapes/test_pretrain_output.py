@@ -1,0 +1,111 @@
+"""`maskfocus pretrain`'s output folder: parts swapped in whole, the card and measurements retired by a new stage,
+`--stages measure`, what a stop leaves and says, and the folders and reports it refuses."""
+
+from __future__ import annotations
+
+import json
+
+from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
+from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
+from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
+from maskfocus.shapes.pretrain_vq import VQPretrainConfig
+from maskfocus.stopping import RunStopped
+
+TINY_STAGES = {
+    "vq": VQPretrainConfig(num_steps=2, batch_size=4, table_scenes=300),
+    "generator": GeneratorPretrainConfig(num_scenes=16, num_steps=2, batch_size=4),
+    "clip": ClipPretrainConfig(num_steps=2, batch_size=4),
+}
+
+
+def test_a_new_stage_retires_the_old_card_and_measurements_and_measure_alone_writes_them_anew(tmp_path):
+    """A stop after a new stage was saved left the old MODEL_CARD.md and measurements, describing other weights;
+    a stop during the measurement left no way to measure without retraining a stage."""
+    import pytest
+
+    import maskfocus.shapes.pretrain_clip
+
+    config = PretrainConfig(**TINY_STAGES, eval_images_per_prompt=1, measure_rows=3)
+    run_pretraining(tmp_path, ["vq", "generator", "clip"], config=config, command="first")
+    assert "measurements" in json.loads((tmp_path / "pretrain_report.json").read_text())
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_train_clip = maskfocus.shapes.pretrain_clip.train_clip
+    maskfocus.shapes.pretrain_clip.train_clip = stopped
+    try:
+        with pytest.raises(RunStopped, match="this run saved generator in"):
+            run_pretraining(tmp_path, ["generator", "clip"], config=config.model_copy(update={"seed": 4}))
+    finally:
+        maskfocus.shapes.pretrain_clip.train_clip = real_train_clip
+    report = json.loads((tmp_path / "pretrain_report.json").read_text())
+    assert "measurements" not in report and report["stage_seeds"]["generator"] == 4
+    assert not (tmp_path / "MODEL_CARD.md").exists() and (tmp_path / "MODEL_CARD.stale.md").is_file()
+    report = run_pretraining(tmp_path, ["measure"], config=config.model_copy(update={"measure_rows": 2}))
+    assert report["measurements"]["base_model"]["num_images"] == 2 and report["stage_seeds"]["generator"] == 4
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "only the first 2 prompt rows (a partial measurement)" in card and "vq 0, generator 4, clip 0" in card
+    assert not (tmp_path / "MODEL_CARD.stale.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no .partial or .old left
+
+
+def test_an_out_that_is_not_a_pretraining_output_or_a_damaged_report_is_refused_before_training(tmp_path):
+    """A run folder or a folder of other things was written into (a MODEL_CARD.md of the user's overwritten); a
+    damaged report ended in a traceback, after the first stage for a list."""
+    import pytest
+
+    from maskfocus.config import ConfigError
+
+    (run := tmp_path / "run").mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (other := tmp_path / "other").mkdir()
+    (other / "MODEL_CARD.md").write_text("mine")
+    (damaged := tmp_path / "damaged").mkdir()
+    (damaged / "pretrain_report.json").write_text("[]")
+    for out, message in (
+        (run, "is a training run's folder"),
+        (other, "holds other things and none of pretrain_report.json, pretrain_log.jsonl, shapes-tiny, shapes-clip"),
+        (damaged, "pretrain_report.json: not a pretraining report"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            run_pretraining(out, ["vq"], config=PretrainConfig(**TINY_STAGES))
+    assert (other / "MODEL_CARD.md").read_text() == "mine" and not (damaged / "shapes-tiny").exists()
+    with pytest.raises(ConfigError, match="generator.train_text_encoder false keeps a given text encoder frozen"):
+        run_pretraining(
+            tmp_path / "new", ["vq", "generator"], config=PretrainConfig(generator={"train_text_encoder": False})
+        )
+    with pytest.raises(ConfigError, match="--stages measure: .* lacks shapes-tiny/transformer, shapes-clip"):
+        run_pretraining(tmp_path / "new", ["measure"], config=PretrainConfig())
+
+
+def test_sigterm_during_a_stage_stops_like_ctrl_c_with_its_exit_status(tmp_path, monkeypatch):
+    """SIGTERM ended the process with no message and no cleanup."""
+    import pytest
+
+    import maskfocus.shapes.pretrain_vq
+    from maskfocus.stopping import StopSignal
+
+    def terminated(*args, **kwargs):
+        raise StopSignal("SIGTERM")
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain_vq, "train_vqvae", terminated)
+    with pytest.raises(RunStopped) as stopped:
+        run_pretraining(tmp_path, ["vq"], config=PretrainConfig(**TINY_STAGES))
+    assert stopped.value.exit_code == 143 and "finish with the same command and --stages vq" in str(stopped.value)
+
+
+def test_a_stop_before_any_stage_saved_can_be_rerun_with_the_same_command(tmp_path, monkeypatch):
+    """The log written at the start was "other things": the rerun the stop message asked for was refused."""
+    import pytest
+
+    import maskfocus.shapes.pretrain_vq
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.shapes.pretrain_vq, "train_vqvae", interrupted)
+    for _ in range(2):
+        with pytest.raises(RunStopped, match="this run saved nothing"):
+            run_pretraining(tmp_path / "out", ["vq"], config=PretrainConfig(**TINY_STAGES))
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["pretrain_log.jsonl"]
