@@ -6,8 +6,10 @@ against the in-process run's, tests/test_driver_steps.py which worker the driver
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 from ray_fixture import RAY_TIMEOUT_S
 
@@ -31,6 +33,20 @@ def finished(ray, previews: RemotePreviews) -> tuple[int, bool]:
     [ref] = previews.drawing
     ray.wait([ref], timeout=RAY_TIMEOUT_S)
     return previews.finish(ref)
+
+
+def wait_until_dead(ray, actor) -> None:
+    """Until the killed `actor` refuses calls (at most RAY_TIMEOUT_S)."""
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + RAY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=RAY_TIMEOUT_S)
+        except RayActorError:
+            return
+        time.sleep(0.1)
+    pytest.fail("the killed actor still answers")
 
 
 def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_session, tmp_path, capsys):
@@ -58,6 +74,7 @@ def test_a_worker_draws_the_newest_due_preview_and_a_failed_one_is_a_note(ray_se
         assert finished(ray, previews) == (0, True)
         assert "preview skipped: rollout worker 0 was restarted (weights version 3)" in capsys.readouterr().out
         ray.kill(failing)
+        wait_until_dead(ray, failing)  # ray.kill returns at once: a call made just after may still run
         previews.start(1, failing, 3, load=None)
         assert finished(ray, previews) == (1, True)  # dead: its weights are unknown
         assert sorted(path.name for path in (tmp_path / "images").iterdir()) == ["iter_000002.png"]
