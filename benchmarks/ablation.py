@@ -32,11 +32,11 @@ from maskfocus.compare import (
     RunRecord,
     base_summary,
     builtin_base_summary,
-    find_run_folders,
     group_runs,
     load_run,
     mean_spread,
 )
+from maskfocus.compare_folders import find_run_folders
 from maskfocus.compare_plot import plot_comparison
 from maskfocus.config import load_config
 from maskfocus.config_base import ConfigError, parse_set

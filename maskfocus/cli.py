@@ -171,13 +171,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from maskfocus.compare import (
         base_summary,
         check_curve_key,
-        check_outputs_spare_the_runs,
         comparison_table,
-        find_run_folders,
         group_runs,
         load_run,
-        unreadable_run_folders,
     )
+    from maskfocus.compare_folders import check_outputs_spare_the_runs, find_run_folders, unreadable_run_folders
     from maskfocus.compare_plot import plot_comparison
 
     check_output_file("--out", args.out, "figure")

@@ -135,65 +135,6 @@ def check_curve_key(runs: list[RunRecord], key: str) -> None:
     raise CompareError(f"--curve {key}: no run logged it; their metrics.jsonl hold: {', '.join(logged)}")
 
 
-def find_run_folders(paths: list[Path]) -> list[Path]:
-    """Each path is a run folder (it holds config.yaml) or a folder whose subfolders are runs."""
-    folders: list[Path] = []
-    for path in paths:
-        if not path.is_dir():
-            raise CompareError(f"{path}: no such folder")
-        if (path / "config.yaml").is_file():
-            folders.append(path)
-            continue
-        runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
-        if not runs:
-            unreadable = [str(folder) for folder in (path, *sorted(path.iterdir())) if _holds_a_run(folder)]
-            also = f"; {', '.join(unreadable)}: a run's metrics or checkpoints but no config.yaml" if unreadable else ""
-            raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders{also}")
-        folders.extend(runs)
-    seen: set[Path] = set()
-    unique = []
-    for folder in folders:  # a run named twice (alone and in its parent folder) counts once
-        if folder.resolve() not in seen:
-            seen.add(folder.resolve())
-            unique.append(folder)
-    return unique
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "reward_curve.png", "error.log")
-RUN_SUBFOLDERS = ("eval", "checkpoints", "model", "images")
-"""What a run folder holds of its own; anything else there (an earlier comparison, say) may be replaced."""
-
-
-def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: list[Path], base: Path | None) -> None:
-    """No output (option -> path; None = not given) replaces a run's own file (its config.yaml, metrics, reward
-    curve, evaluation, ...) or the --base summary: `--markdown RUN/config.yaml` had overwritten the config."""
-    for option, path in outputs.items():
-        if path is None or not Path(path).is_file():
-            continue
-        target = Path(path).resolve()
-        if base is not None and target == base.resolve():
-            raise CompareError(f"{option} {path}: is the --base summary, which compare reads; write it elsewhere")
-        for folder in runs:
-            if folder.resolve() not in target.parents:
-                continue
-            inside = target.relative_to(folder.resolve()).parts
-            if (len(inside) == 1 and inside[0] in RUN_FILES) or inside[0] in RUN_SUBFOLDERS:
-                raise CompareError(f"{option} {path}: is a file of the run {folder}; write it elsewhere")
-
-
-def unreadable_run_folders(paths: list[Path]) -> list[Path]:
-    """Subfolders of the folders given (not run folders themselves) that hold a run's metrics or checkpoints but no
-    config.yaml: `find_run_folders` leaves them out, and the user should hear why."""
-    parents = [path for path in paths if path.is_dir() and not (path / "config.yaml").is_file()]
-    return [child for parent in parents for child in sorted(parent.iterdir()) if _holds_a_run(child)]
-
-
-def _holds_a_run(folder: Path) -> bool:
-    """A run's metrics or checkpoints without the config.yaml that compare needs to read them."""
-    has_run_files = (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()
-    return has_run_files and not (folder / "config.yaml").is_file()
-
-
 _ABSENT = "<absent>"
 
 

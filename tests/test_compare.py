@@ -16,10 +16,10 @@ from maskfocus.compare import (
     CompareError,
     base_summary,
     comparison_table,
-    find_run_folders,
     group_runs,
     load_run,
 )
+from maskfocus.compare_folders import find_run_folders
 from maskfocus.config import default_run_config
 
 
