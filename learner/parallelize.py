@@ -8,6 +8,7 @@ gradients over ranks, so the mean of the ranks' gradients equals the single-work
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -27,12 +28,23 @@ def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[n
     if strategy == "fsdp":
         if not blocks:  # the root alone would gather every weight at once: no sharding's memory saving
             raise ValueError("FSDP2 needs the model's repeated blocks, and the adapter's blocks() returned none")
+        quiet_view_output_warning()
         for block in blocks:
             fully_shard(block)
         fully_shard(module)
         return module
     device_ids = [torch.cuda.current_device()] if next(module.parameters()).is_cuda else None
     return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def quiet_view_output_warning() -> None:
+    """diffusers' UVitBlock returns a view (`permute(...).view(...)`), and FSDP2 warns at every backward that an
+    in-place op on such a view would skip its pre-backward hook. UVit2DModel applies none to a block's output, and
+    the sharded learner's updates equal the in-process learner's (tests/test_driver.py, eager learners), so the
+    warning - three per iteration, about 750 per run - says nothing here; other warnings stay."""
+    warnings.filterwarnings(
+        "ignore", message=r"FSDP2-wrapped module \(FSDPUVitBlock\) returned a view", category=UserWarning
+    )
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")
     sample.add_argument("--prompt", required=True, help='text prompt, e.g. "a photo of two red circles"')
     sample.add_argument("--num-images", type=positive_int, default=8, help="images in the grid")
-    sample.add_argument("--out", default="grid.png", help="PNG of the image grid")
+    sample.add_argument("--out", default="grid.png", help="PNG of the image grid (default grid.png, replaced if there)")
     sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     sample.add_argument("--model", help="model folder (default: the config's model.path)")
     sample.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (same seed, same images)")

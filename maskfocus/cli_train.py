@@ -52,6 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.check:
             return report_check(config, run_dir, start.iteration, args.address)
         record_resumed_config(run_dir, config)
+        source = Path(start.checkpoint).name if start.checkpoint is not None else "the base model (no checkpoint)"
+        last = config.train.num_iterations - 1
+        left = f"iterations {start.iteration}-{last} to learn" if start.iteration <= last else "nothing left to learn"
+        print(f"resuming from {source}: {left}")
     else:
         config = load_config_or_default(args.config, overrides)
         check_job_path(config.train.out_dir, "train.out_dir")
@@ -156,4 +160,16 @@ def gain_line(run_dir: Path, overall: float) -> str:
     hint = f"compare runs: maskfocus compare {run_dir.parent}"
     if base is None:
         return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
-    return f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
+    line = f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
+    run_images = read_summary_images(run_dir)
+    if run_images is not None and base.get("num_images") not in (None, run_images):
+        line += f" (not like for like: {run_images} images scored against the base model's {base['num_images']})"
+    return line
+
+
+def read_summary_images(run_dir: Path) -> int | None:
+    """How many images the run's final evaluation scored (eval/summary.json), or None."""
+    import json
+
+    summary = run_dir / "eval" / "summary.json"
+    return json.loads(summary.read_text()).get("num_images") if summary.is_file() else None

@@ -64,7 +64,8 @@ def plan_lines(config: RunConfig, start_iteration: int = 0) -> list[str]:
     else:
         lines.append("executor: local (in this process)")
     if config.train.final_eval:
-        lines.append(f"then: {config.eval.benchmark} at {config.eval.num_images_per_prompt} images per prompt row")
+        count = config.eval.num_images_per_prompt
+        lines.append(f"then: {config.eval.benchmark} at {count} image{'s' * (count != 1)} per prompt row")
     return lines
 
 

@@ -281,8 +281,8 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                 log.close()
                 progress.close()
                 raise RunStopped(
-                    f"stopped on {stopping} after iteration {iteration} of {config.train.num_iterations}; "
-                    f"{resume_hint(run_dir)}",
+                    f"stopped on {stopping} after iteration {iteration} ({iteration + 1} of "
+                    f"{config.train.num_iterations} done); {resume_hint(run_dir)}",
                     stopping,
                 )
     log.close()

@@ -251,7 +251,7 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_comma
     last = records[-1]["iteration"]
     assert [r["iteration"] for r in records] == list(range(last + 1)) and last < 249
     assert latest_checkpoint(tmp_path / "run").name == f"iter_{last:06d}"
-    assert f"stopped on SIGINT after iteration {last} of 250" in stderr
+    assert f"stopped on SIGINT after iteration {last} ({last + 1} of 250 done)" in stderr
     assert f"maskfocus train --resume {tmp_path / 'run'}" in stderr
     assert not (tmp_path / "run" / "model").exists()  # a stopped run is not finished
 

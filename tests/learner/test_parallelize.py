@@ -69,3 +69,17 @@ def test_the_compiled_update_of_an_fsdp2_sharded_module_equals_the_eager_unshard
     assert any(not torch.equal(value, initial[name]) for name, value in weights.items())  # the updates moved them
     for key in ("loss/policy", "loss/kl", "loss/grad_norm"):
         assert metrics[key] == pytest.approx(eager_metrics[key], rel=1e-4, abs=1e-6)
+
+
+def test_only_fsdp2s_view_output_warning_of_the_uvit_blocks_is_quieted():
+    """It came three times an iteration (about 750 in the README's run) for a view no op changes in place."""
+    import warnings
+
+    from maskfocus.learner.parallelize import quiet_view_output_warning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_view_output_warning()
+        warnings.warn("FSDP2-wrapped module (FSDPUVitBlock) returned a view tensor. An in-place op...", UserWarning, stacklevel=1)
+        warnings.warn("FSDP2-wrapped module (OtherBlock) returned a view tensor.", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["FSDP2-wrapped module (OtherBlock) returned a view tensor."]
