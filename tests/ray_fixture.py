@@ -27,6 +27,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each probe stays bound until all are chosen (one `free_port` after another may
+    return a port twice, and Ray then refuses to start: seen once, client server and runtime env agent on one port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 METRICS_PORT = free_port()
 """Port of the session Ray's Prometheus export: http://127.0.0.1:METRICS_PORT/metrics."""
 

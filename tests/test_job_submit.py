@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ray_fixture import free_port, random_model  # noqa: F401
+from ray_fixture import free_ports, random_model  # noqa: F401
 
 from maskfocus.run_io import read_metrics
 
@@ -53,18 +53,11 @@ def cluster_env(token_file: Path) -> dict[str, str]:
 
 def start_head(temp_dir: Path, env: dict[str, str]) -> HeadNode:
     """`ray start --head --block` in its own session; returns once the job server answers."""
-    dashboard_port = free_port()
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard_port,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
+    flags = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port"]
+    flags += ["--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+    flags += ["--node-manager-port", "--object-manager-port"]
+    ports = dict(zip(flags, free_ports(len(flags)), strict=True))
+    dashboard_port = ports["--dashboard-port"]
     command = [RAY, "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0"]
     command += [f"--object-store-memory={200 * 1024 * 1024}", f"--temp-dir={temp_dir}", "--include-dashboard=true"]
     command += ["--dashboard-host=127.0.0.1", "--disable-usage-stats"]
