@@ -156,20 +156,13 @@ def gain_line(run_dir: Path, overall: float) -> str:
     """The final overall score against the base model's, where the base's evaluation is known."""
     from maskfocus.compare import base_summary, load_run
 
-    base = base_summary([load_run(run_dir)], None)
+    run = load_run(run_dir)
+    base = base_summary([run], None)
     hint = f"compare runs: maskfocus compare {run_dir.parent}"
     if base is None:
         return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
     line = f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
-    run_images = read_summary_images(run_dir)
+    run_images = (run.final or {}).get("num_images")
     if run_images is not None and base.get("num_images") not in (None, run_images):
         line += f" (not like for like: {run_images} images scored against the base model's {base['num_images']})"
     return line
-
-
-def read_summary_images(run_dir: Path) -> int | None:
-    """How many images the run's final evaluation scored (eval/summary.json), or None."""
-    import json
-
-    summary = run_dir / "eval" / "summary.json"
-    return json.loads(summary.read_text()).get("num_images") if summary.is_file() else None

@@ -22,8 +22,9 @@ class Diverged(RuntimeError):
 class NonFiniteWatch:
     def __init__(self, patience: int | None):
         self.patience = patience
-        self.streak: list[int] = []
-        """The iterations in a row, up to the last observed, whose every learned step had a non-finite loss."""
+        self.streak_start: int | None = None
+        """The first of the iterations in a row, up to the last observed, whose every learned step had a non-finite
+        loss (None: the last one had a finite step)."""
         self.reported = False
         """Whether the current run of non-finite iterations (some steps or all) has been reported."""
 
@@ -32,13 +33,17 @@ class NonFiniteWatch:
         Diverged when the streak of wholly non-finite iterations reaches the patience."""
         fraction = record.get(KEY) or 0.0  # absent: no update (an iteration without learning); null: NaN itself
         iteration = record["iteration"]
-        self.streak = [*self.streak, iteration] if fraction >= 1.0 else []
+        if fraction < 1.0:
+            self.streak_start = None
+        elif self.streak_start is None:
+            self.streak_start = iteration
         if fraction == 0.0:
             self.reported = False
             return None
-        if self.patience is not None and len(self.streak) >= self.patience:
+        start = self.streak_start
+        if self.patience is not None and start is not None and iteration - start + 1 >= self.patience:
             raise Diverged(
-                f"the loss was non-finite at every learned step of iterations {self.streak[0]}-{iteration}, so "
+                f"the loss was non-finite at every learned step of iterations {start}-{iteration}, so "
                 "none of their optimizer steps was taken: the weights have likely gone non-finite (too high "
                 "optim.learning_rate?). Checkpoints from then on hold them: start again with a lower learning rate, "
                 "or move those checkpoints aside and resume from an earlier one with it "
