@@ -3,6 +3,8 @@ and settings given with a resume."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from support import cli_error
 
@@ -238,3 +240,20 @@ def test_an_address_with_the_in_process_executor_is_refused(tmp_path, capsys):
         error = cli_error(capsys, *argv, *check)
         assert "--address 10.0.0.1:6379: this run trains in-process (train.executor local)" in error
     assert not any(tmp_path.iterdir())
+
+
+def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
+    """An evaluation at 1 image per row (588 images) was set against the base model's 2,352 without a word."""
+    from support import make_run
+
+    from maskfocus.cli_train import gain_line
+    from maskfocus.compare import base_summary, load_run
+
+    run = make_run(tmp_path / "runs" / "a", {}, 0.55)
+    summary = run / "eval" / "summary.json"
+    data = json.loads(summary.read_text())
+    base = base_summary([load_run(run)], None)
+    summary.write_text(json.dumps({**data, "num_images": base["num_images"] // 4}))
+    assert f"(not like for like: {base['num_images'] // 4} images scored" in gain_line(run, 0.55)
+    summary.write_text(json.dumps({**data, "num_images": base["num_images"]}))
+    assert "not like for like" not in gain_line(run, 0.55)
