@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,12 @@ def label_keys(runs: list[RunRecord], keys: list[str]) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+    """A setting as a user writes it in YAML or `--set`: `false`, `null`, `[a, b]`."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_show, value)) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def _label_value(config: dict[str, Any], key: str) -> str:
@@ -194,12 +200,13 @@ def _label_value(config: dict[str, Any], key: str) -> str:
 
 
 def common_settings(groups: list[list[RunRecord]], keys: list[str]) -> dict[str, str]:
-    """For each label key, the value most groups share (the first group's on a tie): each label then names
-    only where its group departs from these."""
+    """For each label key, the value more groups share than any other: each label then names only where its
+    group departs from these. A key with no such value (two groups, one value each) is named in every label."""
     common = {}
     for key in keys:
-        values = [_label_value(group[0].config, key) for group in groups]
-        common[key] = max(values, key=values.count)
+        counts = Counter(_label_value(group[0].config, key) for group in groups).most_common(2)
+        if len(counts) == 1 or counts[0][1] > counts[1][1]:
+            common[key] = counts[0][0]
     return common
 
 
@@ -217,7 +224,7 @@ def group_runs(
     groups: dict[str, list[RunRecord]] = {}
     for members in by_values.values():
         values = {key: _label_value(members[0].config, key) for key in shown}
-        label = ", ".join(f"{key}={value}" for key, value in values.items() if value != common[key])
+        label = ", ".join(f"{key}={value}" for key, value in values.items() if value != common.get(key))
         label = label or ("common settings" if shown else "same config")
         while label in groups:  # only where two settings look alike once cut short
             label += " (another)"

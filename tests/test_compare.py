@@ -39,9 +39,10 @@ def ablation_runs(tmp_path: Path) -> Path:
 def test_seeds_output_folders_and_output_intervals_do_not_split_groups(ablation_runs):
     runs = [load_run(folder) for folder in find_run_folders([ablation_runs])]
     groups, common = group_runs(runs)
-    assert list(groups) == ["common settings", "selection.strategy=random"]
+    # two groups tie on the key that splits them, so each label names its value and no setting is common
+    assert list(groups) == ["selection.strategy=critical", "selection.strategy=random"]
     assert [len(group) for group in groups.values()] == [3, 2]
-    assert common == {"selection.strategy": "critical"}
+    assert common == {}
 
 
 def test_table_numbers_match_a_hand_computation(ablation_runs):
@@ -50,7 +51,7 @@ def test_table_numbers_match_a_hand_computation(ablation_runs):
     base = {"overall": 0.44, "tags": {"single_object": 0.86, "two_object": 0.45}}
     table = comparison_table(groups, base, common)
     rows = {line.split(" | ")[0]: line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
-    critical = rows["| A: common settings"]
+    critical = rows["| A: selection.strategy=critical"]
     overall = [0.50, 0.56, 0.53]
     assert critical[1:3] == ["3", "0, 1, 2"]
     assert critical[3] == f"{statistics.mean(overall):.3f} ± {statistics.stdev(overall):.3f}"
@@ -60,7 +61,7 @@ def test_table_numbers_match_a_hand_computation(ablation_runs):
     random_row = rows["| B: selection.strategy=random"]
     assert random_row[3] == "0.430 ± 0.042" and random_row[-2] == "3.000 ± 0.000"
     assert rows["| base model"][3:7] == ["0.440", "-", "0.860", "0.450"]
-    assert "common settings: selection.strategy=critical" in table
+    assert "common settings:" not in table
 
 
 def test_an_added_reward_term_shows_as_one_key(tmp_path):
@@ -71,7 +72,7 @@ def test_an_added_reward_term_shows_as_one_key(tmp_path):
     groups, _ = group_runs([load_run(plain), load_run(with_clip)])
     labels = list(groups)
     assert labels[1].startswith("rewards.1={name: clip, weight: 0.1, ") and labels[1].count("=") == 1
-    assert labels[0] == "common settings"
+    assert labels[0] == "rewards.1=<absent>"
 
 
 def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_settings(tmp_path):
@@ -87,7 +88,7 @@ def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_s
     assert [len(group) for group in groups.values()] == [2]
     meaning = make_run(tmp_path / "meaning", {"rollout.held_out": "meaning"}, 0.5)
     groups, _ = group_runs([load_run(old), load_run(new), load_run(meaning)])
-    assert list(groups) == ["common settings", "rollout.held_out=meaning"]
+    assert list(groups) == ["rollout.held_out=text", "rollout.held_out=meaning"]
 
 
 def test_null_detector_thresholds_of_older_runs_group_with_the_values_written_now(tmp_path):
@@ -112,8 +113,8 @@ def test_runs_are_compared_by_the_T_their_rollouts_sampled_with(tmp_path):
     explicit = make_run(tmp_path / "explicit", {"rollout.num_steps": 12}, 0.52)  # sampler.num_steps is 12
     fewer = make_run(tmp_path / "fewer", {"rollout.num_steps": 6}, 0.49)
     groups, common = group_runs([load_run(unset), load_run(explicit), load_run(fewer)])
-    assert list(groups) == ["common settings", "rollout.num_steps=6"]
-    assert [len(group) for group in groups.values()] == [2, 1] and common == {"rollout.num_steps": "12"}
+    assert list(groups) == ["rollout.num_steps=12", "rollout.num_steps=6"]
+    assert [len(group) for group in groups.values()] == [2, 1] and common == {}
 
 
 def test_unfinished_runs_are_listed_and_kept_out_of_the_scores(tmp_path):
@@ -389,3 +390,14 @@ def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     )
     assert result.stdout.startswith("| config | runs |") and result.stdout.count("\n") == 1
     assert "Traceback" not in result.stderr and "status 141" in result.stderr
+
+
+def test_labels_spell_settings_as_yaml_does(tmp_path):
+    """A label reads as the `--set` that makes the run: `false` and `null`, not Python's `False` and `None`."""
+    uncapped = make_run(tmp_path / "uncapped", {}, 0.5)
+    capped = make_run(tmp_path / "capped", {"grpo.behaviour_weight_cap": 2.0}, 0.5)
+    no_router = make_run(tmp_path / "no_router", {"grpo.behaviour_weight_cap": 2.0, "router.enabled": False}, 0.5)
+    groups, common = group_runs([load_run(folder) for folder in (uncapped, capped, no_router)])
+    assert list(groups) == ["grpo.behaviour_weight_cap=null", "common settings", "router.enabled=false"]
+    table = comparison_table(groups, None, common)
+    assert "common settings: router.enabled=true, grpo.behaviour_weight_cap=2.0" in table
