@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
+from typing import Any
 
 import ray
 
@@ -64,15 +66,34 @@ def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
         )
 
 
+WAITING_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
+"""Ray's states of an actor that exists but cannot take calls yet."""
+
+
+def waiting_actors_note(actors: list[Any]) -> str:
+    """`; actors not running: 2 RolloutWorker (PENDING_CREATION)` from Ray's actor states (class_name, state)."""
+    counts = Counter((actor.class_name, actor.state) for actor in actors if actor.state in WAITING_STATES)
+    if not counts:
+        return ""
+    return "; actors not running: " + ", ".join(f"{n} {name} ({state})" for (name, state), n in counts.items())
+
+
 def free_resources_note() -> str:
-    """What the cluster has free now: an actor asking for more (a worker restarted, a node lost) waits for it."""
+    """What the cluster has free now, and which actors wait (a worker restarted, a node lost): an actor asking for
+    more than is free waits for it. The actor list needs the dashboard's state API; without it the note omits it."""
     try:
         free = ray.available_resources()
     except Exception:  # the note only explains; the error it joins matters more
         return ""
+    try:
+        from ray.util.state import list_actors
+
+        waiting = waiting_actors_note(list_actors(filters=[("state", "!=", "ALIVE")], timeout=5, limit=1000))
+    except Exception:  # no dashboard (include_dashboard=False), or it did not answer
+        waiting = ""
     return (
         f"; free on the cluster now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs (an actor asking "
-        "for more, by ray.*_cpus / ray.*_gpus, waits until they are)"
+        f"for more, by ray.*_cpus / ray.*_gpus, waits until they are){waiting}"
     )
 
 

@@ -129,3 +129,29 @@ def test_a_cuda_run_needs_a_gpu_for_every_role_and_a_whole_one_per_learner_rank(
     shared = default_run_config({"model.device": "cuda", **gpus, "ray.learner_gpus": 0.5, "ray.num_learner_workers": 2})
     with pytest.raises(ConfigError, match=r"^ray.learner_gpus 0.5: with ray.num_learner_workers 2, each learner rank"):
         check_supported(shared)
+
+
+def test_the_idle_note_names_the_actors_that_wait_and_omits_them_without_a_state_api(monkeypatch):
+    """The driver's idle error says what the cluster has free and which actors cannot run; without the dashboard's
+    state API (tests start Ray without it) only the free resources are named."""
+    from types import SimpleNamespace
+
+    import ray
+    import ray.util.state
+
+    def actor(name, state):
+        return SimpleNamespace(class_name=name, state=state)
+
+    states = [actor("RolloutWorker", "PENDING_CREATION")] * 2 + [actor("RewardWorker", "DEAD")]
+    states += [actor("RewardWorker", "RESTARTING")]
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.5})
+    monkeypatch.setattr(ray.util.state, "list_actors", lambda **_: states)
+    note = cluster.free_resources_note()
+    assert note.startswith("; free on the cluster now: 0.5 CPUs, 0 GPUs")
+    assert note.endswith("; actors not running: 2 RolloutWorker (PENDING_CREATION), 1 RewardWorker (RESTARTING)")
+
+    def no_dashboard(**_):
+        raise ConnectionError("Failed to connect to API server")
+
+    monkeypatch.setattr(ray.util.state, "list_actors", no_dashboard)
+    assert cluster.free_resources_note().endswith("waits until they are)")
