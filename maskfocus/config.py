@@ -29,7 +29,7 @@ from maskfocus.config_base import (
 )
 from maskfocus.config_ray import RayConfig as RayConfig  # re-exported: one config tree
 from maskfocus.config_rewards import GenEvalDetectorConfig as GenEvalDetectorConfig  # re-exported: one config tree
-from maskfocus.config_rewards import RewardSpec
+from maskfocus.config_rewards import RewardSpec, repeated_metric_names
 from maskfocus.config_rollout import GenEvalTag as GenEvalTag  # re-exported: one config tree
 from maskfocus.config_rollout import RolloutConfig as RolloutConfig  # re-exported: one config tree
 from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: one config tree
@@ -256,6 +256,13 @@ class RunConfig(Section):
             raise ValueError(f"selection.num_steps (K={self.selection.num_steps}) must be <= {steps_key} (T={steps})")
         if not self.rewards:
             raise ValueError("rewards: at least one reward term is needed")
+        if repeated := repeated_metric_names(self.rewards):
+            raise ValueError(
+                f"rewards: more than one term would log as {', '.join(f'reward/{n}' for n in repeated)} in "
+                "metrics.jsonl; keep one term of each name (geneval terms may differ in mode or strict)"
+            )
+        if all(spec.weight == 0 for spec in self.rewards):
+            raise ValueError("rewards: every term has weight 0, so every rollout's reward would be 0; weight one")
         self._check_clip_step_embedding()
         self._check_learner_shards()
         return self

@@ -5,6 +5,7 @@ Part of the one config tree of `maskfocus.config` (which re-exports these names)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -74,6 +75,7 @@ class GenEvalDetectorConfig(Section):
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> GenEvalDetectorConfig:
+        self._refuse_other_kinds_settings()
         if self.kind == "owlv2" and (self.path is None or self.clip_model is None):
             raise ValueError("kind owlv2 needs `path` (the OWLv2 folder) and `clip_model` (the colour CLIP)")
         missing = [name for name in OWLV2_THRESHOLDS if name not in self.model_fields_set]
@@ -87,6 +89,38 @@ class GenEvalDetectorConfig(Section):
                 f"{', '.join(DETECTOR_OPTIONS[name] for name in OWLV2_THRESHOLDS)})"
             )
         return self
+
+    def _refuse_other_kinds_settings(self) -> None:
+        """A setting only another kind reads, changed from its default, would be ignored without a word: OWLv2
+        paths under the default `kind: shapes` trained against the shapes detector (reward 0 on real images)."""
+        ignored = [
+            name
+            for name, kinds in DETECTOR_FIELD_KINDS.items()
+            if self.kind not in kinds and getattr(self, name) != type(self).model_fields[name].default
+        ]
+        if ignored:
+            uses = "; ".join(f"`{name}` is read by kind {' and '.join(DETECTOR_FIELD_KINDS[name])}" for name in ignored)
+            raise ValueError(
+                f"this detector's kind is {self.kind}, which would ignore {', '.join(f'`{n}`' for n in ignored)} "
+                f"({uses}); set `kind` to the detector these settings are for, or remove them"
+            )
+
+
+DETECTOR_FIELD_KINDS = {
+    "path": ("owlv2",),
+    "clip_model": ("owlv2",),
+    "clip_checkpoint": ("owlv2",),
+    "object_names": ("owlv2",),
+    "score_threshold": ("shapes", "owlv2"),
+    "counting_score_threshold": ("shapes", "owlv2"),
+    "nms_iou": ("owlv2",),
+    "batch_size": ("owlv2", "http"),
+    "url": ("http",),
+    "timeout_s": ("http",),
+    "num_retries": ("http",),
+    "retry_backoff_s": ("http",),
+}
+"""The detector kinds that read each setting (`kind` applies to all; the http server keeps its own thresholds)."""
 
 
 DEFAULT_REWARD_MODELS = {"clip": "builtin:shapes-clip", "hps": "ViT-H-14"}
@@ -104,15 +138,8 @@ DETECTOR_OPTIONS = {
 }
 """The detector settings `maskfocus eval` takes as options: config key -> option."""
 
-DETECTOR_OPTION_KINDS = {
-    "path": ("owlv2",),
-    "clip_model": ("owlv2",),
-    "url": ("http",),
-    "score_threshold": ("shapes", "owlv2"),
-    "counting_score_threshold": ("shapes", "owlv2"),
-    "nms_iou": ("owlv2",),
-}
-"""The detector kinds that use each setting (the http server keeps its own thresholds); `kind` applies to all."""
+DETECTOR_OPTION_KINDS = {key: DETECTOR_FIELD_KINDS[key] for key in DETECTOR_OPTIONS if key != "kind"}
+"""The detector kinds that use each setting `maskfocus eval` takes as an option."""
 
 
 def _is_http_address(url: str) -> bool:
@@ -123,6 +150,17 @@ def _is_http_address(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def geneval_term_name(mode: str, strict: bool) -> str:
+    """Metric name of a GenEval term: `geneval_<mode>`, with `_strict` when extra objects cost reward."""
+    return f"geneval_{mode}_strict" if strict else f"geneval_{mode}"
+
+
+def repeated_metric_names(specs: Sequence[RewardSpec]) -> list[str]:
+    """The metric names (reward/<name> in metrics.jsonl) that more than one term would log under."""
+    names = [geneval_term_name(spec.mode, spec.strict) if spec.name == "geneval" else spec.name for spec in specs]
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 class RewardSpec(Section):
@@ -164,8 +202,12 @@ class RewardSpec(Section):
     def _check_name_fields(self) -> RewardSpec:
         if self.name == "hps" and self.checkpoint is None:
             raise ValueError("an hps term needs `checkpoint`: the HPS v2.1 file (HPS_v2.1_compressed.pt)")
-        if self.strict and self.name != "geneval":
-            raise ValueError(f"`strict` applies to geneval terms only, not {self.name}")
+        self._refuse_other_terms_settings()
+        if self.mode == "graded" and self.detector.kind == "http":
+            raise ValueError(
+                "mode graded needs the per-clause counts of a local detector (kind shapes or owlv2); the http reward "
+                "server returns only binary and partial scores: use mode binary or partial"
+            )
         if self.strict and self.detector.kind == "http" and self.mode != "binary":
             raise ValueError(
                 f"`strict: true` with detector kind http works in mode binary only: the reward server's {self.mode} "
@@ -173,3 +215,20 @@ class RewardSpec(Section):
                 "binary, a local detector (shapes, owlv2) or strict: false"
             )
         return self
+
+    def _refuse_other_terms_settings(self) -> None:
+        """A setting only another term reads (mode, strict and detector: geneval; model and checkpoint: clip and hps),
+        changed from its default, would be ignored without a word."""
+        reads = {"mode": ("geneval",), "strict": ("geneval",), "detector": ("geneval",)}
+        reads |= {"model": ("clip", "hps"), "checkpoint": ("clip", "hps")}
+        ignored = [
+            name
+            for name, names in reads.items()
+            if self.name not in names and getattr(self, name) != type(self).model_fields[name].default
+        ]
+        if ignored:
+            uses = "; ".join(f"`{name}` is read by {' and '.join(reads[name])} terms" for name in ignored)
+            raise ValueError(
+                f"this {self.name} term would ignore {', '.join(f'`{n}`' for n in ignored)} ({uses}); remove them, or "
+                "give the term the name they are for"
+            )

@@ -103,10 +103,17 @@ def eval_detector_config(
         detector, field = GenEvalDetectorConfig(), "detector"
     if not overrides:
         return detector, field
+    kind = overrides.get("kind", detector.kind)
+    unused = [key for key in overrides if kind not in DETECTOR_OPTION_KINDS.get(key, (kind,))]
+    if unused:  # given, it would be ignored without a word
+        uses = "; ".join(
+            f"{DETECTOR_OPTIONS[key]} is for --detector {' or '.join(DETECTOR_OPTION_KINDS[key])}" for key in unused
+        )
+        raise ConfigError(f"{uses}, not the {kind} detector this evaluation uses")
     try:
         # The config's own settings, unless the command line switches the detector kind: settings chosen for another
         # kind (or GenEval's defaults, written out in a run's config.yaml) must not pass as chosen for owlv2.
-        base = detector.model_dump(exclude_unset=True) if overrides.get("kind", detector.kind) == detector.kind else {}
+        base = detector.model_dump(exclude_unset=True) if kind == detector.kind else {}
         resolved = GenEvalDetectorConfig.model_validate({**base, **overrides})
     except ValidationError as error:
         messages = "; ".join(
@@ -118,12 +125,6 @@ def eval_detector_config(
         raise ConfigError(
             f"evaluation detector ({field} with the command line's options): {messages} ({options})"
         ) from None
-    unused = [key for key in overrides if resolved.kind not in DETECTOR_OPTION_KINDS.get(key, (resolved.kind,))]
-    if unused:  # given, it would be ignored without a word
-        uses = "; ".join(
-            f"{DETECTOR_OPTIONS[key]} is for --detector {' or '.join(DETECTOR_OPTION_KINDS[key])}" for key in unused
-        )
-        raise ConfigError(f"{uses}, not the {resolved.kind} detector this evaluation uses")
     return resolved, field
 
 

@@ -156,7 +156,7 @@ def test_a_variant_the_config_cannot_take_is_refused_before_any_run(ablation, tm
     assert error.startswith(
         f"ablation.py: error: variant critical_strict_reward (rewards.0.strict=true) does not apply to --config {clip}"
     )
-    assert "`strict` applies to geneval terms only" in error
+    assert "this clip term would ignore `strict` (`strict` is read by geneval terms)" in error
 
 
 def test_the_table_covers_the_seeds_of_the_jobs_run(ablation, tmp_path, monkeypatch, capsys):

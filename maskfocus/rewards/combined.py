@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from maskfocus.config import ConfigError, GenEvalDetectorConfig, RewardSpec
+from maskfocus.config_rewards import geneval_term_name, repeated_metric_names
 from maskfocus.images import to_tensor
 from maskfocus.rewards.geneval import GenEvalResult, strict_metadata
 from maskfocus.rewards.judges import Judge, build_judge
@@ -20,11 +21,6 @@ class Reward(Protocol):
 
     def __call__(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> torch.Tensor:
         """One float per image, (B,)."""
-
-
-def geneval_term_name(mode: str, strict: bool) -> str:
-    """Metric name of a GenEval term: `geneval_<mode>`, with `_strict` when extra objects cost reward."""
-    return f"geneval_{mode}_strict" if strict else f"geneval_{mode}"
 
 
 class GenEvalReward:
@@ -140,9 +136,7 @@ def build_reward(
 
 def build_rewards(specs: Sequence[RewardSpec], device: str = "cpu") -> WeightedReward:
     """The weighted sum of the configured terms (`rewards:` in the run YAML)."""
-    names = [geneval_term_name(spec.mode, spec.strict) if spec.name == "geneval" else spec.name for spec in specs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    if repeated := repeated_metric_names(specs):
         raise ConfigError(f"rewards: each term must have its own metric name; repeated: {', '.join(repeated)}")
     judges: dict[str, Judge] = {}
     return WeightedReward(

@@ -64,7 +64,7 @@ def test_strict_geneval_term_pays_less_for_extra_objects():
     strict = build_rewards([RewardSpec(name="geneval", mode="partial", strict=True)])
     assert loose(images, meta)[0].item() == 1.0
     assert strict(images, meta)[0].item() == 0.5  # the square breaks "nothing else", one of the 2 clauses
-    with pytest.raises(ConfigError, match=r"rewards\.0: .*`strict` applies to geneval terms only, not clip"):
+    with pytest.raises(ConfigError, match=r"rewards\.0: this clip term would ignore `strict` "):
         config_from_dict({"rewards": [{"name": "clip", "strict": True}]})
 
 
@@ -135,6 +135,63 @@ def test_reward_spec_fills_the_model_by_name_and_checks_required_fields():
         config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "retries": 3}}]})
     http = config_from_dict({"rewards": [{"name": "geneval", "detector": {"kind": "http", "num_retries": 5}}]})
     assert http.rewards[0].detector.num_retries == 5 and http.rewards[0].detector.timeout_s == 120.0
+
+
+@pytest.mark.parametrize(
+    "term, message",
+    [
+        # OWLv2 paths under the default kind would train against the shapes detector
+        (
+            {"name": "geneval", "detector": {"path": "/owl", "clip_model": "c"}},
+            r"kind is shapes, which would ignore `path`, `clip_model`",
+        ),
+        (
+            {"name": "geneval", "detector": {"kind": "http", "nms_iou": 0.7}},
+            r"kind is http, which would ignore `nms_iou` \(`nms_iou` is read by kind owlv2\)",
+        ),
+        (
+            {"name": "geneval", "detector": {"kind": "owlv2", "path": "/o", "clip_model": "c", "url": "http://h:1"}},
+            "would ignore `url`",
+        ),
+        ({"name": "geneval", "detector": {"timeout_s": 5}}, "kind is shapes, which would ignore `timeout_s`"),
+        ({"name": "clip", "mode": "graded"}, r"this clip term would ignore `mode` \(`mode` is read by geneval terms\)"),
+        ({"name": "hps", "checkpoint": "h.pt", "detector": {"kind": "http"}}, "this hps term would ignore `detector`"),
+        (
+            {"name": "geneval", "checkpoint": "c.pt"},
+            r"this geneval term would ignore `checkpoint` \(`checkpoint` is read by clip and hps",
+        ),
+        (
+            {"name": "geneval", "mode": "graded", "detector": {"kind": "http"}},
+            "mode graded needs the per-clause counts",
+        ),
+    ],
+)
+def test_settings_the_term_or_its_detector_would_ignore_are_refused_in_the_config(term, message):
+    """Refused by the config, so `train --check` names them before any model loads."""
+    with pytest.raises(ConfigError, match=r"rewards\.0(\.detector)?: .*" + message):
+        config_from_dict({"rewards": [term]})
+
+
+def test_the_settings_a_kind_reads_and_defaults_written_out_still_load():
+    """A run's config.yaml writes every field, other kinds' defaults too: it must still load and resume."""
+    owl = {"kind": "owlv2", "path": "/o", "clip_model": "c", "score_threshold": 0.1, "counting_score_threshold": 0.2}
+    assert RewardSpec(name="geneval", detector={**owl, "nms_iou": 0.3, "batch_size": 4}).detector.batch_size == 4
+    written = RewardSpec(name="clip").model_dump(mode="json")
+    assert written["mode"] == "binary" and written["detector"]["url"]
+    assert RewardSpec.model_validate(written) == RewardSpec(name="clip")
+    http = {"kind": "http", "url": "http://h:1", "timeout_s": 5.0, "num_retries": 0, "batch_size": 2}
+    assert RewardSpec(name="geneval", mode="partial", detector=http).detector.timeout_s == 5.0
+
+
+def test_one_metric_name_twice_or_every_weight_zero_is_refused_in_the_config():
+    with pytest.raises(ConfigError, match="more than one term would log as reward/clip in metrics.jsonl"):
+        config_from_dict({"rewards": [{"name": "clip"}, {"name": "clip", "weight": 2.0}]})
+    with pytest.raises(ConfigError, match="every term has weight 0"):
+        config_from_dict({"rewards": [{"name": "geneval", "weight": 0.0}, {"name": "clip", "weight": 0.0}]})
+    two_modes = config_from_dict(
+        {"rewards": [{"name": "geneval", "mode": "partial"}, {"name": "geneval", "weight": 0}]}
+    )
+    assert [spec.mode for spec in two_modes.rewards] == ["partial", "binary"]
 
 
 def test_binary_and_partial_terms_of_one_detector_judge_each_batch_once(monkeypatch):
