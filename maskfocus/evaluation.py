@@ -71,13 +71,15 @@ def check_classes(
     known: Sequence[str],
     detector_name: str,
     known_colors: Sequence[str] | None = None,
+    kind_setting: str = "--detector",
 ) -> None:
     """Fail early when the prompt set names classes (or colours) the detector cannot see: their rows would score 0
-    without a word."""
+    without a word. `kind_setting` names where the user picks the detector kind."""
     names = {clause["class"] for row in rows for clause in row.get("include", []) + row.get("exclude", [])}
     unknown = sorted(names - set(known))
     if unknown:
-        hint = " (real-image classes need `--detector owlv2` or `--detector http`)" if detector_name == "shapes" else ""
+        hint = f" (real-image classes need `{kind_setting} owlv2` or `{kind_setting} http`)"
+        hint = hint if detector_name == "shapes" else ""
         raise BenchmarkError(
             f"the {detector_name} detector cannot detect {', '.join(unknown[:8])}"
             f"{' ...' if len(unknown) > 8 else ''}; it knows: {', '.join(known)}{hint}"

@@ -77,11 +77,12 @@ def prompt_file_problems(config: RunConfig) -> list[str]:
     if not rollout.prompt_file or not Path(rollout.prompt_file).expanduser().is_file():
         return []  # none, or missing: missing_file_problems names it
     from maskfocus.config import ConfigError
+    from maskfocus.rewards.geneval import MetadataError
     from maskfocus.trainer import FilePrompts
 
     try:
         rows = FilePrompts(rollout.prompt_file, config.seed, rollout.tags, rollout.tag_weights).rows
-    except ConfigError as error:
+    except (ConfigError, MetadataError) as error:
         return [str(error)]
     problems = []
     if "tag" not in rows[0] and any(spec.name == "geneval" for spec in config.rewards):
@@ -89,8 +90,33 @@ def prompt_file_problems(config: RunConfig) -> list[str]:
             f"rollout.prompt_file: {rollout.prompt_file} holds free-form prompts, which the geneval reward cannot "
             "score (it needs each prompt's GenEval metadata); give a GenEval-format JSONL, or clip/hps rewards"
         )
+    elif "tag" in rows[0]:
+        problems += unseen_class_problems(config, rows)
     if (unknown := unknown_word_problem(config.model.path, sorted({row["prompt"] for row in rows}))) is not None:
         problems.append(f"rollout.prompt_file: {rollout.prompt_file}: {unknown}")
+    return problems
+
+
+def unseen_class_problems(config: RunConfig, rows: list[dict]) -> list[str]:
+    """Classes or colours of the training prompts that a geneval term's detector cannot see: every image of those
+    prompts would score 0 (the real GenEval file against the default shapes detector: no signal at all)."""
+    from maskfocus.evaluation import BenchmarkError, check_classes
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.rewards.judges import detector_vocabulary
+
+    problems = []
+    for index, spec in enumerate(config.rewards):
+        if spec.name != "geneval":
+            continue
+        field = f"rewards.{index}.detector"
+        try:
+            classes, colors = detector_vocabulary(spec.detector, field)
+            check_classes(rows, classes, spec.detector.kind, colors, f"{field}.kind:")
+        except BenchmarkError as error:
+            where = f"rollout.prompt_file: {config.rollout.prompt_file}"
+            problems.append(f"{where}: for {field}: {error}")
+        except ModelLoadError as error:  # an object_names file without names
+            problems.append(str(error))
     return problems
 
 

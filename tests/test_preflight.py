@@ -19,11 +19,11 @@ def test_each_missing_file_or_folder_is_named_by_its_key(tmp_path):
             "rewards": [
                 {"name": "clip", "model": str(clip_folder)},
                 {"name": "hps", "checkpoint": str(hps_weights)},
-                {"name": "clip"},  # builtin:shapes-clip
             ],
         }
     )
     assert missing_file_problems(present) == []
+    assert missing_file_problems(default_run_config({"rewards": [{"name": "clip"}]})) == []  # builtin:shapes-clip
     owlv2 = {
         "kind": "owlv2",
         "path": str(tmp_path / "owlv2"),
@@ -140,3 +140,44 @@ def test_prompt_files_that_would_spoil_the_run_are_named_before_it_starts(tmp_pa
     out = ["--set", f"train.out_dir={tmp_path / 'runs'}", "--set", f"rollout.prompt_file={words}", "--check"]
     assert "big, dragon" in cli_error(capsys, "train", "--executor", "local", *out)
     assert not (tmp_path / "runs").exists()
+
+
+def test_training_prompts_a_geneval_detector_cannot_see_are_named_before_the_run(tmp_path):
+    """The real GenEval file under the default shapes detector scored every image 0 without a word."""
+    import json
+
+    from maskfocus.preflight import prompt_file_problems
+
+    def row(name, color=None):
+        clause = {"class": name, "count": 1, **({"color": color} if color else {})}
+        return {
+            "tag": "color_attr" if color else "single_object",
+            "include": [clause],
+            "prompt": f"a photo of a {name}",
+        }
+
+    def problems(rows, detector=None):
+        (path := tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        term = {"name": "geneval", "mode": "partial", **({"detector": detector} if detector else {})}
+        return prompt_file_problems(default_run_config({"rollout.prompt_file": str(path), "rewards": [term]}))
+
+    assert problems([row("circle", "red")]) == []
+    [unseen, *_] = problems([row("circle"), row("bicycle")])  # the tokenizer's unknown words follow
+    assert unseen.endswith(
+        "for rewards.0.detector: the shapes detector cannot detect bicycle; it knows: "
+        + "circle, square, triangle, diamond"
+        + " (real-image classes need `rewards.0.detector.kind: owlv2` or `rewards.0.detector.kind: http`)"
+    )
+    [colour, *_] = problems([row("circle", "pink")])  # a GenEval colour the shapes world lacks
+    assert "the shapes detector cannot tell the colour(s) pink" in colour
+    [schema] = problems([row("circle", "teal")])
+    assert schema.endswith(
+        "prompts.jsonl:1: include[0].color: expected one of red, orange, yellow, green, blue, "
+        "purple, pink, brown, black, white; got 'teal'"
+    )
+    (names := tmp_path / "names.txt").write_text("circle\n")
+    owl = {"kind": "owlv2", "path": "/o", "clip_model": "c", "object_names": str(names)}
+    owl |= {"score_threshold": 0.1, "counting_score_threshold": 0.2, "nms_iou": 0.5}
+    assert problems([row("circle")], owl) == []
+    [square] = problems([row("square")], owl)
+    assert "for rewards.0.detector: the owlv2 detector cannot detect square; it knows: circle" in square

@@ -110,14 +110,28 @@ def thresholds_of(config: GenEvalDetectorConfig) -> Thresholds:
     return Thresholds(score=config.score_threshold, counting_score=config.counting_score_threshold)
 
 
+def detector_vocabulary(
+    config: GenEvalDetectorConfig, field: str = "detector"
+) -> tuple[Sequence[str], Sequence[str] | None]:
+    """The classes and colours (None: GenEval's) the detector `config` names can tell, without loading a model:
+    what `build_judge`'s judge will report as known_classes and known_colors."""
+    if config.kind == "shapes":
+        from maskfocus.shapes.world import COLORS, SHAPES
+
+        return SHAPES, tuple(COLORS)
+    if config.kind == "owlv2":
+        return load_object_names(config.object_names, f"{field}.object_names"), None
+    return load_object_names(), None
+
+
 def build_judge(config: GenEvalDetectorConfig, device: str = "cpu", field: str = "detector") -> Judge:
     """The judge a detector config names; local model files are checked here (errors name the field and path)."""
     if config.kind == "shapes":
         from maskfocus.shapes.detector import ShapesDetector
-        from maskfocus.shapes.world import COLORS, SHAPES
 
+        classes, colors = detector_vocabulary(config)
         detect = ShapesDetector().detect_batch
-        return DetectorJudge("shapes", detect, thresholds_of(config), known_classes=SHAPES, known_colors=tuple(COLORS))
+        return DetectorJudge("shapes", detect, thresholds_of(config), known_classes=classes, known_colors=colors)
     if config.kind == "owlv2":
         return _build_owlv2_judge(config, device, field)
     from maskfocus.rewards.geneval_client import GenEvalClient
@@ -128,7 +142,7 @@ def build_judge(config: GenEvalDetectorConfig, device: str = "cpu", field: str =
         num_retries=config.num_retries,
         retry_backoff_s=config.retry_backoff_s,
         batch_size=config.batch_size,
-        known_classes=load_object_names(),
+        known_classes=detector_vocabulary(config)[0],
     )
 
 
@@ -137,7 +151,7 @@ def _build_owlv2_judge(config: GenEvalDetectorConfig, device: str, field: str) -
     from maskfocus.rewards.owlv2 import Owlv2Detector
 
     assert config.path is not None and config.clip_model is not None  # the config validator guarantees it
-    names = load_object_names(config.object_names, f"{field}.object_names")
+    names = list(detector_vocabulary(config, field)[0])
     thresholds = thresholds_of(config)
     detector = Owlv2Detector.from_folder(
         config.path,
