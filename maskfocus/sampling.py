@@ -58,8 +58,10 @@ def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Ge
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0 - 1e-7)
-    return -torch.log(-torch.log(uniform))
+    """Gumbel noise on `device`, drawn on the generator's device: a CPU generator (previews, `maskfocus sample`)
+    may drive a CUDA model, and torch refuses a generator of another device type."""
+    uniform = torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,22 @@ def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypat
     monkeypatch.setattr(maskfocus.sampling, "sample_with_config", recording)
     images = sample_images_in_batches(tiny_model, ["a red circle"] * 5, sampler, seeded_generator(3))
     assert sizes == [2, 2, 1] and images.shape[0] == 5 and (images[:2] == one_call).all()
+
+
+def test_gumbel_noise_is_drawn_on_the_generators_device_and_moved_to_the_models(monkeypatch):
+    """Previews and `maskfocus sample` drive a CUDA model with a CPU generator; torch refuses a generator of another
+    device type, so the draw happens on the generator's device (CI has no GPU: the meta device stands in)."""
+    from maskfocus.sampling import _gumbel
+
+    expected = -torch.log(-torch.log(torch.rand(3, 5, generator=seeded_generator(7)).clamp(1e-20, 1 - 1e-7)))
+    torch.testing.assert_close(_gumbel(torch.Size((3, 5)), seeded_generator(7), torch.device("cpu")), expected)
+    drawn_on = []
+    real_rand = torch.rand
+
+    def recording_rand(*args, device=None, **kwargs):
+        drawn_on.append(torch.device(device))
+        return real_rand(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", recording_rand)
+    noise = _gumbel(torch.Size((3, 5)), seeded_generator(7), torch.device("meta"))
+    assert drawn_on == [torch.device("cpu")] and noise.device == torch.device("meta") and noise.shape == (3, 5)
