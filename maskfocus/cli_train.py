@@ -25,6 +25,19 @@ def idle_settings_notice(config: RunConfig) -> str | None:
     return f"grpo.behaviour_weight_cap has no effect in this run: it weights stale batches only, and {why}"
 
 
+def meissonic_steps_notice(config: RunConfig) -> str | None:
+    """Meissonic conditions on the step index (timestep T-1-i): rollouts with their own T learn under timesteps that
+    the evaluation's sampler never uses."""
+    rollout_steps, eval_steps = config.rollout_sampler().num_steps, config.sampler.num_steps
+    if config.model.kind != "meissonic" or rollout_steps == eval_steps:
+        return None
+    return (
+        f"rollout.num_steps {rollout_steps} differs from sampler.num_steps {eval_steps}: Meissonic conditions on the "
+        f"step index, so the rollouts learn under timesteps 0-{rollout_steps - 1} and the evaluation samples under "
+        f"0-{eval_steps - 1}; what RL learns may carry over less than with aMUSEd, which takes no timestep"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from maskfocus.run_io import new_run_folder, record_resumed_config, run_folder_for
 
@@ -68,8 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
         print(notice)
-    if notice := idle_settings_notice(config):
-        print(notice)
+    for notice in (idle_settings_notice(config), meissonic_steps_notice(config)):
+        if notice:
+            print(notice)
     try:
         summary = run_executor(config, run_dir, bool(args.resume), args.address)
     except KeyboardInterrupt as stop:  # a second Ctrl-C: stopped at once, between checkpoints

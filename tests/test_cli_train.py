@@ -233,6 +233,19 @@ def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason
         assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
 
 
+def test_meissonic_rollouts_with_their_own_step_count_are_announced():
+    """Meissonic's timestep is the step index, so rollouts at another T condition on timesteps evaluation never uses."""
+    from maskfocus.cli_train import meissonic_steps_notice
+    from maskfocus.config import default_run_config
+
+    meissonic = {"model.kind": "meissonic", "model.path": "/m", "sampler.num_steps": 64}
+    notice = meissonic_steps_notice(default_run_config({**meissonic, "rollout.num_steps": 16}))
+    assert notice.startswith("rollout.num_steps 16 differs from sampler.num_steps 64: Meissonic conditions")
+    assert "timesteps 0-15 and the evaluation samples under 0-63" in notice
+    assert meissonic_steps_notice(default_run_config({**meissonic, "rollout.num_steps": 64})) is None
+    assert meissonic_steps_notice(default_run_config({"rollout.num_steps": 6})) is None  # aMUSEd-like: no timestep
+
+
 def test_an_address_with_the_in_process_executor_is_refused(tmp_path, capsys):
     """It was ignored without a word, even by --check."""
     argv = ["train", "--executor", "local", "--address", "10.0.0.1:6379", "--set", f"train.out_dir={tmp_path}"]

@@ -43,8 +43,10 @@ def load_generator(
     if config.kind == "meissonic":
         from maskfocus.models.meissonic import MeissonicGenerator
 
+        trust = config.trust_checkpoint_code
+        # every copy (a float32 learner's too) conditions on the timesteps the rollouts' dtype computes
         return MeissonicGenerator.from_folder(
-            config.path, trust_checkpoint_code=config.trust_checkpoint_code, **options
+            config.path, trust_checkpoint_code=trust, timestep_dtype=config.dtype, **options
         )
     from maskfocus.models.amused import AmusedGenerator
 

@@ -133,15 +133,26 @@ def meissonic_timestep(step: int | torch.Tensor, num_steps: int, batch: int, dev
     return num_steps - 1 - step_tensor(step, batch, device)
 
 
+def timestep_as_computed_in(timestep_B: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The timestep to feed so that the transformer's `timestep.to(module dtype) * 1000` comes out as a module in
+    `dtype` computes it. In bfloat16, 63 * 1000 rounds to 62976, so a float32 learner fed the plain index would
+    condition on other timesteps (57 of 64 differ) than the bfloat16 rollouts it scores. Float32: unchanged."""
+    if dtype == torch.float32:
+        return timestep_B
+    return (timestep_B.to(dtype) * 1000).float() / 1000
+
+
 class MeissonicGenerator(VQTextGenerator):
     """MaskedGenerator over a Meissonic folder (see maskfocus.models.base for the interface)."""
 
     PER_SAMPLE_INPUTS = ("hidden_states", "micro_conds", "pooled_projections", "encoder_hidden_states", "timestep")
     """`logits`' keyword inputs with a row per sample; img_ids (N, 3) and txt_ids (S, 3) serve the whole batch."""
 
-    def __init__(self, *args, downsample: bool, **kwargs):
+    def __init__(self, *args, downsample: bool, timestep_dtype: torch.dtype = torch.float32, **kwargs):
         super().__init__(*args, **kwargs)
         self.downsample = downsample
+        self.timestep_dtype = timestep_dtype
+        """The dtype whose rounding of timestep * 1000 every copy of the model reproduces: the rollouts'."""
         if downsample and (self.grid_size[0] % 2 or self.grid_size[1] % 2):
             raise ModelLoadError(f"a downsampling Meissonic transformer needs an even token grid, got {self.grid_size}")
         self.img_ids = image_position_ids(self.grid_size, downsample, self.device)
@@ -155,10 +166,12 @@ class MeissonicGenerator(VQTextGenerator):
         resolution: int | None = None,
         text_encoder: str | None = None,
         trust_checkpoint_code: bool = False,
+        timestep_dtype: str | None = None,
     ) -> MeissonicGenerator:
         """Load transformer and text encoder in `dtype` (the VQ stays float32); `resolution` in pixels (None =
         `native_resolution`); `text_encoder` replaces text_encoder/ (the reference inference uses the original
-        CLIP-ViT-H-14)."""
+        CLIP-ViT-H-14); `timestep_dtype` (None: `dtype`) is the rollouts' dtype, whose timestep rounding a float32
+        learner copy reproduces."""
         folder = check_generator_folder(path, "meissonic")
         hint = folder_hint(path)
         check_codebooks(folder)
@@ -184,6 +197,7 @@ class MeissonicGenerator(VQTextGenerator):
             pixel_range=vq_pixel_range(folder),
             device=device,
             downsample=bool(getattr(transformer.config, "downsample", False)),
+            timestep_dtype=torch_dtype(timestep_dtype or dtype),
         )
         smoke_forward(model, folder)
         return model
@@ -207,7 +221,9 @@ class MeissonicGenerator(VQTextGenerator):
             encoder_hidden_states=hidden,
             img_ids=self.img_ids,
             txt_ids=text_position_ids(hidden.shape[1], self.device),
-            timestep=meissonic_timestep(step, num_steps, batch, self.device),
+            timestep=timestep_as_computed_in(
+                meissonic_timestep(step, num_steps, batch, self.device), self.timestep_dtype
+            ),
         )
         return self._to_logits(_output_tensor(output))
 

@@ -230,3 +230,27 @@ def test_padding_a_batch_that_equals_the_text_length_leaves_txt_ids_alone(model)
     assert padded.batch_sizes == [17] and seen["hidden_states"].shape[0] == 17
     assert seen["txt_ids"].shape == (TEXT_LENGTH, 3) and seen["img_ids"].shape == (64, 3)
     torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_float32_copy_conditions_on_the_timesteps_its_bfloat16_rollouts_compute(meissonic_folder):
+    """The release scales the timestep in the module's dtype: bfloat16 turns 63 * 1000 into 62976. The float32
+    learner must score the rollouts under the conditioning they were sampled with, so it is fed the timestep that
+    reproduces the rollouts' rounding; with float32 rollouts it gets the plain step index."""
+    folder = {"path": str(meissonic_folder), "kind": "meissonic", "trust_checkpoint_code": True, "resolution": 32}
+    rollouts = load_generator(ModelConfig(**folder, dtype="bfloat16"))
+    learner = load_generator(ModelConfig(**folder, dtype="bfloat16"), dtype="float32")
+    plain = load_generator(ModelConfig(**folder, dtype="float32"))
+    steps = torch.arange(64)
+
+    def scaled_timesteps(model):
+        """timestep * 1000 as the transformer computes it, in its own dtype, for every step of a 64-step run."""
+        condition = model.encode_prompts(["a cat"] * 64)
+        with torch.no_grad():
+            model.logits(torch.full((64, 256), model.mask_token_id), condition, step=steps, num_steps=64)
+        timestep = model.transformer.last_inputs["timestep"]
+        return (timestep.to(next(model.transformer.parameters()).dtype) * 1000).float()
+
+    in_bfloat16 = scaled_timesteps(rollouts)
+    assert (in_bfloat16 != (63 - steps) * 1000.0).sum() > 40  # bfloat16 rounds most of them
+    torch.testing.assert_close(scaled_timesteps(learner), in_bfloat16, rtol=0, atol=0.01)
+    assert torch.equal(scaled_timesteps(plain), (63 - steps) * 1000.0)

@@ -147,7 +147,8 @@ class Transformer2DModel(ModelMixin, ConfigMixin):
         text = self.context_embedder(encoder_hidden_states)
         rotary = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # like the release: must cover S + h*w rows
         micro = get_timestep_embedding(micro_conds.flatten(), MICRO_COND_ENCODE_DIM, True, 0).reshape(batch, -1)
-        time = get_timestep_embedding(timestep.flatten().expand(batch).float() * 1000, channels, True, 0)
+        # as the release: the timestep scaled in the module's dtype (bfloat16 rounds 63 * 1000 to 62976)
+        time = get_timestep_embedding(timestep.flatten().expand(batch).to(image.dtype) * 1000, channels, True, 0)
         temb = self.cond_embed(torch.cat([pooled_projections, micro.to(image.dtype), time.to(image.dtype)], dim=1))
         for block in self.transformer_blocks:
             text, image = block(image, text, temb, rotary)
