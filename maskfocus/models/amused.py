@@ -23,10 +23,10 @@ from maskfocus.models.loading import (
     check_generator_folder,
     check_text_parts,
     folder_hint,
-    load_part,
     load_text_encoder,
     load_tokenizer,
     load_vqvae,
+    load_weights,
     mask_token_id,
     resolve_model_path,
     torch_dtype,
@@ -64,7 +64,7 @@ class AmusedGenerator(VQTextGenerator):
         check_codebooks(folder)
         weights_dtype = torch_dtype(dtype)
         vqvae = load_vqvae(folder, hint)
-        transformer = load_part(UVit2DModel.from_pretrained, folder, "transformer", hint, torch_dtype=weights_dtype)
+        transformer = load_weights(UVit2DModel.from_pretrained, folder, "transformer", hint, torch_dtype=weights_dtype)
         encoder = load_text_encoder(folder, hint, weights_dtype, text_encoder)
         tokenizer = load_tokenizer(folder, hint)
         check_text_parts(folder, tokenizer, encoder)

@@ -69,7 +69,23 @@ def check_generator_folder(path: str | Path, kind: str, extra_parts: tuple[str, 
     fail to start. Returns the resolved folder."""
     folder = resolve_model_path(path)
     check_folder(folder, GENERATOR_PARTS + extra_parts, GENERATOR_KINDS[kind], folder_hint(path))
+    check_transformer_kind(folder, kind)
     return folder
+
+
+def check_transformer_kind(folder: Path, kind: str) -> None:
+    """The transformer's class (transformer/config.json `_class_name`) is one `kind` loads: diffusers' UVit2DModel
+    loaded a Meissonic transformer's config without complaint, started every weight random and failed only at a
+    later width check, after reading gigabytes. A Meissonic folder ships its class's code as transformer.py."""
+    class_name = read_config(folder, "transformer").get("_class_name")
+    if kind == "amused" and class_name not in (None, "UVit2DModel"):
+        where = "transformer/transformer.py" if (folder / "transformer" / "transformer.py").is_file() else "its code"
+        raise ModelLoadError(
+            f"{folder} is not an aMUSEd folder: its transformer is a {class_name} (transformer/config.json), not a "
+            f"UVit2DModel; a Meissonic folder, with {where}, needs model.kind: meissonic"
+        )
+    if kind == "meissonic" and class_name == "UVit2DModel":
+        raise ModelLoadError(f"{folder} is an aMUSEd folder (its transformer is a UVit2DModel); set model.kind: amused")
 
 
 def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> None:
@@ -127,13 +143,28 @@ def load_part(loader: Callable[..., Any], folder: Path, part: str, hint: str, **
             transformers_logging.enable_progress_bar()
 
 
+def load_weights(loader: Callable[..., Any], folder: Path, part: str, hint: str, what: str = "", **kwargs: Any) -> Any:
+    """`load_part` of a model whose weights must all be in the checkpoint: the libraries only warn about missing
+    ones and start them random (a text encoder without text_projection gave a random pooled condition; a transformer
+    without a layer failed later at `.to(device)` as "Cannot copy out of meta tensor"). `what` says what fits."""
+    model, info = load_part(loader, folder, part, hint, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ModelLoadError(
+            f"{folder / part}: the checkpoint lacks {len(missing)} weight(s) its config.json asks for ({shown}); they "
+            f"would start random; {what or hint}"
+        )
+    return model
+
+
 def load_vqvae(folder: Path, hint: str):
     """The VQ tokenizer, always float32 (its decode is cheap next to the transformer and lossy in half).
 
     `lookup_from_codebook=True` is forced: the adapters decode token ids, which needs the codebook lookup."""
     from diffusers import VQModel
 
-    return load_part(VQModel.from_pretrained, folder, "vqvae", hint, lookup_from_codebook=True)
+    return load_weights(VQModel.from_pretrained, folder, "vqvae", hint, lookup_from_codebook=True)
 
 
 def load_tokenizer(folder: Path, hint: str):
@@ -151,12 +182,17 @@ def load_text_encoder(folder: Path, hint: str, dtype: torch.dtype, override: str
     """CLIPTextModelWithProjection from text_encoder/, or from `override` (another local folder) when given."""
     from transformers import CLIPTextModelWithProjection
 
+    load = CLIPTextModelWithProjection.from_pretrained
+    what = (
+        "the text encoder must be a CLIPTextModelWithProjection (or a whole CLIPModel) with its text_projection: a "
+        "plain CLIPTextModel, such as Stable Diffusion's text_encoder/, has none."
+    )
     if override is None:
-        return load_part(CLIPTextModelWithProjection.from_pretrained, folder, "text_encoder", hint, dtype=dtype)
+        return load_weights(load, folder, "text_encoder", hint, what, dtype=dtype)
     path = Path(override).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"model.text_encoder {override}: no such folder (a local CLIPTextModelWithProjection)")
-    return load_part(CLIPTextModelWithProjection.from_pretrained, path.parent, path.name, FOLDER_HINT, dtype=dtype)
+    return load_weights(load, path.parent, path.name, FOLDER_HINT, f"model.text_encoder: {what}", dtype=dtype)
 
 
 def vq_downscale(vq_config) -> int:

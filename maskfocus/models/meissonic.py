@@ -31,10 +31,10 @@ from maskfocus.models.loading import (
     check_generator_folder,
     check_text_parts,
     folder_hint,
-    load_part,
     load_text_encoder,
     load_tokenizer,
     load_vqvae,
+    load_weights,
     mask_token_id,
     read_config,
     torch_dtype,
@@ -63,11 +63,7 @@ def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
     Importing that file runs arbitrary code from the checkpoint, so it happens only when the run config says
     `model.trust_checkpoint_code: true`."""
     path = folder / "transformer" / CODE_FILE
-    if not path.is_file():
-        if read_config(folder, "transformer").get("_class_name") == "UVit2DModel":
-            raise ModelLoadError(
-                f"{folder} is an aMUSEd folder (its transformer is a UVit2DModel); set model.kind: amused"
-            )
+    if not path.is_file():  # an aMUSEd folder was named as one by check_generator_folder
         raise ModelLoadError(
             f"{folder} has no transformer/{CODE_FILE}: copy the Transformer2DModel source of the Meissonic release "
             "(src/transformer.py of github.com/viiika/Meissonic) there"
@@ -179,7 +175,7 @@ class MeissonicGenerator(VQTextGenerator):
         weights_dtype = torch_dtype(dtype)
         vqvae = load_vqvae(folder, hint)
         load = transformer_class.from_pretrained
-        transformer = load_part(load, folder, "transformer", hint, torch_dtype=weights_dtype)
+        transformer = load_weights(load, folder, "transformer", hint, torch_dtype=weights_dtype)
         add_missing_head_dim(transformer)
         encoder = load_text_encoder(folder, hint, weights_dtype, text_encoder)
         tokenizer = load_tokenizer(folder, hint)

@@ -109,3 +109,47 @@ def test_a_training_checkpoint_given_as_a_model_names_the_runs_model_folder(tmp_
     (checkpoint / "transformer.safetensors").write_bytes(b"")
     with pytest.raises(ModelLoadError, match=rf"it is a training checkpoint of the run {tmp_path / 'run'}, which"):
         check_generator_folder(checkpoint, "amused")
+
+
+def _drop_weight(folder, part: str, key: str, file: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / part / file)
+    del weights[key]
+    save_file(weights, folder / part / file)
+
+
+def test_a_text_encoder_missing_weights_is_refused_not_started_random(amused_copy):
+    """The libraries only warn and start missing weights random: a text encoder without text_projection gave a
+    random pooled condition."""
+    from maskfocus.models.base import ModelLoadError
+
+    _drop_weight(amused_copy, "text_encoder", "text_projection.weight", "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"text_encoder: the checkpoint lacks 1 weight\(s\) .*\(text_projection"):
+        load_generator(ModelConfig(path=str(amused_copy)))
+    with pytest.raises(ModelLoadError, match="must be a CLIPTextModelWithProjection"):
+        load_generator(ModelConfig(path=str(amused_copy)))
+
+
+def test_a_transformer_missing_weights_is_refused_not_started_random(meissonic_copy):
+    """A transformer without a layer failed at `.to(device)` with "Cannot copy out of meta tensor"."""
+    from maskfocus.models.base import ModelLoadError
+
+    weights = "diffusion_pytorch_model.safetensors"
+    _drop_weight(meissonic_copy, "transformer", "up_block.weight", weights)
+    config = ModelConfig(path=str(meissonic_copy), kind="meissonic", trust_checkpoint_code=True, resolution=32)
+    with pytest.raises(ModelLoadError, match=r"transformer: the checkpoint lacks 1 weight\(s\) .*up_block.weight"):
+        load_generator(config)
+
+
+def test_a_meissonic_folder_given_as_amused_is_named_before_any_weight_loads(meissonic_folder):
+    """UVit2DModel took the Meissonic config without complaint, started every weight random and failed later at a
+    width check; `maskfocus train --check` runs the same check (check_generator_folder)."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import check_generator_folder
+
+    message = r"is not an aMUSEd folder: its transformer is a \w+ .*transformer.py, needs model.kind: meissonic"
+    with pytest.raises(ModelLoadError, match=message):
+        check_generator_folder(meissonic_folder, "amused")
+    with pytest.raises(ModelLoadError, match=message):
+        load_generator(ModelConfig(path=str(meissonic_folder), kind="amused"))
