@@ -126,7 +126,11 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
         )
     problems = []
     try:
-        check_generator_folder(config.model.path, config.model.kind)
+        folder = check_generator_folder(config.model.path, config.model.kind)
+        if config.model.kind == "meissonic":
+            from maskfocus.models.meissonic import check_checkpoint_code
+
+            check_checkpoint_code(folder, config.model.trust_checkpoint_code)
     except ModelLoadError as error:
         problems.append(str(error))
     problems += missing_file_problems(config)

@@ -57,11 +57,9 @@ def native_resolution(transformer_config, vq_config) -> int:
     return int(sample_size) * vq_downscale(vq_config)
 
 
-def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
-    """The transformer class defined in `<folder>/transformer/transformer.py`, named by its config's `_class_name`.
-
-    Importing that file runs arbitrary code from the checkpoint, so it happens only when the run config says
-    `model.trust_checkpoint_code: true`."""
+def check_checkpoint_code(folder: Path, trust_checkpoint_code: bool) -> Path:
+    """The folder ships its transformer's code (transformer/transformer.py) and the config trusts it: cheap, so
+    `maskfocus train` checks it before a run starts. Returns the code file."""
     path = folder / "transformer" / CODE_FILE
     if not path.is_file():  # an aMUSEd folder was named as one by check_generator_folder
         raise ModelLoadError(
@@ -74,6 +72,15 @@ def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
             "and loading it runs that code. If you trust this folder (e.g. the MeissonFlow/Meissonic release), "
             "set `model.trust_checkpoint_code: true` in the run config."
         )
+    return path
+
+
+def load_checkpoint_class(folder: Path, trust_checkpoint_code: bool) -> type:
+    """The transformer class defined in `<folder>/transformer/transformer.py`, named by its config's `_class_name`.
+
+    Importing that file runs arbitrary code from the checkpoint, so it happens only when the run config says
+    `model.trust_checkpoint_code: true`."""
+    path = check_checkpoint_code(folder, trust_checkpoint_code)
     class_name = read_config(folder, "transformer").get("_class_name")
     name = "maskfocus_checkpoint_code_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -254,3 +254,17 @@ def test_a_float32_copy_conditions_on_the_timesteps_its_bfloat16_rollouts_comput
     assert (in_bfloat16 != (63 - steps) * 1000.0).sum() > 40  # bfloat16 rounds most of them
     torch.testing.assert_close(scaled_timesteps(learner), in_bfloat16, rtol=0, atol=0.01)
     assert torch.equal(scaled_timesteps(plain), (63 - steps) * 1000.0)
+
+
+def test_train_names_an_untrusted_meissonic_folder_before_the_run_starts(meissonic_folder, tmp_path, capsys):
+    """The trust gate and the code file are cheap checks: `train --check` and `train` name them, and nothing is
+    written, instead of rollout workers failing at start."""
+    from support import cli_error
+
+    runs = tmp_path / "runs"
+    settings = ["--set", f"model.path={meissonic_folder}", "--set", "model.kind=meissonic"]
+    settings += ["--set", f"train.out_dir={runs}", "--executor", "local"]
+    for check in (["--check"], []):
+        error = cli_error(capsys, "train", *settings, *check)
+        assert "is a Meissonic folder: its transformer is Python code shipped with the checkpoint" in error
+    assert not runs.exists()
