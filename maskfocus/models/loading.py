@@ -119,7 +119,7 @@ def read_config(folder: Path, part: str) -> dict[str, Any]:
                 return json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 raise ModelLoadError(f"cannot read {path}: {error}") from None
-    raise ModelLoadError(f"{folder / part} has no config.json: not a saved model part")
+    raise ModelLoadError(f"{folder / part} has no config.json or {part}_config.json: not a saved model part")
 
 
 def load_part(loader: Callable[..., Any], folder: Path, part: str, hint: str, **kwargs: Any) -> Any:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from maskfocus.compiled import declare_per_sample_inputs
-from maskfocus.models.base import Condition
+from maskfocus.models.base import Condition, ModelLoadError
 from maskfocus.models.loading import vq_downscale
 from maskfocus.models.tokenizer import check_prompts
 
@@ -75,6 +75,12 @@ class VQTextGenerator:
         self.codebook_size = codebook_size
         self.mask_token_id = mask_token_id
         self.vae_scale_factor = vq_downscale(vqvae.config)
+        if image_size % self.vae_scale_factor:  # it was floored without a word (500 px sampled 496)
+            lower = image_size // self.vae_scale_factor * self.vae_scale_factor
+            raise ModelLoadError(
+                f"model.resolution {image_size} is not a multiple of the VQ's downscale {self.vae_scale_factor}: "
+                f"use {lower} or {lower + self.vae_scale_factor}"
+            )
         side = image_size // self.vae_scale_factor
         self.grid_size = (side, side)
         self.image_size = side * self.vae_scale_factor

@@ -153,3 +153,14 @@ def test_a_meissonic_folder_given_as_amused_is_named_before_any_weight_loads(mei
         check_generator_folder(meissonic_folder, "amused")
     with pytest.raises(ModelLoadError, match=message):
         load_generator(ModelConfig(path=str(meissonic_folder), kind="amused"))
+
+
+def test_a_resolution_the_vq_cannot_tile_is_refused_not_floored(amused_folder):
+    """500 px with a downscale of 16 sampled 496-px images without a word."""
+    from maskfocus.models.base import ModelLoadError
+
+    with pytest.raises(
+        ModelLoadError, match=r"model.resolution 33 is not a multiple of the VQ's downscale 2: use 32 or 34"
+    ):
+        load_generator(ModelConfig(path=str(amused_folder), resolution=33))
+    assert load_generator(ModelConfig(path=str(amused_folder), resolution=34)).image_size == 34
