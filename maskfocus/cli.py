@@ -136,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         clip_score=clip_score,
         keep_images=64 if args.grid else 0,
         judge=judge,
+        records_out=Path(args.out) if args.out else None,
     )
     write_results(records, summary, Path(args.out) if args.out else None, Path(args.summary) if args.summary else None)
     if args.grid and images is not None:

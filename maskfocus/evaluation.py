@@ -240,10 +240,13 @@ def run_evaluation(
     keep_images: int = 0,
     show_progress: bool = True,
     judge: Judge | None = None,
+    records_out: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], np.ndarray | None]:
     """Generate, judge and score every image; returns records, the summary and the first `keep_images`.
 
     Images are judged by `judge`, or by the GenEval rules on the detections of `detect_batch` (give one).
+    `records_out` gets each batch's records as it is judged, so a failure late in a long evaluation (the reward
+    server gone, no image scored) keeps what was judged.
     """
     assert (detect_batch is None) != (judge is None), "give run_evaluation either detect_batch or judge"
     judge = judge if judge is not None else DetectorJudge("detector", detect_batch)
@@ -254,20 +257,53 @@ def run_evaluation(
     clip_values: list[float] = []
     kept: list[np.ndarray] = []
     start = time.perf_counter()
-    with tqdm(total=len(jobs), desc="eval", unit="img", disable=not show_progress) as bar:
+    with (
+        tqdm(total=len(jobs), desc="eval", unit="img", disable=not show_progress) as bar,
+        RecordWriter(records_out) as writer,
+    ):
         for chunk, images in generate_batches(model, jobs, sampler, eval_config.seed):
-            records.extend(score_images(rows, chunk, images, judge))
+            records.extend(writer.write(score_images(rows, chunk, images, judge)))
             if clip_score is not None:
                 pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
                 clip_values.extend(clip_score(pixels, [job.prompt for job in chunk]).tolist())
             if sum(len(k) for k in kept) < keep_images:
                 kept.append(images)
             bar.update(len(chunk))
+    if all(record["correct"] is None for record in records):
+        kept_note = f"; the records are in {records_out}" if records_out is not None else ""
+        raise BenchmarkError(
+            f"the {judge.name} judge could not score any of the {len(records)} images (all NaN){kept_note}: check "
+            "the judge (a reward server's log) before reading a score"
+        )
     summary = summarize((record["tag"], record["correct"]) for record in records)
     summary["clip_score"] = float(np.mean(clip_values)) if clip_values else None
     summary["seconds"] = round(time.perf_counter() - start, 1)
     kept_images = np.concatenate(kept)[:keep_images] if kept else None
     return records, summary, kept_images
+
+
+class RecordWriter:
+    """Per-image records appended to a JSONL file as they are judged (no file: keeps nothing on disk)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> RecordWriter:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("w")
+        return self
+
+    def write(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.handle is not None:
+            self.handle.writelines(json.dumps(record) + "\n" for record in records)
+            self.handle.flush()
+        return records
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 def write_results(

@@ -141,3 +141,35 @@ def test_run_evaluation_still_takes_a_detect_batch_function():
     eval_config, sampler = EvalConfig(num_images_per_prompt=1), SamplerConfig(num_steps=2, batch_size=6)
     records, summary, _ = run_evaluation(ToyGenerator(), rows, eval_config, sampler, nothing_found, show_progress=False)
     assert summary["overall"] == 0.0 and all(r["reasons"] for r in records)
+
+
+def test_a_judge_failing_late_leaves_the_records_judged_so_far(tmp_path):
+    """Records were kept in memory until the end: a reward server lost at batch k, or one that scored nothing,
+    threw away every judged batch."""
+    from maskfocus.evaluation import BenchmarkError
+    from maskfocus.rewards.geneval import GenEvalResult
+    from maskfocus.rewards.geneval_client import RewardServerError
+
+    class FailsOnSecondBatch:
+        name, known_classes, known_colors, batches = "http", None, None, 0
+
+        def judge(self, images, metadata):
+            self.batches += 1
+            if self.batches == 2:
+                raise RewardServerError("the GenEval server did not answer")
+            return [GenEvalResult(True, 1.0, ()) for _ in images]
+
+    rows, out = _one_row_per_tag(), tmp_path / "eval" / "records.jsonl"
+    eval_config, sampler = EvalConfig(num_images_per_prompt=1), SamplerConfig(num_steps=2, batch_size=4)
+    with pytest.raises(RewardServerError):
+        run_evaluation(ToyGenerator(), rows, eval_config, sampler, judge=FailsOnSecondBatch(), records_out=out)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [record["prompt"] for record in kept] == [row["prompt"] for row in rows[:4]]
+
+    class ScoresNothing(FailsOnSecondBatch):
+        def judge(self, images, metadata):
+            return [GenEvalResult(False, float("nan"), ()) for _ in images]
+
+    with pytest.raises(BenchmarkError, match=rf"http judge could not score any of the 6 images .*records are in {out}"):
+        run_evaluation(ToyGenerator(), rows, eval_config, sampler, judge=ScoresNothing(), records_out=out)
+    assert len(out.read_text().splitlines()) == 6
