@@ -106,6 +106,7 @@ def _batch_stats(trajectory, rewards_B, parts, info, similarity_BT, gain_BT, ste
         # every group without learning signal: all-equal rewards, or skipped for a non-finite reward
         "reward/zero_adv_group_fraction": (info.num_zero_groups + info.num_nan_groups) / info.num_groups,
         "reward/nan_groups": float(info.num_nan_groups),
+        "reward/nan_group_fraction": info.num_nan_groups / info.num_groups,
         "router/exploratory_fraction": trajectory.routes_BT.float().mean().item(),
         "rollout/entropy_mean": trajectory.entropy_BT.mean().item(),
         "rollout/seconds": trajectory.seconds,

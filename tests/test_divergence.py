@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from maskfocus.divergence import KEY, Diverged, NonFiniteWatch
+from maskfocus.divergence import KEY, NAN_REWARD_KEY, Diverged, NonFiniteWatch
 
 
 def records(fractions):
@@ -28,6 +28,25 @@ def test_patience_counts_wholly_non_finite_iterations_in_a_row():
         watch.observe(record)
     with pytest.raises(Diverged, match=r"^the loss was non-finite at every learned step of iterations 3-5, so none"):
         watch.observe({"iteration": 5, KEY: 1.0})
+
+
+def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_run():
+    """A reward term returning NaN skips its group; with every group skipped the run learned only the KL pull to the
+    reference, and nothing said so beyond a metric."""
+    watch = NonFiniteWatch(patience=3)
+    nan_rewards = [{"iteration": i, NAN_REWARD_KEY: f} for i, f in enumerate([0.0, 0.25, 1.0, 1.0, 0.5])]
+    notes = [watch.observe(record) for record in nan_rewards]
+    assert notes[0] is None and notes[2:] == [None] * 3
+    assert (
+        notes[1]
+        == f"iteration 1: 25% of the groups had a NaN reward and were skipped ({NAN_REWARD_KEY} in metrics.jsonl)"
+    )
+    watch.observe({"iteration": 5, NAN_REWARD_KEY: 1.0})
+    watch.observe({"iteration": 6, NAN_REWARD_KEY: 1.0})
+    with pytest.raises(Diverged, match=r"^every group's reward was NaN in iterations 5-7: nothing was learned"):
+        watch.observe({"iteration": 7, NAN_REWARD_KEY: 1.0})
+    both = NonFiniteWatch(patience=None).observe({"iteration": 0, NAN_REWARD_KEY: 1.0, KEY: 0.5})
+    assert both.splitlines()[0].startswith("iteration 0: 100% of the groups") and "loss was non-finite" in both
 
 
 def test_an_in_process_run_whose_loss_stays_nan_stops_with_exit_status_one(tmp_path, monkeypatch, capsys):
