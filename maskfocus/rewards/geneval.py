@@ -139,9 +139,10 @@ def _check_include(
     only the position fails."""
     classname, count = clause["class"], clause["count"]
     found = objects.get(classname, [])[:count]
-    if len(found) < count:
-        return found, f"expected {classname}>={count}, found {len(found)}", len(found) / count
     color = clause.get("color")
+    if len(found) < count:
+        matching = len(found) if color is None else sum(d.color == color for d in found)
+        return found, f"expected {classname}>={count}, found {len(found)}", matching / count
     if color is not None:
         colors = [d.color for d in found]
         if colors.count(color) < count:

@@ -65,6 +65,9 @@ def test_colour_count_miss_earns_the_share_of_objects_in_the_asked_colour() -> N
     )
     result = evaluate({"car": [det(color="red"), det(color="red"), det(color="blue")]}, meta)
     assert result.score == 0.0 and result.graded == pytest.approx(2 / 3)
+    # too few found: still only those of the asked colour earn credit (one blue car earned 1/3 as one red car did)
+    assert evaluate({"car": [det(color="blue")]}, meta).graded == 0.0
+    assert evaluate({"car": [det(color="red"), det(color="blue")]}, meta).graded == pytest.approx(1 / 3)
 
 
 def test_graded_equals_partial_when_every_clause_asks_for_one_object() -> None:
