@@ -280,10 +280,16 @@ def _validate_clause(clause: Any, index: int, kind: str, where: str) -> None:
     if not isinstance(clause, dict):
         raise _fail(where, field, f"expected an object with keys class, count; got {clause!r}")
     _check_keys(clause, _INCLUDE_KEYS if kind == "include" else _EXCLUDE_KEYS, where, field)
-    if not isinstance(clause.get("class"), str) or not clause["class"]:
-        raise _fail(where, f"{field}.class", f"expected a non-empty class name, got {clause.get('class')!r}")
+    name = clause.get("class")
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise _fail(where, f"{field}.class", f"expected a class name without surrounding spaces, got {name!r}")
     if not _is_int(clause.get("count")) or clause["count"] < 1:
         raise _fail(where, f"{field}.count", f"expected an integer >= 1, got {clause.get('count')!r}")
+    most = Thresholds.max_per_class  # more are never kept, so an include clause asking for more could never hold
+    if kind == "include" and clause["count"] > most:
+        raise _fail(
+            where, f"{field}.count", f"expected at most {most} (GenEval keeps {most} per class), got {clause['count']}"
+        )
     if "color" in clause and clause["color"] not in COLORS:
         raise _fail(where, f"{field}.color", f"expected one of {', '.join(COLORS)}; got {clause['color']!r}")
     if "position" in clause:
@@ -324,7 +330,21 @@ def validate_metadata(obj: Any, where: str = "<metadata>") -> dict[str, Any]:
         raise _fail(where, "exclude", f"expected a list of {{class, count}} clauses, got {exclude!r}")
     for index, clause in enumerate(exclude):
         _validate_clause(clause, index, "exclude", where)
+    _check_satisfiable(include, exclude, where)
     return obj
+
+
+def _check_satisfiable(include: list[dict[str, Any]], exclude: list[dict[str, Any]], where: str) -> None:
+    """An exclude clause (fewer than `count`) at or below an include clause's count of its class: no image holds."""
+    for index, clause in enumerate(exclude):
+        asked = max((c["count"] for c in include if c["class"] == clause["class"]), default=0)
+        if clause["count"] <= asked:
+            raise _fail(
+                where,
+                f"exclude[{index}].count",
+                f"forbids {clause['count']} or more {clause['class']} while an include clause asks for {asked}: no "
+                f"image could be correct (GenEval's counting rows exclude count + 1)",
+            )
 
 
 def iter_metadata_lines(lines: Iterable[str], source_name: str) -> Iterator[dict[str, Any]]:
@@ -334,10 +354,22 @@ def iter_metadata_lines(lines: Iterable[str], source_name: str) -> Iterator[dict
             continue
         where = f"{source_name}:{lineno}"
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as err:
             raise MetadataError(f"{where}: malformed JSON: {err.msg} at column {err.colno}") from None
+        except RecursionError:
+            raise MetadataError(f"{where}: malformed JSON: nested too deeply to be a prompt record") from None
+        except ValueError as err:  # a key given twice
+            raise MetadataError(f"{where}: {err}") from None
         yield validate_metadata(obj, where)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is an error (json keeps the last silently)."""
+    keys = [key for key, _ in pairs]
+    if repeated := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"key(s) given twice in one object: {', '.join(repeated)}")
+    return dict(pairs)
 
 
 def load_metadata(path: str | Path) -> list[dict[str, Any]]:

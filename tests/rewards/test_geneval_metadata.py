@@ -84,6 +84,18 @@ GOOD_LINE = (
             "exclude[0]: unknown key(s) 'color'",
         ),
         (GOOD_LINE.replace('[{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]', "[]"), "include"),
+        # clauses no image could meet, and lines JSON reads loosely
+        (
+            GOOD_LINE.replace('"count": 1}]', '"count": 17}]'),
+            "include[1].count: expected at most 16 (GenEval keeps 16 per class), got 17",
+        ),
+        (GOOD_LINE.replace('"cat"', '" cat "'), "include[0].class: expected a class name without surrounding spaces"),
+        (
+            GOOD_LINE.replace('"include": [', '"exclude": [{"class": "dog", "count": 1}], "include": ['),
+            "exclude[0].count: forbids 1 or more dog while an include clause asks for 1",
+        ),
+        (GOOD_LINE.replace('"prompt": "p"', '"prompt": "p", "tag": "colors"'), "key(s) given twice in one object: tag"),
+        ("[" * 100_000, "malformed JSON: nested too deeply"),
     ],
 )
 def test_malformed_line_names_file_line_and_field(tmp_path: Path, bad_line: str, field: str) -> None:
