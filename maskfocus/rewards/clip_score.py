@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,11 @@ def open_clip_problems(
     except ModelLoadError as error:
         return [f"{field}: {error}"]
     problems = [] if folder.is_dir() else _architecture_problems(model, folder, checkpoint, field, checkpoint_field)
+    if folder.is_dir():
+        try:
+            read_folder_config(folder, field)
+        except ModelLoadError as error:
+            problems.append(str(error))
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         problems.append(f"{checkpoint_field}: checkpoint file not found: {Path(checkpoint).expanduser()}")
     return problems
@@ -142,13 +148,37 @@ def load_open_clip(
     return loaded
 
 
+def read_folder_config(folder: Path, field: str) -> dict[str, Any]:
+    """The open_clip_config.json of a local-dir CLIP folder, as a dict; a missing or damaged one is named."""
+    config_file = folder / "open_clip_config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{field}: CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{field}: {config_file} is not readable JSON: {error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise ModelLoadError(f"{field}: {config_file} has no `model_cfg` object (open_clip local-dir layout)")
+    return config
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """open_clip logs its loading at INFO on the root logger: raised to WARNING while it loads, then put back."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _load_folder(folder: Path, field: str) -> LoadedClip:
     import open_clip
 
     config_file = folder / "open_clip_config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"{field}: CLIP folder {folder} has no open_clip_config.json (open_clip local-dir layout)")
-    config = json.loads(config_file.read_text())
+    config = read_folder_config(folder, field)
     text_model = config.get("model_cfg", {}).get("text_cfg", {}).get("hf_model_name")
     if text_model is not None and not (Path(text_model).is_absolute() and Path(text_model).is_dir()):
         raise ModelLoadError(
@@ -157,9 +187,9 @@ def _load_folder(folder: Path, field: str) -> LoadedClip:
             "transformers folder of that model"
         )
     try:
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
-        model = open_clip.create_model(f"local-dir:{folder}", device="cpu", require_pretrained=True)
-        tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
+        with quiet_root_logger():
+            model = open_clip.create_model(f"local-dir:{folder}", device="cpu", require_pretrained=True)
+            tokenize = _folder_tokenizer(folder) or open_clip.get_tokenizer(f"local-dir:{folder}")
     except Exception as error:
         raise ModelLoadError(f"{field}: cannot load CLIP from {folder}: {type(error).__name__}: {error}") from None
     preprocess = config.get("preprocess_cfg", {})

@@ -196,7 +196,8 @@ class GenEvalClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 data = response.read(MAX_REPLY_BYTES + 1)
         except urllib.error.HTTPError as error:
-            text = error.read(2000).decode("utf-8", "replace").strip()
+            with error:  # its socket, closed now rather than at garbage collection
+                text = error.read(2000).decode("utf-8", "replace").strip()
             if error.code >= 500:
                 raise _Transient(f"HTTP {error.code}: {text[-500:]}") from None
             raise RewardServerError(f"GenEval reward server {self.url}: HTTP {error.code}: {text[-500:]}") from None

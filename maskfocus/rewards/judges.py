@@ -52,9 +52,15 @@ def load_object_names(path: str | Path | None = None, field: str = "object_names
     path = Path(path).expanduser() if path is not None else OBJECT_NAMES
     if not path.is_file():
         raise ModelLoadError(f"{field}: class name file not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ModelLoadError(f"{field}: {path} is not UTF-8 text ({error.reason}); save it as UTF-8") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ModelLoadError(f"{field}: {path} lists no class names")
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise ModelLoadError(f"{field}: {path} lists {', '.join(repeated)} more than once (one class name per line)")
     return names
 
 

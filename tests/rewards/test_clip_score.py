@@ -242,3 +242,35 @@ def test_an_unknown_built_in_clip_is_named_with_the_known_ones():
         "builtin:shapes-clip"
     ]
     assert open_clip_problems("builtin:shapes-clip", None) == []
+
+
+def test_a_damaged_open_clip_config_is_named_by_the_preflight_and_the_load(tmp_path, tiny_clip_folder):
+    """A malformed open_clip_config.json passed `train --check` and ended in a bare JSONDecodeError."""
+    import shutil
+
+    from maskfocus.rewards.clip_score import open_clip_problems
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_clip_folder, folder)
+    (folder / "open_clip_config.json").write_text('{"model_cfg": ')
+    [problem] = open_clip_problems(str(folder), None, "rewards.1.model")
+    assert problem.startswith(f"rewards.1.model: {folder / 'open_clip_config.json'} is not readable JSON: ")
+    with pytest.raises(ModelLoadError, match=r"rewards\.1\.model: .* is not readable JSON"):
+        ClipScorer.load(str(folder), field="rewards.1.model")
+    (folder / "open_clip_config.json").write_text("[]")
+    assert "has no `model_cfg` object" in open_clip_problems(str(folder), None)[0]
+    assert open_clip_problems(str(tiny_clip_folder), None) == []
+
+
+def test_loading_leaves_the_root_loggers_level_as_it_was(tiny_clip_folder):
+    """open_clip's INFO lines are quieted while it loads; the root logger was left at WARNING for the process."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        ClipScorer.load(str(tiny_clip_folder))
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)

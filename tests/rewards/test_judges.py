@@ -72,6 +72,19 @@ def test_object_names_are_genevals_80_classes():
     assert classes <= set(names)
 
 
+def test_a_class_name_file_listing_a_name_twice_or_not_in_utf8_is_named(tmp_path):
+    from maskfocus.models.base import ModelLoadError
+
+    (names := tmp_path / "names.txt").write_text("cat\ndog\ncat\n")
+    with pytest.raises(ModelLoadError, match=r"^object_names: .*names.txt lists cat more than once"):
+        load_object_names(names)
+    names.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ModelLoadError, match=r"names.txt is not UTF-8 text \(invalid continuation byte\)"):
+        load_object_names(names)
+    names.write_bytes(b"\xef\xbb\xbfcat\ndog\n")  # a byte-order mark is not part of the first name
+    assert load_object_names(names) == ["cat", "dog"]
+
+
 def test_shapes_judge_knows_the_shapes_world():
     from maskfocus.shapes.world import SHAPES
 
