@@ -117,7 +117,7 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     Every missing folder or file is named at once (a cluster being set up may lack several)."""
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.loading import check_generator_folder
-    from maskfocus.preflight import missing_file_problems, prompt_file_problems
+    from maskfocus.preflight import missing_file_problems, prompt_file_problems, reward_server_problems
 
     if address is not None and config.train.executor == "local":
         raise ConfigError(
@@ -136,6 +136,12 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     problems += missing_file_problems(config)
     if not problems:  # the prompts are read with the model's tokenizer
         problems += prompt_file_problems(config)
+    unreachable = reward_server_problems(config)
+    if config.train.executor == "local":
+        problems += unreachable
+    else:  # the reward workers, on other nodes, may reach it
+        for problem in unreachable:
+            print(f"note: {problem}; on Ray the reward workers must reach it from their nodes")
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

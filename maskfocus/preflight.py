@@ -131,3 +131,13 @@ def unknown_word_problem(model_path: str, prompts: list[str]) -> str | None:
     except UnknownWordError as error:
         return str(error)
     return None
+
+
+def reward_server_problems(config: RunConfig) -> list[str]:
+    """Each geneval term's reward server (`detector.kind: http`) that no connection reaches from this machine: a
+    wrong address failed only after the first rollouts, once the retries ran out."""
+    from maskfocus.rewards.geneval_client import server_problem
+
+    servers = [(i, spec.detector.url) for i, spec in enumerate(config.rewards) if spec.detector.kind == "http"]
+    problems = [server_problem(url, f"rewards.{index}.detector.url") for index, url in servers]
+    return [problem for problem in problems if problem is not None]
