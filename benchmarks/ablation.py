@@ -41,7 +41,7 @@ from maskfocus.compare_plot import plot_comparison
 from maskfocus.config import load_config
 from maskfocus.config_base import ConfigError, parse_set
 from maskfocus.outputs import check_output_folder
-from maskfocus.script_args import positive_int, probability, run_script
+from maskfocus.script_args import nonnegative_int, positive_int, probability, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
@@ -178,9 +178,11 @@ def check_runs_to_tabulate(runs: Path, seeds: list[int]) -> None:
 def parse_job(text: str) -> tuple[str, int]:
     """`VARIANT:SEED` (e.g. `random:2`) as a (variant, seed) job; a clear error for anything else."""
     name, _, seed = text.partition(":")
-    if name not in VARIANTS or not seed.lstrip("-").isdigit():
+    if name not in VARIANTS or not seed.isdigit():
         allowed = ", ".join(VARIANTS)
-        raise argparse.ArgumentTypeError(f"expected VARIANT:SEED with VARIANT one of {allowed}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected VARIANT:SEED with VARIANT one of {allowed} and SEED a whole number >= 0, got {text!r}"
+        )
     return name, int(seed)
 
 
@@ -191,7 +193,7 @@ def main() -> int:
     parser.add_argument(
         "--parallel", type=positive_int, default=1, help="runs at once (torch threads split between them)"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=positive_int, help="override train.num_iterations for every run")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(

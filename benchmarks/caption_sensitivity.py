@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskfocus.script_args import fraction, positive_int, run_script
+from maskfocus.script_args import fraction, nonnegative_int, positive_int, run_script
 from maskfocus.shapes import prompts
 from maskfocus.shapes.scene import Scene, random_scene, relations
 from maskfocus.shapes.world import COLORS, OPPOSITE_RELATION
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("model", nargs="?", default="builtin:shapes-tiny", help="model folder")
     parser.add_argument("--scenes", type=positive_int, default=512, help="scenes per kind")
     parser.add_argument("--ratios", type=fraction, nargs="+", default=[0.8, 0.95], help="shares of tokens masked")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="which words to test")
     parser.add_argument(
         "--all-tokens",

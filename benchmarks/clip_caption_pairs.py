@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
-from maskfocus.script_args import positive_int, run_script
+from maskfocus.script_args import nonnegative_int, positive_int, run_script
 from maskfocus.shapes.render import render_batch
 
 
@@ -55,7 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clip", nargs="?", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--pairs", type=positive_int, default=512, help="pairs per kind")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=list(PAIRS.KINDS), default=list(PAIRS.KINDS))
     args = parser.parse_args()
     clip = ClipScorer.from_folder(args.clip, field="CLIP (the positional argument)")

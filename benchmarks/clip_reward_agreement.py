@@ -28,7 +28,7 @@ from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
-from maskfocus.script_args import positive_int, run_script
+from maskfocus.script_args import nonnegative_int, positive_int, run_script
 
 
 def pairwise_auc(groups: Sequence[Sequence[tuple[float, float]]]) -> tuple[float, int]:
@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument(
         "--every", type=positive_int, default=2, help="use every n-th of the chosen tags' rows, in file order"
     )
-    parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=1, help="sampling seed (the evaluation uses 0)")
     args = parser.parse_args()
     rows = chosen_rows(args.tags, args.every)  # before loading anything: a tag left without rows is an error
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})

@@ -19,7 +19,7 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
 from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, evaluate, filter_detections
-from maskfocus.script_args import positive_int, probability, run_script
+from maskfocus.script_args import nonnegative_int, positive_int, probability, run_script
 
 
 def count_found(detections: Mapping[str, Sequence[Detection]], row: Mapping[str, Any], threshold: float) -> int:
@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--images", type=positive_int, default=4, help="images per counting row (the evaluation's 4)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (the evaluation's 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (the evaluation's 0)")
     parser.add_argument("--thresholds", type=probability, nargs="+", default=[0.9, 0.5, 0.3], help="first = the rule's")
     args = parser.parse_args()
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})

@@ -19,7 +19,7 @@ from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
 from maskfocus.models import load_generator
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
-from maskfocus.script_args import positive_int, run_script
+from maskfocus.script_args import nonnegative_int, positive_int, run_script
 
 
 def judge_rows(model, sampler, judge, rows: list[dict], images_per_row: int, seed: int) -> tuple[Counter, Counter]:
@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument(
         "--images", type=positive_int, default=8, help="images per row (n of pass@n; 8 = the group size)"
     )
-    parser.add_argument("--seed", type=int, default=1, help="sampling seed (the evaluation uses 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=1, help="sampling seed (the evaluation uses 0)")
     parser.add_argument("--top", type=positive_int, default=20, help="failed clauses to list")
     args = parser.parse_args()
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags]

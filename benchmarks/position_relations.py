@@ -24,7 +24,7 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
-from maskfocus.script_args import nonnegative_float, positive_int, run_script
+from maskfocus.script_args import nonnegative_float, nonnegative_int, positive_int, run_script
 from maskfocus.shapes.world import OPPOSITE_RELATION
 
 AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
@@ -97,7 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--images", type=positive_int, default=4, help="images per position row (the evaluation's 4)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (the evaluation's 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (the evaluation's 0)")
     parser.add_argument(
         "--near", type=nonnegative_float, default=6.0, help="centre distance (tokens) up to which a pair is near"
     )

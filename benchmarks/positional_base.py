@@ -36,7 +36,7 @@ import maskfocus.shapes.positional_uvit as positional_uvit
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, load_open_clip
-from maskfocus.script_args import check_model_output, positive_int, run_script
+from maskfocus.script_args import check_model_output, nonnegative_int, positive_int, run_script
 from maskfocus.shapes.clip_text import text_encoder_from_open_clip
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.tiny_model import build_text_encoder, build_transformer
@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
     parser.add_argument("--steps", type=positive_int, default=GeneratorPretrainConfig().num_steps)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
     parser.add_argument("--plain", action="store_true", help="shipped UVit2DModel, aMUSEd-format folder")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from maskfocus.config import load_config
-from maskfocus.config_base import parse_set
+from maskfocus.config_base import ConfigError, parse_set
 from maskfocus.outputs import check_output_folder
 from maskfocus.script_args import positive_int, run_script
 
@@ -53,11 +53,15 @@ def mode_name(text: str) -> str:
     return by_label.get(text, text)
 
 
+def run_name(name: str, args: argparse.Namespace, round_index: int) -> str:
+    return name + (f"_r{round_index}" if args.repeats > 1 else "")
+
+
 def run_mode(name: str, args: argparse.Namespace, round_index: int = 0) -> tuple[Path, float]:
     """One training run of `args.iterations`; returns its folder and wall seconds (Ray start included)."""
-    run_name = name + (f"_r{round_index}" if args.repeats > 1 else "")
+    folder_name = run_name(name, args, round_index)
     command = [sys.executable, "-m", "maskfocus.cli", "train", "--config", str(args.config), *MODES[name]]
-    command += ["--name", run_name, "--iterations", str(args.iterations)]
+    command += ["--name", folder_name, "--iterations", str(args.iterations)]
     settings = {
         "train.out_dir": str(args.runs_dir.resolve()),
         "train.final_eval": "false",
@@ -73,8 +77,10 @@ def run_mode(name: str, args: argparse.Namespace, round_index: int = 0) -> tuple
             command += ["--set", item]
     print(" ".join(command), flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
-    return args.runs_dir / run_name, time.perf_counter() - start
+    status = subprocess.run(command, cwd=ROOT).returncode
+    if status != 0:  # its own message is above; no traceback of this script under it
+        raise ConfigError(f"the {LABELS[name]} run {args.runs_dir / folder_name} failed (exit {status}); see above")
+    return args.runs_dir / folder_name, time.perf_counter() - start
 
 
 def medians(run_dir: Path, warmup: int) -> dict[str, float]:
@@ -138,6 +144,14 @@ def check_configs(args: argparse.Namespace) -> None:
     """The config and --ray-set load and the runs folder can be made, before the first run rather than in its
     traceback after minutes of the runs before it."""
     check_output_folder("--runs-dir", args.runs_dir)
+    taken = [
+        str(args.runs_dir / run_name(name, args, index))
+        for index in range(args.repeats)
+        for name in args.modes
+        if (args.runs_dir / run_name(name, args, index)).exists()
+    ]
+    if taken:  # `maskfocus train` would refuse each, after the runs before it
+        raise ConfigError(f"--runs-dir {args.runs_dir}: {', '.join(taken)} already exist(s); give another --runs-dir")
     load_config(args.config)
     ray_settings = parse_set(args.ray_set)
     load_config(args.config, ray_settings, {key: f"--ray-set {key}" for key in ray_settings})

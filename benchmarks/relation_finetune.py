@@ -23,7 +23,7 @@ from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config, model_folder_overrides
 from maskfocus.models import load_generator
 from maskfocus.run_io import save_model_folder
-from maskfocus.script_args import check_model_output, nonnegative_float, positive_int, run_script
+from maskfocus.script_args import check_model_output, nonnegative_float, nonnegative_int, positive_int, run_script
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.prompts import CaptionMix
 
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--model", default="builtin:shapes-tiny", help="model folder to start from")
     parser.add_argument("--steps", type=positive_int, default=400)
     parser.add_argument("--lr", type=nonnegative_float, default=3e-4, help="peak learning rate (warm-up, cosine decay)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
         "--trust-checkpoint-code",
         action="store_true",

@@ -22,7 +22,7 @@ from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
 from maskfocus.outputs import check_output_file
 from maskfocus.sampling import sample_with_config, seeded_generator
-from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
+from maskfocus.script_args import SAMPLING_ONLY, nonnegative_int, positive_int, run_script
 
 DEFAULT_PROMPTS = ["a photo of a circle", "a photo of a square", "a photo of a triangle", "a photo of a diamond"]
 MASKED_BRIGHTNESS = 0.45
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--model", help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
     parser.add_argument("--images", type=positive_int, default=2, help="images per prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
         "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)"
     )

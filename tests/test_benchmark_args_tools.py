@@ -86,6 +86,26 @@ def test_ray_overhead_checks_config_and_folder_before_the_first_run(
     assert message.format(tmp=tmp_path) in error
 
 
+def test_ray_overhead_refuses_run_folders_taken_and_reports_a_failed_run_in_one_line(
+    ray_overhead, tmp_path, monkeypatch, capsys
+):
+    """A second call with the default runs folder ended in CalledProcessError's traceback, after the runs before."""
+    (tmp_path / "local").mkdir()
+    monkeypatch.setattr(ray_overhead, "run_mode", never)
+    status, error = status_and_error(
+        lambda: ray_overhead.main(["--runs-dir", str(tmp_path)]), "ray_overhead.py", capsys
+    )
+    assert status == 2 and f"{tmp_path / 'local'} already exist(s); give another --runs-dir" in error
+    monkeypatch.undo()
+    import subprocess
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: SimpleNamespace(returncode=1))
+    argv = ["--runs-dir", str(tmp_path / "new"), "--modes", "local", "--iterations", "2", "--warmup", "0"]
+    status, error = status_and_error(lambda: ray_overhead.main(argv), "ray_overhead.py", capsys)
+    assert status == 2 and f"the local run {tmp_path / 'new' / 'local'} failed (exit 1); see above" in error
+
+
 # gpu_check
 
 
@@ -282,3 +302,29 @@ def test_the_shell_scripts_take_only_their_arguments_and_start_nothing_otherwise
     done = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert done.returncode == status and done.stderr.startswith(f"usage: benchmarks/{script}"), done.stderr
     assert not (tmp_path / "out").exists()
+
+
+SEEDED_SCRIPTS = [
+    ("ablation", ["--seeds", "-1"]),
+    ("ablation", ["--jobs", "critical:-1"]),
+    ("caption_sensitivity", ["--seed", "-1"]),
+    ("clip_caption_pairs", ["--seed", "-1"]),
+    ("clip_reward_agreement", ["--seed", "-1"]),
+    ("count_distribution", ["--seed", "-1"]),
+    ("failure_reasons", ["--seed", "-1"]),
+    ("position_relations", ["--seed", "-1"]),
+    ("positional_base", ["--seed", "-1"]),
+    ("relation_finetune", ["--seed", "-1"]),
+    ("trajectory_grid", ["--seed", "-1"]),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), SEEDED_SCRIPTS)
+def test_a_negative_seed_is_refused_by_every_script_before_any_work(name, args, monkeypatch, capsys):
+    """Four scripts ended in numpy's "expected non-negative integer" traceback, one after making its log file."""
+    import sys
+
+    script = load_benchmark(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    error = refused(script.main, capsys)
+    assert "must be >= 0, got -1" in error or "SEED a whole number >= 0" in error
