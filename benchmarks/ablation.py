@@ -12,6 +12,10 @@ Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seed
        python benchmarks/ablation.py --table-only    # rebuild the table from existing runs
        maskfocus compare runs/ablation               # the same runs by config, per tag, with reward curves
 
+A run whose final evaluation exists is not run again. An unfinished one (metrics but no evaluation: a stopped
+ablation) stops the script with `maskfocus train`'s message: finish it with `maskfocus train --resume RUN`, or move
+it aside, then run the script again.
+
 On 2 cores, `--parallel 2` runs two trainings at once with one torch thread each (about 1.4x the throughput of
 one run on two threads); seconds per iteration are then those of a half machine, the same for every variant.
 """

@@ -19,7 +19,7 @@ import sys
 from maskfocus.cli import main as maskfocus_main
 from maskfocus.grpo import token_log_probs
 from maskfocus.sampling import guided_logits
-from maskfocus.script_args import nonnegative_float, run_script
+from maskfocus.script_args import in_process_train_command, nonnegative_float, run_script
 from maskfocus.update import PolicyUpdater
 
 
@@ -71,12 +71,9 @@ def main(argv: list[str]) -> int:
         type=nonnegative_float,
         help="CFG scale s of the log-probs (default: the run's sampler.cfg_scale, which the rollouts use)",
     )
-    parser.add_argument("--executor", choices=["local"], help="in-process only (the Ray learner is not patched)")
-    args, rest = parser.parse_known_args(argv)
-    if rest[:1] != ["train"]:
-        rest = ["train", *rest]
+    args, command = in_process_train_command(parser, argv)
     install(args.guidance_scale)
-    return maskfocus_main([*rest, "--executor", "local"])
+    return maskfocus_main(command)
 
 
 if __name__ == "__main__":

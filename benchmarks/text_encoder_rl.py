@@ -20,6 +20,7 @@ Usage: python benchmarks/text_encoder_rl.py [maskfocus train arguments]   (alway
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch import nn
 import maskfocus.trainer as trainer
 from maskfocus.cli import main as maskfocus_main
 from maskfocus.config_base import ConfigError
-from maskfocus.script_args import run_script
+from maskfocus.script_args import in_process_train_command, run_script
 from maskfocus.update import PolicyUpdater, kept_rows, make_optimizer
 
 
@@ -96,10 +97,10 @@ def main(argv: list[str]) -> int:
             "--resume: this probe's checkpoints hold the transformer only, so a resumed run would restart the text "
             "encoder from the base while the transformer goes on; start a new run"
         )
-    if argv[:1] != ["train"]:
-        argv = ["train", *argv]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _, command = in_process_train_command(parser, argv)
     install()
-    return maskfocus_main([*argv, "--executor", "local"])
+    return maskfocus_main(command)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     check_output_file("--out", args.out, "image")  # before the sampling, not after it
-    overrides = {**SAMPLING_ONLY, **parse_set(args.set)}
+    settings = parse_set(args.set)
+    if unused := [key for key in settings if not key.startswith(("sampler", "model"))]:
+        parser.error(f"--set {', '.join(unused)}: this script only samples; it reads sampler.* and model.* settings")
+    overrides = {**SAMPLING_ONLY, **settings}
     if args.model:
         overrides["model.path"] = args.model
     config = default_run_config(overrides)

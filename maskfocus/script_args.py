@@ -44,6 +44,20 @@ def _whole_number_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def in_process_train_command(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """A probe that patches the in-process trainer: its own options from `parser`, and the `maskfocus train` command
+    line of the rest, forced in-process. Asking for Ray (`--executor ray`, `--set train.executor=ray`) is refused
+    here, in the probe's words: the train command would blame an --executor the user never typed."""
+    parser.add_argument("--executor", choices=["local"], help="in-process only (the Ray learner is not patched)")
+    parser.epilog = "Any other argument goes to `maskfocus train` (see `maskfocus train --help`)."
+    args, rest = parser.parse_known_args(argv)
+    for item in rest:
+        key, _, value = item.removeprefix("--set=").partition("=")
+        if key == "train.executor" and value != "local":
+            parser.error(f"--set {item.removeprefix('--set=')}: this probe trains in-process only")
+    return args, ["train", *(rest[1:] if rest[:1] == ["train"] else rest), "--executor", "local"]
+
+
 def positive_int(text: str) -> int:
     """argparse type of the count options: an error naming the option (not a --set key) for 0 or less."""
     return _whole_number_at_least(text, 1)

@@ -121,8 +121,28 @@ def test_install_swaps_the_trainers_updater_and_takes_the_runs_guidance_scale(mo
     assert "log-probs at guidance 2, rollouts sampled at sampler.cfg_scale 5" in capsys.readouterr().out
 
 
-def test_the_ray_executor_is_refused_not_replaced(capsys):
-    module = load_benchmark("guided_logprob_rl")
+@pytest.mark.parametrize("probe", ["guided_logprob_rl", "text_encoder_rl"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "ray"], "argument --executor: invalid choice: 'ray'"),
+        (["--set", "train.executor=ray"], "--set train.executor=ray: this probe trains in-process only"),
+        (["train", "--set=train.executor=ray"], "--set train.executor=ray: this probe trains in-process only"),
+    ],
+)
+def test_the_ray_executor_is_refused_in_the_probes_words_not_replaced(probe, args, message, capsys):
+    """text_encoder_rl replaced --executor ray without a word; `--set train.executor=ray` got train's complaint
+    about an --executor local the user never typed."""
+    module = load_benchmark(probe)
+    with pytest.raises(SystemExit) as exited:
+        module.main(args)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_probes_help_says_what_they_are_and_where_other_arguments_go(capsys):
+    module = load_benchmark("text_encoder_rl")
     with pytest.raises(SystemExit):
-        module.main(["--executor", "ray"])
-    assert "argument --executor: invalid choice: 'ray'" in capsys.readouterr().err
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ") and "updates the text encoder together with the transformer" in text
+    assert "Any other argument goes to `maskfocus train`" in text

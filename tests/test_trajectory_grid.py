@@ -65,3 +65,13 @@ def test_every_repeated_set_option_counts(grid_module, monkeypatch, capsys, tmp_
     argv = ["--out", str(tmp_path / "t.png"), "--set", "sampler.bogus=1", "--set", "sampler.num_steps=2"]
     assert run_benchmark_cli(grid_module, argv, monkeypatch) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_settings_a_sampling_script_does_not_read_are_refused(grid_module, monkeypatch, capsys, tmp_path):
+    """`--set grpo.remask=trajectory` ran without a word: the grid only samples."""
+    monkeypatch.setattr(grid_module, "load_generator", lambda *_: pytest.fail("the model was loaded"))
+    argv = ["--out", str(tmp_path / "t.png"), "--set", "grpo.remask=trajectory", "--set", "sampler.num_steps=2"]
+    with pytest.raises(SystemExit) as exited:
+        run_benchmark_cli(grid_module, argv, monkeypatch)
+    assert exited.value.code == 2
+    assert "--set grpo.remask: this script only samples; it reads sampler.*" in capsys.readouterr().err
