@@ -26,6 +26,9 @@ from maskfocus.actors.metrics import METRICS, MetricSpec
 
 RUN_FILTER = 'run=~"$run"'
 QUANTILES = (0.5, 0.9)
+RATE_WINDOW = "5m"
+"""A histogram gets one observation per iteration, which may take minutes on a large model: Grafana's
+$__rate_interval (about 1 min) then holds none, and the chart breaks up."""
 PANEL_WIDTH, PANEL_HEIGHT = 12, 8
 """Two charts per row, on Grafana's 24-column grid."""
 
@@ -39,8 +42,12 @@ def metric_queries(name: str, spec: MetricSpec) -> list[tuple[str, str]]:
     if spec.kind is Counter:
         return [(f"sum by (run) (ray_{name}_total{{{RUN_FILTER}}})", "{{run}}")]
     by = ", ".join(("le", "run", *extra_tags))
-    buckets = f"sum by ({by}) (rate(ray_{name}_bucket{{{RUN_FILTER}}}[$__rate_interval]))"
-    return [(f"histogram_quantile({q}, {buckets})", f"{legend} p{round(q * 100)}") for q in QUANTILES]
+    buckets = f"sum by ({by}) (rate(ray_{name}_bucket{{{RUN_FILTER}}}[{RATE_WINDOW}]))"
+    quantiles = [(f"histogram_quantile({q}, {buckets})", f"{legend} p{round(q * 100)}") for q in QUANTILES]
+    # the mean, exact where quantiles interpolate inside a bucket (staleness 0 would read 0.25 in [0, 0.5])
+    group = ", ".join(("run", *extra_tags))
+    totals = [f"sum by ({group}) (rate(ray_{name}_{part}{{{RUN_FILTER}}}[{RATE_WINDOW}]))" for part in ("sum", "count")]
+    return [*quantiles, (f"{totals[0]} / {totals[1]}", f"{legend} mean")]
 
 
 def panel(index: int, name: str, spec: MetricSpec) -> dict[str, Any]:

@@ -3,10 +3,15 @@
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
 #   deploy/submit.sh [--address ...] --resume RUN_FOLDER [extra args...]   # continue a stopped run
 # --address and --submission-id are `ray job submit`'s wherever they stand; --config CONFIG and --resume RUN may
-# stand anywhere too; without either, the default config (configs/shapes_tiny.yaml).
+# stand anywhere too; a bare CONFIG only first (after these options); without either, the default config
+# (configs/shapes_tiny.yaml). CONFIG is a path from where you run this, or from the repository root, and must lie
+# in the repository outside the folders the upload leaves out (deploy/runtime_env.yaml): the job reads the upload.
+# Ctrl-C stops following the job, not the job: the script then prints the commands that follow or stop it.
+# Without --submission-id the job is named maskfocus_DATE_TIME_PID (printed first). A job stopped with `ray job
+# stop` exits 0 here like a finished one: `ray job status ID` tells them apart (STOPPED, SUCCEEDED).
 #   deploy/submit.sh CONFIG --check [extra args...]   # the run's checks and plan on the cluster, in seconds
 # Local try-out:
-#   RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head --num-cpus 2   # time for `ray job stop` to let the run checkpoint
+#   ray start --head --num-cpus 2   # deploy/runtime_env.yaml gives `ray job stop` time to let the run checkpoint
 #   deploy/submit.sh configs/shapes_tiny.yaml --iterations 5 --set train.out_dir=$PWD/runs
 # The address is --address, else RAY_API_SERVER_ADDRESS, else an http:// RAY_ADDRESS, else the local dashboard.
 # Nodes need maskfocus installed (deploy/runtime_env.yaml). Give train.out_dir an absolute path on a disk every
@@ -22,7 +27,9 @@
 # (trusted networks only) needs RAY_AUTH_MODE=disabled here too. A 401 from the job server means no token
 # was sent, a 403 a different token.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CALLER="$PWD"
+ROOT="$(cd "$(dirname "$0")/.." && pwd -P)"
+cd "$ROOT"
 ADDRESS="${RAY_API_SERVER_ADDRESS:-}"
 if [[ -z "$ADDRESS" && "${RAY_ADDRESS:-}" == http* ]]; then ADDRESS="$RAY_ADDRESS"; fi
 ADDRESS="${ADDRESS:-http://127.0.0.1:8265}"
@@ -46,11 +53,39 @@ while (($#)); do
   esac
 done
 if [[ ${#RUN[@]} -eq 0 ]]; then RUN=(--config configs/shapes_tiny.yaml); fi  # a stopped run resumes with --resume
+uploaded_config() {  # CONFIG as given -> its path in the upload, or an error before anything is submitted
+  local given="$1" path real
+  if [[ "$given" == /* ]]; then path="$given"; else path="$CALLER/$given"; fi
+  if [[ ! -f "$path" && "$given" != /* && -f "$ROOT/$given" ]]; then path="$ROOT/$given"; fi
+  if [[ ! -f "$path" ]]; then echo "submit.sh: --config $given: file not found" >&2; exit 2; fi
+  real="$(cd "$(dirname "$path")" && pwd -P)/$(basename "$path")"
+  if [[ "$real" != "$ROOT"/* ]]; then
+    echo "submit.sh: --config $given: outside the repository $ROOT, which is all the job uploads; copy it into configs/" >&2
+    exit 2
+  fi
+  case "${real#"$ROOT"/}" in
+    maskfocus/* | actors/* | learner/* | tests/* | benchmarks/* | runs/* | outputs/*)
+      echo "submit.sh: --config $given: in a folder the upload leaves out (deploy/runtime_env.yaml); copy it into configs/" >&2
+      exit 2 ;;
+  esac
+  echo "${real#"$ROOT"/}"
+}
+if [[ "${RUN[0]}" == --config ]]; then RUN[1]="$(uploaded_config "${RUN[1]}")"; fi
+if [[ ${#SUBMISSION[@]} -eq 0 ]]; then SUBMISSION=(--submission-id "maskfocus_$(date +%Y%m%d_%H%M%S)_$$"); fi
 if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
   [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
   export RAY_AUTH_MODE=token
 fi
-echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}" >&2
-exec ray job submit --address "$ADDRESS" "${SUBMISSION[@]+"${SUBMISSION[@]}"}" \
+echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}, job ${SUBMISSION[1]}" >&2
+still_running() {  # Ctrl-C ends `ray job submit`'s log tail; the job goes on
+  echo "submit.sh: stopped following job ${SUBMISSION[1]}, which goes on running on the cluster. Follow it again:" \
+    "ray job logs -f --address $ADDRESS ${SUBMISSION[1]}; stop it (it checkpoints first):" \
+    "ray job stop --address $ADDRESS ${SUBMISSION[1]}" >&2
+  exit 130
+}
+trap still_running INT
+status=0
+ray job submit --address "$ADDRESS" "${SUBMISSION[@]}" \
   --working-dir . --runtime-env deploy/runtime_env.yaml -- \
-  maskfocus train "${RUN[@]}" --executor ray --address auto "${REST[@]+"${REST[@]}"}"
+  maskfocus train "${RUN[@]}" --executor ray --address auto "${REST[@]+"${REST[@]}"}" || status=$?
+exit "$status"

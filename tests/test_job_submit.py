@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -137,9 +138,9 @@ def running_head(**extra_env: str) -> Iterator[HeadNode]:
 
 @pytest.fixture(scope="module")
 def head_node() -> Iterator[HeadNode]:
-    """One head node for the module's jobs (its start and stop take ~15 s on 2 cores). Its job manager waits up to
-    120 s for a stopped job's driver to exit, as deploy/cluster.yaml sets (RAY_JOB_STOP_WAIT_TIME_S)."""
-    with running_head(RAY_JOB_STOP_WAIT_TIME_S="120") as head:
+    """One head node for the module's jobs (its start and stop take ~15 s on 2 cores). Started without
+    RAY_JOB_STOP_WAIT_TIME_S: a stopped job gets its wait from deploy/runtime_env.yaml, as on any cluster."""
+    with running_head() as head:
         yield head
 
 
@@ -201,7 +202,7 @@ def test_submit_script_runs_a_job_on_a_local_head_node_with_token_auth(head_node
 
 @pytest.mark.slow
 def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(head_node, random_model, tmp_path):  # noqa: F811
-    """`ray job stop` sends SIGTERM; with RAY_JOB_STOP_WAIT_TIME_S on the head (deploy/cluster.yaml) the run stops
+    """`ray job stop` sends SIGTERM; with RAY_JOB_STOP_WAIT_TIME_S from the job's runtime env the run stops
     after its queued batches, checkpoints the last one off schedule and logs the `--resume` command."""
     submission_id = f"maskfocus-stop-{secrets.token_hex(4)}"
     submit = [str(REPO / "deploy" / "submit.sh"), "--address", head_node.dashboard, "--submission-id", submission_id]
@@ -237,16 +238,19 @@ def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(head_node, rand
     assert f"stopped on SIGTERM; resume from {checkpoints[0]} with `deploy/submit.sh --resume " in log.read_text()
 
 
-def submit_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """deploy/submit.sh with a stand-in `ray` on PATH that prints the arguments it was given, one per line."""
+def submit_command(
+    tmp_path: Path, *args: str, stub: str = 'printf "%s\\n" "$@"\n', cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """deploy/submit.sh with a stand-in `ray` on PATH that runs `stub` (by default: prints the arguments it was
+    given, one per line)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    stub = bin_dir / "ray"
-    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
-    stub.chmod(0o755)
+    stub_file = bin_dir / "ray"
+    stub_file.write_text(f"#!/usr/bin/env bash\n{stub}")
+    stub_file.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     script = str(REPO / "deploy" / "submit.sh")
-    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd or REPO)
 
 
 def test_submit_script_submits_a_config_or_a_resume_with_the_arguments_given(tmp_path):
@@ -277,9 +281,9 @@ def test_submit_script_without_a_config_takes_the_default_and_passes_every_optio
         assert " ".join(train[train.index("--") + 1 :]) == " ".join([expected, *args])
 
 
-def submitted_parts(tmp_path: Path, *args: str) -> tuple[list[str], str]:
+def submitted_parts(tmp_path: Path, *args: str, cwd: Path | None = None) -> tuple[list[str], str]:
     """(`ray job submit`'s own arguments, the `maskfocus train` command) that submit.sh makes of `args`."""
-    submitted = submit_command(tmp_path, *args)
+    submitted = submit_command(tmp_path, *args, cwd=cwd)
     assert submitted.returncode == 0, submitted.stderr
     words = submitted.stdout.splitlines()
     split = words.index("--")
@@ -292,12 +296,18 @@ def test_submit_script_finds_resume_config_and_its_own_options_wherever_they_sta
     job, train = submitted_parts(tmp_path, "--check", "--resume", "/shared/runs/job")
     assert train == "maskfocus train --resume /shared/runs/job --executor ray --address auto --check"
     job, train = submitted_parts(
-        tmp_path, "configs/a.yaml", "--iterations", "5", "--address", "http://head:8265", "--submission-id=run-7"
+        tmp_path,
+        "configs/amused_geneval.yaml",
+        "--iterations",
+        "5",
+        "--address",
+        "http://head:8265",
+        "--submission-id=run-7",
     )
-    assert train == "maskfocus train --config configs/a.yaml --executor ray --address auto --iterations 5"
+    assert train == "maskfocus train --config configs/amused_geneval.yaml --executor ray --address auto --iterations 5"
     assert job[job.index("--address") + 1] == "http://head:8265" and job[job.index("--submission-id") + 1] == "run-7"
-    _, train = submitted_parts(tmp_path, "--set", "seed=3", "--config=configs/b.yaml")
-    assert train == "maskfocus train --config configs/b.yaml --executor ray --address auto --set seed=3"
+    _, train = submitted_parts(tmp_path, "--set", "seed=3", "--config=configs/meissonic_hps.yaml")
+    assert train == "maskfocus train --config configs/meissonic_hps.yaml --executor ray --address auto --set seed=3"
 
 
 @pytest.mark.parametrize(
@@ -312,3 +322,31 @@ def test_submit_script_refuses_an_option_without_its_value(tmp_path, args, messa
     """`submit.sh --address` alone stopped with bash's `$2: unbound variable`."""
     refused = submit_command(tmp_path, *args)
     assert refused.returncode == 2 and f"submit.sh: {message}" in refused.stderr, refused.stderr
+
+
+def test_submit_script_takes_a_config_from_the_callers_folder_and_refuses_one_the_job_cannot_read(tmp_path):
+    """A config path from the caller's folder, one outside the repository, or one in a folder the upload leaves out
+    failed only on the cluster, after the upload."""
+    _, train = submitted_parts(tmp_path, "../configs/shapes_tiny.yaml", cwd=REPO / "deploy")
+    assert train.startswith("maskfocus train --config configs/shapes_tiny.yaml ")
+    (outside := tmp_path / "mine.yaml").write_text("seed: 1\n")
+    for config, message in [
+        (str(outside), f"--config {outside}: outside the repository {REPO}"),
+        ("tests/../configs/nope.yaml", "--config tests/../configs/nope.yaml: file not found"),
+        ("benchmarks/ablation.py", "--config benchmarks/ablation.py: in a folder the upload leaves out"),
+    ]:
+        refused = submit_command(tmp_path, config)
+        assert refused.returncode == 2 and f"submit.sh: {message}" in refused.stderr, refused.stderr
+
+
+def test_submit_script_names_each_job_and_says_on_ctrl_c_that_the_job_goes_on(tmp_path):
+    """Ctrl-C ends `ray job submit`'s log tail only; the job went on unseen, and a resume then shared its folder."""
+    job, _ = submitted_parts(tmp_path)
+    named = job[job.index("--submission-id") + 1]
+    assert re.fullmatch(r"maskfocus_\d{8}_\d{6}_\d+", named)
+    interrupted = submit_command(tmp_path, "--submission-id", "run-9", stub="kill -INT $PPID\nexit 1\n")
+    assert interrupted.returncode == 130
+    assert "stopped following job run-9, which goes on running on the cluster" in interrupted.stderr
+    assert "ray job stop --address http://127.0.0.1:8265 run-9" in interrupted.stderr
+    failed = submit_command(tmp_path, stub="exit 3\n")
+    assert failed.returncode == 3 and "stopped following" not in failed.stderr
