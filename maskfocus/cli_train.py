@@ -4,8 +4,10 @@ and prints the final score against the base model's."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
+from maskfocus import run_lock
 from maskfocus.config import ConfigError, RunConfig, load_config, load_config_or_default
 from maskfocus.config_base import parse_set, set_from_option
 from maskfocus.ray_job import check_job_path
@@ -39,43 +41,65 @@ def meissonic_steps_notice(config: RunConfig) -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskfocus.run_io import new_run_folder, record_resumed_config, run_folder_for
-
     overrides = parse_set(args.set)
     if args.executor:
         set_from_option(overrides, "train.executor", args.executor, "--executor")
     if args.iterations is not None:
         set_from_option(overrides, "train.num_iterations", args.iterations, "--iterations")
-    if args.resume:
-        check_job_path(args.resume, "--resume")
-        run_dir = Path(args.resume)
-        for flag, value in (("--config", args.config), ("--name", args.name)):
-            if value is not None:
-                raise ConfigError(
-                    f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
-                    "with --set KEY=VALUE (and --iterations, --executor)"
-                )
-        from maskfocus.resume_check import check_resumable, check_resume_settings, check_run_config_file
+    with contextlib.ExitStack() as lock:  # the run folder's lock, from when the folder changes to the run's end
+        prepared = resumed_folder(args, overrides, lock) if args.resume else new_folder(args, overrides, lock)
+        if isinstance(prepared, int):  # --check: the report's exit status
+            return prepared
+        return train_in_folder(args, *prepared)
 
-        config_file = check_run_config_file(run_dir)
-        config = load_config(config_file, overrides)
-        check_before_writing(config, args.address)
-        start = check_resumable(run_dir)
-        check_resume_settings(config_file, config, start.iteration)
-        if args.check:
-            return report_check(config, run_dir, start.iteration, args.address)
-        record_resumed_config(run_dir, config)
-        source = Path(start.checkpoint).name if start.checkpoint is not None else "the base model (no checkpoint)"
-        last = config.train.num_iterations - 1
-        left = f"iterations {start.iteration}-{last} to learn" if start.iteration <= last else "nothing left to learn"
-        print(f"resuming from {source}: {left}")
-    else:
-        config = load_config_or_default(args.config, overrides)
-        check_job_path(config.train.out_dir, "train.out_dir")
-        check_before_writing(config, args.address)
-        if args.check:
-            return report_check(config, run_folder_for(config, args.name), None, args.address)
-        run_dir = new_run_folder(config, args.name)
+
+def resumed_folder(
+    args: argparse.Namespace, overrides: dict, lock: contextlib.ExitStack
+) -> tuple[RunConfig, Path] | int:
+    """The config and folder of `--resume RUN`, checked, locked and its config.yaml updated; or `--check`'s status."""
+    from maskfocus.resume_check import check_resumable, check_resume_settings, check_run_config_file
+    from maskfocus.run_io import record_resumed_config
+
+    check_job_path(args.resume, "--resume")
+    run_dir = Path(args.resume)
+    for flag, value in (("--config", args.config), ("--name", args.name)):
+        if value is not None:
+            raise ConfigError(
+                f"{flag} with --resume: a resumed run keeps its folder and its own config.yaml; change settings "
+                "with --set KEY=VALUE (and --iterations, --executor)"
+            )
+    config_file = check_run_config_file(run_dir)
+    config = load_config(config_file, overrides)
+    check_before_writing(config, args.address)
+    start = check_resumable(run_dir)
+    check_resume_settings(config_file, config, start.iteration)
+    if args.check:
+        return report_check(config, run_dir, start.iteration, args.address)
+    lock.enter_context(run_lock.held(run_dir))  # before the folder changes: its job may still be running
+    record_resumed_config(run_dir, config)
+    source = Path(start.checkpoint).name if start.checkpoint is not None else "the base model (no checkpoint)"
+    last = config.train.num_iterations - 1
+    left = f"iterations {start.iteration}-{last} to learn" if start.iteration <= last else "nothing left to learn"
+    print(f"resuming from {source}: {left}")
+    return config, run_dir
+
+
+def new_folder(args: argparse.Namespace, overrides: dict, lock: contextlib.ExitStack) -> tuple[RunConfig, Path] | int:
+    """The config and new, locked folder of a run; or `--check`'s status."""
+    from maskfocus.run_io import new_run_folder, run_folder_for
+
+    config = load_config_or_default(args.config, overrides)
+    check_job_path(config.train.out_dir, "train.out_dir")
+    check_before_writing(config, args.address)
+    if args.check:
+        return report_check(config, run_folder_for(config, args.name), None, args.address)
+    run_dir = new_run_folder(config, args.name)
+    lock.enter_context(run_lock.held(run_dir))
+    return config, run_dir
+
+
+def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> int:
+    """The run itself, once its folder is made (or resumed) and locked."""
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice
 

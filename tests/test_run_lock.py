@@ -1,0 +1,66 @@
+"""maskfocus/run_lock.py: one run at a time in a run folder (a job still running when its client stopped following
+it, and a `--resume` of the same folder, wrote one metrics.jsonl and pruned each other's checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from support import cli_error
+
+from maskfocus import run_lock
+from maskfocus.config import ConfigError, default_run_config, dump_config
+
+
+def test_a_held_folder_is_refused_naming_its_holder_and_released_at_the_end(tmp_path):
+    with run_lock.held(tmp_path):
+        holder = json.loads((tmp_path / "run.lock").read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(ConfigError, match=rf"is in use by a run \(process {os.getpid()} on "):
+            run_lock.acquire(tmp_path)
+    assert not (tmp_path / "run.lock").exists()
+    with pytest.raises(RuntimeError), run_lock.held(tmp_path):  # released however the run ends
+        raise RuntimeError("the run failed")
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_of_this_machine_is_taken_over(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    stale = {"host": socket.gethostname(), "pid": dead_pid, "since": "2026-12-01 00:00:00"}
+    (tmp_path / "run.lock").write_text(json.dumps(stale))
+    assert run_lock.acquire(tmp_path) == tmp_path / "run.lock"
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    (tmp_path / "run.lock").write_text('{"host": ')  # a write cut short
+    run_lock.release(tmp_path / "run.lock")
+    assert run_lock.acquire(tmp_path) and json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_of_another_machine_is_refused_with_the_file_to_delete(tmp_path):
+    other = {"host": "gpu-node-7", "pid": 1234, "since": "2026-12-01 00:00:00"}
+    (tmp_path / "run.lock").write_text(json.dumps(other))
+    with pytest.raises(ConfigError) as refused:
+        run_lock.acquire(tmp_path)
+    message = str(refused.value)
+    assert "process 1234 on gpu-node-7, since 2026-12-01 00:00:00" in message
+    assert f"delete {tmp_path / 'run.lock'} and start again" in message
+    run_lock.release(tmp_path / "run.lock")  # not ours: kept
+    assert (tmp_path / "run.lock").exists()
+
+
+def test_a_resume_of_a_folder_in_use_is_refused_before_its_config_changes(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_config(default_run_config({"train.out_dir": str(tmp_path)}), run / "config.yaml")
+    before = (run / "config.yaml").read_text()
+    (run / "run.lock").write_text(json.dumps({"host": "head-node", "pid": 99, "since": "now"}))
+    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300", "--executor", "local")
+    assert f"{run} is in use by a run (process 99 on head-node" in error
+    assert (run / "config.yaml").read_text() == before and sorted(p.name for p in run.iterdir()) == [
+        "config.yaml",
+        "run.lock",
+    ]
