@@ -176,9 +176,11 @@ def test_learner_autocast_refuses_counts_below_one(monkeypatch, capsys, option):
 
 
 def fake_model_folder(folder):
-    """A folder with a generator's parts (empty): enough for the folder check, loaded by nothing here."""
+    """A folder with a generator's parts (empty but the transformer's class): enough for the folder check, loaded by
+    nothing here."""
     for part in ("vqvae", "transformer", "text_encoder", "tokenizer", "scheduler"):
         (folder / part).mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text('{"_class_name": "UVit2DModel"}')
     return folder
 
 
