@@ -18,6 +18,17 @@ OWLV2_THRESHOLDS = ("score_threshold", "counting_score_threshold", "nms_iou")
 value for any of them means "not set"."""
 
 
+def settings_not_read(section: Section, readers: dict[str, tuple[str, ...]], reader: str) -> list[str]:
+    """The fields of `section` that `reader` (its kind or name) does not read, yet set away from their defaults:
+    they would be ignored without a word. `readers`: field -> the kinds or names that read it."""
+    defaults = type(section).model_fields
+    return [
+        name
+        for name, names in readers.items()
+        if reader not in names and getattr(section, name) != defaults[name].default
+    ]
+
+
 class GenEvalDetectorConfig(Section):
     """How a `geneval` reward term (and `maskfocus eval`) finds the objects of an image."""
 
@@ -93,12 +104,7 @@ class GenEvalDetectorConfig(Section):
     def _refuse_other_kinds_settings(self) -> None:
         """A setting only another kind reads, changed from its default, would be ignored without a word: OWLv2
         paths under the default `kind: shapes` trained against the shapes detector (reward 0 on real images)."""
-        ignored = [
-            name
-            for name, kinds in DETECTOR_FIELD_KINDS.items()
-            if self.kind not in kinds and getattr(self, name) != type(self).model_fields[name].default
-        ]
-        if ignored:
+        if ignored := settings_not_read(self, DETECTOR_FIELD_KINDS, self.kind):
             uses = "; ".join(f"`{name}` is read by kind {' and '.join(DETECTOR_FIELD_KINDS[name])}" for name in ignored)
             raise ValueError(
                 f"this detector's kind is {self.kind}, which would ignore {', '.join(f'`{n}`' for n in ignored)} "
@@ -221,12 +227,7 @@ class RewardSpec(Section):
         changed from its default, would be ignored without a word."""
         reads = {"mode": ("geneval",), "strict": ("geneval",), "detector": ("geneval",)}
         reads |= {"model": ("clip", "hps"), "checkpoint": ("clip", "hps")}
-        ignored = [
-            name
-            for name, names in reads.items()
-            if self.name not in names and getattr(self, name) != type(self).model_fields[name].default
-        ]
-        if ignored:
+        if ignored := settings_not_read(self, reads, self.name):
             uses = "; ".join(f"`{name}` is read by {' and '.join(reads[name])} terms" for name in ignored)
             raise ValueError(
                 f"this {self.name} term would ignore {', '.join(f'`{n}`' for n in ignored)} ({uses}); remove them, or "

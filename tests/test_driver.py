@@ -177,9 +177,12 @@ def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
     assert "ray_maskfocus_reward_latency_seconds_bucket" in scraper.names
     # The Grafana dashboard (deploy/grafana/maskfocus.json) queries the series under the names Ray exports.
     queried = set(re.findall(r"ray_maskfocus_[a-z_]+", json.dumps(dashboard())))
-    assert len(queried) == len(METRICS)  # one series per metric: the gauge, `_total` or `_bucket`
-    exported = {name: {f"ray_{name}", f"ray_{name}_total", f"ray_{name}_bucket"} & scraper.names for name in expected}
-    assert all(len(queried & series) == 1 for series in exported.values()), (queried, exported)
+    histograms = [name for name, spec in METRICS.items() if spec.boundaries]
+    # a gauge, a counter's `_total`, a histogram's `_bucket`, `_sum` and `_count` (its quantiles and its mean)
+    assert len(queried) == len(METRICS) + 2 * len(histograms)
+    parts = ("", "_total", "_bucket", "_sum", "_count")
+    exported = {name: {f"ray_{name}{part}" for part in parts} & scraper.names for name in expected}
+    assert all(queried & {f"ray_{name}{part}" for part in parts} <= exported[name] for name in expected), queried
 
 
 def assert_equals_local(records: list[dict], local_dir: Path, iterations: int | None = None) -> None:
