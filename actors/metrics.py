@@ -13,6 +13,7 @@ Gauges of a process vanish from the export shortly after it exits; counters and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ray.util.metrics import Counter, Gauge, Histogram, Metric
 
@@ -58,6 +59,15 @@ METRICS: dict[str, MetricSpec] = {
         "Mean |log pi_now - log pi_behaviour| per scored token of the last stale batch (grpo.behaviour_weight_cap).",
     ),
 }
+
+
+def run_tag(run_dir: Path, out_dir: str | Path) -> str:
+    """The `run` tag of a run's metrics: its folder inside train.out_dir (`ablation/critical_seed0`), so runs of one
+    name in different subfolders stay apart; the folder name alone for a folder elsewhere."""
+    try:
+        return Path(run_dir).resolve().relative_to(Path(out_dir).resolve()).as_posix()
+    except ValueError:
+        return Path(run_dir).name
 
 
 class RunMetrics:

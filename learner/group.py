@@ -16,6 +16,7 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 
+from maskfocus.actors.metrics import run_tag
 from maskfocus.config import RayConfig, RunConfig
 from maskfocus.learner.checkpoint import RunState
 from maskfocus.learner.loop import train_loop_per_worker
@@ -66,6 +67,7 @@ class LearnerGroup:
             "config": config,
             "start": start,
             "run_dir": str(run_dir.resolve()),
+            "run_tag": run_tag(run_dir, config.train.out_dir),  # the driver's: its paths resolve from its folder
             "batches": batches,
             "store": store,
             "weight_group": weight_group,

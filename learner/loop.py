@@ -208,7 +208,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     group: WeightGroup | None = loop_config.get("weight_group")
     sender = WeightSender(group, device) if group is not None and rank == 0 else None
     try:
-        _serve(worker, sender, loop_config["batches"], loop_config["store"], Path(loop_config["run_dir"]))
+        queues = loop_config["batches"], loop_config["store"]
+        _serve(worker, sender, *queues, Path(loop_config["run_dir"]), loop_config["run_tag"])
     finally:
         if sender is not None:
             sender.close()
@@ -227,11 +228,11 @@ def check_run_folder(run_dir: Path, rank: int) -> None:
 
 
 def _serve(
-    worker: LearnerWorker, sender: WeightSender | None, batches: Queue, store: ActorHandle, run_dir: Path
+    worker: LearnerWorker, sender: WeightSender | None, batches: Queue, store: ActorHandle, run_dir: Path, tag: str
 ) -> None:
     """Learn from queue items until the stop item; rank 0 publishes each update (and `sender` broadcasts it)."""
     config, rank, world_size = worker.config, worker.rank, worker.world_size
-    metrics = RunMetrics(run_dir.name)
+    metrics = RunMetrics(tag)
     timeout = config.ray.timeout_s
     weights = worker.full_weights()
     if rank == 0:  # the starting weights (the checkpoint's, on resume); also says the learner is ready

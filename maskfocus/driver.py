@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from maskfocus.actors.cluster import check_supported as _check_supported
 from maskfocus.actors.cluster import connect, free_resources_note
-from maskfocus.actors.metrics import RunMetrics
+from maskfocus.actors.metrics import RunMetrics, run_tag
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
 from maskfocus.config import RunConfig
@@ -105,7 +105,7 @@ class RayRun:
         self.config, self.run_dir, self.batches, self.store = config, run_dir, batches, store
         self.driver_config = driver_model_config(config, torch.cuda.is_available())
         self.collective = weight_group is not None
-        self.rollouts, self.rewards = role_pools(config, run_dir.name, weight_group)
+        self.rollouts, self.rewards = role_pools(config, run_tag(run_dir, config.train.out_dir), weight_group)
         self.prompts = PromptStream.from_config(config, start.prompt_cursor)
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations
@@ -129,7 +129,7 @@ class RayRun:
         self.nonfinite = NonFiniteWatch(config.train.max_nonfinite_iterations)
         self.counts = running_counts(self.log.path, ("sync/dropped_stale", "sync/redone"))
         """Running totals over the whole run: a resume goes on from its last kept record's."""
-        self.metrics = RunMetrics(run_dir.name)
+        self.metrics = RunMetrics(run_tag(run_dir, config.train.out_dir))
         self.total = self.end - start.iteration
         """The iterations this call learns (a resume's, not the run's)."""
         self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)

@@ -47,3 +47,14 @@ def test_the_learner_records_the_behaviour_gauge_only_for_corrected_stale_batche
     _record_metrics(plain, base, dropped=False)
     assert corrected.seen["maskfocus_behaviour_log_ratio"] == 0.016 and corrected.seen["maskfocus_kl"] == 0.2
     assert "maskfocus_behaviour_log_ratio" not in plain.seen and set(plain.seen) <= set(METRICS)
+
+
+def test_the_run_tag_is_the_folder_inside_the_output_folder(tmp_path, monkeypatch):
+    """Tagged by folder name alone, ablation/seed0 and probe/seed0 wrote one series."""
+    from maskfocus.actors.metrics import run_tag
+
+    assert run_tag(tmp_path / "runs" / "ablation" / "seed0", tmp_path / "runs") == "ablation/seed0"
+    monkeypatch.chdir(tmp_path)
+    assert run_tag("runs/probe/seed0", "runs") == "probe/seed0"
+    assert run_tag(tmp_path / "runs" / "probe" / "seed0", "runs") == "probe/seed0"  # relative out_dir, absolute run
+    assert run_tag(tmp_path / "elsewhere" / "seed0", "runs") == "seed0"

@@ -248,7 +248,7 @@ def test_the_ready_broadcast_is_skipped_when_the_run_is_already_learned_to_its_e
     sender = FakeSender()
     try:
         batches.put(None, timeout=RAY_TIMEOUT_S)  # the driver's stop item: nothing to learn
-        _serve(worker, sender, batches, store, tmp_path)
+        _serve(worker, sender, batches, store, tmp_path, "run")
         version, _, record = next_update(ray, store)
         assert (version, record) == (7, {"ready": 1.0}) and sender.broadcasts == broadcasts
     finally:
@@ -299,7 +299,7 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
         batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
         batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)  # iteration 0, then nothing comes
         with pytest.raises(loop.QueueTimeout, match=r"no TrainBatch arrived for 2 s \(ray.timeout_s\)"):
-            loop._serve(LearningStub(config), None, batches, store, tmp_path)
+            loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
         assert saved == [0]
     finally:
         batches.shutdown()
