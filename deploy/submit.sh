@@ -72,6 +72,10 @@ uploaded_config() {  # CONFIG as given -> its path in the upload, or an error be
 }
 if [[ "${RUN[0]}" == --config ]]; then RUN[1]="$(uploaded_config "${RUN[1]}")"; fi
 if [[ ${#SUBMISSION[@]} -eq 0 ]]; then SUBMISSION=(--submission-id "maskfocus_$(date +%Y%m%d_%H%M%S)_$$"); fi
+if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" && ! -f "$RAY_AUTH_TOKEN_PATH" ]]; then  # the job server would answer 401
+  echo "submit.sh: RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH: no such file (the cluster's token, from \`ray get-auth-token\` on the head)" >&2
+  exit 2
+fi
 if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
   [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
   export RAY_AUTH_MODE=token

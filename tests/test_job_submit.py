@@ -350,3 +350,10 @@ def test_submit_script_names_each_job_and_says_on_ctrl_c_that_the_job_goes_on(tm
     assert "ray job stop --address http://127.0.0.1:8265 run-9" in interrupted.stderr
     failed = submit_command(tmp_path, stub="exit 3\n")
     assert failed.returncode == 3 and "stopped following" not in failed.stderr
+
+
+def test_submit_script_refuses_a_token_path_that_is_not_there(tmp_path, monkeypatch):
+    """It sent no token and the job server answered 401."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no_token"))
+    refused = submit_command(tmp_path)
+    assert refused.returncode == 2 and f"RAY_AUTH_TOKEN_PATH={tmp_path / 'no_token'}: no such file" in refused.stderr
