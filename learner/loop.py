@@ -62,9 +62,15 @@ class QueuedBatch:
     """[ref]: a list so that the queue actor stores the reference, not a copy of the batch."""
 
 
+ABORT = "abort"
+"""The queue item that stops the learner without its stop checkpoint: the loss diverged, so the weights it holds
+are non-finite and a checkpoint of them would only prune good ones (train.keep_checkpoints)."""
+
+
 @dataclass
 class Message:
-    """What rank 0 broadcasts: stop, skip (a dropped batch) or learn from `batch` (each rank keeps its shard)."""
+    """What rank 0 broadcasts: stop, abort (stop without a checkpoint), skip (a dropped batch) or learn from `batch`
+    (each rank keeps its shard)."""
 
     kind: str
     iteration: int = -1
@@ -180,12 +186,16 @@ def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
                 raise QueueTimeout(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
 
 
-def _message(item: QueuedBatch | None, version: int, config: RunConfig, next_iteration: int) -> tuple[Message, dict]:
+def _message(
+    item: QueuedBatch | str | None, version: int, config: RunConfig, next_iteration: int
+) -> tuple[Message, dict]:
     """Rank 0: what to broadcast for a queue item, and the item's stats (for the record). A batch too stale is
     dropped, and so is one that is not `next_iteration`: after a drop the later batches already queued wait for the
     redone one (learned first, they would put a checkpoint's iteration and prompt cursor past an unlearned one)."""
     if item is None:
         return Message("stop"), {}
+    if item == ABORT:
+        return Message("abort"), {}
     if item.iteration != next_iteration:
         return Message("skip", item.iteration, item.prompt_cursor), {"sync/out_of_order": 1.0}
     batch: TrainBatch = ray.get(item.batch[0], timeout=config.ray.timeout_s)
@@ -255,6 +265,8 @@ def _serve(
                 stalled = error
             message, info = _message(item, worker.version, config, worker.next_iteration)
         message = _broadcast(message, world_size)
+        if message.kind == "abort":
+            return
         if message.kind == "stop":
             if unsaved is not None:
                 _checkpoint(worker, unsaved, worker.full_weights(), run_dir)

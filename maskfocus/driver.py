@@ -51,7 +51,7 @@ from maskfocus.config import RunConfig
 from maskfocus.divergence import Diverged, NonFiniteWatch
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
-from maskfocus.learner.loop import QueuedBatch, preview_due
+from maskfocus.learner.loop import ABORT, QueuedBatch, preview_due
 from maskfocus.learner.weight_store import WeightStore
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
@@ -426,12 +426,13 @@ class RayRun:
                 self.on_preview(ref)
         tqdm.write(f"the last preview was not drawn within {seconds:.0f} s (half of ray.timeout_s); skipped")
 
-    def stop_early(self, learner: LearnerGroup) -> None:
+    def stop_early(self, learner: LearnerGroup, checkpoint: bool = True) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
         last iteration and stops, and its records are logged (the loop's in-flight poll first, which may hold one),
         so that the run folder is consistent and resumable. Best effort,
         bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint). Collective: the rollout workers
-        stay, to take the learner's last broadcasts."""
+        stay, to take the learner's last broadcasts. `checkpoint=False` (a diverged loss): the learner stops at
+        once, without a checkpoint of its non-finite weights."""
         if not self.collective:
             self.rollouts.kill()
         self.rewards.kill()
@@ -443,7 +444,7 @@ class RayRun:
                 self.on_update(ray.get(pending, timeout=timeout))
             if not learner.alive:
                 return
-            self.batches.put(None, timeout=timeout)
+            self.batches.put(None if checkpoint else ABORT, timeout=timeout)
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
                 if update is None and not learner.alive:
@@ -490,7 +491,7 @@ def train_ray(
         raise
     except Diverged as error:  # resuming from the latest checkpoint would not help: say what would
         run.nonfinite = NonFiniteWatch(None)  # the queued records are logged, not stopped again
-        run.stop_early(learner)
+        run.stop_early(learner, checkpoint=False)
         raise RunFailed(str(error), None) from error
     except Exception as error:
         if run is not None and learner is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import shutil
 import time
@@ -257,19 +258,37 @@ def save_checkpoint(
     keep: int | None = None,
 ) -> Path:
     """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON); then all but
-    the newest `keep` checkpoints are deleted (train.keep_checkpoints; None keeps every one)."""
+    the newest `keep` checkpoints are deleted (train.keep_checkpoints; None keeps every one). Weights gone
+    non-finite (a diverging loss) delete none: the older, finite checkpoints are the ones a restart needs."""
     target = folder / "checkpoints" / f"iter_{iteration:06d}"
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    save_file(plain_state_dict(module), str(partial / "transformer.safetensors"))
+    weights = plain_state_dict(module)
+    save_file(weights, str(partial / "transformer.safetensors"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
     (partial / "state.json").write_text(json.dumps({"iteration": iteration, **state}, indent=2))
+    sync_to_disk(partial)  # on network storage, written through before the older checkpoints go
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # a checkpoint folder exists only once it is complete
-    prune_checkpoints(folder, keep)
+    if all_finite(weights):
+        prune_checkpoints(folder, keep)
     return target
+
+
+def all_finite(weights: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
+
+
+def sync_to_disk(folder: Path) -> None:
+    """fsync every file of `folder`, then the folder itself."""
+    for path in [*folder.iterdir(), folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:

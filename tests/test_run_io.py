@@ -321,3 +321,14 @@ def test_train_keep_checkpoints_deletes_the_oldest_only_once_a_new_one_is_comple
     assert prune_checkpoints(tmp_path, None) == [] and prune_checkpoints(tmp_path, 1) == [
         tmp_path / "checkpoints" / "iter_000019"
     ]
+
+
+def test_a_checkpoint_of_non_finite_weights_deletes_no_older_one(tmp_path):
+    """A diverging loss: the periodic checkpoints of NaN weights pruned the finite ones a restart needs."""
+    module = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 9, module, None, {}, keep=1)
+    with torch.no_grad():
+        module.weight.fill_(float("nan"))
+    save_checkpoint(tmp_path, 19, module, None, {}, keep=1)
+    names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert names == ["iter_000009", "iter_000019"]

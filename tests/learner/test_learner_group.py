@@ -306,6 +306,36 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
         ray.kill(store)
 
 
+@pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
+def test_a_diverged_run_stops_its_learner_without_checkpointing_its_weights(
+    ray_session, tmp_path, monkeypatch, last_item, saved_after
+):
+    """The stop item checkpoints the last learned iteration; after a diverged loss the driver sends ABORT instead:
+    a checkpoint of non-finite weights pruned the finite ones (train.keep_checkpoints) a restart needs."""
+    from types import SimpleNamespace
+
+    from ray.util.queue import Queue
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+
+    ray = ray_session
+    saved = []
+    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
+    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    try:
+        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
+        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)
+        batches.put(last_item, timeout=RAY_TIMEOUT_S)
+        loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
+        assert saved == saved_after
+    finally:
+        batches.shutdown()
+        ray.kill(store)
+
+
 def test_the_other_ranks_collective_timeout_outlasts_rank_0s_wait_for_a_batch():
     """Ranks 1.. wait for rank 0's message in a broadcast while rank 0 waits up to ray.timeout_s for a batch; with
     Ray Train's default (1800 s, the GPU configs' ray.timeout_s) they timed out first and could not join the
