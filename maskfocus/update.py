@@ -177,7 +177,10 @@ class PolicyUpdater:
 
     def resume_schedule(self, num_updates: int) -> None:
         """Continue the learning-rate schedule after the `num_updates` optimizer steps of a run being resumed (its
-        optimizer state is loaded separately)."""
+        optimizer state is loaded first). Loading that state also restored the saved weight decay: the config's,
+        which a resume may change (`--set optim.weight_decay=...`, written to config.yaml), is put back."""
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.optim.weight_decay
         for _ in range(self.num_updates, num_updates):
             self._advance_schedule()
         self.num_updates = num_updates

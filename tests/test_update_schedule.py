@@ -85,3 +85,19 @@ def test_gradients_are_clipped_to_grad_clip_and_the_raw_norm_is_reported():
     metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
     assert applied_norms == [pytest.approx(1e-3, rel=1e-4)]
     assert metrics["loss/grad_norm"] > 1e-2  # the norm before clipping, far above the clip
+
+
+def test_a_resume_takes_the_weight_decay_of_its_config_not_of_the_saved_optimizer_state():
+    """Loading the optimizer state restored the saved weight decay, though the resume printed the new one and wrote
+    it to config.yaml."""
+    model = ToyGenerator()
+
+    def updater(weight_decay: float) -> PolicyUpdater:
+        return PolicyUpdater(model, GRPOConfig(), OptimConfig(weight_decay=weight_decay), 6, total_updates=10)
+
+    saved = updater(0.01).optimizer.state_dict()
+    resumed = updater(0.1)
+    resumed.optimizer.load_state_dict(saved)
+    assert resumed.optimizer.param_groups[0]["weight_decay"] == 0.01  # what torch restores
+    resumed.resume_schedule(0)
+    assert [group["weight_decay"] for group in resumed.optimizer.param_groups] == [0.1]
