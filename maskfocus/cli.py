@@ -75,7 +75,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.check_prompts(prompts[:1])
     check_negative_prompt(model, config.sampler)
     sampler = _eager_for_few(args, config.sampler, args.num_images)
-    images = sample_images_in_batches(model, prompts, sampler, seeded_generator(args.seed))
+    images = sample_images_in_batches(model, prompts, sampler, seeded_generator(args.seed, device=model.device))
     columns = min(args.num_images, 8)
     path = save_grid(args.out, images, columns=columns, scale=args.scale)
     print(f"wrote {len(images)} image(s) of {args.prompt!r} to {path}")

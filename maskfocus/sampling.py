@@ -58,8 +58,9 @@ def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Ge
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Gumbel noise on `device`, drawn on the generator's device: a CPU generator (previews, `maskfocus sample`)
-    may drive a CUDA model, and torch refuses a generator of another device type."""
+    """Gumbel noise on `device`, drawn on the generator's device: torch refuses a generator of another device type,
+    and a caller's CPU generator may drive a CUDA model (the package's own callers seed on the model's device, since
+    a CPU draw of (B, L, V) noise per step is slow at Meissonic's size)."""
     uniform = torch.rand(shape, generator=generator, device=generator.device).to(device)
     return -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
 

@@ -157,7 +157,7 @@ def preview_images(
         model,
         [p for p in prompts for _ in range(images_per_prompt)],
         config.sampler,
-        seeded_generator(config.seed, PREVIEW),
+        seeded_generator(config.seed, PREVIEW, device=model.device),  # a CPU stream would draw on the CPU
     )
     return to_uint8(model.decode(result.tokens_BL)), prompts
 

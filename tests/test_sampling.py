@@ -328,8 +328,9 @@ def test_sample_draws_in_batches_of_the_sampler_batch_size(tiny_model, monkeypat
 
 
 def test_gumbel_noise_is_drawn_on_the_generators_device_and_moved_to_the_models(monkeypatch):
-    """Previews and `maskfocus sample` drive a CUDA model with a CPU generator; torch refuses a generator of another
-    device type, so the draw happens on the generator's device (CI has no GPU: the meta device stands in)."""
+    """Previews and `maskfocus sample` drove a CUDA model with a CPU generator (they now seed on the model's device);
+    torch refuses a generator of another device type, so the draw happens on the generator's device (CI has no GPU:
+    the meta device stands in)."""
     from maskfocus.sampling import _gumbel
 
     expected = -torch.log(-torch.log(torch.rand(3, 5, generator=seeded_generator(7)).clamp(1e-20, 1 - 1e-7)))
