@@ -245,8 +245,8 @@ def run_evaluation(
     """Generate, judge and score every image; returns records, the summary and the first `keep_images`.
 
     Images are judged by `judge`, or by the GenEval rules on the detections of `detect_batch` (give one).
-    `records_out` gets each batch's records as it is judged, so a failure late in a long evaluation (the reward
-    server gone, no image scored) keeps what was judged.
+    `records_out` gets each batch's records as it is judged (in `<records_out>.partial` until all are), so a failure
+    late in a long evaluation (the reward server gone) keeps what was judged.
     """
     assert (detect_batch is None) != (judge is None), "give run_evaluation either detect_batch or judge"
     judge = judge if judge is not None else DetectorJudge("detector", detect_batch)
@@ -269,7 +269,7 @@ def run_evaluation(
             if sum(len(k) for k in kept) < keep_images:
                 kept.append(images)
             bar.update(len(chunk))
-    if all(record["correct"] is None for record in records):
+    if records and all(record["correct"] is None for record in records):
         kept_note = f"; the records are in {records_out}" if records_out is not None else ""
         raise BenchmarkError(
             f"the {judge.name} judge could not score any of the {len(records)} images (all NaN){kept_note}: check "
@@ -283,16 +283,18 @@ def run_evaluation(
 
 
 class RecordWriter:
-    """Per-image records appended to a JSONL file as they are judged (no file: keeps nothing on disk)."""
+    """Per-image records appended to `<path>.partial` as they are judged, renamed to `path` once all are: a failed
+    or stopped evaluation keeps what it judged and leaves an earlier `path` as it was (no path: nothing on disk)."""
 
     def __init__(self, path: Path | None):
         self.path = path
+        self.partial = path.with_name(path.name + ".partial") if path is not None else None
         self.handle = None
 
     def __enter__(self) -> RecordWriter:
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("w")
+        if self.partial is not None:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.partial.open("w")
         return self
 
     def write(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,9 +303,11 @@ class RecordWriter:
             self.handle.flush()
         return records
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info: object) -> None:
         if self.handle is not None:
             self.handle.close()
+            if error_type is None:
+                self.partial.replace(self.path)
 
 
 def write_results(

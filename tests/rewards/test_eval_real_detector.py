@@ -160,11 +160,14 @@ def test_a_judge_failing_late_leaves_the_records_judged_so_far(tmp_path):
             return [GenEvalResult(True, 1.0, ()) for _ in images]
 
     rows, out = _one_row_per_tag(), tmp_path / "eval" / "records.jsonl"
+    out.parent.mkdir()
+    out.write_text("an earlier evaluation's records\n")
     eval_config, sampler = EvalConfig(num_images_per_prompt=1), SamplerConfig(num_steps=2, batch_size=4)
     with pytest.raises(RewardServerError):
         run_evaluation(ToyGenerator(), rows, eval_config, sampler, judge=FailsOnSecondBatch(), records_out=out)
-    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    kept = [json.loads(line) for line in (tmp_path / "eval" / "records.jsonl.partial").read_text().splitlines()]
     assert [record["prompt"] for record in kept] == [row["prompt"] for row in rows[:4]]
+    assert out.read_text() == "an earlier evaluation's records\n"  # replaced only by a whole evaluation
 
     class ScoresNothing(FailsOnSecondBatch):
         def judge(self, images, metadata):
