@@ -102,9 +102,10 @@ class GenEvalDetectorConfig(Section):
         return self
 
     def _refuse_other_kinds_settings(self) -> None:
-        """A setting only another kind reads, changed from its default, would be ignored without a word: OWLv2
-        paths under the default `kind: shapes` trained against the shapes detector (reward 0 on real images)."""
-        if ignored := settings_not_read(self, DETECTOR_FIELD_KINDS, self.kind):
+        """Under the default `kind: shapes`, a setting only another kind reads means a forgotten `kind`: OWLv2 paths
+        trained against the shapes detector (reward 0 on real images). A kind chosen explicitly may keep the other
+        kinds' settings (`--set rewards.0.detector.kind=http` on an owlv2 config), which it does not read."""
+        if self.kind == "shapes" and (ignored := settings_not_read(self, DETECTOR_FIELD_KINDS, self.kind)):
             uses = "; ".join(f"`{name}` is read by kind {' and '.join(DETECTOR_FIELD_KINDS[name])}" for name in ignored)
             raise ValueError(
                 f"this detector's kind is {self.kind}, which would ignore {', '.join(f'`{n}`' for n in ignored)} "

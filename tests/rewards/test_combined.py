@@ -146,12 +146,8 @@ def test_reward_spec_fills_the_model_by_name_and_checks_required_fields():
             r"kind is shapes, which would ignore `path`, `clip_model`",
         ),
         (
-            {"name": "geneval", "detector": {"kind": "http", "nms_iou": 0.7}},
-            r"kind is http, which would ignore `nms_iou` \(`nms_iou` is read by kind owlv2\)",
-        ),
-        (
-            {"name": "geneval", "detector": {"kind": "owlv2", "path": "/o", "clip_model": "c", "url": "http://h:1"}},
-            "would ignore `url`",
+            {"name": "geneval", "detector": {"nms_iou": 0.7, "url": "http://h:1"}},
+            r"kind is shapes, which would ignore `nms_iou`, `url` \(`nms_iou` is read by kind owlv2; `url` is read by",
         ),
         ({"name": "geneval", "detector": {"timeout_s": 5}}, "kind is shapes, which would ignore `timeout_s`"),
         ({"name": "clip", "mode": "graded"}, r"this clip term would ignore `mode` \(`mode` is read by geneval terms\)"),
@@ -170,6 +166,19 @@ def test_settings_the_term_or_its_detector_would_ignore_are_refused_in_the_confi
     """Refused by the config, so `train --check` names them before any model loads."""
     with pytest.raises(ConfigError, match=r"rewards\.0(\.detector)?: .*" + message):
         config_from_dict({"rewards": [term]})
+
+
+def test_an_explicit_kind_may_keep_the_settings_of_another():
+    """`--set rewards.0.detector.kind=http` on an owlv2 config (README: published numbers go through http) was
+    refused for the owlv2 paths and thresholds the file still holds; only the default kind, shapes, means a
+    forgotten `kind`."""
+    owl = {"path": "/o", "clip_model": "c", "score_threshold": 0.1, "counting_score_threshold": 0.2, "nms_iou": 0.4}
+    config = config_from_dict(
+        {"rewards": [{"name": "geneval", "detector": {**owl, "kind": "http", "url": "http://h:1"}}]}
+    )
+    assert config.rewards[0].detector.kind == "http" and config.rewards[0].detector.path == "/o"
+    owlv2 = config_from_dict({"rewards": [{"name": "geneval", "detector": {**owl, "kind": "owlv2", "timeout_s": 5}}]})
+    assert owlv2.rewards[0].detector.kind == "owlv2"
 
 
 def test_the_settings_a_kind_reads_and_defaults_written_out_still_load():
