@@ -74,6 +74,8 @@ def resumed_folder(
     start = check_resumable(run_dir)
     check_resume_settings(config_file, config, start.iteration)
     if args.check:
+        if (held := run_lock.held_note(run_dir)) is not None:  # the resume itself would be refused
+            raise ConfigError(held)
         return report_check(config, run_dir, start.iteration, args.address)
     lock.enter_context(run_lock.held(run_dir))  # before the folder changes: its job may still be running
     record_resumed_config(run_dir, config)

@@ -3,8 +3,9 @@
 `ray job submit` keeps a job running when its client stops following it (Ctrl-C), so a user could start
 `--resume` on a folder whose job still trains: two drivers would then write one metrics.jsonl, move each other's
 model/ and eval/ aside and prune each other's checkpoints. The lock is taken before a run changes its folder and
-removed when it ends, however it ends short of being killed. A lock left by a killed process of this machine is
-taken over; one of another machine is refused, with the file to delete once that run is known to be gone.
+removed when it ends, however it ends short of being killed. A lock left by a killed process of this machine and
+container (or from before a reboot) is taken over; any other is refused, with the file to delete once that run is
+known to be gone.
 """
 
 from __future__ import annotations
@@ -23,8 +24,38 @@ from maskfocus.config_base import ConfigError
 LOCK_FILE = "run.lock"
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the pid, it names one
+    process, where a pid alone may be reused by another (a restarted container)."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split()[19] if stat else None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _holder() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    """This process, as a lock names it: host, boot, pid namespace, pid and start time."""
+    pid = os.getpid()
+    return {
+        "host": socket.gethostname(),
+        "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
+        "pid_namespace": _pid_namespace(),
+        "pid": pid,
+        "start_time": _start_time(pid),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -46,27 +77,56 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _stale(holder: dict[str, Any] | None) -> bool:
-    """A lock whose process is gone: of this machine and dead, or unreadable (a write cut short)."""
+    """Whether the lock's process is known to be gone. Only a lock of this host can be judged: one from before a
+    reboot is stale; one from another pid namespace (another container) is not judged, so it is held; in this
+    namespace its process must be alive with the start time it wrote. An unreadable lock is no one's."""
     if holder is None:
         return True
-    same_host = holder.get("host") == socket.gethostname()
-    return same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+    mine = _holder()
+    if holder.get("host") != mine["host"]:
+        return False
+    if None not in (holder.get("boot_id"), mine["boot_id"]) and holder["boot_id"] != mine["boot_id"]:
+        return True
+    if holder.get("pid_namespace") != mine["pid_namespace"] or not isinstance(holder.get("pid"), int):
+        return False
+    if not _alive(holder["pid"]):
+        return True
+    return holder.get("start_time") is not None and _start_time(holder["pid"]) != holder["start_time"]
+
+
+def _create(path: Path) -> bool:
+    """Write this process's lock at `path` whole (a hard link of a finished file), unless one is there."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(_holder()))
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def acquire(run_dir: Path) -> Path:
     """Take the run folder's lock (a stale one is taken over); ConfigError naming the holder if a run holds it."""
     path = run_dir / LOCK_FILE
     for _ in range(2):
-        try:
-            with path.open("x") as handle:
-                json.dump(_holder(), handle)
+        if _create(path):
             return path
-        except FileExistsError:
-            holder = _read(path)
-            if not _stale(holder):
-                raise ConfigError(_held_message(run_dir, path, holder)) from None
-            path.unlink(missing_ok=True)
+        holder = _read(path)
+        if not _stale(holder):
+            raise ConfigError(_held_message(run_dir, path, holder))
+        path.unlink(missing_ok=True)
     raise ConfigError(f"{path}: another run took this folder's lock just now; is one starting beside this one?")
+
+
+def held_note(run_dir: Path) -> str | None:
+    """`--check`'s word on the folder's lock: who holds it, or None when no live run does."""
+    path = run_dir / LOCK_FILE
+    holder = _read(path) if path.exists() else None
+    if not path.exists() or _stale(holder):
+        return None
+    return _held_message(run_dir, path, holder)
 
 
 def _held_message(run_dir: Path, path: Path, holder: dict[str, Any] | None) -> str:
@@ -74,7 +134,7 @@ def _held_message(run_dir: Path, path: Path, holder: dict[str, Any] | None) -> s
     return (
         f"{run_dir} is in use by a run ({who}; {path}): two runs in one folder would overwrite each other's "
         "metrics and checkpoints. Wait for it to end, or stop it (`ray job stop ID` for a job); if it is known to be "
-        f"gone (its machine lost), delete {path} and start again"
+        f"gone (its machine or container lost, or restarted), delete {path} and start again"
     )
 
 

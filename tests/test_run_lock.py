@@ -28,16 +28,36 @@ def test_a_held_folder_is_refused_naming_its_holder_and_released_at_the_end(tmp_
     assert not (tmp_path / "run.lock").exists()
 
 
-def test_a_lock_left_by_a_dead_process_of_this_machine_is_taken_over(tmp_path):
+def dead_pid() -> int:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)
-    stale = {"host": socket.gethostname(), "pid": dead_pid, "since": "2026-12-01 00:00:00"}
-    (tmp_path / "run.lock").write_text(json.dumps(stale))
-    assert run_lock.acquire(tmp_path) == tmp_path / "run.lock"
-    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
-    (tmp_path / "run.lock").write_text('{"host": ')  # a write cut short
-    run_lock.release(tmp_path / "run.lock")
+    return int(gone.stdout)
+
+
+def lock_of(tmp_path, **changes) -> None:
+    """A lock of this process, with `changes` (another pid, boot, namespace or start time)."""
+    (tmp_path / "run.lock").write_text(json.dumps({**run_lock._holder(), **changes}))
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
+    """A killed run on this machine and in this container: its pid is dead, or reused by another process (same pid,
+    another start time), or the machine rebooted since."""
+    for changes in ({"pid": dead_pid()}, {"start_time": "1"}, {"boot_id": "another-boot", "pid_namespace": "x"}):
+        lock_of(tmp_path, **changes)
+        assert run_lock.held_note(tmp_path) is None
+        assert run_lock.acquire(tmp_path) == tmp_path / "run.lock"
+        assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+        run_lock.release(tmp_path / "run.lock")
+    (tmp_path / "run.lock").write_text('{"host": ')  # not written by a run (its writes are whole)
     assert run_lock.acquire(tmp_path) and json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_of_another_container_on_this_host_is_refused(tmp_path):
+    """A pid of another pid namespace cannot be checked from here (docker --net=host shares the hostname): a live
+    job's lock was taken over from the host, and a restarted container's reused pids kept a dead one."""
+    lock_of(tmp_path, pid=dead_pid(), pid_namespace="pid:[4026530000]")
+    with pytest.raises(ConfigError, match="container lost, or restarted"):
+        run_lock.acquire(tmp_path)
+    assert "is in use by a run" in run_lock.held_note(tmp_path)
 
 
 def test_a_lock_of_another_machine_is_refused_with_the_file_to_delete(tmp_path):
@@ -58,8 +78,9 @@ def test_a_resume_of_a_folder_in_use_is_refused_before_its_config_changes(tmp_pa
     dump_config(default_run_config({"train.out_dir": str(tmp_path)}), run / "config.yaml")
     before = (run / "config.yaml").read_text()
     (run / "run.lock").write_text(json.dumps({"host": "head-node", "pid": 99, "since": "now"}))
-    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300", "--executor", "local")
-    assert f"{run} is in use by a run (process 99 on head-node" in error
+    for check in ([], ["--check"]):
+        error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300", "--executor", "local", *check)
+        assert f"{run} is in use by a run (process 99 on head-node" in error
     assert (run / "config.yaml").read_text() == before and sorted(p.name for p in run.iterdir()) == [
         "config.yaml",
         "run.lock",
