@@ -79,6 +79,7 @@ def short_run(tmp_path_factory) -> Path:
 
 def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
     run = short_run
+    assert not (run / "run.lock").exists()  # held while it trained, released at its end
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2]
     for key in (
@@ -188,6 +189,7 @@ def test_a_stop_during_the_final_evaluation_says_the_training_is_saved_and_how_t
     evaluate = f"maskfocus eval --config {run / 'config.yaml'} --model {run / 'model'}"
     assert f"`{evaluate} --out {run / 'eval' / 'results.jsonl'} --summary {run / 'eval' / 'summary.json'}`" in error
     assert f"`maskfocus train --resume {run}`" in error
+    assert not (run / "run.lock").exists()
 
 
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
@@ -243,6 +245,7 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_comma
         while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
+        assert json.loads((tmp_path / "run" / "run.lock").read_text())["pid"] == process.pid  # held while it trains
         process.send_signal(signal.SIGINT)
         process.wait(timeout=300)
     stderr = log.read_text()
@@ -254,6 +257,7 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_the_resume_comma
     assert f"stopped on SIGINT after iteration {last} ({last + 1} of 250 done)" in stderr
     assert f"maskfocus train --resume {tmp_path / 'run'}" in stderr
     assert not (tmp_path / "run" / "model").exists()  # a stopped run is not finished
+    assert not (tmp_path / "run" / "run.lock").exists()  # a stop releases the folder for the resume it prints
 
 
 def test_the_in_process_learner_gets_the_rollouts_T_and_the_previews_keep_the_samplers(
