@@ -5,7 +5,8 @@
 # --address and --submission-id are `ray job submit`'s wherever they stand; --config CONFIG and --resume RUN may
 # stand anywhere too; a bare CONFIG only first (after these options); without either, the default config
 # (configs/shapes_tiny.yaml). CONFIG is a path from where you run this, or from the repository root, and must lie
-# in the repository outside the folders the upload leaves out (deploy/runtime_env.yaml): the job reads the upload.
+# in the repository outside the folders the upload leaves out (deploy/runtime_env.yaml, .gitignore): the job reads
+# the upload.
 # Ctrl-C stops following the job, not the job: the script then prints the commands that follow or stop it.
 # Without --submission-id the job is named maskfocus_DATE_TIME_PID (printed first). A job stopped with `ray job
 # stop` exits 0 here like a finished one: `ray job status ID` tells them apart (STOPPED, SUCCEEDED).
@@ -68,6 +69,10 @@ uploaded_config() {  # CONFIG as given -> its path in the upload, or an error be
       echo "submit.sh: --config $given: in a folder the upload leaves out (deploy/runtime_env.yaml); copy it into configs/" >&2
       exit 2 ;;
   esac
+  if command -v git >/dev/null && git -C "$ROOT" check-ignore -q "${real#"$ROOT"/}" 2>/dev/null; then
+    echo "submit.sh: --config $given: .gitignore names it, and the upload leaves out what .gitignore names; copy it into configs/" >&2
+    exit 2
+  fi
   echo "${real#"$ROOT"/}"
 }
 if [[ "${RUN[0]}" == --config ]]; then RUN[1]="$(uploaded_config "${RUN[1]}")"; fi
@@ -82,7 +87,8 @@ if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
 fi
 echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}, job ${SUBMISSION[1]}" >&2
 still_running() {  # Ctrl-C ends `ray job submit`'s log tail; the job goes on
-  echo "submit.sh: stopped following job ${SUBMISSION[1]}, which goes on running on the cluster. Follow it again:" \
+  echo "submit.sh: stopped following job ${SUBMISSION[1]}; once submitted, it goes on running on the cluster" \
+    "(ray job status --address $ADDRESS ${SUBMISSION[1]}). Follow it again:" \
     "ray job logs -f --address $ADDRESS ${SUBMISSION[1]}; stop it (it checkpoints first):" \
     "ray job stop --address $ADDRESS ${SUBMISSION[1]}" >&2
   exit 130

@@ -325,18 +325,24 @@ def test_submit_script_refuses_an_option_without_its_value(tmp_path, args, messa
 
 
 def test_submit_script_takes_a_config_from_the_callers_folder_and_refuses_one_the_job_cannot_read(tmp_path):
-    """A config path from the caller's folder, one outside the repository, or one in a folder the upload leaves out
-    failed only on the cluster, after the upload."""
+    """A config path from the caller's folder, one outside the repository, one in a folder the upload leaves out or
+    one .gitignore names (Ray's upload honours it) failed only on the cluster, after the upload."""
     _, train = submitted_parts(tmp_path, "../configs/shapes_tiny.yaml", cwd=REPO / "deploy")
     assert train.startswith("maskfocus train --config configs/shapes_tiny.yaml ")
     (outside := tmp_path / "mine.yaml").write_text("seed: 1\n")
-    for config, message in [
-        (str(outside), f"--config {outside}: outside the repository {REPO}"),
-        ("tests/../configs/nope.yaml", "--config tests/../configs/nope.yaml: file not found"),
-        ("benchmarks/ablation.py", "--config benchmarks/ablation.py: in a folder the upload leaves out"),
-    ]:
-        refused = submit_command(tmp_path, config)
-        assert refused.returncode == 2 and f"submit.sh: {message}" in refused.stderr, refused.stderr
+    ignored = REPO / "configs" / f"test-{secrets.token_hex(4)}.log"  # *.log: .gitignore
+    ignored.write_text("seed: 1\n")
+    try:
+        for config, message in [
+            (str(outside), f"--config {outside}: outside the repository {REPO}"),
+            ("tests/../configs/nope.yaml", "--config tests/../configs/nope.yaml: file not found"),
+            ("benchmarks/ablation.py", "--config benchmarks/ablation.py: in a folder the upload leaves out"),
+            (f"configs/{ignored.name}", f"--config configs/{ignored.name}: .gitignore names it"),
+        ]:
+            refused = submit_command(tmp_path, config)
+            assert refused.returncode == 2 and f"submit.sh: {message}" in refused.stderr, refused.stderr
+    finally:
+        ignored.unlink()
 
 
 def test_submit_script_names_each_job_and_says_on_ctrl_c_that_the_job_goes_on(tmp_path):
@@ -346,7 +352,7 @@ def test_submit_script_names_each_job_and_says_on_ctrl_c_that_the_job_goes_on(tm
     assert re.fullmatch(r"maskfocus_\d{8}_\d{6}_\d+", named)
     interrupted = submit_command(tmp_path, "--submission-id", "run-9", stub="kill -INT $PPID\nexit 1\n")
     assert interrupted.returncode == 130
-    assert "stopped following job run-9, which goes on running on the cluster" in interrupted.stderr
+    assert "stopped following job run-9; once submitted, it goes on running on the cluster" in interrupted.stderr
     assert "ray job stop --address http://127.0.0.1:8265 run-9" in interrupted.stderr
     failed = submit_command(tmp_path, stub="exit 3\n")
     assert failed.returncode == 3 and "stopped following" not in failed.stderr
