@@ -281,17 +281,19 @@ def _serve(
                 ray.get(store.publish.remote(worker.version, None, {**record, "dropped": 1.0}), timeout=timeout)
             continue
         record.update(worker.learn(message))
-        sync_start = time.perf_counter()
+        gather_start = time.perf_counter()
         weights = worker.full_weights()
+        gather_seconds = time.perf_counter() - gather_start
+        record["policy_version"] = worker.version
+        unsaved = Message("learn", message.iteration, message.prompt_cursor)
+        if _checkpoint_due(config.train, message.iteration):  # before the broadcast, which a dead receiver stalls
+            record["perf/checkpoint_seconds"] = _checkpoint(worker, unsaved, weights, run_dir, record)
+            unsaved = None
+        sync_start = time.perf_counter()
         weights_ref = None
         if rank == 0:
             weights_ref = _share_weights(weights, worker.version, message.iteration, sender, store, config.train)
-        record["perf/weight_sync_seconds"] = time.perf_counter() - sync_start
-        record["policy_version"] = worker.version
-        unsaved = Message("learn", message.iteration, message.prompt_cursor)
-        if _checkpoint_due(config.train, message.iteration):
-            record["perf/checkpoint_seconds"] = _checkpoint(worker, unsaved, weights, run_dir, record)
-            unsaved = None
+        record["perf/weight_sync_seconds"] = gather_seconds + time.perf_counter() - sync_start
         if rank == 0:
             _record_metrics(metrics, record, dropped=False)
             ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
