@@ -175,6 +175,8 @@ class MetricsLog:
     def __init__(self, path: Path, start_iteration: int = 0):
         self.path = path
         rewind_metrics(path, start_iteration)
+        if note := unrecorded_note(path, start_iteration):
+            tqdm.write(note)
         self.handle = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -215,6 +217,22 @@ def running_counts(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
     records = read_metrics(path) if path.exists() else []
     last = records[-1] if records else {}
     return {key: int(last.get(key) or 0) for key in keys}
+
+
+def unrecorded_note(path: Path, start_iteration: int) -> str | None:
+    """A resume's word on iterations before `start_iteration` (learned, in the checkpoint) without a record in
+    `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses them."""
+    if start_iteration == 0:
+        return None
+    records, _ = _parse_metrics(path) if path.exists() else ([], None)
+    missing = sorted(set(range(start_iteration)) - {record.get("iteration") for record in records})
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return (
+        f"note: {path} has no record of iteration(s) {shown}, which the checkpoint has learned (the run stopped "
+        "between a checkpoint and its records): the curves skip them; the training goes on unaffected"
+    )
 
 
 def rewind_metrics(path: Path, start_iteration: int) -> int:

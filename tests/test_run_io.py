@@ -332,3 +332,16 @@ def test_a_checkpoint_of_non_finite_weights_deletes_no_older_one(tmp_path):
     save_checkpoint(tmp_path, 19, module, None, {}, keep=1)
     names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
     assert names == ["iter_000009", "iter_000019"]
+
+
+def test_a_resume_names_learned_iterations_that_have_no_record(tmp_path, capsys):
+    """A run killed between a checkpoint and its records: metrics.jsonl silently lacked iterations the checkpoint had
+    learned ("holds each iteration once" was "at most once")."""
+    path = tmp_path / "metrics.jsonl"
+    _write_lines(path, [json.dumps({"iteration": i}) for i in (0, 1, 2)])
+    MetricsLog(path, start_iteration=5).close()  # the checkpoint is of iteration 4: 3 and 4 were never logged
+    out = capsys.readouterr().out
+    assert f"note: {path} has no record of iteration(s) 3, 4, which the checkpoint has learned" in out
+    MetricsLog(path, start_iteration=3).close()
+    MetricsLog(tmp_path / "fresh.jsonl").close()
+    assert "no record" not in capsys.readouterr().out
