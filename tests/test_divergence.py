@@ -49,11 +49,59 @@ def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_ru
     assert both.splitlines()[0].startswith("iteration 0: 100% of the groups") and "loss was non-finite" in both
 
 
+TINY_RUN = {
+    "rollout.prompts_per_iteration": 2,
+    "rollout.group_size": 2,
+    "sampler.num_steps": 3,
+    "selection.num_steps": 1,
+    "sampler.compile": "false",
+    "train.compile_learner": "false",
+    "train.final_eval": "false",
+    "train.max_nonfinite_iterations": 2,
+}
+
+
+def train_tiny(tmp_path) -> int:
+    from maskfocus.cli import main
+
+    settings = [
+        arg
+        for key, value in {**TINY_RUN, "train.out_dir": str(tmp_path)}.items()
+        for arg in ("--set", f"{key}={value}")
+    ]
+    return main(["train", "--executor", "local", "--name", "run", "--iterations", "5", *settings])
+
+
+def test_an_in_process_run_whose_rewards_are_all_nan_stops_with_exit_status_one(tmp_path, monkeypatch, capsys):
+    """A reward term returning NaN skips every group: the run learned only the KL pull and said "done"."""
+    import torch
+
+    import maskfocus.trainer as trainer
+
+    real_build = trainer.build_rewards
+
+    def nan_rewards(*args, **kwargs):
+        reward = real_build(*args, **kwargs)
+
+        def scored(images, metadata):
+            total, parts = reward(images, metadata)
+            return torch.full_like(total, float("nan")), parts
+
+        return scored
+
+    monkeypatch.setattr(trainer, "build_rewards", nan_rewards)
+    assert train_tiny(tmp_path) == 1
+    captured = capsys.readouterr()
+    assert "iteration 0: 100% of the groups had a NaN reward and were skipped" in captured.out + captured.err
+    assert "every group's reward was NaN in iterations 0-1: nothing was learned from them" in captured.err
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r[NAN_REWARD_KEY]) for r in logged] == [(0, 1.0), (1, 1.0)]
+
+
 def test_an_in_process_run_whose_loss_stays_nan_stops_with_exit_status_one(tmp_path, monkeypatch, capsys):
     """With weights gone NaN (optim.learning_rate 1e10) every optimizer step was skipped, the reward fell to 0,
     and the run still went to its end and said "done", exit status 0."""
     import maskfocus.update as update
-    from maskfocus.cli import main
 
     real_step_loss = update.PolicyUpdater._step_loss
 
@@ -62,19 +110,7 @@ def test_an_in_process_run_whose_loss_stays_nan_stops_with_exit_status_one(tmp_p
         return loss * float("nan"), metrics, num_tokens
 
     monkeypatch.setattr(update.PolicyUpdater, "_step_loss", nan_loss)
-    tiny = {
-        "rollout.prompts_per_iteration": 2,
-        "rollout.group_size": 2,
-        "sampler.num_steps": 3,
-        "selection.num_steps": 1,
-        "sampler.compile": "false",
-        "train.compile_learner": "false",
-        "train.final_eval": "false",
-        "train.max_nonfinite_iterations": 2,
-        "train.out_dir": str(tmp_path),
-    }
-    settings = [arg for key, value in tiny.items() for arg in ("--set", f"{key}={value}")]
-    status = main(["train", "--executor", "local", "--name", "run", "--iterations", "5", *settings])
+    status = train_tiny(tmp_path)
     captured = capsys.readouterr()
     assert status == 1
     assert "iteration 0: the loss was non-finite at 100% of the learned steps" in captured.out + captured.err
