@@ -38,7 +38,7 @@ from typing import Any
 import ray
 import torch
 from ray import ObjectRef
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 from ray.util.queue import Queue
 from tqdm import tqdm
 
@@ -274,9 +274,18 @@ class RayRun:
                 f"{max_restarts}); last error: {type(error).__name__}: {error}"
             )
         workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
+        # one deadline for both, half of ray.timeout_s: meanwhile nobody reads the learner's records, and waiting a
+        # whole timeout_s per worker outlasted the learner's own wait for a batch
+        wait_s = self.config.ray.timeout_s / 2
+        deadline = time.monotonic() + wait_s
         for role, pool, index in workers:
             try:
-                pool.wait_ready(index, self.config.ray.timeout_s)
+                pool.wait_ready(index, max(deadline - time.monotonic(), 1.0))
+            except GetTimeoutError as slow:
+                raise RuntimeError(
+                    f"{role} worker {index} did not take calls again within {wait_s:.0f} s of its restart (half of "
+                    "ray.timeout_s); raise ray.timeout_s if loading a worker takes that long"
+                ) from slow
             except ActorDiedError as dead:
                 message = f"{role} worker {index} is dead for good (ray.max_restarts={max_restarts})"
                 if role == "rollout" and self.collective:

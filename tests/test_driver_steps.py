@@ -325,3 +325,27 @@ def test_the_ray_driver_reports_a_non_finite_loss_and_stops_when_it_persists(tmp
         run.write_record({"iteration": 2, KEY: 1.0})
     run.log.close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # both written before the stop
+
+
+def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_slow_worker():
+    """Each worker's wait took the whole ray.timeout_s, so waiting for two outlasted the learner's own wait for a
+    batch; a worker that did not come back ended in Ray's bare GetTimeoutError."""
+    from ray.exceptions import GetTimeoutError
+
+    from maskfocus.driver import Attempt
+
+    run = bare_run(collective=False, max_restarts=2, timeout_s=60.0)
+    waits = []
+
+    def slow_rollout(index, timeout):
+        waits.append(timeout)
+        time.sleep(0.2)
+
+    def never_ready(index, timeout):
+        waits.append(timeout)
+        raise GetTimeoutError("timed out")
+
+    run.rollouts.wait_ready, run.rewards.wait_ready = slow_rollout, never_ready
+    with pytest.raises(RuntimeError, match=r"^reward worker 0 did not take calls again within 30 s of its restart"):
+        run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(run.rollouts.actors[0]))
+    assert waits[0] == pytest.approx(30.0, abs=0.1) and waits[1] == pytest.approx(29.8, abs=0.1)
