@@ -68,7 +68,7 @@ from maskfocus.run_io import (
     running_counts,
 )
 from maskfocus.run_state import RunState, resume_state
-from maskfocus.stopping import RunFailed, RunStopped, StopRequest, append_error_log
+from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, StopSignal, append_error_log
 from maskfocus.trainer import PromptStream, finish_run
 
 POLL_S = 1.0
@@ -470,6 +470,17 @@ class RayRun:
         self.rewards.kill()
 
 
+def finish_or_stop(run: RayRun, learner: LearnerGroup, run_dir: Path) -> MaskedGenerator:
+    """`run.finish`, where a SIGTERM (`ray job stop`) or Ctrl-C ended the driver with no word: every iteration is
+    learned by then, so a stop names the checkpoint to resume from, which finishes the run."""
+    try:
+        with StopAtOnce():
+            return run.finish(learner)
+    except StopSignal as stop:
+        message = f"stopped on {stop.signal_name} while finishing, after the last iteration; {resume_hint(run_dir)}"
+        raise RunStopped(message, stop.signal_name) from None
+
+
 def train_ray(
     config: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None, show_progress: bool = True
 ) -> dict:
@@ -495,7 +506,7 @@ def train_ray(
         if stop.requested:
             run.stop_early(learner)
             raise RunStopped(f"stopped on {stop.requested}; {resume_hint(run_dir)}", stop.requested)
-        model = run.finish(learner)
+        model = finish_or_stop(run, learner, run_dir)
     except RunStopped:
         raise
     except Diverged as error:  # resuming from the latest checkpoint would not help: say what would

@@ -349,3 +349,32 @@ def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_
     with pytest.raises(RuntimeError, match=r"^reward worker 0 did not take calls again within 30 s of its restart"):
         run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(run.rollouts.actors[0]))
     assert waits[0] == pytest.approx(30.0, abs=0.1) and waits[1] == pytest.approx(29.8, abs=0.1)
+
+
+def test_a_stop_while_the_run_finishes_names_the_checkpoint_to_resume_from(tmp_path):
+    """SIGTERM (`ray job stop`) during `finish` (the last preview, the learner's end, the final model) ended the
+    driver without a word: every iteration is learned by then, and a resume finishes the run."""
+    import os
+    import signal
+
+    import torch
+
+    from maskfocus.driver import finish_or_stop
+    from maskfocus.run_io import save_checkpoint
+    from maskfocus.stopping import RunStopped
+
+    save_checkpoint(tmp_path, 9, torch.nn.Linear(1, 1), None, {})
+
+    class Finishing:
+        def finish(self, learner):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives here
+            raise AssertionError("the stop did not interrupt the finish")
+
+    with pytest.raises(
+        RunStopped,
+        match=r"^stopped on SIGTERM while finishing, after the last iteration; resume from "
+        r"iter_000009",
+    ) as stopped:
+        finish_or_stop(Finishing(), None, tmp_path)
+    assert stopped.value.exit_code == 143
