@@ -7,6 +7,7 @@ exception that ended fit() early, so the driver stops with that message instead 
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def torch_config(ray_config: RayConfig) -> TorchConfig:
     return TorchConfig(timeout_s=int(2 * ray_config.timeout_s) + 600)
 
 
+REPORT_BARRIER_ENV = "RAY_TRAIN_COLLECTIVE_TIMEOUT_S"
+"""Ray Train's timeout of its own barriers (`ray.train.report`, which every checkpoint passes); unset, they wait
+forever: a rank 0 stuck writing to a hung network disk held every rank. Ray passes it from the driver's environment
+to the Train controller and its workers."""
+
+USER_REPORT_BARRIER_S = os.environ.get(REPORT_BARRIER_ENV)
+"""A value the user set before maskfocus started: kept."""
+
+
+def bound_report_barrier(ray_config: RayConfig) -> None:
+    """Unless the user set one, Ray Train's barriers time out with the process group's collectives."""
+    if USER_REPORT_BARRIER_S is None:
+        os.environ[REPORT_BARRIER_ENV] = str(torch_config(ray_config).timeout_s)
+
+
 def no_restarts() -> FailureConfig:
     """Ray Train must never rerun the learner loop on its own: a rerun starts from the run's first state (not the
     last checkpoint), moves the driver's policy version back, and loses the queue items rank 0 held. A failed or
@@ -72,6 +88,7 @@ class LearnerGroup:
             "store": store,
             "weight_group": weight_group,
         }
+        bound_report_barrier(config.ray)
         self.trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,

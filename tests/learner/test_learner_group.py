@@ -345,3 +345,21 @@ def test_the_other_ranks_collective_timeout_outlasts_rank_0s_wait_for_a_batch():
 
     for timeout in (3.0, 600.0, 1800.0):
         assert torch_config(RayConfig(timeout_s=timeout)).timeout_s >= 2 * timeout + 600
+
+
+def test_ray_trains_report_barrier_times_out_with_the_process_groups_collectives(monkeypatch):
+    """Unset, RAY_TRAIN_COLLECTIVE_TIMEOUT_S lets `ray.train.report` (every checkpoint) wait forever for a rank stuck
+    on a hung disk; a value the user set is kept."""
+    import os
+
+    from maskfocus.config import RayConfig
+    from maskfocus.learner import group
+
+    monkeypatch.delenv(group.REPORT_BARRIER_ENV, raising=False)
+    monkeypatch.setattr(group, "USER_REPORT_BARRIER_S", None)
+    group.bound_report_barrier(RayConfig(timeout_s=100.0))
+    assert os.environ[group.REPORT_BARRIER_ENV] == "800"  # 2 x ray.timeout_s + 600, as the process group's
+    monkeypatch.setattr(group, "USER_REPORT_BARRIER_S", "42")
+    monkeypatch.setenv(group.REPORT_BARRIER_ENV, "42")
+    group.bound_report_barrier(RayConfig(timeout_s=100.0))
+    assert os.environ[group.REPORT_BARRIER_ENV] == "42"
