@@ -20,7 +20,6 @@ from maskfocus.compare import (
     load_run,
 )
 from maskfocus.compare_folders import find_run_folders
-from maskfocus.config import default_run_config
 
 
 @pytest.fixture
@@ -62,17 +61,6 @@ def test_table_numbers_match_a_hand_computation(ablation_runs):
     assert random_row[3] == "0.430 ± 0.042" and random_row[-2] == "3.000 ± 0.000"
     assert rows["| base model"][3:7] == ["0.440", "-", "0.860", "0.450"]
     assert "common settings:" not in table
-
-
-def test_an_added_reward_term_shows_as_one_key(tmp_path):
-    plain = make_run(tmp_path / "plain", {}, 0.5)
-    shipped_term = default_run_config().rewards[0].model_dump(mode="json")
-    extra_term = {"rewards": [shipped_term, {"name": "clip", "weight": 0.1}]}
-    with_clip = make_run(tmp_path / "clip", extra_term, 0.5)
-    groups, _ = group_runs([load_run(plain), load_run(with_clip)])
-    labels = list(groups)
-    assert labels[1].startswith("rewards.1={name: clip, weight: 0.1, ") and labels[1].count("=") == 1
-    assert labels[0] == "rewards.1=<absent>"
 
 
 def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_settings(tmp_path):
@@ -390,14 +378,3 @@ def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     )
     assert result.stdout.startswith("| config | runs |") and result.stdout.count("\n") == 1
     assert "Traceback" not in result.stderr and "status 141" in result.stderr
-
-
-def test_labels_spell_settings_as_yaml_does(tmp_path):
-    """A label reads as the `--set` that makes the run: `false` and `null`, not Python's `False` and `None`."""
-    uncapped = make_run(tmp_path / "uncapped", {}, 0.5)
-    capped = make_run(tmp_path / "capped", {"grpo.behaviour_weight_cap": 2.0}, 0.5)
-    no_router = make_run(tmp_path / "no_router", {"grpo.behaviour_weight_cap": 2.0, "router.enabled": False}, 0.5)
-    groups, common = group_runs([load_run(folder) for folder in (uncapped, capped, no_router)])
-    assert list(groups) == ["grpo.behaviour_weight_cap=null", "common settings", "router.enabled=false"]
-    table = comparison_table(groups, None, common)
-    assert "common settings: router.enabled=true, grpo.behaviour_weight_cap=2.0" in table
