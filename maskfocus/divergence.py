@@ -11,6 +11,7 @@ is, the run learns nothing but the KL pull to the reference, so such a streak st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 KEY = "loss/skipped_nonfinite"
@@ -24,76 +25,84 @@ class Diverged(RuntimeError):
     """The loss was non-finite at every learned step of `train.max_nonfinite_iterations` iterations in a row."""
 
 
-class NonFiniteWatch:
-    def __init__(self, patience: int | None):
-        self.patience = patience
-        self.streak_start: int | None = None
-        """The first of the iterations in a row, up to the last observed, whose every learned step had a non-finite
-        loss (None: the last one had a finite step)."""
+class Streak:
+    """Iterations in a row whose record has `key` at 1 (every learned step non-finite, or every group's reward NaN):
+    the first iteration with a non-zero `key` gives a note, `patience` of them in a row raise Diverged."""
+
+    def __init__(
+        self,
+        key: str,
+        patience: int | None,
+        stop_message: Callable[[int, int], str],
+        note: Callable[[int, float], str],
+    ):
+        self.key, self.patience, self.stop_message, self.note = key, patience, stop_message, note
+        self.start: int | None = None
+        """The first of the iterations in a row, up to the last observed, with `key` at 1 (None: the last one was
+        below)."""
         self.reported = False
-        """Whether the current run of non-finite iterations (some steps or all) has been reported."""
-        self.nan_rewards = NanRewardStreak(patience)
+        """Whether the current run of iterations with a non-zero `key` has been reported."""
 
     def observe(self, record: dict[str, Any]) -> str | None:
-        """Take one iteration's record; returns a line to show when a run of non-finite losses (or NaN rewards)
-        begins. Raises Diverged when a streak of wholly non-finite iterations reaches the patience."""
-        notes = [self.nan_rewards.observe(record), self._observe_loss(record)]
-        return "\n".join(note for note in notes if note) or None
-
-    def _observe_loss(self, record: dict[str, Any]) -> str | None:
-        fraction = record.get(KEY) or 0.0  # absent: no update (an iteration without learning); null: NaN itself
+        fraction = record.get(self.key) or 0.0  # absent: no update, or a record from before the key; null: NaN
         iteration = record["iteration"]
         if fraction < 1.0:
-            self.streak_start = None
-        elif self.streak_start is None:
-            self.streak_start = iteration
-        if fraction == 0.0:
-            self.reported = False
-            return None
-        start = self.streak_start
-        if self.patience is not None and start is not None and iteration - start + 1 >= self.patience:
-            raise Diverged(
-                f"the loss was non-finite at every learned step of iterations {start}-{iteration}, so "
-                "none of their optimizer steps was taken: the weights have likely gone non-finite (too high "
-                "optim.learning_rate?). Checkpoints from then on hold them: start again with a lower learning rate, "
-                "or move those checkpoints aside and resume from an earlier one with it "
-                "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
-            )
-        if self.reported:
-            return None
-        self.reported = True
-        return (
-            f"iteration {iteration}: the loss was non-finite at {fraction:.0%} of the learned steps; their optimizer "
-            f"steps were skipped ({KEY} in metrics.jsonl)"
-        )
-
-
-class NanRewardStreak:
-    """Iterations in a row where every group's reward was NaN (a reward model or server gone wrong)."""
-
-    def __init__(self, patience: int | None):
-        self.patience = patience
-        self.start: int | None = None
-        self.reported = False
-
-    def observe(self, record: dict[str, Any]) -> str | None:
-        fraction = record.get(NAN_REWARD_KEY) or 0.0  # absent: records of runs before the key
-        iteration = record["iteration"]
-        self.start = (iteration if self.start is None else self.start) if fraction >= 1.0 else None
+            self.start = None
+        elif self.start is None:
+            self.start = iteration
         if fraction == 0.0:
             self.reported = False
             return None
         if self.patience is not None and self.start is not None and iteration - self.start + 1 >= self.patience:
-            raise Diverged(
-                f"every group's reward was NaN in iterations {self.start}-{iteration}: nothing was learned from them "
-                "but the KL pull to the reference. A reward term returns NaN (the reward/<term> metrics in "
-                "metrics.jsonl show which; a reward server's log says why); fix it and resume "
-                "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
-            )
+            raise Diverged(self.stop_message(self.start, iteration))
         if self.reported:
             return None
         self.reported = True
-        return (
-            f"iteration {iteration}: {fraction:.0%} of the groups had a NaN reward and were skipped ({NAN_REWARD_KEY} "
-            "in metrics.jsonl)"
-        )
+        return self.note(iteration, fraction)
+
+
+def _loss_stop(start: int, iteration: int) -> str:
+    return (
+        f"the loss was non-finite at every learned step of iterations {start}-{iteration}, so "
+        "none of their optimizer steps was taken: the weights have likely gone non-finite (too high "
+        "optim.learning_rate?). Checkpoints from then on hold them: start again with a lower learning rate, "
+        "or move those checkpoints aside and resume from an earlier one with it "
+        "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
+    )
+
+
+def _loss_note(iteration: int, fraction: float) -> str:
+    return (
+        f"iteration {iteration}: the loss was non-finite at {fraction:.0%} of the learned steps; their optimizer "
+        f"steps were skipped ({KEY} in metrics.jsonl)"
+    )
+
+
+def _reward_stop(start: int, iteration: int) -> str:
+    return (
+        f"every group's reward was NaN in iterations {start}-{iteration}: nothing was learned from them "
+        "but the KL pull to the reference. A reward term returns NaN (the reward/<term> metrics in "
+        "metrics.jsonl show which; a reward server's log says why); fix it and resume "
+        "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
+    )
+
+
+def _reward_note(iteration: int, fraction: float) -> str:
+    return (
+        f"iteration {iteration}: {fraction:.0%} of the groups had a NaN reward and were skipped ({NAN_REWARD_KEY} "
+        "in metrics.jsonl)"
+    )
+
+
+class NonFiniteWatch:
+    """A run's two streaks: NaN rewards and non-finite losses."""
+
+    def __init__(self, patience: int | None):
+        self.nan_rewards = Streak(NAN_REWARD_KEY, patience, _reward_stop, _reward_note)
+        self.losses = Streak(KEY, patience, _loss_stop, _loss_note)
+
+    def observe(self, record: dict[str, Any]) -> str | None:
+        """Take one iteration's record; returns a line to show when a run of NaN rewards or non-finite losses
+        begins. Raises Diverged when a streak of wholly non-finite iterations reaches the patience."""
+        notes = [self.nan_rewards.observe(record), self.losses.observe(record)]
+        return "\n".join(note for note in notes if note) or None
