@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge=judge,
         records_out=Path(args.out) if args.out else None,
     )
-    write_results(records, summary, Path(args.out) if args.out else None, Path(args.summary) if args.summary else None)
+    write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
     if args.grid and images is not None:
         save_grid(args.grid, images, columns=config.eval.num_images_per_prompt * 2, scale=2)
     print(format_table(summary))
