@@ -1,7 +1,8 @@
 """The reward role: task rewards, step gains, critical-step selection and advantages -> TrainBatch.
 
-A plain class made a Ray actor by the driver. The model is loaded only for its frozen parts (VQ codebook,
-decoder) used by the step embeddings; its random stream is seeded_generator(seed, iteration, SELECT).
+A plain class made a Ray actor by the driver. Of the model it loads only the VQ image tokenizer (codebook, decoder)
+that the step embeddings use, not the transformer or the text encoder; its random stream is
+seeded_generator(seed, iteration, SELECT).
 It records the dashboard metrics reward latency and mean reward (actors/metrics.py).
 """
 
@@ -12,7 +13,7 @@ import math
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig
-from maskfocus.models import load_generator
+from maskfocus.models.image_codec import load_image_codec
 from maskfocus.rewards.combined import build_rewards
 from maskfocus.sampling import seeded_generator
 from maskfocus.scoring import score_trajectory
@@ -27,16 +28,16 @@ class RewardWorker:
         start_role(config)
         self.config = config
         self.metrics = RunMetrics(run_name)
-        self.model = load_generator(config.model)
+        self.codec = load_image_codec(config.model)
         self.reward_fn = build_rewards(config.rewards, device=config.model.device)
         self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
 
     def score(self, trajectory: Trajectory) -> TrainBatch:
         """The TrainBatch of `trajectory` (scored on this worker's device, returned on the CPU)."""
         batch = score_trajectory(
-            on_device(trajectory, self.model.device),
+            on_device(trajectory, self.codec.device),
             self.reward_fn,
-            self.model,
+            self.codec,
             self.config.selection,
             self.config.grpo,
             seeded_generator(self.config.seed, trajectory.iteration, SELECT),

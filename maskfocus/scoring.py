@@ -1,7 +1,7 @@
 """The reward worker's job: rewards, step gains, critical-step selection, advantages -> TrainBatch.
 
-Sections 3-5 of ALGORITHM.md. Pure: the model is used only for embeddings (codebook vectors, or decode
-+ CLIP image embedding), never trained here.
+Sections 3-5 of ALGORITHM.md. Pure: of the model only the image tokenizer is used, for embeddings (codebook
+vectors, or decode + CLIP image embedding).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from maskfocus.critical import (
     vq_step_embeddings,
 )
 from maskfocus.grpo import gather_steps, group_advantages, newly_unmasked_mask
-from maskfocus.models.base import MaskedGenerator
+from maskfocus.models.base import ImageCodec
 from maskfocus.rewards.combined import WeightedReward
 from maskfocus.types import TrainBatch, Trajectory
 
@@ -28,7 +28,7 @@ ImageEmbed = Callable[[torch.Tensor], torch.Tensor]
 
 
 def trajectory_gains(
-    trajectory: Trajectory, model: MaskedGenerator, selection: SelectionConfig, image_embed: ImageEmbed | None = None
+    trajectory: Trajectory, codec: ImageCodec, selection: SelectionConfig, image_embed: ImageEmbed | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_BT, gain_BT): similarity of each step's x0 prediction to the final image, and its change."""
     if selection.embedding == "clip" and image_embed is None:
@@ -37,18 +37,18 @@ def trajectory_gains(
         if selection.embedding == "clip":
             # B*T decodes, B at a time: the batch the rollout decoded at once, so memory is bounded as there
             chunk = trajectory.tokens_BL.shape[0]
-            step_BTD = clip_step_embeddings(model.decode, image_embed, trajectory.x0_BTL, chunk_size=chunk)
-            final_BD = clip_step_embeddings(model.decode, image_embed, trajectory.tokens_BL.unsqueeze(1))[:, 0]
+            step_BTD = clip_step_embeddings(codec.decode, image_embed, trajectory.x0_BTL, chunk_size=chunk)
+            final_BD = clip_step_embeddings(codec.decode, image_embed, trajectory.tokens_BL.unsqueeze(1))[:, 0]
         else:
-            step_BTD = vq_step_embeddings(model.codebook_vectors, trajectory.x0_BTL)
-            final_BD = final_embeddings(model.codebook_vectors, trajectory.tokens_BL)
+            step_BTD = vq_step_embeddings(codec.codebook_vectors, trajectory.x0_BTL)
+            final_BD = final_embeddings(codec.codebook_vectors, trajectory.tokens_BL)
     return step_gains(step_BTD, final_BD, trajectory.group_size, per_sample=selection.per_sample)
 
 
 def score_trajectory(
     trajectory: Trajectory,
     reward_fn: WeightedReward,
-    model: MaskedGenerator,
+    codec: ImageCodec,
     selection: SelectionConfig,
     grpo: GRPOConfig,
     generator: torch.Generator,
@@ -59,7 +59,7 @@ def score_trajectory(
     rewards_B, parts = reward_fn(trajectory.images_BHWC, trajectory.metadata_B)
     advantages_B, info = group_advantages(rewards_B, trajectory.group_size, grpo.advantage_eps, grpo.std_normalize)
     valid_B = info.has_signal_B if grpo.drop_zero_groups else info.valid_B
-    similarity_BT, gain_BT = trajectory_gains(trajectory, model, selection, image_embed)
+    similarity_BT, gain_BT = trajectory_gains(trajectory, codec, selection, image_embed)
     steps_BK = select_steps(
         gain_BT,
         selection.num_steps,

@@ -17,6 +17,7 @@ from torch import nn
 
 from maskfocus.config import BUILTIN_MODEL
 from maskfocus.models.base import Condition, ModelLoadError
+from maskfocus.models.image_codec import native_resolution
 from maskfocus.models.loading import (
     builtin_folder,
     check_codebooks,
@@ -30,7 +31,6 @@ from maskfocus.models.loading import (
     mask_token_id,
     resolve_model_path,
     torch_dtype,
-    vq_downscale,
     vq_pixel_range,
 )
 from maskfocus.models.vq_text import VQTextGenerator
@@ -77,7 +77,7 @@ class AmusedGenerator(VQTextGenerator):
             tokenizer,
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
-            image_size=resolution or int(transformer.config.sample_size) * vq_downscale(vqvae.config),
+            image_size=resolution or native_resolution("amused", transformer.config, vqvae.config),
             pixel_range=vq_pixel_range(folder),
             device=device,
         )

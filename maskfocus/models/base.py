@@ -38,6 +38,18 @@ class Condition:
         return Condition(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Condition)))
 
 
+class ImageCodec(Protocol):
+    """What the reward role needs of a model: its image tokenizer (maskfocus.models.image_codec, or a generator)."""
+
+    device: torch.device
+
+    def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], (B, 3, H, W)."""
+
+    def codebook_vectors(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """Codebook embedding of each token, (B, L, D)."""
+
+
 class MaskedGenerator(Protocol):
     """What a masked image generator offers; adapters in maskfocus.models implement it."""
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from maskfocus.models.base import Condition, ModelLoadError
+from maskfocus.models.image_codec import native_resolution
 from maskfocus.models.loading import (
     check_codebooks,
     check_generator_folder,
@@ -38,23 +39,11 @@ from maskfocus.models.loading import (
     mask_token_id,
     read_config,
     torch_dtype,
-    vq_downscale,
     vq_pixel_range,
 )
 from maskfocus.models.vq_text import VQTextGenerator, step_tensor
 
 CODE_FILE = "transformer.py"
-NATIVE_RESOLUTION = 1024
-"""Meissonic's transformer config has no sample size; its pipeline generates 1024 x 1024 by default."""
-
-
-def native_resolution(transformer_config, vq_config) -> int:
-    """Pixels per side a folder generates by default: its transformer's `sample_size` (token grid side, as
-    UVit2D-derived transformers state it) times the VQ's downscale, else Meissonic's 1024."""
-    sample_size = getattr(transformer_config, "sample_size", None)
-    if sample_size is None:
-        return NATIVE_RESOLUTION
-    return int(sample_size) * vq_downscale(vq_config)
 
 
 def check_checkpoint_code(folder: Path, trust_checkpoint_code: bool) -> Path:
@@ -196,7 +185,7 @@ class MeissonicGenerator(VQTextGenerator):
             tokenizer,
             mask_token_id=mask_token_id(folder, codebook, int(transformer.config.vocab_size)),
             codebook_size=codebook,
-            image_size=resolution or native_resolution(transformer.config, vqvae.config),
+            image_size=resolution or native_resolution("meissonic", transformer.config, vqvae.config),
             pixel_range=vq_pixel_range(folder),
             device=device,
             downsample=bool(getattr(transformer.config, "downsample", False)),

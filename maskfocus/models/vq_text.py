@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from maskfocus.compiled import declare_per_sample_inputs
-from maskfocus.models.base import Condition, ModelLoadError
-from maskfocus.models.loading import vq_downscale
+from maskfocus.models.base import Condition
+from maskfocus.models.image_codec import VQImageCodec
 from maskfocus.models.tokenizer import check_prompts
 
 AESTHETIC_SCORE = 6.0
@@ -65,8 +65,11 @@ class VQTextGenerator:
         pixel_range: tuple[float, float],
         device: str | torch.device = "cpu",
     ):
-        self.device = torch.device(device)
-        self.vqvae = vqvae.to(self.device).eval().requires_grad_(False)
+        self.codec = VQImageCodec(vqvae, image_size, pixel_range, device)
+        self.device = self.codec.device
+        self.vqvae = self.codec.vqvae
+        self.grid_size = self.codec.grid_size
+        self.image_size = self.codec.image_size
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         self.transformer = transformer.to(self.device).eval()
         assert self.PER_SAMPLE_INPUTS, f"{type(self).__name__} must name its PER_SAMPLE_INPUTS"
@@ -74,18 +77,6 @@ class VQTextGenerator:
         self.tokenizer = tokenizer
         self.codebook_size = codebook_size
         self.mask_token_id = mask_token_id
-        self.vae_scale_factor = vq_downscale(vqvae.config)
-        if image_size % self.vae_scale_factor:  # it was floored without a word (500 px sampled 496)
-            lower = image_size // self.vae_scale_factor * self.vae_scale_factor
-            raise ModelLoadError(
-                f"model.resolution {image_size} is not a multiple of the VQ's downscale {self.vae_scale_factor}: "
-                f"use {lower} or {lower + self.vae_scale_factor}"
-            )
-        side = image_size // self.vae_scale_factor
-        self.grid_size = (side, side)
-        self.image_size = side * self.vae_scale_factor
-        self.latent_channels = int(vqvae.config.latent_channels)
-        self.pixel_range = pixel_range
 
     @property
     def text_max_length(self) -> int:
@@ -119,26 +110,17 @@ class VQTextGenerator:
         batch = logits_BVhw.shape[0]
         return logits_BVhw.permute(0, 2, 3, 1).reshape(batch, -1, self.codebook_size).float()
 
-    @torch.no_grad()
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W), by codebook lookup and the VQ decoder."""
-        h, w = self.grid_size
-        shape = (tokens_BL.shape[0], h, w, self.latent_channels)
-        images = self.vqvae.decode(tokens_BL.reshape(-1), force_not_quantize=True, shape=shape).sample
-        low, high = self.pixel_range
-        return ((images.float() - low) / (high - low)).clamp(0, 1)
+        return self.codec.decode(tokens_BL)
 
-    @torch.no_grad()
     def encode_images(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L) of images in [0, 1]."""
-        low, high = self.pixel_range
-        latents = self.vqvae.encode(images_B3HW.to(self.device) * (high - low) + low).latents
-        _, _, (_, _, indices) = self.vqvae.quantize(latents)
-        return indices.view(images_B3HW.shape[0], -1)
+        return self.codec.encode_images(images_B3HW)
 
     def codebook_vectors(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """(B, L, D) VQ codebook embedding of each token."""
-        return self.vqvae.quantize.embedding(tokens_BL)
+        return self.codec.codebook_vectors(tokens_BL)
 
     def trainable_module(self) -> nn.Module:
         return self.transformer

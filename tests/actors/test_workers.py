@@ -139,7 +139,9 @@ def test_workers_load_the_adapter_of_model_kind_and_set_the_configured_threads(t
     torch.set_num_threads(2)
     worker, scorer = RolloutWorker(config), RewardWorker(config)
     assert torch.get_num_threads() == 1  # ray.torch_threads applied by the role's start
-    assert type(worker.model).__name__ == "MeissonicGenerator" and type(scorer.model).__name__ == "MeissonicGenerator"
+    assert type(worker.model).__name__ == "MeissonicGenerator"
+    assert type(scorer.codec).__name__ == "VQImageCodec"  # the reward role loads the VQ only
+    assert scorer.codec.grid_size == worker.model.grid_size == (16, 16)
     metadata = PromptStream(config.seed, config.rollout.tags).take(2)
     batch = scorer.score(worker.sample(metadata, iteration=0))
     assert len(batch) == 4 and batch.policy_version == 0
@@ -190,5 +192,5 @@ def test_workers_hand_back_records_on_the_cpu_and_score_on_their_models_device(c
     metadata = PromptStream(config.seed, config.rollout.tags).take(2)
     worker, scorer = RolloutWorker(config), RewardWorker(config)
     batch = scorer.score(worker.sample(metadata, iteration=0))
-    assert moves == [("Trajectory", "cpu"), ("Trajectory", str(scorer.model.device)), ("TrainBatch", "cpu")]
+    assert moves == [("Trajectory", "cpu"), ("Trajectory", str(scorer.codec.device)), ("TrainBatch", "cpu")]
     assert batch.tokens_BL.device.type == "cpu"

@@ -28,7 +28,7 @@ def test_loads_clip_tokenizer_mask_id_and_geometry(model):
     assert isinstance(model.tokenizer, CLIPTokenizer)
     assert model.mask_token_id == VOCAB - 1 != model.codebook_size == CODEBOOK
     assert model.grid_size == (8, 8) and model.image_size == 16
-    assert model.pixel_range == (0.0, 1.0)
+    assert model.codec.pixel_range == (0.0, 1.0)
     assert model.text_max_length == TEXT_LENGTH
 
 

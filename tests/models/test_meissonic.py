@@ -15,12 +15,11 @@ from maskfocus.compiled import PaddedCompiled, per_sample_inputs
 from maskfocus.config import ModelConfig
 from maskfocus.models import load_generator
 from maskfocus.models.base import ModelLoadError
+from maskfocus.models.image_codec import MEISSONIC_RESOLUTION, native_resolution
 from maskfocus.models.meissonic import (
-    NATIVE_RESOLUTION,
     MeissonicGenerator,
     add_missing_head_dim,
     image_position_ids,
-    native_resolution,
 )
 from maskfocus.sampling import sample_prompts, seeded_generator
 
@@ -150,8 +149,8 @@ def test_bfloat16_weights(meissonic_folder, model):
 
 def test_native_resolution_is_1024_unless_the_transformer_states_a_sample_size():
     vq = SimpleNamespace(block_out_channels=(16, 32, 64))  # downscale 4
-    assert native_resolution(SimpleNamespace(), vq) == NATIVE_RESOLUTION == 1024
-    assert native_resolution(SimpleNamespace(sample_size=16), vq) == 64
+    assert native_resolution("meissonic", SimpleNamespace(), vq) == MEISSONIC_RESOLUTION == 1024
+    assert native_resolution("meissonic", SimpleNamespace(sample_size=16), vq) == 64
 
 
 def released_attentions(dim: int = 32, heads: int = 2) -> tuple[nn.Module, nn.Module]:
