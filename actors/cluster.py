@@ -35,6 +35,17 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     return True
 
 
+def on_driver_node() -> dict[str, Any]:
+    """Actor options that place a run's helper actors (the batch queue, the weight store) on the driver's node.
+
+    Ray places an actor that asks for no CPU on a random node of the cluster; on a preemptible GPU node it would
+    take every queued batch and the learner's records with it. The driver's node ends the run when it dies anyway."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
 def actor_demand(ray_config: RayConfig) -> dict[str, float]:
     """The CPUs and GPUs the run's actors reserve in all (the queue, the weight store and Ray Train's controller
     reserve none)."""

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from ray import ObjectRef
 from ray.actor import ActorHandle
+from ray.exceptions import ObjectLostError
 from ray.util.queue import Queue
 
 from maskfocus.actors.metrics import RunMetrics
@@ -190,15 +191,19 @@ def _message(
     item: QueuedBatch | str | None, version: int, config: RunConfig, next_iteration: int
 ) -> tuple[Message, dict]:
     """Rank 0: what to broadcast for a queue item, and the item's stats (for the record). A batch too stale is
-    dropped, and so is one that is not `next_iteration`: after a drop the later batches already queued wait for the
-    redone one (learned first, they would put a checkpoint's iteration and prompt cursor past an unlearned one)."""
+    dropped, and so are one that is not `next_iteration` and one lost with its reward worker's node: after a drop
+    the later batches already queued wait for the redone one (learned first, they would put a checkpoint's
+    iteration and prompt cursor past an unlearned one)."""
     if item is None:
         return Message("stop"), {}
     if item == ABORT:
         return Message("abort"), {}
     if item.iteration != next_iteration:
         return Message("skip", item.iteration, item.prompt_cursor), {"sync/out_of_order": 1.0}
-    batch: TrainBatch = ray.get(item.batch[0], timeout=config.ray.timeout_s)
+    try:
+        batch: TrainBatch = ray.get(item.batch[0], timeout=config.ray.timeout_s)
+    except ObjectLostError:  # the reward worker's node died after scoring it: the driver redoes the iteration
+        return Message("skip", item.iteration, item.prompt_cursor), {"sync/lost_batch": 1.0}
     staleness = version - batch.policy_version
     info = {**batch.stats, "sync/staleness": float(staleness), "sync/batch_version": float(batch.policy_version)}
     if staleness > config.ray.max_staleness or staleness < 0:

@@ -38,12 +38,19 @@ from typing import Any
 import ray
 import torch
 from ray import ObjectRef
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+    RayError,
+)
 from ray.util.queue import Queue
 from tqdm import tqdm
 
 from maskfocus.actors.cluster import check_supported as _check_supported
-from maskfocus.actors.cluster import connect, free_resources_note
+from maskfocus.actors.cluster import connect, free_resources_note, on_driver_node
 from maskfocus.actors.metrics import RunMetrics, run_tag
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
@@ -72,7 +79,9 @@ from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, S
 from maskfocus.trainer import PromptStream, finish_run
 
 POLL_S = 1.0
-RECOVERABLE = (RayActorError, ActorUnavailableError)
+RECOVERABLE = (RayActorError, ActorUnavailableError, ObjectLostError)
+"""Failures the run redoes an iteration after: a worker that died (Ray restarts it), or a trajectory lost with its
+rollout worker's node before it was scored (actor tasks are not retried, so Ray cannot rebuild it)."""
 
 
 @dataclass
@@ -489,8 +498,8 @@ def train_ray(
     started = connect(config.ray, address)
     start = resume_state(run_dir, resume)
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    batches = Queue(maxsize=config.ray.queue_capacity, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    batches = Queue(maxsize=config.ray.queue_capacity, actor_options=on_driver_node())
+    store = ray.remote(WeightStore).options(**on_driver_node()).remote()
     learner: LearnerGroup | None = None
     run: RayRun | None = None
     try:  # whatever fails, from here on, the actors go, and so does a Ray this call started

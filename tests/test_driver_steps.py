@@ -117,6 +117,22 @@ def test_a_failed_score_forgets_the_rollout_workers_weights_only_when_that_worke
         assert run.rollouts.versions == [-1] and not run.rolling
 
 
+def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():
+    """A rollout worker's node that dies after `sample` returned takes the trajectory with it: the score call fails
+    with an ObjectLostError subclass (actor tasks are not retried, so Ray cannot rebuild it), which names no actor.
+    The iteration is redone and the rollout worker, restarted elsewhere, is reloaded; it used to stop the run."""
+    from ray.exceptions import ObjectReconstructionFailedError
+
+    from maskfocus.driver import RECOVERABLE, Attempt
+
+    lost = ObjectReconstructionFailedError("ab" * 14, None, "")
+    assert isinstance(lost, RECOVERABLE)
+    run = bare_run(collective=False)
+    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), lost)
+    assert run.redo == [3] and run.counts["sync/redone"] == 1
+    assert run.rollouts.versions == [-1]  # forgotten: reloaded before its next rollout
+
+
 @pytest.mark.parametrize("max_restarts", [0, 2])
 def test_an_iteration_that_fails_more_than_max_restarts_times_stops_the_run(max_restarts):
     """Each failure of an iteration is redone, up to ray.max_restarts; the next one stops the run and names the

@@ -155,3 +155,29 @@ def test_the_idle_note_names_the_actors_that_wait_and_omits_them_without_a_state
 
     monkeypatch.setattr(ray.util.state, "list_actors", no_dashboard)
     assert cluster.free_resources_note().endswith("waits until they are)")
+
+
+def test_the_runs_helper_actors_are_pinned_to_the_drivers_node_and_ask_for_no_cpu(ray_session):
+    """Ray spreads zero-CPU actors over random nodes: the queue of batches and the weight store must not land on a
+    preemptible GPU node. One node here, so this checks the options are the pinning ones and that Ray accepts them."""
+    import ray
+    from ray.util.queue import Queue
+
+    from maskfocus.actors.cluster import on_driver_node
+
+    driver_node = ray.get_runtime_context().get_node_id()
+    options = on_driver_node()
+    assert options["num_cpus"] == 0
+    assert (options["scheduling_strategy"].node_id, options["scheduling_strategy"].soft) == (driver_node, False)
+
+    @ray.remote
+    def node_of_caller() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    batches = Queue(maxsize=1, actor_options=on_driver_node())
+    try:
+        batches.put(1, timeout=30)
+        assert batches.get(timeout=30) == 1
+        assert ray.get(node_of_caller.options(**on_driver_node()).remote(), timeout=30) == driver_node
+    finally:
+        batches.shutdown()

@@ -206,6 +206,25 @@ def test_a_batch_queued_behind_a_dropped_one_is_dropped_too_and_learned_after_it
     assert stop.kind == "stop"
 
 
+def test_a_batch_lost_with_its_reward_workers_node_is_dropped_for_the_driver_to_redo(monkeypatch):
+    """The batch object lives on the node of the reward worker that scored it; a node that died before the learner
+    fetched it raised ObjectLostError out of the learner and ended the run. It is dropped like a stale batch."""
+    from ray.exceptions import OwnerDiedError
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+    from maskfocus.learner.loop import QueuedBatch, _message
+
+    def lost(ref, timeout):
+        raise OwnerDiedError("cd" * 14, None, "")
+
+    monkeypatch.setattr(loop.ray, "get", lost)
+    config = default_run_config()
+    message, info = _message(QueuedBatch(4, 40, [object()]), version=4, config=config, next_iteration=4)
+    assert (message.kind, message.iteration, message.prompt_cursor) == ("skip", 4, 40)
+    assert info == {"sync/lost_batch": 1.0}
+
+
 def test_a_learner_rank_that_cannot_see_the_run_folder_stops_at_once_and_says_why(tmp_path):
     """On a cluster without a shared disk the learner's node lacks the folder the driver made on the head node;
     its checkpoints would be written where neither the driver nor --resume can read them."""
