@@ -158,7 +158,9 @@ class RayRun:
 
     def dispatch_rollouts(self) -> None:
         limit = self.config.ray.queue_capacity + len(self.rollouts) + len(self.rewards)
-        while len(self.in_flight()) + len(self.scored) < limit:
+        # a redo replaces work already counted: held back by the limit, the redone iterations could fill it while
+        # every later batch waits behind them (max_staleness + 1 >= the limit deadlocked)
+        while self.redo or len(self.in_flight()) + len(self.scored) < limit:
             iteration = min(self.redo) if self.redo else self.next_iteration
             if iteration >= self.end or iteration - self.config.ray.max_staleness > self.version:
                 return
