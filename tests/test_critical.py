@@ -192,4 +192,7 @@ def test_last_step_of_a_real_trajectory_is_identical_to_the_final_image():
     torch.testing.assert_close(s_BT[:, -1], torch.ones(4))
     assert torch.isfinite(gain_BT[:, 1:]).all() and (gain_BT[:, 1:] >= 0).all()
     steps_BK = select_steps(gain_BT, 3, "critical", group_size=2)
-    assert (steps_BK.view(2, 2, 3) == steps_BK.view(2, 2, 3)[:, :1]).all()
+    assert (steps_BK.view(2, 2, 3) == steps_BK.view(2, 2, 3)[:, :1]).all()  # one choice per group
+    for b in (0, 2):  # the group's gains (its members share them) decide, as the loop picks from them
+        assert torch.equal(gain_BT[b], gain_BT[b + 1])
+        assert sorted(steps_BK[b].tolist()) == sorted(reference_top_gain(gain_BT[b].tolist(), 3))

@@ -288,19 +288,28 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage():
     assert metrics["loss/clip_fraction"] == 0.0
 
 
-@pytest.mark.parametrize("advantage,expected", [(2.0, 1.2 * 2.0), (-2.0, 1.5 * -2.0)])
-def test_clipping_is_pessimistic(advantage, expected):
-    logp_BL = torch.tensor([[math.log(1.5)]], dtype=torch.float64)
+@pytest.mark.parametrize(
+    "ratio,advantage,expected,clipped",
+    [
+        (1.5, 2.0, 1.2 * 2.0, True),  # above 1 + eps, good sample: the gain is capped at 1.2 A
+        (1.5, -2.0, 1.5 * -2.0, False),  # above 1 + eps, bad sample: the full penalty stays
+        (0.5, -2.0, 0.8 * -2.0, True),  # below 1 - eps, bad sample: the relief is capped at 0.8 A
+        (0.5, 2.0, 0.5 * 2.0, False),  # below 1 - eps, good sample: the full loss of gain stays
+    ],
+)
+def test_clipping_is_pessimistic_on_both_sides(ratio, advantage, expected, clipped):
+    """surrogate = min(r A, clip(r, 0.8, 1.2) A), worked out by hand for each side of the trust region."""
+    logp_BL = torch.tensor([[math.log(ratio)]], dtype=torch.float64)
     old_BL = torch.zeros(1, 1, dtype=torch.float64)
     loss, metrics = policy_loss(
         logp_BL, old_BL, torch.tensor([advantage]), torch.ones(1, 1, dtype=torch.bool), clip_eps=0.2, beta=0.0
     )
     assert loss.item() == pytest.approx(-expected)
-    assert metrics["loss/clip_fraction"] == (1.0 if advantage > 0 else 0.0)
+    assert metrics["loss/clip_fraction"] == float(clipped)
     unclipped, _ = policy_loss(
         logp_BL, old_BL, torch.tensor([advantage]), torch.ones(1, 1, dtype=torch.bool), clip_eps=None, beta=0.0
     )
-    assert unclipped.item() == pytest.approx(-1.5 * advantage)
+    assert unclipped.item() == pytest.approx(-ratio * advantage)
 
 
 def test_k3_is_zero_at_the_reference_and_positive_elsewhere():

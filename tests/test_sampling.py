@@ -44,6 +44,14 @@ def test_schedule_counts_match_the_cosine_formula(num_tokens, num_steps):
     assert all(b < a for a, b in zip(counts, counts[1:], strict=False) if a > 0)
 
 
+def test_schedule_counts_of_common_sizes_are_the_hand_computed_ones():
+    """floor(L cos(pi/2 t/T)), worked out by hand, so that the loop reference above cannot share a mistake with the
+    implementation it was written beside (e.g. 16 cos(pi/8) = 14.78 -> 14)."""
+    assert mask_schedule(16, 4) == [16, 14, 11, 6, 0]
+    assert mask_schedule(16, 6) == [16, 15, 13, 11, 8, 4, 0]
+    assert mask_schedule(256, 12) == [256, 253, 247, 236, 221, 203, 181, 155, 128, 97, 66, 33, 0]
+
+
 def test_gumbel_temperature_falls_linearly_to_zero():
     values = [gumbel_temperature(i, 8, 2.0) for i in range(8)]
     assert values[-1] == 0.0

@@ -53,6 +53,64 @@ def test_score_builds_a_batch_with_group_advantages_and_shared_steps():
     assert batch.stats["reward/mean"] == pytest.approx(3 / 8)
 
 
+def test_rollouts_route_with_the_configured_temperature_and_scope(monkeypatch):
+    """The rollout's router is built from router.a, b, c and scope (the defaults equal EntropyRouter's, so a run with
+    other settings is the only way to see them ignored): tau(H) = a exp(-H / b) + c on the routed samples."""
+    import math
+
+    import maskfocus.rollout as rollout_module
+
+    seen = []
+    original = rollout_module.sample_with_config
+
+    def recorded(*args, token_temperature=None, **kwargs):
+        seen.append(token_temperature)
+        return original(*args, token_temperature=token_temperature, **kwargs)
+
+    monkeypatch.setattr(rollout_module, "sample_with_config", recorded)
+    model = ToyGenerator()
+    config = RouterConfig(a=1.0, b=0.5, c=0.2, scope="batch")
+    rollout(model, [{"prompt": "a"}, {"prompt": "b"}], 4, SamplerConfig(num_steps=4), config, seeded_generator(0))
+    router = seen[0]
+    logits_BLV = torch.tensor([[[0.0, 0.0], [4.0, 0.0]], [[1.0, 0.0], [0.0, 2.0]]])  # B 2, L 2, V 2
+    temperature_BL, routes_B = router(0, torch.tensor([0.3, 0.1]), logits_BLV, torch.ones(2, 2, dtype=torch.bool))
+    assert routes_B.tolist() == [False, True]  # scope batch, group size 4 > B: the lower half of the whole batch
+    for position in range(2):
+        p = torch.softmax(logits_BLV[1, position], -1).tolist()
+        entropy = -sum(q * math.log(q) for q in p)
+        assert temperature_BL[1, position].item() == pytest.approx(1.0 * math.exp(-entropy / 0.5) + 0.2, rel=1e-5)
+    assert temperature_BL[0].tolist() == [1.0, 1.0]
+    assert rollout_module.make_router(RouterConfig(enabled=False), 4) is None
+
+
+def test_the_batch_holds_the_top_gain_steps_of_each_group_as_a_loop_computes_them():
+    """The whole path (codebook embeddings of each step's x0 and of the final tokens, cosine similarity, the group's
+    mean, |s_j - s_(j-1)|, top K) written as loops over one trajectory; and the exact advantages of its rewards."""
+    model, trajectory = toy_trajectory()
+    reward = FixedReward([1, 0, 0, 1, 0, 0, 0, 1])
+    batch = score_trajectory(
+        trajectory, reward, model, SelectionConfig(num_steps=2), GRPOConfig(), torch.Generator().manual_seed(0)
+    )
+    num_steps, group = trajectory.masks_BTL.shape[1], trajectory.group_size
+    for start in range(0, len(batch), group):
+        similarity = [0.0] * num_steps
+        for b in range(start, start + group):
+            final = model.codebook_vectors(trajectory.tokens_BL[b : b + 1])[0].flatten().double()
+            for j in range(num_steps):
+                step = model.codebook_vectors(trajectory.x0_BTL[b : b + 1, j])[0].flatten().double()
+                similarity[j] += float(step @ final / (step.norm() * final.norm())) / group
+        gains = {j: abs(similarity[j] - similarity[j - 1]) for j in range(1, num_steps)}
+        top = sorted(gains, key=lambda j: -gains[j])[:2]
+        assert gains[top[1]] > max([gains[j] for j in gains if j not in top], default=-1.0)  # no tie at the cut
+        assert sorted(batch.steps_BK[start].tolist()) == sorted(top)
+    expected = []
+    for rewards in ([1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]):
+        mean = sum(rewards) / 4
+        std = (sum((r - mean) ** 2 for r in rewards) / 3) ** 0.5  # the unbiased std, as torch.std
+        expected += [(r - mean) / (std + GRPOConfig().advantage_eps) for r in rewards]
+    assert batch.advantages_B.tolist() == pytest.approx(expected, rel=1e-5)
+
+
 def test_tag_rewards_average_each_tags_finite_rewards_as_a_loop_does():
     metadata = [{"tag": "counting"}, {"tag": "colors"}, {"tag": "counting"}, {"tag": "colors"}, {"prompt": "untagged"}]
     rewards = torch.tensor([1.0, 0.5, 0.0, float("nan"), 0.7])

@@ -10,12 +10,22 @@ import maskfocus.update as update_module
 from maskfocus.grpo import token_log_probs
 
 
-def test_first_update_of_a_batch_has_ratio_exactly_one():
+@pytest.mark.parametrize("scheme", ["per_step", "accumulate"])
+def test_first_update_of_a_batch_has_ratio_exactly_one(scheme, monkeypatch):
+    """The steps scored before the first optimizer step take their old log-probs from their own training forward,
+    which makes a ratio of 1 true by construction; here every old log-prob comes from the separate frozen forward
+    instead, so the ratio is 1 only if that forward sees the same inputs, weights and mode as the training one."""
     model = ToyGenerator()
-    updater = make_updater(model, update="accumulate", beta=0.0)
+    updater = make_updater(model, update=scheme, beta=0.0)
+    monkeypatch.setattr(updater, "_steps_before_first_update", lambda num_steps: 0)
+    calls = _record_policy_loss_calls(monkeypatch)
     metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
-    assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/ratio_max"] == 1.0
-    assert metrics["loss/clip_fraction"] == 0.0
+    first = calls[0][2]
+    assert first["loss/ratio_mean"] == 1.0 and first["loss/ratio_max"] == 1.0 and first["loss/clip_fraction"] == 0.0
+    if scheme == "accumulate":  # every step is scored before the one optimizer step
+        assert metrics["loss/ratio_mean"] == 1.0 and metrics["loss/ratio_max"] == 1.0
+    else:  # later steps see the moved policy
+        assert calls[1][2]["loss/ratio_max"] > 1.0
 
 
 def test_per_step_takes_k_optimizer_steps_and_accumulate_one():
@@ -25,6 +35,50 @@ def test_per_step_takes_k_optimizer_steps_and_accumulate_one():
         metrics = updater.update(make_batch(model), torch.Generator().manual_seed(1))
         assert metrics["perf/optimizer_steps"] == expected
         assert updater.num_updates == expected
+
+
+def _gradients_at_optimizer_steps(updater, monkeypatch) -> list[torch.Tensor]:
+    """Record the trained weight's gradient as each optimizer step sees it (before clipping)."""
+    seen, original = [], updater._optimizer_step
+
+    def recorded(has_tokens):
+        seen.append(updater.module.weight.grad.detach().clone())
+        return original(has_tokens)
+
+    monkeypatch.setattr(updater, "_optimizer_step", recorded)
+    return seen
+
+
+def _reference_step_gradient(model, step, batch) -> torch.Tensor:
+    """The GRPO gradient of one selected step at ratio 1, written out: -sum over its masked tokens of A * grad log p,
+    divided by its masked-token count (no clip binds at ratio 1, beta = 0)."""
+    weight = model.transformer.weight
+    logits_BLV = model.logits(step.inputs_BL, model.encode_prompts(batch.prompts_B), step.steps_B, 6)
+    logp_BL = torch.log_softmax(logits_BLV, -1).gather(-1, batch.tokens_BL.unsqueeze(-1)).squeeze(-1)
+    mask_BL = step.loss_mask_BL.float()
+    objective = (batch.advantages_B.unsqueeze(-1) * logp_BL * mask_BL).sum() / mask_BL.sum()
+    return torch.autograd.grad(-objective, weight)[0]
+
+
+@pytest.mark.parametrize("scheme", ["per_step", "accumulate"])
+def test_the_gradient_of_each_optimizer_step_is_its_steps_summed_losses(scheme, monkeypatch):
+    """accumulate: one optimizer step on the sum of the K selected steps' gradients, each from the same weights;
+    per_step: the first optimizer step sees the first selected step's gradient alone. Checked against gradients
+    written out step by step (counting optimizer steps alone let a zero_grad between the K backwards pass)."""
+    model = ToyGenerator()
+    batch = make_batch(model)
+    updater = make_updater(model, update=scheme, beta=0.0)
+    steps = updater.prepare(batch, torch.Generator().manual_seed(1))  # the inputs update() builds from this seed
+    per_step_reference = [_reference_step_gradient(model, step, batch) for step in steps]
+    seen = _gradients_at_optimizer_steps(updater, monkeypatch)
+    updater.update(batch, torch.Generator().manual_seed(1))
+    if scheme == "accumulate":
+        assert len(seen) == 1
+        torch.testing.assert_close(seen[0], sum(per_step_reference), rtol=1e-5, atol=1e-6)
+    else:
+        assert len(seen) == 3
+        torch.testing.assert_close(seen[0], per_step_reference[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(per_step_reference[0], sum(per_step_reference), rtol=1e-3)  # the two claims differ
 
 
 @pytest.mark.parametrize(("scheme", "per_pass"), [("per_step", 3), ("accumulate", 1)])

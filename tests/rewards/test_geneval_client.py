@@ -88,24 +88,24 @@ def _shared_tower(levels: int, bottom: object) -> list:
 
 
 def test_a_deeply_shared_reply_is_checked_fast():
-    value = {"scores": _shared_tower(24, 0.5)}
+    value = {"scores": _shared_tower(30, 0.5)}  # 2**30 leaves: a walk of every path would take minutes
     data = pickle.dumps(value)
     start = time.perf_counter()
     loaded = safe_loads(data)
-    assert time.perf_counter() - start < 2.0 and len(data) < 200
+    assert time.perf_counter() - start < 10.0 and len(data) < 250
     assert loaded["scores"][0] is loaded["scores"][1]  # the sharing survives; nothing was copied
     node = loaded["scores"]
-    for _ in range(24):
+    for _ in range(30):
         node = node[1]
     assert node == [0.5]
 
 
 def test_a_disallowed_type_inside_a_shared_node_is_still_refused():
-    data = pickle.dumps({"scores": _shared_tower(24, b"bytes")})
+    data = pickle.dumps({"scores": _shared_tower(30, b"bytes")})
     start = time.perf_counter()
     with pytest.raises(pickle.UnpicklingError, match="holds a bytes"):
         safe_loads(data)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0  # 2**30 paths: minutes if each were walked
 
 
 def test_depth_is_measured_along_the_longest_path_through_shared_nodes():
@@ -127,7 +127,7 @@ def test_huge_and_cyclic_replies_are_refused_quickly():
         start = time.perf_counter()
         with pytest.raises(pickle.UnpicklingError, match=message):
             safe_loads(data)
-        assert time.perf_counter() - start < 2.0
+        assert time.perf_counter() - start < 10.0
 
 
 def test_a_malformed_shared_reply_is_reported_with_a_short_description(serve):
@@ -136,7 +136,7 @@ def test_a_malformed_shared_reply_is_reported_with_a_short_description(serve):
     start = time.perf_counter()
     with pytest.raises(RewardServerError, match=r"reply\['rewards'\] must be a list of 1 numbers, got \[\[\[\.\.\.\]"):
         _client(serve(raw(200, pickle.dumps(body)))).judge(_images(1), ROWS[:1])
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0  # a repr of its 2**30 leaves would not end
 
 
 def test_a_malicious_pickle_reply_is_refused_and_never_runs(serve, tmp_path):
