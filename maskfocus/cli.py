@@ -21,7 +21,7 @@ from maskfocus.config import (
     load_config_or_default,
 )
 from maskfocus.config_base import parse_set, set_from_option
-from maskfocus.outputs import check_distinct_files, check_output_file
+from maskfocus.outputs import check_distinct_files, check_output_file, write_text_whole
 from maskfocus.script_args import SAMPLING_ONLY, nonnegative_int, positive_int, run_script
 
 SAMPLER_OPTIONS = {
@@ -174,9 +174,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_curve_key,
         comparison_table,
         group_runs,
-        load_run,
     )
-    from maskfocus.compare_folders import check_outputs_spare_the_runs, find_run_folders, unreadable_run_folders
+    from maskfocus.compare_folders import (
+        check_outputs_spare_the_runs,
+        find_run_folders,
+        load_readable_runs,
+        unreadable_run_folders,
+    )
     from maskfocus.compare_plot import plot_comparison
 
     check_output_file("--out", args.out, "figure")
@@ -186,7 +190,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     folders = find_run_folders(paths)
     outputs = {"--out": args.out, "--markdown": args.markdown}
     check_outputs_spare_the_runs(outputs, folders, Path(args.base) if args.base else None)
-    runs = [load_run(folder, args.curve) for folder in folders]
+    runs, problems = load_readable_runs(folders, args.curve)
+    for problem in problems:
+        print(f"left out: {problem}", file=sys.stderr)
     for folder in unreadable_run_folders(paths):
         print(f"left out {folder}: it holds a run's metrics or checkpoints but no config.yaml", file=sys.stderr)
     check_curve_key(runs, args.curve)
@@ -195,8 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = comparison_table(groups, base, common)
     print(table, end="")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
+        write_text_whole(Path(args.markdown), table)
         print(f"table: {args.markdown}")
     print(f"picture: {plot_comparison(groups, Path(args.out), base, window=args.window, curve_key=args.curve)}")
     return 0
@@ -283,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="compare.png", help="PNG of the reward curves and final scores")
     compare.add_argument("--markdown", help="also write the table to this file")
     compare.add_argument(
-        "--base", help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement)"
+        "--base",
+        help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement, when every "
+        "run started from the built-in model; else no base row)",
     )
     compare.add_argument("--window", type=positive_int, default=10, help="moving-average window of the curves")
     compare.add_argument(

@@ -246,6 +246,12 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+NO_BASE_NOTE = (
+    "no base model row (gain over base: -): not every run started from the built-in model; give the base model's "
+    "`maskfocus eval --summary` JSON as --base"
+)
+
+
 def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any] | None:
     """The base model's evaluation summary: `base_path` (a `maskfocus eval --summary` JSON) when given, else
     the built-in model's pretraining measurement when every run started from it, else None."""
@@ -339,6 +345,8 @@ def comparison_table(
     letters = group_letters(groups)
     lines += [_row(f"{letters[label]}: {label}", group, tags, base) for label, group in groups.items()]
     lines += _image_count_notes(runs, base)
+    if base is None:
+        lines += ["", NO_BASE_NOTE]
     if common:
         lines += ["", "common settings: " + ", ".join(f"{key}={value}" for key, value in common.items())]
     unfinished = [run for run in runs if not run.final]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskfocus.compare import CompareError
+from maskfocus.compare import CompareError, RunRecord, load_run
 
 
 def find_run_folders(paths: list[Path]) -> list[Path]:
@@ -30,6 +30,23 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
             seen.add(folder.resolve())
             unique.append(folder)
     return unique
+
+
+def load_readable_runs(folders: list[Path], curve_key: str) -> tuple[list[RunRecord], list[str]]:
+    """The runs whose files read, and why each other one does not: one damaged run (a summary.json cut by a killed
+    process, a broken metrics line) is left out of a comparison of many, not the end of it. With a single run, or
+    none readable, its error is the command's."""
+    runs, problems = [], []
+    for folder in folders:
+        try:
+            runs.append(load_run(folder, curve_key))
+        except CompareError as error:
+            if len(folders) == 1:
+                raise
+            problems.append(str(error))
+    if not runs:
+        raise CompareError("no run could be read:\n  " + "\n  ".join(problems))
+    return runs, problems
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "reward_curve.png", "error.log")

@@ -23,6 +23,7 @@ from maskfocus.config import ConfigError, EvalConfig, GenEvalDetectorConfig, Run
 from maskfocus.config_rewards import DETECTOR_OPTION_KINDS, DETECTOR_OPTIONS
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.outputs import write_text_whole
 from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
 from maskfocus.rewards.judges import DetectBatch, DetectorJudge, Judge, build_judge
 from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
@@ -313,14 +314,11 @@ class RecordWriter:
 def write_results(
     records: Sequence[dict[str, Any]], summary: dict[str, Any], out: Path | None, summary_path: Path | None
 ) -> None:
+    """Each file whole, or as it was (written beside, then renamed)."""
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
+        write_text_whole(out, "".join(json.dumps(record) + "\n" for record in records))
     if summary_path is not None:
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_whole(summary_path, json.dumps(summary, indent=2) + "\n")
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -146,3 +146,16 @@ def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Call
         on_swapped()
     if old.exists():
         shutil.rmtree(old)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """`path` holds `text`, or what it held before: written beside it, then renamed over it (a process killed mid-write
+    left a cut summary.json, which `maskfocus compare` then refused)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ vectors, or decode + CLIP image embedding).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -93,7 +94,7 @@ def tag_rewards(metadata_B: list[dict], rewards_B: torch.Tensor) -> dict[str, fl
     finite rewards of a group skipped for a non-finite one count, as in reward/mean."""
     by_tag: dict[str, list[float]] = {}
     for meta, reward in zip(metadata_B, rewards_B.tolist(), strict=True):
-        if "tag" in meta and reward == reward:  # NaN != NaN: a non-finite reward is left out (as in reward/mean)
+        if "tag" in meta and math.isfinite(reward):  # NaN or infinite: left out, as in reward/mean
             by_tag.setdefault(meta["tag"], []).append(reward)
     return {f"reward/tag/{tag}": sum(values) / len(values) for tag, values in by_tag.items()}
 

@@ -13,6 +13,7 @@ from support import make_run
 
 from maskfocus.cli import main
 from maskfocus.compare import (
+    NO_BASE_NOTE,
     CompareError,
     base_summary,
     comparison_table,
@@ -124,6 +125,38 @@ def test_a_broken_metrics_or_summary_file_is_a_clear_error(ablation_runs):
     (folder / "metrics.jsonl").write_text('{"iteration": 0}\n{broken\n{"iteration": 2}\n')
     with pytest.raises(CompareError, match=r"metrics.jsonl:2"):
         load_run(folder)
+
+
+def test_a_damaged_run_is_left_out_of_a_comparison_of_many_and_named(ablation_runs, tmp_path, capsys):
+    """A summary.json cut by a killed process ended the whole comparison; now that run is named and left out. Alone,
+    or with every run damaged, its error is still the command's."""
+    folder = ablation_runs / "critical_seed0"
+    (folder / "eval" / "summary.json").write_text('{"overall": 0.5, "ta')
+    assert main(["compare", str(ablation_runs), "--out", str(tmp_path / "cmp.png")]) == 0
+    captured = capsys.readouterr()
+    assert "left out: " in captured.err and "critical_seed0/eval/summary.json: not JSON" in captured.err
+    assert "| A: selection.strategy=critical | 2 | 1, 2 |" in captured.out  # the other two seeds of its group
+    assert main(["compare", str(folder), "--out", str(tmp_path / "one.png")]) == 2
+    assert "critical_seed0/eval/summary.json: not JSON" in capsys.readouterr().err
+
+
+def test_evaluation_files_are_replaced_whole_or_left_as_they_were(tmp_path, monkeypatch):
+    """write_results writes beside the file and renames: a failure mid-write leaves the earlier summary intact."""
+    from maskfocus import outputs
+    from maskfocus.evaluation import write_results
+
+    summary = tmp_path / "eval" / "summary.json"
+    write_results([{"correct": True}], {"overall": 0.5, "tags": {}}, tmp_path / "eval" / "results.jsonl", summary)
+    assert json.loads(summary.read_text())["overall"] == 0.5
+
+    def cut_short(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs.os, "replace", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        write_results([], {"overall": 0.9, "tags": {}}, None, summary)
+    assert json.loads(summary.read_text())["overall"] == 0.5
+    assert sorted(path.name for path in summary.parent.iterdir()) == ["results.jsonl", "summary.json"]
 
 
 @pytest.mark.parametrize(
@@ -264,6 +297,19 @@ def test_train_ends_with_the_gain_over_the_base_model(tmp_path):
     assert line.endswith(f"maskfocus compare {tmp_path / 'runs'}")
     other = make_run(tmp_path / "runs" / "b", {"model.path": str(tmp_path / "my_model")}, 0.55)
     assert gain_line(other, 0.55).startswith("overall 0.550 (no base-model evaluation to compare with)")
+
+
+def test_a_table_without_a_base_row_says_why_and_how_to_give_one(tmp_path):
+    """Runs from another model have no built-in measurement to compare with: the empty gain column is explained."""
+    run = make_run(tmp_path / "runs" / "a", {"model.path": str(tmp_path / "my_model")}, 0.55)
+    runs = [load_run(run)]
+    groups, common = group_runs(runs)
+    table = comparison_table(groups, base_summary(runs, None), common)
+    assert "base model |" not in table and table.rstrip().endswith(NO_BASE_NOTE)
+    assert "--base" in NO_BASE_NOTE
+    builtin = [load_run(make_run(tmp_path / "runs" / "b", {}, 0.55))]
+    groups, common = group_runs(builtin)
+    assert NO_BASE_NOTE not in comparison_table(groups, base_summary(builtin, None), common)
 
 
 def test_curve_of_another_metric_and_an_unknown_key_lists_the_logged_ones(ablation_runs, tmp_path, capsys):

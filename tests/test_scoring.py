@@ -113,12 +113,9 @@ def test_the_batch_holds_the_top_gain_steps_of_each_group_as_a_loop_computes_the
 
 def test_tag_rewards_average_each_tags_finite_rewards_as_a_loop_does():
     metadata = [{"tag": "counting"}, {"tag": "colors"}, {"tag": "counting"}, {"tag": "colors"}, {"prompt": "untagged"}]
-    rewards = torch.tensor([1.0, 0.5, 0.0, float("nan"), 0.7])
-    expected = {}
-    for tag in ("counting", "colors"):
-        values = [r for m, r in zip(metadata, rewards.tolist(), strict=True) if m.get("tag") == tag and not np.isnan(r)]
-        expected[f"reward/tag/{tag}"] = sum(values) / len(values)
-    assert tag_rewards(metadata, rewards) == pytest.approx(expected)
+    metadata += [{"tag": "colors"}, {"tag": "counting"}]
+    rewards = torch.tensor([1.0, 0.5, 0.0, float("nan"), 0.7, float("inf"), float("-inf")])
+    assert tag_rewards(metadata, rewards) == pytest.approx({"reward/tag/counting": 0.5, "reward/tag/colors": 0.5})
     assert tag_rewards([{"prompt": "a"}], torch.tensor([1.0])) == {}
 
 

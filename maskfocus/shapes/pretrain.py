@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from maskfocus.config import Section
 from maskfocus.config_base import ConfigError
-from maskfocus.outputs import RUN_FOLDER_PARTS, check_output_folder, replace_folder
+from maskfocus.outputs import RUN_FOLDER_PARTS, check_output_folder, replace_folder, write_text_whole
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
 from maskfocus.shapes.pretrain_vq import VQPretrainConfig
@@ -132,7 +132,7 @@ def run_pretraining(
 def _measure_and_write_card(out: Path, report: dict[str, Any], config: PretrainConfig) -> dict[str, Any]:
     report_path = out / "pretrain_report.json"
     report.update(versions=_versions(), machine=machine_words())
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_whole(report_path, json.dumps(report, indent=2) + "\n")
     if missing := _missing_parts(out):
         print(f"saved the trained stages to {out}; not measured yet (missing {', '.join(missing)})")
         return report
@@ -142,8 +142,8 @@ def _measure_and_write_card(out: Path, report: dict[str, Any], config: PretrainC
         "eval_images_per_prompt": config.eval_images_per_prompt,
         "measure_rows": config.measure_rows,
     }
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(report))
+    write_text_whole(report_path, json.dumps(report, indent=2) + "\n")
+    write_text_whole(out / "MODEL_CARD.md", model_card(report))
     (out / STALE_CARD).unlink(missing_ok=True)
     print(f"wrote weights and MODEL_CARD.md to {out}")
     return report
@@ -281,7 +281,7 @@ def _record_stage(
     report["stage_seconds"][stage] = round(seconds)
     report.setdefault("commands", {})[stage] = command
     _record_settings(report, config, [stage])
-    (out / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_whole(out / "pretrain_report.json", json.dumps(report, indent=2) + "\n")
 
 
 def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Logger, record: StageRecord) -> None:
