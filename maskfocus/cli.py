@@ -56,9 +56,21 @@ def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images:
     line sets sampler.compile itself."""
     from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
 
-    if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES or "sampler.compile" in parse_set(args.set):
+    asked = _sets_key(parse_set(args.set), "sampler.compile")
+    if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES or asked:
         return sampler
     return sampler.model_copy(update={"compile": False})
+
+
+def _sets_key(overrides: dict, dotted: str) -> bool:
+    """Whether `--set` options give `dotted` (a.b.c), as itself or inside a mapping (`--set 'a={b: {c: 1}}'`)."""
+    for key, value in overrides.items():
+        if key == dotted:
+            return True
+        inside = {f"{key}.{inner}": item for inner, item in value.items()} if isinstance(value, dict) else {}
+        if dotted.startswith(key + ".") and _sets_key(inside, dotted):
+            return True
+    return False
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     """Each path is a run folder (it holds config.yaml) or a folder whose subfolders are runs."""
     folders: list[Path] = []
     for path in paths:
+        if path.is_file():
+            raise CompareError(f"{path}: a file; give the run folder that holds it (or a folder of run folders)")
         if not path.is_dir():
             raise CompareError(f"{path}: no such folder")
         if (path / "config.yaml").is_file():

@@ -102,8 +102,21 @@ def test_unknown_benchmark_lists_the_known_ones(capsys):
     assert "shapes-geneval" in cli_error(capsys, "eval", "--benchmark", "nope", "--no-clip")
 
 
-def test_missing_weights_say_how_to_rebuild(tmp_path, capsys):
-    assert "not found" in cli_error(capsys, "sample", "--prompt", "a photo of a circle", "--model", str(tmp_path / "x"))
+def test_a_missing_model_folder_is_named_with_what_to_check(tmp_path, capsys):
+    from maskfocus.models.loading import FOLDER_HINT
+
+    error = cli_error(capsys, "sample", "--prompt", "a photo of a circle", "--model", str(tmp_path / "x"))
+    assert f"model folder not found: {tmp_path / 'x'}; {FOLDER_HINT}" in error
+
+
+def test_the_model_of_an_unfinished_run_is_named_as_not_written_yet(tmp_path, capsys):
+    """`--model runs/NAME/model` of a run that has not finished: the folder is missing for a reason worth saying."""
+    run = tmp_path / "runs" / "NAME"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    error = cli_error(capsys, "eval", "--limit", "1", "--no-clip", "--model", str(run / "model"))
+    assert f"model folder not found: {run / 'model'}; the run {run} has no final model yet" in error
+    assert f"maskfocus train --resume {run}" in error
 
 
 @pytest.mark.parametrize("command", [["sample", "--prompt", "a circle"], ["eval", "--limit", "1", "--no-clip"]])
@@ -275,6 +288,8 @@ def test_eval_loads_the_model_in_eval_dtype(monkeypatch, settings, expected):
     [
         ([], False),  # a few images: the compile would cost more than it saves
         (["--set", "sampler.compile=true"], True),  # asked for explicitly
+        (["--set", "sampler={compile: true, cfg_scale: 2}"], True),  # asked for in the mapping form of --set
+        (["--set", "sampler={cfg_scale: 2}"], False),  # a mapping that leaves compile alone
         (["--num-images", "400"], True),
         (["--set", "sampler.compile=false", "--num-images", "400"], False),
     ],

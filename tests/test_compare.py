@@ -232,8 +232,11 @@ def test_a_run_named_twice_counts_once(ablation_runs):
 
 
 def test_bad_paths_name_the_path(tmp_path):
-    with pytest.raises(CompareError, match="no such folder"):
+    with pytest.raises(CompareError, match="missing: no such folder"):
         find_run_folders([tmp_path / "missing"])
+    config = make_run(tmp_path / "run", {}, 0.5) / "config.yaml"
+    with pytest.raises(CompareError, match=r"run/config.yaml: a file; give the run folder that holds it"):
+        find_run_folders([config])
     (tmp_path / "empty").mkdir()
     with pytest.raises(CompareError, match=r"empty: neither a run folder"):
         find_run_folders([tmp_path / "empty"])

@@ -93,6 +93,9 @@ def check_folder(folder: Path, parts: Sequence[str], kind: str, hint: str) -> No
     if folder.exists() and not folder.is_dir():
         raise ModelLoadError(f"{folder} is a file, not a model folder; {hint}")
     if not folder.is_dir():
+        run = folder.parent
+        if folder.name == "model" and (run / "config.yaml").is_file():  # a run's final model, not written yet
+            hint = f"the run {run} has no final model yet: it has not finished (`maskfocus train --resume {run}`)"
         raise ModelLoadError(f"model folder not found: {folder}; {hint}")
     missing = [part for part in parts if not (folder / part).is_dir()]
     if missing:
