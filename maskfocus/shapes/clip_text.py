@@ -22,8 +22,15 @@ ACTIVATIONS = {torch.nn.GELU: "gelu", torch.nn.SiLU: "silu"}
 
 def text_config(clip: torch.nn.Module, pad_id: int, bos_id: int, eos_id: int) -> CLIPTextConfig:
     """A CLIPTextConfig with the sizes of `clip`'s text tower."""
-    if getattr(clip, "text_pool_type", "eos") not in ("eos", "argmax"):
-        raise ValueError(f"only eos pooling converts to transformers' CLIP, got {clip.text_pool_type!r}")
+    pool = getattr(clip, "text_pool_type", "eos")
+    highest_id = clip.token_embedding.num_embeddings - 1
+    if pool not in ("eos", "argmax") or (pool == "argmax" and eos_id != highest_id):
+        # open_clip's argmax pools at the highest token id, transformers' CLIP at the first eos: the same only when
+        # eos is the highest id (OpenAI's vocabulary); else the converted tower would silently pool elsewhere
+        raise ValueError(
+            f"only eos pooling converts to transformers' CLIP (argmax only with eos the highest id, {highest_id}; "
+            f"eos is {eos_id}), got {pool!r}"
+        )
     blocks = clip.transformer.resblocks
     activation = type(blocks[0].mlp.gelu)
     if activation not in ACTIVATIONS:

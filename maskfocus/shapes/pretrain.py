@@ -181,7 +181,19 @@ def load_report(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not JSON ({error}); move it aside to start a new report") from None
     if not isinstance(report, dict) or not isinstance(report.get("stage_seconds"), dict):
         raise ConfigError(f"{path}: not a pretraining report (no stage_seconds mapping); move it aside")
+    _seeds_per_stage(report)
     return report
+
+
+def _seeds_per_stage(report: dict[str, Any]) -> None:
+    """A report from before seeds were kept per stage held one seed (config.seed) for every stage it trained: as
+    stage_seeds, so that a card rendered from it (`--stages measure`) names each stage's seed."""
+    config = report.get("config")
+    if not isinstance(config, dict) or "seed" not in config:
+        return
+    old_seed = config.pop("seed")
+    seeds = report.setdefault("stage_seeds", {})
+    seeds.update({stage: old_seed for stage in STAGES if stage in report["stage_seconds"] and stage not in seeds})
 
 
 def stopped_message(out: Path, stages: list[str], saved: list[str]) -> str:
@@ -248,13 +260,9 @@ def _train_generator_parts(
 def _record_settings(report: dict[str, Any], config: PretrainConfig, stages: list[str]) -> None:
     """The report's settings: a run of some stages writes their sections and seed and keeps the other stages' own
     (a `--stages clip --seed 3` rerun must not claim the generator was trained with seed 3)."""
+    _seeds_per_stage(report)
     previous = dict(report.get("config", {}))
-    seeds = report.setdefault("stage_seeds", {})
-    if "seed" in previous:  # a report from before seeds were kept per stage: it held one seed for every stage
-        old_seed = previous.pop("seed")
-        trained = report.get("stage_seconds", {})
-        seeds.update({stage: old_seed for stage in STAGES if stage in trained and stage not in seeds})
-    seeds.update(dict.fromkeys(stages, config.seed))
+    report.setdefault("stage_seeds", {}).update(dict.fromkeys(stages, config.seed))
     current = config.model_dump(mode="json")
     shared = {key: value for key, value in current.items() if key not in (*STAGES, "seed")}
     report["config"] = {**previous, **shared, **{stage: current[stage] for stage in stages}}
@@ -270,12 +278,13 @@ def _record_stage(
     seconds: float,
 ) -> None:
     """Write a saved stage's time, settings, seed and command into the report at once, so that a later stop or
-    failure leaves a report that says how each saved stage was made; the measurements and MODEL_CARD.md of the
-    weights before it no longer hold, so they go (the card is kept as MODEL_CARD.stale.md until a new one)."""
+    failure leaves a report that says how each saved stage was made; the measurements, notes and MODEL_CARD.md of
+    the weights before it no longer hold, so they go (the card is kept as MODEL_CARD.stale.md until a new one)."""
     saved.append(stage)
     report.setdefault("stage_machines", {})[stage] = machine_words()
     report.pop("measurements", None)
     report.pop("measured_config", None)
+    report.pop("notes", None)  # written by hand about the weights before this stage (kept in MODEL_CARD.stale.md)
     if (out / "MODEL_CARD.md").is_file():
         (out / "MODEL_CARD.md").replace(out / STALE_CARD)
     report["stage_seconds"][stage] = round(seconds)

@@ -37,7 +37,7 @@ class ClipPretrainConfig(Section):
     """Optimizer steps."""
     batch_size: int = Field(128, ge=2)
     """Image-caption pairs per step (the contrastive batch)."""
-    learning_rate: float = 1e-3
+    learning_rate: float = Field(1e-3, gt=0.0)
     """AdamW peak learning rate (cosine decay)."""
     caption_mix: CaptionMix = CaptionMix(p_drop=0.0, p_color=0.9, p_count=0.9, p_position=0.7)
     """Captions for CLIP are tighter than the generator's, so that the score rewards details."""

@@ -37,7 +37,7 @@ class GeneratorPretrainConfig(Section):
     """Optimizer steps."""
     batch_size: int = Field(64, ge=1)
     """Examples per step."""
-    learning_rate: float = 1e-3
+    learning_rate: float = Field(1e-3, gt=0.0)
     """AdamW peak learning rate (linear warm-up, cosine decay to 10%)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""

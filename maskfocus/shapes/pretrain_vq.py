@@ -37,7 +37,7 @@ class VQPretrainConfig(Section):
     """Optimizer steps."""
     batch_size: int = Field(32, ge=1)
     """Images per step."""
-    learning_rate: float = 2e-3
+    learning_rate: float = Field(2e-3, gt=0.0)
     """AdamW learning rate (linear warm-up, cosine decay to 10%)."""
     table_scenes: int = Field(4000, ge=1)
     """Random scenes whose distinct patches make the code table (4,000 find all 349 of this world)."""

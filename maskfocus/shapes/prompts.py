@@ -234,6 +234,21 @@ class CaptionMix:
     """Object sizes of pretraining scenes, a subset of the world's SIZES. One size makes every shape a fixed stamp
     of tokens, so the generator never has to agree across tokens on how far an object extends."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings the scene and caption draws cannot use, when the config is read (`maskfocus pretrain
+        --set`), not once the stage they belong to starts, an hour into a run."""
+        for name in ("p_drop", "p_color", "p_count", "p_position"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability: between 0 and 1, got {getattr(self, name)}")
+        weights = self.num_objects_weights
+        if not 1 <= len(weights) <= MAX_OBJECTS or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(
+                f"num_objects_weights: 1 to {MAX_OBJECTS} weights (of 1, 2, ... objects), none negative and not all "
+                f"0; got {list(weights)}"
+            )
+        if not self.object_sizes or any(size not in SIZES for size in self.object_sizes):
+            raise ValueError(f"object_sizes: a non-empty subset of {list(SIZES)}; got {list(self.object_sizes)}")
+
 
 def _group_phrase(objects: list[ShapeObject], rng: np.random.Generator, mix: CaptionMix) -> str:
     """A true noun phrase for all objects of one shape class: "a circle", "red circles", "three squares"."""
@@ -277,7 +292,6 @@ def loose_caption(scene: Scene, rng: np.random.Generator, mix: CaptionMix = Capt
 
 def pretraining_pair(rng: np.random.Generator, mix: CaptionMix = CaptionMix()) -> tuple[Scene, str]:
     """A random scene (object count drawn from ``mix.num_objects_weights``) and a loose caption of it."""
-    weights = np.asarray(mix.num_objects_weights, dtype=np.float64)
-    assert len(weights) <= MAX_OBJECTS, f"at most {MAX_OBJECTS} objects per scene"
+    weights = np.asarray(mix.num_objects_weights, dtype=np.float64)  # checked by CaptionMix
     scene = random_scene(rng, int(rng.choice(len(weights), p=weights / weights.sum())) + 1, mix.object_sizes)
     return scene, loose_caption(scene, rng, mix)

@@ -177,9 +177,12 @@ def _check_clause(clause: Any, where: str, num_include: int) -> None:
     if "color" in clause and clause["color"] not in COLORS:
         raise ValueError(f"{where}: color {clause['color']!r} is not one of {tuple(COLORS)}")
     if "position" in clause:
-        rel, index = clause["position"]
+        position = clause["position"]
+        rel, index = position if isinstance(position, (list, tuple)) and len(position) == 2 else (None, None)
         if rel not in RELATIONS or not isinstance(index, int) or not 0 <= index < num_include:
-            raise ValueError(f"{where}: position must be [one of {RELATIONS}, include index], got {[rel, index]}")
+            raise ValueError(
+                f"{where}: position must be [one of {RELATIONS}, index of an earlier include clause], got {position!r}"
+            )
 
 
 def validate_world_metadata(metadata: dict[str, Any]) -> None:
@@ -188,14 +191,13 @@ def validate_world_metadata(metadata: dict[str, Any]) -> None:
     if not isinstance(include, list) or not include:
         raise ValueError(f"metadata needs a non-empty 'include' list, got {include!r}")
     for j, clause in enumerate(include):
-        _check_clause(clause, f"include[{j}]", len(include))
-        if clause.get("position", [None, None])[1] == j:
-            raise ValueError(f"include[{j}]: position refers to its own clause")
+        _check_clause(clause, f"include[{j}]", j)  # as GenEval's rules: a position names an earlier clause
     for j, clause in enumerate(metadata.get("exclude", [])):
         _check_clause(clause, f"exclude[{j}]", len(include))
         needed = sum(c.get("count", 1) for c in include if c["class"] == clause["class"])
-        if needed >= clause.get("count", 1):
-            raise ValueError(f"exclude[{j}] forbids {clause['class']!r} x{clause['count']} but include needs {needed}")
+        count = clause.get("count", 1)
+        if needed >= count:
+            raise ValueError(f"exclude[{j}] forbids {clause['class']!r} x{count} but include needs {needed}")
 
 
 def _satisfies_positions(objects: tuple[ShapeObject, ...], clause_of: list[int], include: list[dict]) -> bool:

@@ -46,5 +46,11 @@ def test_unsupported_pooling_is_refused(loaded):
         clip.text_pool_type = "first"
         with pytest.raises(ValueError, match="eos pooling"):
             text_encoder_from_open_clip(clip, 0, 1, 3)
+        # argmax pools at the highest id: the first eos only where eos is that id (here it is 3 of 30)
+        clip.text_pool_type = "argmax"
+        highest = clip.token_embedding.num_embeddings - 1
+        with pytest.raises(ValueError, match=rf"argmax only with eos the highest id, {highest}; eos is 3"):
+            text_encoder_from_open_clip(clip, 0, 1, 3)
+        assert text_encoder_from_open_clip(clip, 0, 1, highest).config.eos_token_id == highest
     finally:
         clip.text_pool_type = original

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from maskfocus.shapes.pretrain import PretrainConfig, run_pretraining
@@ -232,6 +233,47 @@ def test_a_rerun_of_one_stage_records_its_settings_and_keeps_the_others():
     shipped_style = {"config": {"seed": 0, **first.model_dump(mode="json")}, "stage_seconds": trained}  # as shipped
     _record_settings(shipped_style, rerun, ["clip"])
     assert shipped_style["stage_seeds"] == {"vq": 0, "generator": 0, "clip": 3}
+
+
+def test_the_shipped_reports_card_names_each_stages_seed_and_a_new_stage_drops_the_old_notes(tmp_path):
+    """The shipped report predates per-stage seeds: `--stages measure` rendered "Seed of each stage: " with nothing
+    after it. Its notes were written by hand about the weights it describes: a retrained stage carried them into the
+    new card ("the vq and clip stages are the previous run's ...")."""
+    import shutil
+
+    from maskfocus.models.loading import builtin_folder
+    from maskfocus.shapes.pretrain import _record_stage, load_report, model_card
+
+    report_path = tmp_path / "pretrain_report.json"
+    shutil.copy(builtin_folder().parent / "pretrain_report.json", report_path)
+    report = load_report(report_path)
+    assert report["notes"] and "Seed of each stage: vq 0, generator 0, clip 0" in model_card(report)
+    measured = report["measurements"]
+    _record_stage(tmp_path, report, PretrainConfig(seed=5), "maskfocus pretrain --seed 5", [], "vq", 1.0)
+    assert "notes" not in report and "measurements" not in report  # both were about the weights before
+    report["measurements"] = measured  # as the measure stage writes them again
+    assert "Note:" not in model_card(report) and "Seed of each stage: vq 5, generator 0, clip 0" in model_card(report)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("generator.caption_mix.object_sizes", [15.0], r"object_sizes: a non-empty subset of \[12.0, 16.0, 20.0\]"),
+        ("clip.caption_mix.object_sizes", [], "object_sizes: a non-empty subset"),
+        ("clip.caption_mix.p_drop", 7, "p_drop is a probability: between 0 and 1, got 7"),
+        ("generator.caption_mix.num_objects_weights", [0, 0], "num_objects_weights: 1 to 4 weights"),
+        ("generator.caption_mix.num_objects_weights", [1, 1, 1, 1, 1], "num_objects_weights: 1 to 4 weights"),
+        ("generator.caption_mix.num_objects_weights", [1, -1], "none negative"),
+        ("vq.learning_rate", -1, "vq.learning_rate: Input should be greater than 0"),
+    ],
+)
+def test_caption_mix_and_learning_rates_are_checked_when_the_settings_are_read(key, value, problem):
+    """These passed the config and failed as a traceback once their stage started: a bad clip.* setting after
+    the VQ and generator stages had trained for an hour."""
+    from maskfocus.config import ConfigError, section_with_overrides
+
+    with pytest.raises(ConfigError, match=problem):
+        section_with_overrides(PretrainConfig, {key: value}, "--set")
 
 
 def test_pretrain_overrides_are_validated_with_the_field_path():

@@ -128,6 +128,9 @@ def test_scene_for_metadata_picks_varied_colours_when_none_is_asked() -> None:
         ({"class": "circle", "count": 1, "color": "pink"}, "not one of"),
         ({"class": "circle", "count": 0}, "positive"),
         ({"class": "circle", "count": 1, "position": ["near", 0]}, "position"),
+        ({"class": "circle", "count": 1, "position": "left of"}, r"position must be .* got 'left of'"),
+        ({"class": "circle", "count": 1, "position": ["left of", 1]}, "index of an earlier include clause"),
+        ({"class": "circle", "count": 1, "position": ["left of", 2]}, "index of an earlier include clause"),
     ],
 )
 def test_scene_for_metadata_rejects_what_the_world_cannot_draw(clause: dict, match: str) -> None:
@@ -141,6 +144,11 @@ def test_scene_for_metadata_rejects_contradicting_exclude_and_foreign_exclude() 
     include = [{"class": "circle", "count": 2}]
     with pytest.raises(ValueError, match="forbids"):
         scene_for_metadata({"include": include, "exclude": [{"class": "circle", "count": 2}]}, rng)
+    with pytest.raises(ValueError, match=r"forbids 'circle' x1 but include needs 2"):  # count 1 by default
+        scene_for_metadata({"include": include, "exclude": [{"class": "circle"}]}, rng)
+    forward = [{"class": "circle", "count": 1, "position": ["left of", 1]}, {"class": "square", "count": 1}]
+    with pytest.raises(ValueError, match=r"include\[0\]: position must be .* earlier include clause"):
+        scene_for_metadata({"include": forward}, rng)
     with pytest.raises(ValueError, match="not a shape"):
         scene_for_metadata({"include": include, "exclude": [{"class": "cat", "count": 1}]}, rng)
     with pytest.raises(ValueError, match="include"):
