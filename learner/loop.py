@@ -33,6 +33,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import ObjectLostError
 from ray.util.queue import Queue
 
+from maskfocus.actors.batch_queue import get_within
 from maskfocus.actors.metrics import RunMetrics
 from maskfocus.actors.setup import on_device, start_role
 from maskfocus.config import RunConfig, TrainConfig
@@ -181,7 +182,7 @@ def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
     start = time.perf_counter()
     while True:
         try:
-            return batches.get(block=True, timeout=1.0), time.perf_counter() - start
+            return get_within(batches, 1.0), time.perf_counter() - start
         except queue_lib.Empty:
             if time.perf_counter() - start > timeout_s:
                 raise QueueTimeout(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None

@@ -49,6 +49,7 @@ from ray.exceptions import (
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from maskfocus.actors.batch_queue import put_now, put_within, queue_size
 from maskfocus.actors.cluster import check_supported as _check_supported
 from maskfocus.actors.cluster import connect, free_resources_note, on_driver_node
 from maskfocus.actors.metrics import RunMetrics, run_tag
@@ -227,7 +228,7 @@ class RayRun:
                 return
             item, scored_at = self.scored[iteration]
             try:
-                self.batches.put(item, block=False)
+                put_now(self.batches, item, self.config.ray.timeout_s)
             except queue_lib.Full:
                 return
             self.enqueue_wait[iteration] = time.perf_counter() - scored_at
@@ -235,7 +236,7 @@ class RayRun:
             self.observe_queue()
 
     def observe_queue(self) -> None:
-        self.queue_depth = self.batches.qsize()
+        self.queue_depth = queue_size(self.batches, self.config.ray.timeout_s)
         self.metrics.record("maskfocus_queue_depth", self.queue_depth)
 
     def on_sampled(self, ref: ObjectRef) -> None:
@@ -419,7 +420,7 @@ class RayRun:
         cleanly (a failure after its last record would otherwise go unseen)."""
         self.draw_last_preview()
         model, timeout = self.current_model(), self.config.ray.timeout_s
-        self.batches.put(None, timeout=timeout)
+        put_within(self.batches, None, timeout)
         learner.join(timeout)
         if learner.alive:
             raise RuntimeError(
@@ -464,7 +465,7 @@ class RayRun:
                 self.on_update(ray.get(pending, timeout=timeout))
             if not learner.alive:
                 return
-            self.batches.put(None if checkpoint else ABORT, timeout=timeout)
+            put_within(self.batches, None if checkpoint else ABORT, timeout)
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
                 if update is None and not learner.alive:

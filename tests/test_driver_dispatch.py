@@ -55,7 +55,7 @@ def fake_run(max_staleness: int, queue_capacity: int = 4):
 
     run = RayRun.__new__(RayRun)
     run.config = SimpleNamespace(
-        ray=SimpleNamespace(queue_capacity=queue_capacity, max_staleness=max_staleness),
+        ray=SimpleNamespace(queue_capacity=queue_capacity, max_staleness=max_staleness, timeout_s=60.0),
         rollout=SimpleNamespace(prompts_per_iteration=1),
     )
     run.rollouts, run.rewards = WorkerPool([FakeWorker()]), WorkerPool([FakeWorker()])
@@ -95,10 +95,16 @@ def learned_after(run, turns: int, restart_at: int) -> int:
 
 
 @pytest.mark.parametrize("max_staleness", [0, 1, 4, 8])
-def test_batches_dropped_by_the_learner_are_redone_and_the_run_goes_on_whatever_max_staleness(max_staleness):
+def test_batches_dropped_by_the_learner_are_redone_and_the_run_goes_on_whatever_max_staleness(
+    max_staleness, monkeypatch
+):
     """With max_staleness + 1 at least the driver's limit of iterations held (queue capacity + one per worker), the
     redone iterations, counted against that limit, used to fill it: the redo waited for room that only the redo
     could make, and the run stopped learning at the restarted worker's iteration."""
+    import maskfocus.driver as driver
+
+    monkeypatch.setattr(driver, "put_now", lambda batches, item, timeout_s: batches.put(item, block=False))
+    monkeypatch.setattr(driver, "queue_size", lambda batches, timeout_s: batches.qsize())
     run = fake_run(max_staleness, queue_capacity=4)
     turns = 300
     learned = learned_after(run, turns, restart_at=30)

@@ -264,8 +264,9 @@ def test_a_preview_goes_to_the_next_idle_rollout_worker_and_one_that_died_is_rel
     assert run.rollouts.idle == [0] and run.rollouts.versions == [3] and started[-1] == (0, 3, None)
 
 
-def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_with_a_clear_error():
+def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_with_a_clear_error(monkeypatch):
     """Its last stage (the stop item, a last checkpoint, Ray Train's end of fit) happens after its last record."""
+    import maskfocus.driver as driver
     from maskfocus.config import default_run_config
     from maskfocus.driver import RayRun
 
@@ -273,13 +274,14 @@ def test_a_learner_that_fails_or_hangs_after_the_last_iteration_stops_the_run_wi
     run = RayRun.__new__(RayRun)
     run.config, run.current_model = default_run_config(), lambda: "final model"
     run.draw_last_preview = lambda: None
-    run.batches = SimpleNamespace(put=lambda item, timeout: puts.append(item))
+    run.batches = "the batch queue"
+    monkeypatch.setattr(driver, "put_within", lambda batches, item, wait_s: puts.append((batches, item)))
     with pytest.raises(RuntimeError, match=r"learner group failed after the last iteration: OSError\('disk full'\)"):
         run.finish(FinishedLearner(error=OSError("disk full")))
     with pytest.raises(RuntimeError, match=r"learner group did not stop within 600 s \(ray.timeout_s\)"):
         run.finish(FinishedLearner(alive=True))
     assert run.finish(FinishedLearner()) == "final model"
-    assert puts == [None, None, None]  # the stop item, each time
+    assert puts == [("the batch queue", None)] * 3  # the stop item, each time
 
 
 def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actors(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import queue as queue_lib
 import sys
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import ray
 import torch
 from ray_fixture import RAY_TIMEOUT_S, tiny_config
 
@@ -106,24 +109,49 @@ def test_rollout_workers_sample_with_broadcast_weights_as_with_loaded_ones(ray_s
 
 
 def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session):
+    """The driver's and the learner's calls on the batch queue (actors/batch_queue.py): Full and Empty as the plain
+    Queue raises them, and a queue actor that does not answer is a GetTimeoutError, not a hang."""
+    from ray.exceptions import GetTimeoutError
     from ray.util.queue import Queue
+
+    from maskfocus.actors.batch_queue import get_within, put_now, put_within, queue_size
 
     batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
     try:
-        batches.put("a", timeout=RAY_TIMEOUT_S)
-        batches.put("b", timeout=RAY_TIMEOUT_S)
-        assert batches.qsize() == 2 and batches.full()
+        put_within(batches, "a", RAY_TIMEOUT_S)
+        put_now(batches, "b", RAY_TIMEOUT_S)
+        assert queue_size(batches, RAY_TIMEOUT_S) == 2
         with pytest.raises(queue_lib.Full):
-            batches.put("c", block=False)
+            put_now(batches, "c", RAY_TIMEOUT_S)
         with pytest.raises(queue_lib.Full):
-            batches.put("c", timeout=0.2)
-        assert batches.get(timeout=RAY_TIMEOUT_S) == "a"
-        batches.put("c", timeout=RAY_TIMEOUT_S)
-        assert [batches.get(timeout=RAY_TIMEOUT_S) for _ in range(2)] == ["b", "c"]
+            put_within(batches, "c", 0.2)
+        assert get_within(batches, RAY_TIMEOUT_S) == "a"
+        put_within(batches, "c", RAY_TIMEOUT_S)
+        assert [get_within(batches, RAY_TIMEOUT_S) for _ in range(2)] == ["b", "c"]
         with pytest.raises(queue_lib.Empty):
-            batches.get(timeout=0.2)
+            get_within(batches, 0.2)
     finally:
         batches.shutdown()
+
+    @ray.remote(num_cpus=0)
+    class StuckQueueActor:
+        def qsize(self) -> int:
+            time.sleep(30)
+            return 0
+
+        def put_nowait(self, item) -> None:
+            time.sleep(30)
+
+    stuck = StuckQueueActor.remote()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(GetTimeoutError):
+            queue_size(SimpleNamespace(actor=stuck), 0.5)
+        with pytest.raises(GetTimeoutError):
+            put_now(SimpleNamespace(actor=stuck), "d", 0.5)
+        assert time.perf_counter() - start < 20
+    finally:
+        ray.kill(stuck)
 
 
 def test_workers_load_the_adapter_of_model_kind_and_set_the_configured_threads(tmp_path, one_thread):
