@@ -111,9 +111,15 @@ def dashboard_json() -> str:
     return json.dumps(dashboard(), indent=2) + "\n"
 
 
+USAGE = "usage: python -m maskfocus.actors.grafana OUT.json  (writes the maskfocus Grafana dashboard there)"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m maskfocus.actors.grafana OUT.json", file=sys.stderr)
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-") or not argv[0].endswith(".json"):
+        print(f"{USAGE}; got {' '.join(argv) or 'no argument'}", file=sys.stderr)
         return 2
     out = Path(argv[0])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,19 @@ class MetricSpec:
     tag_keys: tuple[str, ...] = ("run",)
 
 
+PER_WORKER = ("run", "worker")
+"""A gauge each worker of a pool sets: one series per worker (its index in the pool), else they overwrite each
+other (Ray does not tell the processes of a node apart in what it exports)."""
+
 METRICS: dict[str, MetricSpec] = {
-    "maskfocus_rollout_images_per_second": MetricSpec(Gauge, "Images per second of a rollout worker's last batch."),
+    "maskfocus_rollout_images_per_second": MetricSpec(
+        Gauge, "Images per second of a rollout worker's last batch.", tag_keys=PER_WORKER
+    ),
     "maskfocus_rollout_images": MetricSpec(Counter, "Images sampled by the rollout workers."),
     "maskfocus_reward_latency_seconds": MetricSpec(Histogram, "Seconds to score one rollout batch.", SECONDS),
-    "maskfocus_reward_mean": MetricSpec(Gauge, "Mean reward of the last scored batch."),
+    "maskfocus_reward_mean": MetricSpec(
+        Gauge, "Mean reward of a reward worker's last scored batch.", tag_keys=PER_WORKER
+    ),
     "maskfocus_queue_depth": MetricSpec(Gauge, "TrainBatches waiting in the queue for the learner."),
     "maskfocus_policy_version": MetricSpec(Gauge, "Policy version of the learner's newest weights."),
     "maskfocus_staleness": MetricSpec(Histogram, "Policy versions a batch lags the learner.", VERSIONS),

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 def make_actors(
     role: type, num: int, *args: Any, num_cpus: float, num_gpus: float = 0.0, max_restarts: int = 0
 ) -> list[ActorHandle]:
-    """`num` actors of the plain class `role`, each built with `role(*args)`."""
+    """`num` actors of the plain class `role`, each built with `role(*args, worker=index)` (its index in the pool)."""
     remote = ray.remote(role).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts)
-    return [remote.remote(*args) for _ in range(num)]
+    return [remote.remote(*args, worker=index) for index in range(num)]
 
 
 class WorkerPool:

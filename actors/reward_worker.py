@@ -24,10 +24,12 @@ from maskfocus.types import TrainBatch, Trajectory
 class RewardWorker:
     """Scores rollouts into TrainBatches."""
 
-    def __init__(self, config: RunConfig, run_name: str = ""):
+    def __init__(self, config: RunConfig, run_name: str = "", worker: int = 0):
         start_role(config)
         self.config = config
         self.metrics = RunMetrics(run_name)
+        self.worker = str(worker)
+        """This worker's index in its pool: the `worker` tag of its per-worker gauge."""
         self.codec = load_image_codec(config.model)
         self.reward_fn = build_rewards(config.rewards, device=config.model.device)
         self.image_embed = clip_image_embed(self.reward_fn) if config.selection.embedding == "clip" else None
@@ -45,7 +47,7 @@ class RewardWorker:
         )
         self.metrics.record("maskfocus_reward_latency_seconds", batch.stats["perf/reward_seconds"])
         if math.isfinite(batch.stats["reward/mean"]):
-            self.metrics.record("maskfocus_reward_mean", batch.stats["reward/mean"])
+            self.metrics.record("maskfocus_reward_mean", batch.stats["reward/mean"], worker=self.worker)
         return on_device(batch, "cpu")
 
     def score_split(self, trajectory: Trajectory) -> tuple[dict[str, float], TrainBatch]:

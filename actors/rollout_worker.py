@@ -31,10 +31,12 @@ from maskfocus.types import Trajectory
 class RolloutWorker:
     """Holds one generator; loads published weights by version and samples training rollouts."""
 
-    def __init__(self, config: RunConfig, run_name: str = ""):
+    def __init__(self, config: RunConfig, run_name: str = "", worker: int = 0):
         start_role(config)
         self.config = config
         self.metrics = RunMetrics(run_name)
+        self.worker = str(worker)
+        """This worker's index in its pool: the `worker` tag of its per-worker gauge."""
         self.model = load_generator(config.model)
         check_negative_prompt(self.model, config.sampler)  # else the first rollout fails, after the workers started
         self.policy_version = 0
@@ -79,7 +81,8 @@ class RolloutWorker:
         )
         num_images = trajectory.tokens_BL.shape[0]
         self.metrics.record("maskfocus_rollout_images", num_images)
-        self.metrics.record("maskfocus_rollout_images_per_second", num_images / max(trajectory.seconds, 1e-9))
+        images_per_second = num_images / max(trajectory.seconds, 1e-9)
+        self.metrics.record("maskfocus_rollout_images_per_second", images_per_second, worker=self.worker)
         return on_device(trajectory, "cpu")
 
     def preview(self) -> tuple[int, np.ndarray, list[str]]:

@@ -53,3 +53,7 @@ def test_the_command_writes_the_dashboard_and_refuses_a_wrong_call(tmp_path, cap
     assert main([str(out)]) == 0
     assert json.loads(out.read_text()) == dashboard()
     assert main([]) == 2 and "usage" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "usage" in capsys.readouterr().out  # it wrote a dashboard named --help
+    for wrong in (["-o", str(out)], [str(tmp_path / "dashboard.yaml")], [str(out), str(out)]):
+        assert main(wrong) == 2 and "usage" in capsys.readouterr().err
+    assert not (tmp_path / "dashboard.yaml").exists()

@@ -16,7 +16,7 @@ def test_every_metric_is_recorded_as_its_kind_under_a_valid_prometheus_name():
         assert re.fullmatch(r"maskfocus_[a-z_]+", name), name
         assert spec.kind in (Gauge, Counter, Histogram) and "run" in spec.tag_keys
         assert (spec.kind is Histogram) == bool(spec.boundaries), name
-        extra = {"stage": "load"} if "stage" in spec.tag_keys else {}
+        extra = {tag: "load" if tag == "stage" else "0" for tag in spec.tag_keys if tag != "run"}
         metrics.record(name, 0.5, **extra)
         metrics.record(name, 0.0, **extra)  # a counter ignores 0 (Ray's Counter.inc refuses it)
     assert {name: type(metric) for name, metric in metrics.made.items()} == {n: s.kind for n, s in METRICS.items()}
@@ -26,6 +26,8 @@ def test_a_metric_with_a_stage_tag_needs_it_and_unknown_names_are_refused():
     metrics = RunMetrics("unit")
     with pytest.raises(ValueError, match="stage"):
         metrics.record("maskfocus_weight_sync_seconds", 0.1)
+    with pytest.raises(ValueError, match="worker"):  # a gauge each worker of a pool sets: one series per worker
+        metrics.record("maskfocus_reward_mean", 0.5)
     with pytest.raises(KeyError):
         metrics.record("maskfocus_typo", 1.0)
 

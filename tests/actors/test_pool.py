@@ -43,3 +43,22 @@ def test_other_errors_are_not_creation_failures():
     assert creation_failure(ActorDiedError()) is None  # died while running, cause unknown
     assert creation_failure(ActorUnavailableError("restarting", None)) is None
     assert creation_failure(ValueError("x")) is None
+
+
+def test_each_actor_of_a_pool_is_built_with_its_index_as_its_worker_tag(ray_session):
+    """The per-worker gauges (actors/metrics.py PER_WORKER) tell a pool's workers apart by this index."""
+    import ray
+
+    class Tagged:  # defined here: Ray ships it by value (a test module is not importable on its workers)
+        def __init__(self, name: str, worker: int = -1):
+            self.built = (name, worker)
+
+        def built_with(self) -> tuple[str, int]:
+            return self.built
+
+    pool = WorkerPool(make_actors(Tagged, 3, "rollout", num_cpus=0))
+    try:
+        built = ray.get([actor.built_with.remote() for actor in pool.actors], timeout=RAY_TIMEOUT_S)
+        assert built == [("rollout", 0), ("rollout", 1), ("rollout", 2)]
+    finally:
+        pool.kill()
