@@ -105,14 +105,35 @@ def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's flat config as today's config tree reads it, so that two runs of one setting written by different
     versions compare equal (a key added since at its default, a null detector threshold as the kind's default), and
     the rollouts' T as the number they sampled with (rollout.num_steps null and 12 are the same run when
-    sampler.num_steps is 12). A config the tree no longer accepts (a key removed since) is taken as written, plus
-    the added keys."""
+    sampler.num_steps is 12). A config the tree no longer accepts (a key removed since) is read section by
+    section: each section today's tree accepts as today's tree reads it, the others as written, plus the added
+    keys (so the one removed key, not the sections around it, tells the run apart)."""
     try:
         run_config = config_from_dict(config)
     except ConfigError:
-        return with_added_defaults(flatten(config))
+        resolved = with_added_defaults(flatten(sections_as_read_today(config)))
+        if resolved.get("rollout.num_steps") is None:
+            resolved["rollout.num_steps"] = resolved.get("sampler.num_steps")
+        return resolved
     resolved = flatten(run_config.model_dump(mode="json"))
     return {**resolved, "rollout.num_steps": run_config.rollout_sampler().num_steps}
+
+
+def sections_as_read_today(config: dict[str, Any]) -> dict[str, Any]:
+    """Each top-level section of `config` validated alone by today's config tree (null thresholds filled, values in
+    canonical form), or as written where today's tree refuses it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    read = {}
+    for name, value in config.items():
+        field = RunConfig.model_fields.get(name)
+        try:
+            read[name] = TypeAdapter(field.annotation).dump_python(
+                TypeAdapter(field.annotation).validate_python(value), mode="json"
+            )
+        except (AttributeError, ValidationError, ValueError, TypeError):  # no such section, or refused
+            read[name] = value
+    return read
 
 
 def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,11 @@ def test_null_detector_thresholds_of_older_runs_group_with_the_values_written_no
     (old / "config.yaml").write_text(yaml.safe_dump(config))
     groups, _ = group_runs([load_run(old), load_run(new)])
     assert len(groups) == 2 and any("sampler.removed_key=<absent>" in label for label in groups)
+    config["sampler"].pop("removed_key")
+    config["train"]["removed_key"] = 3  # refused by today's tree; the detector's null thresholds are still read
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    groups, _ = group_runs([load_run(old), load_run(new)], ignore=("train.removed_key",))
+    assert [len(group) for group in groups.values()] == [2]
 
 
 def test_runs_are_compared_by_the_T_their_rollouts_sampled_with(tmp_path):
