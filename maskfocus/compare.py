@@ -341,13 +341,21 @@ def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, An
 
 
 def _image_count_notes(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
-    """A note where the runs' final evaluations and the base's counted different numbers of images: their
-    scores then come from different prompt sets or images per prompt, and the gain is not like for like."""
-    counts = {run.final.get("num_images") for run in runs if run.final} | ({base.get("num_images")} if base else set())
-    counts.discard(None)
-    if len(counts) < 2:
-        return []
-    return ["", f"note: the evaluations scored different numbers of images ({sorted(counts)}): not like for like"]
+    """A note where the runs' final evaluations and the base's counted different numbers of images (different
+    prompt sets or images per prompt), or sampled or judged differently (`evaluated`, where the summaries record
+    it): the gain is then not like for like."""
+    summaries = [run.final for run in runs if run.final] + ([base] if base else [])
+    notes = []
+    counts = {summary.get("num_images") for summary in summaries} - {None}
+    if len(counts) > 1:
+        notes.append(f"note: the evaluations scored different numbers of images ({sorted(counts)}): not like for like")
+    evaluated = [summary["evaluated"] for summary in summaries if isinstance(summary.get("evaluated"), dict)]
+    differing = sorted(
+        key for key in {key for e in evaluated for key in e} if len({json.dumps(e.get(key)) for e in evaluated}) > 1
+    )
+    if differing:
+        notes.append(f"note: the evaluations differ in {', '.join(differing)} (their `evaluated`): not like for like")
+    return ["", *notes] if notes else []
 
 
 def comparison_table(

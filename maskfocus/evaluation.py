@@ -279,6 +279,13 @@ def run_evaluation(
     summary = summarize((record["tag"], record["correct"]) for record in records)
     summary["clip_score"] = float(np.mean(clip_values)) if clip_values else None
     summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["evaluated"] = {
+        "prompts": len(rows),
+        "images_per_prompt": eval_config.num_images_per_prompt,
+        "seed": eval_config.seed,
+        "judge": judge.name,
+        "sampler": sampler.model_dump(mode="json"),
+    }
     kept_images = np.concatenate(kept)[:keep_images] if kept else None
     return records, summary, kept_images
 

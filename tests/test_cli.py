@@ -53,6 +53,12 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
     assert summary["num_images"] == 24 and 0.0 <= summary["overall"] <= 1.0
     assert set(summary["tags"]) <= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert summary["overall"] == pytest.approx(sum(summary["tags"].values()) / len(summary["tags"]))
+    for tag, score in summary["tags"].items():  # each tag's score is the share of its images judged correct
+        judged = [record["correct"] for record in records if record["tag"] == tag]
+        assert score == pytest.approx(sum(judged) / len(judged))
+    evaluated = summary["evaluated"]
+    assert (evaluated["prompts"], evaluated["images_per_prompt"], evaluated["judge"]) == (12, 2, "shapes")
+    assert evaluated["sampler"]["compile"] is False and evaluated["sampler"]["num_steps"] == 12
     assert isinstance(summary["clip_score"], float)
     assert "overall" in result.stdout and grid.stat().st_size > 0
 

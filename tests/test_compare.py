@@ -217,6 +217,13 @@ def test_evaluations_of_different_sizes_are_flagged(tmp_path):
     groups, common = group_runs([run])
     assert "not like for like" in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 2352}, common)
     assert "not like for like" not in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 8}, common)
+    evaluated = {"prompts": 2, "images_per_prompt": 4, "seed": 0, "judge": "detector", "sampler": {"num_steps": 12}}
+    run.final["evaluated"] = evaluated
+    same = {"overall": 0.4, "tags": {}, "num_images": 8, "evaluated": dict(evaluated)}
+    assert "not like for like" not in comparison_table(groups, same, common)
+    fewer_steps = {**same, "evaluated": {**evaluated, "sampler": {"num_steps": 8}}}
+    table = comparison_table(groups, fewer_steps, common)
+    assert "note: the evaluations differ in sampler (their `evaluated`): not like for like" in table
 
 
 def test_ignored_keys_and_sections_do_not_split_groups(ablation_runs, tmp_path, capsys):
