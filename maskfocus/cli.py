@@ -107,6 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from maskfocus.images import save_grid
     from maskfocus.models import load_generator
+    from maskfocus.stopping import RunStopped, StopAtOnce, StopSignal
 
     overrides, options = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
@@ -140,16 +141,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_classes(rows, judge.known_classes, judge.name, judge.known_colors)
     model = load_generator(_model_config(args, config), dtype=config.eval.weights_dtype(config.model))
     clip_score = None if args.no_clip else build_eval_clip_score(config, judge.name)
-    records, summary, images = run_evaluation(
-        model,
-        rows,
-        config.eval,
-        _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
-        clip_score=clip_score,
-        keep_images=64 if args.grid else 0,
-        judge=judge,
-        records_out=Path(args.out) if args.out else None,
-    )
+    records_out = Path(args.out) if args.out else None
+    try:
+        with StopAtOnce():  # SIGTERM as Ctrl-C: say what was kept
+            records, summary, images = run_evaluation(
+                model,
+                rows,
+                config.eval,
+                _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
+                clip_score=clip_score,
+                keep_images=64 if args.grid else 0,
+                judge=judge,
+                records_out=records_out,
+            )
+    except KeyboardInterrupt as stop:
+        signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
+        kept = f"the records judged so far are in {records_out}.partial" if records_out else "nothing was written"
+        raise RunStopped(f"stopped before the evaluation ended; {kept}", signal_name) from None
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
     if args.grid and images is not None:
         save_grid(args.grid, images, columns=config.eval.num_images_per_prompt * 2, scale=2)

@@ -138,6 +138,24 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
     assert "cannot detect" in cli_error(capsys, "eval", "--metadata", str(real), "--no-clip")
 
 
+def test_a_stopped_eval_says_where_the_records_judged_so_far_are(monkeypatch, tmp_path, capsys):
+    """Ctrl-C (or SIGTERM) printed only 'interrupted'; the records judged so far stay in OUT.partial."""
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    def run_evaluation(model, rows, eval_config, sampler, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    out = tmp_path / "results.jsonl"
+    assert main(["eval", "--limit", "2", "--no-clip", "--out", str(out)]) == 130
+    error = capsys.readouterr().err
+    expected = f"maskfocus eval: stopped before the evaluation ended; the records judged so far are in {out}.partial"
+    assert expected in error
+    assert main(["eval", "--limit", "2", "--no-clip"]) == 130
+    assert "stopped before the evaluation ended; nothing was written" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
