@@ -53,6 +53,17 @@ def test_score_builds_a_batch_with_group_advantages_and_shared_steps():
     assert batch.stats["reward/mean"] == pytest.approx(3 / 8)
 
 
+def test_a_routed_rollout_repeats_exactly_with_the_same_seed_and_differs_with_another():
+    """Same seed -> same images holds with the router on too (its temperatures come from the logits alone)."""
+    model = ToyGenerator()
+    metadata, sampler = [{"prompt": "a"}, {"prompt": "b"}], SamplerConfig(num_steps=6, cfg_scale=2.0)
+    runs = [rollout(model, metadata, 4, sampler, RouterConfig(), seeded_generator(seed)) for seed in (3, 3, 4)]
+    for field in ("tokens_BL", "masks_BTL", "x0_BTL", "routes_BT", "entropy_BT"):
+        assert torch.equal(getattr(runs[0], field), getattr(runs[1], field)), field
+    assert np.array_equal(runs[0].images_BHWC, runs[1].images_BHWC)
+    assert not torch.equal(runs[0].tokens_BL, runs[2].tokens_BL)
+
+
 def test_rollouts_route_with_the_configured_temperature_and_scope(monkeypatch):
     """The rollout's router is built from router.a, b, c and scope (the defaults equal EntropyRouter's, so a run with
     other settings is the only way to see them ignored): tau(H) = a exp(-H / b) + c on the routed samples."""

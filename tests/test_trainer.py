@@ -98,8 +98,14 @@ def test_short_run_writes_metrics_images_and_a_reloadable_checkpoint(short_run):
     assert records[0]["perf/optimizer_steps"] == 2  # per_step: one optimizer step per selected step (K = 2)
     assert "select/step_02" in records[0] and "select/step_03" not in records[0]  # the rollouts' T = 3
     assert sorted(p.name for p in (run / "images").glob("*.png")) == ["iter_000000.png", "iter_000002.png"]
-    assert (run / "reward_curve.png").stat().st_size > 0
-    assert (run / "config.yaml").is_file()
+    from PIL import Image
+
+    for picture in (run / "images" / "iter_000000.png", run / "reward_curve.png"):  # whole images, not just files
+        with Image.open(picture) as image:
+            image.load()
+            assert image.width >= 64 and image.height >= 64, picture
+    saved = load_config(run / "config.yaml")  # the settings it ran with, command-line ones included
+    assert (saved.train.num_iterations, saved.rollout.num_steps, saved.train.executor) == (3, 3, "local")
     checkpoint = latest_checkpoint(run)
     assert checkpoint is not None and checkpoint.name == "iter_000002"
     from safetensors.torch import load_file
