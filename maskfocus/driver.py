@@ -76,7 +76,15 @@ from maskfocus.run_io import (
     running_counts,
 )
 from maskfocus.run_state import RunState, resume_state
-from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, StopSignal, append_error_log
+from maskfocus.stopping import (
+    RunFailed,
+    RunStopped,
+    StopAtOnce,
+    StopRequest,
+    StopSignal,
+    append_error_log,
+    stop_named,
+)
 from maskfocus.trainer import PromptStream, finish_run
 
 POLL_S = 1.0
@@ -498,7 +506,9 @@ def train_ray(
 ) -> dict:
     """Run the RL loop on Ray; returns the final summary (with the evaluation if enabled)."""
     _check_supported(config)
-    started = connect(config.ray, address)
+    starting = "the Ray run started, before its first iteration"
+    with stop_named(starting, lambda: resume_hint(run_dir)):  # a local Ray this call starts goes at exit
+        started = connect(config.ray, address)
     start = resume_state(run_dir, resume)
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
     batches = Queue(maxsize=config.ray.queue_capacity, actor_options=on_driver_node())
@@ -506,12 +516,13 @@ def train_ray(
     learner: LearnerGroup | None = None
     run: RayRun | None = None
     try:  # whatever fails, from here on, the actors go, and so does a Ray this call started
-        group = None
-        if config.ray.weight_transport == "collective":
-            group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
-        learner = LearnerGroup(config, run_dir, start, batches, store, group)
-        learner.start()
-        run = RayRun(config, run_dir, start, batches, store, show_progress, group)
+        with stop_named(starting, lambda: resume_hint(run_dir)):  # RunStopped: the actors go (finally)
+            group = None
+            if config.ray.weight_transport == "collective":
+                group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
+            learner = LearnerGroup(config, run_dir, start, batches, store, group)
+            learner.start()
+            run = RayRun(config, run_dir, start, batches, store, show_progress, group)
         stop = StopRequest()
         with stop:
             run.run(learner, stop)

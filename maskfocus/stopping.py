@@ -10,11 +10,13 @@ raises `StopSignal` at once, so that the caller can say what was saved and how t
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Self
@@ -109,3 +111,14 @@ class StopAtOnce(_StopSignalHandler):
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         raise StopSignal(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_named(doing: str, hint: Callable[[], str]) -> Iterator[None]:
+    """While entered (under StopAtOnce), SIGINT or SIGTERM ends the work as RunStopped: "stopped on SIGTERM while
+    {doing}; {hint()}", with the signal's exit code (a default SIGTERM ended the process without a word)."""
+    try:
+        with StopAtOnce():
+            yield
+    except StopSignal as stop:
+        raise RunStopped(f"stopped on {stop.signal_name} while {doing}; {hint()}", stop.signal_name) from None

@@ -396,3 +396,30 @@ def test_a_stop_while_the_run_finishes_names_the_checkpoint_to_resume_from(tmp_p
     ) as stopped:
         finish_or_stop(Finishing(), None, tmp_path)
     assert stopped.value.exit_code == 143
+
+
+def test_a_sigterm_while_the_ray_run_starts_stops_it_with_a_message_and_its_exit_code(tmp_path, monkeypatch):
+    """`ray job stop` during Ray's start-up (ray.init, the learner group, the pools: a minute on a cluster) ended the
+    driver with no word: SIGTERM's default action. It now names what was happening and the exit code is 143."""
+    import os
+    import signal
+
+    import maskfocus.driver as driver
+    from maskfocus.config import default_run_config
+
+    def connect_slowly(ray_config, address):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not turned into a stop")
+
+    monkeypatch.setattr(driver, "connect", connect_slowly)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    start = time.perf_counter()
+    with pytest.raises(driver.RunStopped) as stopped:
+        driver.train_ray(default_run_config(), tmp_path / "run", show_progress=False)
+    assert time.perf_counter() - start < 20
+    assert str(stopped.value) == (
+        "stopped on SIGTERM while the Ray run started, before its first iteration; no checkpoint was written yet"
+    )
+    assert stopped.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # restored: a later SIGTERM acts as before
