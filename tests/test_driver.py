@@ -115,7 +115,7 @@ def ray_run(ray_session, runs, tmp_path_factory):  # noqa: F811
     """train_ray on the bfloat16 config, its Prometheus export scraped while it runs; (run folder, scraper).
     Its rollout workers sample in bfloat16 from the published weights, the in-process run from its bfloat16 copy
     of the master; both learn in float32 and save the float32 weights."""
-    from maskfocus.driver import train_ray
+    from maskfocus.ray_run import train_ray
 
     ray_dir = tmp_path_factory.mktemp("ray_bfloat16")
     with PrometheusScraper(METRICS_PORT) as scraper:
@@ -249,7 +249,7 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     costs 35-40 s here. tests/test_driver_steps.py stops a run on an iteration's failure count. No kill comes
     at iteration 0: in one try a reward actor killed there did not fail its call, which was not redone; the actor
     may still have been starting, with the call queued for it.)"""
-    from maskfocus.driver import train_ray
+    from maskfocus.ray_run import train_ray
 
     config, local_dir = runs.float32_config, runs.float32_dir
     ray_settings = config.ray.model_copy(update={"max_restarts": 1})
@@ -289,7 +289,8 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
     import os
     import signal
 
-    from maskfocus.driver import RayRun, train_ray
+    from maskfocus.driver import RayRun
+    from maskfocus.ray_run import train_ray
     from maskfocus.stopping import RunStopped
 
     write_record = RayRun.write_record
