@@ -95,9 +95,7 @@ def new_folder(args: argparse.Namespace, overrides: dict, lock: contextlib.ExitS
     check_before_writing(config, args.address)
     if args.check:
         return report_check(config, run_folder_for(config, args.name), None, args.address)
-    run_dir = new_run_folder(config, args.name)
-    lock.enter_context(run_lock.held(run_dir))
-    return config, run_dir
+    return config, new_run_folder(config, args.name, lock)
 
 
 def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> int:

@@ -19,6 +19,7 @@ metrics.jsonl's writing and reading is maskfocus/metrics_log.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from maskfocus import run_lock
 from maskfocus.config import ConfigError, RunConfig, dump_config, load_config
 from maskfocus.config_base import flatten
 from maskfocus.metrics_log import MetricsLog as MetricsLog  # re-exported: the run folder's I/O in one place
@@ -47,10 +49,15 @@ from maskfocus.run_state import complete_checkpoints, latest_checkpoint, resume_
 from maskfocus.update import lr_factor, schedule_span
 
 
-def new_run_folder(config: RunConfig, name: str | None = None) -> Path:
-    """runs/<name or timestamp>/ with the resolved config written into it."""
+def new_run_folder(config: RunConfig, name: str | None = None, lock: contextlib.ExitStack | None = None) -> Path:
+    """runs/<name or timestamp>/ with the resolved config written into it. With `lock`, the folder's run lock is
+    taken into it first and the folder checked again under it: a run starting in the same folder between the check
+    and the lock (its config.yaml written, no metrics yet) is refused before its config.yaml is overwritten."""
     folder = run_folder_for(config, name)
     folder.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.enter_context(run_lock.held(folder))
+        check_no_run_in(folder)
     dump_config(config, folder / "config.yaml")
     return folder
 
@@ -68,13 +75,20 @@ def run_folder_for(config: RunConfig, name: str | None = None) -> Path:
                 "not empty or '.', not absolute, no '..'"
             )
         folder = Path(config.train.out_dir) / name
+    check_no_run_in(folder)
+    check_output_folder("run folder (train.out_dir and --name)", folder)
+    return folder
+
+
+def check_no_run_in(folder: Path) -> None:
+    """No run has logged or checkpointed in `folder`, and no live run holds its lock (one that is still starting)."""
     if (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists():
         raise ConfigError(
             f"run folder {folder} already holds a run; choose another --name, or continue it with "
             f"`maskfocus train --resume {shlex.quote(str(folder))}`"
         )
-    check_output_folder("run folder (train.out_dir and --name)", folder)
-    return folder
+    if (held := run_lock.held_note(folder)) is not None and not run_lock.held_here(folder):
+        raise ConfigError(f"{held}; or choose another --name")
 
 
 def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], Path | None]:

@@ -129,6 +129,12 @@ def held_note(run_dir: Path) -> str | None:
     return _held_message(run_dir, path, holder)
 
 
+def held_here(run_dir: Path) -> bool:
+    """Whether this process holds the folder's lock."""
+    holder = _read(run_dir / LOCK_FILE)
+    return holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
 def _held_message(run_dir: Path, path: Path, holder: dict[str, Any] | None) -> str:
     who = f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder else "?"
     return (
@@ -140,8 +146,7 @@ def _held_message(run_dir: Path, path: Path, holder: dict[str, Any] | None) -> s
 
 def release(path: Path) -> None:
     """Remove the lock if this process holds it."""
-    holder = _read(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+    if held_here(path.parent):
         path.unlink(missing_ok=True)
 
 

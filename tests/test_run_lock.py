@@ -3,6 +3,7 @@ it, and a `--resume` of the same folder, wrote one metrics.jsonl and pruned each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -85,3 +86,29 @@ def test_a_resume_of_a_folder_in_use_is_refused_before_its_config_changes(tmp_pa
         "config.yaml",
         "run.lock",
     ]
+
+
+def test_a_new_run_in_a_folder_where_a_run_is_starting_is_refused_before_its_config_is_written(tmp_path, capsys):
+    """A run writes metrics.jsonl only once its model loaded (minutes on Ray): a second `train --name X` in that
+    window overwrote the first run's config.yaml and was refused only afterwards, by the lock. The live lock is now
+    checked first, by `--check` too, and the folder is checked again under this run's own lock."""
+    from maskfocus.run_io import new_run_folder
+
+    out = tmp_path / "runs"
+    folder = out / "x"
+    folder.mkdir(parents=True)
+    dump_config(default_run_config({"seed": 1}), folder / "config.yaml")
+    parent = subprocess.Popen(["sleep", "60"])  # a live process of this host and container holds the lock
+    try:
+        lock_of(folder, pid=parent.pid, start_time=run_lock._start_time(parent.pid))
+        second = default_run_config({"seed": 7, "train.out_dir": str(out)})
+        with pytest.raises(ConfigError, match=r"x is in use by a run \(process \d+ .*or choose another --name"):
+            new_run_folder(second, "x")
+        with contextlib.ExitStack() as lock, pytest.raises(ConfigError, match=r"x is in use by a run"):
+            new_run_folder(second, "x", lock)
+        error = cli_error(capsys, "train", "--check", "--set", f"train.out_dir={out}", "--name", "x")
+        assert f"{folder} is in use by a run" in error
+        assert "seed: 1" in (folder / "config.yaml").read_text()  # the starting run's settings, untouched
+    finally:
+        parent.kill()
+        parent.wait()
