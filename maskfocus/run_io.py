@@ -101,26 +101,30 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     checkpoint>.yaml (never overwritten: a later resume from the same checkpoint keeps its own as .2.yaml, ...); a
     change of the learning-rate schedule's length is printed (`schedule_note`). Prints and returns the changes as
     `key: old -> new`, and returns where the replaced config went (none changed: nothing written)."""
+    from maskfocus.resume_check import saved_settings
+
     start = resume_state(run_dir, resume=True)
     tag = Path(start.checkpoint).name if start.checkpoint is not None else "start"
+    # read before anything moves: a config.yaml that today's checks refuse (saved before a check was added) is read
+    # as written, and this resume's settings are the ones that fix it
+    before = saved_settings(run_dir / "config.yaml")
+    after = flatten(config.model_dump(mode="json"))
+    changes = [f"{key}: {before.get(key)} -> {value}" for key, value in after.items() if before.get(key) != value]
+    changes += [f"{key}: {value} -> (removed)" for key, value in before.items() if key not in after]
     if start.iteration < config.train.num_iterations and (moved := set_aside_results(run_dir, tag)):
         last = config.train.num_iterations - 1
         print(
             f"this resume learns iterations {start.iteration}-{last}; the results of the run before it are kept aside: "
             + ", ".join(f"{source.name}/ -> {target.name}/" for source, target in moved)
         )
-    before_config = load_config(run_dir / "config.yaml")
-    before = flatten(before_config.model_dump(mode="json"))
-    after = flatten(config.model_dump(mode="json"))
-    changes = [f"{key}: {before.get(key)} -> {value}" for key, value in after.items() if before.get(key) != value]
-    changes += [f"{key}: {value} -> (removed)" for key, value in before.items() if key not in after]
     if not changes:
         return [], None
     kept = unused_path(run_dir, f"config.before_resume_{tag}", ".yaml")
     (run_dir / "config.yaml").replace(kept)
     dump_config(config, run_dir / "config.yaml")
     print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
-    if (note := schedule_note(before_config, config, start.num_updates, start.iteration)) is not None:
+    before_config = _config_or_none(kept)
+    if before_config is not None and (note := schedule_note(before_config, config, start.num_updates, start.iteration)):
         print(note)
     return changes, kept
 
@@ -145,6 +149,14 @@ def unused_path(folder: Path, stem: str, suffix: str = "") -> Path:
         number += 1
         path = folder / f"{stem}.{number}{suffix}"
     return path
+
+
+def _config_or_none(path: Path) -> RunConfig | None:
+    """The config at `path`, or None where today's checks refuse it."""
+    try:
+        return load_config(path)
+    except ConfigError:
+        return None
 
 
 def schedule_note(before: RunConfig, after: RunConfig, num_updates: int, iteration: int) -> str | None:

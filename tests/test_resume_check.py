@@ -169,3 +169,19 @@ def test_a_finished_run_may_point_at_moved_files_and_an_old_config_failing_a_new
     config.write_text(config.read_text().replace("seed: 0", "seed: -1", 1))
     error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", "--set", "seed=0", *moved, "--check")
     assert "seed: the run has learned all its 2 iterations" in error  # compared with the file as written
+
+
+def test_a_resume_that_fixes_an_old_config_failing_a_new_check_records_the_fix_and_moves_results_once(run, capsys):
+    """--check passed such a resume, but the resume itself reloaded config.yaml strictly after moving eval/ and
+    model/ aside, and failed: every retry the same, the results already moved. It now reads the old file as written."""
+    from maskfocus.config import default_run_config, load_config
+    from maskfocus.run_io import record_resumed_config
+
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: -1", 1))  # refused by today's checks
+    fixed = default_run_config({"train.executor": "local", "train.num_iterations": 3})
+    changes, kept = record_resumed_config(run, fixed)
+    assert changes == ["seed: -1 -> 0", "train.num_iterations: 250 -> 3"]
+    assert load_config(config).seed == 0 and "seed: -1" in kept.read_text()
+    assert (run / "model.before_resume_iter_000001").is_dir() and not (run / "model").exists()
+    assert "learning-rate schedule" not in capsys.readouterr().out  # the old file's schedule cannot be read
