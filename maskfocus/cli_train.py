@@ -140,6 +140,7 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     """What would stop the run at its start, checked before its folder is made or changed: nothing left behind.
     Every missing folder or file is named at once (a cluster being set up may lack several)."""
     from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.image_codec import check_resolution
     from maskfocus.models.loading import check_generator_folder
     from maskfocus.preflight import missing_file_problems, prompt_file_problems, reward_server_problems
 
@@ -151,6 +152,7 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
     problems = []
     try:
         folder = check_generator_folder(config.model.path, config.model.kind)
+        check_resolution(folder, config.model.resolution)
         if config.model.kind == "meissonic":
             from maskfocus.models.meissonic import check_checkpoint_code
 

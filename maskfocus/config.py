@@ -114,8 +114,9 @@ class SamplerConfig(Section):
 class EvalConfig(Section):
     """GenEval-style evaluation (`maskfocus eval`)."""
 
-    benchmark: str = "shapes-geneval"
-    """Built-in prompt set; `--metadata FILE` on the command line overrides it with a GenEval JSONL."""
+    benchmark: Literal["shapes-geneval"] = "shapes-geneval"
+    """Built-in prompt set (maskfocus/evaluation.py BENCHMARKS; a misspelling failed only at the final evaluation,
+    after training); `maskfocus eval --metadata FILE` evaluates any GenEval JSONL instead."""
     num_images_per_prompt: int = Field(4, ge=1)
     """Images generated per prompt row."""
     seed: int = Field(0, ge=0)

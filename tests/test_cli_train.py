@@ -9,6 +9,15 @@ import pytest
 from support import cli_error
 
 
+def test_a_resolution_the_vq_cannot_tile_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
+    """It passed --check and failed once the model loaded: in-process after the folder was made, on Ray in a worker."""
+    runs = tmp_path / "runs"
+    for check in ([], ["--check"]):
+        error = cli_error(capsys, "train", "--set", "model.resolution=102", "--set", f"train.out_dir={runs}", *check)
+        assert "model.resolution 102 is not a multiple of the VQ's downscale 4: use 100 or 104" in error
+    assert not runs.exists()
+
+
 def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(tmp_path, capsys):
     """Without the check, a Ray run started its workers, which each failed to load the model, and stopped with
     a dead worker; in-process, a run folder was left behind holding only its config."""

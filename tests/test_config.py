@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from maskfocus.cli import DEFAULT_CONFIG
-from maskfocus.config import ConfigError, RunConfig, dump_config, load_config, model_folder_overrides
+from maskfocus.config import ConfigError, RunConfig, config_from_dict, dump_config, load_config, model_folder_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,3 +196,15 @@ def test_the_step_embedding_comes_from_an_hps_term_too():
     hps = SimpleNamespace(name="hps", scorer=SimpleNamespace(image_embeddings="the HPS CLIP's"))
     rewards = SimpleNamespace(terms=[(1.0, SimpleNamespace(name="geneval")), (0.0, hps)])
     assert clip_image_embed(rewards) == "the HPS CLIP's"
+
+
+def test_the_eval_benchmark_is_one_of_the_built_in_ones_when_the_config_is_read():
+    """A misspelt benchmark passed every check and failed at the final evaluation, after all of training."""
+    from typing import get_args
+
+    from maskfocus.config import EvalConfig
+    from maskfocus.evaluation import BENCHMARKS
+
+    assert set(get_args(EvalConfig.model_fields["benchmark"].annotation)) == set(BENCHMARKS)
+    with pytest.raises(ConfigError, match=r"eval.benchmark: Input should be 'shapes-geneval' \(got 'shapes_geneval'\)"):
+        config_from_dict({"eval": {"benchmark": "shapes_geneval"}})

@@ -11,6 +11,7 @@ Shape legend: B samples, L image tokens (h*w), D codebook embedding width.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,12 +41,7 @@ class VQImageCodec:
         self.device = torch.device(device)
         self.vqvae = vqvae.to(self.device).eval().requires_grad_(False)
         self.vae_scale_factor = vq_downscale(vqvae.config)
-        if image_size % self.vae_scale_factor:  # it was floored without a word (500 px sampled 496)
-            lower = image_size // self.vae_scale_factor * self.vae_scale_factor
-            raise ModelLoadError(
-                f"model.resolution {image_size} is not a multiple of the VQ's downscale {self.vae_scale_factor}: "
-                f"use {lower} or {lower + self.vae_scale_factor}"
-            )
+        check_tileable(image_size, self.vae_scale_factor)
         side = image_size // self.vae_scale_factor
         self.grid_size = (side, side)
         self.image_size = image_size
@@ -72,6 +68,23 @@ class VQImageCodec:
     def codebook_vectors(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """(B, L, D) VQ codebook embedding of each token."""
         return self.vqvae.quantize.embedding(tokens_BL)
+
+
+def check_tileable(image_size: int, downscale: int) -> None:
+    """The VQ tiles `image_size` pixels into whole tokens (it was floored without a word: 500 px sampled 496)."""
+    if image_size % downscale:
+        lower = image_size // downscale * downscale
+        raise ModelLoadError(
+            f"model.resolution {image_size} is not a multiple of the VQ's downscale {downscale}: "
+            f"use {lower} or {lower + downscale}"
+        )
+
+
+def check_resolution(folder: Path, resolution: int | None) -> None:
+    """`check_tileable` from the folder's vqvae/config.json alone (cheap: `maskfocus train` checks it before a run
+    starts, which found it only once a worker loaded the model)."""
+    if resolution is not None:
+        check_tileable(resolution, vq_downscale(_ConfigView(read_config(folder, "vqvae"))))
 
 
 def native_resolution(kind: str, transformer_config, vq_config) -> int:
