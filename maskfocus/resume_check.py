@@ -72,6 +72,15 @@ def check_checkpoint_files(checkpoint: Path) -> None:
 
 LEARNING_KEYS = ("seed", "rollout.", "router.", "selection.", "grpo.", "optim.", "rewards")
 """Settings that act only on iterations still to learn (a key, or a section with its dot)."""
+ROLLOUT_SAMPLER_KEYS = (
+    "sampler.cfg_scale",
+    "sampler.gumbel_temperature",
+    "sampler.temperature",
+    "sampler.negative_prompt",
+    "model.dtype",
+)
+"""Settings the training rollouts sampled with too (the evaluation's own dtype is eval.dtype); sampler.num_steps
+also, where the run's rollout.num_steps was null."""
 LOCATION_FIELDS = {"path", "model", "checkpoint", "url", "prompt_file", "object_names", "clip_model", "clip_checkpoint"}
 """Last parts of keys that say where a file or server is, not how the run learns: a finished run whose files moved
 may point at them anew to redo its final evaluation."""
@@ -93,7 +102,14 @@ def check_resume_settings(config_file: Path, after: RunConfig, learned: int) -> 
     old_settings = saved_settings(config_file)
     new = flatten(after.model_dump(mode="json"))
     changed = sorted(key for key in old_settings if old_settings[key] != new.get(key))  # same keys, but for old runs
-    learning = [key for key in changed if key.startswith(LEARNING_KEYS) and key.split(".")[-1] not in LOCATION_FIELDS]
+    sampled_with = ROLLOUT_SAMPLER_KEYS + (
+        ("sampler.num_steps",) if old_settings.get("rollout.num_steps") is None else ()
+    )
+    learning = [
+        key
+        for key in changed
+        if (key.startswith(LEARNING_KEYS) or key in sampled_with) and key.split(".")[-1] not in LOCATION_FIELDS
+    ]
     if learning:
         raise ConfigError(
             f"{', '.join(learning)}: the run has learned all its {learned} iterations, so a resume learns nothing "

@@ -153,6 +153,17 @@ def test_learning_settings_of_a_run_with_nothing_left_to_learn_are_refused(run, 
     evaluation = ["--set", "eval.num_images_per_prompt=2"]  # what the final evaluation redone uses is fine
     assert main(["train", "--resume", str(run), "--iterations", "2", *evaluation, "--check"]) == 0
     assert main(["train", "--resume", str(run), "--iterations", "3", *changes, "--check"]) == 0  # learns one more
+    # what the rollouts sampled with: the sampler's guidance, temperatures, negative prompt and T (the run's
+    # rollout.num_steps is null), and model.dtype
+    sampled = ["sampler.num_steps=30", "sampler.cfg_scale=9", "model.dtype=float16"]
+    error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", "--check", *_sets(sampled))
+    assert "model.dtype, sampler.cfg_scale, sampler.num_steps: the run has learned all its 2 iterations" in error
+    evaluation_only = ["sampler.batch_size=16", "sampler.compile=false", "eval.dtype=bfloat16"]
+    assert main(["train", "--resume", str(run), "--iterations", "2", "--check", *_sets(evaluation_only)]) == 0
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [part for setting in settings for part in ("--set", setting)]
 
 
 def test_a_finished_run_may_point_at_moved_files_and_an_old_config_failing_a_new_check_still_resumes(run, capsys):
