@@ -132,7 +132,7 @@ class RayRun:
         self.queue_depth = 0
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
-        self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration)
+        self.log = MetricsLog(run_dir / "metrics.jsonl", start.iteration, config.train.log_every)
         self.nonfinite = NonFiniteWatch(config.train.max_nonfinite_iterations)
         self.counts = running_counts(self.log.path, ("sync/dropped_stale", "sync/redone"))
         """Running totals over the whole run: a resume goes on from its last kept record's."""

@@ -20,10 +20,10 @@ class MetricsLog:
     run is about to redo from its checkpoint, to metrics.superseded.jsonl, so that metrics.jsonl holds each
     iteration once and in order; a last line cut short by a crash is dropped there too."""
 
-    def __init__(self, path: Path, start_iteration: int = 0):
+    def __init__(self, path: Path, start_iteration: int = 0, log_every: int = 1):
         self.path = path
         rewind_metrics(path, start_iteration)
-        if note := unrecorded_note(path, start_iteration):
+        if note := unrecorded_note(path, start_iteration, log_every):
             tqdm.write(note)
         self.handle = path.open("a")
 
@@ -67,13 +67,15 @@ def running_counts(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
     return {key: int(last.get(key) or 0) for key in keys}
 
 
-def unrecorded_note(path: Path, start_iteration: int) -> str | None:
+def unrecorded_note(path: Path, start_iteration: int, log_every: int = 1) -> str | None:
     """A resume's word on iterations before `start_iteration` (learned, in the checkpoint) without a record in
-    `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses them."""
+    `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses them. Only
+    the iterations `train.log_every` logs are expected."""
     if start_iteration == 0:
         return None
     records, _ = _parse_metrics(path) if path.exists() else ([], None)
-    missing = sorted(set(range(start_iteration)) - {record.get("iteration") for record in records})
+    expected = set(range(0, start_iteration, log_every))
+    missing = sorted(expected - {record.get("iteration") for record in records})
     if not missing:
         return None
     shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

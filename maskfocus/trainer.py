@@ -220,7 +220,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         updater.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         updater.resume_schedule(start.num_updates)
     prompts = PromptStream.from_config(config, cursor)
-    log = MetricsLog(run_dir / "metrics.jsonl", start_iteration)
+    log = MetricsLog(run_dir / "metrics.jsonl", start_iteration, config.train.log_every)
     (run_dir / "images").mkdir(exist_ok=True)
     progress = iteration_progress(start_iteration, config.train.num_iterations, "train", show_progress)
     recent = RecentReward()

@@ -345,3 +345,9 @@ def test_a_resume_names_learned_iterations_that_have_no_record(tmp_path, capsys)
     MetricsLog(path, start_iteration=3).close()
     MetricsLog(tmp_path / "fresh.jsonl").close()
     assert "no record" not in capsys.readouterr().out
+    sparse = tmp_path / "sparse.jsonl"  # train.log_every 10 logs iterations 0, 10, ...: the others are not lost
+    _write_lines(sparse, [json.dumps({"iteration": i}) for i in (0, 10, 20, 30, 40)])
+    MetricsLog(sparse, start_iteration=50, log_every=10).close()
+    assert "no record" not in capsys.readouterr().out
+    MetricsLog(sparse, start_iteration=61, log_every=10).close()  # 50 and 60 were due and are missing
+    assert f"note: {sparse} has no record of iteration(s) 50, 60, which" in capsys.readouterr().out
