@@ -331,7 +331,8 @@ def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`). A
-    mapping given for a section merges into it (`sampler={num_steps: 5}` keeps the file's other sampler keys)."""
+    mapping given for a section or a list item merges into it (`sampler={num_steps: 5}` keeps the file's other
+    sampler keys); a list given for a list replaces it (`rewards=[{name: clip}]`)."""
     keys = dotted.split(".")
     node: Any = data
     for depth, key in enumerate(keys):
@@ -344,7 +345,8 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         elif not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
         if depth == len(keys) - 1:
-            if isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(index), dict):
+            current = node[index] if isinstance(node, list) else node.get(index)
+            if isinstance(value, dict) and isinstance(current, dict):  # a list item too (`rewards.0={mode: binary}`)
                 for key_below, value_below in value.items():
                     set_dotted(node[index], str(key_below), value_below)
             else:

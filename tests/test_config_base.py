@@ -276,6 +276,18 @@ def test_a_mapping_set_on_a_section_merges_into_it_and_a_key_set_twice_takes_the
     assert parse_set(["seed=1", "sampler.num_steps=4", "seed=2"]) == {"sampler.num_steps": 4, "seed": 2}  # later wins
 
 
+def test_a_mapping_set_on_a_list_item_merges_into_it_and_a_list_replaces_the_list():
+    """`--set 'rewards.0={mode: binary}'` replaced the file's reward term: its name, detector and weight went, and the
+    error blamed the file's line."""
+    shipped = load_config(ROOT / "configs" / "shapes_tiny.yaml")
+    merged = load_config(ROOT / "configs" / "shapes_tiny.yaml", parse_set(["rewards.0={mode: binary}"]))
+    assert merged.rewards[0].mode == "binary"
+    assert merged.rewards[0].model_copy(update={"mode": shipped.rewards[0].mode}) == shipped.rewards[0]
+    replaced = load_config(ROOT / "configs" / "shapes_tiny.yaml", parse_set(["rewards=[{name: geneval, weight: 2}]"]))
+    assert len(replaced.rewards) == 1 and replaced.rewards[0].weight == 2  # the file's term replaced whole:
+    assert replaced.rewards[0].mode == RewardSpec.model_fields["mode"].default != shipped.rewards[0].mode
+
+
 def test_a_shortcut_option_and_a_set_of_its_key_must_agree(tmp_path, capsys):
     from support import cli_error
 
