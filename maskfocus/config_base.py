@@ -301,6 +301,9 @@ def parse_set(items: list[str]) -> dict:
                 f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
                 "an empty string"
             )
+        quirk = _yaml_quirk(value)
+        if quirk is not None:
+            raise ConfigError(f"--set {item!r}: {quirk}; quote the value, e.g. {key.strip()}=\"'...'\"")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
@@ -312,6 +315,19 @@ def parse_set(items: list[str]) -> dict:
         overrides.pop(key.strip(), None)  # given twice: the later one counts (a script's settings, then the user's)
         overrides[key.strip()] = parsed
     return overrides
+
+
+def _yaml_quirk(value: str) -> str | None:
+    """What YAML would read in `value` other than it looks: a ` #` starts a comment (the rest was dropped without a
+    word), and a number with a leading zero is octal (`0123` read as 83). Quoted values and flow collections are
+    left to YAML."""
+    if value.strip()[:1] in ("'", '"', "[", "{"):
+        return None
+    if re.search(r"(^|\s)#", value):
+        return "YAML reads ' #' and what follows as a comment, which would be dropped"
+    if re.fullmatch(r"\s*[-+]?0[0-7_]+\s*", value):
+        return "YAML reads a number with a leading 0 as octal"
+    return None
 
 
 def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str) -> None:

@@ -326,3 +326,20 @@ def test_a_section_mapping_override_is_blamed_only_for_its_own_keys_and_checked_
     steps = ["--steps", "8", "--set", "sampler={num_steps: 5}"]
     error = cli_error(capsys, "eval", *steps, "--out", str(tmp_path / "r.jsonl"))
     assert "--steps 8 and --set sampler.num_steps=5 disagree" in error
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("sampler.negative_prompt=blurry #watermark, text", "reads ' #' and what follows as a comment"),
+        ("seed=0123", "reads a number with a leading 0 as octal"),
+    ],
+)
+def test_set_values_yaml_would_read_otherwise_than_they_look_are_refused(item, problem):
+    """`blurry #watermark, text` became 'blurry' and `0123` became 83, without a word; quoted, they are what they
+    look like."""
+    with pytest.raises(ConfigError, match=problem + r"; quote the value"):
+        parse_set([item])
+    key, value = item.split("=", 1)
+    assert parse_set([f"{key}='{value}'"]) == {key: value}
+    assert parse_set(["x=a#b", "y=0", "z=0.5"]) == {"x": "a#b", "y": 0, "z": 0.5}
