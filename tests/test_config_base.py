@@ -331,7 +331,7 @@ def test_a_section_mapping_override_is_blamed_only_for_its_own_keys_and_checked_
 @pytest.mark.parametrize(
     ("item", "problem"),
     [
-        ("sampler.negative_prompt=blurry #watermark, text", "reads ' #' and what follows as a comment"),
+        ("sampler.negative_prompt=blurry #watermark, text", "a comment, which would be dropped"),
         ("seed=0123", "reads a number with a leading 0 as octal"),
     ],
 )
