@@ -27,6 +27,30 @@ def idle_settings_notice(config: RunConfig) -> str | None:
     return f"grpo.behaviour_weight_cap has no effect in this run: it weights stale batches only, and {why}"
 
 
+def idle_workers_notice(config: RunConfig) -> str | None:
+    """On Ray at most ray.max_staleness + 1 iterations are outstanding (each sampled by one rollout worker and scored
+    by one reward worker), so workers beyond that only wait (rollout workers draw the previews), holding their
+    CPUs or GPUs."""
+    if config.train.executor != "ray":
+        return None
+    ray_config, busy = config.ray, config.ray.max_staleness + 1
+    idle = [
+        f"{role} {count}"
+        for role, count in (
+            ("num_rollout_workers", ray_config.num_rollout_workers),
+            ("num_reward_workers", ray_config.num_reward_workers),
+        )
+        if count > busy
+    ]
+    if not idle:
+        return None
+    return (
+        f"ray.{' and ray.'.join(idle)}: at most ray.max_staleness + 1 = {busy} iteration(s) are sampled and scored at "
+        f"a time, one per worker, so the workers beyond {busy} wait with their resources; raise ray.max_staleness or "
+        "use fewer workers"
+    )
+
+
 def meissonic_steps_notice(config: RunConfig) -> str | None:
     """Meissonic conditions on the step index (timestep T-1-i): rollouts with their own T learn under timesteps that
     the evaluation's sampler never uses."""
@@ -105,7 +129,7 @@ def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
 
     if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
         print(notice)
-    for notice in (idle_settings_notice(config), meissonic_steps_notice(config)):
+    for notice in (idle_settings_notice(config), idle_workers_notice(config), meissonic_steps_notice(config)):
         if notice:
             print(notice)
     try:

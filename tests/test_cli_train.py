@@ -242,6 +242,25 @@ def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason
         assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
 
 
+def test_workers_the_staleness_bound_leaves_waiting_are_announced():
+    """At most max_staleness + 1 iterations are outstanding, one per worker: 4 rollout workers at max_staleness 0
+    reserved 4 GPUs and sampled on 1."""
+    from maskfocus.cli_train import idle_workers_notice
+    from maskfocus.config import default_run_config
+
+    ray = {"train.executor": "ray", "ray.num_cpus": 8}
+    notice = idle_workers_notice(default_run_config({**ray, "ray.num_rollout_workers": 4, "ray.max_staleness": 0}))
+    assert notice.startswith("ray.num_rollout_workers 4: at most ray.max_staleness + 1 = 1 iteration(s) are sampled")
+    both = {**ray, "ray.num_rollout_workers": 3, "ray.num_reward_workers": 3, "ray.max_staleness": 1}
+    assert idle_workers_notice(default_run_config(both)).startswith(
+        "ray.num_rollout_workers 3 and ray.num_reward_workers 3: at most ray.max_staleness + 1 = 2"
+    )
+    fits = {**ray, "ray.num_rollout_workers": 2, "ray.max_staleness": 1}
+    assert idle_workers_notice(default_run_config(fits)) is None
+    local = {"train.executor": "local", "ray.num_rollout_workers": 4, "ray.max_staleness": 0}
+    assert idle_workers_notice(default_run_config(local)) is None
+
+
 def test_meissonic_rollouts_with_their_own_step_count_are_announced():
     """Meissonic's timestep is the step index, so rollouts at another T condition on timesteps evaluation never uses."""
     from maskfocus.cli_train import meissonic_steps_notice
