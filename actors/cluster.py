@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import Counter
@@ -120,10 +121,13 @@ def cluster_address(ray_config: RayConfig, address: str | None) -> tuple[str, st
 
 
 def check_cluster_reachable(ray_config: RayConfig, address: str | None) -> None:
-    """The cluster a run would join answers (nothing to check for a local Ray): `maskfocus train` checks it before
-    it makes the run folder."""
-    if (given := cluster_address(ray_config, address)) is not None:
-        check_reachable(given[1], given[0])
+    """The cluster a run would join answers; a local Ray would hold the actors' CPUs (ray.num_cpus, else this
+    machine's; its GPUs are checked once it runs): `maskfocus train` checks it before it makes the run folder."""
+    given = cluster_address(ray_config, address)
+    if given is None:
+        check_resources(ray_config, {"CPU": float(ray_config.num_cpus or os.cpu_count() or 1), "GPU": math.inf})
+        return
+    check_reachable(given[1], given[0])
 
 
 def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:

@@ -242,6 +242,25 @@ def test_a_stale_batch_correction_that_cannot_act_is_announced(overrides, reason
         assert notice.startswith("grpo.behaviour_weight_cap has no effect in this run") and reason in notice
 
 
+def test_a_local_ray_too_small_for_the_actors_is_refused_before_ray_starts(tmp_path, capsys):
+    """It was refused only once ray.init had started a local Ray and the run folder existed; --check passed."""
+    runs = tmp_path / "runs"
+    small = [
+        "--executor",
+        "ray",
+        "--set",
+        "ray.num_cpus=1",
+        "--set",
+        "ray.rollout_cpus=2",
+        "--set",
+        f"train.out_dir={runs}",
+    ]
+    for check in ([], ["--check"]):
+        error = cli_error(capsys, "train", *small, *check)
+        assert "actors reserve 3 CPUs (ray.*_cpus x ray.num_*_workers), but this local Ray has 1 CPUs" in error
+    assert not runs.exists()
+
+
 def test_workers_the_staleness_bound_leaves_waiting_are_announced():
     """At most max_staleness + 1 iterations are outstanding, one per worker: 4 rollout workers at max_staleness 0
     reserved 4 GPUs and sampled on 1."""
