@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from maskfocus.learner.parallelize import unwrap
-from maskfocus.run_io import save_checkpoint
+from maskfocus.run_io import read_optimizer_state, save_checkpoint
 from maskfocus.run_state import RunState as RunState  # re-exported: the learner's resume state
 from maskfocus.run_state import resume_state as resume_state
 
@@ -46,8 +46,8 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
-    """Every rank reads the full state and keeps its shard."""
-    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors and plain values only
+    """Every rank reads the full state (onto the CPU) and keeps its shard."""
+    state = read_optimizer_state(checkpoint)
     state = name_keyed(state, unwrap(module))
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 

@@ -47,6 +47,7 @@ class VersionSnapshots:
     def record(self, version: int) -> None:
         """Keep the module's current parameters as `version` (replacing an earlier copy of it), dropping the
         oldest copies beyond `keep`."""
+        reshard(self.module)  # FSDP2 puts the gathered full parameters on the module after a forward
         self._weights.pop(version, None)
         self._weights[version] = [parameter.detach().clone() for parameter in self.module.parameters()]
         while len(self._weights) > self.keep:
@@ -58,10 +59,10 @@ class VersionSnapshots:
         restored exactly. Not for use with gradients: the swap is in place."""
         if version not in self._weights:
             raise KeyError(f"no weights of policy version {version} kept (have {self.versions})")
+        reshard(self.module)  # before the parameters are listed: the sharded ones, not a gathered full copy
         parameters = list(self.module.parameters())
         with torch.no_grad():
             current = [parameter.detach().clone() for parameter in parameters]
-            reshard(self.module)
             for parameter, saved in zip(parameters, self._weights[version], strict=True):
                 parameter.copy_(saved)
         try:

@@ -268,6 +268,13 @@ def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, An
     return json.loads((checkpoint / "state.json").read_text())
 
 
+def read_optimizer_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's optimizer.pt, read onto the CPU (tensors and plain values only). A GPU run saves its state on
+    its device: read as saved, a learner rank would put the whole of it on that one GPU (cuda:0) beside rank 0's
+    model, and a machine without that device could not read it. Optimizers move each state to its parameter."""
+    return torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+
+
 def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: the latest checkpoint and the `--resume` command, or that there is none."""
     checkpoint = latest_checkpoint(run_dir)

@@ -33,6 +33,7 @@ from maskfocus.run_io import (
     load_checkpoint_weights,
     plot_reward_curve,
     read_metrics,
+    read_optimizer_state,
     resume_hint,
     save_checkpoint,
     save_model_folder,
@@ -217,7 +218,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     if start.checkpoint is not None:
         checkpoint = Path(start.checkpoint)
         load_checkpoint_weights(checkpoint, updater.module)
-        updater.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        updater.optimizer.load_state_dict(read_optimizer_state(checkpoint))
         updater.resume_schedule(start.num_updates)
     prompts = PromptStream.from_config(config, cursor)
     log = MetricsLog(run_dir / "metrics.jsonl", start_iteration, config.train.log_every)

@@ -101,3 +101,14 @@ def test_a_resume_takes_the_weight_decay_of_its_config_not_of_the_saved_optimize
     assert resumed.optimizer.param_groups[0]["weight_decay"] == 0.01  # what torch restores
     resumed.resume_schedule(0)
     assert [group["weight_decay"] for group in resumed.optimizer.param_groups] == [0.1]
+
+
+def test_the_logged_learning_rate_is_the_one_the_updates_steps_applied():
+    """optim/lr was read after the schedule had advanced: the next update's rate, not this one's."""
+    model = ToyGenerator()
+    updater = make_updater(model, update="per_step")  # lr 1e-2 decayed over 10 optimizer steps, K = 3 per update
+    factors = [lr_factor(step, 10, updater.optim.final_lr_fraction) for step in range(6)]
+    for update in range(2):
+        metrics = updater.update(make_batch(model), torch.Generator().manual_seed(update))
+        applied = [1e-2 * factor for factor in factors[3 * update : 3 * update + 3]]
+        assert metrics["optim/lr"] == pytest.approx(sum(applied) / 3, rel=1e-9)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from maskfocus.learner.checkpoint import full_optimizer_state, load_optimizer_state
+from maskfocus.run_io import read_optimizer_state
 
 
 def trained_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -47,7 +48,7 @@ def test_the_in_process_trainer_loads_the_learners_name_keyed_optimizer_state(tm
     assert set(state["state"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     torch.save(state, tmp_path / "optimizer.pt")
     copy, copy_optimizer = fresh_copy(module)
-    copy_optimizer.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))  # as trainer.py does
+    copy_optimizer.load_state_dict(read_optimizer_state(tmp_path))  # as trainer.py does
     assert_same_moments(optimizer, copy_optimizer)
     copy, copy_optimizer = fresh_copy(module)
     load_optimizer_state(copy, copy_optimizer, tmp_path)
@@ -76,3 +77,24 @@ def test_ray_train_gets_a_marker_of_the_run_checkpoint_not_a_copy_of_its_weights
         ({"iteration": 4}, {"state.json": '{"iteration": 4}', "run_checkpoint.txt": f"{folder.resolve()}\n"}),
         ({"iteration": 4}, {}),
     ]
+
+
+def test_optimizer_state_is_read_onto_the_cpu_whatever_device_saved_it(tmp_path, monkeypatch):
+    """A GPU run saves its optimizer state on its device: read as saved, every learner rank put the whole state on
+    cuda:0, and a machine without that device could not read it. (CI has no GPU: the read's device is checked.)"""
+    from maskfocus import run_io
+
+    module, optimizer = trained_pair()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    seen, load = [], torch.load
+
+    def recorded(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(run_io.torch, "load", recorded)
+    copy, copy_optimizer = fresh_copy(module)
+    load_optimizer_state(copy, copy_optimizer, tmp_path)  # the learner's resume
+    copy_optimizer.load_state_dict(read_optimizer_state(tmp_path))  # the in-process trainer's
+    assert seen == ["cpu", "cpu"]
+    assert_same_moments(optimizer, copy_optimizer)
