@@ -44,7 +44,7 @@ from maskfocus.learner.checkpoint import (
     report_to_ray_train,
     write_checkpoint,
 )
-from maskfocus.learner.parallelize import average_metrics, global_token_count, unwrap, wrap
+from maskfocus.learner.parallelize import average_metrics, global_token_count, shard_reference, unwrap, wrap
 from maskfocus.learner.weight_transport import WeightGroup, WeightSender
 from maskfocus.models import load_generator
 from maskfocus.run_io import load_checkpoint_weights, plain_state_dict
@@ -125,7 +125,9 @@ class LearnerWorker:
         reference = frozen_copy(base) if config.grpo.beta > 0 else None
         if start.checkpoint:
             load_checkpoint_weights(Path(start.checkpoint), base)
-        self.module = wrap(base, config.ray.learner_strategy, self.model.blocks())
+        strategy, blocks = config.ray.learner_strategy, self.model.blocks()
+        reference = shard_reference(reference, base, strategy, blocks)  # before `wrap`: it names the blocks
+        self.module = wrap(base, strategy, blocks)
         self.updater = ShardedUpdater(
             self.model,
             config.grpo,

@@ -37,6 +37,22 @@ def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[n
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
+def shard_reference(
+    reference: nn.Module | None, policy: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[nn.Module]
+) -> nn.Module | None:
+    """The frozen reference (a copy of `policy` made before it was wrapped) sharded as `wrap` shards the policy:
+    FSDP2 on the copy's blocks of the same names, then its root, so each rank holds its share of the reference
+    rather than a whole float32 copy. Every rank runs the same reference forwards (one per selected step), so its
+    gathers line up. DDP (full replicas anyway) and no reference: as given. Call before `wrap(policy, ...)`."""
+    if reference is None or strategy != "fsdp":
+        return reference
+    names = {id(module): name for name, module in policy.named_modules()}
+    for block in blocks:
+        fully_shard(reference.get_submodule(names[id(block)]))
+    fully_shard(reference)
+    return reference
+
+
 def quiet_view_output_warning() -> None:
     """diffusers' UVitBlock returns a view (`permute(...).view(...)`), and FSDP2 warns at every backward that an
     in-place op on such a view would skip its pre-backward hook. UVit2DModel applies none to a block's output, and

@@ -38,14 +38,20 @@ def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
 
 
 def unsharded_worker(config, monkeypatch, captured: dict):
-    """A LearnerWorker built in this process, its `wrap` replaced by one that records what it was given."""
+    """A LearnerWorker built in this process, its `wrap` and `shard_reference` replaced by ones that record what
+    they were given (the sharding itself needs a process group: tests/learner/test_parallelize.py)."""
     from maskfocus.learner import loop
 
     def fake_wrap(module, strategy, blocks):
         captured.update(strategy=strategy, blocks=list(blocks))
         return module
 
+    def fake_shard_reference(reference, policy, strategy, blocks):
+        captured.update(reference_blocks=list(blocks), reference_strategy=strategy)
+        return reference
+
     monkeypatch.setattr(loop, "wrap", fake_wrap)
+    monkeypatch.setattr(loop, "shard_reference", fake_shard_reference)
     return loop.LearnerWorker(config, RunState(), 0, 1, torch.device("cpu"))
 
 
@@ -55,8 +61,9 @@ def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path,
     captured: dict = {}
     worker = unsharded_worker(tiny_config(random_model, tmp_path), monkeypatch, captured)
     transformer = worker.model.transformer
-    assert captured["strategy"] == "fsdp"
+    assert captured["strategy"] == captured["reference_strategy"] == "fsdp"
     assert captured["blocks"] == [transformer.down_block, *transformer.transformer_layers, transformer.up_block]
+    assert captured["reference_blocks"] == captured["blocks"]  # the reference is sharded as the policy is
 
 
 def test_the_ray_learner_is_given_the_rollouts_T(random_model, tmp_path, monkeypatch):

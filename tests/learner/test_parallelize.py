@@ -11,7 +11,7 @@ from ray_fixture import free_port
 from support import ToyGenerator, make_batch
 
 from maskfocus.config import GRPOConfig, OptimConfig
-from maskfocus.learner.parallelize import wrap
+from maskfocus.learner.parallelize import shard_reference, wrap
 from maskfocus.update import PolicyUpdater, frozen_copy
 
 
@@ -56,11 +56,15 @@ def updated_weights(
 
 
 def test_the_compiled_update_of_an_fsdp2_sharded_module_equals_the_eager_unsharded_one(one_rank_group):
+    """With the reference sharded as the policy is: the KL of beta 0.1 equals the unsharded one's."""
     eager_weights, eager_metrics = updated_weights(TwoBlockToy(), compile=False)
     sharded = TwoBlockToy()
-    reference = frozen_copy(sharded.transformer)  # made before sharding, as the learner makes it
+    reference = frozen_copy(sharded.transformer)  # made before sharding, and sharded like it, as the learner does
+    reference = shard_reference(reference, sharded.transformer, "fsdp", list(sharded.transformer))
     wrap(sharded.transformer, "fsdp", list(sharded.transformer))
-    assert all(type(p).__name__ == "DTensor" for p in sharded.transformer.parameters())
+    for module in (sharded.transformer, reference):  # each rank holds its share of the reference too
+        assert all(type(p).__name__ == "DTensor" for p in module.parameters())
+    assert not any(p.requires_grad for p in reference.parameters())
     weights, metrics = updated_weights(sharded, compile=True, reference=reference)
     assert weights.keys() == eager_weights.keys()
     for name, value in weights.items():
@@ -83,3 +87,12 @@ def test_only_fsdp2s_view_output_warning_of_the_uvit_blocks_is_quieted():
         warnings.warn("FSDP2-wrapped module (FSDPUVitBlock) returned a view tensor.", UserWarning, stacklevel=1)
         warnings.warn("FSDP2-wrapped module (OtherBlock) returned a view tensor.", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["FSDP2-wrapped module (OtherBlock) returned a view tensor."]
+
+
+def test_the_reference_is_left_whole_under_ddp_and_none_stays_none():
+    """DDP keeps full replicas of the policy on every rank anyway; beta 0 makes no reference."""
+    model = TwoBlockToy()
+    reference = frozen_copy(model.transformer)
+    assert shard_reference(reference, model.transformer, "ddp", list(model.transformer)) is reference
+    assert all(type(p) is torch.nn.Parameter for p in reference.parameters())
+    assert shard_reference(None, model.transformer, "fsdp", list(model.transformer)) is None
