@@ -117,6 +117,8 @@ class RayRun:
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations
         self.version, self.weights = start.policy_version, None
+        self.version_offset = start.policy_version - start.iteration
+        """The learner learns iteration i at policy version i + version_offset (in order, each once)."""
         self.checkpoint = start.checkpoint
         """The checkpoint the run resumed from: the weights until the learner publishes (it may publish none)."""
         self.redo: list[int] = []
@@ -256,10 +258,17 @@ class RayRun:
                         ray.get(ref, timeout=self.config.ray.timeout_s)
             self._redo_after_failure(attempt, error)
             return
-        if int(stats["policy_version"]) != attempt.version:
+        sampled_by = int(stats["policy_version"])
+        if sampled_by != attempt.version:
             # The rollout worker was restarted between its load and this rollout (its weights are the base
-            # model's again): reload it next time; the learner drops the batch if it is too stale.
+            # model's again): reload it next time.
             self.rollouts.forget(attempt.rollout_index)
+            if attempt.iteration + self.version_offset - sampled_by > self.config.ray.max_staleness:
+                # the learner would drop it as too stale, and every batch queued behind it: redone at once instead
+                self.counts["sync/dropped_stale"] += 1
+                self.metrics.record("maskfocus_dropped_stale", 1)
+                self.redo.append(attempt.iteration)
+                return
         prompt_cursor = self.metadata[attempt.iteration][1]
         item = QueuedBatch(attempt.iteration, prompt_cursor, [attempt.batch])
         self.scored[attempt.iteration] = (item, time.perf_counter())

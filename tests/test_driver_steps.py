@@ -86,8 +86,8 @@ def bare_run(collective: bool, **ray_settings):
     run.collective, run.metrics = collective, NoMetrics()
     run.rollouts, run.rewards = ready_pool(3), ready_pool(3)
     run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
-    run.counts, run.metadata = {"sync/redone": 0}, {3: ([{"prompt": "a red circle"}], 1)}
-    run.next_iteration, run.end, run.version, run.weights = 4, 10, 3, None
+    run.counts, run.metadata = {"sync/redone": 0, "sync/dropped_stale": 0}, {3: ([{"prompt": "a red circle"}], 1)}
+    run.next_iteration, run.end, run.version, run.weights, run.version_offset = 4, 10, 3, None, 0
     run.preview_loads = {}
     return run
 
@@ -131,6 +131,27 @@ def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():
     run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), lost)
     assert run.redo == [3] and run.counts["sync/redone"] == 1
     assert run.rollouts.versions == [-1]  # forgotten: reloaded before its next rollout
+
+
+@pytest.mark.parametrize(("max_staleness", "redone"), [(0, True), (3, False)])
+def test_a_batch_a_restarted_rollout_worker_sampled_too_stale_is_redone_at_once(max_staleness, redone, monkeypatch):
+    """A rollout worker restarted between its weight load and its rollout samples with the base weights (version
+    0). Where the learner would drop that batch as too stale, it also dropped every batch queued behind it (they
+    wait for the redo); the driver, which knows the version the learner will be at, redoes it before it is queued.
+    Within max_staleness it is queued and learned as a stale batch."""
+    import maskfocus.driver as driver
+    from maskfocus.driver import Attempt
+
+    run = bare_run(collective=False, max_staleness=max_staleness)
+    attempt = Attempt(3, 0, 3, None, batch="batch-ref", reward_index=run.rewards.acquire())  # its reward worker
+    run.scoring = {"stats-ref": attempt}
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: {"policy_version": 0.0, "reward/mean": 0.5})
+    run.on_scored("stats-ref")
+    assert run.rollouts.versions == [-1]  # reloaded before its next rollout either way
+    if redone:  # the learner learns iteration 3 at version 3: 3 versions stale, max_staleness 0
+        assert run.redo == [3] and not run.scored and run.counts["sync/dropped_stale"] == 1
+    else:
+        assert run.redo == [] and list(run.scored) == [3] and run.counts["sync/dropped_stale"] == 0
 
 
 @pytest.mark.parametrize("max_restarts", [0, 2])
