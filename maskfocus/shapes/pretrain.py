@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
+from maskfocus import run_lock
 from maskfocus.config import Section
 from maskfocus.config_base import ConfigError
 from maskfocus.outputs import RUN_FOLDER_PARTS, check_output_folder, replace_folder, write_text_whole
@@ -80,9 +81,6 @@ def run_pretraining(
     command: str = "maskfocus pretrain",
     config: PretrainConfig | None = None,
 ) -> dict[str, Any]:
-    from maskfocus.models.tokenizer import build_word_tokenizer
-    from maskfocus.shapes.prompts import vocabulary
-
     unknown = sorted(set(stages) - {*STAGES, MEASURE})
     if unknown or not stages:
         given = f"unknown stage(s) {', '.join(unknown)}" if unknown else "no stage given"
@@ -107,9 +105,17 @@ def run_pretraining(
             f"--stages generator: no trained VQ in {out / 'shapes-tiny' / 'vqvae'} to train it on; run --stages "
             "vq,generator, or copy a model folder with its VQ there first"
         )
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock.held(out):  # a second pretraining into this --out would clobber its parts and report
+        return _pretrain_locked(out, stages, config, command)
+
+
+def _pretrain_locked(out: Path, stages: list[str], config: PretrainConfig, command: str) -> dict[str, Any]:
+    from maskfocus.models.tokenizer import build_word_tokenizer
+    from maskfocus.shapes.prompts import vocabulary
+
     report_path = out / "pretrain_report.json"
     report = load_report(report_path)
-    out.mkdir(parents=True, exist_ok=True)
     logger = _Logger(out / "pretrain_log.jsonl")
     logger({"stage": "start", "stages": list(stages), "seed": config.seed, "command": command})  # marks each run
     tokenizer = build_word_tokenizer(vocabulary())
@@ -159,7 +165,7 @@ def check_pretrain_output(out: Path) -> None:
     the log and MODEL_CARD.md there): never a run folder or a folder holding other things, which it would litter or
     overwrite (a MODEL_CARD.md of the user's, say)."""
     check_output_folder("--out", out)
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(path.name != run_lock.LOCK_FILE for path in out.iterdir()):
         return
     if any((out / part).exists() for part in RUN_FOLDER_PARTS):
         raise ConfigError(f"--out {out}: is a training run's folder; give a new folder or an earlier --out")

@@ -109,3 +109,29 @@ def test_a_stop_before_any_stage_saved_can_be_rerun_with_the_same_command(tmp_pa
         with pytest.raises(RunStopped, match="this run saved nothing"):
             run_pretraining(tmp_path / "out", ["vq"], config=PretrainConfig(**TINY_STAGES))
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["pretrain_log.jsonl"]
+
+
+def test_a_second_pretraining_into_an_out_in_use_is_refused_and_the_lock_goes_at_the_end(tmp_path):
+    """Two pretrainings into one --out clobbered each other's parts and report (train has its run lock)."""
+    import json
+    import subprocess
+
+    import pytest
+
+    from maskfocus import run_lock
+    from maskfocus.config import ConfigError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # a live process of this host and container holds the lock
+    try:
+        holder = {**run_lock._holder(), "pid": other.pid, "start_time": run_lock._start_time(other.pid)}
+        (out / run_lock.LOCK_FILE).write_text(json.dumps(holder))
+        with pytest.raises(ConfigError, match=rf"{out} is in use by a run \(process {other.pid} "):
+            run_pretraining(out, ["vq"], config=PretrainConfig(**TINY_STAGES))
+        assert sorted(path.name for path in out.iterdir()) == [run_lock.LOCK_FILE]  # nothing trained or written
+    finally:
+        other.kill()
+        other.wait()
+    run_pretraining(out, ["vq"], config=PretrainConfig(**TINY_STAGES))  # the dead holder's lock is taken over
+    assert (out / "shapes-tiny" / "vqvae").is_dir() and not (out / run_lock.LOCK_FILE).exists()
