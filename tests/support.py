@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -204,3 +207,12 @@ def make_updater(model, compile: bool = False, compile_backend: str = "inductor"
     config = GRPOConfig(**grpo)
     optim = OptimConfig(learning_rate=1e-2)
     return PolicyUpdater(model, config, optim, 6, total_updates=10, compile=compile, compile_backend=compile_backend)
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A local port that refuses connections while the block runs: bound, never listening. (A port bound and closed
+    again, as the tests first did, may be taken meanwhile by one of the session's Ray processes.)"""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]

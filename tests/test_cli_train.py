@@ -49,13 +49,12 @@ def test_train_checks_the_model_folder_before_it_makes_or_changes_a_run_folder(t
 
 
 def test_train_on_ray_checks_the_cluster_address_before_it_makes_a_run_folder(tmp_path, capsys):
-    import socket
 
-    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from support import refusing_port
+
     runs = tmp_path / "runs"
-    error = cli_error(capsys, "train", "--address", f"127.0.0.1:{port}", "--set", f"train.out_dir={runs}")
+    with refusing_port() as port:
+        error = cli_error(capsys, "train", "--address", f"127.0.0.1:{port}", "--set", f"train.out_dir={runs}")
     assert f"--address 127.0.0.1:{port}: no Ray cluster answers there" in error
     assert not runs.exists()
 

@@ -187,20 +187,17 @@ def test_training_prompts_a_geneval_detector_cannot_see_are_named_before_the_run
 def test_a_reward_server_no_connection_reaches_is_named_before_an_in_process_run(tmp_path, capsys):
     """A wrong address failed after the first rollouts, once the retries ran out. On Ray it is only a note: the
     reward workers, on other nodes, may reach an address the head cannot."""
-    import socket
-
-    from support import cli_error
+    from support import cli_error, refusing_port
 
     from maskfocus.cli import main
 
-    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    runs = tmp_path / "runs"
-    term = f"rewards=[{{name: geneval, mode: binary, detector: {{kind: http, url: '{url}'}}}}]"
-    args = ["train", "--set", term, "--set", f"train.out_dir={runs}", "--check"]
-    error = cli_error(capsys, *args, "--executor", "local")
-    assert f"rewards.0.detector.url {url}: no GenEval reward server answers there" in error
-    assert main([*args, "--executor", "ray"]) == 0
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        runs = tmp_path / "runs"
+        term = f"rewards=[{{name: geneval, mode: binary, detector: {{kind: http, url: '{url}'}}}}]"
+        args = ["train", "--set", term, "--set", f"train.out_dir={runs}", "--check"]
+        error = cli_error(capsys, *args, "--executor", "local")
+        assert f"rewards.0.detector.url {url}: no GenEval reward server answers there" in error
+        assert main([*args, "--executor", "ray"]) == 0
     assert f"note: rewards.0.detector.url {url}: no GenEval reward server answers there" in capsys.readouterr().out
     assert not runs.exists()

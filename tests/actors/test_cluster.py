@@ -4,8 +4,10 @@ given (ray.init would retry for minutes with only its own log lines); a join Ray
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
+from support import refusing_port
 
 from maskfocus.actors import cluster
 from maskfocus.actors.cluster import check_cluster_reachable, cluster_address, connect
@@ -22,10 +24,9 @@ def listening():
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def closed_port() -> Iterator[int]:
+    with refusing_port() as port:
+        yield port
 
 
 def test_the_address_comes_from_the_option_then_the_config_then_the_environment(monkeypatch):

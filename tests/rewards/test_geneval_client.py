@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import pickle
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from fake_reward_server import ScriptedServer, raw, running, scores, server_error, slow
 from PIL import Image
+from support import refusing_port
 
 from maskfocus.rewards.geneval_client import GenEvalClient, RewardServerError, safe_loads
 
@@ -230,13 +230,11 @@ def test_malformed_replies_are_clear_errors(serve, body, message):
 
 
 def test_an_unreachable_server_is_retried_then_reported():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
     delays: list[float] = []
-    client = GenEvalClient(f"http://127.0.0.1:{port}", num_retries=1, retry_backoff_s=0.1, sleep=delays.append)
-    with pytest.raises(RewardServerError, match=r"2 attempt\(s\) failed.*URLError"):
-        client.judge(_images(1), ROWS[:1])
+    with refusing_port() as port:
+        client = GenEvalClient(f"http://127.0.0.1:{port}", num_retries=1, retry_backoff_s=0.1, sleep=delays.append)
+        with pytest.raises(RewardServerError, match=r"2 attempt\(s\) failed.*URLError"):
+            client.judge(_images(1), ROWS[:1])
     assert delays == [0.1]
 
 
@@ -245,10 +243,8 @@ def test_the_server_probe_passes_a_listening_server_and_names_a_closed_port(serv
 
     server = serve(scores)  # the probe connects and sends nothing: the action is never used
     assert server_problem(server.url, "url") is None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
-    problem = server_problem(f"http://127.0.0.1:{port}", "the detector's url")
+    with refusing_port() as port:
+        problem = server_problem(f"http://127.0.0.1:{port}", "the detector's url")
     assert problem.startswith(f"the detector's url http://127.0.0.1:{port}: no GenEval reward server answers there")
 
 
@@ -262,9 +258,7 @@ def test_eval_names_an_unreachable_server_before_loading_the_model(tmp_path, cap
 
     monkeypatch.setattr(maskfocus.models, "load_generator", lambda *args, **kwargs: pytest.fail("model loaded"))
     (metadata := tmp_path / "dog.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    args = ["--detector", "http", "--server-url", f"http://127.0.0.1:{port}", "--metadata", str(metadata)]
-    error = cli_error(capsys, "eval", *args, "--no-clip")
+    with refusing_port() as port:
+        args = ["--detector", "http", "--server-url", f"http://127.0.0.1:{port}", "--metadata", str(metadata)]
+        error = cli_error(capsys, "eval", *args, "--no-clip")
     assert f"http://127.0.0.1:{port}: no GenEval reward server answers there" in error
