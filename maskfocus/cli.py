@@ -101,6 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_classes,
         check_server_answers,
         format_table,
+        grid_rows,
         load_rows,
         run_evaluation,
         write_results,
@@ -150,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 config.eval,
                 _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
                 clip_score=clip_score,
-                keep_images=64 if args.grid else 0,
+                keep_rows=grid_rows(rows) if args.grid else (),
                 judge=judge,
                 records_out=records_out,
             )
@@ -159,8 +160,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kept = f"the records judged so far are in {records_out}.partial" if records_out else "nothing was written"
         raise RunStopped(f"stopped before the evaluation ended; {kept}", signal_name) from None
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
-    if args.grid and images is not None:
-        save_grid(args.grid, images, columns=config.eval.num_images_per_prompt * 2, scale=2)
+    if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag
+        labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in grid_rows(rows)]
+        save_grid(args.grid, images, columns=config.eval.num_images_per_prompt, scale=2, labels=labels)
     print(format_table(summary))
     print(f"{summary['seconds']} s")
     return 0

@@ -57,6 +57,19 @@ def load_rows(benchmark: str | None, metadata_path: str | Path | None = None) ->
     return BENCHMARKS[benchmark]()
 
 
+def grid_rows(rows: Sequence[dict[str, Any]], per_tag: int = 2) -> list[int]:
+    """The rows an evaluation's picture shows: the first `per_tag` of each tag, in the order the tags come (the
+    first rows of shapes-geneval are all single_object)."""
+    taken: dict[str, int] = {}
+    chosen = []
+    for index, row in enumerate(rows):
+        tag = row.get("tag", "")
+        if taken.get(tag, 0) < per_tag:
+            taken[tag] = taken.get(tag, 0) + 1
+            chosen.append(index)
+    return chosen
+
+
 def chosen_rows(tags: list[str], every: int, benchmark: str = "shapes-geneval") -> list[dict[str, Any]]:
     """Every `every`-th row (option --every) of the benchmark's rows of `tags`, in file order; a tag left without
     rows is an error (its column of a per-tag table would be empty)."""
@@ -238,12 +251,13 @@ def run_evaluation(
     sampler: SamplerConfig,
     detect_batch: Detect | None = None,
     clip_score: ClipScore | None = None,
-    keep_images: int = 0,
+    keep_rows: Sequence[int] = (),
     show_progress: bool = True,
     judge: Judge | None = None,
     records_out: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], np.ndarray | None]:
-    """Generate, judge and score every image; returns records, the summary and the first `keep_images`.
+    """Generate, judge and score every image; returns records, the summary and the images of the rows `keep_rows`
+    (in row order, each row's images together; None without any).
 
     Images are judged by `judge`, or by the GenEval rules on the detections of `detect_batch` (give one).
     `records_out` gets each batch's records as it is judged (in `<records_out>.partial` until all are), so a failure
@@ -256,7 +270,8 @@ def run_evaluation(
     jobs = expand_jobs(rows, eval_config.num_images_per_prompt)
     records: list[dict[str, Any]] = []
     clip_values: list[float] = []
-    kept: list[np.ndarray] = []
+    kept: dict[tuple[int, int], np.ndarray] = {}
+    wanted = set(keep_rows)
     start = time.perf_counter()
     with (
         tqdm(total=len(jobs), desc="eval", unit="img", disable=not show_progress) as bar,
@@ -267,8 +282,9 @@ def run_evaluation(
             if clip_score is not None:
                 pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
                 clip_values.extend(clip_score(pixels, [job.prompt for job in chunk]).tolist())
-            if sum(len(k) for k in kept) < keep_images:
-                kept.append(images)
+            for job, image in zip(chunk, images, strict=True):
+                if job.row_index in wanted:
+                    kept[job.row_index, job.image_index] = image
             bar.update(len(chunk))
     if records and all(record["correct"] is None for record in records):
         kept_note = f"; the records are in {records_out}" if records_out is not None else ""
@@ -286,7 +302,7 @@ def run_evaluation(
         "judge": judge.name,
         "sampler": sampler.model_dump(mode="json"),
     }
-    kept_images = np.concatenate(kept)[:keep_images] if kept else None
+    kept_images = np.stack([kept[key] for key in sorted(kept)]) if kept else None
     return records, summary, kept_images
 
 

@@ -60,7 +60,11 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
     assert (evaluated["prompts"], evaluated["images_per_prompt"], evaluated["judge"]) == (12, 2, "shapes")
     assert evaluated["sampler"]["compile"] is False and evaluated["sampler"]["num_steps"] == 12
     assert isinstance(summary["clip_score"], float)
-    assert "overall" in result.stdout and grid.stat().st_size > 0
+    assert "overall" in result.stdout
+    from PIL import Image
+
+    with Image.open(grid) as picture:  # the first 2 rows of each tag (one here), 2 images each, a label above each
+        assert picture.size == (2 * (128 + 2) + 2, 2 * (128 + 2 + 12) + 2)
 
 
 def test_eval_set_names_an_unknown_key(capsys):
