@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", help="one JSON record per image")
     evaluate.add_argument("--summary", help="summary JSON {overall, tags, num_images, clip_score}")
-    evaluate.add_argument("--grid", help="PNG of the first images")
+    evaluate.add_argument(
+        "--grid", help="PNG of the first two prompts of each tag, a labelled row of their images each"
+    )
     evaluate.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     evaluate.add_argument("--model", help="model folder, e.g. runs/NAME/model (default: the config's model.path)")
     evaluate.add_argument("--limit", type=positive_int, help="only the first N prompt rows (smoke tests)")
