@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import BUILTIN_MODEL, RunConfig, config_from_dict
-from maskfocus.config_base import ConfigError, flatten
+from maskfocus.config import BUILTIN_MODEL
+from maskfocus.config_saved import saved_settings_of
 from maskfocus.run_io import read_metrics
 
 IGNORED_KEYS = ("seed", "train.out_dir", "train.log_every", "train.image_every", "train.checkpoint_every")
@@ -102,51 +102,14 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
 
 
 def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's flat config as today's config tree reads it, so that two runs of one setting written by different
-    versions compare equal (a key added since at its default, a null detector threshold as the kind's default), and
-    the rollouts' T as the number they sampled with (rollout.num_steps null and 12 are the same run when
-    sampler.num_steps is 12). A config the tree no longer accepts (a key removed since) is read section by
-    section: each section today's tree accepts as today's tree reads it, the others as written, plus the added
-    keys (so the one removed key, not the sections around it, tells the run apart)."""
-    try:
-        run_config = config_from_dict(config)
-    except ConfigError:
-        resolved = with_added_defaults(flatten(sections_as_read_today(config)))
-        if resolved.get("rollout.num_steps") is None:
-            resolved["rollout.num_steps"] = resolved.get("sampler.num_steps")
-        return resolved
-    resolved = flatten(run_config.model_dump(mode="json"))
-    return {**resolved, "rollout.num_steps": run_config.rollout_sampler().num_steps}
-
-
-def sections_as_read_today(config: dict[str, Any]) -> dict[str, Any]:
-    """Each top-level section of `config` validated alone by today's config tree (null thresholds filled, values in
-    canonical form), or as written where today's tree refuses it."""
-    from pydantic import TypeAdapter, ValidationError
-
-    read = {}
-    for name, value in config.items():
-        field = RunConfig.model_fields.get(name)
-        try:
-            read[name] = TypeAdapter(field.annotation).dump_python(
-                TypeAdapter(field.annotation).validate_python(value), mode="json"
-            )
-        except (AttributeError, ValidationError, ValueError, TypeError):  # no such section, or refused
-            read[name] = value
-    return read
-
-
-def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's flat config plus the keys added to the config tree since it ran, at their defaults (a new key
-    defaults to the behaviour before it, e.g. `rollout.held_out: text`), so they do not split it from a newer run
-    of the same settings. List items (`rewards.0...`) are left as the run wrote them."""
-    defaults = flatten(RunConfig().model_dump(mode="json"))  # the code's defaults, as validation fills them
-    added = {key: value for key, value in defaults.items() if key not in config and not _in_list_item(key)}
-    return {**config, **added}
-
-
-def _in_list_item(key: str) -> bool:
-    return any(part.isdigit() for part in key.split("."))
+    """A run's flat config as today's config tree reads it (`saved_settings_of`: a key added since at its default, a
+    null detector threshold as the kind's default, a config refused since read section by section), and the
+    rollouts' T as the number they sampled with (rollout.num_steps null and 12 are the same run when
+    sampler.num_steps is 12)."""
+    resolved = saved_settings_of(config)
+    if resolved.get("rollout.num_steps") is None:
+        resolved["rollout.num_steps"] = resolved.get("sampler.num_steps")
+    return resolved
 
 
 def check_curve_key(runs: list[RunRecord], key: str) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import ConfigError, RunConfig, load_config
+from maskfocus.config import ConfigError, RunConfig
 from maskfocus.config_base import flatten
+from maskfocus.config_saved import saved_settings_of
 from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import read_metrics
 from maskfocus.run_state import RunState, damaged_checkpoint, resume_state
@@ -118,9 +119,7 @@ def check_resume_settings(config_file: Path, after: RunConfig, learned: int) -> 
 
 
 def saved_settings(config_file: Path) -> dict[str, Any]:
-    """The run's own config.yaml as dotted keys: validated where it still passes today's checks, else as written
-    (a run saved before a check was added must still be resumable with the setting that fixes it)."""
-    try:
-        return flatten(load_config(config_file).model_dump(mode="json"))
-    except ConfigError:
-        return flatten(yaml.safe_load(config_file.read_text(encoding="utf-8")))
+    """The run's own config.yaml as dotted keys, as today's config tree reads it as far as it can
+    (`saved_settings_of`): a run saved before a check was added must still be resumable with the setting that fixes
+    it, and its null thresholds or keys added since must not read as settings the resume changes."""
+    return saved_settings_of(yaml.safe_load(config_file.read_text(encoding="utf-8")) or {})

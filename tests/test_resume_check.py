@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from support import cli_error
 
 
@@ -178,8 +179,11 @@ def test_a_finished_run_may_point_at_moved_files_and_an_old_config_failing_a_new
     moved = ["--set", f"rollout.prompt_file={prompts}"]
     assert main(["train", "--resume", str(run), "--iterations", "2", *moved, "--check"]) == 0
     config.write_text(config.read_text().replace("seed: 0", "seed: -1", 1))
+    saved = yaml.safe_load(config.read_text())  # an older version's null thresholds are not a change either
+    saved["rewards"][0]["detector"].update(score_threshold=None, nms_iou=None)
+    config.write_text(yaml.safe_dump(saved))
     error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", "--set", "seed=0", *moved, "--check")
-    assert "seed: the run has learned all its 2 iterations" in error  # compared with the file as written
+    assert "maskfocus train: error: seed: the run has learned all its 2 iterations" in error  # seed alone
 
 
 def test_a_resume_that_fixes_an_old_config_failing_a_new_check_records_the_fix_and_moves_results_once(run, capsys):
@@ -190,6 +194,9 @@ def test_a_resume_that_fixes_an_old_config_failing_a_new_check_records_the_fix_a
 
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("seed: 0", "seed: -1", 1))  # refused by today's checks
+    saved = yaml.safe_load(config.read_text())  # an older version wrote null thresholds (today: the kind's defaults)
+    saved["rewards"][0]["detector"].update(score_threshold=None, counting_score_threshold=None, nms_iou=None)
+    config.write_text(yaml.safe_dump(saved))
     fixed = default_run_config({"train.executor": "local", "train.num_iterations": 3})
     changes, kept = record_resumed_config(run, fixed)
     assert changes == ["seed: -1 -> 0", "train.num_iterations: 250 -> 3"]
