@@ -303,7 +303,7 @@ def parse_set(items: list[str]) -> dict:
             )
         quirk = _yaml_quirk(value)
         if quirk is not None:
-            raise ConfigError(f"--set {item!r}: {quirk}; quote the value, e.g. {key.strip()}=\"'...'\"")
+            raise ConfigError(f"--set {item!r}: {quirk}; put it in quotes where it is meant as written ('...')")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
@@ -318,15 +318,22 @@ def parse_set(items: list[str]) -> dict:
 
 
 def _yaml_quirk(value: str) -> str | None:
-    """What YAML would read in `value` other than it looks: a ` #` starts a comment (the rest was dropped without a
-    word), and a number with a leading zero is octal (`0123` read as 83). Quoted values and flow collections are
-    left to YAML."""
-    if value.strip()[:1] in ("'", '"', "[", "{"):
+    """What YAML would read in `value` other than it looks, anywhere in it (a mapping or list given too): a ` #`
+    starts a comment (the rest was dropped without a word), and an unquoted number with a leading zero is octal
+    (`0123` read as 83) and one with colons sexagesimal (`1:30` read as 90). None where YAML itself refuses the value
+    (its own error says why) or reads it as it looks."""
+    try:
+        tokens = [token for token in yaml.scan(value) if not isinstance(token, yaml.StreamEndToken)]
+    except yaml.YAMLError:
         return None
-    if re.search(r"(^|\s)#", value):
+    if tokens and tokens[-1].end_mark.index < len(value.rstrip()):
         return "YAML reads ' #' and what follows as a comment, which would be dropped"
-    if re.fullmatch(r"\s*[-+]?0[0-7_]+\s*", value):
-        return "YAML reads a number with a leading 0 as octal"
+    for token in tokens:
+        if isinstance(token, yaml.ScalarToken) and token.plain:
+            if re.fullmatch(r"[-+]?0[0-9_]+", token.value):
+                return f"YAML reads {token.value} (a number with a leading 0) as octal"
+            if re.fullmatch(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?", token.value):
+                return f"YAML reads {token.value} (numbers joined by ':') as one number in base 60"
     return None
 
 

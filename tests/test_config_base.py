@@ -332,14 +332,18 @@ def test_a_section_mapping_override_is_blamed_only_for_its_own_keys_and_checked_
     ("item", "problem"),
     [
         ("sampler.negative_prompt=blurry #watermark, text", "a comment, which would be dropped"),
-        ("seed=0123", "reads a number with a leading 0 as octal"),
+        ("seed=0123", r"reads 0123 \(a number with a leading 0\) as octal"),
+        ("sampler={num_steps: 012}", r"reads 012 \(a number with a leading 0\) as octal"),  # inside a mapping too
+        ("rewards.0.weight=1:30", r"reads 1:30 \(numbers joined by ':'\) as one number in base 60"),
+        ("sampler={cfg_scale: 2} # two", "a comment, which would be dropped"),
     ],
 )
 def test_set_values_yaml_would_read_otherwise_than_they_look_are_refused(item, problem):
     """`blurry #watermark, text` became 'blurry' and `0123` became 83, without a word; quoted, they are what they
     look like."""
-    with pytest.raises(ConfigError, match=problem + r"; quote the value"):
+    with pytest.raises(ConfigError, match=problem + r"; put it in quotes where it is meant as written"):
         parse_set([item])
     key, value = item.split("=", 1)
-    assert parse_set([f"{key}='{value}'"]) == {key: value}
+    if not value.startswith("{"):
+        assert parse_set([f"{key}='{value}'"]) == {key: value}
     assert parse_set(["x=a#b", "y=0", "z=0.5"]) == {"x": "a#b", "y": 0, "z": 0.5}
