@@ -23,6 +23,7 @@ from maskfocus.config import ConfigError, EvalConfig, GenEvalDetectorConfig, Run
 from maskfocus.config_rewards import DETECTOR_OPTION_KINDS, DETECTOR_OPTIONS
 from maskfocus.images import to_uint8
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.models.vq_text import module_dtype
 from maskfocus.outputs import write_text_whole
 from maskfocus.rewards.geneval import TAGS, load_metadata, summarize
 from maskfocus.rewards.judges import DetectBatch, DetectorJudge, Judge, build_judge
@@ -300,7 +301,8 @@ def run_evaluation(
         "images_per_prompt": eval_config.num_images_per_prompt,
         "seed": eval_config.seed,
         "judge": judge.name,
-        "sampler": sampler.model_dump(mode="json"),
+        "sampler": sampler.model_dump(mode="json", exclude={"compile"}),  # compiled or not: the same images
+        "dtype": str(module_dtype(model.trainable_module())).removeprefix("torch."),
     }
     kept_images = np.stack([kept[key] for key in sorted(kept)]) if kept else None
     return records, summary, kept_images

@@ -58,7 +58,8 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
         assert score == pytest.approx(sum(judged) / len(judged))
     evaluated = summary["evaluated"]
     assert (evaluated["prompts"], evaluated["images_per_prompt"], evaluated["judge"]) == (12, 2, "shapes")
-    assert evaluated["sampler"]["compile"] is False and evaluated["sampler"]["num_steps"] == 12
+    assert evaluated["sampler"]["num_steps"] == 12 and "compile" not in evaluated["sampler"]  # the same images
+    assert evaluated["dtype"] == "float32"  # eval.dtype, the weights' dtype the images were sampled in
     assert isinstance(summary["clip_score"], float)
     assert "overall" in result.stdout
     from PIL import Image
