@@ -28,9 +28,7 @@ from maskfocus.run_state import resume_state
 from maskfocus.stopping import (
     RunFailed,
     RunStopped,
-    StopAtOnce,
     StopRequest,
-    StopSignal,
     append_error_log,
     stop_named,
 )
@@ -40,12 +38,8 @@ from maskfocus.trainer import finish_run
 def finish_or_stop(run: RayRun, learner: LearnerGroup, run_dir: Path) -> MaskedGenerator:
     """`run.finish`, where a SIGTERM (`ray job stop`) or Ctrl-C ended the driver with no word: every iteration is
     learned by then, so a stop names the checkpoint to resume from, which finishes the run."""
-    try:
-        with StopAtOnce():
-            return run.finish(learner)
-    except StopSignal as stop:
-        message = f"stopped on {stop.signal_name} while finishing, after the last iteration; {resume_hint(run_dir)}"
-        raise RunStopped(message, stop.signal_name) from None
+    with stop_named("finishing, after the last iteration", lambda: resume_hint(run_dir)):
+        return run.finish(learner)
 
 
 def train_ray(
@@ -53,17 +47,25 @@ def train_ray(
 ) -> dict:
     """Run the RL loop on Ray; returns the final summary (with the evaluation if enabled)."""
     check_supported(config)
-    starting = "the Ray run started, before its first iteration"
-    with stop_named(starting, lambda: resume_hint(run_dir)):  # a local Ray this call starts goes at exit
-        started = connect(config.ray, address)
-    start = resume_state(run_dir, resume)
-    (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    batches = Queue(maxsize=config.ray.queue_capacity, actor_options=on_driver_node())
-    store = ray.remote(WeightStore).options(**on_driver_node()).remote()
+    starting, hint = "the Ray run started, before its first iteration", lambda: resume_hint(run_dir)
+    ray_was_up = ray.is_initialized()
+    try:  # a stop or a failure before the actors exist: a Ray this call started goes (ray.init may have run)
+        with stop_named(starting, hint):
+            connect(config.ray, address)
+            start = resume_state(run_dir, resume)
+            (run_dir / "images").mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+        raise
+    batches: Queue | None = None
+    store = None
     learner: LearnerGroup | None = None
     run: RayRun | None = None
     try:  # whatever fails, from here on, the actors go, and so does a Ray this call started
-        with stop_named(starting, lambda: resume_hint(run_dir)):  # RunStopped: the actors go (finally)
+        with stop_named(starting, hint):  # RunStopped: the actors made so far go (finally)
+            batches = Queue(maxsize=config.ray.queue_capacity, actor_options=on_driver_node())
+            store = ray.remote(WeightStore).options(**on_driver_node()).remote()
             group = None
             if config.ray.weight_transport == "collective":
                 group = WeightGroup.for_run(config, f"maskfocus-weights-{run_dir.name}-{uuid.uuid4().hex[:8]}")
@@ -91,9 +93,10 @@ def train_ray(
     finally:
         if run is not None:
             run.close()
-        for actor in (store, batches.actor):  # a learner still waiting on either ends with an error
-            ray.kill(actor)
-        if started:
+        for actor in (store, batches.actor if batches is not None else None):  # a learner waiting on one ends
+            if actor is not None:
+                ray.kill(actor)
+        if not ray_was_up:
             ray.shutdown()
     model = float32_final_model(run.driver_config, run_dir, model)
     return finish_run(run.driver_config, run_dir, model, model.trainable_module())
