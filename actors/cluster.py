@@ -125,9 +125,14 @@ def check_cluster_reachable(ray_config: RayConfig, address: str | None) -> None:
     machine's; its GPUs are checked once it runs): `maskfocus train` checks it before it makes the run folder."""
     given = cluster_address(ray_config, address)
     if given is None:
-        check_resources(ray_config, {"CPU": float(ray_config.num_cpus or os.cpu_count() or 1), "GPU": math.inf})
+        check_resources(ray_config, {"CPU": float(ray_config.num_cpus or usable_cpus()), "GPU": math.inf})
         return
     check_reachable(given[1], given[0])
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's limit), as a local Ray counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def check_reachable(address: str, source: str, timeout_s: float = 5.0) -> None:

@@ -79,6 +79,8 @@ ROLLOUT_SAMPLER_KEYS = (
     "sampler.temperature",
     "sampler.negative_prompt",
     "model.dtype",
+    "model.kind",
+    "model.resolution",
 )
 """Settings the training rollouts sampled with too (the evaluation's own dtype is eval.dtype); sampler.num_steps
 also, where the run's rollout.num_steps was null."""

@@ -165,8 +165,6 @@ class PolicyUpdater:
         self.reference = None if grpo.beta == 0 else (frozen_copy(self.module) if reference is None else reference)
         self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
         self.num_updates = 0
-        self.step_lrs: list[float] = []
-        """The learning rate of each optimizer step of the update in progress (its `optim/lr` is their mean)."""
         self.policy_forward = PaddedCompiled(self.module, compile_backend) if compile else self.module
         """What the learner's forwards call: the module, or a compiled copy sharing its parameters."""
         self.reference_forward = self.reference
@@ -272,7 +270,6 @@ class PolicyUpdater:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         applied = has_tokens and math.isfinite(grad_norm)
-        self.step_lrs.append(self.optimizer.param_groups[0]["lr"])  # the rate this step applies, before the advance
         if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -335,6 +332,7 @@ class PolicyUpdater:
             # collectives, and the non-finite gradient norm that results skips the optimizer step on all of them.
             loss.backward()
             if self.grpo.update == "per_step" or index == len(steps) - 1:
+                metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step applies
                 metrics["loss/grad_norm"], applied = self._optimizer_step(tokens_since_step > 0)
                 metrics["loss/skipped_steps"] = float(not applied)
                 tokens_since_step = 0.0
@@ -346,9 +344,6 @@ class PolicyUpdater:
         summary["loss/skipped_steps"] = sum(r.get("loss/skipped_steps", 0.0) for r in records)
         summary["perf/learner_seconds"] = time.perf_counter() - start
         summary["perf/optimizer_steps"] = float(sum("loss/grad_norm" in r for r in records))
-        # the mean rate of this update's optimizer steps (get_last_lr() after them is the next update's)
-        summary["optim/lr"] = (
-            sum(self.step_lrs) / len(self.step_lrs) if self.step_lrs else self.scheduler.get_last_lr()[0]
-        )
-        self.step_lrs.clear()
+        # merged: the mean rate of this update's optimizer steps (get_last_lr() after them is the next update's)
+        summary.setdefault("optim/lr", self.scheduler.get_last_lr()[0])
         return summary

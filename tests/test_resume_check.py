@@ -156,9 +156,10 @@ def test_learning_settings_of_a_run_with_nothing_left_to_learn_are_refused(run, 
     assert main(["train", "--resume", str(run), "--iterations", "3", *changes, "--check"]) == 0  # learns one more
     # what the rollouts sampled with: the sampler's guidance, temperatures, negative prompt and T (the run's
     # rollout.num_steps is null), and model.dtype
-    sampled = ["sampler.num_steps=30", "sampler.cfg_scale=9", "model.dtype=float16"]
+    sampled = ["sampler.num_steps=30", "sampler.cfg_scale=9", "model.dtype=float16", "model.resolution=32"]
     error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "2", "--check", *_sets(sampled))
-    assert "model.dtype, sampler.cfg_scale, sampler.num_steps: the run has learned all its 2 iterations" in error
+    expected = "model.dtype, model.resolution, sampler.cfg_scale, sampler.num_steps: the run has learned all its 2"
+    assert expected in error
     evaluation_only = ["sampler.batch_size=16", "sampler.compile=false", "eval.dtype=bfloat16"]
     assert main(["train", "--resume", str(run), "--iterations", "2", "--check", *_sets(evaluation_only)]) == 0
 
