@@ -265,9 +265,8 @@ class RayRun:
             self.rollouts.forget(attempt.rollout_index)
             if attempt.iteration + self.version_offset - sampled_by > self.config.ray.max_staleness:
                 # the learner would drop it as too stale, and every batch queued behind it: redone at once instead
-                self.counts["sync/dropped_stale"] += 1
                 self.metrics.record("maskfocus_dropped_stale", 1)
-                self.redo.append(attempt.iteration)
+                self.redo_dropped(attempt.iteration)
                 return
         prompt_cursor = self.metadata[attempt.iteration][1]
         item = QueuedBatch(attempt.iteration, prompt_cursor, [attempt.batch])
@@ -323,9 +322,8 @@ class RayRun:
                 self.receive_weights(version, record.get("iteration", -1))
             return
         self.observe_queue()
-        if record.get("dropped"):
-            self.counts["sync/dropped_stale"] += 1
-            self.redo.append(record["iteration"])
+        if record.get("dropped"):  # the learner recorded the metric
+            self.redo_dropped(record["iteration"])
             return
         self.version, self.weights = version, weights or self.weights
         self.collect_receives()
@@ -333,6 +331,11 @@ class RayRun:
         self.progress.set_postfix(self.recent.postfix(record), refresh=False)
         self.progress.update(1)
         self.write_record(record)
+
+    def redo_dropped(self, iteration: int) -> None:
+        """A batch dropped (too stale, out of order, lost): its iteration is sampled again."""
+        self.counts["sync/dropped_stale"] += 1
+        self.redo.append(iteration)
 
     def receive_weights(self, version: int, iteration: int) -> None:
         """Collective: every rollout worker takes part in the learner's broadcast of `version`."""

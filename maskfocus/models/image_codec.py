@@ -52,6 +52,8 @@ class VQImageCodec:
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W), by codebook lookup and the VQ decoder."""
         h, w = self.grid_size
+        if tokens_BL.shape[1] != h * w:  # a codec at another resolution than the generator that sampled them
+            raise ValueError(f"{tokens_BL.shape[1]} tokens per image, but this VQ decodes a {h}x{w} grid")
         shape = (tokens_BL.shape[0], h, w, self.latent_channels)
         images = self.vqvae.decode(tokens_BL.reshape(-1), force_not_quantize=True, shape=shape).sample
         low, high = self.pixel_range

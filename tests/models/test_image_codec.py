@@ -69,3 +69,11 @@ def test_native_resolution_of_an_amused_config_without_sample_size_is_the_class_
     vq = SimpleNamespace(block_out_channels=(16, 32))  # downscale 2
     assert native_resolution("amused", SimpleNamespace(), vq) == AMUSED_DEFAULT_SAMPLE_SIZE * 2
     assert native_resolution("amused", SimpleNamespace(sample_size=8), vq) == 16
+
+
+def test_tokens_of_another_grid_are_refused_by_name():
+    """A codec at another resolution than the generator that sampled the tokens failed inside the VQ decoder."""
+    codec = load_image_codec(ModelConfig())
+    side = codec.grid_size[0]
+    with pytest.raises(ValueError, match=rf"{(side + 1) ** 2} tokens per image, but this VQ decodes a {side}x{side}"):
+        codec.decode(torch.zeros(1, (side + 1) ** 2, dtype=torch.long))
