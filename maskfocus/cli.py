@@ -20,7 +20,7 @@ from maskfocus.config import (
     SamplerConfig,
     load_config_or_default,
 )
-from maskfocus.config_base import parse_set, set_from_option
+from maskfocus.config_base import parse_set, set_from_option, set_in
 from maskfocus.outputs import check_distinct_files, check_output_file, write_text_whole
 from maskfocus.script_args import SAMPLING_ONLY, nonnegative_int, positive_int, run_script
 
@@ -56,21 +56,10 @@ def _eager_for_few(args: argparse.Namespace, sampler: SamplerConfig, num_images:
     line sets sampler.compile itself."""
     from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
 
-    asked = _sets_key(parse_set(args.set), "sampler.compile")
+    asked, _ = set_in(parse_set(args.set), "sampler.compile")
     if not sampler.compile or num_images >= COMPILE_PAYS_OFF_IMAGES or asked:
         return sampler
     return sampler.model_copy(update={"compile": False})
-
-
-def _sets_key(overrides: dict, dotted: str) -> bool:
-    """Whether `--set` options give `dotted` (a.b.c), as itself or inside a mapping (`--set 'a={b: {c: 1}}'`)."""
-    for key, value in overrides.items():
-        if key == dotted:
-            return True
-        inside = {f"{key}.{inner}": item for inner, item in value.items()} if isinstance(value, dict) else {}
-        if dotted.startswith(key + ".") and _sets_key(inside, dotted):
-            return True
-    return False
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -108,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from maskfocus.images import save_grid
     from maskfocus.models import load_generator
-    from maskfocus.stopping import RunStopped, StopAtOnce, StopSignal
+    from maskfocus.stopping import stop_named
 
     overrides, options = _sampler_overrides(args)
     if args.num_images_per_prompt is not None:
@@ -143,22 +132,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_generator(_model_config(args, config), dtype=config.eval.weights_dtype(config.model))
     clip_score = None if args.no_clip else build_eval_clip_score(config, judge.name)
     records_out = Path(args.out) if args.out else None
-    try:
-        with StopAtOnce():  # SIGTERM as Ctrl-C: say what was kept
-            records, summary, images = run_evaluation(
-                model,
-                rows,
-                config.eval,
-                _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
-                clip_score=clip_score,
-                keep_rows=grid_rows(rows) if args.grid else (),
-                judge=judge,
-                records_out=records_out,
-            )
-    except KeyboardInterrupt as stop:
-        signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
-        kept = f"the records judged so far are in {records_out}.partial" if records_out else "nothing was written"
-        raise RunStopped(f"stopped before the evaluation ended; {kept}", signal_name) from None
+    kept = f"the records judged so far are in {records_out}.partial" if records_out else "nothing was written"
+    with stop_named("evaluating", lambda: kept):  # Ctrl-C or SIGTERM: say what was kept
+        records, summary, images = run_evaluation(
+            model,
+            rows,
+            config.eval,
+            _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
+            clip_score=clip_score,
+            keep_rows=grid_rows(rows) if args.grid else (),
+            judge=judge,
+            records_out=records_out,
+        )
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
     if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag
         labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in grid_rows(rows)]

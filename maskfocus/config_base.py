@@ -341,15 +341,24 @@ def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str
     """`overrides[key] = value`, given by the command-line option `option` (`--iterations` for
     train.num_iterations); a `--set` of the same key (or of a section mapping that holds it) with another value is
     an error, not silently overruled."""
+    found, given = set_in(overrides, key)
+    if found and given != value:
+        raise ConfigError(f"{option} {value} and --set {key}={given} disagree; give one of them")
+    overrides[key] = value
+
+
+def set_in(overrides: dict, key: str) -> tuple[bool, Any]:
+    """(whether `--set` options give dotted `key`, the value): as itself, or inside a mapping given for a section
+    above it (`--set 'sampler={num_steps: 5}'` gives sampler.num_steps)."""
     parts = key.split(".")
     for depth in range(len(parts), 0, -1):
         given, found = overrides.get(".".join(parts[:depth])), ".".join(parts[:depth]) in overrides
         for part in parts[depth:]:
             found = found and isinstance(given, Mapping) and part in given
             given = given.get(part) if found else None
-        if found and given != value:
-            raise ConfigError(f"{option} {value} and --set {key}={given} disagree; give one of them")
-    overrides[key] = value
+        if found:
+            return True, given
+    return False, None
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -145,20 +145,26 @@ def test_real_geneval_classes_are_refused_by_the_shapes_detector(capsys):
 
 def test_a_stopped_eval_says_where_the_records_judged_so_far_are(monkeypatch, tmp_path, capsys):
     """Ctrl-C (or SIGTERM) printed only 'interrupted'; the records judged so far stay in OUT.partial."""
+    import os
+    import signal
+    import time
+
     import maskfocus.evaluation
     from maskfocus.cli import main
 
     def run_evaluation(model, rows, eval_config, sampler, **kwargs):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+        time.sleep(30)  # the handler raises before this ends
+        raise AssertionError("SIGINT was not turned into a stop")
 
     monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
     out = tmp_path / "results.jsonl"
     assert main(["eval", "--limit", "2", "--no-clip", "--out", str(out)]) == 130
     error = capsys.readouterr().err
-    expected = f"maskfocus eval: stopped before the evaluation ended; the records judged so far are in {out}.partial"
+    expected = f"maskfocus eval: stopped on SIGINT while evaluating; the records judged so far are in {out}.partial"
     assert expected in error
     assert main(["eval", "--limit", "2", "--no-clip"]) == 130
-    assert "stopped before the evaluation ended; nothing was written" in capsys.readouterr().err
+    assert "stopped on SIGINT while evaluating; nothing was written" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
