@@ -250,7 +250,21 @@ def submit_command(
     stub_file.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     script = str(REPO / "deploy" / "submit.sh")
-    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd or REPO)
+    return subprocess.run(
+        [script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd or REPO,
+        preexec_fn=_sigint_as_at_a_terminal,
+    )
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """SIGINT back to its default action in the script: a shell started in the background (`cmd &`, as a CI may run
+    the suite) ignores SIGINT, its children inherit that, and bash cannot trap a signal ignored at its start."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_submit_script_submits_a_config_or_a_resume_with_the_arguments_given(tmp_path):
