@@ -112,7 +112,6 @@ class RayRun:
         self.config, self.run_dir, self.batches, self.store = config, run_dir, batches, store
         self.driver_config = driver_model_config(config, torch.cuda.is_available())
         self.collective = weight_group is not None
-        self.rollouts, self.rewards = role_pools(config, run_tag(run_dir, config.train.out_dir), weight_group)
         self.prompts = PromptStream.from_config(config, start.prompt_cursor)
         self.metadata: dict[int, tuple[list[dict[str, Any]], int]] = {}
         self.next_iteration, self.end = start.iteration, config.train.num_iterations
@@ -141,6 +140,9 @@ class RayRun:
         self.metrics = RunMetrics(run_tag(run_dir, config.train.out_dir))
         self.total = self.end - start.iteration
         """The iterations this call learns (a resume's, not the run's)."""
+        # the pools last: what fails before them (a prompt file, the metrics file) leaves no workers behind, as the
+        # caller kills the pools only of a run it got (`train_ray`)
+        self.rollouts, self.rewards = role_pools(config, run_tag(run_dir, config.train.out_dir), weight_group)
         self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None

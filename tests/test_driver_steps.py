@@ -445,3 +445,22 @@ def test_a_sigterm_while_the_ray_run_starts_stops_it_with_a_message_and_its_exit
     )
     assert stopped.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is handler_before  # restored: a later SIGTERM acts as before
+
+
+def test_the_worker_pools_come_last_so_a_failure_before_them_leaves_no_workers(tmp_path, monkeypatch):
+    """train_ray kills the pools of a run it got; a failure inside RayRun's constructor after the pools were made
+    (a prompt file, the metrics file) left them running until the driver process ended."""
+    import maskfocus.driver as driver
+    from maskfocus.config import default_run_config
+    from maskfocus.run_state import RunState
+
+    built = []
+    monkeypatch.setattr(driver, "role_pools", lambda *args: built.append(args) or (None, None))
+
+    def unreadable(config, cursor):
+        raise OSError("prompt file gone")
+
+    monkeypatch.setattr(driver.PromptStream, "from_config", unreadable)
+    with pytest.raises(OSError, match="prompt file gone"):
+        driver.RayRun(default_run_config(), tmp_path, RunState(), None, None, show_progress=False)
+    assert built == []
