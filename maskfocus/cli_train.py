@@ -152,7 +152,7 @@ def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
 def run_executor(config: RunConfig, run_dir: Path, resume: bool, address: str | None) -> dict:
     """Train with the config's executor (Ray or in-process); returns the run's summary."""
     if config.train.executor == "ray":
-        from maskfocus.ray_run import train_ray
+        from maskfocus.driver_run import train_ray
 
         return train_ray(config, run_dir, resume=resume, address=address)
     from maskfocus.trainer import train_local

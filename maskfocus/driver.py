@@ -1,4 +1,4 @@
-"""The Ray executor's event loop (`RayRun`; maskfocus/ray_run.py's `train_ray` starts and ends it): rollout and
+"""The Ray executor's event loop (`RayRun`; maskfocus/driver_run.py's `train_ray` starts and ends it): rollout and
 reward pools, the batch queue, the learner group, run until the configured iterations (DESIGN.md, Data flow).
 
 The loop is event driven: a rollout for iteration i starts once the learner's version is at least

@@ -179,7 +179,7 @@ def test_a_second_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, 
 
 def test_a_failed_ray_run_is_its_cause_and_resume_command_with_the_traceback_in_a_file(tmp_path, capsys, monkeypatch):
     """A dead worker or a timeout ended in pages of the driver's frames, the resume command at their bottom."""
-    import maskfocus.ray_run
+    import maskfocus.driver_run
     from maskfocus.cli import main
     from maskfocus.stopping import RunFailed
 
@@ -188,7 +188,7 @@ def test_a_failed_ray_run_is_its_cause_and_resume_command_with_the_traceback_in_
     def failed(config, run_dir, resume, address):
         raise RunFailed("the Ray run stopped: reward worker 0 is dead; no checkpoint was written yet", log)
 
-    monkeypatch.setattr(maskfocus.ray_run, "train_ray", failed)
+    monkeypatch.setattr(maskfocus.driver_run, "train_ray", failed)
     assert main(["train", "--set", f"train.out_dir={tmp_path}", "--name", "run"]) == 1
     error = capsys.readouterr().err
     assert error == (

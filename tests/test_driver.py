@@ -111,11 +111,11 @@ class PrometheusScraper:
 
 
 @pytest.fixture(scope="module")
-def ray_run(ray_session, runs, tmp_path_factory):  # noqa: F811
+def driver_run(ray_session, runs, tmp_path_factory):  # noqa: F811
     """train_ray on the bfloat16 config, its Prometheus export scraped while it runs; (run folder, scraper).
     Its rollout workers sample in bfloat16 from the published weights, the in-process run from its bfloat16 copy
     of the master; both learn in float32 and save the float32 weights."""
-    from maskfocus.ray_run import train_ray
+    from maskfocus.driver_run import train_ray
 
     ray_dir = tmp_path_factory.mktemp("ray_bfloat16")
     with PrometheusScraper(METRICS_PORT) as scraper:
@@ -123,12 +123,12 @@ def ray_run(ray_session, runs, tmp_path_factory):  # noqa: F811
     return ray_dir, scraper
 
 
-def test_a_bfloat16_ray_run_records_what_train_local_does(ray_run, runs):
+def test_a_bfloat16_ray_run_records_what_train_local_does(driver_run, runs):
     """Iteration 0 samples from the same base weights cast to bfloat16 on both sides: equal rollouts, rewards and
     losses. After an update the two float32 masters agree to rounding, not bit for bit, and a bfloat16 cast can
     round such a difference apart, so later rollouts may differ by a token (seen: iteration 1's reward/mean
     -0.13293 on Ray against -0.13273 in process). The float32 runs below are compared at every iteration."""
-    ray_dir, _ = ray_run
+    ray_dir, _ = driver_run
     local, remote = read_metrics(runs.bfloat16_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
     assert [r["iteration"] for r in remote] == [0, 1, 2]
     assert abs(local[0]["loss/total"]) > 0  # a reward that varies: the comparison means something
@@ -152,7 +152,7 @@ def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(request, runs, 
     import torch
     from safetensors.torch import load_file
 
-    run_dir = runs.bfloat16_dir if executor == "local" else request.getfixturevalue("ray_run")[0]
+    run_dir = runs.bfloat16_dir if executor == "local" else request.getfixturevalue("driver_run")[0]
     saved = load_file(str(next((run_dir / "model" / "transformer").glob("*.safetensors"))))
     last = load_file(str(latest_checkpoint(run_dir) / "transformer.safetensors"))
     assert saved.keys() == last.keys()
@@ -161,11 +161,11 @@ def test_the_final_model_of_a_bfloat16_run_is_the_float32_master(request, runs, 
     assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in saved.values())
 
 
-def test_dashboard_metrics_appear_in_the_prometheus_export(ray_run):
+def test_dashboard_metrics_appear_in_the_prometheus_export(driver_run):
     """Every metric of an on-policy run without failures (all but the redone / dropped counters and the stale batches'
     behaviour gauge) is scraped while it runs or right after (counters, histograms and the driver's gauges stay in
     the export)."""
-    _, scraper = ray_run
+    _, scraper = driver_run
     absent = ("maskfocus_redone", "maskfocus_dropped_stale", "maskfocus_behaviour_log_ratio")
     expected = [name for name in METRICS if name not in absent]
     deadline = time.monotonic() + 30
@@ -249,7 +249,7 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     costs 35-40 s here. tests/test_driver_steps.py stops a run on an iteration's failure count. No kill comes
     at iteration 0: in one try a reward actor killed there did not fail its call, which was not redone; the actor
     may still have been starting, with the call queued for it.)"""
-    from maskfocus.ray_run import train_ray
+    from maskfocus.driver_run import train_ray
 
     config, local_dir = runs.float32_config, runs.float32_dir
     ray_settings = config.ray.model_copy(update={"max_restarts": 1})
@@ -290,7 +290,7 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
     import signal
 
     from maskfocus.driver import RayRun
-    from maskfocus.ray_run import train_ray
+    from maskfocus.driver_run import train_ray
     from maskfocus.stopping import RunStopped
 
     write_record = RayRun.write_record

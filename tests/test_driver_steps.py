@@ -316,10 +316,10 @@ def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actor
     import ray
 
     import maskfocus.driver as driver
-    import maskfocus.ray_run as ray_run
+    import maskfocus.driver_run as driver_run
 
     started: list = []
-    learner_group = ray_run.LearnerGroup
+    learner_group = driver_run.LearnerGroup
 
     def recorded(*args, **kwargs):
         started.append((learner_group(*args, **kwargs), args))
@@ -328,12 +328,12 @@ def test_a_failure_while_setting_up_stops_the_learner_and_removes_the_runs_actor
     def no_pools(*args, **kwargs):
         raise OSError("no room for the rollout pool")
 
-    monkeypatch.setattr(ray_run, "LearnerGroup", recorded)
+    monkeypatch.setattr(driver_run, "LearnerGroup", recorded)
     monkeypatch.setattr(driver, "role_pools", no_pools)
     with pytest.raises(
-        ray_run.RunFailed, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
+        driver_run.RunFailed, match="the Ray run stopped: no room for the rollout pool; no checkpoint was written yet"
     ) as failed:
-        ray_run.train_ray(tiny_config(random_model, tmp_path / "runs"), tmp_path, show_progress=False)
+        driver_run.train_ray(tiny_config(random_model, tmp_path / "runs"), tmp_path, show_progress=False)
     assert failed.value.error_log == tmp_path / "error.log"  # the traceback `maskfocus train` no longer prints
     assert "OSError: no room for the rollout pool" in failed.value.error_log.read_text()
     learner, (batches, store) = started[0][0], started[0][1][3:5]
@@ -399,7 +399,7 @@ def test_a_stop_while_the_run_finishes_names_the_checkpoint_to_resume_from(tmp_p
 
     import torch
 
-    from maskfocus.ray_run import finish_or_stop
+    from maskfocus.driver_run import finish_or_stop
     from maskfocus.run_io import save_checkpoint
     from maskfocus.stopping import RunStopped
 
@@ -426,7 +426,7 @@ def test_a_sigterm_while_the_ray_run_starts_stops_it_with_a_message_and_its_exit
     import os
     import signal
 
-    import maskfocus.ray_run as ray_run
+    import maskfocus.driver_run as driver_run
     from maskfocus.config import default_run_config
 
     def connect_slowly(ray_config, address):
@@ -434,11 +434,11 @@ def test_a_sigterm_while_the_ray_run_starts_stops_it_with_a_message_and_its_exit
         time.sleep(30)  # the handler raises before this ends
         raise AssertionError("SIGTERM was not turned into a stop")
 
-    monkeypatch.setattr(ray_run, "connect", connect_slowly)
+    monkeypatch.setattr(driver_run, "connect", connect_slowly)
     handler_before = signal.getsignal(signal.SIGTERM)
     start = time.perf_counter()
-    with pytest.raises(ray_run.RunStopped) as stopped:
-        ray_run.train_ray(default_run_config(), tmp_path / "run", show_progress=False)
+    with pytest.raises(driver_run.RunStopped) as stopped:
+        driver_run.train_ray(default_run_config(), tmp_path / "run", show_progress=False)
     assert time.perf_counter() - start < 20
     assert str(stopped.value) == (
         "stopped on SIGTERM while the Ray run started, before its first iteration; no checkpoint was written yet"

@@ -188,7 +188,7 @@ def test_gloo_broadcast_reaches_every_receiver_and_a_layout_mismatch_fails_clear
 
 def test_driver_refuses_collective_transport_without_gpus_and_says_why(tmp_path):
     from maskfocus.actors.cluster import check_supported as _check_supported
-    from maskfocus.ray_run import train_ray
+    from maskfocus.driver_run import train_ray
 
     config = tiny_config(tmp_path / "model", tmp_path / "runs", ray={"weight_transport": "collective"})
     with pytest.raises(ConfigError, match=r"learner_gpus >= 1.*torch.distributed group.*Allowed: object_store"):
