@@ -132,6 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_generator(_model_config(args, config), dtype=config.eval.weights_dtype(config.model))
     clip_score = None if args.no_clip else build_eval_clip_score(config, judge.name)
     records_out = Path(args.out) if args.out else None
+    shown = grid_rows(rows) if args.grid else []  # the rows the grid shows: their images are kept
     kept = f"the records judged so far are in {records_out}.partial" if records_out else "nothing was written"
     with stop_named("evaluating", lambda: kept):  # Ctrl-C or SIGTERM: say what was kept
         records, summary, images = run_evaluation(
@@ -140,13 +141,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             config.eval,
             _eager_for_few(args, config.sampler, len(rows) * config.eval.num_images_per_prompt),
             clip_score=clip_score,
-            keep_rows=grid_rows(rows) if args.grid else (),
+            keep_rows=shown,
             judge=judge,
             records_out=records_out,
         )
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
     if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag
-        labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in grid_rows(rows)]
+        labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in shown]
         save_grid(args.grid, images, columns=config.eval.num_images_per_prompt, scale=2, labels=labels)
     print(format_table(summary))
     print(f"{summary['seconds']} s")

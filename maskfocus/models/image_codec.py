@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
@@ -86,7 +87,7 @@ def check_resolution(folder: Path, resolution: int | None) -> None:
     """`check_tileable` from the folder's vqvae/config.json alone (cheap: `maskfocus train` checks it before a run
     starts, which found it only once a worker loaded the model)."""
     if resolution is not None:
-        check_tileable(resolution, vq_downscale(_ConfigView(read_config(folder, "vqvae"))))
+        check_tileable(resolution, vq_downscale(SimpleNamespace(**read_config(folder, "vqvae"))))
 
 
 def native_resolution(kind: str, transformer_config, vq_config) -> int:
@@ -103,13 +104,6 @@ def native_resolution(kind: str, transformer_config, vq_config) -> int:
     return int(sample_size) * vq_downscale(vq_config)
 
 
-class _ConfigView:
-    """Attribute access to a config.json dict, as diffusers' model configs offer."""
-
-    def __init__(self, values: dict):
-        self.__dict__.update(values)
-
-
 def load_image_codec(config: ModelConfig, device: str | None = None) -> VQImageCodec:
     """The VQ of the generator folder `config.path` (checked as `load_generator` checks it), at the resolution the
     generator samples: `config.resolution`, else the folder's native one. Reads the transformer's config only."""
@@ -119,6 +113,6 @@ def load_image_codec(config: ModelConfig, device: str | None = None) -> VQImageC
     folder = check_generator_folder(config.path, config.kind)
     check_codebooks(folder)
     vqvae = load_vqvae(folder, folder_hint(config.path))
-    transformer_config = _ConfigView(read_config(folder, "transformer"))
+    transformer_config = SimpleNamespace(**read_config(folder, "transformer"))  # attributes, as diffusers
     image_size = config.resolution or native_resolution(config.kind, transformer_config, vqvae.config)
     return VQImageCodec(vqvae, image_size, vq_pixel_range(folder), device or config.device)
