@@ -71,9 +71,7 @@ from maskfocus.run_io import (
     running_counts,
 )
 from maskfocus.run_state import RunState
-from maskfocus.stopping import (
-    StopRequest,
-)
+from maskfocus.stopping import StopRequest
 from maskfocus.trainer import PromptStream
 
 POLL_S = 1.0
@@ -137,12 +135,13 @@ class RayRun:
         self.nonfinite = NonFiniteWatch(config.train.max_nonfinite_iterations)
         self.counts = running_counts(self.log.path, ("sync/dropped_stale", "sync/redone"))
         """Running totals over the whole run: a resume goes on from its last kept record's."""
-        self.metrics = RunMetrics(run_tag(run_dir, config.train.out_dir))
+        tag = run_tag(run_dir, config.train.out_dir)
+        self.metrics = RunMetrics(tag)
         self.total = self.end - start.iteration
         """The iterations this call learns (a resume's, not the run's)."""
         # the pools last: what fails before them (a prompt file, the metrics file) leaves no workers behind, as the
         # caller kills the pools only of a run it got (`train_ray`)
-        self.rollouts, self.rewards = role_pools(config, run_tag(run_dir, config.train.out_dir), weight_group)
+        self.rollouts, self.rewards = role_pools(config, tag, weight_group)
         self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)
         self.recent = RecentReward()
         self.model: MaskedGenerator | None = None
