@@ -303,7 +303,7 @@ def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, An
     return "| " + " | ".join(cells) + " |"
 
 
-def _image_count_notes(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
+def _not_like_for_like_notes(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
     """A note where the runs' final evaluations and the base's counted different numbers of images (different
     prompt sets or images per prompt), or sampled or judged differently (`evaluated`, where the summaries record
     it): the gain is then not like for like."""
@@ -336,7 +336,7 @@ def comparison_table(
         lines.append("| " + " | ".join(cells) + " |")
     letters = group_letters(groups)
     lines += [_row(f"{letters[label]}: {label}", group, tags, base) for label, group in groups.items()]
-    lines += _image_count_notes(runs, base)
+    lines += _not_like_for_like_notes(runs, base)
     if base is None:
         lines += ["", NO_BASE_NOTE]
     if common:

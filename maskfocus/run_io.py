@@ -106,7 +106,7 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     start = resume_state(run_dir, resume=True)
     tag = Path(start.checkpoint).name if start.checkpoint is not None else "start"
     # read before anything moves: a config.yaml that today's checks refuse (saved before a check was added) is read
-    # as written, and this resume's settings are the ones that fix it
+    # section by section (saved_settings_of), and this resume's settings are the ones that fix it
     before = saved_settings(run_dir / "config.yaml")
     after = flatten(config.model_dump(mode="json"))
     changes = [f"{key}: {before.get(key)} -> {value}" for key, value in after.items() if before.get(key) != value]
