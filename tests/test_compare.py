@@ -145,25 +145,6 @@ def test_a_damaged_run_is_left_out_of_a_comparison_of_many_and_named(ablation_ru
     assert "critical_seed0/eval/summary.json: not JSON" in capsys.readouterr().err
 
 
-def test_evaluation_files_are_replaced_whole_or_left_as_they_were(tmp_path, monkeypatch):
-    """write_results writes beside the file and renames: a failure mid-write leaves the earlier summary intact."""
-    from maskfocus import outputs
-    from maskfocus.evaluation import write_results
-
-    summary = tmp_path / "eval" / "summary.json"
-    write_results([{"correct": True}], {"overall": 0.5, "tags": {}}, tmp_path / "eval" / "results.jsonl", summary)
-    assert json.loads(summary.read_text())["overall"] == 0.5
-
-    def cut_short(source, target):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(outputs.os, "replace", cut_short)
-    with pytest.raises(OSError, match="disk full"):
-        write_results([], {"overall": 0.9, "tags": {}}, None, summary)
-    assert json.loads(summary.read_text())["overall"] == 0.5
-    assert sorted(path.name for path in summary.parent.iterdir()) == ["results.jsonl", "summary.json"]
-
-
 @pytest.mark.parametrize(
     ("summary", "problem"),
     [
@@ -339,66 +320,6 @@ def test_curve_of_another_metric_and_an_unknown_key_lists_the_logged_ones(ablati
     assert "--curve loss/kll: no run logged it" in error and "perf/learner_seconds, reward/mean" in error
 
 
-def test_picture_leaves_out_tags_a_group_was_not_scored_on(tmp_path):
-    import json
-
-    from maskfocus.compare_plot import plot_comparison
-
-    run = make_run(tmp_path / "a", {}, 0.5)
-    (run / "eval" / "summary.json").write_text(json.dumps({"overall": 0.5, "tags": {"counting": 0.25}}))
-    other = make_run(tmp_path / "b", {"seed": 1}, 0.6)
-    groups, _ = group_runs([load_run(run), load_run(other)])
-    picture = plot_comparison(groups, tmp_path / "c.png", {"overall": 0.4, "tags": {}})
-    with Image.open(picture) as image:
-        assert image.width > 1000
-    table = comparison_table(groups, None)
-    assert "| counting |" in table.splitlines()[0] and "| 0.250 ± nan |" not in table
-
-
-def test_final_bars_of_an_unscored_tag_have_no_height(tmp_path):
-    import json
-    import math
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from maskfocus.compare_plot import _plot_final
-
-    only_counting = make_run(tmp_path / "a", {"selection.strategy": "random"}, 0.5)
-    (only_counting / "eval" / "summary.json").write_text(json.dumps({"overall": 0.5, "tags": {"counting": 0.25}}))
-    both = make_run(tmp_path / "b", {}, 0.6)  # single_object 0.7, two_object 0.5
-    groups, _ = group_runs([load_run(only_counting), load_run(both)])
-    fig, ax = plt.subplots()
-    assert _plot_final(ax, groups, {label: label for label in groups}, lambda i: "C0", None)
-    heights = [[bar.get_height() for bar in container] for container in ax.containers if hasattr(container, "patches")]
-    plt.close(fig)
-    # columns: overall, counting, single_object, two_object; a tag its runs were not scored on draws nothing
-    assert heights[0][:2] == [0.5, 0.25] and all(math.isnan(h) for h in heights[0][2:])
-    assert math.isnan(heights[1][1]) and heights[1][0] == 0.6 and heights[1][2:] == pytest.approx([0.7, 0.5])
-
-
-def test_runs_without_metrics_say_so_in_the_curve_panel(tmp_path):
-    """Runs that have not logged an iteration yet drew an empty, unlabelled axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from maskfocus.compare_plot import _plot_curves
-
-    logged, fresh = make_run(tmp_path / "a", {}, None), make_run(tmp_path / "b", {"seed": 1}, None, iterations=0)
-    for folders, expected in (([fresh], ["no run has logged reward/mean yet"]), ([logged, fresh], [])):
-        groups, _ = group_runs([load_run(folder) for folder in folders])
-        fig, ax = plt.subplots()
-        drawn = _plot_curves(ax, groups, {label: label for label in groups}, lambda i: "C0", 10, "reward/mean")
-        assert drawn == (not expected)  # the figure's legend is drawn only over curves (matplotlib warns else)
-        assert [text.get_text() for text in ax.texts] == expected
-        assert len(ax.lines) == len(folders) - 1
-        plt.close(fig)
-
-
 def test_a_run_without_config_in_a_folder_of_runs_is_named_not_skipped_silently(tmp_path, capsys):
     make_run(tmp_path / "runs" / "good", {}, overall=0.5)
     broken = make_run(tmp_path / "runs" / "noconfig", {"seed": 1}, overall=0.5)
@@ -417,14 +338,6 @@ def test_a_folder_of_only_configless_runs_names_them_in_its_error(tmp_path):
         find_run_folders([tmp_path / "runs"])
     with pytest.raises(CompareError, match=rf"^{broken}: neither .*; {broken}: a run's metrics"):
         find_run_folders([broken])  # the run folder itself, given directly
-
-
-def test_a_picture_of_runs_without_metrics_raises_no_matplotlib_warning(tmp_path, recwarn):
-    from maskfocus.compare_plot import plot_comparison
-
-    groups, _ = group_runs([load_run(make_run(tmp_path / "fresh", {}, None, iterations=0))])
-    assert plot_comparison(groups, tmp_path / "c.png", None).is_file()
-    assert [str(warning.message) for warning in recwarn] == []
 
 
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):

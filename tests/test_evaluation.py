@@ -1,6 +1,11 @@
-"""The rows `maskfocus eval --grid` shows: the first two of each tag, in the order the tags come."""
+"""maskfocus/evaluation.py: the rows `maskfocus eval --grid` shows (the first two of each tag, in the order the tags
+come), and result files replaced whole."""
 
 from __future__ import annotations
+
+import json
+
+import pytest
 
 from maskfocus.evaluation import grid_rows, load_rows
 
@@ -14,3 +19,22 @@ def test_the_grid_shows_the_first_rows_of_each_tag_of_the_benchmark():
     for index in chosen:  # no earlier row of its tag was passed over
         assert sum(row["tag"] == rows[index]["tag"] for row in rows[:index]) < 2
     assert grid_rows(rows, per_tag=1) == [chosen[i] for i in range(0, 12, 2)]
+
+
+def test_evaluation_files_are_replaced_whole_or_left_as_they_were(tmp_path, monkeypatch):
+    """write_results writes beside the file and renames: a failure mid-write leaves the earlier summary intact."""
+    from maskfocus import outputs
+    from maskfocus.evaluation import write_results
+
+    summary = tmp_path / "eval" / "summary.json"
+    write_results([{"correct": True}], {"overall": 0.5, "tags": {}}, tmp_path / "eval" / "results.jsonl", summary)
+    assert json.loads(summary.read_text())["overall"] == 0.5
+
+    def cut_short(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs.os, "replace", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        write_results([], {"overall": 0.9, "tags": {}}, None, summary)
+    assert json.loads(summary.read_text())["overall"] == 0.5
+    assert sorted(path.name for path in summary.parent.iterdir()) == ["results.jsonl", "summary.json"]
