@@ -90,20 +90,25 @@ def role_pools(
             max_restarts=0 if weight_group is not None else ray_config.max_restarts,
         )
     )
-    if weight_group is not None:
-        joins = [actor.join_weight_group.remote(weight_group, rank) for rank, actor in enumerate(rollouts.actors, 1)]
-        ray.get(joins, timeout=ray_config.timeout_s)
-    rewards = WorkerPool(
-        make_actors(
-            RewardWorker,
-            ray_config.num_reward_workers,
-            config,
-            run_name,
-            num_cpus=ray_config.reward_cpus,
-            num_gpus=ray_config.reward_gpus,
-            max_restarts=ray_config.max_restarts,
+    try:  # a failure or a stop from here on would leave the rollout pool running until the driver process ends
+        if weight_group is not None:
+            ranks = enumerate(rollouts.actors, 1)
+            joins = [actor.join_weight_group.remote(weight_group, rank) for rank, actor in ranks]
+            ray.get(joins, timeout=ray_config.timeout_s)
+        rewards = WorkerPool(
+            make_actors(
+                RewardWorker,
+                ray_config.num_reward_workers,
+                config,
+                run_name,
+                num_cpus=ray_config.reward_cpus,
+                num_gpus=ray_config.reward_gpus,
+                max_restarts=ray_config.max_restarts,
+            )
         )
-    )
+    except BaseException:
+        rollouts.kill()
+        raise
     return rollouts, rewards
 
 

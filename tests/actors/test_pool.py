@@ -62,3 +62,28 @@ def test_each_actor_of_a_pool_is_built_with_its_index_as_its_worker_tag(ray_sess
         assert built == [("rollout", 0), ("rollout", 1), ("rollout", 2)]
     finally:
         pool.kill()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_a_stop_or_failure_while_the_reward_pool_is_made_kills_the_rollout_pool_made_before_it(
+    tmp_path, monkeypatch, stop
+):
+    """Ctrl-C, or no room for the reward workers, after the rollout workers exist: the caller gets no pools to kill,
+    so the rollout workers ran on until the driver process ended."""
+    import maskfocus.actors.pool as pool
+
+    made: list[str] = []
+    killed: list[str] = []
+
+    def fake_make_actors(role: type, num: int, *args, **options) -> list[str]:
+        if role.__name__ == "RewardWorker":
+            raise stop("while the reward pool is made")
+        made.extend(f"{role.__name__}-{index}" for index in range(num))
+        return made[-num:]
+
+    monkeypatch.setattr(pool, "make_actors", fake_make_actors)
+    monkeypatch.setattr(pool.ray, "kill", lambda actor, no_restart: killed.append(actor))
+    config = tiny_config(tmp_path / "model", tmp_path, ray={"num_rollout_workers": 2})
+    with pytest.raises(stop, match="while the reward pool is made"):
+        pool.role_pools(config, "run")
+    assert made == ["RolloutWorker-0", "RolloutWorker-1"] and killed == made
