@@ -69,13 +69,16 @@ def running_counts(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
 
 def unrecorded_note(path: Path, start_iteration: int, log_every: int = 1) -> str | None:
     """A resume's word on iterations before `start_iteration` (learned, in the checkpoint) without a record in
-    `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses them. Only
-    the iterations `train.log_every` logs are expected."""
+    `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses those after
+    its last record. They are expected at the cadence its last two records show (`train.log_every` as the stopped run
+    had it: a resume may change it); with fewer records, at the given `log_every`."""
     if start_iteration == 0:
         return None
     records, _ = _parse_metrics(path) if path.exists() else ([], None)
-    expected = set(range(0, start_iteration, log_every))
-    missing = sorted(expected - {record.get("iteration") for record in records})
+    iterations = {record.get("iteration") for record in records}
+    logged = sorted(it for it in iterations if isinstance(it, int) and it < start_iteration)
+    every = logged[-1] - logged[-2] if len(logged) > 1 else log_every
+    missing = list(range(logged[-1] + every if logged else 0, start_iteration, every))
     if not missing:
         return None
     shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

@@ -345,9 +345,15 @@ def test_a_resume_names_learned_iterations_that_have_no_record(tmp_path, capsys)
     MetricsLog(path, start_iteration=3).close()
     MetricsLog(tmp_path / "fresh.jsonl").close()
     assert "no record" not in capsys.readouterr().out
+    MetricsLog(tmp_path / "empty.jsonl", start_iteration=2).close()  # no record at all: 0 and 1 are missing
+    assert "has no record of iteration(s) 0, 1, which" in capsys.readouterr().out
     sparse = tmp_path / "sparse.jsonl"  # train.log_every 10 logs iterations 0, 10, ...: the others are not lost
     _write_lines(sparse, [json.dumps({"iteration": i}) for i in (0, 10, 20, 30, 40)])
     MetricsLog(sparse, start_iteration=50, log_every=10).close()
     assert "no record" not in capsys.readouterr().out
     MetricsLog(sparse, start_iteration=61, log_every=10).close()  # 50 and 60 were due and are missing
     assert f"note: {sparse} has no record of iteration(s) 50, 60, which" in capsys.readouterr().out
+    MetricsLog(sparse, start_iteration=50, log_every=1).close()  # a resume that logs every iteration from now on
+    assert "no record" not in capsys.readouterr().out
+    MetricsLog(path, start_iteration=5, log_every=10).close()  # the stopped run logged every iteration
+    assert f"note: {path} has no record of iteration(s) 3, 4, which" in capsys.readouterr().out
