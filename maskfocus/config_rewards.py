@@ -6,7 +6,7 @@ Part of the one config tree of `maskfocus.config` (which re-exports these names)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +16,10 @@ from maskfocus.config_base import Section
 OWLV2_THRESHOLDS = ("score_threshold", "counting_score_threshold", "nms_iou")
 """Detector fields a `kind: owlv2` detector must set explicitly: their defaults are GenEval's (Mask2Former). A null
 value for any of them means "not set"."""
+
+GenEvalMode = Literal["binary", "partial", "graded"]
+GENEVAL_MODES: tuple[str, ...] = get_args(GenEvalMode)
+"""A GenEval term's reward: correctness, the fraction of clauses met, or clauses graded by how close a count came."""
 
 
 def settings_not_read(section: Section, readers: dict[str, tuple[str, ...]], reader: str) -> list[str]:
@@ -177,7 +181,7 @@ class RewardSpec(Section):
     """geneval = GenEval rules on detected objects; clip = CLIP score of image and prompt; hps = HPS v2.1 score."""
     weight: float = 1.0
     """Weight of this term."""
-    mode: Literal["binary", "partial", "graded"] = "binary"
+    mode: GenEvalMode = "binary"
     """geneval only: 1/0 correctness; the fraction of clauses met (partial); or graded: as partial, but a clause
     that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
     off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only.

@@ -332,6 +332,8 @@ class ClipScorer:
 
     def score(self, images_B3HW: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """cosine(image_b, prompt_b) per pair, (B,)."""
+        if len(images_B3HW) != len(prompts):  # one prompt would broadcast over every image
+            raise ValueError(f"{len(images_B3HW)} images but {len(prompts)} prompts: one prompt per image")
         return (self.image_embeddings(images_B3HW) * self.text_embeddings(prompts)).sum(-1)
 
 

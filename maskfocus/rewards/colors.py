@@ -8,7 +8,6 @@ three prompt templates, each colour's embedding being the normalized mean of its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,13 +28,14 @@ TEMPLATES = (
 def crop_box(image_HW3: np.ndarray, box: Sequence[float]) -> torch.Tensor:
     """The pixels of a uint8 (H, W, 3) image inside box (x0, y0, x1, y1), as float (3, h, w) in [0, 1].
 
-    The box is widened to whole pixels and clipped to the image; it keeps at least one pixel.
+    The box is rounded to whole pixels as GenEval's PIL `Image.crop` rounds it, and clipped to the image (PIL pads
+    with black instead; a judge's boxes lie inside the image); it keeps at least one pixel.
     """
     height, width, _ = image_HW3.shape
-    x0 = min(max(math.floor(box[0]), 0), width - 1)
-    y0 = min(max(math.floor(box[1]), 0), height - 1)
-    x1 = max(min(math.ceil(box[2]), width), x0 + 1)
-    y1 = max(min(math.ceil(box[3]), height), y0 + 1)
+    x0 = min(max(round(box[0]), 0), width - 1)
+    y0 = min(max(round(box[1]), 0), height - 1)
+    x1 = max(min(round(box[2]), width), x0 + 1)
+    y1 = max(min(round(box[3]), height), y0 + 1)
     crop = np.ascontiguousarray(image_HW3[y0:y1, x0:x1])
     return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0
 

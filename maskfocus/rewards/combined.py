@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from maskfocus.config import ConfigError, GenEvalDetectorConfig, RewardSpec
-from maskfocus.config_rewards import geneval_term_name, repeated_metric_names
+from maskfocus.config_rewards import GENEVAL_MODES, geneval_term_name, repeated_metric_names
 from maskfocus.images import to_tensor
 from maskfocus.rewards.geneval import GenEvalResult, strict_metadata
 from maskfocus.rewards.judges import Judge, build_judge
@@ -29,6 +29,8 @@ class GenEvalReward:
     `strict`: judged against `strict_metadata`, so extra objects cost reward (needs a judge with known classes)."""
 
     def __init__(self, mode: str = "binary", judge: Judge | None = None, strict: bool = False):
+        if mode not in GENEVAL_MODES:
+            raise ConfigError(f"rewards: unknown GenEval mode {mode!r}; one of {', '.join(GENEVAL_MODES)}")
         self.name = geneval_term_name(mode, strict)
         self.mode = mode
         self.judge = judge if judge is not None else build_judge(GenEvalDetectorConfig())

@@ -215,7 +215,9 @@ def strict_metadata(metadata: Mapping[str, Any], class_names: Sequence[str]) -> 
 
     The added clauses are marked `strict` and `evaluate` counts them as one clause, "nothing else", in the partial
     and graded credit: counted one by one they outweighed the prompt's own clauses, and an empty image earned 0.8 of
-    a correct one's partial credit with the 4 shapes classes (0.99 with 80 COCO classes); now it earns 0.5."""
+    a correct one's partial credit with the 4 shapes classes (0.99 with 80 COCO classes). Now it earns the share of
+    "nothing else" among the clauses: 0.5 of a one-clause prompt (a single object, a colour), 0.33 of two objects
+    and of a position, and 0.67 of a count, whose own cap clause an empty image also meets (0.5 without strict)."""
     named: dict[str, int] = {}
     for clause in metadata["include"]:
         named[clause["class"]] = named.get(clause["class"], 0) + clause["count"]

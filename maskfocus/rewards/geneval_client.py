@@ -162,6 +162,8 @@ class GenEvalClient:
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
         """GenEval results from the server: correct = its `rewards`, score = its `scores`; no reasons."""
+        if len(images_BHWC) != len(metadata_B):
+            raise ValueError(f"{len(images_BHWC)} images but {len(metadata_B)} metadata records: one record per image")
         results: list[GenEvalResult] = []
         for start in range(0, len(metadata_B), self.batch_size):
             images = images_BHWC[start : start + self.batch_size]

@@ -7,7 +7,7 @@ Three judges share one interface, so the reward and `maskfocus eval` do not care
 
 Why OWLv2 rather than Grounding DINO for the in-process detector: OWLv2 scores every (box, class) pair with an
 independent sigmoid, so all 80 GenEval classes are queried at once from text embeddings computed a single time,
-and each box gets the class of its best query, as a closed-set detector like GenEval's Mask2Former would give it.
+and each box gets the class of its best query.
 Grounding DINO reads the classes as one caption of at most 256 tokens, which the 80 COCO names nearly fill, and
 ties scores to caption tokens through a phrase-matching post-process with its own box and text thresholds; its
 deformable attention is also slower on CPU and harder to build as a tiny test model. Grounding DINO has the

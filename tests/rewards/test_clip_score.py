@@ -33,6 +33,8 @@ def test_folder_model_scores_cosine_of_its_own_embeddings(tiny_clip_folder):
     expected = _reference_cosine(scorer.model, (images - mean) / std, open_clip.get_tokenizer("ViT-H-14")(prompts))
     torch.testing.assert_close(scorer.score(images, prompts), expected)
     assert scorer.image_size == 32 and scorer.mean.flatten().tolist() == pytest.approx([0.48, 0.46, 0.41])
+    with pytest.raises(ValueError, match="3 images but 1 prompts: one prompt per image"):  # it broadcast
+        scorer.score(images, prompts[:1])
 
 
 def test_architecture_name_with_checkpoint_loads_those_weights(tiny_arch, hps_checkpoint):

@@ -68,10 +68,18 @@ def test_classifier_is_the_normalized_mean_of_template_embeddings(tiny_clip_fold
     assert len(names) == 2 and set(names) <= set(COLORS)
 
 
-@pytest.mark.parametrize(
-    ("box", "shape"),
-    [((2.4, 1.6, 7.2, 5.0), (3, 4, 6)), ((-5, -5, 100, 100), (3, 20, 40)), ((39.5, 19.5, 39.5, 19.5), (3, 1, 1))],
-)
-def test_crop_box_widens_to_whole_pixels_and_clips(box, shape):
+@pytest.mark.parametrize("box", [(2.4, 1.6, 7.2, 5.0), (10.6, 2.4, 30.6, 15.5), (0.5, 0.5, 2.5, 1.5), (3, 4, 40, 20)])
+def test_crop_box_rounds_as_genevals_pil_crop(box):
+    """GenEval crops with PIL's Image.crop, which rounds each coordinate: (10.6, .., 30.6, ..) is 20 pixels wide
+    (floor and ceil made it 21)."""
+    from PIL import Image
+
+    image = _two_colour_image()
+    expected = torch.from_numpy(np.array(Image.fromarray(image).crop(box))).permute(2, 0, 1).float() / 255.0
+    torch.testing.assert_close(crop_box(image, box), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("box", "shape"), [((-5, -5, 100, 100), (3, 20, 40)), ((39.5, 19.5, 39.5, 19.5), (3, 1, 1))])
+def test_crop_box_clips_to_the_image_and_keeps_a_pixel(box, shape):
     crop = crop_box(_two_colour_image(), box)
     assert tuple(crop.shape) == shape and crop.min() >= 0.0 and crop.max() <= 1.0

@@ -118,6 +118,12 @@ def test_missing_model_files_name_the_field_and_the_path(spec, message):
         build_rewards([RewardSpec(name="geneval", mode="partial"), RewardSpec(**spec)])
 
 
+def test_an_unknown_geneval_mode_is_refused_where_the_term_is_made():
+    """The config's Literal guards the YAML; a script building the term directly got graded credit for "Partial"."""
+    with pytest.raises(ConfigError, match="unknown GenEval mode 'Partial'; one of binary, partial, graded"):
+        GenEvalReward("Partial")
+
+
 def test_two_terms_with_one_metric_name_are_refused():
     with pytest.raises(ConfigError, match="repeated: clip"):
         build_rewards([RewardSpec(name="clip"), RewardSpec(name="clip", weight=2.0)])

@@ -51,6 +51,9 @@ def test_sends_jpeg_batches_with_metadata_and_reads_rewards_and_scores(serve):
     assert first["meta_datas"] == ROWS[:2]
     decoded = Image.open(io.BytesIO(first["images"][0]))
     assert decoded.format == "JPEG" and decoded.size == (24, 16)
+    with pytest.raises(ValueError, match="4 images but 3 metadata records"):  # the fourth image was dropped
+        _client(server, batch_size=2).judge(_images(4), ROWS)
+    assert len(server.requests) == 2
 
 
 def test_an_image_the_server_could_not_score_gives_nan_in_every_mode(serve):

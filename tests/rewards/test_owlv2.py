@@ -71,6 +71,17 @@ def test_boxes_are_scaled_to_the_padded_square_thresholded_and_suppressed_per_cl
     assert [d.score for d in detections["dog"]] == pytest.approx([0.7])
 
 
+def test_a_box_in_the_padding_of_a_non_square_image_or_a_nan_box_is_not_an_object():
+    """OWLv2 pads a 10 x 20 image to a 20-px square at the bottom; clipped to the image, a box in the padding kept no
+    area and was counted."""
+    dummy = Owlv2Detector(torch.nn.Identity(), None, None, ["cat", "dog"], nms_iou=0.5, min_score=0.3)
+    scores = torch.tensor([0.6, 0.9, 0.8])
+    labels = torch.tensor([1, 1, 0])
+    boxes = torch.tensor([[0.5, 0.25, 0.2, 0.2], [0.5, 0.9, 0.4, 0.1], [float("nan")] * 4])
+    detections = dummy._to_detections(scores, labels, boxes, (10, 20))
+    assert list(detections) == ["dog"] and [d.score for d in detections["dog"]] == pytest.approx([0.6])
+
+
 def test_missing_folder_names_the_field_and_path(tmp_path):
     with pytest.raises(ModelLoadError, match=rf"rewards\[0\]\.detector\.path: no OWLv2 folder .* at {tmp_path}"):
         Owlv2Detector.from_folder(tmp_path, ["cat"], field="rewards[0].detector.path")
