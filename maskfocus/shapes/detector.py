@@ -22,6 +22,8 @@ recorded in benchmarks/RESULTS.md, and none of them showed up as reward hacking 
 - No lower size bound. World objects are 12-20 px, but any component of MIN_AREA pixels or more is fitted, so a
   single solid 4x4 token scores as a square at 1.0 (four of them pass "four squares"), and 6 px circles,
   triangles and diamonds pass too.
+- No upper size bound either: an image filled with one palette colour is one red square of the image's size at
+  1.0, so it passes "a photo of a red square".
 - "Unknown" pixels (off-palette) are treated as hidden and filled in from the template, so an off-palette blob
   inside a palette-coloured region can fit a shape (a tokenizer of world patches rarely produces one).
 - EM_STEPS = 2 stops before the size estimate of a heavily hidden shape converges: a 20 px square with 6 px
