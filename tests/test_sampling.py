@@ -140,6 +140,22 @@ def test_same_seed_same_images_and_different_seed_differs():
     assert not torch.equal(a.tokens_BL, c.tokens_BL)
 
 
+def test_both_noise_streams_follow_the_seed(monkeypatch):
+    """The token draw's and the confidence ordering's Gumbel noise each repeat with the seed and change with it:
+    differing images need only one of them to follow it, so a stream drawn from a fixed generator passed the test
+    above, and every worker and iteration would share that part of the noise."""
+    noises = record_gumbel_noise(monkeypatch)
+    runs = []
+    for seed in (7, 7, 8):
+        noises.clear()
+        _run(ToyGenerator(), seed=seed)
+        runs.append(noise_per_step(noises))
+    for kind in (0, 1):  # 0: the draws (B, L, V); 1: the confidence noise (B, L), none at the last step
+        same, other, new = ([step[kind] for step in run if step[kind] is not None] for run in runs)
+        assert len(same) >= 5 and all(torch.equal(x, y) for x, y in zip(same, other, strict=True))
+        assert not any(torch.equal(x, y) for x, y in zip(same, new, strict=True))
+
+
 def test_near_zero_temperature_draws_the_argmax_of_the_guided_logits():
     model = ToyGenerator()
     steps, batch, cfg = 5, 4, 2.0

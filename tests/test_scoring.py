@@ -39,6 +39,33 @@ def test_rollout_records_groups_routes_and_images():
     assert (trajectory.routes_BT.view(2, 4, 6).sum(1) == 2).all()  # half of each group explores every step
 
 
+def test_a_rollout_samples_each_prompt_in_a_contiguous_group_with_the_samplers_settings(monkeypatch):
+    """What the rollout hands the sampler: the prompts in groups of G (Trajectory.prompts_B is rebuilt from the
+    metadata, so interleaved prompts passed the test above), the draw temperature and the negative prompt, and a
+    router over groups of G (a router over groups of G / 2 still routes two of each four)."""
+    import maskfocus.sampling as sampling
+    from maskfocus.router import route_lowest_entropy
+
+    calls = []
+    sample_prompts = sampling.sample_prompts
+
+    def spy(model, prompts, **options):
+        calls.append((list(prompts), options))
+        return sample_prompts(model, prompts, **options)
+
+    monkeypatch.setattr(sampling, "sample_prompts", spy)
+    sampler = SamplerConfig(num_steps=6, cfg_scale=2.0, temperature=0.8, negative_prompt="n", gumbel_temperature=3.0)
+    metadata = [{"prompt": "a"}, {"prompt": "b"}]
+    trajectory = rollout(ToyGenerator(), metadata, 4, sampler, RouterConfig(), seeded_generator(0))
+    ((prompts, options),) = calls
+    assert prompts == ["a"] * 4 + ["b"] * 4
+    assert (options["num_steps"], options["cfg_scale"], options["gumbel_temperature_initial"]) == (6, 2.0, 3.0)
+    assert (options["temperature"], options["negative_prompt"]) == (0.8, "n")
+    for step in range(6):
+        expected = route_lowest_entropy(trajectory.entropy_BT[:, step], 4)
+        assert torch.equal(trajectory.routes_BT[:, step], expected), step
+
+
 def test_score_builds_a_batch_with_group_advantages_and_shared_steps():
     model, trajectory = toy_trajectory()
     reward = FixedReward([1, 0, 0, 1, 0, 0, 0, 1])
@@ -94,26 +121,30 @@ def test_rollouts_route_with_the_configured_temperature_and_scope(monkeypatch):
     assert rollout_module.make_router(RouterConfig(enabled=False), 4) is None
 
 
-def test_the_batch_holds_the_top_gain_steps_of_each_group_as_a_loop_computes_them():
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_the_batch_holds_the_top_gain_steps_of_each_group_as_a_loop_computes_them(per_sample):
     """The whole path (codebook embeddings of each step's x0 and of the final tokens, cosine similarity, the group's
-    mean, |s_j - s_(j-1)|, top K) written as loops over one trajectory; and the exact advantages of its rewards."""
+    mean or, per sample, each sample's own, |s_j - s_(j-1)|, top K) written as loops over one trajectory; and the
+    exact advantages of its rewards."""
     model, trajectory = toy_trajectory()
     reward = FixedReward([1, 0, 0, 1, 0, 0, 0, 1])
-    batch = score_trajectory(
-        trajectory, reward, model, SelectionConfig(num_steps=2), GRPOConfig(), torch.Generator().manual_seed(0)
-    )
+    selection = SelectionConfig(num_steps=2, per_sample=per_sample)
+    batch = score_trajectory(trajectory, reward, model, selection, GRPOConfig(), torch.Generator().manual_seed(0))
     num_steps, group = trajectory.masks_BTL.shape[1], trajectory.group_size
-    for start in range(0, len(batch), group):
+    members = [[b] for b in range(len(batch))] if per_sample else [list(range(s, s + group)) for s in (0, group)]
+    for samples in members:
         similarity = [0.0] * num_steps
-        for b in range(start, start + group):
+        for b in samples:
             final = model.codebook_vectors(trajectory.tokens_BL[b : b + 1])[0].flatten().double()
             for j in range(num_steps):
                 step = model.codebook_vectors(trajectory.x0_BTL[b : b + 1, j])[0].flatten().double()
-                similarity[j] += float(step @ final / (step.norm() * final.norm())) / group
+                similarity[j] += float(step @ final / (step.norm() * final.norm())) / len(samples)
         gains = {j: abs(similarity[j] - similarity[j - 1]) for j in range(1, num_steps)}
         top = sorted(gains, key=lambda j: -gains[j])[:2]
         assert gains[top[1]] > max([gains[j] for j in gains if j not in top], default=-1.0)  # no tie at the cut
-        assert sorted(batch.steps_BK[start].tolist()) == sorted(top)
+        for b in samples:
+            assert sorted(batch.steps_BK[b].tolist()) == sorted(top)
+    assert per_sample == any(batch.steps_BK[b].tolist() != batch.steps_BK[0].tolist() for b in range(group))
     expected = []
     for rewards in ([1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]):
         mean = sum(rewards) / 4
