@@ -63,9 +63,10 @@ class VersionSnapshots:
         parameters = list(self.module.parameters())
         with torch.no_grad():
             current = [parameter.detach().clone() for parameter in parameters]
-            for parameter, saved in zip(parameters, self._weights[version], strict=True):
-                parameter.copy_(saved)
-        try:
+        try:  # a copy that fails part-way still restores every parameter
+            with torch.no_grad():
+                for parameter, saved in zip(parameters, self._weights[version], strict=True):
+                    parameter.copy_(saved)
             yield
         finally:
             with torch.no_grad():

@@ -72,6 +72,19 @@ def test_the_weights_are_restored_when_the_forward_fails():
     assert all(torch.equal(a, b) for a, b in zip(weights(module), now, strict=True))
 
 
+def test_the_weights_are_restored_when_the_swap_itself_fails_part_way():
+    """The weight copy failing after the first parameter (here a snapshot of another shape) left it swapped."""
+    module = nn.Linear(2, 2)
+    snapshots = VersionSnapshots(module, keep=1)
+    snapshots.record(7)
+    snapshots._weights[7][1] = torch.zeros(3)  # the bias's snapshot no longer fits; the weight's copies first
+    moved(module, 1.0)
+    now = weights(module)
+    with pytest.raises(RuntimeError), snapshots.weights_of(7):
+        pass
+    assert all(torch.equal(a, b) for a, b in zip(weights(module), now, strict=True))
+
+
 def test_reshard_calls_every_sharded_submodule_and_leaves_plain_ones():
     calls = []
 
