@@ -79,13 +79,13 @@ class EntropyRouter:
         self.scope: RouteScope = scope
 
     def __call__(
-        self, step: int, entropy_B: torch.Tensor, logits_BLV: torch.Tensor, masked_BL: torch.Tensor
+        self, step: int, entropy_B: torch.Tensor, entropy_BL: torch.Tensor, masked_BL: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(temperature_BL, routes_B): tau(H) per token on routed samples (H from the guided logits), 1 elsewhere.
+        """(temperature_BL, routes_B): tau(H) per token on routed samples, 1 elsewhere. `entropy_B` is each sample's
+        mean entropy over its masked tokens, `entropy_BL` every token's (`token_entropy` of the guided logits).
 
         Known (unmasked) positions also get tau on routed samples; the sampler keeps those tokens regardless.
         """
         routes_B = route_lowest_entropy(entropy_B, self.group_size, self.scope)
-        tau_BL = exploration_temperature(token_entropy(logits_BLV), self.a, self.b, self.c)
-        temperature_BL = torch.where(routes_B.unsqueeze(-1), tau_BL, torch.ones_like(tau_BL))
-        return temperature_BL.to(logits_BLV.dtype), routes_B
+        tau_BL = exploration_temperature(entropy_BL, self.a, self.b, self.c)
+        return torch.where(routes_B.unsqueeze(-1), tau_BL, torch.ones_like(tau_BL)), routes_B

@@ -88,7 +88,8 @@ def test_router_temperature_is_tau_on_routed_samples_and_one_elsewhere(a, b, c, 
     logits_BLV = 2 * torch.randn(8, 6, 5, generator=generator)
     masked_BL = torch.rand(8, 6, generator=generator) < 0.7
     entropy_B = torch.rand(8, generator=generator)
-    temperature_BL, routes_B = EntropyRouter(a, b, c, group_size=4)(3, entropy_B, logits_BLV, masked_BL)
+    router = EntropyRouter(a, b, c, group_size=4)
+    temperature_BL, routes_B = router(3, entropy_B, token_entropy(logits_BLV), masked_BL)
     assert torch.equal(routes_B, route_lowest_entropy(entropy_B, 4))
     expected_BL = a * torch.exp(-token_entropy(logits_BLV) / b) + c
     torch.testing.assert_close(temperature_BL[routes_B], expected_BL[routes_B])

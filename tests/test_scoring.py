@@ -9,6 +9,7 @@ from support import ToyGenerator
 
 from maskfocus.config import ConfigError, GRPOConfig, RouterConfig, SamplerConfig, SelectionConfig, config_from_dict
 from maskfocus.rollout import rollout
+from maskfocus.router import token_entropy
 from maskfocus.sampling import seeded_generator
 from maskfocus.scoring import score_trajectory, tag_rewards, trajectory_gains
 
@@ -111,7 +112,8 @@ def test_rollouts_route_with_the_configured_temperature_and_scope(monkeypatch):
     rollout(model, [{"prompt": "a"}, {"prompt": "b"}], 4, SamplerConfig(num_steps=4), config, seeded_generator(0))
     router = seen[0]
     logits_BLV = torch.tensor([[[0.0, 0.0], [4.0, 0.0]], [[1.0, 0.0], [0.0, 2.0]]])  # B 2, L 2, V 2
-    temperature_BL, routes_B = router(0, torch.tensor([0.3, 0.1]), logits_BLV, torch.ones(2, 2, dtype=torch.bool))
+    entropy_BL = token_entropy(logits_BLV)
+    temperature_BL, routes_B = router(0, torch.tensor([0.3, 0.1]), entropy_BL, torch.ones(2, 2, dtype=torch.bool))
     assert routes_B.tolist() == [False, True]  # scope batch, group size 4 > B: the lower half of the whole batch
     for position in range(2):
         p = torch.softmax(logits_BLV[1, position], -1).tolist()
