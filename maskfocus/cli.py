@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-images-per-prompt", type=positive_int, help="images per prompt row (default: eval.num_images_per_prompt)"
     )
     evaluate.add_argument("--out", help="one JSON record per image")
-    evaluate.add_argument("--summary", help="summary JSON {overall, tags, num_images, clip_score}")
+    evaluate.add_argument(
+        "--summary",
+        help="summary JSON {overall, tags, num_images, clip_score, seconds, evaluated; num_unscored when the judge "
+        "could not score some images}",
+    )
     evaluate.add_argument(
         "--grid", help="PNG of the first two prompts of each tag, a labelled row of their images each"
     )
@@ -281,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=positive_int, help="override train.num_iterations")
     train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    train.add_argument(
+        "--address", help="Ray cluster address (default: the config's ray.address, else RAY_ADDRESS, else a local Ray)"
+    )
     train.add_argument(
         "--check",
         action="store_true",

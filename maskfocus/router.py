@@ -46,6 +46,8 @@ def route_lowest_entropy(entropy_B: torch.Tensor, group_size: int, scope: RouteS
     scope "group": within each contiguous group of `group_size` samples (sample b is in group b // group_size), the
     floor(G/2) samples with the lowest entropy. scope "batch": the floor(B/2) lowest over the whole batch (the released
     code's device-batch median; `group_size` is then unused). Ties are broken by index, so the result is deterministic.
+    At the first step every sample of a group has the same input (all masks, one prompt) and the same entropy: the
+    first floor(G/2) explore there (the samples of a group are exchangeable, so no sample is favoured).
     """
     if scope not in ROUTE_SCOPES:
         raise ValueError(f"router scope must be one of {ROUTE_SCOPES}, got {scope!r}")

@@ -50,7 +50,9 @@ def gumbel_temperature(step: int, num_steps: int, initial: float) -> float:
 
 
 def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch.Generator seeded from (run seed, iteration, worker, ...); distinct tuples get distinct streams."""
+    """A torch.Generator seeded from a tuple of keys; distinct tuples get distinct streams. Runs key each stream by
+    (run seed, iteration, role), not by worker (ALGORITHM.md section 1 names the worker): each iteration goes to
+    one worker, and a redone iteration, or a run with another number of workers, draws the same stream."""
     seed = 0
     for key in keys:
         seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
