@@ -299,17 +299,28 @@ def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGener
     return model
 
 
+WEIGHTS_NAME = {"transformer": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+"""The file diffusers (transformer) and transformers (text encoder) load a part's weights from, with no variant."""
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+"""A part's weights in any variant or shard, with the shards' index."""
+
+
 def save_model_folder(
     base_folder: Path, module: nn.Module, target: Path, text_encoder: nn.Module | None = None
 ) -> Path:
     """A full aMUSEd-format model folder: the base model with the trained transformer weights (and the trained text
-    encoder's, when given)."""
+    encoder's, when given). A trained part's weights replace every weights file the base ships for it: the Hub's
+    aMUSEd and Meissonic folders also hold `*.fp16.safetensors` variants (and a large part may be sharded), which
+    would still hold the base weights, and which one a glob found first was up to the file system."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
     trained = {"transformer": module} if text_encoder is None else {"transformer": module, "text_encoder": text_encoder}
     for part, weights_of in trained.items():
-        weights = next((target / part).glob("*.safetensors"))
+        for old_weights in [path for pattern in WEIGHT_FILES for path in (target / part).glob(pattern)]:
+            old_weights.unlink()
+        weights = target / part / WEIGHTS_NAME[part]
         save_file(plain_state_dict(weights_of), str(weights), metadata={"format": "pt"})
     return target
 

@@ -357,3 +357,33 @@ def test_a_resume_names_learned_iterations_that_have_no_record(tmp_path, capsys)
     assert "no record" not in capsys.readouterr().out
     MetricsLog(path, start_iteration=5, log_every=10).close()  # the stopped run logged every iteration
     assert f"note: {path} has no record of iteration(s) 3, 4, which" in capsys.readouterr().out
+
+
+def test_the_trained_weights_replace_every_weights_file_of_the_part(tmp_path):
+    """The Hub's aMUSEd and Meissonic parts ship diffusion_pytorch_model.safetensors beside a .fp16 variant: the
+    trained weights went into whichever a glob listed first, and the other kept the base weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from maskfocus.models.loading import resolve_model_path
+    from maskfocus.run_io import save_model_folder
+
+    base = tmp_path / "base"
+    shutil.copytree(resolve_model_path("builtin:shapes-tiny"), base)
+    weights = base / "transformer" / "diffusion_pytorch_model.safetensors"
+    shutil.copy(weights, weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    (weights.with_name("diffusion_pytorch_model.safetensors.index.json")).write_text("{}")
+    trained = {name: torch.full_like(value, 0.5) for name, value in load_file(weights).items()}
+
+    class Trained(torch.nn.Module):  # what save_model_folder reads of the trained transformer: its state_dict
+        def state_dict(self, *args, **kwargs):
+            return trained
+
+    saved = save_model_folder(base, Trained(), tmp_path / "model")
+    files = sorted(path.name for path in (saved / "transformer").iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert all(torch.equal(value, trained[name]) for name, value in load_file(saved / "transformer" / files[1]).items())
+    assert (saved / "vqvae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        base / "vqvae" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()  # untrained parts are copied as they are
