@@ -266,6 +266,7 @@ class RunConfig(Section):
             raise ValueError("rewards: every term has weight 0, so every rollout's reward would be 0; weight one")
         self._check_clip_step_embedding()
         self._check_learner_shards()
+        self._check_float16_timesteps()
         return self
 
     def _check_clip_step_embedding(self) -> None:
@@ -280,6 +281,25 @@ class RunConfig(Section):
                 "weight 0.0 if it should not count in the reward, or use selection.embedding: vq"
             )
 
+    def _check_float16_timesteps(self) -> None:
+        """Meissonic's transformer computes `timestep.to(its dtype) * 1000`, and the timestep counts down from T - 1:
+        in float16, 66 * 1000 is past the largest float16 (65504), so more than 66 steps make every logit NaN (the
+        released pipeline's as well). bfloat16 has float32's range."""
+        if self.model.kind != "meissonic":
+            return
+        uses = [("model.dtype", self.model.dtype, "sampler.num_steps", self.sampler.num_steps)]
+        uses.append(("eval.dtype", self.eval.weights_dtype(self.model), "sampler.num_steps", self.sampler.num_steps))
+        if self.rollout.num_steps is not None:
+            uses.append(("model.dtype", self.model.dtype, "rollout.num_steps", self.rollout.num_steps))
+        for dtype_key, dtype, steps_key, steps in uses:
+            if dtype == "float16" and steps > MAX_FLOAT16_MEISSONIC_STEPS:
+                raise ValueError(
+                    f"{dtype_key}: float16 with {steps_key} {steps}: Meissonic's transformer multiplies the timestep "
+                    f"(up to T - 1) by 1000 in its own dtype, past float16's largest number (65504) beyond "
+                    f"{MAX_FLOAT16_MEISSONIC_STEPS} steps, so every logit would be NaN; use bfloat16, or at most "
+                    f"{MAX_FLOAT16_MEISSONIC_STEPS} steps"
+                )
+
     def _check_learner_shards(self) -> None:
         """Each learner rank takes ceil(B / W) rows of a batch of B samples; every rank needs at least one."""
         num_samples = self.rollout.prompts_per_iteration * self.rollout.group_size
@@ -291,6 +311,10 @@ class RunConfig(Section):
                 f"rollout.prompts_per_iteration x rollout.group_size = {num_samples} samples, split into shards of "
                 f"{shard}; use a batch that is a multiple of {workers} samples, or fewer workers"
             )
+
+
+MAX_FLOAT16_MEISSONIC_STEPS = 66
+"""The most sampling steps Meissonic takes in float16: its largest timestep, 65, times 1000 is still finite there."""
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>", origin: ErrorOrigin | None = None) -> RunConfig:

@@ -123,6 +123,28 @@ def test_model_folder_overrides_trust_a_meissonic_folder_only_when_asked():
 
 
 @pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        ({"model.dtype": "float16", "sampler.num_steps": 66}, None),  # 65 * 1000 = 64992 in float16
+        ({"model.dtype": "float16", "sampler.num_steps": 67}, "model.dtype: float16 with sampler.num_steps 67"),
+        ({"model.dtype": "bfloat16", "sampler.num_steps": 200, "eval.dtype": "bfloat16"}, None),
+        ({"model.dtype": "bfloat16", "sampler.num_steps": 80, "eval.dtype": "float16"}, "eval.dtype: float16 with"),
+        ({"model.dtype": "float16", "sampler.num_steps": 12, "rollout.num_steps": 100}, "rollout.num_steps 100"),
+    ],
+)
+def test_meissonic_in_float16_is_refused_beyond_66_steps(overrides, refused):
+    """Its transformer multiplies the timestep (T - 1 at the first step) by 1000 in float16: inf, then NaN logits."""
+    meissonic = {"model.path": "/models/Meissonic", "model.kind": "meissonic", "model.trust_checkpoint_code": True}
+    settings = {**meissonic, "selection.num_steps": 3, **overrides}
+    if refused is None:
+        assert load_config(DEFAULT_CONFIG, settings).model.kind == "meissonic"
+        return
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        load_config(DEFAULT_CONFIG, settings)
+    assert load_config(DEFAULT_CONFIG, {**settings, "model.kind": "amused"}).model.kind == "amused"
+
+
+@pytest.mark.parametrize(
     ("prompts", "group", "workers", "ok"),
     [(4, 8, 1, True), (3, 2, 4, False), (1, 2, 4, False), (4, 2, 4, True), (3, 3, 4, False), (5, 2, 4, True)],
 )
