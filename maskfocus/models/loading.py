@@ -150,6 +150,8 @@ def load_weights(loader: Callable[..., Any], folder: Path, part: str, hint: str,
     """`load_part` of a model whose weights must all be in the checkpoint: the libraries only warn about missing
     ones and start them random (a text encoder without text_projection gave a random pooled condition; a transformer
     without a layer failed later at `.to(device)` as "Cannot copy out of meta tensor"). `what` says what fits."""
+    if (variant := weights_variant(folder / part)) is not None:
+        kwargs.setdefault("variant", variant)
     model, info = load_part(loader, folder, part, hint, output_loading_info=True, **kwargs)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -159,6 +161,13 @@ def load_weights(loader: Callable[..., Any], folder: Path, part: str, hint: str,
             f"would start random; {what or hint}"
         )
     return model
+
+
+def weights_variant(part_folder: Path) -> str | None:
+    """The variant "fp16" when every weights file of a part is one (`*.fp16.safetensors`: what `from_pretrained(...,
+    variant="fp16")` downloads of aMUSEd and Meissonic), which the libraries read only when asked for it by name."""
+    names = [path.name for pattern in ("*.safetensors", "*.bin") for path in part_folder.glob(pattern)]
+    return "fp16" if names and all(".fp16." in name for name in names) else None
 
 
 def load_vqvae(folder: Path, hint: str):

@@ -26,6 +26,25 @@ def test_meissonic_kind_loads_the_meissonic_adapter(meissonic_folder):
     assert isinstance(load_generator(config), MeissonicGenerator)
 
 
+@pytest.mark.parametrize("kind", ["amused", "meissonic"])
+def test_a_folder_holding_only_the_fp16_variant_files_loads_them(kind, request):
+    """What `from_pretrained(..., variant="fp16")` downloads: every part's weights as `*.fp16.safetensors`, which the
+    libraries read only when asked for the variant (it was "no file named diffusion_pytorch_model.bin")."""
+    import torch
+
+    folder = request.getfixturevalue(f"{kind}_copy")
+    config = ModelConfig(path=str(folder), kind=kind, trust_checkpoint_code=kind == "meissonic", resolution=32)
+    plain = load_generator(config)
+    for weights in list(folder.rglob("*.safetensors")):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    if kind == "meissonic":
+        (folder / "transformer" / "IMPORTED").unlink(missing_ok=True)
+    variant = load_generator(config)
+    for part in ("transformer", "text_encoder", "vqvae"):
+        loaded, expected = getattr(variant, part).state_dict(), getattr(plain, part).state_dict()
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected), part
+
+
 def test_unknown_kind_and_dtype_are_config_errors():
     with pytest.raises(ConfigError, match="model.kind"):
         config_from_dict({"model": {"kind": "maskgit"}})
