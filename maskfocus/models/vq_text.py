@@ -107,8 +107,13 @@ class VQTextGenerator:
         return condition.hidden_BSD.to(dtype), condition.pooled_BD.to(dtype), micro
 
     def _to_logits(self, logits_BVhw: torch.Tensor) -> torch.Tensor:
-        batch = logits_BVhw.shape[0]
-        return logits_BVhw.permute(0, 2, 3, 1).reshape(batch, -1, self.codebook_size).float()
+        """(B, V, h, w) -> (B, h*w, V) float32 in row-major token order. Channels other than the codebook's size
+        are an error: a reshape would split them across positions without a word (64 x 64 x 8256 by 8192 does)."""
+        if logits_BVhw.shape[1] != self.codebook_size:
+            raise ValueError(
+                f"the transformer gave {logits_BVhw.shape[1]} logits per token for a codebook of {self.codebook_size}"
+            )
+        return logits_BVhw.flatten(2).transpose(1, 2).float()
 
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W), by codebook lookup and the VQ decoder."""

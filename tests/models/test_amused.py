@@ -133,3 +133,19 @@ def test_shipped_vq_gives_every_patch_its_own_code(tiny_model):
     renders = render_batch([random_scene(np.random.default_rng(11)) for _ in range(32)])
     codes = tiny_model.encode_images(to_tensor(renders)).view(32, 16, 16)
     assert np.array_equal(codes.numpy(), patch_ids(renders, table))
+
+
+def test_logits_with_other_than_the_codebooks_number_of_channels_are_refused():
+    """A reshape to (B, -1, V) split 64 x 64 x 8256 channels by 8192 without a word."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from maskfocus.models.vq_text import VQTextGenerator
+
+    model = SimpleNamespace(codebook_size=8)
+    logits = torch.arange(2 * 8 * 3 * 4, dtype=torch.float32).view(2, 8, 3, 4)
+    tokens = VQTextGenerator._to_logits(model, logits)
+    assert tokens.shape == (2, 12, 8) and torch.equal(tokens[1, 5], logits[1, :, 1, 1])  # row-major positions
+    with pytest.raises(ValueError, match="gave 9 logits per token for a codebook of 8"):
+        VQTextGenerator._to_logits(model, torch.zeros(1, 9, 4, 4))
