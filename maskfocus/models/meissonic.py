@@ -9,7 +9,10 @@ Inputs as the reference pipeline (github.com/viiika/Meissonic, src/pipeline.py) 
   half the token grid per side when the transformer downsamples (the released 1024-px model) - what the
   pipeline's `_prepare_latent_image_ids` produces in the cases it supports;
 - `timestep` = the scheduler's step index, which counts down: T-1 at the first step, 0 at the last (the
-  transformer multiplies it by 1000 itself).
+  transformer multiplies it by 1000 itself). The release's training script fed `mask ratio * 1000` instead; RL
+  follows the pipeline, the convention the released weights sample with.
+At a resolution other than 1024 the reference pipeline's `img_ids` do not fit the downsampling transformer (it
+fails); this adapter gives the halved grid's ids and runs, on settings the release never ran.
 CFG with a negative prompt is the sampler's (`sampler.negative_prompt`, `sampler.cfg_scale`).
 
 Shape legend: B samples, L image tokens (h*w), V codebook size, S text tokens, N image positions.
