@@ -40,14 +40,22 @@ class _StateOnly:
 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Collective (every rank calls it): the full optimizer state on rank 0, an empty dict elsewhere."""
+    """Collective (every rank calls it): the full optimizer state on rank 0, an empty dict elsewhere. An optimizer
+    that has taken no step yet (every update so far skipped: no scored tokens, a non-finite gradient) has no state
+    to gather, and torch's getter would make one by a step at learning rate 0, which starts Adam's step count at 1
+    in the live optimizer: every rank has taken the same steps, so all return its own (empty) state dict."""
+    if not optimizer.state:
+        return optimizer.state_dict()
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(module, optimizer, options=options)
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
-    """Every rank reads the full state (onto the CPU) and keeps its shard."""
+    """Every rank reads the full state (onto the CPU) and keeps its shard. A state saved before any optimizer step
+    is empty: the optimizer stays as made (torch's setter would first step it at learning rate 0)."""
     state = read_optimizer_state(checkpoint)
+    if not state["state"]:
+        return
     state = name_keyed(state, unwrap(module))
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 

@@ -98,3 +98,22 @@ def test_optimizer_state_is_read_onto_the_cpu_whatever_device_saved_it(tmp_path,
     copy_optimizer.load_state_dict(read_optimizer_state(tmp_path))  # the in-process trainer's
     assert seen == ["cpu", "cpu"]
     assert_same_moments(optimizer, copy_optimizer)
+
+
+def test_a_checkpoint_before_any_optimizer_step_leaves_the_optimizer_unstepped(tmp_path):
+    """Every update so far skipped (no scored tokens, a non-finite gradient): torch's state getter filled the empty
+    state by a step at learning rate 0, so the live optimizer's first real step was bias-corrected as its second."""
+    module, _ = trained_pair()
+    twin, _ = fresh_copy(module)
+    optimizer, twin_optimizer = (torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (module, twin))
+    torch.save(full_optimizer_state(module, optimizer), tmp_path / "optimizer.pt")
+    assert not optimizer.state
+    copy, copy_optimizer = fresh_copy(module)
+    load_optimizer_state(copy, copy_optimizer, tmp_path)
+    assert not copy_optimizer.state
+    inputs = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    for m, opt in ((module, optimizer), (twin, twin_optimizer), (copy, copy_optimizer)):
+        m(inputs).square().sum().backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), twin.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), twin.parameters(), strict=True))
