@@ -261,32 +261,38 @@ def _serve(
             sender.broadcast(worker.version, weights)
     unsaved: Message | None = None
     """The last learned iteration when it is not in a checkpoint yet."""
-    stalled: QueueTimeout | None = None
-    """Rank 0's wait for a batch timed out: every rank stops as on the stop item, then rank 0 raises it."""
+    failure: Exception | None = None
+    """What failed in rank 0's own work (its wait for a batch, fetching it, publishing or broadcasting weights): every
+    rank stops as on the stop item, checkpointing the unsaved iteration, then rank 0 raises it."""
     while True:
-        item, info, queue_wait = None, {}, 0.0
+        info, queue_wait = {}, 0.0
         message = None
         if rank == 0:
             try:
                 item, queue_wait = _take(batches, timeout)
-            except QueueTimeout as error:  # the learner's clock runs ahead of the driver's: save, then fail
-                stalled = error
-            message, info = _message(item, worker.version, config, worker.next_iteration)
+                message, info = _message(item, worker.version, config, worker.next_iteration)
+            except Exception as error:  # e.g. QueueTimeout: the learner's clock runs ahead of the driver's
+                failure = error
+            if failure is not None:
+                message, info = Message("stop"), {}
         message = _broadcast(message, world_size)
         if message.kind == "abort":
             return
         if message.kind == "stop":
             if unsaved is not None:
                 _checkpoint(worker, unsaved, worker.full_weights(), run_dir)
-            if stalled is not None:
-                raise stalled
+            if failure is not None:
+                raise failure
             return
         record = {"iteration": message.iteration, "prompt_cursor": message.prompt_cursor, **info}
         record["perf/queue_wait_seconds"] = queue_wait
         if message.kind == "skip":
             if rank == 0:
                 _record_metrics(metrics, record, dropped=True)
-                ray.get(store.publish.remote(worker.version, None, {**record, "dropped": 1.0}), timeout=timeout)
+                try:
+                    ray.get(store.publish.remote(worker.version, None, {**record, "dropped": 1.0}), timeout=timeout)
+                except Exception as error:
+                    failure = error
             continue
         record.update(worker.learn(message))
         gather_start = time.perf_counter()
@@ -297,14 +303,15 @@ def _serve(
         if _checkpoint_due(config.train, message.iteration):  # before the broadcast, which a dead receiver stalls
             record["perf/checkpoint_seconds"] = _checkpoint(worker, unsaved, weights, run_dir, record)
             unsaved = None
-        sync_start = time.perf_counter()
-        weights_ref = None
         if rank == 0:
-            weights_ref = _share_weights(weights, worker.version, message.iteration, sender, store, config.train)
-        record["perf/weight_sync_seconds"] = gather_seconds + time.perf_counter() - sync_start
-        if rank == 0:
-            _record_metrics(metrics, record, dropped=False)
-            ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
+            try:  # a broadcast to a dead rollout worker times out: the next turn saves, then raises
+                sync_start = time.perf_counter()
+                weights_ref = _share_weights(weights, worker.version, message.iteration, sender, store, config.train)
+                record["perf/weight_sync_seconds"] = gather_seconds + time.perf_counter() - sync_start
+                _record_metrics(metrics, record, dropped=False)
+                ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
+            except Exception as error:
+                failure = error
 
 
 def _share_weights(

@@ -332,6 +332,48 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
         ray.kill(store)
 
 
+def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(
+    ray_session, tmp_path, monkeypatch
+):
+    """Collective transport: a rollout worker died (never restarted there), so the next broadcast timed out and rank 0
+    raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first."""
+    from types import SimpleNamespace
+
+    from ray.util.queue import Queue
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+
+    class DeadReceiverSender:
+        group = SimpleNamespace(timeout_s=RAY_TIMEOUT_S)
+
+        def __init__(self):
+            self.versions: list[int] = []
+
+        def broadcast(self, version, weights):
+            self.versions.append(version)
+            if version == 2:
+                raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
+
+    ray = ray_session
+    saved = []
+    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
+    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
+    store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    sender = DeadReceiverSender()
+    try:
+        for iteration in range(3):
+            batch = ray.put(SimpleNamespace(policy_version=iteration, stats={}))
+            batches.put(QueuedBatch(iteration, 4 * (iteration + 1), [batch]), timeout=RAY_TIMEOUT_S)
+        with pytest.raises(TimeoutError, match="weight broadcast of the header"):
+            loop._serve(LearningStub(config), sender, batches, store, tmp_path, "run")
+        assert sender.versions == [0, 1, 2] and saved == [1]  # learned, its broadcast failed; 2 is not learned
+    finally:
+        batches.shutdown()
+        ray.kill(store)
+
+
 @pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
 def test_a_diverged_run_stops_its_learner_without_checkpointing_its_weights(
     ray_session, tmp_path, monkeypatch, last_item, saved_after
