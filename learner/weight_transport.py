@@ -269,8 +269,8 @@ class WeightReceiver(_Member):
 
     def receive(self, into: nn.Module, expect_version: int | None = None) -> int:
         """Take part in rank 0's next broadcast and copy the weights into `into` (its state dict tensors, in place);
-        returns the version received. Raises ValueError, after the whole broadcast, when the layouts differ or the
-        version is not `expect_version`."""
+        returns the version received. Raises ValueError, after the whole broadcast and with the module's weights
+        unchanged, when the layouts differ or the version is not `expect_version`."""
         targets = into.state_dict()
         layout = self.group.layout(targets)
         header = torch.zeros(HEADER_LENGTH, dtype=torch.int64, device=self.device)
@@ -279,24 +279,25 @@ class WeightReceiver(_Member):
         sizes = torch.zeros(2 * num_buckets, dtype=torch.int64, device=self.device)
         self._broadcast(sizes, "the bucket sizes")
         sizes_list = sizes.tolist()
+        problem = None
         if fingerprint != layout.fingerprint or sizes_list != layout.sizes():
-            for index, (code, numel) in enumerate(zip(sizes_list[::2], sizes_list[1::2], strict=True)):
-                self._broadcast(torch.empty(numel, dtype=WIRE_DTYPES[code], device=self.device), f"bucket {index}")
-            raise ValueError(
+            problem = (
                 f"weight layout mismatch in group {self.group.name}: the sender's weights (fingerprint {fingerprint}, "
                 f"{describe_sizes(sizes_list)}) differ from this receiver's module (fingerprint {layout.fingerprint}, "
                 f"{layout.describe()}); both sides must hold the same transformer architecture"
             )
+        elif expect_version is not None and version != expect_version:
+            problem = f"weight broadcast in group {self.group.name}: expected version {expect_version}, got {version}"
+        if problem is not None:  # take part in the rest of the broadcast, keeping the module's weights as they are
+            for index, (code, numel) in enumerate(zip(sizes_list[::2], sizes_list[1::2], strict=True)):
+                self._broadcast(torch.empty(numel, dtype=WIRE_DTYPES[code], device=self.device), f"bucket {index}")
+            raise ValueError(problem)
         with torch.no_grad():
             for index, bucket in enumerate(layout.buckets):
                 buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=self.device)
                 self._broadcast(buffer, f"bucket {index}")
                 for name, value in unpack(bucket, buffer).items():
                     targets[name].copy_(value)
-        if expect_version is not None and version != expect_version:
-            raise ValueError(
-                f"weight broadcast in group {self.group.name}: expected version {expect_version}, got {version}"
-            )
         return version
 
 

@@ -180,6 +180,18 @@ def test_gloo_broadcast_reaches_every_receiver_and_a_layout_mismatch_fails_clear
         _, received = broadcast(4, receivers)
         assert ray.get(received, timeout=RAY_TIMEOUT_S) == [4, 4]
         assert_same_state(ray.get(second.state.remote(), timeout=RAY_TIMEOUT_S), changed)
+
+        # a receiver expecting another version takes the broadcast too, and keeps its weights and their version
+        ray.get(sender.rebuild.remote(300), timeout=RAY_TIMEOUT_S)
+        sent = sender.broadcast.remote(5)
+        received = [first.receive.remote(5), second.receive.remote(6)]
+        ray.get(sent, timeout=RAY_TIMEOUT_S)
+        assert ray.get(received[0], timeout=RAY_TIMEOUT_S) == 5
+        with pytest.raises(ray.exceptions.RayTaskError, match="expected version 6, got 5"):
+            ray.get(received[1], timeout=RAY_TIMEOUT_S)
+        assert_same_state(ray.get(second.state.remote(), timeout=RAY_TIMEOUT_S), changed)
+        _, received = broadcast(6, receivers)
+        assert ray.get(received, timeout=RAY_TIMEOUT_S) == [6, 6]
     finally:
         for member in (sender, first, second):
             ray.kill(member)
