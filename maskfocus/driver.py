@@ -353,6 +353,17 @@ class RayRun:
                 self.load_seconds[iteration] = max(self.load_seconds.get(iteration, 0.0), seconds)
         self.receiving.clear()
 
+    def check_receives(self) -> None:
+        """Collective: a receive that failed (a layout mismatch) raises at once. Collected only at the next learned
+        record, the failed receive of a resume's first broadcast never was: its worker sampled with the base weights
+        under the new version, every batch was dropped as stale, and the run ended on an idle timeout instead."""
+        if not self.receiving:
+            return
+        refs = [ref for _, ref in self.receiving]
+        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in finished:
+            ray.get(ref, timeout=self.config.ray.timeout_s)  # the receiver's error, if it failed
+
     def write_record(self, record: dict[str, Any]) -> None:
         iteration, now = record["iteration"], time.perf_counter()
         record = {
@@ -414,6 +425,7 @@ class RayRun:
                     if update is None:  # the poll timed out: nothing finished
                         continue
                 self.last_event = time.perf_counter()
+            self.check_receives()
             self.check_health(learner)
 
     def check_health(self, learner: LearnerGroup) -> None:
