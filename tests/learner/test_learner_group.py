@@ -66,6 +66,36 @@ def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path,
     assert captured["reference_blocks"] == captured["blocks"]  # the reference is sharded as the policy is
 
 
+def test_a_resumed_learner_goes_on_with_the_checkpoints_weights_and_learning_rate_schedule(
+    random_model, tmp_path, monkeypatch
+):
+    """The schedule's place comes from the checkpoint's num_updates (a resume with a decaying rate once restarted the
+    decay at the peak, and nothing checked it: the Ray resume test holds the rate constant)."""
+    from maskfocus.learner import loop
+    from maskfocus.learner.checkpoint import full_optimizer_state, write_checkpoint
+    from maskfocus.run_io import plain_state_dict
+    from maskfocus.update import lr_factor
+
+    config = tiny_config(random_model, tmp_path, train={"num_iterations": 10}, optim={"final_lr_fraction": 0.1})
+    first = unsharded_worker(config, monkeypatch, {})
+    with torch.no_grad():
+        for parameter in first.module.parameters():
+            parameter.add_(0.25)
+    weights = plain_state_dict(first.module)
+    state = {"prompt_cursor": 10, "num_updates": 10, "policy_version": 5, "seed": config.seed}
+    optimizer_state = full_optimizer_state(first.module, first.updater.optimizer)
+    folder = write_checkpoint(tmp_path, 4, weights, optimizer_state, state)
+    start = RunState(iteration=5, prompt_cursor=10, policy_version=5, num_updates=10, checkpoint=str(folder))
+    resumed = loop.LearnerWorker(config, start, 0, 1, torch.device("cpu"))
+    assert (resumed.version, resumed.next_iteration, resumed.updater.num_updates) == (5, 5, 10)
+    total = 10 * config.selection.num_steps  # K optimizer steps per iteration (update: per_step)
+    expected_lr = config.optim.learning_rate * lr_factor(10, total, 0.1)
+    assert resumed.updater.optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr)
+    assert expected_lr < 0.95 * config.optim.learning_rate
+    loaded = resumed.module.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in weights.items())
+
+
 def test_the_ray_learner_is_given_the_rollouts_T(random_model, tmp_path, monkeypatch):
     """As in-process (tests/test_trainer.py): Meissonic's timestep needs the T that sampled each state."""
     config = tiny_config(random_model, tmp_path, rollout={"num_steps": 3})
@@ -230,6 +260,22 @@ def test_a_batch_lost_with_its_reward_workers_node_is_dropped_for_the_driver_to_
     message, info = _message(QueuedBatch(4, 40, [object()]), version=4, config=config, next_iteration=4)
     assert (message.kind, message.iteration, message.prompt_cursor) == ("skip", 4, 40)
     assert info == {"sync/lost_batch": 1.0}
+
+
+@pytest.mark.parametrize(("batch_version", "kind"), [(6, "skip"), (5, "learn"), (4, "learn"), (3, "skip")])
+def test_a_batch_is_learned_only_within_max_staleness_and_never_from_a_newer_policy(monkeypatch, batch_version, kind):
+    """The learner at version 5 with max_staleness 1: versions 4 and 5 are learned, 3 is too stale, and 6 (a version
+    the learner has not made: a batch of another run's or a lost resume's weights) is dropped too."""
+    from types import SimpleNamespace
+
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+    from maskfocus.learner.loop import QueuedBatch, _message
+
+    monkeypatch.setattr(loop.ray, "get", lambda ref, timeout: SimpleNamespace(policy_version=batch_version, stats={}))
+    config = default_run_config({"ray": {"max_staleness": 1}})
+    message, info = _message(QueuedBatch(4, 40, [object()]), version=5, config=config, next_iteration=4)
+    assert message.kind == kind and info["sync/staleness"] == 5 - batch_version
 
 
 def test_a_learner_rank_that_cannot_see_the_run_folder_stops_at_once_and_says_why(tmp_path):

@@ -1,6 +1,6 @@
 """FSDP2 sharding in one process (a one-rank gloo group): the learner's inductor-compiled update over a sharded
 module equals the eager update of the plain module (tests/learner/test_learner_group.py runs two ranks on Ray,
-with the aot_eager backend)."""
+with the aot_eager backend); DDP's gradient averaging over two spawned gloo ranks."""
 
 from __future__ import annotations
 
@@ -96,3 +96,36 @@ def test_the_reference_is_left_whole_under_ddp_and_none_stays_none():
     assert shard_reference(reference, model.transformer, "ddp", list(model.transformer)) is reference
     assert all(type(p) is torch.nn.Parameter for p in reference.parameters())
     assert shard_reference(None, model.transformer, "fsdp", list(model.transformer)) is None
+
+
+def _ddp_gradients(rank: int, port: int, out: str) -> None:
+    """One rank of a two-rank gloo group: the gradients of a DDP-wrapped linear layer on this rank's input."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    try:
+        torch.manual_seed(0)
+        module = wrap(torch.nn.Linear(3, 2), "ddp", [])
+        module(torch.full((1, 3), float(rank + 1))).square().sum().backward()
+        torch.save([parameter.grad for parameter in module.parameters()], f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_the_gradients_of_two_ranks(tmp_path):
+    """The ddp strategy never ran with two ranks: a wrap that returned the bare module (each rank stepping on its own
+    gradients, the replicas drifting apart without a word) passed every test."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_gradients, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    gradients = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    torch.manual_seed(0)
+    alone = torch.nn.Linear(3, 2)
+    expected = []
+    for rank in range(2):
+        alone.zero_grad()
+        alone(torch.full((1, 3), float(rank + 1))).square().sum().backward()
+        expected.append([parameter.grad.clone() for parameter in alone.parameters()])
+    for index in range(2):
+        mean = (expected[0][index] + expected[1][index]) / 2
+        assert not torch.allclose(expected[0][index], expected[1][index])  # the ranks' own gradients differ
+        for rank in range(2):
+            torch.testing.assert_close(gradients[rank][index], mean)
