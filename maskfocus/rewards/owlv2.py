@@ -109,17 +109,18 @@ class Owlv2Detector:
         self, scores_P: torch.Tensor, labels_P: torch.Tensor, boxes_P4: torch.Tensor, size: tuple[int, int]
     ) -> dict[str, list[Detection]]:
         """Threshold at min_score, pixel xyxy boxes clipped to the image, per-class NMS, grouped by class. A box
-        left with no area by the clipping lies in the padding OWLv2 adds to a non-square image: not an object."""
+        that starts past the image's right or bottom edge lies in the padding OWLv2 adds to a non-square image (the
+        clipping left it no area): not an object; nor is a NaN box."""
         from torchvision.ops import batched_nms, box_convert
 
         height, width = size
         keep = scores_P > self.min_score
         scores, labels = scores_P[keep], labels_P[keep]
         boxes = box_convert(boxes_P4[keep], "cxcywh", "xyxy") * max(height, width)
+        inside = (boxes[:, 0] < width) & (boxes[:, 1] < height)  # False for a NaN box too
+        scores, labels, boxes = scores[inside], labels[inside], boxes[inside]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for a NaN box too
-        scores, labels, boxes = scores[inside], labels[inside], boxes[inside]
         if self.nms_iou < 1.0:
             kept = batched_nms(boxes, scores, labels, self.nms_iou)
             scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
