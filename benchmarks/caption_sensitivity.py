@@ -19,6 +19,9 @@ one more likely), so score counting with `--all-tokens`. The kinds:
 Usage: python benchmarks/caption_sensitivity.py [MODEL] [--scenes 512] [--ratios 0.8 0.95] [--seed 0] [--kinds ...]
        [--all-tokens]
        [--trust-checkpoint-code]  (a Meissonic-format folder, e.g. benchmarks/positional_base.py's)
+
+Results: benchmarks/RESULTS.md, "Probes of the tenth session", "Probes of the twelfth session", "Probes of the
+nineteenth session".
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ folder (a copy of the run's final `model/`, transformer replaced) to score with
 `maskfocus eval --config configs/shapes_tiny.yaml --model DIR --no-clip`.
 
 Usage: python benchmarks/checkpoint_ema.py RUN_DIR --decays 0.9 0.95 [--out DIR] [--last N]
+
+Results: benchmarks/RESULTS.md, "Probes of the twenty-third session".
 """
 
 from __future__ import annotations

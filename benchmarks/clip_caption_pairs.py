@@ -7,6 +7,8 @@ caption_sensitivity.py, asked of the tiny CLIP: whether a contrastively trained 
 the words the generator has not.
 
 Usage: python benchmarks/clip_caption_pairs.py [CLIP_FOLDER] [--pairs 512] [--seed 0] [--kinds ...]
+
+Results: benchmarks/RESULTS.md, "Probes of the eleventh session", "Probes of the fourteenth and fifteenth sessions".
 """
 
 from __future__ import annotations

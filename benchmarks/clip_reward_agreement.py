@@ -7,6 +7,8 @@ pairs of images of the same row that GenEval tells apart (1 = CLIP always agrees
 half), and the CLIP score's mean and spread.
 
 Usage: python benchmarks/clip_reward_agreement.py MODEL [--clip FOLDER] [--tags ...] [--images 8] [--every 2]
+
+Results: benchmarks/RESULTS.md, "Probes of the fourteenth and fifteenth sessions".
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ count asked for, and the success rate the rule would give at lower thresholds: i
 objects, a lower threshold would pass more images; if they were extra objects, it passes fewer.
 
 Usage: python benchmarks/count_distribution.py MODEL [--images 4] [--seed 0] [--thresholds 0.9 0.5 0.3]
+
+Results: benchmarks/RESULTS.md, "Probes of the eighth session", "Probes of the twenty-eighth session".
 """
 
 from __future__ import annotations

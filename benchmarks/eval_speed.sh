@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Time `maskfocus eval` over the whole shapes-geneval benchmark (588 rows x 4 images = 2,352) on this machine.
 # Usage: benchmarks/eval_speed.sh [OUT_DIR]; writes OUT_DIR/summary.json and prints the wall time.
+# Results: benchmarks/RESULTS.md, "Evaluation speed (issue: shapes world)", "Probes of the nineteenth session".
 set -euo pipefail
 if [[ $# -gt 1 || "${1:-}" == -* ]]; then
   echo "usage: benchmarks/eval_speed.sh [OUT_DIR]   (the full benchmark, 4 images per row; default runs/bench_eval)" >&2

@@ -5,6 +5,8 @@ so pass@n (the share of rows with at least one correct image of n) bounds what a
 The failed clauses (digits folded to N) show what goes wrong: missing objects, extra objects, wrong colours.
 
 Usage: python benchmarks/failure_reasons.py builtin:shapes-tiny [--tags counting color_attr] [--images 8] [--top 20]
+
+Results: benchmarks/RESULTS.md, "Probes of the seventh session", "Probes of the eighth session".
 """
 
 from __future__ import annotations

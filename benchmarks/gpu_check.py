@@ -32,6 +32,8 @@ Checks, each printing its figures:
            transformer plus --broadcast-mib MiB, receiver checked against sender. On one GPU NCCL refuses the
            two ranks (0.5 GPU each): the error is reported and a one-rank group is timed instead
            (benchmarks/weight_broadcast.py).
+
+Results: none yet (no GPU has been lent to this project); benchmarks/RESULTS.md records that it has not run.
 """
 
 from __future__ import annotations

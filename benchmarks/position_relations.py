@@ -10,6 +10,8 @@ and its convolutions reach 4 tokens on each side of the middle layer, so only ne
 another.
 
 Usage: python benchmarks/position_relations.py MODEL [--images 4] [--seed 0] [--near 6] [--trust-checkpoint-code]
+
+Results: benchmarks/RESULTS.md, "Probes of the ninth session".
 """
 
 from __future__ import annotations

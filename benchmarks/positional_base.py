@@ -18,6 +18,8 @@ loaded like the shipped base (`--set model.path=OUT`): that isolates the text en
 
 Usage: python benchmarks/positional_base.py OUT [--steps 3000] [--seed 0] [--base builtin:shapes-tiny] [--clip-text]
        [--plain]
+
+Results: benchmarks/RESULTS.md, "Probes of the eleventh session".
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Usage: python benchmarks/ray_overhead.py [--iterations 24] [--warmup 4] [--num-c
                                         [--ray-set ray.torch_threads=2]   # config for the Ray runs only
                                         [--repeats 3] [--modes local ray-stale0 ray-stale1]
 (`--modes` also takes the tables' labels, "ray, max_staleness 0", as earlier commands in RESULTS.md give them.)
+
+Results: benchmarks/RESULTS.md, "Ray executor (issue: distributed system)".
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ it places the pair as asked.
 
 Usage: python benchmarks/relation_finetune.py OUT [--model builtin:shapes-tiny] [--steps 400] [--lr 3e-4] [--seed 0]
        [--trust-checkpoint-code]
+
+Results: benchmarks/RESULTS.md, "Probes of the tenth session", "Probes of the eleventh session".
 """
 
 from __future__ import annotations

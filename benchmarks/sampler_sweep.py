@@ -5,6 +5,8 @@ detector and the GenEval rules, one line per combination of the `--grid` values 
 
 Usage: python benchmarks/sampler_sweep.py --grid sampler.gumbel_temperature=2,4,8 sampler.num_steps=12,24
        [--model builtin:shapes-tiny] [--every 4] [--images 1] [--tags single_object ...]
+
+Results: benchmarks/RESULTS.md, "Probes of 2026-11-30" (under "Base model").
 """
 
 from __future__ import annotations
