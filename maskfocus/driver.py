@@ -53,6 +53,7 @@ from maskfocus.actors.cluster import free_resources_note
 from maskfocus.actors.metrics import RunMetrics, run_tag
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
+from maskfocus.actors.receives import WeightReceives
 from maskfocus.config import RunConfig
 from maskfocus.divergence import NonFiniteWatch
 from maskfocus.hardware import driver_model_config
@@ -124,8 +125,8 @@ class RayRun:
         self.scoring: dict[ObjectRef, Attempt] = {}
         self.scored: dict[int, tuple[QueuedBatch, float]] = {}
         self.load_seconds: dict[int, float] = {}
-        self.receiving: list[tuple[int, ObjectRef]] = []
-        """Collective: (iteration of the update, the receive call) not yet collected."""
+        self.receives = WeightReceives()
+        """Collective: the rollout workers' receive calls not yet collected."""
         self.enqueue_wait: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.queue_depth = 0
@@ -320,14 +321,16 @@ class RayRun:
         if record.get("ready") or record.get("broadcast"):
             self.version, self.weights = version, weights or self.weights
             if self.collective:
-                self.receive_weights(version, record.get("iteration", -1))
+                self.receives.start(self.rollouts.actors, version, record.get("iteration", -1))
+                self.rollouts.versions = [version] * len(self.rollouts)
             return
         self.observe_queue()
         if record.get("dropped"):  # the learner recorded the metric
             self.redo_dropped(record["iteration"])
             return
         self.version, self.weights = version, weights or self.weights
-        self.collect_receives()
+        for iteration, seconds in self.receives.collect(self.config.ray.timeout_s).items():
+            self.load_seconds[iteration] = max(self.load_seconds.get(iteration, 0.0), seconds)
         self.learned += 1
         self.progress.set_postfix(self.recent.postfix(record), refresh=False)
         self.progress.update(1)
@@ -337,32 +340,6 @@ class RayRun:
         """A batch dropped (too stale, out of order, lost): its iteration is sampled again."""
         self.counts["sync/dropped_stale"] += 1
         self.redo.append(iteration)
-
-    def receive_weights(self, version: int, iteration: int) -> None:
-        """Collective: every rollout worker takes part in the learner's broadcast of `version`."""
-        for index, actor in enumerate(self.rollouts.actors):
-            self.receiving.append((iteration, actor.receive_weights.remote(version)))
-            self.rollouts.versions[index] = version
-
-    def collect_receives(self) -> None:
-        """The receives started so far have finished (the learner publishes a record after its broadcast): raise
-        a receiver's error, keep the slowest receive of each update for its record."""
-        for iteration, ref in self.receiving:
-            seconds = ray.get(ref, timeout=self.config.ray.timeout_s)
-            if iteration >= 0:
-                self.load_seconds[iteration] = max(self.load_seconds.get(iteration, 0.0), seconds)
-        self.receiving.clear()
-
-    def check_receives(self) -> None:
-        """Collective: a receive that failed (a layout mismatch) raises at once. Collected only at the next learned
-        record, the failed receive of a resume's first broadcast never was: its worker sampled with the base weights
-        under the new version, every batch was dropped as stale, and the run ended on an idle timeout instead."""
-        if not self.receiving:
-            return
-        refs = [ref for _, ref in self.receiving]
-        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        for ref in finished:
-            ray.get(ref, timeout=self.config.ray.timeout_s)  # the receiver's error, if it failed
 
     def write_record(self, record: dict[str, Any]) -> None:
         iteration, now = record["iteration"], time.perf_counter()
@@ -425,7 +402,7 @@ class RayRun:
                     if update is None:  # the poll timed out: nothing finished
                         continue
                 self.last_event = time.perf_counter()
-            self.check_receives()
+            self.receives.check(self.config.ray.timeout_s)
             self.check_health(learner)
 
     def check_health(self, learner: LearnerGroup) -> None:
