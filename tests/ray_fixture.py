@@ -6,6 +6,7 @@ Import the fixtures into a conftest.py or a test module: `from ray_fixture impor
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
+    """The weight store's next learner record (version, weights, record), waited for at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        update = ray.get(store.next_update.remote(1.0), timeout=timeout)
+        if update is not None:
+            return update
+    raise TimeoutError("no learner update")

@@ -1,16 +1,16 @@
 """The Ray Train learner group: 2 FSDP2 workers on gloo equal one in-process update, also on a stale batch with
-its behaviour weights; batches too stale dropped, and a batch queued behind a dropped one (never fetched);
-an early stop checkpoints the last learned iteration; each rank learns from the batch on its own device."""
+its behaviour weights, and drop batches too stale or queued behind a dropped one; what a learner worker is built
+from (the blocks it shards, the rollouts' T, a resumed run's weights and learning-rate schedule); each rank learns
+from the batch on its own device; the process group's timeouts (tests/learner/test_loop.py: the loop alone)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import pytest
 import torch
-from ray_fixture import RAY_TIMEOUT_S, tiny_config
+from ray_fixture import RAY_TIMEOUT_S, next_update, tiny_config
 
 from maskfocus.actors.reward_worker import RewardWorker
 from maskfocus.actors.rollout_worker import RolloutWorker
@@ -26,15 +26,6 @@ from maskfocus.update import PolicyUpdater
 COMPILE_TIMEOUT_S = 480.0
 """The compiled variant's wait for its first update, while both ranks compile (the 120 s of RAY_TIMEOUT_S once
 proved too short with inductor and an empty TORCHINDUCTOR_CACHE_DIR)."""
-
-
-def next_update(ray, store, timeout: float = RAY_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        update = ray.get(store.next_update.remote(1.0), timeout=timeout)
-        if update is not None:
-            return update
-    raise TimeoutError("no learner update")
 
 
 def unsharded_worker(config, monkeypatch, captured: dict):
@@ -228,56 +219,6 @@ def test_a_learner_rank_learns_from_the_batch_moved_to_its_own_device(monkeypatc
     assert worker.version == 1
 
 
-def test_a_batch_queued_behind_a_dropped_one_is_dropped_too_and_learned_after_its_redo():
-    """With max_staleness 1, iteration 5 may be queued when 4 is dropped as stale; learning 5 first would let a
-    checkpoint's iteration and prompt cursor pass the unlearned 4. The learner takes iterations in order only."""
-    from maskfocus.config import default_run_config
-    from maskfocus.learner.loop import QueuedBatch, _message
-
-    config = default_run_config({"ray": {"max_staleness": 1}})
-    never_fetched = [object()]  # not an ObjectRef: an out-of-order batch is dropped before it is fetched
-    message, info = _message(QueuedBatch(5, 40, never_fetched), version=5, config=config, next_iteration=4)
-    assert (message.kind, message.iteration, message.prompt_cursor) == ("skip", 5, 40)
-    assert info == {"sync/out_of_order": 1.0}
-    stop, _ = _message(None, version=5, config=config, next_iteration=4)
-    assert stop.kind == "stop"
-
-
-def test_a_batch_lost_with_its_reward_workers_node_is_dropped_for_the_driver_to_redo(monkeypatch):
-    """The batch object lives on the node of the reward worker that scored it; a node that died before the learner
-    fetched it raised ObjectLostError out of the learner and ended the run. It is dropped like a stale batch."""
-    from ray.exceptions import OwnerDiedError
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner import loop
-    from maskfocus.learner.loop import QueuedBatch, _message
-
-    def lost(ref, timeout):
-        raise OwnerDiedError("cd" * 14, None, "")
-
-    monkeypatch.setattr(loop.ray, "get", lost)
-    config = default_run_config()
-    message, info = _message(QueuedBatch(4, 40, [object()]), version=4, config=config, next_iteration=4)
-    assert (message.kind, message.iteration, message.prompt_cursor) == ("skip", 4, 40)
-    assert info == {"sync/lost_batch": 1.0}
-
-
-@pytest.mark.parametrize(("batch_version", "kind"), [(6, "skip"), (5, "learn"), (4, "learn"), (3, "skip")])
-def test_a_batch_is_learned_only_within_max_staleness_and_never_from_a_newer_policy(monkeypatch, batch_version, kind):
-    """The learner at version 5 with max_staleness 1: versions 4 and 5 are learned, 3 is too stale, and 6 (a version
-    the learner has not made: a batch of another run's or a lost resume's weights) is dropped too."""
-    from types import SimpleNamespace
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner import loop
-    from maskfocus.learner.loop import QueuedBatch, _message
-
-    monkeypatch.setattr(loop.ray, "get", lambda ref, timeout: SimpleNamespace(policy_version=batch_version, stats={}))
-    config = default_run_config({"ray": {"max_staleness": 1}})
-    message, info = _message(QueuedBatch(4, 40, [object()]), version=5, config=config, next_iteration=4)
-    assert message.kind == kind and info["sync/staleness"] == 5 - batch_version
-
-
 def test_a_learner_rank_that_cannot_see_the_run_folder_stops_at_once_and_says_why(tmp_path):
     """On a cluster without a shared disk the learner's node lacks the folder the driver made on the head node;
     its checkpoints would be written where neither the driver nor --resume can read them."""
@@ -288,166 +229,11 @@ def test_a_learner_rank_that_cannot_see_the_run_folder_stops_at_once_and_says_wh
         check_run_folder(tmp_path / "made_on_another_node", rank=1)
 
 
-class FakeSender:
-    def __init__(self):
-        self.broadcasts: list[int] = []
-
-    def broadcast(self, version, weights):
-        self.broadcasts.append(version)
-
-
-@pytest.mark.parametrize("start_iteration, broadcasts", [(3, [7]), (4, [])])
-def test_the_ready_broadcast_is_skipped_when_the_run_is_already_learned_to_its_end(
-    ray_session, tmp_path, start_iteration, broadcasts
-):
-    """Collective transport: rank 0 broadcasts its starting weights after the ready record, and the driver starts
-    the receives on that record; resuming a run learned to its end (to evaluate it) starts none, so a broadcast would
-    wait for ray.timeout_s and fail the run."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner.loop import _serve
-
-    ray = ray_session
-    config = default_run_config({"train": {"num_iterations": 4}, "ray": {"timeout_s": RAY_TIMEOUT_S}})
-    worker = SimpleNamespace(
-        config=config, rank=0, world_size=1, version=7, next_iteration=start_iteration, full_weights=dict
-    )
-    batches = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    sender = FakeSender()
-    try:
-        batches.put(None, timeout=RAY_TIMEOUT_S)  # the driver's stop item: nothing to learn
-        _serve(worker, sender, batches, store, tmp_path, "run")
-        version, _, record = next_update(ray, store)
-        assert (version, record) == (7, {"ready": 1.0}) and sender.broadcasts == broadcasts
-    finally:
-        batches.shutdown()
-        ray.kill(store)
-
-
 def test_fsdp_without_blocks_is_refused():
     from maskfocus.learner.parallelize import wrap
 
     with pytest.raises(ValueError, match="FSDP2 needs the model's repeated blocks"):
         wrap(torch.nn.Linear(2, 2), "fsdp", [])
-
-
-class LearningStub:
-    """A LearnerWorker's surface for `_serve`: each learn takes the next iteration and adds a version."""
-
-    def __init__(self, config):
-        self.config, self.rank, self.world_size, self.version, self.next_iteration = config, 0, 1, 0, 0
-
-    def full_weights(self) -> dict:
-        return {"w": torch.zeros(1)}
-
-    def learn(self, message) -> dict:
-        self.version, self.next_iteration = self.version + 1, message.iteration + 1
-        return {"perf/learner_seconds": 0.0}
-
-
-def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_before_it_fails(
-    ray_session, tmp_path, monkeypatch
-):
-    """The learner's wait starts before the driver's (at its own record), so it times out first when a rollout
-    worker hangs: it used to raise at once and lose every iteration since the last periodic checkpoint."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner import loop
-
-    ray = ray_session
-    saved = []
-    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 2.0}})
-    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    try:
-        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
-        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)  # iteration 0, then nothing comes
-        with pytest.raises(loop.QueueTimeout, match=r"no TrainBatch arrived for 2 s \(ray.timeout_s\)"):
-            loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
-        assert saved == [0]
-    finally:
-        batches.shutdown()
-        ray.kill(store)
-
-
-def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(
-    ray_session, tmp_path, monkeypatch
-):
-    """Collective transport: a rollout worker died (never restarted there), so the next broadcast timed out and rank 0
-    raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner import loop
-
-    class DeadReceiverSender:
-        group = SimpleNamespace(timeout_s=RAY_TIMEOUT_S)
-
-        def __init__(self):
-            self.versions: list[int] = []
-
-        def broadcast(self, version, weights):
-            self.versions.append(version)
-            if version == 2:
-                raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
-
-    ray = ray_session
-    saved = []
-    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
-    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    sender = DeadReceiverSender()
-    try:
-        for iteration in range(3):
-            batch = ray.put(SimpleNamespace(policy_version=iteration, stats={}))
-            batches.put(QueuedBatch(iteration, 4 * (iteration + 1), [batch]), timeout=RAY_TIMEOUT_S)
-        with pytest.raises(TimeoutError, match="weight broadcast of the header"):
-            loop._serve(LearningStub(config), sender, batches, store, tmp_path, "run")
-        assert sender.versions == [0, 1, 2] and saved == [1]  # learned, its broadcast failed; 2 is not learned
-    finally:
-        batches.shutdown()
-        ray.kill(store)
-
-
-@pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
-def test_a_diverged_run_stops_its_learner_without_checkpointing_its_weights(
-    ray_session, tmp_path, monkeypatch, last_item, saved_after
-):
-    """The stop item checkpoints the last learned iteration; after a diverged loss the driver sends ABORT instead:
-    a checkpoint of non-finite weights pruned the finite ones (train.keep_checkpoints) a restart needs."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
-    from maskfocus.config import default_run_config
-    from maskfocus.learner import loop
-
-    ray = ray_session
-    saved = []
-    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
-    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    try:
-        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
-        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)
-        batches.put(last_item, timeout=RAY_TIMEOUT_S)
-        loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
-        assert saved == saved_after
-    finally:
-        batches.shutdown()
-        ray.kill(store)
 
 
 def test_the_other_ranks_collective_timeout_outlasts_rank_0s_wait_for_a_batch():
