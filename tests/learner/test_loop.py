@@ -117,43 +117,51 @@ class LearningStub:
         return {"perf/learner_seconds": 0.0}
 
 
-def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_before_it_fails(
-    ray_session, tmp_path, monkeypatch
-):
-    """The learner's wait starts before the driver's (at its own record), so it times out first when a rollout
-    worker hangs: it used to raise at once and lose every iteration since the last periodic checkpoint."""
+@pytest.fixture
+def serving(ray_session, monkeypatch):
+    """The batch queue and weight store a learner loop serves from, with batches of the first iterations queued by
+    `queue_learnable(n)`, and the iterations it checkpoints (`saved`)."""
     from types import SimpleNamespace
 
     from ray.util.queue import Queue
 
-    from maskfocus.config import default_run_config
     from maskfocus.learner import loop
 
     ray = ray_session
-    saved = []
+    saved: list[int] = []
     monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 2.0}})
-    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
+    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
     store = ray.remote(WeightStore).options(num_cpus=0).remote()
+
+    def queue_learnable(count: int) -> None:
+        for iteration in range(count):  # each sampled by the version the learner will be at
+            batch = ray.put(SimpleNamespace(policy_version=iteration, stats={}))
+            batches.put(QueuedBatch(iteration, 4 * (iteration + 1), [batch]), timeout=RAY_TIMEOUT_S)
+
     try:
-        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
-        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)  # iteration 0, then nothing comes
-        with pytest.raises(loop.QueueTimeout, match=r"no TrainBatch arrived for 2 s \(ray.timeout_s\)"):
-            loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
-        assert saved == [0]
+        yield SimpleNamespace(batches=batches, store=store, saved=saved, queue_learnable=queue_learnable)
     finally:
         batches.shutdown()
         ray.kill(store)
 
 
-def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(
-    ray_session, tmp_path, monkeypatch
-):
+def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_before_it_fails(serving, tmp_path):
+    """The learner's wait starts before the driver's (at its own record), so it times out first when a rollout
+    worker hangs: it used to raise at once and lose every iteration since the last periodic checkpoint."""
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 2.0}})
+    serving.queue_learnable(1)  # iteration 0, then nothing comes
+    with pytest.raises(loop.QueueTimeout, match=r"no TrainBatch arrived for 2 s \(ray.timeout_s\)"):
+        loop._serve(LearningStub(config), None, serving.batches, serving.store, tmp_path, "run")
+    assert serving.saved == [0]
+
+
+def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(serving, tmp_path):
     """Collective transport: a rollout worker died (never restarted there), so the next broadcast timed out and rank 0
     raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first."""
     from types import SimpleNamespace
-
-    from ray.util.queue import Queue
 
     from maskfocus.config import default_run_config
     from maskfocus.learner import loop
@@ -169,50 +177,23 @@ def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_b
             if version == 2:
                 raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
 
-    ray = ray_session
-    saved = []
-    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
     config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
-    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
     sender = DeadReceiverSender()
-    try:
-        for iteration in range(3):
-            batch = ray.put(SimpleNamespace(policy_version=iteration, stats={}))
-            batches.put(QueuedBatch(iteration, 4 * (iteration + 1), [batch]), timeout=RAY_TIMEOUT_S)
-        with pytest.raises(TimeoutError, match="weight broadcast of the header"):
-            loop._serve(LearningStub(config), sender, batches, store, tmp_path, "run")
-        assert sender.versions == [0, 1, 2] and saved == [1]  # learned, its broadcast failed; 2 is not learned
-    finally:
-        batches.shutdown()
-        ray.kill(store)
+    serving.queue_learnable(3)
+    with pytest.raises(TimeoutError, match="weight broadcast of the header"):
+        loop._serve(LearningStub(config), sender, serving.batches, serving.store, tmp_path, "run")
+    assert sender.versions == [0, 1, 2] and serving.saved == [1]  # learned, its broadcast failed; 2 is not learned
 
 
 @pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
-def test_a_diverged_run_stops_its_learner_without_checkpointing_its_weights(
-    ray_session, tmp_path, monkeypatch, last_item, saved_after
-):
+def test_a_diverged_run_stops_its_learner_without_checkpointing_its_weights(serving, tmp_path, last_item, saved_after):
     """The stop item checkpoints the last learned iteration; after a diverged loss the driver sends ABORT instead:
     a checkpoint of non-finite weights pruned the finite ones (train.keep_checkpoints) a restart needs."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
     from maskfocus.config import default_run_config
     from maskfocus.learner import loop
 
-    ray = ray_session
-    saved = []
-    monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
     config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
-    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
-    try:
-        batch = ray.put(SimpleNamespace(policy_version=0, stats={}))
-        batches.put(QueuedBatch(0, 4, [batch]), timeout=RAY_TIMEOUT_S)
-        batches.put(last_item, timeout=RAY_TIMEOUT_S)
-        loop._serve(LearningStub(config), None, batches, store, tmp_path, "run")
-        assert saved == saved_after
-    finally:
-        batches.shutdown()
-        ray.kill(store)
+    serving.queue_learnable(1)
+    serving.batches.put(last_item, timeout=RAY_TIMEOUT_S)
+    loop._serve(LearningStub(config), None, serving.batches, serving.store, tmp_path, "run")
+    assert serving.saved == saved_after
