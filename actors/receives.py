@@ -11,7 +11,7 @@ from ray.actor import ActorHandle
 
 class WeightReceives:
     """Receive calls started and not yet collected, each with the iteration of the update it carries (-1: the
-    starting weights)."""
+    starting weights). One user, RayRun: a class of its own to keep the driver's event loop readable."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[int, ObjectRef]] = []
@@ -21,15 +21,21 @@ class WeightReceives:
         self.pending += [(iteration, actor.receive_weights.remote(version)) for actor in actors]
 
     def check(self, timeout_s: float) -> None:
-        """A receive that failed (a layout mismatch) raises at once. Collected only at the next learned record, the
-        failed receive of a resume's first broadcast never was: its worker sampled with the base weights under the
-        new version, every batch was dropped as stale, and the run ended on an idle timeout instead."""
+        """Raise the error of a receive that has failed (a layout mismatch), without waiting for those still running:
+        called every turn of the driver's loop, so such a run stops at once rather than at the next learned record
+        (after a resume's first broadcast none may come). The pending receives are dropped with it: the stop that
+        follows collects the learner's records, and must not raise this error again before the learner's stop item
+        is queued."""
         if not self.pending:
             return
         refs = [ref for _, ref in self.pending]
         finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         for ref in finished:
-            ray.get(ref, timeout=timeout_s)  # the receiver's error, if it failed
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except Exception:
+                self.pending.clear()
+                raise
 
     def collect(self, timeout_s: float) -> dict[int, float]:
         """The receives started so far have finished (the learner publishes a record after its broadcast): raise a

@@ -2,7 +2,8 @@
 
 checkpoints/iter_XXXXXX/ holds transformer.safetensors (full weights gathered from the shards),
 optimizer.pt (the full, parameter-name-keyed optimizer state from torch.distributed.checkpoint, so it
-loads into any world size and either strategy; the in-process trainer's index-keyed one loads too) and
+loads into any world size and either strategy; the in-process trainer's index-keyed one loads too, and so does
+torch's index-keyed state of an optimizer that has taken no step yet) and
 state.json (iteration, prompt cursor, number of optimizer steps, policy version, seed). Every random stream
 is derived from (seed, iteration, role), so the iteration is the whole RNG state.
 """
@@ -43,7 +44,8 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
     """Collective (every rank calls it): the full optimizer state on rank 0, an empty dict elsewhere. An optimizer
     that has taken no step yet (every update so far skipped: no scored tokens, a non-finite gradient) has no state
     to gather, and torch's getter would make one by a step at learning rate 0, which starts Adam's step count at 1
-    in the live optimizer: every rank has taken the same steps, so all return its own (empty) state dict."""
+    in the live optimizer: every rank has taken the same steps, so each returns torch's own state dict, with no
+    per-parameter state and its param_groups (index-keyed, as the in-process trainer saves it)."""
     if not optimizer.state:
         return optimizer.state_dict()
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -267,14 +267,14 @@ def _serve(
     while True:
         info, queue_wait = {}, 0.0
         message = None
-        if rank == 0:
+        if rank == 0 and failure is None:
             try:
                 item, queue_wait = _take(batches, timeout)
                 message, info = _message(item, worker.version, config, worker.next_iteration)
             except Exception as error:  # e.g. QueueTimeout: the learner's clock runs ahead of the driver's
                 failure = error
-            if failure is not None:
-                message, info = Message("stop"), {}
+        if rank == 0 and failure is not None:  # no other queue item is taken: every rank saves, then rank 0 raises
+            message, info = Message("stop"), {}
         message = _broadcast(message, world_size)
         if message.kind == "abort":
             return
@@ -304,7 +304,7 @@ def _serve(
             record["perf/checkpoint_seconds"] = _checkpoint(worker, unsaved, weights, run_dir, record)
             unsaved = None
         if rank == 0:
-            try:  # a broadcast to a dead rollout worker times out: the next turn saves, then raises
+            try:  # a broadcast to a dead rollout worker times out: the next turn stops every rank, which save
                 sync_start = time.perf_counter()
                 weights_ref = _share_weights(weights, worker.version, message.iteration, sender, store, config.train)
                 record["perf/weight_sync_seconds"] = gather_seconds + time.perf_counter() - sync_start

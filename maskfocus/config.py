@@ -42,6 +42,10 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.
 """The built-in default run (a source checkout or an editable install has it; a wheel does not)."""
 
 
+MAX_FLOAT16_MEISSONIC_STEPS = 66
+"""The most sampling steps Meissonic takes in float16: its largest timestep, 65, times 1000 is still finite there."""
+
+
 class RouterConfig(Section):
     """Entropy-based dynamic routing during training rollouts (ALGORITHM.md section 2); never at evaluation."""
 
@@ -220,10 +224,6 @@ class RunConfig(Section):
                 f"rollout.prompts_per_iteration x rollout.group_size = {num_samples} samples, split into shards of "
                 f"{shard}; use a batch that is a multiple of {workers} samples, or fewer workers"
             )
-
-
-MAX_FLOAT16_MEISSONIC_STEPS = 66
-"""The most sampling steps Meissonic takes in float16: its largest timestep, 65, times 1000 is still finite there."""
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>", origin: ErrorOrigin | None = None) -> RunConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +72,18 @@ def running_counts(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
 def unrecorded_note(path: Path, start_iteration: int, log_every: int = 1) -> str | None:
     """A resume's word on iterations before `start_iteration` (learned, in the checkpoint) without a record in
     `path`: a run killed between a checkpoint and its record (SIGKILL after `ray job stop`'s wait) loses those after
-    its last record. They are expected at the cadence its last two records show (`train.log_every` as the stopped run
-    had it: a resume may change it); with fewer records, at the given `log_every`."""
+    its last record. They are the multiples of the stopped run's `train.log_every` (a resume may change it): the most
+    common gap between its records (a finished run's last record is off that cadence), with fewer records the given
+    `log_every`."""
     if start_iteration == 0:
         return None
     records, _ = _parse_metrics(path) if path.exists() else ([], None)
     iterations = {record.get("iteration") for record in records}
     logged = sorted(it for it in iterations if isinstance(it, int) and it < start_iteration)
-    every = logged[-1] - logged[-2] if len(logged) > 1 else log_every
-    missing = list(range(logged[-1] + every if logged else 0, start_iteration, every))
+    gaps = Counter(later - earlier for earlier, later in pairwise(logged))
+    every = gaps.most_common(1)[0][0] if gaps else log_every
+    first = (logged[-1] // every + 1) * every if logged else 0
+    missing = list(range(first, start_iteration, every))
     if not missing:
         return None
     shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

@@ -43,6 +43,7 @@ from maskfocus.metrics_log import read_metrics as read_metrics
 from maskfocus.metrics_log import rewind_metrics as rewind_metrics
 from maskfocus.metrics_log import running_counts as running_counts
 from maskfocus.models.base import MaskedGenerator
+from maskfocus.models.loading import weights_files
 from maskfocus.outputs import check_output_folder
 from maskfocus.ray_job import resume_command
 from maskfocus.run_state import complete_checkpoints, latest_checkpoint, resume_state
@@ -299,11 +300,8 @@ def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGener
     return model
 
 
-WEIGHTS_NAME = {"transformer": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+PLAIN_WEIGHTS_FILE = {"transformer": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
 """The file diffusers (transformer) and transformers (text encoder) load a part's weights from, with no variant."""
-
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-"""A part's weights in any variant or shard, with the shards' index."""
 
 
 def save_model_folder(
@@ -318,9 +316,9 @@ def save_model_folder(
     shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
     trained = {"transformer": module} if text_encoder is None else {"transformer": module, "text_encoder": text_encoder}
     for part, weights_of in trained.items():
-        for old_weights in [path for pattern in WEIGHT_FILES for path in (target / part).glob(pattern)]:
+        for old_weights in weights_files(target / part):
             old_weights.unlink()
-        weights = target / part / WEIGHTS_NAME[part]
+        weights = target / part / PLAIN_WEIGHTS_FILE[part]
         save_file(plain_state_dict(weights_of), str(weights), metadata={"format": "pt"})
     return target
 

@@ -109,11 +109,6 @@ def guided_logits(
     return torch.where(torch.isneginf(cond_BLV), cond_BLV, guided_BLV)
 
 
-def masked_entropy(logits_BLV: torch.Tensor, masked_BL: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean token entropy over masked positions (0 where nothing is masked), (B,)."""
-    return masked_mean(token_entropy(logits_BLV), masked_BL)
-
-
 def masked_mean(entropy_BL: torch.Tensor, masked_BL: torch.Tensor) -> torch.Tensor:
     """Per-sample mean of `entropy_BL` over masked positions (0 where nothing is masked), (B,)."""
     count_B = masked_BL.sum(-1).clamp(min=1)
@@ -159,9 +154,8 @@ def sample(
         routes_B = torch.zeros(batch, dtype=torch.bool, device=device)
         if token_temperature is not None:
             temperature_BL, routes_B = token_temperature(step, entropy_B, entropy_BL, masked_BL)
-            if temperature_BL is not None:  # in the logits' dtype: a float32 divisor would promote bfloat16 logits
+            if temperature_BL is not None:  # in the logits' dtype, should a model give half-precision logits
                 logits_BLV = logits_BLV / temperature_BL.to(logits_BLV.dtype).unsqueeze(-1)
-        del entropy_BL
         log_probs_BLV = torch.log_softmax(logits_BLV, dim=-1)
         drawn_BL = (log_probs_BLV + _gumbel(log_probs_BLV.shape, generator, device)).argmax(-1)
         x0_BL = torch.where(masked_BL, drawn_BL, tokens_BL)

@@ -357,6 +357,10 @@ def test_a_resume_names_learned_iterations_that_have_no_record(tmp_path, capsys)
     assert "no record" not in capsys.readouterr().out
     MetricsLog(path, start_iteration=5, log_every=10).close()  # the stopped run logged every iteration
     assert f"note: {path} has no record of iteration(s) 3, 4, which" in capsys.readouterr().out
+    extended = tmp_path / "extended.jsonl"  # a finished 95-iteration run (its last record 94), extended to 200
+    _write_lines(extended, [json.dumps({"iteration": i}) for i in [*range(0, 95, 10), 94, 100]])
+    MetricsLog(extended, start_iteration=120, log_every=10).close()  # 110 was due and is missing
+    assert f"note: {extended} has no record of iteration(s) 110, which" in capsys.readouterr().out
 
 
 def test_the_trained_weights_replace_every_weights_file_of_the_part(tmp_path):
@@ -374,6 +378,7 @@ def test_the_trained_weights_replace_every_weights_file_of_the_part(tmp_path):
     weights = base / "transformer" / "diffusion_pytorch_model.safetensors"
     shutil.copy(weights, weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
     (weights.with_name("diffusion_pytorch_model.safetensors.index.json")).write_text("{}")
+    (weights.with_name("diffusion_pytorch_model.safetensors.index.fp16.json")).write_text("{}")
     trained = {name: torch.full_like(value, 0.5) for name, value in load_file(weights).items()}
 
     class Trained(torch.nn.Module):  # what save_model_folder reads of the trained transformer: its state_dict

@@ -16,11 +16,12 @@ from support import (
 )
 
 from maskfocus.models.base import Condition
+from maskfocus.router import token_entropy
 from maskfocus.sampling import (
     guided_logits,
     gumbel_temperature,
     mask_schedule,
-    masked_entropy,
+    masked_mean,
     sample,
     sample_prompts,
     seeded_generator,
@@ -257,19 +258,19 @@ def test_recorded_entropy_is_the_mean_over_masked_positions_of_the_guided_distri
             assert result.entropy_BT[b, step].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-def test_masked_entropy_gives_minus_inf_logits_zero_weight():
+def test_the_mean_masked_entropy_gives_minus_inf_logits_zero_weight():
     generator = torch.Generator().manual_seed(0)
     logits_BLV = 3 * torch.randn(2, 5, 6, generator=generator)
     logits_BLV[0, :, 1] = float("-inf")
     logits_BLV[1, 2, :5] = float("-inf")  # one certain token: entropy 0
     masked_BL = torch.tensor([[True, False, True, True, False], [True, True, True, False, False]])
-    entropy_B = masked_entropy(logits_BLV, masked_BL)
+    entropy_B = masked_mean(token_entropy(logits_BLV), masked_BL)
     for b in range(2):
         masked = [pos for pos in range(5) if masked_BL[b, pos]]
         expected = sum(reference_entropy(logits_BLV[b, pos].tolist()) for pos in masked) / len(masked)
         assert entropy_B[b].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     finite_BLV = logits_BLV.clamp(min=-1e4)  # -1e4 underflows to probability 0 too: same entropy as -inf
-    torch.testing.assert_close(masked_entropy(finite_BLV, masked_BL), entropy_B)
+    torch.testing.assert_close(masked_mean(token_entropy(finite_BLV), masked_BL), entropy_B)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

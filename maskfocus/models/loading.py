@@ -163,11 +163,21 @@ def load_weights(loader: Callable[..., Any], folder: Path, part: str, hint: str,
     return model
 
 
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.index*.json")
+"""A part's weights files in any variant and shard, and the shards' indexes (`*.safetensors.index.json`, diffusers'
+`*.safetensors.index.fp16.json`)."""
+
+
+def weights_files(part_folder: Path) -> list[Path]:
+    return [path for pattern in WEIGHT_FILE_PATTERNS for path in part_folder.glob(pattern)]
+
+
 def weights_variant(part_folder: Path) -> str | None:
-    """The variant "fp16" when every weights file of a part is one (`*.fp16.safetensors`: what `from_pretrained(...,
-    variant="fp16")` downloads of aMUSEd and Meissonic), which the libraries read only when asked for it by name."""
-    names = [path.name for pattern in ("*.safetensors", "*.bin") for path in part_folder.glob(pattern)]
-    return "fp16" if names and all(".fp16." in name for name in names) else None
+    """The variant "fp16" when every weights file of a part is one (`*.fp16.safetensors`, a shard's
+    `*.fp16-00001-of-00002.safetensors`: what `from_pretrained(..., variant="fp16")` downloads of aMUSEd and
+    Meissonic), which the libraries read only when asked for it by name."""
+    names = [path.name for path in weights_files(part_folder) if not path.name.endswith(".json")]
+    return "fp16" if names and all(".fp16." in name or ".fp16-" in name for name in names) else None
 
 
 def load_vqvae(folder: Path, hint: str):

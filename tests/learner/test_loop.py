@@ -17,7 +17,7 @@ def test_a_batch_queued_behind_a_dropped_one_is_dropped_too_and_learned_after_it
     """With max_staleness 1, iteration 5 may be queued when 4 is dropped as stale; learning 5 first would let a
     checkpoint's iteration and prompt cursor pass the unlearned 4. The learner takes iterations in order only."""
     from maskfocus.config import default_run_config
-    from maskfocus.learner.loop import QueuedBatch, _message
+    from maskfocus.learner.loop import _message
 
     config = default_run_config({"ray": {"max_staleness": 1}})
     never_fetched = [object()]  # not an ObjectRef: an out-of-order batch is dropped before it is fetched
@@ -35,7 +35,7 @@ def test_a_batch_lost_with_its_reward_workers_node_is_dropped_for_the_driver_to_
 
     from maskfocus.config import default_run_config
     from maskfocus.learner import loop
-    from maskfocus.learner.loop import QueuedBatch, _message
+    from maskfocus.learner.loop import _message
 
     def lost(ref, timeout):
         raise OwnerDiedError("cd" * 14, None, "")
@@ -55,7 +55,7 @@ def test_a_batch_is_learned_only_within_max_staleness_and_never_from_a_newer_pol
 
     from maskfocus.config import default_run_config
     from maskfocus.learner import loop
-    from maskfocus.learner.loop import QueuedBatch, _message
+    from maskfocus.learner.loop import _message
 
     monkeypatch.setattr(loop.ray, "get", lambda ref, timeout: SimpleNamespace(policy_version=batch_version, stats={}))
     config = default_run_config({"ray": {"max_staleness": 1}})
@@ -158,9 +158,14 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
     assert serving.saved == [0]
 
 
-def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(serving, tmp_path):
+@pytest.mark.parametrize("queued_after", [1, 0])
+def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(
+    serving, tmp_path, queued_after
+):
     """Collective transport: a rollout worker died (never restarted there), so the next broadcast timed out and rank 0
-    raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first."""
+    raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first. The
+    stop comes at once, whether another batch is queued (it is not taken) or none (no wait for one)."""
+    import time
     from types import SimpleNamespace
 
     from maskfocus.config import default_run_config
@@ -177,12 +182,15 @@ def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_b
             if version == 2:
                 raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
 
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}})
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 30.0}})
     sender = DeadReceiverSender()
-    serving.queue_learnable(3)
+    serving.queue_learnable(2 + queued_after)
+    start = time.monotonic()
     with pytest.raises(TimeoutError, match="weight broadcast of the header"):
         loop._serve(LearningStub(config), sender, serving.batches, serving.store, tmp_path, "run")
-    assert sender.versions == [0, 1, 2] and serving.saved == [1]  # learned, its broadcast failed; 2 is not learned
+    assert time.monotonic() - start < 20.0  # not ray.timeout_s waiting for a batch (which raised QueueTimeout)
+    assert sender.versions == [0, 1, 2] and serving.saved == [1]  # learned, its broadcast failed
+    assert serving.batches.qsize() == queued_after  # the batch queued after it is left for the redo
 
 
 @pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
