@@ -69,9 +69,9 @@ def test_a_resumed_learner_goes_on_with_the_checkpoints_weights_and_learning_rat
 
     config = tiny_config(random_model, tmp_path, train={"num_iterations": 10}, optim={"final_lr_fraction": 0.1})
     first = unsharded_worker(config, monkeypatch, {})
-    with torch.no_grad():
-        for parameter in first.module.parameters():
-            parameter.add_(0.25)
+    for parameter in first.module.parameters():  # one optimizer step: its state is saved whole and read back
+        parameter.grad = torch.full_like(parameter, 0.01)
+    first.updater.optimizer.step()
     weights = plain_state_dict(first.module)
     state = {"prompt_cursor": 10, "num_updates": 10, "policy_version": 5, "seed": config.seed}
     optimizer_state = full_optimizer_state(first.module, first.updater.optimizer)
@@ -85,6 +85,9 @@ def test_a_resumed_learner_goes_on_with_the_checkpoints_weights_and_learning_rat
     assert expected_lr < 0.95 * config.optim.learning_rate
     loaded = resumed.module.state_dict()
     assert all(torch.equal(loaded[name], value) for name, value in weights.items())
+    saved_state, resumed_state = first.updater.optimizer.state, resumed.updater.optimizer.state
+    pairs = zip(first.module.parameters(), resumed.module.parameters(), strict=True)
+    assert all(torch.equal(saved_state[a]["exp_avg"], resumed_state[b]["exp_avg"]) for a, b in pairs)
 
 
 def test_the_ray_learner_is_given_the_rollouts_T(random_model, tmp_path, monkeypatch):
