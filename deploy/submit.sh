@@ -87,10 +87,12 @@ if [[ -z "${RAY_AUTH_MODE:-}" ]] &&
 fi
 echo "submit.sh: job server $ADDRESS, RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset (no token sent)}, job ${SUBMISSION[1]}" >&2
 still_running() {  # Ctrl-C ends `ray job submit`'s log tail; the job goes on
+  # the commands as typed in a shell need the RAY_AUTH_MODE this script chose (a token is sent only with it)
+  local ray_job="${RAY_AUTH_MODE:+RAY_AUTH_MODE=$RAY_AUTH_MODE }ray job"
   echo "submit.sh: stopped following job ${SUBMISSION[1]}; once submitted, it goes on running on the cluster" \
-    "(ray job status --address $ADDRESS ${SUBMISSION[1]}). Follow it again:" \
-    "ray job logs -f --address $ADDRESS ${SUBMISSION[1]}; stop it (it checkpoints first):" \
-    "ray job stop --address $ADDRESS ${SUBMISSION[1]}" >&2
+    "($ray_job status --address $ADDRESS ${SUBMISSION[1]}). Follow it again:" \
+    "$ray_job logs -f --address $ADDRESS ${SUBMISSION[1]}; stop it (it checkpoints first):" \
+    "$ray_job stop --address $ADDRESS ${SUBMISSION[1]}" >&2
   exit 130
 }
 trap still_running INT

@@ -367,7 +367,8 @@ def test_submit_script_names_each_job_and_says_on_ctrl_c_that_the_job_goes_on(tm
     interrupted = submit_command(tmp_path, "--submission-id", "run-9", stub="kill -INT $PPID\nexit 1\n")
     assert interrupted.returncode == 130
     assert "stopped following job run-9; once submitted, it goes on running on the cluster" in interrupted.stderr
-    assert "ray job stop --address http://127.0.0.1:8265 run-9" in interrupted.stderr
+    # as typed in a shell, with the RAY_AUTH_MODE the script used (a token is sent only with `token`)
+    assert "RAY_AUTH_MODE=disabled ray job stop --address http://127.0.0.1:8265 run-9" in interrupted.stderr
     failed = submit_command(tmp_path, stub="exit 3\n")
     assert failed.returncode == 3 and "stopped following" not in failed.stderr
 
