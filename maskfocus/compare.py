@@ -209,7 +209,7 @@ def group_runs(
     for members in by_values.values():
         values = {key: _label_value(members[0].config, key) for key in shown}
         label = ", ".join(f"{key}={value}" for key, value in values.items() if value != common.get(key))
-        label = label or ("common settings" if shown else "same config")
+        label = label or ("the usual settings" if shown else "same config")
         while label in groups:  # only where two settings look alike once cut short
             label += " (another)"
         groups[label] = members
@@ -328,7 +328,8 @@ def comparison_table(
     the common settings the labels depart from, and the unfinished runs."""
     runs = [run for group in groups.values() for run in group]
     tags = tag_names(runs)
-    header = ["config", "runs", "seeds", "overall", "gain over base", *tags, "learner s/iter", "iteration s/iter"]
+    header = ["config", "evaluated runs", "seeds", "overall", "gain over base", *tags]
+    header += ["learner s/iter", "iteration s/iter"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if base:
         base_tags = [f"{base['tags'][tag]:.3f}" if tag in base.get("tags", {}) else "-" for tag in tags]
@@ -340,7 +341,8 @@ def comparison_table(
     if base is None:
         lines += ["", NO_BASE_NOTE]
     if common:
-        lines += ["", "common settings: " + ", ".join(f"{key}={value}" for key, value in common.items())]
+        usual = ", ".join(f"{key}={value}" for key, value in common.items())
+        lines += ["", f"the usual settings (the value most rows share; each row names where it departs): {usual}"]
     unfinished = [run for run in runs if not run.final]
     if unfinished:
         lines.append("")

@@ -61,7 +61,7 @@ def test_table_numbers_match_a_hand_computation(ablation_runs):
     random_row = rows["| B: selection.strategy=random"]
     assert random_row[3] == "0.430 ± 0.042" and random_row[-2] == "3.000 ± 0.000"
     assert rows["| base model"][3:7] == ["0.440", "-", "0.860", "0.450"]
-    assert "common settings:" not in table
+    assert "the usual settings" not in table
 
 
 def test_a_run_from_before_a_key_was_added_groups_with_a_newer_run_of_the_same_settings(tmp_path):
@@ -350,5 +350,5 @@ def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     result = subprocess.run(
         ["bash", "-c", command + "; echo status ${PIPESTATUS[0]} >&2"], capture_output=True, text=True, timeout=120
     )
-    assert result.stdout.startswith("| config | runs |") and result.stdout.count("\n") == 1
+    assert result.stdout.startswith("| config | evaluated runs |") and result.stdout.count("\n") == 1
     assert "Traceback" not in result.stderr and "status 141" in result.stderr

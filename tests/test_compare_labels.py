@@ -25,6 +25,6 @@ def test_labels_spell_settings_as_yaml_does(tmp_path):
     capped = make_run(tmp_path / "capped", {"grpo.behaviour_weight_cap": 2.0}, 0.5)
     no_router = make_run(tmp_path / "no_router", {"grpo.behaviour_weight_cap": 2.0, "router.enabled": False}, 0.5)
     groups, common = group_runs([load_run(folder) for folder in (uncapped, capped, no_router)])
-    assert list(groups) == ["grpo.behaviour_weight_cap=null", "common settings", "router.enabled=false"]
+    assert list(groups) == ["grpo.behaviour_weight_cap=null", "the usual settings", "router.enabled=false"]
     table = comparison_table(groups, None, common)
-    assert "common settings: router.enabled=true, grpo.behaviour_weight_cap=2.0" in table
+    assert "each row names where it departs): router.enabled=true, grpo.behaviour_weight_cap=2.0" in table

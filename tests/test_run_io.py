@@ -22,6 +22,7 @@ from maskfocus.run_io import (
     rewind_metrics,
     running_counts,
     save_checkpoint,
+    shown_reward_series,
 )
 
 
@@ -75,6 +76,17 @@ def test_moving_average_matches_a_loop_over_each_window():
         expected.append(sum(window) / len(window))
     assert moving_average(values, 3) == pytest.approx(expected)
     assert moving_average(values, 1) == values
+
+
+def test_a_lone_reward_term_equal_to_the_mean_is_not_drawn_under_it():
+    """One term of weight 1 is the mean: its curve lay hidden under the mean's, with a legend entry of its own."""
+    keys = ("reward/geneval_partial", "reward/clip", "reward/mean")
+    alone = [{"iteration": i, "reward/geneval_partial": 0.1 * i, "reward/mean": 0.1 * i} for i in range(3)]
+    assert shown_reward_series(alone, keys) == ["reward/mean"]
+    weighted = [dict(r, **{"reward/mean": 0.5 * r["reward/geneval_partial"]}) for r in alone[1:]]
+    assert shown_reward_series(weighted, keys) == ["reward/geneval_partial", "reward/mean"]
+    both = [dict(r, **{"reward/clip": 0.3}) for r in alone]
+    assert shown_reward_series(both, keys) == list(keys)
 
 
 def test_reward_curve_adds_a_per_tag_panel_only_when_the_records_hold_tags(tmp_path):
