@@ -146,9 +146,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             records_out=records_out,
         )
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
-    if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag
+    if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag, framed by verdict
         labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in shown]
-        save_grid(args.grid, images, columns=config.eval.num_images_per_prompt, scale=2, labels=labels)
+        judged = {(record["row"], record["image"]): record["correct"] for record in records}
+        per_row = config.eval.num_images_per_prompt
+        verdicts = [judged.get((index, image)) for index in sorted(shown) for image in range(per_row)]
+        save_grid(args.grid, images, columns=per_row, scale=2, labels=labels, verdicts=verdicts)
     print(format_table(summary))
     print(f"{summary['seconds']} s")
     return 0

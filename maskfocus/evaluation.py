@@ -355,7 +355,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("-" * 21)
     lines.append(f"{'overall':<14} {summary['overall']:>6.3f}")
     if len(summary["tags"]) < len(TAGS):  # e.g. `--limit`: the first rows of shapes-geneval are all single_object
-        lines[-1] += f"  (mean of the {len(summary['tags'])} tags scored here, not of all {len(TAGS)})"
+        scored = len(summary["tags"])
+        what = "the 1 tag" if scored == 1 else f"the mean of the {scored} tags"
+        lines[-1] += f"  ({what} scored here, not the mean of all {len(TAGS)}; --limit takes rows in file order)"
     if summary.get("clip_score") is not None:
         lines.append(f"{'clip_score':<14} {summary['clip_score']:>6.3f}")
     lines.append(f"{summary['num_images']} images")

@@ -65,7 +65,10 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
     from PIL import Image
 
     with Image.open(grid) as picture:  # the first 2 rows of each tag (one here), 2 images each, a label above each
-        assert picture.size == (2 * (128 + 2) + 2, 2 * (128 + 2 + 12) + 2)
+        assert picture.size == (2 * (128 + 4) + 4, 2 * (128 + 4 + 16) + 4)  # 4-px gaps for the verdict frames
+        frames = [picture.getpixel((2, 4 + 16 + 40 + 148 * row)) for row in range(2)]  # first images' left edges
+    first_images = {record["row"]: record["correct"] for record in records if record["image"] == 0}
+    assert frames == [(40, 160, 60) if first_images[row] else (210, 40, 40) for row in range(2)]
 
 
 def test_eval_set_names_an_unknown_key(capsys):

@@ -261,6 +261,8 @@ def test_images_the_judge_could_not_score_are_left_out_and_counted() -> None:
     summary = summarize((r["tag"], r["correct"]) for r in records)
     assert summary == {"overall": 1.0, "tags": {"colors": 1.0}, "num_images": 1, "num_unscored": 1}
     assert format_table(summary).endswith("1 images (1 more the judge could not score: left out)")
-    assert "overall         1.000  (mean of the 1 tags scored here, not of all 6)" in format_table(summary)
+    assert "overall         1.000  (the 1 tag scored here, not the mean of all 6; --limit" in format_table(summary)
+    two_tags = {**summary, "tags": {"colors": 1.0, "counting": 0.5}}
+    assert "(the mean of the 2 tags scored here, not the mean of all 6;" in format_table(two_tags)
     with pytest.raises(ValueError, match=r"at least one scored .* \(2 unscored\)"):
         summarize([("colors", None), ("colors", None)])
