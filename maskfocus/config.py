@@ -272,7 +272,8 @@ def load_config(
     if path.is_dir():
         raise ConfigError(f"config file {path}: is a folder; give a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        shipped = f"; the shipped configs are in {DEFAULT_CONFIG.parent}" if DEFAULT_CONFIG.parent.is_dir() else ""
+        raise ConfigError(f"config file not found: {path} (from {Path.cwd()}){shipped}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

@@ -280,7 +280,7 @@ def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: the latest checkpoint and the `--resume` command, or that there is none."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        return "no checkpoint was written yet"
+        return f"no checkpoint was written yet (`{resume_command(run_dir)}` starts the run again from the base model)"
     return f"resume from {checkpoint.name} with `{resume_command(run_dir)}`"
 
 

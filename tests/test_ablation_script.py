@@ -7,6 +7,7 @@ import argparse
 import pytest
 from support import load_benchmark, make_run
 
+from maskfocus.config import DEFAULT_CONFIG
 from maskfocus.script_args import run_script
 
 
@@ -130,7 +131,8 @@ def test_a_missing_config_is_refused_before_any_run(ablation, tmp_path, monkeypa
     missing = tmp_path / "nope.yaml"
     args = ("--config", str(missing), "--runs-dir", str(tmp_path / "runs"), "--jobs", "random:0")
     status, error = run_command(ablation, monkeypatch, capsys, *args)
-    assert (status, error) == (2, f"ablation.py: error: config file not found: {missing}\n")
+    assert status == 2 and error.startswith(f"ablation.py: error: config file not found: {missing} (from ")
+    assert f"; the shipped configs are in {DEFAULT_CONFIG.parent}" in error  # where to look, for a path given relative
     assert not (tmp_path / "runs").exists()
 
 

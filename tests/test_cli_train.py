@@ -174,7 +174,10 @@ def test_a_second_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, 
     args = ["train", "--executor", "local", "--set", f"train.out_dir={tmp_path}", "--name", "run"]
     assert main(args) == 130
     error = capsys.readouterr().err
-    assert error == "maskfocus train: stopped at once, between checkpoints; no checkpoint was written yet\n"
+    assert error == (
+        "maskfocus train: stopped at once, between checkpoints; no checkpoint was written yet (`maskfocus train "
+        f"--resume {tmp_path / 'run'}` starts the run again from the base model)\n"
+    )
 
 
 def test_a_failed_ray_run_is_its_cause_and_resume_command_with_the_traceback_in_a_file(tmp_path, capsys, monkeypatch):

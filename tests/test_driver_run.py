@@ -100,7 +100,8 @@ def test_a_sigterm_while_the_ray_run_starts_stops_it_with_a_message_and_its_exit
         driver_run.train_ray(default_run_config(), tmp_path / "run", show_progress=False)
     assert time.perf_counter() - start < 20
     assert str(stopped.value) == (
-        "stopped on SIGTERM while the Ray run started, before its first iteration; no checkpoint was written yet"
+        "stopped on SIGTERM while the Ray run started, before its first iteration; no checkpoint was written yet "
+        f"(`maskfocus train --resume {tmp_path / 'run'}` starts the run again from the base model)"
     )
     assert stopped.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is handler_before  # restored: a later SIGTERM acts as before
