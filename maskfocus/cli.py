@@ -286,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     train.add_argument("--executor", choices=["local", "ray"], help="override train.executor")
     train.add_argument("--iterations", type=positive_int, help="override train.num_iterations")
-    train.add_argument("--name", help="run folder name under train.out_dir (default: a timestamp)")
+    train.add_argument(
+        "--name",
+        help="run folder name under train.out_dir (default: a timestamp; the folder of runs is the config's "
+        "train.out_dir, runs/ under the current folder for the shipped configs: --set train.out_dir=DIR moves it)",
+    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     train.add_argument(
         "--address", help="Ray cluster address (default: the config's ray.address, else RAY_ADDRESS, else a local Ray)"
