@@ -89,6 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         build_eval_judge,
         check_classes,
         check_server_answers,
+        first_of_each_tag,
         format_table,
         grid_rows,
         load_rows,
@@ -122,7 +123,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.metadata is not None and not Path(args.metadata).is_file():
         raise ConfigError(f"--metadata {args.metadata}: no such file (a GenEval-format JSONL is expected)")
     benchmark = args.benchmark or config.eval.benchmark
-    rows = load_rows(benchmark, args.metadata)[: args.limit]
+    rows = load_rows(benchmark, args.metadata)
+    if args.per_tag is not None:
+        rows = [rows[index] for index in first_of_each_tag(rows, args.per_tag)]
+    rows = rows[: args.limit]
     if not rows:
         raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
     judge = build_eval_judge(config, detector_overrides(args))
@@ -269,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     evaluate.add_argument("--model", help="model folder, e.g. runs/NAME/model (default: the config's model.path)")
     evaluate.add_argument("--limit", type=positive_int, help="only the first N prompt rows (smoke tests)")
+    evaluate.add_argument(
+        "--per-tag",
+        type=positive_int,
+        help="only the first N prompt rows of each tag: a quick overall over every tag (before --limit)",
+    )
     evaluate.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     evaluate.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     evaluate.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")

@@ -58,9 +58,9 @@ def load_rows(benchmark: str | None, metadata_path: str | Path | None = None) ->
     return BENCHMARKS[benchmark]()
 
 
-def grid_rows(rows: Sequence[dict[str, Any]], per_tag: int = 2) -> list[int]:
-    """The rows an evaluation's picture shows: the first `per_tag` of each tag, in the order the tags come (the
-    first rows of shapes-geneval are all single_object)."""
+def first_of_each_tag(rows: Sequence[dict[str, Any]], per_tag: int) -> list[int]:
+    """Indices of the first `per_tag` rows of each tag, in file order (the first rows of shapes-geneval are all
+    single_object, so taking the first rows of the file scores one tag)."""
     taken: dict[str, int] = {}
     chosen = []
     for index, row in enumerate(rows):
@@ -69,6 +69,11 @@ def grid_rows(rows: Sequence[dict[str, Any]], per_tag: int = 2) -> list[int]:
             taken[tag] = taken.get(tag, 0) + 1
             chosen.append(index)
     return chosen
+
+
+def grid_rows(rows: Sequence[dict[str, Any]], per_tag: int = 2) -> list[int]:
+    """The rows an evaluation's picture shows: the first `per_tag` of each tag, in the order the tags come."""
+    return first_of_each_tag(rows, per_tag)
 
 
 def chosen_rows(tags: list[str], every: int, benchmark: str = "shapes-geneval") -> list[dict[str, Any]]:
@@ -357,7 +362,10 @@ def format_table(summary: dict[str, Any]) -> str:
     if len(summary["tags"]) < len(TAGS):  # e.g. `--limit`: the first rows of shapes-geneval are all single_object
         scored = len(summary["tags"])
         what = "the 1 tag" if scored == 1 else f"the mean of the {scored} tags"
-        lines[-1] += f"  ({what} scored here, not the mean of all {len(TAGS)}; --limit takes rows in file order)"
+        lines[-1] += (
+            f"  ({what} scored here, not the mean of all {len(TAGS)}; --limit takes rows in file order, "
+            "--per-tag N the first N of each tag)"
+        )
     if summary.get("clip_score") is not None:
         lines.append(f"{'clip_score':<14} {summary['clip_score']:>6.3f}")
     lines.append(f"{summary['num_images']} images")

@@ -319,12 +319,39 @@ def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
     assert seen == [(2, False), (100, True)]
 
 
+def test_eval_per_tag_takes_the_first_rows_of_each_tag_before_the_limit(monkeypatch):
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def run_evaluation(model, rows, eval_config, sampler, **kwargs):
+        seen.append([(row["tag"], row["prompt"]) for row in rows])
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    all_rows = maskfocus.evaluation.load_rows("shapes-geneval")
+    for args in (["--per-tag", "2"], ["--per-tag", "2", "--limit", "5"]):
+        with pytest.raises(Sampled):
+            main(["eval", *args, "--no-clip"])
+    tags = [tag for tag, _ in seen[0]]
+    assert len(seen[0]) == 12 and all(tags.count(tag) == 2 for tag in set(tags)) and len(set(tags)) == 6
+    for tag, prompt in seen[0]:  # the first two of its tag in file order
+        same_tag = [row["prompt"] for row in all_rows if row["tag"] == tag]
+        assert prompt in same_tag[:2]
+    assert seen[1] == seen[0][:5]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["sample", "--prompt", "a red circle", "--num-images", "0"], "argument --num-images: must be >= 1, got 0"),
         (["sample", "--prompt", "a red circle", "--steps", "-2"], "argument --steps: must be >= 1, got -2"),
         (["eval", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["eval", "--per-tag", "-1"], "argument --per-tag: must be >= 1, got -1"),
         (["eval", "--num-images-per-prompt", "x"], "argument --num-images-per-prompt: expected a whole number"),
         (["train", "--iterations", "0"], "argument --iterations: must be >= 1, got 0"),
         (["sample", "--prompt", "a red circle", "--scale", "0"], "argument --scale: must be >= 1, got 0"),
