@@ -6,7 +6,8 @@ weights. But once the weights themselves are non-finite (too high a learning rat
 run learned nothing, its reward fell to zero, and it still ran to the end and said "done". Both executors pass
 each iteration's record to a `NonFiniteWatch`, which reports the first non-finite iteration of a streak and stops
 the run when the streak is long enough. A group whose reward is NaN is skipped (no advantage); when every group
-is, the run learns nothing but the KL pull to the reference, so such a streak stops it too.
+is, the run learns nothing (the skipped rows have no loss tokens, so not even the KL term: the optimizer step is
+skipped), so such a streak stops it too.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _loss_note(iteration: int, fraction: float) -> str:
 def _reward_stop(start: int, iteration: int) -> str:
     return (
         f"every group's reward was NaN in iterations {start}-{iteration}: nothing was learned from them "
-        "but the KL pull to the reference. A reward term returns NaN (the reward/<term> metrics in "
+        "(their optimizer steps were skipped). A reward term returns NaN (the reward/<term> metrics in "
         "metrics.jsonl show which; a reward server's log says why); fix it and resume "
         "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
     )

@@ -42,7 +42,7 @@ from maskfocus.run_state import latest_checkpoint, resume_state
 from maskfocus.sampling import check_negative_prompt, sample_with_config, seeded_generator
 from maskfocus.scoring import score_trajectory
 from maskfocus.shapes.prompts import HeldOut, draw_index, tag_probabilities
-from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, StopSignal
+from maskfocus.stopping import RunFailed, RunStopped, StopAtOnce, StopRequest, StopSignal, append_error_log
 from maskfocus.update import PolicyUpdater, schedule_span
 
 ROLLOUT, SELECT, LEARN, PREVIEW = 0, 1, 2, 3  # role keys of the random streams
@@ -226,69 +226,104 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     progress = iteration_progress(start_iteration, config.train.num_iterations, "train", show_progress)
     recent = RecentReward()
     watch = NonFiniteWatch(config.train.max_nonfinite_iterations)
-    with StopRequest() as stop:
-        for iteration in range(start_iteration, config.train.num_iterations):
-            start = time.perf_counter()
-            metadata = prompts.take(config.rollout.prompts_per_iteration)
-            sync_weights(sampler_model, model)
-            trajectory = rollout(
-                sampler_model,
-                metadata,
-                config.rollout.group_size,
-                config.rollout_sampler(),
-                config.router,
-                seeded_generator(config.seed, iteration, ROLLOUT, device=model.device),
-                policy_version=iteration,
-                iteration=iteration,
-            )
-            batch = score_trajectory(
-                trajectory,
-                reward_fn,
-                model,
-                config.selection,
-                config.grpo,
-                seeded_generator(config.seed, iteration, SELECT),
-                image_embed,
-            )
-            metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
-            record = {
-                "iteration": iteration,
-                "policy_version": iteration + 1,
-                "prompt_cursor": prompts.cursor,
-                **batch.stats,
-                **metrics,
-                "perf/iteration_seconds": time.perf_counter() - start,
-            }
-            progress.set_postfix(recent.postfix(record), refresh=False)
-            progress.update(1)
-            if iteration % config.train.log_every == 0 or iteration == config.train.num_iterations - 1:
-                log.write(record)
-            try:
-                if (note := watch.observe(record)) is not None:
+    num_iterations, iteration = config.train.num_iterations, start_iteration
+    unsaved, updating = None, False  # (iteration, prompt cursor) learned whole since the last checkpoint
+    try:
+        with StopRequest() as stop:
+            for iteration in range(start_iteration, num_iterations):
+                start = time.perf_counter()
+                batch = collect_batch(config, iteration, model, sampler_model, prompts, reward_fn, image_embed)
+                updating = True  # a failure in the update leaves the weights part-way: they are not saved
+                metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
+                unsaved, updating = (iteration, prompts.cursor), False
+                record = {
+                    "iteration": iteration,
+                    "policy_version": iteration + 1,
+                    "prompt_cursor": prompts.cursor,
+                    **batch.stats,
+                    **metrics,
+                    "perf/iteration_seconds": time.perf_counter() - start,
+                }
+                progress.set_postfix(recent.postfix(record), refresh=False)
+                progress.update(1)
+                last = iteration == num_iterations - 1
+                if iteration % config.train.log_every == 0 or last:
+                    log.write(record)
+                if (note := watch.observe(record)) is not None:  # raises Diverged: nothing left to learn from
                     tqdm.write(note)
-            except Diverged as error:
-                log.close()
-                progress.close()
-                raise RunFailed(str(error), None) from error
-            if iteration % config.train.image_every == 0 or iteration == config.train.num_iterations - 1:
-                sync_weights(sampler_model, model)
-                save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
-                plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
-            stopping = stop.requested  # read once: a signal between two reads would skip the checkpoint
-            due = (iteration + 1) % config.train.checkpoint_every == 0 or iteration == config.train.num_iterations - 1
-            if due or stopping:
-                _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
-            if stopping:
-                log.close()
-                progress.close()
-                raise RunStopped(
-                    f"stopped on {stopping} after iteration {iteration} ({iteration + 1} of "
-                    f"{config.train.num_iterations} done); {resume_hint(run_dir)}",
-                    stopping,
-                )
-    log.close()
-    progress.close()
+                if iteration % config.train.image_every == 0 or last:
+                    sync_weights(sampler_model, model)
+                    save_preview(sampler_model, config, run_dir / "images" / f"iter_{iteration:06d}.png")
+                    plot_reward_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "reward_curve.png")
+                stopping = stop.requested  # read once: a signal between two reads would skip the checkpoint
+                if (iteration + 1) % config.train.checkpoint_every == 0 or last or stopping:
+                    _save_iteration(run_dir, config, iteration, updater, prompts.cursor)
+                    unsaved = None
+                if stopping:
+                    raise RunStopped(stopped_message(run_dir, stopping, iteration, num_iterations), stopping)
+    except Diverged as error:  # resuming would not help: the message says what would
+        raise RunFailed(str(error), None) from error
+    except RunStopped:
+        raise
+    except Exception as error:  # keep what was learned, say where the run can resume, keep the traceback
+        kept = save_learned(run_dir, config, updater, unsaved) if unsaved is not None and not updating else ""
+        message = f"the run failed in iteration {iteration}: {error}{kept}; {resume_hint(run_dir)}"
+        raise RunFailed(message, append_error_log(run_dir, error)) from error
+    finally:
+        log.close()
+        progress.close()
     return finish_run(config, run_dir, model, updater.module)
+
+
+def collect_batch(
+    config: RunConfig,
+    iteration: int,
+    model: MaskedGenerator,
+    sampler_model: MaskedGenerator,
+    prompts: PromptStream,
+    reward_fn,
+    image_embed,
+):
+    """Iteration `iteration`'s training batch: P x G rollouts with the current weights, rewarded, steps selected."""
+    metadata = prompts.take(config.rollout.prompts_per_iteration)
+    sync_weights(sampler_model, model)
+    trajectory = rollout(
+        sampler_model,
+        metadata,
+        config.rollout.group_size,
+        config.rollout_sampler(),
+        config.router,
+        seeded_generator(config.seed, iteration, ROLLOUT, device=model.device),
+        policy_version=iteration,
+        iteration=iteration,
+    )
+    return score_trajectory(
+        trajectory,
+        reward_fn,
+        model,
+        config.selection,
+        config.grpo,
+        seeded_generator(config.seed, iteration, SELECT),
+        image_embed,
+    )
+
+
+def save_learned(run_dir: Path, config: RunConfig, updater: PolicyUpdater, unsaved: tuple[int, int]) -> str:
+    """Checkpoint the last iteration learned whole after a failure; what happened, for the failure's message."""
+    iteration, cursor = unsaved
+    try:
+        _save_iteration(run_dir, config, iteration, updater, cursor)
+    except Exception as error:  # the run's own failure matters more: report both
+        return f" (the checkpoint of iteration {iteration} could not be written either: {error})"
+    return f" (iteration {iteration}, the last learned, is checkpointed)"
+
+
+def stopped_message(run_dir: Path, signal_name: str, iteration: int, num_iterations: int) -> str:
+    """What a stop after `iteration` kept, and how to go on (after the last one only the final model is left)."""
+    done = f"after iteration {iteration} ({iteration + 1} of {num_iterations} done)"
+    if iteration == num_iterations - 1:
+        done += "; the training is complete and checkpointed, the final model and evaluation are not written"
+    return f"stopped on {signal_name} {done}; {resume_hint(run_dir)}"
 
 
 def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: PolicyUpdater, cursor: int) -> Path:

@@ -31,8 +31,8 @@ def test_patience_counts_wholly_non_finite_iterations_in_a_row():
 
 
 def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_run():
-    """A reward term returning NaN skips its group; with every group skipped the run learned only the KL pull to the
-    reference, and nothing said so beyond a metric."""
+    """A reward term returning NaN skips its group; with every group skipped the run learned nothing (not even the KL
+    term: its optimizer steps were skipped), and nothing said so beyond a metric."""
     watch = NonFiniteWatch(patience=3)
     nan_rewards = [{"iteration": i, NAN_REWARD_KEY: f} for i, f in enumerate([0.0, 0.25, 1.0, 1.0, 0.5])]
     notes = [watch.observe(record) for record in nan_rewards]
@@ -73,7 +73,7 @@ def train_tiny(tmp_path) -> int:
 
 
 def test_an_in_process_run_whose_rewards_are_all_nan_stops_with_exit_status_one(tmp_path, monkeypatch, capsys):
-    """A reward term returning NaN skips every group: the run learned only the KL pull and said "done"."""
+    """A reward term returning NaN skips every group: the run learned nothing and said "done"."""
     import torch
 
     import maskfocus.trainer as trainer
