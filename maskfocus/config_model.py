@@ -78,9 +78,8 @@ class SamplerConfig(Section):
     """Prompt for the unconditional branch of CFG (empty = unconditional)."""
     batch_size: int = Field(64, ge=1)
     """Images sampled per model forward batch in evaluation, previews and `maskfocus sample`. A training rollout
-    samples its whole share of an iteration (P x G images in-process; a Ray rollout worker's prompts x G) in one
-    batch, as the learner learns it: bound their memory with rollout.prompts_per_iteration and
-    ray.num_rollout_workers."""
+    samples an iteration's P x G images in one batch (in-process, and on a Ray rollout worker, which samples whole
+    iterations), as the learner learns them: rollout.prompts_per_iteration and rollout.group_size bound that."""
     compile: bool = False
     """Sample through a `torch.compile`d copy of the transformer (maskfocus.compiled): about 2x faster for the
     tiny model on a CPU after ~30 s of compiling per batch size; logits equal the eager ones to ~1e-5, not
