@@ -110,14 +110,30 @@ def _create(path: Path) -> bool:
 def acquire(run_dir: Path) -> Path:
     """Take the run folder's lock (a stale one is taken over); ConfigError naming the holder if a run holds it."""
     path = run_dir / LOCK_FILE
-    for _ in range(2):
-        if _create(path):
-            return path
+    if _create(path):
+        return path
+    with _takeover_turn(run_dir):  # two starters that both find a stale lock: the second then finds the first's
         holder = _read(path)
         if not _stale(holder):
             raise ConfigError(_held_message(run_dir, path, holder))
         path.unlink(missing_ok=True)
+        if _create(path):
+            return path
     raise ConfigError(f"{path}: another run took this folder's lock just now; is one starting beside this one?")
+
+
+@contextlib.contextmanager
+def _takeover_turn(run_dir: Path) -> Iterator[None]:
+    """One process at a time judges and replaces a stale lock: an exclusive flock on the run folder itself (stale
+    locks are judged only on their own host, where flock holds)."""
+    import fcntl
+
+    descriptor = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock
 
 
 def held_note(run_dir: Path) -> str | None:

@@ -112,3 +112,38 @@ def test_a_new_run_in_a_folder_where_a_run_is_starting_is_refused_before_its_con
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_two_starters_that_find_one_stale_lock_do_not_both_take_it(tmp_path, monkeypatch):
+    """Both read the dead run's lock and judge it stale; without taking turns the later one deleted the lock the
+    earlier had just written and both trained in the folder. Now one takes it and the other is refused."""
+    import threading
+    import time
+
+    dead = dead_pid()
+    lock_of(tmp_path, pid=dead)
+    real_stale, judging = run_lock._stale, threading.Event()
+
+    def slow_to_judge(holder):  # the dead run's lock takes a while to judge: the other starter comes meanwhile
+        if holder is not None and holder.get("pid") == dead:
+            judging.set()
+            time.sleep(0.5)
+        return real_stale(holder)
+
+    monkeypatch.setattr(run_lock, "_stale", slow_to_judge)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        try:
+            run_lock.acquire(tmp_path)
+            outcomes.append("took it")
+        except ConfigError as refused:
+            outcomes.append(f"refused: {refused}")
+
+    first = threading.Thread(target=start)
+    first.start()
+    assert judging.wait(timeout=30)
+    start()
+    first.join(timeout=30)
+    assert sorted(outcome.split(":")[0] for outcome in outcomes) == ["refused", "took it"], outcomes
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
