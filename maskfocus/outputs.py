@@ -133,8 +133,7 @@ def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Call
     deleted (a stop during that deletion must not lose the record of the new folder)."""
     partial = target.with_name(f".{target.name}.partial")
     old = target.with_name(f".{target.name}.old")
-    if old.exists() and not target.exists():  # a crash between the renames: the old folder is the only copy
-        old.rename(target)
+    restore_interrupted_swap(target)
     for leftover in (partial, old):
         if leftover.exists():
             shutil.rmtree(leftover)
@@ -146,6 +145,16 @@ def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Call
         on_swapped()
     if old.exists():
         shutil.rmtree(old)
+
+
+def restore_interrupted_swap(target: Path) -> bool:
+    """Put `replace_folder`'s `.NAME.old` back as `target` when `target` is missing (a crash between its two
+    renames left the old folder as the only copy); whether it did."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():
+        old.rename(target)
+        return True
+    return False
 
 
 def write_text_whole(path: Path, text: str) -> None:

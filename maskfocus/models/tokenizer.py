@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, BOS, UNK, EOS = "<pad>", "<bos>", "<unk>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, UNK, EOS)  # ids 0..3; EOS is deliberately not id 2 (CLIP's legacy argmax pooling)
-MAX_LENGTH = 24  # the longest shapes-world caption is 17 words
+MAX_LENGTH = 24  # the longest shapes-world caption is 18 words (four coloured objects)
 _WORD = re.compile(r"[a-z]+")
 _NUMBER = re.compile(r"\d+")
 _LETTERS = re.compile(r"[^\W\d_]+")

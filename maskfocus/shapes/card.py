@@ -39,7 +39,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Rebuild",
         "```",
-        *dict.fromkeys(report["commands"].values()),
+        *(dict.fromkeys(report.get("commands", {}).values()) or [NOT_RECORDED]),
         "```",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + f"; {report['machine']}.",
         "",
@@ -78,11 +78,14 @@ def render_model_card(report: dict[str, Any]) -> str:
         "Seed of each stage: " + ", ".join(f"{stage} {seed}" for stage, seed in report.get("stage_seeds", {}).items()),
         "",
         "```json",
-        __import__("json").dumps(report["config"], indent=2),
+        __import__("json").dumps(report.get("config", NOT_RECORDED), indent=2),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+NOT_RECORDED = "not recorded: these weights were trained elsewhere and copied into this folder"
 
 
 def _rows_words(report: dict[str, Any]) -> str:

@@ -31,6 +31,11 @@ def text_config(clip: torch.nn.Module, pad_id: int, bos_id: int, eos_id: int) ->
             f"only eos pooling converts to transformers' CLIP (argmax only with eos the highest id, {highest_id}; "
             f"eos is {eos_id}), got {pool!r}"
         )
+    if eos_id == 2 and eos_id != highest_id:  # transformers' CLIP then falls back to argmax pooling (legacy configs)
+        raise ValueError(
+            f"eos id 2 converts to transformers' CLIP only as the highest id ({highest_id}): with eos_token_id 2 it "
+            "pools at the highest token id, not at eos; give the tokenizer another eos id"
+        )
     blocks = clip.transformer.resblocks
     activation = type(blocks[0].mlp.gelu)
     if activation not in ACTIVATIONS:

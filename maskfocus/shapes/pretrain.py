@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 from tqdm import tqdm
@@ -23,9 +22,16 @@ from tqdm import tqdm
 from maskfocus import run_lock
 from maskfocus.config import Section
 from maskfocus.config_base import ConfigError
-from maskfocus.outputs import RUN_FOLDER_PARTS, check_output_folder, replace_folder, write_text_whole
+from maskfocus.outputs import (
+    RUN_FOLDER_PARTS,
+    check_output_folder,
+    replace_folder,
+    restore_interrupted_swap,
+    write_text_whole,
+)
 from maskfocus.shapes.pretrain_clip import ClipPretrainConfig
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig
+from maskfocus.shapes.pretrain_measure import measure
 from maskfocus.shapes.pretrain_vq import VQPretrainConfig
 from maskfocus.stopping import RunStopped, StopAtOnce, StopSignal
 
@@ -88,6 +94,7 @@ def run_pretraining(
     config = config or PretrainConfig(seed=seed, eval_images_per_prompt=eval_images_per_prompt)
     out = out or default_output()
     check_pretrain_output(out)
+    restore_swapped_parts(out)
     if "generator" in stages and not config.generator.train_text_encoder:
         raise ConfigError(
             "generator.train_text_encoder false keeps a given text encoder frozen, and maskfocus pretrain starts from "
@@ -108,6 +115,18 @@ def run_pretraining(
     out.mkdir(parents=True, exist_ok=True)
     with run_lock.held(out):  # a second pretraining into this --out would clobber its parts and report
         return _pretrain_locked(out, stages, config, command)
+
+
+def restore_swapped_parts(out: Path) -> None:
+    """A pretraining killed between the two renames of a part's swap left the old part only as `.NAME.old`: put it
+    back (under the folder's lock) before the checks look for the part."""
+    parts = [out / name for name in ("shapes-tiny", "shapes-clip") if (out / f".{name}.old").exists()]
+    if not parts:
+        return
+    with run_lock.held(out):
+        for part in parts:
+            if restore_interrupted_swap(part):
+                print(f"put back {part} from .{part.name}.old (a pretraining was stopped while it swapped that part)")
 
 
 def _pretrain_locked(out: Path, stages: list[str], config: PretrainConfig, command: str) -> dict[str, Any]:
@@ -314,66 +333,9 @@ def _train_clip_stage(out: Path, config: PretrainConfig, tokenizer, logger: _Log
     )
 
 
-def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> dict[str, Any]:
-    """Base-model GenEval score, VQ round-trip and ground-truth detector scores, CLIP zero-shot accuracy.
-
-    The base model is sampled as `maskfocus eval` samples it: with the sampler of configs/shapes_tiny.yaml, eagerly
-    for fewer than COMPILE_PAYS_OFF_IMAGES images."""
-    from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
-    from maskfocus.config import EvalConfig, default_run_config
-    from maskfocus.evaluation import run_evaluation
-    from maskfocus.models.amused import AmusedGenerator
-    from maskfocus.rewards.clip_score import ClipScorer
-    from maskfocus.shapes.detector import ShapesDetector, score_ground_truth
-    from maskfocus.shapes.evalset import load_eval_set
-    from maskfocus.shapes.pretrain_clip import zero_shot_accuracy
-
-    rows = load_eval_set()[:num_rows]
-    model = AmusedGenerator.from_folder(out / "shapes-tiny")
-    clip = ClipScorer.from_folder(out / "shapes-clip")
-
-    def vq_round_trip(images: np.ndarray) -> np.ndarray:
-        from maskfocus.images import to_tensor, to_uint8
-
-        return to_uint8(model.decode(model.encode_images(to_tensor(images))))
-
-    sampler = default_run_config().sampler
-    if len(rows) * images_per_prompt < COMPILE_PAYS_OFF_IMAGES:
-        sampler = sampler.model_copy(update={"compile": False})
-    start = time.perf_counter()
-    _, summary, _ = run_evaluation(
-        model,
-        rows,
-        EvalConfig(num_images_per_prompt=images_per_prompt),
-        sampler,
-        ShapesDetector().detect_batch,
-        clip_score=clip.score,
-    )
-    eval_seconds = time.perf_counter() - start
-    return {
-        "base_model": summary,
-        "base_model_eval_seconds": round(eval_seconds, 1),
-        "sampler": sampler.model_dump(mode="json"),
-        "ground_truth_renders": score_ground_truth(rows),
-        "vq_round_trip": score_ground_truth(rows, degrade=vq_round_trip),
-        "clip_zero_shot": zero_shot_accuracy(clip),
-        "parameters": {
-            "vqvae": _count(model.vqvae),
-            "text_encoder": _count(model.text_encoder),
-            "transformer": _count(model.transformer),
-            "clip": _count(clip.model),
-        },
-        "folder_megabytes": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 2),
-    }
-
-
 def machine_words() -> str:
     """The machine a stage or measurement ran on, as the report and card name it."""
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads"
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _versions() -> dict[str, str]:

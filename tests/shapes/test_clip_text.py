@@ -54,3 +54,11 @@ def test_unsupported_pooling_is_refused(loaded):
         assert text_encoder_from_open_clip(clip, 0, 1, highest).config.eos_token_id == highest
     finally:
         clip.text_pool_type = original
+
+
+def test_an_eos_id_of_2_is_refused_unless_it_is_the_highest_id(loaded):
+    """transformers' CLIP with eos_token_id 2 pools at the highest token id (its legacy rule), not at eos: the
+    converted tower's embeddings then differ from open_clip's by about 1 (a review's reproduction)."""
+    clip = loaded.model
+    with pytest.raises(ValueError, match="eos id 2 converts to transformers' CLIP only as the highest id"):
+        text_encoder_from_open_clip(clip, 0, 1, 2)

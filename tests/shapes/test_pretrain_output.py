@@ -135,3 +135,23 @@ def test_a_second_pretraining_into_an_out_in_use_is_refused_and_the_lock_goes_at
         other.wait()
     run_pretraining(out, ["vq"], config=PretrainConfig(**TINY_STAGES))  # the dead holder's lock is taken over
     assert (out / "shapes-tiny" / "vqvae").is_dir() and not (out / run_lock.LOCK_FILE).exists()
+
+
+def test_measure_puts_back_a_part_a_killed_swap_left_aside_and_cards_weights_trained_elsewhere(tmp_path, capsys):
+    """Model folders copied in (no report: `--stages measure` crashed on the card's missing commands), one of them
+    left as .shapes-tiny.old by a pretraining killed between the two renames of its swap (the checks then said to
+    retrain it)."""
+    import shutil
+
+    from maskfocus.models.amused import builtin_folder
+
+    shipped = builtin_folder().parent
+    shutil.copytree(shipped / "shapes-tiny", tmp_path / ".shapes-tiny.old")
+    shutil.copytree(shipped / "shapes-clip", tmp_path / "shapes-clip")
+    config = PretrainConfig(**TINY_STAGES, eval_images_per_prompt=1, measure_rows=2)
+    report = run_pretraining(tmp_path, ["measure"], config=config)
+    assert f"put back {tmp_path / 'shapes-tiny'} from .shapes-tiny.old" in capsys.readouterr().out
+    assert (tmp_path / "shapes-tiny" / "transformer").is_dir() and not (tmp_path / ".shapes-tiny.old").exists()
+    assert report["measurements"]["base_model"]["num_images"] == 2
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert card.count("not recorded: these weights were trained elsewhere and copied into this folder") == 2
