@@ -21,7 +21,11 @@ Known limits (found in a review; kept, because changing the detector changes eve
 recorded in benchmarks/RESULTS.md, and none of them showed up as reward hacking there: counting never learned):
 - No lower size bound. World objects are 12-20 px, but any component of MIN_AREA pixels or more is fitted, so a
   single solid 4x4 token scores as a square at 1.0 (four of them pass "four squares"), and 6 px circles,
-  triangles and diamonds pass too.
+  triangles and diamonds pass too. So do the pieces of a partly covered object: a 20 px red triangle whose middle
+  a blue circle covers shows two tips of about 5 px, each a red triangle at 1.0, and passes "two triangles" (a
+  review found 6 such passes in 4,752 renders of one object under another, 27 after a 4x down-and-up sampling).
+  benchmarks/object_counts.py measures the share of such undersized detections in a model's images: 2-13% of the
+  confident ones, before and after RL alike (RESULTS.md, "Thirty-third session").
 - No upper size bound either: an image filled with one palette colour is one red square of the image's size at
   1.0, so it passes "a photo of a red square".
 - "Unknown" pixels (off-palette) are treated as hidden and filled in from the template, so an off-palette blob
