@@ -271,11 +271,16 @@ def check_summary(summary: Any, where: str) -> dict[str, Any]:
 def builtin_base_summary() -> dict[str, Any] | None:
     """The built-in model's shapes-geneval summary as `maskfocus pretrain` measured it (None without its report)."""
     from maskfocus.models.loading import builtin_folder
+    from maskfocus.shapes.pretrain_measure import measured_evaluation
 
-    report = builtin_folder().parent / "pretrain_report.json"
-    if not report.is_file():
+    path = builtin_folder().parent / "pretrain_report.json"
+    if not path.is_file():
         return None
-    return json.loads(report.read_text()).get("measurements", {}).get("base_model")
+    report = json.loads(path.read_text())
+    base = report.get("measurements", {}).get("base_model")
+    if base is None or "evaluated" in base or (evaluated := measured_evaluation(report)) is None:
+        return base
+    return {**base, "evaluated": evaluated}
 
 
 def tag_names(runs: list[RunRecord]) -> list[str]:
@@ -312,13 +317,29 @@ def _not_like_for_like_notes(runs: list[RunRecord], base: dict[str, Any] | None)
     counts = {summary.get("num_images") for summary in summaries} - {None}
     if len(counts) > 1:
         notes.append(f"note: the evaluations scored different numbers of images ({sorted(counts)}): not like for like")
-    evaluated = [summary["evaluated"] for summary in summaries if isinstance(summary.get("evaluated"), dict)]
-    differing = sorted(
-        key for key in {key for e in evaluated for key in e} if len({json.dumps(e.get(key)) for e in evaluated}) > 1
+    tag_sets = {tuple(sorted(summary.get("tags", {}))) for summary in summaries}
+    if len(tag_sets) > 1:
+        notes.append(f"note: the evaluations scored different tags ({sorted(tag_sets)}): not like for like")
+    evaluated = [recorded_evaluation(summary) for summary in summaries if isinstance(summary.get("evaluated"), dict)]
+    differing = sorted(  # a key an older summary does not record is not compared
+        key
+        for key in {key for e in evaluated for key in e}
+        if len({json.dumps(e[key], sort_keys=True) for e in evaluated if key in e}) > 1
     )
     if differing:
         notes.append(f"note: the evaluations differ in {', '.join(differing)} (their `evaluated`): not like for like")
     return ["", *notes] if notes else []
+
+
+def recorded_evaluation(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary's `evaluated`, as today's summaries write it: a run's final evaluation named the shapes judge
+    "detector" until the forty-fourth session, and recorded the sampler's `compile`, which draws the same images."""
+    evaluated = dict(summary["evaluated"])
+    if evaluated.get("judge") == "detector":
+        evaluated["judge"] = "shapes"
+    if isinstance(evaluated.get("sampler"), dict):
+        evaluated["sampler"] = {k: v for k, v in evaluated["sampler"].items() if k != "compile"}
+    return evaluated
 
 
 def comparison_table(

@@ -6,6 +6,8 @@ model and config give the same score.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -301,16 +303,34 @@ def run_evaluation(
     summary = summarize((record["tag"], record["correct"]) for record in records)
     summary["clip_score"] = float(np.mean(clip_values)) if clip_values else None
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    summary["evaluated"] = {
+    dtype = str(module_dtype(model.trainable_module())).removeprefix("torch.")
+    summary["evaluated"] = evaluated_block(rows, eval_config, sampler, judge, dtype)
+    kept_images = np.stack([kept[key] for key in sorted(kept)]) if kept else None
+    return records, summary, kept_images
+
+
+def evaluated_block(
+    rows: Sequence[dict[str, Any]], eval_config: EvalConfig, sampler: SamplerConfig, judge: Judge, dtype: str
+) -> dict[str, Any]:
+    """What a summary's `evaluated` records, for `maskfocus compare` to check runs and base against: the prompt rows
+    (their number and a fingerprint), images per prompt, seed, judge and its thresholds, sampler and weights dtype."""
+    thresholds = getattr(judge, "thresholds", None)  # the http judge's live on its server
+    return {
         "prompts": len(rows),
+        "rows": rows_fingerprint(rows),
         "images_per_prompt": eval_config.num_images_per_prompt,
         "seed": eval_config.seed,
         "judge": judge.name,
+        "thresholds": dataclasses.asdict(thresholds) if thresholds is not None else None,
         "sampler": sampler.model_dump(mode="json", exclude={"compile"}),  # compiled or not: the same images
-        "dtype": str(module_dtype(model.trainable_module())).removeprefix("torch."),
+        "dtype": dtype,
     }
-    kept_images = np.stack([kept[key] for key in sorted(kept)]) if kept else None
-    return records, summary, kept_images
+
+
+def rows_fingerprint(rows: Sequence[dict[str, Any]]) -> str:
+    """16 hex digits of a hash of the prompt rows, in order: equal for one prompt set (a benchmark, a --limit or
+    --per-tag of it, a metadata file), different for another of the same size."""
+    return hashlib.sha256(json.dumps(list(rows), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RecordWriter:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from maskfocus.config import ConfigError, RunConfig
 from maskfocus.divergence import Diverged, NonFiniteWatch
-from maskfocus.evaluation import load_rows, run_evaluation, write_results
+from maskfocus.evaluation import build_eval_judge, load_rows, run_evaluation, write_results
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
@@ -349,14 +349,13 @@ def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module:
         tail = [r["reward/mean"] for r in records[-10:] if r.get("reward/mean") is not None]
         summary["final_reward_mean_last10"] = float(np.mean(tail)) if tail else None
     if config.train.final_eval:
-        from maskfocus.shapes.detector import ShapesDetector
-
         rows = load_rows(config.eval.benchmark)
+        judge = build_eval_judge(config)  # as `maskfocus eval --config RUN/config.yaml` judges the run
         eval_model = generator_in(config, model, config.eval.weights_dtype(config.model))
         try:  # the loop's stop handler is gone: without these, Ctrl-C would end in a bare traceback, SIGTERM silently
             with StopAtOnce():
                 eval_records, eval_summary, _ = run_evaluation(
-                    eval_model, rows, config.eval, config.sampler, ShapesDetector().detect_batch
+                    eval_model, rows, config.eval, config.sampler, judge=judge
                 )
         except KeyboardInterrupt as stop:  # StopSignal, or a Ctrl-C off the main thread
             signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"

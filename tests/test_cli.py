@@ -58,6 +58,10 @@ def test_eval_end_to_end_on_a_small_subset(tmp_path):
         assert score == pytest.approx(sum(judged) / len(judged))
     evaluated = summary["evaluated"]
     assert (evaluated["prompts"], evaluated["images_per_prompt"], evaluated["judge"]) == (12, 2, "shapes")
+    from maskfocus.evaluation import load_rows, rows_fingerprint
+
+    assert evaluated["rows"] == rows_fingerprint(load_rows("shapes-geneval")[:12])  # which 12 rows, not only how many
+    assert evaluated["thresholds"] == {"score": 0.3, "counting_score": 0.9, "max_per_class": 16, "position_margin": 0.1}
     assert evaluated["sampler"]["num_steps"] == 12 and "compile" not in evaluated["sampler"]  # the same images
     assert evaluated["dtype"] == "float32"  # eval.dtype, the weights' dtype the images were sampled in
     assert isinstance(summary["clip_score"], float)

@@ -196,11 +196,12 @@ def test_evaluations_of_different_sizes_are_flagged(tmp_path):
     run = load_run(make_run(tmp_path / "a", {}, 0.5))
     run.final["num_images"] = 8
     groups, common = group_runs([run])
-    assert "not like for like" in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 2352}, common)
-    assert "not like for like" not in comparison_table(groups, {"overall": 0.4, "tags": {}, "num_images": 8}, common)
+    tags = run.final["tags"]
+    assert "not like for like" in comparison_table(groups, {"overall": 0.4, "tags": tags, "num_images": 2352}, common)
+    assert "not like for like" not in comparison_table(groups, {"overall": 0.4, "tags": tags, "num_images": 8}, common)
     evaluated = {"prompts": 2, "images_per_prompt": 4, "seed": 0, "judge": "detector", "sampler": {"num_steps": 12}}
     run.final["evaluated"] = evaluated
-    same = {"overall": 0.4, "tags": {}, "num_images": 8, "evaluated": dict(evaluated)}
+    same = {"overall": 0.4, "tags": tags, "num_images": 8, "evaluated": dict(evaluated)}
     assert "not like for like" not in comparison_table(groups, same, common)
     fewer_steps = {**same, "evaluated": {**evaluated, "sampler": {"num_steps": 8}}}
     table = comparison_table(groups, fewer_steps, common)

@@ -198,6 +198,29 @@ def test_a_stop_during_the_final_evaluation_says_the_training_is_saved_and_how_t
     assert not (run / "run.lock").exists()
 
 
+def test_the_final_evaluation_judges_as_maskfocus_eval_of_the_runs_config_does(tmp_path, monkeypatch):
+    """It used a bare shapes detector at GenEval's thresholds, recorded as judge "detector": `maskfocus compare`
+    then set it apart from a `maskfocus eval` summary of the same settings (judge "shapes"), and a run whose
+    geneval reward sets its own thresholds was judged at others than `maskfocus eval --config RUN/config.yaml`."""
+    import maskfocus.trainer as trainer
+    from maskfocus.config import config_from_dict
+    from maskfocus.models import load_generator
+
+    judges = []
+
+    def judged(model, rows, eval_config, sampler, detect_batch=None, judge=None, **kwargs):
+        judges.append((detect_batch, judge))
+        return [], {"overall": 0.0, "tags": {}}, None
+
+    monkeypatch.setattr(trainer, "run_evaluation", judged)
+    reward = {"name": "geneval", "mode": "partial", "detector": {"score_threshold": 0.5}}
+    config = config_from_dict({"rewards": [reward], "train": {"final_eval": True, "num_iterations": 1}})
+    model = load_generator(config.model, dtype="float32")
+    trainer.finish_run(config, tmp_path, model, model.trainable_module())
+    [(detect_batch, judge)] = judges
+    assert detect_batch is None and judge.name == "shapes" and judge.thresholds.score == 0.5
+
+
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
     out = ["--set", f"train.out_dir={tmp_path}"]
     error = cli_error(capsys, "train", "--executor", "local", *out, "--set", "grpo.clip=0.1")

@@ -17,11 +17,12 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
     The base model is sampled as `maskfocus eval` samples it: with the sampler of configs/shapes_tiny.yaml, eagerly
     for fewer than COMPILE_PAYS_OFF_IMAGES images."""
     from maskfocus.compiled import COMPILE_PAYS_OFF_IMAGES
-    from maskfocus.config import EvalConfig, default_run_config
+    from maskfocus.config import EvalConfig, GenEvalDetectorConfig, default_run_config
     from maskfocus.evaluation import run_evaluation
     from maskfocus.models.amused import AmusedGenerator
     from maskfocus.rewards.clip_score import ClipScorer
-    from maskfocus.shapes.detector import ShapesDetector, score_ground_truth
+    from maskfocus.rewards.judges import build_judge
+    from maskfocus.shapes.detector import score_ground_truth
     from maskfocus.shapes.evalset import load_eval_set
     from maskfocus.shapes.pretrain_clip import zero_shot_accuracy
 
@@ -43,7 +44,7 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
         rows,
         EvalConfig(num_images_per_prompt=images_per_prompt),
         sampler,
-        ShapesDetector().detect_batch,
+        judge=build_judge(GenEvalDetectorConfig()),  # the shapes judge `maskfocus eval` uses by default
         clip_score=clip.score,
     )
     eval_seconds = time.perf_counter() - start
@@ -66,3 +67,21 @@ def measure(out: Path, images_per_prompt: int, num_rows: int | None = None) -> d
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def measured_evaluation(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The `evaluated` of the base model's measurement in a pretraining report, rebuilt from the report's settings
+    where the measurement predates summaries that record it (the shipped report); None when they are missing."""
+    from maskfocus.config import EvalConfig, GenEvalDetectorConfig, SamplerConfig
+    from maskfocus.evaluation import evaluated_block
+    from maskfocus.rewards.judges import build_judge
+    from maskfocus.shapes.evalset import load_eval_set
+
+    measurements = report.get("measurements", {})
+    settings = report.get("measured_config", report.get("config", {}))
+    if "sampler" not in measurements or not settings.get("eval_images_per_prompt"):
+        return None
+    rows = load_eval_set()[: settings.get("measure_rows")]
+    eval_config = EvalConfig(num_images_per_prompt=settings["eval_images_per_prompt"])
+    judge = build_judge(GenEvalDetectorConfig())
+    return evaluated_block(rows, eval_config, SamplerConfig(**measurements["sampler"]), judge, "float32")
