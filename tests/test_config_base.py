@@ -122,7 +122,20 @@ def test_a_misspelt_section_in_an_override_is_blamed_on_the_override_not_the_fil
     )
     assert any(line.startswith("  --set rewards.0.detectr.kind: rewards.0.detectr: unknown key") for line in lines)
     lines = _error(tmp_path / "run.yaml", "samplr:\n  num_steps: 3\n", {"samplr.num_steps": 4})
-    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:1: samplr: unknown key")  # the file has it too
+    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:1 with --set samplr.num_steps: samplr: unknown key")
+
+
+def test_a_check_of_a_section_the_file_holds_also_names_the_overrides_inside_it(tmp_path):
+    """`--set rollout.tag_weights=[1]` broke the section's own check (one weight per tag), which was blamed on the
+    file's `rollout:` line alone, as if the shipped file were wrong."""
+    text = "rollout:\n  group_size: 8\nrewards:\n  - name: geneval\n    weight: 1.0\n"
+    path = tmp_path / "run.yaml"
+    lines = _error(path, text, {"rollout.tag_weights": [1.0]})
+    assert lines[1].startswith(f"  {path}:1 with --set rollout.tag_weights: rollout: tag_weights has 1 entries")
+    lines = _error(path, text, {"rewards.0.weight": 0.0, "rollout.group_size": 4})
+    assert lines[1].startswith(f"  {path}:3 with --set rewards.0.weight: rewards: every term has weight 0")
+    lines = _error(path, "rollout:\n  group_size: 8\n  tag_weights: [1]\n", {"rollout.group_size": 4})
+    assert lines[1].startswith(f"  {path}:1 with --set rollout.group_size: rollout: tag_weights has 1 entries")
 
 
 def test_an_override_from_a_command_line_option_is_named_by_the_option(tmp_path):
