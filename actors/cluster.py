@@ -47,18 +47,47 @@ def on_driver_node() -> dict[str, Any]:
     return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
-def actor_demand(ray_config: RayConfig) -> dict[str, float]:
-    """The CPUs and GPUs the run's actors reserve in all (the queue, the weight store and Ray Train's controller
-    reserve none)."""
-    roles = [
+def role_requests(ray_config: RayConfig) -> list[tuple[int, float, float]]:
+    """(count, CPUs each, GPUs each) of the rollout, reward and learner actors."""
+    return [
         (ray_config.num_rollout_workers, ray_config.rollout_cpus, ray_config.rollout_gpus),
         (ray_config.num_reward_workers, ray_config.reward_cpus, ray_config.reward_gpus),
         (ray_config.num_learner_workers, ray_config.learner_cpus, ray_config.learner_gpus),
     ]
+
+
+def actor_demand(ray_config: RayConfig) -> dict[str, float]:
+    """The CPUs and GPUs the run's actors reserve in all (the queue, the weight store and Ray Train's controller
+    reserve none)."""
+    roles = role_requests(ray_config)
     return {
         "CPU": sum(count * cpus for count, cpus, _ in roles),
         "GPU": sum(count * gpus for count, _, gpus in roles),
     }
+
+
+def unplaced_gpu_requests(ray_config: RayConfig, num_gpus: int) -> list[float]:
+    """The actors' GPU requests that do not fit on `num_gpus` GPUs when packed first-fit, largest first: Ray puts
+    each fraction on one GPU (three actors of 0.6 need three GPUs, not 1.8) and a whole number on free GPUs."""
+    requests = sorted(
+        (gpus for count, _, gpus in role_requests(ray_config) for _ in range(count) if gpus > 0), reverse=True
+    )
+    free = [1.0] * num_gpus
+    unplaced = []
+    for request in requests:
+        if request >= 1:
+            whole = [index for index, left in enumerate(free) if left >= 1.0 - 1e-9][: int(request)]
+            placed = len(whole) == int(request)
+            for index in whole if placed else []:
+                free[index] = 0.0
+        else:
+            index = next((index for index, left in enumerate(free) if left >= request - 1e-9), None)
+            placed = index is not None
+            if placed:
+                free[index] -= request
+        if not placed:
+            unplaced.append(request)
+    return unplaced
 
 
 def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
@@ -75,6 +104,13 @@ def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
             f"the run's rollout, reward and learner actors reserve {needs}, but this local Ray has {has}; the actors "
             "that do not fit would wait until ray.timeout_s. Lower ray.rollout_cpus / reward_cpus / learner_cpus (or "
             "the GPUs), the ray.num_*_workers, or raise ray.num_cpus"
+        )
+    gpus = available.get("GPU", 0.0)
+    if demand["GPU"] > 0 and math.isfinite(gpus) and (unplaced := unplaced_gpu_requests(ray_config, int(gpus))):
+        raise ConfigError(
+            f"the actors' GPU requests do not pack onto this local Ray's {int(gpus)} GPUs: "
+            f"{', '.join(f'{request:g}' for request in unplaced)} left over (Ray puts each fraction on one GPU, so "
+            "fractions must add up to at most 1 per GPU); choose ray.*_gpus that share GPUs evenly, e.g. 0.5 or 0.25"
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from maskfocus.config_base import Section
 
@@ -56,3 +56,12 @@ class RayConfig(Section):
     """Restarts of a dead rollout or reward actor before the run stops; its in-flight batch is redone."""
     timeout_s: float = Field(600.0, gt=0.0)
     """Seconds without progress (no rollout, score or update finishing) after which the run stops with an error."""
+
+    @field_validator("rollout_gpus", "reward_gpus", "learner_gpus")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        """Ray takes a fraction of one GPU or whole GPUs (it refused 1.5 only when the pool was made, after the run
+        folder and the learner group)."""
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError("a fraction of one GPU (up to 1) or a whole number of GPUs")
+        return gpus

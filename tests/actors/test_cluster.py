@@ -11,7 +11,7 @@ from support import refusing_port
 
 from maskfocus.actors import cluster
 from maskfocus.actors.cluster import check_cluster_reachable, cluster_address, connect
-from maskfocus.config import ConfigError, RayConfig
+from maskfocus.config import ConfigError, RayConfig, config_from_dict
 
 
 @pytest.fixture
@@ -88,6 +88,16 @@ def test_a_local_ray_too_small_for_the_actors_is_refused_at_once_and_shut_down(m
     check_resources(RayConfig(), {"CPU": 2.0})
     with pytest.raises(ConfigError, match=r"reserve 1 GPUs \(ray.\*_gpus x ray.num_\*_workers\), but this local "):
         check_resources(RayConfig(rollout_gpus=1), {"CPU": 2.0})
+    # Ray puts each fraction on one GPU: three actors of 0.6 do not fit on 2 GPUs, though 1.8 <= 2 (the third
+    # waited until ray.timeout_s); 0.5 each packs two to a GPU
+    fractions = RayConfig(rollout_gpus=0.6, reward_gpus=0.6, learner_gpus=0.6)
+    with pytest.raises(ConfigError, match=r"do not pack onto this local Ray's 2 GPUs: 0.6 left over"):
+        check_resources(fractions, {"CPU": 2.0, "GPU": 2.0})
+    check_resources(fractions, {"CPU": 2.0, "GPU": 3.0})
+    check_resources(RayConfig(rollout_gpus=0.5, reward_gpus=0.5, learner_gpus=1), {"CPU": 2.0, "GPU": 2.0})
+    with pytest.raises(ConfigError, match=r"2 GPUs: 0.5 left over"):
+        check_resources(RayConfig(rollout_gpus=0.75, reward_gpus=0.75, learner_gpus=0.5), {"CPU": 2.0, "GPU": 2.0})
+    check_resources(fractions, {"CPU": 2.0, "GPU": float("inf")})  # `maskfocus train`'s check before Ray starts
     shut_down = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
@@ -182,3 +192,11 @@ def test_the_runs_helper_actors_are_pinned_to_the_drivers_node_and_ask_for_no_cp
         assert ray.get(node_of_caller.options(**on_driver_node()).remote(), timeout=30) == driver_node
     finally:
         batches.shutdown()
+
+
+@pytest.mark.parametrize("gpus", [1.5, 2.25])
+def test_a_gpu_request_above_one_must_be_whole(gpus):
+    """Ray refused 1.5 GPUs only when the pool was made, after the run folder and the learner group."""
+    with pytest.raises(ConfigError, match=r"ray.reward_gpus: a fraction of one GPU \(up to 1\) or a whole number"):
+        config_from_dict({"ray": {"reward_gpus": gpus}})
+    assert config_from_dict({"ray": {"reward_gpus": 2.0}}).ray.reward_gpus == 2.0
