@@ -293,8 +293,12 @@ class RayRun:
                 f"{max_restarts}); last error: {type(error).__name__}: {error}"
             )
         workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
-        # one deadline for both, half of ray.timeout_s: meanwhile nobody reads the learner's records, and waiting a
-        # whole timeout_s per worker outlasted the learner's own wait for a batch
+        named = [worker for worker in workers if names_actor(error, worker[1].actors[worker[2]])]
+        # wait for the worker the error names (a healthy one may be busy with its next call, which a readiness
+        # check waits behind), for both when it names neither (a lost object); one deadline for all, half of
+        # ray.timeout_s: meanwhile nobody reads the learner's records, and waiting a whole timeout_s per worker
+        # outlasted the learner's own wait for a batch
+        workers = named or workers
         wait_s = self.config.ray.timeout_s / 2
         deadline = time.monotonic() + wait_s
         for role, pool, index in workers:
@@ -332,6 +336,7 @@ class RayRun:
         for iteration, seconds in self.receives.collect(self.config.ray.timeout_s).items():
             self.load_seconds[iteration] = max(self.load_seconds.get(iteration, 0.0), seconds)
         self.learned += 1
+        self.metadata.pop(record["iteration"], None)  # learned: never redone (kept, 10k iterations held ~200 MB)
         self.progress.set_postfix(self.recent.postfix(record), refresh=False)
         self.progress.update(1)
         self.write_record(record)

@@ -27,14 +27,15 @@ def test_a_failed_receive_is_raised_at_once_and_the_slowest_of_each_update_is_ke
 
     ray = ray_session
     remote = ray.remote(Receiver).options(num_cpus=0)
-    quick, slow, failing = remote.remote(0.0), remote.remote(3.0), remote.remote(0.0, fails=True)
+    quick, slow, failing = remote.remote(0.5), remote.remote(3.0), remote.remote(0.0, fails=True)
     try:
         receives = WeightReceives()
         receives.start([quick, slow], version=3, iteration=2)
+        time.sleep(1.0)  # the quick one has finished
         start = time.monotonic()
         receives.check(RAY_TIMEOUT_S)  # one finished well, one still running: nothing to say, and no wait
         assert time.monotonic() - start < 1.5 and len(receives.pending) == 2
-        assert receives.collect(RAY_TIMEOUT_S) == {2: 3.0} and not receives.pending
+        assert receives.collect(RAY_TIMEOUT_S) == {2: 3.0} and not receives.pending  # the slowest, not the sum
         receives.start([quick], version=0, iteration=-1)  # the starting weights: no update's record to time
         assert receives.collect(RAY_TIMEOUT_S) == {}
         receives.start([failing], version=4, iteration=3)

@@ -41,6 +41,8 @@ def test_rollout_is_tagged_with_the_loaded_weight_version_and_scored_into_a_batc
     assert len(batch) == 4 and batch.policy_version == 3 and batch.iteration == 5
     stats, same = scorer.score_split(moved)
     assert stats["reward/mean"] == batch.stats["reward/mean"]
+    assert stats["policy_version"] == 3  # the weights it was sampled with, not its iteration (5): the driver tells
+    # a restarted worker's batch by it
     torch.testing.assert_close(same.advantages_B, batch.advantages_B)
     assert {"maskfocus_rollout_images", "maskfocus_weight_sync_seconds"} <= set(worker.metrics.made)
     assert "maskfocus_reward_latency_seconds" in scorer.metrics.made  # dashboard metrics recorded where measured
@@ -108,12 +110,13 @@ def test_rollout_workers_sample_with_broadcast_weights_as_with_loaded_ones(ray_s
             ray.kill(sender)
 
 
-def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session):
+def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session, monkeypatch):
     """The driver's and the learner's calls on the batch queue (actors/batch_queue.py): Full and Empty as the plain
     Queue raises them, and a queue actor that does not answer is a GetTimeoutError, not a hang."""
     from ray.exceptions import GetTimeoutError
     from ray.util.queue import Queue
 
+    from maskfocus.actors import batch_queue
     from maskfocus.actors.batch_queue import get_within, put_now, put_within, queue_size
 
     batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
@@ -142,13 +145,24 @@ def test_queue_applies_backpressure_when_full_and_reports_its_depth(ray_session)
         def put_nowait(self, item) -> None:
             time.sleep(30)
 
+        def put(self, item, timeout: float) -> None:
+            time.sleep(30)
+
+        def get(self, timeout: float) -> None:
+            time.sleep(30)
+
     stuck = StuckQueueActor.remote()
+    monkeypatch.setattr(batch_queue, "REPLY_MARGIN_S", 0.3)  # its 30 s, shortened
     try:
         start = time.perf_counter()
         with pytest.raises(GetTimeoutError):
             queue_size(SimpleNamespace(actor=stuck), 0.5)
         with pytest.raises(GetTimeoutError):
             put_now(SimpleNamespace(actor=stuck), "d", 0.5)
+        with pytest.raises(GetTimeoutError):  # the waiting calls: their own wait plus the margin, not forever
+            put_within(SimpleNamespace(actor=stuck), "d", 0.2)
+        with pytest.raises(GetTimeoutError):
+            get_within(SimpleNamespace(actor=stuck), 0.2)
         assert time.perf_counter() - start < 20
     finally:
         ray.kill(stuck)
