@@ -3,6 +3,7 @@ should not end in a traceback because `--out` names a folder or a type nobody ca
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -27,6 +28,30 @@ def figure_suffixes() -> list[str]:
     from matplotlib.figure import Figure
 
     return sorted(f".{suffix}" for suffix in FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+@functools.lru_cache
+def writes(kind: Literal["image", "figure"], suffix: str) -> bool:
+    """Whether an RGB image grid (PIL) or a figure (matplotlib) saves as `suffix` here: a type both list can still
+    fail (PIL's XBM takes no RGB, its HDF5 needs a handler installed; matplotlib's PGF runs xelatex)."""
+    import io
+
+    if suffix not in (image_suffixes() if kind == "image" else figure_suffixes()):
+        return False
+    try:
+        if kind == "image":
+            from PIL import Image
+
+            Image.new("RGB", (2, 2)).save(io.BytesIO(), format=Image.registered_extensions()[suffix])
+        else:
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=(0.5, 0.5))
+            figure.text(0.5, 0.5, "x")  # text is what needs a TeX system in some writers
+            figure.savefig(io.BytesIO(), format=suffix[1:])
+    except Exception:  # whatever the writer raises, it cannot write this type here
+        return False
+    return True
 
 
 def file_in_the_way(folder: Path) -> Path | None:
@@ -103,10 +128,9 @@ def check_output_file(option: str, path: str | Path | None, kind: Literal["image
     check_writable(option, path)  # before the work whose result it would lose
     if kind == "file":
         return
-    allowed = image_suffixes() if kind == "image" else figure_suffixes()
-    if path.suffix.lower() not in allowed:
+    if not writes(kind, path.suffix.lower()):
         given = repr(path.suffix) if path.suffix else "none (no suffix)"
-        common = ", ".join(suffix for suffix in (".png", ".jpg", ".pdf", ".svg") if suffix in allowed)
+        common = ", ".join(suffix for suffix in (".png", ".jpg", ".pdf", ".svg") if writes(kind, suffix))
         writer = "PIL" if kind == "image" else "matplotlib"
         raise ConfigError(
             f"{option} {path}: cannot write {kind}s of type {given}; use {common}, or another type {writer} writes"

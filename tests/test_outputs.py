@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,15 @@ def test_the_writers_suffixes_include_the_usual_ones_and_not_text():
         ("grid.xyz", "image", "--out {path}: cannot write images of type '.xyz'; use .png, .jpg, .pdf, or another"),
         ("grid", "image", "--out {path}: cannot write images of type none (no suffix); use .png"),
         ("compare.txt", "figure", "--out {path}: cannot write figures of type '.txt'; use .png, .jpg, .pdf, .svg, or"),
+        # types the writers list but cannot write here: found only after the work, in a traceback
+        ("grid.xbm", "image", "--out {path}: cannot write images of type '.xbm'; use .png"),  # no RGB
+        ("grid.h5", "image", "--out {path}: cannot write images of type '.h5'; use .png"),  # no handler installed
+        pytest.param(
+            "compare.pgf",
+            "figure",
+            "--out {path}: cannot write figures of type '.pgf'; use .png",
+            marks=pytest.mark.skipif(shutil.which("xelatex") is not None, reason="xelatex installed: pgf writes"),
+        ),
         ("folder", "file", "--out {path}: is a folder; give a file path"),
         ("folder", "image", "--out {path}: is a folder; give a file path"),
         ("afile/below/r.jsonl", "file", "--out {path}: {tmp}/afile is a file, so the folder cannot be made"),
