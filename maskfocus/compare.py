@@ -21,9 +21,20 @@ from maskfocus.config import BUILTIN_MODEL
 from maskfocus.config_saved import saved_settings_of
 from maskfocus.run_io import read_metrics
 
-IGNORED_KEYS = ("seed", "train.out_dir", "train.log_every", "train.image_every", "train.checkpoint_every")
+IGNORED_KEYS = (
+    "seed",
+    "train.out_dir",
+    "train.log_every",
+    "train.image_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.final_eval",
+    "ray.timeout_s",
+)
 """Config keys that never split runs into groups: the seeds of a setting are its repeats, and how often a run logs,
-draws previews and checkpoints does not change what it learns."""
+draws previews and checkpoints, how many checkpoints it keeps, whether it evaluated at its end and how long it waits
+before calling a stall do not change what it learns (compiling does not either, but it changes the time per
+iteration the table shows: `--ignore sampler.compile` pools such runs)."""
 
 
 class CompareError(ValueError):

@@ -7,9 +7,13 @@ from pathlib import Path
 
 from maskfocus.compare import CompareError, RunRecord, load_run
 
+RUN_SEARCH_DEPTH = 3
+"""How deep below a folder given to compare its runs are looked for (runs/, runs/ablation/, runs/ablation/lr/)."""
+
 
 def find_run_folders(paths: list[Path]) -> list[Path]:
-    """Each path is a run folder (it holds config.yaml) or a folder whose subfolders are runs."""
+    """Each path is a run folder (it holds config.yaml) or a folder with runs below it (`runs/`, holding
+    `runs/ablation/seed0` of `train --name ablation/seed0` too)."""
     folders: list[Path] = []
     for path in paths:
         if path.is_file():
@@ -19,7 +23,7 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
         if (path / "config.yaml").is_file():
             folders.append(path)
             continue
-        runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
+        runs = runs_below(path)
         if not runs:
             unreadable = [str(folder) for folder in (path, *sorted(path.iterdir())) if _holds_a_run(folder)]
             also = f"; {', '.join(unreadable)}: a run's metrics or checkpoints but no config.yaml" if unreadable else ""
@@ -32,6 +36,18 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
             seen.add(folder.resolve())
             unique.append(folder)
     return unique
+
+
+def runs_below(folder: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
+    """The run folders (holding config.yaml) below `folder`, in name order, looking at most `depth` levels down and
+    never inside a run (its model/ and checkpoints/ hold no runs)."""
+    runs = []
+    for child in sorted(path for path in folder.iterdir() if path.is_dir()):
+        if (child / "config.yaml").is_file():
+            runs.append(child)
+        elif depth > 1:
+            runs += runs_below(child, depth - 1)
+    return runs
 
 
 def load_readable_runs(folders: list[Path], curve_key: str) -> tuple[list[RunRecord], list[str]]:

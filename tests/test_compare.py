@@ -28,8 +28,10 @@ def ablation_runs(tmp_path: Path) -> Path:
     """Three seeds of the default and two of random steps, in one folder, with different output folders."""
     runs = tmp_path / "runs"
     for seed, overall in enumerate((0.50, 0.56, 0.53)):
-        # how often a run logs, previews and checkpoints does not change what it learns either
+        # how often a run logs, previews and checkpoints, how many checkpoints it keeps and how long it waits on a
+        # stall do not change what it learns either
         settings = {"seed": seed, "train.out_dir": f"out{seed}", "train.image_every": 10 + seed}
+        settings |= {"train.keep_checkpoints": seed + 1, "ray.timeout_s": 60.0 * (seed + 1)}
         make_run(runs / f"critical_seed{seed}", {**settings, "train.checkpoint_every": 5 * (seed + 1)}, overall)
     for seed, overall in enumerate((0.40, 0.46)):
         make_run(runs / f"random_seed{seed}", {"seed": seed, "selection.strategy": "random"}, overall, learner_s=3.0)
@@ -339,6 +341,20 @@ def test_a_folder_of_only_configless_runs_names_them_in_its_error(tmp_path):
         find_run_folders([tmp_path / "runs"])
     with pytest.raises(CompareError, match=rf"^{broken}: neither .*; {broken}: a run's metrics"):
         find_run_folders([broken])  # the run folder itself, given directly
+
+
+def test_runs_in_subfolders_of_a_folder_of_runs_are_found(tmp_path):
+    """`train --name ablation/seed0` puts a run in runs/ablation/; `compare runs` left those out without a word,
+    and with no run directly in runs/ said that runs/ held none."""
+    runs = tmp_path / "runs"
+    for name in ("ablation/seed0", "ablation/seed1", "sweep/lr/high"):
+        make_run(runs / name, {"seed": 0}, overall=0.5)
+    make_run(runs / "a" / "b" / "c" / "d", {}, overall=0.5)  # deeper than RUN_SEARCH_DEPTH (3) below runs/
+    expected = [runs / "ablation" / "seed0", runs / "ablation" / "seed1", runs / "sweep" / "lr" / "high"]
+    assert find_run_folders([runs]) == expected
+    make_run(runs / "top", {}, overall=0.5)
+    assert find_run_folders([runs]) == [*expected, runs / "top"]
+    assert find_run_folders([runs / "ablation"]) == expected[:2]
 
 
 def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
