@@ -48,6 +48,8 @@ def _sampler_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
 
 def _model_config(args: argparse.Namespace, config: RunConfig) -> ModelConfig:
     """The run config's model section, with `--model PATH` replacing its path."""
+    if args.model is not None and not args.model.strip():
+        raise ConfigError("--model is empty: give a model folder (e.g. runs/NAME/model), or leave it out (model.path)")
     return config.model.model_copy(update={"path": args.model}) if args.model else config.model
 
 
@@ -261,14 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--num-images-per-prompt", type=positive_int, help="images per prompt row (default: eval.num_images_per_prompt)"
     )
-    evaluate.add_argument("--out", help="one JSON record per image")
+    evaluate.add_argument("--out", help="one JSON record per image (replaced if there)")
     evaluate.add_argument(
         "--summary",
         help="summary JSON {overall, tags, num_images, clip_score, seconds, evaluated; num_unscored when the judge "
-        "could not score some images}",
+        "could not score some images}; replaced if there",
     )
     evaluate.add_argument(
-        "--grid", help="PNG of the first two prompts of each tag, a labelled row of their images each"
+        "--grid",
+        help="PNG of the first two prompts of each tag, a labelled row of their images each (replaced if there)",
     )
     evaluate.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     evaluate.add_argument("--model", help="model folder, e.g. runs/NAME/model (default: the config's model.path)")
@@ -316,9 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="compare runs: final per-tag scores by config (mean ± seed spread) and reward curves"
     )
-    compare.add_argument("runs", nargs="+", help="run folders, or folders of run folders (e.g. runs/ablation)")
-    compare.add_argument("--out", default="compare.png", help="PNG of the reward curves and final scores")
-    compare.add_argument("--markdown", help="also write the table to this file")
+    compare.add_argument("runs", nargs="+", help="run folders, or folders with runs up to 3 levels below (e.g. runs)")
+    compare.add_argument(
+        "--out",
+        default="compare.png",
+        help="PNG of the reward curves and final scores (default compare.png, replaced if there)",
+    )
+    compare.add_argument("--markdown", help="also write the table to this file (replaced if there)")
     compare.add_argument(
         "--base",
         help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement, when every "

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from maskfocus.config import BUILTIN_MODEL
+from maskfocus.config import BUILTIN_MODEL, yaml_error_message
 from maskfocus.config_saved import saved_settings_of
 from maskfocus.run_io import read_metrics
 
@@ -75,7 +75,7 @@ def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as error:
-        raise CompareError(f"{config_path}: not valid YAML: {error}") from None
+        raise CompareError(yaml_error_message(config_path, error)) from None
     if not isinstance(config, dict):
         raise CompareError(f"{config_path}: expected a mapping of config sections, got {type(config).__name__}")
     metrics, summary = folder / "metrics.jsonl", folder / "eval" / "summary.json"

@@ -281,7 +281,7 @@ def load_config(
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(yaml_error_message(path, error)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     if not data:
@@ -319,3 +319,11 @@ def load_config_or_default(
 ) -> RunConfig:
     """The config file at `path` (the shipped default when None) with `overrides` (see `load_config`)."""
     return default_run_config(overrides, options) if path is None else load_config(path, overrides, options)
+
+
+def yaml_error_message(path: Path, error: yaml.YAMLError) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: what` (PyYAML's own text names "<unicode string>", not the file)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+    return f"{where}: not valid YAML: {what or error}"

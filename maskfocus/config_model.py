@@ -45,9 +45,11 @@ class ModelConfig(Section):
         import torch
 
         try:
-            torch.device(device)
+            kind = torch.device(device).type
         except RuntimeError:
             raise ValueError("not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"maskfocus samples and trains on cpu or cuda (cuda:N), not {kind}")
         return device
 
     @model_validator(mode="before")

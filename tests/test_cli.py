@@ -409,3 +409,17 @@ def test_eval_refuses_two_prompt_sets_and_a_folder_as_metadata_and_sample_a_nega
         main(["sample", "--prompt", "a red circle", "--seed", "-1", "--out", str(tmp_path / "g.png")])
     assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
     assert "Input should be greater than or equal to 0" in cli_error(capsys, "train", "--check", "--set", "seed=-3")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "model.device=meta"], "--set model.device: maskfocus samples and trains on cpu or cuda"),
+        (["--model", "builtin:shapes-clip"], "builtin:shapes-clip is the built-in CLIP (a reward and judge model)"),
+        (["--model", ""], "--model is empty: give a model folder"),
+    ],
+)
+def test_a_model_that_cannot_sample_is_a_user_error_not_a_traceback(capsys, tmp_path, args, message):
+    """A meta device passed the config and failed in torch; the built-in CLIP given as the generator was told to
+    rebuild the built-in weights; an empty --model fell back to model.path without a word."""
+    assert message in cli_error(capsys, "sample", "--prompt", "a red circle", "--out", str(tmp_path / "g.png"), *args)

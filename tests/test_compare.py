@@ -190,7 +190,7 @@ def test_a_metrics_line_that_is_no_record_is_named_by_its_line(tmp_path):
 def test_a_config_that_is_not_yaml_is_named(tmp_path):
     folder = make_run(tmp_path / "run", {}, overall=0.5)
     (folder / "config.yaml").write_text("seed: [1\n")
-    with pytest.raises(CompareError, match=r"run/config.yaml: not valid YAML"):
+    with pytest.raises(CompareError, match=r"run/config.yaml:2:1: not valid YAML: while parsing a flow sequence"):
         load_run(folder)
 
 

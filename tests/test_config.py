@@ -69,8 +69,10 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
         load_config(tmp_path / "nope.yaml")
     path = tmp_path / "broken.yaml"
     path.write_text("sampler: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError) as error:  # the file and line, not PyYAML's "<unicode string>"
         load_config(path)
+    assert str(error.value).startswith(f"{path}:2:1: not valid YAML: while parsing a flow sequence, expected ','")
+    assert "<unicode string>" not in str(error.value)
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "null\n"])

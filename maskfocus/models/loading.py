@@ -68,6 +68,11 @@ def check_generator_folder(path: str | Path, kind: str, extra_parts: tuple[str, 
     needs more of it): checked before a run starts, so that a wrong path is one clear error rather than workers that
     fail to start. Returns the resolved folder."""
     folder = resolve_model_path(path)
+    if str(path) == "builtin:shapes-clip":
+        raise ModelLoadError(
+            "builtin:shapes-clip is the built-in CLIP (a reward and judge model), not a generator; the built-in "
+            "generator is builtin:shapes-tiny"
+        )
     check_folder(folder, GENERATOR_PARTS + extra_parts, GENERATOR_KINDS[kind], folder_hint(path))
     check_transformer_kind(folder, kind)
     return folder
