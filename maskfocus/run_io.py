@@ -305,15 +305,24 @@ PLAIN_WEIGHTS_FILE = {"transformer": "diffusion_pytorch_model.safetensors", "tex
 
 
 def save_model_folder(
-    base_folder: Path, module: nn.Module, target: Path, text_encoder: nn.Module | None = None
+    base_folder: Path,
+    module: nn.Module,
+    target: Path,
+    text_encoder: nn.Module | None = None,
+    text_encoder_folder: Path | None = None,
 ) -> Path:
     """A full aMUSEd-format model folder: the base model with the trained transformer weights (and the trained text
-    encoder's, when given). A trained part's weights replace every weights file the base ships for it: the Hub's
-    aMUSEd and Meissonic folders also hold `*.fp16.safetensors` variants (and a large part may be sharded), which
-    would still hold the base weights, and which one a glob found first was up to the file system."""
+    encoder's, when given), its text_encoder/ replaced by `text_encoder_folder` when the run used one
+    (`model.text_encoder`), so that the folder alone samples as the run did. A trained part's weights replace every
+    weights file the base ships for it: the Hub's aMUSEd and Meissonic folders also hold `*.fp16.safetensors`
+    variants (and a large part may be sharded), which would still hold the base weights, and which one a glob found
+    first was up to the file system."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
+    if text_encoder_folder is not None:
+        shutil.rmtree(target / "text_encoder", ignore_errors=True)
+        shutil.copytree(text_encoder_folder, target / "text_encoder", ignore=shutil.ignore_patterns("*.partial"))
     trained = {"transformer": module} if text_encoder is None else {"transformer": module, "text_encoder": text_encoder}
     for part, weights_of in trained.items():
         for old_weights in weights_files(target / part):

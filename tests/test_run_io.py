@@ -367,3 +367,20 @@ def test_the_trained_weights_replace_every_weights_file_of_the_part(tmp_path):
     assert (saved / "vqvae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         base / "vqvae" / "diffusion_pytorch_model.safetensors"
     ).read_bytes()  # untrained parts are copied as they are
+
+
+def test_a_text_encoder_the_run_used_in_place_of_the_models_goes_into_the_final_model_folder(tmp_path):
+    """`model.text_encoder` (Meissonic's reference CLIP) replaces the folder's text_encoder/ when the run loads it;
+    the final model folder kept the base's, so `maskfocus eval --model RUN/model` without the run's config sampled
+    with another text encoder than the one trained against."""
+    import shutil
+
+    from maskfocus.models.loading import resolve_model_path
+    from maskfocus.run_io import save_model_folder
+
+    base = resolve_model_path("builtin:shapes-tiny")
+    replacement = shutil.copytree(base / "text_encoder", tmp_path / "reference_clip")
+    (replacement / "MARK").write_text("the run's text encoder")
+    saved = save_model_folder(base, torch.nn.Linear(1, 1), tmp_path / "model", text_encoder_folder=replacement)
+    assert (saved / "text_encoder" / "MARK").read_text() == "the run's text encoder"
+    assert not (base / "text_encoder" / "MARK").exists()

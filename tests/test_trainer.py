@@ -221,6 +221,22 @@ def test_the_final_evaluation_judges_as_maskfocus_eval_of_the_runs_config_does(t
     assert detect_batch is None and judge.name == "shapes" and judge.thresholds.score == 0.5
 
 
+def test_the_final_model_folder_holds_the_text_encoder_the_run_used(tmp_path):
+    import shutil
+
+    import maskfocus.trainer as trainer
+    from maskfocus.config import config_from_dict
+    from maskfocus.models import load_generator
+    from maskfocus.models.loading import resolve_model_path
+
+    replacement = shutil.copytree(resolve_model_path("builtin:shapes-tiny") / "text_encoder", tmp_path / "encoder")
+    (replacement / "MARK").write_text("the run's")
+    config = config_from_dict({"model": {"text_encoder": str(replacement)}, "train": {"final_eval": False}})
+    model = load_generator(config.model, dtype="float32")
+    trainer.finish_run(config, tmp_path / "run", model, model.trainable_module())
+    assert (tmp_path / "run" / "model" / "text_encoder" / "MARK").read_text() == "the run's"
+
+
 def test_unknown_key_in_a_train_override_is_a_clear_error(tmp_path, capsys):
     out = ["--set", f"train.out_dir={tmp_path}"]
     error = cli_error(capsys, "train", "--executor", "local", *out, "--set", "grpo.clip=0.1")
