@@ -110,3 +110,32 @@ def test_batches_dropped_by_the_learner_are_redone_and_the_run_goes_on_whatever_
     learned = learned_after(run, turns, restart_at=30)
     assert learned >= 30 + 20, f"learning stopped at iteration {learned}; redo {sorted(run.redo)}"
     assert learned <= turns // 3 + 1
+
+
+def test_a_scored_batch_waits_in_the_driver_while_an_earlier_iteration_is_in_flight(monkeypatch):
+    """With two rollout workers (max_staleness >= 1) iteration 5 can finish scoring before 4: queued first, the
+    learner (which takes iterations in order) would drop it as out of order and it would be redone. Each place an
+    earlier iteration can be (sampling, waiting for a reward worker, scoring, to be redone) holds 5 back."""
+    import maskfocus.driver as driver
+    from maskfocus.driver import Attempt
+
+    monkeypatch.setattr(driver, "put_now", lambda batches, item, timeout_s: batches.put(item, block=False))
+    monkeypatch.setattr(driver, "queue_size", lambda batches, timeout_s: batches.qsize())
+    earlier = Attempt(4, 0, 3, None)
+    for where in ("rolling", "sampled", "scoring", "redo"):
+        run = fake_run(max_staleness=1)
+        run.scored = {5: (QueuedBatch(5, 0, [None]), 0.0)}
+        if where == "rolling":
+            run.rolling["ref"] = earlier
+        elif where == "sampled":
+            run.sampled.append(earlier)
+        elif where == "scoring":
+            run.scoring["ref"] = earlier
+        else:
+            run.redo.append(4)
+        run.enqueue()
+        assert run.batches.items == [] and list(run.scored) == [5], where
+    run = fake_run(max_staleness=1)
+    run.scored = {5: (QueuedBatch(5, 0, [None]), 0.0), 4: (QueuedBatch(4, 0, [None]), 0.0)}
+    run.enqueue()
+    assert [item.iteration for item in run.batches.items] == [4, 5] and not run.scored
