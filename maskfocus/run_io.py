@@ -234,6 +234,7 @@ def save_checkpoint(
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # a checkpoint folder exists only once it is complete
+    fsync_path(target.parent)  # the rename too is on disk before the older checkpoints go
     if all_finite(weights):
         prune_checkpoints(folder, keep)
     return target
@@ -246,11 +247,16 @@ def all_finite(weights: dict[str, torch.Tensor]) -> bool:
 def sync_to_disk(folder: Path) -> None:
     """fsync every file of `folder`, then the folder itself."""
     for path in [*folder.iterdir(), folder]:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync one file or folder (a folder's fsync makes the renames and new names in it durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:

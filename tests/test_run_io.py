@@ -384,3 +384,19 @@ def test_a_text_encoder_the_run_used_in_place_of_the_models_goes_into_the_final_
     saved = save_model_folder(base, torch.nn.Linear(1, 1), tmp_path / "model", text_encoder_folder=replacement)
     assert (saved / "text_encoder" / "MARK").read_text() == "the run's text encoder"
     assert not (base / "text_encoder" / "MARK").exists()
+
+
+def test_a_new_checkpoints_rename_is_synced_before_older_checkpoints_are_pruned(tmp_path, monkeypatch):
+    """Its files were synced, but not the checkpoints/ folder after the rename: after a power loss on some network
+    file systems, with keep_checkpoints 1, neither the new checkpoint nor the pruned one might be there."""
+    from maskfocus import run_io
+
+    events = []
+    real_fsync_path, real_prune = run_io.fsync_path, run_io.prune_checkpoints
+    monkeypatch.setattr(run_io, "fsync_path", lambda path: (events.append(("fsync", path)), real_fsync_path(path)))
+    monkeypatch.setattr(run_io, "prune_checkpoints", lambda *a: (events.append(("prune", None)), real_prune(*a)))
+    run_io.save_checkpoint(tmp_path, 0, torch.nn.Linear(2, 2), None, {}, keep=1)
+    run_io.save_checkpoint(tmp_path, 1, torch.nn.Linear(2, 2), None, {}, keep=1)
+    last_prune = max(index for index, event in enumerate(events) if event[0] == "prune")
+    assert ("fsync", tmp_path / "checkpoints") in events[last_prune - 1 : last_prune]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["iter_000001"]
