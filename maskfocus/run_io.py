@@ -44,7 +44,7 @@ from maskfocus.metrics_log import rewind_metrics as rewind_metrics
 from maskfocus.metrics_log import running_counts as running_counts
 from maskfocus.models.base import MaskedGenerator
 from maskfocus.models.loading import weights_files
-from maskfocus.outputs import check_output_folder
+from maskfocus.outputs import check_output_folder, replace_folder
 from maskfocus.ray_job import resume_command
 from maskfocus.run_state import complete_checkpoints, latest_checkpoint, resume_state
 from maskfocus.update import lr_factor, schedule_span
@@ -323,18 +323,20 @@ def save_model_folder(
     weights file the base ships for it: the Hub's aMUSEd and Meissonic folders also hold `*.fp16.safetensors`
     variants (and a large part may be sharded), which would still hold the base weights, and which one a glob found
     first was up to the file system."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(base_folder, target, ignore=shutil.ignore_patterns("*.partial"))
-    if text_encoder_folder is not None:
-        shutil.rmtree(target / "text_encoder", ignore_errors=True)
-        shutil.copytree(text_encoder_folder, target / "text_encoder", ignore=shutil.ignore_patterns("*.partial"))
     trained = {"transformer": module} if text_encoder is None else {"transformer": module, "text_encoder": text_encoder}
-    for part, weights_of in trained.items():
-        for old_weights in weights_files(target / part):
-            old_weights.unlink()
-        weights = target / part / PLAIN_WEIGHTS_FILE[part]
-        save_file(plain_state_dict(weights_of), str(weights), metadata={"format": "pt"})
+
+    def write(folder: Path) -> None:
+        shutil.copytree(base_folder, folder, ignore=shutil.ignore_patterns("*.partial"))
+        if text_encoder_folder is not None:
+            shutil.rmtree(folder / "text_encoder", ignore_errors=True)
+            shutil.copytree(text_encoder_folder, folder / "text_encoder", ignore=shutil.ignore_patterns("*.partial"))
+        for part, weights_of in trained.items():
+            for old_weights in weights_files(folder / part):
+                old_weights.unlink()
+            weights = folder / part / PLAIN_WEIGHTS_FILE[part]
+            save_file(plain_state_dict(weights_of), str(weights), metadata={"format": "pt"})
+
+    replace_folder(target, write)  # whole or as it was: a stop mid-copy left a model/ without some weights
     return target
 
 

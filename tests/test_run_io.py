@@ -400,3 +400,21 @@ def test_a_new_checkpoints_rename_is_synced_before_older_checkpoints_are_pruned(
     last_prune = max(index for index, event in enumerate(events) if event[0] == "prune")
     assert ("fsync", tmp_path / "checkpoints") in events[last_prune - 1 : last_prune]
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["iter_000001"]
+
+
+def test_a_final_model_folder_cut_short_leaves_the_one_before(tmp_path, monkeypatch):
+    """It was deleted, then copied part by part: a stop or a full disk mid-way left a model/ without its weights."""
+    from maskfocus import run_io
+    from maskfocus.models.loading import resolve_model_path
+
+    base = resolve_model_path("builtin:shapes-tiny")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MARK").write_text("the model before")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(run_io, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_io.save_model_folder(base, torch.nn.Linear(1, 1), tmp_path / "model")
+    assert (tmp_path / "model" / "MARK").read_text() == "the model before"
