@@ -67,26 +67,28 @@ def actor_demand(ray_config: RayConfig) -> dict[str, float]:
 
 
 def unplaced_gpu_requests(ray_config: RayConfig, num_gpus: int) -> list[float]:
-    """The actors' GPU requests that do not fit on `num_gpus` GPUs when packed first-fit, largest first: Ray puts
-    each fraction on one GPU (three actors of 0.6 need three GPUs, not 1.8) and a whole number on free GPUs."""
-    requests = sorted(
-        (gpus for count, _, gpus in role_requests(ray_config) for _ in range(count) if gpus > 0), reverse=True
-    )
+    """The actors' GPU requests that do not fit on `num_gpus` GPUs when placed as Ray places them: in the order the
+    run makes the actors (the learner group, then the rollout and reward pools), a fraction on the fullest GPU that
+    still has room for it (Ray does not split one over GPUs: three of 0.6 need three GPUs, not 1.8), a whole number
+    on free GPUs."""
+    roles = role_requests(ray_config)
+    in_creation_order = [roles[2], roles[0], roles[1]]
     free = [1.0] * num_gpus
     unplaced = []
-    for request in requests:
-        if request >= 1:
-            whole = [index for index, left in enumerate(free) if left >= 1.0 - 1e-9][: int(request)]
-            placed = len(whole) == int(request)
-            for index in whole if placed else []:
-                free[index] = 0.0
-        else:
-            index = next((index for index, left in enumerate(free) if left >= request - 1e-9), None)
-            placed = index is not None
-            if placed:
-                free[index] -= request
-        if not placed:
-            unplaced.append(request)
+    for count, _, request in in_creation_order:
+        for _ in range(count if request > 0 else 0):
+            if request >= 1:
+                whole = [index for index, left in enumerate(free) if left >= 1.0 - 1e-9][: int(request)]
+                placed = len(whole) == int(request)
+                for index in whole if placed else []:
+                    free[index] = 0.0
+            else:
+                fitting = [index for index, left in enumerate(free) if left >= request - 1e-9]
+                placed = bool(fitting)
+                if placed:
+                    free[min(fitting, key=lambda index: free[index])] -= request
+            if not placed:
+                unplaced.append(request)
     return unplaced
 
 

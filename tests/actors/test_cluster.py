@@ -95,8 +95,13 @@ def test_a_local_ray_too_small_for_the_actors_is_refused_at_once_and_shut_down(m
         check_resources(fractions, {"CPU": 2.0, "GPU": 2.0})
     check_resources(fractions, {"CPU": 2.0, "GPU": 3.0})
     check_resources(RayConfig(rollout_gpus=0.5, reward_gpus=0.5, learner_gpus=1), {"CPU": 2.0, "GPU": 2.0})
-    with pytest.raises(ConfigError, match=r"2 GPUs: 0.5 left over"):
+    with pytest.raises(ConfigError, match=r"2 GPUs: 0.75 left over"):
         check_resources(RayConfig(rollout_gpus=0.75, reward_gpus=0.75, learner_gpus=0.5), {"CPU": 2.0, "GPU": 2.0})
+    # in the order the run makes them (learners first), each on the fullest GPU with room, as Ray places them: two
+    # learners of 0.4 share one GPU, so the second rollout worker of 0.6 finds no room (largest first, it fits)
+    made_in_order = RayConfig(num_learner_workers=2, learner_gpus=0.4, num_rollout_workers=2, rollout_gpus=0.6)
+    with pytest.raises(ConfigError, match=r"2 GPUs: 0.6 left over"):
+        check_resources(made_in_order, {"CPU": 4.0, "GPU": 2.0})
     check_resources(fractions, {"CPU": 2.0, "GPU": float("inf")})  # `maskfocus train`'s check before Ray starts
     shut_down = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
