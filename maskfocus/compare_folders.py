@@ -3,6 +3,7 @@ keeping its outputs off their files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from maskfocus.compare import CompareError, RunRecord, load_run
@@ -25,7 +26,9 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
             continue
         runs = runs_below(path)
         if not runs:
-            unreadable = [str(folder) for folder in (path, *sorted(path.iterdir())) if _holds_a_run(folder)]
+            unreadable = [
+                str(folder) for folder in ([path] if _holds_a_run(path) else runs_below(path, holds=_holds_a_run))
+            ]
             also = f"; {', '.join(unreadable)}: a run's metrics or checkpoints but no config.yaml" if unreadable else ""
             raise CompareError(f"{path}: neither a run folder (no config.yaml) nor a folder of run folders{also}")
         folders.extend(runs)
@@ -38,16 +41,21 @@ def find_run_folders(paths: list[Path]) -> list[Path]:
     return unique
 
 
-def runs_below(folder: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
-    """The run folders (holding config.yaml) below `folder`, in name order, looking at most `depth` levels down and
-    never inside a run (its model/ and checkpoints/ hold no runs)."""
-    runs = []
+def runs_below(folder: Path, depth: int = RUN_SEARCH_DEPTH, holds: Callable[[Path], bool] | None = None) -> list[Path]:
+    """The run folders (holding config.yaml; or, with `holds`, the folders it picks) below `folder`, in name
+    order, looking at most `depth` levels down and never inside a run (its model/ and checkpoints/ hold none)."""
+    holds = holds or _is_run
+    found = []
     for child in sorted(path for path in folder.iterdir() if path.is_dir()):
-        if (child / "config.yaml").is_file():
-            runs.append(child)
-        elif depth > 1:
-            runs += runs_below(child, depth - 1)
-    return runs
+        if holds(child):
+            found.append(child)
+        elif depth > 1 and not _is_run(child):
+            found += runs_below(child, depth - 1, holds)
+    return found
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file()
 
 
 def load_readable_runs(folders: list[Path], curve_key: str) -> tuple[list[RunRecord], list[str]]:
@@ -90,10 +98,11 @@ def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: li
 
 
 def unreadable_run_folders(paths: list[Path]) -> list[Path]:
-    """Subfolders of the folders given (not run folders themselves) that hold a run's metrics or checkpoints but no
-    config.yaml: `find_run_folders` leaves them out, and the user should hear why."""
-    parents = [path for path in paths if path.is_dir() and not (path / "config.yaml").is_file()]
-    return [child for parent in parents for child in sorted(parent.iterdir()) if _holds_a_run(child)]
+    """Folders below the folders given (not run folders themselves; as deep as runs are looked for) that hold a
+    run's metrics or checkpoints but no config.yaml: `find_run_folders` leaves them out, and the user should hear
+    why."""
+    parents = [path for path in paths if path.is_dir() and not _is_run(path)]
+    return [folder for parent in parents for folder in runs_below(parent, holds=_holds_a_run)]
 
 
 def _holds_a_run(folder: Path) -> bool:

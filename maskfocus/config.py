@@ -326,4 +326,4 @@ def yaml_error_message(path: Path, error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     what = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
-    return f"{where}: not valid YAML: {what or error}"
+    return f"{where}: not valid YAML: {what or str(error).replace('<unicode string>', str(path))}"

@@ -231,14 +231,18 @@ class ErrorOrigin:
         for length in range(len(loc), 0, -1):
             line = self.key_lines.get(tuple(loc[:length]))
             if line is not None:
-                return f"{self.source}:{line}{self._with_overrides_below(dotted(loc))}"
+                return f"{self.source}:{line}{self._with_overrides_below(dotted(loc), message)}"
         return self.source
 
-    def _with_overrides_below(self, path: str) -> str:
+    def _with_overrides_below(self, path: str, message: str) -> str:
         """For a check of a whole section or list that the file holds (`rollout: tag_weights has 1 entries and tags
-        6`), the overrides inside it, which may be what broke it: ` with --set rollout.tag_weights`."""
-        below = [self._override(key) for key in self.overridden if path and key.startswith(path + ".")]
-        return f" with {', '.join(below)}" if below else ""
+        6`), the overrides inside it that may have broken it: ` with --set rollout.tag_weights` for those whose key
+        the message names, else ` (overridden in it: --set ...)` for every one."""
+        below = [key for key in self.overridden if path and key.startswith(path + ".")]
+        named = [key for key in below if key.rsplit(".", 1)[-1] in message]
+        if named:
+            return " with " + ", ".join(self._override(key) for key in named)
+        return f" (overridden in it: {', '.join(self._override(key) for key in below)})" if below else ""
 
     def _sets(self, key: str, path: str) -> bool:
         """Whether the override of `key` set `path`: the key itself or a key below it, unless the override is a

@@ -340,7 +340,7 @@ def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: P
 def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:
     """Final model folder, reward curve and (if enabled) the GenEval-style evaluation, in `eval.dtype`, of `model`
     (the float32 master weights)."""
-    replaced = Path(config.model.text_encoder) if config.model.text_encoder else None
+    replaced = Path(config.model.text_encoder).expanduser() if config.model.text_encoder else None
     save_model_folder(resolve_model_path(config.model.path), module, run_dir / "model", text_encoder_folder=replaced)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     if records:

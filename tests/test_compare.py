@@ -369,3 +369,14 @@ def test_a_closed_pipe_ends_the_command_quietly(ablation_runs, tmp_path):
     )
     assert result.stdout.startswith("| config | evaluated runs |") and result.stdout.count("\n") == 1
     assert "Traceback" not in result.stderr and "status 141" in result.stderr
+
+
+def test_a_configless_run_in_a_subfolder_of_runs_is_named_too(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "ablation" / "seed0", {}, overall=0.5)
+    broken = make_run(tmp_path / "runs" / "ablation" / "seed1", {"seed": 1}, overall=0.5)
+    (broken / "config.yaml").unlink()
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"left out {broken}: it holds a run's metrics or checkpoints but no config.yaml" in capsys.readouterr().err
+    (tmp_path / "runs" / "ablation" / "seed0" / "config.yaml").unlink()
+    with pytest.raises(CompareError, match=rf"{broken}: a run's metrics or checkpoints but no config.yaml"):
+        find_run_folders([tmp_path / "runs"])

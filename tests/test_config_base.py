@@ -122,7 +122,8 @@ def test_a_misspelt_section_in_an_override_is_blamed_on_the_override_not_the_fil
     )
     assert any(line.startswith("  --set rewards.0.detectr.kind: rewards.0.detectr: unknown key") for line in lines)
     lines = _error(tmp_path / "run.yaml", "samplr:\n  num_steps: 3\n", {"samplr.num_steps": 4})
-    assert lines[1].startswith(f"  {tmp_path / 'run.yaml'}:1 with --set samplr.num_steps: samplr: unknown key")
+    where = f"{tmp_path / 'run.yaml'}:1 (overridden in it: --set samplr.num_steps)"
+    assert lines[1].startswith(f"  {where}: samplr: unknown key")
 
 
 def test_a_check_of_a_section_the_file_holds_also_names_the_overrides_inside_it(tmp_path):
@@ -134,8 +135,10 @@ def test_a_check_of_a_section_the_file_holds_also_names_the_overrides_inside_it(
     assert lines[1].startswith(f"  {path}:1 with --set rollout.tag_weights: rollout: tag_weights has 1 entries")
     lines = _error(path, text, {"rewards.0.weight": 0.0, "rollout.group_size": 4})
     assert lines[1].startswith(f"  {path}:3 with --set rewards.0.weight: rewards: every term has weight 0")
+    lines = _error(path, text, {"rollout.tag_weights": [1.0], "rollout.group_size": 4})  # only the one it names
+    assert lines[1].startswith(f"  {path}:1 with --set rollout.tag_weights: rollout: tag_weights has 1 entries")
     lines = _error(path, "rollout:\n  group_size: 8\n  tag_weights: [1]\n", {"rollout.group_size": 4})
-    assert lines[1].startswith(f"  {path}:1 with --set rollout.group_size: rollout: tag_weights has 1 entries")
+    assert lines[1].startswith(f"  {path}:1 (overridden in it: --set rollout.group_size): rollout: tag_weights has")
 
 
 def test_an_override_from_a_command_line_option_is_named_by_the_option(tmp_path):

@@ -90,8 +90,9 @@ def test_a_failure_inside_an_update_saves_nothing_of_it(
     monkeypatch,
     one_thread,  # noqa: F811
 ):
-    """An update that fails part-way (here in its first iteration's optimizer step) leaves weights that no
-    iteration produced: no checkpoint is written from them."""
+    """An update may fail part-way (after some of its optimizer steps), leaving weights that no iteration produced:
+    a failure inside the update (here raised as iteration 1's update starts) writes no checkpoint, not even of
+    iteration 0, which was learned whole."""
     calls: list[int] = []
     fail = failing_in(1, calls)
     real_update = PolicyUpdater.update
