@@ -25,14 +25,18 @@ def changed_words(true: str, altered: str) -> list[tuple[str, str]]:
 
 
 def test_color_pairs_name_the_objects_colour_and_another():
-    for scene, true, altered in module.draw_pairs("color", 50, np.random.default_rng(0)):
+    pairs = module.draw_pairs("color", 50, np.random.default_rng(0))
+    assert len(pairs) == 50  # the checks below run on every pair asked for
+    for scene, true, altered in pairs:
         (obj,) = scene.objects
         ((said, other),) = changed_words(true, altered)
         assert said == obj.color and other in COLORS and other != obj.color
 
 
 def test_counting_pairs_name_the_true_count_and_a_neighbour():
-    for scene, true, altered in module.draw_pairs("counting", 50, np.random.default_rng(0)):
+    pairs = module.draw_pairs("counting", 50, np.random.default_rng(0))
+    assert len(pairs) == 50  # the checks below run on every pair asked for
+    for scene, true, altered in pairs:
         assert len({obj.shape for obj in scene.objects}) == 1
         ((said, other),) = changed_words(true, altered)
         assert said == NUMBER_WORDS[len(scene.objects)]
@@ -41,7 +45,9 @@ def test_counting_pairs_name_the_true_count_and_a_neighbour():
 
 
 def test_binding_pairs_swap_the_two_colours():
-    for scene, true, altered in module.draw_pairs("binding", 50, np.random.default_rng(0)):
+    pairs = module.draw_pairs("binding", 50, np.random.default_rng(0))
+    assert len(pairs) == 50  # the checks below run on every pair asked for
+    for scene, true, altered in pairs:
         a, b = scene.objects
         assert true == prompts.color_attr(a.shape, a.color, b.shape, b.color)["prompt"]
         assert changed_words(true, altered) == [(a.color, b.color), (b.color, a.color)]
@@ -49,7 +55,9 @@ def test_binding_pairs_swap_the_two_colours():
 
 @pytest.mark.parametrize("kind", ["position", "position_near"])
 def test_position_pairs_hold_the_true_relation_and_not_the_altered_one(kind):
-    for scene, true, altered in module.draw_pairs(kind, 50, np.random.default_rng(0)):
+    pairs = module.draw_pairs(kind, 50, np.random.default_rng(0))
+    assert len(pairs) == 50  # the checks below run on every pair asked for
+    for scene, true, altered in pairs:
         subject, reference = scene.objects
         if kind == "position_near":
             assert math.hypot(subject.cx - reference.cx, subject.cy - reference.cy) <= 24.0

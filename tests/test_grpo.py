@@ -370,6 +370,8 @@ def test_infinite_logp_outside_the_mask_does_not_leak_nan():
         logp_BL, old_BL, torch.tensor([1.0]), torch.zeros_like(mask_BL), clip_eps=0.2, beta=0.0
     )
     assert empty.item() == 0.0 and metrics["loss/ratio_mean"] == 1.0
+    assert all(math.isfinite(value) for value in metrics.values()), metrics  # nothing NaN for the log's means
+    assert metrics["loss/clip_fraction"] == 0.0 and metrics["loss/ratio_max"] == 1.0
 
 
 def test_global_token_count_splits_the_loss_across_workers():

@@ -179,3 +179,18 @@ def test_replace_folder_puts_back_an_old_folder_a_crash_left_between_the_renames
     with pytest.raises(OSError):
         replace_folder(tmp_path / "vqvae", failing)
     assert (tmp_path / "vqvae" / "weights").read_text() == "old"
+
+
+def test_a_stale_old_folder_beside_the_new_one_is_not_put_back(tmp_path):
+    """A crash after the swap, before the old folder was deleted, leaves `.NAME.old` beside the new folder: the new
+    one stays (only a missing target means the old folder is the only copy)."""
+    from maskfocus.outputs import replace_folder, restore_interrupted_swap
+
+    (tmp_path / "vqvae").mkdir()
+    (tmp_path / "vqvae" / "weights").write_text("new")
+    (tmp_path / ".vqvae.old").mkdir()
+    (tmp_path / ".vqvae.old" / "weights").write_text("old")
+    assert not restore_interrupted_swap(tmp_path / "vqvae")
+    assert (tmp_path / "vqvae" / "weights").read_text() == "new"
+    replace_folder(tmp_path / "vqvae", lambda folder: (folder.mkdir(), (folder / "weights").write_text("newer")))
+    assert (tmp_path / "vqvae" / "weights").read_text() == "newer" and not (tmp_path / ".vqvae.old").exists()

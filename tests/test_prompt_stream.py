@@ -58,7 +58,7 @@ def test_missing_file_and_no_matching_tag_are_clear_errors(tmp_path):
 
 def test_without_a_file_the_shapes_world_stream_is_used():
     rows = PromptStream(0, ("colors",)).take(3)
-    assert all(row["tag"] == "colors" for row in rows)
+    assert len(rows) == 3 and all(row["tag"] == "colors" for row in rows)
 
 
 def test_text_file_gives_free_form_prompts_and_an_empty_one_is_an_error(tmp_path):
@@ -82,7 +82,9 @@ def test_tag_weights_set_how_often_each_tag_is_drawn():
 def test_without_tag_weights_the_stream_is_the_uniform_one_of_older_runs():
     rng = np.random.default_rng(5)
     stream = PromptStream(5, ("single_object", "counting"))
-    for row in stream.take(20):  # the pre-weights draw: a tag index, then a prompt index
+    rows = stream.take(20)
+    assert len(rows) == 20
+    for row in rows:  # the pre-weights draw: a tag index, then a prompt index
         tag = ("single_object", "counting")[rng.integers(2)]
         space = _prompt_space(tag)
         assert row == space[rng.integers(len(space))]

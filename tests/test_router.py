@@ -64,6 +64,11 @@ def test_bad_scope_or_group_size_is_a_clear_error():
         route_lowest_entropy(torch.rand(5), 2)
     with pytest.raises(ValueError, match="scope"):
         EntropyRouter(group_size=2, scope="device")
+    with pytest.raises(ValueError, match="router group_size must be >= 1, got 0"):
+        EntropyRouter(group_size=0)
+    for a, b, c in ((-0.1, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0)):
+        with pytest.raises(ValueError, match=rf"needs a >= 0, b > 0, c > 0 \(got a={a}, b={b}, c={c}\)"):
+            EntropyRouter(a, b, c, group_size=2)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

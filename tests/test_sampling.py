@@ -132,6 +132,9 @@ def test_masks_shrink_monotonically_and_are_nested():
     masks = result.masks_BTL
     for t in range(1, masks.shape[1]):
         assert not (masks[:, t] & ~masks[:, t - 1]).any()  # a position never becomes masked again
+    counts = mask_schedule(masks.shape[2], masks.shape[1])  # and each step's input has the schedule's count masked
+    for t in range(masks.shape[1]):
+        assert masks[:, t].sum(-1).tolist() == [counts[t]] * masks.shape[0]
 
 
 def test_same_seed_same_images_and_different_seed_differs():

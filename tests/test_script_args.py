@@ -56,12 +56,16 @@ def test_a_user_error_is_one_line_and_exit_status_2(capsys):
     assert run_script(lambda: 3, prog="counts.py") == 3
 
 
-def test_a_programming_error_keeps_its_traceback():
+def test_a_programming_error_keeps_its_traceback(capsys):
+    """A bug is not a user error: no one-line `error:` message, and the traceback still reaches the failing line."""
+
     def broken():
         raise KeyError("two_object")
 
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as raised:
         run_script(broken, prog="counts.py")
+    assert capsys.readouterr().err == ""
+    assert any(entry.name == "broken" for entry in raised.traceback)
 
 
 def test_an_output_folder_must_not_overlap_the_folder_it_is_made_from(tmp_path):

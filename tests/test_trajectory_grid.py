@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from support import load_benchmark, run_benchmark_cli
@@ -48,15 +50,17 @@ def test_a_bad_output_path_fails_before_sampling(grid_module, monkeypatch, capsy
 def test_a_short_sampler_is_not_refused_for_the_runs_critical_steps(grid_module, monkeypatch, tmp_path):
     """`--set sampler.num_steps=2` was refused: the run config's K = 3 needs T >= 4, which a grid does not use."""
 
-    class ConfigAccepted(Exception):
+    class Sampled(Exception):
         pass
 
-    def stop_at_loading(model_config):
-        raise ConfigAccepted(model_config.path)
+    def stop_at_sampling(model, prompts, sampler, *args, **kwargs):
+        raise Sampled(sampler.num_steps)
 
-    monkeypatch.setattr(grid_module, "load_generator", stop_at_loading)
-    with pytest.raises(ConfigAccepted):
+    monkeypatch.setattr(grid_module, "load_generator", lambda model_config: SimpleNamespace(check_prompts=print))
+    monkeypatch.setattr(grid_module, "sample_with_config", stop_at_sampling)
+    with pytest.raises(Sampled) as sampled:
         run_benchmark_cli(grid_module, ["--out", str(tmp_path / "t.png"), "--set", "sampler.num_steps=2"], monkeypatch)
+    assert sampled.value.args == (2,)  # it samples with the 2 steps asked for
 
 
 def test_every_repeated_set_option_counts(grid_module, monkeypatch, capsys, tmp_path):
