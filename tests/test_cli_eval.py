@@ -1,0 +1,67 @@
+"""`maskfocus eval` and `sample` choices made before sampling: which prompt rows (`--per-tag`, `--limit`), eager or
+compiled sampling, and a model that cannot sample refused as a user error."""
+
+from __future__ import annotations
+
+import pytest
+from support import cli_error
+
+
+def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def run_evaluation(model, rows, eval_config, sampler, **kwargs):
+        seen.append((len(rows), sampler.compile))
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    for limit in ("2", "100"):  # 8 images eager; 400 images (4 per row) compiled
+        with pytest.raises(Sampled):
+            main(["eval", "--limit", limit, "--no-clip"])
+    assert seen == [(2, False), (100, True)]
+
+
+def test_eval_per_tag_takes_the_first_rows_of_each_tag_before_the_limit(monkeypatch):
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    seen = []
+
+    class Sampled(Exception):
+        pass
+
+    def run_evaluation(model, rows, eval_config, sampler, **kwargs):
+        seen.append([(row["tag"], row["prompt"]) for row in rows])
+        raise Sampled
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    all_rows = maskfocus.evaluation.load_rows("shapes-geneval")
+    for args in (["--per-tag", "2"], ["--per-tag", "2", "--limit", "5"]):
+        with pytest.raises(Sampled):
+            main(["eval", *args, "--no-clip"])
+    tags = [tag for tag, _ in seen[0]]
+    assert len(seen[0]) == 12 and all(tags.count(tag) == 2 for tag in set(tags)) and len(set(tags)) == 6
+    for tag, prompt in seen[0]:  # the first two of its tag in file order
+        same_tag = [row["prompt"] for row in all_rows if row["tag"] == tag]
+        assert prompt in same_tag[:2]
+    assert seen[1] == seen[0][:5]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "model.device=meta"], "--set model.device: maskfocus samples and trains on cpu or cuda"),
+        (["--model", "builtin:shapes-clip"], "builtin:shapes-clip is the built-in CLIP (a reward and judge model)"),
+        (["--model", ""], "--model is empty: give a model folder"),
+    ],
+)
+def test_a_model_that_cannot_sample_is_a_user_error_not_a_traceback(capsys, tmp_path, args, message):
+    """A meta device passed the config and failed in torch; the built-in CLIP given as the generator was told to
+    rebuild the built-in weights; an empty --model fell back to model.path without a word."""
+    assert message in cli_error(capsys, "sample", "--prompt", "a red circle", "--out", str(tmp_path / "g.png"), *args)
