@@ -48,11 +48,11 @@ def on_driver_node() -> dict[str, Any]:
 
 
 def role_requests(ray_config: RayConfig) -> list[tuple[int, float, float]]:
-    """(count, CPUs each, GPUs each) of the rollout, reward and learner actors."""
+    """(count, CPUs each, GPUs each) of the learner, rollout and reward actors, in the order a run makes them."""
     return [
+        (ray_config.num_learner_workers, ray_config.learner_cpus, ray_config.learner_gpus),
         (ray_config.num_rollout_workers, ray_config.rollout_cpus, ray_config.rollout_gpus),
         (ray_config.num_reward_workers, ray_config.reward_cpus, ray_config.reward_gpus),
-        (ray_config.num_learner_workers, ray_config.learner_cpus, ray_config.learner_gpus),
     ]
 
 
@@ -71,11 +71,9 @@ def unplaced_gpu_requests(ray_config: RayConfig, num_gpus: int) -> list[float]:
     run makes the actors (the learner group, then the rollout and reward pools), a fraction on the fullest GPU that
     still has room for it (Ray does not split one over GPUs: three of 0.6 need three GPUs, not 1.8), a whole number
     on free GPUs."""
-    roles = role_requests(ray_config)
-    in_creation_order = [roles[2], roles[0], roles[1]]
     free = [1.0] * num_gpus
     unplaced = []
-    for count, _, request in in_creation_order:
+    for count, _, request in role_requests(ray_config):
         for _ in range(count if request > 0 else 0):
             if request >= 1:
                 whole = [index for index, left in enumerate(free) if left >= 1.0 - 1e-9][: int(request)]

@@ -278,7 +278,9 @@ class RayRun:
         """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone once
         both workers of the attempt take calls again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
-        reward_failed = names_actor(error, self.rewards.actors[attempt.reward_index])
+        workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
+        named = [worker for worker in workers if names_actor(error, worker[1].actors[worker[2]])]
+        reward_failed = any(role == "reward" for role, _, _ in named)
         if (cause := creation_failure(error)) is not None:
             role, index = ("reward", attempt.reward_index) if reward_failed else ("rollout", attempt.rollout_index)
             raise RuntimeError(f"{role} worker {index} could not start: {cause}")
@@ -292,8 +294,6 @@ class RayRun:
                 f"iteration {iteration} failed {self.failures[iteration]} times (ray.max_restarts="
                 f"{max_restarts}); last error: {type(error).__name__}: {error}"
             )
-        workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
-        named = [worker for worker in workers if names_actor(error, worker[1].actors[worker[2]])]
         # wait for the worker the error names (a healthy one may be busy with its next call, which a readiness
         # check waits behind), for both when it names neither (a lost object); one deadline for all, half of
         # ray.timeout_s: meanwhile nobody reads the learner's records, and waiting a whole timeout_s per worker

@@ -227,15 +227,15 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     recent = RecentReward()
     watch = NonFiniteWatch(config.train.max_nonfinite_iterations)
     num_iterations, iteration = config.train.num_iterations, start_iteration
-    unsaved, updating = None, False  # (iteration, prompt cursor) learned whole since the last checkpoint
+    unsaved = None  # (iteration, prompt cursor) learned whole since the last checkpoint
     try:
         with StopRequest() as stop:
             for iteration in range(start_iteration, num_iterations):
                 start = time.perf_counter()
                 batch = collect_batch(config, iteration, model, sampler_model, prompts, reward_fn, image_embed)
-                updating = True  # a failure in the update leaves the weights part-way: they are not saved
+                unsaved = None  # a failure in the update leaves the weights part-way: they are not saved
                 metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
-                unsaved, updating = (iteration, prompts.cursor), False
+                unsaved = (iteration, prompts.cursor)
                 record = {
                     "iteration": iteration,
                     "policy_version": iteration + 1,
@@ -266,7 +266,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     except RunStopped:
         raise
     except Exception as error:  # keep what was learned, say where the run can resume, keep the traceback
-        kept = save_learned(run_dir, config, updater, unsaved) if unsaved is not None and not updating else ""
+        kept = save_learned(run_dir, config, updater, unsaved) if unsaved is not None else ""
         message = f"the run failed in iteration {iteration}: {error}{kept}; {resume_hint(run_dir)}"
         raise RunFailed(message, append_error_log(run_dir, error)) from error
     finally:
