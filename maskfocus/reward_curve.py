@@ -1,0 +1,73 @@
+"""The run folder's reward-curve PNG: the training reward (and each reward term) per iteration with a moving average,
+beside the reward of each prompt tag (re-exported by maskfocus.run_io, the run folder's I/O)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to `window - 1` values before it."""
+    return [
+        sum(values[max(0, j - window + 1) : j + 1]) / len(values[max(0, j - window + 1) : j + 1])
+        for j in range(len(values))
+    ]
+
+
+def shown_reward_series(records: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
+    """The reward series of `keys` the records hold, less a lone reward term equal to reward/mean in every record
+    (one term of weight 1: its curve lay hidden under the mean's, with a legend entry of its own)."""
+    present = [key for key in keys if any(r.get(key) is not None for r in records)]
+    terms = [key for key in present if key != "reward/mean"]
+    lone_term_is_the_mean = len(terms) == 1 and all(r.get(terms[0]) == r.get("reward/mean") for r in records)
+    return ["reward/mean"] if "reward/mean" in present and lone_term_is_the_mean else present
+
+
+def _plot_series(ax, records: list[dict[str, Any]], key: str, colour, label: str, window: int, raw: bool) -> None:
+    """One metric over iterations (where present): faint raw values when `raw`, and its moving average."""
+    points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+    if not points:
+        return
+    xs, ys = zip(*points, strict=True)
+    if raw:
+        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8, label=f"{label} (each iteration)")
+    ax.plot(xs, moving_average(list(ys), window), color=colour, label=f"{label} ({window}-point mean)")
+
+
+def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 10) -> None:
+    """reward/mean per iteration with a moving average, and each reward term present; beside it, when the
+    prompts carry tags, the training reward of each tag (its own iterations only), to see which tags learn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    tag_keys = sorted({key for r in records for key in r if key.startswith("reward/tag/")})
+    fig, axes = plt.subplots(1, 2 if tag_keys else 1, figsize=(13 if tag_keys else 7, 3.5), dpi=110, squeeze=False)
+    colours = {  # the mean last, on top
+        "reward/geneval_binary": "tab:green",
+        "reward/geneval_partial": "tab:olive",
+        "reward/geneval_graded": "tab:cyan",
+        "reward/clip": "tab:purple",
+        "reward/mean": "tab:blue",
+    }
+    for key in shown_reward_series(records, tuple(colours)):
+        _plot_series(axes[0, 0], records, key, colours[key], key, window, raw=True)
+    for index, key in enumerate(tag_keys):
+        _plot_series(
+            axes[0, 1], records, key, plt.get_cmap("tab10")(index), key.removeprefix("reward/tag/"), window, raw=False
+        )
+    for ax in axes[0]:
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run's ticks were 0.5, 1.5, ...
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    if tag_keys:  # the tags' legend beside their panel, where it hides no curve
+        axes[0, 1].set_title("training reward per tag", fontsize=9)
+        axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
