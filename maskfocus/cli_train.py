@@ -163,6 +163,7 @@ def run_executor(config: RunConfig, run_dir: Path, resume: bool, address: str | 
 def check_before_writing(config: RunConfig, address: str | None) -> None:
     """What would stop the run at its start, checked before its folder is made or changed: nothing left behind.
     Every missing folder or file is named at once (a cluster being set up may lack several)."""
+    from maskfocus.models import check_device
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.image_codec import check_resolution
     from maskfocus.models.loading import check_generator_folder
@@ -183,6 +184,11 @@ def check_before_writing(config: RunConfig, address: str | None) -> None:
             check_checkpoint_code(folder, config.model.trust_checkpoint_code)
     except ModelLoadError as error:
         problems.append(str(error))
+    if config.train.executor == "local":  # on Ray the workers' nodes hold the GPUs, and the driver picks its own
+        try:
+            check_device(config.model.device)
+        except ModelLoadError as error:
+            problems.append(str(error))
     problems += missing_file_problems(config)
     if not problems:  # the prompts are read with the model's tokenizer
         problems += prompt_file_problems(config)

@@ -201,3 +201,19 @@ def test_a_reward_server_no_connection_reaches_is_named_before_an_in_process_run
         assert main([*args, "--executor", "ray"]) == 0
     assert f"note: rewards.0.detector.url {url}: no GenEval reward server answers there" in capsys.readouterr().out
     assert not runs.exists()
+
+
+def test_a_cuda_device_on_a_machine_without_one_stops_an_in_process_run_before_its_folder(tmp_path, capsys):
+    """`--check` passed it, and a real start made the run folder (config.yaml only) before the model load said
+    torch sees no CUDA device."""
+    import pytest
+    import torch
+    from support import cli_error
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    runs = tmp_path / "runs"
+    args = ["train", "--executor", "local", "--set", "model.device=cuda", "--set", f"train.out_dir={runs}"]
+    for extra in (["--check"], ["--name", "cuda_run", "--iterations", "1"]):
+        assert "model.device cuda: torch sees no CUDA device on this machine" in cli_error(capsys, *args, *extra)
+    assert not runs.exists()
