@@ -40,8 +40,13 @@ REST=()  # every other argument, for `maskfocus train`, in order
 needs_value() {  # WHAT OPTION VALUE: the option is followed by a value that is not itself an option
   if [[ -z "$3" || "$3" == -* ]]; then echo "submit.sh: $2 needs $1" >&2; exit 2; fi
 }
+usage() {  # this file's header comment
+  sed -n '2,/^set -euo pipefail/p' "$ROOT/deploy/submit.sh" | sed '$d' | sed 's/^# \{0,1\}//'
+  echo "The training options: maskfocus train --help"
+}
 while (($#)); do
   case "$1" in
+    -h | --help) usage; exit 0 ;;
     --address=* | --submission-id=* | --config=* | --resume=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     --address) needs_value "the job server's address, http://HEAD:8265" "$1" "${2:-}"; ADDRESS="$2"; shift 2 ;;
     --submission-id) needs_value "an ID" "$1" "${2:-}"; SUBMISSION=(--submission-id "$2"); shift 2 ;;
@@ -95,6 +100,19 @@ still_running() {  # Ctrl-C ends `ray job submit`'s log tail; the job goes on
     "$ray_job stop --address $ADDRESS ${SUBMISSION[1]}" >&2
   exit 130
 }
+job_server_answers() {  # a listing fails fast and plainly where `ray job submit` would end in a long traceback
+  local listing
+  if listing="$(ray job list --address "$ADDRESS" 2>&1 >/dev/null)"; then return 0; fi
+  if [[ "$listing" == *"Failed to connect to Ray"* ]]; then
+    echo "submit.sh: no Ray job server answers at $ADDRESS; start a cluster (\`ray start --head\` here, or" \
+      "\`ray up deploy/cluster.yaml\`) or give --address http://HEAD:8265 (its dashboard's address)" >&2
+  else
+    echo "submit.sh: the job server at $ADDRESS did not list its jobs: $(tail -n 1 <<<"$listing")" \
+      "(a 401 or 403: see the token notes in deploy/submit.sh --help)" >&2
+  fi
+  exit 2
+}
+job_server_answers
 trap still_running INT
 status=0
 ray job submit --address "$ADDRESS" "${SUBMISSION[@]}" \

@@ -239,14 +239,19 @@ def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(head_node, rand
 
 
 def submit_command(
-    tmp_path: Path, *args: str, stub: str = 'printf "%s\\n" "$@"\n', cwd: Path | None = None
+    tmp_path: Path,
+    *args: str,
+    stub: str = 'printf "%s\\n" "$@"\n',
+    listing: str = "exit 0\n",
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """deploy/submit.sh with a stand-in `ray` on PATH that runs `stub` (by default: prints the arguments it was
-    given, one per line)."""
+    """deploy/submit.sh with a stand-in `ray` on PATH that runs `listing` for `ray job list` (the script's check
+    that the job server answers; by default it does) and `stub` for anything else (by default: prints the
+    arguments it was given, one per line)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     stub_file = bin_dir / "ray"
-    stub_file.write_text(f"#!/usr/bin/env bash\n{stub}")
+    stub_file.write_text(f'#!/usr/bin/env bash\nif [[ "$1 $2" == "job list" ]]; then\n{listing}fi\n{stub}')
     stub_file.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     script = str(REPO / "deploy" / "submit.sh")
@@ -378,3 +383,27 @@ def test_submit_script_refuses_a_token_path_that_is_not_there(tmp_path, monkeypa
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no_token"))
     refused = submit_command(tmp_path)
     assert refused.returncode == 2 and f"RAY_AUTH_TOKEN_PATH={tmp_path / 'no_token'}: no such file" in refused.stderr
+
+
+def test_submit_script_says_plainly_when_no_job_server_answers_or_it_refuses(tmp_path):
+    """`ray job submit` to an address where no cluster runs ended in a 116-line traceback (new-user walkthrough)."""
+    traceback = "Traceback (most recent call last):\n  ...\n"
+    refused = "ConnectionError: Failed to connect to Ray at address: http://127.0.0.1:8265."
+    unreachable = submit_command(tmp_path, listing=f"printf '{traceback}{refused}\\n' >&2\nexit 1\n")
+    assert unreachable.returncode == 2 and unreachable.stdout == ""  # nothing submitted
+    assert "no Ray job server answers at http://127.0.0.1:8265; start a cluster" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    unauthorized = "RuntimeError: Request failed with status code 401: Unauthorized."
+    denied = submit_command(tmp_path, "--address", "http://head:8265", listing=f"echo '{unauthorized}' >&2\nexit 1\n")
+    assert denied.returncode == 2 and denied.stdout == ""
+    assert f"the job server at http://head:8265 did not list its jobs: {unauthorized}" in denied.stderr
+
+
+def test_submit_script_help_prints_its_usage_and_submits_nothing(tmp_path):
+    for flag in ("--help", "-h"):
+        helped = submit_command(tmp_path, "configs/shapes_tiny.yaml", flag)
+        assert helped.returncode == 0 and helped.stderr == ""
+        assert helped.stdout.startswith("Submit a MaskFocus RL run to a Ray cluster as a job.\n")
+        assert "  deploy/submit.sh [--address http://HEAD:8265]" in helped.stdout
+        assert not any(line.startswith("#") for line in helped.stdout.splitlines())
+        assert helped.stdout.endswith("The training options: maskfocus train --help\n")
