@@ -152,15 +152,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
             records_out=records_out,
         )
     write_results(records, summary, None, Path(args.summary) if args.summary else None)  # records: written as judged
+    grid = None
     if args.grid and images is not None:  # one labelled row per prompt: the first two of each tag, framed by verdict
         labels = [f"{rows[index].get('tag', '?')}: {rows[index]['prompt']}" for index in shown]
         judged = {(record["row"], record["image"]): record["correct"] for record in records}
         per_row = config.eval.num_images_per_prompt
         verdicts = [judged.get((index, image)) for index in sorted(shown) for image in range(per_row)]
-        save_grid(args.grid, images, columns=per_row, scale=2, labels=labels, verdicts=verdicts)
+        grid = save_grid(args.grid, images, columns=per_row, scale=2, labels=labels, verdicts=verdicts)
     print(format_table(summary))
     print(f"{summary['seconds']} s")
+    _print_written({"results": records_out, "summary": args.summary, "grid": grid})
     return 0
+
+
+def _print_written(files: dict[str, str | Path | None]) -> None:
+    """One `WHAT: PATH` line per file a command wrote, in the order given; None: not written."""
+    for what, path in files.items():
+        if path is not None:
+            print(f"{what}: {path}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -241,15 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="sample images for one prompt into a grid PNG")
     sample.add_argument("--prompt", required=True, help='text prompt, e.g. "a photo of two red circles"')
-    sample.add_argument("--num-images", type=positive_int, default=8, help="images in the grid")
+    sample.add_argument("--num-images", type=positive_int, default=8, help="images in the grid (default %(default)s)")
     sample.add_argument("--out", default="grid.png", help="PNG of the image grid (default grid.png, replaced if there)")
     sample.add_argument("--config", help=f"run YAML (default {DEFAULT_CONFIG.name})")
     sample.add_argument("--model", help="model folder (default: the config's model.path)")
-    sample.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (same seed, same images)")
+    sample.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="sampling seed (default %(default)s; same seed, same images)"
+    )
     sample.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     sample.add_argument("--cfg", type=float, help="override sampler.cfg_scale")
     sample.add_argument("--gumbel", type=float, help="override sampler.gumbel_temperature")
-    sample.add_argument("--scale", type=scale_factor, default=3, help="upscale factor of the PNG tiles (1 to 32)")
+    sample.add_argument(
+        "--scale", type=scale_factor, default=3, help="upscale factor of the PNG tiles, 1 to 32 (default %(default)s)"
+    )
     _add_set_option(
         sample,
         "override a config key (repeatable); sampling is eager below 400 images, where compiling costs more than it "
@@ -331,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the base model's `maskfocus eval --summary` JSON (default: the built-in model's measurement, when every "
         "run started from the built-in model; else no base row)",
     )
-    compare.add_argument("--window", type=positive_int, default=10, help="moving-average window of the curves")
+    compare.add_argument(
+        "--window", type=positive_int, default=10, help="moving-average window of the curves (default %(default)s)"
+    )
     compare.add_argument(
         "--ignore",
         action="append",
@@ -345,11 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     pretrain = commands.add_parser("pretrain", help="rebuild the built-in tiny model and CLIP from a seed")
-    pretrain.add_argument("--out", help="folder for the weights (default: the package's pretrained/)")
+    pretrain.add_argument(
+        "--out",
+        help="folder for the weights (default: the package's pretrained/, whose shipped weights are then replaced "
+        "in place; give --out DIR to keep them)",
+    )
     pretrain.add_argument(
         "--stages",
         default="vq,generator,clip",
-        help="comma list of vq,generator,clip; measure alone only measures what is there and writes MODEL_CARD.md",
+        help="comma list of vq,generator,clip (default %(default)s); measure alone only measures what is there and "
+        "writes MODEL_CARD.md",
     )
     pretrain.add_argument("--seed", type=int, help="seed of every pretraining stage (default 0)")
     pretrain.add_argument(

@@ -363,3 +363,22 @@ def test_eval_refuses_two_prompt_sets_and_a_folder_as_metadata_and_sample_a_nega
         main(["sample", "--prompt", "a red circle", "--seed", "-1", "--out", str(tmp_path / "g.png")])
     assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
     assert "Input should be greater than or equal to 0" in cli_error(capsys, "train", "--check", "--set", "seed=-3")
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("sample", ["images in the grid (default 8)", "sampling seed (default 0;", "tiles, 1 to 32 (default 3)"]),
+        ("compare", ["moving-average window of the curves (default 10)"]),
+        ("pretrain", ["(default vq,generator,clip)", "shipped weights are then replaced in place"]),
+    ],
+)
+def test_help_shows_each_options_default_and_that_pretrain_replaces_the_shipped_weights(capsys, command, shown):
+    """sample's --num-images, --seed and --scale, compare's --window and pretrain's --stages gave no default; pretrain's
+    --out did not say that leaving it out rebuilds maskfocus/pretrained/ in place."""
+    from maskfocus.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines to the terminal's width
+    assert all(part in text for part in shown), text

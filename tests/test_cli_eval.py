@@ -3,6 +3,8 @@ compiled sampling, and a model that cannot sample refused as a user error."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from support import cli_error
 
@@ -51,6 +53,31 @@ def test_eval_per_tag_takes_the_first_rows_of_each_tag_before_the_limit(monkeypa
         same_tag = [row["prompt"] for row in all_rows if row["tag"] == tag]
         assert prompt in same_tag[:2]
     assert seen[1] == seen[0][:5]
+
+
+@pytest.mark.parametrize("written", [("results", "summary", "grid"), ("summary",), ()])
+def test_eval_says_where_it_wrote_each_file_it_wrote(monkeypatch, capsys, tmp_path, written):
+    """eval printed its table and seconds but no word of --out, --summary or --grid, where sample names its grid."""
+    import numpy as np
+
+    import maskfocus.evaluation
+    from maskfocus.cli import main
+
+    def run_evaluation(model, rows, eval_config, sampler, records_out=None, **kwargs):
+        records = [{"row": 0, "image": 0, "correct": True}]
+        if records_out is not None:
+            records_out.write_text(json.dumps(records[0]) + "\n")
+        summary = {"tags": {"single_object": 1.0}, "overall": 1.0, "num_images": 1, "seconds": 0.5}
+        return records, summary, np.zeros((1, 8, 8, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(maskfocus.evaluation, "run_evaluation", run_evaluation)
+    paths = {"results": tmp_path / "r.jsonl", "summary": tmp_path / "s.json", "grid": tmp_path / "g.png"}
+    options = {"results": "--out", "summary": "--summary", "grid": "--grid"}
+    given = [text for what in written for text in (options[what], str(paths[what]))]
+    assert main(["eval", "--limit", "1", "--num-images-per-prompt", "1", "--no-clip", *given]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[printed.index("0.5 s") + 1 :] == [f"{what}: {paths[what]}" for what in written]
+    assert all(paths[what].is_file() for what in written)
 
 
 @pytest.mark.parametrize(
