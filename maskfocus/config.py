@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from maskfocus.config_base import (
     ConfigError,
@@ -116,10 +116,23 @@ class OptimConfig(Section):
     """Peak learning rate (at most 1: AdamW's steps are about this size per weight)."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay."""
-    grad_clip: float = Field(1.0, gt=0.0, allow_inf_nan=True)  # .inf: no clipping
-    """Max global gradient norm per optimizer step."""
+    grad_clip: float = Field(1.0, gt=0.0, allow_inf_nan=True)
+    """Max global gradient norm per optimizer step; .inf (`--set optim.grad_clip=inf`) = no clipping."""
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Learning rate at the last iteration, as a fraction of the peak (linear decay)."""
+
+    @field_validator("grad_clip", mode="before")
+    @classmethod
+    def _no_clipping_is_inf(cls, grad_clip: Any) -> Any:
+        """null or 0 may be meant as "no clipping": say how to write that."""
+        if grad_clip is None or _number_at_most_zero(grad_clip):
+            raise ValueError("a positive norm is needed; no clipping is .inf in YAML, inf in --set optim.grad_clip=inf")
+        return grad_clip
+
+
+def _number_at_most_zero(value: Any) -> bool:
+    """An int or float <= 0, not true or false (the base section names those)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value <= 0
 
 
 class RunConfig(Section):

@@ -232,3 +232,15 @@ def test_the_eval_benchmark_is_one_of_the_built_in_ones_when_the_config_is_read(
     assert set(get_args(EvalConfig.model_fields["benchmark"].annotation)) == set(BENCHMARKS)
     with pytest.raises(ConfigError, match=r"eval.benchmark: Input should be 'shapes-geneval' \(got 'shapes_geneval'\)"):
         config_from_dict({"eval": {"benchmark": "shapes_geneval"}})
+
+
+@pytest.mark.parametrize(("given", "shown"), [(None, "null"), (0, "0"), (-1.0, "-1.0")])
+def test_a_grad_clip_of_null_or_zero_is_told_that_inf_turns_clipping_off(given, shown):
+    """null said only "Input should be a valid number"; that .inf is no clipping was in a code comment."""
+    from maskfocus.config import OptimConfig
+
+    message = "a positive norm is needed; no clipping is .inf in YAML, inf in --set optim.grad_clip=inf"
+    with pytest.raises(ConfigError, match=re.escape(f"--set optim.grad_clip: {message} (got {shown})")):
+        load_config(DEFAULT_CONFIG, {"optim.grad_clip": given})
+    assert load_config(DEFAULT_CONFIG, {"optim.grad_clip": "inf"}).optim.grad_clip == float("inf")  # as --set reads it
+    assert "no clipping" in OptimConfig.model_fields["grad_clip"].description
