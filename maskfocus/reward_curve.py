@@ -3,6 +3,7 @@ beside the reward of each prompt tag (re-exported by maskfocus.run_io, the run f
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,28 @@ def _plot_series(ax, records: list[dict[str, Any]], key: str, colour, label: str
         return
     xs, ys = zip(*points, strict=True)
     if raw:
-        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8, label=f"{label} (each iteration)")
-    ax.plot(xs, moving_average(list(ys), window), color=colour, label=f"{label} ({window}-point mean)")
+        ax.plot(
+            xs, ys, color=colour, alpha=0.25, linewidth=0.8, label=f"{label} (each iteration)", **_lone_point_marks(ys)
+        )
+    averaged = moving_average(list(ys), window)
+    ax.plot(xs, averaged, color=colour, label=f"{label} ({window}-point mean)", **_lone_point_marks(averaged))
+
+
+def lone_points(values: list[float]) -> list[int]:
+    """The indices of the finite values with no finite neighbour: a line through them draws nothing (a tag seen in
+    one iteration, or a value between NaN gaps)."""
+    finite = [math.isfinite(value) for value in values]
+    return [
+        index
+        for index, shown in enumerate(finite)
+        if shown and not any(finite[neighbour] for neighbour in (index - 1, index + 1) if 0 <= neighbour < len(finite))
+    ]
+
+
+def _lone_point_marks(values: list[float]) -> dict[str, Any]:
+    """Line style that puts a dot on each lone point, so that the series is seen; none for a series without one."""
+    lone = lone_points(values)
+    return {"marker": "o", "markersize": 4, "markevery": lone} if lone else {}
 
 
 def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 10) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from maskfocus.reward_curve import lone_points
 from maskfocus.run_io import moving_average, plot_reward_curve, shown_reward_series
 
 
@@ -40,3 +41,24 @@ def test_reward_curve_adds_a_per_tag_panel_only_when_the_records_hold_tags(tmp_p
     plain_width = Image.open(tmp_path / "plain.png").size[0]
     tagged_width = Image.open(tmp_path / "tagged.png").size[0]
     assert tagged_width > 1.5 * plain_width  # a second panel beside the first
+
+
+def test_a_tag_seen_in_one_iteration_is_drawn_as_a_dot_and_a_long_series_as_before(tmp_path, monkeypatch):
+    """A series of one point (or of points between NaN gaps) was a line without a marker: in the legend, drawn
+    nowhere."""
+    import matplotlib.pyplot as plt
+
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its lines
+    records = [{"iteration": i, "reward/mean": 0.1 * i, "reward/tag/colors": 0.2 * i} for i in range(5)]
+    records[3]["reward/tag/counting"] = 0.5
+    plot_reward_curve(records + [{"iteration": 5, "reward/mean": float("nan")}], tmp_path / "curve.png")
+    curve_panel, tag_panel = figures[0].axes
+    lines = {line.get_label(): line for line in (*curve_panel.get_lines(), *tag_panel.get_lines())}
+    lone = lines["counting (10-point mean)"]
+    assert lone.get_marker() == "o" and lone.get_markevery() == [0] and lone.get_markersize() > 0
+    for long_run in ("colors (10-point mean)", "reward/mean (each iteration)", "reward/mean (10-point mean)"):
+        assert lines[long_run].get_marker() == "None" and lines[long_run].get_linestyle() == "-"
+    close(figures[0])
+    nan = float("nan")
+    assert lone_points([1.0, nan, 2.0, 3.0, nan, 4.0]) == [0, 5] and lone_points([1.0, 2.0]) == []
