@@ -144,7 +144,7 @@ class RayRun:
         # caller kills the pools only of a run it got (`train_ray`)
         self.rollouts, self.rewards = role_pools(config, tag, weight_group)
         self.progress = iteration_progress(start.iteration, self.end, "train[ray]", show_progress)
-        self.recent = RecentReward()
+        self.recent = RecentReward(earlier=read_metrics(self.log.path))
         self.model: MaskedGenerator | None = None
         self.previews = RemotePreviews(run_dir, config.ray.timeout_s)
         self.preview_loads: dict[int, ObjectRef] = {}

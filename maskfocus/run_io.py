@@ -189,16 +189,26 @@ def iteration_progress(start_iteration: int, num_iterations: int, desc: str, sho
 
 
 class RecentReward:
-    """The mean training reward of the last `window` iterations, for the progress bar (non-finite ones skipped)."""
+    """The mean training reward of the last `window` iterations, for the progress bar (non-finite ones skipped),
+    labelled with how many it averages: `reward(last 10)=0.734`."""
 
-    def __init__(self, window: int = 10):
+    def __init__(self, window: int = 10, earlier: list[dict[str, Any]] = ()):
+        """`earlier`: the records a resumed run keeps, so that its bar goes on from them rather than from one
+        iteration."""
         self.values: deque[float] = deque(maxlen=window)
+        for record in earlier:
+            self._add(record)
 
-    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+    def _add(self, record: dict[str, Any]) -> None:
         reward = record.get("reward/mean")
         if isinstance(reward, (int, float)) and math.isfinite(reward):
             self.values.append(float(reward))
-        return {"reward": f"{sum(self.values) / len(self.values):.3f}"} if self.values else {}
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        self._add(record)
+        if not self.values:
+            return {}
+        return {f"reward(last {len(self.values)})": f"{sum(self.values) / len(self.values):.3f}"}
 
 
 def plain_state_dict(module: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:

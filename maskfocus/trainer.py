@@ -224,7 +224,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     log = MetricsLog(run_dir / "metrics.jsonl", start_iteration, config.train.log_every)
     (run_dir / "images").mkdir(exist_ok=True)
     progress = iteration_progress(start_iteration, config.train.num_iterations, "train", show_progress)
-    recent = RecentReward()
+    recent = RecentReward(earlier=read_metrics(log.path))
     watch = NonFiniteWatch(config.train.max_nonfinite_iterations)
     num_iterations, iteration = config.train.num_iterations, start_iteration
     unsaved = None  # (iteration, prompt cursor) learned whole since the last checkpoint

@@ -60,8 +60,15 @@ def test_recent_reward_is_the_mean_of_the_last_window_and_skips_non_finite_rewar
     recent = RecentReward(window=3)
     assert recent.postfix({}) == {}
     shown = [recent.postfix({"reward/mean": value}) for value in (0.1, 0.2, float("nan"), 0.3, 0.7)]
-    assert shown[1] == {"reward": "0.150"} and shown[2] == {"reward": "0.150"}
-    assert shown[-1] == {"reward": f"{(0.2 + 0.3 + 0.7) / 3:.3f}"}
+    assert shown[1] == {"reward(last 2)": "0.150"} and shown[2] == {"reward(last 2)": "0.150"}
+    assert shown[-1] == {"reward(last 3)": f"{(0.2 + 0.3 + 0.7) / 3:.3f}"}
+
+
+def test_a_resumed_runs_recent_reward_goes_on_from_the_records_it_kept():
+    """After a resume the bar showed the first resumed iteration's reward alone, unlabelled (new-user walkthrough)."""
+    kept = [{"iteration": i, "reward/mean": value} for i, value in enumerate((0.9, 0.1, None, 0.2))]
+    recent = RecentReward(window=3, earlier=kept)
+    assert recent.postfix({"iteration": 4, "reward/mean": 0.6}) == {"reward(last 3)": f"{(0.1 + 0.2 + 0.6) / 3:.3f}"}
 
 
 def _write_lines(path, lines):

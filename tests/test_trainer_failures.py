@@ -118,6 +118,7 @@ def test_a_resume_redoes_a_lost_iteration_exactly(
     tmp_path,
     updaters,
     one_thread,  # noqa: F811
+    monkeypatch,
 ):
     """The resume from iter_000001 redoes iteration 2 with the checkpoint's weights, Adam state and place in the
     learning-rate schedule: its record (timings aside) and the final weights equal the unbroken run's. A resume
@@ -125,6 +126,16 @@ def test_a_resume_redoes_a_lost_iteration_exactly(
     import json
     import shutil
 
+    from maskfocus.run_io import RecentReward
+
+    bars: list[list[float]] = []  # the rewards each run's progress bar starts from
+
+    class Seen(RecentReward):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(list(self.values))
+
+    monkeypatch.setattr(trainer, "RecentReward", Seen)
     config = tiny_config(random_model, tmp_path, train={"num_iterations": 3, "checkpoint_every": 1})
     trainer.train_local(config, tmp_path, show_progress=False)
     unbroken = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[2])
@@ -140,3 +151,5 @@ def test_a_resume_redoes_a_lost_iteration_exactly(
     assert len(untimed) > 20 and {key: redone[key] for key in untimed} == {key: unbroken[key] for key in untimed}
     resumed_weights = updaters[1].module.state_dict()
     assert all(torch.equal(unbroken_weights[key], resumed_weights[key]) for key in unbroken_weights)
+    kept = [json.loads(line)["reward/mean"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[:2]]
+    assert bars == [[], kept]  # the resumed bar goes on from the kept iterations 0-1
