@@ -62,13 +62,17 @@ class Streak:
         return self.note(iteration, fraction)
 
 
+def _iterations(start: int, iteration: int) -> str:
+    return f"iteration {start}" if start == iteration else f"iterations {start}-{iteration}"
+
+
 def _loss_stop(start: int, iteration: int) -> str:
     return (
-        f"the loss was non-finite at every learned step of iterations {start}-{iteration}, so "
-        "none of their optimizer steps was taken: the weights have likely gone non-finite (too high "
-        "optim.learning_rate?). Checkpoints from then on hold them: start again with a lower learning rate, "
-        "or move those checkpoints aside and resume from an earlier one with it "
-        "(train.max_nonfinite_iterations sets how many such iterations stop a run)"
+        f"the loss was non-finite at every learned step of {_iterations(start, iteration)}, so none of their "
+        "optimizer steps was taken: the weights have likely gone non-finite (too high optim.learning_rate?), and "
+        "so have those of any checkpoint from then on. Start again with a lower learning rate, or, where a "
+        f"checkpoint from well before iteration {start} is kept, move the later ones aside and resume from it "
+        "with a lower one (train.max_nonfinite_iterations sets how many such iterations stop a run)"
     )
 
 
@@ -81,7 +85,7 @@ def _loss_note(iteration: int, fraction: float) -> str:
 
 def _reward_stop(start: int, iteration: int) -> str:
     return (
-        f"every group's reward was NaN in iterations {start}-{iteration}: nothing was learned from them "
+        f"every group's reward was NaN in {_iterations(start, iteration)}: nothing was learned from them "
         "(their optimizer steps were skipped). A reward term returns NaN (the reward/<term> metrics in "
         "metrics.jsonl show which; a reward server's log says why); fix it and resume "
         "(train.max_nonfinite_iterations sets how many such iterations stop a run)"

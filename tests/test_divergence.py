@@ -30,6 +30,20 @@ def test_patience_counts_wholly_non_finite_iterations_in_a_row():
         watch.observe({"iteration": 5, KEY: 1.0})
 
 
+def test_a_streak_of_one_iteration_is_named_as_one_and_the_advice_holds_without_checkpoints():
+    """With patience 1 the message said "iterations 1-1" and told a run without any checkpoint to move "those
+    checkpoints" aside (new-user walkthrough)."""
+    with pytest.raises(Diverged) as stopped:
+        NonFiniteWatch(patience=1).observe({"iteration": 1, KEY: 1.0})
+    message = str(stopped.value)
+    assert message.startswith("the loss was non-finite at every learned step of iteration 1, so none")
+    assert (
+        "Start again with a lower learning rate, or, where a checkpoint from well before iteration 1 is kept" in message
+    )
+    with pytest.raises(Diverged, match=r"^every group's reward was NaN in iteration 4: nothing was learned"):
+        NonFiniteWatch(patience=1).observe({"iteration": 4, NAN_REWARD_KEY: 1.0})
+
+
 def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_run():
     """A reward term returning NaN skips its group; with every group skipped the run learned nothing (not even the KL
     term: its optimizer steps were skipped), and nothing said so beyond a metric."""
