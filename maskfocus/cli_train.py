@@ -104,10 +104,29 @@ def resumed_folder(
     lock.enter_context(run_lock.held(run_dir))  # before the folder changes: its job may still be running
     record_resumed_config(run_dir, config)
     source = Path(start.checkpoint).name if start.checkpoint is not None else "the base model (no checkpoint)"
-    last = config.train.num_iterations - 1
-    left = f"iterations {start.iteration}-{last} to learn" if start.iteration <= last else "nothing left to learn"
-    print(f"resuming from {source}: {left}")
+    print(f"resuming from {source}: {iterations_left(config, start.iteration)}")
     return config, run_dir
+
+
+def iterations_left(config: RunConfig, start_iteration: int) -> str:
+    """What a resume at `start_iteration` learns, or, with nothing left, what it does instead."""
+    total, last = config.train.num_iterations, config.train.num_iterations - 1
+    if start_iteration < last:
+        return f"iterations {start_iteration}-{last} to learn"
+    if start_iteration == last:
+        return f"iteration {last} to learn"
+    evaluation = " and its evaluation" if config.train.final_eval else ""
+    return (
+        f"nothing left to learn (all {total} iterations are); this writes the final model{evaluation} again, "
+        f"and --iterations above {total} learns more"
+    )
+
+
+def learns(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> bool:
+    """Whether this start learns any iteration (a resume of a finished run only writes its final model)."""
+    from maskfocus.run_state import resume_state
+
+    return not args.resume or resume_state(run_dir, True).iteration < config.train.num_iterations
 
 
 def new_folder(args: argparse.Namespace, overrides: dict, lock: contextlib.ExitStack) -> tuple[RunConfig, Path] | int:
@@ -127,7 +146,9 @@ def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
     print(f"run folder: {run_dir}")
     from maskfocus.compiled import compile_notice
 
-    if notice := compile_notice(config.sampler.compile, config.train.compile_learner):
+    if learns(args, config, run_dir) and (
+        notice := compile_notice(config.sampler.compile, config.train.compile_learner)
+    ):
         print(notice)
     for notice in (idle_settings_notice(config), idle_workers_notice(config), meissonic_steps_notice(config)):
         if notice:

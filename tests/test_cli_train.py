@@ -319,3 +319,34 @@ def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
     assert f"(not like for like: {base['num_images'] // 4} images scored" in gain_line(run, 0.55)
     summary.write_text(json.dumps({**data, "num_images": base["num_images"]}))
     assert "not like for like" not in gain_line(run, 0.55)
+
+
+def test_a_resume_says_what_is_left_and_a_finished_run_what_the_resume_does_instead(tmp_path, capsys, monkeypatch):
+    """A finished run resumed printed "nothing left to learn", then the compile notice for a first iteration that
+    never came; one iteration left was "iterations 3-3" (new-user walkthrough)."""
+    import torch
+
+    import maskfocus.trainer
+    from maskfocus.cli import main
+    from maskfocus.config import default_run_config, dump_config
+    from maskfocus.run_io import save_checkpoint
+
+    run = tmp_path / "run"
+    module = torch.nn.Linear(2, 2)
+    state = {"prompt_cursor": 16, "policy_version": 4, "num_updates": 12}
+    save_checkpoint(run, 3, module, torch.optim.AdamW(module.parameters()), state)
+    dump_config(default_run_config({"train.executor": "local", "train.num_iterations": 4}), run / "config.yaml")
+    monkeypatch.setattr(maskfocus.trainer, "train_local", lambda config, run_dir, resume: {})
+    said = {}
+    for iterations in ("4", "5", "7"):
+        assert main(["train", "--resume", str(run), "--iterations", iterations]) == 0
+        said[iterations] = capsys.readouterr().out
+    finished = (
+        "resuming from iter_000003: nothing left to learn (all 4 iterations are); this writes the final model and its "
+        "evaluation again, and --iterations above 4 learns more"
+    )
+    assert finished in said["4"] and "the first iteration compiles" not in said["4"]
+    assert (
+        "resuming from iter_000003: iteration 4 to learn" in said["5"] and "the first iteration compiles" in said["5"]
+    )
+    assert "resuming from iter_000003: iterations 4-6 to learn" in said["7"]
