@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     """Join the cluster at `address` / ray.address / RAY_ADDRESS, else start a local Ray; True if we called init."""
     if ray.is_initialized():
         return False
+    plain_log_prefixes()
     given = cluster_address(ray_config, address)
     if given is None:  # "local": a new Ray of this run's size, never one that a `ray start` left on this node
         ray.init(address="local", num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
@@ -34,6 +36,13 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
         cause = f"; {error.__cause__}" if error.__cause__ else ""
         raise ConfigError(f"{source} {address}: could not join a Ray cluster there ({error}{cause})") from error
     return True
+
+
+def plain_log_prefixes() -> None:
+    """The workers' log lines this driver prints without colour codes where its output is not a terminal (a log
+    file, `ray job logs`): they showed as `[36m(RayTrainWorker pid=...)[0m`. RAY_COLOR_PREFIX, if set, stays."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def on_driver_node() -> dict[str, Any]:

@@ -54,6 +54,7 @@ from maskfocus.actors.metrics import RunMetrics, run_tag
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
 from maskfocus.actors.receives import WeightReceives
+from maskfocus.bar_output import LinesAboveBar
 from maskfocus.config import RunConfig
 from maskfocus.divergence import NonFiniteWatch
 from maskfocus.hardware import driver_model_config
@@ -151,6 +152,8 @@ class RayRun:
         """Rollout worker -> the weight load queued before its preview: the next rollout there reports its seconds."""
         self.pending_update: ObjectRef | None = None
         """The store's `next_update` call in flight: it takes the next record, so a stop must collect it."""
+        self.lines_above_bar = LinesAboveBar(self.progress)  # last: `close` puts the streams back
+        """Workers' log lines, which Ray prints from a thread of the driver, go above the bar, not onto it."""
 
     # -- named steps of one turn of the loop ---------------------------------------------------------------
 
@@ -480,6 +483,7 @@ class RayRun:
         learner.join(max(deadline - time.perf_counter(), 0.0))
 
     def close(self) -> None:
+        self.lines_above_bar.restore()
         self.progress.close()
         self.log.close()
         self.rollouts.kill()

@@ -205,3 +205,22 @@ def test_a_gpu_request_above_one_must_be_whole(gpus):
     with pytest.raises(ConfigError, match=r"ray.reward_gpus: a fraction of one GPU \(up to 1\) or a whole number"):
         config_from_dict({"ray": {"reward_gpus": gpus}})
     assert config_from_dict({"ray": {"reward_gpus": 2.0}}).ray.reward_gpus == 2.0
+
+
+def test_worker_log_prefixes_lose_their_colour_codes_only_where_the_output_is_not_a_terminal(monkeypatch):
+    """Redirected to a file, the driver's copies of worker lines read `[36m(RayTrainWorker pid=...)[0m`."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stdout, expected in ((Terminal(), None), (io.StringIO(), "0")):
+        monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+        monkeypatch.setattr(sys, "stdout", stdout)
+        cluster.plain_log_prefixes()
+        assert cluster.os.environ.get("RAY_COLOR_PREFIX") == expected
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice stays
+    cluster.plain_log_prefixes()
+    assert cluster.os.environ["RAY_COLOR_PREFIX"] == "1"
