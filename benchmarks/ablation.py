@@ -35,16 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from maskfocus.cli_train import check_before_writing
-from maskfocus.compare import (
-    RunRecord,
-    base_summary,
-    builtin_base_summary,
-    group_runs,
-    load_run,
-    mean_spread,
-)
+from maskfocus.compare import base_summary, builtin_base_summary, group_runs, mean_spread
 from maskfocus.compare_folders import find_run_folders
 from maskfocus.compare_plot import plot_comparison
+from maskfocus.compare_run import RunRecord, load_run
 from maskfocus.config import load_config
 from maskfocus.config_base import ConfigError, parse_set
 from maskfocus.outputs import check_output_folder

@@ -255,7 +255,8 @@ def report_check(config: RunConfig, run_dir: Path, resume_from: int | None, addr
 
 def gain_line(run_dir: Path, overall: float) -> str:
     """The final overall score against the base model's, where the base's evaluation is known."""
-    from maskfocus.compare import base_summary, load_run
+    from maskfocus.compare import base_summary
+    from maskfocus.compare_run import load_run
 
     run = load_run(run_dir)
     base = base_summary([run], None)

@@ -8,119 +8,22 @@ of one setting form one row: `maskfocus compare runs/ablation` gives the ablatio
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from maskfocus.config import BUILTIN_MODEL, yaml_error_message
-from maskfocus.config_saved import saved_settings_of
-from maskfocus.run_io import read_metrics
-
-IGNORED_KEYS = (
-    "seed",
-    "train.out_dir",
-    "train.log_every",
-    "train.image_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.final_eval",
-    "ray.timeout_s",
+from maskfocus.compare_run import (
+    ABSENT,
+    CompareError,
+    RunRecord,
+    check_summary,
+    ignored_key,
+    key_under,
+    yaml_value,
 )
-"""Config keys that never split runs into groups: the seeds of a setting are its repeats, and how often a run logs,
-draws previews and checkpoints, how many checkpoints it keeps, whether it evaluated at its end and how long it waits
-before calling a stall do not change what it learns (compiling does not either, but it changes the time per
-iteration the table shows: `--ignore sampler.compile` pools such runs)."""
-
-
-class CompareError(ValueError):
-    """A path given to `maskfocus compare` that is not a run folder (or a folder of them)."""
-
-
-@dataclass
-class RunRecord:
-    """What the comparison needs of one run folder."""
-
-    folder: Path
-    config: dict[str, Any]
-    curve: list[tuple[int, float]]
-    """(iteration, value) of the compared metric (`reward/mean` by default), finite values only."""
-    metric_keys: set[str]
-    """Every numeric metric the run logged, for the error on an unknown `--curve`."""
-    final: dict[str, Any] | None
-    last_iteration: int | None
-    learner_seconds: float | None
-    iteration_seconds: float | None
-
-    @property
-    def seed(self) -> Any:
-        return self.config.get("seed")
-
-
-def _median(records: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return statistics.median(values) if values else None
-
-
-def load_run(folder: Path, curve_key: str = "reward/mean") -> RunRecord:
-    """One run folder: its resolved config, the curve of `curve_key`, timing and final evaluation (None while
-    unfinished)."""
-    config_path = folder / "config.yaml"
-    if not config_path.is_file():
-        raise CompareError(f"{folder}: not a run folder (no config.yaml); give run folders or a folder of them")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as error:
-        raise CompareError(yaml_error_message(config_path, error)) from None
-    if not isinstance(config, dict):
-        raise CompareError(f"{config_path}: expected a mapping of config sections, got {type(config).__name__}")
-    metrics, summary = folder / "metrics.jsonl", folder / "eval" / "summary.json"
-    try:
-        records = read_metrics(metrics) if metrics.is_file() else []
-    except ValueError as error:  # a broken line names its file and line
-        raise CompareError(f"{folder}: {error}") from None
-    try:
-        final = json.loads(summary.read_text()) if summary.is_file() else None
-    except ValueError as error:
-        raise CompareError(f"{summary}: not JSON ({error})") from None
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict) or type(record.get("iteration")) is not int:
-            shown = str(record)[:80]
-            raise CompareError(
-                f"{metrics}: record {number} (blank lines not counted) has no whole-number 'iteration': {shown}"
-            )
-    if final is not None:
-        check_summary(final, str(summary))
-    curve = [
-        (r["iteration"], float(r[curve_key]))
-        for r in records
-        if isinstance(r.get(curve_key), (int, float)) and math.isfinite(r[curve_key])
-    ]
-    return RunRecord(
-        folder=folder,
-        config=resolved_config(config),
-        curve=curve,
-        metric_keys={key for r in records for key, value in r.items() if isinstance(value, (int, float))},
-        final=final,
-        last_iteration=max((r["iteration"] for r in records), default=None),
-        learner_seconds=_median(records, "perf/learner_seconds"),
-        iteration_seconds=_median(records, "perf/iteration_seconds"),
-    )
-
-
-def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's flat config as today's config tree reads it (`saved_settings_of`: a key added since at its default, a
-    null detector threshold as the kind's default, a config refused since read section by section), and the
-    rollouts' T as the number they sampled with (rollout.num_steps null and 12 are the same run when
-    sampler.num_steps is 12)."""
-    resolved = saved_settings_of(config)
-    if resolved.get("rollout.num_steps") is None:
-        resolved["rollout.num_steps"] = resolved.get("sampler.num_steps")
-    return resolved
+from maskfocus.compare_standing import run_notes, standing
+from maskfocus.config import BUILTIN_MODEL
 
 
 def check_curve_key(runs: list[RunRecord], key: str) -> None:
@@ -131,18 +34,6 @@ def check_curve_key(runs: list[RunRecord], key: str) -> None:
     raise CompareError(f"--curve {key}: no run logged it; their metrics.jsonl hold: {', '.join(logged)}")
 
 
-_ABSENT = "<absent>"
-
-
-def _under(key: str, name: str) -> bool:
-    """`key` is the config key `name` or lies in the section `name`."""
-    return key == name or key.startswith(name + ".")
-
-
-def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
-    return any(_under(key, name) for name in (*IGNORED_KEYS, *ignore))
-
-
 def varying_keys(runs: list[RunRecord], ignore: tuple[str, ...] = ()) -> list[str]:
     """Config keys whose values are not the same in every run, in config order; seed, output folder and the keys
     (or whole sections) in `ignore` aside."""
@@ -150,17 +41,17 @@ def varying_keys(runs: list[RunRecord], ignore: tuple[str, ...] = ()) -> list[st
     for run in runs:
         keys.update(dict.fromkeys(run.config))
     for name in ignore:
-        if not any(_under(key, name) for key in keys):
+        if not any(key_under(key, name) for key in keys):
             raise CompareError(f"--ignore {name}: no such config key or section in these runs (e.g. train.executor)")
     return [
         key
         for key in keys
-        if not _ignored(key, ignore) and len({repr(run.config.get(key, _ABSENT)) for run in runs}) > 1
+        if not ignored_key(key, ignore) and len({repr(run.config.get(key, ABSENT)) for run in runs}) > 1
     ]
 
 
 def _has(config: dict[str, Any], prefix: str) -> bool:
-    return any(_under(key, prefix) for key in config)
+    return any(key_under(key, prefix) for key in config)
 
 
 def label_keys(runs: list[RunRecord], keys: list[str]) -> list[str]:
@@ -174,23 +65,14 @@ def label_keys(runs: list[RunRecord], keys: list[str]) -> list[str]:
     return list(labels)
 
 
-def _show(value: Any) -> str:
-    """A setting as a user writes it in YAML or `--set`: `false`, `null`, `[a, b]`."""
-    if isinstance(value, list):
-        return "[" + ", ".join(map(_show, value)) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
-
-
 def _label_value(config: dict[str, Any], key: str) -> str:
     """A key's value in a group label; a whole subtree as its first three settings."""
     if key in config:
-        return _show(config[key])
+        return yaml_value(config[key])
     if not _has(config, key):
-        return _ABSENT
+        return ABSENT
     children = [(k.removeprefix(key + "."), v) for k, v in config.items() if k.startswith(key + ".")]
-    shown = ", ".join(f"{k}: {_show(v)}" for k, v in children[:3])
+    shown = ", ".join(f"{k}: {yaml_value(v)}" for k, v in children[:3])
     return "{" + shown + (", ...}" if len(children) > 3 else "}")
 
 
@@ -213,7 +95,7 @@ def group_runs(
     keys = varying_keys(runs, ignore)
     by_values: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
-        by_values.setdefault(tuple(repr(run.config.get(key, _ABSENT)) for key in keys), []).append(run)
+        by_values.setdefault(tuple(repr(run.config.get(key, ABSENT)) for key in keys), []).append(run)
     shown = label_keys(runs, keys)
     common = common_settings(list(by_values.values()), shown)
     groups: dict[str, list[RunRecord]] = {}
@@ -263,22 +145,6 @@ def base_summary(runs: list[RunRecord], base_path: Path | None) -> dict[str, Any
     return builtin_base_summary()
 
 
-def check_summary(summary: Any, where: str) -> dict[str, Any]:
-    """An evaluation summary (`maskfocus eval --summary` output) has a finite `overall` and a mapping `tags` of tag
-    -> finite score: what the table and the figure read."""
-
-    def finite(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    expected = "expected `maskfocus eval --summary` output: {overall: number, tags: {tag: number}}"
-    if not isinstance(summary, dict) or not finite(summary.get("overall")):
-        raise CompareError(f"{where}: no numeric 'overall'; {expected}")
-    tags = summary.get("tags")
-    if not isinstance(tags, dict) or not all(finite(score) for score in tags.values()):
-        raise CompareError(f"{where}: 'tags' is not a mapping of tag -> number; {expected}")
-    return summary
-
-
 def builtin_base_summary() -> dict[str, Any] | None:
     """The built-in model's shapes-geneval summary as `maskfocus pretrain` measured it (None without its report)."""
     from maskfocus.models.loading import builtin_folder
@@ -304,7 +170,12 @@ def tag_names(runs: list[RunRecord]) -> list[str]:
 
 
 def _seeds(group: list[RunRecord]) -> str:
-    return ", ".join(str(run.seed) for run in group if run.final)
+    """The seeds of the group's evaluated runs, named as seeds (`seed 0`, `seeds 0, 1, 2`): a bare `0` after the
+    count of runs read as no seeds."""
+    seeds = [str(run.seed) for run in group if run.final]
+    if not seeds:
+        return "-"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(seeds)
 
 
 def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, Any] | None) -> str:
@@ -357,7 +228,7 @@ def comparison_table(
     groups: dict[str, list[RunRecord]], base: dict[str, Any] | None, common: dict[str, str] | None = None
 ) -> str:
     """A markdown table, one row per group (finished runs only in the scores), the base model first; below it
-    the common settings the labels depart from, and the unfinished runs."""
+    the common settings the labels depart from, notes on single runs, and where each unfinished run stands."""
     runs = [run for group in groups.values() for run in group]
     tags = tag_names(runs)
     header = ["config", "evaluated runs", "seeds", "overall", "gain over base", *tags]
@@ -375,11 +246,9 @@ def comparison_table(
     if common:
         usual = ", ".join(f"{key}={value}" for key, value in common.items())
         lines += ["", f"the usual settings (the value most rows share; each row names where it departs): {usual}"]
+    lines += run_notes(runs)
     unfinished = [run for run in runs if not run.final]
     if unfinished:
         lines.append("")
-        for run in unfinished:
-            logged = "no iteration logged" if run.last_iteration is None else f"last iteration {run.last_iteration}"
-            where = f"{run.folder}, {logged}"
-            lines.append(f"no final evaluation (eval/summary.json) yet: {where}")
+        lines += [f"no final evaluation (eval/summary.json) yet: {run.folder}: {standing(run)}" for run in unfinished]
     return "\n".join(lines) + "\n"

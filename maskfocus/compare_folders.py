@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from maskfocus.compare import CompareError, RunRecord, load_run
+from maskfocus.compare_run import CompareError, RunRecord, load_run
 
 RUN_SEARCH_DEPTH = 3
 """How deep below a folder given to compare its runs are looked for (runs/, runs/ablation/, runs/ablation/lr/)."""

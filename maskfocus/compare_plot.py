@@ -10,7 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from maskfocus.compare import RunRecord, group_letters, tag_names
+from maskfocus.compare import group_letters, tag_names
+from maskfocus.compare_run import RunRecord
 from maskfocus.run_io import moving_average
 
 

@@ -15,7 +15,7 @@ from maskfocus.config_base import ConfigError
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose message says what to fix; a command prints the message alone."""
-    from maskfocus.compare import CompareError
+    from maskfocus.compare_run import CompareError
     from maskfocus.evaluation import BenchmarkError
     from maskfocus.models.base import ModelLoadError
     from maskfocus.models.tokenizer import UnknownWordError

@@ -309,7 +309,8 @@ def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
     from support import make_run
 
     from maskfocus.cli_train import gain_line
-    from maskfocus.compare import base_summary, load_run
+    from maskfocus.compare import base_summary
+    from maskfocus.compare_run import load_run
 
     run = make_run(tmp_path / "runs" / "a", {}, 0.55)
     summary = run / "eval" / "summary.json"

@@ -7,7 +7,8 @@ import dataclasses
 
 from support import make_run
 
-from maskfocus.compare import builtin_base_summary, comparison_table, group_runs, load_run
+from maskfocus.compare import builtin_base_summary, comparison_table, group_runs
+from maskfocus.compare_run import load_run
 from maskfocus.config import default_run_config
 from maskfocus.evaluation import build_eval_judge, evaluated_block, load_rows, rows_fingerprint
 from maskfocus.rewards.geneval import Thresholds

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from support import make_run
 
-from maskfocus.compare import comparison_table, group_runs, load_run
+from maskfocus.compare import comparison_table, group_runs
+from maskfocus.compare_run import load_run
 from maskfocus.config import default_run_config
 
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from support import make_run
 
-from maskfocus.compare import comparison_table, group_runs, load_run
+from maskfocus.compare import comparison_table, group_runs
+from maskfocus.compare_run import load_run
 
 
 def test_picture_leaves_out_tags_a_group_was_not_scored_on(tmp_path):
