@@ -3,6 +3,7 @@ keeping its outputs off their files."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,9 +76,26 @@ def load_readable_runs(folders: list[Path], curve_key: str) -> tuple[list[RunRec
     return runs, problems
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "reward_curve.png", "error.log")
-RUN_SUBFOLDERS = ("eval", "checkpoints", "model", "images")
-"""What a run folder holds of its own; anything else there (an earlier comparison, say) may be replaced."""
+RUN_FILES = (
+    "config.yaml",
+    "config.before_resume_*.yaml",
+    "metrics.jsonl",
+    "metrics.superseded.jsonl",
+    "reward_curve.png",
+    "error.log",
+    "run.lock",
+)
+RUN_SUBFOLDERS = (
+    "eval",
+    "eval.before_resume_*",
+    "checkpoints",
+    "model",
+    "model.before_resume_*",
+    "images",
+    "ray_train",
+)
+"""What a run folder holds of its own (glob patterns); anything else there (an earlier comparison, say) may be
+replaced."""
 
 
 def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: list[Path], base: Path | None) -> None:
@@ -93,8 +111,12 @@ def check_outputs_spare_the_runs(outputs: dict[str, str | Path | None], runs: li
             if folder.resolve() not in target.parents:
                 continue
             inside = target.relative_to(folder.resolve()).parts
-            if (len(inside) == 1 and inside[0] in RUN_FILES) or inside[0] in RUN_SUBFOLDERS:
+            if (len(inside) == 1 and _matches(inside[0], RUN_FILES)) or _matches(inside[0], RUN_SUBFOLDERS):
                 raise CompareError(f"{option} {path}: is a file of the run {folder}; write it elsewhere")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def unreadable_run_folders(paths: list[Path]) -> list[Path]:

@@ -413,11 +413,14 @@ def test_outputs_that_would_overwrite_a_compared_runs_files_or_the_base_are_refu
     run = ablation_runs / "critical_seed0"
     config = (run / "config.yaml").read_text()
     (run / "reward_curve.png").write_bytes(b"the run's own curve")
+    kept = run / "config.before_resume_iter_000001.yaml"  # a resume keeps the config it replaced
+    kept.write_text(config)
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"overall": 0.4, "tags": {"single_object": 0.8}}))
     for option, path, problem in (
         ("--markdown", run / "config.yaml", f"is a file of the run {run}"),
         ("--out", run / "reward_curve.png", f"is a file of the run {run}"),
+        ("--markdown", kept, f"is a file of the run {run}"),
         ("--markdown", base, "is the --base summary"),
     ):
         out = ["--out", str(tmp_path / "cmp.png")] if option == "--markdown" else []
@@ -426,6 +429,7 @@ def test_outputs_that_would_overwrite_a_compared_runs_files_or_the_base_are_refu
         assert f"{option} {path}: {problem}" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == config
     assert (run / "reward_curve.png").read_bytes() == b"the run's own curve"
+    assert kept.read_text() == config
     for _ in range(2):  # a new file there is fine, and so is replacing it with the next comparison
         assert main(["compare", str(ablation_runs), "--out", str(run / "compare.png")]) == 0
 
