@@ -3,14 +3,13 @@ command that goes on to its evaluation, and the notes on single runs under the c
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
 from maskfocus import run_lock
 from maskfocus.compare_run import RunRecord
 from maskfocus.divergence import NAN_REWARD_KEY
-from maskfocus.run_io import resume_hint
+from maskfocus.run_io import evaluate_command, resume_hint
 
 
 def run_notes(runs: list[RunRecord]) -> list[str]:
@@ -26,14 +25,6 @@ def run_notes(runs: list[RunRecord]) -> list[str]:
     resumed = "was resumed with other settings and is grouped by its latest"
     notes += [f"note: {run.folder} {resumed}: {'; '.join(run.resume_changes)}" for run in runs if run.resume_changes]
     return ["", *notes] if notes else []
-
-
-def evaluate_command(folder: Path) -> str:
-    """The `maskfocus eval` that writes a trained run's final evaluation where the run would have (the command the
-    trainer gives after a stop during its final evaluation)."""
-    paths = ("config.yaml", "model", "eval/results.jsonl", "eval/summary.json")
-    config, model, out, summary = (shlex.quote(str(folder / path)) for path in paths)
-    return f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
 
 
 def standing(run: RunRecord) -> str:

@@ -303,6 +303,13 @@ def resume_hint(run_dir: Path) -> str:
     return f"resume from {checkpoint.name} with `{resume_command(run_dir)}`"
 
 
+def evaluate_command(run_dir: Path) -> str:
+    """The `maskfocus eval` that writes a trained run's final evaluation where the run would have."""
+    paths = ("config.yaml", "model", "eval/results.jsonl", "eval/summary.json")
+    config, model, out, summary = (shlex.quote(str(run_dir / path)) for path in paths)
+    return f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
+
+
 def float32_final_model(config: RunConfig, run_dir: Path, published: MaskedGenerator) -> MaskedGenerator:
     """The model the run saves and evaluates: the float32 master weights of the last checkpoint (which the learner
     always writes after the last iteration) when rollouts sample in another dtype, else the published copy (the

@@ -7,7 +7,6 @@ is derived from (run seed, iteration, role), so the Ray executor can reproduce i
 from __future__ import annotations
 
 import copy
-import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from maskfocus.rollout import rollout
 from maskfocus.run_io import (
     MetricsLog,
     RecentReward,
+    evaluate_command,
     iteration_progress,
     load_checkpoint_weights,
     plot_reward_curve,
@@ -370,18 +370,10 @@ def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
     """What a stop during the final evaluation leaves: the trained model, and the commands that evaluate it."""
     checkpoint = latest_checkpoint(run_dir)
     last = f", last checkpoint: {checkpoint.name}" if checkpoint is not None else ""
-    paths = [
-        run_dir / "config.yaml",
-        run_dir / "model",
-        run_dir / "eval" / "results.jsonl",
-        run_dir / "eval" / "summary.json",
-    ]
-    config, model, out, summary = (shlex.quote(str(path)) for path in paths)
-    evaluate = f"maskfocus eval --config {config} --model {model} --out {out} --summary {summary}"
     return (
         f"stopped on {signal_name} during the final evaluation; the training finished and is saved (model: "
-        f"{run_dir / 'model'}{last}); evaluate it with `{evaluate}`, or redo the run's final evaluation with "
-        f"`{resume_command(run_dir)}`"
+        f"{run_dir / 'model'}{last}); evaluate it with `{evaluate_command(run_dir)}`, or redo the run's final "
+        f"evaluation with `{resume_command(run_dir)}`"
     )
 
 

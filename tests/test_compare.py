@@ -15,7 +15,7 @@ from maskfocus.cli import main
 from maskfocus.compare import NO_BASE_NOTE, base_summary, comparison_table, group_runs
 from maskfocus.compare_folders import find_run_folders
 from maskfocus.compare_run import CompareError, load_run
-from maskfocus.compare_standing import evaluate_command
+from maskfocus.run_io import evaluate_command
 
 
 @pytest.fixture
