@@ -24,6 +24,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,8 +84,9 @@ def install() -> None:
             super().__init__(*args, **kwargs)
             updaters.append(self)
 
-    def save_model_folder(base_folder: Path, module: nn.Module, target: Path) -> Path:
-        return save_transformer_folder(base_folder, module, target, updaters[-1].text_encoder)
+    def save_model_folder(base_folder: Path, module: nn.Module, target: Path, **options: Any) -> Path:
+        """The trainer's call (with its keyword options, e.g. text_encoder_folder) plus the trained text encoder."""
+        return save_transformer_folder(base_folder, module, target, updaters[-1].text_encoder, **options)
 
     trainer.PolicyUpdater = Recorded
     trainer.sync_weights = sync_both
