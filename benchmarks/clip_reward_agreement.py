@@ -63,16 +63,36 @@ def sample_and_score(model, sampler, judge, clip: ClipScorer, rows: list[dict], 
     return scored
 
 
+def at_least_two(text: str) -> int:
+    """argparse type of --images: one image per row leaves no pair of images to compare."""
+    images = positive_int(text)
+    if images < 2:
+        raise argparse.ArgumentTypeError("must be >= 2: the agreement compares images of one row, got 1")
+    return images
+
+
+def _auc(auc: float, pairs: int) -> str:
+    """A table cell: the AUC and its pairs, or that no row had two images the judge told apart."""
+    return f"{auc:.3f} ({pairs})" if pairs else "- (0 pairs: no row's images differed in the judge's verdict)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--clip", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=["two_object", "counting", "position", "color_attr"])
-    parser.add_argument("--images", type=positive_int, default=8, help="images per row (8 = the group size)")
+    parser.add_argument(
+        "--images",
+        type=at_least_two,
+        default=8,
+        help="images per row, at least 2: the agreement compares images of one row (default 8, the group size)",
+    )
     parser.add_argument(
         "--every", type=positive_int, default=2, help="use every n-th of the chosen tags' rows, in file order"
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=1, help="sampling seed (the evaluation uses 0)")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=1, help="sampling seed (default 1; the evaluation uses 0)"
+    )
     args = parser.parse_args()
     rows = chosen_rows(args.tags, args.every)  # before loading anything: a tag left without rows is an error
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
@@ -88,7 +108,7 @@ def main() -> int:
         partial, partial_pairs = pairwise_auc([[(p, s) for _, p, s in items] for items in groups])
         print(
             f"| {tag} | {statistics.mean(clip_scores):.3f} | {statistics.pstdev(clip_scores):.3f} "
-            f"| {binary:.3f} ({binary_pairs}) | {partial:.3f} ({partial_pairs}) |"
+            f"| {_auc(binary, binary_pairs)} | {_auc(partial, partial_pairs)} |"
         )
     return 0
 

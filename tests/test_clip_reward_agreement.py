@@ -54,6 +54,12 @@ def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_p
         with pytest.raises(SystemExit):
             run_benchmark_cli(module, ["builtin:shapes-tiny", option, "0"], monkeypatch)
         assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one image a row: every AUC was nan (0)
+        run_benchmark_cli(module, ["builtin:shapes-tiny", "--images", "1"], monkeypatch)
+    assert "argument --images: must be >= 2: the agreement compares images of one row, got 1" in (
+        capsys.readouterr().err
+    )
+    assert module._auc(float("nan"), 0).startswith("- (0 pairs") and module._auc(0.75, 4) == "0.750 (4)"
 
 
 def test_an_every_that_leaves_a_tag_without_rows_fails_before_anything_loads(monkeypatch, capsys):
