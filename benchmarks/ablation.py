@@ -174,6 +174,13 @@ def check_runs_to_tabulate(runs: Path, seeds: list[int]) -> None:
             f"--runs-dir {runs}: no run VARIANT_seedN for --seeds {' '.join(map(str, seeds))} ({held}); run without "
             "--table-only first, or give the seeds that were run"
         )
+    named = [runs / f"{name}_seed{seed}" for name in VARIANTS for seed in seeds]
+    if not any((folder / "eval" / "summary.json").is_file() for folder in named):
+        raise ConfigError(
+            f"--runs-dir {runs}: none of its runs VARIANT_seedN for --seeds {' '.join(map(str, seeds))} has a final "
+            f"evaluation (eval/summary.json) yet, so the table would hold only dashes; `maskfocus compare {runs}` "
+            "says where each run stands"
+        )
 
 
 def parse_job(text: str) -> tuple[str, int]:
@@ -235,6 +242,7 @@ def main() -> int:
     runs.mkdir(parents=True, exist_ok=True)
     base = args.base_overall if args.base_overall is not None else base_overall_from_card()
     print(write_table(runs, table_seeds(args.seeds, args.jobs), base, t_over_k))
+    print(f"table: {runs / 'ablation.md'}")
     print(f"picture: {draw_comparison(runs)}")
     return 0
 

@@ -96,6 +96,20 @@ def test_table_only_for_seeds_never_run_is_an_error_that_keeps_the_table(ablatio
     assert (tmp_path / "ablation.md").read_text() == "the good table\n"
 
 
+def test_table_only_over_runs_without_an_evaluation_is_an_error_that_keeps_the_table(
+    ablation, tmp_path, monkeypatch, capsys
+):
+    """Unfinished runs gave a table of dashes, replaced ablation.md and exited 0 (benchmarks walkthrough)."""
+    make_run(tmp_path / "critical_seed0", {"seed": 0}, None, iterations=3)
+    (tmp_path / "ablation.md").write_text("the good table\n")
+    status, error = run_command(
+        ablation, monkeypatch, capsys, "--table-only", "--runs-dir", str(tmp_path), "--seeds", "0"
+    )
+    assert status == 2 and "none of its runs VARIANT_seedN for --seeds 0 has a final evaluation" in error
+    assert f"`maskfocus compare {tmp_path.resolve()}` says where each run stands" in error
+    assert (tmp_path / "ablation.md").read_text() == "the good table\n"
+
+
 def test_a_failed_run_is_one_line_naming_its_log_and_the_runs_not_started_are_dropped(
     ablation, tmp_path, monkeypatch, capsys
 ):
@@ -170,6 +184,7 @@ def test_the_table_covers_the_seeds_of_the_jobs_run(ablation, tmp_path, monkeypa
     monkeypatch.setattr("sys.argv", ["ablation.py", *args])
     assert run_script(ablation.main, "ablation.py") == 0
     table = (tmp_path / "ablation.md").read_text()
+    assert f"table: {tmp_path / 'ablation.md'}" in capsys.readouterr().out
     assert "| random | 1 | 0.400 | 0.100 |" in table and "| critical | 1 | 0.500 | 0.200 |" in table
     assert ablation.table_seeds([0, 1, 2], None) == [0, 1, 2]
     assert ablation.table_seeds([0, 1], [("random", 5), ("all", 0)]) == [0, 1, 5]
