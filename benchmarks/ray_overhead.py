@@ -155,7 +155,7 @@ def check_configs(args: argparse.Namespace) -> None:
     if taken:  # `maskfocus train` would refuse each, after the runs before it
         raise ConfigError(f"--runs-dir {args.runs_dir}: {', '.join(taken)} already exist(s); give another --runs-dir")
     load_config(args.config)
-    ray_settings = parse_set(args.ray_set)
+    ray_settings = parse_set(args.ray_set, option="--ray-set")
     load_config(args.config, ray_settings, {key: f"--ray-set {key}" for key in ray_settings})
 
 

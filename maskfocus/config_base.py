@@ -298,28 +298,29 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def parse_set(items: list[str]) -> dict:
-    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error. A key given
-    twice takes the later value, as a later option overrides an earlier one."""
+def parse_set(items: list[str], option: str = "--set") -> dict:
+    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error naming
+    `option` (a script's own, e.g. --ray-set). A key given twice takes the later value, as a later option overrides
+    an earlier one."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
+            raise ConfigError(f"{option} expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
         if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
             raise ConfigError(
-                f"--set {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
+                f"{option} {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
                 "an empty string"
             )
         quirk = _yaml_quirk(value)
         if quirk is not None:
-            raise ConfigError(f"--set {item!r}: {quirk}; put it in quotes where it is meant as written ('...')")
+            raise ConfigError(f"{option} {item!r}: {quirk}; put it in quotes where it is meant as written ('...')")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or type(error).__name__
             raise ConfigError(
-                f"--set {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
+                f"{option} {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
                 f"{key.strip()}=\"'...'\""
             ) from None
         overrides.pop(key.strip(), None)  # given twice: the later one counts (a script's settings, then the user's)

@@ -72,6 +72,7 @@ def test_ray_overhead_tables_label_modes_by_what_they_run(ray_overhead):
     [
         (["--config", "{tmp}/nope.yaml"], "config file not found: {tmp}/nope.yaml"),
         (["--ray-set", "ray.max_staleness=-3"], "--ray-set ray.max_staleness: Input should be greater than"),
+        (["--ray-set", "garbage"], "--ray-set expects KEY=VALUE (e.g. train.num_iterations=10), got 'garbage'"),
         (["--runs-dir", "{tmp}/file"], "--runs-dir {tmp}/file: is a file; give a folder"),
     ],
 )
