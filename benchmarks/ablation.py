@@ -10,6 +10,8 @@ Usage: python benchmarks/ablation.py [--config configs/shapes_tiny.yaml] [--seed
                                     [--variants critical random ...] [--parallel 2] [--runs-dir runs/ablation]
        python benchmarks/ablation.py --jobs random:2 critical_no_router:1 ...   # just these (variant, seed) runs
        python benchmarks/ablation.py --table-only    # rebuild the table from existing runs
+       python benchmarks/ablation.py --variants critical random --seeds 0 --iterations 2 \
+           --set eval.num_images_per_prompt=1 --runs-dir /tmp/ablation_try   # a quick try: minutes, no result
        maskfocus compare runs/ablation               # the same runs by config, per tag, with reward curves
 
 A run whose final evaluation exists is not run again. An unfinished one (metrics but no evaluation: a stopped
@@ -56,14 +58,17 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run_variant(config: Path, runs: Path, name: str, seed: int, iterations: int | None, threads: int) -> Path:
-    """One training run (skipped when its final evaluation exists); its log goes to <run>.log beside it."""
+def run_variant(
+    config: Path, runs: Path, name: str, seed: int, iterations: int | None, threads: int, settings: list[str] = ()
+) -> Path:
+    """One training run (skipped when its final evaluation exists), with `settings` (--set KEY=VALUE) for every run
+    besides the variant's; its log goes to <run>.log beside it."""
     run_dir = runs / f"{name}_seed{seed}"
     if (run_dir / "eval" / "summary.json").is_file():
         return run_dir
     command = [sys.executable, "-m", "maskfocus.cli", "train", "--config", str(config), "--executor", "local"]
     command += ["--name", run_dir.name, "--set", f"train.out_dir={runs}", "--set", f"seed={seed}"]
-    for item in VARIANTS[name]:
+    for item in [*settings, *VARIANTS[name]]:
         command += ["--set", item]
     if iterations is not None:
         command += ["--iterations", str(iterations)]
@@ -100,14 +105,18 @@ def steps_ratio(config: Path) -> float:
     return run_config.rollout_sampler().num_steps / run_config.selection.num_steps
 
 
-def check_variant_configs(config: Path, names: list[str]) -> None:
+def check_variant_configs(config: Path, names: list[str], settings: list[str] = ()) -> None:
     """Each variant's config loads and its model and reward files are there: a bad --config, a missing model folder,
-    or a setting a variant cannot take with it, is one error before any run, not a failed run whose reason is only
-    in its log."""
-    check_before_writing(load_config(config), None)
+    a bad --set, or a setting a variant cannot take with it, is one error before any run, not a failed run whose
+    reason is only in its log. A --set of a key a variant sets is refused: the variant would not be itself."""
+    common = parse_set(settings)
+    check_before_writing(load_config(config, common, {key: f"--set {key}" for key in common}), None)
     for name in dict.fromkeys(names):
+        taken = sorted(set(common) & set(parse_set(VARIANTS[name])))
+        if taken:
+            raise ConfigError(f"--set {', '.join(taken)}: the variant {name} sets it; leave it to the variant")
         try:
-            load_config(config, parse_set(VARIANTS[name]))
+            load_config(config, {**common, **parse_set(VARIANTS[name])})
         except ConfigError as error:
             settings = " ".join(VARIANTS[name])
             raise ConfigError(f"variant {name} ({settings}) does not apply to --config {config}: {error}") from None
@@ -210,7 +219,15 @@ def main() -> int:
     parser.add_argument(
         "--base-overall", type=probability, help="base model's overall score (default: the model card's)"
     )
-    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--table-only", action="store_true", help="rebuild ablation.md from the runs there")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config setting for every run (repeatable), e.g. eval.num_images_per_prompt=1 with --iterations 2 "
+        "for a quick try of the script; not a key a variant sets",
+    )
     args = parser.parse_args()
     runs, config = args.runs_dir.resolve(), args.config.resolve()  # the runs start in the repository's root
     check_output_folder("--runs-dir", args.runs_dir)
@@ -219,7 +236,7 @@ def main() -> int:
         check_runs_to_tabulate(runs, table_seeds(args.seeds, args.jobs))
     else:
         jobs = args.jobs or [(name, seed) for seed in args.seeds for name in args.variants]
-        check_variant_configs(config, [name for name, _ in jobs])
+        check_variant_configs(config, [name for name, _ in jobs], args.set)
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
         failed = threading.Event()
 
@@ -227,7 +244,7 @@ def main() -> int:
             if failed.is_set():  # after a failure no run starts; those running finish
                 return None
             try:
-                return run_variant(config, runs, *job, args.iterations, threads)
+                return run_variant(config, runs, *job, args.iterations, threads, args.set)
             except VariantFailed:
                 failed.set()
                 raise

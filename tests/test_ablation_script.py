@@ -188,3 +188,30 @@ def test_the_table_covers_the_seeds_of_the_jobs_run(ablation, tmp_path, monkeypa
     assert "| random | 1 | 0.400 | 0.100 |" in table and "| critical | 1 | 0.500 | 0.200 |" in table
     assert ablation.table_seeds([0, 1, 2], None) == [0, 1, 2]
     assert ablation.table_seeds([0, 1], [("random", 5), ("all", 0)]) == [0, 1, 5]
+
+
+def test_set_reaches_every_run_and_may_not_change_what_a_variant_sets(ablation, tmp_path, monkeypatch, capsys):
+    """A quick try of the script needed a full evaluation per run: `--set` passes settings to every run."""
+    import subprocess
+
+    commands = []
+
+    def recorded_train(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ablation.subprocess, "run", recorded_train)
+    monkeypatch.setattr(ablation, "draw_comparison", lambda runs: None)
+    quick = ("--set", "eval.num_images_per_prompt=1", "--iterations", "2")
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--runs-dir", str(tmp_path), "--jobs", "random:0", *quick])
+    assert run_script(ablation.main, "ablation.py") == 0
+    [command] = commands
+    assert " ".join(command).endswith(
+        "--set eval.num_images_per_prompt=1 --set selection.strategy=random --iterations 2"
+    )
+    for given, message in (
+        ("selection.strategy=all", "--set selection.strategy: the variant random sets it; leave it to the variant"),
+        ("eval.num_images_per_prompt=0", "--set eval.num_images_per_prompt: Input should be greater than or equal"),
+    ):
+        status, error = run_command(ablation, monkeypatch, capsys, "--jobs", "random:0", "--set", given)
+        assert status == 2 and message in error
