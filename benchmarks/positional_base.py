@@ -92,6 +92,7 @@ def main() -> int:
     started = time.monotonic()
     description = "plain generator" if args.plain else "positional generator"
     with log_path.open("w") as log, tqdm(total=args.steps, desc=description) as bar:
+        bar.write(f"{description}: first drawing and tokenising {config.num_scenes:,} scenes (about 3 min on 2 cores)")
 
         def record(entry: dict) -> None:
             log.write(json.dumps({**entry, "seconds": round(time.monotonic() - started, 1)}) + "\n")

@@ -58,6 +58,7 @@ def main() -> int:
     model = load_generator(config.model, dtype="float32")
     config = finetune_config(args.steps, args.lr)
     with tqdm(total=args.steps, desc="relation fine-tune") as bar:
+        bar.write(f"relation fine-tune: first drawing and tokenising {config.num_scenes:,} scenes")
         text_encoder, transformer = train_generator(
             config,
             model.vqvae,
