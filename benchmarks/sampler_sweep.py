@@ -80,7 +80,15 @@ def main() -> int:
         )
         cells = [str(v) for v in values] + [f"{summary['tags'][tag]:.3f}" for tag in args.tags]
         print("| " + " | ".join(cells) + f" | {summary['overall']:.3f} | {summary['seconds']} |", flush=True)
+    if any(sampler.compile for _, sampler in combinations):
+        print(COMPILE_NOTE)
     return 0
+
+
+COMPILE_NOTE = (
+    "\nseconds: the first row's include torch.compile's one-off compile of the sampler (sampler.compile: true), "
+    "not its pace; give --grid sampler.compile=false to time every row eagerly"
+)
 
 
 if __name__ == "__main__":
