@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument(
         "--parallel", type=positive_int, default=1, help="runs at once (torch threads split between them)"
     )
-    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     parser.add_argument("--iterations", type=positive_int, help="override train.num_iterations for every run")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(

@@ -145,10 +145,10 @@ def sensitivity(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default="builtin:shapes-tiny", help="model folder")
-    parser.add_argument("--scenes", type=positive_int, default=512, help="scenes per kind")
+    parser.add_argument("model", nargs="?", default="builtin:shapes-tiny", help="model folder (default %(default)s)")
+    parser.add_argument("--scenes", type=positive_int, default=512, help="scenes per kind (default %(default)s)")
     parser.add_argument("--ratios", type=fraction, nargs="+", default=[0.8, 0.95], help="shares of tokens masked")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="scene seed (default %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="which words to test")
     parser.add_argument(
         "--all-tokens",

@@ -112,8 +112,14 @@ def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: Stat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--decays", type=open_fraction, nargs="+", default=[0.9, 0.95], help="each in (0, 1)")
+    parser.add_argument(
+        "run_dir",
+        type=Path,
+        help="a run folder with checkpoints/iter_* (score the written folders with maskfocus eval)",
+    )
+    parser.add_argument(
+        "--decays", type=open_fraction, nargs="+", default=[0.9, 0.95], help="each in (0, 1) (default %(default)s)"
+    )
     parser.add_argument(
         "--last", type=positive_int, default=None, help="use only the checkpoints of the last N iterations"
     )

@@ -57,8 +57,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clip", nargs="?", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--pairs", type=positive_int, default=512, help="pairs per kind")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--kinds", nargs="+", choices=list(PAIRS.KINDS), default=list(PAIRS.KINDS))
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="caption seed (default %(default)s)")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(PAIRS.KINDS),
+        default=list(PAIRS.KINDS),
+        help="which caption pairs (default: all)",
+    )
     args = parser.parse_args()
     clip = ClipScorer.from_folder(args.clip, field="CLIP (the positional argument)")
     print("| words | true caption scores higher (+- s.e.) | mean score, true - altered |")

@@ -43,7 +43,9 @@ def main() -> int:
     parser.add_argument(
         "--images", type=positive_int, default=8, help="images per row (n of pass@n; 8 = the group size)"
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=1, help="sampling seed (the evaluation uses 0)")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=1, help="sampling seed (default 1; the evaluation uses 0)"
+    )
     parser.add_argument("--top", type=positive_int, default=20, help="failed clauses to list")
     args = parser.parse_args()
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags]

@@ -70,8 +70,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
-    parser.add_argument("--steps", type=positive_int, default=GeneratorPretrainConfig().num_steps)
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=GeneratorPretrainConfig().num_steps,
+        help="training steps (default %(default)s, as the shipped generator's pretraining)",
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="training seed (default %(default)s)")
     parser.add_argument("--clip-text", action="store_true", help="condition on the tiny CLIP's frozen text tower")
     parser.add_argument("--plain", action="store_true", help="shipped UVit2DModel, aMUSEd-format folder")
     args = parser.parse_args()

@@ -124,11 +124,15 @@ def rounds_table(rounds: list[dict[str, dict[str, float]]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml")
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml", help="run YAML (default %(default)s)"
+    )
     parser.add_argument("--iterations", type=positive_int, default=24)
     parser.add_argument("--warmup", type=int, default=4, help="first iterations left out of the medians")
     parser.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs of the local Ray")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "overhead")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=ROOT / "runs" / "overhead", help="where the runs go (default %(default)s)"
+    )
     parser.add_argument(
         "--modes", nargs="+", type=mode_name, default=list(MODES), choices=list(MODES), help="local is required"
     )

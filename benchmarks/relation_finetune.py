@@ -43,9 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--model", default="builtin:shapes-tiny", help="model folder to start from")
-    parser.add_argument("--steps", type=positive_int, default=400)
+    parser.add_argument("--steps", type=positive_int, default=400, help="fine-tuning steps (default %(default)s)")
     parser.add_argument("--lr", type=nonnegative_float, default=3e-4, help="peak learning rate (warm-up, cosine decay)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="training seed (default %(default)s)")
     parser.add_argument(
         "--trust-checkpoint-code",
         action="store_true",

@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--model", help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
     parser.add_argument("--images", type=positive_int, default=2, help="images per prompt")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (default %(default)s)")
     parser.add_argument(
         "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides (sampler.*)"
     )
