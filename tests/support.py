@@ -216,3 +216,10 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         yield held.getsockname()[1]
+
+
+def rewrite_metrics(folder: Path, change) -> None:
+    """Each record of the run's metrics.jsonl updated with `change(record)`."""
+    metrics = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**record, **change(record)}) + "\n" for record in records))
