@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskfocus.script_args import fraction, nonnegative_int, positive_int, run_script
+from maskfocus.script_args import fraction, nonnegative_int, positive_int, run_script, script_model_overrides
 from maskfocus.shapes import prompts
 from maskfocus.shapes.scene import Scene, random_scene, relations
 from maskfocus.shapes.world import COLORS, OPPOSITE_RELATION
@@ -162,10 +162,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     from maskfocus.cli import DEFAULT_CONFIG
-    from maskfocus.config import load_config, model_folder_overrides
+    from maskfocus.config import load_config
     from maskfocus.models import load_generator
 
-    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
+    config = load_config(DEFAULT_CONFIG, script_model_overrides(args.model, args.trust_checkpoint_code))
     model = load_generator(config.model, dtype="float32")
     print("| words | masked | loss, true caption | loss, altered caption | altered - true (+- s.e.) |")
     print("|---|---|---|---|---|")

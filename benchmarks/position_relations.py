@@ -23,10 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskfocus.cli import DEFAULT_CONFIG
-from maskfocus.config import load_config, model_folder_overrides
+from maskfocus.config import load_config
 from maskfocus.evaluation import detect_tag_rows
 from maskfocus.rewards.geneval import Detection, Thresholds, filter_detections, relative_position
-from maskfocus.script_args import nonnegative_float, nonnegative_int, positive_int, run_script
+from maskfocus.script_args import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    run_script,
+    script_model_overrides,
+)
 from maskfocus.shapes.world import OPPOSITE_RELATION
 
 AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
@@ -109,7 +115,7 @@ def main() -> int:
         help="a Meissonic-format folder (its own transformer/transformer.py, e.g. benchmarks/positional_base.py's)",
     )
     args = parser.parse_args()
-    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
+    config = load_config(DEFAULT_CONFIG, script_model_overrides(args.model, args.trust_checkpoint_code))
     detections, rows = detect_tag_rows(config, "position", args.images, args.seed)
     outcomes = [pair_outcome(d, row) for d, row in zip(detections, rows, strict=True)]
     correct = sum(o.asked_holds for o in outcomes) / len(outcomes)

@@ -22,10 +22,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from maskfocus.cli import DEFAULT_CONFIG
-from maskfocus.config import load_config, model_folder_overrides
+from maskfocus.config import load_config
 from maskfocus.models import load_generator
 from maskfocus.run_io import save_model_folder
-from maskfocus.script_args import check_model_output, nonnegative_float, nonnegative_int, positive_int, run_script
+from maskfocus.script_args import (
+    check_model_output,
+    check_trust_flag,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    run_script,
+    script_model_overrides,
+)
 from maskfocus.shapes.pretrain_generator import GeneratorPretrainConfig, train_generator
 from maskfocus.shapes.prompts import CaptionMix
 
@@ -53,8 +61,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     kind = "meissonic" if args.trust_checkpoint_code else "amused"
+    check_trust_flag(args.model, args.trust_checkpoint_code)
     model_folder = check_model_output(args.out, "--model", args.model, kind)
-    config = load_config(DEFAULT_CONFIG, model_folder_overrides(args.model, args.trust_checkpoint_code))
+    config = load_config(DEFAULT_CONFIG, script_model_overrides(args.model, args.trust_checkpoint_code))
     model = load_generator(config.model, dtype="float32")
     config = finetune_config(args.steps, args.lr)
     with tqdm(total=args.steps, desc="relation fine-tune") as bar:

@@ -163,6 +163,38 @@ def check_model_output(
     return source_folder
 
 
+TRUST_FLAG = "--trust-checkpoint-code"
+
+
+def check_trust_flag(model: str, trust_checkpoint_code: bool) -> None:
+    """A script's MODEL that is a Meissonic-format folder (its transformer a class of its own) without
+    --trust-checkpoint-code is named as the flag to give: the loader's message names the config key model.kind, which
+    these scripts do not take. A folder that is not there, or not a model, is left to the loader's checks."""
+    from maskfocus.models.base import ModelLoadError
+    from maskfocus.models.loading import read_config, resolve_model_path
+
+    if trust_checkpoint_code:
+        return
+    try:
+        folder = resolve_model_path(model)
+        class_name = read_config(folder, "transformer").get("_class_name")
+    except (ModelLoadError, OSError):
+        return
+    if class_name not in (None, "UVit2DModel"):
+        raise ModelLoadError(
+            f"{model}: a Meissonic-format folder (its transformer is a {class_name}, with its own code); give "
+            f"{TRUST_FLAG} to load it (its transformer/transformer.py then runs)"
+        )
+
+
+def script_model_overrides(model: str, trust_checkpoint_code: bool) -> dict:
+    """`model_folder_overrides` for a script's MODEL and --trust-checkpoint-code, the flag checked first."""
+    from maskfocus.config import model_folder_overrides
+
+    check_trust_flag(model, trust_checkpoint_code)
+    return model_folder_overrides(model, trust_checkpoint_code)
+
+
 SAMPLING_ONLY = {"selection.strategy": "all"}
 """Config overrides for a script that only samples: the run's K critical steps (which need T >= K + 1) do not apply
 to it, so a short sampler (`sampler.num_steps=2`) is not refused on their account."""

@@ -351,3 +351,30 @@ def test_a_negative_seed_is_refused_by_every_script_before_any_work(name, args, 
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
     error = refused(script.main, capsys)
     assert "must be >= 0, got -1" in error or "SEED a whole number >= 0" in error
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("relation_finetune", ["{tmp}/out", "--model", "{model}"]),
+        ("position_relations", ["{model}"]),
+        ("caption_sensitivity", ["{model}"]),
+    ],
+)
+def test_a_meissonic_format_folder_without_the_flag_is_told_to_give_it(tmp_path, monkeypatch, capsys, name, args):
+    """The loader's message named the config key model.kind, which these scripts do not take (benchmarks
+    walkthrough)."""
+    module = load_benchmark(name)
+    model = fake_model_folder(tmp_path / "positional")
+    (model / "transformer" / "config.json").write_text('{"_class_name": "PositionalUVit2DModel"}')
+    for stub in ("load_generator", "train_generator", "detect_tag_rows"):
+        if hasattr(module, stub):
+            monkeypatch.setattr(module, stub, never)
+    argv = [arg.format(tmp=tmp_path, model=model) for arg in args]
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *argv])
+    status, error = status_and_error(module.main, f"{name}.py", capsys)
+    assert status == 2
+    assert (
+        f"{model}: a Meissonic-format folder (its transformer is a PositionalUVit2DModel, with its own code)" in error
+    )
+    assert "give --trust-checkpoint-code to load it" in error
