@@ -388,3 +388,28 @@ def test_a_learned_iterations_prompts_are_let_go():
     run.on_update((4, None, {"iteration": 3, "reward/mean": 0.5}))
     assert run.learned == 1 and [record["iteration"] for record in written] == [3]
     assert list(run.metadata) == [4]  # the iteration in flight keeps its rows for a redo
+
+
+def test_closing_the_run_puts_back_the_streams_its_bar_took(monkeypatch):
+    """While the bar shows, sys.stdout and sys.stderr are line streams that keep Ray's worker lines off the bar; a run
+    that ended without putting them back would leave them swapped for the rest of the process (diff review)."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    from maskfocus.bar_output import LinesAboveBar
+
+    real = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", real)
+    run = bare_run(collective=False)
+    run.progress = tqdm(total=10, file=io.StringIO())
+    run.lines_above_bar = LinesAboveBar(run.progress)
+    run.log = SimpleNamespace(close=lambda: None)
+    killed = []
+    run.rollouts.kill = lambda: killed.append("rollout")
+    run.rewards.kill = lambda: killed.append("reward")
+    assert sys.stdout is not real
+    print("a worker's last line", end="")
+    run.close()
+    assert sys.stdout is real and real.getvalue() == "a worker's last line\n" and killed == ["rollout", "reward"]
