@@ -105,11 +105,19 @@ def steps_ratio(config: Path) -> float:
     return run_config.rollout_sampler().num_steps / run_config.selection.num_steps
 
 
+SCRIPT_KEYS = {"seed": "--seeds", "train.out_dir": "--runs-dir", "train.num_iterations": "--iterations"}
+"""Settings the script gives each run itself, after which a --set would win: `--set seed=5` made every seed's run
+seed 5, and another train.out_dir put the runs where the table never looks."""
+
+
 def check_variant_configs(config: Path, names: list[str], settings: list[str] = ()) -> None:
     """Each variant's config loads and its model and reward files are there: a bad --config, a missing model folder,
     a bad --set, or a setting a variant cannot take with it, is one error before any run, not a failed run whose
     reason is only in its log. A --set of a key a variant sets is refused: the variant would not be itself."""
     common = parse_set(settings)
+    for key, option in SCRIPT_KEYS.items():
+        if key in common:
+            raise ConfigError(f"--set {key}: the script sets it for each run; give {option}")
     check_before_writing(load_config(config, common, {key: f"--set {key}" for key in common}), None)
     for name in dict.fromkeys(names):
         taken = sorted(set(common) & set(parse_set(VARIANTS[name])))

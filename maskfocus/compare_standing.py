@@ -33,10 +33,10 @@ def standing(run: RunRecord) -> str:
     total = run.config.get("train.num_iterations")
     if run_lock.held_note(run.folder) is not None:
         return f"running now ({_logged(run, total)}; run.lock)"
+    if run.nonfinite_streak is not None:  # first: a run that diverged in its last iterations is not to be resumed
+        return _diverged_standing(run, *run.nonfinite_streak)
     if run.last_iteration is not None and isinstance(total, int) and run.last_iteration >= total - 1:
         return _trained_standing(run, total)
-    if run.nonfinite_streak is not None:
-        return _diverged_standing(run, *run.nonfinite_streak)
     where = "before logging an iteration" if run.last_iteration is None else f"part-way, {_logged(run, total)}"
     if failed_last(run.folder):
         return f"failed {where} (see {run.folder / 'error.log'}); {resume_hint(run.folder)}"

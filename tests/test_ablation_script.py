@@ -212,6 +212,9 @@ def test_set_reaches_every_run_and_may_not_change_what_a_variant_sets(ablation, 
     for given, message in (
         ("selection.strategy=all", "--set selection.strategy: the variant random sets it; leave it to the variant"),
         ("eval.num_images_per_prompt=0", "--set eval.num_images_per_prompt: Input should be greater than or equal"),
+        ("seed=5", "--set seed: the script sets it for each run; give --seeds"),
+        ("train.out_dir=/tmp/elsewhere", "--set train.out_dir: the script sets it for each run; give --runs-dir"),
+        ("train.num_iterations=9", "--set train.num_iterations: the script sets it for each run; give --iterations"),
     ):
         status, error = run_command(ablation, monkeypatch, capsys, "--jobs", "random:0", "--set", given)
         assert status == 2 and message in error
