@@ -39,9 +39,10 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
 
 
 def plain_log_prefixes() -> None:
-    """The workers' log lines this driver prints without colour codes where its output is not a terminal (a log
-    file, `ray job logs`): they showed as `[36m(RayTrainWorker pid=...)[0m`. RAY_COLOR_PREFIX, if set, stays."""
-    if not sys.stdout.isatty():
+    """The workers' log lines this driver prints without colour codes where its output (stdout, or stderr, where
+    Ray prints their error lines) is not a terminal (a log file, `ray job logs`): they showed as
+    `[36m(RayTrainWorker pid=...)[0m`. RAY_COLOR_PREFIX, if set, stays."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 

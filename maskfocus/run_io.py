@@ -193,11 +193,13 @@ class RecentReward:
     labelled with how many it averages: `reward(last 10)=0.734`."""
 
     def __init__(self, window: int = 10, earlier: list[dict[str, Any]] = ()):
-        """`earlier`: the records a resumed run keeps, so that its bar goes on from them rather than from one
-        iteration."""
+        """`earlier`: the records a resumed run keeps, so that its bar goes on from those of its last `window`
+        iterations rather than from one iteration (with `train.log_every` above 1 they are fewer than `window`)."""
         self.values: deque[float] = deque(maxlen=window)
+        last = max((record["iteration"] for record in earlier), default=0)
         for record in earlier:
-            self._add(record)
+            if record["iteration"] > last - window:
+                self._add(record)
 
     def _add(self, record: dict[str, Any]) -> None:
         reward = record.get("reward/mean")

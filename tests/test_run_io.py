@@ -69,6 +69,9 @@ def test_a_resumed_runs_recent_reward_goes_on_from_the_records_it_kept():
     kept = [{"iteration": i, "reward/mean": value} for i, value in enumerate((0.9, 0.1, None, 0.2))]
     recent = RecentReward(window=3, earlier=kept)
     assert recent.postfix({"iteration": 4, "reward/mean": 0.6}) == {"reward(last 3)": f"{(0.1 + 0.2 + 0.6) / 3:.3f}"}
+    every_fifth = [{"iteration": i, "reward/mean": i / 100} for i in range(0, 50, 5)]  # train.log_every 5
+    recent = RecentReward(window=10, earlier=every_fifth)  # only the records of iterations 40-49: 40 and 45
+    assert recent.postfix({"iteration": 50, "reward/mean": 0.5}) == {"reward(last 3)": f"{(0.4 + 0.45 + 0.5) / 3:.3f}"}
 
 
 def _write_lines(path, lines):

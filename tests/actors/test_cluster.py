@@ -216,11 +216,18 @@ def test_worker_log_prefixes_lose_their_colour_codes_only_where_the_output_is_no
         def isatty(self) -> bool:
             return True
 
-    for stdout, expected in ((Terminal(), None), (io.StringIO(), "0")):
-        monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "")  # recorded, so that the test process gets its own value back
+    for stdout, stderr, expected in (
+        (Terminal(), Terminal(), None),
+        (io.StringIO(), Terminal(), "0"),
+        (Terminal(), io.StringIO(), "0"),  # `2> log`: Ray prints the workers' error lines to stderr
+    ):
+        monkeypatch.delenv("RAY_COLOR_PREFIX")
         monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "stderr", stderr)
         cluster.plain_log_prefixes()
-        assert cluster.os.environ.get("RAY_COLOR_PREFIX") == expected
+        assert cluster.os.environ.get("RAY_COLOR_PREFIX", None) == expected
+        monkeypatch.setenv("RAY_COLOR_PREFIX", "")
     monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice stays
     cluster.plain_log_prefixes()
     assert cluster.os.environ["RAY_COLOR_PREFIX"] == "1"
