@@ -212,7 +212,7 @@ def parse_job(text: str) -> tuple[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the run YAML every variant starts from")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation", help="where runs and table go")
     parser.add_argument(

@@ -144,7 +144,7 @@ def sensitivity(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default="builtin:shapes-tiny", help="model folder (default %(default)s)")
     parser.add_argument("--scenes", type=positive_int, default=512, help="scenes per kind (default %(default)s)")
     parser.add_argument("--ratios", type=fraction, nargs="+", default=[0.8, 0.95], help="shares of tokens masked")

@@ -111,7 +111,7 @@ def write_model(run_dir: Path, weights: Mapping[str, torch.Tensor], dtypes: Stat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "run_dir",
         type=Path,

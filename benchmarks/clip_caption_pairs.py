@@ -54,7 +54,7 @@ def preference(clip: ClipScorer, pairs: list) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip", nargs="?", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--pairs", type=positive_int, default=512, help="pairs per kind")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="caption seed (default %(default)s)")

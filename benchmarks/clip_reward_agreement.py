@@ -77,7 +77,7 @@ def _auc(auc: float, pairs: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--clip", default=TINY_CLIP, help="CLIP folder (default: the built-in tiny CLIP)")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=["two_object", "counting", "position", "color_attr"])

@@ -49,7 +49,7 @@ def tabulate(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--images", type=positive_int, default=4, help="images per counting row (the evaluation's 4)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (the evaluation's 0)")

@@ -37,7 +37,7 @@ def judge_rows(model, sampler, judge, rows: list[dict], images_per_row: int, see
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="model folder (or builtin:shapes-tiny)")
     parser.add_argument("--tags", nargs="+", default=list(TAGS), choices=TAGS)
     parser.add_argument(

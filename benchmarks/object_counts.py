@@ -82,7 +82,7 @@ def model_label(model: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model folders (or builtin:shapes-tiny)")
     parser.add_argument("--every", type=positive_int, default=4, help="use every n-th row of shapes-geneval")
     parser.add_argument("--images", type=positive_int, default=2, help="images per row")

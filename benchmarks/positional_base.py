@@ -67,7 +67,7 @@ def write_positional_folder(base: Path, target: Path, text_encoder, transformer,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--base", default="builtin:shapes-tiny", help="aMUSEd-format folder giving VQ and tokenizer")
     parser.add_argument(

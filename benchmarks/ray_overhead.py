@@ -123,7 +123,7 @@ def rounds_table(rounds: list[dict[str, dict[str, float]]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--config", type=Path, default=ROOT / "configs" / "shapes_tiny.yaml", help="run YAML (default %(default)s)"
     )

@@ -48,7 +48,7 @@ def finetune_config(steps: int, learning_rate: float) -> GeneratorPretrainConfig
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="model folder to write")
     parser.add_argument("--model", default="builtin:shapes-tiny", help="model folder to start from")
     parser.add_argument("--steps", type=positive_int, default=400, help="fine-tuning steps (default %(default)s)")

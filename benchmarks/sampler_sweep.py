@@ -53,7 +53,7 @@ def grid_samplers(grid: dict[str, list]) -> list[tuple[tuple, SamplerConfig]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--grid", nargs="+", action="extend", required=True, help="sampler.FIELD=V1,V2,... (one per field; repeatable)"
     )

@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
             "--resume: this probe's checkpoints hold the transformer only, so a resumed run would restart the text "
             "encoder from the base while the transformer goes on; start a new run"
         )
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _, command = in_process_train_command(parser, argv)
     install()
     return maskfocus_main(command)

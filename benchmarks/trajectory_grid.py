@@ -40,7 +40,7 @@ def step_cells(model, result, index: int) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--model", help="model folder (default: the config's, builtin:shapes-tiny)")
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)

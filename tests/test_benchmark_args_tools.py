@@ -3,6 +3,8 @@ relation_finetune): each is refused with one line and exit status 2 before any r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from support import load_benchmark
 
@@ -378,3 +380,34 @@ def test_a_meissonic_format_folder_without_the_flag_is_told_to_give_it(tmp_path,
         f"{model}: a Meissonic-format folder (its transformer is a PositionalUVit2DModel, with its own code)" in error
     )
     assert "give --trust-checkpoint-code to load it" in error
+
+
+HELPED_SCRIPTS = sorted(
+    path.stem
+    for path in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+    if "RawDescriptionHelpFormatter" in path.read_text()
+)
+
+
+SCRIPT_IMPORTS = {"gpu_check": ("gpu_perf", "weight_broadcast")}
+"""Scripts that import others of benchmarks/ as top-level modules (from their own folder, as `python benchmarks/X.py`
+runs them)."""
+
+
+@pytest.mark.parametrize("name", HELPED_SCRIPTS)
+def test_a_scripts_help_carries_its_whole_docstring(name, monkeypatch, capsys):
+    """--help showed only the docstring's first line: not the usage, the results it writes or where RESULTS.md
+    records them (benchmarks walkthrough)."""
+    import inspect
+
+    for needed in SCRIPT_IMPORTS.get(name, ()):
+        load_benchmark(needed)
+    module = load_benchmark(name)
+    monkeypatch.setattr("sys.argv", [f"{name}.py", "--help"])
+    takes_argv = bool(inspect.signature(module.main).parameters)
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"]) if takes_argv else module.main()
+    shown = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0
+    last_paragraph = module.__doc__.strip().split("\n\n")[-1]
+    assert " ".join(last_paragraph.split()) in shown
