@@ -171,16 +171,15 @@ def check_trust_flag(model: str, trust_checkpoint_code: bool) -> None:
     --trust-checkpoint-code is named as the flag to give: the loader's message names the config key model.kind, which
     these scripts do not take. A folder that is not there, or not a model, is left to the loader's checks."""
     from maskfocus.models.base import ModelLoadError
-    from maskfocus.models.loading import read_config, resolve_model_path
+    from maskfocus.models.loading import own_transformer_class, resolve_model_path
 
     if trust_checkpoint_code:
         return
     try:
-        folder = resolve_model_path(model)
-        class_name = read_config(folder, "transformer").get("_class_name")
+        class_name = own_transformer_class(resolve_model_path(model))
     except (ModelLoadError, OSError):
         return
-    if class_name not in (None, "UVit2DModel"):
+    if class_name is not None:
         raise ModelLoadError(
             f"{model}: a Meissonic-format folder (its transformer is a {class_name}, with its own code); give "
             f"{TRUST_FLAG} to load it (its transformer/transformer.py then runs)"
