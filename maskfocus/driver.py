@@ -454,6 +454,11 @@ class RayRun:
                 self.on_preview(ref)
         tqdm.write(f"the last preview was not drawn within {seconds:.0f} s (half of ray.timeout_s); skipped")
 
+    def progress_words(self) -> str:
+        """How far the run got, for a stop's message: "37 of 250 iterations learned"."""
+        done = self.end - self.total + self.learned
+        return f"{done} of {self.end} iteration{'s' if self.end != 1 else ''} learned"
+
     def stop_early(self, learner: LearnerGroup, checkpoint: bool = True) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
         last iteration and stops, and its records are logged (the loop's in-flight poll first, which may hold one),

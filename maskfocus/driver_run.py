@@ -77,7 +77,9 @@ def train_ray(
             run.run(learner, stop)
         if stop.requested:
             run.stop_early(learner)
-            raise RunStopped(f"stopped on {stop.requested}; {resume_hint(run_dir)}", stop.requested)
+            raise RunStopped(
+                f"stopped on {stop.requested} with {run.progress_words()}; {resume_hint(run_dir)}", stop.requested
+            )
         model = finish_or_stop(run, learner, run_dir)
     except RunStopped:
         raise

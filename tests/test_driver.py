@@ -302,10 +302,14 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
 
     monkeypatch.setattr(RayRun, "write_record", write_then_interrupt)
     config = runs.float32_config
-    with pytest.raises(RunStopped, match=f"stopped on SIGINT; resume from iter_.* --resume {tmp_path}") as stopped:
+    with pytest.raises(
+        RunStopped, match=f"stopped on SIGINT with .*; resume from iter_.* --resume {tmp_path}"
+    ) as stopped:
         train_ray(config, tmp_path, show_progress=False)
     assert stopped.value.exit_code == 130
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    total = config.train.num_iterations
+    assert f"with {len(iterations)} of {total} iterations learned;" in str(stopped.value)
     assert iterations == list(range(len(iterations))) and len(iterations) < config.train.num_iterations
     assert latest_checkpoint(tmp_path).name == f"iter_{iterations[-1]:06d}"
     assert not (tmp_path / "model").exists()

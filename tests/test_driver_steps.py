@@ -390,6 +390,15 @@ def test_a_learned_iterations_prompts_are_let_go():
     assert list(run.metadata) == [4]  # the iteration in flight keeps its rows for a redo
 
 
+def test_a_stop_counts_the_iterations_learned_before_this_call_too():
+    """A run resumed at iteration 4 of 10 that learns 2 more stops with 6 learned, not 2 (the stop message)."""
+    run = bare_run(collective=False)
+    run.total, run.learned = 6, 2
+    assert run.progress_words() == "6 of 10 iterations learned"
+    run.end, run.total, run.learned = 1, 1, 0
+    assert run.progress_words() == "0 of 1 iteration learned"
+
+
 def test_closing_the_run_puts_back_the_streams_its_bar_took(monkeypatch):
     """While the bar shows, sys.stdout and sys.stderr are line streams that keep Ray's worker lines off the bar; a run
     that ended without putting them back would leave them swapped for the rest of the process (diff review)."""

@@ -235,7 +235,11 @@ def test_ray_job_stop_lets_the_run_checkpoint_its_last_iteration(head_node, rand
     assert iterations == list(range(len(iterations))) and 2 <= len(iterations) < 1000
     checkpoints = sorted(p.name for p in (tmp_path / "runs" / "job" / "checkpoints").iterdir())
     assert checkpoints == [f"iter_{iterations[-1]:06d}"], log.read_text()[-6000:]
-    assert f"stopped on SIGTERM; resume from {checkpoints[0]} with `deploy/submit.sh --resume " in log.read_text()
+    learned = f"with {len(iterations)} of 1000 iterations learned"
+    assert (
+        f"stopped on SIGTERM {learned}; resume from {checkpoints[0]} with `deploy/submit.sh --resume "
+        in log.read_text()
+    )
 
 
 def submit_command(
