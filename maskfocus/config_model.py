@@ -29,10 +29,11 @@ class ModelConfig(Section):
     `eval.dtype`. `auto` is resolved when the config is loaded, on the machine that loads it: bfloat16 on CUDA and
     on CPUs with bfloat16 instructions (AVX512-BF16 or AMX), float32 elsewhere (maskfocus.hardware); the run's
     config.yaml records the choice, so a resume samples as the run did."""
-    resolution: int | None = Field(None, ge=8)
+    resolution: int | None = Field(None, ge=8, le=4096)
     """Generated image side in pixels; null = the model's own (aMUSEd: transformer sample_size x VQ downscale,
     e.g. 256 or 512; Meissonic: 1024, or sample_size x VQ downscale where its transformer config states a
-    sample_size). Micro-conditioning is set to it."""
+    sample_size). Micro-conditioning is set to it. At most 4096 (4x Meissonic's): beyond that a typo, such as
+    an extra digit, would first show as a run out of memory."""
     text_encoder: str | None = None
     """A local CLIPTextModelWithProjection folder replacing the model's text_encoder/ (Meissonic's reference
     inference uses the original laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = the folder's own."""

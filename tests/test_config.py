@@ -203,6 +203,14 @@ def test_a_learning_rate_above_one_is_refused_before_the_run():
         load_config(DEFAULT_CONFIG, {"optim.learning_rate": 1e300})
 
 
+def test_a_resolution_above_4096_is_refused_before_the_run():
+    """An extra digit (10240 for 1024) used to pass, as any multiple of the VQ's downscale does, and would first
+    show as a run out of memory."""
+    with pytest.raises(ConfigError, match=r"--set model.resolution: Input should be less than or equal to 4096"):
+        load_config(DEFAULT_CONFIG, {"model.resolution": 10240})
+    assert load_config(DEFAULT_CONFIG, {"model.resolution": 4096}).model.resolution == 4096
+
+
 def test_clip_step_embeddings_of_a_real_model_need_a_clip_or_hps_reward_term():
     """Without one, a real model's 1024-px steps were embedded by the 64-px shapes-world CLIP, without a word."""
     real = {"model.path": "/models/amused-512", "selection.embedding": "clip"}
