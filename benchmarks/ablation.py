@@ -42,7 +42,8 @@ from maskfocus.compare_folders import find_run_folders
 from maskfocus.compare_plot import plot_comparison
 from maskfocus.compare_run import RunRecord, load_run
 from maskfocus.config import load_config
-from maskfocus.config_base import ConfigError, parse_set
+from maskfocus.config_base import ConfigError
+from maskfocus.config_yaml import parse_set
 from maskfocus.outputs import check_output_folder
 from maskfocus.script_args import nonnegative_int, positive_int, probability, run_script
 

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from maskfocus.config import load_config
-from maskfocus.config_base import ConfigError, parse_set
+from maskfocus.config_base import ConfigError
+from maskfocus.config_yaml import parse_set
 from maskfocus.outputs import check_output_folder
 from maskfocus.script_args import positive_int, run_script
 

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import torch
 
-from maskfocus.cli import parse_set
 from maskfocus.config import default_run_config
+from maskfocus.config_yaml import parse_set
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
 from maskfocus.outputs import check_output_file

@@ -20,7 +20,8 @@ from maskfocus.config import (
     SamplerConfig,
     load_config_or_default,
 )
-from maskfocus.config_base import parse_set, set_from_option, set_in
+from maskfocus.config_base import set_from_option, set_in
+from maskfocus.config_yaml import parse_set
 from maskfocus.outputs import check_distinct_files, check_output_file, write_text_whole
 from maskfocus.script_args import SAMPLING_ONLY, nonnegative_int, positive_int, run_script
 

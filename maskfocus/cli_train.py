@@ -9,7 +9,8 @@ from pathlib import Path
 
 from maskfocus import run_lock
 from maskfocus.config import ConfigError, RunConfig, load_config, load_config_or_default
-from maskfocus.config_base import parse_set, set_from_option
+from maskfocus.config_base import set_from_option
+from maskfocus.config_yaml import parse_set
 from maskfocus.ray_job import check_job_path
 
 

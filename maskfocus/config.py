@@ -25,7 +25,6 @@ from maskfocus.config_base import (
     cycle_in,
     dotted,
     format_validation_error,
-    yaml_key_lines,
 )
 from maskfocus.config_model import BUILTIN_MODEL as BUILTIN_MODEL  # re-exported: one config tree
 from maskfocus.config_model import EvalConfig as EvalConfig  # re-exported: one config tree
@@ -37,6 +36,7 @@ from maskfocus.config_rewards import RewardSpec, repeated_metric_names
 from maskfocus.config_rollout import GenEvalTag as GenEvalTag  # re-exported: one config tree
 from maskfocus.config_rollout import RolloutConfig as RolloutConfig  # re-exported: one config tree
 from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: one config tree
+from maskfocus.config_yaml import yaml_key_lines
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
 """The built-in default run (a source checkout or an editable install has it; a wheel does not)."""

@@ -16,7 +16,6 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 Loc = tuple[str | int, ...]
@@ -83,39 +82,6 @@ def _item_types(sequence: Any, length: int) -> list[Any]:
 
 
 SectionT = TypeVar("SectionT", bound=Section)
-
-
-def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
-    """The 1-based line of every key and list item of a YAML document, by its path.
-
-    `"a:\\n  b: [1, 2]\\n"` gives {("a",): 1, ("a", "b"): 2, ("a", "b", 0): 2, ("a", "b", 1): 2}. A key given
-    twice in one mapping is a ConfigError naming `source` and both lines (YAML itself keeps the last silently).
-    """
-    lines: dict[Loc, int] = {}
-
-    def walk(node: yaml.Node, path: Loc, enclosing: frozenset[int] = frozenset()) -> None:
-        if id(node) in enclosing:  # an alias inside its own anchor; `cycle_in` names it
-            return
-        enclosing |= {id(node)}
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key_path, line = (*path, str(key_node.value)), key_node.start_mark.line + 1
-                if key_path in lines:
-                    raise ConfigError(
-                        f"{source}:{line}: {dotted(key_path)} is given twice (lines {lines[key_path]} and {line}); "
-                        "keep one"
-                    )
-                lines[key_path] = line
-                walk(value_node, key_path, enclosing)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines.setdefault((*path, index), item.start_mark.line + 1)
-                walk(item, (*path, index), enclosing)
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, ())
-    return lines
 
 
 def cycle_in(tree: Any, path: Loc = (), enclosing: Mapping[int, Loc] | None = None) -> tuple[Loc, Loc] | None:
@@ -296,56 +262,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in items:
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
-
-
-def parse_set(items: list[str], option: str = "--set") -> dict:
-    """`--set KEY=VALUE` options -> {dotted key: YAML-read value}; a missing `=` or value is an error naming
-    `option` (a script's own, e.g. --ray-set). A key given twice takes the later value, as a later option overrides
-    an earlier one."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{option} expects KEY=VALUE (e.g. train.num_iterations=10), got {item!r}")
-        if not value.strip():  # YAML reads it as null, which would switch off e.g. grpo.clip_eps without a word
-            raise ConfigError(
-                f"{option} {item!r}: no value after '='; write {key.strip()}=null for null, {key.strip()}=\"''\" for "
-                "an empty string"
-            )
-        quirk = _yaml_quirk(value)
-        if quirk is not None:
-            raise ConfigError(f"{option} {item!r}: {quirk}; put it in quotes where it is meant as written ('...')")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ConfigError(
-                f"{option} {item!r}: the value is not valid YAML ({problem}); quote a string value, e.g. "
-                f"{key.strip()}=\"'...'\""
-            ) from None
-        overrides.pop(key.strip(), None)  # given twice: the later one counts (a script's settings, then the user's)
-        overrides[key.strip()] = parsed
-    return overrides
-
-
-def _yaml_quirk(value: str) -> str | None:
-    """What YAML would read in `value` other than it looks, anywhere in it (a mapping or list given too): a ` #`
-    starts a comment (the rest was dropped without a word), and an unquoted number with a leading zero is octal
-    (`0123` read as 83) and one with colons sexagesimal (`1:30` read as 90). None where YAML itself refuses the value
-    (its own error says why) or reads it as it looks."""
-    try:
-        tokens = [token for token in yaml.scan(value) if not isinstance(token, yaml.StreamEndToken)]
-    except yaml.YAMLError:
-        return None
-    if tokens and tokens[-1].end_mark.index < len(value.rstrip()):
-        return "YAML reads ' #' and what follows as a comment, which would be dropped"
-    for token in tokens:
-        if isinstance(token, yaml.ScalarToken) and token.plain:
-            if re.fullmatch(r"[-+]?0[0-9_]+", token.value):
-                return f"YAML reads {token.value} (a number with a leading 0) as octal"
-            if re.fullmatch(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?", token.value):
-                return f"YAML reads {token.value} (numbers joined by ':') as one number in base 60"
-    return None
 
 
 def set_from_option(overrides: dict[str, Any], key: str, value: Any, option: str) -> None:

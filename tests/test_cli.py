@@ -81,7 +81,7 @@ def test_eval_set_names_an_unknown_key(capsys):
 
 def test_a_set_without_a_value_is_refused_rather_than_read_as_null(tmp_path, capsys):
     """YAML reads `grpo.clip_eps=` as null, which would switch the clip off without a word."""
-    from maskfocus.config_base import parse_set
+    from maskfocus.config_yaml import parse_set
 
     error = cli_error(capsys, "train", "--set", f"train.out_dir={tmp_path}", "--set", "grpo.clip_eps=")
     assert "--set 'grpo.clip_eps=': no value after '='; write grpo.clip_eps=null for null" in error

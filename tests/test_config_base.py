@@ -8,67 +8,11 @@ from pathlib import Path
 import pytest
 
 from maskfocus.config import ConfigError, RunConfig, load_config, section_with_overrides
-from maskfocus.config_base import flatten, parse_set, section_at, unknown_key_message, yaml_key_lines
+from maskfocus.config_base import flatten, section_at, unknown_key_message
 from maskfocus.config_rewards import RewardSpec
+from maskfocus.config_yaml import parse_set
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _indent_key_lines(text: str) -> dict[tuple, int]:
-    """Slow reference for block-style YAML of mappings and `- ` list items: track the path by indentation."""
-    lines, stack = {}, []  # stack of (indent, key or index, is_list)
-    counters: dict[tuple, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.split("#", 1)[0].rstrip()
-        if not stripped.strip():
-            continue
-        indent = len(stripped) - len(stripped.lstrip())
-        body = stripped.strip()
-        while stack and stack[-1][0] >= indent and not (stack[-1][0] == indent and stack[-1][2] and body[0] != "-"):
-            stack.pop()
-        if body.startswith("- "):
-            parent = tuple(part for _, part, _ in stack)
-            index = counters.get(parent, 0)
-            counters[parent] = index + 1
-            lines[(*parent, index)] = number
-            stack.append((indent, index, True))
-            body, indent = body[2:], indent + 2
-        key = body.split(":", 1)[0]
-        path = (*(part for _, part, _ in stack), key)
-        lines[path] = number
-        stack.append((indent, key, False))
-    return lines
-
-
-def test_key_lines_match_an_indentation_walk_over_the_shipped_config():
-    text = (ROOT / "configs" / "shapes_tiny.yaml").read_text()
-    expected = _indent_key_lines(text)
-    actual = yaml_key_lines(text)
-    assert len(expected) > 50
-    assert {key: actual.get(key) for key in expected} == expected
-    flow_items = set(actual) - set(expected)  # `tags: [a, b]`: items of a one-line list sit on their key's line
-    assert flow_items and all(actual[key] == actual[key[:-1]] for key in flow_items)
-
-
-def test_key_lines_of_flow_style_items():
-    assert yaml_key_lines("a:\n  b: [1, 2]\n  c: {d: 3}\n") == {
-        ("a",): 1,
-        ("a", "b"): 2,
-        ("a", "b", 0): 2,
-        ("a", "b", 1): 2,
-        ("a", "c"): 3,
-        ("a", "c", "d"): 3,
-    }
-    assert yaml_key_lines("") == {}
-
-
-def test_a_key_given_twice_names_both_lines():
-    """YAML keeps the last value without a word; a run would not sample with the steps its file seems to say."""
-    with pytest.raises(ConfigError, match=r"^run.yaml:4: sampler.num_steps is given twice \(lines 2 and 4\); keep one"):
-        yaml_key_lines("sampler:\n  num_steps: 12\n  cfg_scale: 3\n  num_steps: 8\n", "run.yaml")
-    with pytest.raises(ConfigError, match=r"^<text>:2: rewards.0.name is given twice \(lines 2 and 2\)"):
-        yaml_key_lines("rewards:\n  - {name: geneval, name: clip}\n")
-    assert yaml_key_lines("a:\n  x: 1\nb:\n  x: 2\n") == {("a",): 1, ("a", "x"): 2, ("b",): 3, ("b", "x"): 4}
 
 
 def test_section_at_follows_nested_and_list_fields():
@@ -237,20 +181,6 @@ def test_without_the_shipped_yaml_the_defaults_still_name_the_option(monkeypatch
     assert str(error.value).splitlines()[1].startswith("  --cfg: sampler.cfg_scale: Input should be greater")
 
 
-@pytest.mark.parametrize(
-    ("item", "message"),
-    [
-        ("=3", "--set expects KEY=VALUE (e.g. train.num_iterations=10), got '=3'"),
-        ("sampler.num_steps=[1", "--set 'sampler.num_steps=[1': the value is not valid YAML (expected ',' or ']'"),
-        ("seed=!!python/name:os.system", "--set 'seed=!!python/name:os.system': the value is not valid YAML (could"),
-    ],
-)
-def test_a_set_option_without_a_key_or_with_a_value_yaml_cannot_read_is_named(item, message):
-    with pytest.raises(ConfigError) as error:
-        parse_set([item])
-    assert str(error.value).startswith(message)
-
-
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_bytes(b"sampler:\n  negative_prompt: caf\xe9\n")
@@ -342,24 +272,3 @@ def test_a_section_mapping_override_is_blamed_only_for_its_own_keys_and_checked_
     steps = ["--steps", "8", "--set", "sampler={num_steps: 5}"]
     error = cli_error(capsys, "eval", *steps, "--out", str(tmp_path / "r.jsonl"))
     assert "--steps 8 and --set sampler.num_steps=5 disagree" in error
-
-
-@pytest.mark.parametrize(
-    ("item", "problem"),
-    [
-        ("sampler.negative_prompt=blurry #watermark, text", "a comment, which would be dropped"),
-        ("seed=0123", r"reads 0123 \(a number with a leading 0\) as octal"),
-        ("sampler={num_steps: 012}", r"reads 012 \(a number with a leading 0\) as octal"),  # inside a mapping too
-        ("rewards.0.weight=1:30", r"reads 1:30 \(numbers joined by ':'\) as one number in base 60"),
-        ("sampler={cfg_scale: 2} # two", "a comment, which would be dropped"),
-    ],
-)
-def test_set_values_yaml_would_read_otherwise_than_they_look_are_refused(item, problem):
-    """`blurry #watermark, text` became 'blurry' and `0123` became 83, without a word; quoted, they are what they
-    look like."""
-    with pytest.raises(ConfigError, match=problem + r"; put it in quotes where it is meant as written"):
-        parse_set([item])
-    key, value = item.split("=", 1)
-    if not value.startswith("{"):
-        assert parse_set([f"{key}='{value}'"]) == {key: value}
-    assert parse_set(["x=a#b", "y=0", "z=0.5"]) == {"x": "a#b", "y": 0, "z": 0.5}
