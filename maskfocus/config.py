@@ -1,10 +1,10 @@
 """One pydantic config tree for a run, loaded from one YAML file (configs/*.yaml).
 
 Every model is frozen and ``extra="forbid"``: a misspelt key is an error that names the field, the file and line
-(or the `--set` override) and the keys allowed there (maskfocus/config_base.py). Each component receives only its own
-section. Field docstrings give the unit and the effect. The model's, sampler's and evaluation's sections are in
-config_model.py, the reward terms' in config_rewards.py, the Ray executor's in config_ray.py, the rollouts' in
-config_rollout.py, the run's length and outputs in config_train.py.
+(or the `--set` override) and the keys allowed there (maskfocus/config_base.py; the YAML is read by config_yaml.py).
+Each component receives only its own section. Field docstrings give the unit and the effect. The model's, sampler's
+and evaluation's sections are in config_model.py, the reward terms' in config_rewards.py, the Ray executor's in
+config_ray.py, the rollouts' in config_rollout.py, the run's length and outputs in config_train.py.
 """
 
 from __future__ import annotations
