@@ -38,18 +38,23 @@ def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
             for index, item in enumerate(node.value):
                 lines.setdefault((*path, index), item.start_mark.line + 1)
                 walk(item, (*path, index), enclosing)
-        elif isinstance(node, yaml.ScalarNode) and node.style is None:
+        elif isinstance(node, yaml.ScalarNode) and node.style is None and _implicit(node):
             quirk = number_quirk(node.value)
             if quirk is not None:
                 raise ConfigError(
                     f"{source}:{node.start_mark.line + 1}: {dotted(path)}: {quirk}; put it in quotes where it is "
-                    "meant as written ('...'), or write the number without them"
+                    "meant as written ('...')"
                 )
 
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
     return lines
+
+
+def _implicit(node: yaml.ScalarNode) -> bool:
+    """Whether YAML typed the plain scalar by its look, not by an explicit tag (`!!str 010` is the string '010')."""
+    return node.tag == yaml.SafeLoader.resolve(yaml.SafeLoader, yaml.ScalarNode, node.value, (True, False))
 
 
 def parse_set(items: list[str], option: str = "--set") -> dict:

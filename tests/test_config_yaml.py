@@ -165,3 +165,5 @@ def test_a_config_file_value_yaml_reads_as_another_number_is_refused_at_its_line
     assert "put it in quotes where it is meant as written" in str(error.value)
     config.write_text("sampler:\n  negative_prompt: '010'\n  num_steps: 10\n")
     assert load_config(config).sampler.negative_prompt == "010"
+    config.write_text("sampler:\n  negative_prompt: !!str 010\n")  # an explicit tag says what it is
+    assert load_config(config).sampler.negative_prompt == "010"
