@@ -98,7 +98,9 @@ def _yaml_quirk(value: str) -> str | None:
         return None
     if tokens and tokens[-1].end_mark.index < len(value.rstrip()):
         return "YAML reads ' #' and what follows as a comment, which would be dropped"
-    for token in tokens:
+    for previous, token in zip([None, *tokens], tokens, strict=False):
+        if isinstance(previous, yaml.TagToken):  # `!!str 010`: the tag says what it is
+            continue
         if isinstance(token, yaml.ScalarToken) and token.plain and number_quirk(token.value) is not None:
             return number_quirk(token.value)
     return None
@@ -106,14 +108,14 @@ def _yaml_quirk(value: str) -> str | None:
 
 def number_quirk(plain: str) -> str | None:
     """What YAML 1.1 reads in the unquoted scalar `plain` other than the number it looks like, and as what: a
-    leading zero makes it octal (`010` is 8; `08`, not octal, is the string '08') and colons base 60 (`1:30` is
-    90). None for anything else: `07` (octal and decimal agree), `0x10` (16) and `1_000` (1000) read as meant."""
+    leading zero makes it octal (`010` is 8) and colons base 60 (`1:30` is 90). None for anything else: `07`
+    (octal and decimal agree), `08` (not octal: the string '08', which a number field reads as 8, and which
+    `yaml.safe_dump` writes unquoted in a run's saved config.yaml), `0x10` (16) and `1_000` (1000) read as meant."""
     if re.fullmatch(r"[-+]?0[0-9_]+", plain):
         read = yaml.safe_load(plain)
-        if read == int(plain.replace("_", ""), 10) and not isinstance(read, str):
-            return None  # 00, 01, 07: octal and decimal agree
-        as_what = f"the string {read!r}" if isinstance(read, str) else f"octal: {read}"
-        return f"YAML reads {plain} (a number with a leading 0) as {as_what}"
+        if isinstance(read, str) or read == int(plain.replace("_", ""), 10):
+            return None  # 07: octal and decimal agree; 08: a string, which a number field reads as 8
+        return f"YAML reads {plain} (a number with a leading 0) as octal: {read}"
     if re.fullmatch(r"[-+]?([1-9][0-9_]*(:[0-5]?[0-9])+|[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*)", plain):  # YAML 1.1's
         return f"YAML reads {plain} (numbers joined by ':') as one number in base 60: {yaml.safe_load(plain)}"
     return None
