@@ -10,6 +10,9 @@ import yaml
 
 from maskfocus.config_base import ConfigError, Loc, dotted
 
+QUOTE_IT = "put it in quotes where it is meant as written ('...')"
+"""The advice after a value YAML would read otherwise than it looks, in a file and in a `--set` alike."""
+
 
 def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
     """The 1-based line of every key and list item of a YAML document, by its path.
@@ -41,10 +44,7 @@ def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:
         elif isinstance(node, yaml.ScalarNode) and node.style is None and _implicit(node):
             quirk = number_quirk(node.value)
             if quirk is not None:
-                raise ConfigError(
-                    f"{source}:{node.start_mark.line + 1}: {dotted(path)}: {quirk}; put it in quotes where it is "
-                    "meant as written ('...')"
-                )
+                raise ConfigError(f"{source}:{node.start_mark.line + 1}: {dotted(path)}: {quirk}; {QUOTE_IT}")
 
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
@@ -73,7 +73,7 @@ def parse_set(items: list[str], option: str = "--set") -> dict:
             )
         quirk = _yaml_quirk(value)
         if quirk is not None:
-            raise ConfigError(f"{option} {item!r}: {quirk}; put it in quotes where it is meant as written ('...')")
+            raise ConfigError(f"{option} {item!r}: {quirk}; {QUOTE_IT}")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:
@@ -101,8 +101,9 @@ def _yaml_quirk(value: str) -> str | None:
     for previous, token in zip([None, *tokens], tokens, strict=False):
         if isinstance(previous, yaml.TagToken):  # `!!str 010`: the tag says what it is
             continue
-        if isinstance(token, yaml.ScalarToken) and token.plain and number_quirk(token.value) is not None:
-            return number_quirk(token.value)
+        quirk = number_quirk(token.value) if isinstance(token, yaml.ScalarToken) and token.plain else None
+        if quirk is not None:
+            return quirk
     return None
 
 
