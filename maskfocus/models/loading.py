@@ -81,7 +81,11 @@ def check_generator_folder(path: str | Path, kind: str, extra_parts: tuple[str, 
 def own_transformer_class(folder: Path) -> str | None:
     """The transformer's class (transformer/config.json `_class_name`) where it is not diffusers' UVit2DModel: a
     Meissonic-format folder's, whose code the folder ships; None for an aMUSEd folder."""
-    class_name = read_config(folder, "transformer").get("_class_name")
+    return class_beyond_amused(read_config(folder, "transformer").get("_class_name"))
+
+
+def class_beyond_amused(class_name: str | None) -> str | None:
+    """`class_name` unless it is aMUSEd's (UVit2DModel, or none named)."""
     return None if class_name in (None, "UVit2DModel") else class_name
 
 
@@ -89,14 +93,15 @@ def check_transformer_kind(folder: Path, kind: str) -> None:
     """The transformer's class (transformer/config.json `_class_name`) is one `kind` loads: diffusers' UVit2DModel
     loaded a Meissonic transformer's config without complaint, started every weight random and failed only at a
     later width check, after reading gigabytes. A Meissonic folder ships its class's code as transformer.py."""
-    own_class = own_transformer_class(folder)
+    class_name = read_config(folder, "transformer").get("_class_name")
+    own_class = class_beyond_amused(class_name)
     if kind == "amused" and own_class is not None:
         where = "transformer/transformer.py" if (folder / "transformer" / "transformer.py").is_file() else "its code"
         raise ModelLoadError(
             f"{folder} is not an aMUSEd folder: its transformer is a {own_class} (transformer/config.json), not a "
             f"UVit2DModel; a Meissonic folder, with {where}, needs model.kind: meissonic"
         )
-    if kind == "meissonic" and read_config(folder, "transformer").get("_class_name") == "UVit2DModel":
+    if kind == "meissonic" and class_name == "UVit2DModel":
         raise ModelLoadError(f"{folder} is an aMUSEd folder (its transformer is a UVit2DModel); set model.kind: amused")
 
 
