@@ -38,8 +38,15 @@ from maskfocus.config_rollout import RolloutConfig as RolloutConfig  # re-export
 from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: one config tree
 from maskfocus.config_yaml import yaml_key_lines
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes_tiny.yaml"
-"""The built-in default run (a source checkout or an editable install has it; a wheel does not)."""
+
+def shipped_configs_folder() -> Path:
+    """configs/ of a source checkout (or an editable install), else the copy a wheel installs as maskfocus/configs/."""
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "configs"
+
+
+DEFAULT_CONFIG = shipped_configs_folder() / "shapes_tiny.yaml"
+"""The built-in default run, used where no --config is given."""
 
 
 MAX_FLOAT16_MEISSONIC_STEPS = 66
@@ -320,11 +327,15 @@ def dump_config(config: RunConfig, path: str | Path) -> None:
 
 
 def default_run_config(overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> RunConfig:
-    """configs/shapes_tiny.yaml with `overrides`, or the field defaults where that file is not installed."""
-    if DEFAULT_CONFIG.is_file():
-        return load_config(DEFAULT_CONFIG, overrides, options)
-    origin = ErrorOrigin("<defaults>", overridden=overrides or {}, options=options)
-    return config_from_dict(apply_overrides({}, overrides), "<defaults>", origin)
+    """configs/shapes_tiny.yaml with `overrides`. Where it is missing (a broken install), an error: the field
+    defaults are not that run (another reward mode, sampler and executor), so falling back to them would change the
+    results without a word."""
+    if not DEFAULT_CONFIG.is_file():
+        raise ConfigError(
+            f"the shipped default config {DEFAULT_CONFIG} is missing (an install without maskfocus/configs/): "
+            "reinstall maskfocus, or give --config"
+        )
+    return load_config(DEFAULT_CONFIG, overrides, options)
 
 
 def load_config_or_default(

@@ -171,14 +171,25 @@ def test_a_value_that_contains_itself_is_named_not_a_recursion_error(tmp_path):
     assert lines == [f"--set rollout.tags: rollout.tags contains itself at rollout.tags.0 {alias}"]
 
 
-def test_without_the_shipped_yaml_the_defaults_still_name_the_option(monkeypatch, tmp_path):
-    """A wheel installed without configs/ builds the config from the field defaults."""
+def test_without_the_shipped_yaml_no_run_falls_back_to_the_field_defaults(monkeypatch, tmp_path):
+    """The field defaults are another run (reward mode, sampler, executor): a missing default config is an error."""
     import maskfocus.config
 
     monkeypatch.setattr(maskfocus.config, "DEFAULT_CONFIG", tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError) as error:
-        maskfocus.config.default_run_config({"sampler.cfg_scale": -1.0}, {"sampler.cfg_scale": "--cfg"})
-    assert str(error.value).splitlines()[1].startswith("  --cfg: sampler.cfg_scale: Input should be greater")
+    with pytest.raises(ConfigError, match=r"the shipped default config .*missing.yaml is missing .*give --config"):
+        maskfocus.config.default_run_config({"sampler.cfg_scale": 2.0})
+
+
+def test_the_shipped_configs_are_the_checkouts_and_a_wheel_installs_them():
+    import tomllib
+
+    import maskfocus.config
+
+    assert maskfocus.config.DEFAULT_CONFIG == ROOT / "configs" / "shapes_tiny.yaml"
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["maskfocus.configs"] == "configs"
+    assert "maskfocus.configs" in setuptools["packages"]
+    assert setuptools["package-data"]["maskfocus.configs"] == ["*.yaml"]
 
 
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
