@@ -8,7 +8,8 @@ broadcasts instead of hundreds of tiny ones). Floating tensors travel in the wir
 One broadcast from rank 0 is
   1. int64 [version, layout fingerprint, number of buckets]
   2. int64 [dtype code, numel] per bucket
-  3. every bucket, one flat buffer each.
+  3. every bucket, one flat buffer each, sent as its bytes (uint8): Ray's NCCL dtype map has no int16, and has
+     bfloat16 only with a cupy that defines it, while uint8 and int64 travel everywhere.
 A receiver whose layout differs still receives every bucket (into scratch buffers of the announced sizes), so
 the group stays in step, then raises a ValueError naming both layouts.
 
@@ -141,6 +142,11 @@ def pack(bucket: Bucket, state_dict: Mapping[str, torch.Tensor], device: torch.d
     return torch.cat(parts).to(device)
 
 
+def as_bytes(buffer: torch.Tensor) -> torch.Tensor:
+    """A flat buffer's bytes, as a uint8 view (no copy): what travels, whatever the bucket's dtype."""
+    return buffer.view(torch.uint8)
+
+
 def unpack(bucket: Bucket, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
     """Views into a flat buffer, one per tensor of the bucket, in their shapes."""
     assert buffer.numel() == bucket.numel and buffer.dtype == bucket.dtype, (buffer.shape, buffer.dtype, bucket)
@@ -256,7 +262,7 @@ class WeightSender(_Member):
         self._broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), "the header")
         self._broadcast(torch.tensor(sizes, dtype=torch.int64, device=self.device), "the bucket sizes")
         for index, bucket in enumerate(layout.buckets):  # one bucket in memory at a time
-            self._broadcast(pack(bucket, state_dict, self.device), f"bucket {index}")
+            self._broadcast(as_bytes(pack(bucket, state_dict, self.device)), f"bucket {index}")
         return layout.nbytes
 
 
@@ -290,13 +296,14 @@ class WeightReceiver(_Member):
             problem = f"weight broadcast in group {self.group.name}: expected version {expect_version}, got {version}"
         if problem is not None:  # take part in the rest of the broadcast, keeping the module's weights as they are
             for index, (code, numel) in enumerate(zip(sizes_list[::2], sizes_list[1::2], strict=True)):
-                self._broadcast(torch.empty(numel, dtype=WIRE_DTYPES[code], device=self.device), f"bucket {index}")
+                scratch = torch.empty(numel * WIRE_DTYPES[code].itemsize, dtype=torch.uint8, device=self.device)
+                self._broadcast(scratch, f"bucket {index}")
             raise ValueError(problem)
         with torch.no_grad():
             for index, bucket in enumerate(layout.buckets):
-                buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=self.device)
+                buffer = torch.empty(bucket.numel * bucket.dtype.itemsize, dtype=torch.uint8, device=self.device)
                 self._broadcast(buffer, f"bucket {index}")
-                for name, value in unpack(bucket, buffer).items():
+                for name, value in unpack(bucket, buffer.view(bucket.dtype)).items():
                     targets[name].copy_(value)
         return version
 

@@ -237,3 +237,36 @@ def test_a_timed_out_broadcast_fails_clearly_and_leaves_the_group_undestroyed(mo
     healthy = WeightSender(group)
     healthy.close()
     assert destroyed == ["stuck"]
+
+
+class Buffers(nn.Module):
+    """A module whose state is the given tensors, as buffers."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor.clone())
+
+
+def test_buckets_travel_as_bytes_so_every_dtype_passes_ray_nccl_and_arrives_exactly(monkeypatch):
+    """Ray's NCCL dtype map has no int16 and has bfloat16 only with a recent cupy: every call carries uint8 (the
+    buckets) or int64 (header and sizes), and the receiver gets every dtype back bit for bit (no Ray: the sender's
+    calls are recorded, then replayed into the receiver's)."""
+    from maskfocus.learner import weight_transport
+
+    calls: list[torch.Tensor] = []
+    monkeypatch.setattr(weight_transport.collective, "init_collective_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(weight_transport.collective, "broadcast", lambda tensor, **kwargs: calls.append(tensor.clone()))
+    dtypes = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int16, torch.int8, torch.bool)
+    generator = torch.Generator().manual_seed(0)
+    sent = {f"t{index}": (torch.randn(3, 5, generator=generator) * 300).to(dtype) for index, dtype in enumerate(dtypes)}
+    group = WeightGroup("bytes", world_size=2, backend="gloo", bucket_bytes=64)
+    WeightSender(group).broadcast(7, sent)
+    assert {tensor.dtype for tensor in calls} == {torch.uint8, torch.int64}
+
+    monkeypatch.setattr(weight_transport.collective, "broadcast", lambda tensor, **kwargs: tensor.copy_(calls.pop(0)))
+    receiving = Buffers({name: torch.zeros_like(tensor) for name, tensor in sent.items()})
+    assert WeightReceiver(group, 1).receive(receiving, expect_version=7) == 7
+    assert calls == []
+    for name, tensor in sent.items():
+        assert torch.equal(receiving.get_buffer(name), tensor), name
