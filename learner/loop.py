@@ -311,7 +311,22 @@ def _serve(
                 _record_metrics(metrics, record, dropped=False)
                 ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
             except Exception as error:
+                if sender is not None and sender.stuck:
+                    raise StuckBroadcast(message.iteration) from error
                 failure = error
+
+
+class StuckBroadcast(RuntimeError):
+    """A weight broadcast timed out with its NCCL call still on the GPU. Ray's NCCL stream is a blocking one, so
+    every later GPU call of this process (the stop message's broadcast, the checkpoint's gathers) would queue behind
+    it: rank 0 stops at once, without the stop-time checkpoint, and Ray Train then stops the other ranks."""
+
+    def __init__(self, iteration: int):
+        super().__init__(
+            f"learner rank 0 stops after iteration {iteration} without checkpointing it: its weight broadcast is "
+            "stuck on the GPU, and every GPU call would wait behind it; a resume goes on from the last checkpoint "
+            "(train.checkpoint_every)"
+        )
 
 
 def _share_weights(

@@ -5,6 +5,8 @@ test_learner_group.py runs the learner group itself)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from ray_fixture import RAY_TIMEOUT_S, next_update
@@ -158,39 +160,67 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
     assert serving.saved == [0]
 
 
+class DeadReceiverSender:
+    """A WeightSender whose broadcast of version 2 fails: a rollout worker died (never restarted with collective
+    transport). NCCL either reports the dead peer (an error) or waits for it until the group's timeout, which leaves
+    its call on the GPU (`stuck`, as WeightSender sets it)."""
+
+    group = SimpleNamespace(timeout_s=RAY_TIMEOUT_S)
+
+    def __init__(self, stuck: bool):
+        self.versions: list[int] = []
+        self.stuck, self.fails_stuck = False, stuck
+
+    def broadcast(self, version, weights):
+        self.versions.append(version)
+        if version == 2 and self.fails_stuck:
+            self.stuck = True
+            raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
+        if version == 2:
+            raise RuntimeError("NCCL error: remote process exited or there was a network error")
+
+
 @pytest.mark.parametrize("queued_after", [1, 0])
 def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_before_it_fails(
     serving, tmp_path, queued_after
 ):
-    """Collective transport: a rollout worker died (never restarted there), so the next broadcast timed out and rank 0
-    raised at once, losing every iteration since the last periodic checkpoint; only a queue timeout saved first. The
-    stop comes at once, whether another batch is queued (it is not taken) or none (no wait for one)."""
+    """A broadcast that failed with an error: rank 0 used to raise at once, losing every iteration since the last
+    periodic checkpoint; only a queue timeout saved first. The stop comes at once, whether another batch is queued
+    (it is not taken) or none (no wait for one)."""
     import time
-    from types import SimpleNamespace
 
     from maskfocus.config import default_run_config
     from maskfocus.learner import loop
 
-    class DeadReceiverSender:
-        group = SimpleNamespace(timeout_s=RAY_TIMEOUT_S)
-
-        def __init__(self):
-            self.versions: list[int] = []
-
-        def broadcast(self, version, weights):
-            self.versions.append(version)
-            if version == 2:
-                raise TimeoutError("weight broadcast of the header (group g, rank 0): not finished after 5 s")
-
     config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 30.0}})
-    sender = DeadReceiverSender()
+    sender = DeadReceiverSender(stuck=False)
     serving.queue_learnable(2 + queued_after)
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match="weight broadcast of the header"):
+    with pytest.raises(RuntimeError, match="NCCL error: remote process exited"):
         loop._serve(LearningStub(config), sender, serving.batches, serving.store, tmp_path, "run")
     assert time.monotonic() - start < 20.0  # not ray.timeout_s waiting for a batch (which raised QueueTimeout)
     assert sender.versions == [0, 1, 2] and serving.saved == [1]  # learned, its broadcast failed
     assert serving.batches.qsize() == queued_after  # the batch queued after it is left for the redo
+
+
+def test_a_learner_whose_weight_broadcast_is_stuck_stops_at_once_without_another_collective(
+    serving, tmp_path, monkeypatch
+):
+    """A timed-out NCCL broadcast is still on the GPU, and Ray's NCCL stream blocks the default one: the stop
+    message's broadcast and the checkpoint's gathers would wait behind it. Rank 0 raises at once instead."""
+    from maskfocus.config import default_run_config
+    from maskfocus.learner import loop
+
+    collectives: list[object] = []
+    monkeypatch.setattr(loop, "_broadcast", lambda message, world_size: collectives.append(message) or message)
+    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 30.0}})
+    sender = DeadReceiverSender(stuck=True)
+    serving.queue_learnable(3)
+    with pytest.raises(loop.StuckBroadcast, match="stops after iteration 1 without checkpointing it") as error:
+        loop._serve(LearningStub(config), sender, serving.batches, serving.store, tmp_path, "run")
+    assert isinstance(error.value.__cause__, TimeoutError)
+    assert sender.versions == [0, 1, 2] and serving.saved == []
+    assert [message.kind for message in collectives] == ["learn", "learn"]  # iterations 0 and 1, then no stop
 
 
 @pytest.mark.parametrize(("last_item", "saved_after"), [(None, [0]), ("abort", [])])
