@@ -66,12 +66,18 @@ def role_requests(ray_config: RayConfig) -> list[tuple[int, float, float]]:
     ]
 
 
+RENDEZVOUS_CPUS = 1.0
+"""What ray.util.collective's NCCL rendezvous actor (NCCLUniqueIDStore, made at the first broadcast) needs free to
+be placed: a plain `@ray.remote` actor's default CPU; without it the first broadcast waits until ray.timeout_s."""
+
+
 def actor_demand(ray_config: RayConfig) -> dict[str, float]:
-    """The CPUs and GPUs the run's actors reserve in all (the queue, the weight store and Ray Train's controller
-    reserve none)."""
+    """The CPUs and GPUs the run's actors reserve in all, with the NCCL rendezvous actor's CPU under
+    `weight_transport: collective` (the queue, the weight store and Ray Train's controller reserve none)."""
     roles = role_requests(ray_config)
+    rendezvous = RENDEZVOUS_CPUS if ray_config.weight_transport == "collective" else 0.0
     return {
-        "CPU": sum(count * cpus for count, cpus, _ in roles),
+        "CPU": sum(count * cpus for count, cpus, _ in roles) + rendezvous,
         "GPU": sum(count * gpus for count, _, gpus in roles),
     }
 
@@ -110,6 +116,8 @@ def check_resources(ray_config: RayConfig, available: dict[str, float]) -> None:
             f"{amount:g} {kind}s (ray.*_{kind.lower()}s x ray.num_*_workers)" for kind, amount in short.items()
         )
         has = ", ".join(f"{available.get(kind, 0.0):g} {kind}s" for kind in short)
+        if "CPU" in short and ray_config.weight_transport == "collective":
+            needs += f", with {RENDEZVOUS_CPUS:g} free for ray.weight_transport: collective's NCCL rendezvous actor"
         raise ConfigError(
             f"the run's rollout, reward and learner actors reserve {needs}, but this local Ray has {has}; the actors "
             "that do not fit would wait until ray.timeout_s. Lower ray.rollout_cpus / reward_cpus / learner_cpus (or "

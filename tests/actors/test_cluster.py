@@ -103,6 +103,14 @@ def test_a_local_ray_too_small_for_the_actors_is_refused_at_once_and_shut_down(m
     with pytest.raises(ConfigError, match=r"2 GPUs: 0.6 left over"):
         check_resources(made_in_order, {"CPU": 4.0, "GPU": 2.0})
     check_resources(fractions, {"CPU": 2.0, "GPU": float("inf")})  # `maskfocus train`'s check before Ray starts
+    # collective transport: NCCL's rendezvous actor, made at the first broadcast, needs a free CPU to be placed
+    gpus = {"learner_gpus": 1, "rollout_gpus": 1, "reward_gpus": 1}
+    collective = RayConfig(weight_transport="collective", **gpus)
+    assert actor_demand(collective) == {"CPU": 2.5, "GPU": 3.0}
+    check_resources(RayConfig(**gpus), {"CPU": 2.0, "GPU": 3.0})
+    with pytest.raises(ConfigError, match=r"2.5 CPUs .*, with 1 free for ray.weight_transport: collective's NCCL"):
+        check_resources(collective, {"CPU": 2.0, "GPU": 3.0})
+    check_resources(collective, {"CPU": 3.0, "GPU": 3.0})
     shut_down = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
