@@ -23,6 +23,7 @@ from maskfocus.behaviour import VersionSnapshots
 from maskfocus.compiled import PaddedCompiled
 from maskfocus.config import GRPOConfig, OptimConfig, RunConfig
 from maskfocus.grpo import build_training_inputs, masked_entropy_mean, policy_loss, token_log_probs
+from maskfocus.hardware import wait_for_device
 from maskfocus.models.base import Condition, MaskedGenerator
 from maskfocus.types import TrainBatch
 
@@ -342,6 +343,7 @@ class PolicyUpdater:
     def _summarize(self, records: list[dict[str, float]], start: float) -> dict[str, float]:
         summary = merge_metrics(records)
         summary["loss/skipped_steps"] = sum(r.get("loss/skipped_steps", 0.0) for r in records)
+        wait_for_device(self.model.device)  # the last optimizer step may still run on a GPU
         summary["perf/learner_seconds"] = time.perf_counter() - start
         summary["perf/optimizer_steps"] = float(sum("loss/grad_norm" in r for r in records))
         # merged: the mean rate of this update's optimizer steps (get_last_lr() after them is the next update's)

@@ -27,6 +27,39 @@ def test_auto_on_cuda_is_bfloat16_whatever_the_cpu(native_bf16):
     assert ModelConfig(dtype="auto", device="cuda:1").dtype == "bfloat16"
 
 
+@pytest.mark.parametrize(
+    ("capability", "device", "expected"),
+    [
+        ((9, 0), "cuda", "bfloat16"),
+        ((8, 0), "cuda:1", "bfloat16"),
+        ((7, 0), "cuda", "float32"),
+        ((7, 5), "cuda:1", "float32"),
+    ],
+)
+def test_auto_on_a_gpu_this_process_sees_is_bfloat16_only_from_compute_capability_8(
+    monkeypatch, capability, device, expected
+):
+    """A V100 (7.0) or T4 (7.5) has no bfloat16 arithmetic; a GPU the process does not see (the head node resolves a
+    cluster run's config) is taken as current."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: asked.append(index) or capability)
+    assert ModelConfig(dtype="auto", device=device).dtype == expected
+    assert asked == [torch.device(device).index]
+    assert ModelConfig(dtype="auto", device="cuda:2").dtype == "bfloat16"  # not one of this process's 2 GPUs
+    assert len(asked) == 1
+
+
+def test_waiting_for_a_device_synchronizes_cuda_only(monkeypatch):
+    synchronized = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronized.append)
+    hardware.wait_for_device(torch.device("cpu"))
+    assert synchronized == []
+    hardware.wait_for_device(torch.device("cuda", 1))
+    assert synchronized == [torch.device("cuda", 1)]
+
+
 CONCRETE_DTYPES = [name for name in get_args(ModelConfig.model_fields["dtype"].annotation) if name != "auto"]
 
 

@@ -37,6 +37,19 @@ def test_per_step_takes_k_optimizer_steps_and_accumulate_one():
         assert updater.num_updates == expected
 
 
+def test_the_learner_clock_stops_after_the_devices_queued_work(monkeypatch):
+    """On CUDA the last optimizer step runs asynchronously: perf/learner_seconds is read after waiting for it."""
+    model = ToyGenerator()
+    updater = make_updater(model)
+    events = []
+    monkeypatch.setattr(update_module, "wait_for_device", lambda device: events.append(("wait", device)))
+    clock = update_module.time.perf_counter
+    monkeypatch.setattr(update_module.time, "perf_counter", lambda: events.append(("clock", None)) or clock())
+    updater.update(make_batch(model), torch.Generator().manual_seed(1))
+    assert ("wait", model.device) in events
+    assert events[-2:] == [("wait", model.device), ("clock", None)]
+
+
 def _gradients_at_optimizer_steps(updater, monkeypatch) -> list[torch.Tensor]:
     """Record the trained weight's gradient as each optimizer step sees it (before clipping)."""
     seen, original = [], updater._optimizer_step
