@@ -43,12 +43,13 @@ def payload(mib: int, seed: int) -> nn.Module:
 
 
 def checksum(module: nn.Module, wire_dtype: str | None) -> float:
-    """Sum of every tensor as it travels (floating ones in the wire dtype), in float64."""
+    """Sum of every tensor as it travels (floating ones in the wire dtype), in float64 on the CPU: the sender's and
+    a GPU receiver's sums then add the same numbers in the same order, so equal weights give equal sums exactly."""
     dtype = getattr(torch, wire_dtype) if wire_dtype else None
     total = 0.0
     for tensor in module.state_dict().values():
         value = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-        total += float(value.double().sum())
+        total += float(value.detach().cpu().double().sum())
     return total
 
 
