@@ -186,8 +186,9 @@ class RewardSpec(Section):
     that misses a number earns how close the count came (a counting prompt for n objects loses 1/(2n) per object
     off n instead of half), so near misses rank above far ones. Shapes and owlv2 detectors only.
     With `detector.kind: http`, partial is the reward server's `scores`, which is Flow-GRPO's own partial credit,
-    not GenEval's clause fraction: per include clause 1 - |count - found| / count (negative when far more objects
-    than asked are found), exclude clauses ignored; the client clips it to [0, 1]."""
+    not GenEval's clause fraction: the mean of per-clause count-distance terms, 1 - |count - found| / count
+    (negative when far more objects than asked are found), with added terms for colours and positions and exclude
+    clauses ignored (maskfocus/rewards/geneval_client.py); the client clips it to [0, 1]."""
     strict: bool = False
     """geneval only: also forbid what the prompt does not ask for (more of a named class than its count, any other
     class), through added exclude clauses. GenEval's rules only ask for "at least", which RL can exploit by drawing

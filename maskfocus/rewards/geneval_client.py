@@ -6,9 +6,12 @@ the reply (HTTP 200) is a pickled dict {"scores", "rewards", "strict_rewards", "
 "group_strict_rewards"}: per image, "rewards" is GenEval correctness (1.0 / 0.0), "strict_rewards" the same with
 exact counts, "scores" the server's partial credit; an error is HTTP 500 with the traceback as text.
 
-"scores" is Flow-GRPO's `evaluate_reward`, not GenEval's fraction of clauses met: per include clause
-1 - |count - found| / count (negative when far more objects are found than asked), exclude clauses ignored. The
-client clips it to [0, 1] so that a `partial` reward stays in GenEval's range; correctness is used as sent. The
+"scores" is Flow-GRPO's `evaluate_reward`, not GenEval's fraction of clauses met: the mean of per-clause terms,
+with exclude clauses ignored. Each include clause gives 1 - |count - found| / count (negative when far more objects
+are found than asked); a clause with a colour adds 1 - |count - found in that colour| / count, and one with a
+position adds 1.0 where every pair holds (a failing pair adds 0.0 and then 1.0 as well, as that code is written);
+either adds 0.0 instead when the count misses or the target clause failed. The
+client clips the mean to [0, 1] so that a `partial` reward stays in GenEval's range; correctness is used as sent. The
 server's correctness honours the exclude clauses a `strict` term sends, its partial score does not, so a strict
 term takes this judge in mode binary only.
 

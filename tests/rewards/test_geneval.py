@@ -69,6 +69,13 @@ def test_exclude_fails_counting_when_three_found_for_two_asked() -> None:
     assert three.score == pytest.approx(0.5)
 
 
+def test_counting_excludes_too_count_only_detections_above_the_counting_threshold() -> None:
+    """A third clock at 0.5 is below counting's 0.9: "two clocks" with "fewer than three" holds (at 0.3 it failed)."""
+    meta = record("counting", [{"class": "clock", "count": 2}], [{"class": "clock", "count": 3}])
+    assert evaluate({"clock": [det(score=0.95), det(score=0.95), det(score=0.5)]}, meta).correct
+    assert not evaluate({"clock": [det(score=0.95), det(score=0.95), det(score=0.91)]}, meta).correct
+
+
 def test_two_red_of_three_fail_when_three_red_required() -> None:
     meta = record("colors", [{"class": "car", "count": 3, "color": "red"}])
     result = evaluate({"car": [det(color="red"), det(color="red"), det(color="blue")]}, meta)
@@ -232,6 +239,22 @@ def test_position_must_hold_against_every_target_object() -> None:
     assert not evaluate({"cat": [det(100, 200), det(150, 20)], "dog": [det(125, 50)]}, meta).correct
 
 
+def test_position_must_hold_for_every_object_of_the_clause() -> None:
+    """Two dogs above one cat: the second dog, beside the cat, fails the clause (not only the first is checked)."""
+    meta = record("position", [{"class": "cat", "count": 1}, {"class": "dog", "count": 2, "position": ["above", 0]}])
+    assert evaluate({"cat": [det(125, 200)], "dog": [det(100, 50), det(150, 50)]}, meta).correct
+    beside = evaluate({"cat": [det(125, 200)], "dog": [det(100, 50, score=0.9), det(250, 200, score=0.8)]}, meta)
+    assert beside.reasons == ("expected dog above target, found right of target",)
+
+
+def test_a_shrunk_offset_of_exactly_half_its_length_is_no_relation() -> None:
+    """The cut-offs are strict: boxes 10 apart, each 25 wide, shrink the 10 to 5, half the offset's length 10."""
+    assert relative_position(box_at(110, 100, 25), box_at(100, 100, 25)) == frozenset()
+    assert relative_position(box_at(110.01, 100, 25), box_at(100, 100, 25)) == frozenset({"right of"})
+    assert relative_position(box_at(100, 90, 25), box_at(100, 100, 25)) == frozenset()
+    assert relative_position(box_at(100, 89.99, 25), box_at(100, 100, 25)) == frozenset({"above"})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Summaries
 
@@ -245,6 +268,16 @@ def test_summarize_averages_per_tag_fractions_in_tag_order() -> None:
     with pytest.raises(ValueError, match="unknown GenEval tag"):
         summarize([("nope", True)])
     assert "num_unscored" not in summary
+
+
+def test_overall_is_the_mean_of_the_tags_not_of_the_images() -> None:
+    """GenEval's overall weighs every tag alike: one correct counting image of one, three of four single objects
+    wrong give (1/4 + 1) / 2 = 0.625, not the images' 2/5."""
+    records = [("single_object", True), *[("single_object", False)] * 3, ("counting", True)]
+    summary = summarize(records)
+    assert summary["tags"] == {"single_object": 0.25, "counting": 1.0}
+    assert summary["overall"] == pytest.approx(0.625)
+    assert summary["num_images"] == 5
 
 
 def test_images_the_judge_could_not_score_are_left_out_and_counted() -> None:
