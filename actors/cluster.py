@@ -255,5 +255,5 @@ def check_role_gpus(config: RunConfig) -> None:
     if ray_config.num_learner_workers > 1 and gpus != int(gpus):
         raise ConfigError(
             f"ray.learner_gpus {gpus}: with ray.num_learner_workers {ray_config.num_learner_workers}, each learner "
-            "rank needs a whole GPU (NCCL refuses two ranks of one group on one GPU); allowed: 1, 2, ..."
+            "rank needs a whole GPU (NCCL refuses two ranks of one group on one GPU); allowed: 1"
         )

@@ -59,9 +59,12 @@ class RayConfig(Section):
 
     @field_validator("rollout_gpus", "reward_gpus", "learner_gpus")
     @classmethod
-    def _whole_above_one(cls, gpus: float) -> float:
-        """Ray takes a fraction of one GPU or whole GPUs (it refused 1.5 only when the pool was made, after the run
-        folder and the learner group)."""
-        if gpus > 1 and gpus != int(gpus):
-            raise ValueError("a fraction of one GPU (up to 1) or a whole number of GPUs")
+    def _at_most_one(cls, gpus: float) -> float:
+        """Each actor computes on one device (model.device; a learner rank on the GPU Ray Train gives it), so a second
+        GPU would sit idle; Ray also refused 1.5 only when the pool was made, after the run folder and learner group."""
+        if gpus > 1:
+            raise ValueError(
+                f"{gpus:g} GPUs: each actor computes on one GPU, so at most 1 (a fraction shares one); for more "
+                "GPUs raise ray.num_rollout_workers / num_reward_workers / num_learner_workers"
+            )
         return gpus

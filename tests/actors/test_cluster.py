@@ -207,12 +207,13 @@ def test_the_runs_helper_actors_are_pinned_to_the_drivers_node_and_ask_for_no_cp
         batches.shutdown()
 
 
-@pytest.mark.parametrize("gpus", [1.5, 2.25])
-def test_a_gpu_request_above_one_must_be_whole(gpus):
-    """Ray refused 1.5 GPUs only when the pool was made, after the run folder and the learner group."""
-    with pytest.raises(ConfigError, match=r"ray.reward_gpus: a fraction of one GPU \(up to 1\) or a whole number"):
-        config_from_dict({"ray": {"reward_gpus": gpus}})
-    assert config_from_dict({"ray": {"reward_gpus": 2.0}}).ray.reward_gpus == 2.0
+@pytest.mark.parametrize("role", ["rollout", "reward", "learner"])
+@pytest.mark.parametrize("gpus", [1.5, 2.0])
+def test_an_actor_holds_at_most_one_gpu(role, gpus):
+    """Each actor computes on one GPU: a second one sat idle (and Ray refused 1.5 only when the pool was made)."""
+    with pytest.raises(ConfigError, match=rf"ray.{role}_gpus: .*{gpus:g} GPUs: each actor computes on one GPU, so"):
+        config_from_dict({"ray": {f"{role}_gpus": gpus}})
+    assert config_from_dict({"ray": {f"{role}_gpus": 1.0}}).ray.model_dump()[f"{role}_gpus"] == 1.0
 
 
 def test_worker_log_prefixes_lose_their_colour_codes_only_where_the_output_is_not_a_terminal(monkeypatch):
