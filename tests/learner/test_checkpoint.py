@@ -117,3 +117,78 @@ def test_a_checkpoint_before_any_optimizer_step_leaves_the_optimizer_unstepped(t
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(module.parameters(), twin.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), twin.parameters(), strict=True))
+
+
+def _sharded_pair(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Two linear blocks, FSDP2-sharded over the current group (each block, then the root), and their AdamW."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Linear(6, 2))
+    for block in module:
+        fully_shard(block)
+    fully_shard(module)
+    return module, torch.optim.AdamW(module.parameters(), lr=1e-2)
+
+
+def local_moments(optimizer: torch.optim.Optimizer) -> list[dict[str, torch.Tensor]]:
+    """This rank's shard of each parameter's AdamW state, as plain tensors."""
+    states = [optimizer.state[parameter] for parameter in optimizer.param_groups[0]["params"]]
+    return [
+        {key: getattr(value, "to_local", value.clone)().clone() for key, value in state.items()} for state in states
+    ]
+
+
+def _save_then_resume_on_two_ranks(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: two sharded steps, the full state saved (rank 0), then loaded into a fresh sharded
+    copy; writes this rank's shards before and after, and how often it read the file."""
+    import torch.distributed as dist
+
+    from maskfocus.learner import checkpoint
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    try:
+        module, optimizer = _sharded_pair(seed=0)
+        for step in range(2):
+            module(torch.full((4, 3), float(rank + step + 1))).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        state = full_optimizer_state(module, optimizer)
+        if rank == 0:
+            torch.save(state, f"{out}/optimizer.pt")
+        dist.barrier()
+        reads = []
+        read = checkpoint.read_optimizer_state
+        checkpoint.read_optimizer_state = lambda folder: reads.append(folder) or read(folder)
+        fresh, fresh_optimizer = _sharded_pair(seed=1)
+        load_optimizer_state(fresh, fresh_optimizer, Path(out))
+        torch.save(
+            {"saved": local_moments(optimizer), "loaded": local_moments(fresh_optimizer), "reads": len(reads)},
+            f"{out}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_fsdp2_ranks_resume_their_shards_from_one_read_and_one_rank_resumes_the_whole(tmp_path):
+    """Rank 0 alone reads optimizer.pt and broadcasts it; each rank gets back exactly the shard it saved. The same
+    file loads into one unsharded rank (a resume at another world size)."""
+    import torch.multiprocessing as mp
+    from ray_fixture import free_port
+
+    mp.spawn(_save_then_resume_on_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert [result["reads"] for result in ranks] == [1, 0]
+    for result in ranks:
+        for saved, loaded in zip(result["saved"], result["loaded"], strict=True):
+            assert set(loaded) == {"step", "exp_avg", "exp_avg_sq"}
+            for key in saved:
+                torch.testing.assert_close(loaded[key], saved[key], rtol=0, atol=0)
+    full = read_optimizer_state(tmp_path)
+    whole = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Linear(6, 2))
+    whole_optimizer = torch.optim.AdamW(whole.parameters(), lr=1e-2)
+    load_optimizer_state(whole, whole_optimizer, tmp_path)
+    for (name, parameter), key in ((pair, key) for pair in whole.named_parameters() for key in ("exp_avg", "step")):
+        torch.testing.assert_close(whole_optimizer.state[parameter][key], full["state"][name][key], rtol=0, atol=0)
+    first_shards = torch.cat([result["saved"][0]["exp_avg"] for result in ranks])  # 0.weight, split by rows
+    torch.testing.assert_close(first_shards, full["state"]["0.weight"]["exp_avg"], rtol=0, atol=0)
