@@ -105,8 +105,9 @@ def test_the_ray_learner_is_given_the_rollouts_T(random_model, tmp_path, monkeyp
     # inductor, whose code generation would add ~120 s here (both ranks compile the three graphs cold at once: 150 s
     # against 28 s for the eager variant, 2026-12-05). Inductor's numerics are checked against eager in
     # tests/test_update.py (the learner's, on the toy generator), tests/learner/test_parallelize.py (the same over an
-    # FSDP2-sharded module, one rank) and tests/test_compiled.py (the sampler's, on the shipped model).
-    [("fsdp", True, None), ("fsdp", False, "aot_eager")],
+    # FSDP2-sharded module, one rank) and tests/test_compiled.py (the sampler's, on the shipped model). DDP: its
+    # replicas' averaged update, stale-batch swap, checkpoint and published weights over two ranks (about 30 s).
+    [("fsdp", True, None), ("fsdp", False, "aot_eager"), ("ddp", True, None)],
 )
 def test_two_workers_on_gloo_equal_one_in_process_update_and_drop_stale_batches(
     ray_session, random_model, tmp_path, one_thread, strategy, second_group_valid, compile_backend
