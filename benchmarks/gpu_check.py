@@ -226,6 +226,7 @@ def build_scale_models(
         "pixel_range": (0.0, 1.0),
         "device": device,
         "downsample": True,
+        "timestep_dtype": dtype,  # both condition on the rollouts' timestep rounding, as models/__init__.py loads them
     }
     policy_transformer = copy.deepcopy(transformer).to(dtype)
     policy = MeissonicGenerator(vqvae, policy_transformer, text_encoder, tokenizer, **options)

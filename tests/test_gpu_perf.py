@@ -1,4 +1,5 @@
-"""The non-GPU logic of benchmarks/gpu_check.py: FLOP counting, MFU arithmetic, peak lookup, the stand-in size."""
+"""The non-GPU logic of benchmarks/gpu_check.py: FLOP counting, MFU arithmetic, peak lookup, the stand-in size, and a
+CPU dry run of its scale check."""
 
 from __future__ import annotations
 
@@ -41,3 +42,33 @@ def test_peak_lookup_prefers_the_pcie_entry(perf):
 
 def test_meissonic_stand_in_has_about_a_billion_parameters(perf):
     assert 0.9e9 < perf.parameter_count(perf.MEISSONIC) < 1.2e9
+
+
+def test_the_scale_check_runs_on_the_cpu_with_the_small_stand_in(tmp_path):
+    """A dry run of gpu_check's scale path (sampling with the router, the FSDP2-wrapped learner's update, the weight
+    gather) on the CPU, so that the script a GPU session runs once has run somewhere; in a subprocess, since it
+    starts its own process group."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    args = ["--device", "cpu", "--only", "scale", "--scale", "small", "--num-steps", "4", "--selected", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--prompts", "1", "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())["scale"]
+    assert (report["T"], report["K"], report["images_per_iteration"], report["device"]) == (4, 2, 2, "cpu")
+    assert report["transformer_parameters"] > 0 and report["forward_tflop_per_image"] > 0
+    assert report["rollout_s"] > 0 and report["learner_s"] > 0
+    assert report["peak_tflops"] is None and report["learner_mfu"] is None  # no peak for a CPU
+    assert "all checks passed: scale" in done.stdout
