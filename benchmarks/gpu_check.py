@@ -322,6 +322,9 @@ def check_scale(device: torch.device, args: argparse.Namespace) -> dict:
         "images_per_s": round(len(prompts_B) / iteration_s, 4),
         "rollout_images_per_s": round(len(prompts_B) / rollout_s, 4),
         "peak_tflops": peak,
+        # both against the dense bf16 peak: the rollouts compute in --dtype, the learner in float32 (TF32 off), whose
+        # own peak is far lower, so its MFU reads low by that factor
+        "mfu_basis": f"dense bf16 peak; rollouts in {args.dtype}, learner in float32",
         "learner_mfu": _round(mfu(flops_learner, learner_s, peak)),
         "rollout_mfu": _round(mfu(flops_rollout, rollout_s, peak)),
         "max_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None,

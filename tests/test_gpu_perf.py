@@ -71,4 +71,5 @@ def test_the_scale_check_runs_on_the_cpu_with_the_small_stand_in(tmp_path):
     assert report["transformer_parameters"] > 0 and report["forward_tflop_per_image"] > 0
     assert report["rollout_s"] > 0 and report["learner_s"] > 0
     assert report["peak_tflops"] is None and report["learner_mfu"] is None  # no peak for a CPU
+    assert report["mfu_basis"].endswith("learner in float32")
     assert "all checks passed: scale" in done.stdout
