@@ -186,6 +186,22 @@ def test_cfg_uses_one_batched_forward_per_step_and_none_without_guidance():
     assert rows == [3] * 5
 
 
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_each_step_asks_the_model_for_its_own_step_index_of_the_run(cfg):
+    """Meissonic's logits depend on the timestep made from (step, num_steps): the sampler passes 0..T-1 and T, once
+    per step (the toy model ignores them, so only a spy sees a wrong index)."""
+    model = ToyGenerator()
+    seen, forward = [], model.logits
+
+    def logits(tokens_BL, condition, step, num_steps, module=None):
+        seen.append((step, num_steps))
+        return forward(tokens_BL, condition, step, num_steps, module)
+
+    model.logits = logits
+    _run(model, cfg=cfg, steps=5, batch=2)
+    assert seen == [(step, 5) for step in range(5)]
+
+
 @pytest.mark.parametrize("cfg,seed", [(1.5, 0), (3.0, 1), (7.5, 2)])
 def test_guided_logits_are_uncond_plus_scale_times_cond_minus_uncond(cfg, seed):
     model = ToyGenerator(seed=seed)
