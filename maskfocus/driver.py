@@ -310,7 +310,8 @@ class RayRun:
             except GetTimeoutError as slow:
                 raise RuntimeError(
                     f"{role} worker {index} did not take calls again within {wait_s:.0f} s of its restart (half of "
-                    "ray.timeout_s); raise ray.timeout_s if loading a worker takes that long"
+                    "ray.timeout_s); raise ray.timeout_s if loading a worker takes that long, or free what it waits "
+                    f"for{free_resources_note()}"
                 ) from slow
             except ActorDiedError as dead:
                 message = f"{role} worker {index} is dead for good (ray.max_restarts={max_restarts})"
@@ -462,10 +463,11 @@ class RayRun:
     def stop_early(self, learner: LearnerGroup, checkpoint: bool = True) -> None:
         """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
         last iteration and stops, and its records are logged (the loop's in-flight poll first, which may hold one),
-        so that the run folder is consistent and resumable. Best effort,
-        bounded by ray.timeout_s (a dead learner leaves its last periodic checkpoint). Collective: the rollout workers
-        stay, to take the learner's last broadcasts. `checkpoint=False` (a diverged loss): the learner stops at
-        once, without a checkpoint of its non-finite weights."""
+        so that the run folder is consistent and resumable. Best effort: it gives up once ray.timeout_s passes without
+        a record (a learner still learning the queued batches, or writing its checkpoint, is not cut off by a fixed
+        total; a dead learner leaves its last periodic checkpoint, and the records it published before it died are
+        logged). Collective: the rollout workers stay, to take the learner's last broadcasts. `checkpoint=False` (a
+        diverged loss): the learner stops at once, without a checkpoint of its non-finite weights."""
         if not self.collective:
             self.rollouts.kill()
         self.rewards.kill()
@@ -475,13 +477,14 @@ class RayRun:
             pending, self.pending_update = self.pending_update, None
             if pending is not None:  # the loop's last call may already hold a learned iteration's record
                 self.on_update(ray.get(pending, timeout=timeout))
-            if not learner.alive:
-                return
-            put_within(self.batches, None if checkpoint else ABORT, timeout)
+            if learner.alive:
+                put_within(self.batches, None if checkpoint else ABORT, timeout)
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
                 if update is None and not learner.alive:
                     break
+                if update is not None:
+                    deadline = time.perf_counter() + timeout
                 self.on_update(update)
         except Exception as error:  # the original failure is what the user must see; this one only explains
             tqdm.write(f"stopping the learner failed: {type(error).__name__}: {error}")

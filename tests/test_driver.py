@@ -318,7 +318,9 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
 def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_session, runs):  # noqa: F811
     """The run loop always has one `next_update` call in flight, and that call takes the next record from the
     store. A stop (or failure) must log that record: otherwise the learner's checkpoint is an iteration ahead of
-    metrics.jsonl (seen once with `ray job stop`)."""
+    metrics.jsonl (seen once with `ray job stop`). So must the records a learner published before it died."""
+    import time
+
     import ray
 
     from maskfocus.driver import POLL_S, RayRun
@@ -334,16 +336,50 @@ def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_se
         def kill(self):
             pass
 
+    from ray.util.queue import Queue
+
     store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    batches = Queue(maxsize=2, actor_options={"num_cpus": 0})
     try:
         run = RayRun.__new__(RayRun)  # only what stop_early touches
         run.config, run.collective, run.rollouts, run.rewards = runs.float32_config, False, Pool(), Pool()
-        run.store, run.batches = store, type("Batches", (), {"put": lambda self, item, timeout: None})()
+        run.store, run.batches = store, batches
         logged = []
         run.on_update = lambda update: logged.append(update and update[2]["iteration"])
         run.pending_update = store.next_update.remote(10 * POLL_S)
-        ray.get(store.publish.remote(1, None, {"iteration": 7}), timeout=30)
+        for version, iteration in ((1, 7), (2, 8), (3, 9)):  # 8 and 9 published before the learner died
+            ray.get(store.publish.remote(version, None, {"iteration": iteration}), timeout=30)
         run.stop_early(Stopped())
-        assert 7 in logged and run.pending_update is None
+        assert [iteration for iteration in logged if iteration is not None] == [7, 8, 9]
+        assert run.pending_update is None and batches.qsize() == 0  # no stop item for a dead learner
+
+        # a learner still learning the queued batches past ray.timeout_s in all is not cut off: the wait is for the
+        # next record, not a fixed total
+        import threading
+
+        class Learning:
+            alive = True
+
+            def join(self, timeout):
+                pass
+
+        learning, logged[:] = Learning(), []
+        base = runs.float32_config
+        run.config = base.model_copy(update={"ray": base.ray.model_copy(update={"timeout_s": 2.0})})
+
+        def publish_then_die():
+            for version, iteration in ((4, 10), (5, 11), (6, 12), (7, 13)):
+                time.sleep(1.2)  # 4.8 s in all, past the 2 s timeout
+                ray.get(store.publish.remote(version, None, {"iteration": iteration}), timeout=30)
+            time.sleep(0.3)
+            learning.alive = False
+
+        thread = threading.Thread(target=publish_then_die)
+        thread.start()
+        run.stop_early(learning)
+        thread.join()
+        assert [iteration for iteration in logged if iteration is not None] == [10, 11, 12, 13]
+        assert batches.qsize() == 1 and batches.get(timeout=30) is None  # the stop item
     finally:
+        batches.shutdown()
         ray.kill(store)

@@ -329,12 +329,16 @@ def test_the_ray_driver_reports_a_non_finite_loss_and_stops_when_it_persists(tmp
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # both written before the stop
 
 
-def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_slow_worker():
+def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_slow_worker(monkeypatch):
     """Each worker's wait took the whole ray.timeout_s, so waiting for two outlasted the learner's own wait for a
-    batch; a worker that did not come back ended in Ray's bare GetTimeoutError."""
+    batch; a worker that did not come back ended in Ray's bare GetTimeoutError. The message says what is free: a
+    restarted actor may wait for resources (its node lost), which a longer timeout would not bring."""
     from ray.exceptions import GetTimeoutError, ObjectReconstructionFailedError
 
+    from maskfocus import driver
     from maskfocus.driver import Attempt
+
+    monkeypatch.setattr(driver, "free_resources_note", lambda: "; free on the cluster now: 0 CPUs")
 
     run = bare_run(collective=False, max_restarts=2, timeout_s=60.0)
     waits = []
@@ -349,8 +353,11 @@ def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_
 
     run.rollouts.wait_ready, run.rewards.wait_ready = slow_rollout, never_ready
     lost = ObjectReconstructionFailedError("ab" * 14, None, "")  # names neither worker: both are waited for
-    with pytest.raises(RuntimeError, match=r"^reward worker 0 did not take calls again within 30 s of its restart"):
+    with pytest.raises(
+        RuntimeError, match=r"^reward worker 0 did not take calls again within 30 s of its restart"
+    ) as e:
         run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), lost)
+    assert str(e.value).endswith("or free what it waits for; free on the cluster now: 0 CPUs")
     assert waits[0] == pytest.approx(30.0, abs=0.1) and waits[1] == pytest.approx(29.8, abs=0.1)
 
 
