@@ -11,8 +11,8 @@ raises `StopSignal` at once, so that the caller can say what was saved and how t
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -90,11 +90,17 @@ class StopRequest(_StopSignalHandler):
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         if self.announce:
-            print(
-                f"\n{self.requested}: stopping after this iteration, with a checkpoint (Ctrl-C again stops at once)",
-                file=sys.stderr,
-                flush=True,
+            announce(
+                f"\n{self.requested}: stopping after this iteration, with a checkpoint (Ctrl-C again stops at once)\n"
             )
+
+
+def announce(text: str) -> None:
+    """Write `text` from a signal handler straight to file descriptor 2: printing through sys.stderr while the code
+    the signal interrupted is inside a write to it raises "reentrant call" (Python's buffered writers are not
+    reentrant), which turned a Ctrl-C into a failed run."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
 
 
 class StopSignal(KeyboardInterrupt):

@@ -23,6 +23,26 @@ def test_first_signal_sets_the_request_and_a_second_ctrl_c_interrupts():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_the_announcement_goes_to_the_descriptor_not_through_sys_stderr(capfd, monkeypatch):
+    """A signal that lands while the main thread writes to sys.stderr: printing through it from the handler raised
+    "reentrant call" (Python's buffered writers), which turned a Ctrl-C into a failed run."""
+    import sys
+
+    class Busy:
+        def write(self, text):
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+        def flush(self):
+            raise RuntimeError("reentrant call")
+
+    monkeypatch.setattr(sys, "stderr", Busy())
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.undo()
+    assert stop.requested == "SIGINT"
+    assert "SIGINT: stopping after this iteration, with a checkpoint" in capfd.readouterr().err
+
+
 def test_sigterm_sets_the_request_and_is_restored_afterwards():
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest(announce=False) as stop:
