@@ -122,15 +122,34 @@ def acquire(run_dir: Path) -> Path:
     raise ConfigError(f"{path}: another run took this folder's lock just now; is one starting beside this one?")
 
 
+TURN_FILE = ".run.lock.turn"
+"""Kept beside run.lock (empty): its exclusive lock is the turn to judge a stale run.lock."""
+
+LOCK_FILES = (LOCK_FILE, TURN_FILE)
+"""What the lock leaves in a folder: a folder holding nothing else is empty."""
+
+
 @contextlib.contextmanager
 def _takeover_turn(run_dir: Path) -> Iterator[None]:
-    """One process at a time judges and replaces a stale lock: an exclusive flock on the run folder itself (stale
-    locks are judged only on their own host, where flock holds)."""
+    """One process at a time judges and replaces a stale lock: an exclusive flock on `TURN_FILE`, opened for
+    writing (stale locks are judged only on their own host, where flock holds). A file, not the folder: an NFS
+    client emulates flock with fcntl locks, whose exclusive kind needs a descriptor open for writing, which a folder
+    cannot have."""
     import fcntl
 
-    descriptor = os.open(run_dir, os.O_RDONLY)
+    turn = run_dir / TURN_FILE
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        descriptor = os.open(turn, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfigError(f"cannot open {turn} to take over {run_dir / LOCK_FILE}: {error}") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:  # a file system without locks
+            raise ConfigError(
+                f"cannot lock {turn} ({error.strerror}) to judge the lock {run_dir / LOCK_FILE} that a run left; if "
+                f"that run is known to be gone, delete {run_dir / LOCK_FILE} and start again"
+            ) from None
         yield
     finally:
         os.close(descriptor)  # releases the flock

@@ -83,6 +83,7 @@ def test_a_resume_of_a_folder_in_use_is_refused_before_its_config_changes(tmp_pa
         error = cli_error(capsys, "train", "--resume", str(run), "--iterations", "300", "--executor", "local", *check)
         assert f"{run} is in use by a run (process 99 on head-node" in error
     assert (run / "config.yaml").read_text() == before and sorted(p.name for p in run.iterdir()) == [
+        ".run.lock.turn",  # the turn to judge the lock, which it took (empty)
         "config.yaml",
         "run.lock",
     ]
@@ -147,3 +148,32 @@ def test_two_starters_that_find_one_stale_lock_do_not_both_take_it(tmp_path, mon
     first.join(timeout=30)
     assert sorted(outcome.split(":")[0] for outcome in outcomes) == ["refused", "took it"], outcomes
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+
+
+def test_the_takeover_turn_locks_a_file_open_for_writing_and_a_failed_lock_says_what_to_do(tmp_path, monkeypatch):
+    """An NFS client emulates flock with fcntl locks, whose exclusive kind needs a descriptor open for writing: the
+    turn was a lock on the run folder opened read-only, so a stale lock on a shared out_dir ended in a traceback."""
+    import errno
+    import fcntl
+
+    modes, real_flock = [], fcntl.flock
+
+    def record_mode(descriptor, operation):
+        modes.append(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE)
+        return real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", record_mode)
+    lock_of(tmp_path, pid=dead_pid())
+    assert run_lock.acquire(tmp_path) == tmp_path / "run.lock"
+    assert modes == [os.O_RDWR] and (tmp_path / run_lock.TURN_FILE).is_file()
+    run_lock.release(tmp_path / "run.lock")
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock_of(tmp_path, pid=dead_pid())
+    with pytest.raises(
+        ConfigError, match=r"cannot lock .*\.run\.lock\.turn \(No locks available\) .* delete .*run.lock"
+    ):
+        run_lock.acquire(tmp_path)

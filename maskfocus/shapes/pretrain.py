@@ -184,7 +184,7 @@ def check_pretrain_output(out: Path) -> None:
     the log and MODEL_CARD.md there): never a run folder or a folder holding other things, which it would litter or
     overwrite (a MODEL_CARD.md of the user's, say)."""
     check_output_folder("--out", out)
-    if not out.is_dir() or not any(path.name != run_lock.LOCK_FILE for path in out.iterdir()):
+    if not out.is_dir() or not any(path.name not in run_lock.LOCK_FILES for path in out.iterdir()):
         return
     if any((out / part).exists() for part in RUN_FOLDER_PARTS):
         raise ConfigError(f"--out {out}: is a training run's folder; give a new folder or an earlier --out")
