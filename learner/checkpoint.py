@@ -59,13 +59,22 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, ch
     about 8 GB of AdamW state each at 1B parameters). A state saved before any optimizer step is empty: the
     optimizer stays as made (torch's setter would first step it at learning rate 0)."""
     ranks = dist.get_world_size() if dist.is_initialized() else 1
-    state = read_optimizer_state(checkpoint) if ranks == 1 or dist.get_rank() == 0 else {}
-    stepped = [bool(state.get("state"))]
-    if ranks > 1:  # the other ranks learn from rank 0 whether there is a state to load
-        dist.broadcast_object_list(stepped, src=0)
-    if not stepped[0]:
+    state, failure = {}, None
+    if ranks == 1 or dist.get_rank() == 0:
+        try:
+            state = read_optimizer_state(checkpoint)
+            state = name_keyed(state, unwrap(module)) if state["state"] else state
+        except Exception as error:  # every rank must hear of it: the others wait in the broadcast below
+            failure = error
+    outcome = [bool(state.get("state")), None if failure is None else f"{type(failure).__name__}: {failure}"]
+    if ranks > 1:  # the other ranks learn from rank 0 whether there is a state to load, or why it failed
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:  # the same message on every rank
+        raise RuntimeError(
+            f"learner rank 0 could not load the optimizer state of {checkpoint}: {outcome[1]}"
+        ) from failure
+    if not outcome[0]:
         return
-    state = name_keyed(state, unwrap(module)) if state else {}
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=ranks > 1)
     set_optimizer_state_dict(module, optimizer, state, options=options)
 

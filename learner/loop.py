@@ -312,7 +312,7 @@ def _serve(
                 ray.get(store.publish.remote(worker.version, weights_ref, record), timeout=timeout)
             except Exception as error:
                 if sender is not None and sender.stuck:
-                    raise StuckBroadcast(message.iteration) from error
+                    raise StuckBroadcast(message.iteration, saved=unsaved is None) from error
                 failure = error
 
 
@@ -321,10 +321,11 @@ class StuckBroadcast(RuntimeError):
     every later GPU call of this process (the stop message's broadcast, the checkpoint's gathers) would queue behind
     it: rank 0 stops at once, without the stop-time checkpoint, and Ray Train then stops the other ranks."""
 
-    def __init__(self, iteration: int):
+    def __init__(self, iteration: int, saved: bool):
+        checkpoint = "its checkpoint written before the broadcast" if saved else "without checkpointing it"
         super().__init__(
-            f"learner rank 0 stops after iteration {iteration} without checkpointing it: its weight broadcast is "
-            "stuck on the GPU, and every GPU call would wait behind it; a resume goes on from the last checkpoint "
+            f"learner rank 0 stops after iteration {iteration}, {checkpoint}: its weight broadcast is stuck on the "
+            "GPU, and every GPU call would wait behind it; a resume goes on from the last checkpoint "
             "(train.checkpoint_every)"
         )
 

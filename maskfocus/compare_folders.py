@@ -84,6 +84,7 @@ RUN_FILES = (
     "reward_curve.png",
     "error.log",
     "run.lock",
+    ".run.lock.turn",
 )
 RUN_SUBFOLDERS = (
     "eval",

@@ -39,10 +39,12 @@ from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: on
 from maskfocus.config_yaml import yaml_key_lines
 
 
-def shipped_configs_folder() -> Path:
-    """configs/ of a source checkout (or an editable install), else the copy a wheel installs as maskfocus/configs/."""
-    checkout = Path(__file__).resolve().parents[1] / "configs"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "configs"
+def shipped_configs_folder(module_file: Path = Path(__file__)) -> Path:
+    """The copy of configs/ a wheel installs as maskfocus/configs/ (beside this module), else a source checkout's
+    (or an editable install's) configs/: a wheel's site-packages/configs, the checkout's place, may be another
+    package's folder."""
+    package = module_file.resolve().parent / "configs"
+    return package if (package / "shapes_tiny.yaml").is_file() else module_file.resolve().parents[1] / "configs"
 
 
 DEFAULT_CONFIG = shipped_configs_folder() / "shapes_tiny.yaml"

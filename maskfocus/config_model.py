@@ -26,8 +26,9 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     """Weight dtype of the transformer and text encoder for sampling rollouts and previews (the VQ stays float32;
     logits are float32). The learner keeps float32 master weights whatever this says, and evaluation loads
-    `eval.dtype`. `auto` is resolved when the config is loaded, on the machine that loads it: bfloat16 on CUDA and
-    on CPUs with bfloat16 instructions (AVX512-BF16 or AMX), float32 elsewhere (maskfocus.hardware); the run's
+    `eval.dtype`. `auto` is resolved when the config is loaded, on the machine that loads it: bfloat16 on CUDA GPUs
+    with bfloat16 arithmetic (compute capability 8.0 up, or a GPU this process does not see) and on CPUs with
+    bfloat16 instructions (AVX512-BF16 or AMX), float32 elsewhere (maskfocus.hardware); the run's
     config.yaml records the choice, so a resume samples as the run did."""
     resolution: int | None = Field(None, ge=8, le=4096)
     """Generated image side in pixels; null = the model's own (aMUSEd: transformer sample_size x VQ downscale,

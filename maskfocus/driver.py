@@ -479,6 +479,7 @@ class RayRun:
                 self.on_update(ray.get(pending, timeout=timeout))
             if learner.alive:
                 put_within(self.batches, None if checkpoint else ABORT, timeout)
+                deadline = time.perf_counter() + timeout  # the wait for the first record starts now
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
                 if update is None and not learner.alive:

@@ -25,9 +25,12 @@ def cuda_has_native_bfloat16(device: str) -> bool:
     T4). True where this process does not see that GPU: the config of a cluster run is resolved on the head node,
     which may have none, for the workers' GPUs, assumed current."""
     index = torch.device(device).index
-    if not torch.cuda.is_available() or (index or 0) >= torch.cuda.device_count():
+    try:
+        if not torch.cuda.is_available() or (index or 0) >= torch.cuda.device_count():
+            return True
+        return torch.cuda.get_device_capability(index) >= (8, 0)
+    except RuntimeError:  # a GPU the driver cannot open here (exclusive mode, a failed init): as one not seen
         return True
-    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def wait_for_device(device: torch.device) -> None:

@@ -14,6 +14,7 @@ Layout of runs/<name>/:
   eval.before_resume_iter_XXXXXX/, model.before_resume_iter_XXXXXX/  after a resume with iterations left to learn:
                         the evaluation and model of the run before it
   run.lock              while a run trains in the folder: its host and process (maskfocus/run_lock.py)
+  .run.lock.turn        empty; its flock is the turn to take over a stale run.lock
 metrics.jsonl's writing and reading is maskfocus/metrics_log.py.
 """
 

@@ -90,12 +90,12 @@ class StopRequest(_StopSignalHandler):
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         if self.announce:
-            announce(
+            write_to_stderr_descriptor(
                 f"\n{self.requested}: stopping after this iteration, with a checkpoint (Ctrl-C again stops at once)\n"
             )
 
 
-def announce(text: str) -> None:
+def write_to_stderr_descriptor(text: str) -> None:
     """Write `text` from a signal handler straight to file descriptor 2: printing through sys.stderr while the code
     the signal interrupted is inside a write to it raises "reentrant call" (Python's buffered writers are not
     reentrant), which turned a Ctrl-C into a failed run."""

@@ -180,6 +180,21 @@ def test_without_the_shipped_yaml_no_run_falls_back_to_the_field_defaults(monkey
         maskfocus.config.default_run_config({"sampler.cfg_scale": 2.0})
 
 
+def test_a_wheel_install_finds_its_own_configs_whatever_sits_beside_the_package(tmp_path):
+    """site-packages/configs, where a checkout keeps configs/, may be another package's folder."""
+    import maskfocus.config
+
+    site = tmp_path / "site-packages"
+    (site / "maskfocus" / "configs").mkdir(parents=True)
+    (site / "maskfocus" / "configs" / "shapes_tiny.yaml").write_text("seed: 0\n")
+    (site / "configs").mkdir()  # another package's
+    module = site / "maskfocus" / "config.py"
+    assert maskfocus.config.shipped_configs_folder(module) == site / "maskfocus" / "configs"
+    checkout = tmp_path / "checkout"
+    (checkout / "configs").mkdir(parents=True)
+    assert maskfocus.config.shipped_configs_folder(checkout / "maskfocus" / "config.py") == checkout / "configs"
+
+
 def test_the_shipped_configs_are_the_checkouts_and_a_wheel_installs_them():
     import tomllib
 

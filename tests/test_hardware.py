@@ -23,8 +23,21 @@ def test_auto_on_cpu_is_bfloat16_only_with_bfloat16_instructions(native_bf16):
     assert ModelConfig(dtype="auto").dtype == ("bfloat16" if native_bf16 else "float32")
 
 
-def test_auto_on_cuda_is_bfloat16_whatever_the_cpu(native_bf16):
+def test_auto_on_cuda_is_bfloat16_whatever_the_cpu(native_bf16, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a head node without GPUs resolves it
     assert ModelConfig(dtype="auto", device="cuda:1").dtype == "bfloat16"
+
+
+def test_a_gpu_that_cannot_be_opened_here_is_taken_as_current(monkeypatch):
+    """An exclusive-mode GPU, or a failed driver init: left unresolved, `auto` passed as a dtype name."""
+
+    def cannot_open(index):
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", cannot_open)
+    assert ModelConfig(dtype="auto", device="cuda").dtype == "bfloat16"
 
 
 @pytest.mark.parametrize(

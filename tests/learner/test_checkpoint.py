@@ -192,3 +192,31 @@ def test_two_fsdp2_ranks_resume_their_shards_from_one_read_and_one_rank_resumes_
         torch.testing.assert_close(whole_optimizer.state[parameter][key], full["state"][name][key], rtol=0, atol=0)
     first_shards = torch.cat([result["saved"][0]["exp_avg"] for result in ranks])  # 0.weight, split by rows
     torch.testing.assert_close(first_shards, full["state"]["0.weight"]["exp_avg"], rtol=0, atol=0)
+
+
+def _resume_an_unreadable_state_on_two_ranks(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks loading a corrupt optimizer.pt: writes what it raised."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    try:
+        module, optimizer = _sharded_pair(seed=0)
+        try:
+            load_optimizer_state(module, optimizer, Path(out))
+            raised = "nothing"
+        except Exception as error:
+            raised = f"{type(error).__name__}: {error}"
+        Path(f"{out}/rank{rank}.txt").write_text(raised)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_state_rank_0_cannot_read_fails_every_rank_rather_than_leaving_them_in_the_broadcast(tmp_path):
+    import torch.multiprocessing as mp
+    from ray_fixture import free_port
+
+    (tmp_path / "optimizer.pt").write_bytes(b"not a torch file")
+    mp.spawn(_resume_an_unreadable_state_on_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = ((tmp_path / f"rank{rank}.txt").read_text() for rank in range(2))
+    assert first == second  # both raised, neither left waiting for the other
+    assert first.startswith(f"RuntimeError: learner rank 0 could not load the optimizer state of {tmp_path}: Unpickl")

@@ -203,8 +203,12 @@ def test_a_learner_whose_weight_broadcast_fails_checkpoints_its_last_iteration_b
     assert serving.batches.qsize() == queued_after  # the batch queued after it is left for the redo
 
 
+@pytest.mark.parametrize(
+    ("checkpoint_every", "saved", "said"),
+    [(50, [], "without checkpointing it"), (1, [0, 1], "its checkpoint written before the broadcast")],
+)
 def test_a_learner_whose_weight_broadcast_is_stuck_stops_at_once_without_another_collective(
-    serving, tmp_path, monkeypatch
+    serving, tmp_path, monkeypatch, checkpoint_every, saved, said
 ):
     """A timed-out NCCL broadcast is still on the GPU, and Ray's NCCL stream blocks the default one: the stop
     message's broadcast and the checkpoint's gathers would wait behind it. Rank 0 raises at once instead."""
@@ -213,13 +217,14 @@ def test_a_learner_whose_weight_broadcast_is_stuck_stops_at_once_without_another
 
     collectives: list[object] = []
     monkeypatch.setattr(loop, "_broadcast", lambda message, world_size: collectives.append(message) or message)
-    config = default_run_config({"train": {"num_iterations": 10, "checkpoint_every": 50}, "ray": {"timeout_s": 30.0}})
+    train = {"num_iterations": 10, "checkpoint_every": checkpoint_every}
+    config = default_run_config({"train": train, "ray": {"timeout_s": 30.0}})
     sender = DeadReceiverSender(stuck=True)
     serving.queue_learnable(3)
-    with pytest.raises(loop.StuckBroadcast, match="stops after iteration 1 without checkpointing it") as error:
+    with pytest.raises(loop.StuckBroadcast, match=f"stops after iteration 1, {said}") as error:
         loop._serve(LearningStub(config), sender, serving.batches, serving.store, tmp_path, "run")
     assert isinstance(error.value.__cause__, TimeoutError)
-    assert sender.versions == [0, 1, 2] and serving.saved == []
+    assert sender.versions == [0, 1, 2] and serving.saved == saved
     assert [message.kind for message in collectives] == ["learn", "learn"]  # iterations 0 and 1, then no stop
 
 
