@@ -23,7 +23,14 @@ NAN_REWARD_KEY = "reward/nan_group_fraction"
 
 
 class Diverged(RuntimeError):
-    """The loss was non-finite at every learned step of `train.max_nonfinite_iterations` iterations in a row."""
+    """The loss was non-finite, or every group's reward NaN, at every learned step of
+    `train.max_nonfinite_iterations` iterations in a row. `weights_finite`: the streak left the weights as they were
+    (NaN rewards skip every step), so the last learned iteration is worth a checkpoint; after non-finite losses the
+    weights have likely gone non-finite, and a checkpoint of them would be the one a resume picks."""
+
+    def __init__(self, message: str, weights_finite: bool = False):
+        super().__init__(message)
+        self.weights_finite = weights_finite
 
 
 class Streak:
@@ -36,8 +43,11 @@ class Streak:
         patience: int | None,
         stop_message: Callable[[int, int], str],
         note: Callable[[int, float], str],
+        weights_finite: bool = False,
     ):
         self.key, self.patience, self.stop_message, self.note = key, patience, stop_message, note
+        self.weights_finite = weights_finite
+        """Whether such a streak leaves the weights finite (see Diverged)."""
         self.start: int | None = None
         """The first of the iterations in a row, up to the last observed, with `key` at 1 (None: the last one was
         below)."""
@@ -55,7 +65,7 @@ class Streak:
             self.reported = False
             return None
         if self.patience is not None and self.start is not None and iteration - self.start + 1 >= self.patience:
-            raise Diverged(self.stop_message(self.start, iteration))
+            raise Diverged(self.stop_message(self.start, iteration), self.weights_finite)
         if self.reported:
             return None
         self.reported = True
@@ -103,7 +113,7 @@ class NonFiniteWatch:
     """A run's two streaks: NaN rewards and non-finite losses."""
 
     def __init__(self, patience: int | None):
-        self.nan_rewards = Streak(NAN_REWARD_KEY, patience, _reward_stop, _reward_note)
+        self.nan_rewards = Streak(NAN_REWARD_KEY, patience, _reward_stop, _reward_note, weights_finite=True)
         self.losses = Streak(KEY, patience, _loss_stop, _loss_note)
 
     def observe(self, record: dict[str, Any]) -> str | None:

@@ -85,7 +85,7 @@ def train_ray(
         raise
     except Diverged as error:  # resuming from the latest checkpoint would not help: say what would
         run.nonfinite = NonFiniteWatch(None)  # the queued records are logged, not stopped again
-        run.stop_early(learner, checkpoint=False)
+        run.stop_early(learner, checkpoint=error.weights_finite)  # NaN rewards leave the weights finite
         raise RunFailed(str(error), None) from error
     except Exception as error:
         if run is not None and learner is not None:

@@ -262,7 +262,8 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                 if stopping:
                     raise RunStopped(stopped_message(run_dir, stopping, iteration, num_iterations), stopping)
     except Diverged as error:  # resuming would not help: the message says what would
-        raise RunFailed(str(error), None) from error
+        kept = save_learned(run_dir, config, updater, unsaved) if error.weights_finite and unsaved else ""
+        raise RunFailed(f"{error}{kept}", None) from error
     except RunStopped:
         raise
     except Exception as error:  # keep what was learned, say where the run can resume, keep the traceback

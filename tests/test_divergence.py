@@ -40,8 +40,10 @@ def test_a_streak_of_one_iteration_is_named_as_one_and_the_advice_holds_without_
     assert (
         "Start again with a lower learning rate, or, where a checkpoint from well before iteration 1 is kept" in message
     )
-    with pytest.raises(Diverged, match=r"^every group's reward was NaN in iteration 4: nothing was learned"):
+    assert not stopped.value.weights_finite  # no checkpoint of these weights
+    with pytest.raises(Diverged, match=r"^every group's reward was NaN in iteration 4: nothing was learned") as nan:
         NonFiniteWatch(patience=1).observe({"iteration": 4, NAN_REWARD_KEY: 1.0})
+    assert nan.value.weights_finite  # NaN rewards skip every step: the weights are as they were, worth keeping
 
 
 def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_run():

@@ -84,6 +84,46 @@ def test_a_reward_failure_checkpoints_the_last_learned_iteration_and_names_the_r
     assert all(torch.equal(current[key], kept[key]) for key in current)
 
 
+def test_a_run_stopped_by_nan_rewards_checkpoints_its_last_learned_iteration(
+    random_model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    one_thread,  # noqa: F811
+):
+    """Every group's reward NaN (a reward term gone wrong) skips every optimizer step, so the weights stay finite:
+    the stop keeps the iterations learned since the last checkpoint, where a diverged loss keeps none."""
+    import math
+
+    real_build = trainer.build_rewards
+
+    class NanFromIteration1:
+        def __init__(self, reward):
+            self.reward, self.terms, self.calls = reward, reward.terms, 0
+
+        def __call__(self, images, metadata):  # (total, parts), as WeightedReward returns them
+            self.calls += 1
+            total, parts = self.reward(images, metadata)
+            if self.calls > 1:
+                total, parts = (
+                    torch.full_like(total, math.nan),
+                    {k: torch.full_like(v, math.nan) for k, v in parts.items()},
+                )
+            return total, parts
+
+    monkeypatch.setattr(
+        trainer, "build_rewards", lambda *args, **kwargs: NanFromIteration1(real_build(*args, **kwargs))
+    )
+    train = {"num_iterations": 4, "max_nonfinite_iterations": 1}
+    config = tiny_config(random_model, tmp_path, train=train)
+    with pytest.raises(RunFailed) as failed:
+        trainer.train_local(config, tmp_path, show_progress=False)
+    message = str(failed.value)
+    assert message.startswith("every group's reward was NaN in iteration 1: nothing was learned")
+    assert message.endswith("(iteration 1, the last learned, is checkpointed)")
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.name == "iter_000001"
+
+
 def test_a_failure_inside_an_update_saves_nothing_of_it(
     random_model,  # noqa: F811
     tmp_path,
