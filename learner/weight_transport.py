@@ -296,16 +296,19 @@ class WeightReceiver(_Member):
             problem = f"weight broadcast in group {self.group.name}: expected version {expect_version}, got {version}"
         if problem is not None:  # take part in the rest of the broadcast, keeping the module's weights as they are
             for index, (code, numel) in enumerate(zip(sizes_list[::2], sizes_list[1::2], strict=True)):
-                scratch = torch.empty(numel * WIRE_DTYPES[code].itemsize, dtype=torch.uint8, device=self.device)
-                self._broadcast(scratch, f"bucket {index}")
+                self._broadcast(self._empty_bytes(numel, WIRE_DTYPES[code]), f"bucket {index}")
             raise ValueError(problem)
         with torch.no_grad():
             for index, bucket in enumerate(layout.buckets):
-                buffer = torch.empty(bucket.numel * bucket.dtype.itemsize, dtype=torch.uint8, device=self.device)
+                buffer = self._empty_bytes(bucket.numel, bucket.dtype)
                 self._broadcast(buffer, f"bucket {index}")
                 for name, value in unpack(bucket, buffer.view(bucket.dtype)).items():
                     targets[name].copy_(value)
         return version
+
+    def _empty_bytes(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A receive buffer for `numel` elements of `dtype`, as the bytes they travel in."""
+        return torch.empty(numel * dtype.itemsize, dtype=torch.uint8, device=self.device)
 
 
 def _ms(seconds: float) -> int:

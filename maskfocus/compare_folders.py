@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maskfocus.compare_run import CompareError, RunRecord, load_run
+from maskfocus.run_lock import LOCK_FILES
 
 RUN_SEARCH_DEPTH = 3
 """How deep below a folder given to compare its runs are looked for (runs/, runs/ablation/, runs/ablation/lr/)."""
@@ -83,8 +84,7 @@ RUN_FILES = (
     "metrics.superseded.jsonl",
     "reward_curve.png",
     "error.log",
-    "run.lock",
-    ".run.lock.turn",
+    *LOCK_FILES,
 )
 RUN_SUBFOLDERS = (
     "eval",
