@@ -1,16 +1,21 @@
 """Word-level tokenizer for the built-in tiny model, saved in the transformers fast-tokenizer format.
 
 The tiny text encoder knows only the shapes-world vocabulary; a prompt with any other word is rejected
-up front with the list of known words instead of silently mapping it to <unk>.
+up front with the list of known words instead of silently mapping it to <unk>. Case and punctuation are not
+words: every encoder of a word-level tokenizer reads prompts through `prompt_ids`, which drops them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    import torch
 
 PAD, BOS, UNK, EOS = "<pad>", "<bos>", "<unk>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, UNK, EOS)  # ids 0..3; EOS is deliberately not id 2 (CLIP's legacy argmax pooling)
@@ -51,9 +56,9 @@ def known_words(tokenizer: PreTrainedTokenizerBase) -> list[str]:
 
 def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> None:
     """Raise UnknownWordError naming the unknown words and the known ones; also reject over-long prompts."""
-    vocab = tokenizer.get_vocab()
-    if UNK not in vocab:  # a real CLIP BPE tokenizer: every string is representable
+    if not is_word_level(tokenizer):  # a real CLIP BPE tokenizer: every string is representable
         return
+    vocab = tokenizer.get_vocab()
     for prompt in prompts:
         words = _WORD.findall(prompt.lower())
         if numbers := sorted(set(_NUMBER.findall(prompt))):
@@ -76,3 +81,17 @@ def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
 def normalize_prompt(prompt: str) -> str:
     """Lower-case and keep only words, so that punctuation never reaches the word-level tokenizer."""
     return " ".join(_WORD.findall(prompt.lower()))
+
+
+def is_word_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` maps whole words to ids (the tiny models' `build_word_tokenizer`), not sub-words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and isinstance(backend.model, models.WordLevel)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Token ids (B, max_length), padded and truncated. A word-level tokenizer reads the prompts as `check_prompts`
+    checks them, lower-cased and words only: it has no normalizer or punctuation rule, so "A Red Circle." would
+    read as four <unk> tokens, and "a red circle, a blue square" as "... circle <unk> a ..."."""
+    texts = [normalize_prompt(prompt) for prompt in prompts] if is_word_level(tokenizer) else list(prompts)
+    return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids

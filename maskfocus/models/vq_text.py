@@ -17,7 +17,7 @@ from torch import nn
 from maskfocus.compiled import declare_per_sample_inputs
 from maskfocus.models.base import Condition
 from maskfocus.models.image_codec import VQImageCodec
-from maskfocus.models.tokenizer import check_prompts
+from maskfocus.models.tokenizer import check_prompts, prompt_ids
 
 AESTHETIC_SCORE = 6.0
 """Micro-conditioning aesthetic score: the default of AmusedPipeline and of Meissonic's pipeline."""
@@ -93,9 +93,7 @@ class VQTextGenerator:
 
     def encode_prompts_with(self, encoder: nn.Module, prompts: Sequence[str]) -> Condition:
         """`encode_prompts` by another encoder of the same tokenizer (a trainable or frozen copy), with gradients."""
-        ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        ids = prompt_ids(self.tokenizer, prompts, self.text_max_length).to(self.device)
         output = encoder(ids, return_dict=True, output_hidden_states=True)
         return Condition(hidden_BSD=output.hidden_states[-2], pooled_BD=output.text_embeds)
 

@@ -342,15 +342,11 @@ def _folder_tokenizer(folder: Path) -> Callable[[Sequence[str]], torch.Tensor] |
         return None
     from transformers import AutoTokenizer
 
+    from maskfocus.models.tokenizer import prompt_ids
+
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
 
     def tokenize(prompts: Sequence[str]) -> torch.Tensor:
-        return tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        return prompt_ids(tokenizer, prompts, tokenizer.model_max_length)
 
     return tokenize

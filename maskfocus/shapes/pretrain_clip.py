@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast
 
 from maskfocus.config import Section
-from maskfocus.models.tokenizer import MAX_LENGTH
+from maskfocus.models.tokenizer import MAX_LENGTH, prompt_ids
 from maskfocus.rewards.clip_score import ClipScorer
 from maskfocus.shapes.pretrain_vq import images_to_tensor
 from maskfocus.shapes.prompts import CaptionMix, pretraining_pair
@@ -69,9 +69,7 @@ def build_clip(model_cfg: dict):
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerFast, captions: list[str]) -> torch.Tensor:
-    return tokenizer(
-        captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
-    ).input_ids
+    return prompt_ids(tokenizer, captions, MAX_LENGTH)
 
 
 def train_clip(

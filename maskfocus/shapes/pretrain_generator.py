@@ -20,6 +20,7 @@ from pydantic import Field
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
 from maskfocus.config import Section
+from maskfocus.models.tokenizer import prompt_ids
 from maskfocus.shapes.prompts import CaptionMix, loose_caption, pretraining_pair
 from maskfocus.shapes.render import render_batch
 from maskfocus.shapes.scene import Scene
@@ -105,10 +106,8 @@ def _lr_at(step: int, num_steps: int, base: float) -> float:
 
 
 def _encode_text(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    output = text_encoder(ids.input_ids, return_dict=True, output_hidden_states=True)
+    ids = prompt_ids(tokenizer, captions, tokenizer.model_max_length)
+    output = text_encoder(ids, return_dict=True, output_hidden_states=True)
     return output.hidden_states[-2], output.text_embeds
 
 

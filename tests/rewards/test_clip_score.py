@@ -276,3 +276,12 @@ def test_loading_leaves_the_root_loggers_level_as_it_was(tiny_clip_folder):
         assert root.level == logging.INFO
     finally:
         root.setLevel(before)
+
+
+def test_the_built_in_clip_reads_prompts_as_lower_case_words():
+    """Its word-level tokenizer read "A Red Circle." as four <unk> tokens: the reward scored images against them."""
+    from maskfocus.models.loading import resolve_model_path
+
+    scorer = ClipScorer.load(str(resolve_model_path("builtin:shapes-clip")))
+    written = scorer.text_embeddings(["A Red Circle.", "two blue squares, below a circle"])
+    assert torch.equal(written, scorer.text_embeddings(["a red circle", "two blue squares below a circle"]))
