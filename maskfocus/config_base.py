@@ -141,13 +141,20 @@ def unknown_key_message(root: type[BaseModel], loc: Loc) -> str:
     return f"unknown key; {hint}{dotted(loc[:-1]) or 'the top level'} takes: {', '.join(allowed)}"
 
 
+QUOTE_IT = "put it in quotes where it is meant as written ('...')"
+"""The advice after a value YAML would read otherwise than it looks, in a file and in a `--set` alike."""
+
+
 def _shown_input(item: Mapping[str, Any]) -> str:
     """` (got 'foo')` for a rejected plain value; nothing for missing or unknown keys and for whole sections."""
     value = item.get("input")
     if item["type"] in ("missing", "extra_forbidden") or not isinstance(value, str | int | float | bool | None):
         return ""
     shown = _as_yaml(value)
-    return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    got = f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    if item["type"] == "string_type" and isinstance(value, bool):  # `negative_prompt: no` is false
+        return f"{got}; YAML reads an unquoted yes, no, on, off, true or false as a boolean: {QUOTE_IT}"
+    return got
 
 
 def _as_yaml(value: str | int | float | bool | None) -> str:
@@ -311,6 +318,12 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             else:
                 node[index] = value
         else:
+            if isinstance(node, dict) and index not in node and keys[depth + 1].isdigit():
+                listed = ".".join(keys[: depth + 1])
+                raise ConfigError(
+                    f"--set {dotted}: the config gives no {listed} list to index (its default applies); set the "
+                    f"whole list instead, e.g. --set '{listed}=[...]'"
+                )
             node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
 
 

@@ -5,9 +5,10 @@ Part of the one config tree of `maskfocus.config` (which re-exports TrainConfig)
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from maskfocus.config_base import Section
 
@@ -20,7 +21,7 @@ class TrainConfig(Section):
     executor: Literal["local", "ray"] = "local"
     """local = the in-process reference trainer; ray = the distributed system."""
     out_dir: str = "runs"
-    """Parent folder of run folders."""
+    """Parent folder of run folders; `~` is the home folder, as in the model and prompt paths."""
     log_every: int = Field(1, ge=1)
     """Iterations between metric records."""
     max_nonfinite_iterations: int | None = Field(5, ge=1)
@@ -49,3 +50,9 @@ class TrainConfig(Section):
     an empty cache). aot_eager traces the same forward and backward graphs (dynamo, then AOTAutograd) and runs them
     on eager kernels: no speed-up, a compile of 10 s for the same graphs. Use it to tell a tracing problem from a
     code-generation one; the two-rank learner test runs it (tests/learner/test_learner_group.py)."""
+
+    @field_validator("out_dir")
+    @classmethod
+    def _expand_home(cls, out_dir: str) -> str:
+        """`--set train.out_dir=~/runs` reaches the config unexpanded (the shell expands `~` only at a word's start)."""
+        return os.path.expanduser(out_dir)

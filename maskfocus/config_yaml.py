@@ -8,10 +8,7 @@ import re
 
 import yaml
 
-from maskfocus.config_base import ConfigError, Loc, dotted
-
-QUOTE_IT = "put it in quotes where it is meant as written ('...')"
-"""The advice after a value YAML would read otherwise than it looks, in a file and in a `--set` alike."""
+from maskfocus.config_base import QUOTE_IT, ConfigError, Loc, dotted
 
 
 def yaml_key_lines(text: str, source: str = "<text>") -> dict[Loc, int]:

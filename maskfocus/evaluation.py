@@ -294,12 +294,7 @@ def run_evaluation(
                 if job.row_index in wanted:
                     kept[job.row_index, job.image_index] = image
             bar.update(len(chunk))
-    if records and all(record["correct"] is None for record in records):
-        kept_note = f"; the records are in {records_out}" if records_out is not None else ""
-        raise BenchmarkError(
-            f"the {judge.name} judge could not score any of the {len(records)} images (all NaN){kept_note}: check "
-            "the judge (a reward server's log) before reading a score"
-        )
+        check_some_scored(records, judge.name, writer.partial)  # inside: a failure leaves an earlier file as it was
     summary = summarize((record["tag"], record["correct"]) for record in records)
     summary["clip_score"] = float(np.mean(clip_values)) if clip_values else None
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -307,6 +302,16 @@ def run_evaluation(
     summary["evaluated"] = evaluated_block(rows, eval_config, sampler, judge, dtype)
     kept_images = np.stack([kept[key] for key in sorted(kept)]) if kept else None
     return records, summary, kept_images
+
+
+def check_some_scored(records: Sequence[dict[str, Any]], judge_name: str, kept_in: Path | None) -> None:
+    """Raise BenchmarkError when the judge scored none of the images (all NaN): no score to read."""
+    if records and all(record["correct"] is None for record in records):
+        kept_note = f"; the records are in {kept_in}" if kept_in is not None else ""
+        raise BenchmarkError(
+            f"the {judge_name} judge could not score any of the {len(records)} images (all NaN){kept_note}: check "
+            "the judge (a reward server's log) before reading a score"
+        )
 
 
 def evaluated_block(

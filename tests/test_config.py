@@ -40,7 +40,7 @@ def test_overrides_apply_dotted_keys(tmp_path):
     assert config.sampler.cfg_scale == 1.5
 
 
-def test_overrides_index_lists_and_reject_bad_paths():
+def test_overrides_index_lists_and_reject_bad_paths(tmp_path):
     config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"rewards.0.strict": True, "rewards.0.weight": 2.0})
     assert config.rewards[0].strict and config.rewards[0].weight == 2.0
     for dotted, message in [
@@ -50,6 +50,12 @@ def test_overrides_index_lists_and_reject_bad_paths():
     ]:
         with pytest.raises(ConfigError, match=f"--set {dotted}: {message}"):
             load_config(ROOT / "configs" / "shapes_tiny.yaml", {dotted: 1})
+    # a file without the list: its default is not indexable ("rewards: Input should be a valid tuple" before)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("seed: 0\n")
+    expected = r"--set rewards.0.weight: the config gives no rewards list to index .*--set 'rewards=\[...\]'"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(bare, {"rewards.0.weight": 2.0})
 
 
 def test_config_is_frozen():
@@ -252,3 +258,36 @@ def test_a_grad_clip_of_null_or_zero_is_told_that_inf_turns_clipping_off(given, 
         load_config(DEFAULT_CONFIG, {"optim.grad_clip": given})
     assert load_config(DEFAULT_CONFIG, {"optim.grad_clip": "inf"}).optim.grad_clip == float("inf")  # as --set reads it
     assert "no clipping" in OptimConfig.model_fields["grad_clip"].description
+
+
+def test_a_run_folder_under_the_home_folder_is_made_there_and_not_in_a_folder_named_tilde(tmp_path, monkeypatch):
+    """`--set train.out_dir=~/runs` reached the config unexpanded: the runs went to ./~/runs (review finding)."""
+    from maskfocus.config import default_run_config
+    from maskfocus.config_yaml import parse_set
+    from maskfocus.run_io import run_folder_for
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = default_run_config(parse_set(["train.out_dir=~/runs"]))
+    assert config.train.out_dir == str(tmp_path / "home" / "runs")
+    assert run_folder_for(config, "x") == tmp_path / "home" / "runs" / "x"
+    assert config_from_dict({"train": {"out_dir": "runs/~x"}}).train.out_dir == "runs/~x"  # only a leading ~
+
+
+def test_a_word_yaml_reads_as_a_boolean_in_a_text_field_is_named_with_the_quoting_advice(tmp_path):
+    """`negative_prompt: no` is false to YAML 1.1; the error said only "Input should be a valid string"."""
+    from maskfocus.config import default_run_config
+    from maskfocus.config_yaml import parse_set
+
+    advice = "YAML reads an unquoted yes, no, on, off, true or false as a boolean: put it in quotes"
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 0\nsampler:\n  negative_prompt: off\n")
+    with pytest.raises(ConfigError, match=rf"run.yaml:3: sampler.negative_prompt: .*\(got false\); {advice}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"--set sampler.negative_prompt: .*\(got false\); {advice}"):
+        default_run_config(parse_set(["sampler.negative_prompt=no"]))
+    path.write_text("seed: 0\nsampler:\n  negative_prompt: 'no'\n")
+    assert load_config(path).sampler.negative_prompt == "no"
+    with pytest.raises(ConfigError) as number:  # a bool where a number belongs gets no such advice
+        config_from_dict({"sampler": {"num_steps": True}})
+    assert "quotes" not in str(number.value)

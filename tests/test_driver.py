@@ -383,3 +383,51 @@ def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_se
     finally:
         batches.shutdown()
         ray.kill(store)
+
+
+def nan_clip(folder: Path, out: Path) -> Path:
+    """A copy of the CLIP folder `folder` with every weight NaN: a reward model gone wrong on every reward worker."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out)
+    weights = out / "open_clip_model.safetensors"
+    save_file({name: torch.full_like(t, float("nan")) for name, t in load_file(str(weights)).items()}, str(weights))
+    return out
+
+
+def test_a_ray_run_whose_rewards_stay_nan_stops_with_a_checkpoint_of_its_unchanged_weights(
+    ray_session,  # noqa: F811
+    random_model,  # noqa: F811
+    tmp_path,
+):
+    """Every group's reward NaN (a CLIP reward model with NaN weights): each group is skipped, so no optimizer step
+    is taken. After train.max_nonfinite_iterations such iterations the run fails with a message that says so (a
+    resume would not help), and its stop checkpoints the last learned iteration: weights as they were, still finite
+    (a diverged loss writes none: tests/learner/test_loop.py)."""
+    from safetensors.torch import load_file
+
+    from maskfocus.divergence import NAN_REWARD_KEY
+    from maskfocus.driver_run import train_ray
+    from maskfocus.stopping import RunFailed
+
+    clip = nan_clip(random_model.parent / "clip", tmp_path / "nan_clip")
+    rewards = [{"name": "geneval", "mode": "partial"}, {"name": "clip", "model": str(clip)}]
+    config = tiny_config(
+        random_model, tmp_path, rewards=rewards, train={"num_iterations": 6, "max_nonfinite_iterations": 2}
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunFailed, match=r"every group's reward was NaN in iterations 0-1: nothing was learned"):
+        train_ray(config, run_dir, show_progress=False)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    iterations = [r["iteration"] for r in records]
+    assert iterations[:2] == [0, 1] and iterations == list(range(len(iterations))) and len(iterations) < 6
+    assert all(r[NAN_REWARD_KEY] == 1.0 for r in records)
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None and checkpoint.name == f"iter_{iterations[-1]:06d}"
+    saved = load_file(str(checkpoint / "transformer.safetensors"))
+    base = load_file(str(next((random_model / "transformer").glob("*.safetensors"))))
+    assert saved.keys() == base.keys()
+    assert all(t.isfinite().all() and t.equal(base[name].to(t.dtype)) for name, t in saved.items())

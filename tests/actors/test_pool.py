@@ -64,6 +64,69 @@ def test_each_actor_of_a_pool_is_built_with_its_index_as_its_worker_tag(ray_sess
         pool.kill()
 
 
+class Restartable:
+    """Ray ships it by value (a test module is not importable on its workers). Its restarts, not its first start,
+    take `restart_s` once `slow_file` exists."""
+
+    def __init__(self, slow_file: str, restart_s: float, worker: int = -1):
+        import time
+        from pathlib import Path
+
+        if Path(slow_file).exists():
+            time.sleep(restart_s)
+
+    def hang(self) -> None:
+        import time
+
+        time.sleep(600)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def kill_mid_call(ray, actor) -> None:
+    """What the driver sees: a call in flight fails because its actor was killed (Ray then restarts the actor)."""
+    from ray.exceptions import RayActorError
+
+    call = actor.hang.remote()
+    ray.kill(actor, no_restart=False)
+    with pytest.raises(RayActorError):
+        ray.get(call, timeout=RAY_TIMEOUT_S)
+
+
+def test_wait_ready_returns_once_a_killed_actor_is_back_and_times_out_while_it_is_still_restarting(
+    ray_session, tmp_path
+):
+    """The driver redoes a failed call only after `wait_ready`, and turns its GetTimeoutError into "did not take calls
+    again": a restart that outlasts the wait must raise that, not ActorUnavailableError (which calls to a restarting
+    actor raise at once)."""
+    import time
+
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    slow_file, restart_s = tmp_path / "slow", 8.0
+    pool = WorkerPool(make_actors(Restartable, 1, str(slow_file), restart_s, num_cpus=0, max_restarts=2))
+    try:
+        first = ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S)
+        kill_mid_call(ray, pool.actors[0])
+        pool.wait_ready(0, RAY_TIMEOUT_S)
+        second = ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S)
+        assert second != first  # the restarted process answers
+        slow_file.touch()
+        kill_mid_call(ray, pool.actors[0])
+        started = time.monotonic()
+        with pytest.raises(GetTimeoutError):
+            pool.wait_ready(0, 1.0)
+        assert time.monotonic() - started < restart_s - 2.0  # gave up at its own timeout, not the restart's end
+        pool.wait_ready(0, RAY_TIMEOUT_S)
+        assert ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S) not in (first, second)
+    finally:
+        pool.kill()
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
 def test_a_stop_or_failure_while_the_reward_pool_is_made_kills_the_rollout_pool_made_before_it(
     tmp_path, monkeypatch, stop

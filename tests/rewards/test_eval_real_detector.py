@@ -173,6 +173,9 @@ def test_a_judge_failing_late_leaves_the_records_judged_so_far(tmp_path):
         def judge(self, images, metadata):
             return [GenEvalResult(False, float("nan"), ()) for _ in images]
 
-    with pytest.raises(BenchmarkError, match=rf"http judge could not score any of the 6 images .*records are in {out}"):
+    partial = out.with_name(out.name + ".partial")
+    with pytest.raises(BenchmarkError, match=rf"could not score any of the 6 images .*records are in {partial}:"):
         run_evaluation(ToyGenerator(), rows, eval_config, sampler, judge=ScoresNothing(), records_out=out)
-    assert len(out.read_text().splitlines()) == 6
+    assert len(partial.read_text().splitlines()) == 6
+    # a failed evaluation, not a whole one: the earlier records stay beside their summary (they were overwritten)
+    assert out.read_text() == "an earlier evaluation's records\n"
