@@ -256,7 +256,7 @@ def report_check(config: RunConfig, run_dir: Path, resume_from: int | None, addr
 
 def gain_line(run_dir: Path, overall: float) -> str:
     """The final overall score against the base model's, where the base's evaluation is known."""
-    from maskfocus.compare import base_summary
+    from maskfocus.compare import base_summary, unlike_evaluations
     from maskfocus.compare_run import load_run
 
     run = load_run(run_dir)
@@ -265,7 +265,6 @@ def gain_line(run_dir: Path, overall: float) -> str:
     if base is None:
         return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
     line = f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
-    run_images = (run.final or {}).get("num_images")
-    if run_images is not None and base.get("num_images") not in (None, run_images):
-        line += f" (not like for like: {run_images} images scored against the base model's {base['num_images']})"
+    if differences := unlike_evaluations([run], base):  # as `maskfocus compare` notes them
+        line += f" (not like for like: {'; '.join(differences)})"
     return line

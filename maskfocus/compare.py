@@ -190,18 +190,18 @@ def _row(label: str, group: list[RunRecord], tags: list[str], base: dict[str, An
     return "| " + " | ".join(cells) + " |"
 
 
-def _not_like_for_like_notes(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
-    """A note where the runs' final evaluations and the base's counted different numbers of images (different
-    prompt sets or images per prompt), or sampled or judged differently (`evaluated`, where the summaries record
-    it): the gain is then not like for like."""
+def unlike_evaluations(runs: list[RunRecord], base: dict[str, Any] | None) -> list[str]:
+    """How the runs' final evaluations and the base's differ, where they counted different numbers of images
+    (different prompt sets or images per prompt), scored different tags, or sampled or judged differently
+    (`evaluated`, where the summaries record it): each makes the gain not like for like. Empty where they agree."""
     summaries = [run.final for run in runs if run.final] + ([base] if base else [])
-    notes = []
+    differences = []
     counts = {summary.get("num_images") for summary in summaries} - {None}
     if len(counts) > 1:
-        notes.append(f"note: the evaluations scored different numbers of images ({sorted(counts)}): not like for like")
+        differences.append(f"the evaluations scored different numbers of images ({sorted(counts)})")
     tag_sets = {tuple(sorted(summary.get("tags", {}))) for summary in summaries}
     if len(tag_sets) > 1:
-        notes.append(f"note: the evaluations scored different tags ({sorted(tag_sets)}): not like for like")
+        differences.append(f"the evaluations scored different tags ({sorted(tag_sets)})")
     evaluated = [recorded_evaluation(summary) for summary in summaries if isinstance(summary.get("evaluated"), dict)]
     differing = sorted(  # a key an older summary does not record is not compared
         key
@@ -209,8 +209,8 @@ def _not_like_for_like_notes(runs: list[RunRecord], base: dict[str, Any] | None)
         if len({json.dumps(e[key], sort_keys=True) for e in evaluated if key in e}) > 1
     )
     if differing:
-        notes.append(f"note: the evaluations differ in {', '.join(differing)} (their `evaluated`): not like for like")
-    return ["", *notes] if notes else []
+        differences.append(f"the evaluations differ in {', '.join(differing)} (their `evaluated`)")
+    return differences
 
 
 def recorded_evaluation(summary: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +240,8 @@ def comparison_table(
         lines.append("| " + " | ".join(cells) + " |")
     letters = group_letters(groups)
     lines += [_row(f"{letters[label]}: {label}", group, tags, base) for label, group in groups.items()]
-    lines += _not_like_for_like_notes(runs, base)
+    if differences := unlike_evaluations(runs, base):
+        lines += ["", *(f"note: {difference}: not like for like" for difference in differences)]
     if base is None:
         lines += ["", NO_BASE_NOTE]
     if common:

@@ -8,6 +8,7 @@ from typing import Any
 
 from maskfocus import run_lock
 from maskfocus.compare_run import RunRecord
+from maskfocus.config import BUILTIN_MODEL
 from maskfocus.divergence import NAN_REWARD_KEY
 from maskfocus.run_io import evaluate_command, resume_hint
 
@@ -25,6 +26,15 @@ def run_notes(runs: list[RunRecord]) -> list[str]:
     resumed = "was resumed with other settings and is grouped by its latest"
     notes += [f"note: {run.folder} {resumed}: {'; '.join(run.resume_changes)}" for run in runs if run.resume_changes]
     return ["", *notes] if notes else []
+
+
+OUTSIDE_THE_SHAPES_WORLD = (
+    ", adding `--metadata FILE.jsonl` where the model is not a shapes-world one (FILE.jsonl: GenEval's "
+    "evaluation_metadata.jsonl or another GenEval-format prompt file; eval.benchmark shapes-geneval scores "
+    "shapes-world prompts only)"
+)
+"""Added after the `maskfocus eval` command of a run that skipped its final evaluation and did not start from the
+built-in model (the shipped real-model configs skip it because the built-in benchmark would be meaningless)."""
 
 
 def standing(run: RunRecord) -> str:
@@ -66,7 +76,10 @@ def _trained_standing(run: RunRecord, total: int) -> str:
         writes = "it and the final evaluation" if evaluates else "it"
         return f"{trained}, but not its model/ (a resume writes {writes}); {resume_hint(run.folder)}"
     if not evaluates:
-        return f"{trained} with train.final_eval: false; evaluate it with `{evaluate_command(run.folder)}`"
+        command = f"{trained} with train.final_eval: false; evaluate it with `{evaluate_command(run.folder)}`"
+        if run.config.get("model.path") == BUILTIN_MODEL:
+            return command
+        return f"{command}{OUTSIDE_THE_SHAPES_WORLD}"
     failed = f" (see {run.folder / 'error.log'})" if failed_last(run.folder) else ""
     return f"{trained}; its final evaluation did not finish{failed}; evaluate it with `{evaluate_command(run.folder)}`"
 

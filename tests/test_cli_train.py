@@ -305,7 +305,8 @@ def test_an_address_with_the_in_process_executor_is_refused(tmp_path, capsys):
 
 
 def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
-    """An evaluation at 1 image per row (588 images) was set against the base model's 2,352 without a word."""
+    """An evaluation at 1 image per row (588 images) was set against the base model's 2,352 without a word, and one
+    sampled at another CFG scale still is not like for like."""
     from support import make_run
 
     from maskfocus.cli_train import gain_line
@@ -316,10 +317,17 @@ def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
     summary = run / "eval" / "summary.json"
     data = json.loads(summary.read_text())
     base = base_summary([load_run(run)], None)
+    data["tags"] = {tag: 0.55 for tag in base["tags"]}  # the made run's own two tags would be a difference too
     summary.write_text(json.dumps({**data, "num_images": base["num_images"] // 4}))
-    assert f"(not like for like: {base['num_images'] // 4} images scored" in gain_line(run, 0.55)
+    counts = sorted([base["num_images"] // 4, base["num_images"]])
+    expected = f"(not like for like: the evaluations scored different numbers of images ({counts}))"
+    assert gain_line(run, 0.55).endswith(expected)
     summary.write_text(json.dumps({**data, "num_images": base["num_images"]}))
     assert "not like for like" not in gain_line(run, 0.55)
+    # sampled otherwise than the base (a review found this only `maskfocus compare` said)
+    evaluated = {**base["evaluated"], "sampler": {**base["evaluated"]["sampler"], "cfg_scale": 1.0}}
+    summary.write_text(json.dumps({**data, "num_images": base["num_images"], "evaluated": evaluated}))
+    assert gain_line(run, 0.55).endswith("(not like for like: the evaluations differ in sampler (their `evaluated`))")
 
 
 def test_a_resume_says_what_is_left_and_a_finished_run_what_the_resume_does_instead(tmp_path, capsys, monkeypatch):

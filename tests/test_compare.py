@@ -310,6 +310,8 @@ def test_train_ends_with_the_gain_over_the_base_model(tmp_path):
 
     builtin = make_run(tmp_path / "runs" / "a", {}, 0.55)
     base = base_summary([load_run(builtin)], None)
+    summary = builtin / "eval" / "summary.json"  # scored on the base's tags: like for like, so no note
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "tags": dict.fromkeys(base["tags"], 0.55)}))
     line = gain_line(builtin, 0.55)
     assert line.startswith(f"overall {base['overall']:.3f} (base model) -> 0.550 ({0.55 - base['overall']:+.3f})")
     assert line.endswith(f"maskfocus compare {tmp_path / 'runs'}")

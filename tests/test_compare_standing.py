@@ -54,6 +54,16 @@ def test_a_trained_run_without_its_evaluation_is_given_the_eval_command_the_trai
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.config, args.model) == (str(run / "config.yaml"), str(run / "model"))
     assert (args.out, args.summary) == (str(run / "eval" / "results.jsonl"), str(run / "eval" / "summary.json"))
+    # a real model's run skips the built-in evaluation, which scores shapes-world prompts: the command needs a prompt
+    # file (a review found it suggested the shapes benchmark, which fails or means nothing there)
+    real = make_run(tmp_path / "real", {"train.num_iterations": 5, "train.final_eval": False, "model.path": "m"}, None)
+    (real / "model").mkdir()
+    assert unfinished_line(real) == (
+        f"trained all 5 iterations with train.final_eval: false; evaluate it with `{evaluate_command(real)}`, adding "
+        "`--metadata FILE.jsonl` where the model is not a shapes-world one (FILE.jsonl: GenEval's"
+        " evaluation_metadata.jsonl or another GenEval-format prompt file; eval.benchmark shapes-geneval scores "
+        "shapes-world prompts only)"
+    )
     stopped = make_run(tmp_path / "stopped", {"train.num_iterations": 5}, None)  # Ctrl-C during its evaluation
     (stopped / "model").mkdir()
     evaluate = f"evaluate it with `{evaluate_command(stopped)}`"
