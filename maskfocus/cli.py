@@ -92,11 +92,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         build_eval_judge,
         check_classes,
         check_server_answers,
-        first_of_each_tag,
         format_table,
         grid_rows,
         load_rows,
         run_evaluation,
+        spread_over_each_tag,
         write_results,
     )
     from maskfocus.images import save_grid
@@ -128,7 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     benchmark = args.benchmark or config.eval.benchmark
     rows = load_rows(benchmark, args.metadata)
     if args.per_tag is not None:
-        rows = [rows[index] for index in first_of_each_tag(rows, args.per_tag)]
+        rows = [rows[index] for index in spread_over_each_tag(rows, args.per_tag)]
     rows = rows[: args.limit]
     if not rows:
         raise ConfigError(f"no prompt rows in {f'--metadata {args.metadata}' if args.metadata else benchmark}")
@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--per-tag",
         type=positive_int,
-        help="only the first N prompt rows of each tag: a quick overall over every tag (before --limit)",
+        help="only N prompt rows of each tag, evenly spaced through its rows: a quick overall over every tag (before "
+        "--limit)",
     )
     evaluate.add_argument("--steps", type=positive_int, help="override sampler.num_steps")
     evaluate.add_argument("--cfg", type=float, help="override sampler.cfg_scale")

@@ -73,6 +73,21 @@ def first_of_each_tag(rows: Sequence[dict[str, Any]], per_tag: int) -> list[int]
     return chosen
 
 
+def spread_over_each_tag(rows: Sequence[dict[str, Any]], per_tag: int) -> list[int]:
+    """Indices of `per_tag` rows of each tag, evenly spaced through its rows (all of them where it has fewer), in file
+    order: a quick estimate over every tag. The first rows of a tag are a skewed slice (shapes-geneval lists each
+    tag's prompts in prompt-space order: its first 8 position rows have no "above" or "below")."""
+    by_tag: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_tag.setdefault(row.get("tag", ""), []).append(index)
+    chosen = [
+        indices[(i * len(indices)) // min(per_tag, len(indices))]
+        for indices in by_tag.values()
+        for i in range(min(per_tag, len(indices)))
+    ]
+    return sorted(chosen)
+
+
 def grid_rows(rows: Sequence[dict[str, Any]], per_tag: int = 2) -> list[int]:
     """The rows an evaluation's picture shows: the first `per_tag` of each tag, in the order the tags come."""
     return first_of_each_tag(rows, per_tag)

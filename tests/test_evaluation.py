@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from maskfocus.evaluation import grid_rows, load_rows
+from maskfocus.evaluation import grid_rows, load_rows, spread_over_each_tag
 
 
 def test_the_grid_shows_the_first_rows_of_each_tag_of_the_benchmark():
@@ -38,3 +38,20 @@ def test_evaluation_files_are_replaced_whole_or_left_as_they_were(tmp_path, monk
         write_results([], {"overall": 0.9, "tags": {}}, None, summary)
     assert json.loads(summary.read_text())["overall"] == 0.5
     assert sorted(path.name for path in summary.parent.iterdir()) == ["results.jsonl", "summary.json"]
+
+
+def test_a_quick_estimate_takes_rows_from_all_through_each_tag():
+    """`--per-tag 8` took the first 8 rows of each tag: position then had no "above" or "below", colour binding only
+    circle-and-square pairs (review finding)."""
+    rows = load_rows("shapes-geneval")
+    chosen = spread_over_each_tag(rows, 8)
+    assert chosen == sorted(chosen) and len(chosen) == 6 * 8
+    position = [rows[index]["prompt"] for index in chosen if rows[index]["tag"] == "position"]
+    relations = ("left of", "right of", "above", "below")
+    assert all(any(f" {relation} " in prompt for prompt in position) for relation in relations)
+    for tag in {row["tag"] for row in rows}:  # evenly spaced: the first row of the tag, then every len/8-th
+        indices = [index for index, row in enumerate(rows) if row["tag"] == tag]
+        expected = [indices[i * len(indices) // 8] for i in range(8)]
+        assert [index for index in chosen if rows[index]["tag"] == tag] == expected
+    few = [{"tag": "a", "prompt": "x"}, {"tag": "b", "prompt": "y"}, {"tag": "a", "prompt": "z"}]
+    assert spread_over_each_tag(few, 5) == [0, 1, 2] and spread_over_each_tag(few, 1) == [0, 1]
