@@ -255,6 +255,18 @@ def test_the_shipped_reports_card_names_each_stages_seed_and_a_new_stage_drops_t
     assert "Note:" not in model_card(report) and "Seed of each stage: vq 5, generator 0, clip 0" in model_card(report)
 
 
+def test_the_shipped_model_card_is_the_one_its_report_renders():
+    """The card had been edited by hand (a machine the report did not hold, no per-stage seeds): `--stages measure`
+    would have rewritten it otherwise. The report now holds what the card said, and the generator's real command."""
+    from maskfocus.models.loading import builtin_folder
+    from maskfocus.shapes.pretrain import load_report, model_card
+
+    shipped = builtin_folder().parent
+    report = load_report(shipped / "pretrain_report.json")
+    assert (shipped / "MODEL_CARD.md").read_text() == model_card(report)
+    assert report["commands"]["generator"] == "maskfocus pretrain --stages generator --out DIR"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
     [
