@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 if TYPE_CHECKING:
     from maskfocus.config import RunConfig
@@ -50,15 +50,16 @@ class WorkerPool:
 
     def wait_ready(self, index: int, timeout: float) -> None:
         """Return once actor `index` takes calls again (Ray restarts a crashed one, which takes a while).
-        Raises ActorDiedError if it is dead for good (its restarts are used up), GetTimeoutError after `timeout`."""
+        Raises ActorDiedError if it is dead for good (its restarts are used up), GetTimeoutError after `timeout`
+        (also when every call until then failed at once, as calls to a restarting actor do)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 1.0))
                 return
-            except ActorUnavailableError:
+            except ActorUnavailableError as unavailable:
                 if time.monotonic() > deadline:
-                    raise
+                    raise GetTimeoutError(f"actor {index} still restarting after {timeout:.0f} s") from unavailable
                 time.sleep(0.5)
 
     def kill(self) -> None:

@@ -64,28 +64,6 @@ def test_each_actor_of_a_pool_is_built_with_its_index_as_its_worker_tag(ray_sess
         pool.kill()
 
 
-class Restartable:
-    """Ray ships it by value (a test module is not importable on its workers). Its restarts, not its first start,
-    take `restart_s` once `slow_file` exists."""
-
-    def __init__(self, slow_file: str, restart_s: float, worker: int = -1):
-        import time
-        from pathlib import Path
-
-        if Path(slow_file).exists():
-            time.sleep(restart_s)
-
-    def hang(self) -> None:
-        import time
-
-        time.sleep(600)
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
-
 def kill_mid_call(ray, actor) -> None:
     """What the driver sees: a call in flight fails because its actor was killed (Ray then restarts the actor)."""
     from ray.exceptions import RayActorError
@@ -100,12 +78,30 @@ def test_wait_ready_returns_once_a_killed_actor_is_back_and_times_out_while_it_i
     ray_session, tmp_path
 ):
     """The driver redoes a failed call only after `wait_ready`, and turns its GetTimeoutError into "did not take calls
-    again": a restart that outlasts the wait must raise that, not ActorUnavailableError (which calls to a restarting
-    actor raise at once)."""
+    again": a restart that outlasts the wait must raise that. (Here Ray queues the readiness calls until the restart
+    ends; where it answers them with ActorUnavailableError at once, wait_ready turns the last into GetTimeoutError.)
+    Until now wait_ready was tested only through fakes (tests/test_driver_steps.py)."""
     import time
 
     import ray
     from ray.exceptions import GetTimeoutError
+
+    class Restartable:  # defined here: Ray ships it by value (a test module is not importable on its workers)
+        """Its restarts, not its first start, take `restart_s` once `slow_file` exists."""
+
+        def __init__(self, slow_file: str, restart_s: float, worker: int = -1):
+            from pathlib import Path
+
+            if Path(slow_file).exists():
+                time.sleep(restart_s)
+
+        def hang(self) -> None:
+            time.sleep(600)
+
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
 
     slow_file, restart_s = tmp_path / "slow", 8.0
     pool = WorkerPool(make_actors(Restartable, 1, str(slow_file), restart_s, num_cpus=0, max_restarts=2))
