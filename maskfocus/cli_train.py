@@ -264,7 +264,7 @@ def gain_line(run_dir: Path, overall: float) -> str:
     hint = f"compare runs: maskfocus compare {run_dir.parent}"
     if base is None:
         return f"overall {overall:.3f} (no base-model evaluation to compare with); {hint}"
-    line = f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f}); {hint}"
+    gain = f"overall {base['overall']:.3f} (base model) -> {overall:.3f} ({overall - base['overall']:+.3f})"
     if differences := unlike_evaluations([run], base):  # as `maskfocus compare` notes them
-        line += f" (not like for like: {'; '.join(differences)})"
-    return line
+        gain += f", not like for like: {'; '.join(differences)}"
+    return f"{gain}; {hint}"

@@ -199,9 +199,9 @@ def unlike_evaluations(runs: list[RunRecord], base: dict[str, Any] | None) -> li
     counts = {summary.get("num_images") for summary in summaries} - {None}
     if len(counts) > 1:
         differences.append(f"the evaluations scored different numbers of images ({sorted(counts)})")
-    tag_sets = {tuple(sorted(summary.get("tags", {}))) for summary in summaries}
-    if len(tag_sets) > 1:
-        differences.append(f"the evaluations scored different tags ({sorted(tag_sets)})")
+    tag_sets = [set(summary.get("tags", {})) for summary in summaries]
+    if tag_sets and (partly := set.union(*tag_sets) - set.intersection(*tag_sets)):
+        differences.append(f"the evaluations scored different tags (not every one scored {', '.join(sorted(partly))})")
     evaluated = [recorded_evaluation(summary) for summary in summaries if isinstance(summary.get("evaluated"), dict)]
     differing = sorted(  # a key an older summary does not record is not compared
         key

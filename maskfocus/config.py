@@ -312,7 +312,7 @@ def load_config(
             f"shipped {DEFAULT_CONFIG.name}'s: give a config with settings, or leave --config out for the shipped one"
         )
     origin = ErrorOrigin(str(path), yaml_key_lines(text, str(path)), overridden=overrides or {}, options=options)
-    return config_from_dict(apply_overrides(data, overrides), str(path), origin)
+    return config_from_dict(apply_overrides(data, overrides, RunConfig), str(path), origin)
 
 
 def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> dict[str, Any]:

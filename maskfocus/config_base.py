@@ -295,10 +295,11 @@ def set_in(overrides: dict, key: str) -> tuple[bool, Any]:
     return False, None
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, root: type[BaseModel] | None = None) -> None:
     """Set `a.b.c` in nested mappings, creating missing sections; a number indexes a list (`rewards.0.weight`). A
     mapping given for a section or a list item merges into it (`sampler={num_steps: 5}` keeps the file's other
-    sampler keys); a list given for a list replaces it (`rewards=[{name: clip}]`)."""
+    sampler keys); a list given for a list replaces it (`rewards=[{name: clip}]`). With the config class `root`,
+    an index into a list field that `data` does not hold is an error that says so."""
     keys = dotted.split(".")
     node: Any = data
     for depth, key in enumerate(keys):
@@ -314,11 +315,12 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             current = node[index] if isinstance(node, list) else node.get(index)
             if isinstance(value, dict) and isinstance(current, dict):  # a list item too (`rewards.0={mode: binary}`)
                 for key_below, value_below in value.items():
-                    set_dotted(node[index], str(key_below), value_below)
+                    set_dotted(node[index], str(key_below), value_below)  # below a list item: no root needed
             else:
                 node[index] = value
         else:
-            if isinstance(node, dict) and index not in node and keys[depth + 1].isdigit():
+            missing = isinstance(node, dict) and index not in node and keys[depth + 1].isdigit()
+            if missing and root is not None and is_list_field(root, tuple(keys[: depth + 1])):
                 listed = ".".join(keys[: depth + 1])
                 raise ConfigError(
                     f"--set {dotted}: the config gives no {listed} list to index (its default applies); set the "
@@ -327,8 +329,24 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """`data` with each dotted override set in place (see `set_dotted`)."""
+def apply_overrides(
+    data: dict[str, Any], overrides: dict[str, Any] | None, root: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """`data` with each dotted override set in place (see `set_dotted`; `root`: the config class of `data`)."""
     for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value, root)
     return data
+
+
+def is_list_field(root: type[BaseModel], loc: Loc) -> bool:
+    """Whether `loc` names a list (or tuple) field of the config class `root` (`("rewards",)`: yes)."""
+    section = section_at(root, loc[:-1])
+    field = section.model_fields.get(str(loc[-1])) if section is not None else None
+    return field is not None and _is_sequence(field.annotation)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    return origin in (typing.Union, types.UnionType) and any(_is_sequence(a) for a in typing.get_args(annotation))

@@ -404,7 +404,7 @@ def format_table(summary: dict[str, Any]) -> str:
         what = "the 1 tag" if scored == 1 else f"the mean of the {scored} tags"
         lines[-1] += (
             f"  ({what} scored here, not the mean of all {len(TAGS)}; --limit takes rows in file order, "
-            "--per-tag N the first N of each tag)"
+            "--per-tag N takes N rows of each tag)"
         )
     if summary.get("clip_score") is not None:
         lines.append(f"{'clip_score':<14} {summary['clip_score']:>6.3f}")

@@ -29,7 +29,7 @@ def test_a_small_eval_samples_eagerly_and_the_benchmark_compiles(monkeypatch):
     assert seen == [(2, False), (100, True)]
 
 
-def test_eval_per_tag_takes_the_first_rows_of_each_tag_before_the_limit(monkeypatch):
+def test_eval_per_tag_takes_evenly_spaced_rows_of_each_tag_before_the_limit(monkeypatch):
     import maskfocus.evaluation
     from maskfocus.cli import main
 

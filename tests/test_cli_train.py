@@ -320,14 +320,18 @@ def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
     data["tags"] = {tag: 0.55 for tag in base["tags"]}  # the made run's own two tags would be a difference too
     summary.write_text(json.dumps({**data, "num_images": base["num_images"] // 4}))
     counts = sorted([base["num_images"] // 4, base["num_images"]])
-    expected = f"(not like for like: the evaluations scored different numbers of images ({counts}))"
-    assert gain_line(run, 0.55).endswith(expected)
+    expected = f", not like for like: the evaluations scored different numbers of images ({counts}); compare runs:"
+    assert expected in gain_line(run, 0.55)
     summary.write_text(json.dumps({**data, "num_images": base["num_images"]}))
     assert "not like for like" not in gain_line(run, 0.55)
     # sampled otherwise than the base (a review found this only `maskfocus compare` said)
     evaluated = {**base["evaluated"], "sampler": {**base["evaluated"]["sampler"], "cfg_scale": 1.0}}
     summary.write_text(json.dumps({**data, "num_images": base["num_images"], "evaluated": evaluated}))
-    assert gain_line(run, 0.55).endswith("(not like for like: the evaluations differ in sampler (their `evaluated`))")
+    differs = ", not like for like: the evaluations differ in sampler (their `evaluated`); compare runs: maskfocus"
+    assert differs in gain_line(run, 0.55)
+    summary.write_text(json.dumps({**data, "tags": {"single_object": 0.5, "colors": 0.6}, "evaluated": evaluated}))
+    fewer_tags = "scored different tags (not every one scored color_attr, counting, position, two_object); "
+    assert fewer_tags in gain_line(run, 0.55)
 
 
 def test_a_resume_says_what_is_left_and_a_finished_run_what_the_resume_does_instead(tmp_path, capsys, monkeypatch):

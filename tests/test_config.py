@@ -56,6 +56,10 @@ def test_overrides_index_lists_and_reject_bad_paths(tmp_path):
     expected = r"--set rewards.0.weight: the config gives no rewards list to index .*--set 'rewards=\[...\]'"
     with pytest.raises(ConfigError, match=expected):
         load_config(bare, {"rewards.0.weight": 2.0})
+    for typo in ("reward.0.weight", "sampler.0.num_steps"):  # not list fields: the unknown key is named, not a list
+        with pytest.raises(ConfigError, match="unknown key") as error:
+            load_config(bare, {typo: 2.0})
+        assert "list to index" not in str(error.value)
 
 
 def test_config_is_frozen():

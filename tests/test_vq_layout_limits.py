@@ -15,9 +15,14 @@ def test_the_measured_layouts_are_what_their_names_say():
         if name.startswith("pair"):
             gaps = {round(right[0] - left[2], 6) for left, right in boxes}
             assert gaps == ({MIN_GAP} if "gap" in name else {0.0}), name
-        else:
-            edges = {min(box[0], box[1], IMAGE_SIZE - box[2], IMAGE_SIZE - box[3]) for (box,) in boxes}
-            assert edges == ({MARGIN} if "as trained" in name else {0.0}), name
+        else:  # the distance to the named side; the other sides are farther
+            side = next(side for side in ("left", "right", "top", "bottom") if f"the {side} edge" in name)
+            distances = [
+                dict(zip(("left", "top", "right", "bottom"), (x0, y0, IMAGE_SIZE - x1, IMAGE_SIZE - y1), strict=True))
+                for ((x0, y0, x1, y1),) in boxes
+            ]
+            assert {d[side] for d in distances} == ({MARGIN} if "as trained" in name else {0.0}), name
+            assert all(d[side] < min(v for k, v in d.items() if k != side) for d in distances), name
     assert len(named["pair, touching"]) == 16 * len(module.COLOR_PAIRS)
 
 

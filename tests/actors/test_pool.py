@@ -146,3 +146,28 @@ def test_a_stop_or_failure_while_the_reward_pool_is_made_kills_the_rollout_pool_
     with pytest.raises(stop, match="while the reward pool is made"):
         pool.role_pools(config, "run")
     assert made == ["RolloutWorker-0", "RolloutWorker-1"] and killed == made
+
+
+def test_wait_ready_turns_readiness_calls_refused_until_its_deadline_into_a_timeout(monkeypatch):
+    """Where Ray answers each readiness call with ActorUnavailableError at once (an actor still restarting), the
+    driver must still get the GetTimeoutError it turns into "did not take calls again", after about `timeout`."""
+    import time
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    import maskfocus.actors.pool as pool_module
+
+    calls = []
+
+    def refused(ref, timeout):
+        calls.append(timeout)
+        raise ActorUnavailableError("restarting", None)
+
+    monkeypatch.setattr(pool_module.ray, "get", refused)
+    actor = SimpleNamespace(__ray_ready__=SimpleNamespace(remote=lambda: "ref"))
+    started = time.monotonic()
+    with pytest.raises(GetTimeoutError, match="actor 0 still restarting after 1 s") as raised:
+        WorkerPool([actor]).wait_ready(0, 1.0)
+    assert 1.0 <= time.monotonic() - started < 3.0 and len(calls) >= 2
+    assert isinstance(raised.value.__cause__, ActorUnavailableError)
