@@ -37,3 +37,26 @@ def test_layouts_as_trained_decode_to_what_the_detector_reads_right(tiny_model):
     assert len(as_trained) == 2
     scenes = as_trained[0][::8] + as_trained[1][::6]
     assert module.count_read_right(tiny_model, patch_table(), scenes, 0.9) == (len(scenes), len(scenes))
+
+
+def test_generated_images_are_told_apart_by_the_gaps_the_detector_finds():
+    """`--generated` flags an image whose detected objects are closer than the training scenes allow: none of the
+    true renders of shapes-geneval rows (drawn at MIN_GAP and MARGIN, which fitted boxes meet only to rounding),
+    every touching pair and every shape at an edge."""
+    import numpy as np
+
+    from maskfocus.evaluation import load_rows
+    from maskfocus.shapes.detector import ShapesDetector
+    from maskfocus.shapes.render import render_batch
+    from maskfocus.shapes.scene import scene_for_metadata
+
+    module = load_benchmark("vq_layout_limits")
+    detector = ShapesDetector()
+    rows = [row for row in load_rows("shapes-geneval") if row["tag"] in ("counting", "position")][::4]
+    rng = np.random.default_rng(0)
+    true_renders = render_batch([scene_for_metadata(row, rng) for row in rows])
+    assert not any(module.outside_trained_layouts(found) for found in detector.detect_batch(true_renders))
+    named = module.layouts()
+    outside = named["pair, touching"][::10] + named["single, against the top edge"][::6]
+    assert all(module.outside_trained_layouts(found) for found in detector.detect_batch(render_batch(outside)))
+    assert module.box_gap((0, 0, 10, 10), (14, 30, 20, 40)) == 20 and module.box_gap((0, 0, 10, 10), (5, 5, 8, 8)) == 0
