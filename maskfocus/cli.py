@@ -92,13 +92,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         build_eval_judge,
         check_classes,
         check_server_answers,
-        format_table,
         grid_rows,
         load_rows,
         run_evaluation,
         spread_over_each_tag,
-        write_results,
     )
+    from maskfocus.evaluation_output import format_table, write_results
     from maskfocus.images import save_grid
     from maskfocus.models import load_generator
     from maskfocus.stopping import stop_named

@@ -163,7 +163,7 @@ def train_in_folder(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
         message = f"stopped at once, between checkpoints; {resume_hint(run_dir)}"
         raise RunStopped(message, getattr(stop, "signal_name", "SIGINT")) from None
     if "eval" in summary:
-        from maskfocus.evaluation import format_table
+        from maskfocus.evaluation_output import format_table
 
         print(format_table(summary["eval"]))
         print(gain_line(run_dir, summary["eval"]["overall"]))

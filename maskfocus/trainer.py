@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from maskfocus.config import ConfigError, RunConfig
 from maskfocus.divergence import Diverged, NonFiniteWatch
-from maskfocus.evaluation import build_eval_judge, load_rows, run_evaluation, write_results
+from maskfocus.evaluation import build_eval_judge, load_rows, run_evaluation
+from maskfocus.evaluation_output import write_results
 from maskfocus.images import save_grid, to_uint8
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator

@@ -24,7 +24,7 @@ def test_the_grid_shows_the_first_rows_of_each_tag_of_the_benchmark():
 def test_evaluation_files_are_replaced_whole_or_left_as_they_were(tmp_path, monkeypatch):
     """write_results writes beside the file and renames: a failure mid-write leaves the earlier summary intact."""
     from maskfocus import outputs
-    from maskfocus.evaluation import write_results
+    from maskfocus.evaluation_output import write_results
 
     summary = tmp_path / "eval" / "summary.json"
     write_results([{"correct": True}], {"overall": 0.5, "tags": {}}, tmp_path / "eval" / "results.jsonl", summary)

@@ -283,7 +283,8 @@ def test_overall_is_the_mean_of_the_tags_not_of_the_images() -> None:
 def test_images_the_judge_could_not_score_are_left_out_and_counted() -> None:
     from types import SimpleNamespace
 
-    from maskfocus.evaluation import EvalJob, format_table, score_images
+    from maskfocus.evaluation import EvalJob, score_images
+    from maskfocus.evaluation_output import format_table
     from maskfocus.rewards.geneval import GenEvalResult
 
     rows = [{"tag": "colors", "prompt": "a red circle", "include": [{"class": "circle", "count": 1}]}]
