@@ -29,7 +29,7 @@ import torch
 from maskfocus.script_args import nonnegative_int, positive_int, probability, run_script
 from maskfocus.shapes.prompts import TAGS
 from maskfocus.shapes.scene import Scene, ShapeObject
-from maskfocus.shapes.world import MARGIN, MIN_GAP, SHAPES
+from maskfocus.shapes.world import COLORS, MARGIN, MIN_GAP, SHAPES
 
 SIZE = 16.0
 COLOR_PAIRS = (("red", "orange"), ("red", "purple"), ("orange", "yellow"), ("blue", "purple"), ("green", "blue"))
@@ -79,8 +79,6 @@ def count_read_right(model, table: np.ndarray, scenes: list[Scene], cutoff: floa
 
 def layouts() -> dict[str, list[Scene]]:
     """The measured layouts by name: inside the training scenes' rules first, then outside them."""
-    from maskfocus.shapes.world import COLORS
-
     colors = tuple(COLORS)
     named = {
         f"pair, {MIN_GAP:.0f} px gap (as trained)": pairs_at_gap(MIN_GAP),

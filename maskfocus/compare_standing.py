@@ -76,10 +76,8 @@ def _trained_standing(run: RunRecord, total: int) -> str:
         writes = "it and the final evaluation" if evaluates else "it"
         return f"{trained}, but not its model/ (a resume writes {writes}); {resume_hint(run.folder)}"
     if not evaluates:
-        command = f"{trained} with train.final_eval: false; evaluate it with `{evaluate_command(run.folder)}`"
-        if run.config.get("model.path") == BUILTIN_MODEL:
-            return command
-        return f"{command}{OUTSIDE_THE_SHAPES_WORLD}"
+        metadata = "" if run.config.get("model.path") == BUILTIN_MODEL else OUTSIDE_THE_SHAPES_WORLD
+        return f"{trained} with train.final_eval: false; evaluate it with `{evaluate_command(run.folder)}`{metadata}"
     failed = f" (see {run.folder / 'error.log'})" if failed_last(run.folder) else ""
     return f"{trained}; its final evaluation did not finish{failed}; evaluate it with `{evaluate_command(run.folder)}`"
 

@@ -80,11 +80,10 @@ def spread_over_each_tag(rows: Sequence[dict[str, Any]], per_tag: int) -> list[i
     by_tag: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
         by_tag.setdefault(row.get("tag", ""), []).append(index)
-    chosen = [
-        indices[(i * len(indices)) // min(per_tag, len(indices))]
-        for indices in by_tag.values()
-        for i in range(min(per_tag, len(indices)))
-    ]
+    chosen = []
+    for indices in by_tag.values():
+        taken = min(per_tag, len(indices))
+        chosen += [indices[i * len(indices) // taken] for i in range(taken)]
     return sorted(chosen)
 
 
