@@ -86,5 +86,5 @@ def _diverged_standing(run: RunRecord, key: str, start: int) -> str:
     if key == NAN_REWARD_KEY:
         cause = f"every group's reward was NaN from iteration {start} on ({key})"
         return f"stopped: {cause}; fix the reward term, then {resume_hint(run.folder)}"
-    cause = f"the loss was non-finite at every learned step from iteration {start} on ({key})"
+    cause = f"the loss or its gradient was non-finite at every optimizer step from iteration {start} on ({key})"
     return f"diverged: {cause}; start again with a lower optim.learning_rate"

@@ -25,9 +25,9 @@ class TrainConfig(Section):
     log_every: int = Field(1, ge=1)
     """Iterations between metric records."""
     max_nonfinite_iterations: int | None = Field(5, ge=1)
-    """Stop the run (exit status 1) after this many iterations in a row whose loss was non-finite at every learned
-    step, so that every optimizer step was skipped: weights gone non-finite (too high a learning rate, say) would
-    otherwise run to the end learning nothing. The same number of iterations in a row whose every group's reward
+    """Stop the run (exit status 1) after this many iterations in a row whose loss or gradient was non-finite at
+    every optimizer step, so that every one was skipped: weights gone non-finite (too high a learning rate, say)
+    would otherwise run to the end learning nothing. The same number of iterations in a row whose every group's reward
     was NaN (a reward model or server gone wrong: those groups are skipped) stops it too. The first such iteration
     is reported at once. null = never stop."""
     image_every: int = Field(25, ge=1)

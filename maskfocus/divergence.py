@@ -16,14 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 KEY = "loss/skipped_nonfinite"
-"""The fraction of an iteration's learned steps whose loss was non-finite (maskfocus.update)."""
+"""The fraction of an iteration's optimizer steps whose gradient was non-finite, from a non-finite loss or from
+non-finite weights (which give a NaN gradient even where no token is scored, and so a zero loss) (maskfocus.update)."""
 
 NAN_REWARD_KEY = "reward/nan_group_fraction"
 """The fraction of an iteration's groups skipped for a NaN reward (maskfocus.scoring)."""
 
 
 class Diverged(RuntimeError):
-    """The loss was non-finite, or every group's reward NaN, at every learned step of
+    """The loss or its gradient was non-finite, or every group's reward NaN, at every optimizer step of
     `train.max_nonfinite_iterations` iterations in a row. `weights_finite`: the streak left the weights as they were
     (NaN rewards skip every step), so the last learned iteration is worth a checkpoint; after non-finite losses the
     weights have likely gone non-finite, and a checkpoint of them would be the one a resume picks."""
@@ -34,7 +35,7 @@ class Diverged(RuntimeError):
 
 
 class Streak:
-    """Iterations in a row whose record has `key` at 1 (every learned step non-finite, or every group's reward NaN):
+    """Iterations in a row whose record has `key` at 1 (every optimizer step non-finite, or every group's reward NaN):
     the first iteration with a non-zero `key` gives a note, `patience` of them in a row raise Diverged."""
 
     def __init__(
@@ -78,8 +79,8 @@ def _iterations(start: int, iteration: int) -> str:
 
 def _loss_stop(start: int, iteration: int) -> str:
     return (
-        f"the loss was non-finite at every learned step of {_iterations(start, iteration)}, so none of their "
-        "optimizer steps was taken: the weights have likely gone non-finite (too high optim.learning_rate?), and "
+        f"the loss or its gradient was non-finite at every optimizer step of {_iterations(start, iteration)}, so "
+        "none of them was taken: the weights have likely gone non-finite (too high optim.learning_rate?), and "
         "so have those of any checkpoint from then on. Start again with a lower learning rate, or, where a "
         f"checkpoint from well before iteration {start} is kept, move the later ones aside and resume from it "
         "with a lower one (train.max_nonfinite_iterations sets how many such iterations stop a run)"
@@ -88,8 +89,8 @@ def _loss_stop(start: int, iteration: int) -> str:
 
 def _loss_note(iteration: int, fraction: float) -> str:
     return (
-        f"iteration {iteration}: the loss was non-finite at {fraction:.0%} of the learned steps; their optimizer "
-        f"steps were skipped ({KEY} in metrics.jsonl)"
+        f"iteration {iteration}: the loss or its gradient was non-finite at {fraction:.0%} of the optimizer steps; "
+        f"those steps were skipped ({KEY} in metrics.jsonl)"
     )
 
 

@@ -328,7 +328,6 @@ class PolicyUpdater:
         for index, step in enumerate(steps):
             loss, metrics, num_tokens = self._step_loss(step, batch, condition, count_tokens)
             tokens_since_step += num_tokens
-            metrics["loss/skipped_nonfinite"] = float(not torch.isfinite(loss))  # merged: the fraction of steps
             # Back-propagate even a non-finite loss: every rank of a sharded learner must join the same gradient
             # collectives, and the non-finite gradient norm that results skips the optimizer step on all of them.
             loss.backward()
@@ -336,6 +335,10 @@ class PolicyUpdater:
                 metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step applies
                 metrics["loss/grad_norm"], applied = self._optimizer_step(tokens_since_step > 0)
                 metrics["loss/skipped_steps"] = float(not applied)
+                # From the global gradient norm, not this rank's loss: a rank (or a batch) with no scored token has
+                # a zero loss even when the weights are NaN, but its gradient is NaN all the same. Merged: the
+                # fraction of the optimizer steps, the same on every rank.
+                metrics["loss/skipped_nonfinite"] = float(not math.isfinite(metrics["loss/grad_norm"]))
                 tokens_since_step = 0.0
             records.append(metrics)
         return records

@@ -83,12 +83,15 @@ def test_a_diverged_run_and_a_run_of_nan_rewards_are_named_with_what_to_do(tmp_p
     loss = make_run(tmp_path / "loss", {"train.num_iterations": 50}, None)
     rewrite_metrics(loss, lambda record: {"loss/skipped_nonfinite": 1.0 if record["iteration"] >= 2 else 0.5})
     assert unfinished_line(loss) == (
-        "diverged: the loss was non-finite at every learned step from iteration 2 on (loss/skipped_nonfinite); "
+        "diverged: the loss or its gradient was non-finite at every optimizer step from iteration 2 on "
+        "(loss/skipped_nonfinite); "
         "start again with a lower optim.learning_rate"
     )
     last = make_run(tmp_path / "last", {"train.num_iterations": 5}, None)  # diverged up to its last iteration
     rewrite_metrics(last, lambda record: {"loss/skipped_nonfinite": 1.0 if record["iteration"] >= 3 else 0.0})
-    assert unfinished_line(last).startswith("diverged: the loss was non-finite at every learned step from iteration 3")
+    assert unfinished_line(last).startswith(
+        "diverged: the loss or its gradient was non-finite at every optimizer step from iteration 3"
+    )
     nan = make_run(tmp_path / "nan", {"train.num_iterations": 50}, None)
     rewrite_metrics(nan, lambda record: {"reward/nan_group_fraction": 1.0 if record["iteration"] >= 3 else 0.0})
     assert unfinished_line(nan).startswith(

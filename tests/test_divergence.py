@@ -17,16 +17,22 @@ def test_the_first_non_finite_iteration_of_each_run_of_them_is_reported_once():
     watch = NonFiniteWatch(patience=None)
     notes = [watch.observe(r) for r in records([0.0, 1 / 3, 1.0, 1.0, 0.0, None, 1.0])]
     assert notes[0] is None and notes[2:4] == [None, None] and notes[4:6] == [None, None]
-    expected = "iteration 1: the loss was non-finite at 33% of the learned steps; their optimizer steps were skipped"
+    expected = (
+        "iteration 1: the loss or its gradient was non-finite at 33% of the optimizer steps; those steps were skipped"
+    )
     assert notes[1] == f"{expected} ({KEY} in metrics.jsonl)"
-    assert notes[6].startswith("iteration 6: the loss was non-finite at 100%")  # a new run of them, after finite ones
+    assert notes[6].startswith(
+        "iteration 6: the loss or its gradient was non-finite at 100%"
+    )  # a new run of them, after finite ones
 
 
 def test_patience_counts_wholly_non_finite_iterations_in_a_row():
     watch = NonFiniteWatch(patience=3)
     for record in records([1.0, 1.0, 0.5, 1.0, 1.0]):  # a partly finite iteration breaks the streak
         watch.observe(record)
-    with pytest.raises(Diverged, match=r"^the loss was non-finite at every learned step of iterations 3-5, so none"):
+    with pytest.raises(
+        Diverged, match=r"^the loss or its gradient was non-finite at every optimizer step of iterations 3-5, so none"
+    ):
         watch.observe({"iteration": 5, KEY: 1.0})
 
 
@@ -36,7 +42,7 @@ def test_a_streak_of_one_iteration_is_named_as_one_and_the_advice_holds_without_
     with pytest.raises(Diverged) as stopped:
         NonFiniteWatch(patience=1).observe({"iteration": 1, KEY: 1.0})
     message = str(stopped.value)
-    assert message.startswith("the loss was non-finite at every learned step of iteration 1, so none")
+    assert message.startswith("the loss or its gradient was non-finite at every optimizer step of iteration 1, so none")
     assert (
         "Start again with a lower learning rate, or, where a checkpoint from well before iteration 1 is kept" in message
     )
@@ -62,7 +68,7 @@ def test_iterations_whose_every_group_reward_is_nan_are_reported_and_stop_the_ru
     with pytest.raises(Diverged, match=r"^every group's reward was NaN in iterations 5-7: nothing was learned"):
         watch.observe({"iteration": 7, NAN_REWARD_KEY: 1.0})
     both = NonFiniteWatch(patience=None).observe({"iteration": 0, NAN_REWARD_KEY: 1.0, KEY: 0.5})
-    assert both.splitlines()[0].startswith("iteration 0: 100% of the groups") and "loss was non-finite" in both
+    assert both.splitlines()[0].startswith("iteration 0: 100% of the groups") and "its gradient was non-finite" in both
 
 
 TINY_RUN = {
@@ -129,7 +135,10 @@ def test_an_in_process_run_whose_loss_stays_nan_stops_with_exit_status_one(tmp_p
     status = train_tiny(tmp_path)
     captured = capsys.readouterr()
     assert status == 1
-    assert "iteration 0: the loss was non-finite at 100% of the learned steps" in captured.out + captured.err
-    assert "the loss was non-finite at every learned step of iterations 0-1" in captured.err
+    assert (
+        "iteration 0: the loss or its gradient was non-finite at 100% of the optimizer steps"
+        in captured.out + captured.err
+    )
+    assert "the loss or its gradient was non-finite at every optimizer step of iterations 0-1" in captured.err
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r[KEY]) for r in logged] == [(0, 1.0), (1, 1.0)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from support import ToyGenerator, make_batch, make_updater
@@ -396,3 +398,25 @@ def test_merged_metrics_weight_token_means_by_scored_tokens_and_skip_empty_recor
     empty = [{**rank_1, "loss/clip_fraction": 0.0}, {**rank_1, "loss/clip_fraction": 0.5}]
     nothing = update_module.merge_metrics(empty)
     assert nothing["loss/clip_fraction"] == 0.25 and nothing["loss/ratio_mean"] == 1.0  # no tokens: plain means
+
+
+@pytest.mark.parametrize("scheme", ["per_step", "accumulate"])
+def test_nan_weights_count_as_non_finite_even_with_no_scored_token(scheme):
+    """A batch (or a learner rank's share) with no valid sample has a zero loss whatever the weights hold, but NaN
+    weights still give a NaN gradient: the divergence watch must see every such step as non-finite."""
+    model = ToyGenerator()
+    with torch.no_grad():
+        model.transformer.weight[0, 0] = float("nan")
+    batch = make_batch(model)
+    batch.valid_B[:] = False
+    metrics = make_updater(model, update=scheme).update(batch, torch.Generator().manual_seed(1))
+    assert metrics["loss/total"] == 0.0 and math.isnan(metrics["loss/grad_norm"])
+    assert metrics["loss/skipped_nonfinite"] == 1.0
+
+
+def test_finite_weights_with_no_scored_token_are_not_counted_as_non_finite():
+    model = ToyGenerator()
+    batch = make_batch(model)
+    batch.valid_B[:] = False
+    metrics = make_updater(model).update(batch, torch.Generator().manual_seed(1))
+    assert metrics["loss/skipped_nonfinite"] == 0.0 and metrics["loss/skipped_steps"] == 3.0
