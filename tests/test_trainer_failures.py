@@ -1,6 +1,7 @@
 """maskfocus/trainer.py when something fails mid-run (`--executor local`): the last iteration learned whole is
 checkpointed, the message names the resume and the traceback goes to error.log; weights an update left part-way are
-never saved. (The Ray learner's failure paths: tests/learner/test_loop.py.)"""
+never saved (a failure before its first optimizer step leaves the last learned iteration, which is). (The Ray
+learner's failure paths: tests/learner/test_loop.py.)"""
 
 from __future__ import annotations
 
@@ -124,15 +125,38 @@ def test_a_run_stopped_by_nan_rewards_checkpoints_its_last_learned_iteration(
     assert checkpoint is not None and checkpoint.name == "iter_000001"
 
 
-def test_a_failure_inside_an_update_saves_nothing_of_it(
+def test_a_failure_inside_an_update_after_an_optimizer_step_saves_nothing_of_it(
     random_model,  # noqa: F811
     tmp_path,
     monkeypatch,
     one_thread,  # noqa: F811
 ):
     """An update may fail part-way (after some of its optimizer steps), leaving weights that no iteration produced:
-    a failure inside the update (here raised as iteration 1's update starts) writes no checkpoint, not even of
-    iteration 0, which was learned whole."""
+    here iteration 1's second optimizer step raises after its first was applied. No checkpoint is written, not
+    even of iteration 0, which was learned whole (its weights are gone)."""
+    calls: list[int] = []
+    fail = failing_in(3, calls)  # K = 2 steps an iteration: call 3 is iteration 1's second
+    real_step = PolicyUpdater._optimizer_step
+    monkeypatch.setattr(PolicyUpdater, "_optimizer_step", lambda self, *a, **k: fail(real_step, self, *a, **k))
+    config = tiny_config(random_model, tmp_path, train={"num_iterations": 3})
+    with pytest.raises(RunFailed) as failed:
+        trainer.train_local(config, tmp_path, show_progress=False)
+    message = str(failed.value)
+    assert calls == [0, 1, 2, 3]
+    assert message.startswith("the run failed in iteration 1: reward server answered HTTP 500; ")
+    assert "is checkpointed" not in message and "no checkpoint was written yet" in message
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_a_failure_in_an_update_before_its_first_optimizer_step_checkpoints_the_last_learned_iteration(
+    random_model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    updaters,
+    one_thread,  # noqa: F811
+):
+    """A failure as iteration 1's update starts (in its old or reference forwards, say) has moved nothing: the
+    weights, optimizer and schedule are still iteration 0's, so iteration 0 is checkpointed and nothing is lost."""
     calls: list[int] = []
     fail = failing_in(1, calls)
     real_update = PolicyUpdater.update
@@ -140,10 +164,16 @@ def test_a_failure_inside_an_update_saves_nothing_of_it(
     config = tiny_config(random_model, tmp_path, train={"num_iterations": 3})
     with pytest.raises(RunFailed) as failed:
         trainer.train_local(config, tmp_path, show_progress=False)
-    message = str(failed.value)
-    assert message.startswith("the run failed in iteration 1: reward server answered HTTP 500; ")
-    assert "is checkpointed" not in message and "no checkpoint was written yet" in message
-    assert latest_checkpoint(tmp_path) is None
+    assert "(iteration 0, the last learned, is checkpointed); resume from iter_000000 with `" in str(failed.value)
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.name == "iter_000000"
+    module = updaters[0].module
+    saved = copy.deepcopy(module)
+    torch.nn.init.zeros_(next(saved.parameters()))
+    state = load_checkpoint_weights(checkpoint, saved)
+    assert (state["iteration"], state["prompt_cursor"], state["num_updates"]) == (0, 2, 2)
+    current, kept = module.state_dict(), saved.state_dict()
+    assert all(torch.equal(current[key], kept[key]) for key in current)
 
 
 def test_a_stop_after_the_last_iteration_says_only_the_final_model_is_left(tmp_path):
