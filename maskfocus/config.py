@@ -92,8 +92,9 @@ class GRPOConfig(Section):
     """Training input of a selected step: random positions of the final image, or the rollout's own mask."""
     tokens: Literal["all_masked", "newly_unmasked"] = "all_masked"
     """Score every masked token (MaskFocus) or only those committed at the step (Mask-GRPO-like baseline)."""
-    clip_eps: float | None = Field(0.2, gt=0.0)
-    """PPO ratio clipping epsilon; null = no clipping (the released code)."""
+    clip_eps: float | None = Field(0.2, gt=0.0, lt=1.0)
+    """PPO ratio clipping epsilon, below 1 (the ratio is clipped to [1 - eps, 1 + eps], and a ratio is never
+    negative); null = no clipping (the released code)."""
     beta: float = Field(0.01, ge=0.0)
     """k3 KL penalty weight against the frozen reference; 0 skips the reference forward."""
     update: Literal["per_step", "accumulate"] = "per_step"

@@ -35,6 +35,13 @@ def test_out_of_range_value_is_rejected(tmp_path):
         load_config(path)
 
 
+def test_a_clip_epsilon_of_one_or_more_is_rejected():
+    """1 - eps <= 0 would clip nothing below: only the upper bound would bind."""
+    with pytest.raises(ConfigError, match=r"grpo.clip_eps.*less than 1"):
+        load_config(ROOT / "configs" / "shapes_tiny.yaml", {"grpo.clip_eps": 1.5})
+    assert load_config(ROOT / "configs" / "shapes_tiny.yaml", {"grpo.clip_eps": 0.5}).grpo.clip_eps == 0.5
+
+
 def test_overrides_apply_dotted_keys(tmp_path):
     config = load_config(ROOT / "configs" / "shapes_tiny.yaml", {"sampler.cfg_scale": 1.5})
     assert config.sampler.cfg_scale == 1.5
