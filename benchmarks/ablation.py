@@ -38,9 +38,9 @@ from pathlib import Path
 
 from maskfocus.cli_train import check_before_writing
 from maskfocus.compare import base_summary, builtin_base_summary, group_runs, mean_spread
-from maskfocus.compare_folders import find_run_folders
+from maskfocus.compare_folders import find_run_folders, load_readable_runs
 from maskfocus.compare_plot import plot_comparison
-from maskfocus.compare_run import RunRecord, load_run
+from maskfocus.compare_run import CompareError, RunRecord, load_run
 from maskfocus.config import load_config
 from maskfocus.config_base import ConfigError
 from maskfocus.config_yaml import parse_set
@@ -92,17 +92,22 @@ class VariantFailed(RuntimeError):
 
 
 def read_run(run_dir: Path) -> RunRecord | None:
-    """A finished run (its final evaluation written), else None."""
+    """A finished run (its final evaluation written), else None; a damaged one (a summary.json cut by a killed
+    process, say) is left out with its reason on stderr, not the end of the table."""
     if not (run_dir / "config.yaml").is_file():
         return None
-    run = load_run(run_dir)
+    try:
+        run = load_run(run_dir)
+    except CompareError as error:
+        print(f"left out of the table: {error}", file=sys.stderr)
+        return None
     return run if run.final else None
 
 
-def steps_ratio(config: Path) -> float:
-    """T / K of the config (T of its rollouts): the learner-time ratio all-T / critical-K that linear cost
-    predicts."""
-    run_config = load_config(config)
+def steps_ratio(config: Path, settings: dict | None = None) -> float:
+    """T / K of the config with the --set `settings` (T of its rollouts): the learner-time ratio all-T /
+    critical-K that linear cost predicts."""
+    run_config = load_config(config, settings)
     return run_config.rollout_sampler().num_steps / run_config.selection.num_steps
 
 
@@ -171,7 +176,13 @@ def draw_comparison(runs: Path) -> Path | None:
     """compare.png beside ablation.md: every run's reward curve and each variant's final per-tag scores."""
     if not any(runs.glob("*/config.yaml")):
         return None
-    records = [load_run(folder) for folder in find_run_folders([runs])]
+    try:
+        records, problems = load_readable_runs(find_run_folders([runs]), "reward/mean")
+    except CompareError as error:  # none readable
+        print(f"no picture: {error}", file=sys.stderr)
+        return None
+    for problem in problems:
+        print(f"left out of the picture: {problem}", file=sys.stderr)
     groups, _ = group_runs(records)
     return plot_comparison(groups, runs / "compare.png", base_summary(records, None))
 
@@ -240,7 +251,7 @@ def main() -> int:
     args = parser.parse_args()
     runs, config = args.runs_dir.resolve(), args.config.resolve()  # the runs start in the repository's root
     check_output_folder("--runs-dir", args.runs_dir)
-    t_over_k = steps_ratio(config)
+    t_over_k = steps_ratio(config, parse_set(args.set))
     if args.table_only:
         check_runs_to_tabulate(runs, table_seeds(args.seeds, args.jobs))
     else:

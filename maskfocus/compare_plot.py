@@ -29,11 +29,11 @@ def _legend_label(letter: str, label: str) -> str:
 def _plot_curves(
     ax, groups: dict[str, list[RunRecord]], letters: dict[str, str], colours, window: int, key: str
 ) -> bool:
-    """One line per run that logged `key`; returns whether any did."""
+    """One line per run that logged `key`, the group's legend entry on its first drawn one (its first run may
+    have stopped before logging); returns whether any did."""
     for index, (label, group) in enumerate(groups.items()):
-        for run_index, run in enumerate(group):
-            if not run.curve:
-                continue
+        drawn_runs = [run for run in group if run.curve]
+        for run_index, run in enumerate(drawn_runs):
             xs, ys = zip(*run.curve, strict=True)
             legend = _legend_label(letters[label], label) if run_index == 0 else None
             ax.plot(xs, moving_average(list(ys), window), color=colours(index), linewidth=1.2, label=legend)

@@ -16,6 +16,36 @@ def moving_average(values: list[float], window: int) -> list[float]:
     ]
 
 
+REWARD_STATISTICS = frozenset(
+    {"reward/mean", "reward/std", "reward/zero_adv_group_fraction", "reward/nan_groups", "reward/nan_group_fraction"}
+)
+"""The reward/* metrics that describe the batch's rewards rather than hold one term's (maskfocus.scoring)."""
+
+TERM_COLOURS = {
+    "reward/geneval_binary": "tab:green",
+    "reward/geneval_partial": "tab:olive",
+    "reward/geneval_graded": "tab:cyan",
+    "reward/clip": "tab:purple",
+}
+"""Fixed colours of the usual terms; any other term (hps, a strict GenEval term) takes the next of OTHER_COLOURS."""
+
+OTHER_COLOURS = ("tab:orange", "tab:red", "tab:brown", "tab:pink", "tab:gray")
+
+
+def reward_term_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The reward/<term> keys of the records (each term of the run's `rewards`), the known terms first."""
+    keys = {key for r in records for key in r if key.startswith("reward/") and not key.startswith("reward/tag/")}
+    terms = keys - REWARD_STATISTICS
+    return [key for key in TERM_COLOURS if key in terms] + sorted(terms - TERM_COLOURS.keys())
+
+
+def term_colours(terms: list[str]) -> dict[str, Any]:
+    """A colour per term, the mean's blue last; terms beyond the fixed ones cycle through OTHER_COLOURS."""
+    others = [term for term in terms if term not in TERM_COLOURS]
+    extra = {term: OTHER_COLOURS[index % len(OTHER_COLOURS)] for index, term in enumerate(others)}
+    return {**{term: TERM_COLOURS.get(term) or extra[term] for term in terms}, "reward/mean": "tab:blue"}
+
+
 def shown_reward_series(records: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
     """The reward series of `keys` the records hold, less a lone reward term equal to reward/mean in every record
     (one term of weight 1: its curve lay hidden under the mean's, with a legend entry of its own)."""
@@ -67,13 +97,7 @@ def plot_reward_curve(records: list[dict[str, Any]], path: Path, window: int = 1
 
     tag_keys = sorted({key for r in records for key in r if key.startswith("reward/tag/")})
     fig, axes = plt.subplots(1, 2 if tag_keys else 1, figsize=(13 if tag_keys else 7, 3.5), dpi=110, squeeze=False)
-    colours = {  # the mean last, on top
-        "reward/geneval_binary": "tab:green",
-        "reward/geneval_partial": "tab:olive",
-        "reward/geneval_graded": "tab:cyan",
-        "reward/clip": "tab:purple",
-        "reward/mean": "tab:blue",
-    }
+    colours = term_colours(reward_term_keys(records))  # the mean last, on top
     for key in shown_reward_series(records, tuple(colours)):
         _plot_series(axes[0, 0], records, key, colours[key], key, window, raw=True)
     for index, key in enumerate(tag_keys):

@@ -42,8 +42,22 @@ def test_table_and_picture_from_finished_runs(ablation, tmp_path):
     assert ablation.draw_comparison(tmp_path / "critical_seed0" / "eval") is None  # no runs there: no picture
 
 
+def test_a_damaged_run_is_left_out_of_the_table_and_the_picture_not_the_end_of_them(ablation, tmp_path, capsys):
+    for seed, overall in enumerate((0.50, 0.56)):
+        make_run(tmp_path / f"critical_seed{seed}", {"seed": seed}, overall)
+    summary = tmp_path / "critical_seed1" / "eval" / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # cut by a killed process
+    table = ablation.write_table(tmp_path, [0, 1], 0.44, t_over_k=4.0)
+    assert "| critical | 1 | 0.500 | 0.060 | 2.000 | 5.000 |" in table  # seed 0 alone
+    picture = ablation.draw_comparison(tmp_path)
+    assert picture == tmp_path / "compare.png" and picture.is_file()
+    err = capsys.readouterr().err
+    assert f"left out of the table: {summary}" in err and f"left out of the picture: {summary}" in err
+
+
 def test_the_predicted_learner_ratio_is_the_rollouts_T_over_K(ablation, tmp_path):
     assert ablation.steps_ratio(ablation.DEFAULT_CONFIG) == 12 / 3
+    assert ablation.steps_ratio(ablation.DEFAULT_CONFIG, {"rollout.num_steps": 6}) == 6 / 3  # a --set counts
     halved = tmp_path / "halved.yaml"
     halved.write_text(ablation.DEFAULT_CONFIG.read_text().replace("rollout:\n", "rollout:\n  num_steps: 6\n", 1))
     assert ablation.steps_ratio(halved) == 6 / 3

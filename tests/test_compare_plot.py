@@ -76,3 +76,22 @@ def test_a_picture_of_runs_without_metrics_raises_no_matplotlib_warning(tmp_path
     groups, _ = group_runs([load_run(make_run(tmp_path / "fresh", {}, None, iterations=0))])
     assert plot_comparison(groups, tmp_path / "c.png", None).is_file()
     assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_a_group_whose_first_run_logged_nothing_keeps_its_legend_entry(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from maskfocus.compare_plot import _plot_curves
+
+    fresh = make_run(tmp_path / "a", {"seed": 0}, None, iterations=0)  # stopped before its first record
+    logged = make_run(tmp_path / "b", {"seed": 1}, None)
+    groups, _ = group_runs([load_run(fresh), load_run(logged)])
+    ((label, group),) = groups.items()
+    assert [run.curve != [] for run in group] == [False, True]  # the first run of the group has no curve
+    fig, ax = plt.subplots()
+    _plot_curves(ax, groups, {label: "A"}, lambda i: "C0", 10, "reward/mean")
+    assert [line.get_label() for line in ax.lines] == [f"A: {label}"]
+    plt.close(fig)

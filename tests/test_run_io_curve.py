@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+import maskfocus.reward_curve as reward_curve
 from maskfocus.reward_curve import lone_points
 from maskfocus.run_io import moving_average, plot_reward_curve, shown_reward_series
 
@@ -62,3 +63,31 @@ def test_a_tag_seen_in_one_iteration_is_drawn_as_a_dot_and_a_long_series_as_befo
     close(figures[0])
     nan = float("nan")
     assert lone_points([1.0, nan, 2.0, 3.0, nan, 4.0]) == [0, 5] and lone_points([1.0, 2.0]) == []
+
+
+def test_every_reward_term_is_drawn_not_only_the_usual_ones(tmp_path, monkeypatch):
+    """A term outside the fixed colours (hps, a strict GenEval term) gets a curve too; batch statistics and the
+    per-tag rewards are not terms."""
+    record = {
+        "reward/hps": 0.2,
+        "reward/geneval_binary_strict": 0.4,
+        "reward/clip": 0.3,
+        "reward/mean": 0.35,
+        "reward/std": 0.1,
+        "reward/nan_groups": 0.0,
+        "reward/nan_group_fraction": 0.0,
+        "reward/zero_adv_group_fraction": 0.5,
+        "reward/tag/counting": 0.2,
+    }
+    records = [{"iteration": i, **record} for i in range(4)]
+    terms = reward_curve.reward_term_keys(records)
+    assert terms == ["reward/clip", "reward/geneval_binary_strict", "reward/hps"]
+    colours = reward_curve.term_colours(terms)
+    assert len(set(colours.values())) == 4 and colours["reward/mean"] == "tab:blue"
+    drawn = []
+    real = reward_curve._plot_series
+    monkeypatch.setattr(
+        reward_curve, "_plot_series", lambda ax, rs, key, *a, **k: drawn.append(key) or real(ax, rs, key, *a, **k)
+    )
+    reward_curve.plot_reward_curve(records, tmp_path / "curve.png")
+    assert drawn == [*terms, "reward/mean", "reward/tag/counting"]
