@@ -24,9 +24,8 @@ from tqdm import tqdm
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import GenEvalDetectorConfig, load_config
-from maskfocus.evaluation import chosen_rows, expand_jobs, generate_batches
+from maskfocus.evaluation import chosen_rows, expand_jobs, generate_batches, load_evaluated_generator
 from maskfocus.images import to_tensor
-from maskfocus.models import load_generator
 from maskfocus.rewards.clip_score import TINY_CLIP, ClipScorer
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
@@ -98,7 +97,9 @@ def main() -> int:
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
     judge = build_judge(GenEvalDetectorConfig())
     clip = ClipScorer.from_folder(args.clip, field="--clip")  # before the generator: a wrong --clip fails at once
-    scored = sample_and_score(load_generator(config.model), config.sampler, judge, clip, rows, args.images, args.seed)
+    scored = sample_and_score(
+        load_evaluated_generator(config), config.sampler, judge, clip, rows, args.images, args.seed
+    )
     print("| tag | CLIP mean | CLIP std | AUC, correct > failed (pairs) | AUC, higher partial score (pairs) |")
     print("|---|---|---|---|---|")
     for tag in args.tags:

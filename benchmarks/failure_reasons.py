@@ -17,8 +17,7 @@ from collections import Counter
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import GenEvalDetectorConfig, load_config
-from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
-from maskfocus.models import load_generator
+from maskfocus.evaluation import expand_jobs, generate_batches, load_evaluated_generator, load_rows
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.rewards.judges import build_judge
 from maskfocus.script_args import nonnegative_int, positive_int, run_script
@@ -51,7 +50,7 @@ def main() -> int:
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] in args.tags]
     config = load_config(DEFAULT_CONFIG, {"model.path": args.model})
     judge = build_judge(GenEvalDetectorConfig())
-    correct, reasons = judge_rows(load_generator(config.model), config.sampler, judge, rows, args.images, args.seed)
+    correct, reasons = judge_rows(load_evaluated_generator(config), config.sampler, judge, rows, args.images, args.seed)
     print(f"| tag | rows | success rate | pass@{args.images} |\n|---|---|---|---|")
     for tag in args.tags:
         hits = [correct[i] for i, row in enumerate(rows) if row["tag"] == tag]

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from maskfocus.cli import DEFAULT_CONFIG
 from maskfocus.config import load_config
-from maskfocus.evaluation import expand_jobs, generate_batches, load_rows
-from maskfocus.models import load_generator
+from maskfocus.evaluation import expand_jobs, generate_batches, load_evaluated_generator, load_rows
 from maskfocus.models.loading import check_generator_folder
 from maskfocus.script_args import positive_int, run_script
 from maskfocus.shapes.detector import ShapeFit, ShapesDetector
@@ -52,7 +51,7 @@ def count_objects(model_path: str, rows: list[dict], images_per_row: int) -> dic
     """Per tag: (mean components per image, fraction of images with more components than named, fraction of
     confident detections that are undersized)."""
     config = load_config(DEFAULT_CONFIG, {"model.path": model_path})
-    model = load_generator(config.model)
+    model = load_evaluated_generator(config)
     detector = ShapesDetector()
     counts: dict[str, list[int]] = defaultdict(list)
     extra: dict[str, list[bool]] = defaultdict(list)

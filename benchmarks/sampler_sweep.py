@@ -18,8 +18,7 @@ import sys
 import yaml
 
 from maskfocus.config import ConfigError, EvalConfig, SamplerConfig, default_run_config
-from maskfocus.evaluation import chosen_rows, run_evaluation
-from maskfocus.models import load_generator
+from maskfocus.evaluation import chosen_rows, load_evaluated_generator, run_evaluation
 from maskfocus.rewards.geneval import TAGS
 from maskfocus.script_args import SAMPLING_ONLY, positive_int, run_script
 from maskfocus.shapes.detector import ShapesDetector
@@ -65,7 +64,7 @@ def main() -> int:
     grid = parse_grid(args.grid)
     combinations = grid_samplers(grid)
     rows = chosen_rows(args.tags, args.every)
-    model = load_generator(default_run_config({"model.path": args.model} if args.model else None).model)
+    model = load_evaluated_generator(default_run_config({"model.path": args.model} if args.model else None))
     detector = ShapesDetector()
     print("| " + " | ".join(grid) + " | " + " | ".join(args.tags) + " | overall | seconds |")
     print("|---" * (len(grid) + len(args.tags) + 2) + "|")

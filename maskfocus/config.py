@@ -37,6 +37,7 @@ from maskfocus.config_rollout import GenEvalTag as GenEvalTag  # re-exported: on
 from maskfocus.config_rollout import RolloutConfig as RolloutConfig  # re-exported: one config tree
 from maskfocus.config_train import TrainConfig as TrainConfig  # re-exported: one config tree
 from maskfocus.config_yaml import yaml_key_lines
+from maskfocus.outputs import write_text_whole
 
 
 def shipped_configs_folder(module_file: Path = Path(__file__)) -> Path:
@@ -325,8 +326,9 @@ def model_folder_overrides(path: str, trust_checkpoint_code: bool = False) -> di
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config (every default filled in) as YAML, whole or not at all: a process killed mid-write
+    left a cut config.yaml that still parsed, and `maskfocus compare` filled its missing sections with defaults."""
+    write_text_whole(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
 def default_run_config(overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> RunConfig:

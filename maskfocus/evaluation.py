@@ -225,17 +225,25 @@ def generate_batches(
         yield chunk, to_uint8(model.decode(result.tokens_BL))
 
 
+def load_evaluated_generator(config: RunConfig):
+    """The generator as `maskfocus eval` samples it: in eval.dtype (float32 as shipped), not the rollouts'
+    model.dtype, so that a diagnostic looks at the images the evaluation scores."""
+    from maskfocus.models import load_generator
+
+    return load_generator(config.model, dtype=config.eval.weights_dtype(config.model))
+
+
 def detect_tag_rows(config: RunConfig, tag: str, images_per_row: int, seed: int) -> tuple[list, list[dict[str, Any]]]:
     """Sample the shapes-geneval rows of one tag with `config`'s model and sampler, and run the shapes detector on
-    each image; (detections per image, the row it answers). For diagnostics that look past the pass/fail verdict."""
-    from maskfocus.models import load_generator
+    each image; (detections per image, the row it answers). For diagnostics that look past the pass/fail verdict:
+    the images are the evaluation's (its dtype, sampler and seed)."""
     from maskfocus.shapes.detector import ShapesDetector
 
     rows = [row for row in load_rows("shapes-geneval") if row["tag"] == tag]
     detector = ShapesDetector()
     detections, image_rows = [], []
     jobs = expand_jobs(rows, images_per_row)
-    for chunk, images in generate_batches(load_generator(config.model), jobs, config.sampler, seed):
+    for chunk, images in generate_batches(load_evaluated_generator(config), jobs, config.sampler, seed):
         detections += detector.detect_batch(images)
         image_rows += [rows[job.row_index] for job in chunk]
     return detections, image_rows

@@ -369,7 +369,7 @@ def test_a_meissonic_format_folder_without_the_flag_is_told_to_give_it(tmp_path,
     module = load_benchmark(name)
     model = fake_model_folder(tmp_path / "positional")
     (model / "transformer" / "config.json").write_text('{"_class_name": "PositionalUVit2DModel"}')
-    for stub in ("load_generator", "train_generator", "detect_tag_rows"):
+    for stub in ("load_generator", "load_evaluated_generator", "train_generator", "detect_tag_rows"):
         if hasattr(module, stub):
             monkeypatch.setattr(module, stub, never)
     argv = [arg.format(tmp=tmp_path, model=model) for arg in args]

@@ -44,7 +44,7 @@ def test_matches_the_mann_whitney_count_within_each_group():
 
 
 def test_a_wrong_clip_folder_fails_before_the_generator_loads(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(module, "load_generator", lambda *_: pytest.fail("the generator was loaded"))
+    monkeypatch.setattr(module, "load_evaluated_generator", lambda *_: pytest.fail("the generator was loaded"))
     argv = ["builtin:shapes-tiny", "--clip", str(tmp_path / "no_clip")]
     assert run_benchmark_cli(module, argv, monkeypatch) == 2
     error = capsys.readouterr().err

@@ -302,3 +302,21 @@ def test_a_word_yaml_reads_as_a_boolean_in_a_text_field_is_named_with_the_quotin
     with pytest.raises(ConfigError) as number:  # a bool where a number belongs gets no such advice
         config_from_dict({"sampler": {"num_steps": True}})
     assert "quotes" not in str(number.value)
+
+
+def test_a_config_write_killed_part_way_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    """A cut config.yaml still parsed, and `maskfocus compare` filled its missing sections with defaults."""
+    import maskfocus.outputs as outputs
+    from maskfocus.config import default_run_config, dump_config
+
+    path = tmp_path / "config.yaml"
+    dump_config(default_run_config(), path)
+    before = path.read_text()
+
+    def killed(*_):
+        raise KeyboardInterrupt  # the process dies between writing the new text and putting it in place
+
+    monkeypatch.setattr(outputs.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dump_config(default_run_config({"seed": 7}), path)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

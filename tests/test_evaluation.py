@@ -55,3 +55,17 @@ def test_a_quick_estimate_takes_rows_from_all_through_each_tag():
         assert [index for index in chosen if rows[index]["tag"] == tag] == expected
     few = [{"tag": "a", "prompt": "x"}, {"tag": "b", "prompt": "y"}, {"tag": "a", "prompt": "z"}]
     assert spread_over_each_tag(few, 5) == [0, 1, 2] and spread_over_each_tag(few, 1) == [0, 1]
+
+
+@pytest.mark.parametrize(("eval_dtype", "expected"), [("float32", "float32"), (None, "bfloat16")])
+def test_diagnostics_sample_in_the_evaluation_dtype_not_the_rollouts(eval_dtype, expected):
+    """count_distribution, failure_reasons and the others said they look at the evaluation's images, but loaded
+    the generator in model.dtype (bfloat16 here), not eval.dtype (float32 as shipped; null = model.dtype)."""
+    import torch
+
+    from maskfocus.config import default_run_config
+    from maskfocus.evaluation import load_evaluated_generator
+
+    config = default_run_config({"model.dtype": "bfloat16", "eval.dtype": eval_dtype})
+    model = load_evaluated_generator(config)
+    assert {p.dtype for p in model.transformer.parameters()} == {getattr(torch, expected)}

@@ -52,7 +52,7 @@ def test_a_tag_left_without_rows_is_named_not_a_key_error(sweep):
 
 
 def test_the_command_line_fails_in_one_line_before_loading_the_model(sweep, monkeypatch, capsys):
-    monkeypatch.setattr(sweep, "load_generator", lambda *_: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sweep, "load_evaluated_generator", lambda *_: pytest.fail("the model was loaded"))
     assert run_benchmark_cli(sweep, ["--grid", "sampler.cfg_scale=high"], monkeypatch) == 2
     error = capsys.readouterr().err
     assert error.startswith("sampler_sweep.py: error: invalid config") and "(got 'high')" in error
@@ -63,7 +63,7 @@ def test_the_command_line_fails_in_one_line_before_loading_the_model(sweep, monk
 
 def test_every_repeated_grid_option_counts(sweep, monkeypatch, capsys):
     """`--grid A --grid B` kept only B: a bad value in A was never checked."""
-    monkeypatch.setattr(sweep, "load_generator", lambda *_: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sweep, "load_evaluated_generator", lambda *_: pytest.fail("the model was loaded"))
     argv = ["--grid", "sampler.cfg_scale=high", "--grid", "sampler.num_steps=4"]
     assert run_benchmark_cli(sweep, argv, monkeypatch) == 2
     assert "(got 'high')" in capsys.readouterr().err
@@ -76,7 +76,7 @@ def test_a_compiled_sweep_says_its_first_rows_seconds_hold_the_compile(
     """The first row's 52.9 s against 0.5 s for the next read as a slow setting (benchmarks walkthrough)."""
     tags = {"single_object": 1.0}
     summary = {"tags": tags, "overall": 1.0, "seconds": 1.0}
-    monkeypatch.setattr(sweep, "load_generator", lambda *_: None)
+    monkeypatch.setattr(sweep, "load_evaluated_generator", lambda *_: None)
     monkeypatch.setattr(sweep, "run_evaluation", lambda *_, **__: (None, summary, None))
     grid = ["--grid", "sampler.num_steps=4,8", f"sampler.compile={compile_values}"]
     assert run_benchmark_cli(sweep, [*grid, "--tags", "single_object"], monkeypatch) == 0
