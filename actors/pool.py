@@ -95,7 +95,7 @@ def role_pools(
         if weight_group is not None:
             ranks = enumerate(rollouts.actors, 1)
             joins = [actor.join_weight_group.remote(weight_group, rank) for rank, actor in ranks]
-            ray.get(joins, timeout=ray_config.timeout_s)
+            join_weight_group(joins, ray_config.timeout_s)
         rewards = WorkerPool(
             make_actors(
                 RewardWorker,
@@ -111,6 +111,20 @@ def role_pools(
         rollouts.kill()
         raise
     return rollouts, rewards
+
+
+def join_weight_group(joins: list[ray.ObjectRef], timeout_s: float) -> None:
+    """Wait for every rollout worker's `join_weight_group` call; past `timeout_s`, an error that says what did not
+    happen and what the cluster has free (a worker waiting for a GPU never starts), not Ray's bare 'not ready'."""
+    from maskfocus.actors.cluster import free_resources_note
+
+    try:
+        ray.get(joins, timeout=timeout_s)
+    except GetTimeoutError as error:
+        raise RuntimeError(
+            f"the rollout workers did not join the weight broadcast group within {timeout_s:.0f} s (ray.timeout_s): "
+            f"a worker waiting for the resources it asks for never starts{free_resources_note()}"
+        ) from error
 
 
 def names_actor(error: BaseException, actor: ActorHandle) -> bool:

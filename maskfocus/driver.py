@@ -5,7 +5,8 @@ The loop is event driven: a rollout for iteration i starts once the learner's ve
 i - max_staleness (0 = strictly on-policy), on an idle rollout worker that first loads the newest weights;
 a finished rollout is scored on an idle reward worker; scored batches enter the bounded queue in
 iteration order; every learner record (metrics, new weights) is logged. A failed rollout or score is
-redone (the dead actor is restarted by Ray, up to ray.max_restarts times); a batch the learner drops as too
+redone (the dead actor is restarted by Ray, up to ray.max_restarts times; a score whose reward worker failed is
+redone from the same trajectory); a batch the learner drops as too
 stale is redone too; each iteration is learned from exactly once. Every random stream is the in-process
 trainer's, keyed by (seed, iteration, role), so with one worker per role and max_staleness 0 the run equals
 train_local, and a redone batch equals the lost one. A failure that cannot be recovered stops the run: the
@@ -213,8 +214,11 @@ class RayRun:
     def on_preview(self, ref: ObjectRef) -> None:
         index, weights_lost = self.previews.finish(ref)
         self.rollouts.release(index)
-        if weights_lost:
-            self.rollouts.forget(index)  # restarted with the base weights: reloaded before its next call
+        if weights_lost and not self.collective:
+            # restarted with the base weights: reloaded before its next call. A collective worker is never
+            # restarted: a failed call left it dead (its next rollout stops the run) or its weights intact, and
+            # forgetting them would leave it waiting for a broadcast that needs the iteration it is to sample.
+            self.rollouts.forget(index)
 
     def dispatch_scores(self) -> None:
         while self.sampled and (index := self.rewards.acquire()) is not None:
@@ -278,18 +282,22 @@ class RayRun:
         self.scored[attempt.iteration] = (item, time.perf_counter())
 
     def _redo_after_failure(self, attempt: Attempt, error: BaseException) -> None:
-        """A worker died: Ray restarts it; its weights are unknown until reloaded; the iteration is redone once
-        both workers of the attempt take calls again."""
+        """A worker died: Ray restarts it; a restarted rollout worker's weights are unknown until reloaded. Once
+        the workers of the attempt take calls again, the iteration is redone: scored again from its trajectory
+        when only the reward worker failed (the driver owns the trajectory; were it lost after all, that score
+        fails with ObjectLostError and the iteration is sampled again), else sampled again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
         workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
         named = [worker for worker in workers if names_actor(error, worker[1].actors[worker[2]])]
         reward_failed = any(role == "reward" for role, _, _ in named)
+        rollout_failed = any(role == "rollout" for role, _, _ in named)
         if (cause := creation_failure(error)) is not None:
             role, index = ("reward", attempt.reward_index) if reward_failed else ("rollout", attempt.rollout_index)
             raise RuntimeError(f"{role} worker {index} could not start: {cause}")
-        if not reward_failed:
-            # Only a restarted rollout worker lost its weights; with the collective transport a forgotten one waits
-            # for the next broadcast, so forgetting a healthy one could leave no worker for this very iteration.
+        if not reward_failed and not self.collective:
+            # Only a restarted rollout worker lost its weights. A collective one is never restarted (dead, the
+            # wait below stops the run; else its weights are intact), and a forgotten one would wait for a
+            # broadcast that needs this very iteration.
             self.rollouts.forget(attempt.rollout_index)
         self.failures[iteration] = self.failures.get(iteration, 0) + 1
         if self.failures[iteration] > max_restarts:
@@ -320,6 +328,10 @@ class RayRun:
                 raise RuntimeError(message) from dead
         self.counts["sync/redone"] += 1
         self.metrics.record("maskfocus_redone", 1)
+        if reward_failed and not rollout_failed and not isinstance(error, ObjectLostError):
+            attempt.reward_index, attempt.batch = -1, None
+            self.sampled.insert(0, attempt)  # the oldest waiting trajectory: the queue takes iterations in order
+            return
         self.redo.append(iteration)
 
     def on_update(self, update: tuple[int, list[ObjectRef] | None, dict[str, Any]] | None) -> None:

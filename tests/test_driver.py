@@ -197,12 +197,16 @@ def assert_equals_local(records: list[dict], local_dir: Path, iterations: int | 
 
 
 def kill_in_flight(
-    monkeypatch, ray, rollout_at: tuple[int, ...] = (), reward_at: tuple[int, ...] = ()
+    monkeypatch,
+    ray,
+    rollout_at: tuple[int, ...] = (),
+    reward_at: tuple[int, ...] = (),
+    handed_out: list[tuple[str, int]] | None = None,
 ) -> list[tuple[str, int]]:
     """Make the driver ray.kill (restartable) its rollout actor right after handing it an attempt at an iteration
     in `rollout_at`, and its reward actor right after handing it a score of an iteration in `reward_at`: the calls
     fail mid-flight. Each entry kills once; an iteration listed twice is killed on its first two attempts.
-    Returns the kills so far, as (role, iteration)."""
+    Returns the kills so far, as (role, iteration); `handed_out` gets every call, killed or not, likewise."""
     from ray import ObjectRef
 
     from maskfocus.driver import RayRun
@@ -216,6 +220,8 @@ def kill_in_flight(
         for ref, attempt in calls.items():
             if ref not in seen:
                 seen.add(ref)
+                if handed_out is not None:
+                    handed_out.append((role, attempt.iteration))
                 if attempt.iteration in pending[role]:
                     pending[role].remove(attempt.iteration)
                     killed.append((role, attempt.iteration))
@@ -241,7 +247,8 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     monkeypatch,
 ):
     """With ray.max_restarts 1: the rollout actor killed during iteration 1 and the reward actor killed during
-    iteration 2 are restarted (the rollout worker reloaded) and their batches redone; the reward actor killed again
+    iteration 2 are restarted (the rollout worker reloaded) and their batches redone (iteration 2's from its
+    trajectory); the reward actor killed again
     during iteration 3 has no restart left: the run stops with a clear error and a checkpoint of the last learned
     iteration, written on the way out (checkpoint_every is past the run). Also the test of `--resume` on Ray: the
     resumed run continues at the checkpoint's iteration, policy version, prompt cursor and running counts, and its
@@ -256,11 +263,17 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     failing = config.model_copy(
         update={"ray": ray_settings, "train": config.train.model_copy(update={"checkpoint_every": 1000})}
     )
-    killed = kill_in_flight(monkeypatch, ray_session, rollout_at=(1,), reward_at=(2, 3))
+    handed_out: list[tuple[str, int]] = []
+    killed = kill_in_flight(monkeypatch, ray_session, rollout_at=(1,), reward_at=(2, 3), handed_out=handed_out)
     expected = r"(?s)reward worker 0 is dead for good \(ray.max_restarts=1\).*--resume"
     with pytest.raises(RuntimeError, match=expected) as error:
         train_ray(failing, tmp_path, show_progress=False)
     assert killed == [("rollout", 1), ("reward", 2), ("reward", 3)]
+    # iteration 1 sampled twice (its rollout worker was killed: the driver learns so when the failed trajectory's
+    # score fails, so it is scored twice too); iteration 2 sampled once and scored twice (only its reward worker was
+    # killed: the same trajectory is scored again)
+    assert [handed_out.count(("rollout", i)) for i in range(3)] == [1, 2, 1]
+    assert [handed_out.count(("reward", i)) for i in range(3)] == [1, 2, 2]
     assert f"--resume {tmp_path}" in str(error.value)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["sync/redone"] for r in records] == [0, 1, 2]

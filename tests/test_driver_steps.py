@@ -100,23 +100,51 @@ def actor_unavailable(actor):
     return ActorUnavailableError("The actor was restarted", actor._actor_id.binary())
 
 
-@pytest.mark.parametrize("failed", ["reward", "rollout"])
-def test_a_failed_score_forgets_the_rollout_workers_weights_only_when_that_worker_failed(failed):
-    """Collective transport, one rollout worker, on-policy: after a reward worker's failure the healthy rollout worker
-    redoes the iteration at once (forgetting its weights left it waiting for a broadcast that never comes, and the
-    run hung until the learner's timeout); a restarted rollout worker's weights are forgotten. The score call of a
-    dead rollout worker's trajectory fails with that worker's actor id (checked on Ray 2.60)."""
+@pytest.mark.parametrize("collective", [False, True])
+def test_a_reward_workers_failure_scores_the_same_trajectory_again_on_a_healthy_rollout_worker(collective):
+    """The trajectory is intact (the driver owns it): it is scored again, not sampled again (a full rollout thrown
+    away), and the healthy rollout worker keeps its weights. With the collective transport, forgetting them left it
+    waiting for a broadcast that never comes, and the run hung until the learner's timeout."""
     from maskfocus.driver import Attempt
 
-    run = bare_run(collective=True)
-    failed_actor = (run.rollouts if failed == "rollout" else run.rewards).actors[0]
-    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(failed_actor))
-    assert run.redo == [3] and run.counts["sync/redone"] == 1
-    run.dispatch_rollouts()
-    if failed == "reward":
-        assert run.rollouts.versions == [3] and [a.iteration for a in run.rolling.values()] == [3]
-    else:  # collective: a restarted rollout worker is never reloaded (the run stops: it cannot rejoin the group)
-        assert run.rollouts.versions == [-1] and not run.rolling
+    run = bare_run(collective=collective)
+    attempt = Attempt(3, 0, 3, None, trajectory="trajectory-3", reward_index=0, batch="batch-3")
+    run._redo_after_failure(attempt, actor_unavailable(run.rewards.actors[0]))
+    assert run.redo == [] and run.counts["sync/redone"] == 1 and run.failures == {3: 1}
+    assert run.sampled == [attempt] and (attempt.trajectory, attempt.reward_index, attempt.batch) == (
+        "trajectory-3",
+        -1,
+        None,
+    )
+    assert run.rollouts.versions == [3]
+
+
+@pytest.mark.parametrize(("collective", "versions"), [(False, [-1]), (True, [3])])
+def test_a_failed_preview_forgets_the_weights_only_of_a_worker_ray_restarts(collective, versions):
+    """A collective rollout worker is never restarted: after a transient failure of its preview it still holds its
+    weights, and forgetting them left the only worker waiting for a broadcast that needs its next rollout."""
+    run = bare_run(collective=collective)
+    run.previews = SimpleNamespace(finish=lambda ref: (0, True))  # the call failed: the worker may be restarted
+    assert run.rollouts.acquire() == 0  # drawing the preview
+    run.on_preview("preview-ref")
+    assert run.rollouts.versions == versions and run.rollouts.acquire() == 0  # released either way
+
+
+@pytest.mark.parametrize(("collective", "versions"), [(False, [-1]), (True, [3])])
+def test_a_rollout_workers_failure_samples_the_iteration_again(collective, versions):
+    """The score call of a dead rollout worker's trajectory fails with that worker's actor id (checked on Ray
+    2.60). Ray restarts the worker with the base weights: they are forgotten, and reloaded before its next rollout.
+    A collective worker is never restarted: one that failed for good stops the run in the readiness wait (not
+    reached here: this pool is always ready); one that answers again still holds its weights."""
+    from maskfocus.driver import Attempt
+
+    run = bare_run(collective=collective)
+    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(run.rollouts.actors[0]))
+    assert run.redo == [3] and run.counts["sync/redone"] == 1 and run.sampled == []
+    assert run.rollouts.versions == versions
+    if collective:
+        run.dispatch_rollouts()
+        assert [a.iteration for a in run.rolling.values()] == [3]
 
 
 def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():
@@ -377,7 +405,8 @@ def test_only_the_worker_the_error_names_is_waited_for(failed):
     run.rewards.wait_ready = lambda index, timeout: waited.append("reward")
     failed_actor = (run.rollouts if failed == "rollout" else run.rewards).actors[0]
     run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(failed_actor))
-    assert waited == [failed] and run.redo == [3]
+    assert waited == [failed]
+    assert (run.redo, len(run.sampled)) == (([], 1) if failed == "reward" else ([3], 0))  # scored again, or sampled
 
 
 def test_a_learned_iterations_prompts_are_let_go():

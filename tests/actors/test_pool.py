@@ -171,3 +171,25 @@ def test_wait_ready_turns_readiness_calls_refused_until_its_deadline_into_a_time
         WorkerPool([actor]).wait_ready(0, 1.0)
     assert 1.0 <= time.monotonic() - started < 3.0 and len(calls) >= 2
     assert isinstance(raised.value.__cause__, ActorUnavailableError)
+
+
+def test_rollout_workers_that_never_join_the_weight_group_give_an_error_that_says_so(monkeypatch):
+    """Ray's own timeout said only 'Get timed out: some object(s) not ready', after up to half an hour."""
+    from ray.exceptions import GetTimeoutError
+
+    import maskfocus.actors.cluster as cluster
+    import maskfocus.actors.pool as pool_module
+
+    def never_ready(refs, timeout):
+        assert refs == ["join-1", "join-2"] and timeout == 90.0
+        raise GetTimeoutError("Get timed out: some object(s) not ready.")
+
+    monkeypatch.setattr(pool_module.ray, "get", never_ready)
+    monkeypatch.setattr(cluster, "free_resources_note", lambda: "; free now: {'CPU': 0.5}")
+    with pytest.raises(RuntimeError) as raised:
+        pool_module.join_weight_group(["join-1", "join-2"], 90.0)
+    assert str(raised.value) == (
+        "the rollout workers did not join the weight broadcast group within 90 s (ray.timeout_s): a worker waiting "
+        "for the resources it asks for never starts; free now: {'CPU': 0.5}"
+    )
+    assert isinstance(raised.value.__cause__, GetTimeoutError)
