@@ -3,17 +3,17 @@
 Roles are plain classes; `make_actors` turns one into `num` Ray actors with the resources from config.
 A dead actor is restarted by Ray (`max_restarts`) with its constructor state, so the pool forgets the
 weights it held (`forget`) and the driver reloads them before the actor's next batch. Calls to an actor
-that is still restarting fail at once (ActorUnavailableError), so the driver waits for it (`wait_ready`).
+that is still restarting may fail at once (ActorUnavailableError), so the driver holds it out of the pool (`hold`)
+until it answers again (`back`; actors/restarts.py watches it).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 if TYPE_CHECKING:
     from maskfocus.config import RunConfig
@@ -29,38 +29,46 @@ def make_actors(
 
 
 class WorkerPool:
-    """Actors of one role: which are idle, and which weight version each has loaded (-1 = unknown)."""
+    """Actors of one role: which are idle, which are held out after a failure (until they answer again), and which
+    weight version each has loaded (-1 = unknown)."""
 
     def __init__(self, actors: list[ActorHandle], initial_version: int = 0):
         self.actors = actors
         self.versions = [initial_version] * len(actors)
         self.idle = list(range(len(actors)))
+        self.busy: set[int] = set()
+        self.held: set[int] = set()
 
     def acquire(self) -> int | None:
-        """The index of an idle actor, now marked busy; None when all are busy."""
-        return self.idle.pop(0) if self.idle else None
+        """The index of an idle actor, now marked busy; None when all are busy or held."""
+        if not self.idle:
+            return None
+        index = self.idle.pop(0)
+        self.busy.add(index)
+        return index
 
     def release(self, index: int) -> None:
+        """Its call finished: idle again, unless it is held (then idle once it is `back`)."""
         assert index not in self.idle
-        self.idle.append(index)
+        self.busy.discard(index)
+        if index not in self.held:
+            self.idle.append(index)
+
+    def hold(self, index: int) -> None:
+        """A call of actor `index` failed: handed no call until it is `back` (a busy one finishes its call first)."""
+        self.held.add(index)
+        if index in self.idle:
+            self.idle.remove(index)
+
+    def back(self, index: int) -> None:
+        """Actor `index` answers again: idle, or busy until its call in flight finishes."""
+        self.held.discard(index)
+        if index not in self.busy and index not in self.idle:
+            self.idle.append(index)
 
     def forget(self, index: int) -> None:
         """The actor died (and is being restarted): its weights are the constructor's, not a known version."""
         self.versions[index] = -1
-
-    def wait_ready(self, index: int, timeout: float) -> None:
-        """Return once actor `index` takes calls again (Ray restarts a crashed one, which takes a while).
-        Raises ActorDiedError if it is dead for good (its restarts are used up), GetTimeoutError after `timeout`
-        (also when every call until then failed at once, as calls to a restarting actor do)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 1.0))
-                return
-            except ActorUnavailableError as unavailable:
-                if time.monotonic() > deadline:
-                    raise GetTimeoutError(f"actor {index} still restarting after {timeout:.0f} s") from unavailable
-                time.sleep(0.5)
 
     def kill(self) -> None:
         for actor in self.actors:

@@ -5,12 +5,12 @@ The loop is event driven: a rollout for iteration i starts once the learner's ve
 i - max_staleness (0 = strictly on-policy), on an idle rollout worker that first loads the newest weights;
 a finished rollout is scored on an idle reward worker; scored batches enter the bounded queue in
 iteration order; every learner record (metrics, new weights) is logged. A failed rollout or score is
-redone (the dead actor is restarted by Ray, up to ray.max_restarts times; a score whose reward worker failed is
-redone from the same trajectory); a batch the learner drops as too
-stale is redone too; each iteration is learned from exactly once. Every random stream is the in-process
-trainer's, keyed by (seed, iteration, role), so with one worker per role and max_staleness 0 the run equals
-train_local, and a redone batch equals the lost one. A failure that cannot be recovered stops the run: the
-learner checkpoints its last learned iteration (`--resume` continues from it) and the error says why. Ctrl-C
+redone (the dead actor is restarted by Ray, up to ray.max_restarts times, and held out of its pool until it answers,
+while the loop goes on: actors/restarts.py; a score whose reward worker failed is redone from the same trajectory);
+a batch the learner drops as too stale is redone too; each iteration is learned from exactly once. Every random
+stream is the in-process trainer's, keyed by (seed, iteration, role), so with one worker per role and max_staleness
+0 the run equals train_local, and a redone batch equals the lost one. A failure that cannot be recovered stops the
+run: the learner checkpoints its last learned iteration (`--resume` continues from it) and the error says why. Ctrl-C
 or SIGTERM stops the same way, without an error: no new rollouts, the queued batches are learned and checkpointed.
 
 Time breakdown of each metrics record (seconds): perf/rollout_seconds (sampling), perf/reward_seconds
@@ -39,9 +39,7 @@ import ray
 import torch
 from ray import ObjectRef
 from ray.exceptions import (
-    ActorDiedError,
     ActorUnavailableError,
-    GetTimeoutError,
     ObjectLostError,
     RayActorError,
     RayError,
@@ -55,6 +53,7 @@ from maskfocus.actors.metrics import RunMetrics, run_tag
 from maskfocus.actors.pool import creation_failure, names_actor, role_pools
 from maskfocus.actors.previews import RemotePreviews
 from maskfocus.actors.receives import WeightReceives
+from maskfocus.actors.restarts import RestartWatch
 from maskfocus.bar_output import LinesAboveBar
 from maskfocus.config import RunConfig
 from maskfocus.divergence import NonFiniteWatch
@@ -131,6 +130,8 @@ class RayRun:
         """Collective: the rollout workers' receive calls not yet collected."""
         self.enqueue_wait: dict[int, float] = {}
         self.failures: dict[int, int] = {}
+        self.restarts = RestartWatch(config.ray.timeout_s / 2, config.ray.max_restarts, self.collective)
+        """The workers held out of their pools after a failure, until they answer again."""
         self.queue_depth = 0
         self.learned = 0
         self.last_event = self.last_update = time.perf_counter()
@@ -305,27 +306,10 @@ class RayRun:
                 f"iteration {iteration} failed {self.failures[iteration]} times (ray.max_restarts="
                 f"{max_restarts}); last error: {type(error).__name__}: {error}"
             )
-        # wait for the worker the error names (a healthy one may be busy with its next call, which a readiness
-        # check waits behind), for both when it names neither (a lost object); one deadline for all, half of
-        # ray.timeout_s: meanwhile nobody reads the learner's records, and waiting a whole timeout_s per worker
-        # outlasted the learner's own wait for a batch
-        workers = named or workers
-        wait_s = self.config.ray.timeout_s / 2
-        deadline = time.monotonic() + wait_s
-        for role, pool, index in workers:
-            try:
-                pool.wait_ready(index, max(deadline - time.monotonic(), 1.0))
-            except GetTimeoutError as slow:
-                raise RuntimeError(
-                    f"{role} worker {index} did not take calls again within {wait_s:.0f} s of its restart (half of "
-                    "ray.timeout_s); raise ray.timeout_s if loading a worker takes that long, or free what it waits "
-                    f"for{free_resources_note()}"
-                ) from slow
-            except ActorDiedError as dead:
-                message = f"{role} worker {index} is dead for good (ray.max_restarts={max_restarts})"
-                if role == "rollout" and self.collective:
-                    message = f"rollout worker {index} died; with ray.weight_transport: collective it is not restarted"
-                raise RuntimeError(message) from dead
+        # hold the worker the error names (a healthy one may be busy with its next call, which a readiness probe
+        # waits behind), both when it names neither (a lost object), until it answers; the loop goes on meanwhile
+        for role, pool, index in named or workers:
+            self.restarts.watch(role, pool, index)
         self.counts["sync/redone"] += 1
         self.metrics.record("maskfocus_redone", 1)
         if reward_failed and not rollout_failed and not isinstance(error, ObjectLostError):
@@ -406,7 +390,7 @@ class RayRun:
             self.dispatch_rollouts()
             self.dispatch_scores()
             self.enqueue()
-            waiting = [*self.rolling, *self.scoring, *self.previews.drawing, self.pending_update]
+            waiting = [*self.rolling, *self.scoring, *self.previews.drawing, *self.restarts.refs(), self.pending_update]
             ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S, fetch_local=False)
             for ref in ready:
                 if ref in self.rolling:
@@ -415,6 +399,8 @@ class RayRun:
                     self.on_scored(ref)
                 elif ref in self.previews.drawing:
                     self.on_preview(ref)
+                elif ref in self.restarts:
+                    self.restarts.on_ready(ref)
                 else:
                     self.pending_update = None  # taken here: after a failure below, stop_early must not retake it
                     update = ray.get(ref, timeout=self.config.ray.timeout_s)
@@ -424,6 +410,7 @@ class RayRun:
                         continue
                 self.last_event = time.perf_counter()
             self.receives.check(self.config.ray.timeout_s)
+            self.restarts.check()
             self.check_health(learner)
 
     def check_health(self, learner: LearnerGroup) -> None:

@@ -33,6 +33,7 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
     import ray
 
     from maskfocus.actors.receives import WeightReceives
+    from maskfocus.actors.restarts import RestartWatch
     from maskfocus.config import default_run_config
     from maskfocus.driver import RayRun
     from maskfocus.learner.weight_store import WeightStore
@@ -52,7 +53,7 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         run = RayRun.__new__(RayRun)  # only what the loop touches: nothing to dispatch, nothing in flight
         run.config, run.store = default_run_config({"ray": {"timeout_s": 3.0}}), store
         run.rolling, run.scoring, run.learned, run.total = {}, {}, 0, 1
-        run.receives = WeightReceives()
+        run.receives, run.restarts = WeightReceives(), RestartWatch(1.5, 0, False)
         run.dispatch_rollouts = run.dispatch_preview = run.dispatch_scores = run.enqueue = lambda: None
         run.previews = SimpleNamespace(drawing={})
         start = run.last_event = time.perf_counter()
@@ -64,29 +65,43 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         ray.kill(store)
 
 
-def ready_pool(version: int):
-    """A pool of one worker that is always ready again at once (WorkerPool without the Ray wait)."""
+def one_worker_pool(version: int, role: str):
+    """A pool of one fake worker whose calls return fresh stand-ins for object refs (its readiness probes
+    `probe-<role>-<n>`)."""
     from ray import ActorID
 
     from maskfocus.actors.pool import WorkerPool
 
-    class ReadyPool(WorkerPool):
-        def wait_ready(self, index: int, timeout: float) -> None:
-            pass
+    probes = iter(f"probe-{role}-{n}" for n in range(100))
+    actor = SimpleNamespace(
+        _actor_id=ActorID.from_random(),
+        sample=SimpleNamespace(remote=lambda *args: object()),
+        __ray_ready__=SimpleNamespace(remote=lambda: next(probes)),
+    )
+    return WorkerPool([actor], initial_version=version)
 
-    actor = SimpleNamespace(_actor_id=ActorID.from_random(), sample=SimpleNamespace(remote=lambda *args: object()))
-    return ReadyPool([actor], initial_version=version)
+
+def answer_probes(run, monkeypatch, roles=("rollout", "reward")) -> None:
+    """The held workers of `roles` answer their readiness probes."""
+    import maskfocus.actors.restarts as restarts
+
+    monkeypatch.setattr(restarts.ray, "get", lambda ref, timeout: None)
+    for ref in run.restarts.refs():
+        if ref.split("-")[1] in roles:
+            run.restarts.on_ready(ref)
 
 
 def bare_run(collective: bool, **ray_settings):
     """A RayRun at iteration 4 of 10, policy version 3, one rollout and one reward worker, iteration 3 in flight."""
+    from maskfocus.actors.restarts import RestartWatch
     from maskfocus.config import default_run_config
     from maskfocus.driver import RayRun
 
     run = RayRun.__new__(RayRun)
     run.config = default_run_config({"ray": {"max_staleness": 0, **ray_settings}})
     run.collective, run.metrics = collective, NoMetrics()
-    run.rollouts, run.rewards = ready_pool(3), ready_pool(3)
+    run.rollouts, run.rewards = one_worker_pool(3, "rollout"), one_worker_pool(3, "reward")
+    run.restarts = RestartWatch(run.config.ray.timeout_s / 2, run.config.ray.max_restarts, collective)
     run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
     run.counts, run.metadata = {"sync/redone": 0, "sync/dropped_stale": 0}, {3: ([{"prompt": "a red circle"}], 1)}
     run.next_iteration, run.end, run.version, run.weights, run.version_offset = 4, 10, 3, None, 0
@@ -101,22 +116,27 @@ def actor_unavailable(actor):
 
 
 @pytest.mark.parametrize("collective", [False, True])
-def test_a_reward_workers_failure_scores_the_same_trajectory_again_on_a_healthy_rollout_worker(collective):
+def test_a_reward_workers_failure_scores_the_same_trajectory_again_on_a_healthy_rollout_worker(collective, monkeypatch):
     """The trajectory is intact (the driver owns it): it is scored again, not sampled again (a full rollout thrown
-    away), and the healthy rollout worker keeps its weights. With the collective transport, forgetting them left it
-    waiting for a broadcast that never comes, and the run hung until the learner's timeout."""
+    away), once the reward worker answers again; the healthy rollout worker keeps its weights. With the collective
+    transport, forgetting them left it waiting for a broadcast that never comes, and the run hung until the
+    learner's timeout."""
     from maskfocus.driver import Attempt
 
     run = bare_run(collective=collective)
-    attempt = Attempt(3, 0, 3, None, trajectory="trajectory-3", reward_index=0, batch="batch-3")
+    attempt = Attempt(3, 0, 3, None, trajectory="trajectory-3", reward_index=run.rewards.acquire(), batch="batch-3")
+    run.rewards.release(0)  # as on_scored does before it reads the failure
     run._redo_after_failure(attempt, actor_unavailable(run.rewards.actors[0]))
+    run.dispatch_scores()
+    assert run.scoring == {} and run.restarts.refs() == ["probe-reward-0"]  # held until it answers
+    answer_probes(run, monkeypatch)
     assert run.redo == [] and run.counts["sync/redone"] == 1 and run.failures == {3: 1}
     assert run.sampled == [attempt] and (attempt.trajectory, attempt.reward_index, attempt.batch) == (
         "trajectory-3",
         -1,
         None,
     )
-    assert run.rollouts.versions == [3]
+    assert run.rollouts.versions == [3] and run.rollouts.held == set()
 
 
 @pytest.mark.parametrize(("collective", "versions"), [(False, [-1]), (True, [3])])
@@ -131,20 +151,25 @@ def test_a_failed_preview_forgets_the_weights_only_of_a_worker_ray_restarts(coll
 
 
 @pytest.mark.parametrize(("collective", "versions"), [(False, [-1]), (True, [3])])
-def test_a_rollout_workers_failure_samples_the_iteration_again(collective, versions):
+def test_a_rollout_workers_failure_samples_the_iteration_again(collective, versions, monkeypatch):
     """The score call of a dead rollout worker's trajectory fails with that worker's actor id (checked on Ray
     2.60). Ray restarts the worker with the base weights: they are forgotten, and reloaded before its next rollout.
-    A collective worker is never restarted: one that failed for good stops the run in the readiness wait (not
-    reached here: this pool is always ready); one that answers again still holds its weights."""
+    A collective worker is never restarted: one that failed for good stops the run when its probe says so
+    (tests/actors/test_restarts.py); one that answers again still holds its weights."""
     from maskfocus.driver import Attempt
 
     run = bare_run(collective=collective)
     run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(run.rollouts.actors[0]))
     assert run.redo == [3] and run.counts["sync/redone"] == 1 and run.sampled == []
-    assert run.rollouts.versions == versions
+    assert run.rollouts.versions == versions and run.restarts.refs() == ["probe-rollout-0"]
+    run.dispatch_rollouts()
+    assert not run.rolling  # held until it answers
+    answer_probes(run, monkeypatch)
     if collective:
         run.dispatch_rollouts()
         assert [a.iteration for a in run.rolling.values()] == [3]
+    else:
+        assert run.rollouts.acquire() == 0  # back in the pool (its reload needs published weights: none here)
 
 
 def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():
@@ -359,53 +384,48 @@ def test_the_ray_driver_reports_a_non_finite_loss_and_stops_when_it_persists(tmp
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # both written before the stop
 
 
-def test_the_waits_for_restarted_workers_share_half_of_ray_timeout_s_and_name_a_slow_worker(monkeypatch):
-    """Each worker's wait took the whole ray.timeout_s, so waiting for two outlasted the learner's own wait for a
-    batch; a worker that did not come back ended in Ray's bare GetTimeoutError. The message says what is free: a
-    restarted actor may wait for resources (its node lost), which a longer timeout would not bring."""
-    from ray.exceptions import GetTimeoutError, ObjectReconstructionFailedError
+def test_a_failure_holds_its_workers_without_blocking_the_loop_and_a_slow_one_is_named(monkeypatch):
+    """The driver waited for a restarted worker inside the loop, up to half of ray.timeout_s: no other worker's
+    result was handled and no learner record read meanwhile. Now the failed workers are held and probed, and the
+    loop goes on; one that does not answer within half of ray.timeout_s stops the run, named, with what is free (a
+    restarted actor may wait for resources, which a longer timeout would not bring)."""
+    from ray.exceptions import ObjectReconstructionFailedError
 
-    from maskfocus import driver
+    import maskfocus.actors.restarts as restarts
     from maskfocus.driver import Attempt
 
-    monkeypatch.setattr(driver, "free_resources_note", lambda: "; free on the cluster now: 0 CPUs")
-
+    monkeypatch.setattr(restarts, "free_resources_note", lambda: "; free on the cluster now: 0 CPUs")
     run = bare_run(collective=False, max_restarts=2, timeout_s=60.0)
-    waits = []
-
-    def slow_rollout(index, timeout):
-        waits.append(timeout)
-        time.sleep(0.2)
-
-    def never_ready(index, timeout):
-        waits.append(timeout)
-        raise GetTimeoutError("timed out")
-
-    run.rollouts.wait_ready, run.rewards.wait_ready = slow_rollout, never_ready
-    lost = ObjectReconstructionFailedError("ab" * 14, None, "")  # names neither worker: both are waited for
+    lost = ObjectReconstructionFailedError("ab" * 14, None, "")  # names neither worker: both are held
+    started = time.monotonic()
+    run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), lost)
+    assert time.monotonic() - started < 1.0 and run.redo == [3]
+    assert run.restarts.refs() == ["probe-rollout-0", "probe-reward-0"]
+    assert (run.rollouts.acquire(), run.rewards.acquire()) == (None, None)
+    run.restarts.check()  # within the deadline: nothing to say
+    answer_probes(run, monkeypatch, roles=("rollout",))
+    now = time.monotonic()
+    monkeypatch.setattr(restarts.time, "monotonic", lambda: now + 30.5)
     with pytest.raises(
         RuntimeError, match=r"^reward worker 0 did not take calls again within 30 s of its restart"
     ) as e:
-        run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), lost)
+        run.restarts.check()
     assert str(e.value).endswith("or free what it waits for; free on the cluster now: 0 CPUs")
-    assert waits[0] == pytest.approx(30.0, abs=0.1) and waits[1] == pytest.approx(29.8, abs=0.1)
 
 
 @pytest.mark.parametrize("failed", ["reward", "rollout"])
-def test_only_the_worker_the_error_names_is_waited_for(failed):
+def test_only_the_worker_the_error_names_is_held(failed):
     """A healthy worker is usually busy with its next call (the rollout worker sampling the next iteration), which a
-    readiness check waits behind: after a reward worker's failure the driver blocked for the rest of that rollout,
+    readiness probe waits behind: after a reward worker's failure the driver waited for the rest of that rollout,
     and one longer than half of ray.timeout_s stopped the run, saying the rollout worker had not come back from a
     restart it never had."""
     from maskfocus.driver import Attempt
 
     run = bare_run(collective=False, timeout_s=60.0)
-    waited = []
-    run.rollouts.wait_ready = lambda index, timeout: waited.append("rollout")
-    run.rewards.wait_ready = lambda index, timeout: waited.append("reward")
     failed_actor = (run.rollouts if failed == "rollout" else run.rewards).actors[0]
     run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), actor_unavailable(failed_actor))
-    assert waited == [failed]
+    assert run.restarts.refs() == [f"probe-{failed}-0"]
+    assert (run.rollouts.held, run.rewards.held) == (({0}, set()) if failed == "rollout" else (set(), {0}))
     assert (run.redo, len(run.sampled)) == (([], 1) if failed == "reward" else ([3], 0))  # scored again, or sampled
 
 

@@ -30,8 +30,8 @@ def test_an_actor_whose_constructor_raised_is_reported_by_its_exception_and_not_
             ray.get(pool.actors[0].sample.remote([], 0), timeout=RAY_TIMEOUT_S)
         cause = creation_failure(raised.value)
         assert cause.startswith(expected) and ("\nKnown words: " in cause) == (broken == "negative prompt")
-        with pytest.raises(ActorDiedError) as again:  # max_restarts does not bring it back
-            pool.wait_ready(0, RAY_TIMEOUT_S)
+        with pytest.raises(ActorDiedError) as again:  # max_restarts does not bring it back: the driver's probe says so
+            ray.get(pool.actors[0].__ray_ready__.remote(), timeout=RAY_TIMEOUT_S)
         assert creation_failure(again.value) == cause
     finally:
         pool.kill()
@@ -74,17 +74,29 @@ def kill_mid_call(ray, actor) -> None:
         ray.get(call, timeout=RAY_TIMEOUT_S)
 
 
-def test_wait_ready_returns_once_a_killed_actor_is_back_and_times_out_while_it_is_still_restarting(
-    ray_session, tmp_path
-):
-    """The driver redoes a failed call only after `wait_ready`, and turns its GetTimeoutError into "did not take calls
-    again": a restart that outlasts the wait must raise that. (Here Ray queues the readiness calls until the restart
-    ends; where it answers them with ActorUnavailableError at once, wait_ready turns the last into GetTimeoutError.)
-    Until now wait_ready was tested only through fakes (tests/test_driver_steps.py)."""
+def probe_until_settled(ray, watch, limit_s: float) -> None:
+    """What the driver's loop does with a RestartWatch: wait on its probes, hand each answer to it, check it."""
+    import time
+
+    stop = time.monotonic() + limit_s
+    while watch.watched():
+        assert time.monotonic() < stop, "the watch neither brought the worker back nor gave up"
+        ready, _ = ray.wait(watch.refs(), num_returns=1, timeout=0.2) if watch.refs() else ([], [])
+        for ref in ready:
+            watch.on_ready(ref)
+        watch.check()
+        time.sleep(0.0 if ready else 0.1)
+
+
+def test_a_killed_actor_goes_back_to_its_pool_once_it_answers_and_a_slow_restart_is_named(ray_session, tmp_path):
+    """The driver holds a failed worker until its readiness probe answers (actors/restarts.py), and stops the run
+    when it does not answer in time: a restart that outlasts the wait must say so, not hang. (Here Ray queues the
+    probe until the restart ends; where it refuses it at once, the watch probes again.)"""
     import time
 
     import ray
-    from ray.exceptions import GetTimeoutError
+
+    from maskfocus.actors.restarts import RestartWatch
 
     class Restartable:  # defined here: Ray ships it by value (a test module is not importable on its workers)
         """Its restarts, not its first start, take `restart_s` once `slow_file` exists."""
@@ -108,16 +120,24 @@ def test_wait_ready_returns_once_a_killed_actor_is_back_and_times_out_while_it_i
     try:
         first = ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S)
         kill_mid_call(ray, pool.actors[0])
-        pool.wait_ready(0, RAY_TIMEOUT_S)
+        watch = RestartWatch(RAY_TIMEOUT_S, 2, collective=False)
+        watch.watch("rollout", pool, 0)
+        assert pool.acquire() is None
+        probe_until_settled(ray, watch, RAY_TIMEOUT_S)
+        assert pool.acquire() == 0
+        pool.release(0)
         second = ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S)
         assert second != first  # the restarted process answers
         slow_file.touch()
         kill_mid_call(ray, pool.actors[0])
-        started = time.monotonic()
-        with pytest.raises(GetTimeoutError):
-            pool.wait_ready(0, 1.0)
-        assert time.monotonic() - started < restart_s - 2.0  # gave up at its own timeout, not the restart's end
-        pool.wait_ready(0, RAY_TIMEOUT_S)
+        started, impatient = time.monotonic(), RestartWatch(1.0, 2, collective=False)
+        impatient.watch("rollout", pool, 0)
+        with pytest.raises(RuntimeError, match="^rollout worker 0 did not take calls again within 1 s"):
+            probe_until_settled(ray, impatient, RAY_TIMEOUT_S)
+        assert time.monotonic() - started < restart_s - 2.0  # gave up at its own deadline, not the restart's end
+        pool.back(0)  # as a fresh watch starts from a released worker
+        watch.watch("rollout", pool, 0)
+        probe_until_settled(ray, watch, RAY_TIMEOUT_S)
         assert ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S) not in (first, second)
     finally:
         pool.kill()
@@ -146,31 +166,6 @@ def test_a_stop_or_failure_while_the_reward_pool_is_made_kills_the_rollout_pool_
     with pytest.raises(stop, match="while the reward pool is made"):
         pool.role_pools(config, "run")
     assert made == ["RolloutWorker-0", "RolloutWorker-1"] and killed == made
-
-
-def test_wait_ready_turns_readiness_calls_refused_until_its_deadline_into_a_timeout(monkeypatch):
-    """Where Ray answers each readiness call with ActorUnavailableError at once (an actor still restarting), the
-    driver must still get the GetTimeoutError it turns into "did not take calls again", after about `timeout`."""
-    import time
-    from types import SimpleNamespace
-
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError
-
-    import maskfocus.actors.pool as pool_module
-
-    calls = []
-
-    def refused(ref, timeout):
-        calls.append(timeout)
-        raise ActorUnavailableError("restarting", None)
-
-    monkeypatch.setattr(pool_module.ray, "get", refused)
-    actor = SimpleNamespace(__ray_ready__=SimpleNamespace(remote=lambda: "ref"))
-    started = time.monotonic()
-    with pytest.raises(GetTimeoutError, match="actor 0 still restarting after 1 s") as raised:
-        WorkerPool([actor]).wait_ready(0, 1.0)
-    assert 1.0 <= time.monotonic() - started < 3.0 and len(calls) >= 2
-    assert isinstance(raised.value.__cause__, ActorUnavailableError)
 
 
 def test_rollout_workers_that_never_join_the_weight_group_give_an_error_that_says_so(monkeypatch):
