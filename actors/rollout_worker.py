@@ -85,6 +85,13 @@ class RolloutWorker:
         self.metrics.record("maskfocus_rollout_images_per_second", images_per_second, worker=self.worker)
         return on_device(trajectory, "cpu")
 
+    def sample_split(self, metadata: Sequence[dict[str, Any]], iteration: int) -> tuple[int, Trajectory]:
+        """`sample`, with the version of the weights that sampled it returned apart (call with num_returns=2), so
+        that the driver learns of a failed rollout without fetching the trajectory, which goes to a reward worker
+        by reference: it used to learn of it only when that score failed, having handed the worker new work."""
+        trajectory = self.sample(metadata, iteration)
+        return trajectory.policy_version, trajectory
+
     def preview(self) -> tuple[int, np.ndarray, list[str]]:
         """(the weights version, the images, the prompts) of a preview grid drawn with the weights now loaded: on the
         worker's device, so that the driver, on a head node that may have no GPU, never samples."""

@@ -31,26 +31,21 @@ from __future__ import annotations
 import contextlib
 import queue as queue_lib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 from ray import ObjectRef
-from ray.exceptions import (
-    ActorUnavailableError,
-    ObjectLostError,
-    RayActorError,
-    RayError,
-)
+from ray.exceptions import ObjectLostError, RayError
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from maskfocus.actors.attempts import RECOVERABLE, Attempt, attempt_workers, named_workers
 from maskfocus.actors.batch_queue import put_now, put_within, queue_size
 from maskfocus.actors.cluster import free_resources_note
 from maskfocus.actors.metrics import RunMetrics, run_tag
-from maskfocus.actors.pool import creation_failure, names_actor, role_pools
+from maskfocus.actors.pool import creation_failure, role_pools
 from maskfocus.actors.previews import RemotePreviews
 from maskfocus.actors.receives import WeightReceives
 from maskfocus.actors.restarts import RestartWatch
@@ -77,23 +72,6 @@ from maskfocus.stopping import StopRequest
 from maskfocus.trainer import PromptStream
 
 POLL_S = 1.0
-RECOVERABLE = (RayActorError, ActorUnavailableError, ObjectLostError)
-"""Failures the run redoes an iteration after: a worker that died (Ray restarts it), or a trajectory lost with its
-rollout worker's node before it was scored (actor tasks are not retried, so Ray cannot rebuild it)."""
-
-
-@dataclass
-class Attempt:
-    """One try at an iteration's rollout and score; a failed try is redone from the rollout."""
-
-    iteration: int
-    rollout_index: int
-    version: int
-    """The weights version the rollout worker holds for this rollout (after `load`)."""
-    load: ObjectRef | None
-    trajectory: ObjectRef | None = None
-    reward_index: int = -1
-    batch: ObjectRef | None = None
 
 
 class RayRun:
@@ -186,8 +164,9 @@ class RayRun:
                 self.next_iteration += 1
                 metadata = self.prompts.take(self.config.rollout.prompts_per_iteration)
                 self.metadata[iteration] = (metadata, self.prompts.cursor)
-            ref = self.rollouts.actors[index].sample.remote(self.metadata[iteration][0], iteration)
-            self.rolling[ref] = Attempt(iteration, index, self.rollouts.versions[index], load)
+            sample = self.rollouts.actors[index].sample_split.options(num_returns=2)
+            version_ref, trajectory = sample.remote(self.metadata[iteration][0], iteration)
+            self.rolling[version_ref] = Attempt(iteration, index, self.rollouts.versions[index], load, trajectory)
 
     def load_newest(self, index: int) -> tuple[bool, ObjectRef | None]:
         """Rollout worker `index` holds the newest weights, or their load is queued before its next call: (True,
@@ -248,11 +227,23 @@ class RayRun:
         self.queue_depth = queue_size(self.batches, self.config.ray.timeout_s)
         self.metrics.record("maskfocus_queue_depth", self.queue_depth)
 
-    def on_sampled(self, ref: ObjectRef) -> None:
-        attempt = self.rolling.pop(ref)
+    def on_sampled(self, version_ref: ObjectRef) -> None:
+        attempt = self.rolling.pop(version_ref)
         self.rollouts.release(attempt.rollout_index)
-        attempt.trajectory = ref
+        try:
+            ray.get(version_ref, timeout=self.config.ray.timeout_s)
+        except RECOVERABLE as error:
+            self._fetch_errors(attempt.trajectory, attempt.load)
+            self._redo_after_failure(attempt, error)
+            return
         self.sampled.append(attempt)
+
+    def _fetch_errors(self, *refs: ObjectRef | None) -> None:
+        """Fetch the failed call's other results: Ray reports errors nobody fetched."""
+        for ref in refs:
+            with contextlib.suppress(RayError):
+                if ref is not None:
+                    ray.get(ref, timeout=self.config.ray.timeout_s)
 
     def on_scored(self, stats_ref: ObjectRef) -> None:
         attempt = self.scoring.pop(stats_ref)
@@ -262,10 +253,7 @@ class RayRun:
             if attempt.load is not None:
                 self.load_seconds[attempt.iteration] = ray.get(attempt.load, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
-            for ref in (attempt.batch, attempt.load):  # fetched: Ray reports errors nobody fetched
-                with contextlib.suppress(RayError):
-                    if ref is not None:
-                        ray.get(ref, timeout=self.config.ray.timeout_s)
+            self._fetch_errors(attempt.batch, attempt.load)
             self._redo_after_failure(attempt, error)
             return
         sampled_by = int(stats["policy_version"])
@@ -288,8 +276,8 @@ class RayRun:
         when only the reward worker failed (the driver owns the trajectory; were it lost after all, that score
         fails with ObjectLostError and the iteration is sampled again), else sampled again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
-        workers = (("rollout", self.rollouts, attempt.rollout_index), ("reward", self.rewards, attempt.reward_index))
-        named = [worker for worker in workers if names_actor(error, worker[1].actors[worker[2]])]
+        workers = attempt_workers(attempt, self.rollouts, self.rewards)
+        named = named_workers(error, workers)
         reward_failed = any(role == "reward" for role, _, _ in named)
         rollout_failed = any(role == "rollout" for role, _, _ in named)
         if (cause := creation_failure(error)) is not None:

@@ -21,8 +21,10 @@ def _call(*args) -> int:
 
 
 class FakeWorker:
-    sample = load_weights = SimpleNamespace(remote=_call)
-    score_split = SimpleNamespace(options=lambda **options: SimpleNamespace(remote=lambda *a: (_call(), _call())))
+    load_weights = SimpleNamespace(remote=_call)
+    sample_split = score_split = SimpleNamespace(
+        options=lambda **options: SimpleNamespace(remote=lambda *a: (_call(), _call()))
+    )
 
 
 class FakeQueue:
@@ -105,6 +107,7 @@ def test_batches_dropped_by_the_learner_are_redone_and_the_run_goes_on_whatever_
 
     monkeypatch.setattr(driver, "put_now", lambda batches, item, timeout_s: batches.put(item, block=False))
     monkeypatch.setattr(driver, "queue_size", lambda batches, timeout_s: batches.qsize())
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: 0)  # each rollout's version: it did not fail
     run = fake_run(max_staleness, queue_capacity=4)
     turns = 300
     learned = learned_after(run, turns, restart_at=30)

@@ -75,7 +75,7 @@ def one_worker_pool(version: int, role: str):
     probes = iter(f"probe-{role}-{n}" for n in range(100))
     actor = SimpleNamespace(
         _actor_id=ActorID.from_random(),
-        sample=SimpleNamespace(remote=lambda *args: object()),
+        sample_split=SimpleNamespace(options=lambda **options: SimpleNamespace(remote=lambda *a: (object(), object()))),
         __ray_ready__=SimpleNamespace(remote=lambda: next(probes)),
     )
     return WorkerPool([actor], initial_version=version)
@@ -170,6 +170,31 @@ def test_a_rollout_workers_failure_samples_the_iteration_again(collective, versi
         assert [a.iteration for a in run.rolling.values()] == [3]
     else:
         assert run.rollouts.acquire() == 0  # back in the pool (its reload needs published weights: none here)
+
+
+def test_a_failed_rollout_is_seen_when_it_returns_and_its_worker_gets_no_new_work(monkeypatch):
+    """The driver learned of a failed rollout only when its score failed: meanwhile the restarting worker was handed
+    the next iteration (sampled with the base weights, or failing too) and a reward worker a doomed score."""
+    import maskfocus.driver as driver
+
+    run = bare_run(collective=False)
+    run.redo, run.next_iteration = [3], 3  # iteration 3 to sample
+    run.dispatch_rollouts()
+    ((version_ref, attempt),) = run.rolling.items()
+    fetched = []
+
+    def get(ref, timeout):
+        fetched.append(ref)
+        raise actor_unavailable(run.rollouts.actors[0])
+
+    monkeypatch.setattr(driver.ray, "get", get)
+    run.on_sampled(version_ref)
+    assert fetched == [version_ref, attempt.trajectory]  # the trajectory's error fetched too: none left unreported
+    assert run.sampled == [] and run.redo == [3] and run.counts["sync/redone"] == 1
+    assert run.rollouts.versions == [-1] and run.restarts.refs() == ["probe-rollout-0"]
+    run.dispatch_rollouts()
+    run.dispatch_scores()
+    assert run.rolling == {} and run.scoring == {}  # held until it answers; nothing to score
 
 
 def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():

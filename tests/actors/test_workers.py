@@ -44,6 +44,8 @@ def test_rollout_is_tagged_with_the_loaded_weight_version_and_scored_into_a_batc
     assert stats["policy_version"] == 3  # the weights it was sampled with, not its iteration (5): the driver tells
     # a restarted worker's batch by it
     torch.testing.assert_close(same.advantages_B, batch.advantages_B)
+    version, again = worker.sample_split(metadata, iteration=5)  # the version apart, for the driver
+    assert version == 3 and torch.equal(again.tokens_BL, moved.tokens_BL)
     assert {"maskfocus_rollout_images", "maskfocus_weight_sync_seconds"} <= set(worker.metrics.made)
     assert "maskfocus_reward_latency_seconds" in scorer.metrics.made  # dashboard metrics recorded where measured
 
