@@ -208,15 +208,19 @@ class RayRun:
             attempt.reward_index = index
             self.scoring[stats_ref] = attempt
 
-    def enqueue(self) -> None:
-        """Scored batches enter the queue in iteration order; a full queue holds them here (backpressure)."""
+    def enqueue(self, wait_s: float | None = None) -> None:
+        """Scored batches enter the queue in iteration order; a full queue holds them here (backpressure), or, with
+        `wait_s` (a stop: nothing else is left to do), is waited on for room up to that long per batch."""
         while self.scored:
             iteration = min(self.scored)
             if any(other < iteration for other in self.in_flight()):
                 return
             item, scored_at = self.scored[iteration]
             try:
-                put_now(self.batches, item, self.config.ray.timeout_s)
+                if wait_s is None:
+                    put_now(self.batches, item, self.config.ray.timeout_s)
+                else:
+                    put_within(self.batches, item, wait_s)
             except queue_lib.Full:
                 return
             self.enqueue_wait[iteration] = time.perf_counter() - scored_at
@@ -448,13 +452,14 @@ class RayRun:
         return f"{done} of {self.end} iteration{'s' if self.end != 1 else ''} learned"
 
     def stop_early(self, learner: LearnerGroup, checkpoint: bool = True) -> None:
-        """After a failure or a stop request: no new rollouts; the learner learns what is queued, checkpoints its
-        last iteration and stops, and its records are logged (the loop's in-flight poll first, which may hold one),
-        so that the run folder is consistent and resumable. Best effort: it gives up once ray.timeout_s passes without
-        a record (a learner still learning the queued batches, or writing its checkpoint, is not cut off by a fixed
-        total; a dead learner leaves its last periodic checkpoint, and the records it published before it died are
-        logged). Collective: the rollout workers stay, to take the learner's last broadcasts. `checkpoint=False` (a
-        diverged loss): the learner stops at once, without a checkpoint of its non-finite weights."""
+        """After a failure or a stop request: no new rollouts; the learner learns what is queued (and the scored
+        batches next in order that a full queue held here), checkpoints its last iteration and stops, and its
+        records are logged (the loop's in-flight poll first, which may hold one), so that the run folder is
+        consistent and resumable. Best effort: it gives up once ray.timeout_s passes without a record (a learner
+        still learning the queued batches, or writing its checkpoint, is not cut off by a fixed total; a dead
+        learner leaves its last periodic checkpoint, and the records it published before it died are logged).
+        Collective: the rollout workers stay, to take the learner's last broadcasts. `checkpoint=False` (a diverged
+        loss): the learner stops at once, without a checkpoint of its non-finite weights."""
         if not self.collective:
             self.rollouts.kill()
         self.rewards.kill()
@@ -465,6 +470,8 @@ class RayRun:
             if pending is not None:  # the loop's last call may already hold a learned iteration's record
                 self.on_update(ray.get(pending, timeout=timeout))
             if learner.alive:
+                if checkpoint:  # the batches scored in order, held here while the queue was full: learned too
+                    self.enqueue(wait_s=timeout)
                 put_within(self.batches, None if checkpoint else ABORT, timeout)
                 deadline = time.perf_counter() + timeout  # the wait for the first record starts now
             while time.perf_counter() < deadline:

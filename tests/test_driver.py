@@ -331,12 +331,14 @@ def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteratio
 def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_session, runs):  # noqa: F811
     """The run loop always has one `next_update` call in flight, and that call takes the next record from the
     store. A stop (or failure) must log that record: otherwise the learner's checkpoint is an iteration ahead of
-    metrics.jsonl (seen once with `ray job stop`). So must the records a learner published before it died."""
+    metrics.jsonl (seen once with `ray job stop`). So must the records a learner published before it died. And the
+    scored batches next in order go to the learner before the stop item."""
     import time
 
     import ray
 
-    from maskfocus.driver import POLL_S, RayRun
+    from maskfocus.driver import POLL_S, Attempt, RayRun
+    from maskfocus.learner.loop import QueuedBatch
     from maskfocus.learner.weight_store import WeightStore
 
     class Stopped:
@@ -357,6 +359,7 @@ def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_se
         run = RayRun.__new__(RayRun)  # only what stop_early touches
         run.config, run.collective, run.rollouts, run.rewards = runs.float32_config, False, Pool(), Pool()
         run.store, run.batches = store, batches
+        run.scored, run.redo, run.rolling, run.sampled, run.scoring = {}, [], {}, [], {}
         logged = []
         run.on_update = lambda update: logged.append(update and update[2]["iteration"])
         run.pending_update = store.next_update.remote(10 * POLL_S)
@@ -387,12 +390,18 @@ def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_se
             time.sleep(0.3)
             learning.alive = False
 
+        # a batch scored in order, held in the driver while the queue was full, goes to the learner before the stop
+        # item (it was thrown away, and redone by the resume); one behind an iteration still in flight cannot
+        run.scored = {14: (QueuedBatch(14, 0, []), 0.0), 16: (QueuedBatch(16, 0, []), 0.0)}
+        run.rolling = {"ref": Attempt(15, 0, 7, None)}
+        run.enqueue_wait, run.observe_queue = {}, lambda: None
         thread = threading.Thread(target=publish_then_die)
         thread.start()
         run.stop_early(learning)
         thread.join()
         assert [iteration for iteration in logged if iteration is not None] == [10, 11, 12, 13]
-        assert batches.qsize() == 1 and batches.get(timeout=30) is None  # the stop item
+        assert batches.qsize() == 2 and batches.get(timeout=30).iteration == 14
+        assert batches.get(timeout=30) is None and list(run.scored) == [16]  # then the stop item
     finally:
         batches.shutdown()
         ray.kill(store)
