@@ -471,7 +471,10 @@ class RayRun:
                 self.on_update(ray.get(pending, timeout=timeout))
             if learner.alive:
                 if checkpoint:  # the batches scored in order, held here while the queue was full: learned too
-                    self.enqueue(wait_s=timeout)
+                    try:
+                        self.enqueue(wait_s=timeout)
+                    except Exception as error:  # the stop item must still go in
+                        tqdm.write(f"the scored batches were not queued: {type(error).__name__}: {error}")
                 put_within(self.batches, None if checkpoint else ABORT, timeout)
                 deadline = time.perf_counter() + timeout  # the wait for the first record starts now
             while time.perf_counter() < deadline:
