@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import ray
 from ray import ObjectRef
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from maskfocus.actors.cluster import free_resources_note
 from maskfocus.actors.pool import WorkerPool
@@ -67,12 +67,12 @@ class RestartWatch:
         probe = self.probes.pop(ref)
         try:
             ray.get(ref, timeout=self.wait_s)
-        except ActorDiedError as dead:
-            raise RuntimeError(self.dead_message(probe.role, probe.index)) from dead
         except ActorUnavailableError:
             probe.retry_at = time.monotonic() + RETRY_S
             self.retries.append(probe)
             return
+        except RayActorError as dead:  # ActorDiedError: dead for good; any other actor error names it too
+            raise RuntimeError(self.dead_message(probe.role, probe.index)) from dead
         probe.pool.back(probe.index)
 
     def check(self) -> None:

@@ -81,8 +81,8 @@ def after_first_iteration(records: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def nonfinite_streak(records: list[dict[str, Any]]) -> tuple[str, int] | None:
-    """(metric, first iteration) of the streak of records at the end of the run with every learned step's loss
-    non-finite, or every group's reward NaN; None where the last record has neither."""
+    """(metric, first iteration) of the streak of records at the end of the run with the loss or its gradient
+    non-finite at every optimizer step, or every group's reward NaN; None where the last record has neither."""
     for key in (NONFINITE_LOSS_KEY, NAN_REWARD_KEY):
         start = None
         for record in sorted(records, key=lambda r: r["iteration"], reverse=True):

@@ -208,19 +208,19 @@ class RayRun:
             attempt.reward_index = index
             self.scoring[stats_ref] = attempt
 
-    def enqueue(self, wait_s: float | None = None) -> None:
+    def enqueue(self, until: float | None = None) -> None:
         """Scored batches enter the queue in iteration order; a full queue holds them here (backpressure), or, with
-        `wait_s` (a stop: nothing else is left to do), is waited on for room up to that long per batch."""
+        `until` (a stop, when nothing else is left to do: a time.perf_counter() deadline), is waited on for room."""
         while self.scored:
             iteration = min(self.scored)
             if any(other < iteration for other in self.in_flight()):
                 return
             item, scored_at = self.scored[iteration]
             try:
-                if wait_s is None:
+                if until is None:
                     put_now(self.batches, item, self.config.ray.timeout_s)
                 else:
-                    put_within(self.batches, item, wait_s)
+                    put_within(self.batches, item, max(until - time.perf_counter(), 1.0))
             except queue_lib.Full:
                 return
             self.enqueue_wait[iteration] = time.perf_counter() - scored_at
@@ -235,11 +235,21 @@ class RayRun:
         attempt = self.rolling.pop(version_ref)
         self.rollouts.release(attempt.rollout_index)
         try:
-            ray.get(version_ref, timeout=self.config.ray.timeout_s)
+            sampled_by = ray.get(version_ref, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
             self._fetch_errors(attempt.trajectory, attempt.load)
             self._redo_after_failure(attempt, error)
             return
+        if sampled_by != attempt.version:
+            # The rollout worker was restarted between its load and this rollout (its weights are the base
+            # model's again): reload it next time.
+            self.rollouts.forget(attempt.rollout_index)
+            if attempt.iteration + self.version_offset - sampled_by > self.config.ray.max_staleness:
+                # the learner would drop it as too stale, and every batch queued behind it: redone at once instead,
+                # before a score is spent on it
+                self.metrics.record("maskfocus_dropped_stale", 1)
+                self.redo_dropped(attempt.iteration)
+                return
         self.sampled.append(attempt)
 
     def _fetch_errors(self, *refs: ObjectRef | None) -> None:
@@ -253,23 +263,13 @@ class RayRun:
         attempt = self.scoring.pop(stats_ref)
         self.rewards.release(attempt.reward_index)
         try:
-            stats = ray.get(stats_ref, timeout=self.config.ray.timeout_s)
+            ray.get(stats_ref, timeout=self.config.ray.timeout_s)  # small: raises if the score failed
             if attempt.load is not None:
                 self.load_seconds[attempt.iteration] = ray.get(attempt.load, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
             self._fetch_errors(attempt.batch, attempt.load)
             self._redo_after_failure(attempt, error)
             return
-        sampled_by = int(stats["policy_version"])
-        if sampled_by != attempt.version:
-            # The rollout worker was restarted between its load and this rollout (its weights are the base
-            # model's again): reload it next time.
-            self.rollouts.forget(attempt.rollout_index)
-            if attempt.iteration + self.version_offset - sampled_by > self.config.ray.max_staleness:
-                # the learner would drop it as too stale, and every batch queued behind it: redone at once instead
-                self.metrics.record("maskfocus_dropped_stale", 1)
-                self.redo_dropped(attempt.iteration)
-                return
         prompt_cursor = self.metadata[attempt.iteration][1]
         item = QueuedBatch(attempt.iteration, prompt_cursor, [attempt.batch])
         self.scored[attempt.iteration] = (item, time.perf_counter())
@@ -278,13 +278,17 @@ class RayRun:
         """A worker died: Ray restarts it; a restarted rollout worker's weights are unknown until reloaded. Once
         the workers of the attempt take calls again, the iteration is redone: scored again from its trajectory
         when only the reward worker failed (the driver owns the trajectory; were it lost after all, that score
-        fails with ObjectLostError and the iteration is sampled again), else sampled again."""
+        fails with ObjectLostError and the iteration is sampled again, a second failure counted against
+        ray.max_restarts), else sampled again."""
         iteration, max_restarts = attempt.iteration, self.config.ray.max_restarts
         workers = attempt_workers(attempt, self.rollouts, self.rewards)
         named = named_workers(error, workers)
         reward_failed = any(role == "reward" for role, _, _ in named)
         rollout_failed = any(role == "rollout" for role, _, _ in named)
-        if (cause := creation_failure(error)) is not None:
+        self.failures[iteration] = self.failures.get(iteration, 0) + 1
+        if (cause := creation_failure(error)) is not None or self.failures[iteration] > max_restarts:
+            self.redo.append(iteration)  # not learned: the stop that follows queues no batch after it
+        if cause is not None:
             role, index = ("reward", attempt.reward_index) if reward_failed else ("rollout", attempt.rollout_index)
             raise RuntimeError(f"{role} worker {index} could not start: {cause}")
         if not reward_failed and not self.collective:
@@ -292,7 +296,6 @@ class RayRun:
             # wait below stops the run; else its weights are intact), and a forgotten one would wait for a
             # broadcast that needs this very iteration.
             self.rollouts.forget(attempt.rollout_index)
-        self.failures[iteration] = self.failures.get(iteration, 0) + 1
         if self.failures[iteration] > max_restarts:
             raise RuntimeError(
                 f"iteration {iteration} failed {self.failures[iteration]} times (ray.max_restarts="
@@ -306,7 +309,7 @@ class RayRun:
         self.metrics.record("maskfocus_redone", 1)
         if reward_failed and not rollout_failed and not isinstance(error, ObjectLostError):
             attempt.reward_index, attempt.batch = -1, None
-            self.sampled.insert(0, attempt)  # the oldest waiting trajectory: the queue takes iterations in order
+            self.sampled.insert(0, attempt)  # scored next (the queue takes iterations in order either way)
             return
         self.redo.append(iteration)
 
@@ -470,12 +473,10 @@ class RayRun:
             if pending is not None:  # the loop's last call may already hold a learned iteration's record
                 self.on_update(ray.get(pending, timeout=timeout))
             if learner.alive:
+                queued_by = time.perf_counter() + timeout  # one wait for the held batches and the stop item
                 if checkpoint:  # the batches scored in order, held here while the queue was full: learned too
-                    try:
-                        self.enqueue(wait_s=timeout)
-                    except Exception as error:  # the stop item must still go in
-                        tqdm.write(f"the scored batches were not queued: {type(error).__name__}: {error}")
-                put_within(self.batches, None if checkpoint else ABORT, timeout)
+                    self.queue_held_batches(queued_by)
+                put_within(self.batches, None if checkpoint else ABORT, max(queued_by - time.perf_counter(), 1.0))
                 deadline = time.perf_counter() + timeout  # the wait for the first record starts now
             while time.perf_counter() < deadline:
                 update = ray.get(self.store.next_update.remote(POLL_S), timeout=timeout)
@@ -487,6 +488,14 @@ class RayRun:
         except Exception as error:  # the original failure is what the user must see; this one only explains
             tqdm.write(f"stopping the learner failed: {type(error).__name__}: {error}")
         learner.join(max(deadline - time.perf_counter(), 0.0))
+
+    def queue_held_batches(self, until: float) -> None:
+        """At a stop: the scored batches next in order go to the learner, waiting for room until `until`; a failure
+        is reported, not raised, so that the stop item still goes in."""
+        try:
+            self.enqueue(until)
+        except Exception as error:
+            tqdm.write(f"the scored batches were not queued: {type(error).__name__}: {error}")
 
     def close(self) -> None:
         self.lines_above_bar.restore()

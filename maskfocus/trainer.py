@@ -229,7 +229,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     watch = NonFiniteWatch(config.train.max_nonfinite_iterations)
     num_iterations, iteration = config.train.num_iterations, start_iteration
     unsaved = None  # (iteration, prompt cursor) learned whole since the last checkpoint
-    learned_before, updates_before = None, updater.num_updates
+    learned_before, steps_before = None, updater.steps_begun
     try:
         with StopRequest() as stop:
             for iteration in range(start_iteration, num_iterations):
@@ -237,7 +237,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
                 batch = collect_batch(config, iteration, model, sampler_model, prompts, reward_fn, image_embed)
                 # A failure in the update after an optimizer step leaves the weights part-way: they are not saved.
                 # One before any (in the old or reference forwards, say) leaves the last learned iteration intact.
-                learned_before, updates_before, unsaved = unsaved, updater.num_updates, None
+                learned_before, steps_before, unsaved = unsaved, updater.steps_begun, None
                 metrics = updater.update(batch, seeded_generator(config.seed, iteration, LEARN, device=model.device))
                 unsaved = (iteration, prompts.cursor)
                 record = {
@@ -271,7 +271,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
     except RunStopped:
         raise
     except Exception as error:  # keep what was learned, say where the run can resume, keep the traceback
-        if unsaved is None and updater.num_updates == updates_before:
+        if unsaved is None and updater.steps_begun == steps_before:
             unsaved = learned_before
         kept = save_learned(run_dir, config, updater, unsaved) if unsaved is not None else ""
         message = f"the run failed in iteration {iteration}: {error}{kept}; {resume_hint(run_dir)}"

@@ -166,6 +166,8 @@ class PolicyUpdater:
         self.reference = None if grpo.beta == 0 else (frozen_copy(self.module) if reference is None else reference)
         self.optimizer, self.scheduler = make_optimizer(self.module, optim, total_updates)
         self.num_updates = 0
+        self.steps_begun = 0
+        """Optimizer steps begun in this process (`num_updates` counts those finished, and resumes)."""
         self.policy_forward = PaddedCompiled(self.module, compile_backend) if compile else self.module
         """What the learner's forwards call: the module, or a compiled copy sharing its parameters."""
         self.reference_forward = self.reference
@@ -268,6 +270,7 @@ class PolicyUpdater:
         """Clip and apply the gradients, unless they are non-finite or no token was scored since the last step
         (then AdamW's momentum and weight decay would still move the weights). Both tests give the same answer on
         every rank: the gradient norm and the token count are global. The schedule advances either way."""
+        self.steps_begun += 1  # before the step can move anything: a failure inside it may leave a part-way state
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), self.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         applied = has_tokens and math.isfinite(grad_norm)

@@ -69,6 +69,10 @@ def fake_run(max_staleness: int, queue_capacity: int = 4):
     return run
 
 
+REPORTED_VERSION: dict[int, int] = {}
+"""What each fake rollout's version ref holds (`ray.get` patched to read it)."""
+
+
 def learned_after(run, turns: int, restart_at: int) -> int:
     """Drive `turns` turns: the rollout of iteration `restart_at` comes from a restarted worker (base weights, version
     0), which the learner drops as too stale, with every batch queued behind it; the learner takes one batch every
@@ -79,6 +83,7 @@ def learned_after(run, turns: int, restart_at: int) -> int:
         for ref, attempt in list(run.rolling.items()):
             restarted = attempt.iteration == restart_at and restart_at not in sampled_with
             sampled_with[attempt.iteration] = 0 if restarted else attempt.version
+            REPORTED_VERSION[ref] = attempt.version  # the driver does not see the restart: the learner drops it
             run.on_sampled(ref)
         run.dispatch_scores()
         for ref, attempt in list(run.scoring.items()):
@@ -107,7 +112,7 @@ def test_batches_dropped_by_the_learner_are_redone_and_the_run_goes_on_whatever_
 
     monkeypatch.setattr(driver, "put_now", lambda batches, item, timeout_s: batches.put(item, block=False))
     monkeypatch.setattr(driver, "queue_size", lambda batches, timeout_s: batches.qsize())
-    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: 0)  # each rollout's version: it did not fail
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: REPORTED_VERSION[ref])
     run = fake_run(max_staleness, queue_capacity=4)
     turns = 300
     learned = learned_after(run, turns, restart_at=30)

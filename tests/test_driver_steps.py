@@ -76,6 +76,7 @@ def one_worker_pool(version: int, role: str):
     actor = SimpleNamespace(
         _actor_id=ActorID.from_random(),
         sample_split=SimpleNamespace(options=lambda **options: SimpleNamespace(remote=lambda *a: (object(), object()))),
+        score_split=SimpleNamespace(options=lambda **options: SimpleNamespace(remote=lambda *a: (object(), object()))),
         __ray_ready__=SimpleNamespace(remote=lambda: next(probes)),
     )
     return WorkerPool([actor], initial_version=version)
@@ -137,6 +138,8 @@ def test_a_reward_workers_failure_scores_the_same_trajectory_again_on_a_healthy_
         None,
     )
     assert run.rollouts.versions == [3] and run.rollouts.held == set()
+    run.dispatch_scores()
+    assert list(run.scoring.values()) == [attempt] and attempt.reward_index == 0  # back, it scores the trajectory
 
 
 @pytest.mark.parametrize(("collective", "versions"), [(False, [-1]), (True, [3])])
@@ -217,21 +220,21 @@ def test_a_trajectory_lost_with_its_node_is_redone_from_the_rollout():
 def test_a_batch_a_restarted_rollout_worker_sampled_too_stale_is_redone_at_once(max_staleness, redone, monkeypatch):
     """A rollout worker restarted between its weight load and its rollout samples with the base weights (version
     0). Where the learner would drop that batch as too stale, it also dropped every batch queued behind it (they
-    wait for the redo); the driver, which knows the version the learner will be at, redoes it before it is queued.
-    Within max_staleness it is queued and learned as a stale batch."""
+    wait for the redo); the driver, which knows the version the learner will be at, redoes it as soon as the rollout
+    returns, before a score is spent on it. Within max_staleness it is scored and learned as a stale batch."""
     import maskfocus.driver as driver
     from maskfocus.driver import Attempt
 
     run = bare_run(collective=False, max_staleness=max_staleness)
-    attempt = Attempt(3, 0, 3, None, batch="batch-ref", reward_index=run.rewards.acquire())  # its reward worker
-    run.scoring = {"stats-ref": attempt}
-    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: {"policy_version": 0.0, "reward/mean": 0.5})
-    run.on_scored("stats-ref")
+    attempt = Attempt(3, run.rollouts.acquire(), 3, None, trajectory="trajectory-ref")  # its rollout worker
+    run.rolling = {"version-ref": attempt}
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: 0)  # the version that sampled it
+    run.on_sampled("version-ref")
     assert run.rollouts.versions == [-1]  # reloaded before its next rollout either way
     if redone:  # the learner learns iteration 3 at version 3: 3 versions stale, max_staleness 0
-        assert run.redo == [3] and not run.scored and run.counts["sync/dropped_stale"] == 1
+        assert run.redo == [3] and not run.sampled and run.counts["sync/dropped_stale"] == 1  # no score spent
     else:
-        assert run.redo == [] and list(run.scored) == [3] and run.counts["sync/dropped_stale"] == 0
+        assert run.redo == [] and run.sampled == [attempt] and run.counts["sync/dropped_stale"] == 0
 
 
 @pytest.mark.parametrize("max_restarts", [0, 2])
@@ -249,6 +252,7 @@ def test_an_iteration_that_fails_more_than_max_restarts_times_stops_the_run(max_
     with pytest.raises(RuntimeError, match=expected + "ActorUnavailableError: .*The actor was restarted"):
         run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
     assert run.counts["sync/redone"] == max_restarts  # the failure that stops the run is not redone
+    assert run.redo == [3] * (max_restarts + 1)  # unlearned: the stop that follows queues no later batch ahead of it
 
 
 @pytest.mark.parametrize("failed", ["reward", "rollout"])
@@ -271,7 +275,8 @@ def test_a_worker_that_could_not_start_stops_the_run_at_once_with_its_constructo
     expected = f"^{failed} worker 0 could not start: maskfocus.models.base.ModelLoadError: model folder not found: /x$"
     with pytest.raises(RuntimeError, match=expected):
         run._redo_after_failure(Attempt(3, 0, 3, None, reward_index=0), error)
-    assert run.redo == [] and run.counts["sync/redone"] == 0
+    assert run.counts["sync/redone"] == 0 and run.restarts.refs() == []  # not redone: nothing waited for
+    assert run.redo == [3]  # still unlearned, so the stop that follows queues no later batch ahead of it
 
 
 def test_a_resumed_run_with_nothing_left_to_learn_ends_with_its_checkpoints_weights(random_model, tmp_path):  # noqa: F811
@@ -452,6 +457,34 @@ def test_only_the_worker_the_error_names_is_held(failed):
     assert run.restarts.refs() == [f"probe-{failed}-0"]
     assert (run.rollouts.held, run.rewards.held) == (({0}, set()) if failed == "rollout" else (set(), {0}))
     assert (run.redo, len(run.sampled)) == (([], 1) if failed == "reward" else ([3], 0))  # scored again, or sampled
+
+
+def test_a_stop_still_puts_its_stop_item_when_the_held_batches_cannot_be_queued(monkeypatch, capsys):
+    """The held batches go to the learner first at a stop; a failure doing so (the queue actor gone, say) is
+    reported, and the stop item, which lets the learner checkpoint and end, is still put."""
+    import maskfocus.driver as driver
+
+    run = bare_run(collective=False, timeout_s=5.0)
+    run.rollouts.kill = run.rewards.kill = lambda: None
+    run.pending_update, run.batches = None, "the batch queue"
+    run.store = SimpleNamespace(next_update=SimpleNamespace(remote=lambda poll_s: "poll"))
+    learner = SimpleNamespace(alive=True, join=lambda timeout: None)
+
+    def gone(until):
+        raise ConnectionError("the queue actor is gone")
+
+    puts = []
+
+    def put_within(batches, item, wait_s):
+        puts.append(item)
+        learner.alive = False  # it takes the stop item and ends
+
+    run.enqueue = gone
+    monkeypatch.setattr(driver, "put_within", put_within)
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout: None)  # no more records
+    run.stop_early(learner)
+    assert puts == [None]  # the stop item
+    assert "the scored batches were not queued: ConnectionError: the queue actor is gone" in capsys.readouterr().out
 
 
 def test_a_learned_iterations_prompts_are_let_go():

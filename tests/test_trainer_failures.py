@@ -125,24 +125,29 @@ def test_a_run_stopped_by_nan_rewards_checkpoints_its_last_learned_iteration(
     assert checkpoint is not None and checkpoint.name == "iter_000001"
 
 
-def test_a_failure_inside_an_update_after_an_optimizer_step_saves_nothing_of_it(
+@pytest.mark.parametrize("inside", ["second step", "first AdamW step"])
+def test_a_failure_inside_an_update_after_an_optimizer_step_began_saves_nothing_of_it(
     random_model,  # noqa: F811
     tmp_path,
     monkeypatch,
     one_thread,  # noqa: F811
+    inside,
 ):
-    """An update may fail part-way (after some of its optimizer steps), leaving weights that no iteration produced:
-    here iteration 1's second optimizer step raises after its first was applied. No checkpoint is written, not
-    even of iteration 0, which was learned whole (its weights are gone)."""
+    """An update may fail part-way, leaving weights (or AdamW moments) that no iteration produced: here iteration 1's
+    second optimizer step raises after its first was applied, or its first AdamW step raises inside. No checkpoint
+    is written, not even of iteration 0, which was learned whole (its state is gone)."""
     calls: list[int] = []
-    fail = failing_in(3, calls)  # K = 2 steps an iteration: call 3 is iteration 1's second
-    real_step = PolicyUpdater._optimizer_step
-    monkeypatch.setattr(PolicyUpdater, "_optimizer_step", lambda self, *a, **k: fail(real_step, self, *a, **k))
+    if inside == "second step":  # K = 2 steps an iteration: call 3 is iteration 1's second
+        fail, owner, name = failing_in(3, calls), PolicyUpdater, "_optimizer_step"
+    else:  # call 2 is iteration 1's first
+        fail, owner, name = failing_in(2, calls), torch.optim.AdamW, "step"
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda self, *a, **k: fail(real, self, *a, **k))
     config = tiny_config(random_model, tmp_path, train={"num_iterations": 3})
     with pytest.raises(RunFailed) as failed:
         trainer.train_local(config, tmp_path, show_progress=False)
     message = str(failed.value)
-    assert calls == [0, 1, 2, 3]
+    assert calls == list(range(4 if inside == "second step" else 3))
     assert message.startswith("the run failed in iteration 1: reward server answered HTTP 500; ")
     assert "is checkpointed" not in message and "no checkpoint was written yet" in message
     assert latest_checkpoint(tmp_path) is None
