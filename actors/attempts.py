@@ -3,10 +3,12 @@ failure names."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import ray
 from ray import ObjectRef
-from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayError
 
 from maskfocus.actors.pool import WorkerPool, names_actor
 
@@ -41,6 +43,14 @@ def attempt_workers(attempt: Attempt, rollouts: WorkerPool, rewards: WorkerPool)
     if attempt.reward_index >= 0:
         workers.append(("reward", rewards, attempt.reward_index))
     return workers
+
+
+def fetch_errors(refs: list[ObjectRef | None], timeout_s: float) -> None:
+    """Fetch a failed call's other results (their errors): Ray reports the errors nobody fetched."""
+    for ref in refs:
+        with contextlib.suppress(RayError):
+            if ref is not None:
+                ray.get(ref, timeout=timeout_s)
 
 
 def named_workers(error: BaseException, workers: list[Worker]) -> list[Worker]:

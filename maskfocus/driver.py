@@ -28,7 +28,6 @@ perf/weight_sync_seconds then covers the broadcast and perf/weight_load_seconds 
 
 from __future__ import annotations
 
-import contextlib
 import queue as queue_lib
 import time
 from pathlib import Path
@@ -37,11 +36,11 @@ from typing import Any
 import ray
 import torch
 from ray import ObjectRef
-from ray.exceptions import ObjectLostError, RayError
+from ray.exceptions import ObjectLostError
 from ray.util.queue import Queue
 from tqdm import tqdm
 
-from maskfocus.actors.attempts import RECOVERABLE, Attempt, attempt_workers, named_workers
+from maskfocus.actors.attempts import RECOVERABLE, Attempt, attempt_workers, fetch_errors, named_workers
 from maskfocus.actors.batch_queue import put_now, put_within, queue_size
 from maskfocus.actors.cluster import free_resources_note
 from maskfocus.actors.metrics import RunMetrics, run_tag
@@ -237,7 +236,7 @@ class RayRun:
         try:
             sampled_by = ray.get(version_ref, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
-            self._fetch_errors(attempt.trajectory, attempt.load)
+            fetch_errors([attempt.trajectory, attempt.load], self.config.ray.timeout_s)
             self._redo_after_failure(attempt, error)
             return
         if sampled_by != attempt.version:
@@ -252,13 +251,6 @@ class RayRun:
                 return
         self.sampled.append(attempt)
 
-    def _fetch_errors(self, *refs: ObjectRef | None) -> None:
-        """Fetch the failed call's other results: Ray reports errors nobody fetched."""
-        for ref in refs:
-            with contextlib.suppress(RayError):
-                if ref is not None:
-                    ray.get(ref, timeout=self.config.ray.timeout_s)
-
     def on_scored(self, stats_ref: ObjectRef) -> None:
         attempt = self.scoring.pop(stats_ref)
         self.rewards.release(attempt.reward_index)
@@ -267,7 +259,7 @@ class RayRun:
             if attempt.load is not None:
                 self.load_seconds[attempt.iteration] = ray.get(attempt.load, timeout=self.config.ray.timeout_s)
         except RECOVERABLE as error:
-            self._fetch_errors(attempt.batch, attempt.load)
+            fetch_errors([attempt.batch, attempt.load], self.config.ray.timeout_s)
             self._redo_after_failure(attempt, error)
             return
         prompt_cursor = self.metadata[attempt.iteration][1]
