@@ -435,6 +435,8 @@ class RayRun:
         while time.perf_counter() < deadline:
             self.dispatch_preview()
             if not self.previews.drawing:
+                if self.previews.wanted():  # due, but every rollout worker is held after a failure
+                    tqdm.write("the last preview was not drawn: no rollout worker takes calls (restarting); skipped")
                 return
             ready, _ = ray.wait(list(self.previews.drawing), num_returns=1, timeout=POLL_S)
             for ref in ready:

@@ -246,3 +246,15 @@ def test_a_stop_still_puts_its_stop_item_when_the_held_batches_cannot_be_queued(
     run.stop_early(learner)
     assert puts == [None]  # the stop item
     assert "the scored batches were not queued: ConnectionError: the queue actor is gone" in capsys.readouterr().out
+
+
+def test_the_last_preview_says_why_it_was_not_drawn_when_every_rollout_worker_is_held(capsys):
+    """A run whose only rollout worker was restarting at its end skipped its last preview without a word."""
+    run = bare_run(collective=False, timeout_s=60.0)
+    run.rollouts.hold(0)
+    run.previews = SimpleNamespace(wanted=lambda: True, drawing={})
+    started = time.monotonic()
+    run.draw_last_preview()
+    assert time.monotonic() - started < 1.0
+    expected = "the last preview was not drawn: no rollout worker takes calls (restarting); skipped"
+    assert expected in capsys.readouterr().out
