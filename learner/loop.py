@@ -139,6 +139,7 @@ class LearnerWorker:
             compile=config.train.compile_learner,
             compile_backend=config.train.learner_compile_backend,
             max_staleness=config.ray.max_staleness,
+            temperature=config.rollout_sampler().temperature,
             rank=rank,
             world_size=world_size,
         )

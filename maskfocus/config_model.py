@@ -77,7 +77,8 @@ class SamplerConfig(Section):
     (the released code's linspace starts at tau_0: sampling.gumbel_temperature says why ours is kept)."""
     temperature: float = Field(1.0, gt=0.0)
     """Softmax temperature of every token draw (logits / temperature); 1.0 = the plain softmax of ALGORITHM.md.
-    On the shapes model, below 1 leaves objects out and above 1 draws more of them (benchmarks/RESULTS.md)."""
+    On the shapes model, below 1 leaves objects out and above 1 draws more of them (benchmarks/RESULTS.md). In
+    training the learner's log-probs use it too, so the policy learned is the one that sampled the rollouts."""
     negative_prompt: str = ""
     """Prompt for the unconditional branch of CFG (empty = unconditional)."""
     batch_size: int = Field(64, ge=1)

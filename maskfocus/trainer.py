@@ -214,6 +214,7 @@ def train_local(config: RunConfig, run_dir: Path, resume: bool = False, show_pro
         total_updates=schedule_span(config, start.num_updates, start.iteration),
         compile=config.train.compile_learner,
         compile_backend=config.train.learner_compile_backend,
+        temperature=config.rollout_sampler().temperature,
     )
     start_iteration, cursor = start.iteration, start.prompt_cursor
     if start.checkpoint is not None:

@@ -157,8 +157,11 @@ class PolicyUpdater:
         compile: bool = False,
         max_staleness: int = 0,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
+        temperature: float = 1.0,
     ):
         self.model = model
+        self.temperature = temperature
+        """The rollouts' sampler.temperature: the policy learned is the one that sampled, softmax(logits / it)."""
         self.grpo = grpo
         self.optim = optim
         self.num_sampling_steps = num_sampling_steps
@@ -197,6 +200,8 @@ class PolicyUpdater:
 
     def _logp(self, step: StepInputs, tokens_BL: torch.Tensor, condition: Condition, module: nn.Module):
         logits_BLV = self.model.logits(step.inputs_BL, condition, step.steps_B, self.num_sampling_steps, module=module)
+        if self.temperature != 1.0:
+            logits_BLV = logits_BLV / self.temperature
         return token_log_probs(logits_BLV, tokens_BL), logits_BLV
 
     def prepare(self, batch: TrainBatch, generator: torch.Generator) -> list[StepInputs]:

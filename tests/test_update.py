@@ -420,3 +420,22 @@ def test_finite_weights_with_no_scored_token_are_not_counted_as_non_finite():
     batch.valid_B[:] = False
     metrics = make_updater(model).update(batch, torch.Generator().manual_seed(1))
     assert metrics["loss/skipped_nonfinite"] == 0.0 and metrics["loss/skipped_steps"] == 3.0
+
+
+def test_the_learner_scores_tokens_under_the_rollouts_sampling_temperature():
+    """Rollouts draw from softmax(logits / sampler.temperature): the learner's old, reference and new log-probs must
+    be of that policy, not of the plain softmax (which it used whatever the temperature)."""
+    from maskfocus.config import GRPOConfig, OptimConfig
+    from maskfocus.update import PolicyUpdater, StepInputs
+
+    model = ToyGenerator()
+    batch = make_batch(model)
+    updater = PolicyUpdater(model, GRPOConfig(), OptimConfig(), 6, total_updates=10, temperature=0.5)
+    condition = model.encode_prompts(batch.prompts_B)
+    inputs_BL = torch.full_like(batch.tokens_BL, model.mask_token_id)
+    every_position_BL = torch.ones_like(inputs_BL, dtype=torch.bool)
+    step = StepInputs(inputs_BL, every_position_BL, torch.zeros(len(batch), dtype=torch.long))
+    logp_BL, _ = updater._logp(step, batch.tokens_BL, condition, updater.policy_forward)
+    plain_BLV = model.logits(inputs_BL, condition, step.steps_B, 6)
+    torch.testing.assert_close(logp_BL, token_log_probs(plain_BLV / 0.5, batch.tokens_BL))
+    assert not torch.allclose(logp_BL, token_log_probs(plain_BLV, batch.tokens_BL))

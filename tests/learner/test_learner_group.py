@@ -57,6 +57,27 @@ def test_the_learner_shards_each_block_the_adapter_names(random_model, tmp_path,
     assert captured["reference_blocks"] == captured["blocks"]  # the reference is sharded as the policy is
 
 
+def test_both_learners_score_tokens_under_the_rollouts_sampling_temperature(random_model, tmp_path, monkeypatch):
+    """The Ray learner's updater and the in-process trainer's take sampler.temperature (tests/test_update.py checks
+    what the updater does with it)."""
+    import maskfocus.trainer as trainer
+
+    config = tiny_config(random_model, tmp_path, sampler={"temperature": 0.8})
+    assert unsharded_worker(config, monkeypatch, {}).updater.temperature == 0.8
+    made = []
+
+    class Kept(PolicyUpdater):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            raise RuntimeError("made: stop here")
+
+    monkeypatch.setattr(trainer, "PolicyUpdater", Kept)
+    with pytest.raises(RuntimeError, match="made: stop here"):
+        trainer.train_local(config, tmp_path / "local", show_progress=False)
+    assert [updater.temperature for updater in made] == [0.8]
+
+
 def test_a_resumed_learner_goes_on_with_the_checkpoints_weights_and_learning_rate_schedule(
     random_model, tmp_path, monkeypatch
 ):
