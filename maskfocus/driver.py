@@ -284,8 +284,8 @@ class RayRun:
             role, index = ("reward", attempt.reward_index) if reward_failed else ("rollout", attempt.rollout_index)
             raise RuntimeError(f"{role} worker {index} could not start: {cause}")
         if not reward_failed and not self.collective:
-            # Only a restarted rollout worker lost its weights. A collective one is never restarted (dead, the
-            # wait below stops the run; else its weights are intact), and a forgotten one would wait for a
+            # Only a restarted rollout worker lost its weights. A collective one is never restarted (dead, its
+            # readiness probe stops the run; else its weights are intact), and a forgotten one would wait for a
             # broadcast that needs this very iteration.
             self.rollouts.forget(attempt.rollout_index)
         if self.failures[iteration] > max_restarts:

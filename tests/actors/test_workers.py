@@ -41,8 +41,8 @@ def test_rollout_is_tagged_with_the_loaded_weight_version_and_scored_into_a_batc
     assert len(batch) == 4 and batch.policy_version == 3 and batch.iteration == 5
     stats, same = scorer.score_split(moved)
     assert stats["reward/mean"] == batch.stats["reward/mean"]
-    assert stats["policy_version"] == 3  # the weights it was sampled with, not its iteration (5): the driver tells
-    # a restarted worker's batch by it
+    assert stats["policy_version"] == 3  # the weights it was sampled with, not its iteration (5); the driver tells
+    # a restarted worker's rollout by sample_split's version, below
     torch.testing.assert_close(same.advantages_B, batch.advantages_B)
     version, again = worker.sample_split(metadata, iteration=5)  # the version apart, for the driver
     assert version == 3 and torch.equal(again.tokens_BL, moved.tokens_BL)
