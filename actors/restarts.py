@@ -6,12 +6,14 @@ no other worker's result was handled and no learner record read. Here each faile
 (`WorkerPool.hold`) and probed with Ray's `__ray_ready__` call, whose reference joins the loop's `ray.wait`; the
 worker goes back to its pool once a probe answers. Calls to an actor still restarting may fail at once with
 ActorUnavailableError: the probe is sent again after RETRY_S. A worker that does not answer by its deadline, or is
-dead for good (its restarts used up), stops the run with a message that says which and why.
+dead for good (its restarts used up), stops the run with a message that says which and why. The learner, waiting
+for the batch a failure delays, is told to wait on (`keep_waiting`) when a worker is held and when it is back.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
@@ -37,10 +39,12 @@ class Probe:
 
 class RestartWatch:
     """The probes of the workers held after failures. `wait_s`: how long each may take to answer (half of
-    ray.timeout_s: the learner, waiting for the same iteration's batch, gives up after all of it)."""
+    ray.timeout_s). `keep_waiting` is called when a worker is held and when it is back: the learner's wait for the
+    delayed batch (ray.timeout_s) then starts again, so it outlasts the restart and the redo after it."""
 
-    def __init__(self, wait_s: float, max_restarts: int, collective: bool):
+    def __init__(self, wait_s: float, max_restarts: int, collective: bool, keep_waiting: Callable[[], None]):
         self.wait_s, self.max_restarts, self.collective = wait_s, max_restarts, collective
+        self.keep_waiting = keep_waiting
         self.probes: dict[ObjectRef, Probe] = {}
         self.retries: list[Probe] = []
 
@@ -50,6 +54,7 @@ class RestartWatch:
             return
         pool.hold(index)
         self._send(Probe(role, pool, index, time.monotonic() + self.wait_s))
+        self.keep_waiting()
 
     def watched(self) -> list[Probe]:
         return [*self.probes.values(), *self.retries]
@@ -74,6 +79,7 @@ class RestartWatch:
         except RayActorError as dead:  # ActorDiedError: dead for good; any other actor error names it too
             raise RuntimeError(self.dead_message(probe.role, probe.index)) from dead
         probe.pool.back(probe.index)
+        self.keep_waiting()
 
     def check(self) -> None:
         """Once a turn of the loop: raise for a worker past its deadline; send the probes that are due again."""

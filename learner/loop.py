@@ -68,6 +68,11 @@ ABORT = "abort"
 """The queue item that stops the learner without its stop checkpoint: the loss diverged, so the weights it holds
 are non-finite and a checkpoint of them would only prune good ones (train.keep_checkpoints)."""
 
+KEEP_WAITING = "keep waiting"
+"""The queue item the driver puts when a worker fails and when it takes calls again: the batch the learner waits
+for is being redone, so rank 0 starts its ray.timeout_s wait again (else, with one worker of a role, a restart
+near half of ray.timeout_s let the learner time out first, on a run that would have gone on)."""
+
 
 @dataclass
 class Message:
@@ -181,14 +186,19 @@ class QueueTimeout(RuntimeError):
 
 
 def _take(batches: Queue, timeout_s: float) -> tuple[QueuedBatch | None, float]:
-    """Rank 0: the next queue item, and the seconds spent waiting for it."""
-    start = time.perf_counter()
+    """Rank 0: the next queue item other than KEEP_WAITING (which starts the wait's timeout again), and the seconds
+    spent waiting for it."""
+    start = waiting_since = time.perf_counter()
     while True:
         try:
-            return get_within(batches, 1.0), time.perf_counter() - start
+            item = get_within(batches, 1.0)
         except queue_lib.Empty:
-            if time.perf_counter() - start > timeout_s:
+            if time.perf_counter() - waiting_since > timeout_s:
                 raise QueueTimeout(f"learner: no TrainBatch arrived for {timeout_s:.0f} s (ray.timeout_s)") from None
+            continue
+        if item != KEEP_WAITING:
+            return item, time.perf_counter() - start
+        waiting_since = time.perf_counter()
 
 
 def _message(

@@ -28,6 +28,7 @@ perf/weight_sync_seconds then covers the broadcast and perf/weight_load_seconds 
 
 from __future__ import annotations
 
+import contextlib
 import queue as queue_lib
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ from maskfocus.config import RunConfig
 from maskfocus.divergence import NonFiniteWatch
 from maskfocus.hardware import driver_model_config
 from maskfocus.learner.group import LearnerGroup
-from maskfocus.learner.loop import ABORT, QueuedBatch, preview_due
+from maskfocus.learner.loop import ABORT, KEEP_WAITING, QueuedBatch, preview_due
 from maskfocus.learner.weight_transport import WeightGroup
 from maskfocus.models import load_generator
 from maskfocus.models.base import MaskedGenerator
@@ -107,7 +108,9 @@ class RayRun:
         """Collective: the rollout workers' receive calls not yet collected."""
         self.enqueue_wait: dict[int, float] = {}
         self.failures: dict[int, int] = {}
-        self.restarts = RestartWatch(config.ray.timeout_s / 2, config.ray.max_restarts, self.collective)
+        self.restarts = RestartWatch(
+            config.ray.timeout_s / 2, config.ray.max_restarts, self.collective, self.keep_learner_waiting
+        )
         """The workers held out of their pools after a failure, until they answer again."""
         self.queue_depth = 0
         self.learned = 0
@@ -225,6 +228,12 @@ class RayRun:
             self.enqueue_wait[iteration] = time.perf_counter() - scored_at
             del self.scored[iteration]
             self.observe_queue()
+
+    def keep_learner_waiting(self) -> None:
+        """A worker failed, or is back: the learner starts its wait for the delayed batch again. A full queue
+        needs no word (the learner has batches to take)."""
+        with contextlib.suppress(queue_lib.Full):
+            put_now(self.batches, KEEP_WAITING, self.config.ray.timeout_s)
 
     def observe_queue(self) -> None:
         self.queue_depth = queue_size(self.batches, self.config.ray.timeout_s)

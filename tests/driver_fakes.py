@@ -48,7 +48,13 @@ def bare_run(collective: bool, **ray_settings):
     run.config = default_run_config({"ray": {"max_staleness": 0, **ray_settings}})
     run.collective, run.metrics = collective, NoMetrics()
     run.rollouts, run.rewards = one_worker_pool(3, "rollout"), one_worker_pool(3, "reward")
-    run.restarts = RestartWatch(run.config.ray.timeout_s / 2, run.config.ray.max_restarts, collective)
+    run.told_to_keep_waiting = 0
+    """How often the learner was told to keep waiting (RayRun.keep_learner_waiting: its own test puts to a queue)."""
+
+    def keep_waiting() -> None:
+        run.told_to_keep_waiting += 1
+
+    run.restarts = RestartWatch(run.config.ray.timeout_s / 2, run.config.ray.max_restarts, collective, keep_waiting)
     run.redo, run.rolling, run.sampled, run.scoring, run.scored, run.failures = [], {}, [], {}, {}, {}
     run.counts, run.metadata = {"sync/redone": 0, "sync/dropped_stale": 0}, {3: ([{"prompt": "a red circle"}], 1)}
     run.next_iteration, run.end, run.version, run.weights, run.version_offset = 4, 10, 3, None, 0

@@ -26,7 +26,9 @@ def test_a_reward_workers_failure_scores_the_same_trajectory_again_on_a_healthy_
     run._redo_after_failure(attempt, actor_unavailable(run.rewards.actors[0]))
     run.dispatch_scores()
     assert run.scoring == {} and run.restarts.refs() == ["probe-reward-0"]  # held until it answers
+    assert run.told_to_keep_waiting == 1  # the learner's wait for iteration 3 starts again
     answer_probes(run, monkeypatch)
+    assert run.told_to_keep_waiting == 2  # and again once the worker is back, for the redo
     assert run.redo == [] and run.counts["sync/redone"] == 1 and run.failures == {3: 1}
     assert run.sampled == [attempt] and (attempt.trajectory, attempt.reward_index, attempt.batch) == (
         "trajectory-3",
@@ -202,6 +204,29 @@ def test_a_failure_holds_its_workers_without_blocking_the_loop_and_a_slow_one_is
     ) as e:
         run.restarts.check()
     assert str(e.value).endswith("or free what it waits for; free on the cluster now: 0 CPUs")
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_the_learner_is_told_to_keep_waiting_through_the_queue_unless_it_is_full(monkeypatch, full):
+    """With one worker of a role, the learner's wait for the delayed batch began before the failure, and a restart
+    near half of ray.timeout_s let it time out first (learner/loop.py `_take` starts its wait again on this item).
+    A full queue holds batches the learner is still to take: it is not waiting."""
+    import queue as queue_lib
+
+    import maskfocus.driver as driver
+    from maskfocus.learner.loop import KEEP_WAITING
+
+    run, puts = bare_run(collective=False, timeout_s=60.0), []
+    run.batches = "the batch queue"
+
+    def put_now(batches, item, timeout_s):
+        if full:
+            raise queue_lib.Full
+        puts.append((batches, item, timeout_s))
+
+    monkeypatch.setattr(driver, "put_now", put_now)
+    run.keep_learner_waiting()
+    assert puts == ([] if full else [("the batch queue", KEEP_WAITING, 60.0)])
 
 
 @pytest.mark.parametrize("failed", ["reward", "rollout"])

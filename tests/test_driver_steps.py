@@ -49,7 +49,7 @@ def test_only_empty_update_polls_for_ray_timeout_s_stop_the_run_with_the_idle_er
         run = RayRun.__new__(RayRun)  # only what the loop touches: nothing to dispatch, nothing in flight
         run.config, run.store = default_run_config({"ray": {"timeout_s": 3.0}}), store
         run.rolling, run.scoring, run.learned, run.total = {}, {}, 0, 1
-        run.receives, run.restarts = WeightReceives(), RestartWatch(1.5, 0, False)
+        run.receives, run.restarts = WeightReceives(), RestartWatch(1.5, 0, False, keep_waiting=lambda: None)
         run.dispatch_rollouts = run.dispatch_preview = run.dispatch_scores = run.enqueue = lambda: None
         run.previews = SimpleNamespace(drawing={})
         start = run.last_event = time.perf_counter()

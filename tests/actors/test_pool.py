@@ -120,7 +120,7 @@ def test_a_killed_actor_goes_back_to_its_pool_once_it_answers_and_a_slow_restart
     try:
         first = ray.get(pool.actors[0].pid.remote(), timeout=RAY_TIMEOUT_S)
         kill_mid_call(ray, pool.actors[0])
-        watch = RestartWatch(RAY_TIMEOUT_S, 2, collective=False)
+        watch = RestartWatch(RAY_TIMEOUT_S, 2, collective=False, keep_waiting=lambda: None)
         watch.watch("rollout", pool, 0)
         assert pool.acquire() is None
         probe_until_settled(ray, watch, RAY_TIMEOUT_S)
@@ -130,7 +130,7 @@ def test_a_killed_actor_goes_back_to_its_pool_once_it_answers_and_a_slow_restart
         assert second != first  # the restarted process answers
         slow_file.touch()
         kill_mid_call(ray, pool.actors[0])
-        started, impatient = time.monotonic(), RestartWatch(1.0, 2, collective=False)
+        started, impatient = time.monotonic(), RestartWatch(1.0, 2, collective=False, keep_waiting=lambda: None)
         impatient.watch("rollout", pool, 0)
         with pytest.raises(RuntimeError, match="^rollout worker 0 did not take calls again within 1 s"):
             probe_until_settled(ray, impatient, RAY_TIMEOUT_S)

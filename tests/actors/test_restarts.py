@@ -61,16 +61,17 @@ def test_a_worker_answering_before_its_call_ends_stays_busy_until_it_does():
 
 def test_a_refused_probe_is_sent_again_after_the_retry_delay_and_the_worker_comes_back(monkeypatch):
     """Calls to an actor still restarting may be refused at once (ActorUnavailableError): probing again at once
-    would spin the loop."""
-    pool, clock = fake_pool(1), [100.0]
+    would spin the loop. The learner is told to keep waiting when the worker is held and when it is back, not on
+    a refused probe or a second failure of a worker already held."""
+    pool, clock, told = fake_pool(1), [100.0], []
     monkeypatch.setattr(restarts.time, "monotonic", lambda: clock[0])
-    watch = RestartWatch(30.0, 2, collective=False)
+    watch = RestartWatch(30.0, 2, collective=False, keep_waiting=lambda: told.append(clock[0]))
     watch.watch("rollout", pool, 0)
     watch.watch("rollout", pool, 0)  # watched already: one probe, the first deadline
     assert watch.refs() == ["probe-0-0"] and "probe-0-0" in watch and pool.acquire() is None
     answers(monkeypatch, {"probe-0-0": ActorUnavailableError("restarting", None)})
     watch.on_ready("probe-0-0")
-    assert watch.refs() == []
+    assert watch.refs() == [] and told == [100.0]
     clock[0] += restarts.RETRY_S / 2
     watch.check()
     assert watch.refs() == []  # not due yet
@@ -79,6 +80,7 @@ def test_a_refused_probe_is_sent_again_after_the_retry_delay_and_the_worker_come
     assert watch.refs() == ["probe-0-1"]
     watch.on_ready("probe-0-1")
     assert watch.refs() == [] and watch.watched() == [] and pool.acquire() == 0
+    assert told == [100.0, 100.0 + 1.5 * restarts.RETRY_S]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ def test_a_refused_probe_is_sent_again_after_the_retry_delay_and_the_worker_come
     ],
 )
 def test_a_worker_dead_for_good_stops_the_run_naming_it(monkeypatch, role, collective, message):
-    pool, watch = fake_pool(1), RestartWatch(30.0, 2, collective)
+    pool, watch = fake_pool(1), RestartWatch(30.0, 2, collective, keep_waiting=lambda: None)
     watch.watch(role, pool, 0)
     died = ActorDiedError()
     answers(monkeypatch, {"probe-0-0": died})
@@ -104,7 +106,7 @@ def test_a_worker_refusing_probes_past_its_deadline_is_named_as_too_slow(monkeyp
     pool, clock = fake_pool(1), [0.0]
     monkeypatch.setattr(restarts.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(restarts, "free_resources_note", lambda: "; free on the cluster now: 0 GPUs")
-    watch = RestartWatch(30.0, 2, collective=False)
+    watch = RestartWatch(30.0, 2, collective=False, keep_waiting=lambda: None)
     watch.watch("rollout", pool, 0)
     answers(monkeypatch, {"probe-0-0": ActorUnavailableError("restarting", None)})
     watch.on_ready("probe-0-0")  # a retry waits: the deadline applies to it as well

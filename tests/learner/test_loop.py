@@ -160,6 +160,31 @@ def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_befo
     assert serving.saved == [0]
 
 
+def test_the_learners_wait_starts_again_on_the_drivers_keep_waiting_item(monkeypatch):
+    """A worker restart delays the batch the learner waits for; the driver's KEEP_WAITING items (at the failure and
+    when the worker is back) start the learner's timeout again, and the reported wait is the whole of it. Here
+    each empty poll takes 0.3 s and the timeout is 0.5 s: without the item the second empty poll times out."""
+    import queue as queue_lib
+    import time
+
+    from maskfocus.learner import loop
+
+    polls = iter(["empty", loop.KEEP_WAITING, "empty", "batch"])
+
+    def get_within(batches, wait_s):
+        if (item := next(polls)) == "empty":
+            time.sleep(0.3)
+            raise queue_lib.Empty
+        return item
+
+    monkeypatch.setattr(loop, "get_within", get_within)
+    item, waited = loop._take("the batch queue", 0.5)
+    assert item == "batch" and 0.6 <= waited < 5.0
+    polls = iter(["empty", "empty", "batch"])
+    with pytest.raises(loop.QueueTimeout):
+        loop._take("the batch queue", 0.5)
+
+
 class DeadReceiverSender:
     """A WeightSender whose broadcast of version 2 fails: a rollout worker died (never restarted with collective
     transport). NCCL either reports the dead peer (an error) or waits for it until the group's timeout, which leaves
