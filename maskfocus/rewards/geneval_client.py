@@ -126,8 +126,14 @@ def _check_plain(value: Any) -> None:
 
 
 def safe_loads(data: bytes) -> Any:
-    """Unpickle bytes that may come from anyone, allowing only plain types; raises pickle.UnpicklingError."""
-    value = RestrictedUnpickler(io.BytesIO(data)).load()
+    """Unpickle bytes that may come from anyone, allowing only plain types; raises pickle.UnpicklingError (also for
+    bytes that are no pickle at all: an empty body raised EOFError, others ValueError, UnicodeDecodeError, ...)."""
+    try:
+        value = RestrictedUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as error:
+        raise pickle.UnpicklingError(f"not a pickle ({len(data)} bytes): {type(error).__name__}: {error}") from None
     _check_plain(value)
     return value
 

@@ -84,6 +84,8 @@ class DetectorJudge:
         self.known_colors = known_colors
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
+        if len(images_BHWC) != len(metadata_B):
+            raise ValueError(f"{len(images_BHWC)} images but {len(metadata_B)} metadata records: one record per image")
         detections_B = self.detect_batch(images_BHWC)
         results = []
         for image, detections, metadata in zip(images_BHWC, detections_B, metadata_B, strict=True):

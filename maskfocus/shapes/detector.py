@@ -231,7 +231,9 @@ class ShapesDetector:
 
     def fit(self, image: np.ndarray) -> list[ShapeFit]:
         """Fits of every component of a uint8 (H, W, 3) image, in colour then label order."""
-        assert image.ndim == 3 and image.shape[2] == 3, f"expected (H, W, 3), got {image.shape}"
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            # a float image in [0, 1] found no shape at all: every reward 0, every group equal, nothing learned
+            raise ValueError(f"the shapes detector takes uint8 (H, W, 3) images; got {image.dtype} {image.shape}")
         labels_HW, tints_HW = classify_pixels(image, self.residual_cutoff)
         labels_HW = np.pad(labels_HW, PAD, constant_values=UNKNOWN_LABEL)
         tints_HW = np.pad(tints_HW, PAD, constant_values=-1)

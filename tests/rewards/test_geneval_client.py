@@ -232,6 +232,14 @@ def test_malformed_replies_are_clear_errors(serve, body, message):
         _client(server).judge(_images(1), ROWS[:1])
 
 
+@pytest.mark.parametrize("body", [b"", b"\x80\x31"])
+def test_a_reply_that_is_no_pickle_is_a_clear_error_naming_the_server(serve, body):
+    """An empty body raised a bare EOFError (other bytes ValueError, UnicodeDecodeError, ...), without the URL."""
+    server = serve(raw(200, body))
+    with pytest.raises(RewardServerError, match=rf"reward server {server.url}: unsafe or invalid reply: not a pickle"):
+        _client(server).judge(_images(1), ROWS[:1])
+
+
 def test_an_unreachable_server_is_retried_then_reported():
     delays: list[float] = []
     with refusing_port() as port:

@@ -61,6 +61,11 @@ def test_without_colour_classifier_detector_colours_are_used():
     assert result.correct
 
 
+def test_a_judge_given_more_images_than_records_names_both_counts():
+    with pytest.raises(ValueError, match="^2 images but 1 metadata records: one record per image$"):
+        _judge({}, None).judge(np.zeros((2, 8, 8, 3), dtype=np.uint8), [COLOR_ATTR])
+
+
 def test_object_names_are_genevals_80_classes():
     names = load_object_names()
     assert len(names) == 80 and names[0] == "person"

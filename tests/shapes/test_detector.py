@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +54,13 @@ def test_blank_image_gives_no_detections() -> None:
     for image in (blank, add_noise(blank, np.random.default_rng(0), 6.0)):
         detections = DETECTOR.detect(image)
         assert set(detections) == set(SHAPES) and not any(detections.values())
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [(np.float32, (32, 32, 3)), (np.uint8, (32, 32)), (np.uint8, (32, 32, 4))])
+def test_an_image_not_uint8_hw3_is_refused_naming_what_it_got(dtype, shape) -> None:
+    """A float image in [0, 1] was read as almost black: no shape found, every reward 0, no error."""
+    with pytest.raises(ValueError, match=r"takes uint8 \(H, W, 3\) images; got .*" + re.escape(str(shape))):
+        DETECTOR.detect(np.zeros(shape, dtype=dtype))
 
 
 def test_pixels_are_labelled_by_palette_colour_background_or_unknown() -> None:

@@ -127,6 +127,8 @@ def test_scene_for_metadata_picks_varied_colours_when_none_is_asked() -> None:
         ({"class": "dog", "count": 1}, "not a shape"),
         ({"class": "circle", "count": 1, "color": "pink"}, "not one of"),
         ({"class": "circle", "count": 0}, "positive"),
+        ({"class": "circle", "count": True}, r"^metadata of 'p': include\[1\]: count must be a positive int, got True"),
+        ({"class": "circle", "count": 1, "position": ["left of", False]}, "index of an earlier include clause"),
         ({"class": "circle", "count": 1, "position": ["near", 0]}, "position"),
         ({"class": "circle", "count": 1, "position": "left of"}, r"position must be .* got 'left of'"),
         ({"class": "circle", "count": 1, "position": ["left of", 1]}, "index of an earlier include clause"),
