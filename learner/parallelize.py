@@ -27,7 +27,10 @@ def wrap(module: nn.Module, strategy: Literal["fsdp", "ddp"], blocks: Sequence[n
     DTensors). DDP: a wrapper whose forward is the module's. Needs an initialized process group."""
     if strategy == "fsdp":
         if not blocks:  # the root alone would gather every weight at once: no sharding's memory saving
-            raise ValueError("FSDP2 needs the model's repeated blocks, and the adapter's blocks() returned none")
+            raise ValueError(
+                f"FSDP2 needs the model's repeated blocks, and the adapter's blocks() found none in "
+                f"{type(module).__name__}; use ray.learner_strategy: ddp, or name its blocks in the adapter"
+            )
         quiet_view_output_warning()
         for block in blocks:
             fully_shard(block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -81,9 +82,13 @@ def test_a_concrete_dtype_is_kept_on_any_machine(native_bf16, name):
     assert ModelConfig(dtype=name).dtype == name
 
 
-def test_the_cpu_check_agrees_with_torch():
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert hardware.cpu_has_native_bfloat16() == expected
+def test_the_cpu_check_agrees_with_the_kernels_cpu_flags():
+    """Against an independent source: Linux's /proc/cpuinfo flags (avx512_bf16, amx_tile)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo (not Linux)")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split()}
+    assert hardware.cpu_has_native_bfloat16() == bool({"avx512_bf16", "amx_tile"} & flags)
 
 
 def test_the_loaded_config_and_its_dump_hold_the_resolved_dtype(tmp_path, native_bf16):

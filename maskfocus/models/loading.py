@@ -231,7 +231,24 @@ def load_text_encoder(folder: Path, hint: str, dtype: torch.dtype, override: str
     path = Path(override).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"model.text_encoder {override}: no such folder (a local CLIPTextModelWithProjection)")
-    return load_weights(load, path.parent, path.name, FOLDER_HINT, f"model.text_encoder: {what}", dtype=dtype)
+    kwargs = {"dtype": dtype, **whole_clip_text_config(path)}
+    return load_weights(load, path.parent, path.name, FOLDER_HINT, f"model.text_encoder: {what}", **kwargs)
+
+
+def whole_clip_text_config(path: Path) -> dict[str, Any]:
+    """For a whole CLIPModel folder (config.json `model_type: clip`), its text tower's config with the model's
+    `projection_dim`: transformers builds a CLIPTextModelWithProjection from `text_config` alone, whose own
+    projection_dim may be the library default (512), and then refused the checkpoint's text_projection as a size
+    mismatch. {} for any other folder (a CLIPTextModelWithProjection's config is its own)."""
+    from transformers import CLIPTextConfig
+
+    raw = read_config(path.parent, path.name)
+    if raw.get("model_type") != "clip" or not isinstance(raw.get("text_config"), dict):
+        return {}
+    text = dict(raw["text_config"])
+    if "projection_dim" in raw:
+        text["projection_dim"] = raw["projection_dim"]
+    return {"config": CLIPTextConfig(**text)}
 
 
 def vq_downscale(vq_config) -> int:

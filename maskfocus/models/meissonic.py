@@ -223,9 +223,15 @@ class MeissonicGenerator(VQTextGenerator):
         return self._to_logits(_output_tensor(output))
 
     def blocks(self) -> list[nn.Module]:
-        """The dual-stream then single-stream transformer blocks, for FSDP2's per-block `fully_shard`."""
+        """The dual-stream then single-stream transformer blocks, for FSDP2's per-block `fully_shard`; for a
+        UVit2D-style class in this folder format (shapes/positional_uvit.py), its down block, middle layers and up
+        block, as aMUSEd's (FSDP2 refused a Ray run of such a folder: no blocks)."""
+        model = self.transformer
         names = ("transformer_blocks", "single_transformer_blocks")
-        return [block for name in names for block in getattr(self.transformer, name, [])]
+        blocks = [block for name in names for block in getattr(model, name, [])]
+        if not blocks and all(hasattr(model, name) for name in ("down_block", "transformer_layers", "up_block")):
+            blocks = [model.down_block, *model.transformer_layers, model.up_block]
+        return blocks
 
 
 @torch.no_grad()
@@ -271,6 +277,8 @@ def _check_conditioning(folder: Path, config, text) -> None:
     pairs = (
         ("joint_attention_dim", "hidden_size"),
         ("pooled_projection_dim", "projection_dim"),
+        ("encoder_hidden_size", "hidden_size"),  # a UVit2D-style class in this format names them as aMUSEd does
+        ("cond_embed_dim", "projection_dim"),
     )
     for ours, theirs in pairs:
         expected, actual = getattr(config, ours, None), getattr(text, theirs)

@@ -142,6 +142,28 @@ def test_text_encoder_of_another_width_is_rejected(amused_copy, tmp_path):
         AmusedGenerator.from_folder(amused_copy, text_encoder=str(other))
 
 
+def test_a_whole_clipmodel_folder_serves_as_the_text_encoder_with_its_own_projection(amused_copy, tmp_path):
+    """README names a whole CLIPModel (laion/CLIP-ViT-H-14) for model.text_encoder: transformers built the text
+    tower from `text_config` alone, whose projection_dim (the library's 512 here) is not the model's, and refused
+    the checkpoint's text_projection as a size mismatch."""
+    from model_folders import TEXT_WIDTH, build_clip_tokenizer, build_text_encoder
+    from transformers import CLIPConfig, CLIPModel
+
+    text = build_text_encoder(build_clip_tokenizer()).config.to_dict()
+    text.pop("projection_dim")
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1}
+    vision.update(image_size=32, patch_size=16)
+    whole = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=TEXT_WIDTH))
+    whole.save_pretrained(str(tmp_path / "clip"))
+    assert json.loads((tmp_path / "clip" / "config.json").read_text())["text_config"]["projection_dim"] != TEXT_WIDTH
+    model = AmusedGenerator.from_folder(amused_copy, text_encoder=str(tmp_path / "clip"))
+    assert torch.equal(model.text_encoder.text_projection.weight, whole.text_projection.weight)
+    assert torch.equal(
+        model.text_encoder.text_model.embeddings.token_embedding.weight,
+        whole.text_model.embeddings.token_embedding.weight,
+    )
+
+
 def test_a_text_encoder_override_that_is_not_a_folder_is_named(amused_copy, tmp_path):
     with pytest.raises(ModelLoadError, match=r"^model.text_encoder .*missing: no such folder"):
         AmusedGenerator.from_folder(amused_copy, text_encoder=str(tmp_path / "missing"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from maskfocus.config import ConfigError, ModelConfig, config_from_dict
 from maskfocus.models import load_generator
@@ -13,7 +14,7 @@ from maskfocus.models.meissonic import MeissonicGenerator
 def test_amused_kind_loads_the_aMUSEd_adapter_with_overrides(amused_folder):
     model = load_generator(ModelConfig(path=str(amused_folder), resolution=32), device="cpu", dtype="bfloat16")
     assert isinstance(model, AmusedGenerator) and model.image_size == 32
-    assert next(model.transformer.parameters()).dtype.is_floating_point and model.transformer.dtype.itemsize == 2
+    assert next(model.transformer.parameters()).dtype == torch.bfloat16 and model.transformer.dtype == torch.bfloat16
     assert model.blocks() == [
         model.transformer.down_block,
         *model.transformer.transformer_layers,

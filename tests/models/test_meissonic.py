@@ -267,3 +267,22 @@ def test_train_names_an_untrusted_meissonic_folder_before_the_run_starts(meisson
         error = cli_error(capsys, "train", *settings, *check)
         assert "is a Meissonic folder: its transformer is Python code shipped with the checkpoint" in error
     assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("transformer_config", "named"),
+    [
+        ({"joint_attention_dim": 48, "pooled_projection_dim": 16}, "joint_attention_dim=48"),
+        ({"encoder_hidden_size": 32, "cond_embed_dim": 24}, "cond_embed_dim=24"),  # a UVit2D-style class's names
+    ],
+)
+def test_a_text_encoder_of_other_widths_is_refused_under_either_classs_names(transformer_config, named):
+    """A UVit2D-style class in this format (shapes/positional_uvit.py) names its text widths as aMUSEd does: the
+    check read only Meissonic's names, so it checked nothing for such a folder."""
+    from maskfocus.models.meissonic import _check_conditioning
+
+    text = SimpleNamespace(hidden_size=32, projection_dim=16)
+    with pytest.raises(ModelLoadError, match=rf"^folder: transformer {named} but the text encoder's .* is \d+;"):
+        _check_conditioning("folder", SimpleNamespace(**transformer_config), text)
+    _check_conditioning("folder", SimpleNamespace(joint_attention_dim=32, pooled_projection_dim=16), text)
+    _check_conditioning("folder", SimpleNamespace(encoder_hidden_size=32, cond_embed_dim=16), text)

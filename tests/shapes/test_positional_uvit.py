@@ -114,6 +114,9 @@ def test_written_folder_loads_back_with_the_same_weights_at_64_pixels(written_fo
     assert type(model.transformer).__name__ == "PositionalUVit2DModel"
     assert model.image_size == 64 and model.grid_size == (GRID_SIZE, GRID_SIZE)
     assert model.mask_token_id == CODEBOOK_SIZE
+    # FSDP2 shards these one by one: they were none (a Ray run's learner failed after its workers had started)
+    expected = [transformer.down_block, *transformer.transformer_layers, transformer.up_block]
+    assert [type(b).__name__ for b in model.blocks()] == [type(b).__name__ for b in expected] and len(expected) > 2
     loaded = model.transformer.state_dict()
     for name, value in transformer.state_dict().items():
         assert torch.equal(loaded[name], value), name
