@@ -3,7 +3,8 @@
 #   deploy/submit.sh [--address http://HEAD:8265] [--submission-id ID] [CONFIG] [extra `maskfocus train` args...]
 #   deploy/submit.sh [--address ...] --resume RUN_FOLDER [extra args...]   # continue a stopped run
 # --address and --submission-id are `ray job submit`'s wherever they stand; --config CONFIG and --resume RUN may
-# stand anywhere too; a bare CONFIG only first (after these options); without either, the default config
+# stand anywhere too; a bare CONFIG only first (after these options: a bare word no option takes is refused
+# before anything is submitted); without either, the default config
 # (configs/shapes_tiny.yaml). CONFIG is a path from where you run this, or from the repository root, and must lie
 # in the repository outside the folders the upload leaves out (deploy/runtime_env.yaml, .gitignore): the job reads
 # the upload.
@@ -40,6 +41,9 @@ REST=()  # every other argument, for `maskfocus train`, in order
 needs_value() {  # WHAT OPTION VALUE: the option is followed by a value that is not itself an option
   if [[ -z "$3" || "$3" == -* ]]; then echo "submit.sh: $2 needs $1" >&2; exit 2; fi
 }
+takes_value() {  # OPTION: a `maskfocus train` option that takes the word after it (--check alone takes none)
+  [[ "$1" == --* && "$1" != *=* && "$1" != --c* && "$1" != --help ]]
+}
 usage() {  # this file's header comment
   sed -n '2,/^set -euo pipefail/p' "$ROOT/deploy/submit.sh" | sed '$d' | sed 's/^# \{0,1\}//'
   echo "The training options: maskfocus train --help"
@@ -54,7 +58,14 @@ while (($#)); do
     --config) needs_value "a config file" "$1" "${2:-}"; RUN+=(--config "$2"); shift 2 ;;
     -*) REST+=("$1"); shift ;;
     *)  # a bare word first is CONFIG; any other is an option's value
-      if [[ ${#RUN[@]} -eq 0 && ${#REST[@]} -eq 0 ]]; then RUN=(--config "$1"); else REST+=("$1"); fi
+      if [[ ${#RUN[@]} -eq 0 && ${#REST[@]} -eq 0 ]]; then
+        RUN=(--config "$1")
+      elif ((${#REST[@]})) && takes_value "${REST[${#REST[@]}-1]}"; then
+        REST+=("$1")
+      else  # `maskfocus train` would refuse it on the cluster, after the upload; a config there was a silent default
+        echo "submit.sh: $1: a bare word that no option takes; give CONFIG first, or as --config $1" >&2
+        exit 2
+      fi
       shift ;;
   esac
 done

@@ -17,7 +17,9 @@ def detector_overrides(args: argparse.Namespace) -> dict:
 DETECTOR_OPTION_HELP = {
     "kind": "GenEval judge (default: the detector of the config's geneval reward, else shapes)",
     "path": "OWLv2 folder (transformers format) for --detector owlv2",
-    "clip_model": "open_clip folder of the colour classifier for --detector owlv2",
+    "clip_model": "colour classifier for --detector owlv2: an open_clip folder, or an architecture name (GenEval's: "
+    "ViT-L-14-quickgelu) with --color-clip-checkpoint",
+    "clip_checkpoint": "weights file of an architecture-name --color-clip",
     "url": "Flow-GRPO-compatible GenEval reward server for --detector http",
     "score_threshold": "detection confidence cut (GenEval: 0.3)",
     "counting_score_threshold": "the same for counting prompts (GenEval: 0.9)",

@@ -235,6 +235,16 @@ class ErrorOrigin:
         return self.options.get(key, f"--set {key}")
 
 
+CONTAINER_MESSAGES = {
+    "list_type": "expected a list, e.g. [a, b] (in YAML, or as a --set value)",
+    "tuple_type": "expected a list, e.g. [a, b] (in YAML, or as a --set value)",
+    "dict_type": "expected a mapping of KEY: VALUE, e.g. {key: value}",
+    "model_type": "expected a config section: a mapping of KEY: VALUE, e.g. {key: value}",
+}
+"""Pydantic's words for a wrong container ("a valid tuple", "a valid dictionary or instance of RewardSpec") name
+Python types and classes; these say what to write instead."""
+
+
 def format_validation_error(error: ValidationError, root: type[BaseModel], origin: ErrorOrigin) -> str:
     """One line per problem: where it was set, the field's dotted path, and what is wrong or allowed."""
     lines = [f"invalid config {origin.source}:"]
@@ -247,7 +257,7 @@ def format_validation_error(error: ValidationError, root: type[BaseModel], origi
         long_enough = isinstance(given, list | tuple) and len(given) >= item.get("ctx", {}).get("min_length", 1)
         if item["type"] == "too_short" and below and long_enough:
             continue  # "at least 1 item ... not 0": the items refused are named, and enough were given
-        message = item["msg"].removeprefix("Value error, ")
+        message = CONTAINER_MESSAGES.get(item["type"], item["msg"].removeprefix("Value error, "))
         if item["type"] == "extra_forbidden":
             message = unknown_key_message(root, loc)
         where = origin.where(loc, message)

@@ -142,6 +142,7 @@ DETECTOR_OPTIONS = {
     "kind": "--detector",
     "path": "--detector-path",
     "clip_model": "--color-clip",
+    "clip_checkpoint": "--color-clip-checkpoint",
     "url": "--server-url",
     "score_threshold": "--score-threshold",
     "counting_score_threshold": "--counting-score-threshold",

@@ -218,10 +218,29 @@ def test_every_option_of_the_detector_table_is_an_eval_option():
     from maskfocus.cli_eval_options import detector_overrides
     from maskfocus.config_rewards import DETECTOR_OPTIONS
 
-    values = {"kind": "owlv2", "path": "p", "clip_model": "c", "url": "u"}
+    values = {"kind": "owlv2", "path": "p", "clip_model": "c", "clip_checkpoint": "w.pt", "url": "u"}
     argv = [arg for key, option in DETECTOR_OPTIONS.items() for arg in (option, values.get(key, "0.5"))]
     overrides = detector_overrides(build_parser().parse_args(["eval", *argv]))
     assert overrides == {key: values.get(key, 0.5) for key in DETECTOR_OPTIONS}
+
+
+def test_eval_takes_the_readmes_colour_classifier_an_architecture_name_and_a_weights_file():
+    """README names GenEval's colour CLIP as `ViT-L-14-quickgelu` plus a weights file; eval had no option for the
+    file, and switching the detector on the command line drops the config's detector settings."""
+    from maskfocus.cli import build_parser
+    from maskfocus.cli_eval_options import detector_overrides
+    from maskfocus.config import default_run_config
+    from maskfocus.evaluation import eval_detector_config
+
+    argv = ["eval", "--detector", "owlv2", "--detector-path", "/m/owlv2", "--color-clip", "ViT-L-14-quickgelu"]
+    argv += ["--color-clip-checkpoint", "/m/vit_l14.bin", "--score-threshold", "0.3"]
+    argv += ["--counting-score-threshold", "0.9", "--nms-iou", "0.5"]
+    detector, field = eval_detector_config(default_run_config(), detector_overrides(build_parser().parse_args(argv)))
+    assert (detector.kind, detector.clip_model, detector.clip_checkpoint) == (
+        "owlv2",
+        "ViT-L-14-quickgelu",
+        "/m/vit_l14.bin",
+    )
 
 
 def test_an_option_takes_its_choices_or_type_from_the_config_field():

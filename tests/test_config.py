@@ -69,6 +69,21 @@ def test_overrides_index_lists_and_reject_bad_paths(tmp_path):
         assert "list to index" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("rollout.tags", "single_object", r"--set rollout.tags: expected a list, e.g. \[a, b\] .*'single_object'"),
+        ("rewards.0", "clip", r"--set rewards.0: expected a config section: a mapping of KEY: VALUE.* \(got 'clip'\)"),
+        ("rollout", 3, r"--set rollout: expected a config section: a mapping of KEY: VALUE.* \(got 3\)"),
+    ],
+)
+def test_a_value_where_a_list_or_section_belongs_says_what_to_write(dotted, value, message):
+    """Pydantic's words named Python types ("a valid tuple", "a valid dictionary or instance of RewardSpec")."""
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(ROOT / "configs" / "shapes_tiny.yaml", {dotted: value})
+    assert "valid tuple" not in str(error.value) and "instance of" not in str(error.value)
+
+
 def test_config_is_frozen():
     config = RunConfig()
     with pytest.raises(ValidationError):

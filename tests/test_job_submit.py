@@ -411,3 +411,25 @@ def test_submit_script_help_prints_its_usage_and_submits_nothing(tmp_path):
         assert "  deploy/submit.sh [--address http://HEAD:8265]" in helped.stdout
         assert not any(line.startswith("#") for line in helped.stdout.splitlines())
         assert helped.stdout.endswith("The training options: maskfocus train --help\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--check", "configs/meissonic_hps.yaml"],
+        ["--resume", "/shared/runs/job", "configs/shapes_tiny.yaml"],
+        ["configs/shapes_tiny.yaml", "--iterations", "5", "extra"],
+        ["--set=seed=3", "configs/shapes_tiny.yaml"],
+    ],
+)
+def test_submit_script_refuses_a_bare_word_no_option_takes_before_submitting(tmp_path, args):
+    """`submit.sh --check CONFIG` submitted the default config with CONFIG as a stray argument, which `maskfocus
+    train` refused on the cluster after the upload."""
+    refused = submit_command(tmp_path, *args, stub="echo submitted\n")
+    assert refused.returncode == 2 and "submitted" not in refused.stdout
+    assert f"submit.sh: {args[-1]}: a bare word that no option takes; give CONFIG first" in refused.stderr
+
+
+def test_submit_script_passes_the_values_of_train_options_abbreviated_or_not(tmp_path):
+    _, train = submitted_parts(tmp_path, "--check", "--name", "probe", "--iter", "5", "--set", "seed=1")
+    assert train.endswith("--address auto --check --name probe --iter 5 --set seed=1")
