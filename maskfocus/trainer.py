@@ -345,9 +345,34 @@ def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: P
     return save_checkpoint(run_dir, iteration, updater.module, updater.optimizer, state, config.train.keep_checkpoints)
 
 
+WRITING_MODEL = "while writing the final model"
+
+
 def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:
     """Final model folder, reward curve and (if enabled) the GenEval-style evaluation, in `eval.dtype`, of `model`
-    (the float32 master weights)."""
+    (the float32 master weights). The loops' stop handlers are gone by now: a stop (Ctrl-C, SIGTERM) or a failure
+    in any of it ends as RunStopped or RunFailed that say what the training left and the commands that finish the
+    run (a SIGTERM while the final model was written, or the judge loaded, ended the process without a word and
+    left its run lock; a failure there was a bare traceback)."""
+    stage = WRITING_MODEL
+    try:
+        with StopAtOnce():
+            summary = _final_model(config, run_dir, module)
+            if config.train.final_eval:
+                stage = "during the final evaluation"
+                summary["eval"] = _final_evaluation(config, run_dir, model)
+            return summary
+    except KeyboardInterrupt as stop:  # StopSignal, or a Ctrl-C off the main thread
+        signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
+        message = after_training_message(run_dir, f"stopped on {signal_name} {stage}", stage != WRITING_MODEL)
+        raise RunStopped(message, signal_name) from None
+    except Exception as error:
+        failed = f"the run failed {stage}: {type(error).__name__}: {error}"
+        message = after_training_message(run_dir, failed, stage != WRITING_MODEL)
+        raise RunFailed(message, append_error_log(run_dir, error)) from error
+
+
+def _final_model(config: RunConfig, run_dir: Path, module: torch.nn.Module) -> dict[str, Any]:
     replaced = Path(config.model.text_encoder).expanduser() if config.model.text_encoder else None
     save_model_folder(resolve_model_path(config.model.path), module, run_dir / "model", text_encoder_folder=replaced)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
@@ -357,31 +382,36 @@ def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module:
     if records:
         tail = [r["reward/mean"] for r in records[-10:] if r.get("reward/mean") is not None]
         summary["final_reward_mean_last10"] = float(np.mean(tail)) if tail else None
-    if config.train.final_eval:
-        rows = load_rows(config.eval.benchmark)
-        judge = build_eval_judge(config)  # as `maskfocus eval --config RUN/config.yaml` judges the run
-        eval_model = generator_in(config, model, config.eval.weights_dtype(config.model))
-        try:  # the loop's stop handler is gone: without these, Ctrl-C would end in a bare traceback, SIGTERM silently
-            with StopAtOnce():
-                eval_records, eval_summary, _ = run_evaluation(
-                    eval_model, rows, config.eval, config.sampler, judge=judge
-                )
-        except KeyboardInterrupt as stop:  # StopSignal, or a Ctrl-C off the main thread
-            signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
-            raise RunStopped(evaluation_stopped_message(run_dir, signal_name), signal_name) from None
-        write_results(eval_records, eval_summary, run_dir / "eval" / "results.jsonl", run_dir / "eval" / "summary.json")
-        summary["eval"] = eval_summary
     return summary
+
+
+def _final_evaluation(config: RunConfig, run_dir: Path, model: MaskedGenerator) -> dict[str, Any]:
+    rows = load_rows(config.eval.benchmark)
+    judge = build_eval_judge(config)  # as `maskfocus eval --config RUN/config.yaml` judges the run
+    eval_model = generator_in(config, model, config.eval.weights_dtype(config.model))
+    eval_records, eval_summary, _ = run_evaluation(eval_model, rows, config.eval, config.sampler, judge=judge)
+    write_results(eval_records, eval_summary, run_dir / "eval" / "results.jsonl", run_dir / "eval" / "summary.json")
+    return eval_summary
 
 
 def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
     """What a stop during the final evaluation leaves: the trained model, and the commands that evaluate it."""
+    return after_training_message(run_dir, f"stopped on {signal_name} during the final evaluation")
+
+
+def after_training_message(run_dir: Path, what: str, model_written: bool = True) -> str:
+    """`what` happened after the last iteration: the training is checkpointed, the final model saved once
+    `model_written` (a model/ folder of an earlier finish is not this one's), and these commands finish the run."""
     checkpoint = latest_checkpoint(run_dir)
-    last = f", last checkpoint: {checkpoint.name}" if checkpoint is not None else ""
+    last = f"last checkpoint: {checkpoint.name}" if checkpoint is not None else "no checkpoint"
+    if not model_written:
+        return (
+            f"{what}; the training finished and is checkpointed ({last}); `{resume_command(run_dir)}` writes the "
+            "final model and its evaluation"
+        )
     return (
-        f"stopped on {signal_name} during the final evaluation; the training finished and is saved (model: "
-        f"{run_dir / 'model'}{last}); evaluate it with `{evaluate_command(run_dir)}`, or redo the run's final "
-        f"evaluation with `{resume_command(run_dir)}`"
+        f"{what}; the training finished and is saved (model: {run_dir / 'model'}, {last}); evaluate it with "
+        f"`{evaluate_command(run_dir)}`, or redo the run's final evaluation with `{resume_command(run_dir)}`"
     )
 
 

@@ -198,6 +198,52 @@ def test_a_stop_during_the_final_evaluation_says_the_training_is_saved_and_how_t
     assert not (run / "run.lock").exists()
 
 
+@pytest.mark.parametrize(
+    ("step", "effect", "exit_code"),
+    [("save_model_folder", "SIGTERM", 143), ("build_eval_judge", "SIGTERM", 143), ("build_eval_judge", "error", 1)],
+)
+def test_a_stop_or_failure_after_the_last_iteration_says_what_is_saved_and_how_to_finish(
+    tmp_path, monkeypatch, capsys, step, effect, exit_code
+):
+    """Only the evaluation itself had a stop handler: a SIGTERM while the final model was written or the judge
+    loaded ended the process without a word, its run lock left behind; a failure there was a bare traceback."""
+    import os
+    import signal
+
+    import maskfocus.trainer as trainer
+    from maskfocus.cli import main
+    from maskfocus.models import load_generator
+    from maskfocus.run_io import save_checkpoint
+
+    def interrupted(*args, **kwargs):
+        if effect == "error":
+            raise RuntimeError("CUDA out of memory")
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the run")
+
+    def trained(config, run_dir, resume=False):  # the iterations are done: the last checkpoint, then finish_run
+        model = load_generator(config.model, dtype="float32")
+        save_checkpoint(run_dir, config.train.num_iterations - 1, model.trainable_module(), None, {})
+        return trainer.finish_run(config, run_dir, model, model.trainable_module())
+
+    monkeypatch.setattr(trainer, step, interrupted)
+    monkeypatch.setattr(trainer, "train_local", trained)
+    out = ["--set", f"train.out_dir={tmp_path}", "--set", "train.final_eval=true", "--iterations", "2"]
+    status = main(["train", "--executor", "local", "--name", "run", *out])
+    run, error = tmp_path / "run", capsys.readouterr().err
+    assert status == exit_code and not (run / "run.lock").exists()
+    resume = f"`maskfocus train --resume {run}`"
+    if step == "save_model_folder":
+        assert "stopped on SIGTERM while writing the final model; the training finished and is checkpointed " in error
+        assert f"(last checkpoint: iter_000001); {resume} writes the final model and its evaluation" in error
+        return
+    happened = "stopped on SIGTERM" if effect == "SIGTERM" else "the run failed"
+    assert f"{happened} during the final evaluation" in error and (run / "model" / "transformer").is_dir()
+    assert f"evaluate it with `maskfocus eval --config {run / 'config.yaml'}" in error and resume in error
+    if effect == "error":
+        assert "RuntimeError: CUDA out of memory" in error and "CUDA out of memory" in (run / "error.log").read_text()
+
+
 def test_the_final_evaluation_judges_as_maskfocus_eval_of_the_runs_config_does(tmp_path, monkeypatch):
     """It used a bare shapes detector at GenEval's thresholds, recorded as judge "detector": `maskfocus compare`
     then set it apart from a `maskfocus eval` summary of the same settings (judge "shapes"), and a run whose
