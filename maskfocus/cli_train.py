@@ -96,7 +96,7 @@ def resumed_folder(
     config_file = check_run_config_file(run_dir)
     config = load_config(config_file, overrides)
     check_before_writing(config, args.address)
-    start = check_resumable(run_dir)
+    start = check_resumable(run_dir, config.model.path)
     check_resume_settings(config_file, config, start.iteration)
     if args.check:
         if (held := run_lock.held_note(run_dir)) is not None:  # the resume itself would be refused

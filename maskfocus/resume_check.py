@@ -37,9 +37,10 @@ def check_run_config_file(run_dir: Path) -> Path:
     return path
 
 
-def check_resumable(run_dir: Path) -> RunState:
+def check_resumable(run_dir: Path, model_path: str) -> RunState:
     """The folder can be written, its metrics.jsonl reads record by record, and its latest checkpoint has a whole
-    state.json, a readable weights header and an optimizer archive. Returns the state the resume starts from."""
+    state.json, a readable weights header that fits the model at `model_path` (the resume's model.path) and an
+    optimizer archive. Returns the state the resume starts from."""
     check_output_folder("--resume", run_dir)
     metrics = run_dir / "metrics.jsonl"
     logged = len(read_metrics(metrics)) if metrics.is_file() else 0
@@ -52,6 +53,7 @@ def check_resumable(run_dir: Path) -> RunState:
             )
         return start
     check_checkpoint_files(Path(start.checkpoint))
+    check_checkpoint_fits(Path(start.checkpoint), model_path)
     return start
 
 
@@ -69,6 +71,42 @@ def check_checkpoint_files(checkpoint: Path) -> None:
         raise damaged_checkpoint(checkpoint, f"{weights.name}: {error}") from None
     if not zipfile.is_zipfile(optimizer):
         raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")
+
+
+def check_checkpoint_fits(checkpoint: Path, model_path: str) -> None:
+    """The checkpoint's weights have names and shapes of the transformer at `model_path`, as both files' headers
+    say: a checkpoint of another model (a `--set model.path` to the wrong folder) passed, and the resume failed at
+    its first load, after config.yaml was rewritten and model/ set aside. Names the base lacks, or shapes that
+    differ, are refused; nothing is said where the base keeps its weights as pickles (.bin) only."""
+    from maskfocus.models.loading import resolve_model_path
+
+    base = weight_shapes(sorted((resolve_model_path(model_path) / "transformer").glob("*.safetensors")))
+    if not base:
+        return
+    saved = weight_shapes([checkpoint / "transformer.safetensors"])
+    problems = [f"{name} is not in the model" for name in sorted(set(saved) - set(base))]
+    problems += [
+        f"{name} has shape {list(saved[name])}, the model's {list(base[name])}"
+        for name in sorted(set(saved) & set(base))
+        if saved[name] != base[name]
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ConfigError(
+            f"checkpoint {checkpoint} does not fit model.path {model_path} ({shown}); resume with the model.path "
+            "the run trained (its config.yaml, or config.before_resume_*.yaml after a resume that changed it)"
+        )
+
+
+def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in safetensors `files`, from their headers only."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as weights:
+            shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})  # noqa: SIM118
+    return shapes
 
 
 LEARNING_KEYS = ("seed", "rollout.", "router.", "selection.", "grpo.", "optim.", "rewards")

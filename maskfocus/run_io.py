@@ -286,8 +286,16 @@ def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
 
 
 def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, Any]:
-    """Load the transformer weights into `module`; returns the run state."""
-    module.load_state_dict(load_file(str(checkpoint / "transformer.safetensors")))
+    """Load the transformer weights into `module`; returns the run state. Weights of another model are an error
+    naming the checkpoint (torch's names only the module's class)."""
+    try:
+        module.load_state_dict(load_file(str(checkpoint / "transformer.safetensors")))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ConfigError(
+            f"checkpoint {checkpoint} does not fit the model this run loads ({' '.join(first[:3])[:400]}); resume "
+            "with the model.path the run trained (its config.yaml, or config.before_resume_*.yaml)"
+        ) from None
     return json.loads((checkpoint / "state.json").read_text())
 
 

@@ -223,3 +223,14 @@ def rewrite_metrics(folder: Path, change) -> None:
     metrics = folder / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     metrics.write_text("".join(json.dumps({**record, **change(record)}) + "\n" for record in records))
+
+
+def save_base_checkpoint(run: Path, iteration: int, state: dict) -> Path:
+    """A checkpoint of the built-in model's untrained transformer (what the default config trains) with a fresh
+    optimizer: one `--resume` accepts as fitting the run's model (a Linear stand-in is refused)."""
+    from maskfocus.config import ModelConfig
+    from maskfocus.models import load_generator
+    from maskfocus.run_io import save_checkpoint
+
+    module = load_generator(ModelConfig(), dtype="float32").trainable_module()
+    return save_checkpoint(run, iteration, module, torch.optim.AdamW(module.parameters()), state)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import cli_error
+from support import cli_error, save_base_checkpoint
 
 
 def test_a_resolution_the_vq_cannot_tile_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
@@ -95,16 +95,12 @@ def test_train_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 
 
 def test_train_check_of_a_resume_names_the_iteration_and_changes_nothing(tmp_path, capsys):
-    import torch
 
     from maskfocus.cli import main
     from maskfocus.config import default_run_config, dump_config
-    from maskfocus.run_io import save_checkpoint
 
     run = tmp_path / "run"
-    module = torch.nn.Linear(2, 2)
-    state = {"prompt_cursor": 200, "policy_version": 50, "num_updates": 150}
-    save_checkpoint(run, 49, module, torch.optim.AdamW(module.parameters()), state)
+    save_base_checkpoint(run, 49, {"prompt_cursor": 200, "policy_version": 50, "num_updates": 150})
     dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
     before = sorted((path.relative_to(run), path.stat().st_mtime_ns) for path in run.rglob("*"))
     assert main(["train", "--resume", str(run), "--check", "--iterations", "300"]) == 0
@@ -337,17 +333,13 @@ def test_train_says_when_its_gain_compares_unlike_evaluations(tmp_path):
 def test_a_resume_says_what_is_left_and_a_finished_run_what_the_resume_does_instead(tmp_path, capsys, monkeypatch):
     """A finished run resumed printed "nothing left to learn", then the compile notice for a first iteration that
     never came; one iteration left was "iterations 3-3" (new-user walkthrough)."""
-    import torch
 
     import maskfocus.trainer
     from maskfocus.cli import main
     from maskfocus.config import default_run_config, dump_config
-    from maskfocus.run_io import save_checkpoint
 
     run = tmp_path / "run"
-    module = torch.nn.Linear(2, 2)
-    state = {"prompt_cursor": 16, "policy_version": 4, "num_updates": 12}
-    save_checkpoint(run, 3, module, torch.optim.AdamW(module.parameters()), state)
+    save_base_checkpoint(run, 3, {"prompt_cursor": 16, "policy_version": 4, "num_updates": 12})
     dump_config(default_run_config({"train.executor": "local", "train.num_iterations": 4}), run / "config.yaml")
     monkeypatch.setattr(maskfocus.trainer, "train_local", lambda config, run_dir, resume: {})
     said = {}

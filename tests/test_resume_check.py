@@ -11,8 +11,17 @@ import yaml
 from support import cli_error
 
 
+@pytest.fixture(scope="module")
+def base_transformer():
+    """The built-in model's transformer, which the default config trains."""
+    from maskfocus.config import ModelConfig
+    from maskfocus.models import load_generator
+
+    return load_generator(ModelConfig(), dtype="float32").trainable_module()
+
+
 @pytest.fixture
-def run(tmp_path):
+def run(tmp_path, base_transformer):
     """A run folder as a stopped in-process run leaves it: config, two logged iterations, a checkpoint of the
     second, the saved model (a stand-in folder)."""
     from maskfocus.config import default_run_config, dump_config
@@ -22,7 +31,7 @@ def run(tmp_path):
     run.mkdir()
     dump_config(default_run_config({"train.executor": "local"}), run / "config.yaml")
     (run / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward/mean": 0.5}) + "\n" for i in (0, 1)))
-    module = torch.nn.Linear(2, 2)
+    module = base_transformer
     optimizer = torch.optim.AdamW(module.parameters())
     state = {"prompt_cursor": 8, "policy_version": 2, "num_updates": 6}
     save_checkpoint(run, 1, module, optimizer, state)
@@ -87,6 +96,38 @@ def test_a_damaged_state_file_is_named(run, capsys, text, message):
     checkpoint = run / "checkpoints" / "iter_000001"
     (checkpoint / "state.json").write_text(text)
     assert f"checkpoint {checkpoint} is damaged ({message}" in refused(capsys, run)
+
+
+@pytest.mark.parametrize("other", ["linear", "wider"])
+def test_a_checkpoint_of_another_model_is_refused_before_the_folder_changes(run, capsys, other):
+    """A Linear(2, 2) checkpoint passed as intact (its header reads): the resume then failed at its first load, with
+    torch's error naming no file, after it had rewritten config.yaml and set model/ aside."""
+    from safetensors.torch import load_file, save_file
+
+    weights = run / "checkpoints" / "iter_000001" / "transformer.safetensors"
+    if other == "linear":
+        save_file(torch.nn.Linear(2, 2).state_dict(), str(weights))
+        expected = "(bias is not in the model; weight is not in the model)"
+    else:
+        tensors = load_file(str(weights))
+        name = sorted(tensors)[0]
+        tensors[name] = torch.zeros(*tensors[name].shape[:-1], tensors[name].shape[-1] + 1)
+        save_file(tensors, str(weights))
+        expected = f"({name} has shape "
+    error = refused(capsys, run)
+    assert f"checkpoint {weights.parent} does not fit model.path builtin:shapes-tiny {expected}" in error
+    assert "resume with the model.path the run trained" in error
+
+
+def test_loading_a_checkpoint_into_another_model_names_the_checkpoint(run):
+    """Where the model.path check cannot see it (a base with .bin weights only), the load itself says which
+    checkpoint did not fit, not only torch's class name."""
+    from maskfocus.config import ConfigError
+    from maskfocus.run_io import load_checkpoint_weights
+
+    checkpoint = run / "checkpoints" / "iter_000001"
+    with pytest.raises(ConfigError, match=rf"^checkpoint {checkpoint} does not fit the model this run loads \(Error"):
+        load_checkpoint_weights(checkpoint, torch.nn.Linear(2, 2))
 
 
 def test_a_missing_optimizer_state_is_named(run, capsys):
