@@ -103,6 +103,10 @@ def rewind_metrics(path: Path, start_iteration: int) -> int:
     moved = [json.dumps(record) for record in records if record.get("iteration", -1) >= start_iteration]
     moved += [torn] if torn is not None else []
     if not moved:
+        text = path.read_text()
+        if text and not text.endswith("\n"):  # a whole last record whose newline a crash cut: the next would join it
+            with path.open("a") as log:
+                log.write("\n")
         return 0
     with path.with_name(path.stem + ".superseded.jsonl").open("a") as superseded:
         superseded.write("".join(line + "\n" for line in moved))

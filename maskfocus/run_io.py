@@ -125,7 +125,7 @@ def record_resumed_config(run_dir: Path, config: RunConfig) -> tuple[list[str], 
     if not changes:
         return [], None
     kept = unused_path(run_dir, f"config.before_resume_{tag}", ".yaml")
-    (run_dir / "config.yaml").replace(kept)
+    shutil.copy2(run_dir / "config.yaml", kept)  # a copy, then an atomic rewrite: config.yaml is never missing
     dump_config(config, run_dir / "config.yaml")
     print(f"the resume changes {'; '.join(changes)} (config.yaml updated; the previous one is {kept.name})")
     before_config = _config_or_none(kept)
@@ -235,9 +235,10 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int | None = None,
 ) -> Path:
-    """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON); then all but
-    the newest `keep` checkpoints are deleted (train.keep_checkpoints; None keeps every one). Weights gone
-    non-finite (a diverging loss) delete none: the older, finite checkpoints are the ones a restart needs."""
+    """checkpoints/iter_XXXXXX/: transformer weights (safetensors), optimizer state, run state (JSON); then the
+    `.partial` folders of writes cut short go, and all but the newest `keep` checkpoints (train.keep_checkpoints;
+    None keeps every one). Weights gone non-finite (a diverging loss) delete none: the older, finite checkpoints are
+    the ones a restart needs."""
     target = folder / "checkpoints" / f"iter_{iteration:06d}"
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -251,6 +252,8 @@ def save_checkpoint(
         shutil.rmtree(target)
     partial.rename(target)  # a checkpoint folder exists only once it is complete
     fsync_path(target.parent)  # the rename too is on disk before the older checkpoints go
+    for cut_short in target.parent.glob("iter_*.partial"):  # writes a stop or crash cut (the run lock: no other)
+        shutil.rmtree(cut_short, ignore_errors=True)  # a Meissonic one holds up to ~12 GB that nothing would read
     if all_finite(weights):
         prune_checkpoints(folder, keep)
     return target

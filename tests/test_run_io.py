@@ -102,6 +102,17 @@ def test_a_fresh_start_moves_everything_and_a_log_appends_after_the_rewind(tmp_p
     assert len((tmp_path / "metrics.superseded.jsonl").read_text().splitlines()) == 4
 
 
+def test_a_whole_last_record_without_its_newline_is_not_joined_by_the_next(tmp_path):
+    """A crash between a record and its newline: the next record was appended onto it, and both then read as one
+    line cut short (dropped)."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 0}\n{"iteration": 1}')
+    log = MetricsLog(path, start_iteration=2)
+    log.write({"iteration": 2})
+    log.close()
+    assert read_metrics(path) == [{"iteration": 0}, {"iteration": 1}, {"iteration": 2}]
+
+
 def test_a_resume_carries_the_running_counts_of_the_last_kept_record_on(tmp_path):
     path, keys = tmp_path / "metrics.jsonl", ("sync/dropped_stale", "sync/redone")
     records = [{"iteration": i, "sync/dropped_stale": i, "sync/redone": 2 * i} for i in range(5)]
@@ -298,10 +309,10 @@ def test_train_keep_checkpoints_deletes_the_oldest_only_once_a_new_one_is_comple
     module = torch.nn.Linear(2, 2)
     for iteration in (9, 19):
         save_checkpoint(tmp_path, iteration, module, None, {}, keep=None)  # keep every one (the default)
-    (tmp_path / "checkpoints" / "iter_000029.partial").mkdir()  # a write cut short: not a checkpoint
+    (tmp_path / "checkpoints" / "iter_000029.partial").mkdir()  # a write cut short: not a checkpoint, and it goes
     save_checkpoint(tmp_path, 39, module, None, {}, keep=2)
     names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
-    assert names == ["iter_000019", "iter_000029.partial", "iter_000039"]
+    assert names == ["iter_000019", "iter_000039"]
     assert resume_hint(tmp_path).startswith("resume from iter_000039")
     assert prune_checkpoints(tmp_path, None) == [] and prune_checkpoints(tmp_path, 1) == [
         tmp_path / "checkpoints" / "iter_000019"
