@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from maskfocus.config_base import ConfigError
+from maskfocus.stopping import SignalsHeld
 
 
 def image_suffixes() -> list[str]:
@@ -162,11 +163,12 @@ def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Call
         if leftover.exists():
             shutil.rmtree(leftover)
     write(partial)
-    if target.exists():
-        target.rename(old)
-    partial.rename(target)
-    if on_swapped is not None:
-        on_swapped()
+    with SignalsHeld():  # a stop between the renames and `on_swapped` left new weights beside the old record
+        if target.exists():
+            target.rename(old)
+        partial.rename(target)
+        if on_swapped is not None:
+            on_swapped()
     if old.exists():
         shutil.rmtree(old)
 

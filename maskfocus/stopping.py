@@ -119,6 +119,25 @@ class StopAtOnce(_StopSignalHandler):
         raise StopSignal(signal.Signals(signum).name)
 
 
+class SignalsHeld(_StopSignalHandler):
+    """While entered (main thread only), SIGINT and SIGTERM wait; on leaving, the first that came goes to the handler
+    that was there before (raised again), so a stop lands before or after the guarded steps, never between them (a
+    part swapped in, its report not yet written)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: int | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.held is None:
+            self.held = signum
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        if self.held is not None:
+            signal.raise_signal(self.held)
+
+
 @contextlib.contextmanager
 def stop_named(doing: str, hint: Callable[[], str]) -> Iterator[None]:
     """While entered (under StopAtOnce), SIGINT or SIGTERM ends the work as RunStopped: "stopped on SIGTERM while

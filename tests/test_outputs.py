@@ -194,3 +194,39 @@ def test_a_stale_old_folder_beside_the_new_one_is_not_put_back(tmp_path):
     assert (tmp_path / "vqvae" / "weights").read_text() == "new"
     replace_folder(tmp_path / "vqvae", lambda folder: (folder.mkdir(), (folder / "weights").write_text("newer")))
     assert (tmp_path / "vqvae" / "weights").read_text() == "newer" and not (tmp_path / ".vqvae.old").exists()
+
+
+@pytest.mark.parametrize("at", ["rename", "on_swapped"])
+def test_a_stop_during_the_swap_lands_after_its_record(tmp_path, at):
+    """A SIGTERM between `partial -> target` and `on_swapped` left the new folder beside the old record (a
+    pretraining's report and card then credited new weights to old settings). It waits and lands once the record is
+    written, as the handler in place before would have had it."""
+    import os
+    import signal
+
+    import maskfocus.outputs as outputs
+    from maskfocus.stopping import StopAtOnce, StopSignal
+
+    (tmp_path / "vqvae").mkdir()
+    recorded = []
+
+    def on_swapped():
+        if at == "on_swapped":
+            os.kill(os.getpid(), signal.SIGTERM)
+        recorded.append((tmp_path / "vqvae" / "weights").read_text())
+
+    real_rename = outputs.Path.rename
+
+    def rename(self, target):
+        result = real_rename(self, target)
+        if at == "rename" and self.name == ".vqvae.partial":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    write = lambda folder: (folder.mkdir(), (folder / "weights").write_text("new"))  # noqa: E731
+    with StopAtOnce(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(outputs.Path, "rename", rename)
+        with pytest.raises(StopSignal, match="SIGTERM"):
+            outputs.replace_folder(tmp_path / "vqvae", write, on_swapped)
+    assert recorded == ["new"]  # the record came before the stop
+    assert signal.getsignal(signal.SIGTERM) is not None and (tmp_path / "vqvae" / "weights").read_text() == "new"

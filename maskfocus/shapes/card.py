@@ -90,8 +90,12 @@ NOT_RECORDED = "not recorded: these weights were trained elsewhere and copied in
 
 def _rows_words(report: dict[str, Any]) -> str:
     """Which prompt rows were measured: all, or (a smoke test's `measure_rows`) only the first N, said plainly."""
+    from maskfocus.shapes.evalset import load_eval_set
+
     rows = _measured(report, "measure_rows")
-    return "every prompt row" if rows is None else f"only the first {rows} prompt rows (a partial measurement)"
+    if rows is None or rows >= len(load_eval_set()):  # rows[:n] past the end measures every row
+        return "every prompt row"
+    return f"only the first {rows} prompt rows (a partial measurement)"
 
 
 def _measured(report: dict[str, Any], key: str) -> Any:

@@ -7,7 +7,9 @@ below a diamond" holds exactly when "a diamond above a circle" does) and color_a
 so 12 of the 20 held-out position prompts and 78 of the 100 held-out color_attr prompts have an equivalent
 training prompt. Scores on those tags measure the trained behaviour, not generalisation to unseen prompts (on the
 shipped base RL lifts position from 0.07 to about 0.2, mostly by drawing both objects, and color_attr not at
-all: benchmarks/RESULTS.md).
+all: benchmarks/RESULTS.md). The hold-out is RL's only: the pretraining captions come from the same templates, and
+the generator's and the tiny CLIP's pretraining corpora hold every held-out prompt text, with matching images
+(MODEL_CARD.md).
 
 The other tags' whole prompt space is smaller than 100, so every prompt of the tag is repeated evenly: single_object
 4 x 25 = 100, two_object 12 x 8 = 96, counting 12 x 8 = 96, colors 24 x 4 = 96 (588 rows in all).

@@ -46,8 +46,8 @@ STALE_CARD = "MODEL_CARD.stale.md"
 class PretrainConfig(Section):
     """Every setting of `maskfocus pretrain`."""
 
-    seed: int = Field(0, ge=0)
-    """Seed of every stage."""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    """Seed of every stage (torch takes at most 2**63 - 1)."""
     vq: VQPretrainConfig = VQPretrainConfig()
     generator: GeneratorPretrainConfig = GeneratorPretrainConfig()
     clip: ClipPretrainConfig = ClipPretrainConfig()
@@ -119,8 +119,10 @@ def run_pretraining(
 
 def restore_swapped_parts(out: Path) -> None:
     """A pretraining killed between the two renames of a part's swap left the old part only as `.NAME.old`: put it
-    back (under the folder's lock) before the checks look for the part."""
-    parts = [out / name for name in ("shapes-tiny", "shapes-clip") if (out / f".{name}.old").exists()]
+    back (under the folder's lock) before the checks look for the part. The VQ alone is swapped (as
+    shapes-tiny/.vqvae.old) where no generator is there yet."""
+    parts = [out / "shapes-tiny", out / "shapes-clip", out / "shapes-tiny" / "vqvae"]
+    parts = [part for part in parts if part.with_name(f".{part.name}.old").exists()]
     if not parts:
         return
     with run_lock.held(out):

@@ -362,3 +362,22 @@ def test_a_frozen_text_encoder_stays_as_given_while_the_transformer_trains():
     assert any(not torch.equal(v, before[k]) for k, v in transformer.state_dict().items())
     assert all(torch.equal(v, text_before[k]) for k, v in text_encoder.state_dict().items())
     assert not any(p.requires_grad for p in text_encoder.parameters())
+
+
+def test_a_seed_torch_cannot_take_is_refused_by_the_config():
+    """2**64 passed and ended in torch.manual_seed's bare `Overflow when unpacking long long`."""
+    from pydantic import ValidationError
+
+    PretrainConfig(seed=2**63 - 1)
+    with pytest.raises(ValidationError, match="less than or equal to 9223372036854775807"):
+        PretrainConfig(seed=2**64)
+
+
+@pytest.mark.parametrize(
+    ("rows", "words"), [(None, "every prompt row"), (588, "every prompt row"), (2, "only the first 2")]
+)
+def test_the_card_calls_a_measurement_partial_only_when_it_left_rows_out(rows, words):
+    """`measure_rows` at or past the eval set's 588 rows measures every row: the card called it partial."""
+    from maskfocus.shapes.card import _rows_words
+
+    assert _rows_words({"measured_config": {"measure_rows": rows}}).startswith(words)

@@ -137,6 +137,22 @@ def test_a_second_pretraining_into_an_out_in_use_is_refused_and_the_lock_goes_at
     assert (out / "shapes-tiny" / "vqvae").is_dir() and not (out / run_lock.LOCK_FILE).exists()
 
 
+def test_the_vq_alone_left_aside_by_a_killed_swap_is_put_back_too(tmp_path, capsys):
+    """The VQ is swapped alone (as shapes-tiny/.vqvae.old) into a folder without a generator: only whole parts were
+    put back, and the next `--stages generator` said to retrain the VQ."""
+    import shutil
+
+    from maskfocus.models.amused import builtin_folder
+    from maskfocus.shapes.pretrain import restore_swapped_parts
+
+    (tmp_path / "shapes-tiny").mkdir()
+    shutil.copytree(builtin_folder() / "vqvae", tmp_path / "shapes-tiny" / ".vqvae.old")
+    restore_swapped_parts(tmp_path)
+    assert f"put back {tmp_path / 'shapes-tiny' / 'vqvae'} from .vqvae.old" in capsys.readouterr().out
+    assert (tmp_path / "shapes-tiny" / "vqvae" / "config.json").is_file()
+    assert not (tmp_path / "shapes-tiny" / ".vqvae.old").exists()
+
+
 def test_measure_puts_back_a_part_a_killed_swap_left_aside_and_cards_weights_trained_elsewhere(tmp_path, capsys):
     """Model folders copied in (no report: `--stages measure` crashed on the card's missing commands), one of them
     left as .shapes-tiny.old by a pretraining killed between the two renames of its swap (the checks then said to
