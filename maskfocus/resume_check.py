@@ -4,6 +4,7 @@ message naming the file and what to do, not a traceback after the folder was cha
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,21 @@ def check_checkpoint_files(checkpoint: Path) -> None:
         raise damaged_checkpoint(checkpoint, f"{weights.name}: {error}") from None
     if not zipfile.is_zipfile(optimizer):
         raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")
+
+
+def seed_note(checkpoint: str | None, seed: int) -> str | None:
+    """A word when the checkpoint was learned under another `seed` than the resume's: the prompt stream and every
+    iteration's draws change from there (a `--set seed` is listed with the resume's changes; a hand edit of
+    config.yaml was not said anywhere)."""
+    if checkpoint is None:
+        return None
+    learned_with = json.loads((Path(checkpoint) / "state.json").read_text()).get("seed")
+    if learned_with is None or learned_with == seed:
+        return None
+    return (
+        f"note: {Path(checkpoint).name} was learned with seed {learned_with}; the iterations after it draw their "
+        f"prompts and samples with seed {seed}"
+    )
 
 
 def check_checkpoint_fits(checkpoint: Path, model_path: str) -> None:

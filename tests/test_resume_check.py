@@ -58,7 +58,22 @@ def test_an_intact_run_passes_the_check(run, capsys):
     from maskfocus.cli import main
 
     assert main(["train", "--resume", str(run), "--iterations", "3", "--check"]) == 0
-    assert f"run folder: {run} (resumes at iteration 2; unchanged)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"run folder: {run} (resumes at iteration 2; unchanged)" in out and "was learned with seed" not in out
+
+
+def test_a_resume_under_another_seed_than_the_checkpoints_says_so(run, capsys):
+    """state.json records the seed, which nothing compared: a config.yaml edited by hand changed the prompt stream
+    and every iteration's draws without a word."""
+    from maskfocus.cli import main
+
+    state_file = run / "checkpoints" / "iter_000001" / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "seed": 7}))
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--check"]) == 0
+    note = (
+        "note: iter_000001 was learned with seed 7; the iterations after it draw their prompts and samples with seed 0"
+    )
+    assert note in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
