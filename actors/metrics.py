@@ -44,7 +44,11 @@ METRICS: dict[str, MetricSpec] = {
     "maskfocus_reward_mean": MetricSpec(
         Gauge, "Mean reward of a reward worker's last scored batch.", tag_keys=PER_WORKER
     ),
-    "maskfocus_queue_depth": MetricSpec(Gauge, "TrainBatches waiting in the queue for the learner."),
+    "maskfocus_queue_depth": MetricSpec(
+        Gauge,
+        "Items waiting in the queue for the learner: TrainBatches (and, briefly, the word to keep waiting that a "
+        "worker failure sends).",
+    ),
     "maskfocus_policy_version": MetricSpec(Gauge, "Policy version of the learner's newest weights."),
     "maskfocus_staleness": MetricSpec(Histogram, "Policy versions a batch lags the learner.", VERSIONS),
     "maskfocus_dropped_stale": MetricSpec(

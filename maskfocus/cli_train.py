@@ -82,7 +82,13 @@ def resumed_folder(
     args: argparse.Namespace, overrides: dict, lock: contextlib.ExitStack
 ) -> tuple[RunConfig, Path] | int:
     """The config and folder of `--resume RUN`, checked, locked and its config.yaml updated; or `--check`'s status."""
-    from maskfocus.resume_check import check_resumable, check_resume_settings, check_run_config_file, seed_note
+    from maskfocus.resume_check import (
+        check_resumable,
+        check_resume_settings,
+        check_run_config_file,
+        saved_settings,
+        seed_note,
+    )
     from maskfocus.run_io import record_resumed_config
 
     check_job_path(args.resume, "--resume")
@@ -98,7 +104,7 @@ def resumed_folder(
     check_before_writing(config, args.address)
     start = check_resumable(run_dir, config.model.path)
     check_resume_settings(config_file, config, start.iteration)
-    if note := seed_note(start.checkpoint, config.seed):
+    if note := seed_note(start.checkpoint, config.seed, saved_settings(config_file).get("seed")):
         print(note)
     if args.check:
         if (held := run_lock.held_note(run_dir)) is not None:  # the resume itself would be refused

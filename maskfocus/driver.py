@@ -230,9 +230,10 @@ class RayRun:
             self.observe_queue()
 
     def keep_learner_waiting(self) -> None:
-        """A worker failed, or is back: the learner starts its wait for the delayed batch again. A full queue
-        needs no word (the learner has batches to take)."""
-        with contextlib.suppress(queue_lib.Full):
+        """A worker failed, or is back: the learner starts its wait for the delayed batch again. Best effort: a
+        full queue needs no word (the learner has batches to take), and a queue actor that cannot take it fails the
+        run at the next batch's put, not here, in the middle of handling the worker's own failure."""
+        with contextlib.suppress(Exception):
             put_now(self.batches, KEEP_WAITING, self.config.ray.timeout_s)
 
     def observe_queue(self) -> None:

@@ -100,5 +100,7 @@ def train_ray(
                 ray.kill(actor)
         if not ray_was_up:
             ray.shutdown()
-    model = float32_final_model(run.driver_config, run_dir, model)
-    return finish_run(run.driver_config, run_dir, model, model.trainable_module())
+    config = run.driver_config  # the float32 weights are read inside finish_run's stop and failure handling
+    return finish_run(
+        config, run_dir, model, final_model=lambda published: float32_final_model(config, run_dir, published)
+    )

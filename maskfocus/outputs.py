@@ -163,14 +163,16 @@ def replace_folder(target: Path, write: Callable[[Path], None], on_swapped: Call
         if leftover.exists():
             shutil.rmtree(leftover)
     write(partial)
-    with SignalsHeld():  # a stop between the renames and `on_swapped` left new weights beside the old record
-        if target.exists():
-            target.rename(old)
-        partial.rename(target)
-        if on_swapped is not None:
-            on_swapped()
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        with SignalsHeld():  # a stop between the renames and `on_swapped` left new weights beside the old record
+            if target.exists():
+                target.rename(old)
+            partial.rename(target)
+            if on_swapped is not None:
+                on_swapped()
+    finally:  # also when the held stop lands on leaving: the old folder (GBs of a Meissonic model) goes
+        if old.exists() and target.exists():
+            shutil.rmtree(old)
 
 
 def restore_interrupted_swap(target: Path) -> bool:

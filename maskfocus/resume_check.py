@@ -74,11 +74,11 @@ def check_checkpoint_files(checkpoint: Path) -> None:
         raise damaged_checkpoint(checkpoint, f"{optimizer.name}: missing or not a torch archive")
 
 
-def seed_note(checkpoint: str | None, seed: int) -> str | None:
-    """A word when the checkpoint was learned under another `seed` than the resume's: the prompt stream and every
-    iteration's draws change from there (a `--set seed` is listed with the resume's changes; a hand edit of
-    config.yaml was not said anywhere)."""
-    if checkpoint is None:
+def seed_note(checkpoint: str | None, seed: int, saved_seed: object) -> str | None:
+    """A word when the checkpoint was learned under another `seed` than the resume's while config.yaml already says
+    `seed` (`saved_seed`: a hand edit, said nowhere else; a `--set seed` is listed with the resume's changes): the
+    prompt stream and every iteration's draws change from there."""
+    if checkpoint is None or saved_seed != seed:
         return None
     learned_with = json.loads((Path(checkpoint) / "state.json").read_text()).get("seed")
     if learned_with is None or learned_with == seed:

@@ -291,9 +291,12 @@ def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
 def load_checkpoint_weights(checkpoint: Path, module: nn.Module) -> dict[str, Any]:
     """Load the transformer weights into `module`; returns the run state. Weights of another model are an error
     naming the checkpoint (torch's names only the module's class)."""
+    weights = load_file(str(checkpoint / "transformer.safetensors"))
     try:
-        module.load_state_dict(load_file(str(checkpoint / "transformer.safetensors")))
+        module.load_state_dict(weights)
     except RuntimeError as error:
+        if "Error(s) in loading state_dict" not in str(error):  # an out-of-memory or device error is its own
+            raise
         first = str(error).strip().splitlines()
         raise ConfigError(
             f"checkpoint {checkpoint} does not fit the model this run loads ({' '.join(first[:3])[:400]}); resume "

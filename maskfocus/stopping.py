@@ -122,7 +122,7 @@ class StopAtOnce(_StopSignalHandler):
 class SignalsHeld(_StopSignalHandler):
     """While entered (main thread only), SIGINT and SIGTERM wait; on leaving, the first that came goes to the handler
     that was there before (raised again), so a stop lands before or after the guarded steps, never between them (a
-    part swapped in, its report not yet written)."""
+    part swapped in, its report not yet written). A block that fails drops it: the failure is what ends the run."""
 
     def __init__(self):
         super().__init__()
@@ -134,7 +134,7 @@ class SignalsHeld(_StopSignalHandler):
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__(*exc_info)
-        if self.held is not None:
+        if self.held is not None and exc_info[0] is None:  # a failure in the block is what the run reports
             signal.raise_signal(self.held)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -348,27 +349,36 @@ def _save_iteration(run_dir: Path, config: RunConfig, iteration: int, updater: P
 WRITING_MODEL = "while writing the final model"
 
 
-def finish_run(config: RunConfig, run_dir: Path, model: MaskedGenerator, module: torch.nn.Module) -> dict:
+def finish_run(
+    config: RunConfig,
+    run_dir: Path,
+    model: MaskedGenerator,
+    module: torch.nn.Module | None = None,
+    final_model: Callable[[MaskedGenerator], MaskedGenerator] | None = None,
+) -> dict:
     """Final model folder, reward curve and (if enabled) the GenEval-style evaluation, in `eval.dtype`, of `model`
-    (the float32 master weights). The loops' stop handlers are gone by now: a stop (Ctrl-C, SIGTERM) or a failure
-    in any of it ends as RunStopped or RunFailed that say what the training left and the commands that finish the
-    run (a SIGTERM while the final model was written, or the judge loaded, ended the process without a word and
-    left its run lock; a failure there was a bare traceback)."""
+    (the float32 master weights; `final_model` makes them from it first, as the Ray driver reads them from the last
+    checkpoint; `module`: the weights to save, else the model's). The loops' stop handlers are gone by now: a stop
+    (Ctrl-C, SIGTERM) or a failure in any of it ends as RunStopped or RunFailed that say what the training left and
+    the commands that finish the run (a SIGTERM while the final model was written, or the judge loaded, ended the
+    process without a word and left its run lock; a failure there was a bare traceback)."""
     stage = WRITING_MODEL
     try:
         with StopAtOnce():
-            summary = _final_model(config, run_dir, module)
+            if final_model is not None:
+                model = final_model(model)
+            summary = _final_model(config, run_dir, module if module is not None else model.trainable_module())
             if config.train.final_eval:
                 stage = "during the final evaluation"
                 summary["eval"] = _final_evaluation(config, run_dir, model)
             return summary
     except KeyboardInterrupt as stop:  # StopSignal, or a Ctrl-C off the main thread
         signal_name = stop.signal_name if isinstance(stop, StopSignal) else "SIGINT"
-        message = after_training_message(run_dir, f"stopped on {signal_name} {stage}", stage != WRITING_MODEL)
+        message = after_training_message(run_dir, config, f"stopped on {signal_name} {stage}", stage != WRITING_MODEL)
         raise RunStopped(message, signal_name) from None
     except Exception as error:
         failed = f"the run failed {stage}: {type(error).__name__}: {error}"
-        message = after_training_message(run_dir, failed, stage != WRITING_MODEL)
+        message = after_training_message(run_dir, config, failed, stage != WRITING_MODEL)
         raise RunFailed(message, append_error_log(run_dir, error)) from error
 
 
@@ -394,20 +404,16 @@ def _final_evaluation(config: RunConfig, run_dir: Path, model: MaskedGenerator) 
     return eval_summary
 
 
-def evaluation_stopped_message(run_dir: Path, signal_name: str) -> str:
-    """What a stop during the final evaluation leaves: the trained model, and the commands that evaluate it."""
-    return after_training_message(run_dir, f"stopped on {signal_name} during the final evaluation")
-
-
-def after_training_message(run_dir: Path, what: str, model_written: bool = True) -> str:
+def after_training_message(run_dir: Path, config: RunConfig, what: str, model_written: bool = True) -> str:
     """`what` happened after the last iteration: the training is checkpointed, the final model saved once
     `model_written` (a model/ folder of an earlier finish is not this one's), and these commands finish the run."""
     checkpoint = latest_checkpoint(run_dir)
     last = f"last checkpoint: {checkpoint.name}" if checkpoint is not None else "no checkpoint"
     if not model_written:
+        evaluation = " and its evaluation" if config.train.final_eval else ""
         return (
             f"{what}; the training finished and is checkpointed ({last}); `{resume_command(run_dir)}` writes the "
-            "final model and its evaluation"
+            f"final model{evaluation}"
         )
     return (
         f"{what}; the training finished and is saved (model: {run_dir / 'model'}, {last}); evaluate it with "

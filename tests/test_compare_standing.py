@@ -43,14 +43,15 @@ def test_a_trained_run_without_its_evaluation_is_given_the_eval_command_the_trai
     import shlex
 
     from maskfocus.cli import build_parser
-    from maskfocus.trainer import evaluation_stopped_message
+    from maskfocus.config import default_run_config
+    from maskfocus.trainer import after_training_message
 
     run = make_run(tmp_path / "run", {"train.num_iterations": 5, "train.final_eval": False}, None)
     (run / "model").mkdir()
     command = evaluate_command(run)
     evaluate = f"evaluate it with `{command}`"
     assert unfinished_line(run) == f"trained all 5 iterations with train.final_eval: false; {evaluate}"
-    assert f"evaluate it with `{command}`" in evaluation_stopped_message(run, "SIGINT")
+    assert f"evaluate it with `{command}`" in after_training_message(run, default_run_config(), "stopped on SIGINT")
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.config, args.model) == (str(run / "config.yaml"), str(run / "model"))
     assert (args.out, args.summary) == (str(run / "eval" / "results.jsonl"), str(run / "eval" / "summary.json"))

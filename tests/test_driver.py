@@ -22,6 +22,7 @@ from ray_fixture import METRICS_PORT, RAY_TIMEOUT_S, one_thread, random_model, r
 from maskfocus.actors.grafana import dashboard
 from maskfocus.actors.metrics import METRICS
 from maskfocus.config import RunConfig
+from maskfocus.learner.loop import KEEP_WAITING
 from maskfocus.run_io import read_metrics
 from maskfocus.run_state import latest_checkpoint
 
@@ -240,6 +241,20 @@ def kill_in_flight(
     return killed
 
 
+def record_queued_items(monkeypatch) -> list:
+    """The items the driver puts into the batch queue without waiting (batches, the keep-waiting word), in order."""
+    import maskfocus.driver as driver
+
+    queued, put_now = [], driver.put_now
+
+    def recording(batches, item, timeout_s):
+        queued.append(item)
+        return put_now(batches, item, timeout_s)
+
+    monkeypatch.setattr(driver, "put_now", recording)
+    return queued
+
+
 def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_the_run_resumes(
     ray_session,  # noqa: F811
     runs,
@@ -265,10 +280,13 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     )
     handed_out: list[tuple[str, int]] = []
     killed = kill_in_flight(monkeypatch, ray_session, rollout_at=(1,), reward_at=(2, 3), handed_out=handed_out)
+    queued = record_queued_items(monkeypatch)
     expected = r"(?s)reward worker 0 is dead for good \(ray.max_restarts=1\).*--resume"
     with pytest.raises(RuntimeError, match=expected) as error:
         train_ray(failing, tmp_path, show_progress=False)
     assert killed == [("rollout", 1), ("reward", 2), ("reward", 3)]
+    # the learner was told to keep waiting when each killed worker was held, and when the two restarted came back
+    assert queued.count(KEEP_WAITING) >= 5
     # iteration 1 sampled twice and scored once (its rollout worker was killed: seen when the rollout returns, no
     # score is wasted on it); iteration 2 sampled once and scored twice (only its reward worker was killed: the same
     # trajectory is scored again)

@@ -224,9 +224,27 @@ def test_a_stop_during_the_swap_lands_after_its_record(tmp_path, at):
         return result
 
     write = lambda folder: (folder.mkdir(), (folder / "weights").write_text("new"))  # noqa: E731
-    with StopAtOnce(), pytest.MonkeyPatch.context() as patch:
+    with StopAtOnce() as stop_at_once, pytest.MonkeyPatch.context() as patch:
         patch.setattr(outputs.Path, "rename", rename)
         with pytest.raises(StopSignal, match="SIGTERM"):
             outputs.replace_folder(tmp_path / "vqvae", write, on_swapped)
+        assert signal.getsignal(signal.SIGTERM) == stop_at_once._handle  # the handler before it is back
     assert recorded == ["new"]  # the record came before the stop
-    assert signal.getsignal(signal.SIGTERM) is not None and (tmp_path / "vqvae" / "weights").read_text() == "new"
+    assert (tmp_path / "vqvae" / "weights").read_text() == "new" and not (tmp_path / ".vqvae.old").exists()
+
+
+def test_a_stop_held_during_a_failing_swap_leaves_the_failure_to_report(tmp_path):
+    """The held signal is dropped when the guarded steps fail: the failure is what ends the run, not a stop."""
+    import os
+    import signal
+
+    import maskfocus.outputs as outputs
+    from maskfocus.stopping import StopAtOnce
+
+    def on_swapped():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise OSError("the report could not be written")
+
+    write = lambda folder: (folder.mkdir(), (folder / "weights").write_text("new"))  # noqa: E731
+    with StopAtOnce(), pytest.raises(OSError, match="the report could not be written"):
+        outputs.replace_folder(tmp_path / "vqvae", write, on_swapped)

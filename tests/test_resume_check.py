@@ -74,6 +74,8 @@ def test_a_resume_under_another_seed_than_the_checkpoints_says_so(run, capsys):
         "note: iter_000001 was learned with seed 7; the iterations after it draw their prompts and samples with seed 0"
     )
     assert note in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--check", "--set", "seed=7"]) == 0
+    assert "was learned with seed" not in capsys.readouterr().out  # a --set seed is listed with the changes
 
 
 @pytest.mark.parametrize(

@@ -385,10 +385,15 @@ def test_the_in_process_learner_gets_the_rollouts_T_and_the_previews_keep_the_sa
 
 def test_a_stop_during_the_final_evaluation_of_a_ray_job_names_the_jobs_resume_command(tmp_path, monkeypatch):
     """It named `maskfocus train --resume` inside a job too, where a resume goes through deploy/submit.sh."""
+    from maskfocus.config import default_run_config
     from maskfocus.ray_job import JOB_MARKER
-    from maskfocus.trainer import evaluation_stopped_message
+    from maskfocus.trainer import after_training_message
 
-    assert f"`maskfocus train --resume {tmp_path}`" in evaluation_stopped_message(tmp_path, "SIGTERM")
+    config = default_run_config()
+    for model_written in (True, False):
+        message = after_training_message(tmp_path, config, "stopped on SIGTERM", model_written)
+        assert f"`maskfocus train --resume {tmp_path}`" in message
     monkeypatch.setenv(JOB_MARKER, "{}")
-    message = evaluation_stopped_message(tmp_path, "SIGTERM")
-    assert f"`deploy/submit.sh --resume {tmp_path}`" in message and "maskfocus train --resume" not in message
+    for model_written in (True, False):
+        message = after_training_message(tmp_path, config, "stopped on SIGTERM", model_written)
+        assert f"`deploy/submit.sh --resume {tmp_path}`" in message and "maskfocus train --resume" not in message
