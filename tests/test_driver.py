@@ -55,7 +55,8 @@ class LocalRuns(NamedTuple):
 @pytest.fixture(scope="module")
 def runs(random_model, tmp_path_factory):  # noqa: F811
     """In-process runs, the references of the Ray runs (1 rollout, 1 reward, 1 learner worker, max_staleness 0):
-    3 iterations in bfloat16, 4 in float32 (the failure test kills actors in three of them)."""
+    2 iterations in bfloat16 (on a CPU without native bfloat16 its sampling is 5-8x slower: 84 s of setup on an
+    AVX2-only guest with 3), 4 in float32 (the failure test kills actors in three of them)."""
     import torch
 
     from maskfocus.trainer import train_local
@@ -67,12 +68,14 @@ def runs(random_model, tmp_path_factory):  # noqa: F811
     torch.set_num_threads(1)  # the Ray workers' thread count: equal float results
     try:
         float32 = config.model_copy(update={"train": config.train.model_copy(update={"num_iterations": 4})})
-        for dtype, run_config in (("float32", float32), ("bfloat16", with_dtype(config, "bfloat16"))):
+        bfloat16 = with_dtype(config, "bfloat16")
+        bfloat16 = bfloat16.model_copy(update={"train": bfloat16.train.model_copy(update={"num_iterations": 2})})
+        for dtype, run_config in (("float32", float32), ("bfloat16", bfloat16)):
             (out / dtype).mkdir()
             train_local(run_config, out / dtype, show_progress=False)
     finally:
         torch.set_num_threads(threads)
-    return LocalRuns(float32, out / "float32", with_dtype(config, "bfloat16"), out / "bfloat16")
+    return LocalRuns(float32, out / "float32", bfloat16, out / "bfloat16")
 
 
 class PrometheusScraper:
@@ -131,7 +134,7 @@ def test_a_bfloat16_ray_run_records_what_train_local_does(driver_run, runs):
     -0.13293 on Ray against -0.13273 in process). The float32 runs below are compared at every iteration."""
     ray_dir, _ = driver_run
     local, remote = read_metrics(runs.bfloat16_dir / "metrics.jsonl"), read_metrics(ray_dir / "metrics.jsonl")
-    assert [r["iteration"] for r in remote] == [0, 1, 2]
+    assert [r["iteration"] for r in remote] == [0, 1]
     assert abs(local[0]["loss/total"]) > 0  # a reward that varies: the comparison means something
     for key in COMPARED:
         assert remote[0][key] == pytest.approx(local[0][key], rel=1e-4, abs=1e-6), key
@@ -142,9 +145,9 @@ def test_a_bfloat16_ray_run_records_what_train_local_does(driver_run, runs):
     for key in TIME_BREAKDOWN:
         assert all(r[key] >= 0 for r in remote), key
     assert all(r["perf/weight_load_seconds"] > 0 for r in remote[1:])  # new weights before every later rollout
-    assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
+    assert sorted(p.name for p in (ray_dir / "checkpoints").iterdir()) == ["iter_000001"]
     previews = [sorted(p.name for p in (run / "images").glob("*.png")) for run in (runs.bfloat16_dir, ray_dir)]
-    assert previews[1] == previews[0] == ["iter_000000.png", "iter_000002.png"]  # drawn by the rollout worker
+    assert previews[1] == previews[0] == ["iter_000000.png", "iter_000001.png"]  # drawn by the rollout worker
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
