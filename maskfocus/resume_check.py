@@ -4,7 +4,6 @@ message naming the file and what to do, not a traceback after the folder was cha
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from maskfocus.config_base import flatten
 from maskfocus.config_saved import saved_settings_of
 from maskfocus.outputs import check_output_folder
 from maskfocus.run_io import read_metrics
-from maskfocus.run_state import RunState, damaged_checkpoint, resume_state
+from maskfocus.run_state import RunState, damaged_checkpoint, read_checkpoint_state, resume_state
 
 
 def check_run_config_file(run_dir: Path) -> Path:
@@ -80,7 +79,7 @@ def seed_note(checkpoint: str | None, seed: int, saved_seed: object) -> str | No
     prompt stream and every iteration's draws change from there."""
     if checkpoint is None or saved_seed != seed:
         return None
-    learned_with = json.loads((Path(checkpoint) / "state.json").read_text()).get("seed")
+    learned_with = read_checkpoint_state(Path(checkpoint)).get("seed")
     if learned_with is None or learned_with == seed:
         return None
     return (

@@ -272,7 +272,14 @@ def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str, fi
         raise _fail(where, field, f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
 
 
-def _is_int(value: Any) -> bool:
+def check_one_record_per_image(num_images: int, metadata_B: Sequence[Any]) -> None:
+    """A judge's inputs pair up: zip would drop the extra images (or records) without a word."""
+    if num_images != len(metadata_B):
+        raise ValueError(f"{num_images} images but {len(metadata_B)} metadata records: one record per image")
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML/JSON `true` would read as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -285,7 +292,7 @@ def _validate_clause(clause: Any, index: int, kind: str, where: str) -> None:
     name = clause.get("class")
     if not isinstance(name, str) or not name or name != name.strip():
         raise _fail(where, f"{field}.class", f"expected a class name without surrounding spaces, got {name!r}")
-    if not _is_int(clause.get("count")) or clause["count"] < 1:
+    if not is_int(clause.get("count")) or clause["count"] < 1:
         raise _fail(where, f"{field}.count", f"expected an integer >= 1, got {clause.get('count')!r}")
     most = Thresholds.max_per_class  # more are never kept, so an include clause asking for more could never hold
     if kind == "include" and clause["count"] > most:
@@ -300,7 +307,7 @@ def _validate_clause(clause: Any, index: int, kind: str, where: str) -> None:
             isinstance(position, list)
             and len(position) == 2
             and position[0] in RELATIONS
-            and _is_int(position[1])
+            and is_int(position[1])
             and 0 <= position[1] < index
         )
         if not ok:

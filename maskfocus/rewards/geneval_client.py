@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from maskfocus.rewards.geneval import GenEvalResult
+from maskfocus.rewards.geneval import GenEvalResult, check_one_record_per_image
 
 PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 """The only types a server reply may contain."""
@@ -171,8 +171,7 @@ class GenEvalClient:
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
         """GenEval results from the server: correct = its `rewards`, score = its `scores`; no reasons."""
-        if len(images_BHWC) != len(metadata_B):
-            raise ValueError(f"{len(images_BHWC)} images but {len(metadata_B)} metadata records: one record per image")
+        check_one_record_per_image(len(images_BHWC), metadata_B)
         results: list[GenEvalResult] = []
         for start in range(0, len(metadata_B), self.batch_size):
             images = images_BHWC[start : start + self.batch_size]

@@ -28,7 +28,14 @@ import numpy as np
 from maskfocus.config import GenEvalDetectorConfig
 from maskfocus.models.base import ModelLoadError
 from maskfocus.rewards.colors import ColorClassifier
-from maskfocus.rewards.geneval import Detection, GenEvalResult, Thresholds, evaluate, filter_detections
+from maskfocus.rewards.geneval import (
+    Detection,
+    GenEvalResult,
+    Thresholds,
+    check_one_record_per_image,
+    evaluate,
+    filter_detections,
+)
 
 OBJECT_NAMES = Path(__file__).resolve().parent / "data" / "object_names.txt"
 """GenEval's 80 COCO class names (a copy of the benchmark's object_names.txt)."""
@@ -84,8 +91,7 @@ class DetectorJudge:
         self.known_colors = known_colors
 
     def judge(self, images_BHWC: np.ndarray, metadata_B: Sequence[dict[str, Any]]) -> list[GenEvalResult]:
-        if len(images_BHWC) != len(metadata_B):
-            raise ValueError(f"{len(images_BHWC)} images but {len(metadata_B)} metadata records: one record per image")
+        check_one_record_per_image(len(images_BHWC), metadata_B)
         detections_B = self.detect_batch(images_BHWC)
         results = []
         for image, detections, metadata in zip(images_BHWC, detections_B, metadata_B, strict=True):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from maskfocus.rewards.geneval import is_int
 from maskfocus.shapes.world import (
     COLORS,
     GRID,
@@ -172,22 +173,17 @@ def _check_clause(clause: Any, where: str, num_include: int) -> None:
         raise ValueError(f"{where}: expected a dict with a 'class', got {clause!r}")
     if clause["class"] not in SHAPES:
         raise ValueError(f"{where}: class {clause['class']!r} is not a shape of this world {SHAPES}")
-    if not _is_int(clause.get("count", 1)) or clause.get("count", 1) < 1:
+    if not is_int(clause.get("count", 1)) or clause.get("count", 1) < 1:
         raise ValueError(f"{where}: count must be a positive int, got {clause.get('count')!r}")
     if "color" in clause and clause["color"] not in COLORS:
         raise ValueError(f"{where}: color {clause['color']!r} is not one of {tuple(COLORS)}")
     if "position" in clause:
         position = clause["position"]
         rel, index = position if isinstance(position, (list, tuple)) and len(position) == 2 else (None, None)
-        if rel not in RELATIONS or not _is_int(index) or not 0 <= index < num_include:
+        if rel not in RELATIONS or not is_int(index) or not 0 <= index < num_include:
             raise ValueError(
                 f"{where}: position must be [one of {RELATIONS}, index of an earlier include clause], got {position!r}"
             )
-
-
-def _is_int(value: Any) -> bool:
-    """An int that is not a bool (`true` would draw one shape, or name clause 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_world_metadata(metadata: dict[str, Any]) -> None:
