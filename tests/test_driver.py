@@ -56,7 +56,8 @@ class LocalRuns(NamedTuple):
 def runs(random_model, tmp_path_factory):  # noqa: F811
     """In-process runs, the references of the Ray runs (1 rollout, 1 reward, 1 learner worker, max_staleness 0):
     2 iterations in bfloat16 (on a CPU without native bfloat16 its sampling is 5-8x slower: 84 s of setup on an
-    AVX2-only guest with 3), 4 in float32 (the failure test kills actors in three of them)."""
+    AVX2-only guest with 3), 5 in float32 (the failure test kills actors in three of them, and Ctrl-C stops its
+    resume after the fourth or fifth)."""
     import torch
 
     from maskfocus.trainer import train_local
@@ -67,7 +68,7 @@ def runs(random_model, tmp_path_factory):  # noqa: F811
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the Ray workers' thread count: equal float results
     try:
-        float32 = config.model_copy(update={"train": config.train.model_copy(update={"num_iterations": 4})})
+        float32 = config.model_copy(update={"train": config.train.model_copy(update={"num_iterations": 5})})
         bfloat16 = with_dtype(config, "bfloat16")
         bfloat16 = bfloat16.model_copy(update={"train": bfloat16.train.model_copy(update={"num_iterations": 2})})
         for dtype, run_config in (("float32", float32), ("bfloat16", bfloat16)):
@@ -258,7 +259,7 @@ def record_queued_items(monkeypatch) -> list:
     return queued
 
 
-def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_the_run_resumes(
+def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_the_resume_stops_on_ctrl_c(
     ray_session,  # noqa: F811
     runs,
     tmp_path,
@@ -270,11 +271,13 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     during iteration 3 has no restart left: the run stops with a clear error and a checkpoint of the last learned
     iteration, written on the way out (checkpoint_every is past the run). Also the test of `--resume` on Ray: the
     resumed run continues at the checkpoint's iteration, policy version, prompt cursor and running counts, and its
-    records equal the in-process run's. (One Ray run less than testing the restarts and the failure apart: each
-    costs 35-40 s here. tests/test_driver_steps.py stops a run on an iteration's failure count. No kill comes
+    records equal the in-process run's; and of Ctrl-C on Ray, which stops the resumed run. (Two Ray runs less than
+    testing the restarts, the failure and Ctrl-C apart: each cost 35-40 s on a 2-core machine, 55 s on a slower
+    one. tests/test_driver_steps.py stops a run on an iteration's failure count. No kill comes
     at iteration 0: in one try a reward actor killed there did not fail its call, which was not redone; the actor
     may still have been starting, with the call queued for it.)"""
     from maskfocus.driver_run import train_ray
+    from maskfocus.stopping import RunStopped
 
     config, local_dir = runs.float32_config, runs.float32_dir
     ray_settings = config.ray.model_copy(update={"max_restarts": 1})
@@ -306,47 +309,39 @@ def test_killed_actors_are_restarted_and_redone_until_one_is_dead_for_good_then_
     state = json.loads((tmp_path / "checkpoints" / "iter_000002" / "state.json").read_text())
     assert (state["policy_version"], state["prompt_cursor"]) == (3, 3 * config.rollout.prompts_per_iteration)
     monkeypatch.undo()
-    train_ray(config, tmp_path, resume=True, show_progress=False)
+    # The resume, of a run made longer, is stopped by Ctrl-C after its first record (iteration 3): no new rollouts,
+    # the queued batches are learned, the last is checkpointed off the checkpoint_every schedule, and RunStopped
+    # names the `--resume` command.
+    longer = config.model_copy(update={"train": config.train.model_copy(update={"num_iterations": 6})})
+    interrupt_after_record(monkeypatch, iteration=3)
+    with pytest.raises(RunStopped, match=f"stopped on SIGINT with .*; resume from iter_.* --resume {tmp_path}") as stop:
+        train_ray(longer, tmp_path, resume=True, show_progress=False)
+    assert stop.value.exit_code == 130
     resumed = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["sync/redone"] for r in resumed] == [0, 1, 2, 2]  # iteration 3's failure was not redone
-    assert_equals_local(resumed, local_dir)
+    iterations = [r["iteration"] for r in resumed]
+    assert iterations == list(range(len(iterations))) and 4 <= len(iterations) < 6
+    assert f"with {len(iterations)} of 6 iterations learned;" in str(stop.value)
+    assert [r["sync/redone"] for r in resumed] == [0, 1, 2] + [2] * (len(resumed) - 3)  # 3's failure: not redone
+    assert_equals_local(resumed, local_dir, iterations=len(resumed))
+    assert latest_checkpoint(tmp_path).name == f"iter_{iterations[-1]:06d}"
+    assert not (tmp_path / "model").exists()
 
 
-def test_ctrl_c_stops_the_ray_run_with_a_checkpoint_of_its_last_learned_iteration(
-    ray_session,  # noqa: F811
-    runs,
-    tmp_path,
-    monkeypatch,
-):
-    """SIGINT (Ctrl-C) after the first logged iteration: no new rollouts, the queued batches are learned, the last
-    one is checkpointed off the checkpoint_every schedule, and RunStopped names the `--resume` command."""
+def interrupt_after_record(monkeypatch, iteration: int) -> None:
+    """SIGINT (Ctrl-C) to this process right after the Ray driver writes the record of `iteration`."""
     import os
     import signal
 
     from maskfocus.driver import RayRun
-    from maskfocus.driver_run import train_ray
-    from maskfocus.stopping import RunStopped
 
     write_record = RayRun.write_record
 
     def write_then_interrupt(self, record):
         write_record(self, record)
-        if record["iteration"] == 0:
+        if record["iteration"] == iteration:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(RayRun, "write_record", write_then_interrupt)
-    config = runs.float32_config
-    with pytest.raises(
-        RunStopped, match=f"stopped on SIGINT with .*; resume from iter_.* --resume {tmp_path}"
-    ) as stopped:
-        train_ray(config, tmp_path, show_progress=False)
-    assert stopped.value.exit_code == 130
-    iterations = [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")]
-    total = config.train.num_iterations
-    assert f"with {len(iterations)} of {total} iterations learned;" in str(stopped.value)
-    assert iterations == list(range(len(iterations))) and len(iterations) < config.train.num_iterations
-    assert latest_checkpoint(tmp_path).name == f"iter_{iterations[-1]:06d}"
-    assert not (tmp_path / "model").exists()
 
 
 def test_a_stop_collects_the_record_that_the_loops_last_poll_already_took(ray_session, runs):  # noqa: F811

@@ -75,34 +75,23 @@ class FakeSender:
 
 @pytest.mark.parametrize("start_iteration, broadcasts", [(3, [7]), (4, [])])
 def test_the_ready_broadcast_is_skipped_when_the_run_is_already_learned_to_its_end(
-    ray_session, tmp_path, start_iteration, broadcasts
+    ray_session, serving, tmp_path, start_iteration, broadcasts
 ):
     """Collective transport: rank 0 broadcasts its starting weights after the ready record, and the driver starts
     the receives on that record; resuming a run learned to its end (to evaluate it) starts none, so a broadcast would
     wait for ray.timeout_s and fail the run."""
-    from types import SimpleNamespace
-
-    from ray.util.queue import Queue
-
     from maskfocus.config import default_run_config
     from maskfocus.learner.loop import _serve
 
-    ray = ray_session
     config = default_run_config({"train": {"num_iterations": 4}, "ray": {"timeout_s": RAY_TIMEOUT_S}})
     worker = SimpleNamespace(
         config=config, rank=0, world_size=1, version=7, next_iteration=start_iteration, full_weights=dict
     )
-    batches = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
     sender = FakeSender()
-    try:
-        batches.put(None, timeout=RAY_TIMEOUT_S)  # the driver's stop item: nothing to learn
-        _serve(worker, sender, batches, store, tmp_path, "run")
-        version, _, record = next_update(ray, store)
-        assert (version, record) == (7, {"ready": 1.0}) and sender.broadcasts == broadcasts
-    finally:
-        batches.shutdown()
-        ray.kill(store)
+    serving.batches.put(None, timeout=RAY_TIMEOUT_S)  # the driver's stop item: nothing to learn
+    _serve(worker, sender, serving.batches, serving.store, tmp_path, "run")
+    version, _, record = next_update(ray_session, serving.store)
+    assert (version, record) == (7, {"ready": 1.0}) and sender.broadcasts == broadcasts
 
 
 class LearningStub:
@@ -119,32 +108,41 @@ class LearningStub:
         return {"perf/learner_seconds": 0.0}
 
 
-@pytest.fixture
-def serving(ray_session, monkeypatch):
-    """The batch queue and weight store a learner loop serves from, with batches of the first iterations queued by
-    `queue_learnable(n)`, and the iterations it checkpoints (`saved`)."""
-    from types import SimpleNamespace
-
+@pytest.fixture(scope="module")
+def loop_actors(ray_session):
+    """One batch queue and one weight store for the module's learner loops: each is a Ray process, whose start took
+    about 5 s apiece on a slow 2-core machine (`serving` empties both before each test)."""
     from ray.util.queue import Queue
 
+    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
+    store = ray_session.remote(WeightStore).options(num_cpus=0).remote()
+    try:
+        yield batches, store
+    finally:
+        batches.shutdown()
+        ray_session.kill(store)
+
+
+@pytest.fixture
+def serving(ray_session, loop_actors, monkeypatch):
+    """The batch queue and weight store a learner loop serves from, empty, with batches of the first iterations
+    queued by `queue_learnable(n)`, and the iterations it checkpoints (`saved`)."""
     from maskfocus.learner import loop
 
     ray = ray_session
+    batches, store = loop_actors
+    batches.get_nowait_batch(batches.qsize())  # what an earlier test left
+    while ray.get(store.next_update.remote(0.0), timeout=RAY_TIMEOUT_S) is not None:
+        pass
     saved: list[int] = []
     monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
-    batches = Queue(maxsize=4, actor_options={"num_cpus": 0})
-    store = ray.remote(WeightStore).options(num_cpus=0).remote()
 
     def queue_learnable(count: int) -> None:
         for iteration in range(count):  # each sampled by the version the learner will be at
             batch = ray.put(SimpleNamespace(policy_version=iteration, stats={}))
             batches.put(QueuedBatch(iteration, 4 * (iteration + 1), [batch]), timeout=RAY_TIMEOUT_S)
 
-    try:
-        yield SimpleNamespace(batches=batches, store=store, saved=saved, queue_learnable=queue_learnable)
-    finally:
-        batches.shutdown()
-        ray.kill(store)
+    return SimpleNamespace(batches=batches, store=store, saved=saved, queue_learnable=queue_learnable)
 
 
 def test_a_learner_whose_batches_stop_coming_checkpoints_its_last_iteration_before_it_fails(serving, tmp_path):
