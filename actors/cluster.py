@@ -21,6 +21,7 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
     plain_log_prefixes()
     given = cluster_address(ray_config, address)
     if given is None:  # "local": a new Ray of this run's size, never one that a `ray start` left on this node
+        without_preemption_watcher()
         ray.init(address="local", num_cpus=ray_config.num_cpus, object_store_memory=ray_config.object_store_memory)
         try:
             check_resources(ray_config, ray.cluster_resources())
@@ -36,6 +37,19 @@ def connect(ray_config: RayConfig, address: str | None) -> bool:
         cause = f"; {error.__cause__}" if error.__cause__ else ""
         raise ConfigError(f"{source} {address}: could not join a Ray cluster there ({error}{cause})") from error
     return True
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def without_preemption_watcher() -> None:
+    """Before a local Ray starts (its processes inherit this environment): Ray Train's preemption watcher off.
+
+    It watches for nodes an autoscaler drains, which a Ray started on this machine never has. On a cluster it
+    stays: there the run joins a Ray that someone else started. Left on locally, the learner group's controller
+    printed an error-level `core_worker.cc` line for it in every run (Ray 2.60), and it was one more Ray process.
+    A value the user set stays."""
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
 
 def plain_log_prefixes() -> None:

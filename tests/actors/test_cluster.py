@@ -3,6 +3,7 @@ given (ray.init would retry for minutes with only its own log lines); a join Ray
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -77,6 +78,30 @@ def test_without_an_address_a_new_local_ray_starts_even_beside_a_ray_start_clust
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
     assert connect(RayConfig(num_cpus=2, object_store_memory=300_000_000), None) is True
     assert calls == [{"address": "local", "num_cpus": 2, "object_store_memory": 300_000_000}]
+
+
+@pytest.mark.parametrize(
+    ("address", "users_value", "seen_by_ray"), [(None, None, "0"), (None, "1", "1"), ("auto", None, None)]
+)
+def test_a_local_ray_starts_without_ray_trains_preemption_watcher_unless_the_user_set_it(
+    monkeypatch, address, users_value, seen_by_ray
+):
+    """The watcher looks for nodes an autoscaler drains; a Ray started here has none. It printed an error-level line
+    in every local run. A cluster the run joins keeps its own setting, and so does a value the user set."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # set first, so that monkeypatch records it and the test process gets its own value back
+    monkeypatch.setenv(cluster.PREEMPTION_WATCHER_ENV, users_value or "")
+    if users_value is None:
+        monkeypatch.delenv(cluster.PREEMPTION_WATCHER_ENV)
+    seen = []
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        cluster.ray, "init", lambda **kwargs: seen.append(os.environ.get(cluster.PREEMPTION_WATCHER_ENV))
+    )
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(cluster, "check_reachable", lambda address, source: None)
+    assert connect(RayConfig(num_cpus=2), address) is True
+    assert seen == [seen_by_ray]
 
 
 def test_a_local_ray_too_small_for_the_actors_is_refused_at_once_and_shut_down(monkeypatch):
