@@ -99,7 +99,6 @@ def test_a_local_ray_starts_without_ray_trains_preemption_watcher_unless_the_use
         cluster.ray, "init", lambda **kwargs: seen.append(os.environ.get(cluster.PREEMPTION_WATCHER_ENV))
     )
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr(cluster, "check_reachable", lambda address, source: None)
     assert connect(RayConfig(num_cpus=2), address) is True
     assert seen == [seen_by_ray]
 

@@ -132,7 +132,8 @@ def serving(ray_session, loop_actors, monkeypatch):
     ray = ray_session
     batches, store = loop_actors
     batches.get_nowait_batch(batches.qsize())  # what an earlier test left
-    while ray.get(store.next_update.remote(0.0), timeout=RAY_TIMEOUT_S) is not None:
+    # a wait of 0 s would drain nothing: asyncio.wait_for(get, 0) times out even with a record waiting
+    while ray.get(store.next_update.remote(0.1), timeout=RAY_TIMEOUT_S) is not None:
         pass
     saved: list[int] = []
     monkeypatch.setattr(loop, "_checkpoint", lambda worker, message, *rest: saved.append(message.iteration))
